@@ -1,0 +1,913 @@
+//! One task per client connection: it owns the transport, the codec, the bounded mailbox and the timers, and
+//! dispatches what the client sends to its [`ConnectionHost`] (the hub layer).
+//!
+//! The connection is a light tokio task with a cloneable [`ConnectionHandle`], not a ractor actor: an idle
+//! ractor actor measured about 10 KB, more than the whole per-connection memory budget.
+//!
+//! This layer knows the protocol and the [`Transport`] trait, never a concrete hub: hub methods are reached
+//! through [`ConnectionHost`], which the hub layer implements. Its life:
+//! 1. **Handshake** within `Limits::handshake_timeout`; the first record must be a JSON handshake naming a
+//!    protocol the transport can carry.
+//! 2. **Connected**: [`ConnectionHost::connected`] registers the connection (and may refuse it).
+//! 3. **Loop**: client records are decoded and dispatched; the mailbox is drained in batches (several queued
+//!    records written as one transport message); a Ping goes out when nothing was written for
+//!    `Limits::keep_alive`; a client silent for `Limits::client_timeout` is closed.
+//! 4. **End**: streams are cancelled, pending client results fail with "Connection '<id>' disconnected.",
+//!    and [`ConnectionHost::disconnected`] unregisters the connection.
+//!
+//! Blocking invocations run one at a time, in arrival order, inside this task (ASP.NET's default of one
+//! parallel invocation per client), so what one invocation sends reaches the client before what the next sends.
+//! Streaming methods and methods that take client streams run as their own tasks, since they last.
+
+pub mod outbound;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::protocol::handshake::{self, HandshakeRequest};
+use crate::protocol::{CompletionOutcome, EncodeError, HubMessage, NoPayload, Outgoing, Protocol, RawValue};
+use crate::transport::{CloseKind, Transport, TransportKind};
+pub use outbound::{ClientResult, ClientResultError, EncodeArguments, Outbound, SharedFrame};
+
+/// The public id of a connection (`Context.ConnectionId`, the client's `connectionId`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+pub struct ConnectionId(Arc<str>);
+
+impl ConnectionId {
+    /// Wraps an id string.
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        ConnectionId(id.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnectionId({})", self.0)
+    }
+}
+
+impl From<&str> for ConnectionId {
+    fn from(id: &str) -> Self {
+        ConnectionId::new(id)
+    }
+}
+
+/// The limits and timers of every connection. Defaults are ASP.NET Core's where it has one.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The largest hub message a client may send, in bytes (ASP.NET: 32 KB).
+    pub max_message: usize,
+    /// The largest transport frame (one WebSocket message, which may batch several records).
+    pub max_frame: usize,
+    /// Capacity of a connection's mailbox, in messages; see [`outbound`] for what happens when it is full.
+    pub outbound_queue: usize,
+    /// Send a Ping when nothing was written for this long.
+    pub keep_alive: Duration,
+    /// Close a client that sent nothing for this long.
+    pub client_timeout: Duration,
+    /// Close a connection that sent no complete handshake within this long.
+    pub handshake_timeout: Duration,
+    /// Items buffered per client-to-server stream before the reader waits for the hub method.
+    pub stream_buffer: usize,
+    /// At most this many bytes are batched into one transport message.
+    pub write_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message: 32 * 1024,
+            max_frame: 1024 * 1024,
+            outbound_queue: 1024,
+            keep_alive: Duration::from_secs(15),
+            client_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(15),
+            stream_buffer: 10,
+            write_batch: 64 * 1024,
+        }
+    }
+}
+
+/// Why a send to a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DeliverError {
+    /// The connection has ended.
+    #[error("the connection is closed")]
+    Closed,
+    /// The mailbox was full; the connection is being closed as a slow consumer.
+    #[error("the connection's outbound queue is full")]
+    Full,
+}
+
+/// A cloneable handle to a live connection: its id and its mailbox.
+#[derive(Clone)]
+pub struct ConnectionHandle {
+    id: ConnectionId,
+    mailbox: mpsc::Sender<Outbound>,
+    ended: CancellationToken,
+}
+
+impl fmt::Debug for ConnectionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionHandle").field("id", &self.id).finish()
+    }
+}
+
+impl ConnectionHandle {
+    /// The connection's id.
+    pub fn id(&self) -> &ConnectionId {
+        &self.id
+    }
+
+    /// Queues a shared frame without waiting. A full mailbox closes the connection as a slow consumer.
+    pub fn deliver(&self, frame: Arc<SharedFrame>) -> Result<(), DeliverError> {
+        self.try_send(Outbound::Frame(frame))
+    }
+
+    /// Queues a message without waiting, with the same slow-consumer policy as [`ConnectionHandle::deliver`].
+    pub fn try_send(&self, message: Outbound) -> Result<(), DeliverError> {
+        match self.mailbox.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.ended.cancel();
+                Err(DeliverError::Full)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(DeliverError::Closed),
+        }
+    }
+
+    /// Queues a message, waiting for room (backpressure for the connection's own replies).
+    pub async fn send(&self, message: Outbound) -> Result<(), DeliverError> {
+        tokio::select! {
+            sent = self.mailbox.send(message) => sent.map_err(|_| DeliverError::Closed),
+            _ = self.ended.cancelled() => Err(DeliverError::Closed),
+        }
+    }
+
+    /// Invokes client method `target` and waits for its result (client results). Fails with
+    /// "Connection '<id>' disconnected." if the connection ends first, or after `timeout`.
+    pub async fn invoke<A>(&self, target: &str, arguments: A, timeout: Duration) -> ClientResult
+    where
+        A: Serialize + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let message = Outbound::Invoke {
+            target: target.to_owned(),
+            arguments: Box::new(arguments),
+            reply,
+        };
+        if self.send(message).await.is_err() {
+            return Err(ClientResultError::Disconnected(self.id.to_string()));
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ClientResultError::Disconnected(self.id.to_string())),
+            Err(_) => Err(ClientResultError::Timeout(timeout)),
+        }
+    }
+
+    /// Asks the connection to close with a Close message.
+    pub fn close(&self, error: Option<String>, allow_reconnect: bool) {
+        if self.try_send(Outbound::Close { error, allow_reconnect }).is_err() {
+            self.ended.cancel();
+        }
+    }
+
+    /// Whether the connection has ended (or is ending).
+    pub fn is_closed(&self) -> bool {
+        self.ended.is_cancelled() || self.mailbox.is_closed()
+    }
+}
+
+/// What hub code may know about a connection: SignalR's `HubCallerContext` and the request it came from.
+#[derive(Debug)]
+pub struct Session {
+    /// The connection's public id.
+    pub id: ConnectionId,
+    /// The authenticated user's id, if any.
+    pub user: Option<String>,
+    /// The transport in use.
+    pub transport: TransportKind,
+    /// The hub protocol chosen in the handshake.
+    pub protocol: Protocol,
+    /// The query string of the request that opened the connection (without `?`).
+    pub query: String,
+    /// Its headers, names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+    /// The handle to this connection.
+    pub handle: ConnectionHandle,
+}
+
+impl Session {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// The request a connection starts from, captured by the HTTP layer before the transport opens.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    /// The authenticated user's id, if any.
+    pub user: Option<String>,
+    /// The query string (without `?`).
+    pub query: String,
+    /// Header names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A value a hub method produced, encodable as a completion result or a stream item in either protocol.
+pub trait EncodeValue: Send + 'static {
+    /// Appends a StreamItem record.
+    fn encode_item(&self, protocol: Protocol, invocation_id: &str, out: &mut Vec<u8>) -> Result<(), EncodeError>;
+    /// Appends a Completion record with this value as its result.
+    fn encode_result(&self, protocol: Protocol, invocation_id: &str, out: &mut Vec<u8>) -> Result<(), EncodeError>;
+}
+
+impl<T: Serialize + Send + 'static> EncodeValue for T {
+    fn encode_item(&self, protocol: Protocol, invocation_id: &str, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        protocol.encode::<NoPayload, T>(
+            &Outgoing::StreamItem {
+                invocation_id,
+                item: self,
+            },
+            out,
+        )
+    }
+
+    fn encode_result(&self, protocol: Protocol, invocation_id: &str, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        protocol.encode::<NoPayload, T>(
+            &Outgoing::Completion {
+                invocation_id,
+                outcome: CompletionOutcome::Value(self),
+            },
+            out,
+        )
+    }
+}
+
+/// Items of a client-to-server stream: a value, or the client's error that ended the stream.
+pub type UploadItem = Result<RawValue, String>;
+
+/// A hub method call, as the connection hands it to its host.
+pub struct Call {
+    /// The method name as the client wrote it.
+    pub target: String,
+    /// Positional arguments, undecoded.
+    pub arguments: Vec<RawValue>,
+    /// One receiver per client-to-server stream, in the order of the invocation's stream ids.
+    pub uploads: Vec<mpsc::Receiver<UploadItem>>,
+    /// Cancelled when the client cancels the stream or the connection ends.
+    pub cancel: CancellationToken,
+}
+
+/// What a hub method produced.
+pub enum Reply {
+    /// Done, with no value.
+    Void,
+    /// Done, with a value.
+    Value(Box<dyn EncodeValue>),
+    /// Failed; the text is what the client sees.
+    Error(String),
+    /// A stream of items; an `Err` item ends it with that error.
+    Stream(BoxStream<'static, Result<Box<dyn EncodeValue>, String>>),
+}
+
+/// What a connection needs from the hub that serves it.
+pub trait ConnectionHost: Send + Sync + 'static {
+    /// Whether a method exists and is a streaming one: `None` if unknown, `Some(true)` if streaming.
+    fn method_kind(&self, target: &str) -> Option<bool>;
+
+    /// Runs a method. The future runs inside the connection task or on its own task (streams, uploads).
+    fn invoke(&self, session: &Arc<Session>, call: Call) -> BoxFuture<'static, Reply>;
+
+    /// The connection completed its handshake; an `Err` closes it with that error.
+    fn connected(&self, session: &Arc<Session>) -> BoxFuture<'static, Result<(), String>>;
+
+    /// The connection ended.
+    fn disconnected(&self, session: &Arc<Session>, error: Option<String>) -> BoxFuture<'static, ()>;
+}
+
+/// Everything a new connection starts with.
+pub struct ConnectionSetup {
+    /// Its public id.
+    pub id: ConnectionId,
+    /// The request it came from.
+    pub request: RequestInfo,
+    /// Its limits.
+    pub limits: Limits,
+    /// The hub that serves it.
+    pub host: Arc<dyn ConnectionHost>,
+}
+
+/// How a connection ended, for the log and for `disconnected`.
+enum Ending {
+    /// The client closed (Close message or transport close).
+    ClientClosed,
+    /// The server closes, with a Close message carrying this error.
+    Close {
+        error: Option<String>,
+        allow_reconnect: bool,
+    },
+    /// The transport failed; nothing more can be written.
+    TransportLost(String),
+}
+
+/// Runs a connection to its end. Spawn it on the worker that accepted the transport.
+pub async fn run<T: Transport>(transport: T, setup: ConnectionSetup) {
+    let span = tracing::debug_span!(
+        "conn",
+        conn_id = %setup.id,
+        transport = transport.kind().name(),
+        user = setup.request.user.as_deref().unwrap_or("")
+    );
+    Connection::start(transport, setup).instrument(span).await
+}
+
+struct Connection<T: Transport> {
+    transport: T,
+    protocol: Protocol,
+    limits: Limits,
+    host: Arc<dyn ConnectionHost>,
+    session: Arc<Session>,
+    mailbox: mpsc::Receiver<Outbound>,
+    ended: CancellationToken,
+    inbound: BytesMut,
+    last_read: Instant,
+    last_write: Instant,
+    /// Blocking invocations waiting for the one in `current` to finish.
+    queued: VecDeque<BoxFuture<'static, ()>>,
+    current: Option<BoxFuture<'static, ()>>,
+    /// Client-to-server streams by stream id.
+    uploads: HashMap<String, mpsc::Sender<UploadItem>>,
+    /// Server-to-client streams by invocation id, to cancel them.
+    streams: HashMap<String, CancellationToken>,
+    /// Client results awaiting a Completion, by the invocation id this server assigned.
+    results: HashMap<String, oneshot::Sender<ClientResult>>,
+    next_result_id: u64,
+}
+
+impl<T: Transport> Connection<T> {
+    async fn start(mut transport: T, setup: ConnectionSetup) {
+        let limits = setup.limits;
+        let mut inbound = BytesMut::new();
+        let request = match read_handshake(&mut transport, &mut inbound, &limits).await {
+            Ok(request) => request,
+            Err(HandshakeFailure::Reply(error)) => {
+                tracing::debug!(%error, "handshake refused");
+                let mut out = Vec::new();
+                handshake::write_response(Some(&error), &mut out);
+                let _ = transport
+                    .send(Bytes::from(out), crate::protocol::TransferFormat::Text)
+                    .await;
+                transport.close(CloseKind::Normal).await;
+                return;
+            }
+            Err(HandshakeFailure::Gone(reason)) => {
+                tracing::debug!(%reason, "no handshake");
+                transport.close(CloseKind::Normal).await;
+                return;
+            }
+        };
+        let Some(protocol) = Protocol::from_name(&request.protocol) else {
+            // read_handshake only returns known protocols.
+            return;
+        };
+        let (tx, mailbox) = mpsc::channel(limits.outbound_queue.max(1));
+        let ended = CancellationToken::new();
+        let handle = ConnectionHandle {
+            id: setup.id.clone(),
+            mailbox: tx,
+            ended: ended.clone(),
+        };
+        let session = Arc::new(Session {
+            id: setup.id,
+            user: setup.request.user,
+            transport: transport.kind(),
+            protocol,
+            query: setup.request.query,
+            headers: setup.request.headers,
+            handle,
+        });
+        let now = Instant::now();
+        let mut connection = Connection {
+            transport,
+            protocol,
+            limits,
+            host: setup.host,
+            session,
+            mailbox,
+            ended,
+            inbound,
+            last_read: now,
+            last_write: now,
+            queued: VecDeque::new(),
+            current: None,
+            uploads: HashMap::new(),
+            streams: HashMap::new(),
+            results: HashMap::new(),
+            next_result_id: 0,
+        };
+        let mut response = Vec::new();
+        handshake::write_response(None, &mut response);
+        if let Err(error) = connection.write(Bytes::from(response)).await {
+            tracing::debug!(%error, "handshake response not delivered");
+            return;
+        }
+        tracing::debug!(protocol = protocol.name(), "connected");
+        let ending = match connection.host.connected(&connection.session).await {
+            Ok(()) => connection.serve().await,
+            Err(error) => Ending::Close {
+                error: Some(error),
+                allow_reconnect: false,
+            },
+        };
+        connection.finish(ending).await;
+    }
+
+    /// The main loop, until the connection ends.
+    async fn serve(&mut self) -> Ending {
+        // Records that arrived in the same frame as the handshake.
+        if let Some(ending) = self.process_inbound().await {
+            return ending;
+        }
+        loop {
+            let keep_alive_at = self.last_write + self.limits.keep_alive;
+            let timeout_at = self.last_read + self.limits.client_timeout;
+            let has_current = self.current.is_some();
+            tokio::select! {
+                biased;
+                _ = self.ended.cancelled() => {
+                    return Ending::Close {
+                        error: Some("Slow consumer: the outbound queue is full.".into()),
+                        allow_reconnect: true,
+                    };
+                }
+                message = self.mailbox.recv() => {
+                    // The connection holds a handle itself, so the mailbox never reports closed.
+                    let Some(message) = message else { return Ending::ClientClosed };
+                    if let Some(ending) = self.drain_mailbox(message).await {
+                        return ending;
+                    }
+                }
+                () = poll_current(&mut self.current), if has_current => {
+                    self.current = self.queued.pop_front();
+                }
+                chunk = self.transport.recv() => {
+                    match chunk {
+                        None => return Ending::ClientClosed,
+                        Some(Err(error)) => return Ending::Close {
+                            error: Some(format!("Connection closed with an error. {error}")),
+                            allow_reconnect: false,
+                        },
+                        Some(Ok(bytes)) => {
+                            self.last_read = Instant::now();
+                            self.inbound.extend_from_slice(&bytes);
+                            if let Some(ending) = self.process_inbound().await {
+                                return ending;
+                            }
+                        }
+                    }
+                }
+                () = sleep_until(keep_alive_at) => {
+                    let mut ping = Vec::new();
+                    if self.protocol.encode::<NoPayload, NoPayload>(&Outgoing::Ping, &mut ping).is_ok() {
+                        if let Err(error) = self.write(Bytes::from(ping)).await {
+                            return Ending::TransportLost(error.to_string());
+                        }
+                    }
+                }
+                () = sleep_until(timeout_at) => {
+                    return Ending::Close {
+                        error: Some("Server timeout elapsed without receiving a message from the client.".into()),
+                        allow_reconnect: true,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is queued, batched into transport messages of at most `write_batch`.
+    async fn drain_mailbox(&mut self, first: Outbound) -> Option<Ending> {
+        let mut batch: Vec<u8> = Vec::new();
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Outbound::Frame(frame) => {
+                    if let Some(bytes) = frame.bytes(self.protocol) {
+                        batch.extend_from_slice(bytes);
+                    }
+                }
+                Outbound::Own(bytes) => batch.extend_from_slice(&bytes),
+                Outbound::Invoke {
+                    target,
+                    arguments,
+                    reply,
+                } => {
+                    self.next_result_id += 1;
+                    let id = format!("r{}", self.next_result_id);
+                    match arguments.encode_invocation(self.protocol, &id, &target, &mut batch) {
+                        Ok(()) => {
+                            self.results.insert(id, reply);
+                        }
+                        Err(error) => {
+                            let _ = reply.send(Err(ClientResultError::BadResult(error.to_string())));
+                        }
+                    }
+                }
+                Outbound::StreamEnded(id) => {
+                    self.streams.remove(&id);
+                }
+                Outbound::Close { error, allow_reconnect } => {
+                    if let Err(error) = self.flush(&mut batch).await {
+                        return Some(Ending::TransportLost(error.to_string()));
+                    }
+                    return Some(Ending::Close { error, allow_reconnect });
+                }
+            }
+            if batch.len() >= self.limits.write_batch {
+                if let Err(error) = self.flush(&mut batch).await {
+                    return Some(Ending::TransportLost(error.to_string()));
+                }
+            }
+            next = self.mailbox.try_recv().ok();
+        }
+        match self.flush(&mut batch).await {
+            Ok(()) => None,
+            Err(error) => Some(Ending::TransportLost(error.to_string())),
+        }
+    }
+
+    async fn flush(&mut self, batch: &mut Vec<u8>) -> Result<(), crate::transport::TransportError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let bytes = Bytes::from(std::mem::take(batch));
+        self.write(bytes).await
+    }
+
+    async fn write(&mut self, bytes: Bytes) -> Result<(), crate::transport::TransportError> {
+        self.last_write = Instant::now();
+        let format = self.protocol.transfer_format();
+        self.transport.send(bytes, format).await
+    }
+
+    /// Decodes and dispatches every whole record in the inbound buffer.
+    async fn process_inbound(&mut self) -> Option<Ending> {
+        loop {
+            let message = match self.protocol.decode(&mut self.inbound, self.limits.max_message) {
+                Ok(Some(message)) => message,
+                Ok(None) => return None,
+                Err(error) => {
+                    tracing::debug!(%error, "bad message from client");
+                    return Some(Ending::Close {
+                        error: Some(format!("Connection closed with an error. {error}")),
+                        allow_reconnect: false,
+                    });
+                }
+            };
+            if let Some(ending) = self.dispatch(message).await {
+                return Some(ending);
+            }
+        }
+    }
+
+    async fn dispatch(&mut self, message: HubMessage) -> Option<Ending> {
+        match message {
+            HubMessage::Invocation {
+                invocation_id,
+                target,
+                arguments,
+                stream_ids,
+                streaming,
+            } => return self.start_invocation(invocation_id, target, arguments, stream_ids, streaming),
+            HubMessage::StreamItem { invocation_id, item } => {
+                if let Some(upload) = self.uploads.get(&invocation_id) {
+                    // Waiting here is the backpressure on an upload: the method runs on its own task.
+                    if upload.send(Ok(item)).await.is_err() {
+                        self.uploads.remove(&invocation_id);
+                    }
+                } else {
+                    tracing::debug!(%invocation_id, "stream item for an unknown stream");
+                }
+            }
+            HubMessage::Completion { invocation_id, outcome } => {
+                if let Some(upload) = self.uploads.remove(&invocation_id) {
+                    if let CompletionOutcome::Error(error) = outcome {
+                        let _ = upload.send(Err(error)).await;
+                    }
+                } else if let Some(reply) = self.results.remove(&invocation_id) {
+                    let result = match outcome {
+                        CompletionOutcome::Void => Ok(None),
+                        CompletionOutcome::Value(value) => Ok(Some(value)),
+                        CompletionOutcome::Error(error) => Err(ClientResultError::Client(error)),
+                    };
+                    let _ = reply.send(result);
+                } else {
+                    tracing::debug!(%invocation_id, "completion for an unknown invocation");
+                }
+            }
+            HubMessage::CancelInvocation { invocation_id } => {
+                if let Some(cancel) = self.streams.remove(&invocation_id) {
+                    cancel.cancel();
+                }
+            }
+            HubMessage::Ping => {}
+            HubMessage::Close { error, .. } => {
+                if let Some(error) = error {
+                    tracing::debug!(%error, "client closed with an error");
+                }
+                return Some(Ending::ClientClosed);
+            }
+            // Stateful reconnect is not negotiated by this server yet, so these carry nothing to act on.
+            HubMessage::Ack { .. } | HubMessage::Sequence { .. } => {}
+            HubMessage::Unknown { message_type } => {
+                tracing::debug!(message_type, "ignored a message of unknown type");
+            }
+        }
+        None
+    }
+
+    fn start_invocation(
+        &mut self,
+        invocation_id: Option<String>,
+        target: String,
+        arguments: Vec<RawValue>,
+        stream_ids: Vec<String>,
+        streaming: bool,
+    ) -> Option<Ending> {
+        let handle = self.session.handle.clone();
+        let protocol = self.protocol;
+        let reply_to = |id: &Option<String>, error: String| {
+            if let Some(id) = id {
+                let bytes = encode_error(protocol, id, &error);
+                if let Some(bytes) = bytes {
+                    let _ = handle.try_send(Outbound::Own(bytes));
+                }
+            }
+        };
+        let Some(method_streams) = self.host.method_kind(&target) else {
+            reply_to(&invocation_id, format!("Unknown hub method '{target}'"));
+            return None;
+        };
+        if method_streams && !streaming {
+            reply_to(
+                &invocation_id,
+                format!(
+                    "The client attempted to invoke the streaming '{target}' method with a non-streaming invocation."
+                ),
+            );
+            return None;
+        }
+        if !method_streams && streaming {
+            reply_to(
+                &invocation_id,
+                format!(
+                    "The client attempted to invoke the non-streaming '{target}' method with a streaming invocation."
+                ),
+            );
+            return None;
+        }
+        let mut uploads = Vec::with_capacity(stream_ids.len());
+        for stream_id in &stream_ids {
+            let (tx, rx) = mpsc::channel(self.limits.stream_buffer.max(1));
+            self.uploads.insert(stream_id.clone(), tx);
+            uploads.push(rx);
+        }
+        let cancel = self.ended.child_token();
+        let call = Call {
+            target,
+            arguments,
+            uploads,
+            cancel: cancel.clone(),
+        };
+        let reply = self.host.invoke(&self.session, call);
+        let handle = self.session.handle.clone();
+        if streaming {
+            // A stream invocation without an id has no one to stream to.
+            let id = invocation_id?;
+            self.streams.insert(id.clone(), cancel.clone());
+            tokio::spawn(stream_reply(reply, handle, protocol, id, cancel).instrument(tracing::Span::current()));
+            return None;
+        }
+        let run = async move {
+            let reply = reply.await;
+            let Some(id) = invocation_id else { return };
+            let bytes = match reply {
+                Reply::Void => encode_void(protocol, &id),
+                Reply::Value(value) => {
+                    let mut out = Vec::new();
+                    match value.encode_result(protocol, &id, &mut out) {
+                        Ok(()) => Some(Bytes::from(out)),
+                        Err(error) => encode_error(protocol, &id, &format!("The result could not be sent: {error}")),
+                    }
+                }
+                Reply::Error(error) => encode_error(protocol, &id, &error),
+                Reply::Stream(_) => encode_error(protocol, &id, "A non-streaming method returned a stream."),
+            };
+            if let Some(bytes) = bytes {
+                let _ = handle.send(Outbound::Own(bytes)).await;
+            }
+        };
+        if stream_ids.is_empty() {
+            let run = Box::pin(run.instrument(tracing::Span::current()));
+            if self.current.is_none() {
+                self.current = Some(run);
+            } else {
+                self.queued.push_back(run);
+            }
+        } else {
+            tokio::spawn(run.instrument(tracing::Span::current()));
+        }
+        None
+    }
+
+    async fn finish(mut self, ending: Ending) {
+        self.ended.cancel();
+        let id = self.session.id.to_string();
+        for (_, reply) in self.results.drain() {
+            let _ = reply.send(Err(ClientResultError::Disconnected(id.clone())));
+        }
+        self.uploads.clear();
+        self.queued.clear();
+        self.current = None;
+        let (error, kind) = match ending {
+            Ending::ClientClosed => {
+                tracing::debug!("client closed");
+                (None, Some(CloseKind::Normal))
+            }
+            Ending::Close { error, allow_reconnect } => {
+                tracing::debug!(error = error.as_deref().unwrap_or(""), "server closes");
+                let mut out = Vec::new();
+                let close: Outgoing<'_, NoPayload, NoPayload> = Outgoing::Close {
+                    error: error.as_deref(),
+                    allow_reconnect,
+                };
+                if self.protocol.encode(&close, &mut out).is_ok() {
+                    let _ = self.write(Bytes::from(out)).await;
+                }
+                (error, Some(CloseKind::Normal))
+            }
+            Ending::TransportLost(reason) => {
+                tracing::debug!(%reason, "transport lost");
+                (Some(reason), None)
+            }
+        };
+        self.host.disconnected(&self.session, error).await;
+        if let Some(kind) = kind {
+            self.transport.close(kind).await;
+        }
+        // Anything still queued after the end is dropped with the mailbox; client results in it fail as their
+        // reply senders drop, which `invoke` reports as a disconnect.
+        self.mailbox.close();
+    }
+}
+
+/// Polls the running invocation; pending forever when there is none (the select guard prevents that case).
+async fn poll_current(current: &mut Option<BoxFuture<'static, ()>>) {
+    match current.as_mut() {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+enum HandshakeFailure {
+    /// Answer with a handshake error, then close.
+    Reply(String),
+    /// Close without an answer.
+    Gone(String),
+}
+
+async fn read_handshake<T: Transport>(
+    transport: &mut T,
+    inbound: &mut BytesMut,
+    limits: &Limits,
+) -> Result<HandshakeRequest, HandshakeFailure> {
+    let deadline = Instant::now() + limits.handshake_timeout;
+    loop {
+        match handshake::parse_request(inbound, limits.max_message) {
+            Ok(Some(request)) => {
+                let Some(protocol) = Protocol::from_name(&request.protocol) else {
+                    return Err(HandshakeFailure::Reply(format!(
+                        "The protocol '{}' is not supported.",
+                        request.protocol
+                    )));
+                };
+                if !(1..=2).contains(&request.version) {
+                    return Err(HandshakeFailure::Reply(format!(
+                        "The server does not support version {} of the '{}' protocol.",
+                        request.version, request.protocol
+                    )));
+                }
+                if protocol.transfer_format() == crate::protocol::TransferFormat::Binary
+                    && transport.kind() == TransportKind::ServerSentEvents
+                {
+                    return Err(HandshakeFailure::Reply(format!(
+                        "Cannot use the '{}' protocol on the current transport. The transport does not support 'Binary' transfer format.",
+                        request.protocol
+                    )));
+                }
+                return Ok(request);
+            }
+            Ok(None) => {}
+            Err(error) => return Err(HandshakeFailure::Reply(error.to_string())),
+        }
+        let chunk = tokio::select! {
+            chunk = transport.recv() => chunk,
+            () = sleep_until(deadline) => return Err(HandshakeFailure::Gone("handshake timed out".into())),
+        };
+        match chunk {
+            Some(Ok(bytes)) => inbound.extend_from_slice(&bytes),
+            Some(Err(error)) => return Err(HandshakeFailure::Gone(error.to_string())),
+            None => return Err(HandshakeFailure::Gone("the client left before the handshake".into())),
+        }
+    }
+}
+
+/// Runs a streaming method's reply: items as StreamItems, then a Completion (with the error, if it failed).
+async fn stream_reply(
+    reply: BoxFuture<'static, Reply>,
+    handle: ConnectionHandle,
+    protocol: Protocol,
+    id: String,
+    cancel: CancellationToken,
+) {
+    let reply = tokio::select! {
+        reply = reply => reply,
+        () = cancel.cancelled() => {
+            let _ = handle.try_send(Outbound::StreamEnded(id));
+            return;
+        }
+    };
+    let ending = match reply {
+        Reply::Stream(mut items) => loop {
+            let item = tokio::select! {
+                item = items.next() => item,
+                () = cancel.cancelled() => break None,
+            };
+            match item {
+                None => break encode_void(protocol, &id),
+                Some(Err(error)) => break encode_error(protocol, &id, &error),
+                Some(Ok(value)) => {
+                    let mut out = Vec::new();
+                    if let Err(error) = value.encode_item(protocol, &id, &mut out) {
+                        break encode_error(protocol, &id, &format!("A stream item could not be sent: {error}"));
+                    }
+                    if handle.send(Outbound::Own(Bytes::from(out))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        },
+        Reply::Error(error) => encode_error(protocol, &id, &error),
+        Reply::Void | Reply::Value(_) => encode_error(protocol, &id, "A streaming method did not return a stream."),
+    };
+    if let Some(bytes) = ending {
+        let _ = handle.send(Outbound::Own(bytes)).await;
+    }
+    let _ = handle.try_send(Outbound::StreamEnded(id));
+}
+
+fn encode_void(protocol: Protocol, id: &str) -> Option<Bytes> {
+    let mut out = Vec::new();
+    let message: Outgoing<'_, NoPayload, NoPayload> = Outgoing::Completion {
+        invocation_id: id,
+        outcome: CompletionOutcome::Void,
+    };
+    protocol.encode(&message, &mut out).ok().map(|()| Bytes::from(out))
+}
+
+fn encode_error(protocol: Protocol, id: &str, error: &str) -> Option<Bytes> {
+    let mut out = Vec::new();
+    let message: Outgoing<'_, NoPayload, NoPayload> = Outgoing::Completion {
+        invocation_id: id,
+        outcome: CompletionOutcome::Error(error.to_owned()),
+    };
+    protocol.encode(&message, &mut out).ok().map(|()| Bytes::from(out))
+}

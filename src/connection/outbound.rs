@@ -1,0 +1,212 @@
+//! What travels to a connection: frames encoded at most once per protocol and shared by every recipient, and
+//! the bounded mailbox that carries them.
+//!
+//! A [`SharedFrame`] is built once per send (a group send, a broadcast) and handed to every recipient as an
+//! `Arc`; each connection asks for the bytes of its own protocol, which are encoded on first use and then
+//! reused by every other connection of that protocol. Frames meant for one connection alone (completions,
+//! stream items, client-result invocations) are encoded by that connection and travel as [`Outbound::Own`].
+//!
+//! # Slow consumers
+//! The mailbox is bounded (`Limits::outbound_queue`). Fan-out (group, all, user sends) never waits on one
+//! connection: when its mailbox is full the message is not queued and the connection is closed with the error
+//! `"Slow consumer: the outbound queue is full."`, so one stalled reader costs nobody else memory or time.
+//! Replies to the connection's own invocations (completions, stream items) wait for room instead: that is
+//! backpressure on the caller's own stream, not on anybody else.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::protocol::{EncodeError, NoPayload, Outgoing, Protocol, RawValue};
+
+/// Encodes one server message in a given protocol. Implemented for the sources a [`SharedFrame`] can hold.
+pub trait EncodeSource: Send + Sync + 'static {
+    /// Appends the whole record for `protocol` to `out`.
+    fn encode(&self, protocol: Protocol, out: &mut Vec<u8>) -> Result<(), EncodeError>;
+}
+
+/// A server-to-client invocation without an id (`Clients.X.send`): a target and its arguments.
+struct InvocationSource<A> {
+    target: String,
+    arguments: A,
+}
+
+impl<A: Serialize + Send + Sync + 'static> EncodeSource for InvocationSource<A> {
+    fn encode(&self, protocol: Protocol, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        protocol.encode::<A, NoPayload>(
+            &Outgoing::Invocation {
+                invocation_id: None,
+                target: &self.target,
+                arguments: &self.arguments,
+            },
+            out,
+        )
+    }
+}
+
+/// Bytes that are already encoded for each protocol (a frame that came from another node).
+struct PreEncoded {
+    json: Option<Bytes>,
+    msgpack: Option<Bytes>,
+}
+
+impl EncodeSource for PreEncoded {
+    fn encode(&self, protocol: Protocol, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let bytes = match protocol {
+            Protocol::Json => self.json.as_ref(),
+            Protocol::MessagePack => self.msgpack.as_ref(),
+        };
+        match bytes {
+            Some(bytes) => {
+                out.extend_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(EncodeError {
+                protocol: protocol.name(),
+                reason: "the frame was not encoded for this protocol".into(),
+            }),
+        }
+    }
+}
+
+/// One server message, encoded lazily and at most once per protocol, shared by all its recipients.
+pub struct SharedFrame {
+    json: OnceLock<Option<Bytes>>,
+    msgpack: OnceLock<Option<Bytes>>,
+    source: Box<dyn EncodeSource>,
+}
+
+impl std::fmt::Debug for SharedFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedFrame")
+            .field("json", &self.json.get())
+            .field("msgpack", &self.msgpack.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedFrame {
+    /// A frame produced by `source` on demand.
+    pub fn from_source(source: Box<dyn EncodeSource>) -> Arc<SharedFrame> {
+        Arc::new(SharedFrame {
+            json: OnceLock::new(),
+            msgpack: OnceLock::new(),
+            source,
+        })
+    }
+
+    /// An Invocation with no id of client method `target` with `arguments` (a tuple or a `Vec`).
+    pub fn invocation<A>(target: impl Into<String>, arguments: A) -> Arc<SharedFrame>
+    where
+        A: Serialize + Send + Sync + 'static,
+    {
+        Self::from_source(Box::new(InvocationSource {
+            target: target.into(),
+            arguments,
+        }))
+    }
+
+    /// A frame whose bytes were encoded elsewhere, for the protocols given.
+    pub fn pre_encoded(json: Option<Bytes>, msgpack: Option<Bytes>) -> Arc<SharedFrame> {
+        Self::from_source(Box::new(PreEncoded { json, msgpack }))
+    }
+
+    /// The whole record for `protocol`, encoded on first use. `None` if the payload cannot be encoded in that
+    /// protocol (logged once, where it is first encoded).
+    pub fn bytes(&self, protocol: Protocol) -> Option<&Bytes> {
+        let cell = match protocol {
+            Protocol::Json => &self.json,
+            Protocol::MessagePack => &self.msgpack,
+        };
+        cell.get_or_init(|| {
+            let mut out = Vec::new();
+            match self.source.encode(protocol, &mut out) {
+                Ok(()) => Some(Bytes::from(out)),
+                Err(error) => {
+                    tracing::warn!(%error, "a message could not be encoded and was not sent");
+                    None
+                }
+            }
+        })
+        .as_ref()
+    }
+}
+
+/// Why a client result failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientResultError {
+    /// The connection closed before it answered.
+    #[error("Connection '{0}' disconnected.")]
+    Disconnected(String),
+    /// The client answered with an error (for example `"Error: from callback"`).
+    #[error("{0}")]
+    Client(String),
+    /// No answer within the timeout.
+    #[error("The client did not answer within {0:?}.")]
+    Timeout(std::time::Duration),
+    /// The answer could not be converted to the expected type.
+    #[error("The client's result could not be read: {0}")]
+    BadResult(String),
+}
+
+/// The answer to a client-result invocation: the value the client returned (which may be null).
+pub type ClientResult = Result<Option<RawValue>, ClientResultError>;
+
+/// A message in a connection's mailbox.
+pub enum Outbound {
+    /// A frame shared with other recipients.
+    Frame(Arc<SharedFrame>),
+    /// Bytes already encoded in this connection's protocol (a completion or a stream item of its own).
+    Own(Bytes),
+    /// Invoke a client method and route its Completion to `reply` (client results).
+    Invoke {
+        /// The client method.
+        target: String,
+        /// The arguments, encoded by the connection once it has assigned an invocation id.
+        arguments: Box<dyn EncodeArguments>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<ClientResult>,
+    },
+    /// A server-to-client stream of this connection ended; forget its cancellation token.
+    StreamEnded(String),
+    /// Close the connection with a Close message.
+    Close {
+        /// The error to report, if any.
+        error: Option<String>,
+        /// Whether the client may reconnect.
+        allow_reconnect: bool,
+    },
+}
+
+/// Arguments of a client-result invocation, encoded once the invocation id is known.
+pub trait EncodeArguments: Send + 'static {
+    /// Appends the Invocation record with `invocation_id` and `target` to `out`.
+    fn encode_invocation(
+        &self,
+        protocol: Protocol,
+        invocation_id: &str,
+        target: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError>;
+}
+
+impl<A: Serialize + Send + 'static> EncodeArguments for A {
+    fn encode_invocation(
+        &self,
+        protocol: Protocol,
+        invocation_id: &str,
+        target: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        protocol.encode::<A, NoPayload>(
+            &Outgoing::Invocation {
+                invocation_id: Some(invocation_id),
+                target,
+                arguments: self,
+            },
+            out,
+        )
+    }
+}

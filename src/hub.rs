@@ -1,0 +1,467 @@
+//! Hubs: the user's methods by name, their lifecycle hooks, and the proxies hub code sends through.
+//!
+//! This is the only user-facing layer with business logic. It implements the connection layer's
+//! [`ConnectionHost`] (a hub serves connections), keeps the node-local registry of its connections, and reaches
+//! groups and users through their actors ([`crate::group`]). It knows nothing of sockets or HTTP.
+//!
+//! ```no_run
+//! use hubmesh::{Caller, Hub, HubError};
+//!
+//! async fn send_message(caller: Caller, user: String, text: String) -> Result<(), HubError> {
+//!     caller.clients().all().send("ReceiveMessage", (user, text)).await
+//! }
+//! async fn echo(message: String) -> String {
+//!     message
+//! }
+//!
+//! let chat = Hub::new("chat")
+//!     .method("SendMessage", send_message)
+//!     .method("Echo", echo);
+//! ```
+
+mod caller;
+mod clients;
+mod groups;
+pub mod handler;
+
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use parking_lot::RwLock;
+
+pub(crate) use caller::url_query_value;
+pub use caller::Caller;
+pub use clients::{ClientProxy, Clients};
+pub use groups::Groups;
+pub use handler::{ClientStream, Handler, State, Streamed};
+
+use crate::connection::{Call, ClientResultError, ConnectionHandle, ConnectionHost, ConnectionId, Reply, Session};
+use crate::group::{GroupDirectory, GroupError, GroupKey};
+use crate::transport::TransportKind;
+use handler::{HubReply, InvocationParts};
+
+/// An error from a hub method or a hub operation.
+///
+/// What the client sees follows ASP.NET Core (conformance section K): a [`HubError::Hub`] message always
+/// reaches the client; other errors show their type and message only when the hub has detailed errors on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    /// SignalR's `HubException`: a message meant for the client.
+    #[error("{0}")]
+    Hub(String),
+    /// Any other failure, named like a .NET exception type (`InvalidOperationException`).
+    #[error("{message}")]
+    Exception {
+        /// The exception type name shown with detailed errors.
+        kind: String,
+        /// The message.
+        message: String,
+    },
+    /// The call's arguments did not fit the method.
+    #[error("{0}")]
+    Binding(String),
+    /// A client result failed.
+    #[error(transparent)]
+    ClientResult(#[from] ClientResultError),
+    /// No connection with this id exists.
+    #[error("Connection '{0}' does not exist.")]
+    UnknownConnection(String),
+    /// A group could not be reached.
+    #[error("{0}")]
+    Group(#[from] GroupError),
+    /// The operation needs a single connection as its target.
+    #[error("{0}")]
+    InvalidTarget(&'static str),
+}
+
+impl HubError {
+    /// A `HubException` with this message.
+    pub fn hub(message: impl Into<String>) -> Self {
+        HubError::Hub(message.into())
+    }
+
+    /// An exception of type `kind` (for example `"InvalidOperationException"`).
+    pub fn exception(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        HubError::Exception {
+            kind: kind.into(),
+            message: message.into(),
+        }
+    }
+
+    fn kind(&self) -> &str {
+        match self {
+            HubError::Hub(_) => "HubException",
+            HubError::Exception { kind, .. } => kind,
+            HubError::Binding(_) => "InvalidDataException",
+            HubError::ClientResult(_) => "Exception",
+            HubError::UnknownConnection(_) | HubError::Group(_) | HubError::InvalidTarget(_) => {
+                "InvalidOperationException"
+            }
+        }
+    }
+
+    /// The text a client sees when method `method` failed with this error.
+    pub fn client_text(&self, method: &str, detailed: bool) -> String {
+        let (head, always) = match self {
+            HubError::Binding(_) => (
+                format!("Failed to invoke '{method}' due to an error on the server."),
+                false,
+            ),
+            HubError::Hub(_) => (
+                format!("An unexpected error occurred invoking '{method}' on the server."),
+                true,
+            ),
+            _ => (
+                format!("An unexpected error occurred invoking '{method}' on the server."),
+                false,
+            ),
+        };
+        if always || detailed {
+            format!("{head} {}: {self}", self.kind())
+        } else {
+            head
+        }
+    }
+}
+
+type MethodFn = Arc<dyn Fn(InvocationParts) -> BoxFuture<'static, HubReply> + Send + Sync>;
+type HookFn = Arc<dyn Fn(Caller) -> BoxFuture<'static, Result<(), HubError>> + Send + Sync>;
+
+struct Method {
+    name: String,
+    streaming: bool,
+    call: MethodFn,
+}
+
+/// A hub: a name, the path it is served at, and methods clients call by name.
+pub struct Hub {
+    name: String,
+    path: String,
+    methods: HashMap<String, Method>,
+    detailed_errors: bool,
+    transports: Vec<TransportKind>,
+    client_result_timeout: Duration,
+    on_connected: Option<HookFn>,
+    on_disconnected: Option<HookFn>,
+    state: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field(
+                "methods",
+                &self.methods.values().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// A hub named `name`, served at `/{name}`.
+    pub fn new(name: &str) -> Self {
+        Hub {
+            name: name.to_owned(),
+            path: format!("/{}", name.trim_start_matches('/')),
+            methods: HashMap::new(),
+            detailed_errors: false,
+            transports: vec![TransportKind::WebSockets],
+            client_result_timeout: Duration::from_secs(30),
+            on_connected: None,
+            on_disconnected: None,
+            state: None,
+        }
+    }
+
+    /// Serves the hub at `path` instead (matched case-insensitively, as ASP.NET routing does).
+    pub fn path(mut self, path: &str) -> Self {
+        self.path = format!("/{}", path.trim_matches('/'));
+        self
+    }
+
+    /// Registers method `name` (matched case-insensitively). See [`handler`] for what a method may take and
+    /// return.
+    pub fn method<H, T>(mut self, name: &str, handler: H) -> Self
+    where
+        H: Handler<T>,
+        T: 'static,
+    {
+        let call: MethodFn = Arc::new(move |parts| handler.call(parts));
+        self.methods.insert(
+            name.to_ascii_lowercase(),
+            Method {
+                name: name.to_owned(),
+                streaming: H::STREAMING,
+                call,
+            },
+        );
+        self
+    }
+
+    /// Shows error types and messages of failed methods to clients (ASP.NET's `EnableDetailedErrors`).
+    pub fn detailed_errors(mut self, on: bool) -> Self {
+        self.detailed_errors = on;
+        self
+    }
+
+    /// The transports this hub offers (default: WebSockets).
+    pub fn transports(mut self, transports: &[TransportKind]) -> Self {
+        self.transports = transports.to_vec();
+        self
+    }
+
+    /// How long a client result may take before it fails (default 30 s).
+    pub fn client_result_timeout(mut self, timeout: Duration) -> Self {
+        self.client_result_timeout = timeout;
+        self
+    }
+
+    /// Shared state for the [`State`] extractor.
+    pub fn with_state<S: Clone + Send + Sync + 'static>(mut self, state: S) -> Self {
+        self.state = Some(Arc::new(state));
+        self
+    }
+
+    /// Runs when a connection has completed its handshake; an error closes it with that error.
+    pub fn on_connected<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Caller) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HubError>> + Send + 'static,
+    {
+        self.on_connected = Some(Arc::new(move |caller| Box::pin(hook(caller))));
+        self
+    }
+
+    /// Runs when a connection has ended (after it left its groups).
+    pub fn on_disconnected<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Caller) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HubError>> + Send + 'static,
+    {
+        self.on_disconnected = Some(Arc::new(move |caller| Box::pin(hook(caller))));
+        self
+    }
+
+    /// The hub's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The path it is served at.
+    pub fn route(&self) -> &str {
+        &self.path
+    }
+
+    /// The transports it offers.
+    pub fn offered_transports(&self) -> &[TransportKind] {
+        &self.transports
+    }
+}
+
+/// One connection in the hub's registry, with the groups it joined (so it can leave them when it ends).
+struct Member {
+    handle: ConnectionHandle,
+    groups: HashSet<Arc<str>>,
+}
+
+/// A hub running on a node: its definition, its connections here, and its group actors.
+pub(crate) struct HubRuntime {
+    hub: Hub,
+    connections: RwLock<HashMap<ConnectionId, Member>>,
+    groups: GroupDirectory,
+}
+
+/// A handle to a hub on this node, usable inside hub methods and from anywhere else (a background task, an HTTP
+/// route): the same `Clients` and `Groups` a method has, without a caller.
+#[derive(Clone)]
+pub struct HubContext {
+    runtime: Arc<HubRuntime>,
+}
+
+impl std::fmt::Debug for HubContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubContext")
+            .field("hub", &self.runtime.hub.name)
+            .finish()
+    }
+}
+
+impl HubContext {
+    /// Starts `hub` on this node; group actors run on `runtime`.
+    pub(crate) fn start(hub: Hub, runtime: tokio::runtime::Handle) -> HubContext {
+        HubContext {
+            runtime: Arc::new(HubRuntime {
+                hub,
+                connections: RwLock::new(HashMap::new()),
+                groups: GroupDirectory::new(runtime),
+            }),
+        }
+    }
+
+    /// The hub definition.
+    pub fn hub(&self) -> &Hub {
+        &self.runtime.hub
+    }
+
+    /// Sends to clients of this hub.
+    pub fn clients(&self) -> Clients {
+        Clients::new(self.clone(), None)
+    }
+
+    /// Manages group membership.
+    pub fn groups(&self) -> Groups {
+        Groups::new(self.clone())
+    }
+
+    /// The number of connections to this hub on this node.
+    pub fn local_connection_count(&self) -> usize {
+        self.runtime.connections.read().len()
+    }
+
+    pub(crate) fn handle_of(&self, id: &ConnectionId) -> Option<ConnectionHandle> {
+        self.runtime
+            .connections
+            .read()
+            .get(id)
+            .map(|member| member.handle.clone())
+    }
+
+    pub(crate) fn for_each_connection(&self, mut visit: impl FnMut(&ConnectionId, &ConnectionHandle)) {
+        for (id, member) in self.runtime.connections.read().iter() {
+            visit(id, &member.handle);
+        }
+    }
+
+    pub(crate) fn group_directory(&self) -> &GroupDirectory {
+        &self.runtime.groups
+    }
+
+    /// Records that `id` joined `group`; false if the connection is not here.
+    pub(crate) fn note_joined(&self, id: &ConnectionId, group: &str) -> Option<ConnectionHandle> {
+        let mut connections = self.runtime.connections.write();
+        let member = connections.get_mut(id)?;
+        member.groups.insert(group.into());
+        Some(member.handle.clone())
+    }
+
+    pub(crate) fn note_left(&self, id: &ConnectionId, group: &str) -> bool {
+        let mut connections = self.runtime.connections.write();
+        match connections.get_mut(id) {
+            Some(member) => {
+                member.groups.remove(group);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops the hub's group actors (node shutdown).
+    pub(crate) fn shutdown(&self) {
+        self.runtime.groups.stop_all();
+    }
+
+    fn caller(&self, session: &Arc<Session>) -> Caller {
+        Caller::new(session.clone(), self.clone())
+    }
+}
+
+impl ConnectionHost for HubContext {
+    fn method_kind(&self, target: &str) -> Option<bool> {
+        self.runtime
+            .hub
+            .methods
+            .get(&target.to_ascii_lowercase())
+            .map(|method| method.streaming)
+    }
+
+    fn invoke(&self, session: &Arc<Session>, call: Call) -> BoxFuture<'static, Reply> {
+        let hub = &self.runtime.hub;
+        let Some(method) = hub.methods.get(&call.target.to_ascii_lowercase()) else {
+            let target = call.target;
+            return Box::pin(async move { Reply::Error(format!("Unknown hub method '{target}'")) });
+        };
+        let parts = InvocationParts {
+            caller: self.caller(session),
+            arguments: call.arguments.into_iter(),
+            uploads: call.uploads.into_iter(),
+            cancel: call.cancel,
+            state: hub.state.clone(),
+        };
+        let name = method.name.clone();
+        let detailed = hub.detailed_errors;
+        let reply = (method.call)(parts);
+        Box::pin(async move {
+            match reply.await {
+                HubReply::Void => Reply::Void,
+                HubReply::Value(value) => Reply::Value(value),
+                HubReply::Error(error) => Reply::Error(error.client_text(&name, detailed)),
+                HubReply::Stream(items) => Reply::Stream(
+                    items
+                        .map(move |item| item.map_err(|error| error.client_text(&name, detailed)))
+                        .boxed(),
+                ),
+            }
+        })
+    }
+
+    fn connected(&self, session: &Arc<Session>) -> BoxFuture<'static, Result<(), String>> {
+        self.runtime.connections.write().insert(
+            session.id.clone(),
+            Member {
+                handle: session.handle.clone(),
+                groups: HashSet::new(),
+            },
+        );
+        let context = self.clone();
+        let caller = self.caller(session);
+        let session = session.clone();
+        Box::pin(async move {
+            if let Some(user) = &session.user {
+                context
+                    .runtime
+                    .groups
+                    .add(&GroupKey::user(user), session.id.clone(), session.handle.clone())
+                    .await
+                    .map_err(|error| error.to_string())?;
+            }
+            match &context.runtime.hub.on_connected {
+                Some(hook) => hook(caller)
+                    .await
+                    .map_err(|error| error.client_text("OnConnectedAsync", context.runtime.hub.detailed_errors)),
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn disconnected(&self, session: &Arc<Session>, _error: Option<String>) -> BoxFuture<'static, ()> {
+        let member = self.runtime.connections.write().remove(&session.id);
+        let context = self.clone();
+        let caller = self.caller(session);
+        let session = session.clone();
+        Box::pin(async move {
+            let directory = &context.runtime.groups;
+            if let Some(member) = member {
+                for group in member.groups {
+                    if let Err(error) = directory.remove(&GroupKey::named(&group), session.id.clone()).await {
+                        tracing::warn!(%error, "a group could not drop a disconnected member");
+                    }
+                }
+            }
+            if let Some(user) = &session.user {
+                let _ = directory.remove(&GroupKey::user(user), session.id.clone()).await;
+            }
+            if let Some(hook) = &context.runtime.hub.on_disconnected {
+                if let Err(error) = hook(caller).await {
+                    tracing::debug!(%error, "on_disconnected failed");
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,89 @@
+//! The WebSocket transport over actix-ws (the maintained successor of the deprecated actix-web-actors).
+//!
+//! JSON goes out as Text frames and MessagePack as Binary frames (conformance item 20); WebSocket pings are
+//! answered here; continuation frames are aggregated up to the frame cap; a clean end is close code 1000.
+
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use bytes::Bytes;
+use bytestring::ByteString;
+use futures_util::StreamExt;
+
+use super::{CloseKind, Transport, TransportError, TransportKind};
+use crate::protocol::TransferFormat;
+
+/// One accepted WebSocket: the session to write to and the stream of client messages.
+pub struct WebSocketTransport {
+    session: Session,
+    stream: AggregatedMessageStream,
+    max_frame: usize,
+}
+
+impl WebSocketTransport {
+    /// Wraps an upgraded socket; frames (after aggregation) over `max_frame` bytes end the connection.
+    pub fn new(session: Session, stream: actix_ws::MessageStream, max_frame: usize) -> Self {
+        let stream = stream
+            .max_frame_size(max_frame)
+            .aggregate_continuations()
+            .max_continuation_size(max_frame);
+        WebSocketTransport {
+            session,
+            stream,
+            max_frame,
+        }
+    }
+}
+
+impl Transport for WebSocketTransport {
+    fn kind(&self) -> TransportKind {
+        TransportKind::WebSockets
+    }
+
+    async fn recv(&mut self) -> Option<Result<Bytes, TransportError>> {
+        loop {
+            let message = match self.stream.next().await? {
+                Ok(message) => message,
+                Err(actix_ws::ProtocolError::Overflow) => {
+                    return Some(Err(TransportError::FrameTooLarge(self.max_frame)))
+                }
+                Err(error) => return Some(Err(TransportError::Protocol(error.to_string()))),
+            };
+            match message {
+                AggregatedMessage::Text(text) => return Some(Ok(text.into_bytes())),
+                AggregatedMessage::Binary(bytes) => return Some(Ok(bytes)),
+                AggregatedMessage::Ping(payload) => {
+                    if self.session.pong(&payload).await.is_err() {
+                        return None;
+                    }
+                }
+                AggregatedMessage::Pong(_) => {}
+                AggregatedMessage::Close(_) => return None,
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: Bytes, format: TransferFormat) -> Result<(), TransportError> {
+        let sent = match format {
+            TransferFormat::Text => match ByteString::try_from(bytes) {
+                Ok(text) => self.session.text(text).await,
+                Err(_) => return Err(TransportError::Protocol("a text frame was not UTF-8".into())),
+            },
+            TransferFormat::Binary => self.session.binary(bytes).await,
+        };
+        sent.map_err(|_| TransportError::Closed)
+    }
+
+    async fn close(self, kind: CloseKind) {
+        let code = match kind {
+            CloseKind::Normal => CloseCode::Normal,
+            CloseKind::InternalError => CloseCode::Error,
+        };
+        // The client may already be gone; there is nobody to tell then.
+        let _ = self
+            .session
+            .close(Some(CloseReason {
+                code,
+                description: None,
+            }))
+            .await;
+    }
+}
