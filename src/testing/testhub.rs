@@ -1,0 +1,375 @@
+//! The server the official SignalR functional tests run against (`SignalR.Client.FunctionalTestApp` upstream),
+//! rebuilt on hubmesh: the `TestHub` and the routes listed in `shared/docs/signalr-conformance.md`, section
+//! "Endpoints the test server maps".
+//!
+//! Served by `cargo run --example testhub` and by [`super::TestHubServer`] in tests. Routes that need
+//! transports or authentication hubmesh does not have yet (SSE, long polling, JWT) answer as unsupported.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use actix_web::body::MessageBody;
+use actix_web::cookie::time::OffsetDateTime;
+use actix_web::cookie::Cookie;
+use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use futures_util::stream;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::connection::ConnectionId;
+use crate::demo::demo_hub;
+use crate::hub::{Caller, ClientStream, Hub, HubContext, HubError, Streamed};
+use crate::node::http::{cors, random_id};
+use crate::node::{Node, NodeError};
+use crate::protocol::negotiate::{AvailableTransport, NegotiateResponse};
+use crate::protocol::{Binary, Timestamp, TransferFormat};
+use crate::transport::TransportKind;
+use crate::CancellationToken;
+
+/// `{Name, Value}`, sent back to the caller by `SendCustomObject` with PascalCase keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CustomObject {
+    /// Any text.
+    pub name: String,
+    /// Any number.
+    pub value: serde_json::Number,
+}
+
+/// The structure `EchoComplexObject` round-trips (conformance items 49-51).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ComplexObject {
+    /// Base64 in JSON, `bin` in MessagePack.
+    pub byte_array: Binary,
+    /// ISO-8601 UTC in JSON, the timestamp extension in MessagePack.
+    pub date_time: Timestamp,
+    /// A GUID as text.
+    pub guid: String,
+    /// Integers.
+    pub int_array: Vec<i64>,
+    /// Text.
+    pub string: String,
+}
+
+async fn echo(message: String) -> String {
+    message
+}
+
+async fn get_caller_connection_id(caller: Caller) -> String {
+    caller.connection_id().to_string()
+}
+
+async fn get_num_redirects(caller: Caller) -> i64 {
+    caller
+        .query_param("numRedirects")
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn throw_exception(message: String) -> Result<(), HubError> {
+    Err(HubError::exception("InvalidOperationException", message))
+}
+
+async fn invoke_with_string(caller: Caller, message: String) -> Result<(), HubError> {
+    caller.clients().caller().send("Message", (message,)).await
+}
+
+async fn send_custom_object(caller: Caller, object: CustomObject) -> Result<(), HubError> {
+    caller.clients().caller().send("CustomObject", (object,)).await
+}
+
+async fn stream_abc() -> Streamed {
+    Streamed::new(stream::iter(["a", "b", "c"]))
+}
+
+/// Never yields; when the client cancels, tells it so through the hub context, as the upstream hub does.
+async fn infinite_stream(caller: Caller, cancel: CancellationToken) -> Streamed {
+    let context = caller.context().clone();
+    let id = caller.connection_id().clone();
+    tokio::spawn(async move {
+        cancel.cancelled().await;
+        // The connection may be gone already (a disconnect also cancels); then there is no one to tell.
+        let _ = context.clients().client(&id).send("StreamCanceled", ()).await;
+    });
+    Streamed::new(stream::pending::<String>())
+}
+
+async fn streaming_concat(mut items: ClientStream<String>) -> Result<String, HubError> {
+    let mut joined = String::new();
+    while let Some(item) = items.next().await {
+        joined.push_str(&item?);
+    }
+    Ok(joined)
+}
+
+async fn empty_stream() -> Streamed {
+    Streamed::new(stream::empty::<i32>())
+}
+
+async fn stream_throw_exception(message: String) -> Result<Streamed, HubError> {
+    Err(HubError::exception("InvalidOperationException", message))
+}
+
+async fn get_active_transport_name(caller: Caller) -> &'static str {
+    caller.transport().name()
+}
+
+async fn echo_complex_object(object: ComplexObject) -> ComplexObject {
+    object
+}
+
+async fn send_complex_object() -> ComplexObject {
+    ComplexObject {
+        byte_array: Binary(vec![1, 2, 3]),
+        date_time: Timestamp::from_unix(946_684_800, 0),
+        guid: "00010203-0405-0607-0706-050403020100".into(),
+        int_array: vec![1, 2, 3],
+        string: "hello world".into(),
+    }
+}
+
+async fn get_content_type_header(caller: Caller) -> Option<String> {
+    caller.header("content-type").map(str::to_owned)
+}
+
+async fn get_header(caller: Caller, name: String) -> Option<String> {
+    caller.header(&name).map(str::to_owned)
+}
+
+async fn get_cookie(caller: Caller, name: String) -> Option<String> {
+    caller.cookie(&name).map(str::to_owned)
+}
+
+/// The TestHub with every method the functional tests call, named `name`, at `path`, offering `transports`.
+pub fn test_hub(name: &str, path: &str, transports: &[TransportKind]) -> Hub {
+    Hub::new(name)
+        .path(path)
+        .transports(transports)
+        .detailed_errors(true)
+        .method("Echo", echo)
+        .method("GetCallerConnectionId", get_caller_connection_id)
+        .method("GetNumRedirects", get_num_redirects)
+        .method("ThrowException", throw_exception)
+        .method("InvokeWithString", invoke_with_string)
+        .method("SendCustomObject", send_custom_object)
+        .method("Stream", stream_abc)
+        .method("InfiniteStream", infinite_stream)
+        .method("StreamingConcat", streaming_concat)
+        .method("EmptyStream", empty_stream)
+        .method("StreamThrowException", stream_throw_exception)
+        .method("GetActiveTransportName", get_active_transport_name)
+        .method("EchoComplexObject", echo_complex_object)
+        .method("SendComplexObject", send_complex_object)
+        .method("GetContentTypeHeader", get_content_type_header)
+        .method("GetHeader", get_header)
+        .method("GetCookie", get_cookie)
+}
+
+/// The test server's node: `/testhub`, `/testhub-nowebsockets` and the demo hub at `/hub`.
+pub fn test_node() -> Result<Node, NodeError> {
+    Node::builder()
+        .name("testhub")
+        .hub(test_hub(
+            "TestHub",
+            "/testhub",
+            &[
+                TransportKind::WebSockets,
+                TransportKind::ServerSentEvents,
+                TransportKind::LongPolling,
+            ],
+        ))
+        .hub(test_hub(
+            "TestHubNoWebSockets",
+            "/testhub-nowebsockets",
+            &[TransportKind::ServerSentEvents, TransportKind::LongPolling],
+        ))
+        .hub(demo_hub())
+        .build()
+}
+
+/// `GET /clientresult/{id}`: invokes `Result` on connection `id` and answers with its integer, or with the
+/// failure's message ("Error: from callback", "Client didn't provide a result.").
+async fn client_result(path: web::Path<String>, hub: web::Data<HubContext>) -> HttpResponse {
+    let id = ConnectionId::new(path.into_inner());
+    let answer = match hub.clients().client(&id).invoke::<i64, _>("Result", ()).await {
+        Ok(value) => value.to_string(),
+        Err(error) => error.to_string(),
+    };
+    HttpResponse::Ok().content_type("text/plain").body(answer)
+}
+
+/// Any path under `/redirect`: points the client at `/testHub` with a redirect count, as upstream does.
+async fn redirect(request: HttpRequest, counter: web::Data<RedirectCounter>) -> HttpResponse {
+    let base_url = crate::hub::url_query_value(request.query_string(), "baseUrl").unwrap_or_default();
+    let count = counter.0.fetch_add(1, Ordering::Relaxed) + 1;
+    HttpResponse::Ok().json(serde_json::json!({ "url": format!("{base_url}/testHub?numRedirects={count}") }))
+}
+
+struct RedirectCounter(AtomicU64);
+
+/// `POST /echo/negotiate`: the raw echo endpoint offers WebSockets.
+async fn echo_negotiate(request: HttpRequest) -> HttpResponse {
+    let version = crate::hub::url_query_value(request.query_string(), "negotiateVersion")
+        .and_then(|version| version.parse::<u32>().ok())
+        .unwrap_or(0)
+        .min(1);
+    let id = random_id::<16>();
+    let token = if version >= 1 { random_id::<32>() } else { id.clone() };
+    let transports = vec![AvailableTransport::new(
+        TransportKind::WebSockets.name(),
+        vec![TransferFormat::Text, TransferFormat::Binary],
+    )];
+    HttpResponse::Ok().json(NegotiateResponse::new(version, id, token, transports))
+}
+
+/// `GET /echo` (WebSocket, with or without an id): sends every message back as it came, no hub protocol.
+async fn echo_socket(request: HttpRequest, body: web::Payload) -> HttpResponse {
+    let (response, mut session, messages) = match actix_ws::handle(&request, body) {
+        Ok(upgraded) => upgraded,
+        Err(error) => return error.error_response(),
+    };
+    let mut messages = messages.aggregate_continuations().max_continuation_size(1 << 20);
+    actix_web::rt::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            let sent = match message {
+                actix_ws::AggregatedMessage::Text(text) => session.text(text).await,
+                actix_ws::AggregatedMessage::Binary(bytes) => session.binary(bytes).await,
+                actix_ws::AggregatedMessage::Ping(bytes) => session.pong(&bytes).await,
+                actix_ws::AggregatedMessage::Pong(_) => Ok(()),
+                actix_ws::AggregatedMessage::Close(reason) => {
+                    let _ = session.close(reason).await;
+                    return;
+                }
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+        let _ = session.close(None).await;
+    });
+    response
+}
+
+async fn not_yet(request: HttpRequest) -> HttpResponse {
+    HttpResponse::build(StatusCode::NOT_IMPLEMENTED)
+        .content_type("text/plain")
+        .body(format!(
+            "{} needs JWT authentication, which hubmesh does not have yet.",
+            request.path()
+        ))
+}
+
+/// Sets the cookies the cookie tests look for on every negotiate (one of them already expired).
+async fn negotiate_cookies(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let is_negotiate = request.path().contains("/negotiate");
+    let mut response = next.call(request).await?;
+    if is_negotiate {
+        let expired = Cookie::build("expiredCookie", "doesntmatter")
+            .path("/")
+            .expires(OffsetDateTime::UNIX_EPOCH)
+            .finish();
+        for cookie in [
+            Cookie::build("testCookie", "testValue").path("/").finish(),
+            Cookie::build("testCookie2", "testValue2").path("/").finish(),
+            expired,
+        ] {
+            response.response_mut().add_cookie(&cookie)?;
+        }
+    }
+    Ok(response)
+}
+
+/// A running test server.
+pub struct TestHubHandle {
+    url: String,
+    server: ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    node: Node,
+}
+
+impl TestHubHandle {
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// Stops serving and waits for the server to end.
+    pub async fn stop(self) {
+        self.server.stop(true).await;
+        let _ = self.task.await;
+        self.node.shutdown_hubs();
+    }
+
+    /// Waits until the server stops.
+    pub async fn wait(self) -> std::io::Result<()> {
+        let result = self.task.await.unwrap_or(Ok(()));
+        self.node.shutdown_hubs();
+        result
+    }
+}
+
+/// Why the test server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TestHubError {
+    /// The node could not be built.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The address could not be bound.
+    #[error("could not listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Serves the test server on `address` (`127.0.0.1:0` picks a free port) on the current tokio runtime.
+pub async fn serve(address: &str) -> Result<TestHubHandle, TestHubError> {
+    let node = test_node()?;
+    let test_hub = node
+        .hub_context("TestHub")
+        .ok_or_else(|| NodeError::DuplicatePath("/testhub".into()))?;
+    let counter = web::Data::new(RedirectCounter(AtomicU64::new(0)));
+    let bind_error = |source| TestHubError::Bind {
+        address: address.to_owned(),
+        source,
+    };
+    let listener = std::net::TcpListener::bind(address).map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    let app_node = node.clone();
+    let test_hub = web::Data::new(test_hub);
+    let server = HttpServer::new(move || {
+        let node = app_node.clone();
+        App::new()
+            .wrap(actix_web::middleware::from_fn(negotiate_cookies))
+            .wrap(cors())
+            .app_data(test_hub.clone())
+            .app_data(counter.clone())
+            .route("/echo/negotiate", web::post().to(echo_negotiate))
+            .route("/echo", web::get().to(echo_socket))
+            .route("/clientresult/{id}", web::get().to(client_result))
+            .route("/generateJwtToken", web::get().to(not_yet))
+            .route("/redirect{tail:.*}", web::route().to(redirect))
+            .configure(move |config| node.configure(config))
+    })
+    .workers(2)
+    .disable_signals()
+    .listen(listener)
+    .map_err(bind_error)?
+    .run();
+    let handle = server.handle();
+    let task = tokio::spawn(server);
+    Ok(TestHubHandle {
+        url: format!("http://{local_addr}"),
+        server: handle,
+        task,
+        node,
+    })
+}
