@@ -149,6 +149,11 @@ impl ConnectionHandle {
 
     /// Queues a message without waiting, with the same slow-consumer policy as [`ConnectionHandle::deliver`].
     pub fn try_send(&self, message: Outbound) -> Result<(), DeliverError> {
+        // Once a message was refused (or the connection is ending), nothing later may be queued: the client must
+        // never receive messages from after a gap.
+        if self.ended.is_cancelled() {
+            return Err(DeliverError::Closed);
+        }
         match self.mailbox.try_send(message) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -162,8 +167,9 @@ impl ConnectionHandle {
     /// Queues a message, waiting for room (backpressure for the connection's own replies).
     pub async fn send(&self, message: Outbound) -> Result<(), DeliverError> {
         tokio::select! {
-            sent = self.mailbox.send(message) => sent.map_err(|_| DeliverError::Closed),
+            biased;
             _ = self.ended.cancelled() => Err(DeliverError::Closed),
+            sent = self.mailbox.send(message) => sent.map_err(|_| DeliverError::Closed),
         }
     }
 

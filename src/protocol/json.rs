@@ -206,6 +206,11 @@ where
             out.extend_from_slice(b",\"arguments\":");
             let at = out.len();
             write(out, *arguments)?;
+            // `()` (null) is the natural way to say "no arguments" in Rust: it is sent as `[]`.
+            if &out[at..] == b"null" {
+                out.truncate(at);
+                out.extend_from_slice(b"[]");
+            }
             if out.get(at) != Some(&b'[') {
                 return Err(encode_error("the arguments must serialize as a sequence"));
             }

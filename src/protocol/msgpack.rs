@@ -465,6 +465,11 @@ where
             w::write_str(out, target).map_err(encode_error)?;
             let at = out.len();
             serialize_value(*arguments, out)?;
+            // `()` (nil) is the natural way to say "no arguments" in Rust: it is sent as an empty array.
+            if out[at..] == [0xc0] {
+                out.truncate(at);
+                out.push(0x90);
+            }
             if !matches!(out.get(at), Some(0x90..=0x9f | 0xdc | 0xdd)) {
                 return Err(encode_error("the arguments must serialize as a sequence"));
             }

@@ -240,6 +240,8 @@ async fn echo_socket(request: HttpRequest, body: web::Payload) -> HttpResponse {
                 actix_ws::AggregatedMessage::Ping(bytes) => session.pong(&bytes).await,
                 actix_ws::AggregatedMessage::Pong(_) => Ok(()),
                 actix_ws::AggregatedMessage::Close(reason) => {
+                    // Answer a close without a code with 1000, as ASP.NET does (conformance item 23).
+                    let reason = reason.or(Some(actix_ws::CloseCode::Normal.into()));
                     let _ = session.close(reason).await;
                     return;
                 }

@@ -1,0 +1,172 @@
+//! Runs the unmodified official SignalR JavaScript client (`@microsoft/signalr`, see `tests/node`) against the
+//! in-process test hub server.
+//!
+//! Needs Node.js (>= 18) and npm on `PATH`. `npm ci` runs in `tests/node` when its `node_modules` is missing.
+//!
+//! Environment:
+//! * `HUBMESH_NODE_TEST_FILES`: space-separated test files (relative to `tests/node`) to run instead of every
+//!   `*.test.mjs`, e.g. `HUBMESH_NODE_TEST_FILES=demo-hub.test.mjs`.
+//! * `HUBMESH_TEST_TRANSPORTS`, `HUBMESH_TEST_LOG_LEVEL`: passed through to the Node tests (see `common.mjs`).
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hubmesh::testing::TestHubServer;
+
+/// Upper bound on the whole Node test run; the child (and its test-file subprocesses) is killed beyond it.
+const NODE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Upper bound on `npm ci`.
+const NPM_TIMEOUT: Duration = Duration::from_secs(300);
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+fn node_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("node")
+}
+
+fn npm_program() -> &'static str {
+    if cfg!(windows) {
+        "npm.cmd"
+    } else {
+        "npm"
+    }
+}
+
+/// Puts the child in its own process group (Unix), so that a timeout can kill the test-file subprocesses too.
+fn own_process_group(command: &mut Command) -> &mut Command {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+    command
+}
+
+/// Kills `child` and, on Unix, the process group it leads.
+fn kill_tree(child: &mut Child) {
+    #[cfg(unix)]
+    {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(format!("-{}", child.id()))
+            .status();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Waits for `child` for at most `timeout`; kills it beyond that.
+fn wait_bounded(child: &mut Child, timeout: Duration, what: &str) -> Result<ExitStatus, Box<dyn Error>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            kill_tree(child);
+            return Err(format!("{what} did not finish within {} s and was killed", timeout.as_secs()).into());
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Checks that `program --version` runs, with a clear error otherwise.
+fn require_tool(program: &str, purpose: &str) -> TestResult {
+    match Command::new(program).arg("--version").output() {
+        Ok(output) if output.status.success() => Ok(()),
+        Ok(output) => Err(format!(
+            "`{program} --version` failed ({}): {purpose}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )
+        .into()),
+        Err(error) => Err(format!("cannot run `{program}` ({error}): {purpose}").into()),
+    }
+}
+
+/// Installs the pinned client packages with `npm ci` unless they are already there.
+fn ensure_node_modules(dir: &Path) -> TestResult {
+    let modules = dir.join("node_modules").join("@microsoft");
+    if modules.join("signalr").join("package.json").is_file()
+        && modules.join("signalr-protocol-msgpack").join("package.json").is_file()
+    {
+        return Ok(());
+    }
+    require_tool(
+        npm_program(),
+        "npm is needed to install the official SignalR client for these tests (install Node.js >= 18 with npm)",
+    )?;
+    println!("official_client: running `npm ci` in {}", dir.display());
+    let mut child = own_process_group(
+        Command::new(npm_program())
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(dir),
+    )
+    .spawn()
+    .map_err(|error| format!("cannot start `npm ci` in {}: {error}", dir.display()))?;
+    let status = wait_bounded(&mut child, NPM_TIMEOUT, "`npm ci`")?;
+    if !status.success() {
+        return Err(format!("`npm ci` in {} failed: {status}", dir.display()).into());
+    }
+    Ok(())
+}
+
+/// The test files to run: `HUBMESH_NODE_TEST_FILES`, or every `*.test.mjs` in `dir`, sorted.
+fn test_files(dir: &Path) -> Result<Vec<String>, Box<dyn Error>> {
+    if let Ok(selection) = std::env::var("HUBMESH_NODE_TEST_FILES") {
+        let files: Vec<String> = selection.split_whitespace().map(str::to_owned).collect();
+        if !files.is_empty() {
+            return Ok(files);
+        }
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|error| format!("cannot list {}: {error}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".test.mjs") {
+            files.push(name);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("no *.test.mjs files in {}", dir.display()).into());
+    }
+    Ok(files)
+}
+
+#[test]
+fn official_javascript_client_conformance() -> TestResult {
+    let dir = node_dir();
+    require_tool(
+        "node",
+        "Node.js >= 18 is needed to run the official SignalR client tests",
+    )?;
+    ensure_node_modules(&dir)?;
+    let files = test_files(&dir)?;
+
+    let server = TestHubServer::start().map_err(|error| format!("cannot start the test hub server: {error}"))?;
+    println!(
+        "official_client: test hub at {}; running {}",
+        server.url(),
+        files.join(" ")
+    );
+
+    let mut child = own_process_group(
+        Command::new("node")
+            .args(["--test", "--test-concurrency=1", "--test-reporter=spec"])
+            .args(&files)
+            .current_dir(&dir)
+            .env("HUBMESH_TEST_URL", server.url()),
+    )
+    .spawn()
+    .map_err(|error| format!("cannot start `node --test` in {}: {error}", dir.display()))?;
+    let status = wait_bounded(&mut child, NODE_TIMEOUT, "`node --test`")?;
+    drop(server);
+
+    assert!(
+        status.success(),
+        "the official SignalR client tests failed ({status}); see the node test output above"
+    );
+    Ok(())
+}
