@@ -469,12 +469,7 @@ impl<T: Transport> Connection<T> {
             let has_current = self.current.is_some();
             tokio::select! {
                 biased;
-                _ = self.ended.cancelled() => {
-                    return Ending::Close {
-                        error: Some("Slow consumer: the outbound queue is full.".into()),
-                        allow_reconnect: true,
-                    };
-                }
+                _ = self.ended.cancelled() => return slow_consumer(),
                 message = self.mailbox.recv() => {
                     // The connection holds a handle itself, so the mailbox never reports closed.
                     let Some(message) = message else { return Ending::ClientClosed };
@@ -505,7 +500,7 @@ impl<T: Transport> Connection<T> {
                     let mut ping = Vec::new();
                     if self.protocol.encode::<NoPayload, NoPayload>(&Outgoing::Ping, &mut ping).is_ok() {
                         if let Err(error) = self.write(Bytes::from(ping)).await {
-                            return Ending::TransportLost(error.to_string());
+                            return self.lost(error);
                         }
                     }
                 }
@@ -552,21 +547,21 @@ impl<T: Transport> Connection<T> {
                 }
                 Outbound::Close { error, allow_reconnect } => {
                     if let Err(error) = self.flush(&mut batch).await {
-                        return Some(Ending::TransportLost(error.to_string()));
+                        return Some(self.lost(error));
                     }
                     return Some(Ending::Close { error, allow_reconnect });
                 }
             }
             if batch.len() >= self.limits.write_batch {
                 if let Err(error) = self.flush(&mut batch).await {
-                    return Some(Ending::TransportLost(error.to_string()));
+                    return Some(self.lost(error));
                 }
             }
             next = self.mailbox.try_recv().ok();
         }
         match self.flush(&mut batch).await {
             Ok(()) => None,
-            Err(error) => Some(Ending::TransportLost(error.to_string())),
+            Err(error) => Some(self.lost(error)),
         }
     }
 
@@ -578,10 +573,26 @@ impl<T: Transport> Connection<T> {
         self.write(bytes).await
     }
 
+    /// Writes one transport message. A write that waits on a client that stopped reading gives up as soon as the
+    /// connection is flagged a slow consumer (its mailbox overflowed meanwhile): otherwise the task would wait on
+    /// the socket forever and never close it.
     async fn write(&mut self, bytes: Bytes) -> Result<(), crate::transport::TransportError> {
         self.last_write = Instant::now();
         let format = self.protocol.transfer_format();
-        self.transport.send(bytes, format).await
+        tokio::select! {
+            biased;
+            sent = self.transport.send(bytes, format) => sent,
+            () = self.ended.cancelled() => Err(crate::transport::TransportError::Closed),
+        }
+    }
+
+    /// How the connection ends after a failed write: a slow consumer if that is why the write gave up.
+    fn lost(&self, error: crate::transport::TransportError) -> Ending {
+        if self.ended.is_cancelled() {
+            slow_consumer()
+        } else {
+            Ending::TransportLost(error.to_string())
+        }
     }
 
     /// Decodes and dispatches every whole record in the inbound buffer.
@@ -679,7 +690,12 @@ impl<T: Transport> Connection<T> {
             }
         };
         let Some(method_streams) = self.host.method_kind(&target) else {
-            reply_to(&invocation_id, format!("Unknown hub method '{target}'"));
+            reply_to(
+                &invocation_id,
+                format!(
+                    "Failed to invoke '{target}' due to an error on the server. HubException: Method does not exist."
+                ),
+            );
             return None;
         };
         if method_streams && !streaming {
@@ -776,7 +792,9 @@ impl<T: Transport> Connection<T> {
                     allow_reconnect,
                 };
                 if self.protocol.encode(&close, &mut out).is_ok() {
-                    let _ = self.write(Bytes::from(out)).await;
+                    // Bounded: a client that stopped reading cannot take the Close, and must not keep the task.
+                    let format = self.protocol.transfer_format();
+                    let _ = tokio::time::timeout(CLOSE_GRACE, self.transport.send(Bytes::from(out), format)).await;
                 }
                 (error, Some(CloseKind::Normal))
             }
@@ -787,11 +805,22 @@ impl<T: Transport> Connection<T> {
         };
         self.host.disconnected(&self.session, error).await;
         if let Some(kind) = kind {
-            self.transport.close(kind).await;
+            let _ = tokio::time::timeout(CLOSE_GRACE, self.transport.close(kind)).await;
         }
         // Anything still queued after the end is dropped with the mailbox; client results in it fail as their
         // reply senders drop, which `invoke` reports as a disconnect.
         self.mailbox.close();
+    }
+}
+
+/// How long the end of a connection waits to hand its Close message and close frame to the transport.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The ending of a connection whose mailbox overflowed (see [`outbound`]).
+fn slow_consumer() -> Ending {
+    Ending::Close {
+        error: Some("Slow consumer: the outbound queue is full.".into()),
+        allow_reconnect: true,
     }
 }
 

@@ -11,7 +11,8 @@
 //! * `Sum(stream)`: adds up a client-to-server stream of numbers;
 //! * `AskClient(question)`: a client result: invokes the caller's client method `ask(question)` and returns its
 //!   answer (or the client's error);
-//! * `GroupCount(group)`: the number of members of a group.
+//! * `GroupCount(group)`: the number of members of a group, cluster-wide;
+//! * `WhoAmI()`: the caller's connection id (which names the node it is connected to).
 
 use futures_util::StreamExt;
 
@@ -64,6 +65,10 @@ async fn group_count(caller: Caller, group: String) -> Result<usize, HubError> {
     caller.groups().count(&group).await
 }
 
+async fn who_am_i(caller: Caller) -> String {
+    caller.connection_id().to_string()
+}
+
 /// The demo hub, served at `/hub`.
 pub fn demo_hub() -> Hub {
     Hub::new("demo")
@@ -77,4 +82,5 @@ pub fn demo_hub() -> Hub {
         .method("Sum", sum)
         .method("AskClient", ask_client)
         .method("GroupCount", group_count)
+        .method("WhoAmI", who_am_i)
 }

@@ -1,30 +1,36 @@
-//! Group and user actors (ractor): each owns the membership of one group, or the connections of one user, and
-//! fans every send to the group out in one order.
+//! Group and user actors (ractor): each owns the cluster-wide membership of one group, or the connections of one
+//! user, and sequences every send to the group.
+//!
+//! A group's actor lives on its *owner*, the node that rendezvous hashing over the live members picks for the
+//! group's key; it is started there on first use and stops itself when its last member leaves. It holds which
+//! connections of which node are members, not their handles: a send goes once to each node that holds members
+//! (through the [`Fanout`] the router provides), and that node delivers to its own members. So a group message
+//! crosses to a node once, not once per member, and the frame is encoded once per protocol at the sender.
 //!
 //! A user is a group of another kind ([`GroupKind::User`]), as in SignalR.Orleans, so `Clients.user` and
-//! `Clients.group` share one mechanism. An actor is started on first use by the hub's [`GroupDirectory`] (never
-//! through ractor's process-global registry, so several nodes can share a process) and stops itself when its
-//! last member leaves.
+//! `Clients.group` share one mechanism. Actors are found through the node's [`GroupDirectory`], never through
+//! ractor's process-global registry, so several nodes can share a process.
 //!
-//! Ordering: a group actor handles one message at a time, so every member receives the group's messages in the
-//! order the actor accepted them (per-group total order), and messages from one sender in the order sent.
+//! Ordering: a group actor handles one message at a time, and the link to each node is FIFO, so every member
+//! receives the group's messages in the order the actor accepted them (per-group total order).
 //!
 //! Group actors run on the node's multi-threaded runtime, never on an HTTP worker: they are spawned through the
-//! runtime handle the directory holds. This module may call the connection layer (handles, shared frames); it
-//! knows nothing of hub methods.
+//! runtime handle the directory holds. This module may call the connection layer (ids, shared frames); it knows
+//! nothing of hubs' methods or of how frames travel between nodes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
 
-use crate::connection::{ConnectionHandle, ConnectionId, SharedFrame};
+use crate::connection::{ConnectionId, SharedFrame};
 
 /// Whether a group is a named group or the connections of one user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum GroupKind {
     /// `Groups.add` / `Clients.group`.
     Named,
@@ -32,9 +38,11 @@ pub enum GroupKind {
     User,
 }
 
-/// The key of a group within one hub.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// The key of a group: its hub, its kind and its name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GroupKey {
+    /// The hub's name.
+    pub hub: Arc<str>,
     /// Named group or user.
     pub kind: GroupKind,
     /// The group's name or the user's id.
@@ -42,20 +50,37 @@ pub struct GroupKey {
 }
 
 impl GroupKey {
-    /// A named group.
-    pub fn named(name: &str) -> Self {
+    /// A named group of hub `hub`.
+    pub fn named(hub: &str, name: &str) -> Self {
         GroupKey {
+            hub: hub.into(),
             kind: GroupKind::Named,
             name: name.into(),
         }
     }
 
-    /// The group of one user's connections.
-    pub fn user(id: &str) -> Self {
+    /// The group of one user's connections to hub `hub`.
+    pub fn user(hub: &str, id: &str) -> Self {
         GroupKey {
+            hub: hub.into(),
             kind: GroupKind::User,
             name: id.into(),
         }
+    }
+
+    /// The bytes placement hashes: equal keys hash equally on every node.
+    pub fn placement_bytes(&self) -> Vec<u8> {
+        let kind = match self.kind {
+            GroupKind::Named => b'g',
+            GroupKind::User => b'u',
+        };
+        let mut bytes = Vec::with_capacity(self.hub.len() + self.name.len() + 3);
+        bytes.extend_from_slice(self.hub.as_bytes());
+        bytes.push(0);
+        bytes.push(kind);
+        bytes.push(0);
+        bytes.extend_from_slice(self.name.as_bytes());
+        bytes
     }
 }
 
@@ -67,15 +92,45 @@ pub enum GroupError {
     Unavailable(String),
 }
 
+/// Delivers a group's frame to the members a node holds. The router implements it: its own node's members
+/// directly, other nodes' members through one link message per node.
+pub trait Fanout: Send + Sync + 'static {
+    /// Delivers `frame` to the members of `key` on node `node`, except `except`.
+    fn deliver(&self, node: &str, key: &GroupKey, frame: &Arc<SharedFrame>, except: &Arc<[ConnectionId]>);
+}
+
 /// Messages a group actor handles.
 pub enum GroupMessage {
-    /// Add a member; replies with the member count.
-    Add(ConnectionId, ConnectionHandle, RpcReplyPort<usize>),
-    /// Remove a member; replies with the member count. The actor stops when none are left.
-    Remove(ConnectionId, RpcReplyPort<usize>),
+    /// Connection `id` on node `node` joined; replies with the member count.
+    Add {
+        /// The node the connection lives on.
+        node: Arc<str>,
+        /// The connection.
+        id: ConnectionId,
+        /// Gets the member count.
+        reply: RpcReplyPort<usize>,
+    },
+    /// Connection `id` on node `node` left; replies with the member count. The actor stops when none are left.
+    Remove {
+        /// The node the connection lives on.
+        node: Arc<str>,
+        /// The connection.
+        id: ConnectionId,
+        /// Gets the member count.
+        reply: RpcReplyPort<usize>,
+    },
+    /// Node `node` holds exactly these members (its snapshot after ownership moved, or a repair).
+    Replace {
+        /// The node.
+        node: Arc<str>,
+        /// Its members of this group.
+        ids: Vec<ConnectionId>,
+    },
+    /// Node `node` is gone: its connections leave the group.
+    DropNode(Arc<str>),
     /// Deliver a frame to every member but those in `except`.
     Send {
-        /// The frame, encoded at most once per protocol for all members.
+        /// The frame, encoded at most once per protocol.
         frame: Arc<SharedFrame>,
         /// Members that must not receive it.
         except: Arc<[ConnectionId]>,
@@ -86,11 +141,24 @@ pub enum GroupMessage {
     Members(RpcReplyPort<Vec<ConnectionId>>),
 }
 
-struct GroupActor;
+// With ractor's `cluster` feature there is no blanket `Message` impl; group messages never leave the node.
+impl ractor::Message for GroupMessage {}
+
+struct GroupActor {
+    key: GroupKey,
+    fanout: Arc<dyn Fanout>,
+}
+
+/// Members by the node they live on.
+type Members = HashMap<Arc<str>, HashSet<ConnectionId>>;
+
+fn member_count(members: &Members) -> usize {
+    members.values().map(HashSet::len).sum()
+}
 
 impl Actor for GroupActor {
     type Msg = GroupMessage;
-    type State = HashMap<ConnectionId, ConnectionHandle>;
+    type State = Members;
     type Arguments = ();
 
     async fn pre_start(&self, _myself: ActorRef<Self::Msg>, _args: ()) -> Result<Self::State, ActorProcessingErr> {
@@ -104,33 +172,51 @@ impl Actor for GroupActor {
         members: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            GroupMessage::Add(id, handle, reply) => {
-                members.insert(id, handle);
-                let _ = reply.send(members.len());
+            GroupMessage::Add { node, id, reply } => {
+                members.entry(node).or_default().insert(id);
+                let _ = reply.send(member_count(members));
             }
-            GroupMessage::Remove(id, reply) => {
-                members.remove(&id);
-                let _ = reply.send(members.len());
-                if members.is_empty() {
+            GroupMessage::Remove { node, id, reply } => {
+                if let Some(ids) = members.get_mut(&node) {
+                    ids.remove(&id);
+                    if ids.is_empty() {
+                        members.remove(&node);
+                    }
+                }
+                let count = member_count(members);
+                let _ = reply.send(count);
+                if count == 0 {
                     // Messages queued behind this one are dropped with their reply ports, so an `add` that
                     // raced with the last `remove` sees a failed call and retries on a fresh actor.
                     myself.stop(None);
                 }
             }
+            GroupMessage::Replace { node, ids } => {
+                if ids.is_empty() {
+                    members.remove(&node);
+                } else {
+                    members.insert(node, ids.into_iter().collect());
+                }
+                if members.is_empty() {
+                    myself.stop(None);
+                }
+            }
+            GroupMessage::DropNode(node) => {
+                members.remove(&node);
+                if members.is_empty() {
+                    myself.stop(None);
+                }
+            }
             GroupMessage::Send { frame, except } => {
-                for (id, handle) in members.iter() {
-                    if except.contains(id) {
-                        continue;
-                    }
-                    // A full mailbox closes that member (slow consumer); the others are not held up.
-                    let _ = handle.deliver(frame.clone());
+                for node in members.keys() {
+                    self.fanout.deliver(node, &self.key, &frame, &except);
                 }
             }
             GroupMessage::Count(reply) => {
-                let _ = reply.send(members.len());
+                let _ = reply.send(member_count(members));
             }
             GroupMessage::Members(reply) => {
-                let _ = reply.send(members.keys().cloned().collect());
+                let _ = reply.send(members.values().flatten().cloned().collect());
             }
         }
         Ok(())
@@ -142,18 +228,20 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often `add` retries when it raced with a group that was stopping.
 const ADD_ATTEMPTS: usize = 4;
 
-/// The group actors of one hub on one node, by key.
+/// The group actors this node owns, by key.
 pub struct GroupDirectory {
     actors: Mutex<HashMap<GroupKey, ActorRef<GroupMessage>>>,
     runtime: tokio::runtime::Handle,
+    fanout: Arc<dyn Fanout>,
 }
 
 impl GroupDirectory {
-    /// A directory whose actors run on `runtime`.
-    pub fn new(runtime: tokio::runtime::Handle) -> Self {
+    /// A directory whose actors run on `runtime` and deliver through `fanout`.
+    pub fn new(runtime: tokio::runtime::Handle, fanout: Arc<dyn Fanout>) -> Self {
         GroupDirectory {
             actors: Mutex::new(HashMap::new()),
             runtime,
+            fanout,
         }
     }
 
@@ -161,13 +249,22 @@ impl GroupDirectory {
         self.actors.lock().get(key).cloned()
     }
 
+    /// The keys of the groups this node owns now.
+    pub fn keys(&self) -> Vec<GroupKey> {
+        self.actors.lock().keys().cloned().collect()
+    }
+
     async fn get_or_start(&self, key: &GroupKey) -> Result<ActorRef<GroupMessage>, GroupError> {
         if let Some(actor) = self.existing(key) {
             return Ok(actor);
         }
+        let actor = GroupActor {
+            key: key.clone(),
+            fanout: self.fanout.clone(),
+        };
         let spawned = self
             .runtime
-            .spawn(async { Actor::spawn(None, GroupActor, ()).await })
+            .spawn(async { Actor::spawn(None, actor, ()).await })
             .await
             .map_err(|error| GroupError::Unavailable(error.to_string()))?
             .map_err(|error| GroupError::Unavailable(error.to_string()))?;
@@ -196,14 +293,14 @@ impl GroupDirectory {
         }
     }
 
-    /// Adds a member; returns once the actor holds it.
-    pub async fn add(&self, key: &GroupKey, id: ConnectionId, handle: ConnectionHandle) -> Result<(), GroupError> {
+    /// Adds connection `id` of node `node`; returns once the actor holds it.
+    pub async fn add(&self, key: &GroupKey, node: &Arc<str>, id: ConnectionId) -> Result<(), GroupError> {
         let mut last_error = String::new();
         for _ in 0..ADD_ATTEMPTS {
             let actor = self.get_or_start(key).await?;
-            let (id, handle) = (id.clone(), handle.clone());
+            let (node, id) = (node.clone(), id.clone());
             match actor
-                .call(|reply| GroupMessage::Add(id, handle, reply), Some(CALL_TIMEOUT))
+                .call(|reply| GroupMessage::Add { node, id, reply }, Some(CALL_TIMEOUT))
                 .await
             {
                 Ok(CallResult::Success(_)) => return Ok(()),
@@ -217,13 +314,14 @@ impl GroupDirectory {
         Err(GroupError::Unavailable(last_error))
     }
 
-    /// Removes a member; a group that was never started is not started for it.
-    pub async fn remove(&self, key: &GroupKey, id: ConnectionId) -> Result<(), GroupError> {
+    /// Removes connection `id` of node `node`; a group that was never started is not started for it.
+    pub async fn remove(&self, key: &GroupKey, node: &Arc<str>, id: ConnectionId) -> Result<(), GroupError> {
         let Some(actor) = self.existing(key) else {
             return Ok(());
         };
+        let node = node.clone();
         match actor
-            .call(|reply| GroupMessage::Remove(id, reply), Some(CALL_TIMEOUT))
+            .call(|reply| GroupMessage::Remove { node, id, reply }, Some(CALL_TIMEOUT))
             .await
         {
             Ok(CallResult::Success(0)) => {
@@ -240,10 +338,58 @@ impl GroupDirectory {
         }
     }
 
+    /// Sets node `node`'s members of the group (an empty list removes them), starting the actor if needed.
+    pub async fn replace(&self, key: &GroupKey, node: &Arc<str>, ids: Vec<ConnectionId>) -> Result<(), GroupError> {
+        let actor = match self.existing(key) {
+            Some(actor) => actor,
+            None if ids.is_empty() => return Ok(()),
+            None => self.get_or_start(key).await?,
+        };
+        if actor
+            .cast(GroupMessage::Replace {
+                node: node.clone(),
+                ids,
+            })
+            .is_err()
+        {
+            self.forget(key, &actor);
+        }
+        Ok(())
+    }
+
+    /// Node `node` is gone: every group this node owns drops its members.
+    pub fn drop_node(&self, node: &Arc<str>) {
+        let actors: Vec<_> = self
+            .actors
+            .lock()
+            .iter()
+            .map(|(key, actor)| (key.clone(), actor.clone()))
+            .collect();
+        for (key, actor) in actors {
+            if actor.cast(GroupMessage::DropNode(node.clone())).is_err() {
+                self.forget(&key, &actor);
+            }
+        }
+    }
+
+    /// Stops the actors of groups this node no longer owns (ownership moved); their new owner rebuilds them.
+    pub fn release(&self, keep: impl Fn(&GroupKey) -> bool) {
+        let mut actors = self.actors.lock();
+        actors.retain(|key, actor| {
+            let kept = keep(key);
+            if !kept {
+                actor.stop(None);
+            }
+            kept
+        });
+    }
+
     /// Sends a frame to the group's members, except `except`. A group with no actor has no members.
     pub fn send(&self, key: &GroupKey, frame: Arc<SharedFrame>, except: Arc<[ConnectionId]>) {
         if let Some(actor) = self.existing(key) {
-            let _ = actor.cast(GroupMessage::Send { frame, except });
+            if actor.cast(GroupMessage::Send { frame, except }).is_err() {
+                self.forget(key, &actor);
+            }
         }
     }
 

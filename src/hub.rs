@@ -23,6 +23,7 @@ mod caller;
 mod clients;
 mod groups;
 pub mod handler;
+pub(crate) mod router;
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
@@ -40,10 +41,12 @@ pub use clients::{ClientProxy, Clients};
 pub use groups::Groups;
 pub use handler::{ClientStream, Handler, State, Streamed};
 
+use crate::connection::SharedFrame;
 use crate::connection::{Call, ClientResultError, ConnectionHandle, ConnectionHost, ConnectionId, Reply, Session};
-use crate::group::{GroupDirectory, GroupError, GroupKey};
+use crate::group::{GroupError, GroupKey};
 use crate::transport::TransportKind;
 use handler::{HubReply, InvocationParts};
+use router::Router;
 
 /// An error from a hub method or a hub operation.
 ///
@@ -268,18 +271,105 @@ impl Hub {
 /// One connection in the hub's registry, with the groups it joined (so it can leave them when it ends).
 struct Member {
     handle: ConnectionHandle,
-    groups: HashSet<Arc<str>>,
+    groups: HashSet<GroupKey>,
 }
 
-/// A hub running on a node: its definition, its connections here, and its group actors.
+/// A hub running on a node: its definition, its connections here, and which of them are in which group.
 pub(crate) struct HubRuntime {
     hub: Hub,
+    name: Arc<str>,
     connections: RwLock<HashMap<ConnectionId, Member>>,
-    groups: GroupDirectory,
+    /// This node's members of each group: the table a group delivery to this node is fanned out from.
+    local_groups: RwLock<HashMap<GroupKey, HashMap<ConnectionId, ConnectionHandle>>>,
+    router: Arc<Router>,
 }
 
-/// A handle to a hub on this node, usable inside hub methods and from anywhere else (a background task, an HTTP
-/// route): the same `Clients` and `Groups` a method has, without a caller.
+impl HubRuntime {
+    pub(crate) fn handle_of(&self, id: &ConnectionId) -> Option<ConnectionHandle> {
+        self.connections.read().get(id).map(|member| member.handle.clone())
+    }
+
+    /// Delivers to every connection here but `except`. A full mailbox closes that connection (slow consumer).
+    pub(crate) fn deliver_all(&self, frame: &Arc<SharedFrame>, except: &[ConnectionId]) {
+        for (id, member) in self.connections.read().iter() {
+            if !except.contains(id) {
+                let _ = member.handle.deliver(frame.clone());
+            }
+        }
+    }
+
+    /// Delivers to these connections, those that are here.
+    pub(crate) fn deliver_to(&self, ids: &[ConnectionId], frame: &Arc<SharedFrame>) {
+        let connections = self.connections.read();
+        for id in ids {
+            if let Some(member) = connections.get(id) {
+                let _ = member.handle.deliver(frame.clone());
+            }
+        }
+    }
+
+    /// Delivers to this node's members of a group but `except`.
+    pub(crate) fn deliver_group(&self, key: &GroupKey, frame: &Arc<SharedFrame>, except: &[ConnectionId]) {
+        if let Some(members) = self.local_groups.read().get(key) {
+            for (id, handle) in members {
+                if !except.contains(id) {
+                    let _ = handle.deliver(frame.clone());
+                }
+            }
+        }
+    }
+
+    /// Records that connection `id` (of this node) is in group `key`; fails at once for an unknown connection.
+    pub(crate) fn local_join(&self, key: &GroupKey, id: &ConnectionId) -> Result<(), HubError> {
+        let mut connections = self.connections.write();
+        let member = connections
+            .get_mut(id)
+            .ok_or_else(|| HubError::UnknownConnection(id.to_string()))?;
+        member.groups.insert(key.clone());
+        self.local_groups
+            .write()
+            .entry(key.clone())
+            .or_default()
+            .insert(id.clone(), member.handle.clone());
+        Ok(())
+    }
+
+    /// Records that connection `id` left group `key`; false if the connection is not here.
+    pub(crate) fn local_leave(&self, key: &GroupKey, id: &ConnectionId) -> bool {
+        let mut connections = self.connections.write();
+        let Some(member) = connections.get_mut(id) else {
+            return false;
+        };
+        member.groups.remove(key);
+        drop_from_table(&mut self.local_groups.write(), key, id);
+        true
+    }
+
+    /// Every group membership this node holds, by group.
+    pub(crate) fn local_memberships(&self) -> Vec<(GroupKey, Vec<ConnectionId>)> {
+        self.local_groups
+            .read()
+            .iter()
+            .map(|(key, members)| (key.clone(), members.keys().cloned().collect()))
+            .collect()
+    }
+}
+
+fn drop_from_table(
+    table: &mut HashMap<GroupKey, HashMap<ConnectionId, ConnectionHandle>>,
+    key: &GroupKey,
+    id: &ConnectionId,
+) {
+    if let Some(members) = table.get_mut(key) {
+        members.remove(id);
+        if members.is_empty() {
+            table.remove(key);
+        }
+    }
+}
+
+/// A handle to a hub, usable inside hub methods and from anywhere else (a background task, an HTTP route): the
+/// same `Clients` and `Groups` a method has, without a caller. Sends reach clients on every node of the cluster.
 #[derive(Clone)]
 pub struct HubContext {
     runtime: Arc<HubRuntime>,
@@ -294,15 +384,18 @@ impl std::fmt::Debug for HubContext {
 }
 
 impl HubContext {
-    /// Starts `hub` on this node; group actors run on `runtime`.
-    pub(crate) fn start(hub: Hub, runtime: tokio::runtime::Handle) -> HubContext {
-        HubContext {
-            runtime: Arc::new(HubRuntime {
-                hub,
-                connections: RwLock::new(HashMap::new()),
-                groups: GroupDirectory::new(runtime),
-            }),
-        }
+    /// Starts `hub` on this node, routed by `router`.
+    pub(crate) fn start(hub: Hub, router: Arc<Router>) -> HubContext {
+        let name: Arc<str> = hub.name.as_str().into();
+        let runtime = Arc::new(HubRuntime {
+            hub,
+            name: name.clone(),
+            connections: RwLock::new(HashMap::new()),
+            local_groups: RwLock::new(HashMap::new()),
+            router: router.clone(),
+        });
+        router.register_hub(&name, &runtime);
+        HubContext { runtime }
     }
 
     /// The hub definition.
@@ -325,46 +418,24 @@ impl HubContext {
         self.runtime.connections.read().len()
     }
 
-    pub(crate) fn handle_of(&self, id: &ConnectionId) -> Option<ConnectionHandle> {
-        self.runtime
-            .connections
-            .read()
-            .get(id)
-            .map(|member| member.handle.clone())
-    }
-
-    pub(crate) fn for_each_connection(&self, mut visit: impl FnMut(&ConnectionId, &ConnectionHandle)) {
-        for (id, member) in self.runtime.connections.read().iter() {
-            visit(id, &member.handle);
+    /// Asks every connection of this hub on this node to close with a Close message.
+    pub(crate) fn close_all(&self, allow_reconnect: bool) {
+        for member in self.runtime.connections.read().values() {
+            member.handle.close(None, allow_reconnect);
         }
     }
 
-    pub(crate) fn group_directory(&self) -> &GroupDirectory {
-        &self.runtime.groups
+    /// A fresh connection id, naming this node.
+    pub(crate) fn new_connection_id(&self, random: &str) -> ConnectionId {
+        self.runtime.router.new_connection_id(random)
     }
 
-    /// Records that `id` joined `group`; false if the connection is not here.
-    pub(crate) fn note_joined(&self, id: &ConnectionId, group: &str) -> Option<ConnectionHandle> {
-        let mut connections = self.runtime.connections.write();
-        let member = connections.get_mut(id)?;
-        member.groups.insert(group.into());
-        Some(member.handle.clone())
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.runtime.name
     }
 
-    pub(crate) fn note_left(&self, id: &ConnectionId, group: &str) -> bool {
-        let mut connections = self.runtime.connections.write();
-        match connections.get_mut(id) {
-            Some(member) => {
-                member.groups.remove(group);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Stops the hub's group actors (node shutdown).
-    pub(crate) fn shutdown(&self) {
-        self.runtime.groups.stop_all();
+    pub(crate) fn router(&self) -> &Arc<Router> {
+        &self.runtime.router
     }
 
     fn caller(&self, session: &Arc<Session>) -> Caller {
@@ -385,7 +456,11 @@ impl ConnectionHost for HubContext {
         let hub = &self.runtime.hub;
         let Some(method) = hub.methods.get(&call.target.to_ascii_lowercase()) else {
             let target = call.target;
-            return Box::pin(async move { Reply::Error(format!("Unknown hub method '{target}'")) });
+            return Box::pin(async move {
+                Reply::Error(format!(
+                    "Failed to invoke '{target}' due to an error on the server. HubException: Method does not exist."
+                ))
+            });
         };
         let parts = InvocationParts {
             caller: self.caller(session),
@@ -424,10 +499,10 @@ impl ConnectionHost for HubContext {
         let session = session.clone();
         Box::pin(async move {
             if let Some(user) = &session.user {
+                let key = GroupKey::user(context.name(), user);
                 context
-                    .runtime
-                    .groups
-                    .add(&GroupKey::user(user), session.id.clone(), session.handle.clone())
+                    .router()
+                    .group_add(key, session.id.clone())
                     .await
                     .map_err(|error| error.to_string())?;
             }
@@ -442,20 +517,23 @@ impl ConnectionHost for HubContext {
 
     fn disconnected(&self, session: &Arc<Session>, _error: Option<String>) -> BoxFuture<'static, ()> {
         let member = self.runtime.connections.write().remove(&session.id);
+        let groups: Vec<GroupKey> = member
+            .map(|member| member.groups.into_iter().collect())
+            .unwrap_or_default();
+        {
+            let mut table = self.runtime.local_groups.write();
+            for key in &groups {
+                drop_from_table(&mut table, key, &session.id);
+            }
+        }
         let context = self.clone();
         let caller = self.caller(session);
         let session = session.clone();
         Box::pin(async move {
-            let directory = &context.runtime.groups;
-            if let Some(member) = member {
-                for group in member.groups {
-                    if let Err(error) = directory.remove(&GroupKey::named(&group), session.id.clone()).await {
-                        tracing::warn!(%error, "a group could not drop a disconnected member");
-                    }
+            for key in groups {
+                if let Err(error) = context.router().unregister(key, session.id.clone()).await {
+                    tracing::warn!(%error, "a group could not drop a disconnected member");
                 }
-            }
-            if let Some(user) = &session.user {
-                let _ = directory.remove(&GroupKey::user(user), session.id.clone()).await;
             }
             if let Some(hook) = &context.runtime.hub.on_disconnected {
                 if let Err(error) = hook(caller).await {

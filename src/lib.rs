@@ -12,6 +12,8 @@
 //!   timeouts, dispatch to its host. Knows hubs only through the [`connection::ConnectionHost`] trait.
 //! * [`group`]: group and user actors (ractor), which own memberships and fan sends out in one order.
 //! * [`hub`]: the user's hub methods, [`Caller`], [`Clients`], [`Groups`] and [`HubContext`].
+//! * [`cluster`]: membership and failure detection (chitchat), placement, links between nodes. Moves opaque
+//!   bytes; knows nothing of hubs.
 //! * [`node`]: a node: its hubs, its HTTP server (actix-web), start and stop.
 //! * [`demo`]: the demo hub every node serves at `/hub`, the contract load tools use.
 //! * `testing` (feature `test-util`): the official test hub and an in-process server for tests.
@@ -38,6 +40,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod connection;
 pub mod demo;
 pub mod group;

@@ -9,7 +9,10 @@
 //! (captured in `build`), never on a worker. No state here is process-global: several nodes may run in one
 //! process.
 
+mod cluster;
 pub mod http;
+
+pub use cluster::HUBS_KEY;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -18,7 +21,10 @@ use std::sync::Arc;
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer};
 
+use crate::cluster::link::memory::MemoryNetwork;
+use crate::cluster::{GossipNetwork, LinkConfig, MembershipConfig, MembershipView};
 use crate::connection::Limits;
+use crate::hub::router::Router;
 use crate::hub::{Hub, HubContext};
 use http::HubEndpoint;
 
@@ -28,6 +34,9 @@ pub enum NodeError {
     /// `build` or `start` was called outside a tokio runtime.
     #[error("a node must be built inside a multi-threaded tokio runtime")]
     NoRuntime,
+    /// The node could not join its cluster.
+    #[error("could not join the cluster: {0}")]
+    Cluster(String),
     /// Two hubs were given the same path.
     #[error("two hubs are served at the path '{0}'")]
     DuplicatePath(String),
@@ -41,6 +50,9 @@ pub enum NodeError {
     },
 }
 
+/// How long a stopping node waits for its connections to take their Close message and go.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Collects what a node serves.
 #[derive(Debug)]
 pub struct NodeBuilder {
@@ -49,6 +61,43 @@ pub struct NodeBuilder {
     listen: String,
     limits: Limits,
     workers: usize,
+    cluster: Option<ClusterSettings>,
+}
+
+/// How a node joins a cluster: gossip membership and links to its peers.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// Gossip: cluster id, gossip address, seeds, failure detection.
+    pub membership: MembershipConfig,
+    /// Links: address, cluster secret, queues.
+    pub link: LinkConfig,
+    /// Real networking between processes, or an in-process network for tests.
+    pub network: ClusterNetwork,
+}
+
+/// Where cluster traffic travels.
+#[derive(Debug, Clone)]
+pub enum ClusterNetwork {
+    /// Gossip over UDP and links over ractor_cluster (TCP): one node per process.
+    Real,
+    /// Gossip and links over in-process networks shared by the nodes of a test cluster, with faults.
+    InMemory {
+        /// The gossip network.
+        gossip: GossipNetwork,
+        /// The link network.
+        links: MemoryNetwork,
+    },
+}
+
+impl ClusterSettings {
+    /// Settings for a node of a real cluster (one node per process).
+    pub fn real(membership: MembershipConfig, link: LinkConfig) -> Self {
+        ClusterSettings {
+            membership,
+            link,
+            network: ClusterNetwork::Real,
+        }
+    }
 }
 
 /// A node's hubs and settings, ready to be served.
@@ -59,6 +108,8 @@ pub struct Node {
 
 struct NodeInner {
     name: String,
+    router: Arc<Router>,
+    cluster: tokio::sync::Mutex<Option<cluster::ClusterRuntime>>,
     /// By lower-cased path.
     endpoints: HashMap<String, Arc<HubEndpoint>>,
     limits: Limits,
@@ -82,6 +133,7 @@ impl Node {
             listen: "127.0.0.1:0".into(),
             limits: Limits::default(),
             workers: 2,
+            cluster: None,
         }
     }
 
@@ -118,10 +170,48 @@ impl Node {
         &self.inner.span
     }
 
-    pub(crate) fn shutdown_hubs(&self) {
+    /// Asks every connection to close (allowing reconnects) and waits up to `grace` for them to end.
+    pub(crate) async fn close_connections(&self, grace: std::time::Duration) {
         for endpoint in self.inner.endpoints.values() {
-            endpoint.context.shutdown();
+            endpoint.context.close_all(true);
         }
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline
+            && self
+                .inner
+                .endpoints
+                .values()
+                .any(|endpoint| endpoint.context.local_connection_count() > 0)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    pub(crate) async fn shutdown_hubs(&self) {
+        if let Some(cluster) = self.inner.cluster.lock().await.take() {
+            cluster.leave().await;
+        }
+        self.inner.router.shutdown();
+    }
+
+    /// The address this node gossips on, if it is in a cluster.
+    pub async fn gossip_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner
+            .cluster
+            .lock()
+            .await
+            .as_ref()
+            .map(|cluster| cluster.membership().gossip_addr())
+    }
+
+    /// The cluster as this node sees it now, if it is in one.
+    pub async fn cluster_view(&self) -> Option<MembershipView> {
+        self.inner
+            .cluster
+            .lock()
+            .await
+            .as_ref()
+            .map(|cluster| cluster.membership().view())
     }
 }
 
@@ -150,6 +240,12 @@ impl NodeBuilder {
         self
     }
 
+    /// Joins a cluster: the node's hubs become one hub runtime with every other node of the cluster.
+    pub fn cluster(mut self, settings: ClusterSettings) -> Self {
+        self.cluster = Some(settings);
+        self
+    }
+
     /// The number of HTTP worker threads.
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
@@ -160,18 +256,21 @@ impl NodeBuilder {
     pub fn build(self) -> Result<Node, NodeError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NodeError::NoRuntime)?;
         let span = tracing::info_span!("node", node = %self.name);
+        let router = Router::new(&self.name, runtime, span.clone());
         let mut endpoints = HashMap::new();
         for hub in self.hubs {
             let path = http::normalize_path(hub.route());
             if endpoints.contains_key(&path) {
                 return Err(NodeError::DuplicatePath(path));
             }
-            let context = HubContext::start(hub, runtime.clone());
+            let context = HubContext::start(hub, router.clone());
             endpoints.insert(path, Arc::new(HubEndpoint::new(context)));
         }
         Ok(Node {
             inner: Arc::new(NodeInner {
                 name: self.name,
+                router,
+                cluster: tokio::sync::Mutex::new(None),
                 endpoints,
                 limits: self.limits,
                 span,
@@ -180,10 +279,28 @@ impl NodeBuilder {
     }
 
     /// Builds the node and serves it over HTTP.
-    pub async fn start(self) -> Result<NodeHandle, NodeError> {
+    pub async fn start(mut self) -> Result<NodeHandle, NodeError> {
         let workers = self.workers;
         let address = self.listen.clone();
+        let cluster_settings = self.cluster.take();
         let node = self.build()?;
+        if let Some(settings) = cluster_settings {
+            let hubs = node
+                .inner
+                .endpoints
+                .values()
+                .map(|endpoint| endpoint.context.hub().name().to_owned())
+                .collect();
+            let joined = cluster::join(
+                &node.inner.name,
+                hubs,
+                settings,
+                node.inner.router.clone(),
+                node.inner.span.clone(),
+            )
+            .await?;
+            *node.inner.cluster.lock().await = Some(joined);
+        }
         let listener = TcpListener::bind(&address).map_err(|source| NodeError::Bind {
             address: address.clone(),
             source,
@@ -200,6 +317,7 @@ impl NodeBuilder {
                 .configure(move |config| node.configure(config))
         })
         .workers(workers)
+        .shutdown_timeout(2)
         .disable_signals()
         .listen(listener)
         .map_err(|source| NodeError::Bind { address, source })?
@@ -247,15 +365,19 @@ impl NodeHandle {
 
     /// Stops serving: open connections are closed and group actors stopped.
     pub async fn stop(self) {
+        // Say goodbye first (Close with allowReconnect, so clients with automatic reconnect go to another node),
+        // then stop the server; actix would otherwise wait out its shutdown timeout on open WebSockets.
+        self.server.pause().await;
+        self.node.close_connections(STOP_GRACE).await;
         self.server.stop(true).await;
         let _ = self.task.await;
-        self.node.shutdown_hubs();
+        self.node.shutdown_hubs().await;
     }
 
     /// Waits until the server stops (for example after `stop` from another handle).
     pub async fn wait(self) -> std::io::Result<()> {
         let result = self.task.await.unwrap_or(Ok(()));
-        self.node.shutdown_hubs();
+        self.node.shutdown_hubs().await;
         result
     }
 }

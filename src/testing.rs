@@ -3,7 +3,10 @@
 //! [`TestHubServer::start`] serves the test hub on an ephemeral loopback port from a background thread with its
 //! own runtime, so both synchronous tests (which then drive Node.js clients) and async tests can use it.
 
+pub mod cluster;
 pub mod testhub;
+
+pub use cluster::TestCluster;
 
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;

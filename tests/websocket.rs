@@ -1905,9 +1905,10 @@ async fn unknown_message_types_are_ignored() -> TestResult {
                 let unknown = protocol.record(json!({ "type": 99, "foo": 1 }), json!([99, {}, "foo"]));
                 client.send(unknown).await?;
                 // Ack and Sequence without stateful reconnect carry nothing to act on either.
-                client
-                    .send(protocol.record(json!({ "type": 8, "sequenceId": 1 }), json!([8, 1])))
-                    .await?;
+                for kind in [8, 9] {
+                    let record = protocol.record(json!({ "type": kind, "sequenceId": 1 }), json!([kind, 1]));
+                    client.send(record).await?;
+                }
                 client.assert_healthy().await
             }
         })
@@ -1927,7 +1928,7 @@ async fn unknown_methods_and_bad_arguments_fail_the_call_not_the_connection() ->
             async move {
                 let mut client = server.client(protocol).await?;
                 let unknown = client.invoke("NoSuchMethod", json!([1])).await?;
-                check(unknown["error"] == json!("Unknown hub method 'NoSuchMethod'"), || {
+                check(unknown["error"] == json!("Failed to invoke 'NoSuchMethod' due to an error on the server. HubException: Method does not exist."), || {
                     format!("unknown method: {unknown}")
                 })?;
                 let binding = "Failed to invoke 'Add' due to an error on the server.";
@@ -2112,6 +2113,20 @@ async fn malformed_records_close_only_that_connection() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_dropped_while_others_get_everything() -> TestResult {
+    // As fast as the healthy client reads: the slow client's mailbox overflows before its socket fills.
+    slow_consumer_flood(None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_socket_does_not_keep_a_slow_consumer_alive() -> TestResult {
+    // Paced: the slow connection drains its mailbox into the socket until the socket (kernel buffers and the
+    // WebSocket writer's queue) is full and its write waits; only then does the mailbox overflow.
+    slow_consumer_flood(Some(Duration::from_millis(2))).await
+}
+
+/// Floods every client of a node with 1000 broadcasts of 32 KB (about 32 MB, more than loopback socket buffers
+/// hold) while one client reads everything and another reads nothing. `pause` paces the flood.
+async fn slow_consumer_flood(pause: Option<Duration>) -> TestResult {
     bounded(Duration::from_secs(120), async {
         const FLOOD: u64 = 1000;
         const WINDOW: u64 = 8;
@@ -2164,6 +2179,9 @@ async fn a_slow_consumer_is_dropped_while_others_get_everything() -> TestResult 
                 return Err(format!("the healthy client stalled at item {index}: {why}").into());
             }
             context.clients().all().send("flood", (index, payload.clone())).await?;
+            if let Some(pause) = pause {
+                tokio::time::sleep(pause).await;
+            }
         }
         let mut healthy = reader.await??;
 

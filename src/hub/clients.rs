@@ -11,8 +11,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{HubContext, HubError};
-use crate::connection::{ConnectionId, SharedFrame};
+use crate::connection::{ClientResultError, ConnectionId, SharedFrame};
 use crate::group::GroupKey;
+use crate::protocol::{Protocol, RawValue};
 
 /// Sends to clients of a hub, optionally relative to a caller.
 #[derive(Clone, Debug)]
@@ -93,7 +94,7 @@ impl Clients {
     /// The members of a group.
     pub fn group(&self, name: &str) -> ClientProxy {
         self.proxy(Target::Groups {
-            keys: vec![GroupKey::named(name)],
+            keys: vec![GroupKey::named(self.context.name(), name)],
             except: Vec::new(),
         })
     }
@@ -102,7 +103,10 @@ impl Clients {
     /// SignalR).
     pub fn groups<I: IntoIterator<Item = S>, S: AsRef<str>>(&self, names: I) -> ClientProxy {
         self.proxy(Target::Groups {
-            keys: names.into_iter().map(|name| GroupKey::named(name.as_ref())).collect(),
+            keys: names
+                .into_iter()
+                .map(|name| GroupKey::named(self.context.name(), name.as_ref()))
+                .collect(),
             except: Vec::new(),
         })
     }
@@ -110,7 +114,7 @@ impl Clients {
     /// The members of a group but these connections.
     pub fn group_except<I: IntoIterator<Item = ConnectionId>>(&self, name: &str, excluded: I) -> ClientProxy {
         self.proxy(Target::Groups {
-            keys: vec![GroupKey::named(name)],
+            keys: vec![GroupKey::named(self.context.name(), name)],
             except: excluded.into_iter().collect(),
         })
     }
@@ -118,7 +122,7 @@ impl Clients {
     /// The members of a group but the caller.
     pub fn others_in_group(&self, name: &str) -> ClientProxy {
         self.proxy(Target::Groups {
-            keys: vec![GroupKey::named(name)],
+            keys: vec![GroupKey::named(self.context.name(), name)],
             except: self.caller_ids(),
         })
     }
@@ -126,7 +130,7 @@ impl Clients {
     /// Every connection of a user.
     pub fn user(&self, id: &str) -> ClientProxy {
         self.proxy(Target::Groups {
-            keys: vec![GroupKey::user(id)],
+            keys: vec![GroupKey::user(self.context.name(), id)],
             except: Vec::new(),
         })
     }
@@ -134,7 +138,10 @@ impl Clients {
     /// Every connection of each of these users.
     pub fn users<I: IntoIterator<Item = S>, S: AsRef<str>>(&self, ids: I) -> ClientProxy {
         self.proxy(Target::Groups {
-            keys: ids.into_iter().map(|id| GroupKey::user(id.as_ref())).collect(),
+            keys: ids
+                .into_iter()
+                .map(|id| GroupKey::user(self.context.name(), id.as_ref()))
+                .collect(),
             except: Vec::new(),
         })
     }
@@ -153,25 +160,17 @@ impl ClientProxy {
         Ok(())
     }
 
-    /// Delivers an already-built frame to the recipients.
+    /// Delivers an already-built frame to the recipients, on every node.
     pub fn send_frame(&self, frame: Arc<SharedFrame>) {
+        let router = self.context.router();
+        let hub = self.context.name();
         match &self.target {
-            Target::All { except } => self.context.for_each_connection(|id, handle| {
-                if !except.contains(id) {
-                    let _ = handle.deliver(frame.clone());
-                }
-            }),
-            Target::Connections(ids) => {
-                for id in ids {
-                    if let Some(handle) = self.context.handle_of(id) {
-                        let _ = handle.deliver(frame.clone());
-                    }
-                }
-            }
+            Target::All { except } => router.broadcast(hub, frame, except.clone().into()),
+            Target::Connections(ids) => router.to_connections(hub, ids, frame),
             Target::Groups { keys, except } => {
                 let except: Arc<[ConnectionId]> = except.clone().into();
                 for key in keys {
-                    self.context.group_directory().send(key, frame.clone(), except.clone());
+                    router.group_send(key, frame.clone(), except.clone());
                 }
             }
         }
@@ -195,17 +194,18 @@ impl ClientProxy {
                 "Client results need a single connection as the target.",
             ));
         };
-        let handle = self
-            .context
-            .handle_of(id)
-            .ok_or_else(|| HubError::UnknownConnection(id.to_string()))?;
+        let arguments = RawValue::encode(Protocol::MessagePack, &arguments)
+            .map_err(|error| HubError::ClientResult(ClientResultError::BadResult(error.to_string())))?;
         let timeout = self.context.hub().client_result_timeout;
-        let value = handle.invoke(method, arguments, timeout).await?;
+        let value = self
+            .context
+            .router()
+            .invoke(self.context.name(), id, method, arguments, timeout)
+            .await?;
         let decoded = match value {
             Some(raw) => raw.deserialize::<T>(),
             None => serde_json::from_str::<T>("null").map_err(|error| crate::protocol::ArgError(error.to_string())),
         };
-        decoded
-            .map_err(|error| HubError::ClientResult(crate::connection::ClientResultError::BadResult(error.to_string())))
+        decoded.map_err(|error| HubError::ClientResult(ClientResultError::BadResult(error.to_string())))
     }
 }

@@ -15,43 +15,28 @@ impl Groups {
         Groups { context }
     }
 
-    /// Adds a connection to a group. Returns once the membership is in force: a send to the group that starts
-    /// after this returns reaches the connection. An unknown connection fails at once.
+    /// Adds a connection, of any node, to a group. Returns once the membership is in force cluster-wide: a send
+    /// to the group that starts after this returns reaches the connection. An unknown connection fails at once.
     pub async fn add(&self, connection: &ConnectionId, group: &str) -> Result<(), HubError> {
-        let handle = self
-            .context
-            .note_joined(connection, group)
-            .ok_or_else(|| HubError::UnknownConnection(connection.to_string()))?;
-        let added = self
-            .context
-            .group_directory()
-            .add(&GroupKey::named(group), connection.clone(), handle)
-            .await;
-        if added.is_err() {
-            self.context.note_left(connection, group);
-        }
-        Ok(added?)
+        let key = GroupKey::named(self.context.name(), group);
+        self.context.router().group_add(key, connection.clone()).await
     }
 
-    /// Removes a connection from a group; removing a non-member is not an error.
+    /// Removes a connection, of any node, from a group; removing a non-member is not an error.
     pub async fn remove(&self, connection: &ConnectionId, group: &str) -> Result<(), HubError> {
-        if !self.context.note_left(connection, group) {
-            return Err(HubError::UnknownConnection(connection.to_string()));
-        }
-        Ok(self
-            .context
-            .group_directory()
-            .remove(&GroupKey::named(group), connection.clone())
-            .await?)
+        let key = GroupKey::named(self.context.name(), group);
+        self.context.router().group_remove(key, connection.clone()).await
     }
 
-    /// The number of connections in a group.
+    /// The number of connections in a group, cluster-wide.
     pub async fn count(&self, group: &str) -> Result<usize, HubError> {
-        Ok(self.context.group_directory().count(&GroupKey::named(group)).await?)
+        let key = GroupKey::named(self.context.name(), group);
+        self.context.router().group_count(key).await
     }
 
-    /// The connections in a group.
+    /// The connections in a group, cluster-wide.
     pub async fn members(&self, group: &str) -> Result<Vec<ConnectionId>, HubError> {
-        Ok(self.context.group_directory().members(&GroupKey::named(group)).await?)
+        let key = GroupKey::named(self.context.name(), group);
+        self.context.router().group_members(key).await
     }
 }

@@ -163,7 +163,7 @@ fn negotiate(endpoint: &HubEndpoint, request: &HttpRequest) -> HttpResponse {
     let version = crate::hub::url_query_value(request.query_string(), "negotiateVersion")
         .and_then(|version| version.parse::<u32>().ok())
         .unwrap_or(0);
-    let id = ConnectionId::new(random_id::<16>());
+    let id = endpoint.context.new_connection_id(&random_id::<16>());
     let token = if version >= 1 {
         random_id::<32>()
     } else {
@@ -224,7 +224,7 @@ fn connect_websocket(
 ) -> HttpResponse {
     let id = match &token {
         // skipNegotiation: a new connection with a fresh id.
-        None => ConnectionId::new(random_id::<16>()),
+        None => endpoint.context.new_connection_id(&random_id::<16>()),
         Some(token) => {
             let mut tokens = endpoint.tokens.lock();
             match tokens.get_mut(token) {

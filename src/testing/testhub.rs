@@ -305,13 +305,13 @@ impl TestHubHandle {
     pub async fn stop(self) {
         self.server.stop(true).await;
         let _ = self.task.await;
-        self.node.shutdown_hubs();
+        self.node.shutdown_hubs().await;
     }
 
     /// Waits until the server stops.
     pub async fn wait(self) -> std::io::Result<()> {
         let result = self.task.await.unwrap_or(Ok(()));
-        self.node.shutdown_hubs();
+        self.node.shutdown_hubs().await;
         result
     }
 }

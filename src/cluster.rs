@@ -1,0 +1,30 @@
+//! The cluster layer: which nodes are in the cluster, which are alive, and which node owns a key.
+//!
+//! # What this module owns
+//!
+//! * [`membership`]: gossip membership and failure detection (chitchat underneath, never visible outside this
+//!   module). Each node publishes string key-values (its addresses, served hubs, [`NodeStatus`]) and watches the
+//!   live set through [`Membership::subscribe`].
+//! * [`gossip_network`]: where gossip datagrams travel (real UDP, or an in-process network for tests) and the fault
+//!   layer (partition, freeze) that in-process tests use in place of killing processes.
+//! * [`placement`]: rendezvous hashing of opaque keys over a set of [`NodeId`]s, stable across processes and
+//!   versions.
+//!
+//! # What it may call
+//!
+//! Only the standard library, tokio, tracing and chitchat. The cluster layer moves opaque bytes and string
+//! key-values: it knows nothing of hubs, connections, groups or SignalR, and no module above it should need to
+//! import chitchat. [`link`] carries opaque frames between the routers of nodes.
+
+pub mod gossip_network;
+pub mod link;
+pub mod membership;
+pub mod placement;
+
+pub use gossip_network::GossipNetwork;
+pub use link::{LinkConfig, LinkError, LinkEvent, Links, PeerInfo, LINK_ADDRESS_KEY};
+pub use membership::{
+    Member, Membership, MembershipConfig, MembershipError, MembershipView, NodeId, NodeStatus, RESERVED_KEY_PREFIX,
+    STATUS_KEY,
+};
+pub use placement::{owner, ranked};

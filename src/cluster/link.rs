@@ -1,0 +1,130 @@
+//! Links between nodes: opaque frames from this node's router to a peer's router.
+//!
+//! # What this module owns
+//!
+//! The [`Links`] trait, which the router above uses without knowing how frames travel, and its implementations:
+//! an in-memory network for in-process test clusters ([`memory`]), and ractor_cluster between processes
+//! ([`ractor`]), authenticated by the cluster secret. Links are opened and closed by membership
+//! ([`Links::update_peers`] is called with every new live view), never by hand.
+//!
+//! Every implementation keeps the same promises:
+//! * frames from one node to one peer arrive in the order sent, each at most once;
+//! * [`Links::send`] never blocks: each peer has a bounded queue ([`LinkConfig::queue_frames`]); when it is full
+//!   the send fails with [`LinkError::QueueFull`] and the caller decides (the router holds or drops, and says so);
+//! * a frame over [`LinkConfig::max_frame`] is refused at the sender, so no message can tear a link down;
+//! * a peer whose link goes down is reported with [`LinkEvent::Down`] once, whatever the cause (reset, a dead
+//!   verdict from membership, a newer generation of the peer).
+//!
+//! # What it may call
+//!
+//! tokio, bytes, tracing, ractor / ractor_cluster, and [`super::membership`] types. No hub types.
+
+pub mod memory;
+pub mod ractor;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::membership::NodeId;
+
+/// The membership key under which a node publishes its link address.
+pub const LINK_ADDRESS_KEY: &str = "link";
+
+/// Settings of a node's links.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Where this node accepts links from peers (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// The address peers dial; port 0 means the port actually bound.
+    pub advertise: SocketAddr,
+    /// The shared cluster secret; a peer with another secret gets no link.
+    pub secret: String,
+    /// Frames queued per peer before [`Links::send`] fails with [`LinkError::QueueFull`].
+    pub queue_frames: usize,
+    /// The largest frame a node sends or accepts, well under ractor_cluster's own limit.
+    pub max_frame: usize,
+    /// Frames batched into one link message at most.
+    pub batch_frames: usize,
+    /// How long a partial batch may wait for more frames.
+    pub batch_linger: Duration,
+}
+
+impl LinkConfig {
+    /// Defaults for a node accepting links on `listen` with `secret`.
+    pub fn new(listen: SocketAddr, secret: impl Into<String>) -> Self {
+        LinkConfig {
+            listen,
+            advertise: listen,
+            secret: secret.into(),
+            queue_frames: 8192,
+            max_frame: 1 << 20,
+            batch_frames: 64,
+            batch_linger: Duration::from_micros(500),
+        }
+    }
+}
+
+/// A live peer a node should have a link to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's incarnation.
+    pub id: NodeId,
+    /// The address it published under [`LINK_ADDRESS_KEY`].
+    pub link_address: String,
+}
+
+/// A frame from a peer, or a change of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// A frame from `from`, in send order.
+    Frame {
+        /// The sender.
+        from: NodeId,
+        /// The frame as sent.
+        frame: Bytes,
+    },
+    /// A link to this peer is up: frames can flow both ways.
+    Up(NodeId),
+    /// The link to this peer is down; frames queued for it were dropped.
+    Down(NodeId),
+}
+
+/// Why a frame could not be queued for a peer, or links could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// There is no link to this peer (not yet up, or down).
+    #[error("no link to node {0}")]
+    NoLink(NodeId),
+    /// The peer's queue is full: it is slow or stalled.
+    #[error("the link queue to node {0} is full")]
+    QueueFull(NodeId),
+    /// The frame is larger than the frame cap.
+    #[error("a frame of {size} bytes exceeds the link frame cap of {max} bytes")]
+    TooLarge {
+        /// The frame's size.
+        size: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The links could not start (for example the address is taken).
+    #[error("links could not start: {0}")]
+    Start(String),
+}
+
+/// A node's links to its peers. Implementations are cheap to share (`Arc`) and never block the caller.
+pub trait Links: Send + Sync + 'static {
+    /// The address peers should dial, to publish under [`LINK_ADDRESS_KEY`].
+    fn advertised_address(&self) -> String;
+
+    /// Queues `frame` for `peer`.
+    fn send(&self, peer: &NodeId, frame: Bytes) -> Result<(), LinkError>;
+
+    /// Opens links to live peers that have none and closes links to peers no longer live (or superseded by a
+    /// newer generation). Called with every new membership view; `live` excludes this node.
+    fn update_peers(&self, live: &[PeerInfo]);
+
+    /// The peers with a link up now.
+    fn connected(&self) -> Vec<NodeId>;
+}

@@ -1,0 +1,198 @@
+//! An in-process cluster for tests: N nodes on ephemeral `127.0.0.1` HTTP ports, gossiping and linked over
+//! in-memory networks (ractor_cluster cannot host several nodes in one process; see `cluster::link`), with
+//! faults: kill, freeze and thaw, partition and heal.
+//!
+//! Clients connect to each node's real HTTP port, so tests use real SignalR clients; only node-to-node traffic
+//! is in memory, and it carries the same encoded frames the real links carry.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::cluster::link::memory::MemoryNetwork;
+use crate::cluster::{GossipNetwork, LinkConfig, MembershipConfig};
+use crate::hub::{Hub, HubContext};
+use crate::node::{ClusterNetwork, ClusterSettings, Node, NodeError, NodeHandle};
+
+/// The cluster secret of test clusters.
+const TEST_SECRET: &str = "hubmesh-test-cluster";
+
+type HubFactory = Arc<dyn Fn() -> Vec<Hub> + Send + Sync>;
+
+struct TestNode {
+    name: String,
+    handle: Option<NodeHandle>,
+    gossip_addr: Option<SocketAddr>,
+}
+
+/// N nodes in this process forming one cluster.
+pub struct TestCluster {
+    gossip: GossipNetwork,
+    links: MemoryNetwork,
+    hubs: HubFactory,
+    nodes: Vec<TestNode>,
+}
+
+impl TestCluster {
+    /// Starts `count` nodes named `node-1` … serving the hubs `hubs` makes (called once per node).
+    pub async fn start(count: usize, hubs: impl Fn() -> Vec<Hub> + Send + Sync + 'static) -> Result<Self, NodeError> {
+        let mut cluster = TestCluster {
+            gossip: GossipNetwork::in_memory(),
+            links: MemoryNetwork::new(),
+            hubs: Arc::new(hubs),
+            nodes: Vec::new(),
+        };
+        for index in 0..count {
+            cluster.nodes.push(TestNode {
+                name: format!("node-{}", index + 1),
+                handle: None,
+                gossip_addr: None,
+            });
+            cluster.start_node(index).await?;
+        }
+        Ok(cluster)
+    }
+
+    fn seeds(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter_map(|node| node.gossip_addr.map(|addr| addr.to_string()))
+            .collect()
+    }
+
+    async fn start_node(&mut self, index: usize) -> Result<(), NodeError> {
+        let seeds = self.seeds();
+        let Some(node) = self.nodes.get(index) else {
+            return Err(NodeError::Cluster(format!("no node {index}")));
+        };
+        let name = node.name.clone();
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let membership = MembershipConfig::new(name.as_str(), "test", loopback).with_seeds(seeds);
+        let settings = ClusterSettings {
+            membership,
+            link: LinkConfig::new(loopback, TEST_SECRET),
+            network: ClusterNetwork::InMemory {
+                gossip: self.gossip.clone(),
+                links: self.links.clone(),
+            },
+        };
+        let mut builder = Node::builder().name(&name).listen("127.0.0.1:0").cluster(settings);
+        for hub in (self.hubs)() {
+            builder = builder.hub(hub);
+        }
+        let handle = builder.start().await?;
+        let gossip_addr = handle.node().gossip_addr().await;
+        if let Some(node) = self.nodes.get_mut(index) {
+            node.handle = Some(handle);
+            node.gossip_addr = gossip_addr;
+        }
+        Ok(())
+    }
+
+    /// The number of nodes, running or not.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the cluster has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// `http://127.0.0.1:<port>` of node `index`, if it runs.
+    pub fn url(&self, index: usize) -> Option<String> {
+        self.nodes.get(index)?.handle.as_ref().map(NodeHandle::url)
+    }
+
+    /// The name of node `index`.
+    pub fn name(&self, index: usize) -> Option<&str> {
+        self.nodes.get(index).map(|node| node.name.as_str())
+    }
+
+    /// The context of hub `hub` on node `index`, to send from the node as a backend would.
+    pub fn context(&self, index: usize, hub: &str) -> Option<HubContext> {
+        self.nodes.get(index)?.handle.as_ref()?.hub_context(hub)
+    }
+
+    /// Waits until every running node sees exactly the running nodes as live; returns how long it took.
+    pub async fn wait_for_members(&self, timeout: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        let mut expected: Vec<&str> = self
+            .nodes
+            .iter()
+            .filter(|node| node.handle.is_some())
+            .map(|node| node.name.as_str())
+            .collect();
+        expected.sort_unstable();
+        loop {
+            let mut agreed = true;
+            for node in self.nodes.iter().filter_map(|node| node.handle.as_ref()) {
+                let view = node.node().cluster_view().await;
+                let mut live: Vec<String> = view
+                    .map(|view| view.live.iter().map(|member| member.id.name.to_string()).collect())
+                    .unwrap_or_default();
+                live.sort_unstable();
+                if live != expected {
+                    agreed = false;
+                    break;
+                }
+            }
+            if agreed {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                return Err(format!(
+                    "the nodes did not agree on the members {expected:?} within {timeout:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills node `index` as a crash would: it is cut off from gossip and links first (so it says goodbye to
+    /// nobody), then its server and connections stop.
+    pub async fn kill(&mut self, index: usize) {
+        let Some(node) = self.nodes.get_mut(index) else {
+            return;
+        };
+        self.links.kill(&node.name);
+        if let Some(addr) = node.gossip_addr {
+            self.gossip.freeze(addr);
+        }
+        if let Some(handle) = node.handle.take() {
+            handle.stop().await;
+        }
+    }
+
+    /// Freezes node `index` (as SIGSTOP would, for its peers): no gossip and no link traffic in or out; its clients
+    /// stay connected.
+    pub fn freeze(&self, index: usize) {
+        if let Some(node) = self.nodes.get(index) {
+            self.links.freeze(&node.name);
+            if let Some(addr) = node.gossip_addr {
+                self.gossip.freeze(addr);
+            }
+        }
+    }
+
+    /// Undoes [`TestCluster::freeze`] (SIGCONT).
+    pub fn thaw(&self, index: usize) {
+        if let Some(node) = self.nodes.get(index) {
+            self.links.thaw(&node.name);
+            if let Some(addr) = node.gossip_addr {
+                self.gossip.thaw(addr);
+            }
+        }
+    }
+
+    /// Stops every node.
+    pub async fn stop(mut self) {
+        for node in &mut self.nodes {
+            if let Some(handle) = node.handle.take() {
+                handle.stop().await;
+            }
+        }
+    }
+}

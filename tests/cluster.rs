@@ -1,0 +1,441 @@
+//! Several nodes in one process (`TestCluster`: real HTTP and WebSockets for clients, in-memory gossip and links
+//! between nodes) using the demo hub: every send is location-transparent, group membership is confirmed
+//! cluster-wide, ordering holds, and the cluster survives a node's death.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::error::Error;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hubmesh::demo::demo_hub;
+use hubmesh::testing::TestCluster;
+use hubmesh::{ConnectionId, HubError};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
+
+const RS: char = '\u{1e}';
+
+/// A minimal SignalR JSON client over a direct WebSocket (skipNegotiation).
+struct Client {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pending: Vec<Value>,
+    next_id: u64,
+    /// Answers client-result invocations of this target with this value.
+    answer: Option<(String, Value)>,
+}
+
+impl Client {
+    async fn connect(base: &str) -> TestResult<Client> {
+        let url = format!("{}/hub", base.replacen("http://", "ws://", 1));
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+        socket
+            .send(Message::text(format!("{{\"protocol\":\"json\",\"version\":1}}{RS}")))
+            .await?;
+        let mut client = Client {
+            socket,
+            pending: Vec::new(),
+            next_id: 1,
+            answer: None,
+        };
+        let handshake = client.read_records().await?;
+        if handshake.first() != Some(&json!({})) {
+            return Err(format!("bad handshake response {handshake:?}").into());
+        }
+        client.pending.extend(handshake.into_iter().skip(1));
+        Ok(client)
+    }
+
+    async fn read_records(&mut self) -> TestResult<Vec<Value>> {
+        loop {
+            let message = timeout(Duration::from_secs(10), self.socket.next())
+                .await?
+                .ok_or("socket closed")??;
+            if let Message::Text(text) = message {
+                let mut records = Vec::new();
+                for record in text.split(RS).filter(|record| !record.is_empty()) {
+                    records.push(serde_json::from_str::<Value>(record)?);
+                }
+                return Ok(records);
+            }
+        }
+    }
+
+    /// The next record that is not a ping, answering client-result invocations on the way.
+    async fn next_record(&mut self, limit: Duration) -> TestResult<Option<Value>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if !self.pending.is_empty() {
+                let record = self.pending.remove(0);
+                if record["type"] == 6 {
+                    continue;
+                }
+                if record["type"] == 1 && record.get("invocationId").is_some() {
+                    if let Some((target, value)) = &self.answer {
+                        if record["target"]
+                            .as_str()
+                            .is_some_and(|name| name.eq_ignore_ascii_case(target))
+                        {
+                            let reply = json!({"type": 3, "invocationId": record["invocationId"], "result": value});
+                            self.socket.send(Message::text(format!("{reply}{RS}"))).await?;
+                            continue;
+                        }
+                    }
+                }
+                return Ok(Some(record));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            match timeout(left, self.read_records()).await {
+                Ok(records) => self.pending.extend(records?),
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    async fn invoke(&mut self, target: &str, arguments: Value) -> TestResult<Value> {
+        let id = self.next_id.to_string();
+        self.next_id += 1;
+        let record = json!({"type": 1, "invocationId": id, "target": target, "arguments": arguments});
+        self.socket.send(Message::text(format!("{record}{RS}"))).await?;
+        let mut others = Vec::new();
+        let result = loop {
+            let Some(record) = self.next_record(Duration::from_secs(10)).await? else {
+                break Err(format!("no completion for {target}").into());
+            };
+            if record["type"] == 3 && record["invocationId"] == id.as_str() {
+                break match record.get("error") {
+                    Some(error) => Err(error.to_string().into()),
+                    None => Ok(record.get("result").cloned().unwrap_or(Value::Null)),
+                };
+            }
+            others.push(record);
+        };
+        self.pending.splice(0..0, others);
+        result
+    }
+
+    async fn send(&mut self, target: &str, arguments: Value) -> TestResult {
+        let record = json!({"type": 1, "target": target, "arguments": arguments});
+        self.socket.send(Message::text(format!("{record}{RS}"))).await?;
+        Ok(())
+    }
+
+    /// The payload of the next `msg` call, if one comes within `limit`.
+    async fn next_msg(&mut self, limit: Duration) -> TestResult<Option<Value>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(record) = self.next_record(left).await? else {
+                return Ok(None);
+            };
+            if record["type"] == 1 && record["target"] == "msg" {
+                return Ok(Some(record["arguments"][0].clone()));
+            }
+        }
+    }
+
+    async fn connection_id(&mut self) -> TestResult<ConnectionId> {
+        let id = self.invoke("WhoAmI", json!([])).await?;
+        Ok(ConnectionId::new(id.as_str().ok_or("no id")?))
+    }
+}
+
+async fn three_nodes() -> TestResult<TestCluster> {
+    let cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
+    let took = cluster.wait_for_members(Duration::from_secs(10)).await?;
+    println!("3 in-process nodes agreed on the members in {took:?}");
+    Ok(cluster)
+}
+
+fn url(cluster: &TestCluster, index: usize) -> TestResult<String> {
+    Ok(cluster.url(index).ok_or("node not running")?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_target_reaches_clients_on_every_node() -> TestResult {
+    timeout(Duration::from_secs(60), async {
+        let cluster = three_nodes().await?;
+        let mut clients = Vec::new();
+        for index in 0..3 {
+            clients.push(Client::connect(&url(&cluster, index)?).await?);
+        }
+        let mut ids = Vec::new();
+        for client in &mut clients {
+            ids.push(client.connection_id().await?);
+        }
+        // Ids name their node, so a send to a connection needs no lookup.
+        for (index, id) in ids.iter().enumerate() {
+            assert!(id.as_str().ends_with(&format!(".node-{}", index + 1)), "{id}");
+        }
+
+        // Join from each node; every node then agrees on the count.
+        for client in &mut clients {
+            client.invoke("JoinGroup", json!(["room"])).await?;
+        }
+        for client in &mut clients {
+            assert_eq!(client.invoke("GroupCount", json!(["room"])).await?, json!(3));
+        }
+
+        // A group send from node 2 reaches the members on all three nodes exactly once.
+        clients[1].send("SendToGroup", json!(["room", {"n": 1}])).await?;
+        for client in &mut clients {
+            assert_eq!(client.next_msg(Duration::from_secs(5)).await?, Some(json!({"n": 1})));
+            assert_eq!(
+                client.next_msg(Duration::from_millis(200)).await?,
+                None,
+                "delivered twice"
+            );
+        }
+
+        // Broadcast from node 3.
+        clients[2].send("Broadcast", json!(["all"])).await?;
+        for client in &mut clients {
+            assert_eq!(client.next_msg(Duration::from_secs(5)).await?, Some(json!("all")));
+        }
+
+        // Hub contexts of other nodes: client, clients, all_except, group_except, others_in_group-like targets.
+        let backend = cluster.context(0, "demo").ok_or("no hub context")?;
+        backend.clients().client(&ids[2]).send("msg", ("to three",)).await?;
+        assert_eq!(
+            clients[2].next_msg(Duration::from_secs(5)).await?,
+            Some(json!("to three"))
+        );
+        backend
+            .clients()
+            .clients(vec![ids[1].clone(), ids[2].clone()])
+            .send("msg", ("two and three",))
+            .await?;
+        assert_eq!(
+            clients[1].next_msg(Duration::from_secs(5)).await?,
+            Some(json!("two and three"))
+        );
+        assert_eq!(
+            clients[2].next_msg(Duration::from_secs(5)).await?,
+            Some(json!("two and three"))
+        );
+        backend
+            .clients()
+            .all_except(vec![ids[0].clone()])
+            .send("msg", ("not one",))
+            .await?;
+        assert_eq!(
+            clients[1].next_msg(Duration::from_secs(5)).await?,
+            Some(json!("not one"))
+        );
+        assert_eq!(
+            clients[2].next_msg(Duration::from_secs(5)).await?,
+            Some(json!("not one"))
+        );
+        assert_eq!(clients[0].next_msg(Duration::from_millis(300)).await?, None);
+        backend
+            .clients()
+            .group_except("room", vec![ids[2].clone()])
+            .send("msg", ("not three",))
+            .await?;
+        assert_eq!(
+            clients[0].next_msg(Duration::from_secs(5)).await?,
+            Some(json!("not three"))
+        );
+        assert_eq!(
+            clients[1].next_msg(Duration::from_secs(5)).await?,
+            Some(json!("not three"))
+        );
+        assert_eq!(clients[2].next_msg(Duration::from_millis(300)).await?, None);
+        backend
+            .clients()
+            .groups(["room", "empty"])
+            .send("msg", ("groups",))
+            .await?;
+        for client in &mut clients {
+            assert_eq!(client.next_msg(Duration::from_secs(5)).await?, Some(json!("groups")));
+        }
+
+        // Membership of another node's connection, from a node that does not hold it; an unknown one fails at once.
+        let remote = cluster.context(2, "demo").ok_or("no hub context")?;
+        remote.groups().add(&ids[0], "solo").await?;
+        assert_eq!(remote.groups().count("solo").await?, 1);
+        assert_eq!(remote.groups().members("solo").await?, vec![ids[0].clone()]);
+        let started = Instant::now();
+        let unknown = ConnectionId::new("nobody.node-2");
+        let error = remote.groups().add(&unknown, "solo").await.err();
+        assert!(matches!(error, Some(HubError::UnknownConnection(_))), "{error:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "an unknown connection must fail fast"
+        );
+        remote.groups().remove(&ids[0], "solo").await?;
+        assert_eq!(
+            cluster
+                .context(1, "demo")
+                .ok_or("no ctx")?
+                .groups()
+                .count("solo")
+                .await?,
+            0
+        );
+
+        // Client results across nodes.
+        clients[0].answer = Some(("ask".into(), json!("forty-two")));
+        let asking = tokio::spawn({
+            let remote = remote.clone();
+            let id = ids[0].clone();
+            async move { remote.clients().client(&id).invoke::<String, _>("ask", ("q",)).await }
+        });
+        // The client answers while it waits for messages.
+        let _ = clients[0].next_msg(Duration::from_millis(500)).await?;
+        assert_eq!(asking.await??, "forty-two");
+
+        // Leaving stops delivery everywhere.
+        clients[0].invoke("LeaveGroup", json!(["room"])).await?;
+        assert_eq!(clients[2].invoke("GroupCount", json!(["room"])).await?, json!(2));
+        clients[2].send("SendToGroup", json!(["room", "after leave"])).await?;
+        assert_eq!(
+            clients[1].next_msg(Duration::from_secs(5)).await?,
+            Some(json!("after leave"))
+        );
+        assert_eq!(clients[0].next_msg(Duration::from_millis(300)).await?, None);
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_arrive_in_one_order_on_every_node() -> TestResult {
+    timeout(Duration::from_secs(60), async {
+        let cluster = three_nodes().await?;
+        let mut clients = Vec::new();
+        for index in 0..3 {
+            let mut client = Client::connect(&url(&cluster, index)?).await?;
+            client.invoke("JoinGroup", json!(["ordered"])).await?;
+            clients.push(client);
+        }
+        // Two senders on different nodes interleave; every member sees one order, and each sender's own order.
+        const EACH: usize = 150;
+        let mut senders = [
+            Client::connect(&url(&cluster, 0)?).await?,
+            Client::connect(&url(&cluster, 2)?).await?,
+        ];
+        for n in 0..EACH {
+            senders[0].send("SendToGroup", json!(["ordered", ["a", n]])).await?;
+            senders[1].send("SendToGroup", json!(["ordered", ["b", n]])).await?;
+        }
+        let mut sequences = Vec::new();
+        for client in &mut clients {
+            let mut seen = Vec::new();
+            while seen.len() < 2 * EACH {
+                match client.next_msg(Duration::from_secs(10)).await? {
+                    Some(payload) => seen.push(payload),
+                    None => return Err(format!("only {} of {} group messages arrived", seen.len(), 2 * EACH).into()),
+                }
+            }
+            for sender in ["a", "b"] {
+                let order: Vec<u64> = seen
+                    .iter()
+                    .filter(|p| p[0] == sender)
+                    .filter_map(|p| p[1].as_u64())
+                    .collect();
+                assert_eq!(
+                    order,
+                    (0..EACH as u64).collect::<Vec<_>>(),
+                    "sender {sender} out of order"
+                );
+            }
+            sequences.push(seen);
+        }
+        assert!(
+            sequences.windows(2).all(|pair| pair[0] == pair[1]),
+            "members saw different orders"
+        );
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survivors_keep_their_groups_when_a_node_dies() -> TestResult {
+    timeout(Duration::from_secs(90), async {
+        let mut cluster = three_nodes().await?;
+        // Several groups, so some are owned by the node that dies.
+        let groups: Vec<String> = (0..12).map(|n| format!("g{n}")).collect();
+        let mut clients = Vec::new();
+        for index in 0..3 {
+            let mut client = Client::connect(&url(&cluster, index)?).await?;
+            for group in &groups {
+                client.invoke("JoinGroup", json!([group])).await?;
+            }
+            clients.push(client);
+        }
+        let mut doomed = clients.remove(1);
+        let doomed_id = doomed.connection_id().await?;
+        let asker = cluster.context(0, "demo").ok_or("no ctx")?;
+        let pending =
+            tokio::spawn(async move { asker.clients().client(&doomed_id).invoke::<String, _>("ask", ()).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let killed_at = Instant::now();
+        cluster.kill(1).await;
+        // A client result waiting on a connection of the dead node fails, it does not hang.
+        let failed = timeout(Duration::from_secs(10), pending).await??;
+        let error = failed.err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(error.contains("disconnected"), "{error}");
+        println!("pending client result failed {:?} after the kill", killed_at.elapsed());
+        drop(doomed);
+
+        let detected = cluster.wait_for_members(Duration::from_secs(10)).await?;
+        println!("the survivors agreed on the members {detected:?} after the kill");
+
+        // Within 5 s of the death every group counts the two survivors on both surviving nodes.
+        let deadline = killed_at + Duration::from_secs(8);
+        'settle: loop {
+            let mut settled = true;
+            for client in &mut clients {
+                for group in &groups {
+                    if client.invoke("GroupCount", json!([group])).await? != json!(2) {
+                        settled = false;
+                    }
+                }
+            }
+            if settled {
+                println!("group membership re-homed {:?} after the kill", killed_at.elapsed());
+                break 'settle;
+            }
+            if Instant::now() > deadline {
+                return Err("group counts did not settle at 2 after the node died".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Every group send reaches both survivors.
+        for group in &groups {
+            clients[0].send("SendToGroup", json!([group, group])).await?;
+        }
+        // Groups have different owners, so only each group's own order is promised: compare as sets.
+        for client in &mut clients {
+            let mut received = Vec::new();
+            for _ in &groups {
+                received.push(
+                    client
+                        .next_msg(Duration::from_secs(5))
+                        .await?
+                        .ok_or("a group message is missing")?,
+                );
+            }
+            received.sort_by_key(|payload| payload.to_string());
+            let mut expected: Vec<Value> = groups.iter().map(|group| json!(group)).collect();
+            expected.sort_by_key(|payload| payload.to_string());
+            assert_eq!(received, expected);
+        }
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
