@@ -12,7 +12,7 @@
 //! 3. **Loop**: client records are decoded and dispatched; the mailbox is drained in batches (several queued
 //!    records written as one transport message); a Ping goes out when nothing was written for
 //!    `Limits::keep_alive`; a client silent for `Limits::client_timeout` is closed.
-//! 4. **End**: streams are cancelled, pending client results fail with "Connection '<id>' disconnected.",
+//! 4. **End**: streams are cancelled, pending client results fail with `"Connection '<id>' disconnected."`,
 //!    and [`ConnectionHost::disconnected`] unregisters the connection.
 //!
 //! Blocking invocations run one at a time, in arrival order, inside this task (ASP.NET's default of one
@@ -174,7 +174,7 @@ impl ConnectionHandle {
     }
 
     /// Invokes client method `target` and waits for its result (client results). Fails with
-    /// "Connection '<id>' disconnected." if the connection ends first, or after `timeout`.
+    /// `"Connection '<id>' disconnected."` if the connection ends first, or after `timeout`.
     pub async fn invoke<A>(&self, target: &str, arguments: A, timeout: Duration) -> ClientResult
     where
         A: Serialize + Send + 'static,

@@ -92,11 +92,28 @@ pub enum GroupError {
     Unavailable(String),
 }
 
+/// Who sent a group message, with the sender node's sequence number: a send re-sent after its group's owner
+/// died is recognised and not delivered twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// The node where the send started.
+    pub origin: Arc<str>,
+    /// That node's sequence number for it (increasing).
+    pub seq: u64,
+}
+
 /// Delivers a group's frame to the members a node holds. The router implements it: its own node's members
 /// directly, other nodes' members through one link message per node.
 pub trait Fanout: Send + Sync + 'static {
     /// Delivers `frame` to the members of `key` on node `node`, except `except`.
-    fn deliver(&self, node: &str, key: &GroupKey, frame: &Arc<SharedFrame>, except: &Arc<[ConnectionId]>);
+    fn deliver(
+        &self,
+        node: &str,
+        key: &GroupKey,
+        frame: &Arc<SharedFrame>,
+        except: &Arc<[ConnectionId]>,
+        stamp: &Stamp,
+    );
 }
 
 /// Messages a group actor handles.
@@ -134,6 +151,8 @@ pub enum GroupMessage {
         frame: Arc<SharedFrame>,
         /// Members that must not receive it.
         except: Arc<[ConnectionId]>,
+        /// Who sent it.
+        stamp: Stamp,
     },
     /// Reply with the member count.
     Count(RpcReplyPort<usize>),
@@ -207,9 +226,9 @@ impl Actor for GroupActor {
                     myself.stop(None);
                 }
             }
-            GroupMessage::Send { frame, except } => {
+            GroupMessage::Send { frame, except, stamp } => {
                 for node in members.keys() {
-                    self.fanout.deliver(node, &self.key, &frame, &except);
+                    self.fanout.deliver(node, &self.key, &frame, &except, &stamp);
                 }
             }
             GroupMessage::Count(reply) => {
@@ -247,6 +266,11 @@ impl GroupDirectory {
 
     fn existing(&self, key: &GroupKey) -> Option<ActorRef<GroupMessage>> {
         self.actors.lock().get(key).cloned()
+    }
+
+    /// Whether this node runs the group's actor (the group has members and this node owns it).
+    pub fn contains(&self, key: &GroupKey) -> bool {
+        self.actors.lock().contains_key(key)
     }
 
     /// The keys of the groups this node owns now.
@@ -385,9 +409,9 @@ impl GroupDirectory {
     }
 
     /// Sends a frame to the group's members, except `except`. A group with no actor has no members.
-    pub fn send(&self, key: &GroupKey, frame: Arc<SharedFrame>, except: Arc<[ConnectionId]>) {
+    pub fn send(&self, key: &GroupKey, frame: Arc<SharedFrame>, except: Arc<[ConnectionId]>, stamp: Stamp) {
         if let Some(actor) = self.existing(key) {
-            if actor.cast(GroupMessage::Send { frame, except }).is_err() {
+            if actor.cast(GroupMessage::Send { frame, except, stamp }).is_err() {
                 self.forget(key, &actor);
             }
         }

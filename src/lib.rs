@@ -16,6 +16,7 @@
 //!   bytes; knows nothing of hubs.
 //! * [`node`]: a node: its hubs, its HTTP server (actix-web), start and stop.
 //! * [`demo`]: the demo hub every node serves at `/hub`, the contract load tools use.
+//! * [`config`]: node configuration (TOML files, `HUBMESH_*` variables, flags), checked into a ready [`NodeBuilder`].
 //! * `testing` (feature `test-util`): the official test hub and an in-process server for tests.
 //!
 //! # Quick start
@@ -41,6 +42,7 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod config;
 pub mod connection;
 pub mod demo;
 pub mod group;

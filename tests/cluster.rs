@@ -382,6 +382,23 @@ async fn survivors_keep_their_groups_when_a_node_dies() -> TestResult {
             tokio::spawn(async move { asker.clients().client(&doomed_id).invoke::<String, _>("ask", ()).await });
         tokio::time::sleep(Duration::from_millis(200)).await;
 
+        // A survivor keeps sending to every group across the death: none of it may be lost for the survivors.
+        const ROUNDS: u64 = 120;
+        let mut sender = Client::connect(&url(&cluster, 0)?).await?;
+        let sending_groups = groups.clone();
+        let sending = tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                for group in &sending_groups {
+                    sender.send("SendToGroup", json!([group, [group, round]])).await?;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            // Keep the sender connected until its sends are through.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            TestResult::Ok(())
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
         let killed_at = Instant::now();
         cluster.kill(1).await;
         // A client result waiting on a connection of the dead node fails, it does not hang.
@@ -414,6 +431,47 @@ async fn survivors_keep_their_groups_when_a_node_dies() -> TestResult {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Every survivor got every send of the window, once each, in each group's order.
+        sending.await??;
+        for client in &mut clients {
+            let mut rounds: std::collections::HashMap<String, Vec<u64>> = std::collections::HashMap::new();
+            let expected = ROUNDS as usize * groups.len();
+            let mut count = 0;
+            while count < expected {
+                let Some(payload) = client.next_msg(Duration::from_secs(10)).await? else {
+                    let missing: Vec<_> = rounds
+                        .iter()
+                        .map(|(g, r)| (g.clone(), ROUNDS as usize - r.len()))
+                        .collect();
+                    return Err(
+                        format!("only {count} of {expected} sends arrived; missing per group {missing:?}").into(),
+                    );
+                };
+                let group = payload[0].as_str().ok_or("bad payload")?.to_owned();
+                rounds
+                    .entry(group)
+                    .or_default()
+                    .push(payload[1].as_u64().ok_or("bad payload")?);
+                count += 1;
+            }
+            for (group, seen) in &rounds {
+                assert_eq!(
+                    seen,
+                    &(0..ROUNDS).collect::<Vec<_>>(),
+                    "group {group}: lost, repeated or reordered"
+                );
+            }
+            assert_eq!(
+                client.next_msg(Duration::from_millis(300)).await?,
+                None,
+                "a send was delivered twice"
+            );
+        }
+        println!(
+            "all {} sends made across the death reached both survivors once, in order",
+            ROUNDS as usize * groups.len()
+        );
+
         // Every group send reaches both survivors.
         for group in &groups {
             clients[0].send("SendToGroup", json!([group, group])).await?;
@@ -433,6 +491,74 @@ async fn survivors_keep_their_groups_when_a_node_dies() -> TestResult {
             let mut expected: Vec<Value> = groups.iter().map(|group| json!(group)).collect();
             expected.sort_by_key(|payload| payload.to_string());
             assert_eq!(received, expected);
+        }
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_gets_its_memberships_back_when_it_thaws() -> TestResult {
+    timeout(Duration::from_secs(90), async {
+        let cluster = three_nodes().await?;
+        let groups: Vec<String> = (0..6).map(|n| format!("f{n}")).collect();
+        let mut clients = Vec::new();
+        for index in 0..3 {
+            let mut client = Client::connect(&url(&cluster, index)?).await?;
+            for group in &groups {
+                client.invoke("JoinGroup", json!([group])).await?;
+            }
+            clients.push(client);
+        }
+        let frozen_at = Instant::now();
+        cluster.freeze(2);
+        // The others declare it dead and drop its members.
+        let deadline = frozen_at + Duration::from_secs(10);
+        loop {
+            if clients[0].invoke("GroupCount", json!([groups[0]])).await? == json!(2) {
+                println!(
+                    "the frozen node's members were dropped {:?} after the freeze",
+                    frozen_at.elapsed()
+                );
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("the frozen node was never declared dead".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let thawed_at = Instant::now();
+        cluster.thaw(2);
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        // Its client did nothing, yet its memberships are back everywhere.
+        let deadline = thawed_at + Duration::from_secs(10);
+        'restored: loop {
+            let mut restored = true;
+            for client in clients.iter_mut().take(2) {
+                for group in &groups {
+                    if client.invoke("GroupCount", json!([group])).await? != json!(3) {
+                        restored = false;
+                    }
+                }
+            }
+            if restored {
+                println!("memberships restored {:?} after the thaw", thawed_at.elapsed());
+                break 'restored;
+            }
+            if Instant::now() > deadline {
+                return Err("the thawed node's memberships did not come back".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Drain what the frozen node's client was sent before and during the freeze, then check delivery.
+        while clients[2].next_msg(Duration::from_millis(300)).await?.is_some() {}
+        clients[0].send("SendToGroup", json!([groups[0], "after thaw"])).await?;
+        for client in &mut clients {
+            assert_eq!(
+                client.next_msg(Duration::from_secs(5)).await?,
+                Some(json!("after thaw"))
+            );
         }
         cluster.stop().await;
         TestResult::Ok(())

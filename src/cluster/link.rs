@@ -33,7 +33,7 @@ use super::membership::NodeId;
 pub const LINK_ADDRESS_KEY: &str = "link";
 
 /// Settings of a node's links.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LinkConfig {
     /// Where this node accepts links from peers (port 0 picks a free one).
     pub listen: SocketAddr,
@@ -49,6 +49,21 @@ pub struct LinkConfig {
     pub batch_frames: usize,
     /// How long a partial batch may wait for more frames.
     pub batch_linger: Duration,
+}
+
+// By hand, so the cluster secret never reaches a log line.
+impl std::fmt::Debug for LinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkConfig")
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("secret", &"<redacted>")
+            .field("queue_frames", &self.queue_frames)
+            .field("max_frame", &self.max_frame)
+            .field("batch_frames", &self.batch_frames)
+            .field("batch_linger", &self.batch_linger)
+            .finish()
+    }
 }
 
 impl LinkConfig {

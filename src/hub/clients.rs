@@ -177,7 +177,7 @@ impl ClientProxy {
     }
 
     /// Invokes client method `method` on a single connection and waits for its result (client results). Fails
-    /// with "Connection '<id>' disconnected." if the connection ends first, and after the hub's client-result
+    /// with `"Connection '<id>' disconnected."` if the connection ends first, and after the hub's client-result
     /// timeout.
     pub async fn invoke<T, A>(&self, method: &str, arguments: A) -> Result<T, HubError>
     where

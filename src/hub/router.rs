@@ -37,12 +37,26 @@ use tokio::sync::oneshot;
 use super::{HubError, HubRuntime};
 use crate::cluster::{LinkError, LinkEvent, Links, NodeId};
 use crate::connection::{ClientResultError, ConnectionId, SharedFrame};
-use crate::group::{Fanout, GroupDirectory, GroupError, GroupKey};
+use crate::group::{Fanout, GroupDirectory, GroupError, GroupKey, Stamp};
 use crate::protocol::{Protocol, RawValue};
 
 /// The most group sends a node holds while their owner is unreachable; beyond it the oldest are dropped (and
 /// logged), so a long outage cannot exhaust memory.
 pub const HELD_SENDS_CAP: usize = 10_000;
+
+/// After a membership change, how long an owner holds group sends while it waits for the snapshots of its
+/// peers (so a re-homed group has all its members before it delivers).
+const SETTLE: Duration = Duration::from_millis(1500);
+/// How long an owner keeps a send to a group it has no members for, in case the members are on their way
+/// (a snapshot or a join that raced with the send across different links).
+const ORPHAN_WINDOW: Duration = Duration::from_millis(1500);
+
+/// How long a node keeps a group send it handed to a remote owner, to send it again if that owner dies before
+/// its members got it: longer than failure detection (3 s) plus settling.
+const RETAIN: Duration = Duration::from_secs(8);
+
+/// How many owners a membership request tries when owners leave while it waits.
+const OWNER_ATTEMPTS: usize = 3;
 
 /// How long a membership request (add, remove, count) waits for a peer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,12 +103,14 @@ enum Envelope {
         key: GroupKey,
         except: Vec<ConnectionId>,
         frame: WireFrame,
+        stamp: Stamp,
     },
     /// From a group's owner to a node that holds members: deliver to them.
     GroupDeliver {
         key: GroupKey,
         except: Vec<ConnectionId>,
         frame: WireFrame,
+        stamp: Stamp,
     },
     /// Every membership the sender holds in groups the receiver owns (after ownership may have moved).
     Snapshot { groups: Vec<(GroupKey, Vec<ConnectionId>)> },
@@ -211,6 +227,23 @@ enum MembershipOp {
     },
     /// This node's own memberships, read when the op is applied.
     OwnSnapshot,
+    /// A send to a group this node owns, in arrival order with the membership changes.
+    Send { send: HeldSend },
+    /// Membership changed: hold group sends until these peers' snapshots arrive (or [`SETTLE`] passes).
+    ViewChanged { peers: Vec<Arc<str>> },
+}
+
+type Orphan = (tokio::time::Instant, HeldSend);
+
+/// What the membership queue keeps between ops.
+#[derive(Default)]
+struct OpsState {
+    /// While settling: the deadline and the peers whose snapshots are still awaited.
+    settling: Option<(tokio::time::Instant, HashSet<Arc<str>>)>,
+    /// Sends held while settling, in order.
+    deferred: VecDeque<HeldSend>,
+    /// Sends to groups without members here yet, with when they arrived.
+    orphans: HashMap<GroupKey, VecDeque<Orphan>>,
 }
 
 /// Who waits for a membership op.
@@ -219,10 +252,19 @@ enum Done {
     Remote { from: Arc<str>, id: u64 },
 }
 
+#[derive(Clone)]
 struct HeldSend {
     key: GroupKey,
     except: Arc<[ConnectionId]>,
     frame: Arc<SharedFrame>,
+    stamp: Stamp,
+}
+
+/// A group send handed to a remote owner, kept a while in case the owner dies before its members got it.
+struct Retained {
+    at: tokio::time::Instant,
+    owner: Arc<str>,
+    send: HeldSend,
 }
 
 /// The node's router; see the module doc.
@@ -236,6 +278,12 @@ pub(crate) struct Router {
     pending: Mutex<HashMap<u64, Pending>>,
     next_request: AtomicU64,
     held: Mutex<VecDeque<HeldSend>>,
+    /// Sends handed to remote owners in the last [`RETAIN`], oldest first.
+    retained: Mutex<VecDeque<Retained>>,
+    /// This node's sequence number for group sends.
+    next_seq: AtomicU64,
+    /// The last sequence number delivered here per group and origin (re-sent sends are dropped).
+    delivered: Mutex<HashMap<(GroupKey, Arc<str>), u64>>,
     ops: tokio::sync::mpsc::UnboundedSender<MembershipOp>,
     span: tracing::Span,
 }
@@ -244,17 +292,25 @@ pub(crate) struct Router {
 struct RouterFanout(Weak<Router>);
 
 impl Fanout for RouterFanout {
-    fn deliver(&self, node: &str, key: &GroupKey, frame: &Arc<SharedFrame>, except: &Arc<[ConnectionId]>) {
+    fn deliver(
+        &self,
+        node: &str,
+        key: &GroupKey,
+        frame: &Arc<SharedFrame>,
+        except: &Arc<[ConnectionId]>,
+        stamp: &Stamp,
+    ) {
         let Some(router) = self.0.upgrade() else {
             return;
         };
         if node == &*router.node {
-            router.deliver_group_locally(key, frame, except);
+            router.deliver_group_locally(key, frame, except, stamp);
         } else {
             let envelope = Envelope::GroupDeliver {
                 key: key.clone(),
                 except: except.to_vec(),
                 frame: WireFrame::of(frame),
+                stamp: stamp.clone(),
             };
             // A node that cannot be reached is leaving; its members leave with it.
             if let Err(error) = router.send_to(node, &envelope) {
@@ -282,16 +338,31 @@ impl Router {
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             held: Mutex::new(VecDeque::new()),
+            retained: Mutex::new(VecDeque::new()),
+            next_seq: AtomicU64::new(1),
+            delivered: Mutex::new(HashMap::new()),
             ops,
             span,
         });
         let weak = Arc::downgrade(&router);
         runtime.spawn(async move {
-            while let Some(op) = queue.recv().await {
+            let mut state = OpsState::default();
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                let op = tokio::select! {
+                    op = queue.recv() => match op {
+                        Some(op) => Some(op),
+                        None => return,
+                    },
+                    _ = tick.tick() => None,
+                };
                 let Some(router) = weak.upgrade() else {
                     return;
                 };
-                router.apply(op).await;
+                if let Some(op) = op {
+                    router.apply(op, &mut state).await;
+                }
+                router.housekeep(&mut state);
             }
         });
         router
@@ -302,7 +373,7 @@ impl Router {
         let _ = self.ops.send(op);
     }
 
-    async fn apply(&self, op: MembershipOp) {
+    async fn apply(&self, op: MembershipOp, state: &mut OpsState) {
         match op {
             MembershipOp::Register {
                 from,
@@ -312,6 +383,7 @@ impl Router {
             } => {
                 let result = self.groups.add(&key, &from, connection).await.map_err(HubError::from);
                 self.finish(done, result);
+                self.release_orphans(&key, state);
             }
             MembershipOp::Unregister {
                 from,
@@ -326,11 +398,88 @@ impl Router {
                     .map_err(HubError::from);
                 self.finish(done, result);
             }
-            MembershipOp::Snapshot { from, groups } => self.apply_snapshot(&from, groups).await,
+            MembershipOp::Snapshot { from, groups } => {
+                let keys: Vec<GroupKey> = groups.iter().map(|(key, _)| key.clone()).collect();
+                self.apply_snapshot(&from, groups).await;
+                if let Some((_, awaiting)) = &mut state.settling {
+                    awaiting.remove(&from);
+                }
+                for key in keys {
+                    self.release_orphans(&key, state);
+                }
+            }
             MembershipOp::OwnSnapshot => {
                 let node = self.node.clone();
                 let own = self.snapshot_for(&node);
+                let keys: Vec<GroupKey> = own.iter().map(|(key, _)| key.clone()).collect();
                 self.apply_snapshot(&node, own).await;
+                for key in keys {
+                    self.release_orphans(&key, state);
+                }
+            }
+            MembershipOp::Send { send } => {
+                if state.settling.is_some() {
+                    push_capped(&mut state.deferred, send, &self.span);
+                } else {
+                    self.owner_send(send, state);
+                }
+            }
+            MembershipOp::ViewChanged { peers } => {
+                let deadline = tokio::time::Instant::now() + SETTLE;
+                state.settling = Some((deadline, peers.into_iter().collect()));
+            }
+        }
+    }
+
+    /// Ends settling when every awaited snapshot arrived or the deadline passed, and expires old orphans.
+    fn housekeep(&self, state: &mut OpsState) {
+        let now = tokio::time::Instant::now();
+        let settled = match &state.settling {
+            Some((deadline, awaiting)) => awaiting.is_empty() || now >= *deadline,
+            None => false,
+        };
+        if settled {
+            state.settling = None;
+            while let Some(send) = state.deferred.pop_front() {
+                self.owner_send(send, state);
+            }
+        }
+        state.orphans.retain(|_, sends| {
+            while sends
+                .front()
+                .is_some_and(|(since, _)| now.duration_since(*since) > ORPHAN_WINDOW)
+            {
+                sends.pop_front();
+            }
+            !sends.is_empty()
+        });
+    }
+
+    /// Delivers a send as the group's owner, or keeps it a while if the group has no members here yet.
+    fn owner_send(&self, send: HeldSend, state: &mut OpsState) {
+        let key = send.key.clone();
+        if let Some(waiting) = state.orphans.get_mut(&key) {
+            // Earlier sends to this group are still waiting: keep the order.
+            waiting.push_back((tokio::time::Instant::now(), send));
+            self.release_orphans(&key, state);
+        } else if self.groups.contains(&key) {
+            self.groups.send(&key, send.frame, send.except, send.stamp);
+        } else {
+            let waiting = state.orphans.entry(key).or_default();
+            if waiting.len() >= HELD_SENDS_CAP {
+                waiting.pop_front();
+            }
+            waiting.push_back((tokio::time::Instant::now(), send));
+        }
+    }
+
+    fn release_orphans(&self, key: &GroupKey, state: &mut OpsState) {
+        if !self.groups.contains(key) {
+            return;
+        }
+        if let Some(waiting) = state.orphans.remove(key) {
+            for (_, send) in waiting {
+                self.groups.send(key, send.frame, send.except, send.stamp);
             }
         }
     }
@@ -475,21 +624,26 @@ impl Router {
 
     /// Sends `frame` to the members of `key` through its owner, holding it while the owner is unreachable.
     pub(crate) fn group_send(&self, key: &GroupKey, frame: Arc<SharedFrame>, except: Arc<[ConnectionId]>) {
-        // Keep the order of sends: while earlier sends are held, later ones queue behind them.
-        if !self.held.lock().is_empty() {
-            self.hold(HeldSend {
-                key: key.clone(),
-                except,
-                frame,
-            });
-            self.flush_held();
-            return;
-        }
-        if let Err(held) = self.try_group_send(HeldSend {
+        let stamp = Stamp {
+            origin: self.node.clone(),
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+        };
+        self.group_send_stamped(HeldSend {
             key: key.clone(),
             except,
             frame,
-        }) {
+            stamp,
+        });
+    }
+
+    fn group_send_stamped(&self, send: HeldSend) {
+        // Keep the order of sends: while earlier sends are held, later ones queue behind them.
+        if !self.held.lock().is_empty() {
+            self.hold(send);
+            self.flush_held();
+            return;
+        }
+        if let Err(held) = self.try_group_send(send) {
             self.hold(held);
         }
     }
@@ -497,20 +651,55 @@ impl Router {
     fn try_group_send(&self, send: HeldSend) -> Result<(), HeldSend> {
         let owner = self.owner_of(&send.key);
         if self.is_local(&owner) {
-            self.groups.send(&send.key, send.frame, send.except);
+            self.enqueue(MembershipOp::Send { send });
             return Ok(());
         }
         let envelope = Envelope::GroupSend {
             key: send.key.clone(),
             except: send.except.to_vec(),
             frame: WireFrame::of(&send.frame),
+            stamp: send.stamp.clone(),
         };
         match self.send_to(&owner, &envelope) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.retain(owner, send);
+                Ok(())
+            }
             Err(error) => {
                 tracing::debug!(parent: &self.span, %error, %owner, "group owner unreachable; holding the send");
                 Err(send)
             }
+        }
+    }
+
+    fn retain(&self, owner: Arc<str>, send: HeldSend) {
+        let now = tokio::time::Instant::now();
+        let mut retained = self.retained.lock();
+        while retained
+            .front()
+            .is_some_and(|oldest| now.duration_since(oldest.at) > RETAIN || retained.len() >= HELD_SENDS_CAP)
+        {
+            retained.pop_front();
+        }
+        retained.push_back(Retained { at: now, owner, send });
+    }
+
+    /// Sends handed to owners that have now left go again, to the new owners, ahead of anything held since.
+    fn resend_retained(&self, left: &[Arc<str>]) {
+        let resend: Vec<HeldSend> = {
+            let mut retained = self.retained.lock();
+            let (gone, kept): (VecDeque<Retained>, VecDeque<Retained>) =
+                retained.drain(..).partition(|entry| left.contains(&entry.owner));
+            *retained = kept;
+            gone.into_iter().map(|entry| entry.send).collect()
+        };
+        if resend.is_empty() {
+            return;
+        }
+        tracing::info!(parent: &self.span, count = resend.len(), "re-sending group sends whose owner left");
+        let mut held = self.held.lock();
+        for send in resend.into_iter().rev() {
+            held.push_front(send);
         }
     }
 
@@ -534,7 +723,22 @@ impl Router {
         }
     }
 
-    fn deliver_group_locally(&self, key: &GroupKey, frame: &Arc<SharedFrame>, except: &Arc<[ConnectionId]>) {
+    fn deliver_group_locally(
+        &self,
+        key: &GroupKey,
+        frame: &Arc<SharedFrame>,
+        except: &Arc<[ConnectionId]>,
+        stamp: &Stamp,
+    ) {
+        {
+            let mut delivered = self.delivered.lock();
+            let last = delivered.entry((key.clone(), stamp.origin.clone())).or_insert(0);
+            if stamp.seq <= *last {
+                // A re-sent send that arrived here before its owner died.
+                return;
+            }
+            *last = stamp.seq;
+        }
         if let Some(runtime) = self.hub(&key.hub) {
             runtime.deliver_group(key, frame, except);
         }
@@ -610,21 +814,30 @@ impl Router {
 
     /// Records at the group's owner that a connection of this node joined.
     async fn register(&self, key: GroupKey, connection: ConnectionId) -> Result<(), HubError> {
-        let owner = self.owner_of(&key);
-        if self.is_local(&owner) {
-            let from = self.node.clone();
-            return self
-                .own_op(|done| MembershipOp::Register {
-                    from,
-                    key,
-                    connection,
-                    done,
-                })
-                .await;
-        }
-        match self.request(&owner, Request::Register { key, connection }).await {
-            Answer::Done => Ok(()),
-            answer => Err(unexpected(answer)),
+        let mut attempts = OWNER_ATTEMPTS;
+        loop {
+            let owner = self.owner_of(&key);
+            if self.is_local(&owner) {
+                let from = self.node.clone();
+                return self
+                    .own_op(|done| MembershipOp::Register {
+                        from,
+                        key,
+                        connection,
+                        done,
+                    })
+                    .await;
+            }
+            let request = Request::Register {
+                key: key.clone(),
+                connection: connection.clone(),
+            };
+            match self.request(&owner, request).await {
+                Answer::Done => return Ok(()),
+                // The owner left while we asked: the next owner takes the membership.
+                Answer::PeerLeft if attempts > 1 => attempts -= 1,
+                answer => return Err(unexpected(answer)),
+            }
         }
     }
 
@@ -652,25 +865,34 @@ impl Router {
 
     /// The number of members of a group, cluster-wide.
     pub(crate) async fn group_count(&self, key: GroupKey) -> Result<usize, HubError> {
-        let owner = self.owner_of(&key);
-        if self.is_local(&owner) {
-            return Ok(self.groups.count(&key).await?);
-        }
-        match self.request(&owner, Request::Count { key }).await {
-            Answer::Count(count) => Ok(count),
-            answer => Err(unexpected(answer)),
+        let mut attempts = OWNER_ATTEMPTS;
+        loop {
+            let owner = self.owner_of(&key);
+            if self.is_local(&owner) {
+                return Ok(self.groups.count(&key).await?);
+            }
+            match self.request(&owner, Request::Count { key: key.clone() }).await {
+                Answer::Count(count) => return Ok(count),
+                // The owner left while we asked: ask the next one.
+                Answer::PeerLeft if attempts > 1 => attempts -= 1,
+                answer => return Err(unexpected(answer)),
+            }
         }
     }
 
     /// The members of a group, cluster-wide.
     pub(crate) async fn group_members(&self, key: GroupKey) -> Result<Vec<ConnectionId>, HubError> {
-        let owner = self.owner_of(&key);
-        if self.is_local(&owner) {
-            return Ok(self.groups.members(&key).await?);
-        }
-        match self.request(&owner, Request::Members { key }).await {
-            Answer::Members(members) => Ok(members),
-            answer => Err(unexpected(answer)),
+        let mut attempts = OWNER_ATTEMPTS;
+        loop {
+            let owner = self.owner_of(&key);
+            if self.is_local(&owner) {
+                return Ok(self.groups.members(&key).await?);
+            }
+            match self.request(&owner, Request::Members { key: key.clone() }).await {
+                Answer::Members(members) => return Ok(members),
+                Answer::PeerLeft if attempts > 1 => attempts -= 1,
+                answer => return Err(unexpected(answer)),
+            }
         }
     }
 
@@ -809,12 +1031,27 @@ impl Router {
                     runtime.deliver_to(&ids, &frame.into_frame());
                 }
             }
-            Envelope::GroupSend { key, except, frame } => {
+            Envelope::GroupSend {
+                key,
+                except,
+                frame,
+                stamp,
+            } => {
                 // Sent to this node as the owner; if ownership moved meanwhile, pass it on in order.
-                self.group_send(&key, frame.into_frame(), except.into());
+                self.group_send_stamped(HeldSend {
+                    key,
+                    except: except.into(),
+                    frame: frame.into_frame(),
+                    stamp,
+                });
             }
-            Envelope::GroupDeliver { key, except, frame } => {
-                self.deliver_group_locally(&key, &frame.into_frame(), &except.into());
+            Envelope::GroupDeliver {
+                key,
+                except,
+                frame,
+                stamp,
+            } => {
+                self.deliver_group_locally(&key, &frame.into_frame(), &except.into(), &stamp);
             }
             Envelope::Snapshot { groups } => self.enqueue(MembershipOp::Snapshot {
                 from: from.into(),
@@ -938,6 +1175,10 @@ impl Router {
             self.fail_pending(node);
         }
         self.groups.release(|key| self.is_local(&self.owner_of(key)));
+        self.resend_retained(&left);
+        self.enqueue(MembershipOp::ViewChanged {
+            peers: self.peers().into_iter().map(|peer| peer.name).collect(),
+        });
         for peer in self.peers() {
             self.send_snapshot_to(&peer.name);
             if joined.contains(&peer.name) {
@@ -1008,6 +1249,14 @@ impl Router {
     pub(crate) fn shutdown(&self) {
         self.groups.stop_all();
     }
+}
+
+fn push_capped(queue: &mut VecDeque<HeldSend>, send: HeldSend, span: &tracing::Span) {
+    if queue.len() >= HELD_SENDS_CAP {
+        queue.pop_front();
+        tracing::warn!(parent: span, cap = HELD_SENDS_CAP, "group sends held while settling over the cap: dropped the oldest");
+    }
+    queue.push_back(send);
 }
 
 fn unexpected(answer: Answer) -> HubError {

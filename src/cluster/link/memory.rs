@@ -9,8 +9,10 @@
 //! # Semantics
 //!
 //! * A link between two nodes is opened by [`Links::update_peers`] on either side, as soon as the peer has joined
-//!   the same network with exactly the incarnation named and no fault stands between the two. Each side then gets
-//!   [`LinkEvent::Up`] for the other, before any frame from it.
+//!   the same network with exactly the incarnation named, no fault stands between the two, and the peer does not
+//!   refuse it (it refuses an incarnation it saw live and no longer lists, or one superseded by a newer generation,
+//!   as the accepting side of a real link does). Each side then gets [`LinkEvent::Up`] for the other, before any
+//!   frame from it.
 //! * Each direction of a link has its own bounded queue, [`LinkConfig::queue_frames`] frames of the sender, drained in
 //!   order by one task into the receiver's event channel. A frame stays counted in the queue until the receiver's
 //!   channel has room, so a slow receiver makes the sender's queue fill up and [`Links::send`] fail with
@@ -158,12 +160,33 @@ impl NetState {
         }
     }
 
-    /// Opens every link some node wants and can have now.
+    /// Whether `node` refuses a link to `peer`: it saw `peer` live and no longer does, or wants a newer generation
+    /// of it (the accepting side of a real link refuses such a session the same way).
+    fn refuses(&self, node: &NodeId, peer: &NodeId) -> bool {
+        self.nodes
+            .get(&node.name)
+            .filter(|entry| &entry.id == node)
+            .is_some_and(|entry| {
+                let gone = entry.seen_live.contains(peer) && !entry.wanted.contains(peer);
+                let superseded = entry
+                    .wanted
+                    .iter()
+                    .any(|other| other.name == peer.name && other.generation > peer.generation);
+                gone || superseded
+            })
+    }
+
+    /// Opens every link some node wants and can have now: the peer is joined with that incarnation, no fault stands
+    /// between them, and the peer does not refuse it.
     fn reconcile(&mut self, shared: &Arc<Shared>) {
         let mut wanted_pairs = Vec::new();
         for node in self.nodes.values() {
             for peer in &node.wanted {
-                if self.is_current(peer) && !self.blocked(&node.id.name, &peer.name) && peer != &node.id {
+                if peer != &node.id
+                    && self.is_current(peer)
+                    && !self.blocked(&node.id.name, &peer.name)
+                    && !self.refuses(peer, &node.id)
+                {
                     let key = ordered(&node.id, peer);
                     if !self.links.contains_key(&key) {
                         wanted_pairs.push(key);
