@@ -1007,7 +1007,11 @@ impl Router {
                 }
             },
             LinkEvent::Up(peer) => {
+                // A link (re)opened: whatever was sent while it was down is lost, so both sides exchange their
+                // snapshots again (a thawed node gets its memberships back this way) and held sends go.
                 tracing::debug!(parent: &self.span, peer = %peer, "link up");
+                self.send_snapshot_to(&peer.name);
+                let _ = self.send_to(&peer.name, &Envelope::SnapshotRequest);
                 self.flush_held();
             }
             LinkEvent::Down(peer) => {

@@ -88,8 +88,18 @@ fn text(status: StatusCode, body: &'static str) -> HttpResponse {
     HttpResponse::build(status).content_type("text/plain").body(body)
 }
 
+/// The path of the node's cluster view, for operators and tests: `{"node": …, "live": [names]}`.
+pub const CLUSTER_PATH: &str = "/_hubmesh/cluster";
+
 async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node>) -> HttpResponse {
     let path = normalize_path(request.path());
+    if path == CLUSTER_PATH && request.method() == Method::GET {
+        let live: Vec<String> = match node.cluster_view().await {
+            Some(view) => view.live.iter().map(|member| member.id.name.to_string()).collect(),
+            None => vec![node.name().to_owned()],
+        };
+        return HttpResponse::Ok().json(serde_json::json!({ "node": node.name(), "live": live }));
+    }
     if let Some(base) = path.strip_suffix("/negotiate") {
         if let Some(endpoint) = node.endpoint(base) {
             return if request.method() == Method::POST {

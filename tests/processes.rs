@@ -1,0 +1,309 @@
+//! Three real `hubmesh node` processes on loopback (gossip over UDP, links over ractor_cluster), official Node
+//! clients on different nodes, then a SIGKILL of one node and a SIGSTOP/SIGCONT of another. Prints the measured
+//! detection and re-homing times and cross-node latency.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "common/npm.rs"]
+mod npm;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+const SECRET: &str = "processes-test-secret";
+
+/// A free loopback port for both TCP and UDP (the link and gossip addresses of a node).
+fn free_port() -> TestResult<u16> {
+    for _ in 0..50 {
+        let tcp = TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no free port".into())
+}
+
+struct NodeProcess {
+    name: String,
+    child: Child,
+    url: String,
+    /// Kept open: the node stops when its standard input closes, and must never write to a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+    _stdin: Option<ChildStdin>,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = signal(&self.child, "CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(child: &Child, name: &str) -> TestResult {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("kill -{name} failed").into())
+    }
+}
+
+fn start_node(name: &str, gossip: u16, link: u16, seeds: &[u16]) -> TestResult<NodeProcess> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hubmesh"));
+    command
+        .args([
+            "node",
+            "--name",
+            name,
+            "--http",
+            "127.0.0.1:0",
+            "--cluster-id",
+            "processes",
+        ])
+        .args([
+            "--gossip",
+            &format!("127.0.0.1:{gossip}"),
+            "--link",
+            &format!("127.0.0.1:{link}"),
+        ])
+        .arg("--stop-on-stdin-close");
+    for seed in seeds {
+        command.args(["--seed", &format!("127.0.0.1:{seed}")]);
+    }
+    let mut child = command
+        .env("HUBMESH_CLUSTER__SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let stdin = child.stdin.take();
+    let mut reader = BufReader::new(stdout);
+    let mut first = String::new();
+    reader.read_line(&mut first)?;
+    let url = first
+        .trim()
+        .strip_prefix("Now listening on: ")
+        .ok_or_else(|| format!("{name}: unexpected first line {first:?}"))?
+        .to_owned();
+    Ok(NodeProcess {
+        name: name.to_owned(),
+        child,
+        url,
+        _stdout: reader,
+        _stdin: stdin,
+    })
+}
+
+/// `GET` over a plain socket, so the test needs no HTTP client crate.
+fn http_get(url: &str, path: &str) -> TestResult<String> {
+    let address = url.strip_prefix("http://").ok_or("not an http url")?;
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
+}
+
+/// The live members node `url` reports.
+fn live_members(url: &str) -> Vec<String> {
+    http_get(url, "/_hubmesh/cluster")
+        .ok()
+        .and_then(|body| serde_json::from_str::<Value>(&body).ok())
+        .and_then(|view| {
+            view["live"]
+                .as_array()
+                .map(|live| live.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until every node in `observers` sees exactly `expected` live; returns how long it took.
+fn wait_for_view(observers: &[&NodeProcess], expected: &[&str], limit: Duration) -> TestResult<Duration> {
+    let started = Instant::now();
+    let mut want: Vec<String> = expected.iter().map(|name| (*name).to_owned()).collect();
+    want.sort();
+    loop {
+        let agreed = observers.iter().all(|node| {
+            let mut live = live_members(&node.url);
+            live.sort();
+            live == want
+        });
+        if agreed {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            let seen: Vec<_> = observers
+                .iter()
+                .map(|node| (node.name.clone(), live_members(&node.url)))
+                .collect();
+            return Err(format!("nodes did not agree on {want:?} within {limit:?}: {seen:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The Node script that drives the official clients.
+struct Clients {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+}
+
+impl Clients {
+    fn start(urls: &[&str]) -> TestResult<Clients> {
+        let dir = npm::ensure_installed()?;
+        let mut child = Command::new("node")
+            .arg(dir.join("cluster-client.mjs"))
+            .args(urls)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let input = child.stdin.take().ok_or("no stdin")?;
+        let output = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut clients = Clients { child, input, output };
+        let ready = clients.read()?;
+        if ready["ready"] != true {
+            return Err(format!("clients did not start: {ready}").into());
+        }
+        println!("clients connected: {}", ready["ids"]);
+        Ok(clients)
+    }
+
+    fn read(&mut self) -> TestResult<Value> {
+        let mut line = String::new();
+        if self.output.read_line(&mut line)? == 0 {
+            return Err("the client script ended".into());
+        }
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    fn ask(&mut self, command: Value) -> TestResult<Value> {
+        writeln!(self.input, "{command}")?;
+        self.input.flush()?;
+        self.read()
+    }
+
+    fn expect_ok(&mut self, command: Value) -> TestResult<Value> {
+        let answer = self.ask(command.clone())?;
+        if answer["ok"] != true {
+            return Err(format!("{command} failed: {answer}").into());
+        }
+        Ok(answer)
+    }
+
+    fn wait_for_count(&mut self, via: usize, count: u64, limit: Duration) -> TestResult<Duration> {
+        let started = Instant::now();
+        loop {
+            let answer = self.ask(json!({"cmd": "count", "via": via}))?;
+            if answer["count"] == count {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > limit {
+                return Err(format!("group count stayed {answer} instead of {count}").into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn three_processes_survive_a_kill_and_a_freeze() -> TestResult {
+    let ports: Vec<(u16, u16)> = (0..3)
+        .map(|_| Ok((free_port()?, free_port()?)))
+        .collect::<TestResult<_>>()?;
+    let seeds: Vec<u16> = ports.iter().map(|(gossip, _)| *gossip).collect();
+    let mut nodes = Vec::new();
+    for (index, (gossip, link)) in ports.iter().enumerate() {
+        nodes.push(start_node(&format!("node-{}", index + 1), *gossip, *link, &seeds)?);
+    }
+    let formed = wait_for_view(
+        &nodes.iter().collect::<Vec<_>>(),
+        &["node-1", "node-2", "node-3"],
+        Duration::from_secs(15),
+    )?;
+    println!("3 processes formed a cluster in {formed:?}");
+
+    let urls: Vec<&str> = nodes.iter().map(|node| node.url.as_str()).collect();
+    let mut clients = Clients::start(&urls)?;
+    let targets = clients.ask(json!({"cmd": "targets"}))?;
+    assert_eq!(
+        targets["ok"], true,
+        "Echo/Broadcast/SendToGroup across nodes: {targets}"
+    );
+    clients.expect_ok(json!({"cmd": "send", "from": 0, "count": 100, "tag": "warm"}))?;
+    assert_eq!(clients.ask(json!({"cmd": "count", "via": 2}))?["count"], 3);
+    let latency = clients.expect_ok(json!({"cmd": "latency", "from": 0, "to": 1, "count": 200, "tag": "lat"}))?;
+    println!(
+        "cross-node group message latency (client on node-1 to client on node-2): median {} ms, p99 {} ms",
+        latency["medianMs"], latency["p99Ms"]
+    );
+
+    // SIGKILL node-3 while node-1's client keeps sending to the group.
+    clients.expect_ok(json!({"cmd": "stream", "from": 0, "count": 200, "tag": "kill", "interval": 15}))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let mut killed = nodes.pop().ok_or("no node")?;
+    let killed_at = Instant::now();
+    killed.child.kill()?;
+    killed.child.wait()?;
+    clients.expect_ok(json!({"cmd": "expect", "clients": [0, 1]}))?;
+    let detected = wait_for_view(&[&nodes[0], &nodes[1]], &["node-1", "node-2"], Duration::from_secs(10))?;
+    println!(
+        "SIGKILL of node-3 detected by both survivors {:?} after the kill",
+        killed_at.elapsed()
+    );
+    let _ = detected;
+    let rehomed = clients.wait_for_count(0, 2, Duration::from_secs(10))?;
+    println!(
+        "group re-homed (count 2 on the survivors) {:?} after the kill",
+        killed_at.elapsed() - Duration::ZERO
+    );
+    let _ = rehomed;
+    let during = clients.ask(json!({"cmd": "collect", "tag": "kill", "count": 200}))?;
+    assert_eq!(during["ok"], true, "sends across the kill: {during}");
+    println!("all 200 group sends made across the kill reached both survivors once, in order");
+    drop(killed);
+
+    // SIGSTOP node-2: node-1 declares it dead; SIGCONT: it comes back with its client's membership.
+    let frozen_at = Instant::now();
+    signal(&nodes[1].child, "STOP")?;
+    wait_for_view(&[&nodes[0]], &["node-1"], Duration::from_secs(10))?;
+    println!(
+        "SIGSTOP of node-2 detected by node-1 {:?} after the stop",
+        frozen_at.elapsed()
+    );
+    clients.wait_for_count(0, 1, Duration::from_secs(10))?;
+    let thawed_at = Instant::now();
+    signal(&nodes[1].child, "CONT")?;
+    wait_for_view(&[&nodes[0], &nodes[1]], &["node-1", "node-2"], Duration::from_secs(10))?;
+    clients.wait_for_count(0, 2, Duration::from_secs(10))?;
+    println!(
+        "node-2's membership restored {:?} after SIGCONT, with no client action",
+        thawed_at.elapsed()
+    );
+    clients.expect_ok(json!({"cmd": "send", "from": 1, "count": 50, "tag": "thawed"}))?;
+    clients.expect_ok(json!({"cmd": "quit"}))?;
+    Ok(())
+}
