@@ -62,6 +62,8 @@ pub struct NodeBuilder {
     limits: Limits,
     workers: usize,
     cluster: Option<ClusterSettings>,
+    /// Hubs this node sends to without serving them.
+    send_only: Vec<String>,
 }
 
 /// How a node joins a cluster: gossip membership and links to its peers.
@@ -112,6 +114,8 @@ struct NodeInner {
     cluster: tokio::sync::Mutex<Option<cluster::ClusterRuntime>>,
     /// By lower-cased path.
     endpoints: HashMap<String, Arc<HubEndpoint>>,
+    /// Contexts of hubs this node sends to but does not serve.
+    send_only: Vec<HubContext>,
     limits: Limits,
     span: tracing::Span,
 }
@@ -134,6 +138,7 @@ impl Node {
             limits: Limits::default(),
             workers: 2,
             cluster: None,
+            send_only: Vec::new(),
         }
     }
 
@@ -150,6 +155,13 @@ impl Node {
             .find(|endpoint| endpoint.context.hub().name() == name)
             .or_else(|| self.inner.endpoints.get(&http::normalize_path(name)))
             .map(|endpoint| endpoint.context.clone())
+            .or_else(|| {
+                self.inner
+                    .send_only
+                    .iter()
+                    .find(|context| context.hub().name() == name)
+                    .cloned()
+            })
     }
 
     /// Mounts the node's hub routes into an actix-web `App` (or a scope): hub paths are matched
@@ -240,6 +252,13 @@ impl NodeBuilder {
         self
     }
 
+    /// A context for hub `name` without serving it: for a backend node (`hubs = []`) that only sends to the
+    /// clients other nodes serve. Get it with [`Node::hub_context`].
+    pub fn send_only_hub(mut self, name: &str) -> Self {
+        self.send_only.push(name.to_owned());
+        self
+    }
+
     /// Joins a cluster: the node's hubs become one hub runtime with every other node of the cluster.
     pub fn cluster(mut self, settings: ClusterSettings) -> Self {
         self.cluster = Some(settings);
@@ -266,12 +285,18 @@ impl NodeBuilder {
             let context = HubContext::start(hub, router.clone());
             endpoints.insert(path, Arc::new(HubEndpoint::new(context)));
         }
+        let send_only = self
+            .send_only
+            .iter()
+            .map(|name| HubContext::start(Hub::new(name), router.clone()))
+            .collect();
         Ok(Node {
             inner: Arc::new(NodeInner {
                 name: self.name,
                 router,
                 cluster: tokio::sync::Mutex::new(None),
                 endpoints,
+                send_only,
                 limits: self.limits,
                 span,
             }),

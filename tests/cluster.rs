@@ -565,3 +565,40 @@ async fn a_frozen_node_gets_its_memberships_back_when_it_thaws() -> TestResult {
     })
     .await?
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_node_that_serves_no_clients_sends_to_all_of_them() -> TestResult {
+    timeout(Duration::from_secs(60), async {
+        let mut cluster = three_nodes().await?;
+        let backend = cluster.add_backend("demo").await?;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        let mut clients = Vec::new();
+        for index in 0..3 {
+            let mut client = Client::connect(&url(&cluster, index)?).await?;
+            client.invoke("JoinGroup", json!(["news"])).await?;
+            clients.push(client);
+        }
+        let context = cluster
+            .context(backend, "demo")
+            .ok_or("the backend has no demo context")?;
+        assert_eq!(context.groups().count("news").await?, 3);
+        context
+            .clients()
+            .group("news")
+            .send("msg", ("from the backend",))
+            .await?;
+        context.clients().all().send("msg", ("to all",)).await?;
+        // A group send goes through the group's owner and a broadcast straight to each node: no order between them.
+        for client in &mut clients {
+            let mut got = vec![
+                client.next_msg(Duration::from_secs(5)).await?.ok_or("missing")?,
+                client.next_msg(Duration::from_secs(5)).await?.ok_or("missing")?,
+            ];
+            got.sort_by_key(|payload| payload.to_string());
+            assert_eq!(got, vec![json!("from the backend"), json!("to all")]);
+        }
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}

@@ -23,6 +23,8 @@ type HubFactory = Arc<dyn Fn() -> Vec<Hub> + Send + Sync>;
 
 struct TestNode {
     name: String,
+    /// Hubs this node only sends to (a backend node serving no clients).
+    send_only: Vec<String>,
     handle: Option<NodeHandle>,
     gossip_addr: Option<SocketAddr>,
 }
@@ -47,6 +49,7 @@ impl TestCluster {
         for index in 0..count {
             cluster.nodes.push(TestNode {
                 name: format!("node-{}", index + 1),
+                send_only: Vec::new(),
                 handle: None,
                 gossip_addr: None,
             });
@@ -68,6 +71,7 @@ impl TestCluster {
             return Err(NodeError::Cluster(format!("no node {index}")));
         };
         let name = node.name.clone();
+        let send_only = node.send_only.clone();
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let membership = MembershipConfig::new(name.as_str(), "test", loopback).with_seeds(seeds);
         let settings = ClusterSettings {
@@ -79,8 +83,14 @@ impl TestCluster {
             },
         };
         let mut builder = Node::builder().name(&name).listen("127.0.0.1:0").cluster(settings);
-        for hub in (self.hubs)() {
-            builder = builder.hub(hub);
+        if send_only.is_empty() {
+            for hub in (self.hubs)() {
+                builder = builder.hub(hub);
+            }
+        } else {
+            for hub in &send_only {
+                builder = builder.send_only_hub(hub);
+            }
         }
         let handle = builder.start().await?;
         let gossip_addr = handle.node().gossip_addr().await;
@@ -89,6 +99,19 @@ impl TestCluster {
             node.gossip_addr = gossip_addr;
         }
         Ok(())
+    }
+
+    /// Adds a backend node that serves no clients and only sends to hub `hub`; returns its index.
+    pub async fn add_backend(&mut self, hub: &str) -> Result<usize, NodeError> {
+        let index = self.nodes.len();
+        self.nodes.push(TestNode {
+            name: format!("backend-{}", index + 1),
+            send_only: vec![hub.to_owned()],
+            handle: None,
+            gossip_addr: None,
+        });
+        self.start_node(index).await?;
+        Ok(index)
     }
 
     /// The number of nodes, running or not.
