@@ -748,44 +748,33 @@ impl Router {
 
     /// Adds a connection (of any node) to a group; returns once the membership is in force cluster-wide.
     pub(crate) async fn group_add(&self, key: GroupKey, connection: ConnectionId) -> Result<(), HubError> {
-        let home = self.home_of(&connection).to_owned();
-        if self.is_local(&home) {
-            return self.join_local(key, connection).await;
-        }
-        match self
-            .request(
-                &home,
-                Request::Join {
-                    key,
-                    connection: connection.clone(),
-                },
-            )
-            .await
-        {
-            Answer::Done => Ok(()),
-            Answer::PeerLeft => Err(HubError::UnknownConnection(connection.to_string())),
-            answer => Err(unexpected(answer)),
-        }
+        self.change_membership(key, connection, true).await
     }
 
     /// Removes a connection (of any node) from a group.
     pub(crate) async fn group_remove(&self, key: GroupKey, connection: ConnectionId) -> Result<(), HubError> {
+        self.change_membership(key, connection, false).await
+    }
+
+    /// Joins or leaves on the connection's own node, which records it locally and then at the group's owner.
+    async fn change_membership(&self, key: GroupKey, connection: ConnectionId, join: bool) -> Result<(), HubError> {
         let home = self.home_of(&connection).to_owned();
         if self.is_local(&home) {
-            return self.leave_local(key, connection).await;
+            return if join {
+                self.join_local(key, connection).await
+            } else {
+                self.leave_local(key, connection).await
+            };
         }
-        match self
-            .request(
-                &home,
-                Request::Leave {
-                    key,
-                    connection: connection.clone(),
-                },
-            )
-            .await
-        {
+        let id = connection.clone();
+        let request = if join {
+            Request::Join { key, connection }
+        } else {
+            Request::Leave { key, connection }
+        };
+        match self.request(&home, request).await {
             Answer::Done => Ok(()),
-            Answer::PeerLeft => Err(HubError::UnknownConnection(connection.to_string())),
+            Answer::PeerLeft => Err(HubError::UnknownConnection(id.to_string())),
             answer => Err(unexpected(answer)),
         }
     }
