@@ -318,6 +318,11 @@ pub trait ConnectionHost: Send + Sync + 'static {
 
     /// The connection ended.
     fn disconnected(&self, session: &Arc<Session>, error: Option<String>) -> BoxFuture<'static, ()>;
+
+    /// The user id of a new connection (SignalR's `IUserIdProvider`): the authenticated user by default.
+    fn user_id(&self, request: &RequestInfo) -> Option<String> {
+        request.user.clone()
+    }
 }
 
 /// Everything a new connection starts with.
@@ -346,7 +351,8 @@ enum Ending {
 }
 
 /// Runs a connection to its end. Spawn it on the worker that accepted the transport.
-pub async fn run<T: Transport>(transport: T, setup: ConnectionSetup) {
+pub async fn run<T: Transport>(transport: T, mut setup: ConnectionSetup) {
+    setup.request.user = setup.host.user_id(&setup.request);
     let span = tracing::debug_span!(
         "conn",
         conn_id = %setup.id,

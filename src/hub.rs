@@ -42,7 +42,9 @@ pub use groups::Groups;
 pub use handler::{ClientStream, Handler, State, Streamed};
 
 use crate::connection::SharedFrame;
-use crate::connection::{Call, ClientResultError, ConnectionHandle, ConnectionHost, ConnectionId, Reply, Session};
+use crate::connection::{
+    Call, ClientResultError, ConnectionHandle, ConnectionHost, ConnectionId, Reply, RequestInfo, Session,
+};
 use crate::group::{GroupError, GroupKey};
 use crate::transport::TransportKind;
 use handler::{HubReply, InvocationParts};
@@ -133,6 +135,7 @@ impl HubError {
 }
 
 type MethodFn = Arc<dyn Fn(InvocationParts) -> BoxFuture<'static, HubReply> + Send + Sync>;
+type UserIdFn = Arc<dyn Fn(&RequestInfo) -> Option<String> + Send + Sync>;
 type HookFn = Arc<dyn Fn(Caller) -> BoxFuture<'static, Result<(), HubError>> + Send + Sync>;
 
 struct Method {
@@ -151,6 +154,7 @@ pub struct Hub {
     client_result_timeout: Duration,
     on_connected: Option<HookFn>,
     on_disconnected: Option<HookFn>,
+    user_id: Option<UserIdFn>,
     state: Option<Arc<dyn Any + Send + Sync>>,
 }
 
@@ -179,6 +183,7 @@ impl Hub {
             client_result_timeout: Duration::from_secs(30),
             on_connected: None,
             on_disconnected: None,
+            user_id: None,
             state: None,
         }
     }
@@ -249,6 +254,16 @@ impl Hub {
         Fut: Future<Output = Result<(), HubError>> + Send + 'static,
     {
         self.on_disconnected = Some(Arc::new(move |caller| Box::pin(hook(caller))));
+        self
+    }
+
+    /// Decides the user id of each new connection from its request (SignalR's `IUserIdProvider`), which
+    /// `Clients.user` routes by. Without one, the user is the authenticated user, if any.
+    pub fn user_id_provider<F>(mut self, provider: F) -> Self
+    where
+        F: Fn(&RequestInfo) -> Option<String> + Send + Sync + 'static,
+    {
+        self.user_id = Some(Arc::new(provider));
         self
     }
 
@@ -444,6 +459,13 @@ impl HubContext {
 }
 
 impl ConnectionHost for HubContext {
+    fn user_id(&self, request: &RequestInfo) -> Option<String> {
+        match &self.runtime.hub.user_id {
+            Some(provider) => provider(request),
+            None => request.user.clone(),
+        }
+    }
+
     fn method_kind(&self, target: &str) -> Option<bool> {
         self.runtime
             .hub

@@ -32,7 +32,11 @@ struct Client {
 
 impl Client {
     async fn connect(base: &str) -> TestResult<Client> {
-        let url = format!("{}/hub", base.replacen("http://", "ws://", 1));
+        Client::connect_to(&format!("{base}/hub")).await
+    }
+
+    async fn connect_to(url: &str) -> TestResult<Client> {
+        let url = url.replacen("http://", "ws://", 1);
         let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
         socket
             .send(Message::text(format!("{{\"protocol\":\"json\",\"version\":1}}{RS}")))
@@ -597,6 +601,58 @@ async fn a_backend_node_that_serves_no_clients_sends_to_all_of_them() -> TestRes
             got.sort_by_key(|payload| payload.to_string());
             assert_eq!(got, vec![json!("from the backend"), json!("to all")]);
         }
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
+
+/// A hub whose users come from the `user` query parameter (SignalR's `IUserIdProvider`; with JWT it would be a claim).
+fn users_hub() -> hubmesh::Hub {
+    async fn send_to_user(caller: hubmesh::Caller, user: String, payload: Value) -> Result<(), HubError> {
+        caller.clients().user(&user).send("msg", (payload,)).await
+    }
+    async fn send_to_users(caller: hubmesh::Caller, users: Vec<String>, payload: Value) -> Result<(), HubError> {
+        caller.clients().users(users).send("msg", (payload,)).await
+    }
+    hubmesh::Hub::new("users")
+        .user_id_provider(|request| {
+            form_urlencoded::parse(request.query.as_bytes())
+                .find(|(key, _)| key == "user")
+                .map(|(_, value)| value.into_owned())
+        })
+        .method("SendToUser", send_to_user)
+        .method("SendToUsers", send_to_users)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_reached_on_every_node() -> TestResult {
+    timeout(Duration::from_secs(60), async {
+        let cluster = TestCluster::start(3, || vec![users_hub()]).await?;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        // alice has a connection on node 1 and one on node 3; bob one on node 2.
+        let mut alice_1 = Client::connect_to(&format!("{}/users?user=alice", url(&cluster, 0)?)).await?;
+        let mut bob = Client::connect_to(&format!("{}/users?user=bob", url(&cluster, 1)?)).await?;
+        let mut alice_3 = Client::connect_to(&format!("{}/users?user=alice", url(&cluster, 2)?)).await?;
+        // The user memberships are registered as the connections open; give the owners a moment.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        bob.send("SendToUser", json!(["alice", "hi alice"])).await?;
+        assert_eq!(alice_1.next_msg(Duration::from_secs(5)).await?, Some(json!("hi alice")));
+        assert_eq!(alice_3.next_msg(Duration::from_secs(5)).await?, Some(json!("hi alice")));
+        assert_eq!(bob.next_msg(Duration::from_millis(300)).await?, None);
+        alice_3
+            .send("SendToUsers", json!([["alice", "bob"], "everyone"]))
+            .await?;
+        for client in [&mut alice_1, &mut bob, &mut alice_3] {
+            assert_eq!(client.next_msg(Duration::from_secs(5)).await?, Some(json!("everyone")));
+        }
+        // From a node's hub context, too.
+        let context = cluster.context(1, "users").ok_or("no context")?;
+        context.clients().user("bob").send("msg", ("from a context",)).await?;
+        assert_eq!(
+            bob.next_msg(Duration::from_secs(5)).await?,
+            Some(json!("from a context"))
+        );
         cluster.stop().await;
         TestResult::Ok(())
     })
