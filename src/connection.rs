@@ -94,6 +94,10 @@ pub struct Limits {
     pub stream_buffer: usize,
     /// At most this many bytes are batched into one transport message.
     pub write_batch: usize,
+    /// A long poll with nothing to deliver answers with an empty body after this long (ASP.NET: 90 s).
+    pub poll_timeout: Duration,
+    /// A long-polling client that has not polled for this long is gone (ASP.NET's disconnect timeout, 15 s).
+    pub poll_disconnect_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -107,6 +111,8 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(15),
             stream_buffer: 10,
             write_batch: 64 * 1024,
+            poll_timeout: Duration::from_secs(90),
+            poll_disconnect_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -469,6 +475,8 @@ impl<T: Transport> Connection<T> {
         if let Some(ending) = self.process_inbound().await {
             return ending;
         }
+        // A transport that measures liveness itself (long polling) gets no Pings, and its client sends none.
+        let timers = !self.transport.inherent_keep_alive();
         loop {
             let keep_alive_at = self.last_write + self.limits.keep_alive;
             let timeout_at = self.last_read + self.limits.client_timeout;
@@ -502,7 +510,7 @@ impl<T: Transport> Connection<T> {
                         }
                     }
                 }
-                () = sleep_until(keep_alive_at) => {
+                () = sleep_until(keep_alive_at), if timers => {
                     let mut ping = Vec::new();
                     if self.protocol.encode::<NoPayload, NoPayload>(&Outgoing::Ping, &mut ping).is_ok() {
                         if let Err(error) = self.write(Bytes::from(ping)).await {
@@ -510,7 +518,7 @@ impl<T: Transport> Connection<T> {
                         }
                     }
                 }
-                () = sleep_until(timeout_at) => {
+                () = sleep_until(timeout_at), if timers => {
                     return Ending::Close {
                         error: Some("Server timeout elapsed without receiving a message from the client.".into()),
                         allow_reconnect: true,

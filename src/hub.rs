@@ -179,7 +179,11 @@ impl Hub {
             path: format!("/{}", name.trim_start_matches('/')),
             methods: HashMap::new(),
             detailed_errors: false,
-            transports: vec![TransportKind::WebSockets],
+            transports: vec![
+                TransportKind::WebSockets,
+                TransportKind::ServerSentEvents,
+                TransportKind::LongPolling,
+            ],
             client_result_timeout: Duration::from_secs(30),
             on_connected: None,
             on_disconnected: None,

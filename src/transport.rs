@@ -1,12 +1,20 @@
 //! Transports: how bytes of a connection move between the client and its connection task.
 //!
-//! A transport owns framing on the wire (WebSocket messages; later SSE events and long-poll responses) and
-//! transport-level keep-alive (WebSocket pings), and knows nothing of hubs or of the hub protocol beyond the
-//! transfer format. The connection task ([`crate::connection`]) drives it through the [`Transport`] trait.
+//! A transport owns framing on the wire (WebSocket messages, SSE events, long-poll responses) and
+//! transport-level keep-alive (WebSocket pings, the gap between polls), and knows nothing of hubs or of the hub
+//! protocol beyond the transfer format. The connection task ([`crate::connection`]) drives it through the
+//! [`Transport`] trait; the HTTP layer ([`crate::node::http`]) feeds the HTTP transports through their handles
+//! and the shared POST half ([`post_channel`]). Transports call nothing above them.
 
+pub mod long_polling;
+pub mod sse;
 pub mod websocket;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use crate::protocol::TransferFormat;
 
@@ -62,6 +70,13 @@ pub trait Transport {
     /// Which transport this is.
     fn kind(&self) -> TransportKind;
 
+    /// Whether the transport measures the client's liveness itself, so that the connection must neither send
+    /// keep-alive Pings nor expect any from the client: long polling, where the client sends no Pings and the
+    /// gap between polls is the liveness signal (conformance items 33 and 41).
+    fn inherent_keep_alive(&self) -> bool {
+        false
+    }
+
     /// The next chunk of bytes from the client (one WebSocket message, one POST body). `None` when the client
     /// has gone or closed. Must be cancel-safe: the connection task polls it in a `select!`.
     async fn recv(&mut self) -> Option<Result<Bytes, TransportError>>;
@@ -71,4 +86,69 @@ pub trait Transport {
 
     /// Ends the transport.
     async fn close(self, kind: CloseKind);
+}
+
+/// How many POST bodies may wait for the connection task before a POST waits for room (backpressure on sends).
+const POST_QUEUE: usize = 4;
+
+/// Creates the client-to-server half of the HTTP transports (SSE and long polling): the HTTP layer hands each POST
+/// body to the [`PostSender`], the transport reads them, in order, from the [`PostReceiver`].
+pub fn post_channel() -> (PostSender, PostReceiver) {
+    let (tx, rx) = mpsc::channel(POST_QUEUE);
+    (
+        PostSender {
+            tx,
+            busy: Arc::new(AtomicBool::new(false)),
+        },
+        PostReceiver { rx },
+    )
+}
+
+/// The HTTP side of the POST half: at most one POST in flight per connection (a second gets 409, item 28).
+#[derive(Clone, Debug)]
+pub struct PostSender {
+    tx: mpsc::Sender<Bytes>,
+    busy: Arc<AtomicBool>,
+}
+
+impl PostSender {
+    /// Claims the connection for one POST; `None` while another POST is still in flight.
+    pub fn begin(&self) -> Option<PostInFlight> {
+        self.busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| PostInFlight { sender: self.clone() })
+    }
+}
+
+/// One POST being handed to the connection; releases the claim when dropped (also when the request is aborted).
+#[derive(Debug)]
+pub struct PostInFlight {
+    sender: PostSender,
+}
+
+impl PostInFlight {
+    /// Hands a whole POST body to the connection task, waiting for room. Fails once the connection has ended.
+    pub async fn deliver(&self, body: Bytes) -> Result<(), TransportError> {
+        self.sender.tx.send(body).await.map_err(|_| TransportError::Closed)
+    }
+}
+
+impl Drop for PostInFlight {
+    fn drop(&mut self) {
+        self.sender.busy.store(false, Ordering::Release);
+    }
+}
+
+/// The transport side of the POST half.
+#[derive(Debug)]
+pub struct PostReceiver {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl PostReceiver {
+    /// The next POST body; `None` when every sender is gone. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        self.rx.recv().await
+    }
 }

@@ -6,7 +6,11 @@
 //! Environment:
 //! * `HUBMESH_NODE_TEST_FILES`: space-separated test files (relative to `tests/node`) to run instead of every
 //!   `*.test.mjs`, e.g. `HUBMESH_NODE_TEST_FILES=demo-hub.test.mjs`.
-//! * `HUBMESH_TEST_TRANSPORTS`, `HUBMESH_TEST_LOG_LEVEL`: passed through to the Node tests (see `common.mjs`).
+//! * `HUBMESH_TEST_TRANSPORTS`: the transports to cover in every selected file (see `common.mjs`). Unset, every
+//!   file runs over WebSockets and the files whose endpoints serve Server-Sent Events and long polling
+//!   ([`HTTP_TRANSPORT_FILES`]) run again over those two: the five transport × protocol combinations of the
+//!   official suite (SSE is JSON only, which `common.mjs` knows).
+//! * `HUBMESH_TEST_LOG_LEVEL`: passed through to the Node tests (see `common.mjs`).
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -22,6 +26,14 @@ const NODE_TIMEOUT: Duration = Duration::from_secs(600);
 const NPM_TIMEOUT: Duration = Duration::from_secs(300);
 
 type TestResult = Result<(), Box<dyn Error>>;
+
+/// Every file's scenarios run over this by default.
+const DEFAULT_TRANSPORTS: &str = "WebSockets";
+/// The other transports, run by default for the files in [`HTTP_TRANSPORT_FILES`].
+const HTTP_TRANSPORTS: &str = "ServerSentEvents,LongPolling";
+/// Files whose endpoints serve SSE and long polling too (the demo hub at `/hub` and the raw `/echo` endpoint
+/// offer WebSockets only).
+const HTTP_TRANSPORT_FILES: &[&str] = &["hub-connection.test.mjs"];
 
 fn node_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("node")
@@ -152,21 +164,48 @@ fn official_javascript_client_conformance() -> TestResult {
         files.join(" ")
     );
 
-    let mut child = own_process_group(
-        Command::new("node")
-            .args(["--test", "--test-concurrency=1", "--test-reporter=spec"])
-            .args(&files)
-            .current_dir(&dir)
-            .env("HUBMESH_TEST_URL", server.url()),
-    )
-    .spawn()
-    .map_err(|error| format!("cannot start `node --test` in {}: {error}", dir.display()))?;
-    let status = wait_bounded(&mut child, NODE_TIMEOUT, "`node --test`")?;
+    // One `node --test` run per transport selection: (transports, files).
+    let runs: Vec<(String, Vec<String>)> = match std::env::var("HUBMESH_TEST_TRANSPORTS") {
+        Ok(transports) if !transports.trim().is_empty() => vec![(transports, files)],
+        _ => {
+            let http_files: Vec<String> = files
+                .iter()
+                .filter(|file| HTTP_TRANSPORT_FILES.contains(&file.as_str()))
+                .cloned()
+                .collect();
+            let mut runs = vec![(DEFAULT_TRANSPORTS.to_owned(), files)];
+            if !http_files.is_empty() {
+                runs.push((HTTP_TRANSPORTS.to_owned(), http_files));
+            }
+            runs
+        }
+    };
+    let deadline = Instant::now() + NODE_TIMEOUT;
+    let mut failures = Vec::new();
+    for (transports, files) in runs {
+        println!("official_client: over {transports}: {}", files.join(" "));
+        let mut child = own_process_group(
+            Command::new("node")
+                .args(["--test", "--test-concurrency=1", "--test-reporter=spec"])
+                .args(&files)
+                .current_dir(&dir)
+                .env("HUBMESH_TEST_URL", server.url())
+                .env("HUBMESH_TEST_TRANSPORTS", &transports),
+        )
+        .spawn()
+        .map_err(|error| format!("cannot start `node --test` in {}: {error}", dir.display()))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let status = wait_bounded(&mut child, left, "`node --test`")?;
+        if !status.success() {
+            failures.push(format!("over {transports}: {status}"));
+        }
+    }
     drop(server);
 
     assert!(
-        status.success(),
-        "the official SignalR client tests failed ({status}); see the node test output above"
+        failures.is_empty(),
+        "the official SignalR client tests failed ({}); see the node test output above",
+        failures.join("; ")
     );
     Ok(())
 }

@@ -1,11 +1,16 @@
-//! The HTTP face of a node: hub routes matched case-insensitively, negotiate, and the WebSocket upgrade.
+//! The HTTP face of a node: hub routes matched case-insensitively, negotiate, and the three transports.
 //!
-//! Routes for a hub at `[base]` (conformance section A): `POST [base]/negotiate`, `GET [base]` (WebSocket
-//! upgrade, with `?id=<connectionToken>` after negotiate or without an id for `skipNegotiation`). Server-Sent
-//! Events and long polling answer "not supported by this end point type" until they exist.
+//! Routes for a hub at `[base]` (conformance sections A, C, E, F): `POST [base]/negotiate`; `GET [base]` for a
+//! WebSocket upgrade (with `?id=<connectionToken>` after negotiate or without an id for `skipNegotiation`), an
+//! SSE stream (`Accept: text/event-stream`) or a long poll (anything else); `POST [base]` for the send half of
+//! SSE and long polling; `DELETE [base]` to end a long-polling connection.
 //!
-//! Negotiated connections that never connect expire after [`NEGOTIATE_EXPIRY`]; a token addresses at most one
-//! live transport (a second WebSocket for it gets 409), and a finished connection's token gets 404.
+//! Negotiated connections that never connect expire after [`NEGOTIATE_EXPIRY`]. A token addresses at most one
+//! transport: a second WebSocket or SSE stream for it gets 409, another transport 400, a second concurrent POST
+//! 409, and a finished connection's token 404. A new poll while one is pending ends the older with 204 (item
+//! 31). The connection task starts on the WebSocket upgrade, the SSE GET or the first poll (answered at once),
+//! and hub code sees that request (item 19). This module calls the transports and the connection task; the hub
+//! layer only through [`HubContext`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +19,8 @@ use std::time::Duration;
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -23,20 +30,43 @@ use crate::connection::{self, ConnectionId, ConnectionSetup, RequestInfo};
 use crate::hub::HubContext;
 use crate::protocol::negotiate::{AvailableTransport, NegotiateResponse};
 use crate::protocol::TransferFormat;
+use crate::transport::long_polling::{self, LongPollingHandle, LongPollingOptions, PollOutcome};
+use crate::transport::sse::SseTransport;
 use crate::transport::websocket::WebSocketTransport;
-use crate::transport::TransportKind;
+use crate::transport::{post_channel, PostSender, TransportKind};
 
 /// How long a negotiated connection may wait for its transport (ASP.NET's disconnect timeout).
 pub const NEGOTIATE_EXPIRY: Duration = Duration::from_secs(15);
 
 /// The transports this build can serve.
-const IMPLEMENTED: &[TransportKind] = &[TransportKind::WebSockets];
+const IMPLEMENTED: &[TransportKind] = &[
+    TransportKind::WebSockets,
+    TransportKind::ServerSentEvents,
+    TransportKind::LongPolling,
+];
 
 struct Negotiated {
     id: ConnectionId,
     created: Instant,
-    /// A transport is open for this token.
-    active: bool,
+    /// The transport open for this token, once one is.
+    active: Option<Active>,
+}
+
+/// The HTTP side of the transport a token's connection runs on.
+enum Active {
+    WebSocket,
+    ServerSentEvents(PostSender),
+    LongPolling(PostSender, LongPollingHandle),
+}
+
+impl Active {
+    fn kind(&self) -> TransportKind {
+        match self {
+            Active::WebSocket => TransportKind::WebSockets,
+            Active::ServerSentEvents(_) => TransportKind::ServerSentEvents,
+            Active::LongPolling(..) => TransportKind::LongPolling,
+        }
+    }
 }
 
 /// One hub as served over HTTP: its context and its negotiated connection tokens.
@@ -129,36 +159,256 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
                 .get(header::ACCEPT)
                 .and_then(|accept| accept.to_str().ok())
                 .is_some_and(|accept| accept.contains("text/event-stream"));
-            let (transport, message) = if wants_sse {
-                (
-                    TransportKind::ServerSentEvents,
-                    "ServerSentEvents transport not supported by this end point type",
-                )
+            let transport = if wants_sse {
+                TransportKind::ServerSentEvents
             } else {
-                (
-                    TransportKind::LongPolling,
-                    "LongPolling transport not supported by this end point type",
-                )
+                TransportKind::LongPolling
             };
-            if token.is_none() {
+            let Some(token) = token else {
                 return text(StatusCode::BAD_REQUEST, "Connection ID required");
+            };
+            if !endpoint.offers(transport) {
+                return HttpResponse::build(StatusCode::NOT_FOUND)
+                    .content_type("text/plain")
+                    .body(format!(
+                        "{} transport not supported by this end point type",
+                        transport.name()
+                    ));
             }
-            debug_assert!(!endpoint.offers(transport));
-            text(StatusCode::NOT_FOUND, message)
+            if wants_sse {
+                connect_sse(&node, endpoint, token, &request)
+            } else {
+                long_poll(&node, endpoint, token, &request).await
+            }
         }
-        Method::POST | Method::DELETE => match token {
+        Method::POST => match token {
             None => text(StatusCode::BAD_REQUEST, "Connection ID required"),
-            Some(token) => match endpoint.tokens.lock().get(&token) {
-                // The only transport served so far is WebSockets, which takes no POST or DELETE.
-                Some(_) => text(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "POST requests are not allowed on WebSocket connections.",
-                ),
-                None => text(StatusCode::NOT_FOUND, "No Connection with that ID"),
-            },
+            Some(token) => post(&node, &endpoint, &token, body).await,
+        },
+        Method::DELETE => match token {
+            None => text(StatusCode::BAD_REQUEST, "Connection ID required"),
+            Some(token) => delete(&endpoint, &token),
         },
         _ => text(StatusCode::METHOD_NOT_ALLOWED, ""),
     }
+}
+
+/// What a token addresses, for the HTTP transports.
+enum Lookup {
+    /// Unknown, finished or expired: 404.
+    Missing,
+    /// Negotiated, no transport open yet.
+    Fresh(ConnectionId),
+    /// A transport is open; clones of its HTTP side.
+    Open(TransportKind, Option<PostSender>, Option<LongPollingHandle>),
+}
+
+fn lookup(endpoint: &HubEndpoint, token: &str) -> Lookup {
+    let mut tokens = endpoint.tokens.lock();
+    match tokens.get(token) {
+        None => Lookup::Missing,
+        Some(negotiated) => match &negotiated.active {
+            Some(active) => {
+                let (post, poll) = match active {
+                    Active::WebSocket => (None, None),
+                    Active::ServerSentEvents(post) => (Some(post.clone()), None),
+                    Active::LongPolling(post, poll) => (Some(post.clone()), Some(poll.clone())),
+                };
+                Lookup::Open(active.kind(), post, poll)
+            }
+            None if negotiated.created.elapsed() >= NEGOTIATE_EXPIRY => {
+                tokens.remove(token);
+                Lookup::Missing
+            }
+            None => Lookup::Fresh(negotiated.id.clone()),
+        },
+    }
+}
+
+fn no_connection() -> HttpResponse {
+    text(StatusCode::NOT_FOUND, "No Connection with that ID")
+}
+
+/// Claims a fresh token for `active`; `false` if another request claimed it first.
+fn claim(endpoint: &HubEndpoint, token: &str, active: Active) -> bool {
+    match endpoint.tokens.lock().get_mut(token) {
+        Some(negotiated) if negotiated.active.is_none() => {
+            negotiated.active = Some(active);
+            true
+        }
+        _ => false,
+    }
+}
+
+fn connect_sse(node: &Node, endpoint: Arc<HubEndpoint>, token: String, request: &HttpRequest) -> HttpResponse {
+    let id = match lookup(&endpoint, &token) {
+        Lookup::Missing => return no_connection(),
+        Lookup::Open(TransportKind::ServerSentEvents, ..) => {
+            return text(
+                StatusCode::CONFLICT,
+                "Another Server-Sent Events stream is already open for this connection.",
+            )
+        }
+        Lookup::Open(..) => return text(StatusCode::BAD_REQUEST, "Cannot change transports mid-connection"),
+        Lookup::Fresh(id) => id,
+    };
+    let (post, inbound) = post_channel();
+    if !claim(&endpoint, &token, Active::ServerSentEvents(post)) {
+        return text(
+            StatusCode::CONFLICT,
+            "Another transport is opening for this connection.",
+        );
+    }
+    let (transport, events) = SseTransport::new(inbound);
+    spawn_connection(node, endpoint, token, id, request, async move |setup| {
+        connection::run(transport, setup).await;
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        // Proxies such as nginx must not buffer the stream.
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(events)
+}
+
+async fn long_poll(node: &Node, endpoint: Arc<HubEndpoint>, token: String, request: &HttpRequest) -> HttpResponse {
+    let id = match lookup(&endpoint, &token) {
+        Lookup::Missing => return no_connection(),
+        Lookup::Open(TransportKind::LongPolling, _, Some(poll)) => return poll_response(poll.poll().await),
+        Lookup::Open(..) => return text(StatusCode::BAD_REQUEST, "Cannot change transports mid-connection"),
+        Lookup::Fresh(id) => id,
+    };
+    let limits = node.limits();
+    let options = LongPollingOptions {
+        poll_timeout: limits.poll_timeout,
+        disconnect_timeout: limits.poll_disconnect_timeout,
+        max_response: limits.write_batch.max(1),
+        max_queued: limits.max_frame.max(limits.write_batch),
+    };
+    let (post, inbound) = post_channel();
+    let (poll, transport) = long_polling::long_polling(options, inbound);
+    if !claim(&endpoint, &token, Active::LongPolling(post, poll.clone())) {
+        return text(
+            StatusCode::CONFLICT,
+            "Another transport is opening for this connection.",
+        );
+    }
+    spawn_connection(node, endpoint, token, id, request, async move |setup| {
+        connection::run(transport, setup).await;
+        // The client may still have to drain the Close message and see the final 204 before the token goes.
+        poll.terminated().await;
+    });
+    // The first poll answers at once and marks the connection initialized (item 30); the client sends its
+    // handshake only after it.
+    HttpResponse::Ok().content_type("text/plain").finish()
+}
+
+fn poll_response(outcome: PollOutcome) -> HttpResponse {
+    match outcome {
+        PollOutcome::Data(bytes, format) => {
+            let content_type = match format {
+                TransferFormat::Text => "text/plain; charset=utf-8",
+                TransferFormat::Binary => "application/octet-stream",
+            };
+            HttpResponse::Ok().content_type(content_type).body(bytes)
+        }
+        PollOutcome::TimedOut => HttpResponse::Ok().content_type("text/plain").finish(),
+        PollOutcome::Superseded | PollOutcome::Ended => HttpResponse::NoContent().finish(),
+    }
+}
+
+/// The send half of SSE and long polling: the whole body goes to the connection, then `200` (item 28).
+async fn post(node: &Node, endpoint: &HubEndpoint, token: &str, mut body: web::Payload) -> HttpResponse {
+    let sender = match lookup(endpoint, token) {
+        Lookup::Missing => return no_connection(),
+        Lookup::Fresh(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "The connection has no transport yet; open one before sending.",
+            )
+        }
+        Lookup::Open(TransportKind::WebSockets, ..) => {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST requests are not allowed on WebSocket connections.",
+            )
+        }
+        Lookup::Open(_, Some(sender), _) => sender,
+        Lookup::Open(_, None, _) => return no_connection(),
+    };
+    let Some(in_flight) = sender.begin() else {
+        return text(
+            StatusCode::CONFLICT,
+            "Another POST request is still in progress for this connection.",
+        );
+    };
+    let max = node.limits().max_frame;
+    let mut bytes = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else {
+            return text(StatusCode::BAD_REQUEST, "The request body could not be read.");
+        };
+        if bytes.len() + chunk.len() > max {
+            return HttpResponse::build(StatusCode::PAYLOAD_TOO_LARGE)
+                .content_type("text/plain")
+                .body(format!("The request body exceeds the maximum of {max} bytes."));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    if bytes.is_empty() {
+        return HttpResponse::Ok().finish();
+    }
+    match in_flight.deliver(Bytes::from(bytes)).await {
+        Ok(()) => HttpResponse::Ok().finish(),
+        Err(_) => no_connection(),
+    }
+}
+
+/// `DELETE [base]`: ends a long-polling connection; its pending poll gets 204 (item 32).
+fn delete(endpoint: &HubEndpoint, token: &str) -> HttpResponse {
+    match lookup(endpoint, token) {
+        Lookup::Missing => no_connection(),
+        Lookup::Open(TransportKind::LongPolling, _, Some(poll)) => {
+            poll.delete();
+            HttpResponse::Accepted().finish()
+        }
+        Lookup::Open(..) => text(
+            StatusCode::BAD_REQUEST,
+            "Cannot terminate this connection using the DELETE endpoint.",
+        ),
+        Lookup::Fresh(_) => {
+            endpoint.tokens.lock().remove(token);
+            HttpResponse::Accepted().finish()
+        }
+    }
+}
+
+/// Spawns the connection task of a newly opened SSE or long-polling connection on this worker; the token is
+/// forgotten when `run` ends.
+fn spawn_connection<F>(
+    node: &Node,
+    endpoint: Arc<HubEndpoint>,
+    token: String,
+    id: ConnectionId,
+    request: &HttpRequest,
+    run: impl FnOnce(ConnectionSetup) -> F,
+) where
+    F: std::future::Future<Output = ()> + 'static,
+{
+    let setup = ConnectionSetup {
+        id,
+        request: request_info(request),
+        limits: node.limits().clone(),
+        host: Arc::new(endpoint.context.clone()),
+    };
+    let task = run(setup);
+    actix_web::rt::spawn(
+        async move {
+            task.await;
+            endpoint.tokens.lock().remove(&token);
+        }
+        .instrument(node.span().clone()),
+    );
 }
 
 fn is_websocket_upgrade(request: &HttpRequest) -> bool {
@@ -186,13 +436,13 @@ fn negotiate(endpoint: &HubEndpoint, request: &HttpRequest) -> HttpResponse {
         .collect();
     {
         let mut tokens = endpoint.tokens.lock();
-        tokens.retain(|_, negotiated| negotiated.active || negotiated.created.elapsed() < NEGOTIATE_EXPIRY);
+        tokens.retain(|_, negotiated| negotiated.active.is_some() || negotiated.created.elapsed() < NEGOTIATE_EXPIRY);
         tokens.insert(
             token.clone(),
             Negotiated {
                 id: id.clone(),
                 created: Instant::now(),
-                active: false,
+                active: None,
             },
         );
     }
@@ -239,18 +489,24 @@ fn connect_websocket(
             let mut tokens = endpoint.tokens.lock();
             match tokens.get_mut(token) {
                 None => return text(StatusCode::NOT_FOUND, "No Connection with that ID"),
-                Some(negotiated) if negotiated.active => {
+                Some(Negotiated {
+                    active: Some(Active::WebSocket),
+                    ..
+                }) => {
                     return text(
                         StatusCode::CONFLICT,
                         "Another WebSocket is already open for this connection.",
                     )
+                }
+                Some(Negotiated { active: Some(_), .. }) => {
+                    return text(StatusCode::BAD_REQUEST, "Cannot change transports mid-connection")
                 }
                 Some(negotiated) if negotiated.created.elapsed() >= NEGOTIATE_EXPIRY => {
                     tokens.remove(token);
                     return text(StatusCode::NOT_FOUND, "No Connection with that ID");
                 }
                 Some(negotiated) => {
-                    negotiated.active = true;
+                    negotiated.active = Some(Active::WebSocket);
                     negotiated.id.clone()
                 }
             }

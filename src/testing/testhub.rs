@@ -3,7 +3,8 @@
 //! "Endpoints the test server maps".
 //!
 //! Served by `cargo run --example testhub` and by [`super::TestHubServer`] in tests. Routes that need
-//! transports or authentication hubmesh does not have yet (SSE, long polling, JWT) answer as unsupported.
+//! authentication hubmesh does not have yet (JWT: `/authorizedhub`, `/generateJwtToken`) answer as unsupported, and
+//! the raw `/echo` endpoint speaks WebSockets only.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,0 +1,561 @@
+//! Wire behaviour of the Server-Sent Events and long-polling transports over raw HTTP/1.1 (conformance sections
+//! C, E and F): status codes and bodies, the first poll answering at once, poll supersession, the poll timeout,
+//! liveness by the gap between polls, DELETE, SSE `data:` framing, and the request context taken from the first
+//! request. Everything runs on 127.0.0.1 with bounded waits.
+
+use std::error::Error;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hubmesh::testing::testhub::test_hub;
+use hubmesh::transport::TransportKind;
+use hubmesh::{Limits, Node, NodeHandle};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+const STEP: Duration = Duration::from_secs(5);
+const RS: char = '\u{1e}';
+
+async fn bounded<F: Future<Output = TestResult>>(body: F) -> TestResult {
+    timeout(TEST_TIMEOUT, body)
+        .await
+        .map_err(|_| format!("the test did not finish within {TEST_TIMEOUT:?}"))?
+}
+
+/// Limits with quiet connection timers and the given long-polling timers.
+fn limits(poll_timeout: Duration, disconnect: Duration) -> Limits {
+    Limits {
+        keep_alive: Duration::from_secs(60),
+        client_timeout: Duration::from_secs(120),
+        poll_timeout,
+        poll_disconnect_timeout: disconnect,
+        max_frame: 64 * 1024,
+        ..Limits::default()
+    }
+}
+
+async fn start(limits: Limits) -> TestResult<NodeHandle> {
+    let all = [
+        TransportKind::WebSockets,
+        TransportKind::ServerSentEvents,
+        TransportKind::LongPolling,
+    ];
+    Ok(Node::builder()
+        .hub(test_hub("TestHub", "/testhub", &all))
+        .hub(test_hub("WsOnly", "/wsonly", &[TransportKind::WebSockets]))
+        .listen("127.0.0.1:0")
+        .limits(limits)
+        .start()
+        .await?)
+}
+
+async fn stop(node: NodeHandle) {
+    let _ = timeout(Duration::from_secs(10), node.stop()).await;
+}
+
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn request_head(method: &str, path: &str, headers: &[(&str, &str)], content_length: usize) -> String {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if method == "POST" || content_length > 0 {
+        head.push_str(&format!("Content-Length: {content_length}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// Splits a whole HTTP/1.1 response (read to EOF) into status, headers and a de-chunked body.
+fn parse_response(raw: &[u8]) -> TestResult<Response> {
+    let split = raw
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .ok_or("no end of the response head")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or("no status line")?;
+    let status: u16 = status_line.split(' ').nth(1).ok_or("no status code")?.parse()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(name, value)| name.eq_ignore_ascii_case("transfer-encoding") && value.contains("chunked"));
+    if chunked && !body.is_empty() {
+        body = dechunk(&body)?;
+    }
+    Ok(Response { status, headers, body })
+}
+
+fn dechunk(mut raw: &[u8]) -> TestResult<Vec<u8>> {
+    let mut out = Vec::new();
+    for _ in 0..100_000 {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk size line")?;
+        let size = usize::from_str_radix(String::from_utf8_lossy(&raw[..line_end]).trim(), 16)?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(raw.get(..size).ok_or("short chunk")?);
+        raw = raw.get(size + 2..).ok_or("short chunk end")?;
+    }
+    Err("too many chunks".into())
+}
+
+/// One request on its own connection, read to the end.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> TestResult<Response> {
+    timeout(STEP, async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream
+            .write_all(request_head(method, path, headers, body.len()).as_bytes())
+            .await?;
+        stream.write_all(body).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        parse_response(&raw)
+    })
+    .await
+    .map_err(|_| format!("{method} {path} got no whole response within {STEP:?}"))?
+}
+
+async fn negotiate(addr: SocketAddr, path: &str) -> TestResult<(String, Value)> {
+    let response = request(addr, "POST", &format!("{path}/negotiate?negotiateVersion=1"), &[], b"").await?;
+    assert_eq!(response.status, 200, "negotiate: {}", response.text());
+    let body: Value = serde_json::from_slice(&response.body)?;
+    let token = body["connectionToken"].as_str().ok_or("no connectionToken")?.to_owned();
+    Ok((token, body))
+}
+
+/// A long-polling client: negotiated, first poll done, handshake sent and answered.
+async fn long_polling_client(addr: SocketAddr, protocol: &str) -> TestResult<String> {
+    let (token, _) = negotiate(addr, "/testhub").await?;
+    let started = Instant::now();
+    let first = request(addr, "GET", &format!("/testhub?id={token}&_=1"), &[], b"").await?;
+    assert_eq!(first.status, 200);
+    assert!(first.body.is_empty(), "the first poll carried {:?}", first.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the first poll did not answer at once"
+    );
+    let handshake = format!("{{\"protocol\":\"{protocol}\",\"version\":1}}{RS}");
+    let sent = request(addr, "POST", &format!("/testhub?id={token}"), &[], handshake.as_bytes()).await?;
+    assert_eq!(sent.status, 200);
+    let answer = request(addr, "GET", &format!("/testhub?id={token}&_=2"), &[], b"").await?;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), format!("{{}}{RS}"));
+    Ok(token)
+}
+
+fn invocation(id: &str, target: &str, arguments: Value) -> String {
+    format!(
+        "{}{RS}",
+        serde_json::json!({ "type": 1, "invocationId": id, "target": target, "arguments": arguments })
+    )
+}
+
+/// Polls until a response carries data (bounded), returning it.
+async fn poll_data(addr: SocketAddr, token: &str) -> TestResult<Response> {
+    for _ in 0..20 {
+        let response = request(addr, "GET", &format!("/testhub?id={token}"), &[], b"").await?;
+        if response.status != 200 || !response.body.is_empty() {
+            return Ok(response);
+        }
+    }
+    Err("no poll carried data".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negotiate_offers_sse_as_text_only_and_all_three_transports() -> TestResult {
+    bounded(async {
+        let node = start(limits(Duration::from_secs(30), Duration::from_secs(15))).await?;
+        let (_, body) = negotiate(node.local_addr(), "/testhub").await?;
+        let transports = body["availableTransports"].as_array().ok_or("no availableTransports")?;
+        let names: Vec<&str> = transports.iter().filter_map(|t| t["transport"].as_str()).collect();
+        assert_eq!(names, ["WebSockets", "ServerSentEvents", "LongPolling"]);
+        assert_eq!(transports[1]["transferFormats"], serde_json::json!(["Text"]));
+        assert_eq!(transports[2]["transferFormats"], serde_json::json!(["Text", "Binary"]));
+        stop(node).await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_and_unknown_ids_and_unoffered_transports() -> TestResult {
+    bounded(async {
+        let node = start(limits(Duration::from_secs(30), Duration::from_secs(15))).await?;
+        let addr = node.local_addr();
+        for method in ["GET", "POST", "DELETE"] {
+            let response = request(addr, method, "/testhub", &[], b"").await?;
+            assert_eq!(
+                (response.status, response.text().as_str()),
+                (400, "Connection ID required")
+            );
+            let response = request(addr, method, "/testhub?id=nope", &[], b"x").await?;
+            assert_eq!(
+                (response.status, response.text().as_str()),
+                (404, "No Connection with that ID"),
+                "{method} with an unknown id"
+            );
+        }
+        let sse = [("Accept", "text/event-stream")];
+        let response = request(addr, "GET", "/testhub?id=nope", &sse, b"").await?;
+        assert_eq!(
+            (response.status, response.text().as_str()),
+            (404, "No Connection with that ID")
+        );
+        let (token, _) = negotiate(addr, "/wsonly").await?;
+        let response = request(addr, "GET", &format!("/wsonly?id={token}"), &[], b"").await?;
+        assert_eq!(
+            (response.status, response.text().as_str()),
+            (404, "LongPolling transport not supported by this end point type")
+        );
+        let response = request(addr, "GET", &format!("/wsonly?id={token}"), &sse, b"").await?;
+        assert_eq!(
+            (response.status, response.text().as_str()),
+            (404, "ServerSentEvents transport not supported by this end point type")
+        );
+        // A POST before any transport is open has nowhere to go.
+        let (token, _) = negotiate(addr, "/testhub").await?;
+        let response = request(addr, "POST", &format!("/testhub?id={token}"), &[], b"x").await?;
+        assert_eq!(response.status, 400);
+        stop(node).await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polling_round_trip_supersession_and_delete() -> TestResult {
+    bounded(async {
+        let node = start(limits(Duration::from_secs(20), Duration::from_secs(15))).await?;
+        let addr = node.local_addr();
+        let token = long_polling_client(addr, "json").await?;
+        let sent = request(
+            addr,
+            "POST",
+            &format!("/testhub?id={token}"),
+            &[],
+            invocation("1", "Echo", serde_json::json!(["hello"])).as_bytes(),
+        )
+        .await?;
+        assert_eq!(sent.status, 200);
+        let answer = poll_data(addr, &token).await?;
+        assert_eq!(answer.status, 200);
+        assert!(
+            answer.text().ends_with(RS),
+            "a poll ended mid-record: {:?}",
+            answer.text()
+        );
+        assert!(answer.text().contains("\"result\":\"hello\""), "{:?}", answer.text());
+        // A second poll while one is pending ends the older with 204; the connection lives on.
+        let poll = |path: String| tokio::spawn(async move { request(addr, "GET", &path, &[], b"").await });
+        let older = poll(format!("/testhub?id={token}&_=3"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let newer = poll(format!("/testhub?id={token}&_=4"));
+        let older = older.await??;
+        assert_eq!(older.status, 204);
+        // DELETE ends the connection: the pending poll gets 204, the DELETE 202.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let deleted = request(addr, "DELETE", &format!("/testhub?id={token}"), &[], b"").await?;
+        assert_eq!(deleted.status, 202);
+        let newer = newer.await??;
+        assert_eq!(newer.status, 204);
+        // Then the id is gone.
+        let mut last = 0;
+        for _ in 0..50 {
+            last = request(addr, "GET", &format!("/testhub?id={token}"), &[], b"")
+                .await?
+                .status;
+            if last == 404 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(last, 404);
+        stop(node).await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_timeout_and_liveness_by_gap_between_polls() -> TestResult {
+    bounded(async {
+        let node = start(limits(Duration::from_millis(300), Duration::from_millis(600))).await?;
+        let addr = node.local_addr();
+        let token = long_polling_client(addr, "json").await?;
+        let started = Instant::now();
+        let empty = request(addr, "GET", &format!("/testhub?id={token}"), &[], b"").await?;
+        assert_eq!((empty.status, empty.body.len()), (200, 0));
+        assert!(started.elapsed() >= Duration::from_millis(250), "the poll did not wait");
+        // No Pings are sent on long polling and none are expected: polls keep the connection alive past the
+        // disconnect timeout.
+        for _ in 0..4 {
+            let response = request(addr, "GET", &format!("/testhub?id={token}"), &[], b"").await?;
+            assert_eq!((response.status, response.text()), (200, String::new()));
+        }
+        // A client that stops polling is gone after the disconnect timeout.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let response = request(addr, "GET", &format!("/testhub?id={token}"), &[], b"").await?;
+        assert_eq!(
+            (response.status, response.text().as_str()),
+            (404, "No Connection with that ID")
+        );
+        stop(node).await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_and_oversized_posts_are_refused() -> TestResult {
+    bounded(async {
+        let node = start(limits(Duration::from_secs(20), Duration::from_secs(15))).await?;
+        let addr = node.local_addr();
+        let (token, _) = negotiate(addr, "/testhub").await?;
+        assert_eq!(
+            request(addr, "GET", &format!("/testhub?id={token}"), &[], b"")
+                .await?
+                .status,
+            200
+        );
+        // A POST whose body is still arriving is in flight.
+        let handshake = format!("{{\"protocol\":\"json\",\"version\":1}}{RS}");
+        let (first_half, second_half) = handshake.as_bytes().split_at(10);
+        let mut slow = TcpStream::connect(addr).await?;
+        slow.write_all(request_head("POST", &format!("/testhub?id={token}"), &[], handshake.len()).as_bytes())
+            .await?;
+        slow.write_all(first_half).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let second = request(addr, "POST", &format!("/testhub?id={token}"), &[], b"{}").await?;
+        assert_eq!(second.status, 409);
+        slow.write_all(second_half).await?;
+        let mut raw = Vec::new();
+        timeout(STEP, slow.read_to_end(&mut raw)).await??;
+        assert_eq!(parse_response(&raw)?.status, 200);
+        let answer = poll_data(addr, &token).await?;
+        assert_eq!(answer.text(), format!("{{}}{RS}"));
+        let huge = vec![b' '; 64 * 1024 + 1];
+        let response = request(addr, "POST", &format!("/testhub?id={token}"), &[], &huge).await?;
+        assert_eq!(response.status, 413);
+        stop(node).await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polling_carries_messagepack_as_binary() -> TestResult {
+    bounded(async {
+        let node = start(limits(Duration::from_secs(20), Duration::from_secs(15))).await?;
+        let addr = node.local_addr();
+        let token = long_polling_client(addr, "messagepack").await?;
+        // [1, {}, "1", "Echo", ["hi"]] with its varint length prefix.
+        let record: &[u8] = &[
+            0x95, 0x01, 0x80, 0xa1, b'1', 0xa4, b'E', b'c', b'h', b'o', 0x91, 0xa2, b'h', b'i',
+        ];
+        let mut body = vec![u8::try_from(record.len())?];
+        body.extend_from_slice(record);
+        assert_eq!(
+            request(addr, "POST", &format!("/testhub?id={token}"), &[], &body)
+                .await?
+                .status,
+            200
+        );
+        let answer = poll_data(addr, &token).await?;
+        assert_eq!(answer.header("content-type"), Some("application/octet-stream"));
+        assert_eq!(
+            usize::from(answer.body[0]),
+            answer.body.len() - 1,
+            "not one whole frame"
+        );
+        assert!(answer.body.ends_with(b"\xa2hi"), "{:?}", answer.body);
+        stop(node).await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_context_is_the_first_poll() -> TestResult {
+    bounded(async {
+        let node = start(limits(Duration::from_secs(20), Duration::from_secs(15))).await?;
+        let addr = node.local_addr();
+        let (token, _) = negotiate(addr, "/testhub").await?;
+        let first = request(
+            addr,
+            "GET",
+            &format!("/testhub?id={token}&x=1"),
+            &[("X-Test", "first")],
+            b"",
+        )
+        .await?;
+        assert_eq!(first.status, 200);
+        let handshake = format!("{{\"protocol\":\"json\",\"version\":1}}{RS}");
+        request(
+            addr,
+            "POST",
+            &format!("/testhub?id={token}"),
+            &[("X-Test", "post")],
+            handshake.as_bytes(),
+        )
+        .await?;
+        poll_data(addr, &token).await?;
+        let invoke = invocation("7", "GetHeader", serde_json::json!(["X-Test"]));
+        request(
+            addr,
+            "POST",
+            &format!("/testhub?id={token}"),
+            &[("X-Test", "post")],
+            invoke.as_bytes(),
+        )
+        .await?;
+        let answer = request(
+            addr,
+            "GET",
+            &format!("/testhub?id={token}"),
+            &[("X-Test", "later")],
+            b"",
+        )
+        .await?;
+        assert!(answer.text().contains("\"result\":\"first\""), "{:?}", answer.text());
+        stop(node).await;
+        Ok(())
+    })
+    .await
+}
+
+/// Reads from `stream` into `buffer` until it contains `needle` (bounded).
+async fn read_until(stream: &mut TcpStream, buffer: &mut Vec<u8>, needle: &[u8]) -> TestResult {
+    let deadline = Instant::now() + STEP;
+    while !buffer.windows(needle.len()).any(|window| window == needle) {
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .map_err(|_| format!("no {:?} within {STEP:?}: {:?}", String::from_utf8_lossy(needle), buffer))??;
+        if read == 0 {
+            return Err(format!("EOF before {:?}", String::from_utf8_lossy(needle)).into());
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_framing_and_conflicts() -> TestResult {
+    bounded(async {
+        // actix notices a dropped event stream only when a write to it fails, so the end of the stream shows at
+        // the second keep-alive Ping after it: short ones here.
+        let limits = Limits {
+            keep_alive: Duration::from_millis(200),
+            ..limits(Duration::from_secs(20), Duration::from_secs(15))
+        };
+        let node = start(limits).await?;
+        let addr = node.local_addr();
+        let (token, _) = negotiate(addr, "/testhub").await?;
+        let path = format!("/testhub?id={token}");
+        let mut events = TcpStream::connect(addr).await?;
+        events
+            .write_all(request_head("GET", &path, &[("Accept", "text/event-stream"), ("X-Test", "sse")], 0).as_bytes())
+            .await?;
+        let mut raw = Vec::new();
+        read_until(&mut events, &mut raw, b"\r\n\r\n").await?;
+        let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no head")? + 4;
+        let head = parse_response(&raw[..head_end])?;
+        assert_eq!(head.status, 200);
+        assert_eq!(head.header("content-type"), Some("text/event-stream"));
+        assert_eq!(head.header("cache-control"), Some("no-cache"));
+        // A second stream, a poll, and a DELETE on an SSE connection are refused.
+        let sse = [("Accept", "text/event-stream")];
+        assert_eq!(request(addr, "GET", &path, &sse, b"").await?.status, 409);
+        assert_eq!(request(addr, "GET", &path, &[], b"").await?.status, 400);
+        assert_eq!(request(addr, "DELETE", &path, &[], b"").await?.status, 400);
+        let handshake = format!("{{\"protocol\":\"json\",\"version\":1}}{RS}");
+        assert_eq!(
+            request(addr, "POST", &path, &[], handshake.as_bytes()).await?.status,
+            200
+        );
+        read_until(&mut events, &mut raw, format!("data: {{}}{RS}\n\n").as_bytes()).await?;
+        let invoke = invocation("1", "GetHeader", serde_json::json!(["X-Test"]));
+        assert_eq!(request(addr, "POST", &path, &[], invoke.as_bytes()).await?.status, 200);
+        read_until(
+            &mut events,
+            &mut raw,
+            format!("\"result\":\"sse\"}}{RS}\n\n").as_bytes(),
+        )
+        .await?;
+        // Closing the event stream ends the connection: its id is gone.
+        drop(events);
+        let mut last = 0;
+        for _ in 0..100 {
+            last = request(addr, "POST", &path, &[], b"{\"type\":6}\x1e").await?.status;
+            if last == 404 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(last, 404, "the connection outlived its event stream");
+        stop(node).await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messagepack_over_sse_gets_a_handshake_error() -> TestResult {
+    bounded(async {
+        let node = start(limits(Duration::from_secs(20), Duration::from_secs(15))).await?;
+        let addr = node.local_addr();
+        let (token, _) = negotiate(addr, "/testhub").await?;
+        let path = format!("/testhub?id={token}");
+        let mut events = TcpStream::connect(addr).await?;
+        events
+            .write_all(request_head("GET", &path, &[("Accept", "text/event-stream")], 0).as_bytes())
+            .await?;
+        let mut raw = Vec::new();
+        read_until(&mut events, &mut raw, b"\r\n\r\n").await?;
+        let handshake = format!("{{\"protocol\":\"messagepack\",\"version\":1}}{RS}");
+        assert_eq!(
+            request(addr, "POST", &path, &[], handshake.as_bytes()).await?.status,
+            200
+        );
+        read_until(&mut events, &mut raw, b"data: {\"error\":").await?;
+        stop(node).await;
+        Ok(())
+    })
+    .await
+}
