@@ -615,7 +615,19 @@ fn users_hub() -> hubmesh::Hub {
     async fn send_to_users(caller: hubmesh::Caller, users: Vec<String>, payload: Value) -> Result<(), HubError> {
         caller.clients().users(users).send("msg", (payload,)).await
     }
+    async fn send_to_others(caller: hubmesh::Caller, payload: Value) -> Result<(), HubError> {
+        caller.clients().others().send("msg", (payload,)).await
+    }
+    async fn send_to_others_in_group(caller: hubmesh::Caller, group: String, payload: Value) -> Result<(), HubError> {
+        caller.clients().others_in_group(&group).send("msg", (payload,)).await
+    }
+    async fn join(caller: hubmesh::Caller, group: String) -> Result<(), HubError> {
+        caller.groups().add(caller.connection_id(), &group).await
+    }
     hubmesh::Hub::new("users")
+        .method("SendToOthers", send_to_others)
+        .method("SendToOthersInGroup", send_to_others_in_group)
+        .method("JoinGroup", join)
         .user_id_provider(|request| {
             form_urlencoded::parse(request.query.as_bytes())
                 .find(|(key, _)| key == "user")
@@ -626,7 +638,7 @@ fn users_hub() -> hubmesh::Hub {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_are_reached_on_every_node() -> TestResult {
+async fn users_and_caller_relative_targets_work_on_every_node() -> TestResult {
     timeout(Duration::from_secs(60), async {
         let cluster = TestCluster::start(3, || vec![users_hub()]).await?;
         cluster.wait_for_members(Duration::from_secs(10)).await?;
@@ -646,6 +658,23 @@ async fn users_are_reached_on_every_node() -> TestResult {
         for client in [&mut alice_1, &mut bob, &mut alice_3] {
             assert_eq!(client.next_msg(Duration::from_secs(5)).await?, Some(json!("everyone")));
         }
+        // others and others_in_group, relative to a caller on node 3.
+        alice_3.send("SendToOthers", json!(["others"])).await?;
+        assert_eq!(alice_1.next_msg(Duration::from_secs(5)).await?, Some(json!("others")));
+        assert_eq!(bob.next_msg(Duration::from_secs(5)).await?, Some(json!("others")));
+        assert_eq!(alice_3.next_msg(Duration::from_millis(300)).await?, None);
+        alice_1.invoke("JoinGroup", json!(["team"])).await?;
+        alice_3.invoke("JoinGroup", json!(["team"])).await?;
+        alice_3
+            .send("SendToOthersInGroup", json!(["team", "team news"]))
+            .await?;
+        assert_eq!(
+            alice_1.next_msg(Duration::from_secs(5)).await?,
+            Some(json!("team news"))
+        );
+        assert_eq!(alice_3.next_msg(Duration::from_millis(300)).await?, None);
+        assert_eq!(bob.next_msg(Duration::from_millis(300)).await?, None);
+
         // From a node's hub context, too.
         let context = cluster.context(1, "users").ok_or("no context")?;
         context.clients().user("bob").send("msg", ("from a context",)).await?;
