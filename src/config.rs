@@ -4,7 +4,7 @@
 //! # What this module owns
 //!
 //! * [`NodeConfig`]: what the configuration says, section by section (`[node]`, `[http]`, `[cluster]`, `[hubs]`,
-//!   `[limits]`; every key is listed in [`KEYS`] and documented in `cluster-config/README.md`), with the
+//!   `[limits]`, `[auth]`; every key is listed in [`KEYS`] and documented in `cluster-config/README.md`), with the
 //!   [`Origin`] of every value.
 //! * [`NodeConfig::load`]: merges the sources, later ones winning: defaults < the file < `HUBMESH_*`
 //!   environment variables (`__` between section and key: `HUBMESH_HTTP__LISTEN`) < [`Overrides`] (the command
@@ -25,6 +25,10 @@
 //!   directory; given anywhere else, to the working directory. If both keys are set, the one from the later source
 //!   wins; both from the same source is an error.
 //! * The secret is held as a [`Secret`], whose `Debug` prints `<redacted>`; nothing here logs it.
+//! * `[auth]` configures bearer tokens ([`crate::auth`]) when any of its keys is set: exactly one key, an HS256
+//!   secret (`auth.secret` or `auth.secret_file`, read like the cluster secret) or an RS256 public key
+//!   (`auth.public_key_file`, PEM; relative paths as for `secret_file`); optionally `auth.issuer`,
+//!   `auth.audience` and `auth.user_claim` (default: the name-identifier claim, then `sub`).
 //! * Environment variables are read only when named `HUBMESH_<SECTION>__<KEY>`; other `HUBMESH_*` variables (for
 //!   tests or logging) are ignored. Values are strings, converted to the key's type (`"2048"`, `"false"`); a list
 //!   (`cluster.seeds`) may be written as comma-separated addresses.
@@ -33,7 +37,7 @@
 //! # What it may call
 //!
 //! figment and serde for parsing, and the layers below it: [`crate::node`], [`crate::cluster`] (configuration
-//! types only), [`crate::connection`] ([`Limits`]) and [`crate::demo`]. No global state: the process environment
+//! types only), [`crate::connection`] ([`Limits`]), [`crate::auth`] ([`Authenticator`]) and [`crate::demo`]. No global state: the process environment
 //! is read only by [`NodeConfig::load`], and [`NodeConfig::load_with_env`] takes it as an argument instead.
 
 use std::collections::BTreeMap;
@@ -47,6 +51,7 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Deserializer};
 
+use crate::auth::Authenticator;
 use crate::cluster::{LinkConfig, MembershipConfig};
 use crate::connection::Limits;
 use crate::demo::demo_hub;
@@ -72,6 +77,12 @@ pub const KEYS: &[&str] = &[
     "limits.outbound_queue",
     "limits.keep_alive",
     "limits.client_timeout",
+    "auth.secret",
+    "auth.secret_file",
+    "auth.public_key_file",
+    "auth.issuer",
+    "auth.audience",
+    "auth.user_claim",
 ];
 
 /// The prefix of configuration environment variables.
@@ -372,6 +383,38 @@ impl Default for LimitsSection {
     }
 }
 
+/// `[auth]`: bearer tokens (see [`crate::auth`]). Unset keys are `None`; no key set means no authentication.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// The HS256 shared secret (prefer `secret_file` or `HUBMESH_AUTH__SECRET`).
+    pub secret: Option<Secret>,
+    /// A file holding the HS256 secret.
+    pub secret_file: Option<PathBuf>,
+    /// A PEM file with the RS256 public key.
+    pub public_key_file: Option<PathBuf>,
+    /// The issuer (`iss`) tokens must name.
+    #[serde(deserialize_with = "de::optional_lenient_string")]
+    pub issuer: Option<String>,
+    /// The audience (`aud`) tokens must name.
+    #[serde(deserialize_with = "de::optional_lenient_string")]
+    pub audience: Option<String>,
+    /// The claim the user id is read from (default: the name-identifier claim, then `sub`).
+    #[serde(deserialize_with = "de::optional_lenient_string")]
+    pub user_claim: Option<String>,
+}
+
+impl AuthSection {
+    fn is_requested(&self) -> bool {
+        self.secret.is_some()
+            || self.secret_file.is_some()
+            || self.public_key_file.is_some()
+            || self.issuer.is_some()
+            || self.audience.is_some()
+            || self.user_claim.is_some()
+    }
+}
+
 /// A node's configuration as its sources say it, before it is checked.
 ///
 /// Load it with [`NodeConfig::load`], check it with [`NodeConfig::validate`], and turn it into a node with
@@ -390,6 +433,8 @@ pub struct NodeConfig {
     pub hubs: HubsSection,
     /// `[limits]`.
     pub limits: LimitsSection,
+    /// `[auth]`.
+    pub auth: AuthSection,
     #[serde(skip)]
     origins: BTreeMap<&'static str, Origin>,
 }
@@ -614,6 +659,11 @@ impl NodeConfig {
             Some(section) => self.cluster_settings(section, name, &mut problem),
             None => None,
         };
+        let auth = if self.auth.is_requested() {
+            self.auth_settings(&mut problem)
+        } else {
+            None
+        };
         if errors.is_empty() {
             Ok(NodeSettings {
                 name: name.to_owned(),
@@ -622,6 +672,7 @@ impl NodeConfig {
                 limits,
                 demo: self.hubs.demo,
                 cluster,
+                auth,
             })
         } else {
             Err(ConfigError::Invalid(errors))
@@ -715,16 +766,123 @@ impl NodeConfig {
         Some(ClusterSettings::real(membership, link))
     }
 
+    /// The path of file setting `key`: a relative path given in a configuration file is relative to that file.
+    fn config_relative(&self, key: &str, path: &Path) -> PathBuf {
+        match self.origin(key) {
+            Origin::File(config) if path.is_relative() => config
+                .parent()
+                .map(|dir| dir.join(path))
+                .unwrap_or_else(|| path.to_owned()),
+            _ => path.to_owned(),
+        }
+    }
+
+    /// The authenticator `[auth]` describes.
+    fn auth_settings(&self, problem: &mut impl FnMut(&str, String)) -> Option<Authenticator> {
+        let section = &self.auth;
+        let non_empty = |key: &str, value: &Option<String>, problem: &mut dyn FnMut(&str, String)| {
+            let value = value.as_deref().map(str::trim)?;
+            if value.is_empty() {
+                problem(key, "must not be empty".into());
+                return None;
+            }
+            Some(value.to_owned())
+        };
+        let issuer = non_empty("auth.issuer", &section.issuer, problem);
+        let audience = non_empty("auth.audience", &section.audience, problem);
+        let user_claim = non_empty("auth.user_claim", &section.user_claim, problem);
+        let secret_given = section.secret.is_some() || section.secret_file.is_some();
+        let authenticator = match (&section.public_key_file, secret_given) {
+            (Some(_), true) => {
+                problem(
+                    "auth.public_key_file",
+                    "set either an HS256 secret (`auth.secret` / `auth.secret_file`) or an RS256 public key, not both"
+                        .into(),
+                );
+                None
+            }
+            (None, false) => {
+                problem(
+                    "auth.secret",
+                    format!(
+                        "missing: authentication needs `auth.secret`, `auth.secret_file`, {} or `auth.public_key_file`",
+                        env_name("auth.secret")
+                    ),
+                );
+                None
+            }
+            (Some(path), false) => {
+                let path = self.config_relative("auth.public_key_file", path);
+                match std::fs::read(&path) {
+                    Err(error) => {
+                        problem(
+                            "auth.public_key_file",
+                            format!("cannot read `{}`: {error}", path.display()),
+                        );
+                        None
+                    }
+                    Ok(pem) => match Authenticator::rs256_pem(&pem) {
+                        Ok(authenticator) => Some(authenticator),
+                        Err(error) => {
+                            problem(
+                                "auth.public_key_file",
+                                format!("`{}` is not an RSA public key in PEM: {error}", path.display()),
+                            );
+                            None
+                        }
+                    },
+                }
+            }
+            (None, true) => self
+                .pick_secret(
+                    ("auth.secret", section.secret.as_ref()),
+                    ("auth.secret_file", section.secret_file.as_deref()),
+                    problem,
+                )
+                .map(|secret| Authenticator::hs256(secret.expose())),
+        };
+        let mut authenticator = authenticator?;
+        if let Some(issuer) = issuer {
+            authenticator = authenticator.issuer(&issuer);
+        }
+        if let Some(audience) = audience {
+            authenticator = authenticator.audience(&audience);
+        }
+        if let Some(claim) = user_claim {
+            authenticator = authenticator.user_claim(&claim);
+        }
+        Some(authenticator)
+    }
+
     /// The cluster secret, from `cluster.secret` or `cluster.secret_file`, whichever comes from the later source.
     fn secret(&self, section: &ClusterSection, problem: &mut impl FnMut(&str, String)) -> Option<Secret> {
+        if section.secret.is_none() && section.secret_file.is_none() {
+            problem(
+                "cluster.secret",
+                format!(
+                    "missing: a node that joins a cluster needs `cluster.secret`, `cluster.secret_file` or {}",
+                    env_name("cluster.secret")
+                ),
+            );
+            return None;
+        }
+        self.pick_secret(
+            ("cluster.secret", section.secret.as_ref()),
+            ("cluster.secret_file", section.secret_file.as_deref()),
+            problem,
+        )
+    }
+
+    /// A secret given as a value or as a file (at least one of them is set), whichever comes from the later source;
+    /// the file's content is trimmed. `None` after reporting a problem.
+    fn pick_secret(
+        &self,
+        (value_key, value): (&str, Option<&Secret>),
+        (file_key, file): (&str, Option<&Path>),
+        problem: &mut impl FnMut(&str, String),
+    ) -> Option<Secret> {
         let from_file = |path: &Path| -> Result<Secret, String> {
-            let path = match self.origin("cluster.secret_file") {
-                Origin::File(config) if path.is_relative() => config
-                    .parent()
-                    .map(|dir| dir.join(path))
-                    .unwrap_or_else(|| path.to_owned()),
-                _ => path.to_owned(),
-            };
+            let path = self.config_relative(file_key, path);
             let text =
                 std::fs::read_to_string(&path).map_err(|error| format!("cannot read `{}`: {error}", path.display()))?;
             let secret = text.trim();
@@ -740,32 +898,23 @@ impl NodeConfig {
             }
             Ok(Secret::new(trimmed))
         };
-        let result = match (&section.secret, &section.secret_file) {
-            (None, None) => {
-                problem(
-                    "cluster.secret",
-                    format!(
-                        "missing: a node that joins a cluster needs `cluster.secret`, `cluster.secret_file` or {}",
-                        env_name("cluster.secret")
-                    ),
-                );
-                return None;
-            }
-            (Some(secret), None) => ("cluster.secret", from_value(secret)),
-            (None, Some(path)) => ("cluster.secret_file", from_file(path)),
+        let result = match (value, file) {
+            (None, None) => return None,
+            (Some(secret), None) => (value_key, from_value(secret)),
+            (None, Some(path)) => (file_key, from_file(path)),
             (Some(secret), Some(path)) => {
-                let value_rank = self.origin("cluster.secret").rank();
-                let file_rank = self.origin("cluster.secret_file").rank();
+                let value_rank = self.origin(value_key).rank();
+                let file_rank = self.origin(file_key).rank();
                 if value_rank == file_rank {
                     problem(
-                        "cluster.secret",
-                        "set only one of `cluster.secret` and `cluster.secret_file` in one source".into(),
+                        value_key,
+                        format!("set only one of `{value_key}` and `{file_key}` in one source"),
                     );
                     return None;
                 } else if value_rank > file_rank {
-                    ("cluster.secret", from_value(secret))
+                    (value_key, from_value(secret))
                 } else {
-                    ("cluster.secret_file", from_file(path))
+                    (file_key, from_file(path))
                 }
             }
         };
@@ -794,6 +943,8 @@ pub struct NodeSettings {
     pub demo: bool,
     /// Gossip and link settings; `None` for a single node.
     pub cluster: Option<ClusterSettings>,
+    /// Checks bearer tokens; `None` when `[auth]` is not configured.
+    pub auth: Option<Authenticator>,
 }
 
 impl fmt::Debug for NodeSettings {
@@ -814,6 +965,7 @@ impl fmt::Debug for NodeSettings {
             .field("limits", &self.limits)
             .field("demo", &self.demo)
             .field("cluster (id, gossip, seeds, link)", &cluster)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -832,6 +984,9 @@ impl NodeSettings {
         }
         if let Some(cluster) = &self.cluster {
             builder = builder.cluster(cluster.clone());
+        }
+        if let Some(auth) = &self.auth {
+            builder = builder.auth(auth.clone());
         }
         builder
     }

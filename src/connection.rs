@@ -221,6 +221,8 @@ pub struct Session {
     pub id: ConnectionId,
     /// The authenticated user's id, if any.
     pub user: Option<String>,
+    /// The claims of the bearer token the connection authenticated with; `None` for an anonymous connection.
+    pub claims: Option<Arc<crate::auth::Claims>>,
     /// The transport in use.
     pub transport: TransportKind,
     /// The hub protocol chosen in the handshake.
@@ -248,6 +250,8 @@ impl Session {
 pub struct RequestInfo {
     /// The authenticated user's id, if any.
     pub user: Option<String>,
+    /// The claims of a valid bearer token, if the request carried one.
+    pub claims: Option<Arc<crate::auth::Claims>>,
     /// The query string (without `?`).
     pub query: String,
     /// Header names in lower case, in order.
@@ -427,6 +431,7 @@ impl<T: Transport> Connection<T> {
         let session = Arc::new(Session {
             id: setup.id,
             user: setup.request.user,
+            claims: setup.request.claims,
             transport: transport.kind(),
             protocol,
             query: setup.request.query,

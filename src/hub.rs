@@ -41,6 +41,7 @@ pub use clients::{ClientProxy, Clients};
 pub use groups::Groups;
 pub use handler::{ClientStream, Handler, State, Streamed};
 
+use crate::auth::Requirement;
 use crate::connection::SharedFrame;
 use crate::connection::{
     Call, ClientResultError, ConnectionHandle, ConnectionHost, ConnectionId, Reply, RequestInfo, Session,
@@ -142,6 +143,8 @@ struct Method {
     name: String,
     streaming: bool,
     call: MethodFn,
+    /// What a caller must prove to invoke it, besides the hub's own requirement.
+    requirement: Option<Requirement>,
 }
 
 /// A hub: a name, the path it is served at, and methods clients call by name.
@@ -156,6 +159,8 @@ pub struct Hub {
     on_disconnected: Option<HookFn>,
     user_id: Option<UserIdFn>,
     state: Option<Arc<dyn Any + Send + Sync>>,
+    /// What every request and connection to the hub must prove (`None`: anonymous callers welcome).
+    requirement: Option<Requirement>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -189,6 +194,7 @@ impl Hub {
             on_disconnected: None,
             user_id: None,
             state: None,
+            requirement: None,
         }
     }
 
@@ -200,7 +206,26 @@ impl Hub {
 
     /// Registers method `name` (matched case-insensitively). See [`handler`] for what a method may take and
     /// return.
-    pub fn method<H, T>(mut self, name: &str, handler: H) -> Self
+    pub fn method<H, T>(self, name: &str, handler: H) -> Self
+    where
+        H: Handler<T>,
+        T: 'static,
+    {
+        self.add_method(name, handler, None)
+    }
+
+    /// Registers method `name` like [`Hub::method`], callable only by callers that meet `requirement` (ASP.NET's
+    /// `[Authorize]` on a hub method). Others get the error "Failed to invoke '`name`' because user is
+    /// unauthorized"; the connection stays open.
+    pub fn method_authorized<H, T>(self, name: &str, handler: H, requirement: Requirement) -> Self
+    where
+        H: Handler<T>,
+        T: 'static,
+    {
+        self.add_method(name, handler, Some(requirement))
+    }
+
+    fn add_method<H, T>(mut self, name: &str, handler: H, requirement: Option<Requirement>) -> Self
     where
         H: Handler<T>,
         T: 'static,
@@ -212,9 +237,37 @@ impl Hub {
                 name: name.to_owned(),
                 streaming: H::STREAMING,
                 call,
+                requirement,
             },
         );
         self
+    }
+
+    /// Requires an authenticated user (a valid bearer token, see [`crate::auth`]) for every request to the hub
+    /// (ASP.NET's `[Authorize]` on a hub): negotiate and transport requests without one get 401 with an empty
+    /// body. The node needs an authenticator ([`crate::NodeBuilder::auth`]), or no one gets in.
+    pub fn authorize(self) -> Self {
+        self.require(Requirement::authenticated())
+    }
+
+    /// Requires an authenticated user whose claim `name` has value `value` (implies [`Hub::authorize`]).
+    /// Authenticated users without it get 403 with an empty body.
+    pub fn require_claim(self, name: &str, value: &str) -> Self {
+        self.require(Requirement::claim(name, value))
+    }
+
+    /// Adds `requirement` to what every caller of the hub must meet.
+    pub fn require(mut self, requirement: Requirement) -> Self {
+        self.requirement = Some(match self.requirement.take() {
+            Some(existing) => existing.and(&requirement),
+            None => requirement,
+        });
+        self
+    }
+
+    /// What every caller of the hub must meet, if anything.
+    pub fn requirement(&self) -> Option<&Requirement> {
+        self.requirement.as_ref()
     }
 
     /// Shows error types and messages of failed methods to clients (ASP.NET's `EnableDetailedErrors`).
@@ -488,6 +541,16 @@ impl ConnectionHost for HubContext {
                 ))
             });
         };
+        let claims = session.claims.as_deref();
+        let allowed = [hub.requirement.as_ref(), method.requirement.as_ref()]
+            .into_iter()
+            .flatten()
+            .all(|requirement| requirement.allows(claims));
+        if !allowed {
+            // ASP.NET's text; the connection stays open.
+            let text = format!("Failed to invoke '{}' because user is unauthorized", call.target);
+            return Box::pin(async move { Reply::Error(text) });
+        }
         let parts = InvocationParts {
             caller: self.caller(session),
             arguments: call.arguments.into_iter(),
@@ -513,6 +576,15 @@ impl ConnectionHost for HubContext {
     }
 
     fn connected(&self, session: &Arc<Session>) -> BoxFuture<'static, Result<(), String>> {
+        // The HTTP layer refuses unauthorized requests before a connection starts; this keeps a hub that requires
+        // a user safe from any other way in.
+        if let Some(requirement) = &self.runtime.hub.requirement {
+            if !requirement.allows(session.claims.as_deref()) {
+                return Box::pin(async {
+                    Err("Connection closed with an error. The user is unauthorized.".to_owned())
+                });
+            }
+        }
         self.runtime.connections.write().insert(
             session.id.clone(),
             Member {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer};
 
+use crate::auth::Authenticator;
 use crate::cluster::link::memory::MemoryNetwork;
 use crate::cluster::{GossipNetwork, LinkConfig, MembershipConfig, MembershipView};
 use crate::connection::Limits;
@@ -64,6 +65,8 @@ pub struct NodeBuilder {
     cluster: Option<ClusterSettings>,
     /// Hubs this node sends to without serving them.
     send_only: Vec<String>,
+    /// Checks bearer tokens; without one, every request is anonymous.
+    auth: Option<Authenticator>,
 }
 
 /// How a node joins a cluster: gossip membership and links to its peers.
@@ -117,6 +120,7 @@ struct NodeInner {
     /// Contexts of hubs this node sends to but does not serve.
     send_only: Vec<HubContext>,
     limits: Limits,
+    auth: Option<Arc<Authenticator>>,
     span: tracing::Span,
 }
 
@@ -139,6 +143,7 @@ impl Node {
             workers: 2,
             cluster: None,
             send_only: Vec::new(),
+            auth: None,
         }
     }
 
@@ -176,6 +181,10 @@ impl Node {
 
     pub(crate) fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    pub(crate) fn authenticator(&self) -> Option<&Authenticator> {
+        self.inner.auth.as_deref()
     }
 
     pub(crate) fn span(&self) -> &tracing::Span {
@@ -265,6 +274,13 @@ impl NodeBuilder {
         self
     }
 
+    /// Checks bearer tokens with `authenticator` (see [`crate::auth`]): a valid token makes the connection's user
+    /// (which `Clients.user` routes by) and claims; hubs that [`Hub::authorize`] refuse requests without one.
+    pub fn auth(mut self, authenticator: Authenticator) -> Self {
+        self.auth = Some(authenticator);
+        self
+    }
+
     /// The number of HTTP worker threads.
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
@@ -282,6 +298,11 @@ impl NodeBuilder {
             if endpoints.contains_key(&path) {
                 return Err(NodeError::DuplicatePath(path));
             }
+            if hub.requirement().is_some() && self.auth.is_none() {
+                span.in_scope(|| {
+                    tracing::warn!(hub = hub.name(), "the hub requires an authenticated user but the node has no authenticator: every request will get 401")
+                });
+            }
             let context = HubContext::start(hub, router.clone());
             endpoints.insert(path, Arc::new(HubEndpoint::new(context)));
         }
@@ -298,6 +319,7 @@ impl NodeBuilder {
                 endpoints,
                 send_only,
                 limits: self.limits,
+                auth: self.auth.map(Arc::new),
                 span,
             }),
         })

@@ -33,7 +33,7 @@ const DEFAULT_TRANSPORTS: &str = "WebSockets";
 const HTTP_TRANSPORTS: &str = "ServerSentEvents,LongPolling";
 /// Files whose endpoints serve SSE and long polling too (the demo hub at `/hub` and the raw `/echo` endpoint
 /// offer WebSockets only).
-const HTTP_TRANSPORT_FILES: &[&str] = &["hub-connection.test.mjs"];
+const HTTP_TRANSPORT_FILES: &[&str] = &["auth.test.mjs", "hub-connection.test.mjs"];
 
 fn node_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("node")

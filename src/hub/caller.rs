@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::{Clients, Groups, HubContext};
+use crate::auth::Claims;
 use crate::connection::{ConnectionHandle, ConnectionId, Session};
 use crate::protocol::Protocol;
 use crate::transport::TransportKind;
@@ -36,6 +37,17 @@ impl Caller {
     /// The authenticated user's id (`Context.UserIdentifier`).
     pub fn user(&self) -> Option<&str> {
         self.session.user.as_deref()
+    }
+
+    /// The claims of the bearer token the connection authenticated with (`Context.User.Claims`); `None` for an
+    /// anonymous connection.
+    pub fn claims(&self) -> Option<&Claims> {
+        self.session.claims.as_deref()
+    }
+
+    /// Whether the connection authenticated with a valid bearer token.
+    pub fn is_authenticated(&self) -> bool {
+        self.session.claims.is_some()
     }
 
     /// The transport in use.

@@ -11,6 +11,13 @@
 //! 31). The connection task starts on the WebSocket upgrade, the SSE GET or the first poll (answered at once),
 //! and hub code sees that request (item 19). This module calls the transports and the connection task; the hub
 //! layer only through [`HubContext`].
+//!
+//! Authentication (section N): every hub request is authenticated with the node's [`crate::auth::Authenticator`],
+//! if it has one, from the `Authorization: Bearer` header or else the `access_token` query parameter. A valid
+//! token makes the connection's user and claims ([`RequestInfo`]); an invalid one makes the request anonymous. A
+//! hub that requires a user answers anonymous negotiate and transport requests with 401 and an empty body (the
+//! client's error then reads `Unauthorized: Status code '401'`), and authenticated ones that lack a required claim
+//! with 403.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +33,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::Node;
+use crate::auth::{self, AuthError, Authenticated};
 use crate::connection::{self, ConnectionId, ConnectionSetup, RequestInfo};
 use crate::hub::HubContext;
 use crate::protocol::negotiate::{AvailableTransport, NegotiateResponse};
@@ -132,15 +140,21 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
     }
     if let Some(base) = path.strip_suffix("/negotiate") {
         if let Some(endpoint) = node.endpoint(base) {
-            return if request.method() == Method::POST {
-                negotiate(endpoint, &request)
-            } else {
-                text(StatusCode::METHOD_NOT_ALLOWED, "")
+            if request.method() != Method::POST {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "");
+            }
+            return match authenticate(&node, endpoint, &request) {
+                Ok(_) => negotiate(endpoint, &request),
+                Err(refusal) => refusal.response(),
             };
         }
     }
     let Some(endpoint) = node.endpoint(&path).cloned() else {
         return text(StatusCode::NOT_FOUND, "");
+    };
+    let user = match authenticate(&node, &endpoint, &request) {
+        Ok(user) => user,
+        Err(refusal) => return refusal.response(),
     };
     let token = crate::hub::url_query_value(request.query_string(), "id");
     match *request.method() {
@@ -151,7 +165,7 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
                     "WebSockets transport not supported by this end point type",
                 );
             }
-            connect_websocket(&node, endpoint, token, &request, body)
+            connect_websocket(&node, endpoint, token, &request, user, body)
         }
         Method::GET => {
             let wants_sse = request
@@ -176,9 +190,9 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
                     ));
             }
             if wants_sse {
-                connect_sse(&node, endpoint, token, &request)
+                connect_sse(&node, endpoint, token, &request, user)
             } else {
-                long_poll(&node, endpoint, token, &request).await
+                long_poll(&node, endpoint, token, &request, user).await
             }
         }
         Method::POST => match token {
@@ -190,6 +204,69 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
             Some(token) => delete(&endpoint, &token),
         },
         _ => text(StatusCode::METHOD_NOT_ALLOWED, ""),
+    }
+}
+
+/// Why a hub request is refused: its response has an empty body (conformance item 4).
+enum Refusal {
+    /// No valid token (with why a token that was sent is not accepted): 401.
+    Unauthorized(Option<AuthError>),
+    /// A valid token without a claim the hub requires: 403.
+    Forbidden,
+}
+
+impl Refusal {
+    fn response(self) -> HttpResponse {
+        match self {
+            Refusal::Unauthorized(refused) => {
+                // RFC 6750: name the scheme, and say why a token that was sent is not accepted.
+                let challenge = match refused {
+                    Some(error) => {
+                        let description: String = error
+                            .to_string()
+                            .chars()
+                            .filter(|c| (c.is_ascii_graphic() || *c == ' ') && *c != '"' && *c != '\\')
+                            .collect();
+                        format!("Bearer error=\"invalid_token\", error_description=\"{description}\"")
+                    }
+                    None => "Bearer".to_owned(),
+                };
+                HttpResponse::Unauthorized()
+                    .insert_header((header::WWW_AUTHENTICATE, challenge))
+                    .finish()
+            }
+            Refusal::Forbidden => HttpResponse::Forbidden().finish(),
+        }
+    }
+}
+
+/// Authenticates a hub request: `Ok` with the user of a valid bearer token (or `None`, anonymous), or why a hub
+/// whose requirement the request does not meet refuses it.
+fn authenticate(node: &Node, endpoint: &HubEndpoint, request: &HttpRequest) -> Result<Option<Authenticated>, Refusal> {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let token = auth::bearer_token(header, request.query_string());
+    let mut refused = None;
+    let user = match (node.authenticator(), &token) {
+        (Some(authenticator), Some(token)) => match authenticator.authenticate(token) {
+            Ok(user) => Some(user),
+            Err(error) => {
+                tracing::debug!(%error, path = request.path(), "bearer token refused");
+                refused = Some(error);
+                None
+            }
+        },
+        _ => None,
+    };
+    let Some(requirement) = endpoint.context.hub().requirement() else {
+        return Ok(user);
+    };
+    match &user {
+        None => Err(Refusal::Unauthorized(refused)),
+        Some(user) if !requirement.allows(Some(&user.claims)) => Err(Refusal::Forbidden),
+        Some(_) => Ok(user),
     }
 }
 
@@ -240,7 +317,13 @@ fn claim(endpoint: &HubEndpoint, token: &str, active: Active) -> bool {
     }
 }
 
-fn connect_sse(node: &Node, endpoint: Arc<HubEndpoint>, token: String, request: &HttpRequest) -> HttpResponse {
+fn connect_sse(
+    node: &Node,
+    endpoint: Arc<HubEndpoint>,
+    token: String,
+    request: &HttpRequest,
+    user: Option<Authenticated>,
+) -> HttpResponse {
     let id = match lookup(&endpoint, &token) {
         Lookup::Missing => return no_connection(),
         Lookup::Open(TransportKind::ServerSentEvents, ..) => {
@@ -260,9 +343,16 @@ fn connect_sse(node: &Node, endpoint: Arc<HubEndpoint>, token: String, request: 
         );
     }
     let (transport, events) = SseTransport::new(inbound);
-    spawn_connection(node, endpoint, token, id, request, async move |setup| {
-        connection::run(transport, setup).await;
-    });
+    spawn_connection(
+        node,
+        endpoint,
+        token,
+        id,
+        request_info(request, user),
+        async move |setup| {
+            connection::run(transport, setup).await;
+        },
+    );
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
@@ -271,7 +361,13 @@ fn connect_sse(node: &Node, endpoint: Arc<HubEndpoint>, token: String, request: 
         .streaming(events)
 }
 
-async fn long_poll(node: &Node, endpoint: Arc<HubEndpoint>, token: String, request: &HttpRequest) -> HttpResponse {
+async fn long_poll(
+    node: &Node,
+    endpoint: Arc<HubEndpoint>,
+    token: String,
+    request: &HttpRequest,
+    user: Option<Authenticated>,
+) -> HttpResponse {
     let id = match lookup(&endpoint, &token) {
         Lookup::Missing => return no_connection(),
         Lookup::Open(TransportKind::LongPolling, _, Some(poll)) => return poll_response(poll.poll().await),
@@ -293,11 +389,18 @@ async fn long_poll(node: &Node, endpoint: Arc<HubEndpoint>, token: String, reque
             "Another transport is opening for this connection.",
         );
     }
-    spawn_connection(node, endpoint, token, id, request, async move |setup| {
-        connection::run(transport, setup).await;
-        // The client may still have to drain the Close message and see the final 204 before the token goes.
-        poll.terminated().await;
-    });
+    spawn_connection(
+        node,
+        endpoint,
+        token,
+        id,
+        request_info(request, user),
+        async move |setup| {
+            connection::run(transport, setup).await;
+            // The client may still have to drain the Close message and see the final 204 before the token goes.
+            poll.terminated().await;
+        },
+    );
     // The first poll answers at once and marks the connection initialized (item 30); the client sends its
     // handshake only after it.
     HttpResponse::Ok().content_type("text/plain").finish()
@@ -390,14 +493,14 @@ fn spawn_connection<F>(
     endpoint: Arc<HubEndpoint>,
     token: String,
     id: ConnectionId,
-    request: &HttpRequest,
+    request: RequestInfo,
     run: impl FnOnce(ConnectionSetup) -> F,
 ) where
     F: std::future::Future<Output = ()> + 'static,
 {
     let setup = ConnectionSetup {
         id,
-        request: request_info(request),
+        request,
         limits: node.limits().clone(),
         host: Arc::new(endpoint.context.clone()),
     };
@@ -457,10 +560,15 @@ fn transfer_formats(transport: TransportKind) -> Vec<TransferFormat> {
     }
 }
 
-/// What hub code may read of the request that opens a connection.
-fn request_info(request: &HttpRequest) -> RequestInfo {
+/// What hub code may read of the request that opens a connection, and who made it.
+fn request_info(request: &HttpRequest, user: Option<Authenticated>) -> RequestInfo {
+    let (user, claims) = match user {
+        Some(authenticated) => (authenticated.user, Some(authenticated.claims)),
+        None => (None, None),
+    };
     RequestInfo {
-        user: None,
+        user,
+        claims,
         query: request.query_string().to_owned(),
         headers: request
             .headers()
@@ -480,6 +588,7 @@ fn connect_websocket(
     endpoint: Arc<HubEndpoint>,
     token: Option<String>,
     request: &HttpRequest,
+    user: Option<Authenticated>,
     body: web::Payload,
 ) -> HttpResponse {
     let id = match &token {
@@ -525,7 +634,7 @@ fn connect_websocket(
     let transport = WebSocketTransport::new(session, stream, limits.max_frame);
     let setup = ConnectionSetup {
         id,
-        request: request_info(request),
+        request: request_info(request, user),
         limits,
         host: Arc::new(endpoint.context.clone()),
     };

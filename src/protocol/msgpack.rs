@@ -455,7 +455,9 @@ where
             target,
             arguments,
         } => {
-            w::write_array_len(out, 5).map_err(encode_error)?;
+            // Six elements with an empty stream-id list, as ASP.NET writes them: the contract allows five, but
+            // some clients (Python's signalrcore) read the sixth unconditionally.
+            w::write_array_len(out, 6).map_err(encode_error)?;
             w::write_uint(out, 1).map_err(encode_error)?;
             w::write_map_len(out, 0).map_err(encode_error)?;
             match invocation_id {
@@ -473,6 +475,7 @@ where
             if !matches!(out.get(at), Some(0x90..=0x9f | 0xdc | 0xdd)) {
                 return Err(encode_error("the arguments must serialize as a sequence"));
             }
+            w::write_array_len(out, 0).map_err(encode_error)?;
         }
         Outgoing::StreamItem { invocation_id, item } => {
             w::write_array_len(out, 4).map_err(encode_error)?;

@@ -2,11 +2,14 @@
 //! rebuilt on hubmesh: the `TestHub` and the routes listed in `shared/docs/signalr-conformance.md`, section
 //! "Endpoints the test server maps".
 //!
-//! Served by `cargo run --example testhub` and by [`super::TestHubServer`] in tests. Routes that need
-//! authentication hubmesh does not have yet (JWT: `/authorizedhub`, `/generateJwtToken`) answer as unsupported, and
-//! the raw `/echo` endpoint speaks WebSockets only.
+//! Served by `cargo run --example testhub` and by [`super::TestHubServer`] in tests. `/authorizedhub` requires a
+//! bearer token, which `GET /generateJwtToken` hands out: HS256 with a key random for each server ([`TestTokens`]),
+//! user `testuser`, valid for 5 s (plus the authenticator's leeway). The raw `/echo` endpoint speaks WebSockets
+//! only.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::cookie::time::OffsetDateTime;
@@ -19,6 +22,7 @@ use futures_util::stream;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Authenticator, NAME_IDENTIFIER_CLAIM};
 use crate::connection::ConnectionId;
 use crate::demo::demo_hub;
 use crate::hub::{Caller, ClientStream, Hub, HubContext, HubError, Streamed};
@@ -169,10 +173,65 @@ pub fn test_hub(name: &str, path: &str, transports: &[TransportKind]) -> Hub {
         .method("GetCookie", get_cookie)
 }
 
-/// The test server's node: `/testhub`, `/testhub-nowebsockets` and the demo hub at `/hub`.
-pub fn test_node() -> Result<Node, NodeError> {
+/// HubWithAuthorization at `/authorizedhub`: `Echo(string)`, for authenticated callers only.
+pub fn authorized_hub() -> Hub {
+    Hub::new("HubWithAuthorization")
+        .path("/authorizedhub")
+        .detailed_errors(true)
+        .authorize()
+        .method("Echo", echo)
+}
+
+/// How long a token from `GET /generateJwtToken` is valid.
+pub const TEST_TOKEN_LIFETIME: Duration = Duration::from_secs(5);
+
+/// The user id in tokens from `GET /generateJwtToken`.
+pub const TEST_USER: &str = "testuser";
+
+/// The HS256 key of one test server: tokens from `GET /generateJwtToken` and the node's authenticator.
+#[derive(Clone)]
+pub struct TestTokens {
+    secret: Arc<[u8; 32]>,
+}
+
+impl std::fmt::Debug for TestTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestTokens(<redacted>)")
+    }
+}
+
+impl TestTokens {
+    /// A fresh random key.
+    pub fn random() -> Self {
+        TestTokens {
+            secret: Arc::new(rand::random()),
+        }
+    }
+
+    /// The authenticator that accepts this key's tokens.
+    pub fn authenticator(&self) -> Authenticator {
+        Authenticator::hs256(self.secret.as_slice())
+    }
+
+    /// A token for `user`, valid for `lifetime`, with the user in the name-identifier claim and in `sub`.
+    pub fn token(&self, user: &str, lifetime: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+        let expires = jsonwebtoken::get_current_timestamp() + lifetime.as_secs();
+        let claims = serde_json::json!({ NAME_IDENTIFIER_CLAIM: user, "sub": user, "exp": expires });
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(self.secret.as_slice()),
+        )
+    }
+}
+
+/// The test server's node: `/testhub`, `/testhub-nowebsockets`, `/authorizedhub` (tokens of `tokens`) and the demo
+/// hub at `/hub`.
+pub fn test_node(tokens: &TestTokens) -> Result<Node, NodeError> {
     Node::builder()
         .name("testhub")
+        .auth(tokens.authenticator())
+        .hub(authorized_hub())
         .hub(test_hub(
             "TestHub",
             "/testhub",
@@ -256,13 +315,14 @@ async fn echo_socket(request: HttpRequest, body: web::Payload) -> HttpResponse {
     response
 }
 
-async fn not_yet(request: HttpRequest) -> HttpResponse {
-    HttpResponse::build(StatusCode::NOT_IMPLEMENTED)
-        .content_type("text/plain")
-        .body(format!(
-            "{} needs JWT authentication, which hubmesh does not have yet.",
-            request.path()
-        ))
+/// `GET /generateJwtToken`: a raw JWT for user `testuser`, valid for [`TEST_TOKEN_LIFETIME`].
+async fn generate_jwt_token(tokens: web::Data<TestTokens>) -> HttpResponse {
+    match tokens.token(TEST_USER, TEST_TOKEN_LIFETIME) {
+        Ok(token) => HttpResponse::Ok().content_type("text/plain").body(token),
+        Err(error) => HttpResponse::build(StatusCode::INTERNAL_SERVER_ERROR)
+            .content_type("text/plain")
+            .body(format!("could not sign a token: {error}")),
+    }
 }
 
 /// Sets the cookies the cookie tests look for on every negotiate (one of them already expired).
@@ -335,7 +395,9 @@ pub enum TestHubError {
 
 /// Serves the test server on `address` (`127.0.0.1:0` picks a free port) on the current tokio runtime.
 pub async fn serve(address: &str) -> Result<TestHubHandle, TestHubError> {
-    let node = test_node()?;
+    let tokens = TestTokens::random();
+    let node = test_node(&tokens)?;
+    let tokens = web::Data::new(tokens);
     let test_hub = node
         .hub_context("TestHub")
         .ok_or_else(|| NodeError::DuplicatePath("/testhub".into()))?;
@@ -355,10 +417,11 @@ pub async fn serve(address: &str) -> Result<TestHubHandle, TestHubError> {
             .wrap(cors())
             .app_data(test_hub.clone())
             .app_data(counter.clone())
+            .app_data(tokens.clone())
             .route("/echo/negotiate", web::post().to(echo_negotiate))
             .route("/echo", web::get().to(echo_socket))
             .route("/clientresult/{id}", web::get().to(client_result))
-            .route("/generateJwtToken", web::get().to(not_yet))
+            .route("/generateJwtToken", web::get().to(generate_jwt_token))
             .route("/redirect{tail:.*}", web::route().to(redirect))
             .configure(move |config| node.configure(config))
     })

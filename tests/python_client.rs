@@ -1,0 +1,222 @@
+//! Runs a second, independent SignalR client against the in-process test hub server: the Python `signalrcore`
+//! package (`tests/python`), over WebSockets with JSON and with MessagePack.
+//!
+//! Needs `python3` (3.9 or later, with the `venv` module) on `PATH`. When `tests/python/.venv` is missing, or was
+//! installed from another `requirements.txt`, the test creates it with `python3 -m venv` and installs the pinned
+//! packages with pip, so a fresh clone needs only Python and access to PyPI.
+//!
+//! Environment:
+//! * `HUBMESH_PYTHON`: the interpreter that creates the virtual environment (default `python3`).
+//! * `HUBMESH_PYTHON_PROTOCOLS`: space-separated protocols to run (`json`, `messagepack`); both by default.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::error::Error;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use hubmesh::testing::TestHubServer;
+
+/// Upper bound on the client script (it has its own 90 s watchdog; a passing run takes a few seconds).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Upper bound on creating the virtual environment and on installing the packages into it, each.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// Written into the virtual environment after a successful install: a copy of the `requirements.txt` it came from.
+const STAMP: &str = "hubmesh-requirements.txt";
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+fn python_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("python")
+}
+
+fn base_python() -> String {
+    std::env::var("HUBMESH_PYTHON").unwrap_or_else(|_| if cfg!(windows) { "python" } else { "python3" }.to_owned())
+}
+
+/// The virtual environment's interpreter.
+fn venv_python(venv: &Path) -> PathBuf {
+    if cfg!(windows) {
+        venv.join("Scripts").join("python.exe")
+    } else {
+        venv.join("bin").join("python")
+    }
+}
+
+/// Puts the child in its own process group (Unix), so that a timeout kills whatever it started too.
+fn own_process_group(command: &mut Command) -> &mut Command {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+    command
+}
+
+/// Kills `child` and, on Unix, the process group it leads.
+fn kill_tree(child: &mut Child) {
+    #[cfg(unix)]
+    {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(format!("-{}", child.id()))
+            .status();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Reads a child's pipe to the end on a thread of its own.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// What a finished (or killed) child printed.
+struct Output {
+    /// `None` when the child was killed at the timeout.
+    status: Option<ExitStatus>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Output {
+    fn describe(&self, what: &str, timeout: Duration) -> String {
+        let outcome = match self.status {
+            Some(status) => format!("{what} exited with {status}"),
+            None => format!("{what} did not finish within {} s and was killed", timeout.as_secs()),
+        };
+        format!(
+            "{outcome}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout.trim_end(),
+            self.stderr.trim_end()
+        )
+    }
+
+    fn success(&self) -> bool {
+        self.status.is_some_and(|status| status.success())
+    }
+}
+
+/// Runs `command` with its output captured, killing it (and its process group) beyond `timeout`.
+fn run_bounded(command: &mut Command, timeout: Duration, what: &str) -> Result<Output, Box<dyn Error>> {
+    let mut child = own_process_group(
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .spawn()
+    .map_err(|error| format!("cannot start {what}: {error}"))?;
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            kill_tree(&mut child);
+            break None;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    Ok(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+/// Creates `tests/python/.venv` and installs `requirements.txt` into it, unless that was done already for the
+/// same requirements. Returns the virtual environment's interpreter.
+fn ensure_venv(dir: &Path) -> Result<PathBuf, Box<dyn Error>> {
+    let venv = dir.join(".venv");
+    let python = venv_python(&venv);
+    let requirements_path = dir.join("requirements.txt");
+    let requirements = std::fs::read_to_string(&requirements_path)
+        .map_err(|error| format!("cannot read {}: {error}", requirements_path.display()))?;
+    let stamp = venv.join(STAMP);
+    if python.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|installed| installed == requirements) {
+        return Ok(python);
+    }
+
+    let base = base_python();
+    println!("python_client: creating {} with `{base} -m venv`", venv.display());
+    let created = run_bounded(
+        Command::new(&base).arg("-m").arg("venv").arg("--clear").arg(&venv),
+        INSTALL_TIMEOUT,
+        &format!("`{base} -m venv`"),
+    )
+    .map_err(|error| format!("{error} (Python 3 with the venv module is needed for these tests)"))?;
+    if !created.success() {
+        return Err(created
+            .describe(&format!("`{base} -m venv {}`", venv.display()), INSTALL_TIMEOUT)
+            .into());
+    }
+
+    println!("python_client: installing {} with pip", requirements_path.display());
+    let installed = run_bounded(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "-r",
+            ])
+            .arg(&requirements_path)
+            .env("PIP_NO_INPUT", "1"),
+        INSTALL_TIMEOUT,
+        "`pip install -r requirements.txt`",
+    )?;
+    if !installed.success() {
+        return Err(installed
+            .describe("`pip install -r requirements.txt`", INSTALL_TIMEOUT)
+            .into());
+    }
+    std::fs::write(&stamp, requirements).map_err(|error| format!("cannot write {}: {error}", stamp.display()))?;
+    Ok(python)
+}
+
+#[test]
+fn python_signalrcore_client() -> TestResult {
+    let dir = python_dir();
+    let python = ensure_venv(&dir)?;
+
+    let server = TestHubServer::start().map_err(|error| format!("cannot start the test hub server: {error}"))?;
+    let protocols: Vec<String> = std::env::var("HUBMESH_PYTHON_PROTOCOLS")
+        .map(|value| value.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    println!("python_client: test hub at {}", server.url());
+    let started = Instant::now();
+    let output = run_bounded(
+        Command::new(&python)
+            .arg("-u")
+            .arg(dir.join("signalrcore_client.py"))
+            .arg(server.url())
+            .args(&protocols)
+            .current_dir(&dir)
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+        CLIENT_TIMEOUT,
+        "the signalrcore client script",
+    )?;
+    drop(server);
+
+    let report = output.describe("tests/python/signalrcore_client.py", CLIENT_TIMEOUT);
+    assert!(output.success(), "the Python signalrcore client tests failed: {report}");
+    println!(
+        "python_client: passed in {:.1} s\n{report}",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
