@@ -17,6 +17,7 @@
 //!   bytes; knows nothing of hubs.
 //! * [`node`]: a node: its hubs, its HTTP server (actix-web), start and stop.
 //! * [`demo`]: the demo hub every node serves at `/hub`, the contract load tools use.
+//! * [`bench`]: the load tool (`hubmesh bench`): a WebSocket client of the demo hub contract; no hub internals.
 //! * [`config`]: node configuration (TOML files, `HUBMESH_*` variables, flags), checked into a ready [`NodeBuilder`].
 //! * `testing` (feature `test-util`): the official test hub and an in-process server for tests.
 //!
@@ -43,6 +44,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod bench;
 pub mod cluster;
 pub mod config;
 pub mod connection;

@@ -9,6 +9,8 @@
 //!   Ctrl-C stops them all; so does one node dying.
 //! * `hubmesh config check FILE...`: loads and checks configuration files as `hubmesh node --config` would.
 //! * `hubmesh config example`: prints `cluster-config/example.toml`, every key with its default.
+//! * `hubmesh bench fanout|echo|idle|connect --url URL... [options]`: the load tool (`hubmesh::bench`); one JSON
+//!   line per run on standard output, a short summary on standard error.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -56,6 +58,9 @@ enum CliCommand {
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Load tool: drives the demo hub at /hub of running nodes (fanout, echo, idle, connect).
+    #[command(subcommand)]
+    Bench(hubmesh::bench::Scenario),
 }
 
 #[derive(Args, Debug, Default)]
@@ -179,6 +184,7 @@ fn main() -> ExitCode {
                 print!("{EXAMPLE}");
                 Ok(())
             }
+            CliCommand::Bench(scenario) => run_bench(&scenario).await,
         }
     });
     // Do not wait for a blocked read of standard input, or any other straggler.
@@ -190,6 +196,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs one load-tool scenario: the JSON line on standard output, the summary on standard error.
+async fn run_bench(scenario: &hubmesh::bench::Scenario) -> anyhow::Result<()> {
+    let report = hubmesh::bench::run(scenario).await?;
+    eprintln!("{}", report.summary);
+    println!("{}", report.json_line());
+    Ok(())
 }
 
 /// Loads and checks the node's settings; the error names the bad setting and its source.

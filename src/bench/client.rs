@@ -1,0 +1,262 @@
+//! A minimal SignalR JSON client over a direct WebSocket (`skipNegotiation`), enough for the demo hub contract.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::BenchError;
+
+/// The record separator of the JSON hub protocol.
+pub(crate) const RS: char = '\u{1e}';
+
+/// The client method the demo hub invokes.
+pub(crate) const CLIENT_METHOD: &str = "msg";
+
+/// A Ping record.
+pub(crate) const PING: &str = "{\"type\":6}\u{1e}";
+
+/// How often an otherwise silent client pings, well inside the server's 30 s client timeout.
+pub(crate) const PING_EVERY: Duration = Duration::from_secs(10);
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// One hub message, the fields the bench reads.
+#[derive(Deserialize)]
+pub(crate) struct Record<'a> {
+    #[serde(rename = "type")]
+    pub(crate) kind: u8,
+    #[serde(default, borrow)]
+    pub(crate) target: Option<&'a str>,
+    #[serde(default, rename = "invocationId", borrow)]
+    pub(crate) invocation_id: Option<&'a str>,
+    #[serde(default, borrow)]
+    pub(crate) arguments: Option<&'a RawValue>,
+    #[serde(default)]
+    pub(crate) error: Option<String>,
+}
+
+impl<'a> Record<'a> {
+    /// The payload of an invocation of `msg` whose only argument is a string without escapes.
+    pub(crate) fn msg_payload(&self) -> Option<&'a str> {
+        if self.kind != 1 || self.target != Some(CLIENT_METHOD) {
+            return None;
+        }
+        let raw: &'a str = self.arguments?.get();
+        raw.strip_prefix("[\"")?.strip_suffix("\"]")
+    }
+}
+
+/// One connection to a hub.
+pub(crate) struct Client {
+    socket: Socket,
+    url: String,
+    next_id: u64,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Connects, upgrades and completes the JSON handshake, each step within `step_timeout`.
+    pub(crate) async fn connect(url: &str, step_timeout: Duration) -> Result<Client, BenchError> {
+        // Small buffers: thousands of clients share this process, and messages are small.
+        let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+        let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+        let (socket, _) = match timeout(step_timeout, connecting).await {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(error)) => {
+                return Err(BenchError::Connect {
+                    url: url.to_owned(),
+                    reason: error.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(BenchError::Timeout {
+                    url: url.to_owned(),
+                    doing: "connecting",
+                    after: step_timeout,
+                })
+            }
+        };
+        let mut client = Client {
+            socket,
+            url: url.to_owned(),
+            next_id: 1,
+            timeout: step_timeout,
+        };
+        client
+            .send(
+                format!("{{\"protocol\":\"json\",\"version\":1}}{RS}"),
+                "sending the handshake",
+            )
+            .await?;
+        let text = client
+            .next_text_within(step_timeout, "waiting for the handshake response")
+            .await?;
+        let first = text.split(RS).next().unwrap_or_default();
+        let answer: serde_json::Value = serde_json::from_str(first).map_err(|error| BenchError::Handshake {
+            url: url.to_owned(),
+            reason: format!("unreadable response {first:?}: {error}"),
+        })?;
+        if let Some(error) = answer.get("error") {
+            return Err(BenchError::Handshake {
+                url: url.to_owned(),
+                reason: error.to_string(),
+            });
+        }
+        Ok(client)
+    }
+
+    /// The timeout of each network step (and of one round trip).
+    pub(crate) fn step_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends one text frame (one or more records) and flushes it.
+    pub(crate) async fn send(&mut self, text: String, doing: &'static str) -> Result<(), BenchError> {
+        match timeout(self.timeout, self.socket.send(Message::text(text))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(self.socket_error(error, doing)),
+            Err(_) => Err(BenchError::Timeout {
+                url: self.url.clone(),
+                doing,
+                after: self.timeout,
+            }),
+        }
+    }
+
+    /// The next text frame; pings and pongs are skipped, a close or the end of the stream is an error.
+    pub(crate) async fn next_text(&mut self, doing: &'static str) -> Result<Utf8Bytes, BenchError> {
+        loop {
+            match self.socket.next().await {
+                Some(Ok(Message::Text(text))) => return Ok(text),
+                Some(Ok(Message::Binary(_))) => {
+                    return Err(BenchError::Protocol {
+                        url: self.url.clone(),
+                        reason: "a binary frame on a JSON connection".to_owned(),
+                    })
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(BenchError::Closed {
+                        url: self.url.clone(),
+                        doing,
+                        reason: frame.map_or_else(|| "no close frame".to_owned(), |frame| frame.to_string()),
+                    })
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => return Err(self.socket_error(error, doing)),
+                None => {
+                    return Err(BenchError::Closed {
+                        url: self.url.clone(),
+                        doing,
+                        reason: "end of stream".to_owned(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// [`Client::next_text`] within `wait`.
+    pub(crate) async fn next_text_within(
+        &mut self,
+        wait: Duration,
+        doing: &'static str,
+    ) -> Result<Utf8Bytes, BenchError> {
+        match timeout(wait, self.next_text(doing)).await {
+            Ok(result) => result,
+            Err(_) => Err(BenchError::Timeout {
+                url: self.url.clone(),
+                doing,
+                after: wait,
+            }),
+        }
+    }
+
+    /// Invokes `JoinGroup(group)` and waits for its Completion. `group_json` is the group as a JSON string.
+    pub(crate) async fn join(&mut self, group_json: &str) -> Result<(), BenchError> {
+        let id = self.next_id.to_string();
+        self.next_id += 1;
+        let record = format!(
+            "{{\"type\":1,\"invocationId\":\"{id}\",\"target\":\"JoinGroup\",\"arguments\":[{group_json}]}}{RS}"
+        );
+        self.send(record, "joining the group").await?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let text = self
+                .next_text_within(wait, "waiting for the JoinGroup completion")
+                .await?;
+            for part in text.split(RS).filter(|part| !part.is_empty()) {
+                let record = self.parse(part)?;
+                match record.kind {
+                    3 if record.invocation_id == Some(id.as_str()) => {
+                        return match record.error {
+                            Some(error) => Err(BenchError::Protocol {
+                                url: self.url.clone(),
+                                reason: format!("JoinGroup failed: {error}"),
+                            }),
+                            None => Ok(()),
+                        };
+                    }
+                    7 => return Err(self.close_record(&record, "joining the group")),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Parses one record.
+    pub(crate) fn parse<'a>(&self, part: &'a str) -> Result<Record<'a>, BenchError> {
+        serde_json::from_str(part).map_err(|error| BenchError::Protocol {
+            url: self.url.clone(),
+            reason: format!("unreadable record {part:?}: {error}"),
+        })
+    }
+
+    /// The error for a Close record.
+    pub(crate) fn close_record(&self, record: &Record<'_>, doing: &'static str) -> BenchError {
+        BenchError::Closed {
+            url: self.url.clone(),
+            doing,
+            reason: record.error.clone().unwrap_or_else(|| "Close record".to_owned()),
+        }
+    }
+
+    /// Closes the WebSocket politely: a Close frame, then waits (briefly) for the server's Close frame and drops
+    /// the TCP connection (without waiting for the server to close it first).
+    pub(crate) async fn close(mut self) {
+        let wait = self.timeout.min(Duration::from_secs(1));
+        let _ = timeout(wait, async {
+            if self.socket.close(None).await.is_err() {
+                return;
+            }
+            while let Some(Ok(message)) = self.socket.next().await {
+                if message.is_close() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
+    fn socket_error(&self, error: tokio_tungstenite::tungstenite::Error, doing: &'static str) -> BenchError {
+        use tokio_tungstenite::tungstenite::Error;
+        match error {
+            Error::ConnectionClosed | Error::AlreadyClosed => BenchError::Closed {
+                url: self.url.clone(),
+                doing,
+                reason: error.to_string(),
+            },
+            other => BenchError::Socket {
+                url: self.url.clone(),
+                doing,
+                reason: other.to_string(),
+            },
+        }
+    }
+}
