@@ -15,11 +15,18 @@
 //! 4. **End**: streams are cancelled, pending client results fail with `"Connection '<id>' disconnected."`,
 //!    and [`ConnectionHost::disconnected`] unregisters the connection.
 //!
+//! With stateful reconnect (section M, negotiated and handshake version 2, WebSockets only), everything the
+//! mailbox delivers is numbered and kept in a [`reconnect::ReplayBuffer`] until acked; a client that vanishes
+//! leaves the connection *detached* for `Limits::reconnect_window`: it stays registered (groups, user), keeps
+//! buffering, and resumes on the transport the HTTP layer hands it through its [`reconnect::ResumeSlot`], by
+//! sending a Sequence message and replaying what was not acked. When the window elapses it ends as in step 4.
+//!
 //! Blocking invocations run one at a time, in arrival order, inside this task (ASP.NET's default of one
 //! parallel invocation per client), so what one invocation sends reaches the client before what the next sends.
 //! Streaming methods and methods that take client streams run as their own tasks, since they last.
 
 pub mod outbound;
+pub mod reconnect;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -38,8 +45,9 @@ use tracing::Instrument;
 
 use crate::protocol::handshake::{self, HandshakeRequest};
 use crate::protocol::{CompletionOutcome, EncodeError, HubMessage, NoPayload, Outgoing, Protocol, RawValue};
-use crate::transport::{CloseKind, Transport, TransportKind};
+use crate::transport::{CloseKind, Transport, TransportError, TransportKind};
 pub use outbound::{ClientResult, ClientResultError, EncodeArguments, Outbound, SharedFrame};
+use reconnect::{ReceiveState, RelayTransport, ReplayBuffer, ResumeSlot};
 
 /// The public id of a connection (`Context.ConnectionId`, the client's `connectionId`).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
@@ -98,6 +106,13 @@ pub struct Limits {
     pub poll_timeout: Duration,
     /// A long-polling client that has not polled for this long is gone (ASP.NET's disconnect timeout, 15 s).
     pub poll_disconnect_timeout: Duration,
+    /// How long a stateful-reconnect connection whose WebSocket dropped waits for the client to come back (ASP.NET
+    /// keeps such a connection for its disconnect timeout, 15 s). Zero turns stateful reconnect off: negotiate
+    /// then never offers it.
+    pub reconnect_window: Duration,
+    /// The unacked bytes a stateful-reconnect connection buffers before it stops taking messages (ASP.NET's
+    /// `StatefulReconnectBufferSize`, 100 000 bytes); see [`reconnect`] for the policy.
+    pub reconnect_buffer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -113,6 +128,8 @@ impl Default for Limits {
             write_batch: 64 * 1024,
             poll_timeout: Duration::from_secs(90),
             poll_disconnect_timeout: Duration::from_secs(15),
+            reconnect_window: Duration::from_secs(15),
+            reconnect_buffer_bytes: 100_000,
         }
     }
 }
@@ -345,6 +362,9 @@ pub struct ConnectionSetup {
     pub limits: Limits,
     /// The hub that serves it.
     pub host: Arc<dyn ConnectionHost>,
+    /// Set when stateful reconnect was negotiated: where reconnected transports arrive. It takes effect only if
+    /// the handshake asks for protocol version 2.
+    pub resume: Option<ResumeSlot>,
 }
 
 /// How a connection ended, for the log and for `disconnected`.
@@ -372,8 +392,90 @@ pub async fn run<T: Transport>(transport: T, mut setup: ConnectionSetup) {
     Connection::start(transport, setup).instrument(span).await
 }
 
+/// The transport a connection writes to: the one it started on, a reconnected one, or none while it waits for
+/// the client to reconnect.
+enum Link<T> {
+    Direct(T),
+    Relayed(RelayTransport),
+    Detached,
+}
+
+impl<T: Transport> Link<T> {
+    fn inherent_keep_alive(&self) -> bool {
+        match self {
+            Link::Direct(transport) => transport.inherent_keep_alive(),
+            Link::Relayed(transport) => transport.inherent_keep_alive(),
+            Link::Detached => false,
+        }
+    }
+
+    fn closed_by_client(&self) -> bool {
+        match self {
+            Link::Direct(transport) => transport.closed_by_client(),
+            Link::Relayed(transport) => transport.closed_by_client(),
+            Link::Detached => true,
+        }
+    }
+
+    /// Cancel-safe; pending forever while detached.
+    async fn recv(&mut self) -> Option<Result<Bytes, TransportError>> {
+        match self {
+            Link::Direct(transport) => transport.recv().await,
+            Link::Relayed(transport) => transport.recv().await,
+            Link::Detached => std::future::pending().await,
+        }
+    }
+
+    async fn send(&mut self, bytes: Bytes, format: crate::protocol::TransferFormat) -> Result<(), TransportError> {
+        match self {
+            Link::Direct(transport) => transport.send(bytes, format).await,
+            Link::Relayed(transport) => transport.send(bytes, format).await,
+            Link::Detached => Err(TransportError::Closed),
+        }
+    }
+
+    async fn close(self, kind: CloseKind) {
+        match self {
+            Link::Direct(transport) => transport.close(kind).await,
+            Link::Relayed(transport) => transport.close(kind).await,
+            Link::Detached => {}
+        }
+    }
+}
+
+/// The stateful-reconnect state of a connection that negotiated it.
+struct Stateful {
+    sent: ReplayBuffer,
+    received: ReceiveState,
+    slot: ResumeSlot,
+    /// Set while detached: when the reconnect window ends.
+    detached_until: Option<Instant>,
+    /// When the pending Ack of received messages goes out.
+    ack_due: Option<Instant>,
+}
+
+/// How long received messages wait before they are acked, so that one Ack covers a burst (the client's interval).
+const ACK_DELAY: Duration = Duration::from_secs(1);
+
+/// Waits for a reconnected transport; pending forever for a connection without stateful reconnect.
+async fn next_relay(stateful: &mut Option<Stateful>) -> RelayTransport {
+    match stateful {
+        Some(stateful) => stateful.slot.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`; pending forever when `None`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 struct Connection<T: Transport> {
-    transport: T,
+    transport: Link<T>,
+    stateful: Option<Stateful>,
     protocol: Protocol,
     limits: Limits,
     host: Arc<dyn ConnectionHost>,
@@ -439,8 +541,19 @@ impl<T: Transport> Connection<T> {
             handle,
         });
         let now = Instant::now();
+        let stateful = match setup.resume {
+            Some(slot) if request.version >= 2 && !limits.reconnect_window.is_zero() => Some(Stateful {
+                sent: ReplayBuffer::new(limits.reconnect_buffer_bytes),
+                received: ReceiveState::new(),
+                slot,
+                detached_until: None,
+                ack_due: None,
+            }),
+            _ => None,
+        };
         let mut connection = Connection {
-            transport,
+            transport: Link::Direct(transport),
+            stateful,
             protocol,
             limits,
             host: setup.host,
@@ -480,16 +593,26 @@ impl<T: Transport> Connection<T> {
         if let Some(ending) = self.process_inbound().await {
             return ending;
         }
-        // A transport that measures liveness itself (long polling) gets no Pings, and its client sends none.
-        let timers = !self.transport.inherent_keep_alive();
         loop {
+            let detached_until = self.stateful.as_ref().and_then(|stateful| stateful.detached_until);
+            let attached = detached_until.is_none();
+            // A transport that measures liveness itself (long polling) gets no Pings, and its client sends none;
+            // nor does a detached connection, which has nobody to ping.
+            let timers = attached && !self.transport.inherent_keep_alive();
             let keep_alive_at = self.last_write + self.limits.keep_alive;
             let timeout_at = self.last_read + self.limits.client_timeout;
             let has_current = self.current.is_some();
+            // A full replay buffer takes nothing more until the client acks (see `reconnect`).
+            let buffer_full = self.stateful.as_ref().is_some_and(|stateful| stateful.sent.is_full());
+            let ack_due = self
+                .stateful
+                .as_ref()
+                .and_then(|stateful| stateful.ack_due)
+                .filter(|_| attached);
             tokio::select! {
                 biased;
                 _ = self.ended.cancelled() => return slow_consumer(),
-                message = self.mailbox.recv() => {
+                message = self.mailbox.recv(), if !buffer_full => {
                     // The connection holds a handle itself, so the mailbox never reports closed.
                     let Some(message) = message else { return Ending::ClientClosed };
                     if let Some(ending) = self.drain_mailbox(message).await {
@@ -501,7 +624,9 @@ impl<T: Transport> Connection<T> {
                 }
                 chunk = self.transport.recv() => {
                     match chunk {
+                        None if !self.transport.closed_by_client() && self.detach() => {}
                         None => return Ending::ClientClosed,
+                        Some(Err(TransportError::Closed)) if self.detach() => {}
                         Some(Err(error)) => return Ending::Close {
                             error: Some(format!("Connection closed with an error. {error}")),
                             allow_reconnect: false,
@@ -511,6 +636,25 @@ impl<T: Transport> Connection<T> {
                             self.inbound.extend_from_slice(&bytes);
                             if let Some(ending) = self.process_inbound().await {
                                 return ending;
+                            }
+                        }
+                    }
+                }
+                relay = next_relay(&mut self.stateful) => self.attach(relay).await,
+                () = sleep_until_some(detached_until), if !attached => {
+                    return Ending::TransportLost("the client did not reconnect within the reconnect window".into());
+                }
+                () = sleep_until_some(ack_due), if ack_due.is_some() => {
+                    let ack = self.stateful.as_mut().and_then(|stateful| {
+                        stateful.ack_due = None;
+                        stateful.received.take_ack()
+                    });
+                    if let Some(sequence_id) = ack {
+                        let mut out = Vec::new();
+                        let message: Outgoing<'_, NoPayload, NoPayload> = Outgoing::Ack { sequence_id };
+                        if self.protocol.encode(&message, &mut out).is_ok() {
+                            if let Err(error) = self.write(Bytes::from(out)).await {
+                                return self.lost(error);
                             }
                         }
                     }
@@ -538,13 +682,9 @@ impl<T: Transport> Connection<T> {
         let mut batch: Vec<u8> = Vec::new();
         let mut next = Some(first);
         while let Some(message) = next.take() {
-            match message {
-                Outbound::Frame(frame) => {
-                    if let Some(bytes) = frame.bytes(self.protocol) {
-                        batch.extend_from_slice(bytes);
-                    }
-                }
-                Outbound::Own(bytes) => batch.extend_from_slice(&bytes),
+            let record = match message {
+                Outbound::Frame(frame) => frame.bytes(self.protocol).cloned(),
+                Outbound::Own(bytes) => Some(bytes),
                 Outbound::Invoke {
                     target,
                     arguments,
@@ -552,17 +692,21 @@ impl<T: Transport> Connection<T> {
                 } => {
                     self.next_result_id += 1;
                     let id = format!("r{}", self.next_result_id);
-                    match arguments.encode_invocation(self.protocol, &id, &target, &mut batch) {
+                    let mut out = Vec::new();
+                    match arguments.encode_invocation(self.protocol, &id, &target, &mut out) {
                         Ok(()) => {
                             self.results.insert(id, reply);
+                            Some(Bytes::from(out))
                         }
                         Err(error) => {
                             let _ = reply.send(Err(ClientResultError::BadResult(error.to_string())));
+                            None
                         }
                     }
                 }
                 Outbound::StreamEnded(id) => {
                     self.streams.remove(&id);
+                    None
                 }
                 Outbound::Close { error, allow_reconnect } => {
                     if let Err(error) = self.flush(&mut batch).await {
@@ -570,13 +714,25 @@ impl<T: Transport> Connection<T> {
                     }
                     return Some(Ending::Close { error, allow_reconnect });
                 }
+            };
+            if let Some(record) = record {
+                // Every record through the mailbox is trackable (section M, item 63): numbered and kept until acked.
+                if let Some(stateful) = &mut self.stateful {
+                    stateful.sent.push(record.clone());
+                }
+                batch.extend_from_slice(&record);
             }
             if batch.len() >= self.limits.write_batch {
                 if let Err(error) = self.flush(&mut batch).await {
                     return Some(self.lost(error));
                 }
             }
-            next = self.mailbox.try_recv().ok();
+            let buffer_full = self.stateful.as_ref().is_some_and(|stateful| stateful.sent.is_full());
+            next = if buffer_full {
+                None
+            } else {
+                self.mailbox.try_recv().ok()
+            };
         }
         match self.flush(&mut batch).await {
             Ok(()) => None,
@@ -595,14 +751,76 @@ impl<T: Transport> Connection<T> {
     /// Writes one transport message. A write that waits on a client that stopped reading gives up as soon as the
     /// connection is flagged a slow consumer (its mailbox overflowed meanwhile): otherwise the task would wait on
     /// the socket forever and never close it.
+    ///
+    /// With stateful reconnect a failed write detaches the connection instead of failing (its records are in the
+    /// replay buffer), and a write while detached is skipped.
     async fn write(&mut self, bytes: Bytes) -> Result<(), crate::transport::TransportError> {
+        if matches!(self.transport, Link::Detached) && self.stateful.is_some() {
+            return Ok(());
+        }
         self.last_write = Instant::now();
         let format = self.protocol.transfer_format();
-        tokio::select! {
+        let sent = tokio::select! {
             biased;
             sent = self.transport.send(bytes, format) => sent,
             () = self.ended.cancelled() => Err(crate::transport::TransportError::Closed),
+        };
+        match sent {
+            Err(_) if !self.ended.is_cancelled() && self.detach() => Ok(()),
+            sent => sent,
         }
+    }
+
+    /// Lets go of a lost transport and waits for the client to reconnect, if stateful reconnect is on; `false`
+    /// (nothing done) otherwise.
+    fn detach(&mut self) -> bool {
+        let Some(stateful) = &mut self.stateful else {
+            return false;
+        };
+        if stateful.detached_until.is_none() {
+            tracing::debug!("transport lost; waiting for a stateful reconnect");
+            stateful.detached_until = Some(Instant::now() + self.limits.reconnect_window);
+            stateful.ack_due = None;
+            self.transport = Link::Detached;
+            // A record cut short by the drop is sent again, whole, by the client after it reconnects.
+            self.inbound.clear();
+        }
+        true
+    }
+
+    /// Resumes on a reconnected transport (replacing the current one, if the drop was not noticed yet): Sequence with the first unacked id, then the unacked records in order
+    /// (item 65). The client's records are dropped until its own Sequence message arrives.
+    async fn attach(&mut self, relay: RelayTransport) {
+        let Some(stateful) = &mut self.stateful else {
+            return;
+        };
+        tracing::debug!(unacked_bytes = stateful.sent.len_bytes(), "stateful reconnect");
+        stateful.detached_until = None;
+        stateful.ack_due = None;
+        stateful.received.reconnected();
+        // A record cut short on the old transport is sent again, whole, after the client's Sequence message.
+        self.inbound.clear();
+        let mut out = Vec::new();
+        let sequence: Outgoing<'_, NoPayload, NoPayload> = Outgoing::Sequence {
+            sequence_id: stateful.sent.resume_id(),
+        };
+        if self.protocol.encode(&sequence, &mut out).is_err() {
+            return;
+        }
+        let replay: Vec<Bytes> = stateful.sent.unacked().cloned().collect();
+        self.transport = Link::Relayed(relay);
+        let now = Instant::now();
+        self.last_read = now;
+        for record in replay {
+            if out.len() + record.len() > self.limits.write_batch
+                && !out.is_empty()
+                && self.flush(&mut out).await.is_err()
+            {
+                return;
+            }
+            out.extend_from_slice(&record);
+        }
+        let _ = self.flush(&mut out).await;
     }
 
     /// How the connection ends after a failed write: a slow consumer if that is why the write gave up.
@@ -628,6 +846,38 @@ impl<T: Transport> Connection<T> {
                     });
                 }
             };
+            if let Some(stateful) = &mut self.stateful {
+                match &message {
+                    HubMessage::Ack { sequence_id } => {
+                        stateful.sent.ack(*sequence_id);
+                        continue;
+                    }
+                    HubMessage::Sequence { sequence_id } => {
+                        if let Err(error) = stateful.received.sequence(*sequence_id) {
+                            return Some(Ending::Close {
+                                error: Some(error.to_string()),
+                                allow_reconnect: false,
+                            });
+                        }
+                        continue;
+                    }
+                    _ => {
+                        let trackable = matches!(
+                            message,
+                            HubMessage::Invocation { .. }
+                                | HubMessage::StreamItem { .. }
+                                | HubMessage::Completion { .. }
+                                | HubMessage::CancelInvocation { .. }
+                        );
+                        if !stateful.received.accept(trackable) {
+                            continue;
+                        }
+                        if trackable && stateful.ack_due.is_none() {
+                            stateful.ack_due = Some(Instant::now() + ACK_DELAY);
+                        }
+                    }
+                }
+            }
             if let Some(ending) = self.dispatch(message).await {
                 return Some(ending);
             }
@@ -681,7 +931,7 @@ impl<T: Transport> Connection<T> {
                 }
                 return Some(Ending::ClientClosed);
             }
-            // Stateful reconnect is not negotiated by this server yet, so these carry nothing to act on.
+            // Handled before dispatch when stateful reconnect is on; meaningless otherwise.
             HubMessage::Ack { .. } | HubMessage::Sequence { .. } => {}
             HubMessage::Unknown { message_type } => {
                 tracing::debug!(message_type, "ignored a message of unknown type");

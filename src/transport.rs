@@ -77,6 +77,13 @@ pub trait Transport {
         false
     }
 
+    /// After [`Transport::recv`] returned `None`: whether the client ended the transport on purpose (a WebSocket
+    /// Close frame) rather than vanishing (a dropped socket). Only a vanished client may come back with stateful
+    /// reconnect.
+    fn closed_by_client(&self) -> bool {
+        true
+    }
+
     /// The next chunk of bytes from the client (one WebSocket message, one POST body). `None` when the client
     /// has gone or closed. Must be cancel-safe: the connection task polls it in a `select!`.
     async fn recv(&mut self) -> Option<Result<Bytes, TransportError>>;

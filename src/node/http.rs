@@ -12,6 +12,12 @@
 //! and hub code sees that request (item 19). This module calls the transports and the connection task; the hub
 //! layer only through [`HubContext`].
 //!
+//! Stateful reconnect (section M): negotiate offers it when the client asks (`useStatefulReconnect=true`), the hub
+//! serves WebSockets and `Limits::reconnect_window` is not zero. Such a token keeps addressing its connection while
+//! the connection task waits for its client to come back: a WebSocket for such a token is accepted (replacing the
+//! one the connection has, which is usually dead and not yet noticed, as ASP.NET does) and handed to that task through its [`ResumeHandle`] (via [`reconnect::relay`], since the task may run
+//! on another worker); once the connection has ended the token gets 404.
+//!
 //! Authentication (section N): every hub request is authenticated with the node's [`crate::auth::Authenticator`],
 //! if it has one, from the `Authorization: Bearer` header or else the `access_token` query parameter. A valid
 //! token makes the connection's user and claims ([`RequestInfo`]); an invalid one makes the request anonymous. A
@@ -34,6 +40,7 @@ use tracing::Instrument;
 
 use super::Node;
 use crate::auth::{self, AuthError, Authenticated};
+use crate::connection::reconnect::{self, ResumeHandle};
 use crate::connection::{self, ConnectionId, ConnectionSetup, RequestInfo};
 use crate::hub::HubContext;
 use crate::protocol::negotiate::{AvailableTransport, NegotiateResponse};
@@ -56,13 +63,16 @@ const IMPLEMENTED: &[TransportKind] = &[
 struct Negotiated {
     id: ConnectionId,
     created: Instant,
+    /// Whether negotiate turned stateful reconnect on for this token.
+    stateful: bool,
     /// The transport open for this token, once one is.
     active: Option<Active>,
 }
 
 /// The HTTP side of the transport a token's connection runs on.
 enum Active {
-    WebSocket,
+    /// A WebSocket, with the way to resume its connection when stateful reconnect is on.
+    WebSocket(Option<ResumeHandle>),
     ServerSentEvents(PostSender),
     LongPolling(PostSender, LongPollingHandle),
 }
@@ -70,7 +80,7 @@ enum Active {
 impl Active {
     fn kind(&self) -> TransportKind {
         match self {
-            Active::WebSocket => TransportKind::WebSockets,
+            Active::WebSocket(_) => TransportKind::WebSockets,
             Active::ServerSentEvents(_) => TransportKind::ServerSentEvents,
             Active::LongPolling(..) => TransportKind::LongPolling,
         }
@@ -144,7 +154,7 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
                 return text(StatusCode::METHOD_NOT_ALLOWED, "");
             }
             return match authenticate(&node, endpoint, &request) {
-                Ok(_) => negotiate(endpoint, &request),
+                Ok(_) => negotiate(&node, endpoint, &request),
                 Err(refusal) => refusal.response(),
             };
         }
@@ -287,7 +297,7 @@ fn lookup(endpoint: &HubEndpoint, token: &str) -> Lookup {
         Some(negotiated) => match &negotiated.active {
             Some(active) => {
                 let (post, poll) = match active {
-                    Active::WebSocket => (None, None),
+                    Active::WebSocket(_) => (None, None),
                     Active::ServerSentEvents(post) => (Some(post.clone()), None),
                     Active::LongPolling(post, poll) => (Some(post.clone()), Some(poll.clone())),
                 };
@@ -503,6 +513,7 @@ fn spawn_connection<F>(
         request,
         limits: node.limits().clone(),
         host: Arc::new(endpoint.context.clone()),
+        resume: None,
     };
     let task = run(setup);
     actix_web::rt::spawn(
@@ -522,10 +533,15 @@ fn is_websocket_upgrade(request: &HttpRequest) -> bool {
         .is_some_and(|upgrade| upgrade.eq_ignore_ascii_case("websocket"))
 }
 
-fn negotiate(endpoint: &HubEndpoint, request: &HttpRequest) -> HttpResponse {
+fn negotiate(node: &Node, endpoint: &HubEndpoint, request: &HttpRequest) -> HttpResponse {
     let version = crate::hub::url_query_value(request.query_string(), "negotiateVersion")
         .and_then(|version| version.parse::<u32>().ok())
         .unwrap_or(0);
+    // Only when asked (the client fails otherwise, item 9), and only where it can work: over WebSockets.
+    let stateful = crate::hub::url_query_value(request.query_string(), "useStatefulReconnect")
+        .is_some_and(|asked| asked.eq_ignore_ascii_case("true"))
+        && !node.limits().reconnect_window.is_zero()
+        && endpoint.offers(TransportKind::WebSockets);
     let id = endpoint.context.new_connection_id(&random_id::<16>());
     let token = if version >= 1 {
         random_id::<32>()
@@ -545,11 +561,13 @@ fn negotiate(endpoint: &HubEndpoint, request: &HttpRequest) -> HttpResponse {
             Negotiated {
                 id: id.clone(),
                 created: Instant::now(),
+                stateful,
                 active: None,
             },
         );
     }
-    let body = NegotiateResponse::new(version.min(1), id.to_string(), token, transports);
+    let body =
+        NegotiateResponse::new(version.min(1), id.to_string(), token, transports).with_stateful_reconnect(stateful);
     HttpResponse::Ok().json(body)
 }
 
@@ -591,6 +609,7 @@ fn connect_websocket(
     user: Option<Authenticated>,
     body: web::Payload,
 ) -> HttpResponse {
+    let mut resume = None;
     let id = match &token {
         // skipNegotiation: a new connection with a fresh id.
         None => endpoint.context.new_connection_id(&random_id::<16>()),
@@ -599,7 +618,15 @@ fn connect_websocket(
             match tokens.get_mut(token) {
                 None => return text(StatusCode::NOT_FOUND, "No Connection with that ID"),
                 Some(Negotiated {
-                    active: Some(Active::WebSocket),
+                    active: Some(Active::WebSocket(Some(handle))),
+                    ..
+                }) if !handle.is_closed() => {
+                    let handle = handle.clone();
+                    drop(tokens);
+                    return resume_websocket(node, handle, request, body);
+                }
+                Some(Negotiated {
+                    active: Some(Active::WebSocket(_)),
                     ..
                 }) => {
                     return text(
@@ -615,7 +642,14 @@ fn connect_websocket(
                     return text(StatusCode::NOT_FOUND, "No Connection with that ID");
                 }
                 Some(negotiated) => {
-                    negotiated.active = Some(Active::WebSocket);
+                    let handle = if negotiated.stateful {
+                        let (handle, slot) = reconnect::resume_channel();
+                        resume = Some(slot);
+                        Some(handle)
+                    } else {
+                        None
+                    };
+                    negotiated.active = Some(Active::WebSocket(handle));
                     negotiated.id.clone()
                 }
             }
@@ -637,6 +671,7 @@ fn connect_websocket(
         request: request_info(request, user),
         limits,
         host: Arc::new(endpoint.context.clone()),
+        resume,
     };
     let span = node.span().clone();
     actix_web::rt::spawn(
@@ -648,5 +683,22 @@ fn connect_websocket(
         }
         .instrument(span),
     );
+    response
+}
+
+/// A WebSocket for a stateful connection that waits for its client: upgraded here, and handed to the connection
+/// task (which may run on another worker) through a relay whose pump stays on this worker with the socket.
+fn resume_websocket(node: &Node, handle: ResumeHandle, request: &HttpRequest, body: web::Payload) -> HttpResponse {
+    let (response, session, stream) = match actix_ws::handle(request, body) {
+        Ok(upgraded) => upgraded,
+        Err(error) => return error.error_response(),
+    };
+    let transport = WebSocketTransport::new(session, stream, node.limits().max_frame);
+    let (relay, pump) = reconnect::relay(transport);
+    if !handle.resume(relay) {
+        // The connection ended meanwhile; the pump sees its relay dropped and lets the socket go.
+        tracing::debug!("a stateful reconnect arrived after the connection ended");
+    }
+    actix_web::rt::spawn(pump.instrument(node.span().clone()));
     response
 }

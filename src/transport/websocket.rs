@@ -16,6 +16,8 @@ pub struct WebSocketTransport {
     session: Session,
     stream: AggregatedMessageStream,
     max_frame: usize,
+    /// Whether the client sent a Close frame (rather than dropping the socket).
+    close_received: bool,
 }
 
 impl WebSocketTransport {
@@ -29,6 +31,7 @@ impl WebSocketTransport {
             session,
             stream,
             max_frame,
+            close_received: false,
         }
     }
 }
@@ -38,6 +41,10 @@ impl Transport for WebSocketTransport {
         TransportKind::WebSockets
     }
 
+    fn closed_by_client(&self) -> bool {
+        self.close_received
+    }
+
     async fn recv(&mut self) -> Option<Result<Bytes, TransportError>> {
         loop {
             let message = match self.stream.next().await? {
@@ -45,6 +52,8 @@ impl Transport for WebSocketTransport {
                 Err(actix_ws::ProtocolError::Overflow) => {
                     return Some(Err(TransportError::FrameTooLarge(self.max_frame)))
                 }
+                // A socket that broke (rather than a client that broke the protocol): the client may come back.
+                Err(actix_ws::ProtocolError::Io(_)) => return Some(Err(TransportError::Closed)),
                 Err(error) => return Some(Err(TransportError::Protocol(error.to_string()))),
             };
             match message {
@@ -56,7 +65,10 @@ impl Transport for WebSocketTransport {
                     }
                 }
                 AggregatedMessage::Pong(_) => {}
-                AggregatedMessage::Close(_) => return None,
+                AggregatedMessage::Close(_) => {
+                    self.close_received = true;
+                    return None;
+                }
             }
         }
     }
