@@ -364,6 +364,9 @@ impl TestHubHandle {
 
     /// Stops serving and waits for the server to end.
     pub async fn stop(self) {
+        // As a node does: say goodbye to connections first, so open streams do not hold the shutdown.
+        self.server.pause().await;
+        self.node.close_connections(std::time::Duration::from_secs(2)).await;
         self.server.stop(true).await;
         let _ = self.task.await;
         self.node.shutdown_hubs().await;
@@ -426,6 +429,8 @@ pub async fn serve(address: &str) -> Result<TestHubHandle, TestHubError> {
             .configure(move |config| node.configure(config))
     })
     .workers(2)
+    // An abandoned SSE response is noticed only when a write to it fails; do not wait long for it at shutdown.
+    .shutdown_timeout(2)
     .disable_signals()
     .listen(listener)
     .map_err(bind_error)?

@@ -1,0 +1,166 @@
+//! Runs the official SignalR client's browser builds in headless Chromium against the in-process test hub server
+//! (issue 3, item 5): `@microsoft/signalr/dist/browser/signalr.js` with the MessagePack protocol's browser build,
+//! over WebSockets, Server-Sent Events (JSON only) and long polling, with both HTTP clients the browser build picks
+//! from (fetch and XMLHttpRequest), from a page on another origin (cross-origin, with credentials and cookies), plus
+//! the web-worker build in a dedicated worker. The page, its static server and the driver live in `tests/browser`
+//! (see `run.mjs` for the scenarios).
+//!
+//! Needs Node.js and npm (`npm ci` runs in `tests/node` when `@microsoft/signalr` or `playwright-core` is missing)
+//! and Debian's Chromium at `/usr/bin/chromium`: when it is missing, `tests/browser/install-chromium.sh` installs
+//! the `chromium` package with apt-get (root needed) or fails with a clear message.
+//!
+//! Environment:
+//! * `HUBMESH_BROWSER_ONLY`: run only the scenarios whose name contains this, e.g. `xhr/LongPolling`.
+
+#[path = "common/npm.rs"]
+mod npm;
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hubmesh::testing::TestHubServer;
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+/// Where the tests expect Debian's Chromium.
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// Upper bound on installing Chromium with apt-get.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// Upper bound on `npm ci`.
+const NPM_TIMEOUT: Duration = Duration::from_secs(300);
+/// Upper bound on the browser run; `run.mjs` gives up by itself after 120 s.
+const RUN_TIMEOUT: Duration = Duration::from_secs(150);
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("browser")
+}
+
+/// Puts the child in its own process group, so that a timeout can reach its children too.
+fn own_process_group(command: &mut Command) -> &mut Command {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+    command
+}
+
+/// Signals the process group `child` leads (Unix).
+fn signal_group(child: &Child, signal: &str) {
+    #[cfg(unix)]
+    {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(format!("-{}", child.id()))
+            .status();
+    }
+    #[cfg(not(unix))]
+    let _ = (child, signal);
+}
+
+/// Waits for `child` for at most `timeout`. Beyond it, asks the group to stop (SIGTERM: Playwright then closes
+/// Chromium, which runs in a process group of its own), and kills it two seconds later.
+fn wait_bounded(child: &mut Child, timeout: Duration, what: &str) -> Result<ExitStatus, Box<dyn Error>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            signal_group(child, "TERM");
+            let grace = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < grace && child.try_wait()?.is_none() {
+                thread::sleep(Duration::from_millis(100));
+            }
+            signal_group(child, "KILL");
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{what} did not finish within {} s and was killed", timeout.as_secs()).into());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The official client via `tests/common/npm.rs`, then `playwright-core` (a dev dependency added after it).
+fn ensure_node_modules() -> Result<PathBuf, Box<dyn Error>> {
+    let dir = npm::ensure_installed()?;
+    if dir
+        .join("node_modules")
+        .join("playwright-core")
+        .join("package.json")
+        .is_file()
+    {
+        return Ok(dir);
+    }
+    println!("browser: running `npm ci` in {} for playwright-core", dir.display());
+    let mut child = own_process_group(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir),
+    )
+    .spawn()
+    .map_err(|error| format!("cannot run npm (Node 20 and npm are needed for these tests): {error}"))?;
+    let status = wait_bounded(&mut child, NPM_TIMEOUT, "`npm ci`")?;
+    if !status.success() {
+        return Err(format!("`npm ci` in {} failed: {status}", dir.display()).into());
+    }
+    Ok(dir)
+}
+
+/// Installs Debian's Chromium with `install-chromium.sh` unless it is there.
+fn ensure_chromium() -> TestResult {
+    if Path::new(CHROMIUM).is_file() {
+        return Ok(());
+    }
+    let script = browser_dir().join("install-chromium.sh");
+    println!("browser: {CHROMIUM} is missing; running {}", script.display());
+    let started = Instant::now();
+    let mut child = own_process_group(Command::new("sh").arg(&script))
+        .spawn()
+        .map_err(|error| format!("cannot run {}: {error}", script.display()))?;
+    let status = wait_bounded(&mut child, INSTALL_TIMEOUT, "installing Chromium")?;
+    if !status.success() || !Path::new(CHROMIUM).is_file() {
+        return Err(format!(
+            "could not install Chromium ({status}; see the messages above): the browser tests need Debian's \
+             `chromium` package at {CHROMIUM}"
+        )
+        .into());
+    }
+    println!(
+        "browser: installed Chromium in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[test]
+fn official_browser_client_in_headless_chromium() -> TestResult {
+    ensure_node_modules()?;
+    ensure_chromium()?;
+    let server = TestHubServer::start().map_err(|error| format!("cannot start the test hub server: {error}"))?;
+    println!("browser: test hub at {}", server.url());
+    let dir = browser_dir();
+    let mut child = own_process_group(
+        Command::new("node")
+            .arg("run.mjs")
+            .current_dir(&dir)
+            .env("HUBMESH_TEST_URL", server.url())
+            .env("HUBMESH_CHROMIUM", CHROMIUM),
+    )
+    .spawn()
+    .map_err(|error| format!("cannot start `node run.mjs` in {}: {error}", dir.display()))?;
+    let status = wait_bounded(
+        &mut child,
+        RUN_TIMEOUT,
+        "the browser run (`node tests/browser/run.mjs`)",
+    )?;
+    drop(server);
+    assert!(
+        status.success(),
+        "the browser scenarios failed ({status}); see the PASS/FAIL lines above"
+    );
+    Ok(())
+}

@@ -1,0 +1,184 @@
+// Drives headless Chromium (Debian's /usr/bin/chromium, through playwright-core from tests/node) through the
+// browser scenarios in scenarios.js: the official client's browser build, served by server.mjs from one origin,
+// against the test hub server on another (HUBMESH_TEST_URL), for every transport × protocol (SSE JSON only) ×
+// HTTP client (fetch, XHR), plus withCredentials: false and the Web Worker build.
+//
+// Environment:
+// * HUBMESH_TEST_URL      base URL of a running test hub server (required)
+// * HUBMESH_CHROMIUM      the browser executable (default /usr/bin/chromium)
+// * HUBMESH_BROWSER_ONLY  optional substring filter on scenario names, e.g. "xhr/LongPolling"
+//
+// Prints one line per scenario step and exits 0 only when every step passed. Every wait is bounded; the whole run
+// gives up after RUN_TIMEOUT_MS.
+
+import { createRequire } from "node:module";
+import { startStaticServer } from "./server.mjs";
+
+const require = createRequire(new URL("../node/package.json", import.meta.url));
+const { chromium } = require("playwright-core");
+
+const RUN_TIMEOUT_MS = 120000;
+const SCENARIO_TIMEOUT_MS = 60000;
+const LAUNCH_TIMEOUT_MS = 30000;
+
+const TRANSPORTS = ["WebSockets", "ServerSentEvents", "LongPolling"];
+const PROTOCOLS = ["json", "messagepack"];
+const HTTP_CLIENTS = ["fetch", "xhr"];
+
+const hubBase = (process.env.HUBMESH_TEST_URL || "").replace(/\/+$/, "");
+if (!hubBase) {
+    console.error("HUBMESH_TEST_URL is not set: point it at a running hubmesh test hub server");
+    process.exit(2);
+}
+const executablePath = process.env.HUBMESH_CHROMIUM || "/usr/bin/chromium";
+const only = process.env.HUBMESH_BROWSER_ONLY || "";
+
+let browser;
+let staticServer;
+async function cleanup() {
+    await Promise.race([
+        Promise.allSettled([browser?.close(), staticServer?.close()]),
+        new Promise((resolve) => setTimeout(resolve, 5000)),
+    ]);
+}
+
+const watchdog = setTimeout(async () => {
+    console.error(`browser tests: gave up after ${RUN_TIMEOUT_MS} ms`);
+    await cleanup();
+    process.exit(3);
+}, RUN_TIMEOUT_MS);
+
+function bounded(promise, ms, what) {
+    let timer;
+    return Promise.race([
+        promise,
+        new Promise((_, reject) => {
+            timer = setTimeout(() => reject(new Error(`${what}: not done within ${ms} ms`)), ms);
+        }),
+    ]).finally(() => clearTimeout(timer));
+}
+
+const results = [];
+// Messages from the page (HTTP errors, console errors), printed with the scenario they happened in.
+let pageErrors = [];
+async function scenario(page, name, fn, args) {
+    if (only && !name.includes(only)) {
+        return;
+    }
+    pageErrors = [];
+    let outcome;
+    const started = Date.now();
+    try {
+        outcome = await bounded(page.evaluate(fn, args), SCENARIO_TIMEOUT_MS, name);
+    } catch (error) {
+        outcome = { steps: [{ name: "run", ok: false, detail: String(error.message || error) }], logs: [] };
+    }
+    const ok = outcome.steps.length > 0 && outcome.steps.every((step) => step.ok);
+    results.push({ name, ok });
+    console.log(`${ok ? "PASS" : "FAIL"} ${name} (${Date.now() - started} ms)`);
+    for (const step of outcome.steps) {
+        console.log(`    ${step.ok ? "ok  " : "FAIL"} ${step.name}${step.detail ? `: ${step.detail}` : ""}`);
+    }
+    if (!ok) {
+        for (const line of outcome.logs) {
+            console.log(`    log ${line}`);
+        }
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50)); // late requests such as the DELETE after stop
+    for (const line of pageErrors) {
+        console.log(`    page ${line}`);
+    }
+}
+
+try {
+    staticServer = await startStaticServer();
+    console.log(`browser tests: page origin ${staticServer.url}, hub ${hubBase}, browser ${executablePath}`);
+    // launch() runs Chromium on a fresh temporary profile (--user-data-dir) that Playwright deletes on close.
+    browser = await chromium.launch({
+        executablePath,
+        headless: true,
+        timeout: LAUNCH_TIMEOUT_MS,
+        chromiumSandbox: false,
+        args: [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
+    });
+    console.log(`browser tests: Chromium ${browser.version()}`);
+
+    for (const httpClient of HTTP_CLIENTS) {
+        // A fresh context per HTTP client: its own cookie jar, so each run sees negotiate set the cookies.
+        const context = await browser.newContext();
+        context.setDefaultTimeout(SCENARIO_TIMEOUT_MS);
+        if (httpClient === "xhr") {
+            // Without a global fetch, DefaultHttpClient picks XhrHttpClient.
+            await context.addInitScript(() => {
+                Object.defineProperty(window, "fetch", { value: undefined, configurable: true, writable: true });
+            });
+        }
+        const page = await context.newPage();
+        page.on("pageerror", (error) => pageErrors.push(String(error)));
+        page.on("response", (response) => {
+            if (response.status() >= 400) {
+                pageErrors.push(`HTTP ${response.status()} for ${response.request().method()} ${response.url()}`);
+            }
+        });
+        page.on("console", (message) => {
+            if (message.type() === "error") {
+                pageErrors.push(`console: ${message.text()}`);
+            }
+        });
+        await page.goto(`${staticServer.url}/index.html`, { timeout: SCENARIO_TIMEOUT_MS });
+        const hasFetch = await page.evaluate(() => window.hubmesh.hasFetch);
+        if (hasFetch !== (httpClient === "fetch")) {
+            throw new Error(`the ${httpClient} page ${hasFetch ? "has" : "lacks"} a global fetch`);
+        }
+        for (const transport of TRANSPORTS) {
+            for (const protocol of PROTOCOLS) {
+                if (transport === "ServerSentEvents" && protocol === "messagepack") {
+                    continue;
+                }
+                await scenario(
+                    page,
+                    `${httpClient}/${transport}/${protocol}`,
+                    (args) => window.hubmesh.runCombination(args),
+                    { hubBase, transport, protocol, httpClient },
+                );
+            }
+        }
+        for (const transport of ["ServerSentEvents", "LongPolling"]) {
+            await scenario(
+                page,
+                `${httpClient}/${transport}/withCredentials=false`,
+                (args) => window.hubmesh.runWithoutCredentials(args),
+                { hubBase, transport },
+            );
+        }
+        if (httpClient === "fetch") {
+            for (const transport of TRANSPORTS) {
+                await scenario(page, `webworker/${transport}/json`, (args) => window.hubmesh.runWorker(args), {
+                    hubBase,
+                    transport,
+                });
+            }
+        }
+        await context.close();
+    }
+} catch (error) {
+    results.push({ name: "setup", ok: false });
+    console.log(`FAIL setup: ${error.stack || error}`);
+}
+
+clearTimeout(watchdog);
+await cleanup();
+const failed = results.filter((result) => !result.ok);
+console.log(
+    `browser tests: ${results.length - failed.length} passed, ${failed.length} failed` +
+        (failed.length ? ` (${failed.map((result) => result.name).join(", ")})` : ""),
+);
+process.exit(failed.length === 0 && results.length > 0 ? 0 : 1);

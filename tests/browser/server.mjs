@@ -1,0 +1,79 @@
+// A tiny static file server for the browser tests: it serves the test page, the official client's browser and
+// web-worker builds, the MessagePack protocol's browser build and the worker script from an origin other than the
+// hub's (another port on 127.0.0.1), so that every request the client makes to the hub is cross-origin.
+//
+// Run alone with `node server.mjs` (prints `listening http://127.0.0.1:<port>`); run.mjs imports it.
+
+import { createServer } from "node:http";
+import { readFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const MODULES = join(HERE, "..", "node", "node_modules");
+
+/** URL path -> file. Nothing else is served. */
+export const FILES = {
+    "/": join(HERE, "index.html"),
+    "/index.html": join(HERE, "index.html"),
+    "/scenarios.js": join(HERE, "scenarios.js"),
+    "/worker.js": join(HERE, "worker.js"),
+    "/lib/signalr/signalr.js": join(MODULES, "@microsoft", "signalr", "dist", "browser", "signalr.js"),
+    "/lib/signalr/signalr-protocol-msgpack.js": join(
+        MODULES,
+        "@microsoft",
+        "signalr-protocol-msgpack",
+        "dist",
+        "browser",
+        "signalr-protocol-msgpack.js",
+    ),
+    // Where upstream's WebWorker test loads the web-worker build from.
+    "/lib/signalr-webworker/signalr.js": join(MODULES, "@microsoft", "signalr", "dist", "webworker", "signalr.js"),
+};
+
+function contentType(file) {
+    if (file.endsWith(".html")) {
+        return "text/html; charset=utf-8";
+    }
+    return "text/javascript; charset=utf-8";
+}
+
+/** Starts serving on 127.0.0.1 (a free port); resolves to `{ url, close() }`. */
+export function startStaticServer() {
+    const server = createServer(async (request, response) => {
+        const path = new URL(request.url, "http://localhost").pathname;
+        if (path === "/favicon.ico") {
+            response.writeHead(204).end();
+            return;
+        }
+        const file = FILES[path];
+        if (request.method !== "GET" || !file) {
+            response.writeHead(404, { "Content-Type": "text/plain" }).end("not found");
+            return;
+        }
+        try {
+            const body = await readFile(file);
+            response.writeHead(200, { "Content-Type": contentType(file), "Cache-Control": "no-store" }).end(body);
+        } catch (error) {
+            response.writeHead(500, { "Content-Type": "text/plain" }).end(String(error));
+        }
+    });
+    return new Promise((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(0, "127.0.0.1", () => {
+            const { port } = server.address();
+            resolve({
+                url: `http://127.0.0.1:${port}`,
+                close: () => {
+                    server.closeAllConnections?.();
+                    return new Promise((done) => server.close(() => done()));
+                },
+            });
+        });
+    });
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1]).href) {
+    const { url } = await startStaticServer();
+    console.log(`listening ${url}`);
+}
