@@ -648,6 +648,21 @@ async fn ractor_links_between_processes() {
     // A stopped peer (SIGSTOP): the credit window stops the sender, the queue fills, sends fail with QueueFull;
     // after SIGCONT every accepted frame arrives, in order.
     signal(&alpha.child, "-STOP");
+    // Start counting only once the peer is really stopped and the acknowledgements it sent before stopping have
+    // arrived; otherwise a loaded machine lets it take a few more batches and the bound below does not hold.
+    let stat = format!("/proc/{}/stat", alpha.child.id());
+    for _ in 0..200 {
+        let state = std::fs::read_to_string(&stat).unwrap_or_default();
+        if state
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('T'))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut accepted = 0u64;
     let mut full_in_a_row = 0;
     while full_in_a_row < 2 && accepted < 100_000 {

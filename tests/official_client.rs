@@ -31,9 +31,13 @@ type TestResult = Result<(), Box<dyn Error>>;
 const DEFAULT_TRANSPORTS: &str = "WebSockets";
 /// The other transports, run by default for the files in [`HTTP_TRANSPORT_FILES`].
 const HTTP_TRANSPORTS: &str = "ServerSentEvents,LongPolling";
-/// Files whose endpoints serve SSE and long polling too (the demo hub at `/hub` and the raw `/echo` endpoint
-/// offer WebSockets only).
-const HTTP_TRANSPORT_FILES: &[&str] = &["auth.test.mjs", "hub-connection.test.mjs"];
+/// Files whose endpoints serve SSE and long polling too (the demo hub at `/hub` offers WebSockets only).
+const HTTP_TRANSPORT_FILES: &[&str] = &[
+    "auth.test.mjs",
+    "connection.test.mjs",
+    "hub-connection.test.mjs",
+    "negotiate.test.mjs",
+];
 
 fn node_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("node")

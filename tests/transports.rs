@@ -559,3 +559,112 @@ async fn messagepack_over_sse_gets_a_handshake_error() -> TestResult {
     })
     .await
 }
+
+/// The address of a test server (`hubmesh::testing::testhub::serve`), for the raw `/echo` endpoint.
+async fn echo_server() -> TestResult<(hubmesh::testing::testhub::TestHubHandle, SocketAddr)> {
+    let server = hubmesh::testing::testhub::serve("127.0.0.1:0").await?;
+    let addr = server.url().trim_start_matches("http://").parse()?;
+    Ok((server, addr))
+}
+
+/// Retries `POST /echo?id=` until the connection is gone (404), bounded.
+async fn echo_gone(addr: SocketAddr, path: &str) -> TestResult {
+    let mut last = 0;
+    for _ in 0..100 {
+        last = request(addr, "POST", path, &[], b"x").await?.status;
+        if last == 404 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("the echo connection outlived its end: POST got {last}").into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_echo_over_long_polling() -> TestResult {
+    bounded(async {
+        let (server, addr) = echo_server().await?;
+        let (token, body) = negotiate(addr, "/echo").await?;
+        let names: Vec<&str> = body["availableTransports"]
+            .as_array()
+            .ok_or("no availableTransports")?
+            .iter()
+            .filter_map(|transport| transport["transport"].as_str())
+            .collect();
+        assert_eq!(names, ["WebSockets", "ServerSentEvents", "LongPolling"]);
+        assert_eq!(request(addr, "GET", "/echo?id=unknown", &[], b"").await?.status, 404);
+        assert_eq!(request(addr, "GET", "/echo", &[], b"").await?.status, 400);
+        let path = format!("/echo?id={token}");
+        let first = request(addr, "GET", &path, &[], b"").await?;
+        assert_eq!(first.status, 200);
+        assert!(first.body.is_empty(), "the first poll carried {:?}", first.text());
+        // Each POST body comes back whole, text or binary.
+        assert_eq!(request(addr, "POST", &path, &[], b"hello\nworld").await?.status, 200);
+        let echoed = request(addr, "GET", &path, &[], b"").await?;
+        assert_eq!((echoed.status, echoed.text().as_str()), (200, "hello\nworld"));
+        let binary = [0u8, 1, 0x1e, 0x80, 0xff];
+        assert_eq!(request(addr, "POST", &path, &[], &binary).await?.status, 200);
+        let echoed = request(addr, "GET", &path, &[], b"").await?;
+        assert_eq!((echoed.status, echoed.body.as_slice()), (200, binary.as_slice()));
+        assert_eq!(echoed.header("content-type"), Some("application/octet-stream"));
+        // An SSE stream for a long-polling connection is refused; DELETE ends it: the pending poll gets 204.
+        let sse = [("Accept", "text/event-stream")];
+        assert_eq!(request(addr, "GET", &path, &sse, b"").await?.status, 400);
+        let pending = tokio::spawn({
+            let path = path.clone();
+            async move {
+                request(addr, "GET", &path, &[], b"")
+                    .await
+                    .map(|response| response.status)
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(request(addr, "DELETE", &path, &[], b"").await?.status, 202);
+        assert_eq!(pending.await??, 204);
+        echo_gone(addr, &path).await?;
+        assert_eq!(request(addr, "DELETE", &path, &[], b"").await?.status, 404);
+        server.stop().await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_echo_over_server_sent_events_and_bad_negotiate() -> TestResult {
+    bounded(async {
+        let (server, addr) = echo_server().await?;
+        let bad = request(addr, "POST", "/bad-negotiate/negotiate?negotiateVersion=1", &[], b"").await?;
+        assert_eq!(bad.status, 200);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&bad.body)?,
+            serde_json::json!({"error": "Some error"})
+        );
+        let (token, _) = negotiate(addr, "/echo").await?;
+        let path = format!("/echo?id={token}");
+        assert_eq!(request(addr, "POST", &path, &[], b"early").await?.status, 400);
+        let mut events = TcpStream::connect(addr).await?;
+        events
+            .write_all(request_head("GET", &path, &[("Accept", "text/event-stream")], 0).as_bytes())
+            .await?;
+        let mut raw = Vec::new();
+        read_until(&mut events, &mut raw, b"\r\n\r\n").await?;
+        let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no head")? + 4;
+        let head = parse_response(&raw[..head_end])?;
+        assert_eq!(
+            (head.status, head.header("content-type")),
+            (200, Some("text/event-stream"))
+        );
+        let sse = [("Accept", "text/event-stream")];
+        assert_eq!(request(addr, "GET", &path, &sse, b"").await?.status, 409);
+        assert_eq!(request(addr, "GET", &path, &[], b"").await?.status, 400);
+        assert_eq!(request(addr, "DELETE", &path, &[], b"").await?.status, 400);
+        assert_eq!(request(addr, "POST", &path, &[], b"one\r\ntwo").await?.status, 200);
+        read_until(&mut events, &mut raw, b"data: one\ndata: two\n\n").await?;
+        // Closing the event stream ends the connection (noticed at the next write): its id is gone.
+        drop(events);
+        echo_gone(addr, &path).await?;
+        server.stop().await;
+        Ok(())
+    })
+    .await
+}

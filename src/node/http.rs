@@ -41,12 +41,12 @@ use tracing::Instrument;
 use super::Node;
 use crate::auth::{self, AuthError, Authenticated};
 use crate::connection::reconnect::{self, ResumeHandle};
-use crate::connection::{self, ConnectionId, ConnectionSetup, RequestInfo};
+use crate::connection::{self, ConnectionId, ConnectionSetup, Limits, RequestInfo};
 use crate::hub::HubContext;
 use crate::protocol::negotiate::{AvailableTransport, NegotiateResponse};
 use crate::protocol::TransferFormat;
 use crate::transport::long_polling::{self, LongPollingHandle, LongPollingOptions, PollOutcome};
-use crate::transport::sse::SseTransport;
+use crate::transport::sse::{SseStream, SseTransport};
 use crate::transport::websocket::WebSocketTransport;
 use crate::transport::{post_channel, PostSender, TransportKind};
 
@@ -363,6 +363,12 @@ fn connect_sse(
             connection::run(transport, setup).await;
         },
     );
+    sse_response(events)
+}
+
+/// The `200` response that carries an SSE connection's events, for any handler of an [`SseTransport`] (hubs here,
+/// raw connection handlers such as the test server's `/echo`).
+pub fn sse_response(events: SseStream) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
@@ -384,15 +390,8 @@ async fn long_poll(
         Lookup::Open(..) => return text(StatusCode::BAD_REQUEST, "Cannot change transports mid-connection"),
         Lookup::Fresh(id) => id,
     };
-    let limits = node.limits();
-    let options = LongPollingOptions {
-        poll_timeout: limits.poll_timeout,
-        disconnect_timeout: limits.poll_disconnect_timeout,
-        max_response: limits.write_batch.max(1),
-        max_queued: limits.max_frame.max(limits.write_batch),
-    };
     let (post, inbound) = post_channel();
-    let (poll, transport) = long_polling::long_polling(options, inbound);
+    let (poll, transport) = long_polling::long_polling(long_polling_options(node.limits()), inbound);
     if !claim(&endpoint, &token, Active::LongPolling(post, poll.clone())) {
         return text(
             StatusCode::CONFLICT,
@@ -416,7 +415,19 @@ async fn long_poll(
     HttpResponse::Ok().content_type("text/plain").finish()
 }
 
-fn poll_response(outcome: PollOutcome) -> HttpResponse {
+/// The long-polling timers and caps that `limits` set.
+pub(crate) fn long_polling_options(limits: &Limits) -> LongPollingOptions {
+    LongPollingOptions {
+        poll_timeout: limits.poll_timeout,
+        disconnect_timeout: limits.poll_disconnect_timeout,
+        max_response: limits.write_batch.max(1),
+        max_queued: limits.max_frame.max(limits.write_batch),
+    }
+}
+
+/// The response to a long poll with `outcome`, for any handler of a long-polling transport (hubs here, raw
+/// connection handlers such as the test server's `/echo`).
+pub fn poll_response(outcome: PollOutcome) -> HttpResponse {
     match outcome {
         PollOutcome::Data(bytes, format) => {
             let content_type = match format {

@@ -4,9 +4,11 @@
 //!
 //! Served by `cargo run --example testhub` and by [`super::TestHubServer`] in tests. `/authorizedhub` requires a
 //! bearer token, which `GET /generateJwtToken` hands out: HS256 with a key random for each server ([`TestTokens`]),
-//! user `testuser`, valid for 5 s (plus the authenticator's leeway). The raw `/echo` endpoint speaks WebSockets
-//! only.
+//! user `testuser`, valid for 5 s (plus the authenticator's leeway). The raw `/echo` endpoint (no hub protocol,
+//! every chunk echoed back) speaks WebSockets, Server-Sent Events and long polling through the transport modules;
+//! `/bad-negotiate` answers negotiate with an error.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,22 +17,27 @@ use actix_web::body::MessageBody;
 use actix_web::cookie::time::OffsetDateTime;
 use actix_web::cookie::Cookie;
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use bytes::BytesMut;
 use futures_util::stream;
 use futures_util::StreamExt;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use crate::auth::{Authenticator, NAME_IDENTIFIER_CLAIM};
-use crate::connection::ConnectionId;
+use crate::connection::{ConnectionId, Limits};
 use crate::demo::demo_hub;
 use crate::hub::{Caller, ClientStream, Hub, HubContext, HubError, Streamed};
-use crate::node::http::{cors, random_id};
+use crate::node::http::{cors, long_polling_options, poll_response, random_id, sse_response, NEGOTIATE_EXPIRY};
 use crate::node::{Node, NodeError};
 use crate::protocol::negotiate::{AvailableTransport, NegotiateResponse};
 use crate::protocol::{Binary, Timestamp, TransferFormat};
-use crate::transport::TransportKind;
+use crate::transport::long_polling::{long_polling, LongPollingHandle};
+use crate::transport::sse::SseTransport;
+use crate::transport::{post_channel, CloseKind, PostSender, Transport, TransportKind};
 use crate::CancellationToken;
 
 /// `{Name, Value}`, sent back to the caller by `SendCustomObject` with PascalCase keys.
@@ -270,23 +277,206 @@ async fn redirect(request: HttpRequest, counter: web::Data<RedirectCounter>) -> 
 
 struct RedirectCounter(AtomicU64);
 
-/// `POST /echo/negotiate`: the raw echo endpoint offers WebSockets.
-async fn echo_negotiate(request: HttpRequest) -> HttpResponse {
+/// The negotiated connections of the raw `/echo` endpoint, by connection token, and the limits its long polls use.
+struct EchoConnections {
+    limits: Limits,
+    slots: Mutex<HashMap<String, EchoSlot>>,
+}
+
+/// What an `/echo` connection token addresses.
+enum EchoSlot {
+    /// Negotiated then, no transport open yet.
+    Fresh(Instant),
+    /// An SSE stream is open; POST bodies go through the sender.
+    ServerSentEvents(PostSender),
+    /// Long polling is running.
+    LongPolling(PostSender, LongPollingHandle),
+}
+
+impl EchoConnections {
+    fn forget(&self, token: &str) {
+        self.slots.lock().remove(token);
+    }
+}
+
+/// `POST /echo/negotiate`: the raw echo endpoint offers WebSockets, Server-Sent Events (text) and long polling.
+async fn echo_negotiate(request: HttpRequest, echo: web::Data<EchoConnections>) -> HttpResponse {
     let version = crate::hub::url_query_value(request.query_string(), "negotiateVersion")
         .and_then(|version| version.parse::<u32>().ok())
         .unwrap_or(0)
         .min(1);
     let id = random_id::<16>();
     let token = if version >= 1 { random_id::<32>() } else { id.clone() };
-    let transports = vec![AvailableTransport::new(
-        TransportKind::WebSockets.name(),
-        vec![TransferFormat::Text, TransferFormat::Binary],
-    )];
+    let both = vec![TransferFormat::Text, TransferFormat::Binary];
+    let transports = vec![
+        AvailableTransport::new(TransportKind::WebSockets.name(), both.clone()),
+        AvailableTransport::new(TransportKind::ServerSentEvents.name(), vec![TransferFormat::Text]),
+        AvailableTransport::new(TransportKind::LongPolling.name(), both),
+    ];
+    {
+        let mut slots = echo.slots.lock();
+        slots.retain(|_, slot| !matches!(slot, EchoSlot::Fresh(created) if created.elapsed() >= NEGOTIATE_EXPIRY));
+        slots.insert(token.clone(), EchoSlot::Fresh(Instant::now()));
+    }
     HttpResponse::Ok().json(NegotiateResponse::new(version, id, token, transports))
 }
 
-/// `GET /echo` (WebSocket, with or without an id): sends every message back as it came, no hub protocol.
-async fn echo_socket(request: HttpRequest, body: web::Payload) -> HttpResponse {
+/// `POST /bad-negotiate/negotiate`: a negotiate that fails with `{"error":"Some error"}` (HTTP 200), as upstream.
+async fn bad_negotiate() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "error": "Some error" }))
+}
+
+fn echo_text(status: StatusCode, body: &'static str) -> HttpResponse {
+    HttpResponse::build(status).content_type("text/plain").body(body)
+}
+
+/// The raw echo handler, over any transport: every chunk the client sends goes back as it came (text, or binary
+/// when it is not UTF-8 and the transport can carry binary), until the client leaves.
+async fn echo_chunks<T: Transport>(mut transport: T) {
+    while let Some(Ok(chunk)) = transport.recv().await {
+        let format = if transport.kind() == TransportKind::ServerSentEvents || std::str::from_utf8(&chunk).is_ok() {
+            TransferFormat::Text
+        } else {
+            TransferFormat::Binary
+        };
+        if transport.send(chunk, format).await.is_err() {
+            break;
+        }
+    }
+    transport.close(CloseKind::Normal).await;
+}
+
+/// `GET /echo`: a WebSocket (with or without an id), else with `?id=` an SSE stream (`Accept: text/event-stream`)
+/// or a long poll; the first poll answers at once, later ones wait for echoes, the last gets 204.
+async fn echo_get(request: HttpRequest, body: web::Payload, echo: web::Data<EchoConnections>) -> HttpResponse {
+    let is_websocket = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|upgrade| upgrade.to_str().ok())
+        .is_some_and(|upgrade| upgrade.eq_ignore_ascii_case("websocket"));
+    if is_websocket {
+        return echo_socket(request, body);
+    }
+    let Some(token) = crate::hub::url_query_value(request.query_string(), "id") else {
+        return echo_text(StatusCode::BAD_REQUEST, "Connection ID required");
+    };
+    let wants_sse = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    let open_poll = match echo.slots.lock().get(&token) {
+        Some(EchoSlot::LongPolling(_, poll)) if !wants_sse => Some(poll.clone()),
+        _ => None,
+    };
+    if let Some(poll) = open_poll {
+        return poll_response(poll.poll().await);
+    }
+    let (post, inbound) = post_channel();
+    let mut slots = echo.slots.lock();
+    match slots.get(&token) {
+        None => echo_text(StatusCode::NOT_FOUND, "No Connection with that ID"),
+        Some(EchoSlot::Fresh(created)) if created.elapsed() >= NEGOTIATE_EXPIRY => {
+            slots.remove(&token);
+            echo_text(StatusCode::NOT_FOUND, "No Connection with that ID")
+        }
+        Some(EchoSlot::Fresh(_)) if wants_sse => {
+            slots.insert(token.clone(), EchoSlot::ServerSentEvents(post));
+            drop(slots);
+            let (transport, events) = SseTransport::new(inbound);
+            let echo = echo.into_inner();
+            actix_web::rt::spawn(async move {
+                echo_chunks(transport).await;
+                echo.forget(&token);
+            });
+            sse_response(events)
+        }
+        Some(EchoSlot::Fresh(_)) => {
+            let (poll, transport) = long_polling(long_polling_options(&echo.limits), inbound);
+            slots.insert(token.clone(), EchoSlot::LongPolling(post, poll.clone()));
+            drop(slots);
+            let echo = echo.into_inner();
+            actix_web::rt::spawn(async move {
+                echo_chunks(transport).await;
+                poll.terminated().await;
+                echo.forget(&token);
+            });
+            HttpResponse::Ok().content_type("text/plain").finish()
+        }
+        Some(EchoSlot::ServerSentEvents(_)) if wants_sse => echo_text(
+            StatusCode::CONFLICT,
+            "Another Server-Sent Events stream is already open for this connection.",
+        ),
+        Some(_) => echo_text(StatusCode::BAD_REQUEST, "Cannot change transports mid-connection"),
+    }
+}
+
+/// `POST /echo?id=`: the send half of SSE and long polling; each whole body is echoed back as one chunk.
+async fn echo_post(request: HttpRequest, mut body: web::Payload, echo: web::Data<EchoConnections>) -> HttpResponse {
+    let Some(token) = crate::hub::url_query_value(request.query_string(), "id") else {
+        return echo_text(StatusCode::BAD_REQUEST, "Connection ID required");
+    };
+    let sender = match echo.slots.lock().get(&token) {
+        None => return echo_text(StatusCode::NOT_FOUND, "No Connection with that ID"),
+        Some(EchoSlot::Fresh(_)) => {
+            return echo_text(
+                StatusCode::BAD_REQUEST,
+                "The connection has no transport yet; open one before sending.",
+            )
+        }
+        Some(EchoSlot::ServerSentEvents(sender) | EchoSlot::LongPolling(sender, _)) => sender.clone(),
+    };
+    let Some(in_flight) = sender.begin() else {
+        return echo_text(
+            StatusCode::CONFLICT,
+            "Another POST request is still in progress for this connection.",
+        );
+    };
+    let max = echo.limits.max_frame;
+    let mut bytes = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else {
+            return echo_text(StatusCode::BAD_REQUEST, "The request body could not be read.");
+        };
+        if bytes.len() + chunk.len() > max {
+            return echo_text(StatusCode::PAYLOAD_TOO_LARGE, "The request body is too large.");
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    if bytes.is_empty() {
+        return HttpResponse::Ok().finish();
+    }
+    match in_flight.deliver(bytes.freeze()).await {
+        Ok(()) => HttpResponse::Ok().finish(),
+        Err(_) => echo_text(StatusCode::NOT_FOUND, "No Connection with that ID"),
+    }
+}
+
+/// `DELETE /echo?id=`: ends a long-polling echo connection (its pending poll gets 204) or forgets a fresh token.
+async fn echo_delete(request: HttpRequest, echo: web::Data<EchoConnections>) -> HttpResponse {
+    let Some(token) = crate::hub::url_query_value(request.query_string(), "id") else {
+        return echo_text(StatusCode::BAD_REQUEST, "Connection ID required");
+    };
+    let mut slots = echo.slots.lock();
+    match slots.get(&token) {
+        None => echo_text(StatusCode::NOT_FOUND, "No Connection with that ID"),
+        Some(EchoSlot::LongPolling(_, poll)) => {
+            poll.delete();
+            HttpResponse::Accepted().finish()
+        }
+        Some(EchoSlot::Fresh(_)) => {
+            slots.remove(&token);
+            HttpResponse::Accepted().finish()
+        }
+        Some(EchoSlot::ServerSentEvents(_)) => echo_text(
+            StatusCode::BAD_REQUEST,
+            "Cannot terminate this connection using the DELETE endpoint.",
+        ),
+    }
+}
+
+/// `GET /echo` as a WebSocket (with or without an id): sends every message back as it came, no hub protocol.
+fn echo_socket(request: HttpRequest, body: web::Payload) -> HttpResponse {
     let (response, mut session, messages) = match actix_ws::handle(&request, body) {
         Ok(upgraded) => upgraded,
         Err(error) => return error.error_response(),
@@ -405,6 +595,10 @@ pub async fn serve(address: &str) -> Result<TestHubHandle, TestHubError> {
         .hub_context("TestHub")
         .ok_or_else(|| NodeError::DuplicatePath("/testhub".into()))?;
     let counter = web::Data::new(RedirectCounter(AtomicU64::new(0)));
+    let echo = web::Data::new(EchoConnections {
+        limits: node.limits().clone(),
+        slots: Mutex::new(HashMap::new()),
+    });
     let bind_error = |source| TestHubError::Bind {
         address: address.to_owned(),
         source,
@@ -421,8 +615,12 @@ pub async fn serve(address: &str) -> Result<TestHubHandle, TestHubError> {
             .app_data(test_hub.clone())
             .app_data(counter.clone())
             .app_data(tokens.clone())
+            .app_data(echo.clone())
             .route("/echo/negotiate", web::post().to(echo_negotiate))
-            .route("/echo", web::get().to(echo_socket))
+            .route("/echo", web::get().to(echo_get))
+            .route("/echo", web::post().to(echo_post))
+            .route("/echo", web::delete().to(echo_delete))
+            .route("/bad-negotiate/negotiate", web::post().to(bad_negotiate))
             .route("/clientresult/{id}", web::get().to(client_result))
             .route("/generateJwtToken", web::get().to(generate_jwt_token))
             .route("/redirect{tail:.*}", web::route().to(redirect))
