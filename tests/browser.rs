@@ -29,8 +29,6 @@ type TestResult = Result<(), Box<dyn Error>>;
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Upper bound on installing Chromium with apt-get.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
-/// Upper bound on `npm ci`.
-const NPM_TIMEOUT: Duration = Duration::from_secs(300);
 /// Upper bound on the browser run; `run.mjs` gives up by itself after 120 s.
 const RUN_TIMEOUT: Duration = Duration::from_secs(150);
 
@@ -84,30 +82,9 @@ fn wait_bounded(child: &mut Child, timeout: Duration, what: &str) -> Result<Exit
     }
 }
 
-/// The official client via `tests/common/npm.rs`, then `playwright-core` (a dev dependency added after it).
+/// The official client and `playwright-core`, via `tests/common/npm.rs`.
 fn ensure_node_modules() -> Result<PathBuf, Box<dyn Error>> {
-    let dir = npm::ensure_installed()?;
-    if dir
-        .join("node_modules")
-        .join("playwright-core")
-        .join("package.json")
-        .is_file()
-    {
-        return Ok(dir);
-    }
-    println!("browser: running `npm ci` in {} for playwright-core", dir.display());
-    let mut child = own_process_group(
-        Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir),
-    )
-    .spawn()
-    .map_err(|error| format!("cannot run npm (Node 20 and npm are needed for these tests): {error}"))?;
-    let status = wait_bounded(&mut child, NPM_TIMEOUT, "`npm ci`")?;
-    if !status.success() {
-        return Err(format!("`npm ci` in {} failed: {status}", dir.display()).into());
-    }
-    Ok(dir)
+    Ok(npm::ensure_installed()?)
 }
 
 /// Installs Debian's Chromium with `install-chromium.sh` unless it is there.

@@ -12,8 +12,11 @@
 //!   official suite (SSE is JSON only, which `common.mjs` knows).
 //! * `HUBMESH_TEST_LOG_LEVEL`: passed through to the Node tests (see `common.mjs`).
 
+#[path = "common/npm.rs"]
+mod npm;
+
 use std::error::Error;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,8 +25,6 @@ use hubmesh::testing::TestHubServer;
 
 /// Upper bound on the whole Node test run; the child (and its test-file subprocesses) is killed beyond it.
 const NODE_TIMEOUT: Duration = Duration::from_secs(600);
-/// Upper bound on `npm ci`.
-const NPM_TIMEOUT: Duration = Duration::from_secs(300);
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -38,18 +39,6 @@ const HTTP_TRANSPORT_FILES: &[&str] = &[
     "hub-connection.test.mjs",
     "negotiate.test.mjs",
 ];
-
-fn node_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("node")
-}
-
-fn npm_program() -> &'static str {
-    if cfg!(windows) {
-        "npm.cmd"
-    } else {
-        "npm"
-    }
-}
 
 /// Puts the child in its own process group (Unix), so that a timeout can kill the test-file subprocesses too.
 fn own_process_group(command: &mut Command) -> &mut Command {
@@ -102,33 +91,6 @@ fn require_tool(program: &str, purpose: &str) -> TestResult {
     }
 }
 
-/// Installs the pinned client packages with `npm ci` unless they are already there.
-fn ensure_node_modules(dir: &Path) -> TestResult {
-    let modules = dir.join("node_modules").join("@microsoft");
-    if modules.join("signalr").join("package.json").is_file()
-        && modules.join("signalr-protocol-msgpack").join("package.json").is_file()
-    {
-        return Ok(());
-    }
-    require_tool(
-        npm_program(),
-        "npm is needed to install the official SignalR client for these tests (install Node.js >= 18 with npm)",
-    )?;
-    println!("official_client: running `npm ci` in {}", dir.display());
-    let mut child = own_process_group(
-        Command::new(npm_program())
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(dir),
-    )
-    .spawn()
-    .map_err(|error| format!("cannot start `npm ci` in {}: {error}", dir.display()))?;
-    let status = wait_bounded(&mut child, NPM_TIMEOUT, "`npm ci`")?;
-    if !status.success() {
-        return Err(format!("`npm ci` in {} failed: {status}", dir.display()).into());
-    }
-    Ok(())
-}
-
 /// The test files to run: `HUBMESH_NODE_TEST_FILES`, or every `*.test.mjs` in `dir`, sorted.
 fn test_files(dir: &Path) -> Result<Vec<String>, Box<dyn Error>> {
     if let Ok(selection) = std::env::var("HUBMESH_NODE_TEST_FILES") {
@@ -153,12 +115,12 @@ fn test_files(dir: &Path) -> Result<Vec<String>, Box<dyn Error>> {
 
 #[test]
 fn official_javascript_client_conformance() -> TestResult {
-    let dir = node_dir();
+    let dir = npm::node_dir();
     require_tool(
         "node",
         "Node.js >= 18 is needed to run the official SignalR client tests",
     )?;
-    ensure_node_modules(&dir)?;
+    npm::ensure_installed()?;
     let files = test_files(&dir)?;
 
     let server = TestHubServer::start().map_err(|error| format!("cannot start the test hub server: {error}"))?;

@@ -1,28 +1,55 @@
-//! Installs the pinned official SignalR client from `tests/node/package-lock.json` when it is missing, so a fresh
-//! clone needs only Node and npm. Shared by the test binaries that drive Node.
+//! Installs the pinned npm packages of `tests/node/package-lock.json` (the official SignalR client, its
+//! MessagePack protocol, and playwright-core for the browser tests) when any is missing, so a fresh clone needs
+//! only Node and npm. Shared by every test binary that drives Node.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Upper bound on `npm ci`.
+const NPM_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// `tests/node`, where the Node tests and their `package.json` live.
 pub fn node_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("node")
 }
 
-/// Runs `npm ci` in `tests/node` unless `@microsoft/signalr` and its MessagePack protocol are installed.
+/// Runs `npm ci` in `tests/node` unless every package the tests use is installed.
 pub fn ensure_installed() -> Result<PathBuf, String> {
     let dir = node_dir();
-    let modules = dir.join("node_modules").join("@microsoft");
-    if modules.join("signalr").is_dir() && modules.join("signalr-protocol-msgpack").is_dir() {
+    let modules = dir.join("node_modules");
+    let installed = [
+        "@microsoft/signalr",
+        "@microsoft/signalr-protocol-msgpack",
+        "playwright-core",
+    ]
+    .iter()
+    .all(|package| modules.join(package).join("package.json").is_file());
+    if installed {
         return Ok(dir);
     }
-    let status = Command::new("npm")
+    println!("running `npm ci` in {}", dir.display());
+    let mut child = Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
         .current_dir(&dir)
-        .status()
+        .spawn()
         .map_err(|error| format!("could not run npm (Node 20 and npm are needed for these tests): {error}"))?;
-    if !status.success() {
-        return Err(format!("npm ci in {} failed with {status}", dir.display()));
+    let deadline = Instant::now() + NPM_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|error| error.to_string())? {
+            if status.success() {
+                return Ok(dir);
+            }
+            return Err(format!("npm ci in {} failed with {status}", dir.display()));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "npm ci in {} did not finish within {NPM_TIMEOUT:?}",
+                dir.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
-    Ok(dir)
 }
