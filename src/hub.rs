@@ -381,14 +381,18 @@ impl HubRuntime {
     }
 
     /// Delivers to this node's members of a group but `except`.
-    pub(crate) fn deliver_group(&self, key: &GroupKey, frame: &Arc<SharedFrame>, except: &[ConnectionId]) {
-        if let Some(members) = self.local_groups.read().get(key) {
-            for (id, handle) in members {
-                if !except.contains(id) {
-                    let _ = handle.deliver(frame.clone());
-                }
+    /// Returns false when this node holds no member of the group.
+    pub(crate) fn deliver_group(&self, key: &GroupKey, frame: &Arc<SharedFrame>, except: &[ConnectionId]) -> bool {
+        let groups = self.local_groups.read();
+        let Some(members) = groups.get(key) else {
+            return false;
+        };
+        for (id, handle) in members {
+            if !except.contains(id) {
+                let _ = handle.deliver(frame.clone());
             }
         }
+        true
     }
 
     /// Records that connection `id` (of this node) is in group `key`; fails at once for an unknown connection.

@@ -739,8 +739,13 @@ impl Router {
             }
             *last = stamp.seq;
         }
-        if let Some(runtime) = self.hub(&key.hub) {
-            runtime.deliver_group(key, frame, except);
+        let held_here = self
+            .hub(&key.hub)
+            .is_some_and(|runtime| runtime.deliver_group(key, frame, except));
+        if !held_here {
+            // No member here (any more): forget the group's sequence numbers, so the table does not grow with
+            // every group that ever existed.
+            self.delivered.lock().remove(&(key.clone(), stamp.origin.clone()));
         }
     }
 
