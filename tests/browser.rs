@@ -14,6 +14,8 @@
 
 #[path = "common/npm.rs"]
 mod npm;
+#[path = "common/process.rs"]
+mod process;
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hubmesh::testing::TestHubServer;
+use process::own_process_group;
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -34,16 +37,6 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(150);
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("browser")
-}
-
-/// Puts the child in its own process group, so that a timeout can reach its children too.
-fn own_process_group(command: &mut Command) -> &mut Command {
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        command.process_group(0);
-    }
-    command
 }
 
 /// Signals the process group `child` leads (Unix).

@@ -14,14 +14,16 @@
 
 #[path = "common/npm.rs"]
 mod npm;
+#[path = "common/process.rs"]
+mod process;
 
 use std::error::Error;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus};
-use std::thread;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hubmesh::testing::TestHubServer;
+use process::{own_process_group, wait_bounded};
 
 /// Upper bound on the whole Node test run; the child (and its test-file subprocesses) is killed beyond it.
 const NODE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -39,44 +41,6 @@ const HTTP_TRANSPORT_FILES: &[&str] = &[
     "hub-connection.test.mjs",
     "negotiate.test.mjs",
 ];
-
-/// Puts the child in its own process group (Unix), so that a timeout can kill the test-file subprocesses too.
-fn own_process_group(command: &mut Command) -> &mut Command {
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        command.process_group(0);
-    }
-    command
-}
-
-/// Kills `child` and, on Unix, the process group it leads.
-fn kill_tree(child: &mut Child) {
-    #[cfg(unix)]
-    {
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(format!("-{}", child.id()))
-            .status();
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// Waits for `child` for at most `timeout`; kills it beyond that.
-fn wait_bounded(child: &mut Child, timeout: Duration, what: &str) -> Result<ExitStatus, Box<dyn Error>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        if Instant::now() >= deadline {
-            kill_tree(child);
-            return Err(format!("{what} did not finish within {} s and was killed", timeout.as_secs()).into());
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// Checks that `program --version` runs, with a clear error otherwise.
 fn require_tool(program: &str, purpose: &str) -> TestResult {

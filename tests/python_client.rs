@@ -11,14 +11,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/process.rs"]
+mod process;
+
 use std::error::Error;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use hubmesh::testing::TestHubServer;
+use process::{kill_tree, own_process_group};
 
 /// Upper bound on the client script (it has its own 90 s watchdog; a passing run takes a few seconds).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -44,29 +48,6 @@ fn venv_python(venv: &Path) -> PathBuf {
     } else {
         venv.join("bin").join("python")
     }
-}
-
-/// Puts the child in its own process group (Unix), so that a timeout kills whatever it started too.
-fn own_process_group(command: &mut Command) -> &mut Command {
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        command.process_group(0);
-    }
-    command
-}
-
-/// Kills `child` and, on Unix, the process group it leads.
-fn kill_tree(child: &mut Child) {
-    #[cfg(unix)]
-    {
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(format!("-{}", child.id()))
-            .status();
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Reads a child's pipe to the end on a thread of its own.

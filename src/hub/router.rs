@@ -46,10 +46,12 @@ pub const HELD_SENDS_CAP: usize = 10_000;
 
 /// After a membership change, how long an owner holds group sends while it waits for the snapshots of its
 /// peers (so a re-homed group has all its members before it delivers).
-const SETTLE: Duration = Duration::from_millis(1500);
+const SETTLE: Duration = Duration::from_secs(3);
+/// A peer's snapshot this recent counts for a membership change seen here a little later than there.
+const RECENT_SNAPSHOT: Duration = Duration::from_millis(1000);
 /// How long an owner keeps a send to a group it has no members for, in case the members are on their way
 /// (a snapshot or a join that raced with the send across different links).
-const ORPHAN_WINDOW: Duration = Duration::from_millis(1500);
+const ORPHAN_WINDOW: Duration = Duration::from_secs(3);
 
 /// How long a node keeps a group send it handed to a remote owner, to send it again if that owner dies before
 /// its members got it: longer than failure detection (3 s) plus settling.
@@ -240,6 +242,8 @@ type Orphan = (tokio::time::Instant, HeldSend);
 struct OpsState {
     /// While settling: the deadline and the peers whose snapshots are still awaited.
     settling: Option<(tokio::time::Instant, HashSet<Arc<str>>)>,
+    /// When each peer's last snapshot arrived: a peer that saw the change first has sent it already.
+    last_snapshot: HashMap<Arc<str>, tokio::time::Instant>,
     /// Sends held while settling, in order.
     deferred: VecDeque<HeldSend>,
     /// Sends to groups without members here yet, with when they arrived.
@@ -401,6 +405,7 @@ impl Router {
             MembershipOp::Snapshot { from, groups } => {
                 let keys: Vec<GroupKey> = groups.iter().map(|(key, _)| key.clone()).collect();
                 self.apply_snapshot(&from, groups).await;
+                state.last_snapshot.insert(from.clone(), tokio::time::Instant::now());
                 if let Some((_, awaiting)) = &mut state.settling {
                     awaiting.remove(&from);
                 }
@@ -426,7 +431,17 @@ impl Router {
             }
             MembershipOp::ViewChanged { peers } => {
                 let deadline = tokio::time::Instant::now() + SETTLE;
-                state.settling = Some((deadline, peers.into_iter().collect()));
+                let now = tokio::time::Instant::now();
+                let awaiting = peers
+                    .into_iter()
+                    .filter(|peer| {
+                        state
+                            .last_snapshot
+                            .get(peer)
+                            .is_none_or(|at| now.duration_since(*at) >= RECENT_SNAPSHOT)
+                    })
+                    .collect();
+                state.settling = Some((deadline, awaiting));
             }
         }
     }
