@@ -57,7 +57,8 @@ impl Client {
 
     async fn read_records(&mut self) -> TestResult<Vec<Value>> {
         loop {
-            let message = timeout(Duration::from_secs(10), self.socket.next())
+            // Callers bound the wait; this bound only keeps a broken caller from hanging.
+            let message = timeout(Duration::from_secs(60), self.socket.next())
                 .await?
                 .ok_or("socket closed")??;
             if let Message::Text(text) = message {

@@ -47,8 +47,6 @@ pub const HELD_SENDS_CAP: usize = 10_000;
 /// After a membership change, how long an owner holds group sends while it waits for the snapshots of its
 /// peers (so a re-homed group has all its members before it delivers).
 const SETTLE: Duration = Duration::from_secs(3);
-/// A peer's snapshot this recent counts for a membership change seen here a little later than there.
-const RECENT_SNAPSHOT: Duration = Duration::from_millis(1000);
 /// How long an owner keeps a send to a group it has no members for, in case the members are on their way
 /// (a snapshot or a join that raced with the send across different links).
 const ORPHAN_WINDOW: Duration = Duration::from_secs(3);
@@ -242,8 +240,6 @@ type Orphan = (tokio::time::Instant, HeldSend);
 struct OpsState {
     /// While settling: the deadline and the peers whose snapshots are still awaited.
     settling: Option<(tokio::time::Instant, HashSet<Arc<str>>)>,
-    /// When each peer's last snapshot arrived: a peer that saw the change first has sent it already.
-    last_snapshot: HashMap<Arc<str>, tokio::time::Instant>,
     /// Sends held while settling, in order.
     deferred: VecDeque<HeldSend>,
     /// Sends to groups without members here yet, with when they arrived.
@@ -405,7 +401,6 @@ impl Router {
             MembershipOp::Snapshot { from, groups } => {
                 let keys: Vec<GroupKey> = groups.iter().map(|(key, _)| key.clone()).collect();
                 self.apply_snapshot(&from, groups).await;
-                state.last_snapshot.insert(from.clone(), tokio::time::Instant::now());
                 if let Some((_, awaiting)) = &mut state.settling {
                     awaiting.remove(&from);
                 }
@@ -431,17 +426,7 @@ impl Router {
             }
             MembershipOp::ViewChanged { peers } => {
                 let deadline = tokio::time::Instant::now() + SETTLE;
-                let now = tokio::time::Instant::now();
-                let awaiting = peers
-                    .into_iter()
-                    .filter(|peer| {
-                        state
-                            .last_snapshot
-                            .get(peer)
-                            .is_none_or(|at| now.duration_since(*at) >= RECENT_SNAPSHOT)
-                    })
-                    .collect();
-                state.settling = Some((deadline, awaiting));
+                state.settling = Some((deadline, peers.into_iter().collect()));
             }
         }
     }
@@ -1193,10 +1178,10 @@ impl Router {
             peers: self.peers().into_iter().map(|peer| peer.name).collect(),
         });
         for peer in self.peers() {
+            // Push ours, and pull theirs: a snapshot sent in answer to this request is read after this view
+            // change, so the groups this node now owns get every member.
             self.send_snapshot_to(&peer.name);
-            if joined.contains(&peer.name) {
-                let _ = self.send_to(&peer.name, &Envelope::SnapshotRequest);
-            }
+            let _ = self.send_to(&peer.name, &Envelope::SnapshotRequest);
         }
         self.enqueue(MembershipOp::OwnSnapshot);
         self.flush_held();
@@ -1223,16 +1208,13 @@ impl Router {
     }
 
     /// This node's memberships in the groups `owner` owns.
-    fn snapshot_for(&self, owner: &str) -> Vec<(GroupKey, Vec<ConnectionId>)> {
-        let mut groups = Vec::new();
-        for runtime in self.runtimes() {
-            for (key, members) in runtime.local_memberships() {
-                if *self.owner_of(&key) == *owner {
-                    groups.push((key, members));
-                }
-            }
-        }
-        groups
+    /// Every membership this node holds. Whole, not only the groups the receiver owns in this node's view:
+    /// views change at slightly different times on different nodes, and the receiver picks by its own.
+    fn snapshot_for(&self, _owner: &str) -> Vec<(GroupKey, Vec<ConnectionId>)> {
+        self.runtimes()
+            .iter()
+            .flat_map(|runtime| runtime.local_memberships())
+            .collect()
     }
 
     fn send_snapshot_to(&self, node: &str) {
@@ -1244,6 +1226,11 @@ impl Router {
 
     /// Makes the groups this node owns hold exactly `from`'s memberships listed in its snapshot.
     async fn apply_snapshot(&self, from: &Arc<str>, groups: Vec<(GroupKey, Vec<ConnectionId>)>) {
+        // Only the groups this node owns in its own view; the rest are other owners' business.
+        let groups: Vec<(GroupKey, Vec<ConnectionId>)> = groups
+            .into_iter()
+            .filter(|(key, _)| self.is_local(&self.owner_of(key)))
+            .collect();
         let listed: HashSet<GroupKey> = groups.iter().map(|(key, _)| key.clone()).collect();
         for (key, members) in groups {
             if let Err(error) = self.groups.replace(&key, from, members).await {
