@@ -410,7 +410,7 @@ impl Router {
             }
             MembershipOp::OwnSnapshot => {
                 let node = self.node.clone();
-                let own = self.snapshot_for(&node);
+                let own = self.local_snapshot();
                 let keys: Vec<GroupKey> = own.iter().map(|(key, _)| key.clone()).collect();
                 self.apply_snapshot(&node, own).await;
                 for key in keys {
@@ -1210,7 +1210,7 @@ impl Router {
     /// This node's memberships in the groups `owner` owns.
     /// Every membership this node holds. Whole, not only the groups the receiver owns in this node's view:
     /// views change at slightly different times on different nodes, and the receiver picks by its own.
-    fn snapshot_for(&self, _owner: &str) -> Vec<(GroupKey, Vec<ConnectionId>)> {
+    fn local_snapshot(&self) -> Vec<(GroupKey, Vec<ConnectionId>)> {
         self.runtimes()
             .iter()
             .flat_map(|runtime| runtime.local_memberships())
@@ -1218,7 +1218,7 @@ impl Router {
     }
 
     fn send_snapshot_to(&self, node: &str) {
-        let groups = self.snapshot_for(node);
+        let groups = self.local_snapshot();
         if let Err(error) = self.send_to(node, &Envelope::Snapshot { groups }) {
             tracing::debug!(parent: &self.span, %error, node, "a snapshot could not be sent");
         }
