@@ -24,6 +24,7 @@ mod clients;
 mod groups;
 pub mod handler;
 pub(crate) mod router;
+mod workers;
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
@@ -344,6 +345,8 @@ impl Hub {
 struct Member {
     handle: ConnectionHandle,
     groups: HashSet<GroupKey>,
+    /// The HTTP worker its task runs on, which group deliveries go through.
+    worker: Option<Arc<workers::Worker>>,
 }
 
 /// A hub running on a node: its definition, its connections here, and which of them are in which group.
@@ -352,7 +355,9 @@ pub(crate) struct HubRuntime {
     name: Arc<str>,
     connections: RwLock<HashMap<ConnectionId, Member>>,
     /// This node's members of each group: the table a group delivery to this node is fanned out from.
-    local_groups: RwLock<HashMap<GroupKey, HashMap<ConnectionId, ConnectionHandle>>>,
+    local_groups: RwLock<HashMap<GroupKey, workers::LocalGroup>>,
+    /// The HTTP workers this hub's connections run on.
+    workers: workers::Workers,
     router: Arc<Router>,
 }
 
@@ -380,18 +385,20 @@ impl HubRuntime {
         }
     }
 
-    /// Delivers to this node's members of a group but `except`.
+    /// Delivers to this node's members of a group but `except`, through each worker's queue (see the `workers`
+    /// module).
     /// Returns false when this node holds no member of the group.
-    pub(crate) fn deliver_group(&self, key: &GroupKey, frame: &Arc<SharedFrame>, except: &[ConnectionId]) -> bool {
+    pub(crate) fn deliver_group(
+        self: &Arc<Self>,
+        key: &GroupKey,
+        frame: &Arc<SharedFrame>,
+        except: &Arc<[ConnectionId]>,
+    ) -> bool {
         let groups = self.local_groups.read();
-        let Some(members) = groups.get(key) else {
+        let Some(group) = groups.get(key) else {
             return false;
         };
-        for (id, handle) in members {
-            if !except.contains(id) {
-                let _ = handle.deliver(frame.clone());
-            }
-        }
+        group.deliver(self, key, frame, except);
         true
     }
 
@@ -402,11 +409,11 @@ impl HubRuntime {
             .get_mut(id)
             .ok_or_else(|| HubError::UnknownConnection(id.to_string()))?;
         member.groups.insert(key.clone());
-        self.local_groups
-            .write()
-            .entry(key.clone())
-            .or_default()
-            .insert(id.clone(), member.handle.clone());
+        self.local_groups.write().entry(key.clone()).or_default().insert(
+            member.worker.as_ref(),
+            id.clone(),
+            member.handle.clone(),
+        );
         Ok(())
     }
 
@@ -426,19 +433,14 @@ impl HubRuntime {
         self.local_groups
             .read()
             .iter()
-            .map(|(key, members)| (key.clone(), members.keys().cloned().collect()))
+            .map(|(key, members)| (key.clone(), members.ids().cloned().collect()))
             .collect()
     }
 }
 
-fn drop_from_table(
-    table: &mut HashMap<GroupKey, HashMap<ConnectionId, ConnectionHandle>>,
-    key: &GroupKey,
-    id: &ConnectionId,
-) {
+fn drop_from_table(table: &mut HashMap<GroupKey, workers::LocalGroup>, key: &GroupKey, id: &ConnectionId) {
     if let Some(members) = table.get_mut(key) {
-        members.remove(id);
-        if members.is_empty() {
+        if members.remove(id) {
             table.remove(key);
         }
     }
@@ -468,6 +470,7 @@ impl HubContext {
             name: name.clone(),
             connections: RwLock::new(HashMap::new()),
             local_groups: RwLock::new(HashMap::new()),
+            workers: workers::Workers::default(),
             router: router.clone(),
         });
         router.register_hub(&name, &runtime);
@@ -589,11 +592,14 @@ impl ConnectionHost for HubContext {
                 });
             }
         }
+        // `connected` runs on the connection's own task, so this is the worker it lives on.
+        let worker = self.runtime.workers.current();
         self.runtime.connections.write().insert(
             session.id.clone(),
             Member {
                 handle: session.handle.clone(),
                 groups: HashSet::new(),
+                worker,
             },
         );
         let context = self.clone();
