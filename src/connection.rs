@@ -25,6 +25,7 @@
 //! parallel invocation per client), so what one invocation sends reaches the client before what the next sends.
 //! Streaming methods and methods that take client streams run as their own tasks, since they last.
 
+mod mailbox;
 pub mod outbound;
 pub mod reconnect;
 
@@ -37,6 +38,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
+use mailbox::Mailbox;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
@@ -46,7 +48,7 @@ use tracing::Instrument;
 use crate::protocol::handshake::{self, HandshakeRequest};
 use crate::protocol::{CompletionOutcome, EncodeError, HubMessage, NoPayload, Outgoing, Protocol, RawValue};
 use crate::transport::{CloseKind, Transport, TransportError, TransportKind};
-pub use outbound::{ClientResult, ClientResultError, EncodeArguments, Outbound, SharedFrame};
+pub use outbound::{ClientResult, ClientResultError, CloseRequest, EncodeArguments, Invoke, Outbound, SharedFrame};
 use reconnect::{ReceiveState, RelayTransport, ReplayBuffer, ResumeSlot};
 
 /// The public id of a connection (`Context.ConnectionId`, the client's `connectionId`).
@@ -149,8 +151,7 @@ pub enum DeliverError {
 #[derive(Clone)]
 pub struct ConnectionHandle {
     id: ConnectionId,
-    mailbox: mpsc::Sender<Outbound>,
-    ended: CancellationToken,
+    mailbox: Arc<Mailbox>,
 }
 
 impl fmt::Debug for ConnectionHandle {
@@ -172,28 +173,12 @@ impl ConnectionHandle {
 
     /// Queues a message without waiting, with the same slow-consumer policy as [`ConnectionHandle::deliver`].
     pub fn try_send(&self, message: Outbound) -> Result<(), DeliverError> {
-        // Once a message was refused (or the connection is ending), nothing later may be queued: the client must
-        // never receive messages from after a gap.
-        if self.ended.is_cancelled() {
-            return Err(DeliverError::Closed);
-        }
-        match self.mailbox.try_send(message) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.ended.cancel();
-                Err(DeliverError::Full)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(DeliverError::Closed),
-        }
+        self.mailbox.try_send(message)
     }
 
     /// Queues a message, waiting for room (backpressure for the connection's own replies).
     pub async fn send(&self, message: Outbound) -> Result<(), DeliverError> {
-        tokio::select! {
-            biased;
-            _ = self.ended.cancelled() => Err(DeliverError::Closed),
-            sent = self.mailbox.send(message) => sent.map_err(|_| DeliverError::Closed),
-        }
+        self.mailbox.send(message).await
     }
 
     /// Invokes client method `target` and waits for its result (client results). Fails with
@@ -203,11 +188,11 @@ impl ConnectionHandle {
         A: Serialize + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let message = Outbound::Invoke {
+        let message = Outbound::Invoke(Box::new(Invoke {
             target: target.to_owned(),
             arguments: Box::new(arguments),
             reply,
-        };
+        }));
         if self.send(message).await.is_err() {
             return Err(ClientResultError::Disconnected(self.id.to_string()));
         }
@@ -220,14 +205,17 @@ impl ConnectionHandle {
 
     /// Asks the connection to close with a Close message.
     pub fn close(&self, error: Option<String>, allow_reconnect: bool) {
-        if self.try_send(Outbound::Close { error, allow_reconnect }).is_err() {
-            self.ended.cancel();
+        if self
+            .try_send(Outbound::Close(Box::new(CloseRequest { error, allow_reconnect })))
+            .is_err()
+        {
+            self.mailbox.end();
         }
     }
 
     /// Whether the connection has ended (or is ending).
     pub fn is_closed(&self) -> bool {
-        self.ended.is_cancelled() || self.mailbox.is_closed()
+        self.mailbox.is_closed()
     }
 }
 
@@ -381,7 +369,11 @@ enum Ending {
 }
 
 /// Runs a connection to its end. Spawn it on the worker that accepted the transport.
-pub async fn run<T: Transport>(transport: T, mut setup: ConnectionSetup) {
+///
+/// An idle connection's memory is mostly this future, so its phases are laid out to keep it small: the handshake
+/// runs boxed (its state and the setup it consumes are freed once the connection is up), and the rare, large steps
+/// of the connected phase (the ending, a stateful resume, the timers' work) are boxed where they happen.
+pub fn run<T: Transport>(transport: T, mut setup: ConnectionSetup) -> impl std::future::Future<Output = ()> {
     setup.request.user = setup.host.user_id(&setup.request);
     let span = tracing::debug_span!(
         "conn",
@@ -389,7 +381,13 @@ pub async fn run<T: Transport>(transport: T, mut setup: ConnectionSetup) {
         transport = transport.kind().name(),
         user = setup.request.user.as_deref().unwrap_or("")
     );
-    Connection::start(transport, setup).instrument(span).await
+    let handshake = Box::pin(Connection::handshake(transport, setup));
+    async move {
+        if let Some(connection) = handshake.await {
+            connection.live().await;
+        }
+    }
+    .instrument(span)
 }
 
 /// The transport a connection writes to: the one it started on, a reconnected one, or none while it waits for
@@ -458,30 +456,24 @@ struct Stateful {
 const ACK_DELAY: Duration = Duration::from_secs(1);
 
 /// Waits for a reconnected transport; pending forever for a connection without stateful reconnect.
-async fn next_relay(stateful: &mut Option<Stateful>) -> RelayTransport {
+async fn next_relay(stateful: &mut Option<Box<Stateful>>) -> RelayTransport {
     match stateful {
         Some(stateful) => stateful.slot.next().await,
         None => std::future::pending().await,
     }
 }
 
-/// Sleeps until `at`; pending forever when `None`.
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 struct Connection<T: Transport> {
     transport: Link<T>,
-    stateful: Option<Stateful>,
+    /// Boxed: rare, and an idle connection without it should not pay for its size.
+    stateful: Option<Box<Stateful>>,
     protocol: Protocol,
     limits: Limits,
     host: Arc<dyn ConnectionHost>,
     session: Arc<Session>,
-    mailbox: mpsc::Receiver<Outbound>,
-    ended: CancellationToken,
+    mailbox: Arc<Mailbox>,
+    /// The parent of every call's cancellation token, made on the first call (an idle connection has none).
+    calls: Option<CancellationToken>,
     inbound: BytesMut,
     last_read: Instant,
     last_write: Instant,
@@ -498,7 +490,8 @@ struct Connection<T: Transport> {
 }
 
 impl<T: Transport> Connection<T> {
-    async fn start(mut transport: T, setup: ConnectionSetup) {
+    /// Reads the handshake and answers it; `None` if the connection ended there.
+    async fn handshake(mut transport: T, setup: ConnectionSetup) -> Option<Box<Connection<T>>> {
         let limits = setup.limits;
         let mut inbound = BytesMut::new();
         let request = match read_handshake(&mut transport, &mut inbound, &limits).await {
@@ -511,24 +504,22 @@ impl<T: Transport> Connection<T> {
                     .send(Bytes::from(out), crate::protocol::TransferFormat::Text)
                     .await;
                 transport.close(CloseKind::Normal).await;
-                return;
+                return None;
             }
             Err(HandshakeFailure::Gone(reason)) => {
                 tracing::debug!(%reason, "no handshake");
                 transport.close(CloseKind::Normal).await;
-                return;
+                return None;
             }
         };
         let Some(protocol) = Protocol::from_name(&request.protocol) else {
             // read_handshake only returns known protocols.
-            return;
+            return None;
         };
-        let (tx, mailbox) = mpsc::channel(limits.outbound_queue.max(1));
-        let ended = CancellationToken::new();
+        let mailbox = Arc::new(Mailbox::new(limits.outbound_queue));
         let handle = ConnectionHandle {
             id: setup.id.clone(),
-            mailbox: tx,
-            ended: ended.clone(),
+            mailbox: mailbox.clone(),
         };
         let session = Arc::new(Session {
             id: setup.id,
@@ -542,13 +533,13 @@ impl<T: Transport> Connection<T> {
         });
         let now = Instant::now();
         let stateful = match setup.resume {
-            Some(slot) if request.version >= 2 && !limits.reconnect_window.is_zero() => Some(Stateful {
+            Some(slot) if request.version >= 2 && !limits.reconnect_window.is_zero() => Some(Box::new(Stateful {
                 sent: ReplayBuffer::new(limits.reconnect_buffer_bytes),
                 received: ReceiveState::new(),
                 slot,
                 detached_until: None,
                 ack_due: None,
-            }),
+            })),
             _ => None,
         };
         let mut connection = Connection {
@@ -559,7 +550,7 @@ impl<T: Transport> Connection<T> {
             host: setup.host,
             session,
             mailbox,
-            ended,
+            calls: None,
             inbound,
             last_read: now,
             last_write: now,
@@ -574,9 +565,16 @@ impl<T: Transport> Connection<T> {
         handshake::write_response(None, &mut response);
         if let Err(error) = connection.write(Bytes::from(response)).await {
             tracing::debug!(%error, "handshake response not delivered");
-            return;
+            return None;
         }
         tracing::debug!(protocol = protocol.name(), "connected");
+        Some(Box::new(connection))
+    }
+
+    /// The connected phase: registration, the main loop, the ending. Boxed, since an async fn keeps its argument
+    /// twice (as given and as moved into its body), and this one is the largest part of a connection.
+    async fn live(mut self: Box<Self>) {
+        let connection = &mut self;
         let ending = match connection.host.connected(&connection.session).await {
             Ok(()) => connection.serve().await,
             Err(error) => Ending::Close {
@@ -584,7 +582,9 @@ impl<T: Transport> Connection<T> {
                 allow_reconnect: false,
             },
         };
-        connection.finish(ending).await;
+        // Boxed: the ending (Close message, close frame, each under a timeout) is the largest state of the task,
+        // and an inline one would be paid for by every idle connection.
+        Box::pin(self.finish(ending)).await;
     }
 
     /// The main loop, until the connection ends.
@@ -593,28 +593,31 @@ impl<T: Transport> Connection<T> {
         if let Some(ending) = self.process_inbound().await {
             return ending;
         }
+        // One timer serves every deadline (keep-alive, client timeout, pending Ack, reconnect window). Deadlines
+        // that move later (every write and read moves two of them) leave it armed early: it then fires, finds
+        // nothing due and is re-armed. So a busy connection neither registers nor cancels a timer per wake-up.
+        let mut timer = std::pin::pin!(sleep_until(self.next_deadline().unwrap_or_else(Instant::now)));
+        let mut timer_armed = true;
         loop {
-            let detached_until = self.stateful.as_ref().and_then(|stateful| stateful.detached_until);
-            let attached = detached_until.is_none();
-            // A transport that measures liveness itself (long polling) gets no Pings, and its client sends none;
-            // nor does a detached connection, which has nobody to ping.
-            let timers = attached && !self.transport.inherent_keep_alive();
-            let keep_alive_at = self.last_write + self.limits.keep_alive;
-            let timeout_at = self.last_read + self.limits.client_timeout;
+            if self.mailbox.is_ending() {
+                return slow_consumer();
+            }
+            match self.next_deadline() {
+                Some(at) if !timer_armed || at < timer.deadline() => {
+                    timer.as_mut().reset(at);
+                    timer_armed = true;
+                }
+                Some(_) => {}
+                None => timer_armed = false,
+            }
             let has_current = self.current.is_some();
             // A full replay buffer takes nothing more until the client acks (see `reconnect`).
             let buffer_full = self.stateful.as_ref().is_some_and(|stateful| stateful.sent.is_full());
-            let ack_due = self
-                .stateful
-                .as_ref()
-                .and_then(|stateful| stateful.ack_due)
-                .filter(|_| attached);
             tokio::select! {
                 biased;
-                _ = self.ended.cancelled() => return slow_consumer(),
+                // Otherwise the ending flag wakes the mailbox's receive.
+                () = self.mailbox.ended(), if buffer_full => return slow_consumer(),
                 message = self.mailbox.recv(), if !buffer_full => {
-                    // The connection holds a handle itself, so the mailbox never reports closed.
-                    let Some(message) = message else { return Ending::ClientClosed };
                     if let Some(ending) = self.drain_mailbox(message).await {
                         return ending;
                     }
@@ -640,56 +643,110 @@ impl<T: Transport> Connection<T> {
                         }
                     }
                 }
-                relay = next_relay(&mut self.stateful) => self.attach(relay).await,
-                () = sleep_until_some(detached_until), if !attached => {
-                    return Ending::TransportLost("the client did not reconnect within the reconnect window".into());
-                }
-                () = sleep_until_some(ack_due), if ack_due.is_some() => {
-                    let ack = self.stateful.as_mut().and_then(|stateful| {
-                        stateful.ack_due = None;
-                        stateful.received.take_ack()
-                    });
-                    if let Some(sequence_id) = ack {
-                        let mut out = Vec::new();
-                        let message: Outgoing<'_, NoPayload, NoPayload> = Outgoing::Ack { sequence_id };
-                        if self.protocol.encode(&message, &mut out).is_ok() {
-                            if let Err(error) = self.write(Bytes::from(out)).await {
-                                return self.lost(error);
-                            }
-                        }
+                relay = next_relay(&mut self.stateful) => Box::pin(self.attach(relay)).await,
+                () = timer.as_mut(), if timer_armed => {
+                    timer_armed = false;
+                    // Boxed: at most a few times a minute, and large (it writes).
+                    if let Some(ending) = Box::pin(self.on_deadline()).await {
+                        return ending;
                     }
-                }
-                () = sleep_until(keep_alive_at), if timers => {
-                    let mut ping = Vec::new();
-                    if self.protocol.encode::<NoPayload, NoPayload>(&Outgoing::Ping, &mut ping).is_ok() {
-                        if let Err(error) = self.write(Bytes::from(ping)).await {
-                            return self.lost(error);
-                        }
-                    }
-                }
-                () = sleep_until(timeout_at), if timers => {
-                    return Ending::Close {
-                        error: Some("Server timeout elapsed without receiving a message from the client.".into()),
-                        allow_reconnect: true,
-                    };
                 }
             }
         }
     }
 
+    /// Whether this connection sends keep-alive Pings and times out a silent client: not while detached (nobody
+    /// to ping), nor on a transport that measures liveness itself (long polling, whose client sends no Pings).
+    fn keeps_alive(&self) -> bool {
+        let attached = self
+            .stateful
+            .as_ref()
+            .is_none_or(|stateful| stateful.detached_until.is_none());
+        attached && !self.transport.inherent_keep_alive()
+    }
+
+    /// The earliest deadline the connection waits for, if any.
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |at: Instant| next = Some(next.map_or(at, |next| next.min(at)));
+        if self.keeps_alive() {
+            consider(self.last_write + self.limits.keep_alive);
+            consider(self.last_read + self.limits.client_timeout);
+        }
+        if let Some(stateful) = &self.stateful {
+            match stateful.detached_until {
+                Some(until) => consider(until),
+                None => {
+                    if let Some(due) = stateful.ack_due {
+                        consider(due);
+                    }
+                }
+            }
+        }
+        next
+    }
+
+    /// Does whatever deadline has passed: end a reconnect window, send a pending Ack, time out a silent client,
+    /// or send a keep-alive Ping.
+    async fn on_deadline(&mut self) -> Option<Ending> {
+        let now = Instant::now();
+        if let Some(stateful) = &mut self.stateful {
+            if stateful.detached_until.is_some_and(|until| until <= now) {
+                return Some(Ending::TransportLost(
+                    "the client did not reconnect within the reconnect window".into(),
+                ));
+            }
+            if stateful.detached_until.is_none() && stateful.ack_due.is_some_and(|due| due <= now) {
+                stateful.ack_due = None;
+                if let Some(sequence_id) = stateful.received.take_ack() {
+                    let mut out = Vec::new();
+                    let message: Outgoing<'_, NoPayload, NoPayload> = Outgoing::Ack { sequence_id };
+                    if self.protocol.encode(&message, &mut out).is_ok() {
+                        if let Err(error) = self.write(Bytes::from(out)).await {
+                            return Some(self.lost(error));
+                        }
+                    }
+                }
+            }
+        }
+        if !self.keeps_alive() {
+            return None;
+        }
+        if self.last_write + self.limits.keep_alive <= now {
+            let mut ping = Vec::new();
+            if self
+                .protocol
+                .encode::<NoPayload, NoPayload>(&Outgoing::Ping, &mut ping)
+                .is_ok()
+            {
+                if let Err(error) = self.write(Bytes::from(ping)).await {
+                    return Some(self.lost(error));
+                }
+            }
+        }
+        if self.last_read + self.limits.client_timeout <= now {
+            return Some(Ending::Close {
+                error: Some("Server timeout elapsed without receiving a message from the client.".into()),
+                allow_reconnect: true,
+            });
+        }
+        None
+    }
+
     /// Writes `first` and whatever else is queued, batched into transport messages of at most `write_batch`.
     async fn drain_mailbox(&mut self, first: Outbound) -> Option<Ending> {
-        let mut batch: Vec<u8> = Vec::new();
+        let mut batch = Batch::default();
         let mut next = Some(first);
         while let Some(message) = next.take() {
             let record = match message {
                 Outbound::Frame(frame) => frame.bytes(self.protocol).cloned(),
-                Outbound::Own(bytes) => Some(bytes),
-                Outbound::Invoke {
-                    target,
-                    arguments,
-                    reply,
-                } => {
+                Outbound::Own(bytes) => Some(*bytes),
+                Outbound::Invoke(invoke) => {
+                    let Invoke {
+                        target,
+                        arguments,
+                        reply,
+                    } = *invoke;
                     self.next_result_id += 1;
                     let id = format!("r{}", self.next_result_id);
                     let mut out = Vec::new();
@@ -705,14 +762,17 @@ impl<T: Transport> Connection<T> {
                     }
                 }
                 Outbound::StreamEnded(id) => {
-                    self.streams.remove(&id);
+                    self.streams.remove(id.as_str());
                     None
                 }
-                Outbound::Close { error, allow_reconnect } => {
+                Outbound::Close(close) => {
                     if let Err(error) = self.flush(&mut batch).await {
                         return Some(self.lost(error));
                     }
-                    return Some(Ending::Close { error, allow_reconnect });
+                    return Some(Ending::Close {
+                        error: close.error,
+                        allow_reconnect: close.allow_reconnect,
+                    });
                 }
             };
             if let Some(record) = record {
@@ -720,7 +780,7 @@ impl<T: Transport> Connection<T> {
                 if let Some(stateful) = &mut self.stateful {
                     stateful.sent.push(record.clone());
                 }
-                batch.extend_from_slice(&record);
+                batch.push(record);
             }
             if batch.len() >= self.limits.write_batch {
                 if let Err(error) = self.flush(&mut batch).await {
@@ -728,10 +788,12 @@ impl<T: Transport> Connection<T> {
                 }
             }
             let buffer_full = self.stateful.as_ref().is_some_and(|stateful| stateful.sent.is_full());
-            next = if buffer_full {
+            // A slow consumer flagged meanwhile may have messages queued after the one it was refused: none of them
+            // may be written.
+            next = if buffer_full || self.mailbox.is_ending() {
                 None
             } else {
-                self.mailbox.try_recv().ok()
+                self.mailbox.try_recv()
             };
         }
         match self.flush(&mut batch).await {
@@ -740,12 +802,11 @@ impl<T: Transport> Connection<T> {
         }
     }
 
-    async fn flush(&mut self, batch: &mut Vec<u8>) -> Result<(), crate::transport::TransportError> {
-        if batch.is_empty() {
-            return Ok(());
+    async fn flush(&mut self, batch: &mut Batch) -> Result<(), crate::transport::TransportError> {
+        match batch.take() {
+            Some(bytes) => self.write(bytes).await,
+            None => Ok(()),
         }
-        let bytes = Bytes::from(std::mem::take(batch));
-        self.write(bytes).await
     }
 
     /// Writes one transport message. A write that waits on a client that stopped reading gives up as soon as the
@@ -763,10 +824,10 @@ impl<T: Transport> Connection<T> {
         let sent = tokio::select! {
             biased;
             sent = self.transport.send(bytes, format) => sent,
-            () = self.ended.cancelled() => Err(crate::transport::TransportError::Closed),
+            () = self.mailbox.ended() => Err(crate::transport::TransportError::Closed),
         };
         match sent {
-            Err(_) if !self.ended.is_cancelled() && self.detach() => Ok(()),
+            Err(_) if !self.mailbox.is_ending() && self.detach() => Ok(()),
             sent => sent,
         }
     }
@@ -811,21 +872,20 @@ impl<T: Transport> Connection<T> {
         self.transport = Link::Relayed(relay);
         let now = Instant::now();
         self.last_read = now;
+        let mut batch = Batch::default();
+        batch.push(Bytes::from(out));
         for record in replay {
-            if out.len() + record.len() > self.limits.write_batch
-                && !out.is_empty()
-                && self.flush(&mut out).await.is_err()
-            {
+            if batch.len() + record.len() > self.limits.write_batch && self.flush(&mut batch).await.is_err() {
                 return;
             }
-            out.extend_from_slice(&record);
+            batch.push(record);
         }
-        let _ = self.flush(&mut out).await;
+        let _ = self.flush(&mut batch).await;
     }
 
     /// How the connection ends after a failed write: a slow consumer if that is why the write gave up.
     fn lost(&self, error: crate::transport::TransportError) -> Ending {
-        if self.ended.is_cancelled() {
+        if self.mailbox.is_ending() {
             slow_consumer()
         } else {
             Ending::TransportLost(error.to_string())
@@ -954,7 +1014,7 @@ impl<T: Transport> Connection<T> {
             if let Some(id) = id {
                 let bytes = encode_error(protocol, id, &error);
                 if let Some(bytes) = bytes {
-                    let _ = handle.try_send(Outbound::Own(bytes));
+                    let _ = handle.try_send(Outbound::own(bytes));
                 }
             }
         };
@@ -991,7 +1051,7 @@ impl<T: Transport> Connection<T> {
             self.uploads.insert(stream_id.clone(), tx);
             uploads.push(rx);
         }
-        let cancel = self.ended.child_token();
+        let cancel = self.calls.get_or_insert_with(CancellationToken::new).child_token();
         let call = Call {
             target,
             arguments,
@@ -1023,7 +1083,7 @@ impl<T: Transport> Connection<T> {
                 Reply::Stream(_) => encode_error(protocol, &id, "A non-streaming method returned a stream."),
             };
             if let Some(bytes) = bytes {
-                let _ = handle.send(Outbound::Own(bytes)).await;
+                let _ = handle.send(Outbound::own(bytes)).await;
             }
         };
         if stream_ids.is_empty() {
@@ -1040,7 +1100,10 @@ impl<T: Transport> Connection<T> {
     }
 
     async fn finish(mut self, ending: Ending) {
-        self.ended.cancel();
+        self.mailbox.end();
+        if let Some(calls) = &self.calls {
+            calls.cancel();
+        }
         let id = self.session.id.to_string();
         for (_, reply) in self.results.drain() {
             let _ = reply.send(Err(ClientResultError::Disconnected(id.clone())));
@@ -1079,6 +1142,45 @@ impl<T: Transport> Connection<T> {
         // Anything still queued after the end is dropped with the mailbox; client results in it fail as their
         // reply senders drop, which `invoke` reports as a disconnect.
         self.mailbox.close();
+    }
+}
+
+/// Records waiting to be written as one transport message. A lone record goes out as the shared bytes it came
+/// in (a group message's encoding is shared by every recipient): only a second record makes a copy.
+#[derive(Default)]
+struct Batch {
+    first: Option<Bytes>,
+    joined: Vec<u8>,
+}
+
+impl Batch {
+    fn push(&mut self, record: Bytes) {
+        if record.is_empty() {
+            return;
+        }
+        if !self.joined.is_empty() {
+            self.joined.extend_from_slice(&record);
+            return;
+        }
+        match self.first.take() {
+            None => self.first = Some(record),
+            Some(first) => {
+                self.joined.reserve(first.len() + record.len());
+                self.joined.extend_from_slice(&first);
+                self.joined.extend_from_slice(&record);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.first.as_ref().map_or(self.joined.len(), Bytes::len)
+    }
+
+    fn take(&mut self) -> Option<Bytes> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        (!self.joined.is_empty()).then(|| Bytes::from(std::mem::take(&mut self.joined)))
     }
 }
 
@@ -1165,7 +1267,7 @@ async fn stream_reply(
     let reply = tokio::select! {
         reply = reply => reply,
         () = cancel.cancelled() => {
-            let _ = handle.try_send(Outbound::StreamEnded(id));
+            let _ = handle.try_send(Outbound::StreamEnded(Box::new(id)));
             return;
         }
     };
@@ -1183,7 +1285,7 @@ async fn stream_reply(
                     if let Err(error) = value.encode_item(protocol, &id, &mut out) {
                         break encode_error(protocol, &id, &format!("A stream item could not be sent: {error}"));
                     }
-                    if handle.send(Outbound::Own(Bytes::from(out))).await.is_err() {
+                    if handle.send(Outbound::own(Bytes::from(out))).await.is_err() {
                         return;
                     }
                 }
@@ -1193,9 +1295,9 @@ async fn stream_reply(
         Reply::Void | Reply::Value(_) => encode_error(protocol, &id, "A streaming method did not return a stream."),
     };
     if let Some(bytes) = ending {
-        let _ = handle.send(Outbound::Own(bytes)).await;
+        let _ = handle.send(Outbound::own(bytes)).await;
     }
-    let _ = handle.try_send(Outbound::StreamEnded(id));
+    let _ = handle.try_send(Outbound::StreamEnded(Box::new(id)));
 }
 
 fn encode_void(protocol: Protocol, id: &str) -> Option<Bytes> {

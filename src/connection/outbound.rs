@@ -154,30 +154,45 @@ pub enum ClientResultError {
 /// The answer to a client-result invocation: the value the client returned (which may be null).
 pub type ClientResult = Result<Option<RawValue>, ClientResultError>;
 
-/// A message in a connection's mailbox.
+/// A message in a connection's mailbox. Every variant is one pointer wide, so that the mailbox's slots (allocated
+/// 32 at a time, eagerly, by the channel) cost 16 bytes each: rare messages are boxed.
 pub enum Outbound {
     /// A frame shared with other recipients.
     Frame(Arc<SharedFrame>),
     /// Bytes already encoded in this connection's protocol (a completion or a stream item of its own).
-    Own(Bytes),
-    /// Invoke a client method and route its Completion to `reply` (client results).
-    Invoke {
-        /// The client method.
-        target: String,
-        /// The arguments, encoded by the connection once it has assigned an invocation id.
-        arguments: Box<dyn EncodeArguments>,
-        /// Where the answer goes.
-        reply: oneshot::Sender<ClientResult>,
-    },
-    /// A server-to-client stream of this connection ended; forget its cancellation token.
-    StreamEnded(String),
+    Own(Box<Bytes>),
+    /// Invoke a client method and route its Completion to its reply channel (client results).
+    Invoke(Box<Invoke>),
+    /// A server-to-client stream of this connection ended; forget its cancellation token (by invocation id).
+    StreamEnded(Box<String>),
     /// Close the connection with a Close message.
-    Close {
-        /// The error to report, if any.
-        error: Option<String>,
-        /// Whether the client may reconnect.
-        allow_reconnect: bool,
-    },
+    Close(Box<CloseRequest>),
+}
+
+impl Outbound {
+    /// Bytes of this connection's own, already encoded.
+    pub fn own(bytes: Bytes) -> Outbound {
+        Outbound::Own(Box::new(bytes))
+    }
+}
+
+/// A client-result invocation waiting in a mailbox.
+pub struct Invoke {
+    /// The client method.
+    pub target: String,
+    /// The arguments, encoded by the connection once it has assigned an invocation id.
+    pub arguments: Box<dyn EncodeArguments>,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<ClientResult>,
+}
+
+/// A request to close a connection with a Close message.
+#[derive(Debug, Clone)]
+pub struct CloseRequest {
+    /// The error to report, if any.
+    pub error: Option<String>,
+    /// Whether the client may reconnect.
+    pub allow_reconnect: bool,
 }
 
 /// Arguments of a client-result invocation, encoded once the invocation id is known.

@@ -3,10 +3,10 @@
 //! JSON goes out as Text frames and MessagePack as Binary frames (conformance item 20); WebSocket pings are
 //! answered here; continuation frames are aggregated up to the frame cap; a clean end is close code 1000.
 
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Message, Session};
 use bytes::Bytes;
 use bytestring::ByteString;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 
 use super::{CloseKind, Transport, TransportError, TransportKind};
 use crate::protocol::TransferFormat;
@@ -59,8 +59,10 @@ impl Transport for WebSocketTransport {
             match message {
                 AggregatedMessage::Text(text) => return Some(Ok(text.into_bytes())),
                 AggregatedMessage::Binary(bytes) => return Some(Ok(bytes)),
-                AggregatedMessage::Ping(payload) => {
-                    if self.session.pong(&payload).await.is_err() {
+                AggregatedMessage::Ping(mut payload) => {
+                    // A control frame carries at most 125 bytes (what `Session::pong` would cut it to).
+                    payload.truncate(125);
+                    if self.session.send(Message::Pong(payload)).await.is_err() {
                         return None;
                     }
                 }
@@ -74,14 +76,16 @@ impl Transport for WebSocketTransport {
     }
 
     async fn send(&mut self, bytes: Bytes, format: TransferFormat) -> Result<(), TransportError> {
-        let sent = match format {
+        let message = match format {
             TransferFormat::Text => match ByteString::try_from(bytes) {
-                Ok(text) => self.session.text(text).await,
+                Ok(text) => Message::Text(text),
                 Err(_) => return Err(TransportError::Protocol("a text frame was not UTF-8".into())),
             },
-            TransferFormat::Binary => self.session.binary(bytes).await,
+            TransferFormat::Binary => Message::Binary(bytes),
         };
-        sent.map_err(|_| TransportError::Closed)
+        // The session's `Sink` does what `Session::text` does (ready, send, flush) with a future a fraction of the
+        // size, and this future is part of every connection task's state.
+        self.session.send(message).await.map_err(|_| TransportError::Closed)
     }
 
     async fn close(self, kind: CloseKind) {
