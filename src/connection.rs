@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -432,6 +433,21 @@ impl<T: Transport> Link<T> {
         }
     }
 
+    async fn send_piece(
+        &mut self,
+        piece: Piece,
+        format: crate::protocol::TransferFormat,
+    ) -> Result<(), TransportError> {
+        match (piece, format) {
+            (Piece::Text(text), crate::protocol::TransferFormat::Text) => match self {
+                Link::Direct(transport) => transport.send_text(text).await,
+                Link::Relayed(transport) => transport.send_text(text).await,
+                Link::Detached => Err(TransportError::Closed),
+            },
+            (piece, format) => self.send(piece.into_bytes(), format).await,
+        }
+    }
+
     async fn close(self, kind: CloseKind) {
         match self {
             Link::Direct(transport) => transport.close(kind).await,
@@ -739,8 +755,11 @@ impl<T: Transport> Connection<T> {
         let mut next = Some(first);
         while let Some(message) = next.take() {
             let record = match message {
-                Outbound::Frame(frame) => frame.bytes(self.protocol).cloned(),
-                Outbound::Own(bytes) => Some(*bytes),
+                Outbound::Frame(frame) => match self.protocol {
+                    Protocol::Json => frame.text().cloned().map(Piece::Text),
+                    Protocol::MessagePack => frame.bytes(self.protocol).cloned().map(Piece::Bytes),
+                },
+                Outbound::Own(bytes) => Some(Piece::Bytes(*bytes)),
                 Outbound::Invoke(invoke) => {
                     let Invoke {
                         target,
@@ -753,7 +772,7 @@ impl<T: Transport> Connection<T> {
                     match arguments.encode_invocation(self.protocol, &id, &target, &mut out) {
                         Ok(()) => {
                             self.results.insert(id, reply);
-                            Some(Bytes::from(out))
+                            Some(Piece::Bytes(Bytes::from(out)))
                         }
                         Err(error) => {
                             let _ = reply.send(Err(ClientResultError::BadResult(error.to_string())));
@@ -778,7 +797,7 @@ impl<T: Transport> Connection<T> {
             if let Some(record) = record {
                 // Every record through the mailbox is trackable (section M, item 63): numbered and kept until acked.
                 if let Some(stateful) = &mut self.stateful {
-                    stateful.sent.push(record.clone());
+                    stateful.sent.push(record.as_bytes().clone());
                 }
                 batch.push(record);
             }
@@ -804,7 +823,7 @@ impl<T: Transport> Connection<T> {
 
     async fn flush(&mut self, batch: &mut Batch) -> Result<(), crate::transport::TransportError> {
         match batch.take() {
-            Some(bytes) => self.write(bytes).await,
+            Some(piece) => self.write_piece(piece).await,
             None => Ok(()),
         }
     }
@@ -816,6 +835,10 @@ impl<T: Transport> Connection<T> {
     /// With stateful reconnect a failed write detaches the connection instead of failing (its records are in the
     /// replay buffer), and a write while detached is skipped.
     async fn write(&mut self, bytes: Bytes) -> Result<(), crate::transport::TransportError> {
+        self.write_piece(Piece::Bytes(bytes)).await
+    }
+
+    async fn write_piece(&mut self, piece: Piece) -> Result<(), crate::transport::TransportError> {
         if matches!(self.transport, Link::Detached) && self.stateful.is_some() {
             return Ok(());
         }
@@ -823,7 +846,7 @@ impl<T: Transport> Connection<T> {
         let format = self.protocol.transfer_format();
         let sent = tokio::select! {
             biased;
-            sent = self.transport.send(bytes, format) => sent,
+            sent = self.transport.send_piece(piece, format) => sent,
             () = self.mailbox.ended() => Err(crate::transport::TransportError::Closed),
         };
         match sent {
@@ -873,12 +896,12 @@ impl<T: Transport> Connection<T> {
         let now = Instant::now();
         self.last_read = now;
         let mut batch = Batch::default();
-        batch.push(Bytes::from(out));
+        batch.push(Piece::Bytes(Bytes::from(out)));
         for record in replay {
             if batch.len() + record.len() > self.limits.write_batch && self.flush(&mut batch).await.is_err() {
                 return;
             }
-            batch.push(record);
+            batch.push(Piece::Bytes(record));
         }
         let _ = self.flush(&mut batch).await;
     }
@@ -1145,42 +1168,67 @@ impl<T: Transport> Connection<T> {
     }
 }
 
+/// One transport message's content: bytes, or text already known to be UTF-8 (a shared JSON frame), which a
+/// WebSocket sends without checking it again.
+enum Piece {
+    Bytes(Bytes),
+    Text(ByteString),
+}
+
+impl Piece {
+    fn as_bytes(&self) -> &Bytes {
+        match self {
+            Piece::Bytes(bytes) => bytes,
+            Piece::Text(text) => text.as_bytes(),
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Piece::Bytes(bytes) => bytes,
+            Piece::Text(text) => text.into_bytes(),
+        }
+    }
+}
+
 /// Records waiting to be written as one transport message. A lone record goes out as the shared bytes it came
 /// in (a group message's encoding is shared by every recipient): only a second record makes a copy.
 #[derive(Default)]
 struct Batch {
-    first: Option<Bytes>,
+    first: Option<Piece>,
     joined: Vec<u8>,
 }
 
 impl Batch {
-    fn push(&mut self, record: Bytes) {
-        if record.is_empty() {
+    fn push(&mut self, record: Piece) {
+        if record.as_bytes().is_empty() {
             return;
         }
         if !self.joined.is_empty() {
-            self.joined.extend_from_slice(&record);
+            self.joined.extend_from_slice(record.as_bytes());
             return;
         }
         match self.first.take() {
             None => self.first = Some(record),
             Some(first) => {
-                self.joined.reserve(first.len() + record.len());
-                self.joined.extend_from_slice(&first);
-                self.joined.extend_from_slice(&record);
+                self.joined.reserve(first.as_bytes().len() + record.as_bytes().len());
+                self.joined.extend_from_slice(first.as_bytes());
+                self.joined.extend_from_slice(record.as_bytes());
             }
         }
     }
 
     fn len(&self) -> usize {
-        self.first.as_ref().map_or(self.joined.len(), Bytes::len)
+        self.first
+            .as_ref()
+            .map_or(self.joined.len(), |first| first.as_bytes().len())
     }
 
-    fn take(&mut self) -> Option<Bytes> {
+    fn take(&mut self) -> Option<Piece> {
         if let Some(first) = self.first.take() {
             return Some(first);
         }
-        (!self.joined.is_empty()).then(|| Bytes::from(std::mem::take(&mut self.joined)))
+        (!self.joined.is_empty()).then(|| Piece::Bytes(Bytes::from(std::mem::take(&mut self.joined))))
     }
 }
 

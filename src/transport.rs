@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use tokio::sync::mpsc;
 
 use crate::protocol::TransferFormat;
@@ -90,6 +91,12 @@ pub trait Transport {
 
     /// Sends whole records as one transport message in `format`.
     async fn send(&mut self, bytes: Bytes, format: TransferFormat) -> Result<(), TransportError>;
+
+    /// Sends whole records already known to be UTF-8 as one Text message. A transport that frames text as text
+    /// (WebSockets) overrides it to skip checking the bytes again, once per recipient.
+    async fn send_text(&mut self, text: ByteString) -> Result<(), TransportError> {
+        self.send(text.into_bytes(), TransferFormat::Text).await
+    }
 
     /// Ends the transport.
     async fn close(self, kind: CloseKind);

@@ -16,6 +16,7 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -73,7 +74,8 @@ impl EncodeSource for PreEncoded {
 
 /// One server message, encoded lazily and at most once per protocol, shared by all its recipients.
 pub struct SharedFrame {
-    json: OnceLock<Option<Bytes>>,
+    /// Checked as UTF-8 once, here, so that no recipient's WebSocket text frame checks it again.
+    json: OnceLock<Option<ByteString>>,
     msgpack: OnceLock<Option<Bytes>>,
     source: Box<dyn EncodeSource>,
 }
@@ -116,21 +118,40 @@ impl SharedFrame {
     /// The whole record for `protocol`, encoded on first use. `None` if the payload cannot be encoded in that
     /// protocol (logged once, where it is first encoded).
     pub fn bytes(&self, protocol: Protocol) -> Option<&Bytes> {
-        let cell = match protocol {
-            Protocol::Json => &self.json,
-            Protocol::MessagePack => &self.msgpack,
-        };
-        cell.get_or_init(|| {
-            let mut out = Vec::new();
-            match self.source.encode(protocol, &mut out) {
-                Ok(()) => Some(Bytes::from(out)),
-                Err(error) => {
-                    tracing::warn!(%error, "a message could not be encoded and was not sent");
-                    None
+        match protocol {
+            Protocol::Json => self.text().map(ByteString::as_bytes),
+            Protocol::MessagePack => self
+                .msgpack
+                .get_or_init(|| self.encode(protocol).map(Bytes::from))
+                .as_ref(),
+        }
+    }
+
+    /// The whole JSON record, encoded on first use, as text.
+    pub fn text(&self) -> Option<&ByteString> {
+        self.json
+            .get_or_init(|| {
+                let out = self.encode(Protocol::Json)?;
+                match String::from_utf8(out) {
+                    Ok(text) => Some(ByteString::from(text)),
+                    Err(error) => {
+                        tracing::warn!(%error, "a JSON message was not UTF-8 and was not sent");
+                        None
+                    }
                 }
+            })
+            .as_ref()
+    }
+
+    fn encode(&self, protocol: Protocol) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        match self.source.encode(protocol, &mut out) {
+            Ok(()) => Some(out),
+            Err(error) => {
+                tracing::warn!(%error, "a message could not be encoded and was not sent");
+                None
             }
-        })
-        .as_ref()
+        }
     }
 }
 

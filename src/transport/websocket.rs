@@ -88,6 +88,13 @@ impl Transport for WebSocketTransport {
         self.session.send(message).await.map_err(|_| TransportError::Closed)
     }
 
+    async fn send_text(&mut self, text: ByteString) -> Result<(), TransportError> {
+        self.session
+            .send(Message::Text(text))
+            .await
+            .map_err(|_| TransportError::Closed)
+    }
+
     async fn close(self, kind: CloseKind) {
         let code = match kind {
             CloseKind::Normal => CloseCode::Normal,
