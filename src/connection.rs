@@ -31,13 +31,17 @@ pub mod reconnect;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
+use futures_util::task::AtomicWaker;
 use futures_util::StreamExt;
 use mailbox::Mailbox;
 use serde::Serialize;
@@ -408,6 +412,14 @@ impl<T: Transport> Link<T> {
         }
     }
 
+    /// See [`Transport::recv_wakes_after_drop`]; a relay is polled every time, to be safe.
+    fn recv_wakes_after_drop(&self) -> bool {
+        match self {
+            Link::Direct(transport) => transport.recv_wakes_after_drop(),
+            Link::Relayed(_) | Link::Detached => false,
+        }
+    }
+
     fn closed_by_client(&self) -> bool {
         match self {
             Link::Direct(transport) => transport.closed_by_client(),
@@ -491,6 +503,7 @@ struct Connection<T: Transport> {
     /// The parent of every call's cancellation token, made on the first call (an idle connection has none).
     calls: Option<CancellationToken>,
     inbound: BytesMut,
+    recv_gate: RecvGate,
     last_read: Instant,
     last_write: Instant,
     /// Blocking invocations waiting for the one in `current` to finish.
@@ -568,6 +581,7 @@ impl<T: Transport> Connection<T> {
             mailbox,
             calls: None,
             inbound,
+            recv_gate: RecvGate::new(),
             last_read: now,
             last_write: now,
             queued: VecDeque::new(),
@@ -641,7 +655,7 @@ impl<T: Transport> Connection<T> {
                 () = poll_current(&mut self.current), if has_current => {
                     self.current = self.queued.pop_front();
                 }
-                chunk = self.transport.recv() => {
+                chunk = self.recv_gate.recv(&mut self.transport) => {
                     match chunk {
                         None if !self.transport.closed_by_client() && self.detach() => {}
                         None => return Ending::ClientClosed,
@@ -893,6 +907,7 @@ impl<T: Transport> Connection<T> {
         }
         let replay: Vec<Bytes> = stateful.sent.unacked().cloned().collect();
         self.transport = Link::Relayed(relay);
+        self.recv_gate.open();
         let now = Instant::now();
         self.last_read = now;
         let mut batch = Batch::default();
@@ -1165,6 +1180,72 @@ impl<T: Transport> Connection<T> {
         // Anything still queued after the end is dropped with the mailbox; client results in it fail as their
         // reply senders drop, which `invoke` reports as a disconnect.
         self.mailbox.close();
+    }
+}
+
+/// Lets the main loop poll the transport only when the transport woke the task (or may hold more input). The
+/// task wakes for every mailbox message, and polling an idle WebSocket's stream each time (through actix-ws's
+/// stream and the request payload) cost about 370 instructions per delivery.
+struct RecvGate {
+    flag: Arc<GateFlag>,
+    /// Wakes `flag`; what the transport registers instead of the task's own waker.
+    waker: Waker,
+}
+
+struct GateFlag {
+    ready: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for GateFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl RecvGate {
+    fn new() -> RecvGate {
+        let flag = Arc::new(GateFlag {
+            ready: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        let waker = Waker::from(flag.clone());
+        RecvGate { flag, waker }
+    }
+
+    /// The transport changed: poll it at the next turn.
+    fn open(&self) {
+        self.flag.ready.store(true, Ordering::Release);
+    }
+
+    /// [`Link::recv`], polled only when it may make progress (every time, for a transport whose dropped `recv`
+    /// forgets its wake-ups). Cancel-safe, as `Link::recv` is.
+    async fn recv<T: Transport>(&self, link: &mut Link<T>) -> Option<Result<Bytes, TransportError>> {
+        if !link.recv_wakes_after_drop() {
+            return link.recv().await;
+        }
+        std::future::poll_fn(|cx| {
+            self.flag.task.register(cx.waker());
+            if !self.flag.ready.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            let recv = link.recv();
+            let mut recv = std::pin::pin!(recv);
+            match recv.as_mut().poll(&mut Context::from_waker(&self.waker)) {
+                Poll::Ready(chunk) => {
+                    // More input may be buffered already, with no wake-up to come for it.
+                    self.open();
+                    Poll::Ready(chunk)
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
     }
 }
 

@@ -85,6 +85,13 @@ pub trait Transport {
         true
     }
 
+    /// Whether a pending [`Transport::recv`] future that is dropped leaves its wake-up registered, so that the
+    /// transport wakes the connection when input arrives even though nobody polls it meanwhile. The connection
+    /// then skips polling it on wake-ups that were not the transport's. False unless the transport knows it.
+    fn recv_wakes_after_drop(&self) -> bool {
+        false
+    }
+
     /// The next chunk of bytes from the client (one WebSocket message, one POST body). `None` when the client
     /// has gone or closed. Must be cancel-safe: the connection task polls it in a `select!`.
     async fn recv(&mut self) -> Option<Result<Bytes, TransportError>>;

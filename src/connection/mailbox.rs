@@ -100,7 +100,11 @@ impl Mailbox {
 
     /// Queues, waiting for room.
     pub(super) async fn send(&self, message: Outbound) -> Result<(), DeliverError> {
-        let mut message = Some(message);
+        // Without waiting first: registering for a wake-up takes the notifier's lock, twice.
+        let mut message = match self.push_if_room(message) {
+            Ok(result) => return result,
+            Err(message) => Some(message),
+        };
         loop {
             let changed = self.changed.notified();
             let mut changed = std::pin::pin!(changed);
@@ -127,6 +131,24 @@ impl Mailbox {
             let _waiting = Waiting(self);
             changed.await;
         }
+    }
+
+    /// Queues if there is room; gives the message back if the mailbox is full.
+    fn push_if_room(&self, message: Outbound) -> Result<Result<(), DeliverError>, Outbound> {
+        if self.is_ending() {
+            return Ok(Err(DeliverError::Closed));
+        }
+        let mut queue = self.queue.lock();
+        if queue.closed {
+            return Ok(Err(DeliverError::Closed));
+        }
+        if queue.items.len() >= self.capacity {
+            return Err(message);
+        }
+        queue.items.push_back(message);
+        drop(queue);
+        self.task.wake();
+        Ok(Ok(()))
     }
 
     /// The next message, without waiting.

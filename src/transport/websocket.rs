@@ -45,6 +45,12 @@ impl Transport for WebSocketTransport {
         self.close_received
     }
 
+    fn recv_wakes_after_drop(&self) -> bool {
+        // The request payload and the close signal that actix-ws's stream polls keep the last waker they were
+        // given until they wake it.
+        true
+    }
+
     async fn recv(&mut self) -> Option<Result<Bytes, TransportError>> {
         loop {
             let message = match self.stream.next().await? {
