@@ -440,7 +440,9 @@ impl<T: Transport> Link<T> {
     async fn send(&mut self, bytes: Bytes, format: crate::protocol::TransferFormat) -> Result<(), TransportError> {
         match self {
             Link::Direct(transport) => transport.send(bytes, format).await,
-            Link::Relayed(transport) => transport.send(bytes, format).await,
+            // Boxed: a relay's send future is three times a WebSocket's, and every connection's state would pay
+            // for it; only a connection that resumed after a stateful reconnect allocates it, per write.
+            Link::Relayed(transport) => Box::pin(transport.send(bytes, format)).await,
             Link::Detached => Err(TransportError::Closed),
         }
     }
@@ -453,7 +455,7 @@ impl<T: Transport> Link<T> {
         match (piece, format) {
             (Piece::Text(text), crate::protocol::TransferFormat::Text) => match self {
                 Link::Direct(transport) => transport.send_text(text).await,
-                Link::Relayed(transport) => transport.send_text(text).await,
+                Link::Relayed(transport) => Box::pin(transport.send_text(text)).await,
                 Link::Detached => Err(TransportError::Closed),
             },
             (piece, format) => self.send(piece.into_bytes(), format).await,
@@ -993,8 +995,9 @@ impl<T: Transport> Connection<T> {
             } => return self.start_invocation(invocation_id, target, arguments, stream_ids, streaming),
             HubMessage::StreamItem { invocation_id, item } => {
                 if let Some(upload) = self.uploads.get(&invocation_id) {
-                    // Waiting here is the backpressure on an upload: the method runs on its own task.
-                    if upload.send(Ok(item)).await.is_err() {
+                    // Waiting here is the backpressure on an upload: the method runs on its own task. Boxed: client
+                    // streams are rare, and an inline send future would enlarge every connection's state.
+                    if Box::pin(upload.send(Ok(item))).await.is_err() {
                         self.uploads.remove(&invocation_id);
                     }
                 } else {
@@ -1004,7 +1007,7 @@ impl<T: Transport> Connection<T> {
             HubMessage::Completion { invocation_id, outcome } => {
                 if let Some(upload) = self.uploads.remove(&invocation_id) {
                     if let CompletionOutcome::Error(error) = outcome {
-                        let _ = upload.send(Err(error)).await;
+                        let _ = Box::pin(upload.send(Err(error))).await;
                     }
                 } else if let Some(reply) = self.results.remove(&invocation_id) {
                     let result = match outcome {

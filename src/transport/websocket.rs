@@ -11,8 +11,11 @@ use futures_util::{SinkExt, StreamExt};
 use super::{CloseKind, Transport, TransportError, TransportKind};
 use crate::protocol::TransferFormat;
 
-/// One accepted WebSocket: the session to write to and the stream of client messages.
-pub struct WebSocketTransport {
+/// One accepted WebSocket: the session to write to and the stream of client messages. Boxed (240 bytes): the HTTP
+/// layer's task keeps the moved-from value for the connection's life, so an inline one costs every connection twice.
+pub struct WebSocketTransport(Box<Inner>);
+
+struct Inner {
     session: Session,
     stream: AggregatedMessageStream,
     max_frame: usize,
@@ -27,12 +30,12 @@ impl WebSocketTransport {
             .max_frame_size(max_frame)
             .aggregate_continuations()
             .max_continuation_size(max_frame);
-        WebSocketTransport {
+        WebSocketTransport(Box::new(Inner {
             session,
             stream,
             max_frame,
             close_received: false,
-        }
+        }))
     }
 }
 
@@ -42,7 +45,7 @@ impl Transport for WebSocketTransport {
     }
 
     fn closed_by_client(&self) -> bool {
-        self.close_received
+        self.0.close_received
     }
 
     fn recv_wakes_after_drop(&self) -> bool {
@@ -53,10 +56,10 @@ impl Transport for WebSocketTransport {
 
     async fn recv(&mut self) -> Option<Result<Bytes, TransportError>> {
         loop {
-            let message = match self.stream.next().await? {
+            let message = match self.0.stream.next().await? {
                 Ok(message) => message,
                 Err(actix_ws::ProtocolError::Overflow) => {
-                    return Some(Err(TransportError::FrameTooLarge(self.max_frame)))
+                    return Some(Err(TransportError::FrameTooLarge(self.0.max_frame)))
                 }
                 // A socket that broke (rather than a client that broke the protocol): the client may come back.
                 Err(actix_ws::ProtocolError::Io(_)) => return Some(Err(TransportError::Closed)),
@@ -68,13 +71,13 @@ impl Transport for WebSocketTransport {
                 AggregatedMessage::Ping(mut payload) => {
                     // A control frame carries at most 125 bytes (what `Session::pong` would cut it to).
                     payload.truncate(125);
-                    if self.session.send(Message::Pong(payload)).await.is_err() {
+                    if self.0.session.send(Message::Pong(payload)).await.is_err() {
                         return None;
                     }
                 }
                 AggregatedMessage::Pong(_) => {}
                 AggregatedMessage::Close(_) => {
-                    self.close_received = true;
+                    self.0.close_received = true;
                     return None;
                 }
             }
@@ -91,11 +94,12 @@ impl Transport for WebSocketTransport {
         };
         // The session's `Sink` does what `Session::text` does (ready, send, flush) with a future a fraction of the
         // size, and this future is part of every connection task's state.
-        self.session.send(message).await.map_err(|_| TransportError::Closed)
+        self.0.session.send(message).await.map_err(|_| TransportError::Closed)
     }
 
     async fn send_text(&mut self, text: ByteString) -> Result<(), TransportError> {
-        self.session
+        self.0
+            .session
             .send(Message::Text(text))
             .await
             .map_err(|_| TransportError::Closed)
@@ -108,6 +112,7 @@ impl Transport for WebSocketTransport {
         };
         // The client may already be gone; there is nobody to tell then.
         let _ = self
+            .0
             .session
             .close(Some(CloseReason {
                 code,
