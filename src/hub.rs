@@ -24,7 +24,6 @@ mod clients;
 mod groups;
 pub mod handler;
 pub(crate) mod router;
-mod workers;
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
@@ -345,8 +344,6 @@ impl Hub {
 struct Member {
     handle: ConnectionHandle,
     groups: HashSet<GroupKey>,
-    /// The HTTP worker its task runs on, which group deliveries go through.
-    worker: Option<Arc<workers::Worker>>,
 }
 
 /// A hub running on a node: its definition, its connections here, and which of them are in which group.
@@ -355,9 +352,7 @@ pub(crate) struct HubRuntime {
     name: Arc<str>,
     connections: RwLock<HashMap<ConnectionId, Member>>,
     /// This node's members of each group: the table a group delivery to this node is fanned out from.
-    local_groups: RwLock<HashMap<GroupKey, workers::LocalGroup>>,
-    /// The HTTP workers this hub's connections run on.
-    workers: workers::Workers,
+    local_groups: RwLock<HashMap<GroupKey, HashMap<ConnectionId, ConnectionHandle>>>,
     router: Arc<Router>,
 }
 
@@ -385,20 +380,18 @@ impl HubRuntime {
         }
     }
 
-    /// Delivers to this node's members of a group but `except`, through each worker's queue (see the `workers`
-    /// module).
+    /// Delivers to this node's members of a group but `except`.
     /// Returns false when this node holds no member of the group.
-    pub(crate) fn deliver_group(
-        self: &Arc<Self>,
-        key: &GroupKey,
-        frame: &Arc<SharedFrame>,
-        except: &Arc<[ConnectionId]>,
-    ) -> bool {
+    pub(crate) fn deliver_group(&self, key: &GroupKey, frame: &Arc<SharedFrame>, except: &[ConnectionId]) -> bool {
         let groups = self.local_groups.read();
-        let Some(group) = groups.get(key) else {
+        let Some(members) = groups.get(key) else {
             return false;
         };
-        group.deliver(self, key, frame, except);
+        for (id, handle) in members {
+            if !except.contains(id) {
+                let _ = handle.deliver(frame.clone());
+            }
+        }
         true
     }
 
@@ -409,11 +402,11 @@ impl HubRuntime {
             .get_mut(id)
             .ok_or_else(|| HubError::UnknownConnection(id.to_string()))?;
         member.groups.insert(key.clone());
-        self.local_groups.write().entry(key.clone()).or_default().insert(
-            member.worker.as_ref(),
-            id.clone(),
-            member.handle.clone(),
-        );
+        self.local_groups
+            .write()
+            .entry(key.clone())
+            .or_default()
+            .insert(id.clone(), member.handle.clone());
         Ok(())
     }
 
@@ -433,14 +426,19 @@ impl HubRuntime {
         self.local_groups
             .read()
             .iter()
-            .map(|(key, members)| (key.clone(), members.ids().cloned().collect()))
+            .map(|(key, members)| (key.clone(), members.keys().cloned().collect()))
             .collect()
     }
 }
 
-fn drop_from_table(table: &mut HashMap<GroupKey, workers::LocalGroup>, key: &GroupKey, id: &ConnectionId) {
+fn drop_from_table(
+    table: &mut HashMap<GroupKey, HashMap<ConnectionId, ConnectionHandle>>,
+    key: &GroupKey,
+    id: &ConnectionId,
+) {
     if let Some(members) = table.get_mut(key) {
-        if members.remove(id) {
+        members.remove(id);
+        if members.is_empty() {
             table.remove(key);
         }
     }
@@ -470,7 +468,6 @@ impl HubContext {
             name: name.clone(),
             connections: RwLock::new(HashMap::new()),
             local_groups: RwLock::new(HashMap::new()),
-            workers: workers::Workers::default(),
             router: router.clone(),
         });
         router.register_hub(&name, &runtime);
@@ -592,14 +589,11 @@ impl ConnectionHost for HubContext {
                 });
             }
         }
-        // `connected` runs on the connection's own task, so this is the worker it lives on.
-        let worker = self.runtime.workers.current();
         self.runtime.connections.write().insert(
             session.id.clone(),
             Member {
                 handle: session.handle.clone(),
                 groups: HashSet::new(),
-                worker,
             },
         );
         let context = self.clone();
