@@ -365,6 +365,9 @@ impl NodeBuilder {
         })
         .workers(workers)
         .shutdown_timeout(2)
+        // A client that closes its socket ends the request at once: its SSE stream or long poll is dropped, and the
+        // connection with it, instead of lingering until a write to the dead socket fails (the next keep-alive).
+        .h1_allow_half_closed(false)
         .disable_signals()
         .listen(listener)
         .map_err(|source| NodeError::Bind { address, source })?

@@ -721,8 +721,9 @@ pub async fn serve_on(listen: &Listen) -> Result<TestHubHandle, TestHubError> {
             .configure(move |config| node.configure(config))
     })
     .workers(2)
-    // An abandoned SSE response is noticed only when a write to it fails; do not wait long for it at shutdown.
     .shutdown_timeout(2)
+    // As a node's server: a client that closes its socket ends its request (an SSE stream, a poll) at once.
+    .h1_allow_half_closed(false)
     .disable_signals();
     let mut http_url = None;
     if let Some((listener, local_addr)) = http {
