@@ -32,6 +32,7 @@ use crate::connection::{ConnectionId, Limits};
 use crate::demo::demo_hub;
 use crate::hub::{Caller, ClientStream, Hub, HubContext, HubError, Streamed};
 use crate::node::http::{cors, long_polling_options, poll_response, random_id, sse_response, NEGOTIATE_EXPIRY};
+use crate::node::tls::TlsConfig;
 use crate::node::{Node, NodeError};
 use crate::protocol::negotiate::{AvailableTransport, NegotiateResponse};
 use crate::protocol::{Binary, Timestamp, TransferFormat};
@@ -648,22 +649,16 @@ impl Listen {
     }
 }
 
-/// A TLS configuration with a fresh self-signed certificate for `127.0.0.1` and `localhost`. The crypto provider is
-/// passed in rather than installed as the process default, so that nothing global is touched.
+/// A TLS configuration with a fresh self-signed certificate for `127.0.0.1` and `localhost`.
 fn self_signed_tls() -> Result<rustls::ServerConfig, TestHubError> {
-    let tls_error = |error: &dyn std::fmt::Display| TestHubError::Tls(error.to_string());
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .map_err(|error| tls_error(&error))?;
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
-        certified.signing_key.serialize_der(),
-    ));
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|error| tls_error(&error))?
-        .with_no_client_auth()
-        .with_single_cert(vec![certified.cert.der().clone()], key)
-        .map_err(|error| tls_error(&error))
+        .map_err(|error| TestHubError::Tls(error.to_string()))?;
+    let tls = TlsConfig::from_pem(
+        certified.cert.pem().as_bytes(),
+        certified.signing_key.serialize_pem().as_bytes(),
+    )
+    .map_err(|error| TestHubError::Tls(error.to_string()))?;
+    Ok(tls.server_config())
 }
 
 /// Serves the test server on `address` (`127.0.0.1:0` picks a free port), plain HTTP, on the current tokio runtime.
