@@ -29,6 +29,9 @@
 //!   secret (`auth.secret` or `auth.secret_file`, read like the cluster secret) or an RS256 public key
 //!   (`auth.public_key_file`, PEM; relative paths as for `secret_file`); optionally `auth.issuer`,
 //!   `auth.audience` and `auth.user_claim` (default: the name-identifier claim, then `sub`).
+//! * `http.tls_cert` and `http.tls_key` (PEM files: the certificate chain, leaf first, and its private key;
+//!   relative paths as for `secret_file`) make the node serve HTTPS and WSS instead of plain HTTP. Both or
+//!   neither.
 //! * Environment variables are read only when named `HUBMESH_<SECTION>__<KEY>`; other `HUBMESH_*` variables (for
 //!   tests or logging) are ignored. Values are strings, converted to the key's type (`"2048"`, `"false"`); a list
 //!   (`cluster.seeds`) may be written as comma-separated addresses.
@@ -55,6 +58,7 @@ use crate::auth::Authenticator;
 use crate::cluster::{LinkConfig, MembershipConfig};
 use crate::connection::Limits;
 use crate::demo::demo_hub;
+use crate::node::tls::{TlsConfig, TlsError};
 use crate::node::{ClusterSettings, Node, NodeBuilder};
 
 /// Every configuration key, as `section.key`. The environment variable of a key is [`env_name`] of it.
@@ -62,6 +66,8 @@ pub const KEYS: &[&str] = &[
     "node.name",
     "http.listen",
     "http.workers",
+    "http.tls_cert",
+    "http.tls_key",
     "cluster.id",
     "cluster.gossip",
     "cluster.gossip_advertise",
@@ -274,6 +280,10 @@ pub struct HttpSection {
     pub listen: SocketAddr,
     /// HTTP worker threads (default 2).
     pub workers: usize,
+    /// A PEM file with the certificate chain to serve HTTPS with (leaf first); needs `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// A PEM file with the private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HttpSection {
@@ -281,6 +291,8 @@ impl Default for HttpSection {
         HttpSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             workers: DEFAULT_WORKERS,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -664,6 +676,7 @@ impl NodeConfig {
         } else {
             None
         };
+        let tls = self.tls_settings(&mut problem);
         if errors.is_empty() {
             Ok(NodeSettings {
                 name: name.to_owned(),
@@ -673,9 +686,46 @@ impl NodeConfig {
                 demo: self.hubs.demo,
                 cluster,
                 auth,
+                tls,
             })
         } else {
             Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    /// HTTPS from `http.tls_cert` and `http.tls_key`; `None` when neither is set.
+    fn tls_settings(&self, problem: &mut impl FnMut(&str, String)) -> Option<TlsConfig> {
+        let (cert, key) = match (&self.http.tls_cert, &self.http.tls_key) {
+            (None, None) => return None,
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(_), None) => {
+                problem("http.tls_key", "missing: `http.tls_cert` needs its private key".into());
+                return None;
+            }
+            (None, Some(_)) => {
+                problem("http.tls_cert", "missing: `http.tls_key` needs its certificate".into());
+                return None;
+            }
+        };
+        let mut read = |key: &str, path: &Path| {
+            let path = self.config_relative(key, path);
+            std::fs::read(&path)
+                .map_err(|error| problem(key, format!("cannot read `{}`: {error}", path.display())))
+                .ok()
+        };
+        let cert_pem = read("http.tls_cert", cert);
+        let key_pem = read("http.tls_key", key);
+        let (cert_pem, key_pem) = (cert_pem?, key_pem?);
+        match TlsConfig::from_pem(&cert_pem, &key_pem) {
+            Ok(tls) => Some(tls),
+            Err(error @ TlsError::Key(_)) => {
+                problem("http.tls_key", error.to_string());
+                None
+            }
+            Err(error) => {
+                problem("http.tls_cert", error.to_string());
+                None
+            }
         }
     }
 
@@ -945,6 +995,8 @@ pub struct NodeSettings {
     pub cluster: Option<ClusterSettings>,
     /// Checks bearer tokens; `None` when `[auth]` is not configured.
     pub auth: Option<Authenticator>,
+    /// HTTPS instead of plain HTTP; `None` unless `http.tls_cert` and `http.tls_key` are set.
+    pub tls: Option<TlsConfig>,
 }
 
 impl fmt::Debug for NodeSettings {
@@ -966,6 +1018,7 @@ impl fmt::Debug for NodeSettings {
             .field("demo", &self.demo)
             .field("cluster (id, gossip, seeds, link)", &cluster)
             .field("auth", &self.auth)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -987,6 +1040,9 @@ impl NodeSettings {
         }
         if let Some(auth) = &self.auth {
             builder = builder.auth(auth.clone());
+        }
+        if let Some(tls) = &self.tls {
+            builder = builder.tls(tls.clone());
         }
         builder
     }

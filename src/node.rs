@@ -11,6 +11,7 @@
 
 mod cluster;
 pub mod http;
+pub mod tls;
 
 pub use cluster::HUBS_KEY;
 
@@ -28,6 +29,7 @@ use crate::connection::Limits;
 use crate::hub::router::Router;
 use crate::hub::{Hub, HubContext};
 use http::HubEndpoint;
+use tls::TlsConfig;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,8 @@ pub struct NodeBuilder {
     cluster: Option<ClusterSettings>,
     /// Hubs this node sends to without serving them.
     send_only: Vec<String>,
+    /// HTTPS instead of plain HTTP.
+    tls: Option<TlsConfig>,
     /// Checks bearer tokens; without one, every request is anonymous.
     auth: Option<Authenticator>,
 }
@@ -143,6 +147,7 @@ impl Node {
             workers: 2,
             cluster: None,
             send_only: Vec::new(),
+            tls: None,
             auth: None,
         }
     }
@@ -281,6 +286,12 @@ impl NodeBuilder {
         self
     }
 
+    /// Serves HTTPS (and WSS) with `tls` instead of plain HTTP.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The number of HTTP worker threads.
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
@@ -325,11 +336,12 @@ impl NodeBuilder {
         })
     }
 
-    /// Builds the node and serves it over HTTP.
+    /// Builds the node and serves it over HTTP (or HTTPS, see [`NodeBuilder::tls`]).
     pub async fn start(mut self) -> Result<NodeHandle, NodeError> {
         let workers = self.workers;
         let address = self.listen.clone();
         let cluster_settings = self.cluster.take();
+        let tls = self.tls.take();
         let node = self.build()?;
         if let Some(settings) = cluster_settings {
             let hubs = node
@@ -365,16 +377,24 @@ impl NodeBuilder {
         })
         .workers(workers)
         .shutdown_timeout(2)
-        .disable_signals()
-        .listen(listener)
+        // A client that closes its socket ends the request at once: its SSE stream or long poll is dropped, and the
+        // connection with it, instead of lingering until a write to the dead socket fails (the next keep-alive).
+        .h1_allow_half_closed(false)
+        .disable_signals();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let server = match &tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls.server_config()),
+            None => server.listen(listener),
+        }
         .map_err(|source| NodeError::Bind { address, source })?
         .run();
         let handle = server.handle();
         let task = tokio::spawn(server);
-        node.span().in_scope(|| tracing::info!(%local_addr, "serving"));
+        node.span().in_scope(|| tracing::info!(%local_addr, scheme, "serving"));
         Ok(NodeHandle {
             node,
             local_addr,
+            scheme,
             server: handle,
             task,
         })
@@ -385,6 +405,8 @@ impl NodeBuilder {
 pub struct NodeHandle {
     node: Node,
     local_addr: SocketAddr,
+    /// `http` or `https`.
+    scheme: &'static str,
     server: ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -400,9 +422,9 @@ impl NodeHandle {
         self.local_addr
     }
 
-    /// `http://<local_addr>`.
+    /// `http://<local_addr>`, or `https://<local_addr>` when the node serves TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        format!("{}://{}", self.scheme, self.local_addr)
     }
 
     /// The context of hub `name`.

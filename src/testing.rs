@@ -1,7 +1,8 @@
 //! Test support (feature `test-util`): the official functional-test hub and a server that runs it in-process.
 //!
-//! [`TestHubServer::start`] serves the test hub on an ephemeral loopback port from a background thread with its
-//! own runtime, so both synchronous tests (which then drive Node.js clients) and async tests can use it.
+//! [`TestHubServer::start`] serves the test hub on ephemeral loopback ports, plain HTTP and HTTPS, from a background
+//! thread with its own runtime, so both synchronous tests (which then drive Node.js clients) and async tests can use
+//! it.
 
 pub mod cluster;
 pub mod testhub;
@@ -16,6 +17,7 @@ use tokio::sync::oneshot;
 /// The test hub served in-process on `127.0.0.1` at an ephemeral port; stops when dropped.
 pub struct TestHubServer {
     url: String,
+    https_url: String,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -23,7 +25,7 @@ pub struct TestHubServer {
 impl TestHubServer {
     /// Starts the server and waits until it listens.
     pub fn start() -> std::io::Result<TestHubServer> {
-        let (ready_tx, ready_rx) = std_mpsc::channel::<std::io::Result<String>>();
+        let (ready_tx, ready_rx) = std_mpsc::channel::<std::io::Result<(String, String)>>();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("hubmesh-testhub".into())
@@ -40,9 +42,14 @@ impl TestHubServer {
                     }
                 };
                 runtime.block_on(async move {
-                    match testhub::serve("127.0.0.1:0").await {
+                    let listen = testhub::Listen {
+                        http: Some("127.0.0.1:0".to_owned()),
+                        https: Some("127.0.0.1:0".to_owned()),
+                    };
+                    match testhub::serve_on(&listen).await {
                         Ok(server) => {
-                            let _ = ready_tx.send(Ok(server.url()));
+                            let urls = (server.url(), server.https_url().unwrap_or_default());
+                            let _ = ready_tx.send(Ok(urls));
                             let _ = stop_rx.await;
                             server.stop().await;
                         }
@@ -52,11 +59,12 @@ impl TestHubServer {
                     }
                 });
             })?;
-        let url = ready_rx
+        let (url, https_url) = ready_rx
             .recv()
             .map_err(|_| std::io::Error::other("the test hub thread ended before it listened"))??;
         Ok(TestHubServer {
             url,
+            https_url,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -65,6 +73,11 @@ impl TestHubServer {
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// `https://127.0.0.1:<port>`: the same server over TLS, with a self-signed certificate made at start-up.
+    pub fn https_url(&self) -> &str {
+        &self.https_url
     }
 }
 

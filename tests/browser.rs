@@ -2,15 +2,19 @@
 //! (issue 3, item 5): `@microsoft/signalr/dist/browser/signalr.js` with the MessagePack protocol's browser build,
 //! over WebSockets, Server-Sent Events (JSON only) and long polling, with both HTTP clients the browser build picks
 //! from (fetch and XMLHttpRequest), from a page on another origin (cross-origin, with credentials and cookies), plus
-//! the web-worker build in a dedicated worker. The page, its static server and the driver live in `tests/browser`
-//! (see `run.mjs` for the scenarios).
+//! the web-worker build in a dedicated worker. Then the whole conformance suite of `tests/node` (the official
+//! suite's HubConnectionTests, ConnectionTests and WebSocketTests scenarios, ours about negotiate and transport
+//! selection) runs unchanged in the page, with each HTTP client, including the HTTPS rows against the test server's
+//! HTTPS listener. The pages, their static server and the driver live in `tests/browser` (see `run.mjs`).
 //!
 //! Needs Node.js and npm (`npm ci` runs in `tests/node` when `@microsoft/signalr` or `playwright-core` is missing)
 //! and Debian's Chromium at `/usr/bin/chromium`: when it is missing, `tests/browser/install-chromium.sh` installs
 //! the `chromium` package with apt-get (root needed) or fails with a clear message.
 //!
 //! Environment:
-//! * `HUBMESH_BROWSER_ONLY`: run only the scenarios whose name contains this, e.g. `xhr/LongPolling`.
+//! * `HUBMESH_BROWSER_ONLY`: run only the scenarios and suite tests whose name contains this, e.g.
+//!   `xhr/LongPolling` or `using https`.
+//! * `HUBMESH_BROWSER_SUITE`: the comma-separated `tests/node` files to run in the page (see `run.mjs`).
 
 #[path = "common/npm.rs"]
 mod npm;
@@ -33,7 +37,7 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 /// Upper bound on installing Chromium with apt-get.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Upper bound on the browser run; `run.mjs` gives up by itself after 120 s.
-const RUN_TIMEOUT: Duration = Duration::from_secs(150);
+const RUN_TIMEOUT: Duration = Duration::from_secs(960);
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("browser")
@@ -111,13 +115,14 @@ fn official_browser_client_in_headless_chromium() -> TestResult {
     ensure_node_modules()?;
     ensure_chromium()?;
     let server = TestHubServer::start().map_err(|error| format!("cannot start the test hub server: {error}"))?;
-    println!("browser: test hub at {}", server.url());
+    println!("browser: test hub at {} and {}", server.url(), server.https_url());
     let dir = browser_dir();
     let mut child = own_process_group(
         Command::new("node")
             .arg("run.mjs")
             .current_dir(&dir)
             .env("HUBMESH_TEST_URL", server.url())
+            .env("HUBMESH_TEST_HTTPS_URL", server.https_url())
             .env("HUBMESH_CHROMIUM", CHROMIUM),
     )
     .spawn()

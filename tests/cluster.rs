@@ -420,11 +420,14 @@ async fn survivors_keep_their_groups_when_a_node_dies() -> TestResult {
         let deadline = killed_at + Duration::from_secs(8);
         'settle: loop {
             let mut settled = true;
+            let mut counts = Vec::new();
             for client in &mut clients {
                 for group in &groups {
-                    if client.invoke("GroupCount", json!([group])).await? != json!(2) {
+                    let count = client.invoke("GroupCount", json!([group])).await?;
+                    if count != json!(2) {
                         settled = false;
                     }
+                    counts.push(count);
                 }
             }
             if settled {
@@ -432,7 +435,11 @@ async fn survivors_keep_their_groups_when_a_node_dies() -> TestResult {
                 break 'settle;
             }
             if Instant::now() > deadline {
-                return Err("group counts did not settle at 2 after the node died".into());
+                return Err(format!(
+                    "group counts did not settle at 2 after the node died: {counts:?} (each survivor's client, \
+                     then each group)"
+                )
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

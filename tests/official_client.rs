@@ -2,6 +2,7 @@
 //! in-process test hub server.
 //!
 //! Needs Node.js (>= 18) and npm on `PATH`. `npm ci` runs in `tests/node` when its `node_modules` is missing.
+//! The test hub listens on plain HTTP and on HTTPS (a self-signed certificate), so the HTTPS-only rows run too.
 //!
 //! Environment:
 //! * `HUBMESH_NODE_TEST_FILES`: space-separated test files (relative to `tests/node`) to run instead of every
@@ -89,8 +90,9 @@ fn official_javascript_client_conformance() -> TestResult {
 
     let server = TestHubServer::start().map_err(|error| format!("cannot start the test hub server: {error}"))?;
     println!(
-        "official_client: test hub at {}; running {}",
+        "official_client: test hub at {} and {}; running {}",
         server.url(),
+        server.https_url(),
         files.join(" ")
     );
 
@@ -120,6 +122,9 @@ fn official_javascript_client_conformance() -> TestResult {
                 .args(&files)
                 .current_dir(&dir)
                 .env("HUBMESH_TEST_URL", server.url())
+                .env("HUBMESH_TEST_HTTPS_URL", server.https_url())
+                // The HTTPS rows: the test server's certificate is self-signed, as upstream's runner does it.
+                .env("NODE_TLS_REJECT_UNAUTHORIZED", "0")
                 .env("HUBMESH_TEST_TRANSPORTS", &transports),
         )
         .spawn()

@@ -478,13 +478,9 @@ async fn read_until(stream: &mut TcpStream, buffer: &mut Vec<u8>, needle: &[u8])
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_framing_and_conflicts() -> TestResult {
     bounded(async {
-        // actix notices a dropped event stream only when a write to it fails, so the end of the stream shows at
-        // the second keep-alive Ping after it: short ones here.
-        let limits = Limits {
-            keep_alive: Duration::from_millis(200),
-            ..limits(Duration::from_secs(20), Duration::from_secs(15))
-        };
-        let node = start(limits).await?;
+        // Keep-alive Pings a minute apart: the dropped event stream below must be noticed from the closed socket
+        // itself, not from a failed write.
+        let node = start(limits(Duration::from_secs(20), Duration::from_secs(15))).await?;
         let addr = node.local_addr();
         let (token, _) = negotiate(addr, "/testhub").await?;
         let path = format!("/testhub?id={token}");
@@ -518,7 +514,10 @@ async fn server_sent_events_framing_and_conflicts() -> TestResult {
             format!("\"result\":\"sse\"}}{RS}\n\n").as_bytes(),
         )
         .await?;
-        // Closing the event stream ends the connection: its id is gone.
+        // Closing the event stream ends the connection: its id is gone (well before any keep-alive is written).
+        let hub = node.hub_context("TestHub").ok_or("no TestHub")?;
+        assert_eq!(hub.local_connection_count(), 1);
+        let dropped = Instant::now();
         drop(events);
         let mut last = 0;
         for _ in 0..100 {
@@ -529,6 +528,8 @@ async fn server_sent_events_framing_and_conflicts() -> TestResult {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(last, 404, "the connection outlived its event stream");
+        assert_eq!(hub.local_connection_count(), 0);
+        println!("an abandoned event stream was noticed within {:?}", dropped.elapsed());
         stop(node).await;
         Ok(())
     })

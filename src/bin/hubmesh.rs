@@ -3,7 +3,8 @@
 //! * `hubmesh node [--config FILE] [flags]`: one node. With no arguments, a single node serving the demo hub on
 //!   127.0.0.1:5000. Settings come from the file, `HUBMESH_*` environment variables and flags, in rising
 //!   precedence (see `hubmesh::config` and `cluster-config/README.md`). The first line on standard output is
-//!   `Now listening on: http://ADDR`, once the node serves; logs go to standard error.
+//!   `Now listening on: http://ADDR` (`https://` with `http.tls_cert`), once the node serves; logs go to standard
+//!   error.
 //! * `hubmesh dev [--nodes N] [--base-port P]`: a local N-node cluster, each node a child process running
 //!   `hubmesh node` on 127.0.0.1 (HTTP P+1.., gossip P+2001.., links P+2101..), its output prefixed with its name.
 //!   Ctrl-C stops them all; so does one node dying.

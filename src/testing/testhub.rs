@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::cookie::time::OffsetDateTime;
-use actix_web::cookie::Cookie;
+use actix_web::cookie::{Cookie, SameSite};
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::Next;
@@ -32,6 +32,7 @@ use crate::connection::{ConnectionId, Limits};
 use crate::demo::demo_hub;
 use crate::hub::{Caller, ClientStream, Hub, HubContext, HubError, Streamed};
 use crate::node::http::{cors, long_polling_options, poll_response, random_id, sse_response, NEGOTIATE_EXPIRY};
+use crate::node::tls::TlsConfig;
 use crate::node::{Node, NodeError};
 use crate::protocol::negotiate::{AvailableTransport, NegotiateResponse};
 use crate::protocol::{Binary, Timestamp, TransferFormat};
@@ -515,24 +516,36 @@ async fn generate_jwt_token(tokens: web::Data<TestTokens>) -> HttpResponse {
     }
 }
 
-/// Sets the cookies the cookie tests look for on every negotiate (one of them already expired).
+/// Sets the cookies the cookie tests look for on every negotiate (one of them already expired). Over HTTPS they are
+/// `SameSite=None; Secure; Partitioned`, as upstream's server sets them, so that a browser page on another site
+/// still sends them back.
 async fn negotiate_cookies(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let is_negotiate = request.path().contains("/negotiate");
+    let is_https = request.connection_info().scheme() == "https";
     let mut response = next.call(request).await?;
     if is_negotiate {
         let expired = Cookie::build("expiredCookie", "doesntmatter")
             .path("/")
             .expires(OffsetDateTime::UNIX_EPOCH)
             .finish();
-        for cookie in [
+        for mut cookie in [
             Cookie::build("testCookie", "testValue").path("/").finish(),
             Cookie::build("testCookie2", "testValue2").path("/").finish(),
             expired,
         ] {
-            response.response_mut().add_cookie(&cookie)?;
+            if !is_https {
+                response.response_mut().add_cookie(&cookie)?;
+                continue;
+            }
+            cookie.set_secure(true);
+            cookie.set_same_site(SameSite::None);
+            // The cookie crate of actix-web 4 predates the Partitioned attribute (CHIPS); it is appended by hand.
+            let value = header::HeaderValue::from_str(&format!("{cookie}; Partitioned"))
+                .map_err(actix_web::error::ErrorInternalServerError)?;
+            response.response_mut().headers_mut().append(header::SET_COOKIE, value);
         }
     }
     Ok(response)
@@ -541,15 +554,21 @@ async fn negotiate_cookies(
 /// A running test server.
 pub struct TestHubHandle {
     url: String,
+    https_url: Option<String>,
     server: ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     node: Node,
 }
 
 impl TestHubHandle {
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or the HTTPS URL when the server listens on HTTPS only.
     pub fn url(&self) -> String {
         self.url.clone()
+    }
+
+    /// `https://127.0.0.1:<port>` when the server also listens on HTTPS (a self-signed certificate).
+    pub fn https_url(&self) -> Option<String> {
+        self.https_url.clone()
     }
 
     /// Stops serving and waits for the server to end.
@@ -584,10 +603,75 @@ pub enum TestHubError {
         /// Why.
         source: std::io::Error,
     },
+    /// The self-signed certificate or the TLS configuration could not be made.
+    #[error("could not set up HTTPS: {0}")]
+    Tls(String),
+    /// Neither an HTTP nor an HTTPS address was given.
+    #[error("nothing to listen on: give an http:// or https:// URL")]
+    NoAddress,
+    /// A URL the server cannot serve.
+    #[error("cannot serve '{0}': only http:// and https:// URLs with a host and port")]
+    BadUrl(String),
 }
 
-/// Serves the test server on `address` (`127.0.0.1:0` picks a free port) on the current tokio runtime.
+/// Where the test server listens: plain HTTP, HTTPS with a self-signed certificate, or both (as upstream's test
+/// server does, `ASPNETCORE_URLS=https://127.0.0.1:0;http://127.0.0.1:0`).
+#[derive(Debug, Clone, Default)]
+pub struct Listen {
+    /// `host:port` for plain HTTP.
+    pub http: Option<String>,
+    /// `host:port` for HTTPS.
+    pub https: Option<String>,
+}
+
+impl Listen {
+    /// Parses an ASP.NET-style `;`-separated URL list; the first URL of each scheme is used.
+    pub fn from_urls(urls: &str) -> Result<Listen, TestHubError> {
+        let mut listen = Listen::default();
+        for url in urls.split(';').map(str::trim).filter(|url| !url.is_empty()) {
+            let (slot, address) = if let Some(address) = url.strip_prefix("http://") {
+                (&mut listen.http, address)
+            } else if let Some(address) = url.strip_prefix("https://") {
+                (&mut listen.https, address)
+            } else {
+                return Err(TestHubError::BadUrl(url.to_owned()));
+            };
+            let address = address.trim_end_matches('/');
+            if address.is_empty() || address.contains('/') {
+                return Err(TestHubError::BadUrl(url.to_owned()));
+            }
+            slot.get_or_insert_with(|| address.to_owned());
+        }
+        if listen.http.is_none() && listen.https.is_none() {
+            return Err(TestHubError::NoAddress);
+        }
+        Ok(listen)
+    }
+}
+
+/// A TLS configuration with a fresh self-signed certificate for `127.0.0.1` and `localhost`.
+fn self_signed_tls() -> Result<rustls::ServerConfig, TestHubError> {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .map_err(|error| TestHubError::Tls(error.to_string()))?;
+    let tls = TlsConfig::from_pem(
+        certified.cert.pem().as_bytes(),
+        certified.signing_key.serialize_pem().as_bytes(),
+    )
+    .map_err(|error| TestHubError::Tls(error.to_string()))?;
+    Ok(tls.server_config())
+}
+
+/// Serves the test server on `address` (`127.0.0.1:0` picks a free port), plain HTTP, on the current tokio runtime.
 pub async fn serve(address: &str) -> Result<TestHubHandle, TestHubError> {
+    serve_on(&Listen {
+        http: Some(address.to_owned()),
+        https: None,
+    })
+    .await
+}
+
+/// Serves the test server on the addresses of `listen` (port 0 picks a free port) on the current tokio runtime.
+pub async fn serve_on(listen: &Listen) -> Result<TestHubHandle, TestHubError> {
     let tokens = TestTokens::random();
     let node = test_node(&tokens)?;
     let tokens = web::Data::new(tokens);
@@ -599,15 +683,20 @@ pub async fn serve(address: &str) -> Result<TestHubHandle, TestHubError> {
         limits: node.limits().clone(),
         slots: Mutex::new(HashMap::new()),
     });
-    let bind_error = |source| TestHubError::Bind {
-        address: address.to_owned(),
-        source,
+    let bind = |address: &str| -> Result<(std::net::TcpListener, std::net::SocketAddr), TestHubError> {
+        let bind_error = |source| TestHubError::Bind {
+            address: address.to_owned(),
+            source,
+        };
+        let listener = std::net::TcpListener::bind(address).map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        Ok((listener, local_addr))
     };
-    let listener = std::net::TcpListener::bind(address).map_err(bind_error)?;
-    let local_addr = listener.local_addr().map_err(bind_error)?;
+    let http = listen.http.as_deref().map(bind).transpose()?;
+    let https = listen.https.as_deref().map(bind).transpose()?;
     let app_node = node.clone();
     let test_hub = web::Data::new(test_hub);
-    let server = HttpServer::new(move || {
+    let mut server = HttpServer::new(move || {
         let node = app_node.clone();
         App::new()
             .wrap(actix_web::middleware::from_fn(negotiate_cookies))
@@ -627,16 +716,37 @@ pub async fn serve(address: &str) -> Result<TestHubHandle, TestHubError> {
             .configure(move |config| node.configure(config))
     })
     .workers(2)
-    // An abandoned SSE response is noticed only when a write to it fails; do not wait long for it at shutdown.
     .shutdown_timeout(2)
-    .disable_signals()
-    .listen(listener)
-    .map_err(bind_error)?
-    .run();
+    // As a node's server: a client that closes its socket ends its request (an SSE stream, a poll) at once.
+    .h1_allow_half_closed(false)
+    .disable_signals();
+    let mut http_url = None;
+    if let Some((listener, local_addr)) = http {
+        server = server.listen(listener).map_err(|source| TestHubError::Bind {
+            address: local_addr.to_string(),
+            source,
+        })?;
+        http_url = Some(format!("http://{local_addr}"));
+    }
+    let mut https_url = None;
+    if let Some((listener, local_addr)) = https {
+        server = server
+            .listen_rustls_0_23(listener, self_signed_tls()?)
+            .map_err(|source| TestHubError::Bind {
+                address: local_addr.to_string(),
+                source,
+            })?;
+        https_url = Some(format!("https://{local_addr}"));
+    }
+    let Some(url) = http_url.clone().or_else(|| https_url.clone()) else {
+        return Err(TestHubError::NoAddress);
+    };
+    let server = server.run();
     let handle = server.handle();
     let task = tokio::spawn(server);
     Ok(TestHubHandle {
-        url: format!("http://{local_addr}"),
+        url,
+        https_url,
         server: handle,
         task,
         node,

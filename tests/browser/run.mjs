@@ -1,12 +1,17 @@
-// Drives headless Chromium (Debian's /usr/bin/chromium, through playwright-core from tests/node) through the
-// browser scenarios in scenarios.js: the official client's browser build, served by server.mjs from one origin,
-// against the test hub server on another (HUBMESH_TEST_URL), for every transport × protocol (SSE JSON only) ×
-// HTTP client (fetch, XHR), plus withCredentials: false and the Web Worker build.
+// Drives headless Chromium (Debian's /usr/bin/chromium, through playwright-core from tests/node), with the
+// official client's browser build served by server.mjs from one origin, against the test hub server on another
+// (HUBMESH_TEST_URL), once with each HTTP client the client can pick (fetch, XHR):
+// 1. the browser scenarios in scenarios.js: every transport × protocol (SSE JSON only), withCredentials: false,
+//    and the Web Worker build;
+// 2. the whole conformance suite: the Node test files of tests/node, unchanged, in suite.html (every transport,
+//    both protocols, and the HTTPS rows against HUBMESH_TEST_HTTPS_URL).
 //
 // Environment:
-// * HUBMESH_TEST_URL      base URL of a running test hub server (required)
-// * HUBMESH_CHROMIUM      the browser executable (default /usr/bin/chromium)
-// * HUBMESH_BROWSER_ONLY  optional substring filter on scenario names, e.g. "xhr/LongPolling"
+// * HUBMESH_TEST_URL         base URL of a running test hub server (required)
+// * HUBMESH_TEST_HTTPS_URL   the same server over HTTPS (optional; its certificate is self-signed and accepted)
+// * HUBMESH_CHROMIUM         the browser executable (default /usr/bin/chromium)
+// * HUBMESH_BROWSER_ONLY     optional substring filter on scenario and test names, e.g. "xhr/LongPolling"
+// * HUBMESH_BROWSER_SUITE    comma-separated test files of tests/node to run in the page (default SUITE_FILES)
 //
 // Prints one line per scenario step and exits 0 only when every step passed. Every wait is bounded; the whole run
 // gives up after RUN_TIMEOUT_MS.
@@ -17,19 +22,35 @@ import { startStaticServer } from "./server.mjs";
 const require = createRequire(new URL("../node/package.json", import.meta.url));
 const { chromium } = require("playwright-core");
 
-const RUN_TIMEOUT_MS = 120000;
+const RUN_TIMEOUT_MS = 900000;
 const SCENARIO_TIMEOUT_MS = 60000;
+const SUITE_TIMEOUT_MS = 400000;
 const LAUNCH_TIMEOUT_MS = 30000;
 
 const TRANSPORTS = ["WebSockets", "ServerSentEvents", "LongPolling"];
 const PROTOCOLS = ["json", "messagepack"];
 const HTTP_CLIENTS = ["fetch", "xhr"];
+// The files that hold the official suite's scenarios (HubConnectionTests, ConnectionTests, WebSocketTests) and
+// ours about negotiate; the demo hub and the stateful-reconnect proxy tests are Node only.
+const SUITE_FILES = [
+    "connection.test.mjs",
+    "hub-connection.test.mjs",
+    "auth.test.mjs",
+    "negotiate.test.mjs",
+    "transport-selection.test.mjs",
+    "websocket.test.mjs",
+];
 
 const hubBase = (process.env.HUBMESH_TEST_URL || "").replace(/\/+$/, "");
 if (!hubBase) {
     console.error("HUBMESH_TEST_URL is not set: point it at a running hubmesh test hub server");
     process.exit(2);
 }
+const httpsHubBase = (process.env.HUBMESH_TEST_HTTPS_URL || "").replace(/\/+$/, "");
+const suiteFiles = (process.env.HUBMESH_BROWSER_SUITE || SUITE_FILES.join(","))
+    .split(",")
+    .map((file) => file.trim())
+    .filter((file) => file.length > 0);
 const executablePath = process.env.HUBMESH_CHROMIUM || "/usr/bin/chromium";
 const only = process.env.HUBMESH_BROWSER_ONLY || "";
 
@@ -90,6 +111,40 @@ async function scenario(page, name, fn, args) {
     }
 }
 
+/** The conformance suite in suite.html, one line per test; every test counts as a result. */
+async function runSuite(page, httpClient) {
+    const params = new URLSearchParams({ hub: hubBase, transports: TRANSPORTS.join(","), files: suiteFiles.join(",") });
+    if (httpsHubBase) {
+        params.set("https", httpsHubBase);
+    }
+    pageErrors = [];
+    await page.goto(`${staticServer.url}/suite.html?${params}`, { timeout: SCENARIO_TIMEOUT_MS });
+    await page.waitForFunction(() => window.hubmeshSuite !== undefined, null, { timeout: SCENARIO_TIMEOUT_MS });
+    const started = Date.now();
+    let outcome;
+    try {
+        outcome = await bounded(
+            page.evaluate((filter) => window.hubmeshSuite.run({ filter }), only),
+            SUITE_TIMEOUT_MS,
+            `the suite with ${httpClient}`,
+        );
+    } catch (error) {
+        outcome = [{ name: "run", ok: false, ms: Date.now() - started, error: String(error.message || error) }];
+    }
+    for (const result of outcome) {
+        results.push({ name: `${httpClient} suite > ${result.name}`, ok: result.ok });
+    }
+    const failed = outcome.filter((result) => !result.ok).length;
+    console.log(
+        `suite with ${httpClient}: ${outcome.length - failed} passed, ${failed} failed in ${Date.now() - started} ms`,
+    );
+    if (failed > 0) {
+        for (const line of pageErrors) {
+            console.log(`    page ${line}`);
+        }
+    }
+}
+
 try {
     staticServer = await startStaticServer();
     console.log(`browser tests: page origin ${staticServer.url}, hub ${hubBase}, browser ${executablePath}`);
@@ -113,7 +168,8 @@ try {
 
     for (const httpClient of HTTP_CLIENTS) {
         // A fresh context per HTTP client: its own cookie jar, so each run sees negotiate set the cookies.
-        const context = await browser.newContext();
+        // The HTTPS test hub's certificate is self-signed (upstream's runner accepts its dev certificate too).
+        const context = await browser.newContext({ ignoreHTTPSErrors: true });
         context.setDefaultTimeout(SCENARIO_TIMEOUT_MS);
         if (httpClient === "xhr") {
             // Without a global fetch, DefaultHttpClient picks XhrHttpClient.
@@ -122,6 +178,12 @@ try {
             });
         }
         const page = await context.newPage();
+        await page.exposeFunction("hubmeshReport", (result) => {
+            console.log(`${result.ok ? "PASS" : "FAIL"} ${httpClient} suite > ${result.name} (${result.ms} ms)`);
+            if (!result.ok) {
+                console.log(`    ${result.error}`);
+            }
+        });
         page.on("pageerror", (error) => pageErrors.push(String(error)));
         page.on("response", (response) => {
             if (response.status() >= 400) {
@@ -166,6 +228,9 @@ try {
                     transport,
                 });
             }
+        }
+        if (suiteFiles.length > 0) {
+            await runSuite(page, httpClient);
         }
         await context.close();
     }

@@ -1,6 +1,7 @@
-// A tiny static file server for the browser tests: it serves the test page, the official client's browser and
-// web-worker builds, the MessagePack protocol's browser build and the worker script from an origin other than the
-// hub's (another port on 127.0.0.1), so that every request the client makes to the hub is cross-origin.
+// A tiny static file server for the browser tests: it serves the test pages, the official client's browser,
+// web-worker and ES module builds, the MessagePack protocol's browser build, the worker script, and the Node
+// conformance test files with the browser's stand-ins for their imports, from an origin other than the hub's
+// (another port on 127.0.0.1), so that every request the client makes to the hub is cross-origin.
 //
 // Run alone with `node server.mjs` (prints `listening http://127.0.0.1:<port>`); run.mjs imports it.
 
@@ -10,7 +11,9 @@ import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const MODULES = join(HERE, "..", "node", "node_modules");
+const NODE_TESTS = join(HERE, "..", "node");
+const MODULES = join(NODE_TESTS, "node_modules");
+const ESM_BUILD = join(MODULES, "@microsoft", "signalr", "dist", "esm");
 
 /** URL path -> file. Nothing else is served. */
 export const FILES = {
@@ -18,6 +21,11 @@ export const FILES = {
     "/index.html": join(HERE, "index.html"),
     "/scenarios.js": join(HERE, "scenarios.js"),
     "/worker.js": join(HERE, "worker.js"),
+    "/suite.html": join(HERE, "suite.html"),
+    "/browser/suite.mjs": join(HERE, "suite.mjs"),
+    "/browser/env.mjs": join(HERE, "env.mjs"),
+    "/browser/node-test.mjs": join(HERE, "node-test.mjs"),
+    "/browser/assert.mjs": join(HERE, "assert.mjs"),
     "/lib/signalr/signalr.js": join(MODULES, "@microsoft", "signalr", "dist", "browser", "signalr.js"),
     "/lib/signalr/signalr-protocol-msgpack.js": join(
         MODULES,
@@ -38,6 +46,25 @@ function contentType(file) {
     return "text/javascript; charset=utf-8";
 }
 
+/**
+ * The file for a URL path: a fixed one from FILES, a test module from tests/node (`/node/<name>.mjs`), or a module
+ * of the client's ES module build (`/lib/esm/<name>`: its imports name no extension, so `.js` is added).
+ */
+export function fileFor(path) {
+    if (FILES[path]) {
+        return FILES[path];
+    }
+    const testModule = /^\/node\/([\w.-]+\.mjs)$/.exec(path);
+    if (testModule) {
+        return join(NODE_TESTS, testModule[1]);
+    }
+    const esmModule = /^\/lib\/esm\/([\w-]+)(\.js)?$/.exec(path);
+    if (esmModule) {
+        return join(ESM_BUILD, `${esmModule[1]}.js`);
+    }
+    return undefined;
+}
+
 /** Starts serving on 127.0.0.1 (a free port); resolves to `{ url, close() }`. */
 export function startStaticServer() {
     const server = createServer(async (request, response) => {
@@ -46,7 +73,7 @@ export function startStaticServer() {
             response.writeHead(204).end();
             return;
         }
-        const file = FILES[path];
+        const file = fileFor(path);
         if (request.method !== "GET" || !file) {
             response.writeHead(404, { "Content-Type": "text/plain" }).end("not found");
             return;
@@ -55,6 +82,10 @@ export function startStaticServer() {
             const body = await readFile(file);
             response.writeHead(200, { "Content-Type": contentType(file), "Cache-Control": "no-store" }).end(body);
         } catch (error) {
+            if (error.code === "ENOENT") {
+                response.writeHead(404, { "Content-Type": "text/plain" }).end("not found");
+                return;
+            }
             response.writeHead(500, { "Content-Type": "text/plain" }).end(String(error));
         }
     });

@@ -4,16 +4,28 @@
 import assert from "node:assert/strict";
 import { describe } from "node:test";
 
-import { BASE_URL, TRANSPORTS, consoleLogger, delay, quietLogger, rejectionMessage, scenario, signalR, withTimeout } from "./common.mjs";
+import {
+    BASE_URL,
+    TRANSPORTS,
+    base64Url,
+    consoleLogger,
+    delay,
+    httpGetText,
+    quietLogger,
+    rejectionMessage,
+    scenario,
+    signalR,
+    withTimeout,
+} from "./common.mjs";
 
 const STEP = 10000;
 const AUTHORIZED_HUB_URL = `${BASE_URL}/authorizedhub`;
 
 /** A fresh token from the test server (HS256, user "testuser", valid for a few seconds). */
 async function getJwtToken() {
-    const response = await withTimeout(fetch(`${BASE_URL}/generateJwtToken`), STEP, "GET /generateJwtToken");
+    const response = await withTimeout(httpGetText(`${BASE_URL}/generateJwtToken`), STEP, "GET /generateJwtToken");
     assert.equal(response.status, 200, "GET /generateJwtToken");
-    const token = await response.text();
+    const token = response.text;
     assert.equal(token.split(".").length, 3, `a JWT: ${token}`);
     return token;
 }
@@ -76,9 +88,9 @@ for (const transport of TRANSPORTS) {
 
         scenario("rejects a token signed with another key", async (resources) => {
             // Well-formed, but not signed by this server: {"alg":"HS256"} . {"sub":"testuser","exp":<far future>} . junk
-            const header = Buffer.from(JSON.stringify({ alg: "HS256", typ: "JWT" })).toString("base64url");
-            const payload = Buffer.from(JSON.stringify({ sub: "testuser", exp: 4102444800 })).toString("base64url");
-            const forged = `${header}.${payload}.${Buffer.from("not a signature").toString("base64url")}`;
+            const header = base64Url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
+            const payload = base64Url(JSON.stringify({ sub: "testuser", exp: 4102444800 }));
+            const forged = `${header}.${payload}.${base64Url("not a signature")}`;
             const connection = connectAuthorized(resources, transport, { accessTokenFactory: () => forged }, quietLogger);
             const message = await rejectionMessage(withTimeout(connection.start(), STEP, "start()"), "start()");
             assert.match(message, /Unauthorized: Status code '401'/);

@@ -1,59 +1,41 @@
-// Shared helpers for the hubmesh conformance tests that drive the unmodified official SignalR client.
-//
-// Environment:
-// * HUBMESH_TEST_URL         base URL of a running test hub server, e.g. http://127.0.0.1:5000 (required)
-// * HUBMESH_TEST_TRANSPORTS  comma-separated transports to cover (default "WebSockets"); names as in
-//                            HttpTransportType: WebSockets, ServerSentEvents, LongPolling
-// * HUBMESH_TEST_LOG_LEVEL   client log level (default "Warning"); one of the signalR.LogLevel names
+// The helpers of the conformance tests that drive the unmodified official SignalR client. They are free of any
+// environment: what an environment provides comes from ./env.mjs, which is Node's (env.mjs here) or, in a browser page
+// that runs the same test files, ../browser/env.mjs (suite.html maps one onto the other with an import map).
 
-import { createRequire } from "node:module";
 import { it } from "node:test";
 
-const require = createRequire(import.meta.url);
+import { env } from "./env.mjs";
 
-// The CommonJS build everywhere, so that internal modules (HttpConnection, Utils) share state with the public API.
-export const signalR = require("@microsoft/signalr");
-export const { MessagePackHubProtocol } = require("@microsoft/signalr-protocol-msgpack");
-export const { HttpConnection } = require("@microsoft/signalr/dist/cjs/HttpConnection.js");
-export const { getUserAgentHeader } = require("@microsoft/signalr/dist/cjs/Utils.js");
-// The `ws` package the client itself uses in Node (Node 20 has no global WebSocket).
-export const WebSocket = createRequire(require.resolve("@microsoft/signalr"))("ws");
+export const { MessagePackHubProtocol, HttpConnection, getUserAgentHeader, WebSocket, httpGetText, base64Url } = env;
+/** Whether the tests run in a browser page (some rows differ there, as upstream's do). */
+export const IS_BROWSER = env.isBrowser;
+/** The HTTP client the official client picks here: "FetchHttpClient" or "XhrHttpClient". */
+export const HTTP_CLIENT_NAME = env.httpClientName;
 
-function baseUrl() {
-    const url = process.env.HUBMESH_TEST_URL;
-    if (!url) {
-        throw new Error("HUBMESH_TEST_URL is not set: point it at a running hubmesh test hub server");
-    }
-    return url.replace(/\/+$/, "");
-}
+export const { signalR } = env;
 
-export const BASE_URL = baseUrl();
+export const BASE_URL = env.baseUrl.replace(/\/+$/, "");
 export const TESTHUB_URL = `${BASE_URL}/testhub`;
 export const ECHO_URL = `${BASE_URL}/echo`;
 export const DEMO_HUB_URL = `${BASE_URL}/hub`;
 export const REDIRECT_URL = `${BASE_URL}/redirect?numRedirects=0&baseUrl=${BASE_URL}`;
+/** The same test server over HTTPS (self-signed), or undefined when it was not given: HTTPS rows are skipped. */
+export const HTTPS_BASE_URL = env.httpsBaseUrl ? env.httpsBaseUrl.replace(/\/+$/, "") : undefined;
+export const HTTPS_TESTHUB_URL = HTTPS_BASE_URL && `${HTTPS_BASE_URL}/testhub`;
 
 export const DEFAULT_TIMEOUT = 20000;
 
-function transports() {
-    const names = (process.env.HUBMESH_TEST_TRANSPORTS || "WebSockets")
-        .split(",")
-        .map((name) => name.trim())
-        .filter((name) => name.length > 0);
-    for (const name of names) {
-        if (signalR.HttpTransportType[name] === undefined) {
-            throw new Error(`HUBMESH_TEST_TRANSPORTS: unknown transport '${name}'`);
-        }
+for (const name of env.transports) {
+    if (signalR.HttpTransportType[name] === undefined) {
+        throw new Error(`HUBMESH_TEST_TRANSPORTS: unknown transport '${name}'`);
     }
-    return names;
 }
-
 /** Transport names to cover, e.g. ["WebSockets"]. */
-export const TRANSPORTS = transports();
+export const TRANSPORTS = env.transports;
 
 export const PROTOCOLS = [
     { name: "json", create: () => new signalR.JsonHubProtocol() },
-    { name: "messagepack", create: () => new MessagePackHubProtocol() },
+    { name: "messagepack", create: () => new env.MessagePackHubProtocol() },
 ];
 
 /** The protocols a transport can carry: SSE is text only, so MessagePack skips it (as upstream does). */
@@ -61,22 +43,16 @@ export function protocolsFor(transport) {
     return PROTOCOLS.filter((protocol) => !(protocol.name === "messagepack" && transport === "ServerSentEvents"));
 }
 
-function logLevel() {
-    const name = process.env.HUBMESH_TEST_LOG_LEVEL || "Warning";
-    const level = signalR.LogLevel[name];
-    if (level === undefined) {
-        throw new Error(`HUBMESH_TEST_LOG_LEVEL: unknown level '${name}'`);
-    }
-    return level;
+export const LOG_LEVEL = signalR.LogLevel[env.logLevelName];
+if (LOG_LEVEL === undefined) {
+    throw new Error(`HUBMESH_TEST_LOG_LEVEL: unknown level '${env.logLevelName}'`);
 }
-
-export const LOG_LEVEL = logLevel();
 
 /** A logger printing to stderr from LOG_LEVEL up. */
 export const consoleLogger = {
     log(level, message) {
         if (level >= LOG_LEVEL && level !== signalR.LogLevel.None) {
-            console.error(`[signalr ${signalR.LogLevel[level]}] ${message}`);
+            env.log(`[signalr ${signalR.LogLevel[level]}] ${message}`);
         }
     },
 };
@@ -85,7 +61,7 @@ export const consoleLogger = {
 export const quietLogger = {
     log(level, message) {
         if (LOG_LEVEL <= signalR.LogLevel.Debug && level >= LOG_LEVEL) {
-            console.error(`[signalr ${signalR.LogLevel[level]}] ${message}`);
+            env.log(`[signalr ${signalR.LogLevel[level]}] ${message}`);
         }
     },
 };
@@ -234,7 +210,12 @@ export class Resources {
         }
         for (const socket of this.webSockets) {
             try {
-                socket.terminate();
+                // `ws` in Node can drop a socket at once; a browser WebSocket can only be closed.
+                if (typeof socket.terminate === "function") {
+                    socket.terminate();
+                } else {
+                    socket.close();
+                }
             } catch {
                 // already closed
             }

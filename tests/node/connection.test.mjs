@@ -6,7 +6,10 @@ import { describe } from "node:test";
 
 import {
     ECHO_URL,
+    HTTP_CLIENT_NAME,
     HttpConnection,
+    IS_BROWSER,
+    TESTHUB_URL,
     TRANSPORTS,
     consoleLogger,
     deferred,
@@ -48,7 +51,7 @@ describe("connection", () => {
     for (const transport of TRANSPORTS) {
         const transportType = signalR.HttpTransportType[transport];
 
-        describe(`over ${transport} with FetchHttpClient`, () => {
+        describe(`over ${transport} with ${HTTP_CLIENT_NAME}`, () => {
             scenario("can send and receive messages", async (resources) => {
                 const connection = resources.http(
                     new HttpConnection(ECHO_URL, { logger: consoleLogger, transport: transportType }),
@@ -113,6 +116,29 @@ describe("connection", () => {
                 const logged = logger.messages.filter(({ message }) => message.includes(`'${MESSAGE}'`));
                 assert.ok(logged.length > 0, "the message content was not logged");
             });
+
+            // Browser only, and only where the page is on another origin than the hub (as here); a WebSocket always
+            // carries cookies, so only SSE and long polling can honour the flag.
+            if (IS_BROWSER && transport !== "WebSockets") {
+                scenario("honors withCredentials flag", async (resources) => {
+                    const cookieSeen = async (withCredentials) => {
+                        const connection = resources.hub(
+                            new signalR.HubConnectionBuilder()
+                                .withUrl(TESTHUB_URL, { transport: transportType, withCredentials })
+                                .configureLogging(consoleLogger)
+                                .build(),
+                        );
+                        await withTimeout(connection.start(), STEP, "start()");
+                        const cookie = await withTimeout(connection.invoke("GetCookie", "testCookie"), STEP, "GetCookie");
+                        await withTimeout(connection.stop(), STEP, "stop()");
+                        return cookie;
+                    };
+                    // The first negotiate (with credentials) stores the cookie; then it is sent, or withheld.
+                    await cookieSeen(true);
+                    assert.equal(await cookieSeen(true), "testValue", "withCredentials: true");
+                    assert.equal(await cookieSeen(false), null, "withCredentials: false");
+                });
+            }
         });
     }
 });

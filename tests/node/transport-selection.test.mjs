@@ -6,7 +6,7 @@
 import { describe } from "node:test";
 import assert from "node:assert/strict";
 
-import { BASE_URL, MessagePackHubProtocol, signalR, quietLogger, scenario } from "./common.mjs";
+import { BASE_URL, IS_BROWSER, MessagePackHubProtocol, signalR, quietLogger, scenario } from "./common.mjs";
 
 const NO_WEBSOCKETS_URL = `${BASE_URL}/testhub-nowebsockets`;
 
@@ -51,6 +51,32 @@ describe("transport selection and long polling shutdown", () => {
         await connection.start();
         assert.equal(await connection.invoke("GetActiveTransportName"), "LongPolling");
     });
+
+    // In Node there is always a WebSocket implementation (upstream's test is a no-op there); in a browser the page's
+    // WebSocket is replaced by one that throws, and the client must fall back to another transport.
+    if (IS_BROWSER) {
+        scenario("transport falls back from WebSockets to SSE or LongPolling", async (resources) => {
+            const original = globalThis.WebSocket;
+            globalThis.WebSocket = function () {
+                throw new Error("WebSockets are switched off for this test");
+            };
+            try {
+                const connection = resources.hub(
+                    new signalR.HubConnectionBuilder()
+                        .withUrl(`${BASE_URL}/testhub`)
+                        .configureLogging(quietLogger)
+                        .build(),
+                );
+                await connection.start();
+                const transport = await connection.invoke("GetActiveTransportName");
+                assert.notEqual(transport, "WebSockets");
+                assert.ok(["ServerSentEvents", "LongPolling"].includes(transport), transport);
+                assert.equal(await connection.invoke("Echo", "after fallback"), "after fallback");
+            } finally {
+                globalThis.WebSocket = original;
+            }
+        });
+    }
 
     scenario("over LongPolling it sends DELETE request and waits for poll to terminate", async (resources) => {
         const httpClient = new RecordingHttpClient();
