@@ -475,6 +475,20 @@ async fn read_until(stream: &mut TcpStream, buffer: &mut Vec<u8>, needle: &[u8])
     Ok(())
 }
 
+/// Opens an SSE event stream (`GET path` with `Accept: text/event-stream` and `extra` headers) and reads up to the
+/// end of the response head; returns the socket and what it read so far.
+async fn open_event_stream(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> TestResult<(TcpStream, Vec<u8>)> {
+    let mut headers = vec![("Accept", "text/event-stream")];
+    headers.extend_from_slice(extra);
+    let mut events = TcpStream::connect(addr).await?;
+    events
+        .write_all(request_head("GET", path, &headers, 0).as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    read_until(&mut events, &mut raw, b"\r\n\r\n").await?;
+    Ok((events, raw))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_framing_and_conflicts() -> TestResult {
     bounded(async {
@@ -484,12 +498,7 @@ async fn server_sent_events_framing_and_conflicts() -> TestResult {
         let addr = node.local_addr();
         let (token, _) = negotiate(addr, "/testhub").await?;
         let path = format!("/testhub?id={token}");
-        let mut events = TcpStream::connect(addr).await?;
-        events
-            .write_all(request_head("GET", &path, &[("Accept", "text/event-stream"), ("X-Test", "sse")], 0).as_bytes())
-            .await?;
-        let mut raw = Vec::new();
-        read_until(&mut events, &mut raw, b"\r\n\r\n").await?;
+        let (mut events, mut raw) = open_event_stream(addr, &path, &[("X-Test", "sse")]).await?;
         let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no head")? + 4;
         let head = parse_response(&raw[..head_end])?;
         assert_eq!(head.status, 200);
@@ -543,12 +552,7 @@ async fn messagepack_over_sse_gets_a_handshake_error() -> TestResult {
         let addr = node.local_addr();
         let (token, _) = negotiate(addr, "/testhub").await?;
         let path = format!("/testhub?id={token}");
-        let mut events = TcpStream::connect(addr).await?;
-        events
-            .write_all(request_head("GET", &path, &[("Accept", "text/event-stream")], 0).as_bytes())
-            .await?;
-        let mut raw = Vec::new();
-        read_until(&mut events, &mut raw, b"\r\n\r\n").await?;
+        let (mut events, mut raw) = open_event_stream(addr, &path, &[]).await?;
         let handshake = format!("{{\"protocol\":\"messagepack\",\"version\":1}}{RS}");
         assert_eq!(
             request(addr, "POST", &path, &[], handshake.as_bytes()).await?.status,
@@ -643,12 +647,7 @@ async fn raw_echo_over_server_sent_events_and_bad_negotiate() -> TestResult {
         let (token, _) = negotiate(addr, "/echo").await?;
         let path = format!("/echo?id={token}");
         assert_eq!(request(addr, "POST", &path, &[], b"early").await?.status, 400);
-        let mut events = TcpStream::connect(addr).await?;
-        events
-            .write_all(request_head("GET", &path, &[("Accept", "text/event-stream")], 0).as_bytes())
-            .await?;
-        let mut raw = Vec::new();
-        read_until(&mut events, &mut raw, b"\r\n\r\n").await?;
+        let (mut events, mut raw) = open_event_stream(addr, &path, &[]).await?;
         let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no head")? + 4;
         let head = parse_response(&raw[..head_end])?;
         assert_eq!(

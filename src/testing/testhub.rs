@@ -524,7 +524,7 @@ async fn negotiate_cookies(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let is_negotiate = request.path().contains("/negotiate");
-    let is_https = request.connection_info().scheme() == "https";
+    let is_https = is_negotiate && request.connection_info().scheme() == "https";
     let mut response = next.call(request).await?;
     if is_negotiate {
         let expired = Cookie::build("expiredCookie", "doesntmatter")
