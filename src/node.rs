@@ -11,6 +11,7 @@
 
 mod cluster;
 pub mod http;
+pub mod server;
 pub mod tls;
 
 pub use cluster::HUBS_KEY;
@@ -20,7 +21,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
-use actix_web::{App, HttpServer};
+use actix_web::App;
 
 use crate::auth::Authenticator;
 use crate::cluster::link::memory::MemoryNetwork;
@@ -369,25 +370,23 @@ impl NodeBuilder {
             source,
         })?;
         let app_node = node.clone();
-        let server = HttpServer::new(move || {
-            let node = app_node.clone();
-            App::new()
-                .wrap(http::cors())
-                .configure(move |config| node.configure(config))
-        })
-        .workers(workers)
-        .shutdown_timeout(2)
-        // A client that closes its socket ends the request at once: its SSE stream or long poll is dropped, and the
-        // connection with it, instead of lingering until a write to the dead socket fails (the next keep-alive).
-        .h1_allow_half_closed(false)
-        .disable_signals();
+        let listener = match &tls {
+            Some(tls) => server::Listener::https(listener, tls.server_config()),
+            None => server::Listener::http(listener),
+        };
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let server = match &tls {
-            Some(tls) => server.listen_rustls_0_23(listener, tls.server_config()),
-            None => server.listen(listener),
-        }
-        .map_err(|source| NodeError::Bind { address, source })?
-        .run();
+        let server = server::serve(
+            move |_https| {
+                let node = app_node.clone();
+                App::new()
+                    .wrap(http::cors())
+                    .configure(move |config| node.configure(config))
+            },
+            server::Upgrades::new(node.clone()),
+            vec![listener],
+            workers,
+        )
+        .map_err(|source| NodeError::Bind { address, source })?;
         let handle = server.handle();
         let task = tokio::spawn(server);
         node.span().in_scope(|| tracing::info!(%local_addr, scheme, "serving"));

@@ -8,6 +8,7 @@
 
 pub mod long_polling;
 pub mod sse;
+pub mod upgraded;
 pub mod websocket;
 
 use std::sync::atomic::{AtomicBool, Ordering};

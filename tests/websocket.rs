@@ -2268,3 +2268,48 @@ async fn stopping_the_node_closes_connections_with_a_close_message() -> TestResu
     })
     .await
 }
+
+/// A hub mounted with `Node::configure` in an application's own actix-web `HttpServer` (where the socket stays with
+/// actix-web, and actix-ws carries the messages) serves the same WebSocket protocol as a node's own server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_in_an_applications_own_http_server_serves_websockets() -> TestResult {
+    bounded(TEST_TIMEOUT, async {
+        let node = Node::builder()
+            .hub(wire_hub(Flags::default()))
+            .limits(quiet_limits())
+            .build()?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let app_node = node.clone();
+        let server = actix_web::HttpServer::new(move || {
+            let node = app_node.clone();
+            actix_web::App::new().configure(move |config| node.configure(config))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        let task = tokio::spawn(server);
+        let url = format!("ws://{addr}/wirehub");
+        each_protocol(|protocol| {
+            let url = url.clone();
+            async move {
+                let mut client = Client::open(&url, protocol).await?;
+                client.handshake().await?;
+                client.send(protocol.ping()).await?;
+                let result = client.invoke_ok("Echo", json!(["from an app's own server"])).await?;
+                check(result == json!("from an app's own server"), || {
+                    format!("Echo returned {result}")
+                })?;
+                client.assert_frame_kinds()?;
+                Ok(())
+            }
+        })
+        .await?;
+        handle.stop(false).await;
+        let _ = timeout(Duration::from_secs(5), task).await;
+        Ok(())
+    })
+    .await
+}

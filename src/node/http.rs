@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::dev::RequestHead;
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
@@ -153,7 +154,7 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
             if request.method() != Method::POST {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "");
             }
-            return match authenticate(&node, endpoint, &request) {
+            return match authenticate(&node, endpoint, request.head()) {
                 Ok(_) => negotiate(&node, endpoint, &request),
                 Err(refusal) => refusal.response(),
             };
@@ -162,20 +163,17 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
     let Some(endpoint) = node.endpoint(&path).cloned() else {
         return text(StatusCode::NOT_FOUND, "");
     };
-    let user = match authenticate(&node, &endpoint, &request) {
+    let user = match authenticate(&node, &endpoint, request.head()) {
         Ok(user) => user,
         Err(refusal) => return refusal.response(),
     };
     let token = crate::hub::url_query_value(request.query_string(), "id");
     match *request.method() {
-        Method::GET if is_websocket_upgrade(&request) => {
-            if !endpoint.offers(TransportKind::WebSockets) {
-                return text(
-                    StatusCode::NOT_FOUND,
-                    "WebSockets transport not supported by this end point type",
-                );
+        Method::GET if is_websocket_upgrade(request.head()) => {
+            match accept_websocket(&node, endpoint, token, request.head(), user) {
+                Ok(accepted) => upgrade_with_actix_ws(accepted, &request, body),
+                Err(refusal) => *refusal,
             }
-            connect_websocket(&node, endpoint, token, &request, user, body)
         }
         Method::GET => {
             let wants_sse = request
@@ -252,18 +250,18 @@ impl Refusal {
 
 /// Authenticates a hub request: `Ok` with the user of a valid bearer token (or `None`, anonymous), or why a hub
 /// whose requirement the request does not meet refuses it.
-fn authenticate(node: &Node, endpoint: &HubEndpoint, request: &HttpRequest) -> Result<Option<Authenticated>, Refusal> {
-    let header = request
+fn authenticate(node: &Node, endpoint: &HubEndpoint, head: &RequestHead) -> Result<Option<Authenticated>, Refusal> {
+    let header = head
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    let token = auth::bearer_token(header, request.query_string());
+    let token = auth::bearer_token(header, query_string(head));
     let mut refused = None;
     let user = match (node.authenticator(), &token) {
         (Some(authenticator), Some(token)) => match authenticator.authenticate(token) {
             Ok(user) => Some(user),
             Err(error) => {
-                tracing::debug!(%error, path = request.path(), "bearer token refused");
+                tracing::debug!(%error, path = head.uri.path(), "bearer token refused");
                 refused = Some(error);
                 None
             }
@@ -358,7 +356,7 @@ fn connect_sse(
         endpoint,
         token,
         id,
-        request_info(request, user),
+        request_info(request.head(), user),
         async move |setup| {
             connection::run(transport, setup).await;
         },
@@ -403,7 +401,7 @@ async fn long_poll(
         endpoint,
         token,
         id,
-        request_info(request, user),
+        request_info(request.head(), user),
         async move |setup| {
             connection::run(transport, setup).await;
             // The client may still have to drain the Close message and see the final 204 before the token goes.
@@ -536,9 +534,8 @@ fn spawn_connection<F>(
     );
 }
 
-fn is_websocket_upgrade(request: &HttpRequest) -> bool {
-    request
-        .headers()
+fn is_websocket_upgrade(head: &RequestHead) -> bool {
+    head.headers()
         .get(header::UPGRADE)
         .and_then(|upgrade| upgrade.to_str().ok())
         .is_some_and(|upgrade| upgrade.eq_ignore_ascii_case("websocket"))
@@ -589,8 +586,13 @@ fn transfer_formats(transport: TransportKind) -> Vec<TransferFormat> {
     }
 }
 
+/// The query of a request, without the `?` (empty if none).
+fn query_string(head: &RequestHead) -> &str {
+    head.uri.query().unwrap_or_default()
+}
+
 /// What hub code may read of the request that opens a connection, and who made it.
-fn request_info(request: &HttpRequest, user: Option<Authenticated>) -> RequestInfo {
+fn request_info(head: &RequestHead, user: Option<Authenticated>) -> RequestInfo {
     let (user, claims) = match user {
         Some(authenticated) => (authenticated.user, Some(authenticated.claims)),
         None => (None, None),
@@ -598,8 +600,8 @@ fn request_info(request: &HttpRequest, user: Option<Authenticated>) -> RequestIn
     RequestInfo {
         user,
         claims,
-        query: request.query_string().to_owned(),
-        headers: request
+        query: query_string(head).to_owned(),
+        headers: head
             .headers()
             .iter()
             .map(|(name, value)| {
@@ -612,14 +614,104 @@ fn request_info(request: &HttpRequest, user: Option<Authenticated>) -> RequestIn
     }
 }
 
-fn connect_websocket(
+/// A hub WebSocket request that passed routing, authentication and the token checks: what is left is the
+/// upgrade, by whichever server carries it ([`upgrade_with_actix_ws`] or [`super::server`]).
+pub(crate) enum AcceptedWebSocket {
+    /// A new connection (boxed: most of the size).
+    New(Box<NewWebSocket>),
+    /// A stateful connection whose client comes back.
+    Resume {
+        handle: ResumeHandle,
+        max_frame: usize,
+        span: tracing::Span,
+    },
+}
+
+/// A new hub connection over a WebSocket, before its upgrade.
+pub(crate) struct NewWebSocket {
+    endpoint: Arc<HubEndpoint>,
+    /// The connection token, forgotten when the connection ends (none with `skipNegotiation`).
+    token: Option<String>,
+    setup: ConnectionSetup,
+    span: tracing::Span,
+}
+
+impl AcceptedWebSocket {
+    /// The largest message the connection takes from its client.
+    pub(crate) fn max_frame(&self) -> usize {
+        match self {
+            AcceptedWebSocket::New(new) => new.setup.limits.max_frame,
+            AcceptedWebSocket::Resume { max_frame, .. } => *max_frame,
+        }
+    }
+
+    /// Starts the connection on `transport`, on this worker: a new connection task, or the relay that hands the
+    /// socket to the waiting connection's task (which may run on another worker).
+    pub(crate) fn start<T: crate::transport::Transport + 'static>(self, transport: T) {
+        match self {
+            AcceptedWebSocket::New(new) => {
+                let NewWebSocket {
+                    endpoint,
+                    token,
+                    setup,
+                    span,
+                } = *new;
+                actix_web::rt::spawn(
+                    async move {
+                        connection::run(transport, setup).await;
+                        if let Some(token) = token {
+                            endpoint.tokens.lock().remove(&token);
+                        }
+                    }
+                    .instrument(span),
+                );
+            }
+            AcceptedWebSocket::Resume { handle, span, .. } => {
+                let (relay, pump) = reconnect::relay(transport);
+                if !handle.resume(relay) {
+                    // The connection ended meanwhile; the pump sees its relay dropped and lets the socket go.
+                    tracing::debug!("a stateful reconnect arrived after the connection ended");
+                }
+                actix_web::rt::spawn(pump.instrument(span));
+            }
+        }
+    }
+
+    /// The upgrade failed: the token may not be used again.
+    pub(crate) fn abandon(self) {
+        if let AcceptedWebSocket::New(new) = self {
+            if let Some(token) = &new.token {
+                new.endpoint.tokens.lock().remove(token);
+            }
+        }
+    }
+}
+
+/// Routes and authenticates a WebSocket upgrade request for the node's own server: the hub it addresses and its
+/// connection, or the response that refuses it.
+pub(crate) fn accept_hub_websocket(node: &Node, head: &RequestHead) -> Result<AcceptedWebSocket, Box<HttpResponse>> {
+    let Some(endpoint) = node.endpoint(&normalize_path(head.uri.path())).cloned() else {
+        return Err(text(StatusCode::NOT_FOUND, "").into());
+    };
+    let user = authenticate(node, &endpoint, head).map_err(|refusal| Box::new(refusal.response()))?;
+    let token = crate::hub::url_query_value(query_string(head), "id");
+    accept_websocket(node, endpoint, token, head, user)
+}
+
+fn accept_websocket(
     node: &Node,
     endpoint: Arc<HubEndpoint>,
     token: Option<String>,
-    request: &HttpRequest,
+    head: &RequestHead,
     user: Option<Authenticated>,
-    body: web::Payload,
-) -> HttpResponse {
+) -> Result<AcceptedWebSocket, Box<HttpResponse>> {
+    if !endpoint.offers(TransportKind::WebSockets) {
+        return Err(text(
+            StatusCode::NOT_FOUND,
+            "WebSockets transport not supported by this end point type",
+        )
+        .into());
+    }
     let mut resume = None;
     let id = match &token {
         // skipNegotiation: a new connection with a fresh id.
@@ -627,30 +719,33 @@ fn connect_websocket(
         Some(token) => {
             let mut tokens = endpoint.tokens.lock();
             match tokens.get_mut(token) {
-                None => return text(StatusCode::NOT_FOUND, "No Connection with that ID"),
+                None => return Err(no_connection().into()),
                 Some(Negotiated {
                     active: Some(Active::WebSocket(Some(handle))),
                     ..
                 }) if !handle.is_closed() => {
-                    let handle = handle.clone();
-                    drop(tokens);
-                    return resume_websocket(node, handle, request, body);
+                    return Ok(AcceptedWebSocket::Resume {
+                        handle: handle.clone(),
+                        max_frame: node.limits().max_frame,
+                        span: node.span().clone(),
+                    })
                 }
                 Some(Negotiated {
                     active: Some(Active::WebSocket(_)),
                     ..
                 }) => {
-                    return text(
+                    return Err(text(
                         StatusCode::CONFLICT,
                         "Another WebSocket is already open for this connection.",
                     )
+                    .into())
                 }
                 Some(Negotiated { active: Some(_), .. }) => {
-                    return text(StatusCode::BAD_REQUEST, "Cannot change transports mid-connection")
+                    return Err(text(StatusCode::BAD_REQUEST, "Cannot change transports mid-connection").into())
                 }
                 Some(negotiated) if negotiated.created.elapsed() >= NEGOTIATE_EXPIRY => {
                     tokens.remove(token);
-                    return text(StatusCode::NOT_FOUND, "No Connection with that ID");
+                    return Err(no_connection().into());
                 }
                 Some(negotiated) => {
                     let handle = if negotiated.stateful {
@@ -666,50 +761,32 @@ fn connect_websocket(
             }
         }
     };
-    let (response, session, stream) = match actix_ws::handle(request, body) {
-        Ok(upgraded) => upgraded,
-        Err(error) => {
-            if let Some(token) = &token {
-                endpoint.tokens.lock().remove(token);
-            }
-            return error.error_response();
-        }
-    };
-    let limits = node.limits().clone();
-    let transport = WebSocketTransport::new(session, stream, limits.max_frame);
     let setup = ConnectionSetup {
         id,
-        request: request_info(request, user),
-        limits,
+        request: request_info(head, user),
+        limits: node.limits().clone(),
         host: Arc::new(endpoint.context.clone()),
         resume,
     };
-    let span = node.span().clone();
-    actix_web::rt::spawn(
-        async move {
-            connection::run(transport, setup).await;
-            if let Some(token) = token {
-                endpoint.tokens.lock().remove(&token);
-            }
-        }
-        .instrument(span),
-    );
-    response
+    Ok(AcceptedWebSocket::New(Box::new(NewWebSocket {
+        endpoint,
+        token,
+        setup,
+        span: node.span().clone(),
+    })))
 }
 
-/// A WebSocket for a stateful connection that waits for its client: upgraded here, and handed to the connection
-/// task (which may run on another worker) through a relay whose pump stays on this worker with the socket.
-fn resume_websocket(node: &Node, handle: ResumeHandle, request: &HttpRequest, body: web::Payload) -> HttpResponse {
+/// The upgrade of a hub mounted in an application's own actix-web server ([`Node::configure`]): there the socket
+/// stays with actix-web's dispatcher, and actix-ws carries the messages.
+fn upgrade_with_actix_ws(accepted: AcceptedWebSocket, request: &HttpRequest, body: web::Payload) -> HttpResponse {
     let (response, session, stream) = match actix_ws::handle(request, body) {
         Ok(upgraded) => upgraded,
-        Err(error) => return error.error_response(),
+        Err(error) => {
+            accepted.abandon();
+            return error.error_response();
+        }
     };
-    let transport = WebSocketTransport::new(session, stream, node.limits().max_frame);
-    let (relay, pump) = reconnect::relay(transport);
-    if !handle.resume(relay) {
-        // The connection ended meanwhile; the pump sees its relay dropped and lets the socket go.
-        tracing::debug!("a stateful reconnect arrived after the connection ended");
-    }
-    actix_web::rt::spawn(pump.instrument(node.span().clone()));
+    let max_frame = accepted.max_frame();
+    accepted.start(WebSocketTransport::new(session, stream, max_frame));
     response
 }

@@ -19,7 +19,7 @@ use actix_web::cookie::{Cookie, SameSite};
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures_util::stream;
 use futures_util::StreamExt;
@@ -32,12 +32,14 @@ use crate::connection::{ConnectionId, Limits};
 use crate::demo::demo_hub;
 use crate::hub::{Caller, ClientStream, Hub, HubContext, HubError, Streamed};
 use crate::node::http::{cors, long_polling_options, poll_response, random_id, sse_response, NEGOTIATE_EXPIRY};
+use crate::node::server;
 use crate::node::tls::TlsConfig;
 use crate::node::{Node, NodeError};
 use crate::protocol::negotiate::{AvailableTransport, NegotiateResponse};
 use crate::protocol::{Binary, Timestamp, TransferFormat};
 use crate::transport::long_polling::{long_polling, LongPollingHandle};
 use crate::transport::sse::SseTransport;
+use crate::transport::upgraded::UpgradedWebSocket;
 use crate::transport::{post_channel, CloseKind, PostSender, Transport, TransportKind};
 use crate::CancellationToken;
 
@@ -347,17 +349,10 @@ async fn echo_chunks<T: Transport>(mut transport: T) {
     transport.close(CloseKind::Normal).await;
 }
 
-/// `GET /echo`: a WebSocket (with or without an id), else with `?id=` an SSE stream (`Accept: text/event-stream`)
-/// or a long poll; the first poll answers at once, later ones wait for echoes, the last gets 204.
-async fn echo_get(request: HttpRequest, body: web::Payload, echo: web::Data<EchoConnections>) -> HttpResponse {
-    let is_websocket = request
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|upgrade| upgrade.to_str().ok())
-        .is_some_and(|upgrade| upgrade.eq_ignore_ascii_case("websocket"));
-    if is_websocket {
-        return echo_socket(request, body);
-    }
+/// `GET /echo?id=`: an SSE stream (`Accept: text/event-stream`) or a long poll; the first poll answers at once,
+/// later ones wait for echoes, the last gets 204. A WebSocket upgrade never gets here: the server hands it to
+/// [`echo_socket`].
+async fn echo_get(request: HttpRequest, echo: web::Data<EchoConnections>) -> HttpResponse {
     let Some(token) = crate::hub::url_query_value(request.query_string(), "id") else {
         return echo_text(StatusCode::BAD_REQUEST, "Connection ID required");
     };
@@ -476,34 +471,15 @@ async fn echo_delete(request: HttpRequest, echo: web::Data<EchoConnections>) -> 
     }
 }
 
-/// `GET /echo` as a WebSocket (with or without an id): sends every message back as it came, no hub protocol.
-fn echo_socket(request: HttpRequest, body: web::Payload) -> HttpResponse {
-    let (response, mut session, messages) = match actix_ws::handle(&request, body) {
-        Ok(upgraded) => upgraded,
-        Err(error) => return error.error_response(),
-    };
-    let mut messages = messages.aggregate_continuations().max_continuation_size(1 << 20);
-    actix_web::rt::spawn(async move {
-        while let Some(Ok(message)) = messages.next().await {
-            let sent = match message {
-                actix_ws::AggregatedMessage::Text(text) => session.text(text).await,
-                actix_ws::AggregatedMessage::Binary(bytes) => session.binary(bytes).await,
-                actix_ws::AggregatedMessage::Ping(bytes) => session.pong(&bytes).await,
-                actix_ws::AggregatedMessage::Pong(_) => Ok(()),
-                actix_ws::AggregatedMessage::Close(reason) => {
-                    // Answer a close without a code with 1000, as ASP.NET does (conformance item 23).
-                    let reason = reason.or(Some(actix_ws::CloseCode::Normal.into()));
-                    let _ = session.close(reason).await;
-                    return;
-                }
-            };
-            if sent.is_err() {
-                return;
-            }
+/// `GET /echo` as a WebSocket (with or without an id): sends every message back as it came, no hub protocol. A
+/// client's Close is answered with 1000, as ASP.NET does (conformance item 23).
+async fn echo_socket(mut socket: UpgradedWebSocket) {
+    while let Some(Ok((bytes, format))) = socket.recv_message().await {
+        if socket.send(bytes, format).await.is_err() {
+            return;
         }
-        let _ = session.close(None).await;
-    });
-    response
+    }
+    socket.close(CloseKind::Normal).await;
 }
 
 /// `GET /generateJwtToken`: a raw JWT for user `testuser`, valid for [`TEST_TOKEN_LIFETIME`].
@@ -524,7 +500,7 @@ async fn negotiate_cookies(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let is_negotiate = request.path().contains("/negotiate");
-    let is_https = is_negotiate && request.connection_info().scheme() == "https";
+    let is_https = is_negotiate && request.app_data::<web::Data<Https>>().is_some_and(|https| https.0);
     let mut response = next.call(request).await?;
     if is_negotiate {
         let expired = Cookie::build("expiredCookie", "doesntmatter")
@@ -550,6 +526,9 @@ async fn negotiate_cookies(
     }
     Ok(response)
 }
+
+/// Whether the listener a request came in on is the HTTPS one.
+struct Https(bool);
 
 /// A running test server.
 pub struct TestHubHandle {
@@ -696,11 +675,12 @@ pub async fn serve_on(listen: &Listen) -> Result<TestHubHandle, TestHubError> {
     let https = listen.https.as_deref().map(bind).transpose()?;
     let app_node = node.clone();
     let test_hub = web::Data::new(test_hub);
-    let mut server = HttpServer::new(move || {
+    let app = move |https: bool| {
         let node = app_node.clone();
         App::new()
             .wrap(actix_web::middleware::from_fn(negotiate_cookies))
             .wrap(cors())
+            .app_data(web::Data::new(Https(https)))
             .app_data(test_hub.clone())
             .app_data(counter.clone())
             .app_data(tokens.clone())
@@ -714,34 +694,26 @@ pub async fn serve_on(listen: &Listen) -> Result<TestHubHandle, TestHubError> {
             .route("/generateJwtToken", web::get().to(generate_jwt_token))
             .route("/redirect{tail:.*}", web::route().to(redirect))
             .configure(move |config| node.configure(config))
-    })
-    .workers(2)
-    .shutdown_timeout(2)
-    // As a node's server: a client that closes its socket ends its request (an SSE stream, a poll) at once.
-    .h1_allow_half_closed(false)
-    .disable_signals();
+    };
+    let mut listeners = Vec::new();
     let mut http_url = None;
     if let Some((listener, local_addr)) = http {
-        server = server.listen(listener).map_err(|source| TestHubError::Bind {
-            address: local_addr.to_string(),
-            source,
-        })?;
+        listeners.push(server::Listener::http(listener));
         http_url = Some(format!("http://{local_addr}"));
     }
     let mut https_url = None;
     if let Some((listener, local_addr)) = https {
-        server = server
-            .listen_rustls_0_23(listener, self_signed_tls()?)
-            .map_err(|source| TestHubError::Bind {
-                address: local_addr.to_string(),
-                source,
-            })?;
+        listeners.push(server::Listener::https(listener, self_signed_tls()?));
         https_url = Some(format!("https://{local_addr}"));
     }
     let Some(url) = http_url.clone().or_else(|| https_url.clone()) else {
         return Err(TestHubError::NoAddress);
     };
-    let server = server.run();
+    let upgrades = server::Upgrades::new(node.clone()).route("/echo", Arc::new(|socket| Box::pin(echo_socket(socket))));
+    let server = server::serve(app, upgrades, listeners, 2).map_err(|source| TestHubError::Bind {
+        address: url.clone(),
+        source,
+    })?;
     let handle = server.handle();
     let task = tokio::spawn(server);
     Ok(TestHubHandle {
