@@ -139,6 +139,7 @@ impl LocalNode {
                 limits: limits.clone(),
                 host: Arc::clone(&host) as Arc<dyn ConnectionHost>,
                 resume: None,
+                wake_relay: None,
             };
             local.spawn_local(connection::run(transport, setup));
         }

@@ -28,6 +28,7 @@
 mod mailbox;
 pub mod outbound;
 pub mod reconnect;
+pub mod wake;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -55,6 +56,7 @@ use crate::protocol::{CompletionOutcome, EncodeError, HubMessage, NoPayload, Out
 use crate::transport::{CloseKind, Transport, TransportError, TransportKind};
 pub use outbound::{ClientResult, ClientResultError, CloseRequest, EncodeArguments, Invoke, Outbound, SharedFrame};
 use reconnect::{ReceiveState, RelayTransport, ReplayBuffer, ResumeSlot};
+pub use wake::{WakeBatch, WakeRelay, WakeRelays};
 
 /// The public id of a connection (`Context.ConnectionId`, the client's `connectionId`).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
@@ -157,6 +159,8 @@ pub enum DeliverError {
 pub struct ConnectionHandle {
     id: ConnectionId,
     mailbox: Arc<Mailbox>,
+    /// The wake relay of the worker the connection runs on, for batched fan-out wake-ups.
+    relay: Option<Arc<WakeRelay>>,
 }
 
 impl fmt::Debug for ConnectionHandle {
@@ -174,6 +178,13 @@ impl ConnectionHandle {
     /// Queues a shared frame without waiting. A full mailbox closes the connection as a slow consumer.
     pub fn deliver(&self, frame: Arc<SharedFrame>) -> Result<(), DeliverError> {
         self.try_send(Outbound::Frame(frame))
+    }
+
+    /// As [`ConnectionHandle::deliver`], with the wake-up of the connection's task collected in `batch` (one
+    /// remote wake-up per worker per fan-out, see [`wake`]).
+    pub fn deliver_batched(&self, frame: Arc<SharedFrame>, batch: &mut WakeBatch) -> Result<(), DeliverError> {
+        self.mailbox
+            .try_send_batched(Outbound::Frame(frame), self.relay.as_ref(), batch)
     }
 
     /// Queues a message without waiting, with the same slow-consumer policy as [`ConnectionHandle::deliver`].
@@ -358,6 +369,8 @@ pub struct ConnectionSetup {
     /// Set when stateful reconnect was negotiated: where reconnected transports arrive. It takes effect only if
     /// the handshake asks for protocol version 2.
     pub resume: Option<ResumeSlot>,
+    /// The wake relay of the worker the connection runs on ([`WakeRelays::current`] there), if any.
+    pub wake_relay: Option<Arc<WakeRelay>>,
 }
 
 /// How a connection ended, for the log and for `disconnected`.
@@ -551,6 +564,7 @@ impl<T: Transport> Connection<T> {
         let handle = ConnectionHandle {
             id: setup.id.clone(),
             mailbox: mailbox.clone(),
+            relay: setup.wake_relay,
         };
         let session = Arc::new(Session {
             id: setup.id,

@@ -42,10 +42,10 @@ pub use groups::Groups;
 pub use handler::{ClientStream, Handler, State, Streamed};
 
 use crate::auth::Requirement;
-use crate::connection::SharedFrame;
 use crate::connection::{
     Call, ClientResultError, ConnectionHandle, ConnectionHost, ConnectionId, Reply, RequestInfo, Session,
 };
+use crate::connection::{SharedFrame, WakeBatch};
 use crate::group::{GroupError, GroupKey};
 use crate::transport::TransportKind;
 use handler::{HubReply, InvocationParts};
@@ -363,19 +363,21 @@ impl HubRuntime {
 
     /// Delivers to every connection here but `except`. A full mailbox closes that connection (slow consumer).
     pub(crate) fn deliver_all(&self, frame: &Arc<SharedFrame>, except: &[ConnectionId]) {
+        let mut wake = WakeBatch::default();
         for (id, member) in self.connections.read().iter() {
             if !except.contains(id) {
-                let _ = member.handle.deliver(frame.clone());
+                let _ = member.handle.deliver_batched(frame.clone(), &mut wake);
             }
         }
     }
 
     /// Delivers to these connections, those that are here.
     pub(crate) fn deliver_to(&self, ids: &[ConnectionId], frame: &Arc<SharedFrame>) {
+        let mut wake = WakeBatch::default();
         let connections = self.connections.read();
         for id in ids {
             if let Some(member) = connections.get(id) {
-                let _ = member.handle.deliver(frame.clone());
+                let _ = member.handle.deliver_batched(frame.clone(), &mut wake);
             }
         }
     }
@@ -387,9 +389,10 @@ impl HubRuntime {
         let Some(members) = groups.get(key) else {
             return false;
         };
+        let mut wake = WakeBatch::default();
         for (id, handle) in members {
             if !except.contains(id) {
-                let _ = handle.deliver(frame.clone());
+                let _ = handle.deliver_batched(frame.clone(), &mut wake);
             }
         }
         true

@@ -26,7 +26,7 @@ use actix_web::App;
 use crate::auth::Authenticator;
 use crate::cluster::link::memory::MemoryNetwork;
 use crate::cluster::{GossipNetwork, LinkConfig, MembershipConfig, MembershipView};
-use crate::connection::Limits;
+use crate::connection::{Limits, WakeRelay, WakeRelays};
 use crate::hub::router::Router;
 use crate::hub::{Hub, HubContext};
 use http::HubEndpoint;
@@ -127,6 +127,8 @@ struct NodeInner {
     limits: Limits,
     auth: Option<Arc<Authenticator>>,
     span: tracing::Span,
+    /// Per HTTP worker, where fan-outs hand their members' wake-ups.
+    wake_relays: WakeRelays,
 }
 
 impl std::fmt::Debug for Node {
@@ -191,6 +193,11 @@ impl Node {
 
     pub(crate) fn authenticator(&self) -> Option<&Authenticator> {
         self.inner.auth.as_deref()
+    }
+
+    /// The wake relay of the calling worker thread, for a connection that starts here.
+    pub(crate) fn wake_relay(&self) -> Option<Arc<WakeRelay>> {
+        self.inner.wake_relays.current()
     }
 
     pub(crate) fn span(&self) -> &tracing::Span {
@@ -333,6 +340,7 @@ impl NodeBuilder {
                 limits: self.limits,
                 auth: self.auth.map(Arc::new),
                 span,
+                wake_relays: WakeRelays::default(),
             }),
         })
     }

@@ -8,12 +8,14 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::wake::{WakeBatch, WakeRelay};
 use super::{DeliverError, Outbound};
 
 /// Queue capacity kept after a burst has drained; more is given back (a burst must not pin memory).
@@ -78,6 +80,27 @@ impl Mailbox {
 
     /// Queues without waiting. A full mailbox flags the connection as ending (a slow consumer).
     pub(super) fn try_send(&self, message: Outbound) -> Result<(), DeliverError> {
+        self.push(message)?;
+        self.task.wake();
+        Ok(())
+    }
+
+    /// As [`Mailbox::try_send`], with the task's wake-up left to `batch` (see [`super::wake`]).
+    pub(super) fn try_send_batched(
+        &self,
+        message: Outbound,
+        relay: Option<&Arc<WakeRelay>>,
+        batch: &mut WakeBatch,
+    ) -> Result<(), DeliverError> {
+        self.push(message)?;
+        if let Some(waker) = self.task.take() {
+            batch.defer(relay, waker);
+        }
+        Ok(())
+    }
+
+    /// Queues without waking the task.
+    fn push(&self, message: Outbound) -> Result<(), DeliverError> {
         // Once a message was refused (or the connection is ending), nothing later may be queued: the client must
         // never receive messages from after a gap.
         if self.is_ending() {
@@ -93,8 +116,6 @@ impl Mailbox {
             return Err(DeliverError::Full);
         }
         queue.items.push_back(message);
-        drop(queue);
-        self.task.wake();
         Ok(())
     }
 

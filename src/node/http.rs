@@ -523,6 +523,7 @@ fn spawn_connection<F>(
         limits: node.limits().clone(),
         host: Arc::new(endpoint.context.clone()),
         resume: None,
+        wake_relay: node.wake_relay(),
     };
     let task = run(setup);
     actix_web::rt::spawn(
@@ -767,6 +768,7 @@ fn accept_websocket(
         limits: node.limits().clone(),
         host: Arc::new(endpoint.context.clone()),
         resume,
+        wake_relay: node.wake_relay(),
     };
     Ok(AcceptedWebSocket::New(Box::new(NewWebSocket {
         endpoint,
