@@ -83,6 +83,7 @@ pub const KEYS: &[&str] = &[
     "limits.outbound_queue",
     "limits.keep_alive",
     "limits.client_timeout",
+    "limits.write_coalesce",
     "auth.secret",
     "auth.secret_file",
     "auth.public_key_file",
@@ -90,6 +91,9 @@ pub const KEYS: &[&str] = &[
     "auth.audience",
     "auth.user_claim",
 ];
+
+/// The longest `limits.write_coalesce`: a message may wait this long for company, no longer.
+const MAX_WRITE_COALESCE: Duration = Duration::from_secs(1);
 
 /// The prefix of configuration environment variables.
 pub const ENV_PREFIX: &str = "HUBMESH_";
@@ -381,6 +385,10 @@ pub struct LimitsSection {
     /// Close a client that sent nothing for this long, as `"30s"`.
     #[serde(deserialize_with = "de::duration")]
     pub client_timeout: Duration,
+    /// Coalescing of group and broadcast messages for connections that receive them often, as `"30ms"`; `"0s"`
+    /// writes each at once ([`Limits::write_coalesce`]).
+    #[serde(deserialize_with = "de::duration")]
+    pub write_coalesce: Duration,
 }
 
 impl Default for LimitsSection {
@@ -391,6 +399,7 @@ impl Default for LimitsSection {
             outbound_queue: limits.outbound_queue,
             keep_alive: limits.keep_alive,
             client_timeout: limits.client_timeout,
+            write_coalesce: limits.write_coalesce,
         }
     }
 }
@@ -652,6 +661,7 @@ impl NodeConfig {
             outbound_queue: self.limits.outbound_queue,
             keep_alive: self.limits.keep_alive,
             client_timeout: self.limits.client_timeout,
+            write_coalesce: self.limits.write_coalesce,
             ..limits_defaults
         };
         if limits.max_message == 0 {
@@ -665,6 +675,12 @@ impl NodeConfig {
         }
         if limits.client_timeout.is_zero() {
             problem("limits.client_timeout", "must be longer than zero".into());
+        }
+        if limits.write_coalesce > MAX_WRITE_COALESCE {
+            problem(
+                "limits.write_coalesce",
+                format!("must be at most {}", humantime::format_duration(MAX_WRITE_COALESCE)),
+            );
         }
 
         let cluster = match self.cluster.as_ref().filter(|cluster| cluster.is_requested()) {

@@ -111,6 +111,13 @@ pub struct Limits {
     pub stream_buffer: usize,
     /// At most this many bytes are batched into one transport message.
     pub write_batch: usize,
+    /// Coalescing of group and broadcast messages. For a connection that receives them more often than every
+    /// half of this on average (over about four arrivals), one that arrives less than this long after the last
+    /// write waits until this long after it, so that what arrives meanwhile goes out in the same write: one
+    /// `write` per message is most of a fan-out's cost. A connection that receives them less often gets each at
+    /// once, and a connection's own replies are never held (they take held messages with them). Zero writes every
+    /// message at once.
+    pub write_coalesce: Duration,
     /// A long poll with nothing to deliver answers with an empty body after this long (ASP.NET: 90 s).
     pub poll_timeout: Duration,
     /// A long-polling client that has not polled for this long is gone (ASP.NET's disconnect timeout, 15 s).
@@ -135,6 +142,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(15),
             stream_buffer: 10,
             write_batch: 64 * 1024,
+            write_coalesce: Duration::from_millis(30),
             poll_timeout: Duration::from_secs(90),
             poll_disconnect_timeout: Duration::from_secs(15),
             reconnect_window: Duration::from_secs(15),
@@ -521,6 +529,13 @@ struct Connection<T: Transport> {
     recv_gate: RecvGate,
     last_read: Instant,
     last_write: Instant,
+    /// Group and broadcast records held back until `last_write + write_coalesce` (see [`Limits::write_coalesce`]);
+    /// boxed, as most connections never hold any.
+    held: Option<Box<Batch>>,
+    /// When group or broadcast messages last arrived, and the moving average of the gaps between arrivals (in
+    /// microseconds): coalescing starts only for a connection that receives them often.
+    last_arrival: Instant,
+    arrival_gap_micros: u32,
     /// Blocking invocations waiting for the one in `current` to finish.
     queued: VecDeque<BoxFuture<'static, ()>>,
     current: Option<BoxFuture<'static, ()>>,
@@ -587,6 +602,8 @@ impl<T: Transport> Connection<T> {
             })),
             _ => None,
         };
+        // As if messages had come a window apart: a few quick ones start coalescing, one quick pair does not.
+        let arrival_gap_micros = u32::try_from(limits.write_coalesce.as_micros()).unwrap_or(u32::MAX);
         let mut connection = Connection {
             transport: Link::Direct(transport),
             stateful,
@@ -600,6 +617,9 @@ impl<T: Transport> Connection<T> {
             recv_gate: RecvGate::new(),
             last_read: now,
             last_write: now,
+            held: None,
+            last_arrival: now,
+            arrival_gap_micros,
             queued: VecDeque::new(),
             current: None,
             uploads: HashMap::new(),
@@ -715,6 +735,9 @@ impl<T: Transport> Connection<T> {
     fn next_deadline(&self) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut consider = |at: Instant| next = Some(next.map_or(at, |next| next.min(at)));
+        if self.held.is_some() {
+            consider(self.last_write + self.limits.write_coalesce);
+        }
         if self.keeps_alive() {
             consider(self.last_write + self.limits.keep_alive);
             consider(self.last_read + self.limits.client_timeout);
@@ -736,6 +759,11 @@ impl<T: Transport> Connection<T> {
     /// or send a keep-alive Ping.
     async fn on_deadline(&mut self) -> Option<Ending> {
         let now = Instant::now();
+        if self.held.is_some() && self.last_write + self.limits.write_coalesce <= now {
+            if let Err(error) = self.write_held().await {
+                return Some(self.lost(error));
+            }
+        }
         if let Some(stateful) = &mut self.stateful {
             if stateful.detached_until.is_some_and(|until| until <= now) {
                 return Some(Ending::TransportLost(
@@ -781,9 +809,13 @@ impl<T: Transport> Connection<T> {
 
     /// Writes `first` and whatever else is queued, batched into transport messages of at most `write_batch`.
     async fn drain_mailbox(&mut self, first: Outbound) -> Option<Ending> {
-        let mut batch = Batch::default();
+        // Held records go first: order is the mailbox's.
+        let mut batch = self.held.take().map(|held| *held).unwrap_or_default();
+        // Whether everything in the batch is a group or broadcast frame (which may be held back).
+        let mut only_frames = true;
         let mut next = Some(first);
         while let Some(message) = next.take() {
+            only_frames &= matches!(message, Outbound::Frame(_));
             let record = match message {
                 Outbound::Frame(frame) => match self.protocol {
                     Protocol::Json => frame.text().cloned().map(Piece::Text),
@@ -845,9 +877,40 @@ impl<T: Transport> Connection<T> {
                 self.mailbox.try_recv()
             };
         }
+        if only_frames && self.coalesces() && batch.len() > 0 {
+            self.held = Some(Box::new(batch));
+            return None;
+        }
         match self.flush(&mut batch).await {
             Ok(()) => None,
             Err(error) => Some(self.lost(error)),
+        }
+    }
+
+    /// Whether group and broadcast records that just arrived wait for company (see [`Limits::write_coalesce`]):
+    /// when they arrive more often than every half window on average, and the last write is less than a window
+    /// old. Updates the arrival average.
+    fn coalesces(&mut self) -> bool {
+        let coalesce = self.limits.write_coalesce;
+        if coalesce.is_zero() {
+            return false;
+        }
+        let now = Instant::now();
+        let gap = u32::try_from(now.duration_since(self.last_arrival).as_micros()).unwrap_or(u32::MAX);
+        self.last_arrival = now;
+        // A moving average over about four arrivals: one quick pair does not start coalescing.
+        self.arrival_gap_micros = ((u64::from(self.arrival_gap_micros) * 3 + u64::from(gap)) / 4)
+            .try_into()
+            .unwrap_or(u32::MAX);
+        let often = u128::from(self.arrival_gap_micros) * 2 < coalesce.as_micros();
+        often && now.duration_since(self.last_write) < coalesce
+    }
+
+    /// Writes the records held back for coalescing, if any.
+    async fn write_held(&mut self) -> Result<(), crate::transport::TransportError> {
+        match self.held.take() {
+            Some(mut held) => self.flush(&mut held).await,
+            None => Ok(()),
         }
     }
 
@@ -872,6 +935,17 @@ impl<T: Transport> Connection<T> {
         if matches!(self.transport, Link::Detached) && self.stateful.is_some() {
             return Ok(());
         }
+        // Records held back for coalescing were queued before this one: they go first, in the same write.
+        let piece = match self.held.take() {
+            Some(mut held) => {
+                held.push(piece);
+                match held.take() {
+                    Some(joined) => joined,
+                    None => return Ok(()),
+                }
+            }
+            None => piece,
+        };
         self.last_write = Instant::now();
         let format = self.protocol.transfer_format();
         let sent = tokio::select! {
@@ -896,6 +970,8 @@ impl<T: Transport> Connection<T> {
             stateful.detached_until = Some(Instant::now() + self.limits.reconnect_window);
             stateful.ack_due = None;
             self.transport = Link::Detached;
+            // Held records are in the replay buffer, which the client gets after it reconnects.
+            self.held = None;
             // A record cut short by the drop is sent again, whole, by the client after it reconnects.
             self.inbound.clear();
         }
@@ -922,6 +998,8 @@ impl<T: Transport> Connection<T> {
             return;
         }
         let replay: Vec<Bytes> = stateful.sent.unacked().cloned().collect();
+        // Held records are among the unacked ones replayed here.
+        self.held = None;
         self.transport = Link::Relayed(relay);
         self.recv_gate.open();
         let now = Instant::now();
@@ -1179,9 +1257,15 @@ impl<T: Transport> Connection<T> {
                     allow_reconnect,
                 };
                 if self.protocol.encode(&close, &mut out).is_ok() {
-                    // Bounded: a client that stopped reading cannot take the Close, and must not keep the task.
-                    let format = self.protocol.transfer_format();
-                    let _ = tokio::time::timeout(CLOSE_GRACE, self.transport.send(Bytes::from(out), format)).await;
+                    // Records held back for coalescing go out first, in the same message.
+                    let mut batch = self.held.take().map(|held| *held).unwrap_or_default();
+                    batch.push(Piece::Bytes(Bytes::from(out)));
+                    if let Some(piece) = batch.take() {
+                        // Bounded: a client that stopped reading cannot take the Close, and must not keep the task.
+                        let format = self.protocol.transfer_format();
+                        let _ =
+                            tokio::time::timeout(CLOSE_GRACE, self.transport.send(piece.into_bytes(), format)).await;
+                    }
                 }
                 (error, Some(CloseKind::Normal))
             }

@@ -2313,3 +2313,87 @@ async fn a_hub_in_an_applications_own_http_server_serves_websockets() -> TestRes
     })
     .await
 }
+
+/// Write coalescing (`Limits::write_coalesce`): a connection that receives broadcasts often gets them in fewer,
+/// larger writes, in order, none later than the window after the previous write; its own replies are never held
+/// and carry what is held with them; a connection that receives them rarely gets each at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frequent_broadcasts_are_coalesced_and_replies_are_not_held() -> TestResult {
+    bounded(TEST_TIMEOUT, async {
+        let window = Duration::from_millis(400);
+        let server = TestNode::start(Limits {
+            write_coalesce: window,
+            ..quiet_limits()
+        })
+        .await?;
+        let context = server.context()?;
+        let mut client = server.client(Proto::Json).await?;
+        server.wait_for_connections(1, STEP).await?;
+
+        // Rare: 3 broadcasts a full window apart each arrive in their own frame, within a fraction of the window.
+        let frames_before = client.text_frames;
+        for index in 0..3 {
+            let sent = Instant::now();
+            context.clients().all().send("tick", (index,)).await?;
+            let record = client.record().await?;
+            check(record.value["arguments"] == json!([index]), || {
+                format!("got {}", record.value)
+            })?;
+            check(sent.elapsed() < window, || {
+                format!("a rare broadcast took {:?}", sent.elapsed())
+            })?;
+            tokio::time::sleep(window).await;
+        }
+        check(client.text_frames - frames_before == 3, || {
+            format!(
+                "3 rare broadcasts came in {} frames",
+                client.text_frames - frames_before
+            )
+        })?;
+
+        // Frequent: 12 broadcasts 20 ms apart (a twentieth of the window) come in order, in fewer frames.
+        let frames_before = client.text_frames;
+        for index in 0..12 {
+            context.clients().all().send("tick", (100 + index,)).await?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for index in 0..12 {
+            let record = client.record().await?;
+            check(record.value["arguments"] == json!([100 + index]), || {
+                format!("expected tick {}, got {}", 100 + index, record.value)
+            })?;
+        }
+        let frames = client.text_frames - frames_before;
+        check(frames < 12, || {
+            format!("12 frequent broadcasts came in {frames} frames")
+        })?;
+
+        // A reply while broadcasts are held: it comes at once, after them.
+        for index in 0..6 {
+            context.clients().all().send("tick", (200 + index,)).await?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let asked = Instant::now();
+        let id = client.next_id();
+        client
+            .send(Proto::Json.invocation(Some(&id), "Echo", json!(["now"]), &[]))
+            .await?;
+        for index in 0..6 {
+            let record = client.record().await?;
+            check(record.value["arguments"] == json!([200 + index]), || {
+                format!("expected tick {} before the reply, got {}", 200 + index, record.value)
+            })?;
+        }
+        let reply = client.completion(&id).await?;
+        check(reply.value["result"] == json!("now"), || {
+            format!("the reply was {}", reply.value)
+        })?;
+        check(asked.elapsed() < window, || {
+            format!("the reply took {:?}, as long as a held broadcast", asked.elapsed())
+        })?;
+        drop(client);
+        server.stop().await;
+        Ok(())
+    })
+    .await
+}
