@@ -115,8 +115,8 @@ pub struct Limits {
     /// half of this on average (over about four arrivals), one that arrives less than this long after the last
     /// write waits until this long after it, so that what arrives meanwhile goes out in the same write: one
     /// `write` per message is most of a fan-out's cost. A connection that receives them less often gets each at
-    /// once, and a connection's own replies are never held (they take held messages with them). Zero writes every
-    /// message at once.
+    /// once. Replies, and messages sent to the connection by id (caller, client, user), are never held: they take
+    /// held messages with them. Zero writes every message at once.
     pub write_coalesce: Duration,
     /// A long poll with nothing to deliver answers with an empty body after this long (ASP.NET: 90 s).
     pub poll_timeout: Duration,
@@ -189,10 +189,20 @@ impl ConnectionHandle {
     }
 
     /// As [`ConnectionHandle::deliver`], with the wake-up of the connection's task collected in `batch` (one
-    /// remote wake-up per worker per fan-out, see [`wake`]).
-    pub fn deliver_batched(&self, frame: Arc<SharedFrame>, batch: &mut WakeBatch) -> Result<(), DeliverError> {
-        self.mailbox
-            .try_send_batched(Outbound::Frame(frame), self.relay.as_ref(), batch)
+    /// remote wake-up per worker per fan-out, see [`wake`]). A `fanout` frame (to a group, to all) may be
+    /// coalesced with the next ones ([`Limits::write_coalesce`]); one sent to chosen connections is not.
+    pub fn deliver_batched(
+        &self,
+        frame: Arc<SharedFrame>,
+        fanout: bool,
+        batch: &mut WakeBatch,
+    ) -> Result<(), DeliverError> {
+        let message = if fanout {
+            Outbound::Fanout(frame)
+        } else {
+            Outbound::Frame(frame)
+        };
+        self.mailbox.try_send_batched(message, self.relay.as_ref(), batch)
     }
 
     /// Queues a message without waiting, with the same slow-consumer policy as [`ConnectionHandle::deliver`].
@@ -811,13 +821,13 @@ impl<T: Transport> Connection<T> {
     async fn drain_mailbox(&mut self, first: Outbound) -> Option<Ending> {
         // Held records go first: order is the mailbox's.
         let mut batch = self.held.take().map(|held| *held).unwrap_or_default();
-        // Whether everything in the batch is a group or broadcast frame (which may be held back).
+        // Whether everything in the batch is a group or broadcast fan-out frame (which may be held back).
         let mut only_frames = true;
         let mut next = Some(first);
         while let Some(message) = next.take() {
-            only_frames &= matches!(message, Outbound::Frame(_));
+            only_frames &= matches!(message, Outbound::Fanout(_));
             let record = match message {
-                Outbound::Frame(frame) => match self.protocol {
+                Outbound::Frame(frame) | Outbound::Fanout(frame) => match self.protocol {
                     Protocol::Json => frame.text().cloned().map(Piece::Text),
                     Protocol::MessagePack => frame.bytes(self.protocol).cloned().map(Piece::Bytes),
                 },

@@ -366,7 +366,7 @@ impl HubRuntime {
         let mut wake = WakeBatch::default();
         for (id, member) in self.connections.read().iter() {
             if !except.contains(id) {
-                let _ = member.handle.deliver_batched(frame.clone(), &mut wake);
+                let _ = member.handle.deliver_batched(frame.clone(), true, &mut wake);
             }
         }
     }
@@ -377,7 +377,7 @@ impl HubRuntime {
         let connections = self.connections.read();
         for id in ids {
             if let Some(member) = connections.get(id) {
-                let _ = member.handle.deliver_batched(frame.clone(), &mut wake);
+                let _ = member.handle.deliver_batched(frame.clone(), false, &mut wake);
             }
         }
     }
@@ -392,7 +392,7 @@ impl HubRuntime {
         let mut wake = WakeBatch::default();
         for (id, handle) in members {
             if !except.contains(id) {
-                let _ = handle.deliver_batched(frame.clone(), &mut wake);
+                let _ = handle.deliver_batched(frame.clone(), true, &mut wake);
             }
         }
         true

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hubmesh::{
-    Caller, CancellationToken, ClientStream, Hub, HubContext, HubError, Limits, Node, NodeHandle, State, Streamed,
+    Caller, CancellationToken, ClientStream, ConnectionId, Hub, HubContext, HubError, Limits, Node, NodeHandle, State,
+    Streamed,
 };
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -2367,6 +2368,22 @@ async fn frequent_broadcasts_are_coalesced_and_replies_are_not_held() -> TestRes
         check(frames < 12, || {
             format!("12 frequent broadcasts came in {frames} frames")
         })?;
+
+        // Messages to this connection by id, as often as the broadcasts above: each comes at once.
+        let id = client.invoke_ok("ConnectionId", json!([])).await?;
+        let id = ConnectionId::new(id.as_str().ok_or("ConnectionId returned no string")?);
+        for index in 0..8 {
+            let sent = Instant::now();
+            context.clients().client(&id).send("direct", (index,)).await?;
+            let record = client.record().await?;
+            check(record.value["arguments"] == json!([index]), || {
+                format!("got {}", record.value)
+            })?;
+            check(sent.elapsed() < window / 2, || {
+                format!("a message to one connection took {:?}: it was held", sent.elapsed())
+            })?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
 
         // A reply while broadcasts are held: it comes at once, after them.
         for index in 0..6 {

@@ -178,8 +178,11 @@ pub type ClientResult = Result<Option<RawValue>, ClientResultError>;
 /// A message in a connection's mailbox. Every variant is one pointer wide, so that the mailbox's slots (allocated
 /// 32 at a time, eagerly, by the channel) cost 16 bytes each: rare messages are boxed.
 pub enum Outbound {
-    /// A frame shared with other recipients.
+    /// A frame shared with other recipients, sent to this connection by id (the caller, a client, a user).
     Frame(Arc<SharedFrame>),
+    /// A frame of a group or broadcast fan-out: the one kind a connection may hold back to write it together with
+    /// the next ones ([`super::Limits::write_coalesce`]).
+    Fanout(Arc<SharedFrame>),
     /// Bytes already encoded in this connection's protocol (a completion or a stream item of its own).
     Own(Box<Bytes>),
     /// Invoke a client method and route its Completion to its reply channel (client results).
