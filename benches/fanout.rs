@@ -122,12 +122,12 @@ impl LocalNode {
         let local = tokio::task::LocalSet::new();
         let sink = Rc::new(Sink::default());
         let host = Arc::new(CollectingHost::default());
-        let limits = Limits {
+        let limits = Arc::new(Limits {
             // No keep-alive Pings or client timeouts during a run: only deliveries reach the transports.
             keep_alive: Duration::from_secs(3600),
             client_timeout: Duration::from_secs(7200),
             ..Limits::default()
-        };
+        });
         for index in 0..connections {
             let transport = MemoryTransport {
                 handshake: Some(Bytes::from_static(b"{\"protocol\":\"json\",\"version\":1}\x1e")),
@@ -136,7 +136,7 @@ impl LocalNode {
             let setup = ConnectionSetup {
                 id: ConnectionId::new(format!("c{index}")),
                 request: RequestInfo::default(),
-                limits: limits.clone(),
+                limits: Arc::clone(&limits),
                 host: Arc::clone(&host) as Arc<dyn ConnectionHost>,
                 resume: None,
                 wake_relay: None,

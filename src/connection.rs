@@ -53,7 +53,7 @@ use tracing::Instrument;
 
 use crate::protocol::handshake::{self, HandshakeRequest};
 use crate::protocol::{CompletionOutcome, EncodeError, HubMessage, NoPayload, Outgoing, Protocol, RawValue};
-use crate::transport::{CloseKind, Transport, TransportError, TransportKind};
+use crate::transport::{CloseKind, SendMessage, Transport, TransportError, TransportKind};
 pub use outbound::{ClientResult, ClientResultError, CloseRequest, EncodeArguments, Invoke, Outbound, SharedFrame};
 use reconnect::{ReceiveState, RelayTransport, ReplayBuffer, ResumeSlot};
 pub use wake::{WakeBatch, WakeRelay, WakeRelays};
@@ -269,7 +269,7 @@ pub struct Session {
     /// The query string of the request that opened the connection (without `?`).
     pub query: String,
     /// Its headers, names in lower case, in order.
-    pub headers: Vec<(String, String)>,
+    pub headers: RequestHeaders,
     /// The handle to this connection.
     pub handle: ConnectionHandle,
 }
@@ -277,10 +277,72 @@ pub struct Session {
 impl Session {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
+        self.headers.get(name)
+    }
+}
+
+/// The headers of the request a connection came from, names in lower case, in order.
+///
+/// Kept for the connection's whole life, so they are stored compactly: all names and values in one string, with
+/// their ends in a second allocation (owned `(String, String)` pairs would cost two allocations per header, a few
+/// hundred bytes per idle connection).
+#[derive(Debug, Clone, Default)]
+pub struct RequestHeaders {
+    text: Box<str>,
+    /// For each header, where its name ends and where its value ends in `text`.
+    ends: Box<[(u32, u32)]>,
+}
+
+impl RequestHeaders {
+    /// Every header as (name, value), in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&(name_end, value_end)| {
+            let (name_end, value_end) = (name_end as usize, value_end as usize);
+            let name = self.text.get(start..name_end).unwrap_or_default();
+            let value = self.text.get(name_end..value_end).unwrap_or_default();
+            start = value_end;
+            (name, value)
+        })
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter()
             .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
+            .map(|(_, value)| value)
+    }
+
+    /// How many headers there are.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for RequestHeaders {
+    /// Names are stored in lower case. Headers beyond 4 GiB in all (which no HTTP server accepts) are left out.
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(headers: I) -> Self {
+        let mut text = String::new();
+        let mut ends = Vec::new();
+        for (name, value) in headers {
+            let (name, value) = (name.as_ref(), value.as_ref());
+            let Ok(value_end) = u32::try_from(text.len() + name.len() + value.len()) else {
+                break;
+            };
+            text.extend(name.chars().map(|c| c.to_ascii_lowercase()));
+            let name_end = text.len() as u32;
+            text.push_str(value);
+            ends.push((name_end, value_end));
+        }
+        RequestHeaders {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        }
     }
 }
 
@@ -293,8 +355,8 @@ pub struct RequestInfo {
     pub claims: Option<Arc<crate::auth::Claims>>,
     /// The query string (without `?`).
     pub query: String,
-    /// Header names in lower case, in order.
-    pub headers: Vec<(String, String)>,
+    /// Its headers, names in lower case, in order.
+    pub headers: RequestHeaders,
 }
 
 /// A value a hub method produced, encodable as a completion result or a stream item in either protocol.
@@ -380,8 +442,8 @@ pub struct ConnectionSetup {
     pub id: ConnectionId,
     /// The request it came from.
     pub request: RequestInfo,
-    /// Its limits.
-    pub limits: Limits,
+    /// Its limits (shared by the connections of a node: each would otherwise hold its own 160 bytes).
+    pub limits: Arc<Limits>,
     /// The hub that serves it.
     pub host: Arc<dyn ConnectionHost>,
     /// Set when stateful reconnect was negotiated: where reconnected transports arrive. It takes effect only if
@@ -389,6 +451,19 @@ pub struct ConnectionSetup {
     pub resume: Option<ResumeSlot>,
     /// The wake relay of the worker the connection runs on ([`WakeRelays::current`] there), if any.
     pub wake_relay: Option<Arc<WakeRelay>>,
+}
+
+/// What [`Connection::dispatch`] leaves to do.
+enum Dispatched {
+    /// Nothing, or the connection ends.
+    Done(Option<Ending>),
+    /// An item for a client stream, to be sent into its channel (waiting for room); `stream_id` is forgotten if
+    /// the method no longer reads it.
+    Upload {
+        upload: mpsc::Sender<UploadItem>,
+        item: UploadItem,
+        stream_id: Option<String>,
+    },
 }
 
 /// How a connection ended, for the log and for `disconnected`.
@@ -478,6 +553,33 @@ impl<T: Transport> Link<T> {
         }
     }
 
+    /// Hands `piece` to a direct transport that takes it without waiting ([`Link::poll_flush`] then completes
+    /// the write); gives it back otherwise, for [`Link::send_piece`].
+    fn try_send_now(
+        &mut self,
+        piece: Piece,
+        format: crate::protocol::TransferFormat,
+    ) -> Result<Option<Piece>, TransportError> {
+        let Link::Direct(transport) = self else {
+            return Ok(Some(piece));
+        };
+        let message = match (piece, format) {
+            (Piece::Text(text), crate::protocol::TransferFormat::Text) => SendMessage::Text(text),
+            (piece, format) => SendMessage::Bytes(piece.into_bytes(), format),
+        };
+        Ok(transport.try_send_now(message)?.map(|message| match message {
+            SendMessage::Text(text) => Piece::Text(text),
+            SendMessage::Bytes(bytes, _) => Piece::Bytes(bytes),
+        }))
+    }
+
+    fn poll_flush(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), TransportError>> {
+        match self {
+            Link::Direct(transport) => transport.poll_flush(cx),
+            Link::Relayed(_) | Link::Detached => std::task::Poll::Ready(Ok(())),
+        }
+    }
+
     async fn send_piece(
         &mut self,
         piece: Piece,
@@ -529,11 +631,12 @@ struct Connection<T: Transport> {
     /// Boxed: rare, and an idle connection without it should not pay for its size.
     stateful: Option<Box<Stateful>>,
     protocol: Protocol,
-    limits: Limits,
+    limits: Arc<Limits>,
     host: Arc<dyn ConnectionHost>,
     session: Arc<Session>,
     mailbox: Arc<Mailbox>,
-    /// The parent of every call's cancellation token, made on the first call (an idle connection has none).
+    /// The parent of the cancellation tokens of calls that run on tasks of their own (streams), made on the first
+    /// such call.
     calls: Option<CancellationToken>,
     inbound: BytesMut,
     recv_gate: RecvGate,
@@ -958,10 +1061,23 @@ impl<T: Transport> Connection<T> {
         };
         self.last_write = Instant::now();
         let format = self.protocol.transfer_format();
-        let sent = tokio::select! {
-            biased;
-            sent = self.transport.send_piece(piece, format) => sent,
-            () = self.mailbox.ended() => Err(crate::transport::TransportError::Closed),
+        let transport = &mut self.transport;
+        let mailbox = &self.mailbox;
+        let sent = match transport.try_send_now(piece, format) {
+            // Taken (a direct WebSocket): what the socket did not take at once is written as it drains.
+            Ok(None) => tokio::select! {
+                biased;
+                sent = std::future::poll_fn(|cx| transport.poll_flush(cx)) => sent,
+                () = mailbox.ended() => Err(crate::transport::TransportError::Closed),
+            },
+            // Boxed: only the other transports (SSE, long polling, a relayed socket, actix-ws) come here, and
+            // inline, their send would be part of every connection's state (one allocation per write for them).
+            Ok(Some(piece)) => tokio::select! {
+                biased;
+                sent = Box::pin(transport.send_piece(piece, format)) => sent,
+                () = mailbox.ended() => Err(crate::transport::TransportError::Closed),
+            },
+            Err(error) => Err(error),
         };
         match sent {
             Err(_) if !self.mailbox.is_ending() && self.detach() => Ok(()),
@@ -1080,13 +1196,29 @@ impl<T: Transport> Connection<T> {
                     }
                 }
             }
-            if let Some(ending) = self.dispatch(message).await {
-                return Some(ending);
+            match self.dispatch(message) {
+                Dispatched::Done(None) => {}
+                Dispatched::Done(Some(ending)) => return Some(ending),
+                Dispatched::Upload {
+                    upload,
+                    item,
+                    stream_id,
+                } => {
+                    // Waiting here is the backpressure on an upload: the method runs on its own task. Boxed:
+                    // client streams are rare, and an inline send future would enlarge every connection's state.
+                    if Box::pin(upload.send(item)).await.is_err() {
+                        if let Some(stream_id) = stream_id {
+                            self.uploads.remove(&stream_id);
+                        }
+                    }
+                }
             }
         }
     }
 
-    async fn dispatch(&mut self, message: HubMessage) -> Option<Ending> {
+    /// Acts on one message from the client. Not async, so that its state is no part of the connection's: the one
+    /// step that may wait (an item for a client stream) is handed back to the caller.
+    fn dispatch(&mut self, message: HubMessage) -> Dispatched {
         match message {
             HubMessage::Invocation {
                 invocation_id,
@@ -1094,22 +1226,27 @@ impl<T: Transport> Connection<T> {
                 arguments,
                 stream_ids,
                 streaming,
-            } => return self.start_invocation(invocation_id, target, arguments, stream_ids, streaming),
+            } => {
+                return Dispatched::Done(self.start_invocation(invocation_id, target, arguments, stream_ids, streaming))
+            }
             HubMessage::StreamItem { invocation_id, item } => {
                 if let Some(upload) = self.uploads.get(&invocation_id) {
-                    // Waiting here is the backpressure on an upload: the method runs on its own task. Boxed: client
-                    // streams are rare, and an inline send future would enlarge every connection's state.
-                    if Box::pin(upload.send(Ok(item))).await.is_err() {
-                        self.uploads.remove(&invocation_id);
-                    }
-                } else {
-                    tracing::debug!(%invocation_id, "stream item for an unknown stream");
+                    return Dispatched::Upload {
+                        upload: upload.clone(),
+                        item: Ok(item),
+                        stream_id: Some(invocation_id),
+                    };
                 }
+                tracing::debug!(%invocation_id, "stream item for an unknown stream");
             }
             HubMessage::Completion { invocation_id, outcome } => {
                 if let Some(upload) = self.uploads.remove(&invocation_id) {
                     if let CompletionOutcome::Error(error) = outcome {
-                        let _ = Box::pin(upload.send(Err(error))).await;
+                        return Dispatched::Upload {
+                            upload,
+                            item: Err(error),
+                            stream_id: None,
+                        };
                     }
                 } else if let Some(reply) = self.results.remove(&invocation_id) {
                     let result = match outcome {
@@ -1132,7 +1269,7 @@ impl<T: Transport> Connection<T> {
                 if let Some(error) = error {
                     tracing::debug!(%error, "client closed with an error");
                 }
-                return Some(Ending::ClientClosed);
+                return Dispatched::Done(Some(Ending::ClientClosed));
             }
             // Handled before dispatch when stateful reconnect is on; meaningless otherwise.
             HubMessage::Ack { .. } | HubMessage::Sequence { .. } => {}
@@ -1140,7 +1277,7 @@ impl<T: Transport> Connection<T> {
                 tracing::debug!(message_type, "ignored a message of unknown type");
             }
         }
-        None
+        Dispatched::Done(None)
     }
 
     fn start_invocation(
@@ -1194,7 +1331,16 @@ impl<T: Transport> Connection<T> {
             self.uploads.insert(stream_id.clone(), tx);
             uploads.push(rx);
         }
-        let cancel = self.calls.get_or_insert_with(CancellationToken::new).child_token();
+        // A call that runs inside this task (no streams) is cancelled by dropping it, which its guard turns into
+        // cancelling its token; only calls on tasks of their own hang off `calls`. So an idle connection that made
+        // calls keeps no token tree.
+        let inline = !streaming && stream_ids.is_empty();
+        let cancel = if inline {
+            CancellationToken::new()
+        } else {
+            self.calls.get_or_insert_with(CancellationToken::new).child_token()
+        };
+        let guard = inline.then(|| cancel.clone().drop_guard());
         let call = Call {
             target,
             arguments,
@@ -1212,6 +1358,10 @@ impl<T: Transport> Connection<T> {
         }
         let run = async move {
             let reply = reply.await;
+            // Done: nothing left to cancel.
+            if let Some(guard) = guard {
+                guard.disarm();
+            }
             let Some(id) = invocation_id else { return };
             let bytes = match reply {
                 Reply::Void => encode_void(protocol, &id),
@@ -1556,4 +1706,39 @@ fn encode_error(protocol: Protocol, id: &str, error: &str) -> Option<Bytes> {
         outcome: CompletionOutcome::Error(error.to_owned()),
     };
     protocol.encode(&message, &mut out).ok().map(|()| Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestHeaders;
+
+    #[test]
+    fn request_headers_keep_order_lower_case_names_and_values() {
+        let headers: RequestHeaders = [
+            ("Host", "example.test"),
+            ("cookie", "a=1; b=2"),
+            ("X-Empty", ""),
+            ("Cookie", "c=3"),
+        ]
+        .into_iter()
+        .collect();
+        let all: Vec<(&str, &str)> = headers.iter().collect();
+        assert_eq!(
+            all,
+            [
+                ("host", "example.test"),
+                ("cookie", "a=1; b=2"),
+                ("x-empty", ""),
+                ("cookie", "c=3")
+            ]
+        );
+        assert_eq!(headers.len(), 4);
+        assert_eq!(headers.get("HOST"), Some("example.test"));
+        assert_eq!(headers.get("cookie"), Some("a=1; b=2"), "the first of repeated headers");
+        assert_eq!(headers.get("x-empty"), Some(""));
+        assert_eq!(headers.get("missing"), None);
+        let none = RequestHeaders::default();
+        assert!(none.is_empty());
+        assert_eq!(none.iter().count(), 0);
+    }
 }

@@ -124,7 +124,7 @@ struct NodeInner {
     endpoints: HashMap<String, Arc<HubEndpoint>>,
     /// Contexts of hubs this node sends to but does not serve.
     send_only: Vec<HubContext>,
-    limits: Limits,
+    limits: Arc<Limits>,
     auth: Option<Arc<Authenticator>>,
     span: tracing::Span,
     /// Per HTTP worker, where fan-outs hand their members' wake-ups.
@@ -189,6 +189,11 @@ impl Node {
 
     pub(crate) fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// The limits, shared: every connection of the node points to the same ones.
+    pub(crate) fn shared_limits(&self) -> Arc<Limits> {
+        self.inner.limits.clone()
     }
 
     pub(crate) fn authenticator(&self) -> Option<&Authenticator> {
@@ -337,7 +342,7 @@ impl NodeBuilder {
                 cluster: tokio::sync::Mutex::new(None),
                 endpoints,
                 send_only,
-                limits: self.limits,
+                limits: Arc::new(self.limits),
                 auth: self.auth.map(Arc::new),
                 span,
                 wake_relays: WakeRelays::default(),

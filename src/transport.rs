@@ -65,6 +65,14 @@ pub enum CloseKind {
     InternalError,
 }
 
+/// A message for [`Transport::try_send_now`].
+pub enum SendMessage {
+    /// Whole records known to be UTF-8, as one Text message.
+    Text(ByteString),
+    /// Whole records as one message in a transfer format (Text ones are checked).
+    Bytes(Bytes, TransferFormat),
+}
+
 /// A duplex of protocol bytes for one connection. Its futures need not be `Send`: a transport lives on the HTTP
 /// worker that accepted it.
 #[allow(async_fn_in_trait)]
@@ -104,6 +112,20 @@ pub trait Transport {
     /// (WebSockets) overrides it to skip checking the bytes again, once per recipient.
     async fn send_text(&mut self, text: ByteString) -> Result<(), TransportError> {
         self.send(text.into_bytes(), TransferFormat::Text).await
+    }
+
+    /// Takes `message` without waiting, writing what the peer takes now and keeping the rest for
+    /// [`Transport::poll_flush`], which the caller then polls to completion; or gives it back, for
+    /// [`Transport::send`], if this transport cannot. With it, a connection's write needs no future of its own,
+    /// so that every idle connection's state is smaller. It must keep the message (or its rest) even if the
+    /// flush is never polled: dropping the flush loses nothing, as with `send`.
+    fn try_send_now(&mut self, message: SendMessage) -> Result<Option<SendMessage>, TransportError> {
+        Ok(Some(message))
+    }
+
+    /// Writes what [`Transport::try_send_now`] kept; ready at once if nothing is kept.
+    fn poll_flush(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), TransportError>> {
+        std::task::Poll::Ready(Ok(()))
     }
 
     /// Ends the transport.

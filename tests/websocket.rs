@@ -52,6 +52,8 @@ const HUB_PATH: &str = "/wireHub";
 struct Flags {
     /// Set when the `Ticks` stream's cancellation token fires.
     cancelled: Arc<AtomicBool>,
+    /// Set when the token of a `Hang` call fires.
+    hang_cancelled: Arc<AtomicBool>,
 }
 
 async fn echo(text: String) -> String {
@@ -91,6 +93,15 @@ async fn ticks(cancel: CancellationToken, State(flags): State<Flags>) -> Streame
     }))
 }
 
+/// Never answers; its token fires when the call is dropped with its connection.
+async fn hang(cancel: CancellationToken, State(flags): State<Flags>) {
+    tokio::spawn(async move {
+        cancel.cancelled().await;
+        flags.hang_cancelled.store(true, Ordering::SeqCst);
+    });
+    std::future::pending::<()>().await;
+}
+
 async fn was_cancelled(State(flags): State<Flags>) -> bool {
     flags.cancelled.load(Ordering::SeqCst)
 }
@@ -123,10 +134,22 @@ fn wire_hub(flags: Flags) -> Hub {
         .method("Counter", counter)
         .method("Ticks", ticks)
         .method("WasCancelled", was_cancelled)
+        .method("Hang", hang)
         .method("Sum", sum)
         .method("AskClient", ask_client)
         .method("CloseMe", close_me)
         .with_state(flags)
+}
+
+/// Whether `flag` is set within 2 seconds.
+async fn becomes_set(flag: &AtomicBool) -> bool {
+    for _ in 0..100 {
+        if flag.load(Ordering::SeqCst) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    flag.load(Ordering::SeqCst)
 }
 
 /// Limits for tests that do not exercise a timer: nothing fires during a test.
@@ -1479,14 +1502,7 @@ async fn cancel_invocation_stops_a_stream() -> TestResult {
             client.send(protocol.cancel("s1")).await?;
 
             // The method's cancellation token fires.
-            let mut cancelled = false;
-            for _ in 0..100 {
-                if server.flags.cancelled.load(Ordering::SeqCst) {
-                    cancelled = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let cancelled = becomes_set(&server.flags.cancelled).await;
             check(cancelled, || {
                 format!("[{}] the stream's token was not cancelled", protocol.name())
             })?;
@@ -1509,6 +1525,34 @@ async fn cancel_invocation_stops_a_stream() -> TestResult {
             drop(client);
             server.stop().await;
         }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_calls_token_fires_when_its_connection_ends() -> TestResult {
+    bounded(TEST_TIMEOUT, async {
+        let server = TestNode::start(quiet_limits()).await?;
+        let mut client = server.client(Proto::Json).await?;
+        client
+            .send(Proto::Json.invocation(Some("1"), "Hang", json!([]), &[]))
+            .await?;
+        // Queued behind the hanging call (invocations run one at a time): dropped unanswered as well.
+        client
+            .send(Proto::Json.invocation(Some("2"), "Echo", json!(["x"]), &[]))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        check(!server.flags.hang_cancelled.load(Ordering::SeqCst), || {
+            "the token fired while the call was running".into()
+        })?;
+        client.send(Proto::Json.close()).await?;
+        drop(client);
+        let cancelled = becomes_set(&server.flags.hang_cancelled).await;
+        check(cancelled, || {
+            "the hanging call's token did not fire when its connection ended".into()
+        })?;
+        server.stop().await;
         Ok(())
     })
     .await

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{Clients, Groups, HubContext};
 use crate::auth::Claims;
-use crate::connection::{ConnectionHandle, ConnectionId, Session};
+use crate::connection::{ConnectionHandle, ConnectionId, RequestHeaders, Session};
 use crate::protocol::Protocol;
 use crate::transport::TransportKind;
 
@@ -76,7 +76,7 @@ impl Caller {
     }
 
     /// Every header of that request, names in lower case.
-    pub fn headers(&self) -> &[(String, String)] {
+    pub fn headers(&self) -> &RequestHeaders {
         &self.session.headers
     }
 
@@ -85,7 +85,7 @@ impl Caller {
         self.session
             .headers
             .iter()
-            .filter(|(key, _)| key == "cookie")
+            .filter(|(key, _)| *key == "cookie")
             .flat_map(|(_, value)| value.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
             .find(|(key, _)| *key == name)

@@ -34,7 +34,7 @@ use actix_web::http::{header, Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -520,19 +520,16 @@ fn spawn_connection<F>(
     let setup = ConnectionSetup {
         id,
         request,
-        limits: node.limits().clone(),
+        limits: node.shared_limits(),
         host: Arc::new(endpoint.context.clone()),
         resume: None,
         wake_relay: node.wake_relay(),
     };
-    let task = run(setup);
-    actix_web::rt::spawn(
-        async move {
-            task.await;
-            endpoint.tokens.lock().remove(&token);
-        }
-        .instrument(node.span().clone()),
-    );
+    // Chained with `map`, not awaited in an async block, which would hold the connection's future twice.
+    let task = run(setup).map(move |()| {
+        endpoint.tokens.lock().remove(&token);
+    });
+    actix_web::rt::spawn(task.instrument(node.span().clone()));
 }
 
 fn is_websocket_upgrade(head: &RequestHead) -> bool {
@@ -605,12 +602,7 @@ fn request_info(head: &RequestHead, user: Option<Authenticated>) -> RequestInfo 
         headers: head
             .headers()
             .iter()
-            .map(|(name, value)| {
-                (
-                    name.as_str().to_owned(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                )
-            })
+            .map(|(name, value)| (name.as_str(), String::from_utf8_lossy(value.as_bytes())))
             .collect(),
     }
 }
@@ -657,15 +649,14 @@ impl AcceptedWebSocket {
                     setup,
                     span,
                 } = *new;
-                actix_web::rt::spawn(
-                    async move {
-                        connection::run(transport, setup).await;
-                        if let Some(token) = token {
-                            endpoint.tokens.lock().remove(&token);
-                        }
+                // Chained with `map`, not awaited in an async block: that would hold the connection's future
+                // twice (as captured and as awaited) for its whole life.
+                let run = connection::run(transport, setup).map(move |()| {
+                    if let Some(token) = token {
+                        endpoint.tokens.lock().remove(&token);
                     }
-                    .instrument(span),
-                );
+                });
+                actix_web::rt::spawn(run.instrument(span));
             }
             AcceptedWebSocket::Resume { handle, span, .. } => {
                 let (relay, pump) = reconnect::relay(transport);
@@ -765,7 +756,7 @@ fn accept_websocket(
     let setup = ConnectionSetup {
         id,
         request: request_info(head, user),
-        limits: node.limits().clone(),
+        limits: node.shared_limits(),
         host: Arc::new(endpoint.context.clone()),
         resume,
         wake_relay: node.wake_relay(),

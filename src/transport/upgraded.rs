@@ -25,7 +25,7 @@ use actix_http::ws::{Codec, Frame, Item, ProtocolError};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
-use super::{CloseKind, Transport, TransportError, TransportKind};
+use super::{CloseKind, SendMessage, Transport, TransportError, TransportKind};
 use crate::protocol::TransferFormat;
 
 /// The byte stream under a WebSocket: a TCP stream, or TLS over one.
@@ -210,12 +210,23 @@ impl Inner {
         Poll::Ready(Ok(()))
     }
 
-    /// Writes one frame of `payload`: at once, from the caller's bytes, as far as the socket takes it; the rest is
-    /// copied to `unsent` before this returns, so dropping the future afterwards loses nothing.
+    /// Writes one frame of `payload`, then waits until the socket took all of it.
     async fn write_frame(&mut self, opcode: u8, payload: &[u8]) -> Result<(), TransportError> {
-        poll_fn(|cx| self.poll_write_unsent(cx)).await?;
+        self.write_frame_now(opcode, payload)?;
+        poll_fn(|cx| self.poll_write_unsent(cx)).await
+    }
+
+    /// Writes one frame of `payload` without waiting: at once, from the caller's bytes, as far as the socket takes
+    /// it; the rest is copied to `unsent`, which [`Inner::poll_write_unsent`] writes. Behind earlier unsent
+    /// bytes, the whole frame is copied there (the caller waited for those to drain before, so this is rare).
+    fn write_frame_now(&mut self, opcode: u8, payload: &[u8]) -> Result<(), TransportError> {
         let header = frame_header(opcode, payload.len());
         let header = &header.bytes[..header.len];
+        if !self.unsent.is_empty() {
+            self.unsent.extend_from_slice(header);
+            self.unsent.extend_from_slice(payload);
+            return Ok(());
+        }
         let total = header.len() + payload.len();
         let mut written = 0;
         let waker = std::task::Waker::noop();
@@ -240,7 +251,7 @@ impl Inner {
         } else if written < total {
             self.unsent.extend_from_slice(&payload[written - header.len()..]);
         }
-        poll_fn(|cx| self.poll_write_unsent(cx)).await
+        Ok(())
     }
 }
 
@@ -250,6 +261,17 @@ fn checked(bytes: Bytes, format: TransferFormat) -> Result<(Bytes, TransferForma
         return Err(TransportError::Protocol("a text frame was not UTF-8".into()));
     }
     Ok((bytes, format))
+}
+
+/// The opcode of a data frame in `format`; Text must be UTF-8 (RFC 6455 section 8.1).
+fn opcode(format: TransferFormat, bytes: &[u8]) -> Result<u8, TransportError> {
+    match format {
+        TransferFormat::Text if std::str::from_utf8(bytes).is_err() => {
+            Err(TransportError::Protocol("a text frame was not UTF-8".into()))
+        }
+        TransferFormat::Text => Ok(OPCODE_TEXT),
+        TransferFormat::Binary => Ok(OPCODE_BINARY),
+    }
 }
 
 /// The header of an unmasked final frame (the server side never masks).
@@ -295,20 +317,23 @@ impl Transport for UpgradedWebSocket {
     }
 
     async fn send(&mut self, bytes: Bytes, format: TransferFormat) -> Result<(), TransportError> {
-        let opcode = match format {
-            TransferFormat::Text => {
-                if std::str::from_utf8(&bytes).is_err() {
-                    return Err(TransportError::Protocol("a text frame was not UTF-8".into()));
-                }
-                OPCODE_TEXT
-            }
-            TransferFormat::Binary => OPCODE_BINARY,
-        };
-        self.0.write_frame(opcode, &bytes).await
+        self.0.write_frame(opcode(format, &bytes)?, &bytes).await
     }
 
     async fn send_text(&mut self, text: ByteString) -> Result<(), TransportError> {
         self.0.write_frame(OPCODE_TEXT, text.as_bytes()).await
+    }
+
+    fn try_send_now(&mut self, message: SendMessage) -> Result<Option<SendMessage>, TransportError> {
+        match message {
+            SendMessage::Text(text) => self.0.write_frame_now(OPCODE_TEXT, text.as_bytes())?,
+            SendMessage::Bytes(bytes, format) => self.0.write_frame_now(opcode(format, &bytes)?, &bytes)?,
+        }
+        Ok(None)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        self.0.poll_write_unsent(cx)
     }
 
     async fn close(mut self, kind: CloseKind) {
