@@ -424,7 +424,10 @@ pub trait ConnectionHost: Send + Sync + 'static {
     /// Runs a method. The future runs inside the connection task or on its own task (streams, uploads).
     fn invoke(&self, session: &Arc<Session>, call: Call) -> BoxFuture<'static, Reply>;
 
-    /// The connection completed its handshake; an `Err` closes it with that error.
+    /// The connection's handshake is accepted. Called before the handshake response is sent, and anything that
+    /// makes the connection addressable must be done in the call itself (not in the future), so that a client
+    /// that has its response can be reached at once; the future runs after the response is sent, and an `Err`
+    /// closes the connection with that error.
     fn connected(&self, session: &Arc<Session>) -> BoxFuture<'static, Result<(), String>>;
 
     /// The connection ended.
@@ -494,8 +497,8 @@ pub fn run<T: Transport>(transport: T, mut setup: ConnectionSetup) -> impl std::
     );
     let handshake = Box::pin(Connection::handshake(transport, setup));
     async move {
-        if let Some(connection) = handshake.await {
-            connection.live().await;
+        if let Some((connection, connected)) = handshake.await {
+            connection.live(connected).await;
         }
     }
     .instrument(span)
@@ -626,6 +629,9 @@ async fn next_relay(stateful: &mut Option<Box<Stateful>>) -> RelayTransport {
     }
 }
 
+/// A connection whose handshake was answered, and the rest of the hub's `connected` for it.
+type Accepted<T> = (Box<Connection<T>>, BoxFuture<'static, Result<(), String>>);
+
 struct Connection<T: Transport> {
     transport: Link<T>,
     /// Boxed: rare, and an idle connection without it should not pay for its size.
@@ -663,7 +669,7 @@ struct Connection<T: Transport> {
 
 impl<T: Transport> Connection<T> {
     /// Reads the handshake and answers it; `None` if the connection ended there.
-    async fn handshake(mut transport: T, setup: ConnectionSetup) -> Option<Box<Connection<T>>> {
+    async fn handshake(mut transport: T, setup: ConnectionSetup) -> Option<Accepted<T>> {
         let limits = setup.limits;
         let mut inbound = BytesMut::new();
         let request = match read_handshake(&mut transport, &mut inbound, &limits).await {
@@ -740,21 +746,27 @@ impl<T: Transport> Connection<T> {
             results: HashMap::new(),
             next_result_id: 0,
         };
+        // Registered before the response goes out: a client that has it may at once have the server address this
+        // connection (a hub method another client calls, an HTTP request of its own), and must not find it missing.
+        // What the hub sends meanwhile waits in the mailbox, which is read after the response is written.
+        let connected = connection.host.connected(&connection.session);
         let mut response = Vec::new();
         handshake::write_response(None, &mut response);
-        if let Err(error) = connection.write(Bytes::from(response)).await {
-            tracing::debug!(%error, "handshake response not delivered");
-            return None;
+        match connection.write(Bytes::from(response)).await {
+            // The main loop finds the transport gone and ends the connection the usual way (so `disconnected`
+            // follows `connected`, as for any connection).
+            Err(error) => tracing::debug!(%error, "handshake response not delivered"),
+            Ok(()) => tracing::debug!(protocol = protocol.name(), "connected"),
         }
-        tracing::debug!(protocol = protocol.name(), "connected");
-        Some(Box::new(connection))
+        Some((Box::new(connection), connected))
     }
 
-    /// The connected phase: registration, the main loop, the ending. Boxed, since an async fn keeps its argument
-    /// twice (as given and as moved into its body), and this one is the largest part of a connection.
-    async fn live(mut self: Box<Self>) {
+    /// The connected phase: the rest of the hub's `connected`, the main loop, the ending. Boxed, since an async fn
+    /// keeps its argument twice (as given and as moved into its body), and this one is the largest part of a
+    /// connection.
+    async fn live(mut self: Box<Self>, connected: BoxFuture<'static, Result<(), String>>) {
         let connection = &mut self;
-        let ending = match connection.host.connected(&connection.session).await {
+        let ending = match connected.await {
             Ok(()) => connection.serve().await,
             Err(error) => Ending::Close {
                 error: Some(error),
