@@ -486,7 +486,11 @@ enum Ending {
 ///
 /// An idle connection's memory is mostly this future, so its phases are laid out to keep it small: the handshake
 /// runs boxed (its state and the setup it consumes are freed once the connection is up), and the rare, large steps
-/// of the connected phase (the ending, a stateful resume, the timers' work) are boxed where they happen.
+/// of the connected phase (the ending, a stateful resume, the timers' work) are boxed where they happen. The
+/// frequent steps are kept shallow instead: a write to a transport that takes it at once
+/// ([`Transport::try_send_now`]) waits on a small poll, and dispatching a client's message is not async, since
+/// every level of nested futures adds its state to every idle connection. Spawn the returned future itself (or
+/// chain it), rather than awaiting it in an `async` block, which would hold it twice.
 pub fn run<T: Transport>(transport: T, mut setup: ConnectionSetup) -> impl std::future::Future<Output = ()> {
     setup.request.user = setup.host.user_id(&setup.request);
     let span = tracing::debug_span!(
