@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use futures_util::stream::BoxStream;
 use futures_util::task::AtomicWaker;
 use futures_util::StreamExt;
@@ -1079,22 +1079,27 @@ impl<T: Transport> Connection<T> {
         let format = self.protocol.transfer_format();
         let transport = &mut self.transport;
         let mailbox = &self.mailbox;
-        let sent = match transport.try_send_now(piece, format) {
+        let write = match transport.try_send_now(piece, format) {
             // Taken (a direct WebSocket): what the socket did not take at once is written as it drains.
-            Ok(None) => tokio::select! {
-                biased;
-                sent = std::future::poll_fn(|cx| transport.poll_flush(cx)) => sent,
-                () = mailbox.ended() => Err(crate::transport::TransportError::Closed),
-            },
+            Ok(None) => Either::Left(std::future::poll_fn(|cx| transport.poll_flush(cx))),
             // Boxed: only the other transports (SSE, long polling, a relayed socket, actix-ws) come here, and
             // inline, their send would be part of every connection's state (one allocation per write for them).
-            Ok(Some(piece)) => tokio::select! {
-                biased;
-                sent = Box::pin(transport.send_piece(piece, format)) => sent,
-                () = mailbox.ended() => Err(crate::transport::TransportError::Closed),
-            },
-            Err(error) => Err(error),
+            Ok(Some(piece)) => Either::Right(Box::pin(transport.send_piece(piece, format))),
+            Err(error) => return self.written(Err(error)),
         };
+        let sent = tokio::select! {
+            biased;
+            sent = write => sent,
+            () = mailbox.ended() => Err(crate::transport::TransportError::Closed),
+        };
+        self.written(sent)
+    }
+
+    /// The outcome of a write: with stateful reconnect, a failed one detaches the connection instead.
+    fn written(
+        &mut self,
+        sent: Result<(), crate::transport::TransportError>,
+    ) -> Result<(), crate::transport::TransportError> {
         match sent {
             Err(_) if !self.mailbox.is_ending() && self.detach() => Ok(()),
             sent => sent,
