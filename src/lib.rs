@@ -3,23 +3,28 @@
 //!
 //! # Layout
 //!
-//! Each top-level module is one layer; dependencies point one way, down this list:
+//! Each top-level module is one layer; dependencies point one way, up this list (a layer uses the ones above it,
+//! never one below). The layers are private to the crate; what an embedder uses is re-exported at the root and in
+//! the public modules [`auth`] and [`demo`].
 //!
-//! * [`protocol`]: the SignalR wire formats (handshake, JSON and MessagePack hub protocols, negotiate bodies).
+//! * `protocol`: the SignalR wire formats (handshake, JSON and MessagePack hub protocols, negotiate bodies).
 //!   Bytes in, messages out; no I/O.
 //! * [`auth`]: JWT bearer tokens checked into user ids and claims, and the requirements hubs put on them; no I/O.
-//! * [`transport`]: how a connection's bytes move (WebSockets today). Knows nothing of hubs.
-//! * [`connection`]: one light task per client connection: handshake, codec, bounded mailbox, keep-alive and
-//!   timeouts, dispatch to its host. Knows hubs only through the [`connection::ConnectionHost`] trait.
-//! * [`group`]: group and user actors (ractor), which own memberships and fan sends out in one order.
-//! * [`hub`]: the user's hub methods, [`Caller`], [`Clients`], [`Groups`] and [`HubContext`].
-//! * [`cluster`]: membership and failure detection (chitchat), placement, links between nodes. Moves opaque
+//! * `transport`: how a connection's bytes move: WebSockets, Server-Sent Events and long polling. Knows nothing of
+//!   hubs.
+//! * `connection`: one light task per client connection: handshake, codec, bounded mailbox, keep-alive and
+//!   timeouts, dispatch to its host. Knows hubs only through its `ConnectionHost` trait.
+//! * `group`: group and user actors (ractor), which own memberships and fan sends out in one order.
+//! * `hub`: the user's hub methods, [`Caller`], [`Clients`], [`Groups`] and [`HubContext`].
+//! * `cluster`: membership and failure detection (chitchat), placement, links between nodes. Moves opaque
 //!   bytes; knows nothing of hubs.
-//! * [`node`]: a node: its hubs, its HTTP server (actix-web), start and stop.
+//! * `node`: a node: its hubs, its HTTP server (actix-web), start and stop.
 //! * [`demo`]: the demo hub every node serves at `/hub`, the contract load tools use.
-//! * [`bench`]: the load tool (`hubmesh bench`): a WebSocket client of the demo hub contract; no hub internals.
-//! * [`config`]: node configuration (TOML files, `HUBMESH_*` variables, flags), checked into a ready [`NodeBuilder`].
-//! * `testing` (feature `test-util`): the official test hub and an in-process server for tests.
+//! * `testing` (feature `test-util`, for this repository's tests): the official test hub, an in-process server
+//!   and cluster, and the raw test client.
+//!
+//! The `hubmesh` command (nodes from configuration files, `hubmesh dev`, the load tool) is the separate crate in
+//! `cli/`, built on this crate's public API.
 //!
 //! # Quick start
 //!
@@ -43,25 +48,43 @@
 
 #![warn(missing_docs)]
 
+// Each layer is private to the crate. The `internals` feature (this repository's tests, benches and fuzz targets
+// only; never an embedder's) makes them public, hidden from the docs, so those can reach codecs and links directly.
+macro_rules! layers {
+    ($($(#[$attr:meta])* $name:ident;)*) => {$(
+        $(#[$attr])*
+        #[cfg(feature = "internals")]
+        #[doc(hidden)]
+        pub mod $name;
+        $(#[$attr])*
+        #[cfg(not(feature = "internals"))]
+        mod $name;
+    )*};
+}
+
+layers! {
+    cluster;
+    connection;
+    group;
+    hub;
+    node;
+    protocol;
+    transport;
+}
+
 pub mod auth;
-pub mod bench;
-pub mod cluster;
-pub mod config;
-pub mod connection;
 pub mod demo;
-pub mod group;
-pub mod hub;
-pub mod node;
-pub mod protocol;
 #[cfg(feature = "test-util")]
+#[doc(hidden)]
 pub mod testing;
-pub mod transport;
 
 #[doc = include_str!("docs/semantics.md")]
 pub mod semantics {}
 
+pub use cluster::{LinkConfig, MembershipConfig};
 pub use connection::{ConnectionId, Limits};
 pub use hub::{Caller, ClientProxy, ClientStream, Clients, Groups, Hub, HubContext, HubError, State, Streamed};
-pub use node::{Node, NodeBuilder, NodeError, NodeHandle};
+pub use node::tls::{TlsConfig, TlsError};
+pub use node::{ClusterSettings, Node, NodeBuilder, NodeError, NodeHandle};
 pub use protocol::{Binary, RawValue, Timestamp};
 pub use tokio_util::sync::CancellationToken;

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hubmesh::config::{env_name, ConfigError, NodeConfig, Origin, Overrides, Secret, KEYS};
+use hubmesh_cli::config::{env_name, ConfigError, NodeConfig, Origin, Overrides, Secret, KEYS};
 
 const NO_ENV: [(&str, &str); 0] = [];
 
@@ -39,7 +39,7 @@ fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 /// The single setting error of `result`, which must have failed.
-fn only_error<T: std::fmt::Debug>(result: Result<T, ConfigError>) -> hubmesh::config::SettingError {
+fn only_error<T: std::fmt::Debug>(result: Result<T, ConfigError>) -> hubmesh_cli::config::SettingError {
     let error = result.expect_err("the configuration should be rejected");
     match error.settings() {
         [one] => one.clone(),

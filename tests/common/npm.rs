@@ -11,7 +11,11 @@ const NPM_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// `tests/node`, where the Node tests and their `package.json` live.
 pub fn node_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("node")
+    // The root package's tests and the CLI package's (`cli/`) share this file: find the repository root from
+    // whichever manifest compiled it.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = if manifest.join("tests").is_dir() { manifest } else { manifest.parent().unwrap_or(manifest) };
+    root.join("tests").join("node")
 }
 
 /// Runs `npm ci` in `tests/node` unless every package the tests use is installed.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn cluster_config() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster-config")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("cluster-config")
 }
 
 /// The binary with no configuration variables inherited from the test's environment.

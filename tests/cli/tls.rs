@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "common/npm.rs"]
+#[path = "../common/npm.rs"]
 mod npm;
 
 use std::io::{BufRead, BufReader};
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hubmesh::config::{ConfigError, NodeConfig, Overrides};
+use hubmesh_cli::config::{ConfigError, NodeConfig, Overrides};
 
 const NO_ENV: [(&str, &str); 0] = [];
 
@@ -108,7 +108,7 @@ fn official_client_uses_a_node_over_https() {
         .to_owned();
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
         .join("examples")
         .join("demo-client.mjs");
     let run_client = |trust_certificate: bool| {

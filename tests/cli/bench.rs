@@ -7,7 +7,7 @@ use std::error::Error;
 use std::time::Duration;
 
 use clap::Parser;
-use hubmesh::bench::{run, BenchError, Report, Scenario};
+use hubmesh_cli::bench::{run, BenchError, Report, Scenario};
 use hubmesh::demo::demo_hub;
 use hubmesh::testing::TestCluster;
 use serde_json::Value;

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "common/npm.rs"]
+#[path = "../common/npm.rs"]
 mod npm;
 
 use std::io::{BufRead, BufReader, Read, Write};

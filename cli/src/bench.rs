@@ -1,4 +1,4 @@
-//! The load tool behind `hubmesh bench`: drives the demo hub contract ([`crate::demo`]) at `/hub` of any hubmesh
+//! The load tool behind `hubmesh bench`: drives the demo hub contract ([`hubmesh::demo`]) at `/hub` of any hubmesh
 //! cluster, as a client, over direct WebSockets (`skipNegotiation`) with the JSON hub protocol.
 //!
 //! It owns the scenarios ([`Scenario`]: `fanout`, `echo`, `idle`, `connect`), their options, the minimal

@@ -25,7 +25,7 @@
 //!   directory; given anywhere else, to the working directory. If both keys are set, the one from the later source
 //!   wins; both from the same source is an error.
 //! * The secret is held as a [`Secret`], whose `Debug` prints `<redacted>`; nothing here logs it.
-//! * `[auth]` configures bearer tokens ([`crate::auth`]) when any of its keys is set: exactly one key, an HS256
+//! * `[auth]` configures bearer tokens ([`hubmesh::auth`]) when any of its keys is set: exactly one key, an HS256
 //!   secret (`auth.secret` or `auth.secret_file`, read like the cluster secret) or an RS256 public key
 //!   (`auth.public_key_file`, PEM; relative paths as for `secret_file`); optionally `auth.issuer`,
 //!   `auth.audience` and `auth.user_claim` (default: the name-identifier claim, then `sub`).
@@ -40,7 +40,7 @@
 //! # What it may call
 //!
 //! figment and serde for parsing, and the layers below it: [`crate::node`], [`crate::cluster`] (configuration
-//! types only), [`crate::connection`] ([`Limits`]), [`crate::auth`] ([`Authenticator`]) and [`crate::demo`]. No global state: the process environment
+//! types only), [`crate::connection`] ([`Limits`]), [`hubmesh::auth`] ([`Authenticator`]) and [`crate::demo`]. No global state: the process environment
 //! is read only by [`NodeConfig::load`], and [`NodeConfig::load_with_env`] takes it as an argument instead.
 
 use std::collections::BTreeMap;
@@ -54,12 +54,9 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Deserializer};
 
-use crate::auth::Authenticator;
-use crate::cluster::{LinkConfig, MembershipConfig};
-use crate::connection::Limits;
-use crate::demo::demo_hub;
-use crate::node::tls::{TlsConfig, TlsError};
-use crate::node::{ClusterSettings, Node, NodeBuilder};
+use hubmesh::auth::Authenticator;
+use hubmesh::demo::demo_hub;
+use hubmesh::{ClusterSettings, Limits, LinkConfig, MembershipConfig, Node, NodeBuilder, TlsConfig, TlsError};
 
 /// Every configuration key, as `section.key`. The environment variable of a key is [`env_name`] of it.
 pub const KEYS: &[&str] = &[
@@ -404,7 +401,7 @@ impl Default for LimitsSection {
     }
 }
 
-/// `[auth]`: bearer tokens (see [`crate::auth`]). Unset keys are `None`; no key set means no authentication.
+/// `[auth]`: bearer tokens (see [`hubmesh::auth`]). Unset keys are `None`; no key set means no authentication.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSection {

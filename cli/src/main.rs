@@ -2,7 +2,7 @@
 //!
 //! * `hubmesh node [--config FILE] [flags]`: one node. With no arguments, a single node serving the demo hub on
 //!   127.0.0.1:5000. Settings come from the file, `HUBMESH_*` environment variables and flags, in rising
-//!   precedence (see `hubmesh::config` and `cluster-config/README.md`). The first line on standard output is
+//!   precedence (see `hubmesh_cli::config` and `cluster-config/README.md`). The first line on standard output is
 //!   `Now listening on: http://ADDR` (`https://` with `http.tls_cert`), once the node serves; logs go to standard
 //!   error.
 //! * `hubmesh dev [--nodes N] [--base-port P]`: a local N-node cluster, each node a child process running
@@ -10,7 +10,7 @@
 //!   Ctrl-C stops them all; so does one node dying.
 //! * `hubmesh config check FILE...`: loads and checks configuration files as `hubmesh node --config` would.
 //! * `hubmesh config example`: prints `cluster-config/example.toml`, every key with its default.
-//! * `hubmesh bench fanout|echo|idle|connect --url URL... [options]`: the load tool (`hubmesh::bench`); one JSON
+//! * `hubmesh bench fanout|echo|idle|connect --url URL... [options]`: the load tool (`hubmesh_cli::bench`); one JSON
 //!   line per run on standard output, a short summary on standard error.
 
 use std::io::IsTerminal;
@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use hubmesh::config::{env_name, NodeConfig, NodeSettings, Overrides};
+use hubmesh_cli::config::{env_name, NodeConfig, NodeSettings, Overrides};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
@@ -61,7 +61,7 @@ enum CliCommand {
     Config(ConfigCommand),
     /// Load tool: drives the demo hub at /hub of running nodes (fanout, echo, idle, connect).
     #[command(subcommand)]
-    Bench(hubmesh::bench::Scenario),
+    Bench(hubmesh_cli::bench::Scenario),
 }
 
 #[derive(Args, Debug, Default)]
@@ -200,8 +200,8 @@ fn main() -> ExitCode {
 }
 
 /// Runs one load-tool scenario: the JSON line on standard output, the summary on standard error.
-async fn run_bench(scenario: &hubmesh::bench::Scenario) -> anyhow::Result<()> {
-    let report = hubmesh::bench::run(scenario).await?;
+async fn run_bench(scenario: &hubmesh_cli::bench::Scenario) -> anyhow::Result<()> {
+    let report = hubmesh_cli::bench::run(scenario).await?;
     eprintln!("{}", report.summary);
     println!("{}", report.json_line());
     Ok(())

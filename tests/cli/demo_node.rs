@@ -2,7 +2,7 @@
 //! `examples/demo-client.mjs` uses it with the official client over JSON and MessagePack (invoke, send, streams
 //! both ways, group sends, a client result).
 
-#[path = "common/npm.rs"]
+#[path = "../common/npm.rs"]
 mod npm;
 
 use std::io::{BufRead, BufReader};
@@ -57,7 +57,7 @@ fn official_client_uses_the_demo_node() -> Result<(), String> {
         .ok_or_else(|| format!("unexpected first line from hubmesh: {first:?}"))?
         .to_owned();
 
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
         .join("examples")
         .join("demo-client.mjs");
     let mut client = Command::new("node")
