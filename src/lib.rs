@@ -11,10 +11,12 @@
 //! * [`transport`]: how a connection's bytes move (WebSockets today). Knows nothing of hubs.
 //! * [`connection`]: one light task per client connection: handshake, codec, bounded mailbox, keep-alive and
 //!   timeouts, dispatch to its host. Knows hubs only through the [`connection::ConnectionHost`] trait.
-//! * [`group`]: group and user actors (ractor), which own memberships and fan sends out in one order.
-//! * [`hub`]: the user's hub methods, [`Caller`], [`Clients`], [`Groups`] and [`HubContext`].
 //! * [`cluster`]: membership and failure detection (chitchat), placement, links between nodes. Moves opaque
 //!   bytes; knows nothing of hubs.
+//! * [`mesh`]: the cluster as the hubs' backplane: group and user actors (ractor), which own memberships and fan
+//!   sends out in one order; ownership and re-homing; the routing of sends between nodes, resend and dedupe,
+//!   request/reply. Reaches the hubs of its node through a trait; names no hub type.
+//! * [`hub`]: the user's hub methods, [`Caller`], [`Clients`], [`Groups`] and [`HubContext`].
 //! * [`node`]: a node: its hubs, its HTTP server (actix-web), start and stop.
 //! * [`demo`]: the demo hub every node serves at `/hub`, the contract load tools use.
 //! * [`bench`]: the load tool (`hubmesh bench`): a WebSocket client of the demo hub contract; no hub internals.
@@ -49,8 +51,8 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod demo;
-pub mod group;
 pub mod hub;
+pub mod mesh;
 pub mod node;
 pub mod protocol;
 #[cfg(feature = "test-util")]
