@@ -3,11 +3,10 @@
 //! that it goes again to the next owner if that one dies before its members got it (the members' nodes drop the
 //! copy they already had, by its stamp: see `mesh/delivery.rs`).
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::collections::VecDeque;
 
 use super::envelope::{Envelope, WireFrame};
 use super::group::{GroupKey, Stamp};
