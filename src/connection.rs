@@ -56,7 +56,7 @@ use crate::protocol::{CompletionOutcome, EncodeError, HubMessage, NoPayload, Out
 use crate::transport::{CloseKind, SendMessage, Transport, TransportError, TransportKind};
 pub use outbound::{ClientResult, ClientResultError, CloseRequest, EncodeArguments, Invoke, Outbound, SharedFrame};
 use reconnect::{ReceiveState, RelayTransport, ReplayBuffer, ResumeSlot};
-pub use wake::{WakeBatch, WakeRelay, WakeRelays};
+pub use wake::{deliver_each, WakeBatch, WakeRelay, WakeRelays};
 
 /// The public id of a connection (`Context.ConnectionId`, the client's `connectionId`).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]

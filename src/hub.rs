@@ -1,8 +1,10 @@
 //! Hubs: the user's methods by name, their lifecycle hooks, and the proxies hub code sends through.
 //!
 //! This is the only user-facing layer with business logic. It implements the connection layer's
-//! [`ConnectionHost`] (a hub serves connections), keeps the node-local registry of its connections, and reaches
-//! groups and users through their actors ([`crate::group`]). It knows nothing of sockets or HTTP.
+//! [`ConnectionHost`] (a hub serves connections), keeps the node-local registry of its connections (`hub/runtime.rs`),
+//! and reaches other nodes, groups and users through the mesh ([`crate::mesh`]): it calls the node's router, and
+//! implements the mesh's `LocalHub` so the mesh can deliver to its connections here. Mesh errors become
+//! [`HubError`]s with the same text. It knows nothing of sockets or HTTP.
 //!
 //! ```no_run
 //! use hubmesh::{Caller, Hub, HubError};
@@ -23,17 +25,16 @@ mod caller;
 mod clients;
 mod groups;
 pub mod handler;
-pub(crate) mod router;
+mod runtime;
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use parking_lot::RwLock;
 
 pub(crate) use caller::url_query_value;
 pub use caller::Caller;
@@ -42,14 +43,12 @@ pub use groups::Groups;
 pub use handler::{ClientStream, Handler, State, Streamed};
 
 use crate::auth::Requirement;
-use crate::connection::{
-    Call, ClientResultError, ConnectionHandle, ConnectionHost, ConnectionId, Reply, RequestInfo, Session,
-};
-use crate::connection::{SharedFrame, WakeBatch};
-use crate::group::{GroupError, GroupKey};
+use crate::connection::{Call, ClientResultError, ConnectionHost, ConnectionId, Reply, RequestInfo, Session};
+use crate::mesh::{GroupError, GroupKey, MeshError};
 use crate::transport::TransportKind;
 use handler::{HubReply, InvocationParts};
-use router::Router;
+use runtime::HubRuntime;
+pub(crate) use runtime::NodeRouter;
 
 /// An error from a hub method or a hub operation.
 ///
@@ -83,6 +82,17 @@ pub enum HubError {
     /// The operation needs a single connection as its target.
     #[error("{0}")]
     InvalidTarget(&'static str),
+}
+
+/// A mesh operation's error, as hub code sees it: the same variant and text.
+impl From<MeshError> for HubError {
+    fn from(error: MeshError) -> Self {
+        match error {
+            MeshError::UnknownConnection(id) => HubError::UnknownConnection(id),
+            MeshError::Group(error) => HubError::Group(error),
+            MeshError::ClientResult(error) => HubError::ClientResult(error),
+        }
+    }
 }
 
 impl HubError {
@@ -340,113 +350,6 @@ impl Hub {
     }
 }
 
-/// One connection in the hub's registry, with the groups it joined (so it can leave them when it ends).
-struct Member {
-    handle: ConnectionHandle,
-    groups: HashSet<GroupKey>,
-}
-
-/// A hub running on a node: its definition, its connections here, and which of them are in which group.
-pub(crate) struct HubRuntime {
-    hub: Hub,
-    name: Arc<str>,
-    connections: RwLock<HashMap<ConnectionId, Member>>,
-    /// This node's members of each group: the table a group delivery to this node is fanned out from.
-    local_groups: RwLock<HashMap<GroupKey, HashMap<ConnectionId, ConnectionHandle>>>,
-    router: Arc<Router>,
-}
-
-impl HubRuntime {
-    pub(crate) fn handle_of(&self, id: &ConnectionId) -> Option<ConnectionHandle> {
-        self.connections.read().get(id).map(|member| member.handle.clone())
-    }
-
-    /// Delivers to every connection here but `except`. A full mailbox closes that connection (slow consumer).
-    pub(crate) fn deliver_all(&self, frame: &Arc<SharedFrame>, except: &[ConnectionId]) {
-        let mut wake = WakeBatch::default();
-        for (id, member) in self.connections.read().iter() {
-            if !except.contains(id) {
-                let _ = member.handle.deliver_batched(frame.clone(), true, &mut wake);
-            }
-        }
-    }
-
-    /// Delivers to these connections, those that are here.
-    pub(crate) fn deliver_to(&self, ids: &[ConnectionId], frame: &Arc<SharedFrame>) {
-        let mut wake = WakeBatch::default();
-        let connections = self.connections.read();
-        for id in ids {
-            if let Some(member) = connections.get(id) {
-                let _ = member.handle.deliver_batched(frame.clone(), false, &mut wake);
-            }
-        }
-    }
-
-    /// Delivers to this node's members of a group but `except`.
-    /// Returns false when this node holds no member of the group.
-    pub(crate) fn deliver_group(&self, key: &GroupKey, frame: &Arc<SharedFrame>, except: &[ConnectionId]) -> bool {
-        let groups = self.local_groups.read();
-        let Some(members) = groups.get(key) else {
-            return false;
-        };
-        let mut wake = WakeBatch::default();
-        for (id, handle) in members {
-            if !except.contains(id) {
-                let _ = handle.deliver_batched(frame.clone(), true, &mut wake);
-            }
-        }
-        true
-    }
-
-    /// Records that connection `id` (of this node) is in group `key`; fails at once for an unknown connection.
-    pub(crate) fn local_join(&self, key: &GroupKey, id: &ConnectionId) -> Result<(), HubError> {
-        let mut connections = self.connections.write();
-        let member = connections
-            .get_mut(id)
-            .ok_or_else(|| HubError::UnknownConnection(id.to_string()))?;
-        member.groups.insert(key.clone());
-        self.local_groups
-            .write()
-            .entry(key.clone())
-            .or_default()
-            .insert(id.clone(), member.handle.clone());
-        Ok(())
-    }
-
-    /// Records that connection `id` left group `key`; false if the connection is not here.
-    pub(crate) fn local_leave(&self, key: &GroupKey, id: &ConnectionId) -> bool {
-        let mut connections = self.connections.write();
-        let Some(member) = connections.get_mut(id) else {
-            return false;
-        };
-        member.groups.remove(key);
-        drop_from_table(&mut self.local_groups.write(), key, id);
-        true
-    }
-
-    /// Every group membership this node holds, by group.
-    pub(crate) fn local_memberships(&self) -> Vec<(GroupKey, Vec<ConnectionId>)> {
-        self.local_groups
-            .read()
-            .iter()
-            .map(|(key, members)| (key.clone(), members.keys().cloned().collect()))
-            .collect()
-    }
-}
-
-fn drop_from_table(
-    table: &mut HashMap<GroupKey, HashMap<ConnectionId, ConnectionHandle>>,
-    key: &GroupKey,
-    id: &ConnectionId,
-) {
-    if let Some(members) = table.get_mut(key) {
-        members.remove(id);
-        if members.is_empty() {
-            table.remove(key);
-        }
-    }
-}
-
 /// A handle to a hub, usable inside hub methods and from anywhere else (a background task, an HTTP route): the
 /// same `Clients` and `Groups` a method has, without a caller. Sends reach clients on every node of the cluster.
 #[derive(Clone)]
@@ -464,17 +367,10 @@ impl std::fmt::Debug for HubContext {
 
 impl HubContext {
     /// Starts `hub` on this node, routed by `router`.
-    pub(crate) fn start(hub: Hub, router: Arc<Router>) -> HubContext {
-        let name: Arc<str> = hub.name.as_str().into();
-        let runtime = Arc::new(HubRuntime {
-            hub,
-            name: name.clone(),
-            connections: RwLock::new(HashMap::new()),
-            local_groups: RwLock::new(HashMap::new()),
-            router: router.clone(),
-        });
-        router.register_hub(&name, &runtime);
-        HubContext { runtime }
+    pub(crate) fn start(hub: Hub, router: Arc<NodeRouter>) -> HubContext {
+        HubContext {
+            runtime: HubRuntime::start(hub, router),
+        }
     }
 
     /// The hub definition.
@@ -494,14 +390,12 @@ impl HubContext {
 
     /// The number of connections to this hub on this node.
     pub fn local_connection_count(&self) -> usize {
-        self.runtime.connections.read().len()
+        self.runtime.connection_count()
     }
 
     /// Asks every connection of this hub on this node to close with a Close message.
     pub(crate) fn close_all(&self, allow_reconnect: bool) {
-        for member in self.runtime.connections.read().values() {
-            member.handle.close(None, allow_reconnect);
-        }
+        self.runtime.close_all(allow_reconnect);
     }
 
     /// A fresh connection id, naming this node.
@@ -513,7 +407,7 @@ impl HubContext {
         &self.runtime.name
     }
 
-    pub(crate) fn router(&self) -> &Arc<Router> {
+    pub(crate) fn router(&self) -> &Arc<NodeRouter> {
         &self.runtime.router
     }
 
@@ -592,13 +486,7 @@ impl ConnectionHost for HubContext {
                 });
             }
         }
-        self.runtime.connections.write().insert(
-            session.id.clone(),
-            Member {
-                handle: session.handle.clone(),
-                groups: HashSet::new(),
-            },
-        );
+        self.runtime.add_connection(session.id.clone(), session.handle.clone());
         let context = self.clone();
         let caller = self.caller(session);
         let session = session.clone();
@@ -609,7 +497,7 @@ impl ConnectionHost for HubContext {
                     .router()
                     .group_add(key, session.id.clone())
                     .await
-                    .map_err(|error| error.to_string())?;
+                    .map_err(|error| HubError::from(error).to_string())?;
             }
             match &context.runtime.hub.on_connected {
                 Some(hook) => hook(caller)
@@ -621,16 +509,7 @@ impl ConnectionHost for HubContext {
     }
 
     fn disconnected(&self, session: &Arc<Session>, _error: Option<String>) -> BoxFuture<'static, ()> {
-        let member = self.runtime.connections.write().remove(&session.id);
-        let groups: Vec<GroupKey> = member
-            .map(|member| member.groups.into_iter().collect())
-            .unwrap_or_default();
-        {
-            let mut table = self.runtime.local_groups.write();
-            for key in &groups {
-                drop_from_table(&mut table, key, &session.id);
-            }
-        }
+        let groups = self.runtime.remove_connection(&session.id);
         let context = self.clone();
         let caller = self.caller(session);
         let session = session.clone();

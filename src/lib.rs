@@ -14,10 +14,12 @@
 //!   hubs.
 //! * `connection`: one light task per client connection: handshake, codec, bounded mailbox, keep-alive and
 //!   timeouts, dispatch to its host. Knows hubs only through its `ConnectionHost` trait.
-//! * `group`: group and user actors (ractor), which own memberships and fan sends out in one order.
-//! * `hub`: the user's hub methods, [`Caller`], [`Clients`], [`Groups`] and [`HubContext`].
 //! * `cluster`: membership and failure detection (chitchat), placement, links between nodes. Moves opaque
 //!   bytes; knows nothing of hubs.
+//! * `mesh`: the cluster as the hubs' backplane: group and user actors (ractor), which own memberships and fan
+//!   sends out in one order; ownership and re-homing; the routing of sends between nodes, resend and dedupe,
+//!   request/reply. Reaches the hubs of its node through a trait; names no hub type.
+//! * `hub`: the user's hub methods, [`Caller`], [`Clients`], [`Groups`] and [`HubContext`].
 //! * `node`: a node: its hubs, its HTTP server (actix-web), start and stop.
 //! * [`demo`]: the demo hub every node serves at `/hub`, the contract load tools use.
 //! * `testing` (feature `test-util`, for this repository's tests): the official test hub, an in-process server
@@ -65,8 +67,8 @@ macro_rules! layers {
 layers! {
     cluster;
     connection;
-    group;
     hub;
+    mesh;
     node;
     protocol;
     transport;

@@ -27,8 +27,7 @@ use crate::auth::Authenticator;
 use crate::cluster::link::memory::MemoryNetwork;
 use crate::cluster::{GossipNetwork, LinkConfig, MembershipConfig, MembershipView};
 use crate::connection::{Limits, WakeRelay, WakeRelays};
-use crate::hub::router::Router;
-use crate::hub::{Hub, HubContext};
+use crate::hub::{Hub, HubContext, NodeRouter};
 use http::HubEndpoint;
 use tls::TlsConfig;
 
@@ -118,7 +117,7 @@ pub struct Node {
 
 struct NodeInner {
     name: String,
-    router: Arc<Router>,
+    router: Arc<NodeRouter>,
     cluster: tokio::sync::Mutex<Option<cluster::ClusterRuntime>>,
     /// By lower-cased path.
     endpoints: HashMap<String, Arc<HubEndpoint>>,
@@ -315,7 +314,7 @@ impl NodeBuilder {
     pub fn build(self) -> Result<Node, NodeError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NodeError::NoRuntime)?;
         let span = tracing::info_span!("node", node = %self.name);
-        let router = Router::new(&self.name, runtime, span.clone());
+        let router = NodeRouter::new(&self.name, runtime, span.clone());
         let mut endpoints = HashMap::new();
         for hub in self.hubs {
             let path = http::normalize_path(hub.route());

@@ -10,6 +10,9 @@
 //!
 //! Only the wake-up moves: what each member receives, and in which order, is decided when the message is queued,
 //! exactly as without the batch.
+//!
+//! Layers above name none of this but [`deliver_each`] (the hub runtime's local deliveries) and [`WakeRelays`]
+//! (the node, which owns one per node and hands each new connection its worker's relay).
 
 use std::sync::Arc;
 use std::task::Waker;
@@ -17,6 +20,8 @@ use std::thread::ThreadId;
 
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
+
+use super::{ConnectionHandle, SharedFrame};
 
 /// Wakes, on one worker, the tasks of a batch.
 pub struct WakeRelay {
@@ -53,6 +58,22 @@ impl WakeRelays {
         let relay = Arc::new(WakeRelay { thread, wakers });
         by_thread.push(relay.clone());
         Some(relay)
+    }
+}
+
+/// Queues `frame` in the mailbox of each of `handles` and wakes their tasks in one batch per worker, once all are
+/// queued. A `fanout` frame (to a group, to all) may be coalesced with the next ones; one sent to chosen
+/// connections is not (see [`ConnectionHandle::deliver_batched`]). A full mailbox closes that connection (slow
+/// consumer); the others still get the frame.
+#[inline]
+pub fn deliver_each<'a>(
+    handles: impl IntoIterator<Item = &'a ConnectionHandle>,
+    frame: &Arc<SharedFrame>,
+    fanout: bool,
+) {
+    let mut wake = WakeBatch::default();
+    for handle in handles {
+        let _ = handle.deliver_batched(frame.clone(), fanout, &mut wake);
     }
 }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{HubContext, HubError};
 use crate::connection::{ClientResultError, ConnectionId, SharedFrame};
-use crate::group::GroupKey;
+use crate::mesh::GroupKey;
 use crate::protocol::{Protocol, RawValue};
 
 /// Sends to clients of a hub, optionally relative to a caller.

@@ -2,7 +2,7 @@
 
 use super::{HubContext, HubError};
 use crate::connection::ConnectionId;
-use crate::group::GroupKey;
+use crate::mesh::GroupKey;
 
 /// Manages the groups of a hub.
 #[derive(Clone, Debug)]
@@ -19,24 +19,24 @@ impl Groups {
     /// to the group that starts after this returns reaches the connection. An unknown connection fails at once.
     pub async fn add(&self, connection: &ConnectionId, group: &str) -> Result<(), HubError> {
         let key = GroupKey::named(self.context.name(), group);
-        self.context.router().group_add(key, connection.clone()).await
+        Ok(self.context.router().group_add(key, connection.clone()).await?)
     }
 
     /// Removes a connection, of any node, from a group; removing a non-member is not an error.
     pub async fn remove(&self, connection: &ConnectionId, group: &str) -> Result<(), HubError> {
         let key = GroupKey::named(self.context.name(), group);
-        self.context.router().group_remove(key, connection.clone()).await
+        Ok(self.context.router().group_remove(key, connection.clone()).await?)
     }
 
     /// The number of connections in a group, cluster-wide.
     pub async fn count(&self, group: &str) -> Result<usize, HubError> {
         let key = GroupKey::named(self.context.name(), group);
-        self.context.router().group_count(key).await
+        Ok(self.context.router().group_count(key).await?)
     }
 
     /// The connections in a group, cluster-wide.
     pub async fn members(&self, group: &str) -> Result<Vec<ConnectionId>, HubError> {
         let key = GroupKey::named(self.context.name(), group);
-        self.context.router().group_members(key).await
+        Ok(self.context.router().group_members(key).await?)
     }
 }

@@ -1,5 +1,5 @@
 //! Joining a cluster: starts the node's links and gossip membership, publishes what peers need (the link
-//! address, the hubs served, the node's status), and drives links and the router from every membership change.
+//! address, the hubs served, the node's status), and drives links and the mesh's router from every membership change.
 //!
 //! Membership decides, links follow: a peer gets a link when gossip reports it live and loses it when gossip
 //! declares it dead (or a newer generation of it appears), so ractor_cluster's missing failure detector and
@@ -15,7 +15,7 @@ use tracing::Instrument;
 use super::{ClusterNetwork, ClusterSettings, NodeError};
 use crate::cluster::link::ractor::RactorLinks;
 use crate::cluster::{LinkEvent, Links, Membership, MembershipView, NodeId, NodeStatus, PeerInfo, LINK_ADDRESS_KEY};
-use crate::hub::router::Router;
+use crate::mesh::{LocalHub, Router};
 
 /// The membership key listing the hubs a node serves, comma-separated.
 pub const HUBS_KEY: &str = "hubs";
@@ -67,12 +67,13 @@ fn peers_of(view: &MembershipView) -> Vec<PeerInfo> {
         .collect()
 }
 
-/// Starts links and membership for node `name` and connects them to `router`.
-pub(crate) async fn join(
+/// Starts links and membership for node `name` and connects them to `router` (the mesh; generic over the hubs it
+/// delivers to, which this file does not need to know).
+pub(crate) async fn join<H: LocalHub>(
     name: &str,
     hubs: Vec<String>,
     mut settings: ClusterSettings,
-    router: Arc<Router>,
+    router: Arc<Router<H>>,
     span: tracing::Span,
 ) -> Result<ClusterRuntime, NodeError> {
     let generation = settings.membership.generation.unwrap_or_else(generation_now);

@@ -1,0 +1,183 @@
+//! A hub running on a node: its definition, the registry of its connections here, and which of them are in
+//! which group (the table a group delivery to this node is fanned out from). The mesh reaches it through
+//! [`LocalHub`], which it implements.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::Hub;
+use crate::connection::{deliver_each, ConnectionHandle, ConnectionId, SharedFrame};
+use crate::mesh::{GroupKey, LocalHub, MeshError, Router};
+
+/// The node's router, as the hubs and the node use it: the mesh over this node's hub runtimes.
+pub(crate) type NodeRouter = Router<HubRuntime>;
+
+/// One connection in the hub's registry, with the groups it joined (so it can leave them when it ends).
+struct Member {
+    handle: ConnectionHandle,
+    groups: HashSet<GroupKey>,
+}
+
+/// A hub running on a node: its definition, its connections here, and which of them are in which group.
+pub(crate) struct HubRuntime {
+    pub(super) hub: Hub,
+    pub(super) name: Arc<str>,
+    connections: RwLock<HashMap<ConnectionId, Member>>,
+    /// This node's members of each group: the table a group delivery to this node is fanned out from.
+    local_groups: RwLock<HashMap<GroupKey, HashMap<ConnectionId, ConnectionHandle>>>,
+    pub(super) router: Arc<NodeRouter>,
+}
+
+impl HubRuntime {
+    /// Starts `hub` on this node and registers it with `router`.
+    pub(super) fn start(hub: Hub, router: Arc<NodeRouter>) -> Arc<HubRuntime> {
+        let name: Arc<str> = hub.name.as_str().into();
+        let runtime = Arc::new(HubRuntime {
+            hub,
+            name: name.clone(),
+            connections: RwLock::new(HashMap::new()),
+            local_groups: RwLock::new(HashMap::new()),
+            router: router.clone(),
+        });
+        router.register_hub(&name, &runtime);
+        runtime
+    }
+
+    /// Adds a connection that completed its handshake to the registry.
+    pub(super) fn add_connection(&self, id: ConnectionId, handle: ConnectionHandle) {
+        self.connections.write().insert(
+            id,
+            Member {
+                handle,
+                groups: HashSet::new(),
+            },
+        );
+    }
+
+    /// Removes a connection that ended from the registry and from the local group table; returns the groups it
+    /// was in, for their owners to drop it.
+    pub(super) fn remove_connection(&self, id: &ConnectionId) -> Vec<GroupKey> {
+        let member = self.connections.write().remove(id);
+        let groups: Vec<GroupKey> = member
+            .map(|member| member.groups.into_iter().collect())
+            .unwrap_or_default();
+        {
+            let mut table = self.local_groups.write();
+            for key in &groups {
+                drop_from_table(&mut table, key, id);
+            }
+        }
+        groups
+    }
+
+    /// The number of connections here.
+    pub(super) fn connection_count(&self) -> usize {
+        self.connections.read().len()
+    }
+
+    /// Asks every connection here to close with a Close message.
+    pub(super) fn close_all(&self, allow_reconnect: bool) {
+        for member in self.connections.read().values() {
+            member.handle.close(None, allow_reconnect);
+        }
+    }
+}
+
+impl LocalHub for HubRuntime {
+    fn handle_of(&self, id: &ConnectionId) -> Option<ConnectionHandle> {
+        self.connections.read().get(id).map(|member| member.handle.clone())
+    }
+
+    /// Delivers to every connection here but `except`. A full mailbox closes that connection (slow consumer).
+    fn deliver_all(&self, frame: &Arc<SharedFrame>, except: &[ConnectionId]) {
+        deliver_each(
+            self.connections
+                .read()
+                .iter()
+                .filter(|(id, _)| !except.contains(id))
+                .map(|(_, member)| &member.handle),
+            frame,
+            true,
+        );
+    }
+
+    /// Delivers to these connections, those that are here.
+    fn deliver_to(&self, ids: &[ConnectionId], frame: &Arc<SharedFrame>) {
+        let connections = self.connections.read();
+        deliver_each(
+            ids.iter()
+                .filter_map(|id| connections.get(id))
+                .map(|member| &member.handle),
+            frame,
+            false,
+        );
+    }
+
+    /// Delivers to this node's members of a group but `except`.
+    /// Returns false when this node holds no member of the group.
+    fn deliver_group(&self, key: &GroupKey, frame: &Arc<SharedFrame>, except: &[ConnectionId]) -> bool {
+        let groups = self.local_groups.read();
+        let Some(members) = groups.get(key) else {
+            return false;
+        };
+        deliver_each(
+            members
+                .iter()
+                .filter(|(id, _)| !except.contains(id))
+                .map(|(_, handle)| handle),
+            frame,
+            true,
+        );
+        true
+    }
+
+    /// Records that connection `id` (of this node) is in group `key`; fails at once for an unknown connection.
+    fn local_join(&self, key: &GroupKey, id: &ConnectionId) -> Result<(), MeshError> {
+        let mut connections = self.connections.write();
+        let member = connections
+            .get_mut(id)
+            .ok_or_else(|| MeshError::UnknownConnection(id.to_string()))?;
+        member.groups.insert(key.clone());
+        self.local_groups
+            .write()
+            .entry(key.clone())
+            .or_default()
+            .insert(id.clone(), member.handle.clone());
+        Ok(())
+    }
+
+    /// Records that connection `id` left group `key`; false if the connection is not here.
+    fn local_leave(&self, key: &GroupKey, id: &ConnectionId) -> bool {
+        let mut connections = self.connections.write();
+        let Some(member) = connections.get_mut(id) else {
+            return false;
+        };
+        member.groups.remove(key);
+        drop_from_table(&mut self.local_groups.write(), key, id);
+        true
+    }
+
+    /// Every group membership this node holds, by group.
+    fn local_memberships(&self) -> Vec<(GroupKey, Vec<ConnectionId>)> {
+        self.local_groups
+            .read()
+            .iter()
+            .map(|(key, members)| (key.clone(), members.keys().cloned().collect()))
+            .collect()
+    }
+}
+
+fn drop_from_table(
+    table: &mut HashMap<GroupKey, HashMap<ConnectionId, ConnectionHandle>>,
+    key: &GroupKey,
+    id: &ConnectionId,
+) {
+    if let Some(members) = table.get_mut(key) {
+        members.remove(id);
+        if members.is_empty() {
+            table.remove(key);
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The mesh: everything that makes the cluster the hubs' backplane, so that every send is location-transparent.
+//! One `Router` per node, shared by the node's hubs.
+//!
+//! # What it owns
+//!
+//! * Where things are. A connection id ends with `.<node name>`, so a send to a connection goes straight to its
+//!   node with no lookup. A group (or user) is owned by the node that rendezvous hashing over the live members
+//!   picks ([`crate::cluster::owner`]); its actor there holds which connections of which node are members and
+//!   sequences the group's sends.
+//! * The node-to-node messages (rmp-serde) over the cluster's links, with request/reply correlation for group
+//!   membership, counts and client results.
+//! * What happens when membership changes: groups owned by a node that left move to their new owner, which
+//!   rebuilds their membership from snapshots that every node sends of its own members; group sends whose owner
+//!   is unreachable are held (at most [`HELD_SENDS_CAP`]) and delivered in order once an owner is reachable, and
+//!   sends handed to an owner that died go again, delivered once; requests waiting on a node that left fail at
+//!   once.
+//!
+//! A node that is not part of a cluster is a cluster of one: the same code paths run, without links.
+//!
+//! # Files
+//!
+//! * `mesh/router.rs`: the `Router`, its view of the cluster, and the sends to all and to chosen connections.
+//! * `mesh/group.rs`: group keys, send stamps, group errors.
+//! * `mesh/group_actor.rs`: the group and user actors (ractor). `mesh/directory.rs`: those this node owns.
+//! * `mesh/envelope.rs`: the wire types. `mesh/inbound.rs`: what the router does with each message from a peer.
+//! * `mesh/group_send.rs`: a group send from its sender to the group's owner (held, retained, re-sent).
+//! * `mesh/owner.rs`: the owner's side, one membership change or send at a time, in arrival order.
+//! * `mesh/delivery.rs`: a group actor's fan-out to member nodes, and delivery to this node's members, once.
+//! * `mesh/members.rs`: joining, leaving, counting and listing a group, from any node.
+//! * `mesh/requests.rs`: request/reply between nodes, and serving a peer's requests (client results included).
+//! * `mesh/rehome.rs`: the cluster's membership changes: snapshots and re-homing.
+//!
+//! # What it may call
+//!
+//! Dependencies point one way: protocol → transport → connection → mesh → hub → node. The mesh uses the
+//! connection layer (ids, handles, shared frames, client-result errors), the protocol layer (payloads) and the
+//! cluster layer (membership view, placement, links). It never names a hub type: it reaches the hubs running on
+//! this node through the `LocalHub` trait, which the hub layer implements for its runtime and registers by name
+//! (`Router::register_hub`), and its operations fail with a [`MeshError`], which the hub layer converts into
+//! its own error. It knows nothing of HTTP.
+//!
+//! Checked by reading the `use crate::` lines of `src/mesh.rs` and `src/mesh/`: they name only
+//! `crate::connection`, `crate::protocol` and `crate::cluster` (`grep -rn "crate::" src/mesh.rs src/mesh/`
+//! finds no `crate::hub` or `crate::node`), and neither of those layers names `crate::mesh`.
+
+mod delivery;
+mod directory;
+mod envelope;
+mod group;
+mod group_actor;
+mod group_send;
+mod inbound;
+mod members;
+mod owner;
+mod rehome;
+mod requests;
+mod router;
+
+use std::sync::Arc;
+
+use crate::connection::{ClientResultError, ConnectionHandle, ConnectionId, SharedFrame};
+
+pub use group::{GroupError, GroupKey, GroupKind, Stamp};
+pub use group_send::HELD_SENDS_CAP;
+pub(crate) use router::Router;
+
+/// Why a mesh operation failed. The hub layer turns it into a `HubError` with the same text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MeshError {
+    /// No connection with this id exists.
+    #[error("Connection '{0}' does not exist.")]
+    UnknownConnection(String),
+    /// A group could not be reached.
+    #[error("{0}")]
+    Group(#[from] GroupError),
+    /// A client result failed.
+    #[error(transparent)]
+    ClientResult(#[from] ClientResultError),
+}
+
+/// A hub running on this node, as the mesh sees it: its local connections and its table of local group
+/// members. The hub layer implements it for its runtime; the router holds one per hub name.
+pub(crate) trait LocalHub: Send + Sync + 'static {
+    /// Delivers to every connection here but `except`. A full mailbox closes that connection (slow consumer).
+    fn deliver_all(&self, frame: &Arc<SharedFrame>, except: &[ConnectionId]);
+
+    /// Delivers to these connections, those that are here.
+    fn deliver_to(&self, ids: &[ConnectionId], frame: &Arc<SharedFrame>);
+
+    /// Delivers to this node's members of a group but `except`. Returns false when this node holds no member of
+    /// the group.
+    fn deliver_group(&self, key: &GroupKey, frame: &Arc<SharedFrame>, except: &[ConnectionId]) -> bool;
+
+    /// Records that connection `id` (of this node) is in group `key`; fails at once for an unknown connection.
+    fn local_join(&self, key: &GroupKey, id: &ConnectionId) -> Result<(), MeshError>;
+
+    /// Records that connection `id` left group `key`; false if the connection is not here.
+    fn local_leave(&self, key: &GroupKey, id: &ConnectionId) -> bool;
+
+    /// Every group membership this node holds, by group.
+    fn local_memberships(&self) -> Vec<(GroupKey, Vec<ConnectionId>)>;
+
+    /// The handle of connection `id`, if it is here (to run a client result on it).
+    fn handle_of(&self, id: &ConnectionId) -> Option<ConnectionHandle>;
+}

@@ -1,0 +1,72 @@
+//! The last leg of a group send: a group actor's fan-out to the nodes that hold members (one link message per
+//! node), and delivery to this node's members, once: a send re-sent after its owner died is recognised by its
+//! stamp and dropped where it already arrived.
+
+use std::sync::{Arc, Weak};
+
+use super::envelope::{Envelope, WireFrame};
+use super::group::{GroupKey, Stamp};
+use super::group_actor::Fanout;
+use super::{LocalHub, Router};
+use crate::connection::{ConnectionId, SharedFrame};
+
+/// Delivers a group actor's sends: to this node's members directly, to other nodes through the links.
+pub(super) struct RouterFanout<H>(pub(super) Weak<Router<H>>);
+
+impl<H: LocalHub> Fanout for RouterFanout<H> {
+    fn deliver(
+        &self,
+        node: &str,
+        key: &GroupKey,
+        frame: &Arc<SharedFrame>,
+        except: &Arc<[ConnectionId]>,
+        stamp: &Stamp,
+    ) {
+        let Some(router) = self.0.upgrade() else {
+            return;
+        };
+        if node == &*router.node {
+            router.deliver_group_locally(key, frame, except, stamp);
+        } else {
+            let envelope = Envelope::GroupDeliver {
+                key: key.clone(),
+                except: except.to_vec(),
+                frame: WireFrame::of(frame),
+                stamp: stamp.clone(),
+            };
+            // A node that cannot be reached is leaving; its members leave with it.
+            if let Err(error) = router.send_to(node, &envelope) {
+                tracing::debug!(parent: &router.span, %error, node, "group delivery to a node failed");
+            }
+        }
+    }
+}
+
+impl<H: LocalHub> Router<H> {
+    /// Delivers a group send to this node's members, unless it was delivered here already.
+    pub(super) fn deliver_group_locally(
+        &self,
+        key: &GroupKey,
+        frame: &Arc<SharedFrame>,
+        except: &Arc<[ConnectionId]>,
+        stamp: &Stamp,
+    ) {
+        {
+            let mut delivered = self.delivered.lock();
+            let last = delivered.entry((key.clone(), stamp.origin.clone())).or_insert(0);
+            if stamp.seq <= *last {
+                // A re-sent send that arrived here before its owner died.
+                return;
+            }
+            *last = stamp.seq;
+        }
+        let held_here = self
+            .hub(&key.hub)
+            .is_some_and(|runtime| runtime.deliver_group(key, frame, except));
+        if !held_here {
+            // No member here (any more): forget the group's sequence numbers, so the table does not grow with
+            // every group that ever existed.
+            self.delivered.lock().remove(&(key.clone(), stamp.origin.clone()));
+        }
+    }
+}

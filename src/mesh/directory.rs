@@ -1,0 +1,222 @@
+//! The group actors this node owns, by key: found here, never through ractor's process-global registry, so
+//! several nodes can share a process. Starts an actor on first use (on the node's multi-threaded runtime),
+//! forgets it when it stopped, and turns each operation into a message or a call with a timeout.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef};
+
+use super::group::{GroupError, GroupKey, Stamp};
+use super::group_actor::{Fanout, GroupActor, GroupMessage};
+use crate::connection::{ConnectionId, SharedFrame};
+
+/// How long a caller waits for a group actor's answer before the operation fails.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often `add` retries when it raced with a group that was stopping.
+const ADD_ATTEMPTS: usize = 4;
+
+/// The group actors this node owns, by key.
+pub struct GroupDirectory {
+    actors: Mutex<HashMap<GroupKey, ActorRef<GroupMessage>>>,
+    runtime: tokio::runtime::Handle,
+    fanout: Arc<dyn Fanout>,
+}
+
+impl GroupDirectory {
+    /// A directory whose actors run on `runtime` and deliver through `fanout`.
+    pub fn new(runtime: tokio::runtime::Handle, fanout: Arc<dyn Fanout>) -> Self {
+        GroupDirectory {
+            actors: Mutex::new(HashMap::new()),
+            runtime,
+            fanout,
+        }
+    }
+
+    fn existing(&self, key: &GroupKey) -> Option<ActorRef<GroupMessage>> {
+        self.actors.lock().get(key).cloned()
+    }
+
+    /// Whether this node runs the group's actor (the group has members and this node owns it).
+    pub fn contains(&self, key: &GroupKey) -> bool {
+        self.actors.lock().contains_key(key)
+    }
+
+    /// The keys of the groups this node owns now.
+    pub fn keys(&self) -> Vec<GroupKey> {
+        self.actors.lock().keys().cloned().collect()
+    }
+
+    async fn get_or_start(&self, key: &GroupKey) -> Result<ActorRef<GroupMessage>, GroupError> {
+        if let Some(actor) = self.existing(key) {
+            return Ok(actor);
+        }
+        let actor = GroupActor {
+            key: key.clone(),
+            fanout: self.fanout.clone(),
+        };
+        let spawned = self
+            .runtime
+            .spawn(async { Actor::spawn(None, actor, ()).await })
+            .await
+            .map_err(|error| GroupError::Unavailable(error.to_string()))?
+            .map_err(|error| GroupError::Unavailable(error.to_string()))?;
+        let (actor, _) = spawned;
+        let mut actors = self.actors.lock();
+        match actors.get(key) {
+            // Another caller started one first: use theirs.
+            Some(existing) => {
+                actor.stop(None);
+                Ok(existing.clone())
+            }
+            None => {
+                actors.insert(key.clone(), actor.clone());
+                Ok(actor)
+            }
+        }
+    }
+
+    fn forget(&self, key: &GroupKey, actor: &ActorRef<GroupMessage>) {
+        let mut actors = self.actors.lock();
+        if actors
+            .get(key)
+            .is_some_and(|current| current.get_id() == actor.get_id())
+        {
+            actors.remove(key);
+        }
+    }
+
+    /// Adds connection `id` of node `node`; returns once the actor holds it.
+    pub async fn add(&self, key: &GroupKey, node: &Arc<str>, id: ConnectionId) -> Result<(), GroupError> {
+        let mut last_error = String::new();
+        for _ in 0..ADD_ATTEMPTS {
+            let actor = self.get_or_start(key).await?;
+            let (node, id) = (node.clone(), id.clone());
+            match actor
+                .call(|reply| GroupMessage::Add { node, id, reply }, Some(CALL_TIMEOUT))
+                .await
+            {
+                Ok(CallResult::Success(_)) => return Ok(()),
+                Ok(CallResult::Timeout) => return Err(GroupError::Unavailable("timed out".into())),
+                Ok(CallResult::SenderError) | Err(_) => {
+                    last_error = "the group was stopping".into();
+                    self.forget(key, &actor);
+                }
+            }
+        }
+        Err(GroupError::Unavailable(last_error))
+    }
+
+    /// Removes connection `id` of node `node`; a group that was never started is not started for it.
+    pub async fn remove(&self, key: &GroupKey, node: &Arc<str>, id: ConnectionId) -> Result<(), GroupError> {
+        let Some(actor) = self.existing(key) else {
+            return Ok(());
+        };
+        let node = node.clone();
+        match actor
+            .call(|reply| GroupMessage::Remove { node, id, reply }, Some(CALL_TIMEOUT))
+            .await
+        {
+            Ok(CallResult::Success(0)) => {
+                self.forget(key, &actor);
+                Ok(())
+            }
+            Ok(CallResult::Success(_)) => Ok(()),
+            Ok(CallResult::Timeout) => Err(GroupError::Unavailable("timed out".into())),
+            // A stopped actor holds nobody.
+            Ok(CallResult::SenderError) | Err(_) => {
+                self.forget(key, &actor);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sets node `node`'s members of the group (an empty list removes them), starting the actor if needed.
+    pub async fn replace(&self, key: &GroupKey, node: &Arc<str>, ids: Vec<ConnectionId>) -> Result<(), GroupError> {
+        let actor = match self.existing(key) {
+            Some(actor) => actor,
+            None if ids.is_empty() => return Ok(()),
+            None => self.get_or_start(key).await?,
+        };
+        if actor
+            .cast(GroupMessage::Replace {
+                node: node.clone(),
+                ids,
+            })
+            .is_err()
+        {
+            self.forget(key, &actor);
+        }
+        Ok(())
+    }
+
+    /// Node `node` is gone: every group this node owns drops its members.
+    pub fn drop_node(&self, node: &Arc<str>) {
+        let actors: Vec<_> = self
+            .actors
+            .lock()
+            .iter()
+            .map(|(key, actor)| (key.clone(), actor.clone()))
+            .collect();
+        for (key, actor) in actors {
+            if actor.cast(GroupMessage::DropNode(node.clone())).is_err() {
+                self.forget(&key, &actor);
+            }
+        }
+    }
+
+    /// Stops the actors of groups this node no longer owns (ownership moved); their new owner rebuilds them.
+    pub fn release(&self, keep: impl Fn(&GroupKey) -> bool) {
+        let mut actors = self.actors.lock();
+        actors.retain(|key, actor| {
+            let kept = keep(key);
+            if !kept {
+                actor.stop(None);
+            }
+            kept
+        });
+    }
+
+    /// Sends a frame to the group's members, except `except`. A group with no actor has no members.
+    pub fn send(&self, key: &GroupKey, frame: Arc<SharedFrame>, except: Arc<[ConnectionId]>, stamp: Stamp) {
+        if let Some(actor) = self.existing(key) {
+            if actor.cast(GroupMessage::Send { frame, except, stamp }).is_err() {
+                self.forget(key, &actor);
+            }
+        }
+    }
+
+    /// The number of members.
+    pub async fn count(&self, key: &GroupKey) -> Result<usize, GroupError> {
+        let Some(actor) = self.existing(key) else {
+            return Ok(0);
+        };
+        match actor.call(GroupMessage::Count, Some(CALL_TIMEOUT)).await {
+            Ok(CallResult::Success(count)) => Ok(count),
+            Ok(CallResult::Timeout) => Err(GroupError::Unavailable("timed out".into())),
+            Ok(CallResult::SenderError) | Err(_) => Ok(0),
+        }
+    }
+
+    /// The member ids.
+    pub async fn members(&self, key: &GroupKey) -> Result<Vec<ConnectionId>, GroupError> {
+        let Some(actor) = self.existing(key) else {
+            return Ok(Vec::new());
+        };
+        match actor.call(GroupMessage::Members, Some(CALL_TIMEOUT)).await {
+            Ok(CallResult::Success(members)) => Ok(members),
+            Ok(CallResult::Timeout) => Err(GroupError::Unavailable("timed out".into())),
+            Ok(CallResult::SenderError) | Err(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Stops every group actor (node shutdown).
+    pub fn stop_all(&self) {
+        for (_, actor) in self.actors.lock().drain() {
+            actor.stop(None);
+        }
+    }
+}

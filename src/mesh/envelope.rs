@@ -1,0 +1,162 @@
+//! The node-to-node messages of the mesh ([`Envelope`], rmp-serde over the cluster's links) and how their
+//! errors map to and from [`MeshError`].
+//!
+//! Wire types only: what a message means is decided by the router's inbound side ([`super::inbound`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::group::{GroupError, GroupKey, Stamp};
+use super::MeshError;
+use crate::connection::{ClientResultError, ConnectionId, SharedFrame};
+use crate::protocol::Protocol;
+
+/// A frame encoded once per protocol at the sender, so receiving nodes encode nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct WireFrame {
+    json: Option<Bytes>,
+    msgpack: Option<Bytes>,
+}
+
+impl WireFrame {
+    pub(super) fn of(frame: &SharedFrame) -> WireFrame {
+        WireFrame {
+            json: frame.bytes(Protocol::Json).cloned(),
+            msgpack: frame.bytes(Protocol::MessagePack).cloned(),
+        }
+    }
+
+    pub(super) fn into_frame(self) -> Arc<SharedFrame> {
+        SharedFrame::pre_encoded(self.json, self.msgpack)
+    }
+}
+
+/// A node-to-node message.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Envelope {
+    /// To every connection of a hub on the receiving node.
+    Broadcast {
+        hub: Arc<str>,
+        except: Vec<ConnectionId>,
+        frame: WireFrame,
+    },
+    /// To these connections, which live on the receiving node.
+    ToConnections {
+        hub: Arc<str>,
+        ids: Vec<ConnectionId>,
+        frame: WireFrame,
+    },
+    /// A send to a group, to its owner.
+    GroupSend {
+        key: GroupKey,
+        except: Vec<ConnectionId>,
+        frame: WireFrame,
+        stamp: Stamp,
+    },
+    /// From a group's owner to a node that holds members: deliver to them.
+    GroupDeliver {
+        key: GroupKey,
+        except: Vec<ConnectionId>,
+        frame: WireFrame,
+        stamp: Stamp,
+    },
+    /// Every membership the sender holds in groups the receiver owns (after ownership may have moved).
+    Snapshot { groups: Vec<(GroupKey, Vec<ConnectionId>)> },
+    /// Please send your snapshots (you were away, or are new).
+    SnapshotRequest,
+    /// A request that expects a [`Envelope::Reply`] with the same id.
+    Request { id: u64, request: Request },
+    /// The answer to a request.
+    Reply { id: u64, answer: Answer },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Request {
+    /// Add a connection of the receiving node to a group (sent by the node where `Groups::add` was called).
+    Join { key: GroupKey, connection: ConnectionId },
+    /// Remove a connection of the receiving node from a group.
+    Leave { key: GroupKey, connection: ConnectionId },
+    /// To a group's owner: a connection of the sender joined.
+    Register { key: GroupKey, connection: ConnectionId },
+    /// To a group's owner: a connection of the sender left.
+    Unregister { key: GroupKey, connection: ConnectionId },
+    /// To a group's owner.
+    Count { key: GroupKey },
+    /// To a group's owner.
+    Members { key: GroupKey },
+    /// A client result from a connection of the receiving node: arguments are a MessagePack array.
+    Invoke {
+        hub: Arc<str>,
+        connection: ConnectionId,
+        target: String,
+        arguments: Bytes,
+        timeout_ms: u64,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Answer {
+    Done,
+    Count(usize),
+    Members(Vec<ConnectionId>),
+    /// A client's result as MessagePack, or none (void).
+    Value(Option<Bytes>),
+    Failed(WireError),
+    /// The peer left before it answered (made locally, never sent).
+    PeerLeft,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum WireError {
+    UnknownConnection(String),
+    UnknownHub(String),
+    Group(String),
+    Disconnected(String),
+    Client(String),
+    Timeout(u64),
+    BadResult(String),
+}
+
+impl From<MeshError> for WireError {
+    fn from(error: MeshError) -> Self {
+        match error {
+            MeshError::UnknownConnection(id) => WireError::UnknownConnection(id),
+            MeshError::ClientResult(ClientResultError::Disconnected(id)) => WireError::Disconnected(id),
+            MeshError::ClientResult(ClientResultError::Client(message)) => WireError::Client(message),
+            MeshError::ClientResult(ClientResultError::Timeout(limit)) => {
+                WireError::Timeout(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX))
+            }
+            MeshError::ClientResult(ClientResultError::BadResult(message)) => WireError::BadResult(message),
+            MeshError::Group(error) => WireError::Group(error.to_string()),
+        }
+    }
+}
+
+impl From<WireError> for MeshError {
+    fn from(error: WireError) -> Self {
+        match error {
+            WireError::UnknownConnection(id) => MeshError::UnknownConnection(id),
+            WireError::UnknownHub(hub) => {
+                MeshError::Group(GroupError::Unavailable(format!("the peer does not serve hub '{hub}'")))
+            }
+            WireError::Group(message) => MeshError::Group(GroupError::Unavailable(message)),
+            WireError::Disconnected(id) => MeshError::ClientResult(ClientResultError::Disconnected(id)),
+            WireError::Client(message) => MeshError::ClientResult(ClientResultError::Client(message)),
+            WireError::Timeout(ms) => MeshError::ClientResult(ClientResultError::Timeout(Duration::from_millis(ms))),
+            WireError::BadResult(message) => MeshError::ClientResult(ClientResultError::BadResult(message)),
+        }
+    }
+}
+
+pub(super) fn unexpected(answer: Answer) -> MeshError {
+    match answer {
+        Answer::Failed(error) => error.into(),
+        Answer::PeerLeft => MeshError::Group(GroupError::Unavailable("the node left the cluster".into())),
+        other => MeshError::Group(GroupError::Unavailable(format!(
+            "unexpected answer from a node: {other:?}"
+        ))),
+    }
+}

@@ -1,0 +1,167 @@
+//! Group and user actors (ractor): each owns the cluster-wide membership of one group, or the connections of one
+//! user, and sequences every send to the group.
+//!
+//! A group's actor lives on its *owner*, the node that rendezvous hashing over the live members picks for the
+//! group's key; it is started there on first use and stops itself when its last member leaves. It holds which
+//! connections of which node are members, not their handles: a send goes once to each node that holds members
+//! (through the [`Fanout`] the router provides), and that node delivers to its own members. So a group message
+//! crosses to a node once, not once per member, and the frame is encoded once per protocol at the sender.
+//!
+//! A user is a group of another kind ([`super::GroupKind::User`]), as in SignalR.Orleans, so `Clients.user` and
+//! `Clients.group` share one mechanism. Actors are found through the node's `GroupDirectory`
+//! (`mesh/directory.rs`), never through ractor's process-global registry, so several nodes can share a process.
+//!
+//! Ordering: a group actor handles one message at a time, and the link to each node is FIFO, so every member
+//! receives the group's messages in the order the actor accepted them (per-group total order).
+//!
+//! Group actors run on the node's multi-threaded runtime, never on an HTTP worker: they are spawned through the
+//! runtime handle the directory holds. This module may call the connection layer (ids, shared frames); it knows
+//! nothing of hubs' methods or of how frames travel between nodes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::group::{GroupKey, Stamp};
+use crate::connection::{ConnectionId, SharedFrame};
+
+/// Delivers a group's frame to the members a node holds. The router implements it: its own node's members
+/// directly, other nodes' members through one link message per node.
+pub trait Fanout: Send + Sync + 'static {
+    /// Delivers `frame` to the members of `key` on node `node`, except `except`.
+    fn deliver(
+        &self,
+        node: &str,
+        key: &GroupKey,
+        frame: &Arc<SharedFrame>,
+        except: &Arc<[ConnectionId]>,
+        stamp: &Stamp,
+    );
+}
+
+/// Messages a group actor handles.
+pub enum GroupMessage {
+    /// Connection `id` on node `node` joined; replies with the member count.
+    Add {
+        /// The node the connection lives on.
+        node: Arc<str>,
+        /// The connection.
+        id: ConnectionId,
+        /// Gets the member count.
+        reply: RpcReplyPort<usize>,
+    },
+    /// Connection `id` on node `node` left; replies with the member count. The actor stops when none are left.
+    Remove {
+        /// The node the connection lives on.
+        node: Arc<str>,
+        /// The connection.
+        id: ConnectionId,
+        /// Gets the member count.
+        reply: RpcReplyPort<usize>,
+    },
+    /// Node `node` holds exactly these members (its snapshot after ownership moved, or a repair).
+    Replace {
+        /// The node.
+        node: Arc<str>,
+        /// Its members of this group.
+        ids: Vec<ConnectionId>,
+    },
+    /// Node `node` is gone: its connections leave the group.
+    DropNode(Arc<str>),
+    /// Deliver a frame to every member but those in `except`.
+    Send {
+        /// The frame, encoded at most once per protocol.
+        frame: Arc<SharedFrame>,
+        /// Members that must not receive it.
+        except: Arc<[ConnectionId]>,
+        /// Who sent it.
+        stamp: Stamp,
+    },
+    /// Reply with the member count.
+    Count(RpcReplyPort<usize>),
+    /// Reply with the member ids.
+    Members(RpcReplyPort<Vec<ConnectionId>>),
+}
+
+// With ractor's `cluster` feature there is no blanket `Message` impl; group messages never leave the node.
+impl ractor::Message for GroupMessage {}
+
+pub(super) struct GroupActor {
+    pub(super) key: GroupKey,
+    pub(super) fanout: Arc<dyn Fanout>,
+}
+
+/// Members by the node they live on.
+type Members = HashMap<Arc<str>, HashSet<ConnectionId>>;
+
+fn member_count(members: &Members) -> usize {
+    members.values().map(HashSet::len).sum()
+}
+
+impl Actor for GroupActor {
+    type Msg = GroupMessage;
+    type State = Members;
+    type Arguments = ();
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, _args: ()) -> Result<Self::State, ActorProcessingErr> {
+        Ok(HashMap::new())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        members: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            GroupMessage::Add { node, id, reply } => {
+                members.entry(node).or_default().insert(id);
+                let _ = reply.send(member_count(members));
+            }
+            GroupMessage::Remove { node, id, reply } => {
+                if let Some(ids) = members.get_mut(&node) {
+                    ids.remove(&id);
+                    if ids.is_empty() {
+                        members.remove(&node);
+                    }
+                }
+                let count = member_count(members);
+                let _ = reply.send(count);
+                if count == 0 {
+                    // Messages queued behind this one are dropped with their reply ports, so an `add` that
+                    // raced with the last `remove` sees a failed call and retries on a fresh actor.
+                    myself.stop(None);
+                }
+            }
+            GroupMessage::Replace { node, ids } => {
+                if ids.is_empty() {
+                    members.remove(&node);
+                } else {
+                    members.insert(node, ids.into_iter().collect());
+                }
+                if members.is_empty() {
+                    myself.stop(None);
+                }
+            }
+            GroupMessage::DropNode(node) => {
+                members.remove(&node);
+                if members.is_empty() {
+                    myself.stop(None);
+                }
+            }
+            GroupMessage::Send { frame, except, stamp } => {
+                for node in members.keys() {
+                    self.fanout.deliver(node, &self.key, &frame, &except, &stamp);
+                }
+            }
+            GroupMessage::Count(reply) => {
+                let _ = reply.send(member_count(members));
+            }
+            GroupMessage::Members(reply) => {
+                let _ = reply.send(members.values().flatten().cloned().collect());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! What the router does with each event from the links: a message from a peer (deliveries, sends to groups this
+//! node owns, membership changes and snapshots, requests and replies), and a link that opened or closed.
+
+use std::sync::Arc;
+
+use super::envelope::{Envelope, Request};
+use super::group_send::HeldSend;
+use super::owner::{Done, MembershipOp};
+use super::{LocalHub, Router};
+use crate::cluster::LinkEvent;
+
+impl<H: LocalHub> Router<H> {
+    /// Handles one event from the links. Runs on the node's runtime, one event at a time, in link order.
+    pub(crate) fn on_link_event(self: &Arc<Self>, event: LinkEvent) {
+        match event {
+            LinkEvent::Frame { from, frame } => match rmp_serde::from_slice::<Envelope>(&frame) {
+                Ok(envelope) => self.on_envelope(&from.name, envelope),
+                Err(error) => {
+                    tracing::warn!(parent: &self.span, %error, from = %from, "dropped an undecodable frame from a peer");
+                }
+            },
+            LinkEvent::Up(peer) => {
+                // A link (re)opened: whatever was sent while it was down is lost, so both sides exchange their
+                // snapshots again (a thawed node gets its memberships back this way) and held sends go.
+                tracing::debug!(parent: &self.span, peer = %peer, "link up");
+                self.send_snapshot_to(&peer.name);
+                let _ = self.send_to(&peer.name, &Envelope::SnapshotRequest);
+                self.flush_held();
+            }
+            LinkEvent::Down(peer) => {
+                // Whatever was in flight on that link is lost: requests waiting on the peer fail now rather than
+                // at their timeout (a crashed peer's link resets long before gossip declares it dead).
+                tracing::debug!(parent: &self.span, peer = %peer, "link down");
+                self.fail_pending(&peer.name);
+            }
+        }
+    }
+
+    fn on_envelope(self: &Arc<Self>, from: &str, envelope: Envelope) {
+        match envelope {
+            Envelope::Broadcast { hub, except, frame } => {
+                if let Some(runtime) = self.hub(&hub) {
+                    runtime.deliver_all(&frame.into_frame(), &except);
+                }
+            }
+            Envelope::ToConnections { hub, ids, frame } => {
+                if let Some(runtime) = self.hub(&hub) {
+                    runtime.deliver_to(&ids, &frame.into_frame());
+                }
+            }
+            Envelope::GroupSend {
+                key,
+                except,
+                frame,
+                stamp,
+            } => {
+                // Sent to this node as the owner; if ownership moved meanwhile, pass it on in order.
+                self.group_send_stamped(HeldSend {
+                    key,
+                    except: except.into(),
+                    frame: frame.into_frame(),
+                    stamp,
+                });
+            }
+            Envelope::GroupDeliver {
+                key,
+                except,
+                frame,
+                stamp,
+            } => {
+                self.deliver_group_locally(&key, &frame.into_frame(), &except.into(), &stamp);
+            }
+            Envelope::Snapshot { groups } => self.enqueue(MembershipOp::Snapshot {
+                from: from.into(),
+                groups,
+            }),
+            Envelope::Request {
+                id,
+                request: Request::Register { key, connection },
+            } => self.enqueue(MembershipOp::Register {
+                from: from.into(),
+                key,
+                connection,
+                done: Done::Remote { from: from.into(), id },
+            }),
+            Envelope::Request {
+                id,
+                request: Request::Unregister { key, connection },
+            } => self.enqueue(MembershipOp::Unregister {
+                from: from.into(),
+                key,
+                connection,
+                done: Done::Remote { from: from.into(), id },
+            }),
+            Envelope::SnapshotRequest => self.send_snapshot_to(from),
+            Envelope::Request { id, request } => {
+                let router = self.clone();
+                let from: Arc<str> = from.into();
+                tokio::spawn(async move {
+                    let answer = router.serve(&from, request).await;
+                    if let Err(error) = router.send_to(&from, &Envelope::Reply { id, answer }) {
+                        tracing::debug!(parent: &router.span, %error, "a reply could not be sent");
+                    }
+                });
+            }
+            Envelope::Reply { id, answer } => {
+                if let Some(pending) = self.pending.lock().remove(&id) {
+                    let _ = pending.reply.send(answer);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Group membership from any node: joining and leaving (done on the connection's own node, which records it in
+//! its hub's local table and then at the group's owner), counting and listing members (asked of the owner), with
+//! a retry on the next owner when the owner leaves meanwhile.
+
+use super::envelope::{unexpected, Answer, Request};
+use super::group::GroupKey;
+use super::owner::MembershipOp;
+use super::{LocalHub, MeshError, Router};
+use crate::connection::ConnectionId;
+
+/// How many owners a membership request tries when owners leave while it waits.
+const OWNER_ATTEMPTS: usize = 3;
+
+impl<H: LocalHub> Router<H> {
+    /// Adds a connection (of any node) to a group; returns once the membership is in force cluster-wide.
+    pub(crate) async fn group_add(&self, key: GroupKey, connection: ConnectionId) -> Result<(), MeshError> {
+        self.change_membership(key, connection, true).await
+    }
+
+    /// Removes a connection (of any node) from a group.
+    pub(crate) async fn group_remove(&self, key: GroupKey, connection: ConnectionId) -> Result<(), MeshError> {
+        self.change_membership(key, connection, false).await
+    }
+
+    /// Joins or leaves on the connection's own node, which records it locally and then at the group's owner.
+    async fn change_membership(&self, key: GroupKey, connection: ConnectionId, join: bool) -> Result<(), MeshError> {
+        let home = self.home_of(&connection).to_owned();
+        if self.is_local(&home) {
+            return if join {
+                self.join_local(key, connection).await
+            } else {
+                self.leave_local(key, connection).await
+            };
+        }
+        let id = connection.clone();
+        let request = if join {
+            Request::Join { key, connection }
+        } else {
+            Request::Leave { key, connection }
+        };
+        match self.request(&home, request).await {
+            Answer::Done => Ok(()),
+            Answer::PeerLeft => Err(MeshError::UnknownConnection(id.to_string())),
+            answer => Err(unexpected(answer)),
+        }
+    }
+
+    pub(super) async fn join_local(&self, key: GroupKey, connection: ConnectionId) -> Result<(), MeshError> {
+        let runtime = self
+            .hub(&key.hub)
+            .ok_or_else(|| MeshError::UnknownConnection(connection.to_string()))?;
+        runtime.local_join(&key, &connection)?;
+        if let Err(error) = self.register(key.clone(), connection.clone()).await {
+            runtime.local_leave(&key, &connection);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn leave_local(&self, key: GroupKey, connection: ConnectionId) -> Result<(), MeshError> {
+        let runtime = self
+            .hub(&key.hub)
+            .ok_or_else(|| MeshError::UnknownConnection(connection.to_string()))?;
+        if !runtime.local_leave(&key, &connection) {
+            return Err(MeshError::UnknownConnection(connection.to_string()));
+        }
+        self.unregister(key, connection).await
+    }
+
+    /// Records at the group's owner that a connection of this node joined.
+    async fn register(&self, key: GroupKey, connection: ConnectionId) -> Result<(), MeshError> {
+        let mut attempts = OWNER_ATTEMPTS;
+        loop {
+            let owner = self.owner_of(&key);
+            if self.is_local(&owner) {
+                let from = self.node.clone();
+                return self
+                    .own_op(|done| MembershipOp::Register {
+                        from,
+                        key,
+                        connection,
+                        done,
+                    })
+                    .await;
+            }
+            let request = Request::Register {
+                key: key.clone(),
+                connection: connection.clone(),
+            };
+            match self.request(&owner, request).await {
+                Answer::Done => return Ok(()),
+                // The owner left while we asked: the next owner takes the membership.
+                Answer::PeerLeft if attempts > 1 => attempts -= 1,
+                answer => return Err(unexpected(answer)),
+            }
+        }
+    }
+
+    /// Records at the group's owner that a connection of this node left.
+    pub(crate) async fn unregister(&self, key: GroupKey, connection: ConnectionId) -> Result<(), MeshError> {
+        let owner = self.owner_of(&key);
+        if self.is_local(&owner) {
+            let from = self.node.clone();
+            return self
+                .own_op(|done| MembershipOp::Unregister {
+                    from,
+                    key,
+                    connection,
+                    done,
+                })
+                .await;
+        }
+        match self.request(&owner, Request::Unregister { key, connection }).await {
+            Answer::Done => Ok(()),
+            // The owner left; the next owner rebuilds from snapshots, which no longer list the connection.
+            Answer::PeerLeft => Ok(()),
+            answer => Err(unexpected(answer)),
+        }
+    }
+
+    /// The number of members of a group, cluster-wide.
+    pub(crate) async fn group_count(&self, key: GroupKey) -> Result<usize, MeshError> {
+        let mut attempts = OWNER_ATTEMPTS;
+        loop {
+            let owner = self.owner_of(&key);
+            if self.is_local(&owner) {
+                return Ok(self.groups.count(&key).await?);
+            }
+            match self.request(&owner, Request::Count { key: key.clone() }).await {
+                Answer::Count(count) => return Ok(count),
+                // The owner left while we asked: ask the next one.
+                Answer::PeerLeft if attempts > 1 => attempts -= 1,
+                answer => return Err(unexpected(answer)),
+            }
+        }
+    }
+
+    /// The members of a group, cluster-wide.
+    pub(crate) async fn group_members(&self, key: GroupKey) -> Result<Vec<ConnectionId>, MeshError> {
+        let mut attempts = OWNER_ATTEMPTS;
+        loop {
+            let owner = self.owner_of(&key);
+            if self.is_local(&owner) {
+                return Ok(self.groups.members(&key).await?);
+            }
+            match self.request(&owner, Request::Members { key: key.clone() }).await {
+                Answer::Members(members) => return Ok(members),
+                Answer::PeerLeft if attempts > 1 => attempts -= 1,
+                answer => return Err(unexpected(answer)),
+            }
+        }
+    }
+}

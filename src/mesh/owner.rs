@@ -1,0 +1,246 @@
+//! The owner's side of the groups this node owns: membership changes (from this node, from peers, from
+//! snapshots) and sends to those groups, applied one at a time in arrival order by one task, the membership
+//! queue. After a change of the cluster's membership it holds sends until the peers' snapshots arrived (settling),
+//! and it keeps sends to a group that has no members here yet for a while (orphans), in case they are on their way.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::envelope::{Answer, Envelope};
+use super::group::{GroupError, GroupKey};
+use super::group_send::{HeldSend, HELD_SENDS_CAP};
+use super::{LocalHub, MeshError, Router};
+use crate::connection::ConnectionId;
+
+/// After a membership change, how long an owner holds group sends while it waits for the snapshots of its
+/// peers (so a re-homed group has all its members before it delivers).
+const SETTLE: Duration = Duration::from_secs(3);
+/// How long an owner keeps a send to a group it has no members for, in case the members are on their way
+/// (a snapshot or a join that raced with the send across different links).
+const ORPHAN_WINDOW: Duration = Duration::from_secs(3);
+
+/// A change to the groups this node owns. Applied one at a time, in arrival order, so a snapshot and the
+/// joins and leaves that follow it on the same link take effect in the order they were sent.
+pub(super) enum MembershipOp {
+    Register {
+        from: Arc<str>,
+        key: GroupKey,
+        connection: ConnectionId,
+        done: Done,
+    },
+    Unregister {
+        from: Arc<str>,
+        key: GroupKey,
+        connection: ConnectionId,
+        done: Done,
+    },
+    /// A peer's snapshot.
+    Snapshot {
+        from: Arc<str>,
+        groups: Vec<(GroupKey, Vec<ConnectionId>)>,
+    },
+    /// This node's own memberships, read when the op is applied.
+    OwnSnapshot,
+    /// A send to a group this node owns, in arrival order with the membership changes.
+    Send { send: HeldSend },
+    /// Membership changed: hold group sends until these peers' snapshots arrive (or [`SETTLE`] passes).
+    ViewChanged { peers: Vec<Arc<str>> },
+}
+
+type Orphan = (tokio::time::Instant, HeldSend);
+
+/// What the membership queue keeps between ops.
+#[derive(Default)]
+struct OpsState {
+    /// While settling: the deadline and the peers whose snapshots are still awaited.
+    settling: Option<(tokio::time::Instant, HashSet<Arc<str>>)>,
+    /// Sends held while settling, in order.
+    deferred: VecDeque<HeldSend>,
+    /// Sends to groups without members here yet, with when they arrived.
+    orphans: HashMap<GroupKey, VecDeque<Orphan>>,
+}
+
+/// Who waits for a membership op.
+pub(super) enum Done {
+    Local(oneshot::Sender<Result<(), MeshError>>),
+    Remote { from: Arc<str>, id: u64 },
+}
+
+/// Runs the membership queue of `router` until the router is gone: applies each op as it arrives, and every
+/// 100 ms ends settling and expires orphans that waited too long.
+pub(super) async fn run_membership_queue<H: LocalHub>(
+    weak: Weak<Router<H>>,
+    mut queue: mpsc::UnboundedReceiver<MembershipOp>,
+) {
+    let mut state = OpsState::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        let op = tokio::select! {
+            op = queue.recv() => match op {
+                Some(op) => Some(op),
+                None => return,
+            },
+            _ = tick.tick() => None,
+        };
+        let Some(router) = weak.upgrade() else {
+            return;
+        };
+        if let Some(op) = op {
+            router.apply(op, &mut state).await;
+        }
+        router.housekeep(&mut state);
+    }
+}
+
+impl<H: LocalHub> Router<H> {
+    pub(super) fn enqueue(&self, op: MembershipOp) {
+        // The queue lives as long as the router; a send fails only while the node shuts down.
+        let _ = self.ops.send(op);
+    }
+
+    async fn apply(&self, op: MembershipOp, state: &mut OpsState) {
+        match op {
+            MembershipOp::Register {
+                from,
+                key,
+                connection,
+                done,
+            } => {
+                let result = self.groups.add(&key, &from, connection).await.map_err(MeshError::from);
+                self.finish(done, result);
+                self.release_orphans(&key, state);
+            }
+            MembershipOp::Unregister {
+                from,
+                key,
+                connection,
+                done,
+            } => {
+                let result = self
+                    .groups
+                    .remove(&key, &from, connection)
+                    .await
+                    .map_err(MeshError::from);
+                self.finish(done, result);
+            }
+            MembershipOp::Snapshot { from, groups } => {
+                let keys: Vec<GroupKey> = groups.iter().map(|(key, _)| key.clone()).collect();
+                self.apply_snapshot(&from, groups).await;
+                if let Some((_, awaiting)) = &mut state.settling {
+                    awaiting.remove(&from);
+                }
+                for key in keys {
+                    self.release_orphans(&key, state);
+                }
+            }
+            MembershipOp::OwnSnapshot => {
+                let node = self.node.clone();
+                let own = self.local_snapshot();
+                let keys: Vec<GroupKey> = own.iter().map(|(key, _)| key.clone()).collect();
+                self.apply_snapshot(&node, own).await;
+                for key in keys {
+                    self.release_orphans(&key, state);
+                }
+            }
+            MembershipOp::Send { send } => {
+                if state.settling.is_some() {
+                    push_capped(&mut state.deferred, send, &self.span);
+                } else {
+                    self.owner_send(send, state);
+                }
+            }
+            MembershipOp::ViewChanged { peers } => {
+                let deadline = tokio::time::Instant::now() + SETTLE;
+                state.settling = Some((deadline, peers.into_iter().collect()));
+            }
+        }
+    }
+
+    /// Ends settling when every awaited snapshot arrived or the deadline passed, and expires old orphans.
+    fn housekeep(&self, state: &mut OpsState) {
+        let now = tokio::time::Instant::now();
+        let settled = match &state.settling {
+            Some((deadline, awaiting)) => awaiting.is_empty() || now >= *deadline,
+            None => false,
+        };
+        if settled {
+            state.settling = None;
+            while let Some(send) = state.deferred.pop_front() {
+                self.owner_send(send, state);
+            }
+        }
+        state.orphans.retain(|_, sends| {
+            while sends
+                .front()
+                .is_some_and(|(since, _)| now.duration_since(*since) > ORPHAN_WINDOW)
+            {
+                sends.pop_front();
+            }
+            !sends.is_empty()
+        });
+    }
+
+    /// Delivers a send as the group's owner, or keeps it a while if the group has no members here yet.
+    fn owner_send(&self, send: HeldSend, state: &mut OpsState) {
+        let key = send.key.clone();
+        if let Some(waiting) = state.orphans.get_mut(&key) {
+            // Earlier sends to this group are still waiting: keep the order.
+            waiting.push_back((tokio::time::Instant::now(), send));
+            self.release_orphans(&key, state);
+        } else if self.groups.contains(&key) {
+            self.groups.send(&key, send.frame, send.except, send.stamp);
+        } else {
+            let waiting = state.orphans.entry(key).or_default();
+            if waiting.len() >= HELD_SENDS_CAP {
+                waiting.pop_front();
+            }
+            waiting.push_back((tokio::time::Instant::now(), send));
+        }
+    }
+
+    fn release_orphans(&self, key: &GroupKey, state: &mut OpsState) {
+        if !self.groups.contains(key) {
+            return;
+        }
+        if let Some(waiting) = state.orphans.remove(key) {
+            for (_, send) in waiting {
+                self.groups.send(key, send.frame, send.except, send.stamp);
+            }
+        }
+    }
+
+    fn finish(&self, done: Done, result: Result<(), MeshError>) {
+        match done {
+            Done::Local(reply) => {
+                let _ = reply.send(result);
+            }
+            Done::Remote { from, id } => {
+                let answer = match result {
+                    Ok(()) => Answer::Done,
+                    Err(error) => Answer::Failed(error.into()),
+                };
+                if let Err(error) = self.send_to(&from, &Envelope::Reply { id, answer }) {
+                    tracing::debug!(parent: &self.span, %error, "a reply could not be sent");
+                }
+            }
+        }
+    }
+
+    pub(super) async fn own_op(&self, make: impl FnOnce(Done) -> MembershipOp) -> Result<(), MeshError> {
+        let (reply, done) = oneshot::channel();
+        self.enqueue(make(Done::Local(reply)));
+        done.await
+            .unwrap_or_else(|_| Err(MeshError::Group(GroupError::Unavailable("the node is stopping".into()))))
+    }
+}
+
+fn push_capped(queue: &mut VecDeque<HeldSend>, send: HeldSend, span: &tracing::Span) {
+    if queue.len() >= HELD_SENDS_CAP {
+        queue.pop_front();
+        tracing::warn!(parent: span, cap = HELD_SENDS_CAP, "group sends held while settling over the cap: dropped the oldest");
+    }
+    queue.push_back(send);
+}

@@ -1,0 +1,101 @@
+//! Re-homing: what the router does when the cluster's membership changes. Members of nodes that left are
+//! dropped and requests waiting on them fail; groups this node no longer owns are given up; every node sends
+//! snapshots of its own members so that owners, old and new, hold every membership; sends retained for an owner
+//! that left go again, and held sends are retried.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::envelope::Envelope;
+use super::group::GroupKey;
+use super::owner::MembershipOp;
+use super::{LocalHub, Router};
+use crate::cluster::NodeId;
+use crate::connection::ConnectionId;
+
+impl<H: LocalHub> Router<H> {
+    /// Applies a new live set (this node included): drops members of nodes that left, fails requests waiting on
+    /// them, gives up groups this node no longer owns, sends snapshots so owners (old and new) hold every
+    /// membership, and retries held sends.
+    pub(crate) fn on_view(self: &Arc<Self>, mut live: Vec<NodeId>) {
+        live.sort();
+        if !live.iter().any(|id| self.is_local(&id.name)) {
+            // Membership can briefly report this node as missing (after a stall); keep routing to itself.
+            live.push(NodeId::new(&*self.node, 0));
+            live.sort();
+        }
+        let (left, joined) = {
+            let mut current = self.live.write();
+            if *current == live {
+                return;
+            }
+            let before: HashSet<&NodeId> = current.iter().collect();
+            let after: HashSet<&NodeId> = live.iter().collect();
+            let left: Vec<Arc<str>> = before
+                .difference(&after)
+                .map(|id| id.name.clone())
+                .filter(|name| !self.is_local(name))
+                .collect();
+            let joined: Vec<Arc<str>> = after.difference(&before).map(|id| id.name.clone()).collect();
+            *current = live;
+            (left, joined)
+        };
+        tracing::info!(parent: &self.span, ?left, ?joined, "membership changed");
+        for node in &left {
+            // A node that came back as a new generation is in both lists: its old members are gone too.
+            self.groups.drop_node(node);
+            self.fail_pending(node);
+        }
+        self.groups.release(|key| self.is_local(&self.owner_of(key)));
+        self.resend_retained(&left);
+        self.enqueue(MembershipOp::ViewChanged {
+            peers: self.peers().into_iter().map(|peer| peer.name).collect(),
+        });
+        for peer in self.peers() {
+            // Push ours, and pull theirs: a snapshot sent in answer to this request is read after this view
+            // change, so the groups this node now owns get every member.
+            self.send_snapshot_to(&peer.name);
+            let _ = self.send_to(&peer.name, &Envelope::SnapshotRequest);
+        }
+        self.enqueue(MembershipOp::OwnSnapshot);
+        self.flush_held();
+    }
+
+    /// This node's memberships in the groups `owner` owns.
+    /// Every membership this node holds. Whole, not only the groups the receiver owns in this node's view:
+    /// views change at slightly different times on different nodes, and the receiver picks by its own.
+    pub(super) fn local_snapshot(&self) -> Vec<(GroupKey, Vec<ConnectionId>)> {
+        self.runtimes()
+            .iter()
+            .flat_map(|runtime| runtime.local_memberships())
+            .collect()
+    }
+
+    pub(super) fn send_snapshot_to(&self, node: &str) {
+        let groups = self.local_snapshot();
+        if let Err(error) = self.send_to(node, &Envelope::Snapshot { groups }) {
+            tracing::debug!(parent: &self.span, %error, node, "a snapshot could not be sent");
+        }
+    }
+
+    /// Makes the groups this node owns hold exactly `from`'s memberships listed in its snapshot.
+    pub(super) async fn apply_snapshot(&self, from: &Arc<str>, groups: Vec<(GroupKey, Vec<ConnectionId>)>) {
+        // Only the groups this node owns in its own view; the rest are other owners' business.
+        let groups: Vec<(GroupKey, Vec<ConnectionId>)> = groups
+            .into_iter()
+            .filter(|(key, _)| self.is_local(&self.owner_of(key)))
+            .collect();
+        let listed: HashSet<GroupKey> = groups.iter().map(|(key, _)| key.clone()).collect();
+        for (key, members) in groups {
+            if let Err(error) = self.groups.replace(&key, from, members).await {
+                tracing::warn!(parent: &self.span, %error, "a snapshot could not be applied");
+            }
+        }
+        // Groups this node owns that the snapshot does not list hold none of `from`'s connections.
+        for key in self.groups.keys() {
+            if !listed.contains(&key) {
+                let _ = self.groups.replace(&key, from, Vec::new()).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Request/reply between nodes: a request waits for the reply with its id (correlation), retries while the
+//! link to a peer that just joined is not up yet, and fails at once when the peer leaves; and the serving side,
+//! which answers a peer's requests. Client results on a connection of another node go this way.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::envelope::{unexpected, Answer, Envelope, Request, WireError};
+use super::{LocalHub, MeshError, Router};
+use crate::cluster::LinkError;
+use crate::connection::{ClientResultError, ConnectionId};
+use crate::protocol::{Protocol, RawValue};
+
+/// How long a membership request (add, remove, count) waits for a peer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request retries while the link to a live peer is not up yet (just after it joined).
+const LINK_WAIT: Duration = Duration::from_secs(3);
+
+/// A request waiting for its reply.
+pub(super) struct Pending {
+    /// The node asked.
+    pub(super) node: Arc<str>,
+    pub(super) reply: oneshot::Sender<Answer>,
+}
+
+impl<H: LocalHub> Router<H> {
+    /// A client result from a connection of any node. `arguments` must serialize as a sequence.
+    pub(crate) async fn invoke(
+        &self,
+        hub: &Arc<str>,
+        connection: &ConnectionId,
+        target: &str,
+        arguments: RawValue,
+        timeout: Duration,
+    ) -> Result<Option<RawValue>, MeshError> {
+        let home = self.home_of(connection).to_owned();
+        if self.is_local(&home) {
+            let runtime = self
+                .hub(hub)
+                .ok_or_else(|| MeshError::UnknownConnection(connection.to_string()))?;
+            let handle = runtime
+                .handle_of(connection)
+                .ok_or_else(|| MeshError::UnknownConnection(connection.to_string()))?;
+            return Ok(handle.invoke(target, arguments, timeout).await?);
+        }
+        let arguments = match arguments {
+            RawValue::MsgPack(bytes) => bytes,
+            other => match RawValue::encode(Protocol::MessagePack, &other) {
+                Ok(RawValue::MsgPack(bytes)) => bytes,
+                _ => {
+                    return Err(MeshError::ClientResult(ClientResultError::BadResult(
+                        "unencodable arguments".into(),
+                    )))
+                }
+            },
+        };
+        let request = Request::Invoke {
+            hub: hub.clone(),
+            connection: connection.clone(),
+            target: target.to_owned(),
+            arguments,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        let answer = self
+            .request_with_timeout(&home, request, timeout + Duration::from_secs(1))
+            .await;
+        match answer {
+            Answer::Value(None) => Ok(None),
+            Answer::Value(Some(bytes)) => RawValue::from_msgpack_bytes(bytes)
+                .map(Some)
+                .map_err(|error| MeshError::ClientResult(ClientResultError::BadResult(error.to_string()))),
+            Answer::PeerLeft => Err(MeshError::ClientResult(ClientResultError::Disconnected(
+                connection.to_string(),
+            ))),
+            answer => Err(unexpected(answer)),
+        }
+    }
+
+    pub(super) async fn request(&self, node: &str, request: Request) -> Answer {
+        self.request_with_timeout(node, request, REQUEST_TIMEOUT).await
+    }
+
+    pub(super) async fn request_with_timeout(&self, node: &str, request: Request, timeout: Duration) -> Answer {
+        if self.live_peer(node).is_none() {
+            return Answer::PeerLeft;
+        }
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        self.pending.lock().insert(
+            id,
+            Pending {
+                node: node.into(),
+                reply,
+            },
+        );
+        let envelope = Envelope::Request { id, request };
+        // A peer that just joined may not have its link up yet: retry for a short while.
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match self.send_to(node, &envelope) {
+                Ok(()) => break,
+                Err(LinkError::NoLink(_)) if started.elapsed() < LINK_WAIT && self.live_peer(node).is_some() => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(250));
+                }
+                Err(error) => {
+                    self.pending.lock().remove(&id);
+                    tracing::debug!(parent: &self.span, %error, node, "a request could not be sent");
+                    return Answer::PeerLeft;
+                }
+            }
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Answer::PeerLeft,
+            Err(_) => {
+                self.pending.lock().remove(&id);
+                Answer::Failed(WireError::Group(format!(
+                    "node '{node}' did not answer within {timeout:?}"
+                )))
+            }
+        }
+    }
+
+    pub(super) async fn serve(&self, from: &Arc<str>, request: Request) -> Answer {
+        let result: Result<Answer, MeshError> = async {
+            Ok(match request {
+                Request::Join { key, connection } => {
+                    self.join_local(key, connection).await?;
+                    Answer::Done
+                }
+                Request::Leave { key, connection } => {
+                    self.leave_local(key, connection).await?;
+                    Answer::Done
+                }
+                // Ordered with snapshots instead; see `on_envelope`.
+                Request::Register { .. } | Request::Unregister { .. } => {
+                    tracing::warn!(parent: &self.span, from = %from, "a membership request bypassed the queue");
+                    Answer::Failed(WireError::Group("misrouted membership request".into()))
+                }
+                Request::Count { key } => Answer::Count(self.groups.count(&key).await?),
+                Request::Members { key } => Answer::Members(self.groups.members(&key).await?),
+                Request::Invoke {
+                    hub,
+                    connection,
+                    target,
+                    arguments,
+                    timeout_ms,
+                } => {
+                    let arguments = RawValue::from_msgpack_bytes(arguments)
+                        .map_err(|error| MeshError::ClientResult(ClientResultError::BadResult(error.to_string())))?;
+                    let value = self
+                        .invoke(&hub, &connection, &target, arguments, Duration::from_millis(timeout_ms))
+                        .await?;
+                    let value = match value {
+                        None => None,
+                        Some(RawValue::MsgPack(bytes)) => Some(bytes),
+                        Some(other) => match RawValue::encode(Protocol::MessagePack, &other) {
+                            Ok(RawValue::MsgPack(bytes)) => Some(bytes),
+                            _ => None,
+                        },
+                    };
+                    Answer::Value(value)
+                }
+            })
+        }
+        .await;
+        result.unwrap_or_else(|error| Answer::Failed(error.into()))
+    }
+
+    /// Fails every request waiting on `node` with [`Answer::PeerLeft`].
+    pub(super) fn fail_pending(&self, node: &str) {
+        let failed: Vec<Pending> = {
+            let mut pending = self.pending.lock();
+            let ids: Vec<u64> = pending
+                .iter()
+                .filter(|(_, request)| &*request.node == node)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter().filter_map(|id| pending.remove(&id)).collect()
+        };
+        for request in failed {
+            let _ = request.reply.send(Answer::PeerLeft);
+        }
+    }
+}
