@@ -57,7 +57,7 @@ pub mod protocol;
 pub mod testing;
 pub mod transport;
 
-#[doc = include_str!("docs/semantics.md")]
+#[doc = include_str!("../docs/semantics.md")]
 pub mod semantics {}
 
 pub use connection::{ConnectionId, Limits};
