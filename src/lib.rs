@@ -8,7 +8,7 @@
 //! * [`protocol`]: the SignalR wire formats (handshake, JSON and MessagePack hub protocols, negotiate bodies).
 //!   Bytes in, messages out; no I/O.
 //! * [`auth`]: JWT bearer tokens checked into user ids and claims, and the requirements hubs put on them; no I/O.
-//! * [`transport`]: how a connection's bytes move (WebSockets today). Knows nothing of hubs.
+//! * [`transport`]: how a connection's bytes move (WebSockets, SSE, long polling). Knows nothing of hubs.
 //! * [`connection`]: one light task per client connection: handshake, codec, bounded mailbox, keep-alive and
 //!   timeouts, dispatch to its host. Knows hubs only through the [`connection::ConnectionHost`] trait.
 //! * [`group`]: group and user actors (ractor), which own memberships and fan sends out in one order.
