@@ -1,5 +1,5 @@
 //! Authentication and authorization: JWT bearer tokens checked against a configured key, the claims a valid token
-//! carries, and the requirements hubs and hub methods put on them (conformance section N).
+//! carries, and the requirements hubs and hub methods put on them (docs/protocol.md#authentication).
 //!
 //! # What this module owns
 //!

@@ -15,7 +15,7 @@
 //! 4. **End**: streams are cancelled, pending client results fail with `"Connection '<id>' disconnected."`,
 //!    and [`ConnectionHost::disconnected`] unregisters the connection.
 //!
-//! With stateful reconnect (section M, negotiated and handshake version 2, WebSockets only), everything the
+//! With stateful reconnect (docs/protocol.md#stateful-reconnect: handshake version 2, WebSockets only), everything the
 //! mailbox delivers is numbered and kept in a [`reconnect::ReplayBuffer`] until acked; a client that vanishes
 //! leaves the connection *detached* for `Limits::reconnect_window`: it stays registered (groups, user), keeps
 //! buffering, and resumes on the transport the HTTP layer hands it through its [`reconnect::ResumeSlot`], by
@@ -986,7 +986,7 @@ impl<T: Transport> Connection<T> {
                 }
             };
             if let Some(record) = record {
-                // Every record through the mailbox is trackable (section M, item 63): numbered and kept until acked.
+                // Mailbox records are trackable (docs/protocol.md#trackable-messages): numbered, kept until acked.
                 if let Some(stateful) = &mut self.stateful {
                     stateful.sent.push(record.as_bytes().clone());
                 }
@@ -1126,7 +1126,7 @@ impl<T: Transport> Connection<T> {
     }
 
     /// Resumes on a reconnected transport (replacing the current one, if the drop was not noticed yet): Sequence with the first unacked id, then the unacked records in order
-    /// (item 65). The client's records are dropped until its own Sequence message arrives.
+    /// (docs/protocol.md#resuming). The client's records are dropped until its own Sequence message arrives.
     async fn attach(&mut self, relay: RelayTransport) {
         let Some(stateful) = &mut self.stateful else {
             return;

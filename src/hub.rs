@@ -52,7 +52,7 @@ pub(crate) use runtime::NodeRouter;
 
 /// An error from a hub method or a hub operation.
 ///
-/// What the client sees follows ASP.NET Core (conformance section K): a [`HubError::Hub`] message always
+/// What the client sees is ASP.NET's (docs/protocol.md#errors-sent-to-clients): a [`HubError::Hub`] message always
 /// reaches the client; other errors show their type and message only when the hub has detailed errors on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HubError {

@@ -80,7 +80,7 @@ pub mod demo;
 #[doc(hidden)]
 pub mod testing;
 
-#[doc = include_str!("docs/semantics.md")]
+#[doc = include_str!("../docs/semantics.md")]
 pub mod semantics {}
 
 pub use cluster::{LinkConfig, MembershipConfig};

@@ -6,7 +6,7 @@
 //! Decoding never panics: malformed, truncated or oversized input is a [`DecodeError`], which the connection
 //! turns into a Close message for that connection alone.
 //!
-//! The shape follows `shared/docs/signalr-conformance.md`, sections G (handshake), I (JSON) and J (MessagePack):
+//! The shape follows docs/protocol.md#handshake, #json-hub-protocol and #messagepack-hub-protocol:
 //! * [`HubMessage`] is what a client sent, with its arguments kept as undecoded [`RawValue`]s until a hub
 //!   method asks for a type ([`RawValue::deserialize`]);
 //! * [`Outgoing`] is what the server sends, generic over any `Serialize` payload, written by
@@ -111,7 +111,7 @@ pub enum HubMessage {
         /// The sequence id of the next message to be sent.
         sequence_id: u64,
     },
-    /// A well-formed record of a message type this server does not know. Per the contract (section I, item 46)
+    /// A well-formed record of a message type this server does not know. Per docs/protocol.md#unknown-message-types
     /// it is logged and ignored, not fatal.
     Unknown {
         /// The type number the client sent.

@@ -82,7 +82,7 @@ pub trait Transport {
 
     /// Whether the transport measures the client's liveness itself, so that the connection must neither send
     /// keep-alive Pings nor expect any from the client: long polling, where the client sends no Pings and the
-    /// gap between polls is the liveness signal (conformance items 33 and 41).
+    /// gap between polls is the liveness signal (docs/protocol.md#long-polling-liveness).
     fn inherent_keep_alive(&self) -> bool {
         false
     }
@@ -148,7 +148,8 @@ pub fn post_channel() -> (PostSender, PostReceiver) {
     )
 }
 
-/// The HTTP side of the POST half: at most one POST in flight per connection (a second gets 409, item 28).
+/// The HTTP side of the POST half: at most one POST in flight per connection (a second gets 409,
+/// docs/protocol.md#post-send-half).
 #[derive(Clone, Debug)]
 pub struct PostSender {
     tx: mpsc::Sender<Bytes>,

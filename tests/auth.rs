@@ -1,4 +1,4 @@
-//! Authentication and authorization over the wire (conformance section N): a real node on `127.0.0.1:0`, raw
+//! Authentication and authorization over the wire (docs/protocol.md#authentication): a real node on `127.0.0.1:0`, raw
 //! HTTP requests and tokio-tungstenite WebSockets with hand-written JSON hub messages.
 //!
 //! Covered: 401 with an empty body on negotiate and on every transport request of a hub that requires a user,
@@ -212,7 +212,7 @@ async fn negotiate(addr: SocketAddr, path: &str, token: &str) -> TestResult<Stri
     Ok(body["connectionToken"].as_str().ok_or("no connectionToken")?.to_owned())
 }
 
-/// Asserts a 401 with an empty body (conformance item 4) and a Bearer challenge.
+/// Asserts a 401 with an empty body (docs/protocol.md#error-bodies) and a Bearer challenge.
 fn assert_unauthorized(reply: &HttpReply, what: &str) {
     assert_eq!(
         reply.status, 401,

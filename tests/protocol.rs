@@ -1,5 +1,6 @@
-//! The wire formats against the golden bytes of `shared/docs/signalr-conformance.md` (sections B, G, I, J), plus
-//! property tests: no input makes a decoder panic, and every encoded message decodes back to itself.
+//! The wire formats against the bytes docs/protocol.md gives (#negotiate, #handshake, #json-hub-protocol,
+//! #messagepack-hub-protocol), plus property tests: no input makes a decoder panic, and every encoded message
+//! decodes back to itself.
 
 // In a test, a failed unwrap or a panic is the test failing with its reason.
 #![allow(clippy::unwrap_used, clippy::panic)]
@@ -64,7 +65,7 @@ fn is_invalid(result: Result<Option<HubMessage>, DecodeError>, needle: &str) -> 
 }
 
 // ------------------------------------------------------------------------------------------------------------
-// JSON decoding (section I)
+// JSON decoding (docs/protocol.md#json-hub-protocol)
 // ------------------------------------------------------------------------------------------------------------
 
 #[test]
@@ -449,7 +450,7 @@ fn encode_errors_leave_out_unchanged() {
 }
 
 // ------------------------------------------------------------------------------------------------------------
-// MessagePack decoding (section J)
+// MessagePack decoding (docs/protocol.md#messagepack-hub-protocol)
 // ------------------------------------------------------------------------------------------------------------
 
 #[test]
@@ -1105,7 +1106,7 @@ fn timestamp_calendar_round_trips() {
 }
 
 // ------------------------------------------------------------------------------------------------------------
-// Handshake and negotiate (sections G and B)
+// Handshake and negotiate (docs/protocol.md#handshake, #negotiate)
 // ------------------------------------------------------------------------------------------------------------
 
 #[test]

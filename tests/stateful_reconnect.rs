@@ -1,4 +1,4 @@
-//! Stateful reconnect (conformance section M) on the wire: a raw WebSocket client speaking handshake version 2,
+//! Stateful reconnect (docs/protocol.md#stateful-reconnect) on the wire: a raw WebSocket client speaking handshake v2,
 //! behind a TCP proxy in the test that cuts the socket mid-stream.
 //!
 //! Covered: negotiate offers `useStatefulReconnect` only when asked; group messages sent before, during and after

@@ -1,7 +1,7 @@
-//! Wire behaviour of the Server-Sent Events and long-polling transports over raw HTTP/1.1 (conformance sections
-//! C, E and F): status codes and bodies, the first poll answering at once, poll supersession, the poll timeout,
-//! liveness by the gap between polls, DELETE, SSE `data:` framing, and the request context taken from the first
-//! request. Everything runs on 127.0.0.1 with bounded waits.
+//! Wire behaviour of the Server-Sent Events and long-polling transports over raw HTTP/1.1
+//! (docs/protocol.md#transports, #server-sent-events and #long-polling): status codes and bodies, the first poll
+//! answering at once, poll supersession, the poll timeout, liveness by the gap between polls, DELETE, SSE `data:`
+//! framing, and the request context taken from the first request. Everything runs on 127.0.0.1 with bounded waits.
 
 use std::error::Error;
 use std::future::Future;

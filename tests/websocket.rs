@@ -1,7 +1,7 @@
 //! Wire tests of the WebSocket transport: a real node on `127.0.0.1:0`, driven by tokio-tungstenite with
 //! hand-written JSON and MessagePack bytes (so they test the codec as much as the connection).
 //!
-//! Covered (conformance sections A, B, D, G, H, I, J, K): negotiate, the handshake, every hub message type in
+//! Covered (docs/protocol.md, all but SSE, long polling and auth): negotiate, the handshake, every hub message type in
 //! both protocols, keep-alive and timeouts, Close in both directions, client results, framing (several records
 //! per frame, a record split across frames), and bad input. Every bad-input test checks that only the offending
 //! connection ends, with a Close message that says why, while a healthy client on the same node keeps working.
@@ -574,7 +574,7 @@ fn normalize_msgpack(array: &[rmpv::Value]) -> TestResult<Value> {
     Ok(Value::Object(out))
 }
 
-/// Checks what the contract says every record of a kind must look like.
+/// Checks that every record of a kind looks as docs/protocol.md#json-message-types and #messagepack-layouts say.
 fn validate(protocol: Proto, value: &Value, raw: &[u8]) -> TestResult {
     let kind = value["type"]
         .as_u64()
@@ -956,7 +956,7 @@ impl Client {
         Err("only Pings for 1000 records".into())
     }
 
-    /// Checks every data frame so far was of the protocol's kind (conformance item 20).
+    /// Checks every data frame so far was of the protocol's kind (docs/protocol.md#websocket-frame-types).
     fn assert_frame_kinds(&self) -> TestResult {
         let (right, wrong) = match self.protocol {
             Proto::Json => (self.text_frames, self.binary_frames),
@@ -1072,7 +1072,7 @@ async fn refused_upgrade(url: &str) -> TestResult<u16> {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Negotiate and endpoints (sections A, B, D)
+// Negotiate and endpoints (docs/protocol.md#endpoints, #negotiate, #websockets)
 // ---------------------------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1134,7 +1134,7 @@ async fn negotiate_then_websocket_with_the_token() -> TestResult {
         })?;
         client.assert_healthy().await?;
 
-        // Once the connection has ended, its token is gone (item 24).
+        // Once the connection has ended, its token is gone (docs/protocol.md#finished-connections).
         client.send(Proto::Json.close()).await?;
         client.expect_ws_close().await?;
         let mut status = 0;
@@ -1204,7 +1204,7 @@ async fn hub_paths_are_case_insensitive_and_negotiate_v0_uses_the_id() -> TestRe
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Handshake (section G)
+// Handshake (docs/protocol.md#handshake)
 // ---------------------------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1358,7 +1358,7 @@ async fn handshake_timeout_closes_only_that_socket() -> TestResult {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// RPC (sections I, J, K)
+// RPC (docs/protocol.md#json-hub-protocol, #messagepack-hub-protocol, #invocations)
 // ---------------------------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1660,7 +1660,7 @@ async fn client_results_route_the_answer_back() -> TestResult {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Ping, Close, keep-alive and timeouts (sections H, I, K)
+// Ping, Close, keep-alive and timeouts (docs/protocol.md#keep-alive-and-timeouts, #close-from-the-server)
 // ---------------------------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1817,7 +1817,7 @@ async fn close_message_from_the_server_then_1000() -> TestResult {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Framing (sections D, G, J)
+// Framing (docs/protocol.md#many-records-per-message, #whole-records-per-message, #messagepack-framing)
 // ---------------------------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1910,8 +1910,8 @@ async fn a_record_split_across_frames() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_other_frame_kind_is_accepted_and_replies_keep_the_protocols_kind() -> TestResult {
-    // The contract does not reject a frame of the other kind (ASP.NET reads both into one pipe), so neither does
-    // hubmesh; what it sends is always Text for JSON and Binary for MessagePack (item 20).
+    // docs/protocol.md does not reject a frame of the other kind (ASP.NET reads both into one pipe), so neither does
+    // hubmesh; it always sends Text for JSON and Binary for MessagePack (docs/protocol.md#websocket-frame-types).
     bounded(TEST_TIMEOUT, async {
         let server = TestNode::start(quiet_limits()).await?;
         let mut json_client = server.client(Proto::Json).await?;
@@ -2282,7 +2282,8 @@ async fn slow_consumer_flood(pause: Option<Duration>) -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_node_closes_connections_with_a_close_message() -> TestResult {
     // NodeHandle::stop promises that open connections are closed; a graceful shutdown SHOULD tell clients with a
-    // Close message that allows a reconnect (item 59), then end the socket with 1000, and not wait for clients.
+    // Close message that allows a reconnect (docs/protocol.md#close-from-the-server), then end the socket with 1000,
+    // and not wait for clients.
     bounded(TEST_TIMEOUT, async {
         let server = TestNode::start(quiet_limits()).await?;
         let mut json_client = server.client(Proto::Json).await?;

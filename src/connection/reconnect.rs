@@ -1,4 +1,4 @@
-//! Stateful reconnect (conformance section M): the sequence-numbered replay buffer of what a connection sends,
+//! Stateful reconnect (docs/protocol.md#stateful-reconnect): the numbered replay buffer of what a connection sends,
 //! the receive-side bookkeeping of what it got, and the relay that hands a reconnected WebSocket to the
 //! connection task that owns the logical connection.
 //!
@@ -6,9 +6,9 @@
 //! Every record that goes through a connection's mailbox is trackable (Invocation, StreamItem, Completion: group
 //! and broadcast sends, messages from other nodes, client-result invocations, completions and stream items alike),
 //! so every one gets the next sequence id (from 1) and stays in the [`ReplayBuffer`] until the client acks it.
-//! Pings, Close, Ack, Sequence and the handshake are written directly and are not counted (item 63). Since a
-//! connection's mailbox is the only way to reach it, cross-node sends go through the same buffer by
-//! construction (item 67).
+//! Pings, Close, Ack, Sequence and the handshake are written directly and are not counted
+//! (docs/protocol.md#trackable-messages). Since a connection's mailbox is the only way to reach it, cross-node
+//! sends go through the same buffer by construction (docs/protocol.md#cross-node-sends-in-the-replay-buffer).
 //!
 //! # When the buffer is full
 //! `Limits::reconnect_buffer_bytes` (ASP.NET's `StatefulReconnectBufferSize`, 100 000 bytes) caps the unacked

@@ -1,29 +1,29 @@
 //! The HTTP face of a node: hub routes matched case-insensitively, negotiate, and the three transports.
 //!
-//! Routes for a hub at `[base]` (conformance sections A, C, E, F): `POST [base]/negotiate`; `GET [base]` for a
+//! Routes for a hub at `[base]` (docs/protocol.md#routes): `POST [base]/negotiate`; `GET [base]` for a
 //! WebSocket upgrade (with `?id=<connectionToken>` after negotiate or without an id for `skipNegotiation`), an
 //! SSE stream (`Accept: text/event-stream`) or a long poll (anything else); `POST [base]` for the send half of
 //! SSE and long polling; `DELETE [base]` to end a long-polling connection.
 //!
 //! Negotiated connections that never connect expire after [`NEGOTIATE_EXPIRY`]. A token addresses at most one
 //! transport: a second WebSocket or SSE stream for it gets 409, another transport 400, a second concurrent POST
-//! 409, and a finished connection's token 404. A new poll while one is pending ends the older with 204 (item
-//! 31). The connection task starts on the WebSocket upgrade, the SSE GET or the first poll (answered at once),
-//! and hub code sees that request (item 19). This module calls the transports and the connection task; the hub
-//! layer only through [`HubContext`].
+//! 409, and a finished connection's token 404. A new poll while one is pending ends the older with 204
+//! (docs/protocol.md#later-polls). The connection task starts on the WebSocket upgrade, the SSE GET or the first
+//! poll (answered at once), and hub code sees that request (docs/protocol.md#request-context). This module calls
+//! the transports and the connection task; the hub layer only through [`HubContext`].
 //!
-//! Stateful reconnect (section M): negotiate offers it when the client asks (`useStatefulReconnect=true`), the hub
+//! Stateful reconnect: negotiate offers it when the client asks (`useStatefulReconnect=true`), the hub
 //! serves WebSockets and `Limits::reconnect_window` is not zero. Such a token keeps addressing its connection while
 //! the connection task waits for its client to come back: a WebSocket for such a token is accepted (replacing the
 //! one the connection has, which is usually dead and not yet noticed, as ASP.NET does) and handed to that task through its [`ResumeHandle`] (via [`reconnect::relay`], since the task may run
-//! on another worker); once the connection has ended the token gets 404.
+//! on another worker); once the connection has ended the token gets 404 (docs/protocol.md#stateful-reconnect).
 //!
-//! Authentication (section N): every hub request is authenticated with the node's [`crate::auth::Authenticator`],
+//! Authentication: every hub request is authenticated with the node's [`crate::auth::Authenticator`],
 //! if it has one, from the `Authorization: Bearer` header or else the `access_token` query parameter. A valid
 //! token makes the connection's user and claims ([`RequestInfo`]); an invalid one makes the request anonymous. A
 //! hub that requires a user answers anonymous negotiate and transport requests with 401 and an empty body (the
 //! client's error then reads `Unauthorized: Status code '401'`), and authenticated ones that lack a required claim
-//! with 403.
+//! with 403 (docs/protocol.md#authentication).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -118,7 +118,7 @@ pub(crate) fn normalize_path(path: &str) -> String {
     with_root
 }
 
-/// CORS as browsers on another origin need it with credentials (conformance item 3): the origin is echoed,
+/// CORS as browsers on another origin need it (docs/protocol.md#cors-with-credentials): the origin is echoed,
 /// credentials allowed, requested methods and headers allowed, preflights answered.
 pub fn cors() -> actix_cors::Cors {
     actix_cors::Cors::permissive()
@@ -215,7 +215,7 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
     }
 }
 
-/// Why a hub request is refused: its response has an empty body (conformance item 4).
+/// Why a hub request is refused: its response has an empty body (docs/protocol.md#error-bodies).
 enum Refusal {
     /// No valid token (with why a token that was sent is not accepted): 401.
     Unauthorized(Option<AuthError>),
@@ -408,8 +408,8 @@ async fn long_poll(
             poll.terminated().await;
         },
     );
-    // The first poll answers at once and marks the connection initialized (item 30); the client sends its
-    // handshake only after it.
+    // The first poll answers at once and marks the connection initialized (docs/protocol.md#first-poll); the
+    // client sends its handshake only after it.
     HttpResponse::Ok().content_type("text/plain").finish()
 }
 
@@ -439,7 +439,8 @@ pub fn poll_response(outcome: PollOutcome) -> HttpResponse {
     }
 }
 
-/// The send half of SSE and long polling: the whole body goes to the connection, then `200` (item 28).
+/// The send half of SSE and long polling: the whole body goes to the connection, then `200`
+/// (docs/protocol.md#post-send-half).
 async fn post(node: &Node, endpoint: &HubEndpoint, token: &str, mut body: web::Payload) -> HttpResponse {
     let sender = match lookup(endpoint, token) {
         Lookup::Missing => return no_connection(),
@@ -486,7 +487,7 @@ async fn post(node: &Node, endpoint: &HubEndpoint, token: &str, mut body: web::P
     }
 }
 
-/// `DELETE [base]`: ends a long-polling connection; its pending poll gets 204 (item 32).
+/// `DELETE [base]`: ends a long-polling connection; its pending poll gets 204 (docs/protocol.md#long-polling-delete).
 fn delete(endpoint: &HubEndpoint, token: &str) -> HttpResponse {
     match lookup(endpoint, token) {
         Lookup::Missing => no_connection(),
@@ -543,7 +544,7 @@ fn negotiate(node: &Node, endpoint: &HubEndpoint, request: &HttpRequest) -> Http
     let version = crate::hub::url_query_value(request.query_string(), "negotiateVersion")
         .and_then(|version| version.parse::<u32>().ok())
         .unwrap_or(0);
-    // Only when asked (the client fails otherwise, item 9), and only where it can work: over WebSockets.
+    // Only when asked (else the client fails, docs/protocol.md#stateful-reconnect-offer), and only over WebSockets.
     let stateful = crate::hub::url_query_value(request.query_string(), "useStatefulReconnect")
         .is_some_and(|asked| asked.eq_ignore_ascii_case("true"))
         && !node.limits().reconnect_window.is_zero()

@@ -1,4 +1,4 @@
-//! The handshake (section G of the conformance doc): the client's first record, always JSON plus 0x1E whatever
+//! The handshake (docs/protocol.md#handshake): the client's first record, always JSON plus 0x1E whatever
 //! the hub protocol, and the server's answer, `{}` or `{"error":"..."}` plus 0x1E.
 //!
 //! This module only parses and writes; choosing whether a protocol and version are acceptable is the

@@ -1,5 +1,5 @@
-//! The JSON hub protocol (`"json"`): one JSON object per record, each record ending with 0x1E (section I of the
-//! conformance doc).
+//! The JSON hub protocol (`"json"`): one JSON object per record, each record ending with 0x1E
+//! (docs/protocol.md#json-hub-protocol).
 //!
 //! Decoding borrows every known property as raw JSON first and then reads each one on its own, so that a missing
 //! or mistyped property is reported by name; arguments and items stay undecoded ([`RawValue::Json`]). Encoding

@@ -1,5 +1,5 @@
 //! The MessagePack hub protocol (`"messagepack"`): varint-length-prefixed frames, each one array whose first
-//! element is the message type (section J of the conformance doc).
+//! element is the message type (docs/protocol.md#messagepack-hub-protocol).
 //!
 //! Decoding walks the frame with a bounds-checked, depth-limited reader of its own, so that arguments and items
 //! are kept as byte slices of the frame ([`RawValue::MsgPack`]) without decoding them, and so that hostile input
@@ -455,8 +455,8 @@ where
             target,
             arguments,
         } => {
-            // Six elements with an empty stream-id list, as ASP.NET writes them: the contract allows five, but
-            // some clients (Python's signalrcore) read the sixth unconditionally.
+            // Six elements with an empty stream-id list, as ASP.NET writes them: five are allowed, but some
+            // clients (Python's signalrcore) read the sixth unconditionally (docs/protocol.md#messagepack-layouts).
             w::write_array_len(out, 6).map_err(encode_error)?;
             w::write_uint(out, 1).map_err(encode_error)?;
             w::write_map_len(out, 0).map_err(encode_error)?;

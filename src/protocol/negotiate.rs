@@ -1,4 +1,4 @@
-//! The bodies of `POST [hub]/negotiate` responses (section B of the conformance doc): the connection offer, the
+//! The bodies of `POST [hub]/negotiate` responses (docs/protocol.md#negotiate): the connection offer, the
 //! redirect, and the error. Only serialization; the HTTP layer chooses which to send.
 
 use serde::Serialize;

@@ -1,6 +1,6 @@
 //! The server the official SignalR functional tests run against (`SignalR.Client.FunctionalTestApp` upstream),
-//! rebuilt on hubmesh: the `TestHub` and the routes listed in `shared/docs/signalr-conformance.md`, section
-//! "Endpoints the test server maps".
+//! rebuilt on hubmesh: the `TestHub` and the routes listed in docs/protocol.md#test-server-routes
+//! (docs/protocol.md#official-functional-test-app has the scenarios).
 //!
 //! Served by `cargo run --example testhub` and by [`super::TestHubServer`] in tests. `/authorizedhub` requires a
 //! bearer token, which `GET /generateJwtToken` hands out: HS256 with a key random for each server ([`TestTokens`]),
@@ -53,7 +53,7 @@ pub struct CustomObject {
     pub value: serde_json::Number,
 }
 
-/// The structure `EchoComplexObject` round-trips (conformance items 49-51).
+/// The structure `EchoComplexObject` round-trips (docs/protocol.md#value-types).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ComplexObject {
@@ -472,7 +472,7 @@ async fn echo_delete(request: HttpRequest, echo: web::Data<EchoConnections>) -> 
 }
 
 /// `GET /echo` as a WebSocket (with or without an id): sends every message back as it came, no hub protocol. A
-/// client's Close is answered with 1000, as ASP.NET does (conformance item 23).
+/// client's Close is answered with 1000, as ASP.NET does (docs/protocol.md#websocket-close-codes).
 async fn echo_socket(mut socket: UpgradedWebSocket) {
     while let Some(Ok((bytes, format))) = socket.recv_message().await {
         if socket.send(bytes, format).await.is_err() {

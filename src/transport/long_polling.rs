@@ -1,4 +1,4 @@
-//! The long-polling transport (conformance section F): server-to-client messages wait in a queue that each poll
+//! The long-polling transport (docs/protocol.md#long-polling): server-to-client messages wait in a queue that each poll
 //! drains, client-to-server bytes arrive as POST bodies through the shared POST half.
 //!
 //! Owns the outbound queue and its byte cap, poll supersession (a new poll ends the pending one with 204), the

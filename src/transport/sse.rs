@@ -1,4 +1,4 @@
-//! The Server-Sent Events transport (conformance section E): server-to-client records as `data:` events on one
+//! The SSE transport (docs/protocol.md#server-sent-events): server-to-client records as `data:` events on one
 //! streaming response, client-to-server bytes as POST bodies through the shared POST half.
 //!
 //! Owns the event framing (one event per transport message, one `data: ` line per line of it) and noticing that
@@ -49,7 +49,8 @@ impl SseTransport {
 }
 
 /// Frames one transport message as an SSE event: a `data: ` line per line (`\r\n`, `\n` or `\r` endings), then a
-/// blank line. EventSource joins the lines with `\n`, which is all the SignalR text protocols need (item 26).
+/// blank line. EventSource joins the lines with `\n`, which is all the SignalR text protocols need
+/// (docs/protocol.md#sse-framing).
 pub fn frame_event(payload: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(payload.len() + 16);
     // SSE ends a line at CR, LF or CRLF; a lone CR left inside a `data:` line would cut the event.

@@ -10,9 +10,9 @@
 //! buffer at all. [`super::websocket`] (actix-ws) stays for hubs mounted in an application's own actix-web
 //! server, where the socket cannot be taken.
 //!
-//! Frames follow RFC 6455 as [`super::websocket`] does: Text for JSON and Binary for MessagePack (conformance item
-//! 20), Pings answered with Pongs, continuations aggregated up to the frame cap, Text checked as UTF-8, a clean
-//! end with close code 1000.
+//! Frames follow RFC 6455 as [`super::websocket`] does: Text for JSON and Binary for MessagePack
+//! (docs/protocol.md#websocket-frame-types), Pings answered with Pongs, continuations aggregated up to the frame
+//! cap, Text checked as UTF-8, a clean end with close code 1000.
 
 use std::future::poll_fn;
 use std::io::IoSlice;

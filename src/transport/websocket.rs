@@ -1,7 +1,8 @@
 //! The WebSocket transport over actix-ws (the maintained successor of the deprecated actix-web-actors).
 //!
-//! JSON goes out as Text frames and MessagePack as Binary frames (conformance item 20); WebSocket pings are
-//! answered here; continuation frames are aggregated up to the frame cap; a clean end is close code 1000.
+//! JSON goes out as Text frames and MessagePack as Binary frames (docs/protocol.md#websocket-frame-types);
+//! WebSocket pings are answered here; continuation frames are aggregated up to the frame cap; a clean end is
+//! close code 1000.
 
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Message, Session};
 use bytes::Bytes;

@@ -1,4 +1,4 @@
-// Stateful reconnect (conformance section M) with the official client's withStatefulReconnect(): a TCP proxy in
+// Stateful reconnect (docs/protocol.md#stateful-reconnect) with the client's withStatefulReconnect(): a TCP proxy in
 // this test drops the client's socket while group messages stream to it, and every message must still arrive
 // exactly once, in order, over the resumed connection. Runs over WebSockets only (stateful reconnect is
 // WebSockets-only), for JSON and MessagePack.
