@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hubmesh::auth::{Authenticator, Requirement, NAME_IDENTIFIER_CLAIM};
-use hubmesh_cli::config::{NodeConfig, Overrides};
 use hubmesh::{Caller, Hub, HubError, Node, NodeHandle};
+use hubmesh_cli::config::{NodeConfig, Overrides};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;

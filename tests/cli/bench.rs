@@ -7,9 +7,9 @@ use std::error::Error;
 use std::time::Duration;
 
 use clap::Parser;
-use hubmesh_cli::bench::{run, BenchError, Report, Scenario};
 use hubmesh::demo::demo_hub;
 use hubmesh::testing::TestCluster;
+use hubmesh_cli::bench::{run, BenchError, Report, Scenario};
 use serde_json::Value;
 
 type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;

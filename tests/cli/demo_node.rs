@@ -57,7 +57,8 @@ fn official_client_uses_the_demo_node() -> Result<(), String> {
         .ok_or_else(|| format!("unexpected first line from hubmesh: {first:?}"))?
         .to_owned();
 
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
         .join("examples")
         .join("demo-client.mjs");
     let mut client = Command::new("node")

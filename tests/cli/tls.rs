@@ -108,7 +108,8 @@ fn official_client_uses_a_node_over_https() {
         .to_owned();
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
         .join("examples")
         .join("demo-client.mjs");
     let run_client = |trust_certificate: bool| {

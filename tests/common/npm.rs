@@ -14,7 +14,11 @@ pub fn node_dir() -> PathBuf {
     // The root package's tests and the CLI package's (`cli/`) share this file: find the repository root from
     // whichever manifest compiled it.
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let root = if manifest.join("tests").is_dir() { manifest } else { manifest.parent().unwrap_or(manifest) };
+    let root = if manifest.join("tests").is_dir() {
+        manifest
+    } else {
+        manifest.parent().unwrap_or(manifest)
+    };
     root.join("tests").join("node")
 }
 

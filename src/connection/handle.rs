@@ -1,0 +1,115 @@
+//! [`ConnectionHandle`]: what the rest of the node holds to send to a connection, and [`DeliverError`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::mailbox::Mailbox;
+use super::{
+    ClientResult, ClientResultError, CloseRequest, ConnectionId, Invoke, Outbound, SharedFrame, WakeBatch, WakeRelay,
+};
+
+/// Why a send to a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DeliverError {
+    /// The connection has ended.
+    #[error("the connection is closed")]
+    Closed,
+    /// The mailbox was full; the connection is being closed as a slow consumer.
+    #[error("the connection's outbound queue is full")]
+    Full,
+}
+
+/// A cloneable handle to a live connection: its id and its mailbox.
+#[derive(Clone)]
+pub struct ConnectionHandle {
+    pub(super) id: ConnectionId,
+    pub(super) mailbox: Arc<Mailbox>,
+    /// The wake relay of the worker the connection runs on, for batched fan-out wake-ups.
+    pub(super) relay: Option<Arc<WakeRelay>>,
+}
+
+impl fmt::Debug for ConnectionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionHandle").field("id", &self.id).finish()
+    }
+}
+
+impl ConnectionHandle {
+    /// The connection's id.
+    pub fn id(&self) -> &ConnectionId {
+        &self.id
+    }
+
+    /// Queues a shared frame without waiting. A full mailbox closes the connection as a slow consumer.
+    pub fn deliver(&self, frame: Arc<SharedFrame>) -> Result<(), DeliverError> {
+        self.try_send(Outbound::Frame(frame))
+    }
+
+    /// As [`ConnectionHandle::deliver`], with the wake-up of the connection's task collected in `batch` (one
+    /// remote wake-up per worker per fan-out, see [`wake`](super::wake)). A `fanout` frame (to a group, to all) may be
+    /// coalesced with the next ones ([`Limits::write_coalesce`](super::Limits::write_coalesce)); one sent to chosen connections is not.
+    pub fn deliver_batched(
+        &self,
+        frame: Arc<SharedFrame>,
+        fanout: bool,
+        batch: &mut WakeBatch,
+    ) -> Result<(), DeliverError> {
+        let message = if fanout {
+            Outbound::Fanout(frame)
+        } else {
+            Outbound::Frame(frame)
+        };
+        self.mailbox.try_send_batched(message, self.relay.as_ref(), batch)
+    }
+
+    /// Queues a message without waiting, with the same slow-consumer policy as [`ConnectionHandle::deliver`].
+    pub fn try_send(&self, message: Outbound) -> Result<(), DeliverError> {
+        self.mailbox.try_send(message)
+    }
+
+    /// Queues a message, waiting for room (backpressure for the connection's own replies).
+    pub async fn send(&self, message: Outbound) -> Result<(), DeliverError> {
+        self.mailbox.send(message).await
+    }
+
+    /// Invokes client method `target` and waits for its result (client results). Fails with
+    /// `"Connection '<id>' disconnected."` if the connection ends first, or after `timeout`.
+    pub async fn invoke<A>(&self, target: &str, arguments: A, timeout: Duration) -> ClientResult
+    where
+        A: Serialize + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let message = Outbound::Invoke(Box::new(Invoke {
+            target: target.to_owned(),
+            arguments: Box::new(arguments),
+            reply,
+        }));
+        if self.send(message).await.is_err() {
+            return Err(ClientResultError::Disconnected(self.id.to_string()));
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ClientResultError::Disconnected(self.id.to_string())),
+            Err(_) => Err(ClientResultError::Timeout(timeout)),
+        }
+    }
+
+    /// Asks the connection to close with a Close message.
+    pub fn close(&self, error: Option<String>, allow_reconnect: bool) {
+        if self
+            .try_send(Outbound::Close(Box::new(CloseRequest { error, allow_reconnect })))
+            .is_err()
+        {
+            self.mailbox.end();
+        }
+    }
+
+    /// Whether the connection has ended (or is ending).
+    pub fn is_closed(&self) -> bool {
+        self.mailbox.is_closed()
+    }
+}

@@ -1,0 +1,95 @@
+//! A connection's side of stateful reconnect: its [`Stateful`] state, detaching from a lost transport and
+//! resuming on a reconnected one. The buffers and the hand-over of transports are in [`reconnect`](super::reconnect).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::protocol::{NoPayload, Outgoing};
+use crate::transport::Transport;
+
+use super::batch::{Batch, Piece};
+use super::link::Link;
+use super::reconnect::{ReceiveState, RelayTransport, ReplayBuffer, ResumeSlot};
+use super::task::Connection;
+
+/// The stateful-reconnect state of a connection that negotiated it.
+pub(super) struct Stateful {
+    pub(super) sent: ReplayBuffer,
+    pub(super) received: ReceiveState,
+    pub(super) slot: ResumeSlot,
+    /// Set while detached: when the reconnect window ends.
+    pub(super) detached_until: Option<Instant>,
+    /// When the pending Ack of received messages goes out.
+    pub(super) ack_due: Option<Instant>,
+}
+
+/// How long received messages wait before they are acked, so that one Ack covers a burst (the client's interval).
+pub(super) const ACK_DELAY: Duration = Duration::from_secs(1);
+
+/// Waits for a reconnected transport; pending forever for a connection without stateful reconnect.
+pub(super) async fn next_relay(stateful: &mut Option<Box<Stateful>>) -> RelayTransport {
+    match stateful {
+        Some(stateful) => stateful.slot.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<T: Transport> Connection<T> {
+    /// Lets go of a lost transport and waits for the client to reconnect, if stateful reconnect is on; `false`
+    /// (nothing done) otherwise.
+    pub(super) fn detach(&mut self) -> bool {
+        let Some(stateful) = &mut self.stateful else {
+            return false;
+        };
+        if stateful.detached_until.is_none() {
+            tracing::debug!("transport lost; waiting for a stateful reconnect");
+            stateful.detached_until = Some(Instant::now() + self.limits.reconnect_window);
+            stateful.ack_due = None;
+            self.transport = Link::Detached;
+            // Held records are in the replay buffer, which the client gets after it reconnects.
+            self.held = None;
+            // A record cut short by the drop is sent again, whole, by the client after it reconnects.
+            self.inbound.clear();
+        }
+        true
+    }
+
+    /// Resumes on a reconnected transport (replacing the current one, if the drop was not noticed yet): Sequence with the first unacked id, then the unacked records in order
+    /// (docs/protocol.md#resuming). The client's records are dropped until its own Sequence message arrives.
+    pub(super) async fn attach(&mut self, relay: RelayTransport) {
+        let Some(stateful) = &mut self.stateful else {
+            return;
+        };
+        tracing::debug!(unacked_bytes = stateful.sent.len_bytes(), "stateful reconnect");
+        stateful.detached_until = None;
+        stateful.ack_due = None;
+        stateful.received.reconnected();
+        // A record cut short on the old transport is sent again, whole, after the client's Sequence message.
+        self.inbound.clear();
+        let mut out = Vec::new();
+        let sequence: Outgoing<'_, NoPayload, NoPayload> = Outgoing::Sequence {
+            sequence_id: stateful.sent.resume_id(),
+        };
+        if self.protocol.encode(&sequence, &mut out).is_err() {
+            return;
+        }
+        let replay: Vec<Bytes> = stateful.sent.unacked().cloned().collect();
+        // Held records are among the unacked ones replayed here.
+        self.held = None;
+        self.transport = Link::Relayed(relay);
+        self.recv_gate.open();
+        let now = Instant::now();
+        self.last_read = now;
+        let mut batch = Batch::default();
+        batch.push(Piece::Bytes(Bytes::from(out)));
+        for record in replay {
+            if batch.len() + record.len() > self.limits.write_batch && self.flush(&mut batch).await.is_err() {
+                return;
+            }
+            batch.push(Piece::Bytes(record));
+        }
+        let _ = self.flush(&mut batch).await;
+    }
+}
