@@ -4,17 +4,23 @@
 //!
 //! * [`membership`]: gossip membership and failure detection (chitchat underneath, never visible outside this
 //!   module). Each node publishes string key-values (its addresses, served hubs, [`NodeStatus`]) and watches the
-//!   live set through [`Membership::subscribe`].
+//!   live set through [`Membership::subscribe`]. `membership.rs` holds the handle and the task that keeps the view
+//!   live; `membership/identity.rs` [`NodeId`] and [`NodeStatus`], `membership/view.rs` [`MembershipView`] and how
+//!   it is read off chitchat, `membership/config.rs` [`MembershipConfig`].
 //! * [`gossip_network`]: where gossip datagrams travel (real UDP, or an in-process network for tests) and the fault
 //!   layer (partition, freeze) that in-process tests use in place of killing processes.
 //! * [`placement`]: rendezvous hashing of opaque keys over a set of [`NodeId`]s, stable across processes and
 //!   versions.
+//! * [`link`]: opaque frames between the routers of nodes, opened and closed as membership changes: the [`Links`]
+//!   trait, in-memory links for in-process clusters (`link/memory.rs`) and ractor_cluster links between processes
+//!   (`link/ractor.rs`, with its handle, endpoint actor, sender task and wire codec in `link/ractor/`).
 //!
 //! # What it may call
 //!
-//! Only the standard library, tokio, tracing and chitchat. The cluster layer moves opaque bytes and string
+//! Only the standard library, tokio, tracing and chitchat (and, for [`link`], bytes, parking_lot, ractor and
+//! ractor_cluster). The cluster layer moves opaque bytes and string
 //! key-values: it knows nothing of hubs, connections, groups or SignalR, and no module above it should need to
-//! import chitchat. [`link`] carries opaque frames between the routers of nodes.
+//! import chitchat.
 
 pub mod gossip_network;
 pub mod link;

@@ -24,8 +24,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::App;
 
 use crate::auth::Authenticator;
-use crate::cluster::link::memory::MemoryNetwork;
-use crate::cluster::{GossipNetwork, LinkConfig, MembershipConfig, MembershipView};
+use crate::cluster::{LinkConfig, MembershipConfig, MembershipView};
 use crate::connection::{Limits, WakeRelay, WakeRelays};
 use crate::hub::{Hub, HubContext, NodeRouter};
 use http::HubEndpoint;
@@ -80,21 +79,22 @@ pub struct ClusterSettings {
     pub membership: MembershipConfig,
     /// Links: address, cluster secret, queues.
     pub link: LinkConfig,
-    /// Real networking between processes, or an in-process network for tests.
-    pub network: ClusterNetwork,
+    /// Where gossip and links travel: always UDP and ractor_cluster, except in test clusters.
+    network: ClusterNetwork,
 }
 
 /// Where cluster traffic travels.
 #[derive(Debug, Clone)]
-pub enum ClusterNetwork {
+enum ClusterNetwork {
     /// Gossip over UDP and links over ractor_cluster (TCP): one node per process.
     Real,
     /// Gossip and links over in-process networks shared by the nodes of a test cluster, with faults.
+    #[cfg(feature = "test-util")]
     InMemory {
         /// The gossip network.
-        gossip: GossipNetwork,
+        gossip: crate::cluster::GossipNetwork,
         /// The link network.
-        links: MemoryNetwork,
+        links: crate::cluster::link::memory::MemoryNetwork,
     },
 }
 
@@ -106,6 +106,19 @@ impl ClusterSettings {
             link,
             network: ClusterNetwork::Real,
         }
+    }
+
+    /// Test clusters only (`test-util`): gossip and links over in-process networks shared by the nodes of one test
+    /// cluster, in place of UDP and ractor_cluster, so several nodes can run in one process.
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn over_in_memory_networks(
+        mut self,
+        gossip: crate::cluster::GossipNetwork,
+        links: crate::cluster::link::memory::MemoryNetwork,
+    ) -> Self {
+        self.network = ClusterNetwork::InMemory { gossip, links };
+        self
     }
 }
 

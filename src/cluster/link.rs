@@ -4,7 +4,10 @@
 //!
 //! The [`Links`] trait, which the router above uses without knowing how frames travel, and its implementations:
 //! an in-memory network for in-process test clusters ([`memory`]), and ractor_cluster between processes
-//! ([`ractor`]), authenticated by the cluster secret. Links are opened and closed by membership
+//! ([`ractor`]), authenticated by the cluster secret. `ractor` is a folder: `ractor/handle.rs` ([`RactorLinks`]
+//! itself: start-up, sending, shutdown), `ractor/endpoint.rs` (the one link endpoint actor per process: sessions,
+//! dials, opening and closing links, receiving), `ractor/sender.rs` (one link's batching sender and its credit
+//! window) and `ractor/codec.rs` (the endpoint's messages and their wire encoding). Links are opened and closed by membership
 //! ([`Links::update_peers`] is called with every new live view), never by hand.
 //!
 //! Every implementation keeps the same promises:
@@ -21,6 +24,9 @@
 
 pub mod memory;
 pub mod ractor;
+
+#[cfg(doc)]
+use ractor::RactorLinks;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -8,6 +8,12 @@
 //! [`Membership::subscribe`] hands out as a `tokio::sync::watch` channel. Higher layers (the router opening and
 //! closing links, placement) react to that channel; they never see chitchat, which does the work underneath.
 //!
+//! The handle and the task that keeps the view live from chitchat's state are here; beside them:
+//!
+//! * `identity`: [`NodeId`] and [`NodeStatus`];
+//! * `view`: [`Member`] and [`MembershipView`], and how a view is read off chitchat's state;
+//! * `config`: [`MembershipConfig`], its defaults and its checks.
+//!
 //! # Semantics
 //!
 //! * A node is a [`NodeId`]: its name and a generation (by default the start time in milliseconds since the Unix
@@ -28,20 +34,27 @@
 //!
 //! chitchat, tokio and tracing, and [`super::gossip_network`] for the medium. Nothing above the cluster layer.
 
-use std::collections::{BTreeMap, HashMap};
+mod config;
+mod identity;
+mod view;
+
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chitchat::{spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, Instrument, Span};
 
 use super::gossip_network::{GossipNetwork, OpenedSocket};
+use view::{build_view, log_changes};
+
+pub use config::MembershipConfig;
+pub use identity::{NodeId, NodeStatus, UnknownStatus};
+pub use view::{Member, MembershipView};
 
 /// Keys starting with this prefix are reserved for hubmesh itself; [`Membership::set`] refuses them.
 pub const RESERVED_KEY_PREFIX: &str = "hubmesh.";
@@ -52,261 +65,6 @@ pub const STATUS_KEY: &str = "hubmesh.status";
 /// How often the view is rebuilt even when chitchat reports no change (to pick up nodes that turned dead without
 /// ever being live, which do not change the live set).
 const VIEW_REFRESH: Duration = Duration::from_secs(1);
-
-/// One incarnation of a node: its name and its generation.
-///
-/// Two incarnations of the same name are different nodes: a restarted node has a new, higher generation. Ordered by
-/// name, then generation. Displayed as `name.generation`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct NodeId {
-    /// The node's configured name, unique in the cluster and stable across restarts.
-    pub name: Arc<str>,
-    /// The incarnation: larger for a later start of the same name.
-    pub generation: u64,
-}
-
-impl NodeId {
-    /// A node id from its parts.
-    pub fn new(name: impl Into<Arc<str>>, generation: u64) -> Self {
-        Self {
-            name: name.into(),
-            generation,
-        }
-    }
-
-    fn from_chitchat(id: &ChitchatId) -> Self {
-        Self {
-            name: Arc::clone(&id.node_id),
-            generation: id.generation_id,
-        }
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.name, self.generation)
-    }
-}
-
-/// Where a node is in its life, as it publishes under [`STATUS_KEY`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeStatus {
-    /// Started, not yet ready to take work (the status every node starts with).
-    Joining,
-    /// Ready: takes clients and owns placed keys.
-    Serving,
-    /// Leaving: hands its work off and should not be given new work.
-    Draining,
-}
-
-impl NodeStatus {
-    /// The value published under [`STATUS_KEY`].
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeStatus::Joining => "joining",
-            NodeStatus::Serving => "serving",
-            NodeStatus::Draining => "draining",
-        }
-    }
-}
-
-impl fmt::Display for NodeStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A value under [`STATUS_KEY`] that is not a [`NodeStatus`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown node status `{0}` (expected joining, serving or draining)")]
-pub struct UnknownStatus(pub String);
-
-impl FromStr for NodeStatus {
-    type Err = UnknownStatus;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "joining" => Ok(NodeStatus::Joining),
-            "serving" => Ok(NodeStatus::Serving),
-            "draining" => Ok(NodeStatus::Draining),
-            other => Err(UnknownStatus(other.to_owned())),
-        }
-    }
-}
-
-/// A live member as the local node sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    /// Which node, which incarnation.
-    pub id: NodeId,
-    /// The address the member gossips on.
-    pub gossip_addr: SocketAddr,
-    /// The key-values the member published (including the reserved `hubmesh.` keys).
-    pub state: BTreeMap<String, String>,
-}
-
-impl Member {
-    /// The member's published status; `None` if it published none or an unknown one.
-    pub fn status(&self) -> Option<NodeStatus> {
-        self.state.get(STATUS_KEY).and_then(|value| value.parse().ok())
-    }
-
-    /// One published value.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.state.get(key).map(String::as_str)
-    }
-}
-
-/// What one node knows of the cluster at one moment.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MembershipView {
-    /// The local node.
-    pub self_id: NodeId,
-    /// Live members, the local node included, at most one generation per name, sorted by [`NodeId`].
-    pub live: Vec<Member>,
-    /// Members declared dead by the failure detector or superseded by a newer generation, sorted. Dead members are
-    /// forgotten after [`MembershipConfig::dead_node_grace_period`].
-    pub dead: Vec<NodeId>,
-}
-
-impl MembershipView {
-    /// The ids of the live members, sorted: the input [`placement`](super::placement) expects.
-    pub fn live_ids(&self) -> Vec<NodeId> {
-        self.live.iter().map(|member| member.id.clone()).collect()
-    }
-
-    /// The live member with this id.
-    pub fn member(&self, id: &NodeId) -> Option<&Member> {
-        self.live.iter().find(|member| &member.id == id)
-    }
-
-    /// The live member with this name, whatever its generation.
-    pub fn member_named(&self, name: &str) -> Option<&Member> {
-        self.live.iter().find(|member| &*member.id.name == name)
-    }
-
-    /// Whether this incarnation is live.
-    pub fn is_live(&self, id: &NodeId) -> bool {
-        self.member(id).is_some()
-    }
-
-    /// The live members other than the local node.
-    pub fn peers(&self) -> impl Iterator<Item = &Member> {
-        self.live.iter().filter(move |member| member.id != self.self_id)
-    }
-}
-
-/// How a node joins the cluster and detects failures.
-///
-/// [`MembershipConfig::new`] fills in the measured defaults (architecture notes, section 12); change them only with a
-/// soak test of your own.
-#[derive(Clone, Debug)]
-pub struct MembershipConfig {
-    /// This node's name, unique in the cluster and stable across restarts.
-    pub node_name: String,
-    /// This incarnation's generation; `None` takes the start time in milliseconds since the Unix epoch. Set it
-    /// explicitly only if two starts of the same name could fall in the same millisecond or the clock may go back.
-    pub generation: Option<u64>,
-    /// Nodes gossip only with nodes of the same cluster id.
-    pub cluster_id: String,
-    /// The UDP address to bind for gossip; port 0 picks a free port.
-    pub gossip_listen: SocketAddr,
-    /// The address other nodes reach this node's gossip at. Port 0 means the port actually bound, and an
-    /// unspecified IP (`0.0.0.0`) means the IP of `gossip_listen`, which must then be a specific one.
-    pub gossip_advertise: SocketAddr,
-    /// Seed addresses (`ip:port` or `host:port`, resolved again every minute). Any live seed suffices; list every
-    /// seed on every node. A node's own address may be listed.
-    pub seeds: Vec<String>,
-    /// Time between gossip rounds (default 200 ms).
-    pub gossip_interval: Duration,
-    /// Phi above which a peer is declared dead (default 16).
-    pub phi_threshold: f64,
-    /// Heartbeat interval assumed before any is observed (default 200 ms).
-    pub initial_interval: Duration,
-    /// Heartbeat intervals longer than this are left out of the mean (default 2 s).
-    pub max_interval: Duration,
-    /// Number of heartbeat intervals the mean is taken over (default 1000).
-    pub sampling_window_size: usize,
-    /// How long a dead member is remembered before it is forgotten (default 600 s).
-    pub dead_node_grace_period: Duration,
-    /// How long deleted keys are kept as tombstones (default 3600 s).
-    pub marked_for_deletion_grace_period: Duration,
-}
-
-impl MembershipConfig {
-    /// A configuration with the measured defaults, advertising `gossip_listen` and with no seeds.
-    pub fn new(node_name: impl Into<String>, cluster_id: impl Into<String>, gossip_listen: SocketAddr) -> Self {
-        Self {
-            node_name: node_name.into(),
-            generation: None,
-            cluster_id: cluster_id.into(),
-            gossip_listen,
-            gossip_advertise: gossip_listen,
-            seeds: Vec::new(),
-            gossip_interval: Duration::from_millis(200),
-            phi_threshold: 16.0,
-            initial_interval: Duration::from_millis(200),
-            max_interval: Duration::from_secs(2),
-            sampling_window_size: 1000,
-            dead_node_grace_period: Duration::from_secs(600),
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-        }
-    }
-
-    /// Replaces the seed list.
-    pub fn with_seeds<I, S>(mut self, seeds: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.seeds = seeds.into_iter().map(Into::into).collect();
-        self
-    }
-
-    fn validate(&self) -> Result<(), MembershipError> {
-        let invalid = |field: &'static str, reason: &'static str| Err(MembershipError::InvalidConfig { field, reason });
-        if self.node_name.is_empty() {
-            return invalid("node_name", "must not be empty");
-        }
-        if self.cluster_id.is_empty() {
-            return invalid("cluster_id", "must not be empty");
-        }
-        if self.gossip_interval.is_zero() {
-            return invalid("gossip_interval", "must be greater than zero");
-        }
-        if !(self.phi_threshold.is_finite() && self.phi_threshold > 0.0) {
-            return invalid("phi_threshold", "must be a positive number");
-        }
-        if self.initial_interval.is_zero() {
-            return invalid("initial_interval", "must be greater than zero");
-        }
-        if self.max_interval < self.gossip_interval {
-            return invalid("max_interval", "must be at least gossip_interval");
-        }
-        if self.sampling_window_size == 0 {
-            return invalid("sampling_window_size", "must be at least 1");
-        }
-        Ok(())
-    }
-
-    /// The address peers reach this node at, once `bound` (the address actually bound) is known.
-    fn advertise(&self, bound: SocketAddr) -> Result<SocketAddr, MembershipError> {
-        let mut advertise = self.gossip_advertise;
-        if advertise.ip().is_unspecified() {
-            advertise.set_ip(bound.ip());
-        }
-        if advertise.port() == 0 {
-            advertise.set_port(bound.port());
-        }
-        if advertise.ip().is_unspecified() {
-            return Err(MembershipError::UnspecifiedAdvertise {
-                listen: self.gossip_listen,
-            });
-        }
-        Ok(advertise)
-    }
-}
 
 /// Why membership could not start or act.
 #[derive(Debug, thiserror::Error)]
@@ -574,55 +332,6 @@ async fn maintain_view(
         });
     }
     debug!("membership view task stopped");
-}
-
-/// The view chitchat's state gives: live members (newest generation per name) and dead ones.
-fn build_view(chitchat: &Chitchat, self_id: &NodeId) -> MembershipView {
-    let mut newest: HashMap<Arc<str>, Member> = HashMap::new();
-    let mut dead: Vec<NodeId> = chitchat.dead_nodes().map(NodeId::from_chitchat).collect();
-    for chitchat_id in chitchat.live_nodes() {
-        let Some(node_state) = chitchat.node_state(chitchat_id) else {
-            continue;
-        };
-        let member = Member {
-            id: NodeId::from_chitchat(chitchat_id),
-            gossip_addr: chitchat_id.gossip_advertise_addr,
-            state: node_state
-                .key_values()
-                .map(|(key, value)| (key.to_owned(), value.to_owned()))
-                .collect(),
-        };
-        match newest.get_mut(&member.id.name) {
-            Some(current) if current.id.generation >= member.id.generation => dead.push(member.id),
-            Some(current) => dead.push(std::mem::replace(current, member).id),
-            None => {
-                newest.insert(Arc::clone(&member.id.name), member);
-            }
-        }
-    }
-    let mut live: Vec<Member> = newest.into_values().collect();
-    live.sort_by(|a, b| a.id.cmp(&b.id));
-    dead.retain(|id| live.binary_search_by(|member| member.id.cmp(id)).is_err());
-    dead.sort();
-    dead.dedup();
-    MembershipView {
-        self_id: self_id.clone(),
-        live,
-        dead,
-    }
-}
-
-fn log_changes(before: &MembershipView, after: &MembershipView) {
-    for member in &after.live {
-        if !before.is_live(&member.id) {
-            info!(member = %member.id, gossip_addr = %member.gossip_addr, "member live");
-        }
-    }
-    for member in &before.live {
-        if !after.is_live(&member.id) {
-            info!(member = %member.id, "member no longer live");
-        }
-    }
 }
 
 #[cfg(test)]

@@ -86,6 +86,7 @@ pub(crate) async fn join<H: LocalHub>(
         ClusterNetwork::Real => RactorLinks::start(self_id.clone(), settings.link.clone(), events)
             .await
             .map_err(|error| NodeError::Cluster(error.to_string()))?,
+        #[cfg(feature = "test-util")]
         ClusterNetwork::InMemory { links, .. } => links
             .join(self_id.clone(), &settings.link, events)
             .map_err(|error| NodeError::Cluster(error.to_string()))?,
@@ -96,6 +97,7 @@ pub(crate) async fn join<H: LocalHub>(
     state.insert(HUBS_KEY.to_owned(), hubs.join(","));
     let membership = match &settings.network {
         ClusterNetwork::Real => Membership::start(settings.membership.clone(), state).await,
+        #[cfg(feature = "test-util")]
         ClusterNetwork::InMemory { gossip, .. } => {
             Membership::start_on(settings.membership.clone(), state, gossip).await
         }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::cluster::link::memory::MemoryNetwork;
 use crate::cluster::{GossipNetwork, LinkConfig, MembershipConfig};
 use crate::hub::{Hub, HubContext};
-use crate::node::{ClusterNetwork, ClusterSettings, Node, NodeError, NodeHandle};
+use crate::node::{ClusterSettings, Node, NodeError, NodeHandle};
 
 /// The cluster secret of test clusters.
 const TEST_SECRET: &str = "hubmesh-test-cluster";
@@ -74,14 +74,8 @@ impl TestCluster {
         let send_only = node.send_only.clone();
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let membership = MembershipConfig::new(name.as_str(), "test", loopback).with_seeds(seeds);
-        let settings = ClusterSettings {
-            membership,
-            link: LinkConfig::new(loopback, TEST_SECRET),
-            network: ClusterNetwork::InMemory {
-                gossip: self.gossip.clone(),
-                links: self.links.clone(),
-            },
-        };
+        let settings = ClusterSettings::real(membership, LinkConfig::new(loopback, TEST_SECRET))
+            .over_in_memory_networks(self.gossip.clone(), self.links.clone());
         let mut builder = Node::builder().name(&name).listen("127.0.0.1:0").cluster(settings);
         if send_only.is_empty() {
             for hub in (self.hubs)() {

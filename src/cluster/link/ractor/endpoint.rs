@@ -1,0 +1,520 @@
+//! The link endpoint: the one actor per process (remotable, in the process group [`endpoint_group`] of this
+//! incarnation) that sends and receives every link message. It follows membership (dials, tears links down), tracks
+//! ractor_cluster's sessions and their authentication, opens a link (queue, sender task, credit window) once a
+//! session's peer endpoint is found, delivers arriving batches to the event channel and acknowledges them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
+use bytes::Bytes;
+use parking_lot::RwLock;
+use ractor_cluster::node::NodeServerSessionInformation;
+use ractor_cluster::{NodeServerMessage, NodeSessionMessage};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::codec::{Ack, Batch, Control, EndpointMsg};
+use super::sender::SenderTask;
+use super::{ACK_EVERY, AUTH_DEADLINE, DIAL_BACKOFF, DIAL_BACKOFF_MAX};
+use crate::cluster::link::{LinkConfig, LinkEvent, PeerInfo};
+use crate::cluster::membership::NodeId;
+
+/// How long one dial (the TCP connect) may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Ticks a ready session may wait for the peer's endpoint to appear in its group before it is closed.
+const ENDPOINT_LOOKUP_TICKS: u32 = 20;
+
+/// The process group of the link endpoint of incarnation `id`. The group's name is what peers look the endpoint up
+/// by, so it keeps the actor's former name.
+pub fn endpoint_group(id: &NodeId) -> String {
+    format!("hubmesh.router:{id}")
+}
+
+/// The incarnation named by a peer's ractor name (`"{name}.{generation}@{host}"`).
+fn parse_peer(ractor_name: &str) -> Option<NodeId> {
+    let (node, _host) = ractor_name.rsplit_once('@')?;
+    let (name, generation) = node.rsplit_once('.')?;
+    if name.is_empty() {
+        return None;
+    }
+    Some(NodeId::new(name, generation.parse::<u64>().ok()?))
+}
+
+fn peer_of(session: &NodeServerSessionInformation) -> Option<NodeId> {
+    session.peer_name.as_ref().and_then(|name| parse_peer(&name.name))
+}
+
+/// The link endpoint actor (see the module documentation).
+pub(super) struct LinkEndpoint;
+
+pub(super) struct EndpointArgs {
+    pub(super) self_id: NodeId,
+    pub(super) config: LinkConfig,
+    pub(super) events: mpsc::Sender<LinkEvent>,
+    pub(super) node_server: ActorRef<NodeServerMessage>,
+    pub(super) senders: Arc<RwLock<HashMap<NodeId, mpsc::Sender<Bytes>>>>,
+}
+
+struct SessionEntry {
+    actor: ActorRef<NodeSessionMessage>,
+    opened: Instant,
+    authenticated: bool,
+}
+
+struct DialState {
+    next_at: Instant,
+    backoff: Duration,
+    attempts: u32,
+}
+
+struct LinkState {
+    session: ActorRef<NodeSessionMessage>,
+    remote: ActorRef<EndpointMsg>,
+    epoch: u64,
+    acked: watch::Sender<u64>,
+    sender: JoinHandle<()>,
+    span: tracing::Span,
+}
+
+/// What this node has received on a peer's current epoch.
+struct Inbound {
+    epoch: u64,
+    batches: u64,
+}
+
+pub(super) struct EndpointState {
+    myself: ActorRef<EndpointMsg>,
+    self_id: NodeId,
+    config: LinkConfig,
+    events: mpsc::Sender<LinkEvent>,
+    node_server: ActorRef<NodeServerMessage>,
+    senders: Arc<RwLock<HashMap<NodeId, mpsc::Sender<Bytes>>>>,
+    /// Live peers (this node excluded) and their link addresses, from the last membership view.
+    live: HashMap<NodeId, String>,
+    seen_live: HashSet<NodeId>,
+    links: HashMap<NodeId, LinkState>,
+    sessions: HashMap<ActorId, SessionEntry>,
+    /// Ready sessions whose peer endpoint is not yet in its group, with the ticks waited.
+    pending: HashMap<ActorId, (NodeServerSessionInformation, u32)>,
+    dials: HashMap<NodeId, DialState>,
+    inbound: HashMap<NodeId, Inbound>,
+    next_epoch: u64,
+}
+
+impl Actor for LinkEndpoint {
+    type Msg = EndpointMsg;
+    type State = EndpointState;
+    type Arguments = EndpointArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<EndpointMsg>,
+        args: EndpointArgs,
+    ) -> Result<EndpointState, ActorProcessingErr> {
+        ::ractor::pg::join(endpoint_group(&args.self_id), vec![myself.get_cell()]);
+        Ok(EndpointState {
+            myself,
+            self_id: args.self_id,
+            config: args.config,
+            events: args.events,
+            node_server: args.node_server,
+            senders: args.senders,
+            live: HashMap::new(),
+            seen_live: HashSet::new(),
+            links: HashMap::new(),
+            sessions: HashMap::new(),
+            pending: HashMap::new(),
+            dials: HashMap::new(),
+            inbound: HashMap::new(),
+            next_epoch: 1,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<EndpointMsg>,
+        message: EndpointMsg,
+        state: &mut EndpointState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            EndpointMsg::Batch(batch) => state.on_batch(batch).await,
+            EndpointMsg::Ack(ack) => state.on_ack(&ack),
+            EndpointMsg::Control(control) => state.on_control(control).await,
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<EndpointMsg>,
+        state: &mut EndpointState,
+    ) -> Result<(), ActorProcessingErr> {
+        let peers: Vec<NodeId> = state.links.keys().cloned().collect();
+        for peer in peers {
+            state.close_link(&peer, "links stopped", true).await;
+        }
+        Ok(())
+    }
+}
+
+impl EndpointState {
+    async fn on_control(&mut self, control: Control) {
+        match control {
+            Control::UpdatePeers(live) => self.update_peers(live).await,
+            Control::SessionOpened(session) => {
+                self.sessions.insert(
+                    session.actor.get_id(),
+                    SessionEntry {
+                        actor: session.actor.clone(),
+                        opened: Instant::now(),
+                        authenticated: false,
+                    },
+                );
+            }
+            Control::SessionAuthenticated(session) => self.mark_authenticated(&session),
+            Control::SessionReady(session) => {
+                self.mark_authenticated(&session);
+                self.on_session_ready(session).await;
+            }
+            Control::SessionClosed(session) => self.on_session_closed(&session).await,
+            Control::DialFailed { peer, error } => {
+                let attempts = self.dials.get(&peer).map_or(0, |dial| dial.attempts);
+                if attempts == 5 {
+                    tracing::warn!(peer = %peer, %error, attempts, "cannot dial a live peer; still retrying");
+                } else {
+                    tracing::debug!(peer = %peer, %error, attempts, "dial failed");
+                }
+            }
+            Control::Tick => self.on_tick().await,
+        }
+    }
+
+    fn mark_authenticated(&mut self, session: &NodeServerSessionInformation) {
+        let entry = self
+            .sessions
+            .entry(session.actor.get_id())
+            .or_insert_with(|| SessionEntry {
+                actor: session.actor.clone(),
+                opened: Instant::now(),
+                authenticated: true,
+            });
+        entry.authenticated = true;
+    }
+
+    /// Whether a link to `peer` must not exist: it was live and is no longer, or a newer generation is live.
+    fn unwanted(&self, peer: &NodeId) -> bool {
+        let gone = !self.live.contains_key(peer) && self.seen_live.contains(peer);
+        let superseded = self
+            .live
+            .keys()
+            .any(|other| other.name == peer.name && other.generation > peer.generation);
+        gone || superseded
+    }
+
+    async fn update_peers(&mut self, live: Vec<PeerInfo>) {
+        self.live = live
+            .into_iter()
+            .filter(|peer| peer.id != self.self_id)
+            .map(|peer| (peer.id, peer.link_address))
+            .collect();
+        self.seen_live.extend(self.live.keys().cloned());
+        let doomed: Vec<NodeId> = self.links.keys().filter(|peer| self.unwanted(peer)).cloned().collect();
+        for peer in doomed {
+            self.close_link(&peer, "no longer live or superseded", true).await;
+        }
+        let stale: Vec<NodeId> = self
+            .inbound
+            .keys()
+            .filter(|peer| self.unwanted(peer))
+            .cloned()
+            .collect();
+        for peer in stale {
+            self.inbound.remove(&peer);
+        }
+        let live = &self.live;
+        self.dials.retain(|peer, _| live.contains_key(peer));
+        self.dial_missing();
+    }
+
+    /// Dials every live peer above this node that has no link and whose backoff has passed.
+    fn dial_missing(&mut self) {
+        let now = Instant::now();
+        for (peer, address) in &self.live {
+            if &self.self_id >= peer || self.links.contains_key(peer) {
+                continue;
+            }
+            let dial = self.dials.entry(peer.clone()).or_insert(DialState {
+                next_at: now,
+                backoff: DIAL_BACKOFF,
+                attempts: 0,
+            });
+            if now < dial.next_at {
+                continue;
+            }
+            dial.next_at = now + dial.backoff;
+            dial.backoff = (dial.backoff * 2).min(DIAL_BACKOFF_MAX);
+            dial.attempts += 1;
+            let node_server = self.node_server.clone();
+            let endpoint = self.myself.clone();
+            let peer = peer.clone();
+            let address = address.clone();
+            let span = tracing::debug_span!("dial", peer = %peer, %address);
+            tokio::spawn(
+                async move {
+                    let outcome = tokio::time::timeout(
+                        DIAL_TIMEOUT,
+                        ractor_cluster::client_connect(&node_server, address.as_str()),
+                    )
+                    .await;
+                    let error = match outcome {
+                        Ok(Ok(())) => {
+                            tracing::debug!("dialed; authenticating");
+                            return;
+                        }
+                        Ok(Err(error)) => error.to_string(),
+                        Err(_) => "timed out".to_owned(),
+                    };
+                    let _ = endpoint.cast(EndpointMsg::Control(Control::DialFailed { peer, error }));
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        self.dial_missing();
+        let now = Instant::now();
+        for entry in self.sessions.values() {
+            if !entry.authenticated && now.duration_since(entry.opened) > AUTH_DEADLINE {
+                entry.actor.stop(Some("hubmesh: not authenticated in time".to_owned()));
+            }
+        }
+        let pending: Vec<ActorId> = self.pending.keys().copied().collect();
+        for id in pending {
+            let Some((session, waited)) = self.pending.remove(&id) else {
+                continue;
+            };
+            if waited >= ENDPOINT_LOOKUP_TICKS {
+                let peer = session.peer_name.as_ref().map(|name| name.name.clone());
+                tracing::warn!(?peer, "a peer session never showed a link endpoint; closing it");
+                session.actor.stop(Some("hubmesh: no link endpoint".to_owned()));
+                continue;
+            }
+            if !self.try_open(session.clone()).await {
+                self.pending.insert(id, (session, waited + 1));
+            }
+        }
+    }
+
+    async fn on_session_ready(&mut self, session: NodeServerSessionInformation) {
+        let id = session.actor.get_id();
+        if !self.try_open(session.clone()).await && self.sessions.contains_key(&id) {
+            self.pending.insert(id, (session, 0));
+        }
+    }
+
+    /// Opens the link carried by a ready session, unless it must not exist. Returns false if the peer's endpoint is
+    /// not yet known (try again later).
+    async fn try_open(&mut self, session: NodeServerSessionInformation) -> bool {
+        let Some(peer) = peer_of(&session) else {
+            tracing::warn!(name = ?session.peer_name, "a peer with an unreadable node name; closing its session");
+            session.actor.stop(Some("hubmesh: unreadable node name".to_owned()));
+            return true;
+        };
+        if peer == self.self_id || self.unwanted(&peer) {
+            tracing::info!(peer = %peer, "refusing a link to a dead, superseded or self incarnation");
+            session.actor.stop(Some("hubmesh: unwanted incarnation".to_owned()));
+            return true;
+        }
+        if let Some(link) = self.links.get(&peer) {
+            if link.session.get_id() == session.actor.get_id() {
+                return true;
+            }
+        }
+        let remote = ::ractor::pg::get_members(&endpoint_group(&peer))
+            .into_iter()
+            .find(|cell| !cell.get_id().is_local() && cell.get_id().node() == session.node_id);
+        let Some(remote) = remote else {
+            return false;
+        };
+        if self.links.contains_key(&peer) {
+            self.close_link(&peer, "replaced by a new session", true).await;
+        }
+        self.open_link(peer, session.actor, ActorRef::from(remote)).await;
+        true
+    }
+
+    async fn open_link(&mut self, peer: NodeId, session: ActorRef<NodeSessionMessage>, remote: ActorRef<EndpointMsg>) {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        let span = tracing::info_span!("link", node = %self.self_id, peer = %peer, epoch);
+        let (frames, queue) = mpsc::channel(self.config.queue_frames);
+        let (acked, acked_rx) = watch::channel(0);
+        let sender = tokio::spawn(
+            SenderTask {
+                queue,
+                remote: remote.clone(),
+                acked: acked_rx,
+                from: self.self_id.clone(),
+                epoch,
+                batch_frames: self.config.batch_frames,
+                batch_bytes: self.config.max_frame,
+                linger: self.config.batch_linger,
+            }
+            .run()
+            .instrument(span.clone()),
+        );
+        self.senders.write().insert(peer.clone(), frames);
+        self.links.insert(
+            peer.clone(),
+            LinkState {
+                session,
+                remote,
+                epoch,
+                acked,
+                sender,
+                span: span.clone(),
+            },
+        );
+        self.dials.remove(&peer);
+        tracing::info!(parent: &span, "link up");
+        let _ = self.events.send(LinkEvent::Up(peer)).await;
+    }
+
+    /// Closes the link to `peer`, if any: drops its queue and reports `Down`. `stop_session` also closes the TCP
+    /// session (when membership, not the network, ended the link).
+    async fn close_link(&mut self, peer: &NodeId, reason: &str, stop_session: bool) {
+        let Some(link) = self.links.remove(peer) else {
+            return;
+        };
+        self.senders.write().remove(peer);
+        link.sender.abort();
+        if stop_session {
+            link.session.stop(Some(format!("hubmesh: {reason}")));
+        }
+        tracing::info!(parent: &link.span, reason, "link down");
+        let _ = self.events.send(LinkEvent::Down(peer.clone())).await;
+    }
+
+    async fn on_session_closed(&mut self, session: &NodeServerSessionInformation) {
+        let id = session.actor.get_id();
+        self.pending.remove(&id);
+        if let Some(entry) = self.sessions.remove(&id) {
+            if !entry.authenticated {
+                tracing::warn!(
+                    peer_addr = %session.peer_addr,
+                    claimed_name = ?session.peer_name.as_ref().map(|name| &name.name),
+                    dialed = !session.is_server,
+                    "a link connection closed before authenticating: wrong cluster secret, or not a hubmesh node"
+                );
+            }
+        }
+        let peer = self
+            .links
+            .iter()
+            .find(|(_, link)| link.session.get_id() == id)
+            .map(|(peer, _)| peer.clone());
+        if let Some(peer) = peer {
+            self.close_link(&peer, "session closed", false).await;
+            self.dial_missing();
+        }
+    }
+
+    /// Finds the authenticated session of `peer` when its first batch arrives before the session's ready notice.
+    async fn adopt_session_of(&mut self, peer: &NodeId) {
+        let sessions = ::ractor::call_t!(self.node_server, NodeServerMessage::GetSessions, 500);
+        let Ok(sessions) = sessions else {
+            return;
+        };
+        let session = sessions
+            .into_values()
+            .find(|session| peer_of(session).as_ref() == Some(peer));
+        if let Some(session) = session {
+            self.mark_authenticated(&session);
+            self.try_open(session).await;
+        }
+    }
+
+    async fn on_batch(&mut self, batch: Batch) {
+        let peer = batch.from;
+        if !self.links.contains_key(&peer) {
+            self.adopt_session_of(&peer).await;
+        }
+        let Some(link) = self.links.get(&peer) else {
+            tracing::debug!(peer = %peer, frames = batch.frames.len(), "dropped a batch from a peer with no link");
+            return;
+        };
+        let remote = link.remote.clone();
+        let span = link.span.clone();
+        for frame in batch.frames {
+            if frame.len() > self.config.max_frame {
+                let (size, max) = (frame.len(), self.config.max_frame);
+                tracing::warn!(parent: &span, size, max, "dropped an oversized frame");
+                continue;
+            }
+            let delivered = self.events.send(LinkEvent::Frame {
+                from: peer.clone(),
+                frame,
+            });
+            if delivered.await.is_err() {
+                return;
+            }
+        }
+        let inbound = self.inbound.entry(peer.clone()).or_insert(Inbound {
+            epoch: batch.epoch,
+            batches: 0,
+        });
+        if inbound.epoch != batch.epoch {
+            inbound.epoch = batch.epoch;
+            inbound.batches = 0;
+        }
+        inbound.batches += 1;
+        if inbound.batches.is_multiple_of(ACK_EVERY) {
+            let ack = Ack {
+                from: self.self_id.clone(),
+                epoch: batch.epoch,
+                count: inbound.batches,
+            };
+            send_ack(&peer, remote, ack);
+        }
+    }
+
+    fn on_ack(&mut self, ack: &Ack) {
+        if let Some(link) = self.links.get(&ack.from) {
+            if link.epoch == ack.epoch {
+                link.acked.send_if_modified(|acked| {
+                    let advanced = ack.count > *acked;
+                    if advanced {
+                        *acked = ack.count;
+                    }
+                    advanced
+                });
+            }
+        }
+    }
+}
+
+/// Sends `ack` to the peer's endpoint on the link's session or, if that session just ended, on any other.
+fn send_ack(peer: &NodeId, remote: ActorRef<EndpointMsg>, ack: Ack) {
+    let Err(error) = remote.cast(EndpointMsg::Ack(ack)) else {
+        return;
+    };
+    let ::ractor::MessagingErr::SendErr(EndpointMsg::Ack(mut ack)) = error else {
+        return;
+    };
+    for cell in ::ractor::pg::get_members(&endpoint_group(peer)) {
+        if cell.get_id().is_local() || cell.get_id() == remote.get_id() {
+            continue;
+        }
+        match ActorRef::<EndpointMsg>::from(cell).cast(EndpointMsg::Ack(ack)) {
+            Ok(()) => return,
+            Err(::ractor::MessagingErr::SendErr(EndpointMsg::Ack(back))) => ack = back,
+            Err(_) => return,
+        }
+    }
+}

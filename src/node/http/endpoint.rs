@@ -1,0 +1,144 @@
+//! One hub as served over HTTP ([`HubEndpoint`]): its negotiated connection tokens, what each token addresses, and
+//! starting the connection task of a token's SSE or long-polling transport.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::super::Node;
+use crate::connection::reconnect::ResumeHandle;
+use crate::connection::{ConnectionId, ConnectionSetup, RequestInfo};
+use crate::hub::HubContext;
+use crate::transport::long_polling::LongPollingHandle;
+use crate::transport::{PostSender, TransportKind};
+
+/// How long a negotiated connection may wait for its transport (ASP.NET's disconnect timeout).
+pub const NEGOTIATE_EXPIRY: Duration = Duration::from_secs(15);
+
+/// The transports this build can serve.
+pub(super) const IMPLEMENTED: &[TransportKind] = &[
+    TransportKind::WebSockets,
+    TransportKind::ServerSentEvents,
+    TransportKind::LongPolling,
+];
+
+pub(super) struct Negotiated {
+    pub(super) id: ConnectionId,
+    pub(super) created: Instant,
+    /// Whether negotiate turned stateful reconnect on for this token.
+    pub(super) stateful: bool,
+    /// The transport open for this token, once one is.
+    pub(super) active: Option<Active>,
+}
+
+/// The HTTP side of the transport a token's connection runs on.
+pub(super) enum Active {
+    /// A WebSocket, with the way to resume its connection when stateful reconnect is on.
+    WebSocket(Option<ResumeHandle>),
+    ServerSentEvents(PostSender),
+    LongPolling(PostSender, LongPollingHandle),
+}
+
+impl Active {
+    fn kind(&self) -> TransportKind {
+        match self {
+            Active::WebSocket(_) => TransportKind::WebSockets,
+            Active::ServerSentEvents(_) => TransportKind::ServerSentEvents,
+            Active::LongPolling(..) => TransportKind::LongPolling,
+        }
+    }
+}
+
+/// One hub as served over HTTP: its context and its negotiated connection tokens.
+pub(crate) struct HubEndpoint {
+    pub(crate) context: HubContext,
+    pub(super) tokens: Mutex<HashMap<String, Negotiated>>,
+}
+
+impl HubEndpoint {
+    pub(crate) fn new(context: HubContext) -> Self {
+        HubEndpoint {
+            context,
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(super) fn offers(&self, transport: TransportKind) -> bool {
+        IMPLEMENTED.contains(&transport) && self.context.hub().offered_transports().contains(&transport)
+    }
+}
+
+/// What a token addresses, for the HTTP transports.
+pub(super) enum Lookup {
+    /// Unknown, finished or expired: 404.
+    Missing,
+    /// Negotiated, no transport open yet.
+    Fresh(ConnectionId),
+    /// A transport is open; clones of its HTTP side.
+    Open(TransportKind, Option<PostSender>, Option<LongPollingHandle>),
+}
+
+pub(super) fn lookup(endpoint: &HubEndpoint, token: &str) -> Lookup {
+    let mut tokens = endpoint.tokens.lock();
+    match tokens.get(token) {
+        None => Lookup::Missing,
+        Some(negotiated) => match &negotiated.active {
+            Some(active) => {
+                let (post, poll) = match active {
+                    Active::WebSocket(_) => (None, None),
+                    Active::ServerSentEvents(post) => (Some(post.clone()), None),
+                    Active::LongPolling(post, poll) => (Some(post.clone()), Some(poll.clone())),
+                };
+                Lookup::Open(active.kind(), post, poll)
+            }
+            None if negotiated.created.elapsed() >= NEGOTIATE_EXPIRY => {
+                tokens.remove(token);
+                Lookup::Missing
+            }
+            None => Lookup::Fresh(negotiated.id.clone()),
+        },
+    }
+}
+
+/// Claims a fresh token for `active`; `false` if another request claimed it first.
+pub(super) fn claim(endpoint: &HubEndpoint, token: &str, active: Active) -> bool {
+    match endpoint.tokens.lock().get_mut(token) {
+        Some(negotiated) if negotiated.active.is_none() => {
+            negotiated.active = Some(active);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Spawns the connection task of a newly opened SSE or long-polling connection on this worker; the token is
+/// forgotten when `run` ends.
+pub(super) fn spawn_connection<F>(
+    node: &Node,
+    endpoint: Arc<HubEndpoint>,
+    token: String,
+    id: ConnectionId,
+    request: RequestInfo,
+    run: impl FnOnce(ConnectionSetup) -> F,
+) where
+    F: std::future::Future<Output = ()> + 'static,
+{
+    let setup = ConnectionSetup {
+        id,
+        request,
+        limits: node.shared_limits(),
+        host: Arc::new(endpoint.context.clone()),
+        resume: None,
+        wake_relay: node.wake_relay(),
+    };
+    // Chained with `map`, not awaited in an async block, which would hold the connection's future twice.
+    let task = run(setup).map(move |()| {
+        endpoint.tokens.lock().remove(&token);
+    });
+    actix_web::rt::spawn(task.instrument(node.span().clone()));
+}

@@ -1,0 +1,66 @@
+//! `GET [base]` with `Accept: text/event-stream`: opens a token's Server-Sent Events stream and starts its
+//! connection.
+
+use std::sync::Arc;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpRequest, HttpResponse};
+
+use super::super::Node;
+use super::access::request_info;
+use super::endpoint::{claim, lookup, spawn_connection, Active, HubEndpoint, Lookup};
+use super::{no_connection, text};
+use crate::auth::Authenticated;
+use crate::connection;
+use crate::transport::sse::{SseStream, SseTransport};
+use crate::transport::{post_channel, TransportKind};
+
+pub(super) fn connect_sse(
+    node: &Node,
+    endpoint: Arc<HubEndpoint>,
+    token: String,
+    request: &HttpRequest,
+    user: Option<Authenticated>,
+) -> HttpResponse {
+    let id = match lookup(&endpoint, &token) {
+        Lookup::Missing => return no_connection(),
+        Lookup::Open(TransportKind::ServerSentEvents, ..) => {
+            return text(
+                StatusCode::CONFLICT,
+                "Another Server-Sent Events stream is already open for this connection.",
+            )
+        }
+        Lookup::Open(..) => return text(StatusCode::BAD_REQUEST, "Cannot change transports mid-connection"),
+        Lookup::Fresh(id) => id,
+    };
+    let (post, inbound) = post_channel();
+    if !claim(&endpoint, &token, Active::ServerSentEvents(post)) {
+        return text(
+            StatusCode::CONFLICT,
+            "Another transport is opening for this connection.",
+        );
+    }
+    let (transport, events) = SseTransport::new(inbound);
+    spawn_connection(
+        node,
+        endpoint,
+        token,
+        id,
+        request_info(request.head(), user),
+        async move |setup| {
+            connection::run(transport, setup).await;
+        },
+    );
+    sse_response(events)
+}
+
+/// The `200` response that carries an SSE connection's events, for any handler of an [`SseTransport`] (hubs here,
+/// raw connection handlers such as the test server's `/echo`).
+pub fn sse_response(events: SseStream) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        // Proxies such as nginx must not buffer the stream.
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(events)
+}

@@ -1,0 +1,209 @@
+//! `GET [base]` with a WebSocket upgrade: the token checks, a new connection or a stateful one coming back, and the
+//! upgrade, by the node's own server or by actix-ws in an application's server.
+
+use std::sync::Arc;
+
+use actix_web::dev::RequestHead;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use super::super::Node;
+use super::access::{authenticate, query_string, request_info};
+use super::endpoint::{Active, HubEndpoint, Negotiated, NEGOTIATE_EXPIRY};
+use super::negotiate::random_id;
+use super::{no_connection, normalize_path, text};
+use crate::auth::Authenticated;
+use crate::connection::reconnect::{self, ResumeHandle};
+use crate::connection::{self, ConnectionSetup};
+use crate::transport::websocket::WebSocketTransport;
+use crate::transport::TransportKind;
+
+pub(super) fn is_websocket_upgrade(head: &RequestHead) -> bool {
+    head.headers()
+        .get(header::UPGRADE)
+        .and_then(|upgrade| upgrade.to_str().ok())
+        .is_some_and(|upgrade| upgrade.eq_ignore_ascii_case("websocket"))
+}
+
+/// A hub WebSocket request that passed routing, authentication and the token checks: what is left is the
+/// upgrade, by whichever server carries it ([`upgrade_with_actix_ws`] or [`crate::node::server`]).
+pub(crate) enum AcceptedWebSocket {
+    /// A new connection (boxed: most of the size).
+    New(Box<NewWebSocket>),
+    /// A stateful connection whose client comes back.
+    Resume {
+        handle: ResumeHandle,
+        max_frame: usize,
+        span: tracing::Span,
+    },
+}
+
+/// A new hub connection over a WebSocket, before its upgrade.
+pub(crate) struct NewWebSocket {
+    endpoint: Arc<HubEndpoint>,
+    /// The connection token, forgotten when the connection ends (none with `skipNegotiation`).
+    token: Option<String>,
+    setup: ConnectionSetup,
+    span: tracing::Span,
+}
+
+impl AcceptedWebSocket {
+    /// The largest message the connection takes from its client.
+    pub(crate) fn max_frame(&self) -> usize {
+        match self {
+            AcceptedWebSocket::New(new) => new.setup.limits.max_frame,
+            AcceptedWebSocket::Resume { max_frame, .. } => *max_frame,
+        }
+    }
+
+    /// Starts the connection on `transport`, on this worker: a new connection task, or the relay that hands the
+    /// socket to the waiting connection's task (which may run on another worker).
+    pub(crate) fn start<T: crate::transport::Transport + 'static>(self, transport: T) {
+        match self {
+            AcceptedWebSocket::New(new) => {
+                let NewWebSocket {
+                    endpoint,
+                    token,
+                    setup,
+                    span,
+                } = *new;
+                // Chained with `map`, not awaited in an async block: that would hold the connection's future
+                // twice (as captured and as awaited) for its whole life.
+                let run = connection::run(transport, setup).map(move |()| {
+                    if let Some(token) = token {
+                        endpoint.tokens.lock().remove(&token);
+                    }
+                });
+                actix_web::rt::spawn(run.instrument(span));
+            }
+            AcceptedWebSocket::Resume { handle, span, .. } => {
+                let (relay, pump) = reconnect::relay(transport);
+                if !handle.resume(relay) {
+                    // The connection ended meanwhile; the pump sees its relay dropped and lets the socket go.
+                    tracing::debug!("a stateful reconnect arrived after the connection ended");
+                }
+                actix_web::rt::spawn(pump.instrument(span));
+            }
+        }
+    }
+
+    /// The upgrade failed: the token may not be used again.
+    pub(crate) fn abandon(self) {
+        if let AcceptedWebSocket::New(new) = self {
+            if let Some(token) = &new.token {
+                new.endpoint.tokens.lock().remove(token);
+            }
+        }
+    }
+}
+
+/// Routes and authenticates a WebSocket upgrade request for the node's own server: the hub it addresses and its
+/// connection, or the response that refuses it.
+pub(crate) fn accept_hub_websocket(node: &Node, head: &RequestHead) -> Result<AcceptedWebSocket, Box<HttpResponse>> {
+    let Some(endpoint) = node.endpoint(&normalize_path(head.uri.path())).cloned() else {
+        return Err(text(StatusCode::NOT_FOUND, "").into());
+    };
+    let user = authenticate(node, &endpoint, head).map_err(|refusal| Box::new(refusal.response()))?;
+    let token = crate::hub::url_query_value(query_string(head), "id");
+    accept_websocket(node, endpoint, token, head, user)
+}
+
+pub(super) fn accept_websocket(
+    node: &Node,
+    endpoint: Arc<HubEndpoint>,
+    token: Option<String>,
+    head: &RequestHead,
+    user: Option<Authenticated>,
+) -> Result<AcceptedWebSocket, Box<HttpResponse>> {
+    if !endpoint.offers(TransportKind::WebSockets) {
+        return Err(text(
+            StatusCode::NOT_FOUND,
+            "WebSockets transport not supported by this end point type",
+        )
+        .into());
+    }
+    let mut resume = None;
+    let id = match &token {
+        // skipNegotiation: a new connection with a fresh id.
+        None => endpoint.context.new_connection_id(&random_id::<16>()),
+        Some(token) => {
+            let mut tokens = endpoint.tokens.lock();
+            match tokens.get_mut(token) {
+                None => return Err(no_connection().into()),
+                Some(Negotiated {
+                    active: Some(Active::WebSocket(Some(handle))),
+                    ..
+                }) if !handle.is_closed() => {
+                    return Ok(AcceptedWebSocket::Resume {
+                        handle: handle.clone(),
+                        max_frame: node.limits().max_frame,
+                        span: node.span().clone(),
+                    })
+                }
+                Some(Negotiated {
+                    active: Some(Active::WebSocket(_)),
+                    ..
+                }) => {
+                    return Err(text(
+                        StatusCode::CONFLICT,
+                        "Another WebSocket is already open for this connection.",
+                    )
+                    .into())
+                }
+                Some(Negotiated { active: Some(_), .. }) => {
+                    return Err(text(StatusCode::BAD_REQUEST, "Cannot change transports mid-connection").into())
+                }
+                Some(negotiated) if negotiated.created.elapsed() >= NEGOTIATE_EXPIRY => {
+                    tokens.remove(token);
+                    return Err(no_connection().into());
+                }
+                Some(negotiated) => {
+                    let handle = if negotiated.stateful {
+                        let (handle, slot) = reconnect::resume_channel();
+                        resume = Some(slot);
+                        Some(handle)
+                    } else {
+                        None
+                    };
+                    negotiated.active = Some(Active::WebSocket(handle));
+                    negotiated.id.clone()
+                }
+            }
+        }
+    };
+    let setup = ConnectionSetup {
+        id,
+        request: request_info(head, user),
+        limits: node.shared_limits(),
+        host: Arc::new(endpoint.context.clone()),
+        resume,
+        wake_relay: node.wake_relay(),
+    };
+    Ok(AcceptedWebSocket::New(Box::new(NewWebSocket {
+        endpoint,
+        token,
+        setup,
+        span: node.span().clone(),
+    })))
+}
+
+/// The upgrade of a hub mounted in an application's own actix-web server ([`Node::configure`]): there the socket
+/// stays with actix-web's dispatcher, and actix-ws carries the messages.
+pub(super) fn upgrade_with_actix_ws(
+    accepted: AcceptedWebSocket,
+    request: &HttpRequest,
+    body: web::Payload,
+) -> HttpResponse {
+    let (response, session, stream) = match actix_ws::handle(request, body) {
+        Ok(upgraded) => upgraded,
+        Err(error) => {
+            accepted.abandon();
+            return error.error_response();
+        }
+    };
+    let max_frame = accepted.max_frame();
+    accepted.start(WebSocketTransport::new(session, stream, max_frame));
+    response
+}
