@@ -19,7 +19,7 @@ pub enum Origin {
     File(PathBuf),
     /// An environment variable (its name).
     Env(String),
-    /// An [`Overrides`] entry: a command-line flag.
+    /// An [`Overrides`](super::Overrides) entry: a command-line flag.
     CommandLine,
     /// Another figment provider (its name).
     Other(String),
