@@ -1,5 +1,5 @@
 //! What the `hubmesh` command is made of, beside the library it runs: node configuration files ([`config`]) and
-//! the load tool ([`bench`]). The binary (`src/main.rs`) parses the command line and calls these; the
+//! the load tool ([`bench`](mod@bench)). The binary (`src/main.rs`) parses the command line and calls these; the
 //! repository's tests call them directly.
 //!
 //! This crate may use the `hubmesh` library's public API only. It is where the command line's dependencies
