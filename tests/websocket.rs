@@ -143,9 +143,14 @@ async fn becomes_set(flag: &AtomicBool) -> bool {
 
 /// Limits for tests that do not exercise a timer: nothing fires during a test.
 fn quiet_limits() -> Limits {
+    timers(Duration::from_secs(60), Duration::from_secs(120))
+}
+
+/// Limits with these keep-alive interval and client timeout, the rest default.
+fn timers(keep_alive: Duration, client_timeout: Duration) -> Limits {
     Limits {
-        keep_alive: Duration::from_secs(60),
-        client_timeout: Duration::from_secs(120),
+        keep_alive,
+        client_timeout,
         ..Limits::default()
     }
 }
@@ -233,12 +238,76 @@ where
     F: Fn(Protocol) -> Fut,
     Fut: Future<Output = TestResult>,
 {
-    for protocol in [Protocol::Json, Protocol::MessagePack] {
+    for protocol in Protocol::ALL {
         body(protocol)
             .await
             .map_err(|error| format!("[{}] {error}", protocol.name()))?;
     }
     Ok(())
+}
+
+/// Runs `body` against one node started with `limits`, under [`TEST_TIMEOUT`]; stops the node after it.
+async fn on_node<F, Fut>(limits: Limits, body: F) -> TestResult
+where
+    F: FnOnce(Arc<TestNode>) -> Fut,
+    Fut: Future<Output = TestResult>,
+{
+    bounded(TEST_TIMEOUT, async {
+        let server = Arc::new(TestNode::start(limits).await?);
+        body(server.clone()).await?;
+        stop_shared(server).await
+    })
+    .await
+}
+
+/// Runs `body` once per protocol against one node started with `limits`, under [`TEST_TIMEOUT`].
+async fn each_protocol_on<F, Fut>(limits: Limits, body: F) -> TestResult
+where
+    F: Fn(Arc<TestNode>, Protocol) -> Fut,
+    Fut: Future<Output = TestResult>,
+{
+    on_node(limits, |server| async move {
+        each_protocol(|protocol| body(server.clone(), protocol)).await
+    })
+    .await
+}
+
+/// As [`each_protocol_on`], beside a healthy client of `healthy_protocol`: after each run the healthy client must
+/// still work and be the node's only connection (only the connections the run offended with have ended).
+async fn each_protocol_beside_healthy<F, Fut>(limits: Limits, healthy_protocol: Protocol, body: F) -> TestResult
+where
+    F: Fn(Arc<TestNode>, Protocol) -> Fut,
+    Fut: Future<Output = TestResult>,
+{
+    bounded(TEST_TIMEOUT, async {
+        let server = Arc::new(TestNode::start(limits).await?);
+        let mut healthy = server.client(healthy_protocol).await?;
+        for protocol in Protocol::ALL {
+            let run = async {
+                body(server.clone(), protocol).await?;
+                healthy.assert_healthy().await?;
+                server.wait_for_connections(1, STEP).await
+            };
+            run.await.map_err(|error| format!("[{}] {error}", protocol.name()))?;
+        }
+        drop(healthy);
+        stop_shared(server).await
+    })
+    .await
+}
+
+/// Stops a node the test bodies shared, once they are done with it.
+async fn stop_shared(server: Arc<TestNode>) -> TestResult {
+    let server = Arc::try_unwrap(server).map_err(|_| "a test body kept the node")?;
+    server.stop().await;
+    Ok(())
+}
+
+/// Checks that `completion` failed with exactly `expected`.
+fn check_error(completion: &Value, expected: &str, what: &str) -> TestResult {
+    check(completion["error"] == json!(expected), || {
+        format!("{what}: {completion}")
+    })
 }
 
 fn check(condition: bool, what: impl FnOnce() -> String) -> TestResult {
@@ -255,8 +324,7 @@ fn check(condition: bool, what: impl FnOnce() -> String) -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negotiate_then_websocket_with_the_token() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let server = TestNode::start(quiet_limits()).await?;
+    on_node(quiet_limits(), |server| async move {
         let reply = http_request(server.addr(), "POST", "/wirehub/negotiate?negotiateVersion=1", &[]).await?;
         check(reply.status == 200, || {
             format!("negotiate answered {}: {}", reply.status, reply.body)
@@ -313,7 +381,7 @@ async fn negotiate_then_websocket_with_the_token() -> TestResult {
         client.assert_healthy().await?;
 
         // Once the connection has ended, its token is gone (item 24).
-        client.send_frame(Protocol::Json.close()).await?;
+        client.send_close_message().await?;
         client.expect_ws_close().await?;
         let mut status = 0;
         for _ in 0..100 {
@@ -326,8 +394,6 @@ async fn negotiate_then_websocket_with_the_token() -> TestResult {
         check(status == 404, || {
             format!("a finished connection's token got {status}, not 404")
         })?;
-        drop(client);
-        server.stop().await;
         Ok(())
     })
     .await
@@ -335,8 +401,7 @@ async fn negotiate_then_websocket_with_the_token() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_paths_are_case_insensitive_and_negotiate_v0_uses_the_id() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let server = TestNode::start(quiet_limits()).await?;
+    on_node(quiet_limits(), |server| async move {
         let reply = http_request(server.addr(), "POST", "/WIREHUB/Negotiate?negotiateVersion=1", &[]).await?;
         check(reply.status == 200, || {
             format!("upper-case negotiate answered {}", reply.status)
@@ -381,8 +446,6 @@ async fn hub_paths_are_case_insensitive_and_negotiate_v0_uses_the_id() -> TestRe
         )?;
         client.assert_healthy().await?;
         old.assert_healthy().await?;
-        drop((client, old));
-        server.stop().await;
         Ok(())
     })
     .await
@@ -394,53 +457,37 @@ async fn hub_paths_are_case_insensitive_and_negotiate_v0_uses_the_id() -> TestRe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_then_messages_in_both_protocols() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let server = TestNode::start(quiet_limits()).await?;
-        each_protocol(|protocol| {
-            let server = &server;
-            async move {
-                for version in [1, 2] {
-                    let mut client = server.socket(protocol).await?;
-                    client.send_frame(protocol.handshake(version)).await?;
-                    let response = client.handshake_response().await?;
-                    check(response == json!({}), || {
-                        format!("version {version} refused: {response}")
-                    })?;
-                    // The response is complete within one transport message, and exactly `{}` RS.
-                    let first = client.first_frame().unwrap_or_default().to_vec();
-                    check(first == b"{}\x1e", || format!("the handshake frame was {first:02x?}"))?;
-                    // Like the JS client: a Ping right after the handshake; the server does not answer Pings.
-                    client.send_frame(protocol.ping()).await?;
-                    let result = client.invoke_ok("Echo", json!(["hello"])).await?;
-                    check(result == json!("hello"), || format!("Echo returned {result}"))?;
-                    client.assert_frame_kinds()?;
-                }
+    each_protocol_on(quiet_limits(), |server, protocol| async move {
+        for version in [1, 2] {
+            let mut client = server.socket(protocol).await?;
+            client.send_frame(protocol.handshake(version)).await?;
+            let response = client.handshake_response().await?;
+            check(response == json!({}), || {
+                format!("version {version} refused: {response}")
+            })?;
+            // The response is complete within one transport message, and exactly `{}` RS.
+            let first = client.first_frame().unwrap_or_default().to_vec();
+            check(first == b"{}\x1e", || format!("the handshake frame was {first:02x?}"))?;
+            // Like the JS client: a Ping right after the handshake; the server does not answer Pings.
+            client.send_ping().await?;
+            let result = client.invoke_ok("Echo", json!(["hello"])).await?;
+            check(result == json!("hello"), || format!("Echo returned {result}"))?;
+            client.assert_frame_kinds()?;
+        }
 
-                // Byte-exact MessagePack: [3, {}, "1", 3, "hello"].
-                if protocol == Protocol::MessagePack {
-                    let mut client = server.client(protocol).await?;
-                    client
-                        .send_frame(protocol.invocation(Some("1"), "Echo", json!(["hello"]), &[]))
-                        .await?;
-                    let record = client.completion("1").await?;
-                    let expected = [0x95, 0x03, 0x80, 0xa1, b'1', 0x03, 0xa5, b'h', b'e', b'l', b'l', b'o'];
-                    check(record.raw == expected, || {
-                        format!("completion bytes {:02x?}", record.raw)
-                    })?;
-                } else {
-                    let mut client = server.client(protocol).await?;
-                    client
-                        .send_frame(protocol.invocation(Some("1"), "Echo", json!(["hello"]), &[]))
-                        .await?;
-                    let record = client.completion("1").await?;
-                    let expected = json!({ "type": 3, "invocationId": "1", "result": "hello" });
-                    check(record.value == expected, || format!("completion {}", record.value))?;
-                }
-                Ok(())
-            }
-        })
-        .await?;
-        server.stop().await;
+        // Byte-exact: MessagePack [3, {}, "1", 3, "hello"]; JSON exactly the Completion's three keys.
+        let mut client = server.client(protocol).await?;
+        client.send_invocation_with_id("1", "Echo", json!(["hello"])).await?;
+        let record = client.completion("1").await?;
+        if protocol == Protocol::MessagePack {
+            let expected = [0x95, 0x03, 0x80, 0xa1, b'1', 0x03, 0xa5, b'h', b'e', b'l', b'l', b'o'];
+            check(record.raw == expected, || {
+                format!("completion bytes {:02x?}", record.raw)
+            })?;
+        } else {
+            let expected = json!({ "type": 3, "invocationId": "1", "result": "hello" });
+            check(record.value == expected, || format!("completion {}", record.value))?;
+        }
         Ok(())
     })
     .await
@@ -448,8 +495,7 @@ async fn handshake_then_messages_in_both_protocols() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_handshakes_get_an_error_and_a_clean_close() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let server = TestNode::start(quiet_limits()).await?;
+    on_node(quiet_limits(), |server| async move {
         let mut healthy = server.client(Protocol::Json).await?;
         let cases: [(&str, &[u8], Option<&str>); 6] = [
             ("malformed JSON", b"{\"protocol\":\x1e", None),
@@ -498,8 +544,6 @@ async fn bad_handshakes_get_an_error_and_a_clean_close() -> TestResult {
                 .map_err(|error| format!("after {name}: {error}"))?;
         }
         server.wait_for_connections(1, STEP).await?;
-        drop(healthy);
-        server.stop().await;
         Ok(())
     })
     .await
@@ -507,12 +551,11 @@ async fn bad_handshakes_get_an_error_and_a_clean_close() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_timeout_closes_only_that_socket() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let limits = Limits {
-            handshake_timeout: Duration::from_millis(400),
-            ..quiet_limits()
-        };
-        let server = TestNode::start(limits).await?;
+    let limits = Limits {
+        handshake_timeout: Duration::from_millis(400),
+        ..quiet_limits()
+    };
+    on_node(limits, |server| async move {
         let mut healthy = server.client(Protocol::MessagePack).await?;
         // One sends nothing; one sends half a handshake.
         let started = Instant::now();
@@ -535,8 +578,6 @@ async fn handshake_timeout_closes_only_that_socket() -> TestResult {
         }
         healthy.assert_healthy().await?;
         server.wait_for_connections(1, STEP).await?;
-        drop((healthy, silent, partial));
-        server.stop().await;
         Ok(())
     })
     .await
@@ -548,124 +589,86 @@ async fn handshake_timeout_closes_only_that_socket() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invocations_complete_with_value_void_and_error() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let server = TestNode::start(quiet_limits()).await?;
-        each_protocol(|protocol| {
-            let server = &server;
-            async move {
-                let mut client = server.client(protocol).await?;
-                let sum = client.invoke("Add", json!([2, 3])).await?;
-                check(sum == json!({ "type": 3, "invocationId": "1", "result": 5 }), || {
-                    format!("Add: {sum}")
-                })?;
+    each_protocol_on(quiet_limits(), |server, protocol| async move {
+        let mut client = server.client(protocol).await?;
+        let sum = client.invoke("Add", json!([2, 3])).await?;
+        check(sum == json!({ "type": 3, "invocationId": "1", "result": 5 }), || {
+            format!("Add: {sum}")
+        })?;
 
-                // Void: no result at all (MessagePack kind 2, checked to be 4 elements by the reader).
-                let void = client.invoke("Nothing", json!([])).await?;
-                check(void == json!({ "type": 3, "invocationId": "2" }), || {
-                    format!("Nothing: {void}")
-                })?;
+        // Void: no result at all (MessagePack kind 2, checked to be 4 elements by the reader).
+        let void = client.invoke("Nothing", json!([])).await?;
+        check(void == json!({ "type": 3, "invocationId": "2" }), || {
+            format!("Nothing: {void}")
+        })?;
 
-                // Method names are case-insensitive.
-                let echoed = client.invoke_ok("eCHo", json!(["x"])).await?;
-                check(echoed == json!("x"), || format!("eCHo: {echoed}"))?;
+        // Method names are case-insensitive.
+        let echoed = client.invoke_ok("eCHo", json!(["x"])).await?;
+        check(echoed == json!("x"), || format!("eCHo: {echoed}"))?;
 
-                let failed = client.invoke("Fail", json!([])).await?;
-                let expected = "An unexpected error occurred invoking 'Fail' on the server. HubException: boom";
-                check(failed["error"] == json!(expected), || format!("Fail: {failed}"))?;
-                check(failed.get("result").is_none(), || {
-                    format!("an error with a result: {failed}")
-                })?;
+        let failed = client.invoke("Fail", json!([])).await?;
+        let expected = "An unexpected error occurred invoking 'Fail' on the server. HubException: boom";
+        check_error(&failed, expected, "Fail")?;
+        check(failed.get("result").is_none(), || {
+            format!("an error with a result: {failed}")
+        })?;
 
-                // Not a HubException and no detailed errors: the type and message stay on the server.
-                let failed = client.invoke("FailPlain", json!([])).await?;
-                let expected = "An unexpected error occurred invoking 'FailPlain' on the server.";
-                check(failed["error"] == json!(expected), || format!("FailPlain: {failed}"))?;
+        // Not a HubException and no detailed errors: the type and message stay on the server.
+        let failed = client.invoke("FailPlain", json!([])).await?;
+        let expected = "An unexpected error occurred invoking 'FailPlain' on the server.";
+        check_error(&failed, expected, "FailPlain")?;
 
-                // Without an id nothing comes back, not even for an error or an unknown method.
-                client
-                    .send_frame(protocol.invocation(None, "Echo", json!(["quiet"]), &[]))
-                    .await?;
-                client
-                    .send_frame(protocol.invocation(None, "Fail", json!([]), &[]))
-                    .await?;
-                client
-                    .send_frame(protocol.invocation(None, "NoSuchMethod", json!([]), &[]))
-                    .await?;
-                if protocol == Protocol::MessagePack {
-                    // An empty id is non-blocking too.
-                    client
-                        .send_frame(protocol.invocation(Some(""), "Fail", json!([]), &[]))
-                        .await?;
-                }
-                let after = client.invoke("Add", json!([1, 1])).await?;
-                check(after["result"] == json!(2), || {
-                    format!("the next record was not Add's: {after}")
-                })?;
-                Ok(client.assert_frame_kinds()?)
-            }
-        })
-        .await?;
-        server.stop().await;
-        Ok(())
+        // Without an id nothing comes back, not even for an error or an unknown method.
+        client.send_invocation("Echo", json!(["quiet"])).await?;
+        client.send_invocation("Fail", json!([])).await?;
+        client.send_invocation("NoSuchMethod", json!([])).await?;
+        if protocol == Protocol::MessagePack {
+            // An empty id is non-blocking too.
+            client.send_invocation_with_id("", "Fail", json!([])).await?;
+        }
+        let after = client.invoke("Add", json!([1, 1])).await?;
+        check(after["result"] == json!(2), || {
+            format!("the next record was not Add's: {after}")
+        })?;
+        Ok(client.assert_frame_kinds()?)
     })
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_to_client_streams() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let server = TestNode::start(quiet_limits()).await?;
-        each_protocol(|protocol| {
-            let server = &server;
-            async move {
-                let mut client = server.client(protocol).await?;
-                client
-                    .send_frame(protocol.stream_invocation("7", "Counter", json!([3])))
-                    .await?;
-                for expected in 0..3 {
-                    let item = client.record().await?;
-                    check(
-                        item.value == json!({ "type": 2, "invocationId": "7", "item": expected }),
-                        || format!("item {expected}: {}", item.value),
-                    )?;
-                }
-                let end = client.completion("7").await?;
-                check(end.value == json!({ "type": 3, "invocationId": "7" }), || {
-                    format!("a stream's Completion carries no result: {}", end.value)
-                })?;
+    each_protocol_on(quiet_limits(), |server, protocol| async move {
+        let mut client = server.client(protocol).await?;
+        client.send_stream_invocation("7", "Counter", json!([3])).await?;
+        for expected in 0..3 {
+            let item = client.record().await?;
+            check(
+                item.value == json!({ "type": 2, "invocationId": "7", "item": expected }),
+                || format!("item {expected}: {}", item.value),
+            )?;
+        }
+        let end = client.completion("7").await?;
+        check(end.value == json!({ "type": 3, "invocationId": "7" }), || {
+            format!("a stream's Completion carries no result: {}", end.value)
+        })?;
 
-                // An empty stream: just the Completion.
-                client
-                    .send_frame(protocol.stream_invocation("8", "Counter", json!([0])))
-                    .await?;
-                let end = client.completion("8").await?;
-                check(
-                    end.value.get("result").is_none() && end.value.get("error").is_none(),
-                    || format!("empty stream end: {}", end.value),
-                )?;
+        // An empty stream: just the Completion.
+        client.send_stream_invocation("8", "Counter", json!([0])).await?;
+        let end = client.completion("8").await?;
+        check(
+            end.value.get("result").is_none() && end.value.get("error").is_none(),
+            || format!("empty stream end: {}", end.value),
+        )?;
 
-                // Streaming method with Invoke, and a plain method with StreamInvocation.
-                let wrong = client.invoke("Counter", json!([3])).await?;
-                let expected =
-                    "The client attempted to invoke the streaming 'Counter' method with a non-streaming invocation.";
-                check(wrong["error"] == json!(expected), || {
-                    format!("Counter via invoke: {wrong}")
-                })?;
-                client
-                    .send_frame(protocol.stream_invocation("9", "Echo", json!(["x"])))
-                    .await?;
-                let wrong = client.completion("9").await?;
-                let expected =
-                    "The client attempted to invoke the non-streaming 'Echo' method with a streaming invocation.";
-                check(wrong.value["error"] == json!(expected), || {
-                    format!("Echo via stream: {}", wrong.value)
-                })?;
-                Ok(client.assert_healthy().await?)
-            }
-        })
-        .await?;
-        server.stop().await;
-        Ok(())
+        // Streaming method with Invoke, and a plain method with StreamInvocation.
+        let wrong = client.invoke("Counter", json!([3])).await?;
+        let expected = "The client attempted to invoke the streaming 'Counter' method with a non-streaming invocation.";
+        check_error(&wrong, expected, "Counter via invoke")?;
+        client.send_stream_invocation("9", "Echo", json!(["x"])).await?;
+        let wrong = client.completion("9").await?;
+        let expected = "The client attempted to invoke the non-streaming 'Echo' method with a streaming invocation.";
+        check_error(&wrong.value, expected, "Echo via stream")?;
+        Ok(client.assert_healthy().await?)
     })
     .await
 }
@@ -677,9 +680,7 @@ async fn cancel_invocation_stops_a_stream() -> TestResult {
             // One node per protocol: the cancellation flag is the hub's.
             let server = TestNode::start(quiet_limits()).await?;
             let mut client = server.client(protocol).await?;
-            client
-                .send_frame(protocol.stream_invocation("s1", "Ticks", json!([])))
-                .await?;
+            client.send_stream_invocation("s1", "Ticks", json!([])).await?;
             for _ in 0..3 {
                 let item = client.record().await?;
                 check(item.kind() == 2 && item.id() == Some("s1"), || {
@@ -719,27 +720,21 @@ async fn cancel_invocation_stops_a_stream() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_calls_token_fires_when_its_connection_ends() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let server = TestNode::start(quiet_limits()).await?;
+    on_node(quiet_limits(), |server| async move {
         let mut client = server.client(Protocol::Json).await?;
-        client
-            .send_frame(Protocol::Json.invocation(Some("1"), "Hang", json!([]), &[]))
-            .await?;
+        client.send_invocation_with_id("1", "Hang", json!([])).await?;
         // Queued behind the hanging call (invocations run one at a time): dropped unanswered as well.
-        client
-            .send_frame(Protocol::Json.invocation(Some("2"), "Echo", json!(["x"]), &[]))
-            .await?;
+        client.send_invocation_with_id("2", "Echo", json!(["x"])).await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
         check(!server.flags.hang_cancelled.load(Ordering::SeqCst), || {
             "the token fired while the call was running".into()
         })?;
-        client.send_frame(Protocol::Json.close()).await?;
+        client.send_close_message().await?;
         drop(client);
         let cancelled = becomes_set(&server.flags.hang_cancelled).await;
         check(cancelled, || {
             "the hanging call's token did not fire when its connection ended".into()
         })?;
-        server.stop().await;
         Ok(())
     })
     .await
@@ -747,101 +742,79 @@ async fn a_pending_calls_token_fires_when_its_connection_ends() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_to_server_streams() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let server = TestNode::start(quiet_limits()).await?;
-        each_protocol(|protocol| {
-            let server = &server;
-            async move {
-                let mut client = server.client(protocol).await?;
-                // As the JS client numbers them: the stream id is taken before the invocation id.
-                client
-                    .send_frame(protocol.invocation(Some("1"), "Sum", json!([]), &["0"]))
-                    .await?;
-                for item in [1, 2, 39] {
-                    client.send_frame(protocol.stream_item("0", json!(item))).await?;
-                }
-                client.send_frame(protocol.completion("0", Outcome::Void)).await?;
-                let total = client.completion("1").await?;
-                check(total.value["result"] == json!(42), || format!("Sum: {}", total.value))?;
+    each_protocol_on(quiet_limits(), |server, protocol| async move {
+        let mut client = server.client(protocol).await?;
+        // As the JS client numbers them: the stream id is taken before the invocation id.
+        client
+            .send_frame(protocol.invocation(Some("1"), "Sum", json!([]), &["0"]))
+            .await?;
+        for item in [1, 2, 39] {
+            client.send_frame(protocol.stream_item("0", json!(item))).await?;
+        }
+        client.send_frame(protocol.completion("0", Outcome::Void)).await?;
+        let total = client.completion("1").await?;
+        check(total.value["result"] == json!(42), || format!("Sum: {}", total.value))?;
 
-                // A client-side error ends the upload and fails the method as a HubException.
-                client
-                    .send_frame(protocol.invocation(Some("3"), "Sum", json!([]), &["2"]))
-                    .await?;
-                client.send_frame(protocol.stream_item("2", json!(5))).await?;
-                client
-                    .send_frame(protocol.completion("2", Outcome::Error("Something bad")))
-                    .await?;
-                let failed = client.completion("3").await?;
-                let expected = "An unexpected error occurred invoking 'Sum' on the server. HubException: Something bad";
-                check(failed.value["error"] == json!(expected), || {
-                    format!("Sum with error: {}", failed.value)
-                })?;
+        // A client-side error ends the upload and fails the method as a HubException.
+        client
+            .send_frame(protocol.invocation(Some("3"), "Sum", json!([]), &["2"]))
+            .await?;
+        client.send_frame(protocol.stream_item("2", json!(5))).await?;
+        client
+            .send_frame(protocol.completion("2", Outcome::Error("Something bad")))
+            .await?;
+        let failed = client.completion("3").await?;
+        let expected = "An unexpected error occurred invoking 'Sum' on the server. HubException: Something bad";
+        check_error(&failed.value, expected, "Sum with error")?;
 
-                // A plain method given a stream: a binding error, and the connection goes on.
-                client
-                    .send_frame(protocol.invocation(Some("5"), "Echo", json!(["x"]), &["4"]))
-                    .await?;
-                let failed = client.completion("5").await?;
-                let expected = "Failed to invoke 'Echo' due to an error on the server.";
-                check(failed.value["error"] == json!(expected), || {
-                    format!("Echo with a stream: {}", failed.value)
-                })?;
-                Ok(client.assert_healthy().await?)
-            }
-        })
-        .await?;
-        server.stop().await;
-        Ok(())
+        // A plain method given a stream: a binding error, and the connection goes on.
+        client
+            .send_frame(protocol.invocation(Some("5"), "Echo", json!(["x"]), &["4"]))
+            .await?;
+        let failed = client.completion("5").await?;
+        let expected = "Failed to invoke 'Echo' due to an error on the server.";
+        check_error(&failed.value, expected, "Echo with a stream")?;
+        Ok(client.assert_healthy().await?)
     })
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_results_route_the_answer_back() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let server = TestNode::start(quiet_limits()).await?;
-        each_protocol(|protocol| {
-            let server = &server;
-            async move {
-                let mut client = server.client(protocol).await?;
-                for (answer, expected) in [
-                    (Outcome::Result(json!("forty-two")), json!({ "result": "forty-two" })),
-                    (
-                        Outcome::Error("Error: from callback"),
-                        json!({ "error": "An unexpected error occurred invoking 'AskClient' on the server." }),
-                    ),
-                ] {
-                    let id = client.next_invocation_id();
-                    client
-                        .send_frame(protocol.invocation(Some(&id), "AskClient", json!(["question"]), &[]))
-                        .await?;
-                    let ask = client.record().await?;
-                    check(ask.kind() == 1, || {
-                        format!("expected the server's Invocation, got {}", ask.value)
-                    })?;
-                    check(ask.value["target"] == json!("Ask"), || format!("target: {}", ask.value))?;
-                    check(ask.value["arguments"] == json!(["question"]), || {
-                        format!("arguments: {}", ask.value)
-                    })?;
-                    let server_id = ask.id().unwrap_or_default().to_owned();
-                    check(!server_id.is_empty(), || {
-                        format!("a client-result Invocation needs an id: {}", ask.value)
-                    })?;
-                    client.send_frame(protocol.completion(&server_id, answer)).await?;
-                    let done = client.completion(&id).await?;
-                    for (key, value) in expected.as_object().into_iter().flatten() {
-                        check(done.value.get(key) == Some(value), || {
-                            format!("AskClient: {}", done.value)
-                        })?;
-                    }
-                }
-                Ok(client.assert_healthy().await?)
+    each_protocol_on(quiet_limits(), |server, protocol| async move {
+        let mut client = server.client(protocol).await?;
+        for (answer, expected) in [
+            (Outcome::Result(json!("forty-two")), json!({ "result": "forty-two" })),
+            (
+                Outcome::Error("Error: from callback"),
+                json!({ "error": "An unexpected error occurred invoking 'AskClient' on the server." }),
+            ),
+        ] {
+            let id = client.next_invocation_id();
+            client
+                .send_invocation_with_id(&id, "AskClient", json!(["question"]))
+                .await?;
+            let ask = client.record().await?;
+            check(ask.kind() == 1, || {
+                format!("expected the server's Invocation, got {}", ask.value)
+            })?;
+            check(ask.value["target"] == json!("Ask"), || format!("target: {}", ask.value))?;
+            check(ask.value["arguments"] == json!(["question"]), || {
+                format!("arguments: {}", ask.value)
+            })?;
+            let server_id = ask.id().unwrap_or_default().to_owned();
+            check(!server_id.is_empty(), || {
+                format!("a client-result Invocation needs an id: {}", ask.value)
+            })?;
+            client.send_frame(protocol.completion(&server_id, answer)).await?;
+            let done = client.completion(&id).await?;
+            for (key, value) in expected.as_object().into_iter().flatten() {
+                check(done.value.get(key) == Some(value), || {
+                    format!("AskClient: {}", done.value)
+                })?;
             }
-        })
-        .await?;
-        server.stop().await;
-        Ok(())
+        }
+        Ok(client.assert_healthy().await?)
     })
     .await
 }
@@ -852,122 +825,88 @@ async fn client_results_route_the_answer_back() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_pings_an_idle_client_and_client_pings_are_accepted() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let limits = Limits {
-            keep_alive: Duration::from_millis(200),
-            client_timeout: Duration::from_secs(10),
-            ..Limits::default()
-        };
-        let server = TestNode::start(limits).await?;
-        each_protocol(|protocol| {
-            let server = &server;
-            async move {
-                let mut client = server.client(protocol).await?;
-                let started = Instant::now();
-                let Some(Event::Record(ping)) = client.event_within(Duration::from_secs(2)).await? else {
-                    return Err("no keep-alive Ping within 2 s (keep_alive is 200 ms)".into());
-                };
-                check(ping.kind() == 6, || format!("expected a Ping, got {}", ping.value))?;
-                check(started.elapsed() >= Duration::from_millis(100), || {
-                    "the Ping came too early".into()
-                })?;
-                // Pings keep coming while the client only sends Pings of its own.
-                let mut pings = 0;
-                for _ in 0..8 {
-                    client.send_frame(protocol.ping()).await?;
-                    if let Some(Event::Record(record)) = client.event_within(Duration::from_millis(150)).await? {
-                        check(record.kind() == 6, || format!("unexpected {}", record.value))?;
-                        pings += 1;
-                    }
+    each_protocol_on(
+        timers(Duration::from_millis(200), Duration::from_secs(10)),
+        |server, protocol| async move {
+            let mut client = server.client(protocol).await?;
+            let started = Instant::now();
+            let Some(Event::Record(ping)) = client.event_within(Duration::from_secs(2)).await? else {
+                return Err("no keep-alive Ping within 2 s (keep_alive is 200 ms)".into());
+            };
+            check(ping.kind() == 6, || format!("expected a Ping, got {}", ping.value))?;
+            check(started.elapsed() >= Duration::from_millis(100), || {
+                "the Ping came too early".into()
+            })?;
+            // Pings keep coming while the client only sends Pings of its own.
+            let mut pings = 0;
+            for _ in 0..8 {
+                client.send_ping().await?;
+                if let Some(Event::Record(record)) = client.event_within(Duration::from_millis(150)).await? {
+                    check(record.kind() == 6, || format!("unexpected {}", record.value))?;
+                    pings += 1;
                 }
-                check(pings >= 2, || format!("only {pings} keep-alive Pings in 1.2 s"))?;
-                client.assert_healthy().await?;
-                Ok(client.assert_frame_kinds()?)
             }
-        })
-        .await?;
-        server.stop().await;
-        Ok(())
-    })
+            check(pings >= 2, || format!("only {pings} keep-alive Pings in 1.2 s"))?;
+            client.assert_healthy().await?;
+            Ok(client.assert_frame_kinds()?)
+        },
+    )
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_timeout_closes_a_silent_client_only() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let limits = Limits {
-            keep_alive: Duration::from_millis(150),
-            client_timeout: Duration::from_millis(800),
-            ..Limits::default()
-        };
-        let server = TestNode::start(limits).await?;
-        each_protocol(|protocol| {
-            let server = &server;
-            async move {
-                let mut healthy = server.client(Protocol::Json).await?;
-                let mut silent = server.client(protocol).await?;
-                let started = Instant::now();
-                let mut pings = 0;
-                let mut close = None;
-                for _ in 0..40 {
-                    // The healthy client talks (a Ping) more often than the timeout; the silent one never.
-                    healthy.send_frame(Protocol::Json.ping()).await?;
-                    match silent.event_within(Duration::from_millis(100)).await? {
-                        None => {}
-                        Some(Event::Record(record)) if record.kind() == 6 => pings += 1,
-                        Some(Event::Record(record)) if record.kind() == 7 => {
-                            close = Some(record.value);
-                            break;
-                        }
-                        Some(other) => return Err(format!("unexpected {other:?}").into()),
+    each_protocol_on(
+        timers(Duration::from_millis(150), Duration::from_millis(800)),
+        |server, protocol| async move {
+            let mut healthy = server.client(Protocol::Json).await?;
+            let mut silent = server.client(protocol).await?;
+            let started = Instant::now();
+            let mut pings = 0;
+            let mut close = None;
+            for _ in 0..40 {
+                // The healthy client talks (a Ping) more often than the timeout; the silent one never.
+                healthy.send_ping().await?;
+                match silent.event_within(Duration::from_millis(100)).await? {
+                    None => {}
+                    Some(Event::Record(record)) if record.kind() == 6 => pings += 1,
+                    Some(Event::Record(record)) if record.kind() == 7 => {
+                        close = Some(record.value);
+                        break;
                     }
+                    Some(other) => return Err(format!("unexpected {other:?}").into()),
                 }
-                let elapsed = started.elapsed();
-                let close = close.ok_or("the silent client was never closed")?;
-                check(elapsed >= Duration::from_millis(600), || {
-                    format!("closed after only {elapsed:?}")
-                })?;
-                check(pings >= 2, || {
-                    format!("only {pings} keep-alive Pings before the timeout")
-                })?;
-                let error = close["error"].as_str().unwrap_or_default();
-                check(error.to_ascii_lowercase().contains("timeout"), || {
-                    format!("the Close does not say why: {close}")
-                })?;
-                let code = silent.expect_ws_close().await?;
-                check(code == Some(1000), || format!("closed with {code:?}"))?;
-                healthy.assert_healthy().await?;
-                server.wait_for_connections(1, STEP).await
             }
-        })
-        .await?;
-        server.stop().await;
-        Ok(())
-    })
+            let elapsed = started.elapsed();
+            let close = close.ok_or("the silent client was never closed")?;
+            check(elapsed >= Duration::from_millis(600), || {
+                format!("closed after only {elapsed:?}")
+            })?;
+            check(pings >= 2, || {
+                format!("only {pings} keep-alive Pings before the timeout")
+            })?;
+            let error = close["error"].as_str().unwrap_or_default();
+            check(error.to_ascii_lowercase().contains("timeout"), || {
+                format!("the Close does not say why: {close}")
+            })?;
+            let code = silent.expect_ws_close().await?;
+            check(code == Some(1000), || format!("closed with {code:?}"))?;
+            healthy.assert_healthy().await?;
+            server.wait_for_connections(1, STEP).await
+        },
+    )
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_message_from_the_client_ends_with_1000() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let server = TestNode::start(quiet_limits()).await?;
-        let mut healthy = server.client(Protocol::MessagePack).await?;
-        each_protocol(|protocol| {
-            let server = &server;
-            async move {
-                let mut client = server.client(protocol).await?;
-                client.assert_healthy().await?;
-                server.wait_for_connections(2, STEP).await?;
-                client.send_frame(protocol.close()).await?;
-                let code = client.expect_ws_close().await?;
-                check(code == Some(1000), || format!("closed with {code:?}"))?;
-                server.wait_for_connections(1, STEP).await
-            }
-        })
-        .await?;
-        healthy.assert_healthy().await?;
-        drop(healthy);
-        server.stop().await;
+    each_protocol_beside_healthy(quiet_limits(), Protocol::MessagePack, |server, protocol| async move {
+        let mut client = server.client(protocol).await?;
+        client.assert_healthy().await?;
+        server.wait_for_connections(2, STEP).await?;
+        client.send_close_message().await?;
+        let code = client.expect_ws_close().await?;
+        check(code == Some(1000), || format!("closed with {code:?}"))?;
         Ok(())
     })
     .await
@@ -975,29 +914,15 @@ async fn close_message_from_the_client_ends_with_1000() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_message_from_the_server_then_1000() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let server = TestNode::start(quiet_limits()).await?;
-        let mut healthy = server.client(Protocol::Json).await?;
-        each_protocol(|protocol| {
-            let server = &server;
-            async move {
-                let mut client = server.client(protocol).await?;
-                client
-                    .send_frame(protocol.invocation(None, "CloseMe", json!(["bye"]), &[]))
-                    .await?;
-                let close = client.expect_close_message().await?;
-                check(close["error"] == json!("bye"), || format!("Close: {close}"))?;
-                check(
-                    close.get("allowReconnect").is_none_or(|allow| *allow == json!(false)),
-                    || format!("Close allows a reconnect: {close}"),
-                )?;
-                server.wait_for_connections(1, STEP).await
-            }
-        })
-        .await?;
-        healthy.assert_healthy().await?;
-        drop(healthy);
-        server.stop().await;
+    each_protocol_beside_healthy(quiet_limits(), Protocol::Json, |server, protocol| async move {
+        let mut client = server.client(protocol).await?;
+        client.send_invocation("CloseMe", json!(["bye"])).await?;
+        let close = client.expect_close_message().await?;
+        check(close["error"] == json!("bye"), || format!("Close: {close}"))?;
+        check(
+            close.get("allowReconnect").is_none_or(|allow| *allow == json!(false)),
+            || format!("Close allows a reconnect: {close}"),
+        )?;
         Ok(())
     })
     .await
@@ -1009,88 +934,70 @@ async fn close_message_from_the_server_then_1000() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_records_in_one_frame() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let server = TestNode::start(quiet_limits()).await?;
-        each_protocol(|protocol| {
-            let server = &server;
-            async move {
-                // The handshake, a Ping, two invocations and a whole upload, all in one WebSocket message.
-                let mut client = server.socket(protocol).await?;
-                let mut frame = protocol.handshake(1);
-                frame.extend(protocol.ping());
-                frame.extend(protocol.invocation(Some("1"), "Add", json!([1, 2]), &[]));
-                frame.extend(protocol.invocation(Some("2"), "Echo", json!(["two"]), &[]));
-                frame.extend(protocol.invocation(Some("4"), "Sum", json!([]), &["3"]));
-                frame.extend(protocol.stream_item("3", json!(10)));
-                frame.extend(protocol.stream_item("3", json!(20)));
-                frame.extend(protocol.completion("3", Outcome::Void));
-                client.send_frame(frame).await?;
-                let response = client.handshake_response().await?;
-                check(response == json!({}), || format!("handshake: {response}"))?;
-                let one = client.completion("1").await?;
-                check(one.value["result"] == json!(3), || format!("Add: {}", one.value))?;
-                let two = client.completion("2").await?;
-                check(two.value["result"] == json!("two"), || format!("Echo: {}", two.value))?;
-                let four = client.completion("4").await?;
-                check(four.value["result"] == json!(30), || format!("Sum: {}", four.value))?;
-                Ok(client.assert_healthy().await?)
-            }
-        })
-        .await?;
-        server.stop().await;
-        Ok(())
+    each_protocol_on(quiet_limits(), |server, protocol| async move {
+        // The handshake, a Ping, two invocations and a whole upload, all in one WebSocket message.
+        let mut client = server.socket(protocol).await?;
+        let mut frame = protocol.handshake(1);
+        frame.extend(protocol.ping());
+        frame.extend(protocol.invocation(Some("1"), "Add", json!([1, 2]), &[]));
+        frame.extend(protocol.invocation(Some("2"), "Echo", json!(["two"]), &[]));
+        frame.extend(protocol.invocation(Some("4"), "Sum", json!([]), &["3"]));
+        frame.extend(protocol.stream_item("3", json!(10)));
+        frame.extend(protocol.stream_item("3", json!(20)));
+        frame.extend(protocol.completion("3", Outcome::Void));
+        client.send_frame(frame).await?;
+        let response = client.handshake_response().await?;
+        check(response == json!({}), || format!("handshake: {response}"))?;
+        let one = client.completion("1").await?;
+        check(one.value["result"] == json!(3), || format!("Add: {}", one.value))?;
+        let two = client.completion("2").await?;
+        check(two.value["result"] == json!("two"), || format!("Echo: {}", two.value))?;
+        let four = client.completion("4").await?;
+        check(four.value["result"] == json!(30), || format!("Sum: {}", four.value))?;
+        Ok(client.assert_healthy().await?)
     })
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_split_across_frames() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let server = TestNode::start(quiet_limits()).await?;
-        each_protocol(|protocol| {
-            let server = &server;
-            async move {
-                let mut client = server.client(protocol).await?;
-                let text = "split ".repeat(40);
-                // Across two WebSocket messages, cut inside the record (and for MessagePack right after the
-                // length prefix too).
-                let record = protocol.invocation(Some("1"), "Echo", json!([text]), &[]);
-                let cuts = match protocol {
-                    Protocol::Json => vec![record.len() / 2],
-                    Protocol::MessagePack => vec![1, 2, record.len() / 2],
-                };
-                let mut id: u64 = 0;
-                for cut in cuts {
-                    id += 1;
-                    let record = protocol.invocation(Some(&id.to_string()), "Echo", json!([text]), &[]);
-                    let (head, tail) = record.split_at(cut);
-                    client.send_frame(head.to_vec()).await?;
-                    // Nothing may come back for half a record.
-                    if let Some(event) = client.event_within(Duration::from_millis(100)).await? {
-                        return Err(format!("a reply to half a record: {event:?}").into());
-                    }
-                    client.send_frame(tail.to_vec()).await?;
-                    let done = client.completion(&id.to_string()).await?;
-                    check(done.value["result"] == json!(text), || {
-                        format!("split at {cut}: {}", done.value)
-                    })?;
-                }
-                // One WebSocket message in two fragments (a continuation frame).
-                id += 1;
-                let record = protocol.invocation(Some(&id.to_string()), "Echo", json!([text]), &[]);
-                let half = record.len() / 2;
-                client.send_fragmented(record, half).await?;
-                let done = client.completion(&id.to_string()).await?;
-                check(done.value["result"] == json!(text), || {
-                    format!("fragmented: {}", done.value)
-                })?;
-                client.invocation_ids_used_up_to(id);
-                Ok(client.assert_healthy().await?)
+    each_protocol_on(quiet_limits(), |server, protocol| async move {
+        let mut client = server.client(protocol).await?;
+        let text = "split ".repeat(40);
+        // Across two WebSocket messages, cut inside the record (and for MessagePack right after the
+        // length prefix too).
+        let record = protocol.invocation(Some("1"), "Echo", json!([text]), &[]);
+        let cuts = match protocol {
+            Protocol::Json => vec![record.len() / 2],
+            Protocol::MessagePack => vec![1, 2, record.len() / 2],
+        };
+        let mut id: u64 = 0;
+        for cut in cuts {
+            id += 1;
+            let record = protocol.invocation(Some(&id.to_string()), "Echo", json!([text]), &[]);
+            let (head, tail) = record.split_at(cut);
+            client.send_frame(head.to_vec()).await?;
+            // Nothing may come back for half a record.
+            if let Some(event) = client.event_within(Duration::from_millis(100)).await? {
+                return Err(format!("a reply to half a record: {event:?}").into());
             }
-        })
-        .await?;
-        server.stop().await;
-        Ok(())
+            client.send_frame(tail.to_vec()).await?;
+            let done = client.completion(&id.to_string()).await?;
+            check(done.value["result"] == json!(text), || {
+                format!("split at {cut}: {}", done.value)
+            })?;
+        }
+        // One WebSocket message in two fragments (a continuation frame).
+        id += 1;
+        let record = protocol.invocation(Some(&id.to_string()), "Echo", json!([text]), &[]);
+        let half = record.len() / 2;
+        client.send_fragmented(record, half).await?;
+        let done = client.completion(&id.to_string()).await?;
+        check(done.value["result"] == json!(text), || {
+            format!("fragmented: {}", done.value)
+        })?;
+        client.invocation_ids_used_up_to(id);
+        Ok(client.assert_healthy().await?)
     })
     .await
 }
@@ -1099,8 +1006,7 @@ async fn a_record_split_across_frames() -> TestResult {
 async fn the_other_frame_kind_is_accepted_and_replies_keep_the_protocols_kind() -> TestResult {
     // The contract does not reject a frame of the other kind (ASP.NET reads both into one pipe), so neither does
     // hubmesh; what it sends is always Text for JSON and Binary for MessagePack (item 20).
-    bounded(TEST_TIMEOUT, async {
-        let server = TestNode::start(quiet_limits()).await?;
+    on_node(quiet_limits(), |server| async move {
         let mut json_client = server.client(Protocol::Json).await?;
         let invocation = Protocol::Json.invocation(Some("1"), "Echo", json!(["in binary"]), &[]);
         json_client.send_binary_frame(invocation).await?;
@@ -1115,8 +1021,6 @@ async fn the_other_frame_kind_is_accepted_and_replies_keep_the_protocols_kind() 
         let mut msgpack_client = server.client(Protocol::MessagePack).await?;
         msgpack_client.assert_healthy().await?;
         msgpack_client.assert_frame_kinds()?;
-        drop((json_client, msgpack_client));
-        server.stop().await;
         Ok(())
     })
     .await
@@ -1128,109 +1032,77 @@ async fn the_other_frame_kind_is_accepted_and_replies_keep_the_protocols_kind() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_message_types_are_ignored() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let server = TestNode::start(quiet_limits()).await?;
-        each_protocol(|protocol| {
-            let server = &server;
-            async move {
-                let mut client = server.client(protocol).await?;
-                let unknown = protocol.record(json!({ "type": 99, "foo": 1 }), json!([99, {}, "foo"]));
-                client.send_frame(unknown).await?;
-                // Ack and Sequence without stateful reconnect carry nothing to act on either.
-                for kind in [8, 9] {
-                    let record = protocol.record(json!({ "type": kind, "sequenceId": 1 }), json!([kind, 1]));
-                    client.send_frame(record).await?;
-                }
-                Ok(client.assert_healthy().await?)
-            }
-        })
-        .await?;
-        server.stop().await;
-        Ok(())
+    each_protocol_on(quiet_limits(), |server, protocol| async move {
+        let mut client = server.client(protocol).await?;
+        let unknown = protocol.record(json!({ "type": 99, "foo": 1 }), json!([99, {}, "foo"]));
+        client.send_frame(unknown).await?;
+        // Ack and Sequence without stateful reconnect carry nothing to act on either.
+        for kind in [8, 9] {
+            let record = protocol.record(json!({ "type": kind, "sequenceId": 1 }), json!([kind, 1]));
+            client.send_frame(record).await?;
+        }
+        Ok(client.assert_healthy().await?)
     })
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_methods_and_bad_arguments_fail_the_call_not_the_connection() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let server = TestNode::start(quiet_limits()).await?;
-        each_protocol(|protocol| {
-            let server = &server;
-            async move {
-                let mut client = server.client(protocol).await?;
-                let unknown = client.invoke("NoSuchMethod", json!([1])).await?;
-                check(unknown["error"] == json!("Failed to invoke 'NoSuchMethod' due to an error on the server. HubException: Method does not exist."), || {
-                    format!("unknown method: {unknown}")
-                })?;
-                let binding = "Failed to invoke 'Add' due to an error on the server.";
-                for args in [json!([1]), json!([1, 2, 3]), json!(["a", "b"]), json!([])] {
-                    let wrong = client.invoke("Add", args.clone()).await?;
-                    check(wrong["error"] == json!(binding), || format!("Add{args}: {wrong}"))?;
-                }
-                Ok(client.assert_healthy().await?)
-            }
-        })
-        .await?;
-        server.stop().await;
-        Ok(())
+    each_protocol_on(quiet_limits(), |server, protocol| async move {
+        let mut client = server.client(protocol).await?;
+        let unknown = client.invoke("NoSuchMethod", json!([1])).await?;
+        let expected =
+            "Failed to invoke 'NoSuchMethod' due to an error on the server. HubException: Method does not exist.";
+        check_error(&unknown, expected, "unknown method")?;
+        let binding = "Failed to invoke 'Add' due to an error on the server.";
+        for args in [json!([1]), json!([1, 2, 3]), json!(["a", "b"]), json!([])] {
+            let wrong = client.invoke("Add", args.clone()).await?;
+            check_error(&wrong, binding, &format!("Add{args}"))?;
+        }
+        Ok(client.assert_healthy().await?)
     })
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_messages_close_only_that_connection() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let limits = Limits {
-            max_message: 1024,
-            ..quiet_limits()
-        };
-        let server = TestNode::start(limits).await?;
-        let mut healthy = server.client(Protocol::Json).await?;
-        for protocol in [Protocol::Json, Protocol::MessagePack] {
-            let server = &server;
-            let healthy = &mut healthy;
-            let outcome: TestResult = async move {
-                // Just under the limit works.
-                let mut client = server.client(protocol).await?;
-                let fits = "a".repeat(900);
-                let echoed = client.invoke_ok("Echo", json!([fits])).await?;
-                check(echoed == json!(fits), || "a message under the limit failed".into())?;
+    let limits = Limits {
+        max_message: 1024,
+        ..quiet_limits()
+    };
+    each_protocol_beside_healthy(limits, Protocol::Json, |server, protocol| async move {
+        // Just under the limit works.
+        let mut client = server.client(protocol).await?;
+        let fits = "a".repeat(900);
+        let echoed = client.invoke_ok("Echo", json!([fits])).await?;
+        check(echoed == json!(fits), || "a message under the limit failed".into())?;
 
-                // A whole record over the limit.
-                let big = protocol.invocation(Some("9"), "Echo", json!(["b".repeat(2000)]), &[]);
-                client.send_frame(big).await?;
-                let error = client.expect_close_error().await?;
-                check(error.contains("maximum message size"), || {
-                    format!("Close says: {error}")
-                })?;
+        // A whole record over the limit.
+        let big = protocol.invocation(Some("9"), "Echo", json!(["b".repeat(2000)]), &[]);
+        client.send_frame(big).await?;
+        let error = client.expect_close_error().await?;
+        check(error.contains("maximum message size"), || {
+            format!("Close says: {error}")
+        })?;
 
-                // Part of a record that is already over the limit (no end, or a prefix announcing too much).
-                let mut client = server.client(protocol).await?;
-                let partial = match protocol {
-                    Protocol::Json => {
-                        format!("{{\"type\":1,\"target\":\"Echo\",\"arguments\":[\"{}", "c".repeat(2000)).into_bytes()
-                    }
-                    Protocol::MessagePack => {
-                        let mut prefix = Vec::new();
-                        varint(1_000_000, &mut prefix);
-                        prefix.extend_from_slice(&[0x95, 0x01, 0x80]);
-                        prefix
-                    }
-                };
-                client.send_frame(partial).await?;
-                let error = client.expect_close_error().await?;
-                check(error.contains("maximum message size"), || {
-                    format!("Close says: {error}")
-                })?;
-                Ok(healthy.assert_healthy().await?)
+        // Part of a record that is already over the limit (no end, or a prefix announcing too much).
+        let mut client = server.client(protocol).await?;
+        let partial = match protocol {
+            Protocol::Json => {
+                format!("{{\"type\":1,\"target\":\"Echo\",\"arguments\":[\"{}", "c".repeat(2000)).into_bytes()
             }
-            .await;
-            outcome.map_err(|error| format!("[{}] {error}", protocol.name()))?;
-        }
-        server.wait_for_connections(1, STEP).await?;
-        drop(healthy);
-        server.stop().await;
+            Protocol::MessagePack => {
+                let mut prefix = Vec::new();
+                varint(1_000_000, &mut prefix);
+                prefix.extend_from_slice(&[0x95, 0x01, 0x80]);
+                prefix
+            }
+        };
+        client.send_frame(partial).await?;
+        let error = client.expect_close_error().await?;
+        check(error.contains("maximum message size"), || {
+            format!("Close says: {error}")
+        })?;
         Ok(())
     })
     .await
@@ -1238,50 +1110,36 @@ async fn oversized_messages_close_only_that_connection() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transport_frames_over_max_frame_close_only_that_connection() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let limits = Limits {
-            max_frame: 4096,
-            max_message: 1024,
-            ..quiet_limits()
-        };
-        let server = TestNode::start(limits).await?;
-        let mut healthy = server.client(Protocol::MessagePack).await?;
-        for protocol in [Protocol::Json, Protocol::MessagePack] {
-            let server = &server;
-            let healthy = &mut healthy;
-            let outcome: TestResult = async move {
-                let mut client = server.client(protocol).await?;
-                // Many small, valid records in one WebSocket message bigger than max_frame.
-                let mut frame = Vec::new();
-                for _ in 0..2000 {
-                    frame.extend(protocol.ping());
-                }
-                client.send_frame(frame).await?;
-                match client.event().await? {
-                    Event::Record(record) if record.kind() == 7 => {
-                        let error = record.value["error"].as_str().unwrap_or_default().to_owned();
-                        check(!error.is_empty(), || {
-                            format!("a Close that does not say why: {}", record.value)
-                        })?;
-                        client.expect_ws_close().await?;
-                    }
-                    Event::Closed(code) => {
-                        // A WebSocket-level refusal (1009 Message Too Big) is fine too.
-                        check(
-                            code.is_some_and(|code| code == 1009 || code == 1000 || code == 1002),
-                            || format!("closed with {code:?}"),
-                        )?;
-                    }
-                    Event::Record(record) => return Err(format!("unexpected {}", record.value).into()),
-                }
-                Ok(healthy.assert_healthy().await?)
-            }
-            .await;
-            outcome.map_err(|error| format!("[{}] {error}", protocol.name()))?;
+    let limits = Limits {
+        max_frame: 4096,
+        max_message: 1024,
+        ..quiet_limits()
+    };
+    each_protocol_beside_healthy(limits, Protocol::MessagePack, |server, protocol| async move {
+        let mut client = server.client(protocol).await?;
+        // Many small, valid records in one WebSocket message bigger than max_frame.
+        let mut frame = Vec::new();
+        for _ in 0..2000 {
+            frame.extend(protocol.ping());
         }
-        server.wait_for_connections(1, STEP).await?;
-        drop(healthy);
-        server.stop().await;
+        client.send_frame(frame).await?;
+        match client.event().await? {
+            Event::Record(record) if record.kind() == 7 => {
+                let error = record.value["error"].as_str().unwrap_or_default().to_owned();
+                check(!error.is_empty(), || {
+                    format!("a Close that does not say why: {}", record.value)
+                })?;
+                client.expect_ws_close().await?;
+            }
+            Event::Closed(code) => {
+                // A WebSocket-level refusal (1009 Message Too Big) is fine too.
+                check(
+                    code.is_some_and(|code| code == 1009 || code == 1000 || code == 1002),
+                    || format!("closed with {code:?}"),
+                )?;
+            }
+            Event::Record(record) => return Err(format!("unexpected {}", record.value).into()),
+        }
         Ok(())
     })
     .await
@@ -1289,8 +1147,7 @@ async fn transport_frames_over_max_frame_close_only_that_connection() -> TestRes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_records_close_only_that_connection() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let server = TestNode::start(quiet_limits()).await?;
+    on_node(quiet_limits(), |server| async move {
         let mut healthy = server.client(Protocol::Json).await?;
         let json_cases: Vec<(&str, Vec<u8>)> = vec![
             ("not JSON", b"{bad\x1e".to_vec()),
@@ -1332,8 +1189,6 @@ async fn malformed_records_close_only_that_connection() -> TestResult {
             }
         }
         server.wait_for_connections(1, STEP).await?;
-        drop(healthy);
-        server.stop().await;
         Ok(())
     })
     .await
@@ -1529,7 +1384,7 @@ async fn a_hub_in_an_applications_own_http_server_serves_websockets() -> TestRes
             async move {
                 let mut client = TestClient::to(&url).protocol(protocol).open().await?;
                 client.handshake().await?;
-                client.send_frame(protocol.ping()).await?;
+                client.send_ping().await?;
                 let result = client.invoke_ok("Echo", json!(["from an app's own server"])).await?;
                 check(result == json!("from an app's own server"), || {
                     format!("Echo returned {result}")
@@ -1551,13 +1406,12 @@ async fn a_hub_in_an_applications_own_http_server_serves_websockets() -> TestRes
 /// and carry what is held with them; a connection that receives them rarely gets each at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frequent_broadcasts_are_coalesced_and_replies_are_not_held() -> TestResult {
-    bounded(TEST_TIMEOUT, async {
-        let window = Duration::from_millis(400);
-        let server = TestNode::start(Limits {
-            write_coalesce: window,
-            ..quiet_limits()
-        })
-        .await?;
+    let window = Duration::from_millis(400);
+    let limits = Limits {
+        write_coalesce: window,
+        ..quiet_limits()
+    };
+    on_node(limits, |server| async move {
         let context = server.context()?;
         let mut client = server.client(Protocol::Json).await?;
         server.wait_for_connections(1, STEP).await?;
@@ -1623,9 +1477,7 @@ async fn frequent_broadcasts_are_coalesced_and_replies_are_not_held() -> TestRes
         }
         let asked = Instant::now();
         let id = client.next_invocation_id();
-        client
-            .send_frame(Protocol::Json.invocation(Some(&id), "Echo", json!(["now"]), &[]))
-            .await?;
+        client.send_invocation_with_id(&id, "Echo", json!(["now"])).await?;
         for index in 0..6 {
             let record = client.record().await?;
             check(record.value["arguments"] == json!([200 + index]), || {
@@ -1639,8 +1491,6 @@ async fn frequent_broadcasts_are_coalesced_and_replies_are_not_held() -> TestRes
         check(asked.elapsed() < window, || {
             format!("the reply took {:?}, as long as a held broadcast", asked.elapsed())
         })?;
-        drop(client);
-        server.stop().await;
         Ok(())
     })
     .await

@@ -381,6 +381,12 @@ impl TestClient {
         self.send_frame(record).await
     }
 
+    /// Sends a StreamInvocation with `id`.
+    pub async fn send_stream_invocation(&mut self, id: &str, target: &str, args: Value) -> Result<()> {
+        let record = self.protocol.stream_invocation(id, target, args);
+        self.send_frame(record).await
+    }
+
     /// Sends a Ping.
     pub async fn send_ping(&mut self) -> Result<()> {
         let record = self.protocol.ping();
