@@ -109,6 +109,22 @@ fn token_for(user: &str, extra: Value) -> String {
     hs_token(claims)
 }
 
+/// Runs `body` against a node that authenticates with `authenticator`, at its address, under [`TEST_TIMEOUT`];
+/// stops the node after it.
+async fn on_node<F, Fut>(authenticator: Authenticator, body: F) -> TestResult
+where
+    F: FnOnce(SocketAddr) -> Fut,
+    Fut: Future<Output = TestResult>,
+{
+    bounded(async {
+        let node = start(authenticator).await?;
+        body(node.local_addr()).await?;
+        node.stop().await;
+        Ok(())
+    })
+    .await
+}
+
 async fn bounded<F: Future<Output = TestResult>>(body: F) -> TestResult {
     timeout(TEST_TIMEOUT, body)
         .await
@@ -135,6 +151,21 @@ async fn connection_token(addr: SocketAddr, path: &str, token: &str) -> TestResu
     Ok(body["connectionToken"].as_str().ok_or("no connectionToken")?.to_owned())
 }
 
+/// `POST <path>/negotiate?negotiateVersion=1<extra_query>`, with `authorization` as the `Authorization` header.
+async fn post_negotiate(
+    addr: SocketAddr,
+    path: &str,
+    extra_query: &str,
+    authorization: Option<&str>,
+) -> TestResult<HttpReply> {
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|value| ("Authorization", value))
+        .into_iter()
+        .collect();
+    let target = format!("{path}/negotiate?negotiateVersion=1{extra_query}");
+    Ok(http_request(addr, "POST", &target, &headers).await?)
+}
+
 /// Asserts a 401 with an empty body (conformance item 4) and a Bearer challenge.
 fn assert_unauthorized(reply: &HttpReply, what: &str) {
     assert_eq!(
@@ -158,9 +189,7 @@ fn assert_unauthorized(reply: &HttpReply, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_a_valid_token_get_401_with_an_empty_body() -> TestResult {
-    bounded(async {
-        let node = start(hs256()).await?;
-        let addr = node.local_addr();
+    on_node(hs256(), |addr| async move {
         let other_key = encode(
             &Header::new(Algorithm::HS256),
             &json!({ NAME_IDENTIFIER_CLAIM: "mallory", "aud": AUDIENCE, "exp": now() + 300 }),
@@ -200,12 +229,10 @@ async fn requests_without_a_valid_token_get_401_with_an_empty_body() -> TestResu
         ];
         for (what, token) in &cases {
             let auth = token.as_deref().map(bearer);
-            let headers: Vec<(&str, &str)> = auth.iter().map(|value| ("Authorization", value.as_str())).collect();
-            let reply = http_request(addr, "POST", "/secure/negotiate?negotiateVersion=1", &headers).await?;
+            let reply = post_negotiate(addr, "/secure", "", auth.as_deref()).await?;
             assert_unauthorized(&reply, &format!("negotiate with {what} (header)"));
             if let Some(token) = token {
-                let target = format!("/secure/negotiate?negotiateVersion=1&access_token={token}");
-                let reply = http_request(addr, "POST", &target, &[]).await?;
+                let reply = post_negotiate(addr, "/secure", &format!("&access_token={token}"), None).await?;
                 assert_unauthorized(&reply, &format!("negotiate with {what} (access_token)"));
             }
         }
@@ -225,12 +252,11 @@ async fn requests_without_a_valid_token_get_401_with_an_empty_body() -> TestResu
         assert_eq!(upgrade, 401, "WebSocket upgrade without a token");
 
         // An anonymous hub lets the same requests through, anonymously.
-        let reply = http_request(addr, "POST", "/open/negotiate?negotiateVersion=1", &[]).await?;
+        let reply = post_negotiate(addr, "/open", "", None).await?;
         assert_eq!(reply.status, 200);
         let mut anonymous = hub(addr, "/open").authorization("Bearer not.a.jwt").connect().await?;
         assert_eq!(anonymous.invoke_ok("Whoami", json!([])).await?, Value::Null);
         anonymous.close_socket().await;
-        node.stop().await;
         Ok(())
     })
     .await
@@ -238,36 +264,16 @@ async fn requests_without_a_valid_token_get_401_with_an_empty_body() -> TestResu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_token_from_the_header_or_access_token_names_the_user() -> TestResult {
-    bounded(async {
-        let node = start(hs256()).await?;
-        let addr = node.local_addr();
+    on_node(hs256(), |addr| async move {
         let token = token_for("alice", json!({ "role": ["user", "editor"], "tenant": "t1" }));
 
         let auth = bearer(&token);
-        let reply = http_request(
-            addr,
-            "POST",
-            "/secure/negotiate?negotiateVersion=1",
-            &[("Authorization", &auth)],
-        )
-        .await?;
+        let reply = post_negotiate(addr, "/secure", "", Some(&auth)).await?;
         assert_eq!(reply.status, 200, "negotiate with a header token: {}", reply.body);
-        let reply = http_request(
-            addr,
-            "POST",
-            &format!("/secure/negotiate?negotiateVersion=1&access_token={token}"),
-            &[],
-        )
-        .await?;
+        let reply = post_negotiate(addr, "/secure", &format!("&access_token={token}"), None).await?;
         assert_eq!(reply.status, 200, "negotiate with access_token: {}", reply.body);
         // The header wins over the query.
-        let reply = http_request(
-            addr,
-            "POST",
-            "/secure/negotiate?negotiateVersion=1&access_token=not.a.jwt",
-            &[("Authorization", &auth)],
-        )
-        .await?;
+        let reply = post_negotiate(addr, "/secure", "&access_token=not.a.jwt", Some(&auth)).await?;
         assert_eq!(reply.status, 200, "the header must be preferred: {}", reply.body);
 
         // WebSocket with the header, after negotiate.
@@ -289,7 +295,6 @@ async fn a_valid_token_from_the_header_or_access_token_names_the_user() -> TestR
         by_header.close_socket().await;
         by_query.close_socket().await;
         bob.close_socket().await;
-        node.stop().await;
         Ok(())
     })
     .await
@@ -297,10 +302,8 @@ async fn a_valid_token_from_the_header_or_access_token_names_the_user() -> TestR
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_user_routes_by_the_user_claim() -> TestResult {
-    bounded(async {
-        // A custom user claim: the email, not the name identifier.
-        let node = start(hs256().user_claim("email")).await?;
-        let addr = node.local_addr();
+    // A custom user claim: the email, not the name identifier.
+    on_node(hs256().user_claim("email"), |addr| async move {
         let alice = bearer(&token_for("id-1", json!({ "email": "alice@example.com" })));
         let bob = bearer(&token_for("id-2", json!({ "email": "bob@example.com" })));
         let mut alice_1 = hub(addr, "/secure").authorization(&alice).connect().await?;
@@ -327,7 +330,6 @@ async fn clients_user_routes_by_the_user_claim() -> TestResult {
         alice_1.close_socket().await;
         alice_2.close_socket().await;
         bob_1.close_socket().await;
-        node.stop().await;
         Ok(())
     })
     .await
@@ -335,24 +337,18 @@ async fn clients_user_routes_by_the_user_claim() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubs_and_methods_can_require_claims() -> TestResult {
-    bounded(async {
-        let node = start(hs256()).await?;
-        let addr = node.local_addr();
+    on_node(hs256(), |addr| async move {
         let admin = bearer(&token_for("root", json!({ "role": "admin" })));
         let user = bearer(&token_for("joe", json!({ "role": "user" })));
 
         // A hub-wide claim requirement: 401 anonymous, 403 without the claim, 200 with it.
-        let target = "/admins/negotiate?negotiateVersion=1";
-        assert_unauthorized(&http_request(addr, "POST", target, &[]).await?, "anonymous on /admins");
-        let forbidden = http_request(addr, "POST", target, &[("Authorization", &user)]).await?;
+        let anonymous = post_negotiate(addr, "/admins", "", None).await?;
+        assert_unauthorized(&anonymous, "anonymous on /admins");
+        let forbidden = post_negotiate(addr, "/admins", "", Some(&user)).await?;
         assert_eq!(forbidden.status, 403);
         assert_eq!(forbidden.body, "");
-        assert_eq!(
-            http_request(addr, "POST", target, &[("Authorization", &admin)])
-                .await?
-                .status,
-            200
-        );
+        let admitted = post_negotiate(addr, "/admins", "", Some(&admin)).await?;
+        assert_eq!(admitted.status, 200);
 
         // A method requirement on an open hub: the call fails with ASP.NET's text, the connection stays.
         let mut anonymous = hub(addr, "/open").connect().await?;
@@ -375,7 +371,6 @@ async fn hubs_and_methods_can_require_claims() -> TestResult {
         anonymous.close_socket().await;
         joe.close_socket().await;
         root.close_socket().await;
-        node.stop().await;
         Ok(())
     })
     .await
@@ -387,11 +382,10 @@ fn keys_dir() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rs256_tokens_are_verified_with_the_public_key() -> TestResult {
-    bounded(async {
-        let public = std::fs::read(keys_dir().join("rs256-public.pem"))?;
-        let private = std::fs::read(keys_dir().join("rs256-private.pem"))?;
-        let node = start(Authenticator::rs256_pem(&public)?.issuer("https://issuer.test")).await?;
-        let addr = node.local_addr();
+    let public = std::fs::read(keys_dir().join("rs256-public.pem"))?;
+    let private = std::fs::read(keys_dir().join("rs256-private.pem"))?;
+    let authenticator = Authenticator::rs256_pem(&public)?.issuer("https://issuer.test");
+    on_node(authenticator, |addr| async move {
         let sign = |claims: Value| {
             encode(
                 &Header::new(Algorithm::RS256),
@@ -419,16 +413,9 @@ async fn rs256_tokens_are_verified_with_the_public_key() -> TestResult {
             ("HS256", confused),
         ] {
             let auth = bearer(&token);
-            let reply = http_request(
-                addr,
-                "POST",
-                "/secure/negotiate?negotiateVersion=1",
-                &[("Authorization", &auth)],
-            )
-            .await?;
+            let reply = post_negotiate(addr, "/secure", "", Some(&auth)).await?;
             assert_unauthorized(&reply, what);
         }
-        node.stop().await;
         Ok(())
     })
     .await
@@ -478,7 +465,7 @@ async fn the_test_server_hands_out_tokens_for_the_authorized_hub() -> TestResult
         assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
 
         assert_unauthorized(
-            &http_request(addr, "POST", "/authorizedhub/negotiate?negotiateVersion=1", &[]).await?,
+            &post_negotiate(addr, "/authorizedhub", "", None).await?,
             "/authorizedhub without a token",
         );
         let mut client = hub(addr, "/authorizedhub")

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::error::Error;
+use std::future::Future;
 use std::time::Duration;
 
 use hubmesh::demo::demo_hub;
@@ -41,6 +42,21 @@ async fn demo_client(cluster: &TestCluster, index: usize) -> TestResult<TestClie
         .await?)
 }
 
+/// A demo client on each of the three nodes, each a member of every group in `groups`.
+async fn members_on_every_node<G: AsRef<str>>(cluster: &TestCluster, groups: &[G]) -> TestResult<Vec<TestClient>> {
+    let mut clients = Vec::new();
+    for index in 0..3 {
+        let mut client = demo_client(cluster, index).await?;
+        for group in groups {
+            client
+                .invoke_ok_keeping_others("JoinGroup", json!([group.as_ref()]))
+                .await?;
+        }
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
 /// Asserts that the clients at `indices` each get `payload` as their next `msg`, within 5 s each.
 async fn assert_each_gets(clients: &mut [TestClient], indices: &[usize], payload: Value) -> TestResult {
     for &index in indices {
@@ -57,18 +73,28 @@ async fn three_nodes() -> TestResult<TestCluster> {
     Ok(cluster)
 }
 
+/// Runs `body` on three in-process nodes of the demo hub within `limit`; stops the cluster `body` hands back.
+async fn on_three_nodes<F, Fut>(limit: Duration, body: F) -> TestResult
+where
+    F: FnOnce(TestCluster) -> Fut,
+    Fut: Future<Output = TestResult<TestCluster>>,
+{
+    timeout(limit, async {
+        let cluster = body(three_nodes().await?).await?;
+        cluster.stop().await;
+        Ok(())
+    })
+    .await?
+}
+
 fn url(cluster: &TestCluster, index: usize) -> TestResult<String> {
     Ok(cluster.url(index).ok_or("node not running")?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_target_reaches_clients_on_every_node() -> TestResult {
-    timeout(Duration::from_secs(60), async {
-        let cluster = three_nodes().await?;
-        let mut clients = Vec::new();
-        for index in 0..3 {
-            clients.push(demo_client(&cluster, index).await?);
-        }
+    on_three_nodes(Duration::from_secs(60), |cluster| async move {
+        let mut clients = members_on_every_node::<&str>(&cluster, &[]).await?;
         let mut ids = Vec::new();
         for client in &mut clients {
             ids.push(client.connection_id().await?);
@@ -190,22 +216,15 @@ async fn every_target_reaches_clients_on_every_node() -> TestResult {
             Some(json!("after leave"))
         );
         assert_eq!(clients[0].next_msg(Duration::from_millis(300)).await?, None);
-        cluster.stop().await;
-        TestResult::Ok(())
+        Ok(cluster)
     })
-    .await?
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_messages_arrive_in_one_order_on_every_node() -> TestResult {
-    timeout(Duration::from_secs(60), async {
-        let cluster = three_nodes().await?;
-        let mut clients = Vec::new();
-        for index in 0..3 {
-            let mut client = demo_client(&cluster, index).await?;
-            client.invoke_ok_keeping_others("JoinGroup", json!(["ordered"])).await?;
-            clients.push(client);
-        }
+    on_three_nodes(Duration::from_secs(60), |cluster| async move {
+        let mut clients = members_on_every_node(&cluster, &["ordered"]).await?;
         // Two senders on different nodes interleave; every member sees one order, and each sender's own order.
         const EACH: usize = 150;
         let mut senders = [demo_client(&cluster, 0).await?, demo_client(&cluster, 2).await?];
@@ -244,26 +263,17 @@ async fn group_messages_arrive_in_one_order_on_every_node() -> TestResult {
             sequences.windows(2).all(|pair| pair[0] == pair[1]),
             "members saw different orders"
         );
-        cluster.stop().await;
-        TestResult::Ok(())
+        Ok(cluster)
     })
-    .await?
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survivors_keep_their_groups_when_a_node_dies() -> TestResult {
-    timeout(Duration::from_secs(90), async {
-        let mut cluster = three_nodes().await?;
+    on_three_nodes(Duration::from_secs(90), |mut cluster| async move {
         // Several groups, so some are owned by the node that dies.
         let groups: Vec<String> = (0..12).map(|n| format!("g{n}")).collect();
-        let mut clients = Vec::new();
-        for index in 0..3 {
-            let mut client = demo_client(&cluster, index).await?;
-            for group in &groups {
-                client.invoke_ok_keeping_others("JoinGroup", json!([group])).await?;
-            }
-            clients.push(client);
-        }
+        let mut clients = members_on_every_node(&cluster, &groups).await?;
         let mut doomed = clients.remove(1);
         let doomed_id = doomed.connection_id().await?;
         let asker = cluster.context(0, "demo").ok_or("no ctx")?;
@@ -390,25 +400,16 @@ async fn survivors_keep_their_groups_when_a_node_dies() -> TestResult {
             expected.sort_by_key(|payload| payload.to_string());
             assert_eq!(received, expected);
         }
-        cluster.stop().await;
-        TestResult::Ok(())
+        Ok(cluster)
     })
-    .await?
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_node_gets_its_memberships_back_when_it_thaws() -> TestResult {
-    timeout(Duration::from_secs(90), async {
-        let cluster = three_nodes().await?;
+    on_three_nodes(Duration::from_secs(90), |cluster| async move {
         let groups: Vec<String> = (0..6).map(|n| format!("f{n}")).collect();
-        let mut clients = Vec::new();
-        for index in 0..3 {
-            let mut client = demo_client(&cluster, index).await?;
-            for group in &groups {
-                client.invoke_ok_keeping_others("JoinGroup", json!([group])).await?;
-            }
-            clients.push(client);
-        }
+        let mut clients = members_on_every_node(&cluster, &groups).await?;
         let frozen_at = Instant::now();
         cluster.freeze(2);
         // The others declare it dead and drop its members.
@@ -464,24 +465,17 @@ async fn a_frozen_node_gets_its_memberships_back_when_it_thaws() -> TestResult {
                 Some(json!("after thaw"))
             );
         }
-        cluster.stop().await;
-        TestResult::Ok(())
+        Ok(cluster)
     })
-    .await?
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_node_that_serves_no_clients_sends_to_all_of_them() -> TestResult {
-    timeout(Duration::from_secs(60), async {
-        let mut cluster = three_nodes().await?;
+    on_three_nodes(Duration::from_secs(60), |mut cluster| async move {
         let backend = cluster.add_backend("demo").await?;
         cluster.wait_for_members(Duration::from_secs(10)).await?;
-        let mut clients = Vec::new();
-        for index in 0..3 {
-            let mut client = demo_client(&cluster, index).await?;
-            client.invoke_ok_keeping_others("JoinGroup", json!(["news"])).await?;
-            clients.push(client);
-        }
+        let mut clients = members_on_every_node(&cluster, &["news"]).await?;
         let context = cluster
             .context(backend, "demo")
             .ok_or("the backend has no demo context")?;
@@ -501,10 +495,9 @@ async fn a_backend_node_that_serves_no_clients_sends_to_all_of_them() -> TestRes
             got.sort_by_key(|payload| payload.to_string());
             assert_eq!(got, vec![json!("from the backend"), json!("to all")]);
         }
-        cluster.stop().await;
-        TestResult::Ok(())
+        Ok(cluster)
     })
-    .await?
+    .await
 }
 
 /// A hub whose users come from the `user` query parameter (SignalR's `IUserIdProvider`; with JWT it would be a claim).

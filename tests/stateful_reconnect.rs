@@ -69,6 +69,11 @@ async fn start(window: Duration) -> TestResult<(NodeHandle, Disconnects)> {
     Ok((node, disconnects))
 }
 
+/// Stops the node, bounded: how `stop` treats open connections is not what these tests check.
+async fn stop(node: NodeHandle) {
+    let _ = timeout(Duration::from_secs(10), node.stop()).await;
+}
+
 /// A TCP proxy whose connections can all be cut at once (both sockets dropped, no WebSocket close).
 struct Proxy {
     addr: SocketAddr,
@@ -211,11 +216,11 @@ async fn negotiate_offers_stateful_reconnect_only_when_asked() -> TestResult {
         assert_eq!(asked["useStatefulReconnect"], json!(true));
         let plain = negotiate(node.local_addr(), "").await?;
         assert!(plain.get("useStatefulReconnect").is_none(), "{plain}");
-        let _ = timeout(Duration::from_secs(10), node.stop()).await;
+        stop(node).await;
         let (node, _) = start(Duration::ZERO).await?;
         let off = negotiate(node.local_addr(), "&useStatefulReconnect=true").await?;
         assert!(off.get("useStatefulReconnect").is_none(), "{off}");
-        let _ = timeout(Duration::from_secs(10), node.stop()).await;
+        stop(node).await;
         Ok(())
     })
     .await?
@@ -293,9 +298,8 @@ async fn group_messages_survive_a_dropped_socket_exactly_once_in_order() -> Test
             "a resumed connection never disconnected"
         );
         assert_eq!(group_count(&node, "h").await?, 1);
-        drop(client);
-        drop(proxy);
-        let _ = timeout(Duration::from_secs(10), node.stop()).await;
+        drop((client, proxy));
+        stop(node).await;
         Ok(())
     })
     .await?
@@ -321,7 +325,7 @@ async fn after_the_window_the_token_is_gone() -> TestResult {
         assert_eq!(group_count(&node, "g").await?, 0, "groups left");
         assert_eq!(TestClient::to(&url).refused_status().await?, 404);
         drop((client, proxy));
-        let _ = timeout(Duration::from_secs(10), node.stop()).await;
+        stop(node).await;
         Ok(())
     })
     .await?
