@@ -48,9 +48,7 @@ async fn members_on_every_node<G: AsRef<str>>(cluster: &TestCluster, groups: &[G
     for index in 0..3 {
         let mut client = demo_client(cluster, index).await?;
         for group in groups {
-            client
-                .invoke_ok_keeping_others("JoinGroup", json!([group.as_ref()]))
-                .await?;
+            client.join_group(group.as_ref()).await?;
         }
         clients.push(client);
     }
@@ -106,7 +104,7 @@ async fn every_target_reaches_clients_on_every_node() -> TestResult {
 
         // Join from each node; every node then agrees on the count.
         for client in &mut clients {
-            client.invoke_ok_keeping_others("JoinGroup", json!(["room"])).await?;
+            client.join_group("room").await?;
         }
         for client in &mut clients {
             assert_eq!(
@@ -562,9 +560,7 @@ async fn users_and_caller_relative_targets_work_on_every_node() -> TestResult {
         assert_each_gets(&mut clients, &[ALICE_1, BOB], json!("others")).await?;
         assert_eq!(clients[ALICE_3].next_msg(Duration::from_millis(300)).await?, None);
         for index in [ALICE_1, ALICE_3] {
-            clients[index]
-                .invoke_ok_keeping_others("JoinGroup", json!(["team"]))
-                .await?;
+            clients[index].join_group("team").await?;
         }
         clients[ALICE_3]
             .send_invocation("SendToOthersInGroup", json!(["team", "team news"]))

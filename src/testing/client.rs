@@ -4,8 +4,9 @@
 //!
 //! [`TestClient::to`] says where and how to connect (protocol, handshake version, a bearer token in the header or
 //! the query, negotiate first or not); [`TestClient`] sends records ([`Protocol`] writes their bytes) and reads
-//! [`Record`]s, with helpers for the common flows: the handshake, invoke and wait for the Completion, answer the
-//! server's client-result Invocations, expect the Close. [`http_request`] and [`negotiate`] speak plain HTTP.
+//! [`Record`]s, with helpers for the common flows: the handshake, invoke and wait for the Completion, join a group,
+//! answer the server's client-result Invocations, expect the Close. [`http_request`] and [`negotiate`] speak plain
+//! HTTP.
 //!
 //! It uses tokio-tungstenite, serde_json and rmpv only, never the crate's internals (it can move to a crate of its
 //! own), and it decodes with rmpv rather than with `hubmesh::protocol`, so that tests check the codecs too.
@@ -595,6 +596,13 @@ impl TestClient {
             self.inbox.push_front(record);
         }
         completion_result(target, &completion?)
+    }
+
+    /// Joins `group` through the hub method `JoinGroup(group)` (the demo hub's name for it), as
+    /// [`TestClient::invoke_ok_keeping_others`] does: the group's traffic may already arrive.
+    pub async fn join_group(&mut self, group: &str) -> Result<()> {
+        self.invoke_ok_keeping_others("JoinGroup", json!([group])).await?;
+        Ok(())
     }
 
     /// Proves the connection still works: an `Echo` round trip (the hub needs an `Echo(string) -> string`).
