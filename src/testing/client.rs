@@ -32,7 +32,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use decode::ensure;
 pub use decode::Record;
 pub use http::{http_request, negotiate, HttpReply};
-pub use records::{varint, Outcome, Protocol, RS};
+pub use records::{msgpack_frame, varint, Outcome, Protocol, RS};
 
 /// The bound of one step: a connect, a send, a read, an HTTP request.
 pub const STEP: Duration = Duration::from_secs(5);

@@ -160,7 +160,8 @@ pub fn varint(mut n: usize, out: &mut Vec<u8>) {
     }
 }
 
-fn msgpack_frame(body: &[u8]) -> Vec<u8> {
+/// A MessagePack record as it travels: the varint length prefix, then `body`.
+pub fn msgpack_frame(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 5);
     varint(body.len(), &mut out);
     out.extend_from_slice(body);
