@@ -8,6 +8,26 @@
 //! answer the server's client-result Invocations, expect the Close. [`http_request`] and [`negotiate`] speak plain
 //! HTTP.
 //!
+//! ```no_run
+//! # async fn example() -> Result<(), hubmesh::testing::client::TestClientError> {
+//! use hubmesh::testing::client::{Protocol, TestClient};
+//! use serde_json::json;
+//!
+//! let mut client = TestClient::to("ws://127.0.0.1:5000/chat")
+//!     .protocol(Protocol::MessagePack)
+//!     .bearer("a.jwt.token")
+//!     .negotiate()
+//!     .await?
+//!     .connect()
+//!     .await?;
+//! assert_eq!(client.invoke_ok("Echo", json!(["hi"])).await?, json!("hi"));
+//! client.send_frame(vec![0x01, 0xc1]).await?; // a never-used MessagePack byte
+//! let error = client.expect_close_error().await?;
+//! assert!(error.starts_with("Connection closed with an error."));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! It uses tokio-tungstenite, serde_json and rmpv only, never the crate's internals (it can move to a crate of its
 //! own), and it decodes with rmpv rather than with `hubmesh::protocol`, so that tests check the codecs too.
 
