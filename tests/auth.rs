@@ -169,11 +169,13 @@ async fn post_negotiate(
 /// Asserts a 401 with an empty body (conformance item 4) and a Bearer challenge.
 fn assert_unauthorized(reply: &HttpReply, what: &str) {
     assert_eq!(
-        reply.status, 401,
+        reply.status,
+        401,
         "{what}: expected 401, got {} {}",
-        reply.status, reply.body
+        reply.status,
+        reply.text()
     );
-    assert_eq!(reply.body, "", "{what}: a 401 must have an empty body");
+    assert_eq!(reply.text(), "", "{what}: a 401 must have an empty body");
     assert!(
         reply
             .header("www-authenticate")
@@ -269,12 +271,12 @@ async fn a_valid_token_from_the_header_or_access_token_names_the_user() -> TestR
 
         let auth = bearer(&token);
         let reply = post_negotiate(addr, "/secure", "", Some(&auth)).await?;
-        assert_eq!(reply.status, 200, "negotiate with a header token: {}", reply.body);
+        assert_eq!(reply.status, 200, "negotiate with a header token: {}", reply.text());
         let reply = post_negotiate(addr, "/secure", &format!("&access_token={token}"), None).await?;
-        assert_eq!(reply.status, 200, "negotiate with access_token: {}", reply.body);
+        assert_eq!(reply.status, 200, "negotiate with access_token: {}", reply.text());
         // The header wins over the query.
         let reply = post_negotiate(addr, "/secure", "&access_token=not.a.jwt", Some(&auth)).await?;
-        assert_eq!(reply.status, 200, "the header must be preferred: {}", reply.body);
+        assert_eq!(reply.status, 200, "the header must be preferred: {}", reply.text());
 
         // WebSocket with the header, after negotiate.
         let mut by_header = hub(addr, "/secure").bearer(&token).negotiate().await?.connect().await?;
@@ -346,7 +348,7 @@ async fn hubs_and_methods_can_require_claims() -> TestResult {
         assert_unauthorized(&anonymous, "anonymous on /admins");
         let forbidden = post_negotiate(addr, "/admins", "", Some(&user)).await?;
         assert_eq!(forbidden.status, 403);
-        assert_eq!(forbidden.body, "");
+        assert_eq!(forbidden.text(), "");
         let admitted = post_negotiate(addr, "/admins", "", Some(&admin)).await?;
         assert_eq!(admitted.status, 200);
 
@@ -461,7 +463,7 @@ async fn the_test_server_hands_out_tokens_for_the_authorized_hub() -> TestResult
         let addr: SocketAddr = server.url().trim_start_matches("http://").parse()?;
         let reply = http_request(addr, "GET", "/generateJwtToken", &[]).await?;
         assert_eq!(reply.status, 200);
-        let token = reply.body.trim().to_owned();
+        let token = reply.text().trim().to_owned();
         assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
 
         assert_unauthorized(

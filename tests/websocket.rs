@@ -327,7 +327,7 @@ async fn negotiate_then_websocket_with_the_token() -> TestResult {
     on_node(quiet_limits(), |server| async move {
         let reply = http_request(server.addr(), "POST", "/wirehub/negotiate?negotiateVersion=1", &[]).await?;
         check(reply.status == 200, || {
-            format!("negotiate answered {}: {}", reply.status, reply.body)
+            format!("negotiate answered {}: {}", reply.status, reply.text())
         })?;
         check(
             reply
@@ -335,7 +335,7 @@ async fn negotiate_then_websocket_with_the_token() -> TestResult {
                 .is_some_and(|kind| kind.starts_with("application/json")),
             || format!("negotiate content type {:?}", reply.header("content-type")),
         )?;
-        let body: Value = serde_json::from_str(&reply.body)?;
+        let body: Value = serde_json::from_slice(&reply.body)?;
         let id = body["connectionId"].as_str().ok_or("no connectionId")?.to_owned();
         let token = body["connectionToken"].as_str().ok_or("no connectionToken")?.to_owned();
         check(!id.is_empty() && !token.is_empty() && id != token, || {
@@ -406,7 +406,7 @@ async fn hub_paths_are_case_insensitive_and_negotiate_v0_uses_the_id() -> TestRe
         check(reply.status == 200, || {
             format!("upper-case negotiate answered {}", reply.status)
         })?;
-        let body: Value = serde_json::from_str(&reply.body)?;
+        let body: Value = serde_json::from_slice(&reply.body)?;
         let token = body["connectionToken"].as_str().ok_or("no connectionToken")?.to_owned();
         let mut client = TestClient::to(&server.ws_url(&format!("/WireHub?id={token}")))
             .protocol(Protocol::MessagePack)
@@ -420,7 +420,7 @@ async fn hub_paths_are_case_insensitive_and_negotiate_v0_uses_the_id() -> TestRe
         check(reply.status == 200, || {
             format!("v0 negotiate answered {}", reply.status)
         })?;
-        let body: Value = serde_json::from_str(&reply.body)?;
+        let body: Value = serde_json::from_slice(&reply.body)?;
         check(body.get("connectionToken").is_none(), || {
             format!("a v0 negotiate has no token: {body}")
         })?;

@@ -51,7 +51,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use decode::ensure;
 pub use decode::Record;
-pub use http::{http_request, negotiate, HttpReply};
+pub use http::{http_request, http_request_with_body, negotiate, parse_http_response, HttpReply};
 pub use records::{msgpack_frame, varint, Outcome, Protocol, RS};
 
 /// The bound of one step: a connect, a send, a read, an HTTP request.

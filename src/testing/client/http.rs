@@ -1,5 +1,5 @@
-//! Plain HTTP/1.1 for tests, over a bare socket: one request with an empty body (negotiate, transport requests
-//! that must be refused, the test hub's token endpoint), and negotiate itself.
+//! Plain HTTP/1.1 for tests, over a bare socket: one request (negotiate, the HTTP transports' polls and sends,
+//! requests that must be refused, the test hub's token endpoint), and negotiate itself.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,8 +21,8 @@ pub struct HttpReply {
     pub status: u16,
     /// Header names and values, in the order sent.
     pub headers: Vec<(String, String)>,
-    /// The body (chunks joined), as text.
-    pub body: String,
+    /// The body, chunks joined.
+    pub body: Vec<u8>,
 }
 
 impl HttpReply {
@@ -33,27 +33,47 @@ impl HttpReply {
             .find(|(key, _)| key.eq_ignore_ascii_case(name))
             .map(|(_, value)| value.as_str())
     }
+
+    /// The body as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
 }
 
-/// One HTTP/1.1 request with an empty body and extra header lines; reads until the server closes (or, once
-/// something arrived, until it is quiet for 1.5 s: a stream such as SSE, whose head is all a test needs).
+/// One HTTP/1.1 request with an empty body and extra header lines, as [`http_request_with_body`] sends it.
 pub async fn http_request(
     addr: SocketAddr,
     method: &str,
     target: &str,
     headers: &[(&str, &str)],
 ) -> Result<HttpReply, TestClientError> {
-    let mut request =
-        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n");
+    http_request_with_body(addr, method, target, headers, b"").await
+}
+
+/// One HTTP/1.1 request on its own connection with extra header lines and `body`; reads until the server closes
+/// (or, once something arrived, until it is quiet for 1.5 s: a stream such as SSE, whose head is all a test needs).
+pub async fn http_request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpReply, TestClientError> {
+    let mut request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
+    let mut request = request.into_bytes();
+    request.extend_from_slice(body);
     let timed_out = |what: &str| TestClientError::Timeout(format!("{what} {method} {target}"));
     let mut stream = timeout(STEP, TcpStream::connect(addr))
         .await
         .map_err(|_| timed_out("connecting for"))??;
-    timeout(STEP, stream.write_all(request.as_bytes()))
+    timeout(STEP, stream.write_all(&request))
         .await
         .map_err(|_| timed_out("writing"))??;
     let mut raw = Vec::new();
@@ -69,7 +89,7 @@ pub async fn http_request(
             Ok(Err(_)) | Err(_) => break,
         }
     }
-    parse_http(&raw)
+    parse_http_response(&raw)
 }
 
 /// `POST <hub>/negotiate?negotiateVersion=1<extra_query>` with `headers`, for the hub at `hub_url`
@@ -95,13 +115,16 @@ pub async fn negotiate(hub_url: &str, extra_query: &str, headers: &[(&str, &str)
     if reply.status != 200 {
         return Err(TestClientError::Unexpected(format!(
             "negotiate at {target} answered {}: {}",
-            reply.status, reply.body
+            reply.status,
+            reply.text()
         )));
     }
-    Ok(serde_json::from_str(&reply.body)?)
+    Ok(serde_json::from_slice(&reply.body)?)
 }
 
-fn parse_http(raw: &[u8]) -> Result<HttpReply, TestClientError> {
+/// Splits an HTTP/1.1 response as read (a whole one, or a head up to its blank line) into status, headers and
+/// the de-chunked body.
+pub fn parse_http_response(raw: &[u8]) -> Result<HttpReply, TestClientError> {
     let bad = |what: String| TestClientError::Unexpected(what);
     let end = raw
         .windows(4)
@@ -123,14 +146,10 @@ fn parse_http(raw: &[u8]) -> Result<HttpReply, TestClientError> {
     let chunked = headers
         .iter()
         .any(|(key, value)| key.eq_ignore_ascii_case("transfer-encoding") && value.contains("chunked"));
-    if chunked {
+    if chunked && !body.is_empty() {
         body = dechunk(&body)?;
     }
-    Ok(HttpReply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    Ok(HttpReply { status, headers, body })
 }
 
 fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, TestClientError> {
