@@ -8,7 +8,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hubmesh::testing::client::{http_request_with_body, parse_http_response, HttpReply};
+// One request on its own connection, read to the end; a response as read, parsed.
+use hubmesh::testing::client::{http_request_with_body as request, parse_http_response as parse_response, HttpReply};
 use hubmesh::testing::testhub::test_hub;
 use hubmesh::transport::TransportKind;
 use hubmesh::{Limits, Node, NodeHandle};
@@ -60,7 +61,7 @@ async fn stop(node: NodeHandle) {
     let _ = timeout(Duration::from_secs(10), node.stop()).await;
 }
 
-/// The head of a request for a stream that stays open (SSE); other requests go through `http_request_with_body`.
+/// The head of a request written by hand, for a stream that stays open (SSE) or a body sent in parts.
 fn request_head(method: &str, path: &str, headers: &[(&str, &str)], content_length: usize) -> String {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
     for (name, value) in headers {
@@ -74,8 +75,7 @@ fn request_head(method: &str, path: &str, headers: &[(&str, &str)], content_leng
 }
 
 async fn negotiate(addr: SocketAddr, path: &str) -> TestResult<(String, Value)> {
-    let response =
-        http_request_with_body(addr, "POST", &format!("{path}/negotiate?negotiateVersion=1"), &[], b"").await?;
+    let response = request(addr, "POST", &format!("{path}/negotiate?negotiateVersion=1"), &[], b"").await?;
     assert_eq!(response.status, 200, "negotiate: {}", response.text());
     let body: Value = serde_json::from_slice(&response.body)?;
     let token = body["connectionToken"].as_str().ok_or("no connectionToken")?.to_owned();
@@ -86,7 +86,7 @@ async fn negotiate(addr: SocketAddr, path: &str) -> TestResult<(String, Value)> 
 async fn long_polling_client(addr: SocketAddr, protocol: &str) -> TestResult<String> {
     let (token, _) = negotiate(addr, "/testhub").await?;
     let started = Instant::now();
-    let first = http_request_with_body(addr, "GET", &format!("/testhub?id={token}&_=1"), &[], b"").await?;
+    let first = request(addr, "GET", &format!("/testhub?id={token}&_=1"), &[], b"").await?;
     assert_eq!(first.status, 200);
     assert!(first.body.is_empty(), "the first poll carried {:?}", first.text());
     assert!(
@@ -94,9 +94,9 @@ async fn long_polling_client(addr: SocketAddr, protocol: &str) -> TestResult<Str
         "the first poll did not answer at once"
     );
     let handshake = format!("{{\"protocol\":\"{protocol}\",\"version\":1}}{RS}");
-    let sent = http_request_with_body(addr, "POST", &format!("/testhub?id={token}"), &[], handshake.as_bytes()).await?;
+    let sent = request(addr, "POST", &format!("/testhub?id={token}"), &[], handshake.as_bytes()).await?;
     assert_eq!(sent.status, 200);
-    let answer = http_request_with_body(addr, "GET", &format!("/testhub?id={token}&_=2"), &[], b"").await?;
+    let answer = request(addr, "GET", &format!("/testhub?id={token}&_=2"), &[], b"").await?;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.text(), format!("{{}}{RS}"));
     Ok(token)
@@ -112,7 +112,7 @@ fn invocation(id: &str, target: &str, arguments: Value) -> String {
 /// Polls until a response carries data (bounded), returning it.
 async fn poll_data(addr: SocketAddr, token: &str) -> TestResult<HttpReply> {
     for _ in 0..20 {
-        let response = http_request_with_body(addr, "GET", &format!("/testhub?id={token}"), &[], b"").await?;
+        let response = request(addr, "GET", &format!("/testhub?id={token}"), &[], b"").await?;
         if response.status != 200 || !response.body.is_empty() {
             return Ok(response);
         }
@@ -142,12 +142,12 @@ async fn missing_and_unknown_ids_and_unoffered_transports() -> TestResult {
         let node = start(limits(Duration::from_secs(30), Duration::from_secs(15))).await?;
         let addr = node.local_addr();
         for method in ["GET", "POST", "DELETE"] {
-            let response = http_request_with_body(addr, method, "/testhub", &[], b"").await?;
+            let response = request(addr, method, "/testhub", &[], b"").await?;
             assert_eq!(
                 (response.status, response.text().as_str()),
                 (400, "Connection ID required")
             );
-            let response = http_request_with_body(addr, method, "/testhub?id=nope", &[], b"x").await?;
+            let response = request(addr, method, "/testhub?id=nope", &[], b"x").await?;
             assert_eq!(
                 (response.status, response.text().as_str()),
                 (404, "No Connection with that ID"),
@@ -155,25 +155,25 @@ async fn missing_and_unknown_ids_and_unoffered_transports() -> TestResult {
             );
         }
         let sse = [("Accept", "text/event-stream")];
-        let response = http_request_with_body(addr, "GET", "/testhub?id=nope", &sse, b"").await?;
+        let response = request(addr, "GET", "/testhub?id=nope", &sse, b"").await?;
         assert_eq!(
             (response.status, response.text().as_str()),
             (404, "No Connection with that ID")
         );
         let (token, _) = negotiate(addr, "/wsonly").await?;
-        let response = http_request_with_body(addr, "GET", &format!("/wsonly?id={token}"), &[], b"").await?;
+        let response = request(addr, "GET", &format!("/wsonly?id={token}"), &[], b"").await?;
         assert_eq!(
             (response.status, response.text().as_str()),
             (404, "LongPolling transport not supported by this end point type")
         );
-        let response = http_request_with_body(addr, "GET", &format!("/wsonly?id={token}"), &sse, b"").await?;
+        let response = request(addr, "GET", &format!("/wsonly?id={token}"), &sse, b"").await?;
         assert_eq!(
             (response.status, response.text().as_str()),
             (404, "ServerSentEvents transport not supported by this end point type")
         );
         // A POST before any transport is open has nowhere to go.
         let (token, _) = negotiate(addr, "/testhub").await?;
-        let response = http_request_with_body(addr, "POST", &format!("/testhub?id={token}"), &[], b"x").await?;
+        let response = request(addr, "POST", &format!("/testhub?id={token}"), &[], b"x").await?;
         assert_eq!(response.status, 400);
         stop(node).await;
         Ok(())
@@ -187,7 +187,7 @@ async fn long_polling_round_trip_supersession_and_delete() -> TestResult {
         let node = start(limits(Duration::from_secs(20), Duration::from_secs(15))).await?;
         let addr = node.local_addr();
         let token = long_polling_client(addr, "json").await?;
-        let sent = http_request_with_body(
+        let sent = request(
             addr,
             "POST",
             &format!("/testhub?id={token}"),
@@ -205,8 +205,7 @@ async fn long_polling_round_trip_supersession_and_delete() -> TestResult {
         );
         assert!(answer.text().contains("\"result\":\"hello\""), "{:?}", answer.text());
         // A second poll while one is pending ends the older with 204; the connection lives on.
-        let poll =
-            |path: String| tokio::spawn(async move { http_request_with_body(addr, "GET", &path, &[], b"").await });
+        let poll = |path: String| tokio::spawn(async move { request(addr, "GET", &path, &[], b"").await });
         let older = poll(format!("/testhub?id={token}&_=3"));
         tokio::time::sleep(Duration::from_millis(200)).await;
         let newer = poll(format!("/testhub?id={token}&_=4"));
@@ -214,14 +213,14 @@ async fn long_polling_round_trip_supersession_and_delete() -> TestResult {
         assert_eq!(older.status, 204);
         // DELETE ends the connection: the pending poll gets 204, the DELETE 202.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let deleted = http_request_with_body(addr, "DELETE", &format!("/testhub?id={token}"), &[], b"").await?;
+        let deleted = request(addr, "DELETE", &format!("/testhub?id={token}"), &[], b"").await?;
         assert_eq!(deleted.status, 202);
         let newer = newer.await??;
         assert_eq!(newer.status, 204);
         // Then the id is gone.
         let mut last = 0;
         for _ in 0..50 {
-            last = http_request_with_body(addr, "GET", &format!("/testhub?id={token}"), &[], b"")
+            last = request(addr, "GET", &format!("/testhub?id={token}"), &[], b"")
                 .await?
                 .status;
             if last == 404 {
@@ -243,18 +242,18 @@ async fn poll_timeout_and_liveness_by_gap_between_polls() -> TestResult {
         let addr = node.local_addr();
         let token = long_polling_client(addr, "json").await?;
         let started = Instant::now();
-        let empty = http_request_with_body(addr, "GET", &format!("/testhub?id={token}"), &[], b"").await?;
+        let empty = request(addr, "GET", &format!("/testhub?id={token}"), &[], b"").await?;
         assert_eq!((empty.status, empty.body.len()), (200, 0));
         assert!(started.elapsed() >= Duration::from_millis(250), "the poll did not wait");
         // No Pings are sent on long polling and none are expected: polls keep the connection alive past the
         // disconnect timeout.
         for _ in 0..4 {
-            let response = http_request_with_body(addr, "GET", &format!("/testhub?id={token}"), &[], b"").await?;
+            let response = request(addr, "GET", &format!("/testhub?id={token}"), &[], b"").await?;
             assert_eq!((response.status, response.text()), (200, String::new()));
         }
         // A client that stops polling is gone after the disconnect timeout.
         tokio::time::sleep(Duration::from_millis(1200)).await;
-        let response = http_request_with_body(addr, "GET", &format!("/testhub?id={token}"), &[], b"").await?;
+        let response = request(addr, "GET", &format!("/testhub?id={token}"), &[], b"").await?;
         assert_eq!(
             (response.status, response.text().as_str()),
             (404, "No Connection with that ID")
@@ -272,7 +271,7 @@ async fn concurrent_and_oversized_posts_are_refused() -> TestResult {
         let addr = node.local_addr();
         let (token, _) = negotiate(addr, "/testhub").await?;
         assert_eq!(
-            http_request_with_body(addr, "GET", &format!("/testhub?id={token}"), &[], b"")
+            request(addr, "GET", &format!("/testhub?id={token}"), &[], b"")
                 .await?
                 .status,
             200
@@ -285,16 +284,16 @@ async fn concurrent_and_oversized_posts_are_refused() -> TestResult {
             .await?;
         slow.write_all(first_half).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let second = http_request_with_body(addr, "POST", &format!("/testhub?id={token}"), &[], b"{}").await?;
+        let second = request(addr, "POST", &format!("/testhub?id={token}"), &[], b"{}").await?;
         assert_eq!(second.status, 409);
         slow.write_all(second_half).await?;
         let mut raw = Vec::new();
         timeout(STEP, slow.read_to_end(&mut raw)).await??;
-        assert_eq!(parse_http_response(&raw)?.status, 200);
+        assert_eq!(parse_response(&raw)?.status, 200);
         let answer = poll_data(addr, &token).await?;
         assert_eq!(answer.text(), format!("{{}}{RS}"));
         let huge = vec![b' '; 64 * 1024 + 1];
-        let response = http_request_with_body(addr, "POST", &format!("/testhub?id={token}"), &[], &huge).await?;
+        let response = request(addr, "POST", &format!("/testhub?id={token}"), &[], &huge).await?;
         assert_eq!(response.status, 413);
         stop(node).await;
         Ok(())
@@ -315,7 +314,7 @@ async fn long_polling_carries_messagepack_as_binary() -> TestResult {
         let mut body = vec![u8::try_from(record.len())?];
         body.extend_from_slice(record);
         assert_eq!(
-            http_request_with_body(addr, "POST", &format!("/testhub?id={token}"), &[], &body)
+            request(addr, "POST", &format!("/testhub?id={token}"), &[], &body)
                 .await?
                 .status,
             200
@@ -340,7 +339,7 @@ async fn request_context_is_the_first_poll() -> TestResult {
         let node = start(limits(Duration::from_secs(20), Duration::from_secs(15))).await?;
         let addr = node.local_addr();
         let (token, _) = negotiate(addr, "/testhub").await?;
-        let first = http_request_with_body(
+        let first = request(
             addr,
             "GET",
             &format!("/testhub?id={token}&x=1"),
@@ -350,7 +349,7 @@ async fn request_context_is_the_first_poll() -> TestResult {
         .await?;
         assert_eq!(first.status, 200);
         let handshake = format!("{{\"protocol\":\"json\",\"version\":1}}{RS}");
-        http_request_with_body(
+        request(
             addr,
             "POST",
             &format!("/testhub?id={token}"),
@@ -360,7 +359,7 @@ async fn request_context_is_the_first_poll() -> TestResult {
         .await?;
         poll_data(addr, &token).await?;
         let invoke = invocation("7", "GetHeader", serde_json::json!(["X-Test"]));
-        http_request_with_body(
+        request(
             addr,
             "POST",
             &format!("/testhub?id={token}"),
@@ -368,7 +367,7 @@ async fn request_context_is_the_first_poll() -> TestResult {
             invoke.as_bytes(),
         )
         .await?;
-        let answer = http_request_with_body(
+        let answer = request(
             addr,
             "GET",
             &format!("/testhub?id={token}"),
@@ -424,33 +423,23 @@ async fn server_sent_events_framing_and_conflicts() -> TestResult {
         let path = format!("/testhub?id={token}");
         let (mut events, mut raw) = open_event_stream(addr, &path, &[("X-Test", "sse")]).await?;
         let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no head")? + 4;
-        let head = parse_http_response(&raw[..head_end])?;
+        let head = parse_response(&raw[..head_end])?;
         assert_eq!(head.status, 200);
         assert_eq!(head.header("content-type"), Some("text/event-stream"));
         assert_eq!(head.header("cache-control"), Some("no-cache"));
         // A second stream, a poll, and a DELETE on an SSE connection are refused.
         let sse = [("Accept", "text/event-stream")];
-        assert_eq!(http_request_with_body(addr, "GET", &path, &sse, b"").await?.status, 409);
-        assert_eq!(http_request_with_body(addr, "GET", &path, &[], b"").await?.status, 400);
-        assert_eq!(
-            http_request_with_body(addr, "DELETE", &path, &[], b"").await?.status,
-            400
-        );
+        assert_eq!(request(addr, "GET", &path, &sse, b"").await?.status, 409);
+        assert_eq!(request(addr, "GET", &path, &[], b"").await?.status, 400);
+        assert_eq!(request(addr, "DELETE", &path, &[], b"").await?.status, 400);
         let handshake = format!("{{\"protocol\":\"json\",\"version\":1}}{RS}");
         assert_eq!(
-            http_request_with_body(addr, "POST", &path, &[], handshake.as_bytes())
-                .await?
-                .status,
+            request(addr, "POST", &path, &[], handshake.as_bytes()).await?.status,
             200
         );
         read_until(&mut events, &mut raw, format!("data: {{}}{RS}\n\n").as_bytes()).await?;
         let invoke = invocation("1", "GetHeader", serde_json::json!(["X-Test"]));
-        assert_eq!(
-            http_request_with_body(addr, "POST", &path, &[], invoke.as_bytes())
-                .await?
-                .status,
-            200
-        );
+        assert_eq!(request(addr, "POST", &path, &[], invoke.as_bytes()).await?.status, 200);
         read_until(
             &mut events,
             &mut raw,
@@ -464,9 +453,7 @@ async fn server_sent_events_framing_and_conflicts() -> TestResult {
         drop(events);
         let mut last = 0;
         for _ in 0..100 {
-            last = http_request_with_body(addr, "POST", &path, &[], b"{\"type\":6}\x1e")
-                .await?
-                .status;
+            last = request(addr, "POST", &path, &[], b"{\"type\":6}\x1e").await?.status;
             if last == 404 {
                 break;
             }
@@ -491,9 +478,7 @@ async fn messagepack_over_sse_gets_a_handshake_error() -> TestResult {
         let (mut events, mut raw) = open_event_stream(addr, &path, &[]).await?;
         let handshake = format!("{{\"protocol\":\"messagepack\",\"version\":1}}{RS}");
         assert_eq!(
-            http_request_with_body(addr, "POST", &path, &[], handshake.as_bytes())
-                .await?
-                .status,
+            request(addr, "POST", &path, &[], handshake.as_bytes()).await?.status,
             200
         );
         read_until(&mut events, &mut raw, b"data: {\"error\":").await?;
@@ -514,7 +499,7 @@ async fn echo_server() -> TestResult<(hubmesh::testing::testhub::TestHubHandle, 
 async fn echo_gone(addr: SocketAddr, path: &str) -> TestResult {
     let mut last = 0;
     for _ in 0..100 {
-        last = http_request_with_body(addr, "POST", path, &[], b"x").await?.status;
+        last = request(addr, "POST", path, &[], b"x").await?.status;
         if last == 404 {
             return Ok(());
         }
@@ -535,59 +520,37 @@ async fn raw_echo_over_long_polling() -> TestResult {
             .filter_map(|transport| transport["transport"].as_str())
             .collect();
         assert_eq!(names, ["WebSockets", "ServerSentEvents", "LongPolling"]);
-        assert_eq!(
-            http_request_with_body(addr, "GET", "/echo?id=unknown", &[], b"")
-                .await?
-                .status,
-            404
-        );
-        assert_eq!(
-            http_request_with_body(addr, "GET", "/echo", &[], b"").await?.status,
-            400
-        );
+        assert_eq!(request(addr, "GET", "/echo?id=unknown", &[], b"").await?.status, 404);
+        assert_eq!(request(addr, "GET", "/echo", &[], b"").await?.status, 400);
         let path = format!("/echo?id={token}");
-        let first = http_request_with_body(addr, "GET", &path, &[], b"").await?;
+        let first = request(addr, "GET", &path, &[], b"").await?;
         assert_eq!(first.status, 200);
         assert!(first.body.is_empty(), "the first poll carried {:?}", first.text());
         // Each POST body comes back whole, text or binary.
-        assert_eq!(
-            http_request_with_body(addr, "POST", &path, &[], b"hello\nworld")
-                .await?
-                .status,
-            200
-        );
-        let echoed = http_request_with_body(addr, "GET", &path, &[], b"").await?;
+        assert_eq!(request(addr, "POST", &path, &[], b"hello\nworld").await?.status, 200);
+        let echoed = request(addr, "GET", &path, &[], b"").await?;
         assert_eq!((echoed.status, echoed.text().as_str()), (200, "hello\nworld"));
         let binary = [0u8, 1, 0x1e, 0x80, 0xff];
-        assert_eq!(
-            http_request_with_body(addr, "POST", &path, &[], &binary).await?.status,
-            200
-        );
-        let echoed = http_request_with_body(addr, "GET", &path, &[], b"").await?;
+        assert_eq!(request(addr, "POST", &path, &[], &binary).await?.status, 200);
+        let echoed = request(addr, "GET", &path, &[], b"").await?;
         assert_eq!((echoed.status, echoed.body.as_slice()), (200, binary.as_slice()));
         assert_eq!(echoed.header("content-type"), Some("application/octet-stream"));
         // An SSE stream for a long-polling connection is refused; DELETE ends it: the pending poll gets 204.
         let sse = [("Accept", "text/event-stream")];
-        assert_eq!(http_request_with_body(addr, "GET", &path, &sse, b"").await?.status, 400);
+        assert_eq!(request(addr, "GET", &path, &sse, b"").await?.status, 400);
         let pending = tokio::spawn({
             let path = path.clone();
             async move {
-                http_request_with_body(addr, "GET", &path, &[], b"")
+                request(addr, "GET", &path, &[], b"")
                     .await
                     .map(|response| response.status)
             }
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(
-            http_request_with_body(addr, "DELETE", &path, &[], b"").await?.status,
-            202
-        );
+        assert_eq!(request(addr, "DELETE", &path, &[], b"").await?.status, 202);
         assert_eq!(pending.await??, 204);
         echo_gone(addr, &path).await?;
-        assert_eq!(
-            http_request_with_body(addr, "DELETE", &path, &[], b"").await?.status,
-            404
-        );
+        assert_eq!(request(addr, "DELETE", &path, &[], b"").await?.status, 404);
         server.stop().await;
         Ok(())
     })
@@ -598,7 +561,7 @@ async fn raw_echo_over_long_polling() -> TestResult {
 async fn raw_echo_over_server_sent_events_and_bad_negotiate() -> TestResult {
     bounded(async {
         let (server, addr) = echo_server().await?;
-        let bad = http_request_with_body(addr, "POST", "/bad-negotiate/negotiate?negotiateVersion=1", &[], b"").await?;
+        let bad = request(addr, "POST", "/bad-negotiate/negotiate?negotiateVersion=1", &[], b"").await?;
         assert_eq!(bad.status, 200);
         assert_eq!(
             serde_json::from_slice::<Value>(&bad.body)?,
@@ -606,30 +569,19 @@ async fn raw_echo_over_server_sent_events_and_bad_negotiate() -> TestResult {
         );
         let (token, _) = negotiate(addr, "/echo").await?;
         let path = format!("/echo?id={token}");
-        assert_eq!(
-            http_request_with_body(addr, "POST", &path, &[], b"early").await?.status,
-            400
-        );
+        assert_eq!(request(addr, "POST", &path, &[], b"early").await?.status, 400);
         let (mut events, mut raw) = open_event_stream(addr, &path, &[]).await?;
         let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no head")? + 4;
-        let head = parse_http_response(&raw[..head_end])?;
+        let head = parse_response(&raw[..head_end])?;
         assert_eq!(
             (head.status, head.header("content-type")),
             (200, Some("text/event-stream"))
         );
         let sse = [("Accept", "text/event-stream")];
-        assert_eq!(http_request_with_body(addr, "GET", &path, &sse, b"").await?.status, 409);
-        assert_eq!(http_request_with_body(addr, "GET", &path, &[], b"").await?.status, 400);
-        assert_eq!(
-            http_request_with_body(addr, "DELETE", &path, &[], b"").await?.status,
-            400
-        );
-        assert_eq!(
-            http_request_with_body(addr, "POST", &path, &[], b"one\r\ntwo")
-                .await?
-                .status,
-            200
-        );
+        assert_eq!(request(addr, "GET", &path, &sse, b"").await?.status, 409);
+        assert_eq!(request(addr, "GET", &path, &[], b"").await?.status, 400);
+        assert_eq!(request(addr, "DELETE", &path, &[], b"").await?.status, 400);
+        assert_eq!(request(addr, "POST", &path, &[], b"one\r\ntwo").await?.status, 200);
         read_until(&mut events, &mut raw, b"data: one\ndata: two\n\n").await?;
         // Closing the event stream ends the connection (noticed at the next write): its id is gone.
         drop(events);

@@ -155,7 +155,7 @@ pub fn parse_http_response(raw: &[u8]) -> Result<HttpReply, TestClientError> {
 fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, TestClientError> {
     let bad = |what: &str| TestClientError::Unexpected(what.to_owned());
     let mut out = Vec::new();
-    for _ in 0..10_000 {
+    for _ in 0..100_000 {
         let line_end = raw
             .windows(2)
             .position(|window| window == b"\r\n")
@@ -173,5 +173,5 @@ fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, TestClientError> {
             .get(start + size + 2..)
             .ok_or_else(|| bad("a truncated chunk end"))?;
     }
-    Err(bad("more than 10000 chunks"))
+    Err(bad("more than 100000 chunks"))
 }
