@@ -1,12 +1,15 @@
-//! Test support (feature `test-util`): the official functional-test hub and a server that runs it in-process.
+//! Test support (feature `test-util`): the official functional-test hub and a server that runs it in-process, an
+//! in-process cluster, and the one raw SignalR client every Rust test speaks the wire protocol with.
 //!
 //! [`TestHubServer::start`] serves the test hub on ephemeral loopback ports, plain HTTP and HTTPS, from a background
 //! thread with its own runtime, so both synchronous tests (which then drive Node.js clients) and async tests can use
 //! it.
 
+pub mod client;
 pub mod cluster;
 pub mod testhub;
 
+pub use client::TestClient;
 pub use cluster::TestCluster;
 
 use std::sync::mpsc as std_mpsc;

@@ -5,152 +5,63 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::error::Error;
+use std::future::Future;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use hubmesh::demo::demo_hub;
-use hubmesh::testing::TestCluster;
+use hubmesh::testing::{TestClient, TestCluster};
 use hubmesh::{ConnectionId, HubError};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 
-const RS: char = '\u{1e}';
-
-/// A minimal SignalR JSON client over a direct WebSocket (skipNegotiation).
-struct Client {
-    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    pending: Vec<Value>,
-    next_id: u64,
-    /// Answers client-result invocations of this target with this value.
-    answer: Option<(String, Value)>,
+/// What the demo hub's tests read and ask on top of the raw client.
+trait DemoClient {
+    /// The payload of the next `msg` call, if one comes within `limit`.
+    async fn next_msg(&mut self, limit: Duration) -> TestResult<Option<Value>>;
+    async fn connection_id(&mut self) -> TestResult<ConnectionId>;
 }
 
-impl Client {
-    async fn connect(base: &str) -> TestResult<Client> {
-        Client::connect_to(&format!("{base}/hub")).await
-    }
-
-    async fn connect_to(url: &str) -> TestResult<Client> {
-        let url = url.replacen("http://", "ws://", 1);
-        let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
-        socket
-            .send(Message::text(format!("{{\"protocol\":\"json\",\"version\":1}}{RS}")))
-            .await?;
-        let mut client = Client {
-            socket,
-            pending: Vec::new(),
-            next_id: 1,
-            answer: None,
-        };
-        let handshake = client.read_records().await?;
-        if handshake.first() != Some(&json!({})) {
-            return Err(format!("bad handshake response {handshake:?}").into());
-        }
-        client.pending.extend(handshake.into_iter().skip(1));
-        Ok(client)
-    }
-
-    async fn read_records(&mut self) -> TestResult<Vec<Value>> {
-        loop {
-            // Callers bound the wait; this bound only keeps a broken caller from hanging.
-            let message = timeout(Duration::from_secs(60), self.socket.next())
-                .await?
-                .ok_or("socket closed")??;
-            if let Message::Text(text) = message {
-                let mut records = Vec::new();
-                for record in text.split(RS).filter(|record| !record.is_empty()) {
-                    records.push(serde_json::from_str::<Value>(record)?);
-                }
-                return Ok(records);
-            }
-        }
-    }
-
-    /// The next record that is not a ping, answering client-result invocations on the way.
-    async fn next_record(&mut self, limit: Duration) -> TestResult<Option<Value>> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if !self.pending.is_empty() {
-                let record = self.pending.remove(0);
-                if record["type"] == 6 {
-                    continue;
-                }
-                if record["type"] == 1 && record.get("invocationId").is_some() {
-                    if let Some((target, value)) = &self.answer {
-                        if record["target"]
-                            .as_str()
-                            .is_some_and(|name| name.eq_ignore_ascii_case(target))
-                        {
-                            let reply = json!({"type": 3, "invocationId": record["invocationId"], "result": value});
-                            self.socket.send(Message::text(format!("{reply}{RS}"))).await?;
-                            continue;
-                        }
-                    }
-                }
-                return Ok(Some(record));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            match timeout(left, self.read_records()).await {
-                Ok(records) => self.pending.extend(records?),
-                Err(_) => return Ok(None),
-            }
-        }
-    }
-
-    async fn invoke(&mut self, target: &str, arguments: Value) -> TestResult<Value> {
-        let id = self.next_id.to_string();
-        self.next_id += 1;
-        let record = json!({"type": 1, "invocationId": id, "target": target, "arguments": arguments});
-        self.socket.send(Message::text(format!("{record}{RS}"))).await?;
-        let mut others = Vec::new();
-        let result = loop {
-            let Some(record) = self.next_record(Duration::from_secs(10)).await? else {
-                break Err(format!("no completion for {target}").into());
-            };
-            if record["type"] == 3 && record["invocationId"] == id.as_str() {
-                break match record.get("error") {
-                    Some(error) => Err(error.to_string().into()),
-                    None => Ok(record.get("result").cloned().unwrap_or(Value::Null)),
-                };
-            }
-            others.push(record);
-        };
-        self.pending.splice(0..0, others);
-        result
-    }
-
-    async fn send(&mut self, target: &str, arguments: Value) -> TestResult {
-        let record = json!({"type": 1, "target": target, "arguments": arguments});
-        self.socket.send(Message::text(format!("{record}{RS}"))).await?;
-        Ok(())
-    }
-
-    /// The payload of the next `msg` call, if one comes within `limit`.
+impl DemoClient for TestClient {
     async fn next_msg(&mut self, limit: Duration) -> TestResult<Option<Value>> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(record) = self.next_record(left).await? else {
-                return Ok(None);
-            };
-            if record["type"] == 1 && record["target"] == "msg" {
-                return Ok(Some(record["arguments"][0].clone()));
-            }
-        }
+        let call = self.next_invocation_of("msg", limit).await?;
+        Ok(call.map(|call| call.value["arguments"][0].clone()))
     }
 
     async fn connection_id(&mut self) -> TestResult<ConnectionId> {
-        let id = self.invoke("WhoAmI", json!([])).await?;
+        let id = self.invoke_ok_keeping_others("WhoAmI", json!([])).await?;
         Ok(ConnectionId::new(id.as_str().ok_or("no id")?))
     }
+}
+
+/// A JSON client of the demo hub on node `index`, straight over WebSocket (skipNegotiation).
+async fn demo_client(cluster: &TestCluster, index: usize) -> TestResult<TestClient> {
+    Ok(TestClient::to(&format!("{}/hub", url(cluster, index)?))
+        .connect()
+        .await?)
+}
+
+/// A demo client on each of the three nodes, each a member of every group in `groups`.
+async fn members_on_every_node<G: AsRef<str>>(cluster: &TestCluster, groups: &[G]) -> TestResult<Vec<TestClient>> {
+    let mut clients = Vec::new();
+    for index in 0..3 {
+        let mut client = demo_client(cluster, index).await?;
+        for group in groups {
+            client.join_group(group.as_ref()).await?;
+        }
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
+/// Asserts that the clients at `indices` each get `payload` as their next `msg`, within 5 s each.
+async fn assert_each_gets(clients: &mut [TestClient], indices: &[usize], payload: Value) -> TestResult {
+    for &index in indices {
+        let got = clients[index].next_msg(Duration::from_secs(5)).await?;
+        assert_eq!(got, Some(payload.clone()), "client {index}");
+    }
+    Ok(())
 }
 
 async fn three_nodes() -> TestResult<TestCluster> {
@@ -160,18 +71,28 @@ async fn three_nodes() -> TestResult<TestCluster> {
     Ok(cluster)
 }
 
+/// Runs `body` on three in-process nodes of the demo hub within `limit`; stops the cluster `body` hands back.
+async fn on_three_nodes<F, Fut>(limit: Duration, body: F) -> TestResult
+where
+    F: FnOnce(TestCluster) -> Fut,
+    Fut: Future<Output = TestResult<TestCluster>>,
+{
+    timeout(limit, async {
+        let cluster = body(three_nodes().await?).await?;
+        cluster.stop().await;
+        Ok(())
+    })
+    .await?
+}
+
 fn url(cluster: &TestCluster, index: usize) -> TestResult<String> {
     Ok(cluster.url(index).ok_or("node not running")?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_target_reaches_clients_on_every_node() -> TestResult {
-    timeout(Duration::from_secs(60), async {
-        let cluster = three_nodes().await?;
-        let mut clients = Vec::new();
-        for index in 0..3 {
-            clients.push(Client::connect(&url(&cluster, index)?).await?);
-        }
+    on_three_nodes(Duration::from_secs(60), |cluster| async move {
+        let mut clients = members_on_every_node::<&str>(&cluster, &[]).await?;
         let mut ids = Vec::new();
         for client in &mut clients {
             ids.push(client.connection_id().await?);
@@ -183,14 +104,19 @@ async fn every_target_reaches_clients_on_every_node() -> TestResult {
 
         // Join from each node; every node then agrees on the count.
         for client in &mut clients {
-            client.invoke("JoinGroup", json!(["room"])).await?;
+            client.join_group("room").await?;
         }
         for client in &mut clients {
-            assert_eq!(client.invoke("GroupCount", json!(["room"])).await?, json!(3));
+            assert_eq!(
+                client.invoke_ok_keeping_others("GroupCount", json!(["room"])).await?,
+                json!(3)
+            );
         }
 
         // A group send from node 2 reaches the members on all three nodes exactly once.
-        clients[1].send("SendToGroup", json!(["room", {"n": 1}])).await?;
+        clients[1]
+            .send_invocation("SendToGroup", json!(["room", {"n": 1}]))
+            .await?;
         for client in &mut clients {
             assert_eq!(client.next_msg(Duration::from_secs(5)).await?, Some(json!({"n": 1})));
             assert_eq!(
@@ -201,67 +127,39 @@ async fn every_target_reaches_clients_on_every_node() -> TestResult {
         }
 
         // Broadcast from node 3.
-        clients[2].send("Broadcast", json!(["all"])).await?;
-        for client in &mut clients {
-            assert_eq!(client.next_msg(Duration::from_secs(5)).await?, Some(json!("all")));
-        }
+        clients[2].send_invocation("Broadcast", json!(["all"])).await?;
+        assert_each_gets(&mut clients, &[0, 1, 2], json!("all")).await?;
 
         // Hub contexts of other nodes: client, clients, all_except, group_except, others_in_group-like targets.
         let backend = cluster.context(0, "demo").ok_or("no hub context")?;
         backend.clients().client(&ids[2]).send("msg", ("to three",)).await?;
-        assert_eq!(
-            clients[2].next_msg(Duration::from_secs(5)).await?,
-            Some(json!("to three"))
-        );
+        assert_each_gets(&mut clients, &[2], json!("to three")).await?;
         backend
             .clients()
             .clients(vec![ids[1].clone(), ids[2].clone()])
             .send("msg", ("two and three",))
             .await?;
-        assert_eq!(
-            clients[1].next_msg(Duration::from_secs(5)).await?,
-            Some(json!("two and three"))
-        );
-        assert_eq!(
-            clients[2].next_msg(Duration::from_secs(5)).await?,
-            Some(json!("two and three"))
-        );
+        assert_each_gets(&mut clients, &[1, 2], json!("two and three")).await?;
         backend
             .clients()
             .all_except(vec![ids[0].clone()])
             .send("msg", ("not one",))
             .await?;
-        assert_eq!(
-            clients[1].next_msg(Duration::from_secs(5)).await?,
-            Some(json!("not one"))
-        );
-        assert_eq!(
-            clients[2].next_msg(Duration::from_secs(5)).await?,
-            Some(json!("not one"))
-        );
+        assert_each_gets(&mut clients, &[1, 2], json!("not one")).await?;
         assert_eq!(clients[0].next_msg(Duration::from_millis(300)).await?, None);
         backend
             .clients()
             .group_except("room", vec![ids[2].clone()])
             .send("msg", ("not three",))
             .await?;
-        assert_eq!(
-            clients[0].next_msg(Duration::from_secs(5)).await?,
-            Some(json!("not three"))
-        );
-        assert_eq!(
-            clients[1].next_msg(Duration::from_secs(5)).await?,
-            Some(json!("not three"))
-        );
+        assert_each_gets(&mut clients, &[0, 1], json!("not three")).await?;
         assert_eq!(clients[2].next_msg(Duration::from_millis(300)).await?, None);
         backend
             .clients()
             .groups(["room", "empty"])
             .send("msg", ("groups",))
             .await?;
-        for client in &mut clients {
-            assert_eq!(client.next_msg(Duration::from_secs(5)).await?, Some(json!("groups")));
-        }
+        assert_each_gets(&mut clients, &[0, 1, 2], json!("groups")).await?;
 
         // Membership of another node's connection, from a node that does not hold it; an unknown one fails at once.
         let remote = cluster.context(2, "demo").ok_or("no hub context")?;
@@ -288,7 +186,7 @@ async fn every_target_reaches_clients_on_every_node() -> TestResult {
         );
 
         // Client results across nodes.
-        clients[0].answer = Some(("ask".into(), json!("forty-two")));
+        clients[0].answer_client_results("ask", json!("forty-two"));
         let asking = tokio::spawn({
             let remote = remote.clone();
             let id = ids[0].clone();
@@ -299,39 +197,42 @@ async fn every_target_reaches_clients_on_every_node() -> TestResult {
         assert_eq!(asking.await??, "forty-two");
 
         // Leaving stops delivery everywhere.
-        clients[0].invoke("LeaveGroup", json!(["room"])).await?;
-        assert_eq!(clients[2].invoke("GroupCount", json!(["room"])).await?, json!(2));
-        clients[2].send("SendToGroup", json!(["room", "after leave"])).await?;
+        clients[0]
+            .invoke_ok_keeping_others("LeaveGroup", json!(["room"]))
+            .await?;
+        assert_eq!(
+            clients[2]
+                .invoke_ok_keeping_others("GroupCount", json!(["room"]))
+                .await?,
+            json!(2)
+        );
+        clients[2]
+            .send_invocation("SendToGroup", json!(["room", "after leave"]))
+            .await?;
         assert_eq!(
             clients[1].next_msg(Duration::from_secs(5)).await?,
             Some(json!("after leave"))
         );
         assert_eq!(clients[0].next_msg(Duration::from_millis(300)).await?, None);
-        cluster.stop().await;
-        TestResult::Ok(())
+        Ok(cluster)
     })
-    .await?
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_messages_arrive_in_one_order_on_every_node() -> TestResult {
-    timeout(Duration::from_secs(60), async {
-        let cluster = three_nodes().await?;
-        let mut clients = Vec::new();
-        for index in 0..3 {
-            let mut client = Client::connect(&url(&cluster, index)?).await?;
-            client.invoke("JoinGroup", json!(["ordered"])).await?;
-            clients.push(client);
-        }
+    on_three_nodes(Duration::from_secs(60), |cluster| async move {
+        let mut clients = members_on_every_node(&cluster, &["ordered"]).await?;
         // Two senders on different nodes interleave; every member sees one order, and each sender's own order.
         const EACH: usize = 150;
-        let mut senders = [
-            Client::connect(&url(&cluster, 0)?).await?,
-            Client::connect(&url(&cluster, 2)?).await?,
-        ];
+        let mut senders = [demo_client(&cluster, 0).await?, demo_client(&cluster, 2).await?];
         for n in 0..EACH {
-            senders[0].send("SendToGroup", json!(["ordered", ["a", n]])).await?;
-            senders[1].send("SendToGroup", json!(["ordered", ["b", n]])).await?;
+            senders[0]
+                .send_invocation("SendToGroup", json!(["ordered", ["a", n]]))
+                .await?;
+            senders[1]
+                .send_invocation("SendToGroup", json!(["ordered", ["b", n]]))
+                .await?;
         }
         let mut sequences = Vec::new();
         for client in &mut clients {
@@ -360,26 +261,17 @@ async fn group_messages_arrive_in_one_order_on_every_node() -> TestResult {
             sequences.windows(2).all(|pair| pair[0] == pair[1]),
             "members saw different orders"
         );
-        cluster.stop().await;
-        TestResult::Ok(())
+        Ok(cluster)
     })
-    .await?
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survivors_keep_their_groups_when_a_node_dies() -> TestResult {
-    timeout(Duration::from_secs(90), async {
-        let mut cluster = three_nodes().await?;
+    on_three_nodes(Duration::from_secs(90), |mut cluster| async move {
         // Several groups, so some are owned by the node that dies.
         let groups: Vec<String> = (0..12).map(|n| format!("g{n}")).collect();
-        let mut clients = Vec::new();
-        for index in 0..3 {
-            let mut client = Client::connect(&url(&cluster, index)?).await?;
-            for group in &groups {
-                client.invoke("JoinGroup", json!([group])).await?;
-            }
-            clients.push(client);
-        }
+        let mut clients = members_on_every_node(&cluster, &groups).await?;
         let mut doomed = clients.remove(1);
         let doomed_id = doomed.connection_id().await?;
         let asker = cluster.context(0, "demo").ok_or("no ctx")?;
@@ -389,12 +281,14 @@ async fn survivors_keep_their_groups_when_a_node_dies() -> TestResult {
 
         // A survivor keeps sending to every group across the death: none of it may be lost for the survivors.
         const ROUNDS: u64 = 120;
-        let mut sender = Client::connect(&url(&cluster, 0)?).await?;
+        let mut sender = demo_client(&cluster, 0).await?;
         let sending_groups = groups.clone();
         let sending = tokio::spawn(async move {
             for round in 0..ROUNDS {
                 for group in &sending_groups {
-                    sender.send("SendToGroup", json!([group, [group, round]])).await?;
+                    sender
+                        .send_invocation("SendToGroup", json!([group, [group, round]]))
+                        .await?;
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
@@ -423,7 +317,7 @@ async fn survivors_keep_their_groups_when_a_node_dies() -> TestResult {
             let mut counts = Vec::new();
             for client in &mut clients {
                 for group in &groups {
-                    let count = client.invoke("GroupCount", json!([group])).await?;
+                    let count = client.invoke_ok_keeping_others("GroupCount", json!([group])).await?;
                     if count != json!(2) {
                         settled = false;
                     }
@@ -486,7 +380,7 @@ async fn survivors_keep_their_groups_when_a_node_dies() -> TestResult {
 
         // Every group send reaches both survivors.
         for group in &groups {
-            clients[0].send("SendToGroup", json!([group, group])).await?;
+            clients[0].send_invocation("SendToGroup", json!([group, group])).await?;
         }
         // Groups have different owners, so only each group's own order is promised: compare as sets.
         for client in &mut clients {
@@ -504,31 +398,26 @@ async fn survivors_keep_their_groups_when_a_node_dies() -> TestResult {
             expected.sort_by_key(|payload| payload.to_string());
             assert_eq!(received, expected);
         }
-        cluster.stop().await;
-        TestResult::Ok(())
+        Ok(cluster)
     })
-    .await?
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_node_gets_its_memberships_back_when_it_thaws() -> TestResult {
-    timeout(Duration::from_secs(90), async {
-        let cluster = three_nodes().await?;
+    on_three_nodes(Duration::from_secs(90), |cluster| async move {
         let groups: Vec<String> = (0..6).map(|n| format!("f{n}")).collect();
-        let mut clients = Vec::new();
-        for index in 0..3 {
-            let mut client = Client::connect(&url(&cluster, index)?).await?;
-            for group in &groups {
-                client.invoke("JoinGroup", json!([group])).await?;
-            }
-            clients.push(client);
-        }
+        let mut clients = members_on_every_node(&cluster, &groups).await?;
         let frozen_at = Instant::now();
         cluster.freeze(2);
         // The others declare it dead and drop its members.
         let deadline = frozen_at + Duration::from_secs(10);
         loop {
-            if clients[0].invoke("GroupCount", json!([groups[0]])).await? == json!(2) {
+            if clients[0]
+                .invoke_ok_keeping_others("GroupCount", json!([groups[0]]))
+                .await?
+                == json!(2)
+            {
                 println!(
                     "the frozen node's members were dropped {:?} after the freeze",
                     frozen_at.elapsed()
@@ -549,7 +438,7 @@ async fn a_frozen_node_gets_its_memberships_back_when_it_thaws() -> TestResult {
             let mut restored = true;
             for client in clients.iter_mut().take(2) {
                 for group in &groups {
-                    if client.invoke("GroupCount", json!([group])).await? != json!(3) {
+                    if client.invoke_ok_keeping_others("GroupCount", json!([group])).await? != json!(3) {
                         restored = false;
                     }
                 }
@@ -565,31 +454,26 @@ async fn a_frozen_node_gets_its_memberships_back_when_it_thaws() -> TestResult {
         }
         // Drain what the frozen node's client was sent before and during the freeze, then check delivery.
         while clients[2].next_msg(Duration::from_millis(300)).await?.is_some() {}
-        clients[0].send("SendToGroup", json!([groups[0], "after thaw"])).await?;
+        clients[0]
+            .send_invocation("SendToGroup", json!([groups[0], "after thaw"]))
+            .await?;
         for client in &mut clients {
             assert_eq!(
                 client.next_msg(Duration::from_secs(5)).await?,
                 Some(json!("after thaw"))
             );
         }
-        cluster.stop().await;
-        TestResult::Ok(())
+        Ok(cluster)
     })
-    .await?
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_node_that_serves_no_clients_sends_to_all_of_them() -> TestResult {
-    timeout(Duration::from_secs(60), async {
-        let mut cluster = three_nodes().await?;
+    on_three_nodes(Duration::from_secs(60), |mut cluster| async move {
         let backend = cluster.add_backend("demo").await?;
         cluster.wait_for_members(Duration::from_secs(10)).await?;
-        let mut clients = Vec::new();
-        for index in 0..3 {
-            let mut client = Client::connect(&url(&cluster, index)?).await?;
-            client.invoke("JoinGroup", json!(["news"])).await?;
-            clients.push(client);
-        }
+        let mut clients = members_on_every_node(&cluster, &["news"]).await?;
         let context = cluster
             .context(backend, "demo")
             .ok_or("the backend has no demo context")?;
@@ -609,10 +493,9 @@ async fn a_backend_node_that_serves_no_clients_sends_to_all_of_them() -> TestRes
             got.sort_by_key(|payload| payload.to_string());
             assert_eq!(got, vec![json!("from the backend"), json!("to all")]);
         }
-        cluster.stop().await;
-        TestResult::Ok(())
+        Ok(cluster)
     })
-    .await?
+    .await
 }
 
 /// A hub whose users come from the `user` query parameter (SignalR's `IUserIdProvider`; with JWT it would be a claim).
@@ -651,45 +534,45 @@ async fn users_and_caller_relative_targets_work_on_every_node() -> TestResult {
         let cluster = TestCluster::start(3, || vec![users_hub()]).await?;
         cluster.wait_for_members(Duration::from_secs(10)).await?;
         // alice has a connection on node 1 and one on node 3; bob one on node 2.
-        let mut alice_1 = Client::connect_to(&format!("{}/users?user=alice", url(&cluster, 0)?)).await?;
-        let mut bob = Client::connect_to(&format!("{}/users?user=bob", url(&cluster, 1)?)).await?;
-        let mut alice_3 = Client::connect_to(&format!("{}/users?user=alice", url(&cluster, 2)?)).await?;
+        const ALICE_1: usize = 0;
+        const BOB: usize = 1;
+        const ALICE_3: usize = 2;
+        let mut clients = Vec::new();
+        for (index, user) in ["alice", "bob", "alice"].into_iter().enumerate() {
+            let hub = format!("{}/users?user={user}", url(&cluster, index)?);
+            clients.push(TestClient::to(&hub).connect().await?);
+        }
         // The user memberships are registered as the connections open; give the owners a moment.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        bob.send("SendToUser", json!(["alice", "hi alice"])).await?;
-        assert_eq!(alice_1.next_msg(Duration::from_secs(5)).await?, Some(json!("hi alice")));
-        assert_eq!(alice_3.next_msg(Duration::from_secs(5)).await?, Some(json!("hi alice")));
-        assert_eq!(bob.next_msg(Duration::from_millis(300)).await?, None);
-        alice_3
-            .send("SendToUsers", json!([["alice", "bob"], "everyone"]))
+        clients[BOB]
+            .send_invocation("SendToUser", json!(["alice", "hi alice"]))
             .await?;
-        for client in [&mut alice_1, &mut bob, &mut alice_3] {
-            assert_eq!(client.next_msg(Duration::from_secs(5)).await?, Some(json!("everyone")));
-        }
+        assert_each_gets(&mut clients, &[ALICE_1, ALICE_3], json!("hi alice")).await?;
+        assert_eq!(clients[BOB].next_msg(Duration::from_millis(300)).await?, None);
+        clients[ALICE_3]
+            .send_invocation("SendToUsers", json!([["alice", "bob"], "everyone"]))
+            .await?;
+        assert_each_gets(&mut clients, &[ALICE_1, BOB, ALICE_3], json!("everyone")).await?;
         // others and others_in_group, relative to a caller on node 3.
-        alice_3.send("SendToOthers", json!(["others"])).await?;
-        assert_eq!(alice_1.next_msg(Duration::from_secs(5)).await?, Some(json!("others")));
-        assert_eq!(bob.next_msg(Duration::from_secs(5)).await?, Some(json!("others")));
-        assert_eq!(alice_3.next_msg(Duration::from_millis(300)).await?, None);
-        alice_1.invoke("JoinGroup", json!(["team"])).await?;
-        alice_3.invoke("JoinGroup", json!(["team"])).await?;
-        alice_3
-            .send("SendToOthersInGroup", json!(["team", "team news"]))
+        clients[ALICE_3]
+            .send_invocation("SendToOthers", json!(["others"]))
             .await?;
-        assert_eq!(
-            alice_1.next_msg(Duration::from_secs(5)).await?,
-            Some(json!("team news"))
-        );
-        assert_eq!(alice_3.next_msg(Duration::from_millis(300)).await?, None);
-        assert_eq!(bob.next_msg(Duration::from_millis(300)).await?, None);
+        assert_each_gets(&mut clients, &[ALICE_1, BOB], json!("others")).await?;
+        assert_eq!(clients[ALICE_3].next_msg(Duration::from_millis(300)).await?, None);
+        for index in [ALICE_1, ALICE_3] {
+            clients[index].join_group("team").await?;
+        }
+        clients[ALICE_3]
+            .send_invocation("SendToOthersInGroup", json!(["team", "team news"]))
+            .await?;
+        assert_each_gets(&mut clients, &[ALICE_1], json!("team news")).await?;
+        assert_eq!(clients[ALICE_3].next_msg(Duration::from_millis(300)).await?, None);
+        assert_eq!(clients[BOB].next_msg(Duration::from_millis(300)).await?, None);
 
         // From a node's hub context, too.
         let context = cluster.context(1, "users").ok_or("no context")?;
         context.clients().user("bob").send("msg", ("from a context",)).await?;
-        assert_eq!(
-            bob.next_msg(Duration::from_secs(5)).await?,
-            Some(json!("from a context"))
-        );
+        assert_each_gets(&mut clients, &[BOB], json!("from a context")).await?;
         cluster.stop().await;
         TestResult::Ok(())
     })

@@ -9,6 +9,8 @@ use bytes::{Bytes, BytesMut};
 use hubmesh::protocol::handshake::{parse_request, write_response, HandshakeError, HandshakeRequest};
 use hubmesh::protocol::negotiate::{AvailableTransport, NegotiateError, NegotiateRedirect, NegotiateResponse};
 use hubmesh::protocol::*;
+// A MessagePack frame: the varint length prefix and the body.
+use hubmesh::testing::client::msgpack_frame as frame;
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -38,23 +40,6 @@ fn json(text: &str) -> RawValue {
 
 fn mp(bytes: &[u8]) -> RawValue {
     RawValue::MsgPack(Bytes::copy_from_slice(bytes))
-}
-
-/// A MessagePack frame: the varint length prefix and the body.
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut len = body.len();
-    loop {
-        let low = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
-            out.push(low);
-            break;
-        }
-        out.push(low | 0x80);
-    }
-    out.extend_from_slice(body);
-    out
 }
 
 fn is_invalid(result: Result<Option<HubMessage>, DecodeError>, needle: &str) -> bool {

@@ -1,4 +1,4 @@
-//! Stateful reconnect (docs/protocol.md#stateful-reconnect) on the wire: a raw WebSocket client speaking handshake v2,
+//! Stateful reconnect (docs/protocol.md#stateful-reconnect) on the wire: the raw test client speaking handshake version 2,
 //! behind a TCP proxy in the test that cuts the socket mid-stream.
 //!
 //! Covered: negotiate offers `useStatefulReconnect` only when asked; group messages sent before, during and after
@@ -15,23 +15,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use hubmesh::testing::client::{self, TestClient, STEP};
 use hubmesh::{Caller, CancellationToken, Hub, HubError, Limits, Node, NodeHandle, State};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{timeout, Instant};
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type TestResult<T = ()> = Result<T, BoxError>;
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(30);
-const STEP: Duration = Duration::from_secs(5);
-const RS: u8 = 0x1e;
 const HUB: &str = "resume";
 
 #[derive(Clone, Default)]
@@ -73,6 +67,11 @@ async fn start(window: Duration) -> TestResult<(NodeHandle, Disconnects)> {
         .start()
         .await?;
     Ok((node, disconnects))
+}
+
+/// Stops the node, bounded: how `stop` treats open connections is not what these tests check.
+async fn stop(node: NodeHandle) {
+    let _ = timeout(Duration::from_secs(10), node.stop()).await;
 }
 
 /// A TCP proxy whose connections can all be cut at once (both sockets dropped, no WebSocket close).
@@ -128,30 +127,17 @@ impl Drop for Proxy {
 
 /// `POST /resume/negotiate?negotiateVersion=1<extra>`, the JSON body.
 async fn negotiate(addr: SocketAddr, extra: &str) -> TestResult<Value> {
-    let mut stream = timeout(STEP, TcpStream::connect(addr)).await??;
-    let request = format!(
-        "POST /resume/negotiate?negotiateVersion=1{extra} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    timeout(STEP, stream.read_to_end(&mut response)).await??;
-    let text = String::from_utf8(response)?;
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP body")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("negotiate failed: {head}").into());
-    }
-    Ok(serde_json::from_str(body)?)
+    Ok(client::negotiate(&format!("http://{addr}/resume"), extra, &[]).await?)
 }
 
-/// A raw JSON client that numbers what it receives the way the official client does.
+/// The raw test client speaking JSON with handshake version 2, numbering what it receives the way the official
+/// client does.
 struct Client {
-    ws: Ws,
+    raw: TestClient,
     /// Id the next trackable message from the server has; `None` until the server's Sequence after a reconnect.
     next_id: Option<u64>,
     /// Highest trackable id processed.
     received: u64,
-    /// Records received, not yet handed out.
-    pending: std::collections::VecDeque<Value>,
 }
 
 fn trackable(message: &Value) -> bool {
@@ -159,57 +145,32 @@ fn trackable(message: &Value) -> bool {
 }
 
 impl Client {
-    async fn open(url: &str) -> TestResult<Ws> {
-        let (ws, _) = timeout(STEP, tokio_tungstenite::connect_async(url)).await??;
-        Ok(ws)
-    }
-
     async fn connect(url: &str) -> TestResult<Client> {
-        let mut client = Client {
-            ws: Self::open(url).await?,
+        let raw = TestClient::to(url).handshake_version(2).connect().await?;
+        Ok(Client {
+            raw,
             next_id: Some(1),
             received: 0,
-            pending: Default::default(),
-        };
-        client.send(json!({"protocol": "json", "version": 2})).await?;
-        let handshake = client.read_raw().await?;
-        if handshake != json!({}) {
-            return Err(format!("handshake failed: {handshake}").into());
-        }
-        Ok(client)
+        })
     }
 
-    async fn send(&mut self, message: Value) -> TestResult {
-        let mut text = message.to_string();
-        text.push(RS as char);
-        timeout(STEP, self.ws.send(Message::text(text))).await??;
-        Ok(())
-    }
-
-    /// The next record as sent, sequence bookkeeping aside.
-    async fn read_raw(&mut self) -> TestResult<Value> {
-        for _ in 0..100 {
-            if let Some(message) = self.pending.pop_front() {
-                return Ok(message);
-            }
-            let frame = timeout(STEP, self.ws.next()).await?.ok_or("the socket closed")??;
-            let data = match frame {
-                Message::Text(text) => text.as_bytes().to_vec(),
-                Message::Binary(bytes) => bytes.to_vec(),
-                Message::Close(close) => return Err(format!("closed: {close:?}").into()),
-                _ => continue,
-            };
-            for record in data.split(|b| *b == RS).filter(|record| !record.is_empty()) {
-                self.pending.push_back(serde_json::from_slice(record)?);
-            }
-        }
-        Err("no record after 100 frames".into())
+    /// Negotiates stateful reconnect at the node, connects through the proxy and joins group `g` with invocation
+    /// 1; also returns the URL to reconnect with.
+    async fn join_through(node: &NodeHandle, proxy: &Proxy) -> TestResult<(Client, String)> {
+        let negotiated = negotiate(node.local_addr(), "&useStatefulReconnect=true").await?;
+        let token = negotiated["connectionToken"].as_str().ok_or("no token")?.to_owned();
+        let url = format!("ws://{}/resume?id={token}", proxy.addr);
+        let mut client = Client::connect(&url).await?;
+        client.raw.send_invocation_with_id("1", "Join", json!(["g"])).await?;
+        let joined = client.read().await?;
+        assert_eq!(joined["type"], 3, "{joined}");
+        Ok((client, url))
     }
 
     /// The next hub message to act on: Sequence handled, duplicates dropped, as the official client does.
     async fn read(&mut self) -> TestResult<Value> {
         for _ in 0..10_000 {
-            let message = self.read_raw().await?;
+            let message = self.raw.record().await?.value;
             if message["type"] == 9 {
                 let id = message["sequenceId"].as_u64().ok_or("Sequence without an id")?;
                 if id > self.received + 1 {
@@ -236,10 +197,9 @@ impl Client {
 
     /// Reconnects with the same URL (and token): Sequence first, as the official client does.
     async fn reconnect(&mut self, url: &str, client_next: u64) -> TestResult {
-        self.ws = Self::open(url).await?;
-        self.pending.clear();
+        self.raw.reconnect(url).await?;
         self.next_id = None;
-        self.send(json!({"type": 9, "sequenceId": client_next})).await
+        Ok(self.raw.send_sequence(client_next).await?)
     }
 }
 
@@ -256,11 +216,11 @@ async fn negotiate_offers_stateful_reconnect_only_when_asked() -> TestResult {
         assert_eq!(asked["useStatefulReconnect"], json!(true));
         let plain = negotiate(node.local_addr(), "").await?;
         assert!(plain.get("useStatefulReconnect").is_none(), "{plain}");
-        let _ = timeout(Duration::from_secs(10), node.stop()).await;
+        stop(node).await;
         let (node, _) = start(Duration::ZERO).await?;
         let off = negotiate(node.local_addr(), "&useStatefulReconnect=true").await?;
         assert!(off.get("useStatefulReconnect").is_none(), "{off}");
-        let _ = timeout(Duration::from_secs(10), node.stop()).await;
+        stop(node).await;
         Ok(())
     })
     .await?
@@ -271,15 +231,7 @@ async fn group_messages_survive_a_dropped_socket_exactly_once_in_order() -> Test
     timeout(TEST_TIMEOUT, async {
         let (node, disconnects) = start(Duration::from_secs(10)).await?;
         let proxy = Proxy::start(node.local_addr()).await?;
-        let negotiated = negotiate(node.local_addr(), "&useStatefulReconnect=true").await?;
-        let token = negotiated["connectionToken"].as_str().ok_or("no token")?.to_owned();
-        let url = format!("ws://{}/resume?id={token}", proxy.addr);
-        let mut client = Client::connect(&url).await?;
-        client
-            .send(json!({"type": 1, "invocationId": "1", "target": "Join", "arguments": ["g"]}))
-            .await?;
-        let joined = client.read().await?;
-        assert_eq!(joined["type"], 3, "{joined}");
+        let (mut client, url) = Client::join_through(&node, &proxy).await?;
 
         // Group sends run throughout, before, during and after the drop.
         const COUNT: u64 = 300;
@@ -312,7 +264,7 @@ async fn group_messages_survive_a_dropped_socket_exactly_once_in_order() -> Test
             if seen.len() == 40 && !cut {
                 // Ack part of what arrived, so that the replay starts in the middle of the buffer.
                 acked = client.received - 10;
-                client.send(json!({"type": 8, "sequenceId": acked})).await?;
+                client.raw.send_ack(acked).await?;
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 proxy.cut();
                 cut = true;
@@ -321,9 +273,7 @@ async fn group_messages_survive_a_dropped_socket_exactly_once_in_order() -> Test
                 assert_eq!(group_count(&node, "g").await?, 1);
                 // The server processed our invocation 1, so we resume at 2.
                 client.reconnect(&url, 2).await?;
-                client
-                    .send(json!({"type": 1, "invocationId": "2", "target": "Join", "arguments": ["h"]}))
-                    .await?;
+                client.raw.send_invocation_with_id("2", "Join", json!(["h"])).await?;
             }
         }
         assert!(cut && acked > 0);
@@ -348,9 +298,8 @@ async fn group_messages_survive_a_dropped_socket_exactly_once_in_order() -> Test
             "a resumed connection never disconnected"
         );
         assert_eq!(group_count(&node, "h").await?, 1);
-        drop(client);
-        drop(proxy);
-        let _ = timeout(Duration::from_secs(10), node.stop()).await;
+        drop((client, proxy));
+        stop(node).await;
         Ok(())
     })
     .await?
@@ -362,14 +311,7 @@ async fn after_the_window_the_token_is_gone() -> TestResult {
         let window = Duration::from_millis(500);
         let (node, disconnects) = start(window).await?;
         let proxy = Proxy::start(node.local_addr()).await?;
-        let negotiated = negotiate(node.local_addr(), "&useStatefulReconnect=true").await?;
-        let token = negotiated["connectionToken"].as_str().ok_or("no token")?.to_owned();
-        let url = format!("ws://{}/resume?id={token}", proxy.addr);
-        let mut client = Client::connect(&url).await?;
-        client
-            .send(json!({"type": 1, "invocationId": "1", "target": "Join", "arguments": ["g"]}))
-            .await?;
-        assert_eq!(client.read().await?["type"], 3);
+        let (client, url) = Client::join_through(&node, &proxy).await?;
         proxy.cut();
         tokio::time::sleep(window / 5).await;
         assert_eq!(group_count(&node, "g").await?, 1, "still a member within the window");
@@ -381,13 +323,9 @@ async fn after_the_window_the_token_is_gone() -> TestResult {
         }
         assert_eq!(disconnects.0.load(Ordering::SeqCst), 1, "on_disconnected ran once");
         assert_eq!(group_count(&node, "g").await?, 0, "groups left");
-        match tokio_tungstenite::connect_async(url.as_str()).await {
-            Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 404),
-            Err(other) => return Err(format!("expected 404, got {other}").into()),
-            Ok(_) => return Err("a reconnect after the window was accepted".into()),
-        }
-        drop(proxy);
-        let _ = timeout(Duration::from_secs(10), node.stop()).await;
+        assert_eq!(TestClient::to(&url).refused_status().await?, 404);
+        drop((client, proxy));
+        stop(node).await;
         Ok(())
     })
     .await?

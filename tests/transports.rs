@@ -8,6 +8,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+// One request on its own connection, read to the end; a response as read, parsed.
+use hubmesh::testing::client::{http_request_with_body as request, parse_http_response as parse_response, HttpReply};
 use hubmesh::testing::testhub::test_hub;
 use hubmesh::transport::TransportKind;
 use hubmesh::{Limits, Node, NodeHandle};
@@ -59,25 +61,7 @@ async fn stop(node: NodeHandle) {
     let _ = timeout(Duration::from_secs(10), node.stop()).await;
 }
 
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
+/// The head of a request written by hand, for a stream that stays open (SSE) or a body sent in parts.
 fn request_head(method: &str, path: &str, headers: &[(&str, &str)], content_length: usize) -> String {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
     for (name, value) in headers {
@@ -88,67 +72,6 @@ fn request_head(method: &str, path: &str, headers: &[(&str, &str)], content_leng
     }
     head.push_str("\r\n");
     head
-}
-
-/// Splits a whole HTTP/1.1 response (read to EOF) into status, headers and a de-chunked body.
-fn parse_response(raw: &[u8]) -> TestResult<Response> {
-    let split = raw
-        .windows(4)
-        .position(|window| window == b"\r\n\r\n")
-        .ok_or("no end of the response head")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or("no status line")?;
-    let status: u16 = status_line.split(' ').nth(1).ok_or("no status code")?.parse()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(name, value)| name.eq_ignore_ascii_case("transfer-encoding") && value.contains("chunked"));
-    if chunked && !body.is_empty() {
-        body = dechunk(&body)?;
-    }
-    Ok(Response { status, headers, body })
-}
-
-fn dechunk(mut raw: &[u8]) -> TestResult<Vec<u8>> {
-    let mut out = Vec::new();
-    for _ in 0..100_000 {
-        let line_end = raw.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk size line")?;
-        let size = usize::from_str_radix(String::from_utf8_lossy(&raw[..line_end]).trim(), 16)?;
-        raw = &raw[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(raw.get(..size).ok_or("short chunk")?);
-        raw = raw.get(size + 2..).ok_or("short chunk end")?;
-    }
-    Err("too many chunks".into())
-}
-
-/// One request on its own connection, read to the end.
-async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> TestResult<Response> {
-    timeout(STEP, async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream
-            .write_all(request_head(method, path, headers, body.len()).as_bytes())
-            .await?;
-        stream.write_all(body).await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        parse_response(&raw)
-    })
-    .await
-    .map_err(|_| format!("{method} {path} got no whole response within {STEP:?}"))?
 }
 
 async fn negotiate(addr: SocketAddr, path: &str) -> TestResult<(String, Value)> {
@@ -187,7 +110,7 @@ fn invocation(id: &str, target: &str, arguments: Value) -> String {
 }
 
 /// Polls until a response carries data (bounded), returning it.
-async fn poll_data(addr: SocketAddr, token: &str) -> TestResult<Response> {
+async fn poll_data(addr: SocketAddr, token: &str) -> TestResult<HttpReply> {
     for _ in 0..20 {
         let response = request(addr, "GET", &format!("/testhub?id={token}"), &[], b"").await?;
         if response.status != 200 || !response.body.is_empty() {
