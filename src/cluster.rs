@@ -27,10 +27,13 @@ pub mod link;
 pub mod membership;
 pub mod placement;
 
+#[cfg(any(test, feature = "test-util"))]
 pub use gossip_network::GossipNetwork;
 pub use link::{LinkConfig, LinkError, LinkEvent, Links, PeerInfo, LINK_ADDRESS_KEY};
-pub use membership::{
-    Member, Membership, MembershipConfig, MembershipError, MembershipView, NodeId, NodeStatus, RESERVED_KEY_PREFIX,
-    STATUS_KEY,
-};
-pub use placement::{owner, ranked};
+pub use membership::{Membership, MembershipConfig, MembershipView, NodeId, NodeStatus};
+// Only this repository's tests name these through the layer's root.
+#[cfg(feature = "internals")]
+pub use membership::{Member, MembershipError, RESERVED_KEY_PREFIX, STATUS_KEY};
+pub use placement::owner;
+#[cfg(feature = "internals")]
+pub use placement::ranked;

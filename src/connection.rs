@@ -79,7 +79,9 @@ pub use handle::{ConnectionHandle, DeliverError};
 pub use host::{Call, ConnectionHost, EncodeValue, Reply, UploadItem};
 pub use id::ConnectionId;
 pub use limits::Limits;
-pub use outbound::{ClientResult, ClientResultError, CloseRequest, EncodeArguments, Invoke, Outbound, SharedFrame};
+#[cfg(feature = "internals")]
+pub use outbound::EncodeArguments;
+pub use outbound::{ClientResult, ClientResultError, CloseRequest, Invoke, Outbound, SharedFrame};
 pub use session::{RequestHeaders, RequestInfo, Session};
 pub use task::{run, ConnectionSetup};
 pub use wake::{deliver_each, WakeBatch, WakeRelay, WakeRelays};

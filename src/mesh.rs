@@ -60,7 +60,10 @@ use std::sync::Arc;
 
 use crate::connection::{ClientResultError, ConnectionHandle, ConnectionId, SharedFrame};
 
-pub use group::{GroupError, GroupKey, GroupKind, Stamp};
+pub use group::{GroupError, GroupKey};
+#[cfg(feature = "internals")]
+pub use group::{GroupKind, Stamp};
+#[cfg(feature = "internals")]
 pub use group_send::HELD_SENDS_CAP;
 pub(crate) use router::Router;
 

@@ -61,8 +61,6 @@ pub enum TransportError {
 pub enum CloseKind {
     /// A clean close (WebSocket 1000), after a Close message when there is one.
     Normal,
-    /// The server failed (WebSocket 1011).
-    InternalError,
 }
 
 /// A message for [`Transport::try_send_now`].

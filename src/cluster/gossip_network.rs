@@ -20,7 +20,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chitchat::transport::{ChannelTransport, RecvOutcome, SendOutcome, Socket, Transport, UdpSocket};
+#[cfg(any(test, feature = "test-util"))]
+use chitchat::transport::ChannelTransport;
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket};
 use chitchat::ChitchatEnvelope;
 use parking_lot::Mutex;
 
@@ -38,6 +40,7 @@ pub struct GossipNetwork {
 #[derive(Clone)]
 enum Medium {
     Udp,
+    #[cfg(any(test, feature = "test-util"))]
     InMemory(ChannelTransport),
 }
 
@@ -45,6 +48,7 @@ impl fmt::Debug for GossipNetwork {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let medium = match self.medium {
             Medium::Udp => "udp",
+            #[cfg(any(test, feature = "test-util"))]
             Medium::InMemory(_) => "in-memory",
         };
         f.debug_struct("GossipNetwork")
@@ -70,6 +74,7 @@ impl GossipNetwork {
         }
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     /// A fresh in-process network. Nodes started on clones of the same network reach each other by address (a
     /// listen port of 0 picks a free logical port); nothing touches the operating system's network stack.
     pub fn in_memory() -> Self {
@@ -79,6 +84,7 @@ impl GossipNetwork {
         }
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     /// Drops every datagram between any node of `side_a` and any node of `side_b`, in both directions, until
     /// [`heal`](Self::heal). Traffic within each side is untouched.
     pub fn partition(&self, side_a: &[SocketAddr], side_b: &[SocketAddr]) {
@@ -92,17 +98,20 @@ impl GossipNetwork {
         }
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     /// Drops every datagram to and from `addr` until [`thaw`](Self::thaw) or [`heal`](Self::heal): the node keeps
     /// running but nobody hears from it, as with a process stopped by `SIGSTOP`.
     pub fn freeze(&self, addr: SocketAddr) {
         self.faults.lock().frozen.insert(addr);
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     /// Lets `addr`'s datagrams through again after [`freeze`](Self::freeze).
     pub fn thaw(&self, addr: SocketAddr) {
         self.faults.lock().frozen.remove(&addr);
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     /// Removes every partition and every freeze.
     pub fn heal(&self) {
         let mut faults = self.faults.lock();
@@ -115,6 +124,7 @@ impl GossipNetwork {
     pub(crate) async fn open(&self, listen: SocketAddr) -> anyhow::Result<(Box<dyn Socket>, SocketAddr)> {
         let socket: Box<dyn Socket> = match &self.medium {
             Medium::Udp => Box::new(UdpSocket::open(listen).await?),
+            #[cfg(any(test, feature = "test-util"))]
             Medium::InMemory(channels) => channels.open(listen).await?,
         };
         let bound = socket.local_addr()?;

@@ -22,6 +22,7 @@
 //!
 //! tokio, bytes, tracing, ractor / ractor_cluster, and [`super::membership`] types. No hub types.
 
+#[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 pub mod ractor;
 
@@ -147,5 +148,6 @@ pub trait Links: Send + Sync + 'static {
     fn update_peers(&self, live: &[PeerInfo]);
 
     /// The peers with a link up now.
+    #[cfg(any(test, feature = "internals"))]
     fn connected(&self) -> Vec<NodeId>;
 }

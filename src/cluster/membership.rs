@@ -53,8 +53,12 @@ use super::gossip_network::{GossipNetwork, OpenedSocket};
 use view::{build_view, log_changes};
 
 pub use config::MembershipConfig;
-pub use identity::{NodeId, NodeStatus, UnknownStatus};
-pub use view::{Member, MembershipView};
+pub use identity::{NodeId, NodeStatus};
+#[cfg(feature = "internals")]
+pub use identity::UnknownStatus;
+#[cfg(any(test, feature = "internals"))]
+pub use view::Member;
+pub use view::MembershipView;
 
 /// Keys starting with this prefix are reserved for hubmesh itself; [`Membership::set`] refuses them.
 pub const RESERVED_KEY_PREFIX: &str = "hubmesh.";
@@ -198,6 +202,7 @@ impl Membership {
         })
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// This node's id.
     pub fn id(&self) -> &NodeId {
         &self.id
@@ -208,6 +213,7 @@ impl Membership {
         self.gossip_addr
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Publishes `key = value` in this node's state. Keys under [`RESERVED_KEY_PREFIX`] are refused.
     pub async fn set(&self, key: &str, value: &str) -> Result<(), MembershipError> {
         if key.starts_with(RESERVED_KEY_PREFIX) {
@@ -217,6 +223,7 @@ impl Membership {
         Ok(())
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Removes `key` from this node's state (peers see it gone once the deletion has gossiped).
     pub async fn remove(&self, key: &str) -> Result<(), MembershipError> {
         if key.starts_with(RESERVED_KEY_PREFIX) {
@@ -250,16 +257,19 @@ impl Membership {
         self.view.borrow().clone()
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// The live members, this node included, newest generation of each name only.
     pub fn live_members(&self) -> Vec<Member> {
         self.view.borrow().live.clone()
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// The members declared dead or superseded by a newer generation.
     pub fn dead_members(&self) -> Vec<NodeId> {
         self.view.borrow().dead.clone()
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// The longest current failure detection timeout over the live peers: how long a peer may stay silent before
     /// it is declared dead (to which one gossip round may be added). `None` while no peer has been observed long
     /// enough. It shrinks as the cluster grows, since each node heartbeats on every gossip message it handles.

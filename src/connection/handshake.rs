@@ -130,18 +130,9 @@ async fn read_handshake<T: Transport>(
     loop {
         match handshake::parse_request(inbound, limits.max_message) {
             Ok(Some(request)) => {
-                let Some(protocol) = Protocol::from_name(&request.protocol) else {
-                    return Err(HandshakeFailure::Reply(format!(
-                        "The protocol '{}' is not supported.",
-                        request.protocol
-                    )));
-                };
-                if !(1..=2).contains(&request.version) {
-                    return Err(HandshakeFailure::Reply(format!(
-                        "The server does not support version {} of the '{}' protocol.",
-                        request.version, request.protocol
-                    )));
-                }
+                let protocol = request
+                    .validate()
+                    .map_err(|error| HandshakeFailure::Reply(error.to_string()))?;
                 if protocol.transfer_format() == crate::protocol::TransferFormat::Binary
                     && transport.kind() == TransportKind::ServerSentEvents
                 {

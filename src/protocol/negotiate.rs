@@ -71,6 +71,7 @@ impl NegotiateResponse {
     }
 }
 
+#[cfg(any(test, feature = "internals"))]
 /// A negotiate response that sends the client to another URL, which it negotiates with next (up to 100 times).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -82,6 +83,7 @@ pub struct NegotiateRedirect {
     pub access_token: Option<String>,
 }
 
+#[cfg(any(test, feature = "internals"))]
 /// A negotiate response that makes the client's `start()` fail with this message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NegotiateError {

@@ -339,7 +339,6 @@ impl Transport for UpgradedWebSocket {
     async fn close(mut self, kind: CloseKind) {
         let code: u16 = match kind {
             CloseKind::Normal => 1000,
-            CloseKind::InternalError => 1011,
         };
         let inner = &mut self.0;
         let ending = async {

@@ -109,7 +109,6 @@ impl Transport for WebSocketTransport {
     async fn close(self, kind: CloseKind) {
         let code = match kind {
             CloseKind::Normal => CloseCode::Normal,
-            CloseKind::InternalError => CloseCode::Error,
         };
         // The client may already be gone; there is nobody to tell then.
         let _ = self

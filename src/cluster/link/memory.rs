@@ -548,6 +548,7 @@ impl Links for MemoryLinks {
         state.reconcile(shared);
     }
 
+    #[cfg(any(test, feature = "internals"))]
     fn connected(&self) -> Vec<NodeId> {
         let state = self.network.shared.state.lock();
         let mut peers: Vec<NodeId> = state

@@ -67,6 +67,7 @@ use super::{LinkConfig, LinkError, LinkEvent, Links};
 #[cfg(doc)]
 use crate::cluster::membership::NodeId;
 
+#[cfg(feature = "internals")]
 pub use endpoint::endpoint_group;
 pub use handle::RactorLinks;
 

@@ -197,10 +197,12 @@ impl RactorLinks {
     }
 
     /// This process's incarnation.
+    #[cfg(any(test, feature = "internals"))]
     pub fn id(&self) -> &NodeId {
         &self.self_id
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Stops the links and waits until the endpoint and the `NodeServer` have stopped (peers see the links go down).
     pub async fn shutdown(&self) {
         for task in &self.tasks {
@@ -297,6 +299,7 @@ impl Links for RactorLinks {
             .cast(EndpointMsg::Control(Control::UpdatePeers(live.to_vec())));
     }
 
+    #[cfg(any(test, feature = "internals"))]
     fn connected(&self) -> Vec<NodeId> {
         let mut peers: Vec<NodeId> = self.senders.read().keys().cloned().collect();
         peers.sort();
