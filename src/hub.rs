@@ -10,7 +10,7 @@
 //! use hubmesh::{Caller, Hub, HubError};
 //!
 //! async fn send_message(caller: Caller, user: String, text: String) -> Result<(), HubError> {
-//!     caller.clients().all().send("ReceiveMessage", (user, text)).await
+//!     caller.clients().all().send("ReceiveMessage", (user, text))
 //! }
 //! async fn echo(message: String) -> String {
 //!     message

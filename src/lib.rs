@@ -34,7 +34,7 @@
 //! use hubmesh::{Caller, Hub, HubError, Node};
 //!
 //! async fn send(caller: Caller, text: String) -> Result<(), HubError> {
-//!     caller.clients().all().send("message", (text,)).await
+//!     caller.clients().all().send("message", (text,))
 //! }
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {

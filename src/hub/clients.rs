@@ -149,9 +149,17 @@ impl Clients {
 
 impl ClientProxy {
     /// Calls client method `method` with `arguments` (a tuple, for example `("alice", 42)`, or a `Vec`) on every
-    /// recipient, without waiting for them. A recipient whose mailbox is full is closed as a slow consumer
-    /// rather than holding the others up.
-    pub async fn send<A>(&self, method: &str, arguments: A) -> Result<(), HubError>
+    /// recipient, without waiting for them: the message is encoded (at most once per protocol) and handed to the
+    /// routing layer at once, so this neither blocks nor awaits. A recipient whose mailbox is full is closed as a
+    /// slow consumer rather than holding the others up.
+    ///
+    /// ```no_run
+    /// # fn example(context: hubmesh::HubContext) -> Result<(), hubmesh::HubError> {
+    /// context.clients().group("lobby").send("ReceiveMessage", ("system", "welcome"))?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn send<A>(&self, method: &str, arguments: A) -> Result<(), HubError>
     where
         A: Serialize + Send + Sync + 'static,
     {
@@ -160,8 +168,9 @@ impl ClientProxy {
         Ok(())
     }
 
-    /// Delivers an already-built frame to the recipients, on every node.
-    pub fn send_frame(&self, frame: Arc<SharedFrame>) {
+    /// Delivers an already-built frame to the recipients, on every node (the crate's own senders; users call
+    /// [`ClientProxy::send`]).
+    pub(crate) fn send_frame(&self, frame: Arc<SharedFrame>) {
         let router = self.context.router();
         let hub = self.context.name();
         match &self.target {
