@@ -84,9 +84,13 @@ pub mod testing;
 pub mod semantics {}
 
 pub use cluster::{LinkConfig, MembershipConfig};
-pub use connection::{ConnectionId, Limits};
+pub use connection::{ClientResultError, ConnectionId, Limits, RequestHeaders, RequestInfo};
+pub use hub::handler;
 pub use hub::{Caller, ClientProxy, ClientStream, Clients, Groups, Hub, HubContext, HubError, State, Streamed};
+pub use mesh::GroupError;
 pub use node::tls::{TlsConfig, TlsError};
 pub use node::{ClusterSettings, Node, NodeBuilder, NodeError, NodeHandle};
-pub use protocol::{Binary, RawValue, Timestamp};
+pub use protocol::values::TimestampParseError;
+pub use protocol::{ArgError, Binary, Protocol, RawValue, Timestamp};
 pub use tokio_util::sync::CancellationToken;
+pub use transport::TransportKind;

@@ -15,8 +15,6 @@ pub mod http;
 pub mod server;
 pub mod tls;
 
-pub use cluster::HUBS_KEY;
-
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
