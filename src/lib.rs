@@ -5,7 +5,7 @@
 //!
 //! Each top-level module is one layer; dependencies point one way, up this list (a layer uses the ones above it,
 //! never one below). The layers are private to the crate; what an embedder uses is re-exported at the root and in
-//! the public modules [`auth`] and [`demo`].
+//! the public modules [`auth`], [`handler`] and [`demo`], and names no type of a private layer.
 //!
 //! * `protocol`: the SignalR wire formats (handshake, JSON and MessagePack hub protocols, negotiate bodies).
 //!   Bytes in, messages out; no I/O.
@@ -19,7 +19,7 @@
 //! * `mesh`: the cluster as the hubs' backplane: group and user actors (ractor), which own memberships and fan
 //!   sends out in one order; ownership and re-homing; the routing of sends between nodes, resend and dedupe,
 //!   request/reply. Reaches the hubs of its node through a trait; names no hub type.
-//! * `hub`: the user's hub methods, [`Caller`], [`Clients`], [`Groups`] and [`HubContext`].
+//! * `hub`: the user's hub methods ([`Hub`], [`handler`]), [`Caller`], [`Clients`], [`Groups`] and [`HubContext`].
 //! * `node`: a node: its hubs, its HTTP server (actix-web), start and stop.
 //! * [`demo`]: the demo hub every node serves at `/hub`, the contract load tools use.
 //! * `testing` (feature `test-util`, for this repository's tests): the official test hub, an in-process server
