@@ -25,7 +25,7 @@
 //! # What it may call
 //!
 //! `jsonwebtoken` (RustCrypto backend), serde_json and the standard library. It knows nothing of HTTP, hubs or
-//! connections: the HTTP layer ([`crate::node`]) hands it header and query strings, and the hub layer asks
+//! connections: the HTTP layer (`crate::node`) hands it header and query strings, and the hub layer asks
 //! [`Requirement::allows`]. No global state: every key lives in its [`Authenticator`].
 
 use std::borrow::Cow;

@@ -31,15 +31,15 @@ async fn leave_group(caller: Caller, group: String) -> Result<(), HubError> {
 }
 
 async fn send_to_group(caller: Caller, group: String, payload: RawValue) -> Result<(), HubError> {
-    caller.clients().group(&group).send(CLIENT_METHOD, (payload,)).await
+    caller.clients().group(&group).send(CLIENT_METHOD, (payload,))
 }
 
 async fn broadcast(caller: Caller, payload: RawValue) -> Result<(), HubError> {
-    caller.clients().all().send(CLIENT_METHOD, (payload,)).await
+    caller.clients().all().send(CLIENT_METHOD, (payload,))
 }
 
 async fn echo(caller: Caller, payload: RawValue) -> Result<(), HubError> {
-    caller.clients().caller().send(CLIENT_METHOD, (payload,)).await
+    caller.clients().caller().send(CLIENT_METHOD, (payload,))
 }
 
 /// The most items `Count` streams, so one call cannot occupy a connection for long.

@@ -10,7 +10,7 @@
 //! use hubmesh::{Caller, Hub, HubError};
 //!
 //! async fn send_message(caller: Caller, user: String, text: String) -> Result<(), HubError> {
-//!     caller.clients().all().send("ReceiveMessage", (user, text)).await
+//!     caller.clients().all().send("ReceiveMessage", (user, text))
 //! }
 //! async fn echo(message: String) -> String {
 //!     message
@@ -157,7 +157,31 @@ struct Method {
     requirement: Option<Requirement>,
 }
 
-/// A hub: a name, the path it is served at, and methods clients call by name.
+/// A hub: a name, the path it is served at, and methods clients call by name (see [`crate::handler`] for what a
+/// method may take and return), with its lifecycle hooks and settings. Served by a [`crate::Node`].
+///
+/// ```no_run
+/// use hubmesh::{Caller, Hub, HubError};
+///
+/// async fn send_message(caller: Caller, user: String, text: String) -> Result<(), HubError> {
+///     caller.clients().all().send("ReceiveMessage", (user, text))
+/// }
+/// async fn join(caller: Caller, room: String) -> Result<(), HubError> {
+///     caller.groups().add(caller.connection_id(), &room).await
+/// }
+/// async fn echo(message: String) -> String {
+///     message
+/// }
+///
+/// let chat = Hub::new("chat")
+///     .path("/hubs/chat")
+///     .method("SendMessage", send_message)
+///     .method("Join", join)
+///     .method("Echo", echo)
+///     .on_connected(|caller: Caller| async move {
+///         caller.clients().others().send("UserJoined", (caller.connection_id().to_string(),))
+///     });
+/// ```
 pub struct Hub {
     name: String,
     path: String,
@@ -214,8 +238,8 @@ impl Hub {
         self
     }
 
-    /// Registers method `name` (matched case-insensitively). See [`handler`] for what a method may take and
-    /// return.
+    /// Registers method `name` (matched case-insensitively). See [`crate::handler`] for what a method may take
+    /// and return.
     pub fn method<H, T>(self, name: &str, handler: H) -> Self
     where
         H: Handler<T>,
@@ -286,7 +310,7 @@ impl Hub {
         self
     }
 
-    /// The transports this hub offers (default: WebSockets).
+    /// The transports this hub offers (default: all three, WebSockets, Server-Sent Events and long polling).
     pub fn transports(mut self, transports: &[TransportKind]) -> Self {
         self.transports = transports.to_vec();
         self
@@ -352,6 +376,30 @@ impl Hub {
 
 /// A handle to a hub, usable inside hub methods and from anywhere else (a background task, an HTTP route): the
 /// same `Clients` and `Groups` a method has, without a caller. Sends reach clients on every node of the cluster.
+/// Get one from [`crate::NodeHandle::hub_context`] or [`crate::Node::hub_context`], or as a method parameter.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use hubmesh::{Hub, Node};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let node = Node::builder().hub(Hub::new("clock")).start().await?;
+/// let clock = node.hub_context("clock").ok_or("no hub")?;
+/// tokio::spawn(async move {
+///     let mut tick = tokio::time::interval(Duration::from_secs(1));
+///     loop {
+///         tick.tick().await;
+///         let connected = clock.local_connection_count();
+///         if clock.clients().group("subscribers").send("Tick", (connected,)).is_err() {
+///             break;
+///         }
+///     }
+/// });
+/// node.wait().await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct HubContext {
     runtime: Arc<HubRuntime>,

@@ -5,7 +5,7 @@
 //!
 //! Each top-level module is one layer; dependencies point one way, up this list (a layer uses the ones above it,
 //! never one below). The layers are private to the crate; what an embedder uses is re-exported at the root and in
-//! the public modules [`auth`] and [`demo`].
+//! the public modules [`auth`], [`handler`] and [`demo`], and names no type of a private layer.
 //!
 //! * `protocol`: the SignalR wire formats (handshake, JSON and MessagePack hub protocols, negotiate bodies).
 //!   Bytes in, messages out; no I/O.
@@ -19,7 +19,7 @@
 //! * `mesh`: the cluster as the hubs' backplane: group and user actors (ractor), which own memberships and fan
 //!   sends out in one order; ownership and re-homing; the routing of sends between nodes, resend and dedupe,
 //!   request/reply. Reaches the hubs of its node through a trait; names no hub type.
-//! * `hub`: the user's hub methods, [`Caller`], [`Clients`], [`Groups`] and [`HubContext`].
+//! * `hub`: the user's hub methods ([`Hub`], [`handler`]), [`Caller`], [`Clients`], [`Groups`] and [`HubContext`].
 //! * `node`: a node: its hubs, its HTTP server (actix-web), start and stop.
 //! * [`demo`]: the demo hub every node serves at `/hub`, the contract load tools use.
 //! * `testing` (feature `test-util`, for this repository's tests): the official test hub, an in-process server
@@ -34,7 +34,7 @@
 //! use hubmesh::{Caller, Hub, HubError, Node};
 //!
 //! async fn send(caller: Caller, text: String) -> Result<(), HubError> {
-//!     caller.clients().all().send("message", (text,)).await
+//!     caller.clients().all().send("message", (text,))
 //! }
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -84,9 +84,13 @@ pub mod testing;
 pub mod semantics {}
 
 pub use cluster::{LinkConfig, MembershipConfig};
-pub use connection::{ConnectionId, Limits};
+pub use connection::{ClientResultError, ConnectionId, Limits, RequestHeaders, RequestInfo};
+pub use hub::handler;
 pub use hub::{Caller, ClientProxy, ClientStream, Clients, Groups, Hub, HubContext, HubError, State, Streamed};
+pub use mesh::GroupError;
 pub use node::tls::{TlsConfig, TlsError};
 pub use node::{ClusterSettings, Node, NodeBuilder, NodeError, NodeHandle};
-pub use protocol::{Binary, RawValue, Timestamp};
+pub use protocol::values::TimestampParseError;
+pub use protocol::{ArgError, Binary, Protocol, RawValue, Timestamp};
 pub use tokio_util::sync::CancellationToken;
+pub use transport::TransportKind;

@@ -2,7 +2,8 @@
 //!
 //! [`Node::builder`] collects hubs and settings; [`NodeBuilder::start`] serves them over HTTP and returns a
 //! [`NodeHandle`]. Applications that need their own actix-web `App` (extra routes, middleware) use
-//! [`NodeBuilder::build`] and mount [`Node::configure`] into it.
+//! [`NodeBuilder::build`] (or [`NodeBuilder::build_and_join`], for a node in a cluster) and mount
+//! [`Node::configure`] into it.
 //!
 //! Runtime shape: actix-web runs each HTTP worker on a single-threaded runtime, so connection tasks live on the
 //! worker that accepted them. Group and user actors run on the multi-threaded runtime the node was built on
@@ -13,8 +14,6 @@ mod cluster;
 pub mod http;
 pub mod server;
 pub mod tls;
-
-pub use cluster::HUBS_KEY;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -39,6 +38,10 @@ pub enum NodeError {
     /// The node could not join its cluster.
     #[error("could not join the cluster: {0}")]
     Cluster(String),
+    /// [`NodeBuilder::build`] was given cluster settings: it cannot join a cluster (joining is async), and a node
+    /// built without joining would silently serve alone.
+    #[error("`NodeBuilder::build` does not join a cluster: with `.cluster(...)`, use `build_and_join().await` or `start().await`")]
+    ClusterNotJoined,
     /// Two hubs were given the same path.
     #[error("two hubs are served at the path '{0}'")]
     DuplicatePath(String),
@@ -55,7 +58,29 @@ pub enum NodeError {
 /// How long a stopping node waits for its connections to take their Close message and go.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Collects what a node serves.
+/// Collects what a node serves, then starts it ([`NodeBuilder::start`]) or builds it for an application's own
+/// actix-web server ([`NodeBuilder::build`], [`NodeBuilder::build_and_join`]). Made by [`Node::builder`].
+///
+/// ```no_run
+/// use std::net::SocketAddr;
+///
+/// use hubmesh::{ClusterSettings, Hub, LinkConfig, MembershipConfig, Node};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let gossip: SocketAddr = "10.0.0.1:7000".parse()?;
+/// let link: SocketAddr = "10.0.0.1:7100".parse()?;
+/// let membership = MembershipConfig::new("node-1", "chat-cluster", gossip).with_seeds(["10.0.0.2:7000"]);
+/// let node = Node::builder()
+///     .name("node-1")
+///     .hub(Hub::new("chat"))
+///     .listen("0.0.0.0:5000")
+///     .cluster(ClusterSettings::real(membership, LinkConfig::new(link, "cluster secret")))
+///     .start()
+///     .await?;
+/// node.wait().await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct NodeBuilder {
     name: String,
@@ -72,7 +97,8 @@ pub struct NodeBuilder {
     auth: Option<Authenticator>,
 }
 
-/// How a node joins a cluster: gossip membership and links to its peers.
+/// How a node joins a cluster: gossip membership and links to its peers. Made by [`ClusterSettings::real`];
+/// given to [`NodeBuilder::cluster`].
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
     /// Gossip: cluster id, gossip address, seeds, failure detection.
@@ -83,7 +109,7 @@ pub struct ClusterSettings {
     network: ClusterNetwork,
 }
 
-/// Where cluster traffic travels.
+/// Where cluster traffic travels (not part of the public API: embedders always use real networking).
 #[derive(Debug, Clone)]
 enum ClusterNetwork {
     /// Gossip over UDP and links over ractor_cluster (TCP): one node per process.
@@ -122,7 +148,29 @@ impl ClusterSettings {
     }
 }
 
-/// A node's hubs and settings, ready to be served.
+/// A node's hubs and settings, ready to be served: by its own server ([`NodeBuilder::start`], which returns a
+/// [`NodeHandle`]) or mounted into an application's actix-web `App` with [`Node::configure`].
+///
+/// ```no_run
+/// use actix_web::{web, App, HttpServer};
+/// use hubmesh::{Hub, Node};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let node = Node::builder().hub(Hub::new("chat")).build()?;
+/// let app_node = node.clone();
+/// HttpServer::new(move || {
+///     let node = app_node.clone();
+///     App::new()
+///         .route("/health", web::get().to(|| async { "ok" }))
+///         .configure(move |config| node.configure(config))
+/// })
+/// .bind("127.0.0.1:5000")?
+/// .run()
+/// .await?;
+/// node.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<NodeInner>,
@@ -152,7 +200,8 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// Starts describing a node.
+    /// Starts describing a node (named `node`, listening on `127.0.0.1:0`, two HTTP workers, default
+    /// [`Limits`], no cluster, no authentication).
     pub fn builder() -> NodeBuilder {
         NodeBuilder {
             name: "node".into(),
@@ -190,7 +239,8 @@ impl Node {
     }
 
     /// Mounts the node's hub routes into an actix-web `App` (or a scope): hub paths are matched
-    /// case-insensitively by a default service, so the app's own routes take precedence.
+    /// case-insensitively by a default service, so the app's own routes take precedence. See [`Node`] for an
+    /// example.
     pub fn configure(&self, config: &mut actix_web::web::ServiceConfig) {
         http::configure(self.clone(), config)
     }
@@ -238,6 +288,15 @@ impl Node {
         }
     }
 
+    /// Stops a node that the application serves itself ([`NodeBuilder::build`], [`Node::configure`]): closes its
+    /// connections (allowing reconnects, so clients with automatic reconnect go to another node), waits up to
+    /// 3 s for them to go, then leaves the cluster and stops the group actors. Call it before stopping the
+    /// application's server; a node started with [`NodeBuilder::start`] stops with [`NodeHandle::stop`] instead.
+    pub async fn shutdown(&self) {
+        self.close_connections(STOP_GRACE).await;
+        self.shutdown_hubs().await;
+    }
+
     pub(crate) async fn shutdown_hubs(&self) {
         if let Some(cluster) = self.inner.cluster.lock().await.take() {
             cluster.leave().await;
@@ -256,7 +315,7 @@ impl Node {
     }
 
     /// The cluster as this node sees it now, if it is in one.
-    pub async fn cluster_view(&self) -> Option<MembershipView> {
+    pub(crate) async fn cluster_view(&self) -> Option<MembershipView> {
         self.inner
             .cluster
             .lock()
@@ -298,7 +357,9 @@ impl NodeBuilder {
         self
     }
 
-    /// Joins a cluster: the node's hubs become one hub runtime with every other node of the cluster.
+    /// Joins a cluster: the node's hubs become one hub runtime with every other node of the cluster. The join
+    /// happens in [`NodeBuilder::start`] or [`NodeBuilder::build_and_join`]; [`NodeBuilder::build`] refuses
+    /// cluster settings ([`NodeError::ClusterNotJoined`]).
     pub fn cluster(mut self, settings: ClusterSettings) -> Self {
         self.cluster = Some(settings);
         self
@@ -311,20 +372,78 @@ impl NodeBuilder {
         self
     }
 
-    /// Serves HTTPS (and WSS) with `tls` instead of plain HTTP.
+    /// Serves HTTPS (and WSS) with `tls` instead of plain HTTP ([`NodeBuilder::start`] only: an application that
+    /// serves the node itself configures TLS on its own server).
     pub fn tls(mut self, tls: TlsConfig) -> Self {
         self.tls = Some(tls);
         self
     }
 
-    /// The number of HTTP worker threads.
+    /// The number of HTTP worker threads ([`NodeBuilder::start`] only).
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
         self
     }
 
-    /// Builds the node without serving it; group actors will run on the current tokio runtime.
+    /// Builds the node without serving it, for [`Node::configure`]; group actors will run on the current tokio
+    /// runtime. The listen address, workers and TLS settings are [`NodeBuilder::start`]'s and are not used here.
+    ///
+    /// Fails with [`NodeError::ClusterNotJoined`] if cluster settings were given: joining is async, so a node of
+    /// a cluster is built with [`NodeBuilder::build_and_join`].
     pub fn build(self) -> Result<Node, NodeError> {
+        if self.cluster.is_some() {
+            return Err(NodeError::ClusterNotJoined);
+        }
+        self.build_alone()
+    }
+
+    /// Builds the node without serving it, as [`NodeBuilder::build`] does, and joins its cluster if
+    /// [`NodeBuilder::cluster`] was given.
+    ///
+    /// ```no_run
+    /// use std::net::SocketAddr;
+    ///
+    /// use hubmesh::{ClusterSettings, Hub, LinkConfig, MembershipConfig, Node};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let gossip: SocketAddr = "10.0.0.1:7000".parse()?;
+    /// let link: SocketAddr = "10.0.0.1:7100".parse()?;
+    /// let membership = MembershipConfig::new("node-1", "chat-cluster", gossip).with_seeds(["10.0.0.2:7000"]);
+    /// let node = Node::builder()
+    ///     .name("node-1")
+    ///     .hub(Hub::new("chat"))
+    ///     .cluster(ClusterSettings::real(membership, LinkConfig::new(link, "cluster secret")))
+    ///     .build_and_join()
+    ///     .await?;
+    /// // Mount `node.configure` into an actix-web App (see `Node`), serve it, then `node.shutdown().await`.
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn build_and_join(mut self) -> Result<Node, NodeError> {
+        let cluster_settings = self.cluster.take();
+        let node = self.build_alone()?;
+        if let Some(settings) = cluster_settings {
+            let hubs = node
+                .inner
+                .endpoints
+                .values()
+                .map(|endpoint| endpoint.context.hub().name().to_owned())
+                .collect();
+            let joined = cluster::join(
+                &node.inner.name,
+                hubs,
+                settings,
+                node.inner.router.clone(),
+                node.inner.span.clone(),
+            )
+            .await?;
+            *node.inner.cluster.lock().await = Some(joined);
+        }
+        Ok(node)
+    }
+
+    /// Builds the node's hubs, without a cluster.
+    fn build_alone(self) -> Result<Node, NodeError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NodeError::NoRuntime)?;
         let span = tracing::info_span!("node", node = %self.name);
         let router = NodeRouter::new(&self.name, runtime, span.clone());
@@ -362,30 +481,13 @@ impl NodeBuilder {
         })
     }
 
-    /// Builds the node and serves it over HTTP (or HTTPS, see [`NodeBuilder::tls`]).
+    /// Builds the node, joins its cluster (if [`NodeBuilder::cluster`] was given) and serves it over HTTP (or
+    /// HTTPS, see [`NodeBuilder::tls`]).
     pub async fn start(mut self) -> Result<NodeHandle, NodeError> {
         let workers = self.workers;
         let address = self.listen.clone();
-        let cluster_settings = self.cluster.take();
         let tls = self.tls.take();
-        let node = self.build()?;
-        if let Some(settings) = cluster_settings {
-            let hubs = node
-                .inner
-                .endpoints
-                .values()
-                .map(|endpoint| endpoint.context.hub().name().to_owned())
-                .collect();
-            let joined = cluster::join(
-                &node.inner.name,
-                hubs,
-                settings,
-                node.inner.router.clone(),
-                node.inner.span.clone(),
-            )
-            .await?;
-            *node.inner.cluster.lock().await = Some(joined);
-        }
+        let node = self.build_and_join().await?;
         let listener = TcpListener::bind(&address).map_err(|source| NodeError::Bind {
             address: address.clone(),
             source,
@@ -425,7 +527,19 @@ impl NodeBuilder {
     }
 }
 
-/// A running node.
+/// A running node, served by its own HTTP server; made by [`NodeBuilder::start`].
+///
+/// ```no_run
+/// use hubmesh::{Hub, Node};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let node = Node::builder().hub(Hub::new("chat")).start().await?;
+/// let chat = node.hub_context("chat").ok_or("no hub")?;
+/// chat.clients().all().send("ServerStarted", (node.url(),))?;
+/// node.stop().await;
+/// # Ok(())
+/// # }
+/// ```
 pub struct NodeHandle {
     node: Node,
     local_addr: SocketAddr,
@@ -472,5 +586,61 @@ impl NodeHandle {
         let result = self.task.await.unwrap_or(Ok(()));
         self.node.shutdown_hubs().await;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::{ClusterNetwork, ClusterSettings, Node, NodeError};
+    use crate::cluster::link::memory::MemoryNetwork;
+    use crate::cluster::{GossipNetwork, LinkConfig, MembershipConfig};
+    use crate::hub::Hub;
+
+    fn in_memory_settings(name: &str) -> ClusterSettings {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        ClusterSettings {
+            membership: MembershipConfig::new(name, "test", loopback),
+            link: LinkConfig::new(loopback, "secret"),
+            network: ClusterNetwork::InMemory {
+                gossip: GossipNetwork::in_memory(),
+                links: MemoryNetwork::new(),
+            },
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn build_refuses_cluster_settings_rather_than_dropping_them() {
+        let built = Node::builder()
+            .hub(Hub::new("chat"))
+            .cluster(in_memory_settings("alone"))
+            .build();
+        assert!(matches!(built, Err(NodeError::ClusterNotJoined)), "{built:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn build_and_join_joins_the_cluster() -> Result<(), NodeError> {
+        let node = Node::builder()
+            .name("joined")
+            .hub(Hub::new("chat"))
+            .cluster(in_memory_settings("joined"))
+            .build_and_join()
+            .await?;
+        let live = node.cluster_view().await.map(|view| view.live.len());
+        assert_eq!(live, Some(1));
+        assert!(node.gossip_addr().await.is_some());
+        node.shutdown().await;
+        assert!(node.cluster_view().await.is_none());
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn build_and_join_without_settings_builds_a_node_alone() -> Result<(), NodeError> {
+        let node = Node::builder().hub(Hub::new("chat")).build_and_join().await?;
+        assert!(node.cluster_view().await.is_none());
+        assert!(node.hub_context("chat").is_some());
+        node.shutdown().await;
+        Ok(())
     }
 }

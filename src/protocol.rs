@@ -233,7 +233,10 @@ impl Protocol {
         }
     }
 
+    // The codec below is for the crate's layers and this repository's tests (feature `internals`); it names the
+    // protocol layer's own types, so it stays out of the public face's docs.
     /// The transfer format this protocol needs.
+    #[doc(hidden)]
     pub fn transfer_format(self) -> TransferFormat {
         match self {
             Protocol::Json => TransferFormat::Text,
@@ -244,6 +247,7 @@ impl Protocol {
     /// Decodes the first whole message in `buf`, removing its bytes; `Ok(None)` when `buf` holds no whole message
     /// yet (the rest stays in `buf`). A message, or a pending partial message, longer than `max_message` bytes is
     /// [`DecodeError::TooLarge`].
+    #[doc(hidden)]
     pub fn decode(self, buf: &mut BytesMut, max_message: usize) -> Result<Option<HubMessage>, DecodeError> {
         match self {
             Protocol::Json => json::decode(buf, max_message),
@@ -253,6 +257,7 @@ impl Protocol {
 
     /// Appends `message` to `out` as one whole record (JSON plus 0x1E, or a varint-prefixed MessagePack frame).
     /// On error `out` is left as it was.
+    #[doc(hidden)]
     pub fn encode<A, V>(self, message: &Outgoing<'_, A, V>, out: &mut Vec<u8>) -> Result<(), EncodeError>
     where
         A: Serialize + ?Sized,

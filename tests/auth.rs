@@ -49,7 +49,7 @@ async fn claim(caller: Caller, name: String) -> Option<String> {
 }
 
 async fn send_to_user(caller: Caller, user: String, text: String) -> Result<(), HubError> {
-    caller.clients().user(&user).send("Message", (text,)).await
+    caller.clients().user(&user).send("Message", (text,))
 }
 
 async fn admin_only() -> &'static str {

@@ -132,33 +132,26 @@ async fn every_target_reaches_clients_on_every_node() -> TestResult {
 
         // Hub contexts of other nodes: client, clients, all_except, group_except, others_in_group-like targets.
         let backend = cluster.context(0, "demo").ok_or("no hub context")?;
-        backend.clients().client(&ids[2]).send("msg", ("to three",)).await?;
+        backend.clients().client(&ids[2]).send("msg", ("to three",))?;
         assert_each_gets(&mut clients, &[2], json!("to three")).await?;
         backend
             .clients()
             .clients(vec![ids[1].clone(), ids[2].clone()])
-            .send("msg", ("two and three",))
-            .await?;
+            .send("msg", ("two and three",))?;
         assert_each_gets(&mut clients, &[1, 2], json!("two and three")).await?;
         backend
             .clients()
             .all_except(vec![ids[0].clone()])
-            .send("msg", ("not one",))
-            .await?;
+            .send("msg", ("not one",))?;
         assert_each_gets(&mut clients, &[1, 2], json!("not one")).await?;
         assert_eq!(clients[0].next_msg(Duration::from_millis(300)).await?, None);
         backend
             .clients()
             .group_except("room", vec![ids[2].clone()])
-            .send("msg", ("not three",))
-            .await?;
+            .send("msg", ("not three",))?;
         assert_each_gets(&mut clients, &[0, 1], json!("not three")).await?;
         assert_eq!(clients[2].next_msg(Duration::from_millis(300)).await?, None);
-        backend
-            .clients()
-            .groups(["room", "empty"])
-            .send("msg", ("groups",))
-            .await?;
+        backend.clients().groups(["room", "empty"]).send("msg", ("groups",))?;
         assert_each_gets(&mut clients, &[0, 1, 2], json!("groups")).await?;
 
         // Membership of another node's connection, from a node that does not hold it; an unknown one fails at once.
@@ -478,12 +471,8 @@ async fn a_backend_node_that_serves_no_clients_sends_to_all_of_them() -> TestRes
             .context(backend, "demo")
             .ok_or("the backend has no demo context")?;
         assert_eq!(context.groups().count("news").await?, 3);
-        context
-            .clients()
-            .group("news")
-            .send("msg", ("from the backend",))
-            .await?;
-        context.clients().all().send("msg", ("to all",)).await?;
+        context.clients().group("news").send("msg", ("from the backend",))?;
+        context.clients().all().send("msg", ("to all",))?;
         // A group send goes through the group's owner and a broadcast straight to each node: no order between them.
         for client in &mut clients {
             let mut got = vec![
@@ -501,16 +490,16 @@ async fn a_backend_node_that_serves_no_clients_sends_to_all_of_them() -> TestRes
 /// A hub whose users come from the `user` query parameter (SignalR's `IUserIdProvider`; with JWT it would be a claim).
 fn users_hub() -> hubmesh::Hub {
     async fn send_to_user(caller: hubmesh::Caller, user: String, payload: Value) -> Result<(), HubError> {
-        caller.clients().user(&user).send("msg", (payload,)).await
+        caller.clients().user(&user).send("msg", (payload,))
     }
     async fn send_to_users(caller: hubmesh::Caller, users: Vec<String>, payload: Value) -> Result<(), HubError> {
-        caller.clients().users(users).send("msg", (payload,)).await
+        caller.clients().users(users).send("msg", (payload,))
     }
     async fn send_to_others(caller: hubmesh::Caller, payload: Value) -> Result<(), HubError> {
-        caller.clients().others().send("msg", (payload,)).await
+        caller.clients().others().send("msg", (payload,))
     }
     async fn send_to_others_in_group(caller: hubmesh::Caller, group: String, payload: Value) -> Result<(), HubError> {
-        caller.clients().others_in_group(&group).send("msg", (payload,)).await
+        caller.clients().others_in_group(&group).send("msg", (payload,))
     }
     async fn join(caller: hubmesh::Caller, group: String) -> Result<(), HubError> {
         caller.groups().add(caller.connection_id(), &group).await
@@ -571,7 +560,7 @@ async fn users_and_caller_relative_targets_work_on_every_node() -> TestResult {
 
         // From a node's hub context, too.
         let context = cluster.context(1, "users").ok_or("no context")?;
-        context.clients().user("bob").send("msg", ("from a context",)).await?;
+        context.clients().user("bob").send("msg", ("from a context",))?;
         assert_each_gets(&mut clients, &[BOB], json!("from a context")).await?;
         cluster.stop().await;
         TestResult::Ok(())

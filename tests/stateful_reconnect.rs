@@ -238,7 +238,7 @@ async fn group_messages_survive_a_dropped_socket_exactly_once_in_order() -> Test
         let context = node.hub_context(HUB).ok_or("no hub context")?;
         let sender = tokio::spawn(async move {
             for i in 0..COUNT {
-                if context.clients().group("g").send("Msg", (i,)).await.is_err() {
+                if context.clients().group("g").send("Msg", (i,)).is_err() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(3)).await;

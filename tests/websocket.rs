@@ -1265,7 +1265,7 @@ async fn slow_consumer_flood(pause: Option<Duration>) -> TestResult {
                 };
                 return Err(format!("the healthy client stalled at item {index}: {why}").into());
             }
-            context.clients().all().send("flood", (index, payload.clone())).await?;
+            context.clients().all().send("flood", (index, payload.clone()))?;
             if let Some(pause) = pause {
                 tokio::time::sleep(pause).await;
             }
@@ -1421,7 +1421,7 @@ async fn frequent_broadcasts_are_coalesced_and_replies_are_not_held() -> TestRes
         let frames_before = client.text_frames();
         for index in 0..3 {
             let sent = Instant::now();
-            context.clients().all().send("tick", (index,)).await?;
+            context.clients().all().send("tick", (index,))?;
             let record = client.record().await?;
             check(record.value["arguments"] == json!([index]), || {
                 format!("got {}", record.value)
@@ -1441,7 +1441,7 @@ async fn frequent_broadcasts_are_coalesced_and_replies_are_not_held() -> TestRes
         // Frequent: 12 broadcasts 20 ms apart (a twentieth of the window) come in order, in fewer frames.
         let frames_before = client.text_frames();
         for index in 0..12 {
-            context.clients().all().send("tick", (100 + index,)).await?;
+            context.clients().all().send("tick", (100 + index,))?;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for index in 0..12 {
@@ -1460,7 +1460,7 @@ async fn frequent_broadcasts_are_coalesced_and_replies_are_not_held() -> TestRes
         let id = ConnectionId::new(id.as_str().ok_or("ConnectionId returned no string")?);
         for index in 0..8 {
             let sent = Instant::now();
-            context.clients().client(&id).send("direct", (index,)).await?;
+            context.clients().client(&id).send("direct", (index,))?;
             let record = client.record().await?;
             check(record.value["arguments"] == json!([index]), || {
                 format!("got {}", record.value)
@@ -1473,7 +1473,7 @@ async fn frequent_broadcasts_are_coalesced_and_replies_are_not_held() -> TestRes
 
         // A reply while broadcasts are held: it comes at once, after them.
         for index in 0..6 {
-            context.clients().all().send("tick", (200 + index,)).await?;
+            context.clients().all().send("tick", (200 + index,))?;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let asked = Instant::now();

@@ -48,7 +48,7 @@ pub struct LinkConfig {
     pub advertise: SocketAddr,
     /// The shared cluster secret; a peer with another secret gets no link.
     pub secret: String,
-    /// Frames queued per peer before [`Links::send`] fails with [`LinkError::QueueFull`].
+    /// Frames queued per peer before a send to that peer fails with `LinkError::QueueFull`.
     pub queue_frames: usize,
     /// The largest frame a node sends or accepts, well under ractor_cluster's own limit.
     pub max_frame: usize,

@@ -39,11 +39,13 @@ impl fmt::Debug for ConnectionHandle {
 }
 
 impl ConnectionHandle {
+    #[cfg(any(test, feature = "internals"))]
     /// The connection's id.
     pub fn id(&self) -> &ConnectionId {
         &self.id
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Queues a shared frame without waiting. A full mailbox closes the connection as a slow consumer.
     pub fn deliver(&self, frame: Arc<SharedFrame>) -> Result<(), DeliverError> {
         self.try_send(Outbound::Frame(frame))
@@ -108,6 +110,7 @@ impl ConnectionHandle {
         }
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Whether the connection has ended (or is ending).
     pub fn is_closed(&self) -> bool {
         self.mailbox.is_closed()

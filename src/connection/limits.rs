@@ -9,7 +9,8 @@ pub struct Limits {
     pub max_message: usize,
     /// The largest transport frame (one WebSocket message, which may batch several records).
     pub max_frame: usize,
-    /// Capacity of a connection's mailbox, in messages; see [`outbound`](super::outbound) for what happens when it is full.
+    /// Capacity of a connection's mailbox, in messages; a fan-out send that finds it full closes the connection as a
+    /// slow consumer (see [`crate::semantics`], and `src/connection/outbound.rs` for the policy).
     pub outbound_queue: usize,
     /// Send a Ping when nothing was written for this long.
     pub keep_alive: Duration,
@@ -37,7 +38,7 @@ pub struct Limits {
     /// then never offers it.
     pub reconnect_window: Duration,
     /// The unacked bytes a stateful-reconnect connection buffers before it stops taking messages (ASP.NET's
-    /// `StatefulReconnectBufferSize`, 100 000 bytes); see [`reconnect`](super::reconnect) for the policy.
+    /// `StatefulReconnectBufferSize`, 100 000 bytes); see `src/connection/reconnect.rs` for the policy.
     pub reconnect_buffer_bytes: usize,
 }
 

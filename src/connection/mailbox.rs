@@ -214,6 +214,7 @@ impl Mailbox {
         self.end();
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub(super) fn is_closed(&self) -> bool {
         self.is_ending() || self.queue.lock().closed
     }

@@ -5,11 +5,25 @@ use std::sync::Arc;
 
 use super::{Clients, Groups, HubContext};
 use crate::auth::Claims;
-use crate::connection::{ConnectionHandle, ConnectionId, RequestHeaders, Session};
+use crate::connection::{ConnectionId, RequestHeaders, Session};
 use crate::protocol::Protocol;
 use crate::transport::TransportKind;
 
-/// The connection that called a hub method (SignalR's `Context` plus `Clients` and `Groups`).
+/// The connection that called a hub method (SignalR's `Context` plus `Clients` and `Groups`): a method gets it by
+/// taking a `Caller` parameter, and hooks ([`crate::Hub::on_connected`]) receive one.
+///
+/// ```no_run
+/// use hubmesh::{Caller, HubError};
+///
+/// async fn whoami(caller: Caller) -> Result<String, HubError> {
+///     let Some(user) = caller.user() else {
+///         caller.close(Some("Sign in first.".into()), false);
+///         return Err(HubError::hub("anonymous"));
+///     };
+///     let room = caller.query_param("room").unwrap_or_default();
+///     Ok(format!("{user} in '{room}' over {}", caller.transport().name()))
+/// }
+/// ```
 #[derive(Clone)]
 pub struct Caller {
     session: Arc<Session>,
@@ -92,9 +106,20 @@ impl Caller {
             .map(|(_, value)| value)
     }
 
-    /// A handle to the caller's connection.
-    pub fn handle(&self) -> &ConnectionHandle {
+    /// A handle to the caller's connection (this repository's tests only: the handle speaks the connection
+    /// layer's internal types; hub code closes the connection with [`Caller::close`]).
+    #[cfg(feature = "internals")]
+    #[doc(hidden)]
+    pub fn handle(&self) -> &crate::connection::ConnectionHandle {
         &self.session.handle
+    }
+
+    /// Closes the caller's connection with a Close message carrying `error` (if any), telling a client with
+    /// automatic reconnect whether to reconnect (SignalR's `Context.Abort()`, with a reason). Returns at once: the
+    /// Close message follows what was already queued for the connection (if its mailbox is full, the connection
+    /// ends at once).
+    pub fn close(&self, error: Option<String>, allow_reconnect: bool) {
+        self.session.handle.close(error, allow_reconnect);
     }
 
     /// Sends to clients, relative to the caller.

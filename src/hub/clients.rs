@@ -15,7 +15,20 @@ use crate::connection::{ClientResultError, ConnectionId, SharedFrame};
 use crate::mesh::GroupKey;
 use crate::protocol::{Protocol, RawValue};
 
-/// Sends to clients of a hub, optionally relative to a caller.
+/// Sends to clients of a hub, optionally relative to a caller (SignalR's `Clients`): each method picks a set of
+/// recipients, a [`ClientProxy`], whose [`ClientProxy::send`] calls a client method on all of them, on every node.
+/// Get one from [`crate::Caller::clients`] (in a hub method) or [`crate::HubContext::clients`] (anywhere).
+///
+/// ```no_run
+/// use hubmesh::{Caller, HubError};
+///
+/// async fn say(caller: Caller, room: String, text: String) -> Result<(), HubError> {
+///     let clients = caller.clients();
+///     // Arguments are owned (`'static`): they are encoded after this call returns.
+///     clients.others_in_group(&room).send("Said", (caller.connection_id().to_string(), text.clone()))?;
+///     clients.caller().send("Sent", (text,))
+/// }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Clients {
     context: HubContext,
@@ -34,7 +47,8 @@ enum Target {
     },
 }
 
-/// A set of recipients; [`ClientProxy::send`] delivers a client-method call to them.
+/// A set of recipients, chosen with [`Clients`]; [`ClientProxy::send`] delivers a client-method call to them,
+/// [`ClientProxy::invoke`] asks a single connection for a result.
 #[derive(Clone, Debug)]
 pub struct ClientProxy {
     context: HubContext,
@@ -149,9 +163,18 @@ impl Clients {
 
 impl ClientProxy {
     /// Calls client method `method` with `arguments` (a tuple, for example `("alice", 42)`, or a `Vec`) on every
-    /// recipient, without waiting for them. A recipient whose mailbox is full is closed as a slow consumer
-    /// rather than holding the others up.
-    pub async fn send<A>(&self, method: &str, arguments: A) -> Result<(), HubError>
+    /// recipient, without waiting for them: the send is handed to the routing layer at once, so this neither
+    /// blocks nor awaits. The arguments are kept (hence `'static`) and encoded on first use, at most once per
+    /// protocol; a payload that cannot be encoded is logged there and not delivered. A recipient whose mailbox is
+    /// full is closed as a slow consumer rather than holding the others up.
+    ///
+    /// ```no_run
+    /// # fn example(context: hubmesh::HubContext) -> Result<(), hubmesh::HubError> {
+    /// context.clients().group("lobby").send("ReceiveMessage", ("system", "welcome"))?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn send<A>(&self, method: &str, arguments: A) -> Result<(), HubError>
     where
         A: Serialize + Send + Sync + 'static,
     {
@@ -160,8 +183,9 @@ impl ClientProxy {
         Ok(())
     }
 
-    /// Delivers an already-built frame to the recipients, on every node.
-    pub fn send_frame(&self, frame: Arc<SharedFrame>) {
+    /// Delivers an already-built frame to the recipients, on every node (the crate's own senders; users call
+    /// [`ClientProxy::send`]).
+    pub(crate) fn send_frame(&self, frame: Arc<SharedFrame>) {
         let router = self.context.router();
         let hub = self.context.name();
         match &self.target {

@@ -4,7 +4,22 @@ use super::{HubContext, HubError};
 use crate::connection::ConnectionId;
 use crate::mesh::GroupKey;
 
-/// Manages the groups of a hub.
+/// Manages the groups of a hub (SignalR's `Groups`), cluster-wide: a group's members may be connected to any
+/// node. Get one from [`crate::Caller::groups`] or [`crate::HubContext::groups`].
+///
+/// ```no_run
+/// use hubmesh::{Caller, HubError};
+///
+/// async fn join(caller: Caller, room: String) -> Result<usize, HubError> {
+///     caller.groups().add(caller.connection_id(), &room).await?;
+///     caller.clients().group(&room).send("Joined", (caller.connection_id().to_string(),))?;
+///     caller.groups().count(&room).await
+/// }
+///
+/// async fn leave(caller: Caller, room: String) -> Result<(), HubError> {
+///     caller.groups().remove(caller.connection_id(), &room).await
+/// }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Groups {
     context: HubContext,

@@ -1,13 +1,47 @@
 //! Hub methods as plain async functions, registered by name (axum's macro-free handler idea over tuples).
 //!
 //! A method is any `async fn(P1, …, Pn) -> R` (up to 12 parameters) where each parameter is either
-//! * a positional argument: any `DeserializeOwned` type, decoded from JSON or MessagePack on call;
+//! * a positional argument: any `DeserializeOwned` type, decoded from JSON or MessagePack on call, or a
+//!   [`RawValue`], kept undecoded to pass on to clients of either protocol unchanged;
 //! * an extractor: [`Caller`], [`HubContext`], [`State<S>`], a [`CancellationToken`] (cancelled when the client
 //!   cancels a stream or disconnects), or a [`ClientStream<T>`] bound to the next client-to-server stream;
 //!
 //! and `R` is `()`, any `Serialize` value, `Result<T, E>` with `E: Into<HubError>`, a [`Streamed`] for a
 //! server-to-client stream, or `Result<Streamed, E>`. Which kind a parameter is follows from its type through a
-//! marker type parameter, so no macro is needed to register a method.
+//! marker type parameter, so no macro is needed to register a method: [`Handler`], [`FromInvocation`] and
+//! [`IntoReply`] are implemented for every qualifying function and type, and are not meant to be implemented
+//! by hand.
+//!
+//! ```no_run
+//! use futures_util::{stream, StreamExt};
+//! use hubmesh::{Caller, ClientStream, Hub, HubError, State, Streamed};
+//!
+//! #[derive(Clone)]
+//! struct Greeting(String);
+//!
+//! // A positional argument and an extractor: `connection.invoke("Greet", "ada")`.
+//! async fn greet(State(greeting): State<Greeting>, caller: Caller, name: String) -> String {
+//!     format!("{} {name} ({})", greeting.0, caller.connection_id())
+//! }
+//! // A server-to-client stream: `connection.stream("Count", 3)`.
+//! async fn count(to: u32) -> Streamed {
+//!     Streamed::new(stream::iter(0..to))
+//! }
+//! // A client-to-server stream: `connection.invoke("Sum", subject)`.
+//! async fn sum(mut numbers: ClientStream<i64>) -> Result<i64, HubError> {
+//!     let mut total = 0;
+//!     while let Some(number) = numbers.next().await {
+//!         total += number?;
+//!     }
+//!     Ok(total)
+//! }
+//!
+//! let hub = Hub::new("tools")
+//!     .with_state(Greeting("Hello".into()))
+//!     .method("Greet", greet)
+//!     .method("Count", count)
+//!     .method("Sum", sum);
+//! ```
 
 use std::any::{Any, TypeId};
 use std::future::Future;
@@ -27,7 +61,8 @@ use super::{Caller, HubContext, HubError};
 use crate::connection::{EncodeValue, UploadItem};
 use crate::protocol::RawValue;
 
-/// What one call of a method starts from.
+/// What one call of a method starts from (the hub layer's, not part of the API).
+#[doc(hidden)]
 pub struct InvocationParts {
     pub(crate) caller: Caller,
     pub(crate) arguments: std::vec::IntoIter<RawValue>,
@@ -36,7 +71,9 @@ pub struct InvocationParts {
     pub(crate) state: Option<Arc<dyn Any + Send + Sync>>,
 }
 
-/// What a method produced, before its errors are turned into the texts clients see.
+/// What a method produced, before its errors are turned into the texts clients see (the hub layer's, not part of
+/// the API).
+#[doc(hidden)]
 pub enum HubReply {
     /// No value.
     Void,
@@ -55,6 +92,7 @@ pub trait FromInvocation<M>: Sized + Send + 'static {
     /// How many client-to-server streams this parameter consumes.
     const STREAMS: usize;
     /// Takes the parameter from the call.
+    #[doc(hidden)]
     fn from_invocation(parts: &mut InvocationParts) -> Result<Self, HubError>;
 }
 
@@ -212,6 +250,7 @@ pub trait IntoReply<M>: Send + 'static {
     /// Whether the method is a streaming one (`connection.stream(...)` on the client).
     const STREAMING: bool;
     /// Converts the return value.
+    #[doc(hidden)]
     fn into_reply(self) -> HubReply;
 }
 
@@ -281,6 +320,7 @@ pub trait Handler<T>: Clone + Send + Sync + 'static {
     /// Whether this is a streaming method.
     const STREAMING: bool;
     /// Calls the method.
+    #[doc(hidden)]
     fn call(&self, parts: InvocationParts) -> BoxFuture<'static, HubReply>;
 }
 

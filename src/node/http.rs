@@ -62,13 +62,15 @@ use sse::connect_sse;
 use websocket::{accept_websocket, is_websocket_upgrade, upgrade_with_actix_ws};
 
 pub(crate) use endpoint::HubEndpoint;
-pub use endpoint::NEGOTIATE_EXPIRY;
-// The test server's raw long-polling handler uses it too.
+// The test server's raw `/echo` transports use these too.
 #[cfg(feature = "test-util")]
-pub(crate) use long_polling::long_polling_options;
-pub use long_polling::poll_response;
-pub use negotiate::random_id;
-pub use sse::sse_response;
+pub(crate) use endpoint::NEGOTIATE_EXPIRY;
+#[cfg(feature = "test-util")]
+pub(crate) use long_polling::{long_polling_options, poll_response};
+#[cfg(feature = "test-util")]
+pub(crate) use negotiate::random_id;
+#[cfg(feature = "test-util")]
+pub(crate) use sse::sse_response;
 pub(crate) use websocket::{accept_hub_websocket, AcceptedWebSocket};
 
 /// Lower-cases a path and drops trailing slashes, the form hub paths are looked up in.

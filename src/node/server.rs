@@ -64,7 +64,8 @@ impl Upgrades {
         }
     }
 
-    /// Adds a plain WebSocket route at `path`.
+    /// Adds a plain WebSocket route at `path` (the test server's `/echo`).
+    #[cfg(feature = "test-util")]
     pub fn route(mut self, path: &str, handler: WebSocketHandler) -> Self {
         self.routes.insert(normalize_path(path), handler);
         self

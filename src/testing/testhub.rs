@@ -89,11 +89,11 @@ async fn throw_exception(message: String) -> Result<(), HubError> {
 }
 
 async fn invoke_with_string(caller: Caller, message: String) -> Result<(), HubError> {
-    caller.clients().caller().send("Message", (message,)).await
+    caller.clients().caller().send("Message", (message,))
 }
 
 async fn send_custom_object(caller: Caller, object: CustomObject) -> Result<(), HubError> {
-    caller.clients().caller().send("CustomObject", (object,)).await
+    caller.clients().caller().send("CustomObject", (object,))
 }
 
 async fn stream_abc() -> Streamed {
@@ -107,7 +107,7 @@ async fn infinite_stream(caller: Caller, cancel: CancellationToken) -> Streamed 
     tokio::spawn(async move {
         cancel.cancelled().await;
         // The connection may be gone already (a disconnect also cancels); then there is no one to tell.
-        let _ = context.clients().client(&id).send("StreamCanceled", ()).await;
+        let _ = context.clients().client(&id).send("StreamCanceled", ());
     });
     Streamed::new(stream::pending::<String>())
 }
