@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-use actix_web::dev::ServerHandle;
 use actix_web::App;
 
 use crate::auth::Authenticator;
@@ -56,7 +55,7 @@ pub enum NodeError {
 }
 
 /// How long a stopping node waits for its connections to take their Close message and go.
-const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+pub(crate) const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Collects what a node serves, then starts it ([`NodeBuilder::start`]) or builds it for an application's own
 /// actix-web server ([`NodeBuilder::build`], [`NodeBuilder::build_and_join`]). Made by [`Node::builder`].
@@ -514,15 +513,11 @@ impl NodeBuilder {
             workers,
         )
         .map_err(|source| NodeError::Bind { address, source })?;
-        let handle = server.handle();
-        let task = tokio::spawn(server);
         node.span().in_scope(|| tracing::info!(%local_addr, scheme, "serving"));
         Ok(NodeHandle {
-            node,
+            serving: server::Serving::spawn(node, server),
             local_addr,
             scheme,
-            server: handle,
-            task,
         })
     }
 }
@@ -541,18 +536,16 @@ impl NodeBuilder {
 /// # }
 /// ```
 pub struct NodeHandle {
-    node: Node,
+    serving: server::Serving,
     local_addr: SocketAddr,
     /// `http` or `https`.
     scheme: &'static str,
-    server: ServerHandle,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl NodeHandle {
     /// The node.
     pub fn node(&self) -> &Node {
-        &self.node
+        self.serving.node()
     }
 
     /// The address the HTTP server listens on.
@@ -567,25 +560,17 @@ impl NodeHandle {
 
     /// The context of hub `name`.
     pub fn hub_context(&self, name: &str) -> Option<HubContext> {
-        self.node.hub_context(name)
+        self.node().hub_context(name)
     }
 
     /// Stops serving: open connections are closed and group actors stopped.
     pub async fn stop(self) {
-        // Say goodbye first (Close with allowReconnect, so clients with automatic reconnect go to another node),
-        // then stop the server; actix would otherwise wait out its shutdown timeout on open WebSockets.
-        self.server.pause().await;
-        self.node.close_connections(STOP_GRACE).await;
-        self.server.stop(true).await;
-        let _ = self.task.await;
-        self.node.shutdown_hubs().await;
+        self.serving.stop(STOP_GRACE).await;
     }
 
     /// Waits until the server stops (for example after `stop` from another handle).
     pub async fn wait(self) -> std::io::Result<()> {
-        let result = self.task.await.unwrap_or(Ok(()));
-        self.node.shutdown_hubs().await;
-        result
+        self.serving.wait().await
     }
 }
 

@@ -245,3 +245,45 @@ where
     }
     Ok(builder.run())
 }
+
+/// A node's routes being served by [`serve`]: the one stop sequence for every server hubmesh runs itself (a node's,
+/// the test hub's).
+pub(crate) struct Serving {
+    node: Node,
+    server: actix_server::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Serving {
+    /// Runs `server`, which serves `node`, on the current tokio runtime.
+    pub(crate) fn spawn(node: Node, server: Server) -> Serving {
+        Serving {
+            node,
+            server: server.handle(),
+            task: tokio::spawn(server),
+        }
+    }
+
+    /// The node served.
+    pub(crate) fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Stops serving: connections are told goodbye, then the server stops and the node's hubs shut down.
+    pub(crate) async fn stop(self, grace: Duration) {
+        // Say goodbye first (Close with allowReconnect, so clients with automatic reconnect go to another node),
+        // then stop the server; actix would otherwise wait out its shutdown timeout on open WebSockets.
+        self.server.pause().await;
+        self.node.close_connections(grace).await;
+        self.server.stop(true).await;
+        let _ = self.task.await;
+        self.node.shutdown_hubs().await;
+    }
+
+    /// Waits until the server stops (for example after a stop from elsewhere), then shuts the node's hubs down.
+    pub(crate) async fn wait(self) -> std::io::Result<()> {
+        let result = self.task.await.unwrap_or(Ok(()));
+        self.node.shutdown_hubs().await;
+        result
+    }
+}

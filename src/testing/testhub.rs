@@ -16,7 +16,7 @@ use std::time::Duration;
 use actix_web::body::MessageBody;
 use actix_web::cookie::time::OffsetDateTime;
 use actix_web::cookie::{Cookie, SameSite};
-use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, App, HttpRequest, HttpResponse};
@@ -34,7 +34,7 @@ use crate::hub::{Caller, ClientStream, Hub, HubContext, HubError, Streamed};
 use crate::node::http::{cors, long_polling_options, poll_response, random_id, sse_response, NEGOTIATE_EXPIRY};
 use crate::node::server;
 use crate::node::tls::TlsConfig;
-use crate::node::{Node, NodeError};
+use crate::node::{Node, NodeError, STOP_GRACE};
 use crate::protocol::negotiate::{AvailableTransport, NegotiateResponse};
 use crate::protocol::{Binary, Timestamp, TransferFormat};
 use crate::transport::long_polling::{long_polling, LongPollingHandle};
@@ -534,9 +534,7 @@ struct Https(bool);
 pub struct TestHubHandle {
     url: String,
     https_url: Option<String>,
-    server: ServerHandle,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    node: Node,
+    serving: server::Serving,
 }
 
 impl TestHubHandle {
@@ -552,19 +550,12 @@ impl TestHubHandle {
 
     /// Stops serving and waits for the server to end.
     pub async fn stop(self) {
-        // As a node does: say goodbye to connections first, so open streams do not hold the shutdown.
-        self.server.pause().await;
-        self.node.close_connections(std::time::Duration::from_secs(2)).await;
-        self.server.stop(true).await;
-        let _ = self.task.await;
-        self.node.shutdown_hubs().await;
+        self.serving.stop(STOP_GRACE).await;
     }
 
     /// Waits until the server stops.
     pub async fn wait(self) -> std::io::Result<()> {
-        let result = self.task.await.unwrap_or(Ok(()));
-        self.node.shutdown_hubs().await;
-        result
+        self.serving.wait().await
     }
 }
 
@@ -714,13 +705,9 @@ pub async fn serve_on(listen: &Listen) -> Result<TestHubHandle, TestHubError> {
         address: url.clone(),
         source,
     })?;
-    let handle = server.handle();
-    let task = tokio::spawn(server);
     Ok(TestHubHandle {
         url,
         https_url,
-        server: handle,
-        task,
-        node,
+        serving: server::Serving::spawn(node, server),
     })
 }
