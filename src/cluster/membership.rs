@@ -21,8 +21,8 @@
 //!   reports older ones as dead at once, without waiting for the failure detector.
 //! * A peer is live while its phi (time since its last fresh heartbeat divided by the mean heartbeat interval)
 //!   stays under [`MembershipConfig::phi_threshold`]; liveness is re-evaluated once per gossip round. The defaults
-//!   are the settings measured in the architecture notes (section 12): a killed or stopped peer is declared dead in
-//!   about 1–2 s on a three-node loopback cluster, with no false suspicion under load.
+//!   are measured settings (`tests/cli/processes.rs`): a killed or stopped peer is declared dead in about 1–2 s on a
+//!   three-node loopback cluster, with no false suspicion under load.
 //! * Gossip has no goodbye: a node that shuts down is declared dead by the failure detector like a crashed one.
 //!   Publish [`NodeStatus::Draining`] first for a graceful exit.
 //! * The view is rebuilt when the live set or any live member's key-values change, and at least once a second.

@@ -8,8 +8,8 @@ use super::MembershipError;
 
 /// How a node joins the cluster and detects failures.
 ///
-/// [`MembershipConfig::new`] fills in the measured defaults (architecture notes, section 12); change them only with a
-/// soak test of your own.
+/// [`MembershipConfig::new`] fills in the measured defaults (`tests/cli/processes.rs` measures detection and, with
+/// `--ignored`, soaks for false suspicion); change them only with a soak test of your own.
 #[derive(Clone, Debug)]
 pub struct MembershipConfig {
     /// This node's name, unique in the cluster and stable across restarts.
