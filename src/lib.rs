@@ -5,7 +5,8 @@
 //!
 //! Each top-level module is one layer; dependencies point one way, up this list (a layer uses the ones above it,
 //! never one below). The layers are private to the crate; what an embedder uses is re-exported at the root and in
-//! the public modules [`auth`], [`handler`] and [`demo`], and names no type of a private layer.
+//! the public modules [`auth`], [`handler`] and [`demo`], and names no type of a private layer. `tests/layers.rs`
+//! reads every file's `crate::` paths and fails on an import that points the wrong way, so the map stays true.
 //!
 //! * `protocol`: the SignalR wire formats (handshake, JSON and MessagePack hub protocols, negotiate bodies).
 //!   Bytes in, messages out; no I/O.
