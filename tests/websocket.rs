@@ -11,7 +11,7 @@
 use std::error::Error;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +43,40 @@ struct Flags {
     cancelled: Arc<AtomicBool>,
     /// Set when the token of a `Hang` call fires.
     hang_cancelled: Arc<AtomicBool>,
+    /// `Watched` calls whose body ran.
+    watched_started: Count,
+    /// `Watched` calls whose token was cancelled already when their body ran.
+    watched_started_cancelled: Arc<AtomicUsize>,
+    /// `Watched` calls whose token fired.
+    watched_cancelled: Count,
+}
+
+/// A counter a test can wait on, with a deadline, until it reaches a value.
+#[derive(Clone)]
+struct Count(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Default for Count {
+    fn default() -> Count {
+        Count(Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl Count {
+    fn add_one(&self) {
+        self.0.send_modify(|count| *count += 1);
+    }
+
+    fn get(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// Whether the count reaches `expected` within `within`.
+    async fn reaches(&self, expected: usize, within: Duration) -> bool {
+        let mut count = self.0.subscribe();
+        timeout(within, count.wait_for(|count| *count >= expected))
+            .await
+            .is_ok_and(|reached| reached.is_ok())
+    }
 }
 
 async fn echo(text: String) -> String {
@@ -80,6 +114,20 @@ async fn ticks(cancel: CancellationToken, State(flags): State<Flags>) -> Streame
         tokio::time::sleep(Duration::from_millis(20)).await;
         Some((n, n + 1))
     }))
+}
+
+/// A stream that never yields: counts that its body ran and (on a task of its own, as a method that must react
+/// to a cancel does) that its token fired.
+async fn watched(cancel: CancellationToken, State(flags): State<Flags>) -> Streamed {
+    flags.watched_started.add_one();
+    if cancel.is_cancelled() {
+        flags.watched_started_cancelled.fetch_add(1, Ordering::SeqCst);
+    }
+    tokio::spawn(async move {
+        cancel.cancelled().await;
+        flags.watched_cancelled.add_one();
+    });
+    Streamed::new(futures_util::stream::pending::<u64>())
 }
 
 /// Never answers; its token fires when the call is dropped with its connection.
@@ -123,6 +171,7 @@ fn wire_hub(flags: Flags) -> Hub {
         .method("Counter", counter)
         .method("Ticks", ticks)
         .method("WasCancelled", was_cancelled)
+        .method("Watched", watched)
         .method("Hang", hang)
         .method("Sum", sum)
         .method("AskClient", ask_client)
@@ -710,6 +759,66 @@ async fn cancel_invocation_stops_a_stream() -> TestResult {
             }
             let was = client.invoke_ok("WasCancelled", json!([])).await?;
             check(was == json!(true), || format!("WasCancelled: {was}"))?;
+            drop(client);
+            server.stop().await;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// A StreamInvocation and its CancelInvocation in one WebSocket message, as a client that cancels at once may
+/// send them: the method still runs (ASP.NET starts it, then cancels its token), sees its token fire, and the
+/// client gets the stream's Completion, without an error, as ASP.NET sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cancelled_in_the_same_frame_still_runs_its_method() -> TestResult {
+    const ROUNDS: usize = 200;
+    bounded(TEST_TIMEOUT, async {
+        for protocol in Protocol::ALL {
+            let name = protocol.name();
+            // One node per protocol: the counters are the hub's.
+            let server = TestNode::start(quiet_limits()).await?;
+            let flags = server.flags.clone();
+            let mut client = server.client(protocol).await?;
+            for round in 0..ROUNDS {
+                let id = format!("w{round}");
+                let mut frame = protocol.stream_invocation(&id, "Watched", json!([]));
+                frame.extend(protocol.cancel(&id));
+                client.send_frame(frame).await?;
+            }
+            let started = flags.watched_started.reaches(ROUNDS, STEP).await;
+            check(started, || {
+                format!(
+                    "[{name}] {} of {ROUNDS} cancelled stream invocations ran their method",
+                    flags.watched_started.get()
+                )
+            })?;
+            let cancelled = flags.watched_cancelled.reaches(ROUNDS, STEP).await;
+            check(cancelled, || {
+                format!(
+                    "[{name}] {} of {ROUNDS} started methods saw their token fire",
+                    flags.watched_cancelled.get()
+                )
+            })?;
+            let early = flags.watched_started_cancelled.load(Ordering::SeqCst);
+            check(early == 0, || {
+                format!("[{name}] {early} of {ROUNDS} methods started with their token cancelled already")
+            })?;
+            // One Completion per stream, without an error, in order; nothing else.
+            for round in 0..ROUNDS {
+                let id = format!("w{round}");
+                let completion = client
+                    .completion(&id)
+                    .await
+                    .map_err(|error| format!("[{name}] {error}"))?;
+                check(completion.value.get("error").is_none_or(Value::is_null), || {
+                    format!("[{name}] a cancelled stream ended with {}", completion.value)
+                })?;
+            }
+            client.assert_healthy().await?;
+            if let Some(record) = client.record_within(Duration::from_millis(100)).await? {
+                return Err(format!("[{name}] after the cancelled streams: {}", record.value).into());
+            }
             drop(client);
             server.stop().await;
         }

@@ -2,6 +2,8 @@
 //! stream items, completions of client results, cancels), invocations started, and their replies and streams
 //! encoded back.
 
+use std::task::{Context, Poll, Waker};
+
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
@@ -234,7 +236,11 @@ impl<T: Transport> Connection<T> {
             // A stream invocation without an id has no one to stream to.
             let id = invocation_id?;
             self.streams.insert(id.clone(), cancel.clone());
-            tokio::spawn(stream_reply(reply, handle, protocol, id, cancel).instrument(tracing::Span::current()));
+            // Started here, before the next record is dispatched, as ASP.NET starts it: a CancelInvocation right
+            // behind it (in the same frame, say) then cancels the token of a method that ran, instead of finding
+            // a task that has not been polled yet and dropping the method unrun.
+            let started = StreamCall::start(reply);
+            tokio::spawn(stream_reply(started, handle, protocol, id, cancel).instrument(tracing::Span::current()));
             return None;
         }
         let run = async move {
@@ -274,26 +280,47 @@ impl<T: Transport> Connection<T> {
     }
 }
 
-/// Runs a streaming method's reply: items as StreamItems, then a Completion (with the error, if it failed).
+/// A streaming method's call once it was started: still running (awaiting something before it returns its
+/// stream), or returned.
+enum StreamCall {
+    Running(BoxFuture<'static, Reply>),
+    Returned(Reply),
+}
+
+impl StreamCall {
+    /// Runs the method up to its first await, in the caller's task. The waker is a no-op: a call still running
+    /// moves to its own task, whose first poll registers the real one.
+    fn start(mut reply: BoxFuture<'static, Reply>) -> StreamCall {
+        let mut context = Context::from_waker(Waker::noop());
+        match reply.as_mut().poll(&mut context) {
+            Poll::Ready(reply) => StreamCall::Returned(reply),
+            Poll::Pending => StreamCall::Running(reply),
+        }
+    }
+}
+
+/// Runs a streaming method's reply: items as StreamItems, then a Completion (with the error, if it failed). A
+/// stream the client cancelled ends with a Completion without an error, as ASP.NET ends it (the clients ignore it).
 async fn stream_reply(
-    reply: BoxFuture<'static, Reply>,
+    call: StreamCall,
     handle: ConnectionHandle,
     protocol: Protocol,
     id: String,
     cancel: CancellationToken,
 ) {
-    let reply = tokio::select! {
-        reply = reply => reply,
-        () = cancel.cancelled() => {
-            let _ = handle.try_send(Outbound::StreamEnded(Box::new(id)));
-            return;
-        }
+    let reply = match call {
+        StreamCall::Returned(reply) => Some(reply),
+        StreamCall::Running(reply) => tokio::select! {
+            reply = reply => Some(reply),
+            () = cancel.cancelled() => None,
+        },
     };
     let ending = match reply {
-        Reply::Stream(mut items) => loop {
+        None => encode_void(protocol, &id),
+        Some(Reply::Stream(mut items)) => loop {
             let item = tokio::select! {
                 item = items.next() => item,
-                () = cancel.cancelled() => break None,
+                () = cancel.cancelled() => break encode_void(protocol, &id),
             };
             match item {
                 None => break encode_void(protocol, &id),
@@ -309,8 +336,10 @@ async fn stream_reply(
                 }
             }
         },
-        Reply::Error(error) => encode_error(protocol, &id, &error),
-        Reply::Void | Reply::Value(_) => encode_error(protocol, &id, "A streaming method did not return a stream."),
+        Some(Reply::Error(error)) => encode_error(protocol, &id, &error),
+        Some(Reply::Void | Reply::Value(_)) => {
+            encode_error(protocol, &id, "A streaming method did not return a stream.")
+        }
     };
     if let Some(bytes) = ending {
         let _ = handle.send(Outbound::own(bytes)).await;

@@ -118,9 +118,9 @@ for (const transport of TRANSPORTS) {
                 const connection = connect(resources);
                 const canceled = expectCalls(connection, "StreamCanceled");
                 await start(connection);
+                // Cancelled at once, as upstream's test does: the StreamInvocation and its CancelInvocation leave
+                // back to back, and the server must still run the method before cancelling its token.
                 const stream = collectStream(connection.stream("InfiniteStream"));
-                // Let the StreamInvocation reach the server before cancelling it.
-                assert.equal(await invoke(connection, "Echo", "barrier"), "barrier");
                 stream.subscription.dispose();
                 await withTimeout(canceled.promise, STEP, "StreamCanceled call");
                 assert.deepEqual(stream.items, []);
