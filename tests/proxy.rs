@@ -3,7 +3,15 @@
 //! protocols, Server-Sent Events, long polling); `cut_connections` closes upgraded and streaming connections so
 //! that the node notices; a backend with nothing listening is skipped, and none answering gives 502.
 //!
+//! The official client conformance files (`tests/node`, as `tests/official_client.rs` runs them) run through the
+//! proxy with one test hub behind it, as a transparency check; they need Node.js and npm like that test.
+//!
 //! Everything runs on 127.0.0.1; every test, read and loop is bounded, and conditions are awaited with deadlines.
+
+#[path = "common/npm.rs"]
+mod npm;
+#[path = "common/process.rs"]
+mod process;
 
 use std::error::Error;
 use std::future::Future;
@@ -13,7 +21,7 @@ use std::time::Duration;
 use hubmesh::testing::client::{http_request_with_body as request, parse_http_response, HttpReply, Protocol};
 use hubmesh::testing::proxy::{RoundRobinProxy, Routed};
 use hubmesh::testing::testhub::test_hub;
-use hubmesh::testing::TestClient;
+use hubmesh::testing::{TestClient, TestHubServer};
 use hubmesh::transport::TransportKind;
 use hubmesh::{Limits, Node, NodeHandle};
 use serde_json::{json, Value};
@@ -467,4 +475,95 @@ async fn a_backend_with_nothing_listening_is_skipped() -> TestResult {
         Ok(())
     })
     .await
+}
+
+/// Upper bound on each `node --test` run of the conformance files through the proxy.
+const NODE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The conformance files whose endpoints serve every transport: they run over all three (every transport ×
+/// protocol combination of the official suite; SSE is JSON only, which `common.mjs` knows), every other
+/// `*.test.mjs` over WebSockets, as `tests/official_client.rs` runs them.
+const ALL_TRANSPORT_FILES: &[&str] = &[
+    "auth.test.mjs",
+    "connection.test.mjs",
+    "hub-connection.test.mjs",
+    "negotiate.test.mjs",
+];
+
+/// One `node --test` run: the transports it covers and its files.
+type NodeRun = (&'static str, Vec<String>);
+
+/// The `node --test` runs: [`ALL_TRANSPORT_FILES`] over all three transports, the other
+/// `*.test.mjs` files of `dir` over WebSockets.
+fn conformance_runs(dir: &std::path::Path) -> Result<Vec<NodeRun>, Box<dyn Error>> {
+    let mut others = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".test.mjs") && !ALL_TRANSPORT_FILES.contains(&name.as_str()) {
+            others.push(name);
+        }
+    }
+    others.sort();
+    let all = ALL_TRANSPORT_FILES.iter().map(|file| (*file).to_owned()).collect();
+    Ok(vec![
+        ("WebSockets,ServerSentEvents,LongPolling", all),
+        ("WebSockets", others),
+    ])
+}
+
+#[test]
+fn official_client_conformance_through_the_proxy() -> Result<(), Box<dyn Error>> {
+    let version = std::process::Command::new("node").arg("--version").output();
+    if !version.is_ok_and(|output| output.status.success()) {
+        return Err("Node.js >= 18 is needed to run the official SignalR client through the proxy".into());
+    }
+    let dir = npm::ensure_installed()?;
+    let server = TestHubServer::start()?;
+    let hub: SocketAddr = server.url().trim_start_matches("http://").parse()?;
+    // The proxy's own runtime: this test waits on Node synchronously.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let proxy = runtime.block_on(RoundRobinProxy::start([hub]))?;
+    println!(
+        "official client through the proxy {} to the test hub {}",
+        proxy.url(),
+        server.url()
+    );
+    let mut failures = Vec::new();
+    for (transports, files) in conformance_runs(&dir)? {
+        println!("through the proxy over {transports}: {}", files.join(" "));
+        // No HTTPS base URL: the proxy speaks plain HTTP, so the HTTPS-only rows are skipped here.
+        let mut child = process::own_process_group(
+            std::process::Command::new("node")
+                .args(["--test", "--test-concurrency=1", "--test-reporter=spec"])
+                .args(&files)
+                .current_dir(&dir)
+                .env("HUBMESH_TEST_URL", proxy.url())
+                .env_remove("HUBMESH_TEST_HTTPS_URL")
+                .env("HUBMESH_TEST_TRANSPORTS", transports),
+        )
+        .spawn()?;
+        let status = process::wait_bounded(&mut child, NODE_TIMEOUT, "`node --test` through the proxy")?;
+        if !status.success() {
+            failures.push(format!("over {transports}: {status}"));
+        }
+    }
+    let routes = proxy.take_routes();
+    drop(proxy);
+    drop(runtime);
+    drop(server);
+    assert!(
+        failures.is_empty(),
+        "the official client failed through the proxy ({}); see the node output above",
+        failures.join("; ")
+    );
+    let upgrades = routes.iter().filter(|routed| routed.upgrade).count();
+    println!(
+        "the proxy forwarded {} requests, {upgrades} of them WebSocket upgrades",
+        routes.len()
+    );
+    assert!(upgrades > 0, "no WebSocket went through the proxy");
+    Ok(())
 }

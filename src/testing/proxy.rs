@@ -25,12 +25,12 @@
 //!
 //! Bounds: at most [`MAX_CLIENT_CONNECTIONS`] client connections (further ones wait in the listen backlog) and
 //! [`MAX_TUNNELS`] upgraded connections (an upgrade beyond that gets `503`); a client connection has at most one
-//! request in flight (HTTP/1.1 without pipelining), hence at most one backend connection; at most
+//! request in flight (HTTP/1.1 without pipelining), hence one backend connection in use; at most
 //! [`MAX_BACKENDS`] backends; the route record keeps the last [`ROUTE_RECORD_CAPACITY`] requests. Every task
 //! ends with its connection, at a cut, or when the proxy is dropped. Errors answer `502`/`503` or close the
 //! connection; nothing panics.
 //!
-//! It may call hyper, tokio and the standard library only: it knows nothing of nodes or SignalR.
+//! It calls hyper and tokio only (with their small helper crates): it knows nothing of nodes or SignalR.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
