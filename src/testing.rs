@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod proxy;
 pub mod testhub;
 
 pub use client::TestClient;
