@@ -41,6 +41,7 @@ const HTTP_TRANSPORT_FILES: &[&str] = &[
     "connection.test.mjs",
     "hub-connection.test.mjs",
     "negotiate.test.mjs",
+    "test-app.test.mjs",
 ];
 
 /// Checks that `program --version` runs, with a clear error otherwise.

@@ -495,6 +495,10 @@ async fn echo_server() -> TestResult<(hubmesh::testing::testhub::TestHubHandle, 
     Ok((server, addr))
 }
 
+/// The cookie negotiate sets, which `/echo` wants on the request that opens an SSE or long-polling connection (as
+/// upstream's echo handler, which ends a connection without it at once).
+const TEST_COOKIE: (&str, &str) = ("Cookie", "testCookie=testValue");
+
 /// Retries `POST /echo?id=` until the connection is gone (404), bounded.
 async fn echo_gone(addr: SocketAddr, path: &str) -> TestResult {
     let mut last = 0;
@@ -523,7 +527,7 @@ async fn raw_echo_over_long_polling() -> TestResult {
         assert_eq!(request(addr, "GET", "/echo?id=unknown", &[], b"").await?.status, 404);
         assert_eq!(request(addr, "GET", "/echo", &[], b"").await?.status, 400);
         let path = format!("/echo?id={token}");
-        let first = request(addr, "GET", &path, &[], b"").await?;
+        let first = request(addr, "GET", &path, &[TEST_COOKIE], b"").await?;
         assert_eq!(first.status, 200);
         assert!(first.body.is_empty(), "the first poll carried {:?}", first.text());
         // Each POST body comes back whole, text or binary.
@@ -551,6 +555,13 @@ async fn raw_echo_over_long_polling() -> TestResult {
         assert_eq!(pending.await??, 204);
         echo_gone(addr, &path).await?;
         assert_eq!(request(addr, "DELETE", &path, &[], b"").await?.status, 404);
+        // Without the cookie on its first poll, the connection ends at once: the next poll gets 204, no echo.
+        let (token, _) = negotiate(addr, "/echo").await?;
+        let path = format!("/echo?id={token}");
+        assert_eq!(request(addr, "GET", &path, &[], b"").await?.status, 200);
+        let _ = request(addr, "POST", &path, &[], b"unheard").await?;
+        assert_eq!(request(addr, "GET", &path, &[], b"").await?.status, 204);
+        echo_gone(addr, &path).await?;
         server.stop().await;
         Ok(())
     })
@@ -558,19 +569,49 @@ async fn raw_echo_over_long_polling() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_echo_over_server_sent_events_and_bad_negotiate() -> TestResult {
+async fn upstream_prefix_routes_answer_before_any_route() -> TestResult {
     bounded(async {
         let (server, addr) = echo_server().await?;
+        // /bad-negotiate…: 400 and upstream's text, for any method; a negotiate there still gets the cookies.
         let bad = request(addr, "POST", "/bad-negotiate/negotiate?negotiateVersion=1", &[], b"").await?;
-        assert_eq!(bad.status, 200);
-        assert_eq!(
-            serde_json::from_slice::<Value>(&bad.body)?,
-            serde_json::json!({"error": "Some error"})
+        assert_eq!((bad.status, bad.text().as_str()), (400, "Some response from server"));
+        assert!(
+            bad.header("set-cookie").is_some(),
+            "negotiate cookies on /bad-negotiate"
         );
+        assert_eq!(request(addr, "GET", "/Bad-Negotiate/x", &[], b"").await?.status, 400);
+        assert_eq!(request(addr, "GET", "/bad-negotiatex", &[], b"").await?.status, 404);
+        // /echoredirect…: 307 to the /echo equivalent, query kept, no cookies.
+        let moved = request(addr, "POST", "/echoredirect/negotiate?negotiateVersion=1", &[], b"").await?;
+        assert_eq!(moved.status, 307);
+        assert_eq!(moved.header("location"), Some("/echo/negotiate?negotiateVersion=1"));
+        assert_eq!(moved.header("set-cookie"), None);
+        let moved = request(addr, "GET", "/echoredirect?id=abc", &[], b"").await?;
+        assert_eq!((moved.status, moved.header("location")), (307, Some("/echo?id=abc")));
+        // /redirect…: the redirect negotiate for any method, no cookies.
+        let redirect = request(addr, "POST", "/redirect/negotiate?baseUrl=http://h", &[], b"").await?;
+        assert_eq!(redirect.status, 200);
+        assert_eq!(redirect.header("set-cookie"), None);
+        let url = serde_json::from_slice::<Value>(&redirect.body)?["url"]
+            .as_str()
+            .map(str::to_owned);
+        assert_eq!(url.as_deref(), Some("http://h/testHub?numRedirects=1"));
+        // Any other OPTIONS: 204, as upstream's CORS middleware answers.
+        assert_eq!(request(addr, "OPTIONS", "/testhub", &[], b"").await?.status, 204);
+        server.stop().await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_echo_over_server_sent_events() -> TestResult {
+    bounded(async {
+        let (server, addr) = echo_server().await?;
         let (token, _) = negotiate(addr, "/echo").await?;
         let path = format!("/echo?id={token}");
         assert_eq!(request(addr, "POST", &path, &[], b"early").await?.status, 400);
-        let (mut events, mut raw) = open_event_stream(addr, &path, &[]).await?;
+        let (mut events, mut raw) = open_event_stream(addr, &path, &[TEST_COOKIE]).await?;
         let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no head")? + 4;
         let head = parse_response(&raw[..head_end])?;
         assert_eq!(

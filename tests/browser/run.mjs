@@ -31,12 +31,13 @@ const TRANSPORTS = ["WebSockets", "ServerSentEvents", "LongPolling"];
 const PROTOCOLS = ["json", "messagepack"];
 const HTTP_CLIENTS = ["fetch", "xhr"];
 // The files that hold the official suite's scenarios (HubConnectionTests, ConnectionTests, WebSocketTests) and
-// ours about negotiate; the demo hub and the stateful-reconnect proxy tests are Node only.
+// ours about negotiate and the test app's routes; the demo hub and the stateful-reconnect proxy tests are Node only.
 const SUITE_FILES = [
     "connection.test.mjs",
     "hub-connection.test.mjs",
     "auth.test.mjs",
     "negotiate.test.mjs",
+    "test-app.test.mjs",
     "transport-selection.test.mjs",
     "websocket.test.mjs",
 ];

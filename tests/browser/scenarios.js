@@ -195,12 +195,13 @@
         const worker = new Worker("/worker.js");
         const message = `Hello from a worker over ${transport}`;
         try {
-            await step("worker invokes Echo", async () => {
+            await step("worker loads the client from the hub's server, invokes Echo and gets Message", async () => {
                 const answer = await new Promise((resolve, reject) => {
                     worker.onmessage = (event) => resolve(event.data);
                     worker.onerror = (event) => reject(new Error(`worker error: ${event.message}`));
                     worker.postMessage({
-                        libUrl: `${location.origin}/lib/signalr-webworker/signalr.js`,
+                        // From the hub's server, as upstream's worker loads it (the test app serves the bundles).
+                        libUrl: `${hubBase}/lib/signalr-webworker/signalr.js`,
                         hubUrl: `${hubBase}/testhub`,
                         transport,
                         message,
@@ -210,6 +211,7 @@
                     throw new Error(answer.error);
                 }
                 expectEqual(answer.transport, transport, "worker's active transport");
+                expectEqual(answer.pushed, message, "the Message the hub sent the worker");
                 return expectEqual(answer.result, message, "worker's Echo");
             });
         } finally {

@@ -1,7 +1,8 @@
-// A tiny static file server for the browser tests: it serves the test pages, the official client's browser,
-// web-worker and ES module builds, the MessagePack protocol's browser build, the worker script, and the Node
-// conformance test files with the browser's stand-ins for their imports, from an origin other than the hub's
-// (another port on 127.0.0.1), so that every request the client makes to the hub is cross-origin.
+// A tiny static file server for the browser tests: it serves the test pages, the official client's browser and ES
+// module builds, the MessagePack protocol's browser build, the worker script, and the Node conformance test files
+// with the browser's stand-ins for their imports, from an origin other than the hub's (another port on 127.0.0.1),
+// so that every request the client makes to the hub is cross-origin. The web-worker build comes from the test hub
+// itself, as upstream's app serves it.
 //
 // Run alone with `node server.mjs` (prints `listening http://127.0.0.1:<port>`); run.mjs imports it.
 
@@ -35,8 +36,6 @@ export const FILES = {
         "browser",
         "signalr-protocol-msgpack.js",
     ),
-    // Where upstream's WebWorker test loads the web-worker build from.
-    "/lib/signalr-webworker/signalr.js": join(MODULES, "@microsoft", "signalr", "dist", "webworker", "signalr.js"),
 };
 
 function contentType(file) {
@@ -47,8 +46,9 @@ function contentType(file) {
 }
 
 /**
- * The file for a URL path: a fixed one from FILES, a test module from tests/node (`/node/<name>.mjs`), or a module
- * of the client's ES module build (`/lib/esm/<name>`: its imports name no extension, so `.js` is added).
+ * The file for a URL path: a fixed one from FILES, a test module from tests/node (`/node/<name>.mjs`), an installed
+ * bundle (`/node/node_modules/@microsoft/<package>/dist/<browser|webworker>/<name>.js`), or a module of the client's
+ * ES module build (`/lib/esm/<name>`: its imports name no extension, so `.js` is added).
  */
 export function fileFor(path) {
     if (FILES[path]) {
@@ -57,6 +57,13 @@ export function fileFor(path) {
     const testModule = /^\/node\/([\w.-]+\.mjs)$/.exec(path);
     if (testModule) {
         return join(NODE_TESTS, testModule[1]);
+    }
+    // The installed bundles, for test-app.test.mjs to compare with what the test hub serves.
+    const bundle = /^\/node\/node_modules\/@microsoft\/(signalr|signalr-protocol-msgpack)\/dist\/(browser|webworker)\/([\w-]+(\.min)?\.js)$/.exec(
+        path,
+    );
+    if (bundle) {
+        return join(MODULES, "@microsoft", bundle[1], "dist", bundle[2], bundle[3]);
     }
     const esmModule = /^\/lib\/esm\/([\w-]+)(\.js)?$/.exec(path);
     if (esmModule) {

@@ -60,6 +60,20 @@ for (const transport of TRANSPORTS) {
             await echoRoundTrip(connection);
         });
 
+        scenario("the hub reads the user and the claims of the token", async (resources) => {
+            // HubWithAuthorization's GetUserNameIdentifier and GetUserClaim: the token's name identifier, its
+            // issuer and audience (upstream's), and "" for a claim it does not carry.
+            const token = await getJwtToken();
+            const connection = connectAuthorized(resources, transport, { accessTokenFactory: () => token });
+            await withTimeout(connection.start(), STEP, "start()");
+            const invoke = (...args) => withTimeout(connection.invoke(...args), STEP, `invoke("${args[0]}")`);
+            assert.equal(await invoke("GetUserNameIdentifier"), "testuser");
+            assert.equal(await invoke("GetUserClaim", "iss"), "SignalRTestServer");
+            assert.equal(await invoke("GetUserClaim", "aud"), "SignalRTests");
+            assert.equal(await invoke("GetUserClaim", "no-such-claim"), "");
+            await withTimeout(connection.stop(), STEP, "stop()");
+        });
+
         scenario("can connect to hub with authorization using async token factory", async (resources) => {
             let calls = 0;
             const connection = connectAuthorized(resources, transport, {

@@ -138,6 +138,23 @@ describe("connection", () => {
                     assert.equal(await cookieSeen(true), "testValue", "withCredentials: true");
                     assert.equal(await cookieSeen(false), null, "withCredentials: false");
                 });
+
+                scenario("an echo connection without credentials closes without an echo", async (resources) => {
+                    // Upstream's row: /echo ends at once an SSE or long-polling connection whose request carries no
+                    // testCookie, which a cross-site request with withCredentials: false never does.
+                    const connection = resources.http(
+                        new HttpConnection(ECHO_URL, { logger: consoleLogger, transport: transportType, withCredentials: false }),
+                    );
+                    const received = [];
+                    const closed = deferred();
+                    connection.onreceive = (data) => received.push(data);
+                    connection.onclose = (error) => closed.resolve(error);
+                    await withTimeout(connection.start(signalR.TransferFormat.Text), STEP, "HttpConnection.start()");
+                    // The connection may be gone already: then the send fails, which is as good.
+                    await withTimeout(connection.send(MESSAGE), STEP, "HttpConnection.send()").catch(() => {});
+                    await withTimeout(closed.promise, STEP, "onclose");
+                    assert.deepEqual(received, [], "nothing was echoed");
+                });
             }
         });
     }

@@ -1,6 +1,6 @@
-// The client's negotiate-error path: the test server's /bad-negotiate answers negotiate with HTTP 200 and
-// {"error":"Some error"}; the official client must fail start() with the server's text as the error message
-// (HttpConnection throws `new Error(negotiateResponse.error)`), for every transport in HUBMESH_TEST_TRANSPORTS.
+// The client's failed-negotiate path: the test server's /bad-negotiate answers every request with 400 and the text
+// "Some response from server", as upstream's functional-test app does; the official client must fail start() with
+// that text and the status code in its error, and end Disconnected, for every transport in HUBMESH_TEST_TRANSPORTS.
 
 import assert from "node:assert/strict";
 import { describe } from "node:test";
@@ -9,13 +9,15 @@ import { BASE_URL, HttpConnection, TRANSPORTS, quietLogger, rejectionMessage, sc
 
 const STEP = 10000;
 const BAD_NEGOTIATE_URL = `${BASE_URL}/bad-negotiate`;
+const FAILED_NEGOTIATE =
+    "Failed to complete negotiation with the server: Error: Some response from server: Status code '400'";
 
 describe("negotiate", () => {
     for (const transport of TRANSPORTS) {
         const transportType = signalR.HttpTransportType[transport];
 
         describe(`over ${transport}`, () => {
-            scenario("HttpConnection.start() rejects with the error negotiate returned", async (resources) => {
+            scenario("HttpConnection.start() rejects with the failed negotiate's text and status", async (resources) => {
                 const connection = resources.http(
                     new HttpConnection(BAD_NEGOTIATE_URL, { logger: quietLogger, transport: transportType }),
                 );
@@ -23,10 +25,10 @@ describe("negotiate", () => {
                     withTimeout(connection.start(signalR.TransferFormat.Text), STEP, "HttpConnection.start()"),
                     "HttpConnection.start()",
                 );
-                assert.equal(message, "Some error");
+                assert.equal(message, FAILED_NEGOTIATE);
             });
 
-            scenario("HubConnection.start() rejects with the error negotiate returned", async (resources) => {
+            scenario("HubConnection.start() rejects with the failed negotiate's text and status", async (resources) => {
                 const connection = resources.hub(
                     new signalR.HubConnectionBuilder()
                         .withUrl(BAD_NEGOTIATE_URL, { transport: transportType, logger: quietLogger })
@@ -37,7 +39,7 @@ describe("negotiate", () => {
                     withTimeout(connection.start(), STEP, "HubConnection.start()"),
                     "HubConnection.start()",
                 );
-                assert.equal(message, "Some error");
+                assert.equal(message, FAILED_NEGOTIATE);
                 assert.equal(connection.state, signalR.HubConnectionState.Disconnected);
             });
         });

@@ -1,5 +1,6 @@
 //! The raw `/echo` endpoint: no hub protocol, every chunk echoed back, over WebSockets, Server-Sent Events and long
-//! polling through the transport modules. Owns the negotiated echo connections and their HTTP handlers.
+//! polling through the transport modules (SSE and long polling only for a client that sends the negotiate's
+//! `testCookie` back, as upstream's). Owns the negotiated echo connections and their HTTP handlers.
 
 use std::collections::HashMap;
 
@@ -18,6 +19,9 @@ use crate::transport::long_polling::{long_polling, LongPollingHandle};
 use crate::transport::sse::SseTransport;
 use crate::transport::upgraded::UpgradedWebSocket;
 use crate::transport::{post_channel, CloseKind, PostSender, Transport, TransportKind};
+
+/// The cookie every negotiate sets, which an echo connection over SSE or long polling must carry.
+const TEST_COOKIE: &str = "testCookie";
 
 /// The negotiated connections of the raw `/echo` endpoint, by connection token, and the limits its long polls use.
 pub(super) struct EchoConnections {
@@ -91,6 +95,17 @@ async fn echo_chunks<T: Transport>(mut transport: T) {
     transport.close(CloseKind::Normal).await;
 }
 
+/// As upstream's echo handler: a connection whose opening request (the event stream, the first poll) carries no
+/// `testCookie` ends at once, unread, so a client that withholds credentials (`withCredentials: false` across
+/// sites) sees its connection close without an echo; with the cookie, every chunk is echoed. WebSockets are exempt.
+async fn echo_if_cookie<T: Transport>(transport: T, has_cookie: bool) {
+    if has_cookie {
+        echo_chunks(transport).await;
+    } else {
+        transport.close(CloseKind::Normal).await;
+    }
+}
+
 /// `GET /echo?id=`: an SSE stream (`Accept: text/event-stream`) or a long poll; the first poll answers at once,
 /// later ones wait for echoes, the last gets 204. A WebSocket upgrade never gets here: the server hands it to
 /// [`echo_socket`].
@@ -110,6 +125,7 @@ pub(super) async fn echo_get(request: HttpRequest, echo: web::Data<EchoConnectio
     if let Some(poll) = open_poll {
         return poll_response(poll.poll().await);
     }
+    let has_cookie = request.cookie(TEST_COOKIE).is_some();
     let (post, inbound) = post_channel();
     let mut slots = echo.slots.lock();
     match slots.get(&token) {
@@ -124,7 +140,7 @@ pub(super) async fn echo_get(request: HttpRequest, echo: web::Data<EchoConnectio
             let (transport, events) = SseTransport::new(inbound);
             let echo = echo.into_inner();
             actix_web::rt::spawn(async move {
-                echo_chunks(transport).await;
+                echo_if_cookie(transport, has_cookie).await;
                 echo.forget(&token);
             });
             sse_response(events)
@@ -135,7 +151,7 @@ pub(super) async fn echo_get(request: HttpRequest, echo: web::Data<EchoConnectio
             drop(slots);
             let echo = echo.into_inner();
             actix_web::rt::spawn(async move {
-                echo_chunks(transport).await;
+                echo_if_cookie(transport, has_cookie).await;
                 poll.terminated().await;
                 echo.forget(&token);
             });

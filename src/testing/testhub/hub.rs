@@ -1,11 +1,13 @@
 //! The test server's hubs: `TestHub` with every method the functional tests call, the objects they exchange
-//! ([`CustomObject`], [`ComplexObject`]), `HubWithAuthorization`, and the node that serves them with the demo hub.
+//! ([`CustomObject`], [`ComplexObject`]), `HubWithAuthorization`, `UncreatableHub`, and the node that serves them
+//! with the demo hub.
 
 use futures_util::stream;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::tokens::TestTokens;
+use crate::auth::NAME_IDENTIFIER_CLAIM;
 use crate::demo::demo_hub;
 use crate::hub::{Caller, ClientStream, Hub, HubError, Streamed};
 use crate::node::{Node, NodeError};
@@ -153,22 +155,68 @@ pub fn test_hub(name: &str, path: &str, transports: &[TransportKind]) -> Hub {
         .method("GetCookie", get_cookie)
 }
 
-/// HubWithAuthorization at `/authorizedhub`: `Echo(string)`, for authenticated callers only.
+/// The name-identifier claim of the caller's token, `""` without one.
+async fn get_user_name_identifier(caller: Caller) -> String {
+    caller
+        .claims()
+        .and_then(|claims| claims.value(NAME_IDENTIFIER_CLAIM))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The first value of claim `name` of the caller's token as text (a number as its digits), `""` without one.
+async fn get_user_claim(caller: Caller, name: String) -> String {
+    let Some(claims) = caller.claims() else {
+        return String::new();
+    };
+    if let Some(text) = claims.value(&name) {
+        return text.to_owned();
+    }
+    match claims.get(&name) {
+        Some(serde_json::Value::Number(number)) => number.to_string(),
+        Some(serde_json::Value::Bool(flag)) => flag.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// HubWithAuthorization at `/authorizedhub`, for authenticated callers only: `Echo(string)`,
+/// `GetUserNameIdentifier()` and `GetUserClaim(type)` (`""` when the claim is missing).
 pub fn authorized_hub() -> Hub {
     Hub::new("HubWithAuthorization")
         .path("/authorizedhub")
         .detailed_errors(true)
         .authorize()
         .method("Echo", echo)
+        .method("GetUserNameIdentifier", get_user_name_identifier)
+        .method("GetUserClaim", get_user_claim)
 }
 
-/// The test server's node: `/testhub`, `/testhub-nowebsockets`, `/authorizedhub` (tokens of `tokens`) and the demo
-/// hub at `/hub`.
+/// Fails every connection once it is made, with the error ASP.NET gives for upstream's `UncreatableHub` (a hub
+/// whose constructor needs a service nobody registered): the hub cannot be created for `OnConnectedAsync`.
+async fn refuse_creation(_caller: Caller) -> Result<(), HubError> {
+    Err(HubError::exception(
+        "InvalidOperationException",
+        "Unable to resolve service for type 'System.Object' while attempting to activate \
+         'FunctionalTests.UncreatableHub'.",
+    ))
+}
+
+/// UncreatableHub at `/uncreatable`: negotiate and the handshake succeed, then the connection closes with an error.
+pub fn uncreatable_hub() -> Hub {
+    Hub::new("UncreatableHub")
+        .path("/uncreatable")
+        .detailed_errors(true)
+        .on_connected(refuse_creation)
+}
+
+/// The test server's node: `/testhub`, `/testhub-nowebsockets`, `/uncreatable`, `/authorizedhub` (tokens of
+/// `tokens`) and the demo hub at `/hub`.
 pub fn test_node(tokens: &TestTokens) -> Result<Node, NodeError> {
     Node::builder()
         .name("testhub")
         .auth(tokens.authenticator())
         .hub(authorized_hub())
+        .hub(uncreatable_hub())
         .hub(test_hub(
             "TestHub",
             "/testhub",

@@ -1,16 +1,16 @@
 //! Serving the test server: where it listens ([`Listen`], HTTP, HTTPS with a self-signed certificate, or both),
-//! the app that routes the hubs, `/echo` and the other routes, and the handle of a running server.
+//! the app that routes the hubs, `/echo`, the client bundles and the other routes, and the handle of a running
+//! server.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use actix_web::{web, App};
 
+use super::bundles::bundle;
 use super::echo::{echo_delete, echo_get, echo_negotiate, echo_post, echo_socket, EchoConnections};
 use super::hub::test_node;
-use super::routes::{
-    bad_negotiate, client_result, generate_jwt_token, negotiate_cookies, redirect, Https, RedirectCounter,
-};
+use super::routes::{client_result, deployment, generate_jwt_token, upstream_middleware, Https, RedirectCounter};
 use super::tokens::TestTokens;
 use crate::node::http::cors;
 use crate::node::server;
@@ -152,8 +152,9 @@ pub async fn serve_on(listen: &Listen) -> Result<TestHubHandle, TestHubError> {
     let test_hub = web::Data::new(test_hub);
     let app = move |https: bool| {
         let node = app_node.clone();
+        // Outermost first, as upstream's pipeline: CORS, then its path-prefix middleware, then the routes.
         App::new()
-            .wrap(actix_web::middleware::from_fn(negotiate_cookies))
+            .wrap(actix_web::middleware::from_fn(upstream_middleware))
             .wrap(cors())
             .app_data(web::Data::new(Https(https)))
             .app_data(test_hub.clone())
@@ -164,10 +165,15 @@ pub async fn serve_on(listen: &Listen) -> Result<TestHubHandle, TestHubError> {
             .route("/echo", web::get().to(echo_get))
             .route("/echo", web::post().to(echo_post))
             .route("/echo", web::delete().to(echo_delete))
-            .route("/bad-negotiate/negotiate", web::post().to(bad_negotiate))
             .route("/clientresult/{id}", web::get().to(client_result))
             .route("/generateJwtToken", web::get().to(generate_jwt_token))
-            .route("/redirect{tail:.*}", web::route().to(redirect))
+            .route("/deployment", web::get().to(deployment))
+            .route(
+                "/lib/{folder}/{name}",
+                web::route()
+                    .guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
+                    .to(bundle),
+            )
             .configure(move |config| node.configure(config))
     };
     let mut listeners = Vec::new();

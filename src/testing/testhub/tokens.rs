@@ -12,6 +12,12 @@ pub const TEST_TOKEN_LIFETIME: Duration = Duration::from_secs(5);
 /// The user id in tokens from `GET /generateJwtToken`.
 pub const TEST_USER: &str = "testuser";
 
+/// The issuer of tokens from `GET /generateJwtToken`, as upstream's.
+pub const TEST_TOKEN_ISSUER: &str = "SignalRTestServer";
+
+/// The audience of tokens from `GET /generateJwtToken`, as upstream's.
+pub const TEST_TOKEN_AUDIENCE: &str = "SignalRTests";
+
 /// The HS256 key of one test server: tokens from `GET /generateJwtToken` and the node's authenticator.
 #[derive(Clone)]
 pub struct TestTokens {
@@ -37,10 +43,16 @@ impl TestTokens {
         Authenticator::hs256(self.secret.as_slice())
     }
 
-    /// A token for `user`, valid for `lifetime`, with the user in the name-identifier claim and in `sub`.
+    /// A token for `user`, valid for `lifetime`: the user in the name-identifier claim, and upstream's issuer and
+    /// audience (which, as there, are not checked).
     pub fn token(&self, user: &str, lifetime: Duration) -> Result<String, jsonwebtoken::errors::Error> {
         let expires = jsonwebtoken::get_current_timestamp() + lifetime.as_secs();
-        let claims = serde_json::json!({ NAME_IDENTIFIER_CLAIM: user, "sub": user, "exp": expires });
+        let claims = serde_json::json!({
+            NAME_IDENTIFIER_CLAIM: user,
+            "exp": expires,
+            "iss": TEST_TOKEN_ISSUER,
+            "aud": TEST_TOKEN_AUDIENCE,
+        });
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
             &claims,
