@@ -44,7 +44,7 @@ pub struct GossipNetwork {
 #[derive(Clone)]
 enum Medium {
     /// Real UDP, every datagram sealed and checked with these keys.
-    Udp(GossipKeys),
+    Udp(Arc<GossipKeys>),
     #[cfg(any(test, feature = "test-util"))]
     InMemory(ChannelTransport),
 }
@@ -67,7 +67,7 @@ impl GossipNetwork {
     /// Real UDP sockets, authenticated with `keys`: what a production node uses.
     pub fn udp(keys: GossipKeys) -> Self {
         Self {
-            medium: Medium::Udp(keys),
+            medium: Medium::Udp(Arc::new(keys)),
             faults: Arc::default(),
         }
     }
@@ -121,7 +121,7 @@ impl GossipNetwork {
     /// resolved).
     pub(crate) async fn open(&self, listen: SocketAddr) -> anyhow::Result<(Box<dyn Socket>, SocketAddr)> {
         let socket: Box<dyn Socket> = match &self.medium {
-            Medium::Udp(keys) => Box::new(SealedUdpSocket::open(listen, keys.clone()).await?),
+            Medium::Udp(keys) => Box::new(SealedUdpSocket::open(listen, GossipKeys::clone(keys)).await?),
             #[cfg(any(test, feature = "test-util"))]
             Medium::InMemory(channels) => channels.open(listen).await?,
         };
