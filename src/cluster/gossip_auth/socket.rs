@@ -43,6 +43,8 @@ pub(crate) struct SealedUdpSocket {
     plain: Box<[u8]>,
     sealed: Vec<u8>,
     log: DropLog,
+    /// When a packet too large to seal was last logged.
+    last_unsendable: Option<Instant>,
 }
 
 impl SealedUdpSocket {
@@ -74,6 +76,7 @@ impl SealedUdpSocket {
             plain: vec![0u8; MAX_PACKET + 1].into_boxed_slice(),
             sealed: Vec::with_capacity(MAX_PACKET),
             log: DropLog::default(),
+            last_unsendable: None,
         })
     }
 
@@ -82,8 +85,10 @@ impl SealedUdpSocket {
         let Some((peer, num_bytes_received)) = self.handed_over else {
             return Ok(None);
         };
+        // One deadline for the whole wait, so that datagrams from elsewhere on loopback cannot prolong it.
+        let deadline = tokio::time::Instant::now() + HOP_TIMEOUT;
         loop {
-            match tokio::time::timeout(HOP_TIMEOUT, self.codec.recv()).await {
+            match tokio::time::timeout_at(deadline, self.codec.recv()).await {
                 Ok(Ok(outcome)) if outcome.from_addr == self.tap_addr => {
                     self.handed_over = None;
                     return Ok(Some(RecvOutcome {
@@ -141,7 +146,11 @@ impl Socket for SealedUdpSocket {
         };
         let key = self.answer_under.get(&to).copied().unwrap_or(0);
         if let Err(err) = self.sealer.seal(&self.plain[..len], key, now_ms(), &mut self.sealed) {
-            warn!(%to, error = %err, "gossip packet not sent");
+            let now = Instant::now();
+            if self.last_unsendable.is_none_or(|last| now.duration_since(last) >= LOG_EVERY) {
+                self.last_unsendable = Some(now);
+                warn!(%to, error = %err, "gossip packet not sent (the cluster state is too large for one datagram)");
+            }
             return Err(err.into());
         }
         let num_bytes_sent = self
