@@ -9,6 +9,11 @@
 //!   it is read off chitchat, `membership/config.rs` [`MembershipConfig`].
 //! * [`gossip_network`]: where gossip datagrams travel (real UDP, or an in-process network for tests) and the fault
 //!   layer (partition, freeze) that in-process tests use in place of killing processes.
+//! * [`gossip_auth`]: gossip authenticated by the cluster secret. Every datagram of the real UDP path carries an
+//!   HMAC-SHA256 tag under a key derived from the secret, with replay protection; anything else is dropped, so a
+//!   process without the secret is never listed and nobody without it can forge or alter a node's state. During a
+//!   secret rotation a node signs with its current secret and accepts its previous ones too ([`GossipKeys`]).
+//!   Gossip is not encrypted, and a holder of the secret is trusted.
 //! * [`placement`]: rendezvous hashing of opaque keys over a set of [`NodeId`]s, stable across processes and
 //!   versions.
 //! * [`link`]: opaque frames between the routers of nodes, opened and closed as membership changes: the [`Links`]
@@ -17,16 +22,18 @@
 //!
 //! # What it may call
 //!
-//! Only the standard library, tokio, tracing and chitchat (and, for [`link`], bytes, parking_lot, ractor and
+//! Only the standard library, tokio, tracing and chitchat, hmac, sha2, hkdf and rand (for [`gossip_auth`]) (and, for [`link`], bytes, parking_lot, ractor and
 //! ractor_cluster). The cluster layer moves opaque bytes and string
 //! key-values: it knows nothing of hubs, connections, groups or SignalR, and no module above it should need to
 //! import chitchat.
 
+pub mod gossip_auth;
 pub mod gossip_network;
 pub mod link;
 pub mod membership;
 pub mod placement;
 
+pub use gossip_auth::GossipKeys;
 #[cfg(any(test, feature = "test-util"))]
 pub use gossip_network::GossipNetwork;
 pub use link::{LinkConfig, LinkError, LinkEvent, Links, PeerInfo, LINK_ADDRESS_KEY};

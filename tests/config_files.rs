@@ -420,6 +420,39 @@ fn a_backend_node_serves_no_hubs() {
 }
 
 #[test]
+fn previous_secrets_come_from_the_list_the_file_and_the_environment() {
+    let (dir, path) = write_config(
+        "[node]\nname = \"a\"\n[cluster]\nid = \"c\"\ngossip = \"127.0.0.1:7001\"\nlink = \"127.0.0.1:7101\"\n\
+         secret = \"s3\"\nprevious_secrets = [\"s2\"]\nprevious_secret_file = \"previous\"\n",
+    );
+    std::fs::write(dir.path().join("previous"), "s1\n\n  s2  \n").unwrap();
+    let previous = |env: &[(&str, &str)]| {
+        load(Some(&path), env, &Overrides::new())
+            .unwrap()
+            .node_settings()
+            .unwrap()
+            .cluster
+            .unwrap()
+            .link
+            .previous_secrets
+    };
+    assert_eq!(previous(&NO_ENV), ["s2", "s1"]);
+    let env = [("HUBMESH_CLUSTER__PREVIOUS_SECRETS", "p1, p2")];
+    assert_eq!(previous(&env), ["p1", "p2", "s1", "s2"]);
+
+    // The current secret is not a previous one; an empty file says so; neither is ever shown.
+    let env = [("HUBMESH_CLUSTER__PREVIOUS_SECRETS", "s3")];
+    let error = only_error(load(Some(&path), &env, &Overrides::new()).unwrap().node_settings());
+    assert_eq!(error.key, "cluster.previous_secrets");
+    std::fs::write(dir.path().join("previous"), "\n").unwrap();
+    let config = load(Some(&path), &NO_ENV, &Overrides::new()).unwrap();
+    assert!(!format!("{config:?}").contains("s2"), "{config:?}");
+    let error = only_error(config.node_settings());
+    assert_eq!(error.key, "cluster.previous_secret_file");
+    assert!(error.reason.contains("empty"), "{error}");
+}
+
+#[test]
 fn the_secret_is_never_shown_by_debug() {
     let env = [("HUBMESH_CLUSTER__SECRET", "do-not-print-me")];
     let config = load(Some(&local(1)), &env, &Overrides::new()).unwrap();

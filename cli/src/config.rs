@@ -25,6 +25,9 @@
 //!   directory; given anywhere else, to the working directory. If both keys are set, the one from the later source
 //!   wins; both from the same source is an error.
 //! * The secret is held as a [`Secret`], whose `Debug` prints `<redacted>`; nothing here logs it.
+//! * `cluster.previous_secrets` (a list; comma-separated in its variable) and `cluster.previous_secret_file` (one
+//!   per line) name secrets being rotated away from: gossip still accepts them, links do not. Both may be set (their
+//!   union is taken); each must be non-empty and differ from the current secret; they are held as [`Secret`]s too.
 //! * `[auth]` configures bearer tokens ([`hubmesh::auth`]) when any of its keys is set: exactly one key, an HS256
 //!   secret (`auth.secret` or `auth.secret_file`, read like the cluster secret) or an RS256 public key
 //!   (`auth.public_key_file`, PEM; relative paths as for `secret_file`); optionally `auth.issuer`,

@@ -2,7 +2,8 @@
 //!
 //! # What this module owns
 //!
-//! [`GossipNetwork`]: the medium a [`Membership`](super::Membership) gossips over, either real UDP sockets or an
+//! [`GossipNetwork`]: the medium a [`Membership`](super::Membership) gossips over, either real UDP sockets (always
+//! authenticated by the cluster secret: [`super::gossip_auth`]) or an
 //! in-process network (chitchat's in-memory channel transport) shared by every node of a test, plus a fault layer
 //! keyed by gossip address that both media share: [`GossipNetwork::partition`] cuts traffic between two sets of
 //! nodes, [`GossipNetwork::freeze`] drops everything to and from one node (the in-process stand-in for `SIGSTOP`),
@@ -11,7 +12,7 @@
 //!
 //! # What it may call
 //!
-//! chitchat's transport traits and tokio. It knows nothing of membership semantics, and nothing outside
+//! chitchat's transport traits, tokio and [`super::gossip_auth`]. It knows nothing of membership semantics, and nothing outside
 //! `cluster/` sees the chitchat types it wraps.
 
 use std::collections::HashSet;
@@ -22,9 +23,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 #[cfg(any(test, feature = "test-util"))]
 use chitchat::transport::ChannelTransport;
-use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket};
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
 use chitchat::ChitchatEnvelope;
 use parking_lot::Mutex;
+
+use super::gossip_auth::socket::SealedUdpSocket;
+use super::gossip_auth::GossipKeys;
 
 /// The medium gossip travels over, with a fault layer for tests.
 ///
@@ -39,7 +43,8 @@ pub struct GossipNetwork {
 
 #[derive(Clone)]
 enum Medium {
-    Udp,
+    /// Real UDP, every datagram sealed and checked with these keys.
+    Udp(Arc<GossipKeys>),
     #[cfg(any(test, feature = "test-util"))]
     InMemory(ChannelTransport),
 }
@@ -47,7 +52,7 @@ enum Medium {
 impl fmt::Debug for GossipNetwork {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let medium = match self.medium {
-            Medium::Udp => "udp",
+            Medium::Udp(_) => "udp",
             #[cfg(any(test, feature = "test-util"))]
             Medium::InMemory(_) => "in-memory",
         };
@@ -58,24 +63,17 @@ impl fmt::Debug for GossipNetwork {
     }
 }
 
-impl Default for GossipNetwork {
-    /// Real UDP sockets, no faults.
-    fn default() -> Self {
-        Self::udp()
-    }
-}
-
 impl GossipNetwork {
-    /// Real UDP sockets: what a production node uses.
-    pub fn udp() -> Self {
+    /// Real UDP sockets, authenticated with `keys`: what a production node uses.
+    pub fn udp(keys: GossipKeys) -> Self {
         Self {
-            medium: Medium::Udp,
+            medium: Medium::Udp(Arc::new(keys)),
             faults: Arc::default(),
         }
     }
 
     #[cfg(any(test, feature = "test-util"))]
-    /// A fresh in-process network. Nodes started on clones of the same network reach each other by address (a
+    /// A fresh in-process network, not authenticated (only the test's own nodes are on it). Nodes started on clones of the same network reach each other by address (a
     /// listen port of 0 picks a free logical port); nothing touches the operating system's network stack.
     pub fn in_memory() -> Self {
         Self {
@@ -123,7 +121,7 @@ impl GossipNetwork {
     /// resolved).
     pub(crate) async fn open(&self, listen: SocketAddr) -> anyhow::Result<(Box<dyn Socket>, SocketAddr)> {
         let socket: Box<dyn Socket> = match &self.medium {
-            Medium::Udp => Box::new(UdpSocket::open(listen).await?),
+            Medium::Udp(keys) => Box::new(SealedUdpSocket::open(listen, GossipKeys::clone(keys)).await?),
             #[cfg(any(test, feature = "test-util"))]
             Medium::InMemory(channels) => channels.open(listen).await?,
         };
@@ -235,7 +233,7 @@ mod tests {
 
     #[test]
     fn freeze_thaw_and_heal() {
-        let network = GossipNetwork::udp();
+        let network = GossipNetwork::udp(GossipKeys::new("s", &[] as &[&str]));
         network.freeze(addr(1));
         assert!(network.faults.lock().blocks(addr(2), addr(1)));
         network.thaw(addr(1));

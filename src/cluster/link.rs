@@ -46,8 +46,12 @@ pub struct LinkConfig {
     pub listen: SocketAddr,
     /// The address peers dial; port 0 means the port actually bound.
     pub advertise: SocketAddr,
-    /// The shared cluster secret; a peer with another secret gets no link.
+    /// The shared cluster secret; a peer with another secret gets no link, and its gossip is dropped.
     pub secret: String,
+    /// Earlier cluster secrets, still accepted during a rotation: gossip signed with one of them is accepted (gossip
+    /// is always signed with `secret`). Links do not accept them: ractor_cluster checks one cookie, so a peer whose
+    /// current secret differs gets no link until both run the same one (see `cluster-config/README.md`).
+    pub previous_secrets: Vec<String>,
     /// Frames queued per peer before a send to that peer fails with `LinkError::QueueFull`.
     pub queue_frames: usize,
     /// The largest frame a node sends or accepts, well under ractor_cluster's own limit.
@@ -65,6 +69,7 @@ impl std::fmt::Debug for LinkConfig {
             .field("listen", &self.listen)
             .field("advertise", &self.advertise)
             .field("secret", &"<redacted>")
+            .field("previous_secrets", &format_args!("<{} redacted>", self.previous_secrets.len()))
             .field("queue_frames", &self.queue_frames)
             .field("max_frame", &self.max_frame)
             .field("batch_frames", &self.batch_frames)
@@ -80,6 +85,7 @@ impl LinkConfig {
             listen,
             advertise: listen,
             secret: secret.into(),
+            previous_secrets: Vec::new(),
             queue_frames: 8192,
             max_frame: 1 << 20,
             batch_frames: 64,

@@ -32,7 +32,7 @@
 //!
 //! # What it may call
 //!
-//! chitchat, tokio and tracing, and [`super::gossip_network`] for the medium. Nothing above the cluster layer.
+//! chitchat, tokio and tracing, and [`super::gossip_network`] for the medium (with [`super::gossip_auth`]'s keys). Nothing above the cluster layer.
 
 mod config;
 mod identity;
@@ -49,6 +49,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, Instrument, Span};
 
+use super::gossip_auth::GossipKeys;
 use super::gossip_network::{GossipNetwork, OpenedSocket};
 use view::{build_view, log_changes};
 
@@ -127,12 +128,14 @@ impl fmt::Debug for Membership {
 }
 
 impl Membership {
-    /// Starts gossiping over real UDP, publishing `initial_state` (plus [`NodeStatus::Joining`]).
+    /// Starts gossiping over real UDP, every datagram authenticated with `keys` (derived from the cluster secret),
+    /// publishing `initial_state` (plus [`NodeStatus::Joining`]).
     pub async fn start(
         config: MembershipConfig,
+        keys: GossipKeys,
         initial_state: BTreeMap<String, String>,
     ) -> Result<Membership, MembershipError> {
-        Self::start_on(config, initial_state, &GossipNetwork::udp()).await
+        Self::start_on(config, initial_state, &GossipNetwork::udp(keys)).await
     }
 
     /// Starts gossiping over `network`: real UDP, or an in-process network shared by the nodes of a test (see
@@ -358,6 +361,10 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], 0))
     }
 
+    fn keys() -> GossipKeys {
+        GossipKeys::new("membership-test-secret", &[] as &[&str])
+    }
+
     fn state(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
@@ -390,7 +397,7 @@ mod tests {
     async fn start_udp(name: &str, seeds: &[SocketAddr], kv: &[(&str, &str)]) -> Membership {
         let config =
             MembershipConfig::new(name, CLUSTER, localhost()).with_seeds(seeds.iter().map(|addr| addr.to_string()));
-        Membership::start(config, state(kv)).await.unwrap()
+        Membership::start(config, keys(), state(kv)).await.unwrap()
     }
 
     /// Starts three nodes over UDP seeded by the first, and waits until every node sees all three.
@@ -548,7 +555,7 @@ mod tests {
 
     #[tokio::test]
     async fn frozen_node_is_declared_dead_and_comes_back() {
-        let network = GossipNetwork::udp();
+        let network = GossipNetwork::udp(keys());
         let nodes = converged_on(&network, &["frz-a", "frz-b", "frz-c"]).await;
         let ids: Vec<NodeId> = nodes.iter().map(|n| n.id().clone()).collect();
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -627,7 +634,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let config = MembershipConfig::new("rst-b", CLUSTER, b_addr).with_seeds([seed[0].to_string()]);
         let restarted_at = Instant::now();
-        let b2 = Membership::start(config, state(&[("incarnation", "2")])).await.unwrap();
+        let b2 = Membership::start(config, keys(), state(&[("incarnation", "2")])).await.unwrap();
         let new_id = b2.id().clone();
         assert!(
             new_id.generation > old_id.generation,
@@ -654,6 +661,54 @@ mod tests {
         b2.shutdown().await.unwrap();
     }
 
+    /// Starts a node over real UDP with `keys`, seeded by `seeds`.
+    async fn start_keyed(name: &str, keys: GossipKeys, seeds: &[SocketAddr]) -> Membership {
+        let config =
+            MembershipConfig::new(name, CLUSTER, localhost()).with_seeds(seeds.iter().map(|addr| addr.to_string()));
+        Membership::start(config, keys, BTreeMap::new()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_node_with_another_secret_is_never_listed() {
+        let nodes = three_converged(["sec-a", "sec-b", "sec-c"]).await;
+        let seeds: Vec<SocketAddr> = nodes.iter().map(Membership::gossip_addr).collect();
+        // Same cluster id, every real node as a seed, another secret.
+        let intruder = start_keyed("sec-x", GossipKeys::new("not-the-secret", &[] as &[&str]), &seeds).await;
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < deadline {
+            for node in &nodes {
+                let view = node.view();
+                assert!(
+                    view.member_named("sec-x").is_none() && !view.dead.iter().any(|id| &*id.name == "sec-x"),
+                    "{} lists the intruder: {view:?}",
+                    node.id()
+                );
+                assert_eq!(view.live.len(), 3, "{} lost a member: {view:?}", node.id());
+            }
+            assert_eq!(intruder.view().live.len(), 1, "the intruder learnt of the cluster");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        intruder.shutdown().await.unwrap();
+        for node in nodes {
+            node.shutdown().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn nodes_see_each_other_across_a_secret_rotation() {
+        // A has moved to s2 and still accepts s1; B still runs s1 alone.
+        let a = start_keyed("rot-a", GossipKeys::new("s2", &["s1"]), &[]).await;
+        let seed = [a.gossip_addr()];
+        let b = start_keyed("rot-b", GossipKeys::new("s1", &[] as &[&str]), &seed).await;
+        let ids = [a.id().clone(), b.id().clone()];
+        times_until(&[&a, &b], Instant::now(), "A (s2, previous s1) and B (s1) see each other", move |view| {
+            sees_all(view, &ids.iter().collect::<Vec<_>>())
+        })
+        .await;
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    }
+
     #[tokio::test]
     async fn seed_that_starts_last_lets_the_cluster_form() {
         // Reserve a port for the seed, then free it so the seed can bind it later.
@@ -671,7 +726,7 @@ mod tests {
 
         let seed_started = Instant::now();
         let config = MembershipConfig::new("late-seed", CLUSTER, seed_addr).with_seeds([seed_addr.to_string()]);
-        let s = Membership::start(config, BTreeMap::new()).await.unwrap();
+        let s = Membership::start(config, keys(), BTreeMap::new()).await.unwrap();
         assert_eq!(s.gossip_addr(), seed_addr);
         let ids = [a.id().clone(), b.id().clone(), s.id().clone()];
         times_until(
@@ -690,7 +745,7 @@ mod tests {
     async fn bad_settings_are_refused() {
         let mut config = MembershipConfig::new("bad", CLUSTER, localhost());
         config.phi_threshold = 0.0;
-        let err = Membership::start(config, BTreeMap::new()).await.unwrap_err();
+        let err = Membership::start(config, keys(), BTreeMap::new()).await.unwrap_err();
         assert!(
             matches!(
                 err,
@@ -703,18 +758,18 @@ mod tests {
         );
 
         let config = MembershipConfig::new("bad", CLUSTER, SocketAddr::from(([0, 0, 0, 0], 0)));
-        let err = Membership::start(config, BTreeMap::new()).await.unwrap_err();
+        let err = Membership::start(config, keys(), BTreeMap::new()).await.unwrap_err();
         assert!(matches!(err, MembershipError::UnspecifiedAdvertise { .. }), "{err}");
 
         let config = MembershipConfig::new("bad", CLUSTER, localhost());
-        let err = Membership::start(config, state(&[("hubmesh.status", "serving")]))
+        let err = Membership::start(config, keys(), state(&[("hubmesh.status", "serving")]))
             .await
             .unwrap_err();
         assert!(matches!(err, MembershipError::ReservedKey(_)), "{err}");
 
         let taken = std::net::UdpSocket::bind(localhost()).unwrap();
         let config = MembershipConfig::new("bad", CLUSTER, taken.local_addr().unwrap());
-        let err = Membership::start(config, BTreeMap::new()).await.unwrap_err();
+        let err = Membership::start(config, keys(), BTreeMap::new()).await.unwrap_err();
         assert!(matches!(err, MembershipError::Bind { .. }), "{err}");
     }
 

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::{ClusterNetwork, ClusterSettings, NodeError};
 use crate::cluster::link::ractor::RactorLinks;
-use crate::cluster::{LinkEvent, Links, Membership, MembershipView, NodeId, NodeStatus, PeerInfo, LINK_ADDRESS_KEY};
+use crate::cluster::{GossipKeys, LinkEvent, Links, Membership, MembershipView, NodeId, NodeStatus, PeerInfo, LINK_ADDRESS_KEY};
 use crate::mesh::{LocalHub, Router};
 
 /// The membership key listing the hubs a node serves, comma-separated.
@@ -96,7 +96,10 @@ pub(crate) async fn join<H: LocalHub>(
     state.insert(LINK_ADDRESS_KEY.to_owned(), links.advertised_address());
     state.insert(HUBS_KEY.to_owned(), hubs.join(","));
     let membership = match &settings.network {
-        ClusterNetwork::Real => Membership::start(settings.membership.clone(), state).await,
+        ClusterNetwork::Real => {
+            let keys = GossipKeys::new(&settings.link.secret, &settings.link.previous_secrets);
+            Membership::start(settings.membership.clone(), keys, state).await
+        }
         #[cfg(feature = "test-util")]
         ClusterNetwork::InMemory { gossip, .. } => {
             Membership::start_on(settings.membership.clone(), state, gossip).await

@@ -61,6 +61,10 @@ fn signal(child: &Child, name: &str) -> TestResult {
 }
 
 fn start_node(name: &str, gossip: u16, link: u16, seeds: &[u16]) -> TestResult<NodeProcess> {
+    start_node_with_secret(name, gossip, link, seeds, SECRET)
+}
+
+fn start_node_with_secret(name: &str, gossip: u16, link: u16, seeds: &[u16], secret: &str) -> TestResult<NodeProcess> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_hubmesh"));
     command
         .args([
@@ -83,7 +87,7 @@ fn start_node(name: &str, gossip: u16, link: u16, seeds: &[u16]) -> TestResult<N
         command.args(["--seed", &format!("127.0.0.1:{seed}")]);
     }
     let mut child = command
-        .env("HUBMESH_CLUSTER__SECRET", SECRET)
+        .env("HUBMESH_CLUSTER__SECRET", secret)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -331,6 +335,51 @@ fn three_processes_survive_a_kill_and_a_freeze() -> TestResult {
     );
     clients.expect_ok(json!({"cmd": "send", "from": 0, "count": 50, "tag": "rejoined"}))?;
     assert_eq!(clients.ask(json!({"cmd": "count", "via": 1}))?["count"], 2);
+    clients.expect_ok(json!({"cmd": "quit"}))?;
+    Ok(())
+}
+
+/// The case measured in issue 13: a fourth node with the cluster id but another secret, seeded by every real node
+/// (a stale configuration, or anyone who can send UDP to a gossip port). Its gossip is dropped: no real node ever
+/// lists it, it lists nobody, and group messaging among the three real nodes is untouched.
+#[test]
+fn a_node_with_another_secret_is_never_listed_and_groups_keep_working() -> TestResult {
+    let (nodes, ports) = start_three()?;
+    let real = ["node-1", "node-2", "node-3"];
+    wait_for_view(&nodes.iter().collect::<Vec<_>>(), &real, Duration::from_secs(15))?;
+    let seeds: Vec<u16> = ports.iter().map(|(gossip, _)| *gossip).collect();
+    let intruder = start_node_with_secret("node-x", free_port()?, free_port()?, &seeds, "another-secret")?;
+
+    let urls: Vec<&str> = nodes.iter().map(|node| node.url.as_str()).collect();
+    let mut clients = Clients::start(&urls)?;
+    let watch_until = Instant::now() + Duration::from_secs(5);
+    let mut polls = 0;
+    while Instant::now() < watch_until {
+        for node in &nodes {
+            let mut live = live_members(&node.url);
+            live.sort();
+            assert_eq!(live, real, "{} lists {live:?}", node.name);
+        }
+        assert_eq!(
+            live_members(&intruder.url),
+            ["node-x"],
+            "the intruder learnt of the cluster"
+        );
+        polls += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("over {polls} polls in 5 s, no real node listed the node with another secret");
+
+    // Members on every node, the sender on node-3: every message reaches every member, once, in order.
+    clients.expect_ok(json!({"cmd": "send", "from": 2, "count": 200, "tag": "intruded"}))?;
+    clients.expect_ok(json!({"cmd": "send", "from": 0, "count": 200, "tag": "intruded-1"}))?;
+    assert_eq!(clients.ask(json!({"cmd": "count", "via": 1}))?["count"], 3);
+    for node in &nodes {
+        let mut live = live_members(&node.url);
+        live.sort();
+        assert_eq!(live, real, "{} lists {live:?}", node.name);
+    }
+    println!("group messaging among the three real nodes: all 400 sends reached every member");
     clients.expect_ok(json!({"cmd": "quit"}))?;
     Ok(())
 }

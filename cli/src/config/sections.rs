@@ -32,6 +32,8 @@ pub const KEYS: &[&str] = &[
     "cluster.seeds",
     "cluster.secret",
     "cluster.secret_file",
+    "cluster.previous_secrets",
+    "cluster.previous_secret_file",
     "cluster.gossip_interval",
     "cluster.phi_threshold",
     "hubs.demo",
@@ -81,6 +83,11 @@ impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         de::lenient_string(deserializer).map(Secret)
     }
+}
+
+/// A list of secrets: a TOML array, or comma-separated in one string.
+fn secret_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Secret>, D::Error> {
+    de::string_list(deserializer).map(|secrets| secrets.into_iter().map(Secret).collect())
 }
 
 /// `[node]`: who the node is.
@@ -153,6 +160,12 @@ pub struct ClusterSection {
     pub secret: Option<Secret>,
     /// A file holding the cluster secret.
     pub secret_file: Option<PathBuf>,
+    /// Secrets being rotated away from: gossip signed with them is still accepted (prefer
+    /// `previous_secret_file` or `HUBMESH_CLUSTER__PREVIOUS_SECRETS`, comma-separated).
+    #[serde(deserialize_with = "secret_list")]
+    pub previous_secrets: Vec<Secret>,
+    /// A file holding previous secrets, one per line (blank lines ignored).
+    pub previous_secret_file: Option<PathBuf>,
     /// Time between gossip rounds, as `"200ms"` (default: [`MembershipConfig`](hubmesh::MembershipConfig)'s).
     #[serde(deserialize_with = "de::optional_duration")]
     pub gossip_interval: Option<Duration>,
@@ -161,7 +174,7 @@ pub struct ClusterSection {
 }
 
 impl ClusterSection {
-    /// Whether any setting other than the secret is given: the node is then clustered.
+    /// Whether any setting other than the secrets is given: the node is then clustered.
     pub(super) fn is_requested(&self) -> bool {
         self.id.is_some()
             || self.gossip.is_some()

@@ -217,6 +217,7 @@ impl NodeConfig {
             );
         }
         let secret = self.secret(section, problem);
+        let previous_secrets = self.previous_secrets(section, secret.as_ref(), problem);
 
         let (Some(gossip), Some(link), Some(secret)) = (section.gossip, section.link, secret) else {
             return None;
@@ -228,6 +229,7 @@ impl NodeConfig {
             ..MembershipConfig::new(name, id, gossip).with_seeds(section.seeds.iter().map(|seed| seed.trim()))
         };
         let mut link = LinkConfig::new(link, secret.expose());
+        link.previous_secrets = previous_secrets;
         if let Some(advertise) = section.link_advertise {
             link.advertise = advertise;
         }
@@ -339,6 +341,52 @@ impl NodeConfig {
             ("cluster.secret_file", section.secret_file.as_deref()),
             problem,
         )
+    }
+
+    /// The secrets being rotated away from, from `cluster.previous_secrets` and `cluster.previous_secret_file`
+    /// (one per line), both if both are set; each must be non-empty and differ from the current secret.
+    fn previous_secrets(
+        &self,
+        section: &ClusterSection,
+        current: Option<&Secret>,
+        problem: &mut impl FnMut(&str, String),
+    ) -> Vec<String> {
+        let mut previous = Vec::new();
+        let mut check = |key: &str, secret: &str, problem: &mut dyn FnMut(&str, String)| {
+            if current.is_some_and(|current| current.expose() == secret) {
+                problem(
+                    key,
+                    "lists the current secret: give only secrets being rotated away from".into(),
+                );
+            } else if !previous.iter().any(|known| known == secret) {
+                previous.push(secret.to_owned());
+            }
+        };
+        for secret in &section.previous_secrets {
+            let secret = secret.expose().trim();
+            if secret.is_empty() {
+                problem("cluster.previous_secrets", "must not hold an empty secret".into());
+            } else {
+                check("cluster.previous_secrets", secret, problem);
+            }
+        }
+        if let Some(path) = &section.previous_secret_file {
+            let key = "cluster.previous_secret_file";
+            let path = self.config_relative(key, path);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let secrets: Vec<&str> = text.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
+                    if secrets.is_empty() {
+                        problem(key, format!("`{}` is empty", path.display()));
+                    }
+                    for secret in secrets {
+                        check(key, secret, problem);
+                    }
+                }
+                Err(error) => problem(key, format!("cannot read `{}`: {error}", path.display())),
+            }
+        }
+        previous
     }
 
     /// A secret given as a value or as a file (at least one of them is set), whichever comes from the later source;
