@@ -34,7 +34,7 @@ use crate::cluster::{LinkConfig, MembershipConfig, MembershipView, NodeStatus};
 use crate::connection::{Limits, WakeRelay, WakeRelays};
 use crate::hub::{Hub, HubContext, NodeRouter};
 use http::HubEndpoint;
-use readiness::{Lifecycle, Readiness};
+use readiness::Lifecycle;
 use tls::TlsConfig;
 
 /// Why a node could not start.
@@ -283,32 +283,6 @@ impl Node {
         &self.inner.span
     }
 
-    /// The node's lifecycle status (`Draining` once it stops).
-    pub(crate) fn lifecycle_status(&self) -> NodeStatus {
-        self.inner.lifecycle.get()
-    }
-
-    /// Moves the node to `status`; `Draining` makes it unready at once (docs/semantics.md#readiness).
-    pub(crate) fn set_lifecycle_status(&self, status: NodeStatus) {
-        self.inner.lifecycle.set(status);
-    }
-
-    /// Whether the node should be given traffic now, and why not (the rule is in `readiness`).
-    pub(crate) async fn readiness(&self) -> Readiness {
-        let cluster = self.inner.cluster.lock().await;
-        readiness::check(self.lifecycle_status(), cluster.as_ref())
-    }
-
-    /// When the node was built.
-    pub(crate) fn started(&self) -> std::time::SystemTime {
-        self.inner.started
-    }
-
-    /// The HTTP endpoints of the node's hubs.
-    pub(crate) fn endpoints(&self) -> impl Iterator<Item = &Arc<HubEndpoint>> {
-        self.inner.endpoints.values()
-    }
-
     /// Asks every connection to close (allowing reconnects) and waits up to `grace` for them to end.
     pub(crate) async fn close_connections(&self, grace: std::time::Duration) {
         self.set_lifecycle_status(NodeStatus::Draining);
@@ -362,11 +336,6 @@ impl Node {
             .await
             .as_ref()
             .map(|cluster| cluster.membership().view())
-    }
-
-    /// The node's cluster runtime, locked, for reports that read several parts of it at once.
-    pub(crate) async fn cluster(&self) -> tokio::sync::MutexGuard<'_, Option<cluster::ClusterRuntime>> {
-        self.inner.cluster.lock().await
     }
 }
 

@@ -1,5 +1,5 @@
-//! Whether a node should be given traffic: its lifecycle ([`Lifecycle`], which reuses [`NodeStatus`]) and the
-//! readiness rule `GET /readyz` answers with ([`Readiness`]).
+//! Whether a node should be given traffic: its lifecycle ([`Lifecycle`], which reuses [`NodeStatus`]; a drain sets
+//! it with `Node::set_lifecycle_status`) and the readiness rule `GET /readyz` answers with ([`Readiness`]).
 //!
 //! A node is **ready** when all of these hold:
 //! * its lifecycle is [`NodeStatus::Serving`]: it has finished building and joining (a single node is serving
@@ -15,7 +15,26 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::cluster::{peers_of, ClusterRuntime};
+use super::Node;
 use crate::cluster::NodeStatus;
+
+impl Node {
+    /// The node's lifecycle status (`Draining` once it stops).
+    pub(crate) fn lifecycle_status(&self) -> NodeStatus {
+        self.inner.lifecycle.get()
+    }
+
+    /// Moves the node to `status`; `Draining` makes it unready at once (docs/semantics.md#readiness).
+    pub(crate) fn set_lifecycle_status(&self, status: NodeStatus) {
+        self.inner.lifecycle.set(status);
+    }
+
+    /// Whether the node should be given traffic now, and why not.
+    pub(crate) async fn readiness(&self) -> Readiness {
+        let cluster = self.inner.cluster.lock().await;
+        check(self.lifecycle_status(), cluster.as_ref())
+    }
+}
 
 /// Where the node is in its life: [`NodeStatus::Joining`] until built and joined, [`NodeStatus::Serving`] then,
 /// [`NodeStatus::Draining`] once it stops (or drains). Only `Serving` is ready.

@@ -125,13 +125,13 @@ pub(crate) fn unix_ms(time: SystemTime) -> u64 {
 /// The report of `node` now.
 pub(crate) async fn report(node: &Node) -> StatusReport {
     let now_ms = unix_ms(SystemTime::now());
-    let started_ms = unix_ms(node.started());
+    let started_ms = unix_ms(node.inner.started);
     let readiness = node.readiness().await;
 
     let mut owned: BTreeMap<String, usize> = BTreeMap::new();
     let mut router = None;
     let mut hubs: Vec<HubReport> = Vec::new();
-    for endpoint in node.endpoints() {
+    for endpoint in node.inner.endpoints.values() {
         let context = &endpoint.context;
         router.get_or_insert_with(|| context.router().clone());
         hubs.push(HubReport {
@@ -167,7 +167,7 @@ pub(crate) async fn report(node: &Node) -> StatusReport {
         dead: Vec::new(),
     };
 
-    let cluster = node.cluster().await;
+    let cluster = node.inner.cluster.lock().await;
     let Some(cluster) = cluster.as_ref() else {
         report.members.push(MemberReport {
             name: report.node.clone(),

@@ -1,7 +1,8 @@
 //! The `hubmesh` binary's `status` command and `--log-format json`: `status` against an in-process three-node
 //! cluster (the table names every node, `--json` parses as the node's report), against a single `hubmesh node`
 //! process, and against a bad or unreachable URL (exit code 1 with a message); a node started with
-//! `--log-format json` writes JSON lines that carry its `node` span.
+//! `--log-format json` writes JSON lines that carry its `node` span, and `hubmesh dev --log-format json` passes its
+//! node's JSON lines through without the name prefix.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -175,4 +176,93 @@ fn a_node_logs_json_lines_with_its_span_and_status_reads_it() {
     });
     let serving = in_node_span.unwrap_or_else(|| panic!("no line carries the node span: {logs}"));
     assert_eq!(serving["span"]["node"], "json-node", "{serving}");
+}
+
+/// A base port for `hubmesh dev --nodes 1`: its node serves HTTP on BASE+1, gossips on BASE+2001 (UDP) and links
+/// on BASE+2101, all free now.
+fn free_dev_base() -> u16 {
+    for _ in 0..50 {
+        let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = http.local_addr().unwrap().port() - 1;
+        let (Some(gossip), Some(link)) = (base.checked_add(2001), base.checked_add(2101)) else {
+            continue;
+        };
+        if std::net::UdpSocket::bind(("127.0.0.1", gossip)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", link)).is_ok()
+        {
+            return base;
+        }
+    }
+    panic!("no free ports for hubmesh dev");
+}
+
+/// Copies `output`'s lines into a channel from a thread (so the child never blocks on a full pipe).
+fn lines_of(output: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines() {
+            let Ok(line) = line else { return };
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    received
+}
+
+#[test]
+fn dev_passes_json_logs_through_unprefixed_and_status_reads_its_node() {
+    let base = free_dev_base();
+    let mut child = hubmesh()
+        .args([
+            "dev",
+            "--nodes",
+            "1",
+            "--base-port",
+            &base.to_string(),
+            "--log-format",
+            "json",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = lines_of(child.stdout.take().unwrap());
+    let stderr = lines_of(child.stderr.take().unwrap());
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match stdout.recv_timeout(left) {
+            Ok(line) if line.contains("are up") => break,
+            Ok(_) => {}
+            Err(error) => {
+                let _ = child.kill();
+                let logs: Vec<String> = stderr.try_iter().collect();
+                panic!("hubmesh dev did not come up ({error}): {logs:?}");
+            }
+        }
+    }
+
+    let output = run(&["status", "--url", &format!("http://127.0.0.1:{}", base + 1)]);
+    let table = text(&output.stdout);
+    let stopped = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let exit = finish(child);
+    assert!(output.status.success(), "{output:?}");
+    assert!(table.contains("node-1 (this node)"), "{table}");
+    assert!(stopped.as_ref().is_ok_and(|status| status.success()), "{stopped:?}");
+    assert!(exit.status.success(), "{exit:?}");
+
+    let logs: Vec<String> = stderr.iter().collect();
+    let node_lines: Vec<Value> = logs
+        .iter()
+        .filter(|line| !line.starts_with("hubmesh dev:"))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}")))
+        .collect();
+    assert!(
+        node_lines.iter().any(|line| line["spans"]
+            .as_array()
+            .is_some_and(|spans| spans.iter().any(|span| span["node"] == "node-1"))),
+        "no line carries node-1's span: {logs:?}"
+    );
 }
