@@ -23,6 +23,16 @@ struct Target {
     path: String,
 }
 
+impl Target {
+    /// The report at the root of the same node, when `path` is under a base (such as a hub URL's `/hub`).
+    fn at_root(&self) -> Option<Target> {
+        (self.path != STATUS_PATH).then(|| Target {
+            authority: self.authority.clone(),
+            path: STATUS_PATH.to_owned(),
+        })
+    }
+}
+
 /// Reads `http://host[:port][/base]` into the address to dial and the path of the report under `base`.
 fn parse_url(url: &str) -> anyhow::Result<Target> {
     let rest = if let Some(rest) = url.strip_prefix("http://") {
@@ -55,8 +65,8 @@ fn parse_url(url: &str) -> anyhow::Result<Target> {
     })
 }
 
-/// The body of a `GET` of `target`, if the node answered 200.
-async fn get(target: &Target) -> anyhow::Result<Vec<u8>> {
+/// The status code and body of a `GET` of `target`.
+async fn get(target: &Target) -> anyhow::Result<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect(&target.authority)
         .await
         .with_context(|| format!("cannot connect to {}", target.authority))?;
@@ -93,13 +103,22 @@ async fn get(target: &Target) -> anyhow::Result<Vec<u8>> {
         })
     });
     let body = if chunked { dechunk(body)? } else { body.to_vec() };
+    Ok((code, body))
+}
+
+/// The report's body: from `target`, or (for a URL with a path, such as a hub's URL, that has no report) from the
+/// root of the same node.
+async fn fetch(target: &Target) -> anyhow::Result<Vec<u8>> {
+    let (mut code, mut body) = get(target).await?;
+    let mut path = &target.path;
+    let root = target.at_root();
+    if let (404, Some(root)) = (code, &root) {
+        (code, body) = get(root).await?;
+        path = &root.path;
+    }
     match code {
         200 => Ok(body),
-        404 => bail!(
-            "{} answered 404 for {}: is it a hubmesh node?",
-            target.authority,
-            target.path
-        ),
+        404 => bail!("{} answered 404 for {path}: is it a hubmesh node?", target.authority),
         code => bail!(
             "{} answered HTTP {code}: {}",
             target.authority,
@@ -134,7 +153,7 @@ fn dechunk(mut body: &[u8]) -> anyhow::Result<Vec<u8>> {
 /// Asks the node at `url` for its report within `timeout`; prints it as a table, or as JSON with `json`.
 pub(crate) async fn run_status(url: &str, json: bool, timeout: Duration) -> anyhow::Result<()> {
     let target = parse_url(url)?;
-    let body = tokio::time::timeout(timeout, get(&target)).await.map_err(|_| {
+    let body = tokio::time::timeout(timeout, fetch(&target)).await.map_err(|_| {
         anyhow!(
             "{} did not answer within {}",
             target.authority,

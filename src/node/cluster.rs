@@ -1,5 +1,6 @@
 //! Joining a cluster: starts the node's links and gossip membership, publishes what peers need (the link
-//! address, the hubs served, the node's status), and drives links and the mesh's router from every membership change.
+//! address, the hubs served, the node's status) and its start time (for status reports), and drives links and the
+//! mesh's router from every membership change.
 //!
 //! Membership decides, links follow: a peer gets a link when gossip reports it live and loses it when gossip
 //! declares it dead (or a newer generation of it appears), so ractor_cluster's missing failure detector and

@@ -244,7 +244,8 @@ fn dev_passes_json_logs_through_unprefixed_and_status_reads_its_node() {
         }
     }
 
-    let output = run(&["status", "--url", &format!("http://127.0.0.1:{}", base + 1)]);
+    // The URL `hubmesh dev` prints is the hub's: status finds the report at the node's root.
+    let output = run(&["status", "--url", &format!("http://127.0.0.1:{}/hub", base + 1)]);
     let table = text(&output.stdout);
     let stopped = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let exit = finish(child);
