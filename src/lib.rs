@@ -89,6 +89,8 @@ pub use connection::{ClientResultError, ConnectionId, Limits, RequestHeaders, Re
 pub use hub::handler;
 pub use hub::{Caller, ClientProxy, ClientStream, Clients, Groups, Hub, HubContext, HubError, State, Streamed};
 pub use mesh::GroupError;
+/// The status report a node serves at `GET /_hubmesh/status`, which `hubmesh status` prints.
+pub use node::status;
 pub use node::tls::{TlsConfig, TlsError};
 pub use node::{ClusterSettings, Node, NodeBuilder, NodeError, NodeHandle};
 pub use protocol::values::TimestampParseError;

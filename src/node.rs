@@ -9,10 +9,18 @@
 //! worker that accepted them. Group and user actors run on the multi-threaded runtime the node was built on
 //! (captured in `build`), never on a worker. No state here is process-global: several nodes may run in one
 //! process.
+//!
+//! Health: every node answers `GET /healthz` (200 while it serves HTTP) and `GET /readyz` (200 when ready, else
+//! 503 with the reasons). A node is *ready* when its lifecycle is serving (built and joined, not stopping or
+//! draining) and, in a cluster, its own view lists it live, the link to every live peer of that view is up, and
+//! the router placed keys with that view, so it owns its share; the rule is in `readiness`
+//! (docs/semantics.md#readiness). `GET /_hubmesh/status` reports the cluster as the node sees it ([`status`]).
 
 mod cluster;
 pub mod http;
+mod readiness;
 pub mod server;
+pub mod status;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -22,10 +30,11 @@ use std::sync::Arc;
 use actix_web::App;
 
 use crate::auth::Authenticator;
-use crate::cluster::{LinkConfig, MembershipConfig, MembershipView};
+use crate::cluster::{LinkConfig, MembershipConfig, MembershipView, NodeStatus};
 use crate::connection::{Limits, WakeRelay, WakeRelays};
 use crate::hub::{Hub, HubContext, NodeRouter};
 use http::HubEndpoint;
+use readiness::Lifecycle;
 use tls::TlsConfig;
 
 /// Why a node could not start.
@@ -188,6 +197,10 @@ struct NodeInner {
     span: tracing::Span,
     /// Per HTTP worker, where fan-outs hand their members' wake-ups.
     wake_relays: WakeRelays,
+    /// Joining, serving or draining: what readiness starts from (a later drain flips it).
+    lifecycle: Lifecycle,
+    /// When the node was built, for its uptime.
+    started: std::time::SystemTime,
 }
 
 impl std::fmt::Debug for Node {
@@ -272,6 +285,7 @@ impl Node {
 
     /// Asks every connection to close (allowing reconnects) and waits up to `grace` for them to end.
     pub(crate) async fn close_connections(&self, grace: std::time::Duration) {
+        self.set_lifecycle_status(NodeStatus::Draining);
         for endpoint in self.inner.endpoints.values() {
             endpoint.context.close_all(true);
         }
@@ -297,6 +311,7 @@ impl Node {
     }
 
     pub(crate) async fn shutdown_hubs(&self) {
+        self.set_lifecycle_status(NodeStatus::Draining);
         if let Some(cluster) = self.inner.cluster.lock().await.take() {
             cluster.leave().await;
         }
@@ -393,7 +408,9 @@ impl NodeBuilder {
         if self.cluster.is_some() {
             return Err(NodeError::ClusterNotJoined);
         }
-        self.build_alone()
+        let node = self.build_alone()?;
+        node.set_lifecycle_status(NodeStatus::Serving);
+        Ok(node)
     }
 
     /// Builds the node without serving it, as [`NodeBuilder::build`] does, and joins its cluster if
@@ -434,10 +451,12 @@ impl NodeBuilder {
                 settings,
                 node.inner.router.clone(),
                 node.inner.span.clone(),
+                status::unix_ms(node.inner.started),
             )
             .await?;
             *node.inner.cluster.lock().await = Some(joined);
         }
+        node.set_lifecycle_status(NodeStatus::Serving);
         Ok(node)
     }
 
@@ -476,6 +495,8 @@ impl NodeBuilder {
                 auth: self.auth.map(Arc::new),
                 span,
                 wake_relays: WakeRelays::default(),
+                lifecycle: Lifecycle::joining(),
+                started: std::time::SystemTime::now(),
             }),
         })
     }

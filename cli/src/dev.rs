@@ -39,7 +39,9 @@ enum DevEvent {
     Listening(usize, String),
 }
 
-pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+/// Runs the cluster; each node logs in `log_format` (`text` or `json`). JSON log lines are copied without the
+/// name prefix, so each stays one JSON object (the node's name is in its `node` span).
+pub(crate) async fn run_dev(args: DevArgs, log_format: &str) -> anyhow::Result<()> {
     if args.nodes == 0 || args.nodes > MAX_DEV_NODES {
         bail!("--nodes must be between 1 and {MAX_DEV_NODES}, not {}", args.nodes);
     }
@@ -69,6 +71,7 @@ pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             .args(["--gossip", &format!("127.0.0.1:{}", port(2000, index)?)])
             .args(["--link", &format!("127.0.0.1:{}", port(2100, index)?)])
             .arg("--stop-on-stdin-close")
+            .args(["--log-format", log_format])
             // The secret travels in the environment, not on the command line where `ps` shows it.
             .env(env_name("cluster.secret"), &secret)
             .stdin(Stdio::piped())
@@ -89,12 +92,18 @@ pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             tokio::spawn(forward(
                 name.clone(),
                 stdout,
-                false,
+                Output::Stdout,
                 Some((nodes.len(), events.clone())),
             ));
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(forward(name.clone(), stderr, true, None));
+            let prefix_stderr = log_format != "json";
+            tokio::spawn(forward(
+                name.clone(),
+                stderr,
+                Output::Stderr { prefix: prefix_stderr },
+                None,
+            ));
         }
         let stdin = child.stdin.take();
         nodes.push(DevNode {
@@ -221,11 +230,21 @@ async fn stop_all(nodes: &mut [DevNode]) {
     futures_util::future::join_all(stops).await;
 }
 
+/// Where `forward` copies a child's lines.
+#[derive(Clone, Copy)]
+enum Output {
+    Stdout,
+    /// With `prefix: false` (JSON logs) lines are copied as they are.
+    Stderr {
+        prefix: bool,
+    },
+}
+
 /// Copies a child's output line by line, prefixed with its name; reports the `Now listening on:` line.
 async fn forward(
     name: String,
     output: impl tokio::io::AsyncRead + Unpin,
-    to_stderr: bool,
+    to: Output,
     listening: Option<(usize, mpsc::UnboundedSender<DevEvent>)>,
 ) {
     let mut lines = BufReader::new(output).lines();
@@ -233,10 +252,10 @@ async fn forward(
     loop {
         match lines.next_line().await {
             Ok(Some(line)) => {
-                if to_stderr {
-                    eprintln!("[{name}] {line}");
-                } else {
-                    println!("[{name}] {line}");
+                match to {
+                    Output::Stdout => println!("[{name}] {line}"),
+                    Output::Stderr { prefix: true } => eprintln!("[{name}] {line}"),
+                    Output::Stderr { prefix: false } => eprintln!("{line}"),
                 }
                 if let Some(url) = line.strip_prefix(LISTENING) {
                     if let Some((index, events)) = listening.take() {

@@ -12,13 +12,18 @@
 //! * `hubmesh config example`: prints `cluster-config/example.toml`, every key with its default.
 //! * `hubmesh bench fanout|echo|idle|connect --url URL... [options]`: the load tool (`hubmesh_cli::bench`); one JSON
 //!   line per run on standard output, a short summary on standard error.
+//! * `hubmesh status --url URL [--json]`: the cluster as the node at URL sees it (`GET /_hubmesh/status`).
+//!
+//! Logs (standard error) are text, or with `--log-format json` (or `HUBMESH_LOG_FORMAT=json`) one JSON object per
+//! line carrying the fields of the spans it happened in (node, connection, link).
 //!
 //! This file is the command table (clap's types) and the commands that are a few lines each; the binary's own
-//! modules, not part of the `hubmesh_cli` library, hold the rest: [`dev`] (the `hubmesh dev` runner) and
-//! [`signals`] (Ctrl-C, SIGTERM, the end of standard input).
+//! modules, not part of the `hubmesh_cli` library, hold the rest: [`dev`] (the `hubmesh dev` runner),
+//! [`status`] (`hubmesh status`) and [`signals`] (Ctrl-C, SIGTERM, the end of standard input).
 
 mod dev;
 mod signals;
+mod status;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -45,6 +50,27 @@ const LISTENING: &str = "Now listening on: ";
 struct Cli {
     #[command(subcommand)]
     command: CliCommand,
+    /// How logs are written to standard error: `text`, or `json` (one object per line, with the span fields).
+    #[arg(long, global = true, value_enum, env = "HUBMESH_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// The form of the log lines.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: time, level, message, fields, and the spans (`spans`, `span`) with their fields.
+    Json,
+}
+
+impl LogFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -59,6 +85,21 @@ enum CliCommand {
     /// Load tool: drives the demo hub at /hub of running nodes (fanout, echo, idle, connect).
     #[command(subcommand)]
     Bench(hubmesh_cli::bench::Scenario),
+    /// Prints the cluster as one node sees it: members, generations, states, addresses, uptimes, links.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// The node's URL, http://HOST:PORT (its HTTP address, as `Now listening on:` printed it).
+    #[arg(long, value_name = "URL")]
+    url: String,
+    /// Print the node's report as JSON (`GET /_hubmesh/status`), for scripts.
+    #[arg(long)]
+    json: bool,
+    /// How long to wait for the node's answer.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(Args, Debug, Default)]
@@ -160,12 +201,8 @@ struct CheckArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Logs go to standard error: standard output carries the `Now listening on:` line that tools parse.
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let log_format = cli.log_format;
+    init_logs(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -176,13 +213,14 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             CliCommand::Node(args) => run_node(*args).await,
-            CliCommand::Dev(args) => dev::run_dev(args).await,
+            CliCommand::Dev(args) => dev::run_dev(args, log_format.as_str()).await,
             CliCommand::Config(ConfigCommand::Check(args)) => check_files(&args),
             CliCommand::Config(ConfigCommand::Example) => {
                 print!("{EXAMPLE}");
                 Ok(())
             }
             CliCommand::Bench(scenario) => run_bench(&scenario).await,
+            CliCommand::Status(args) => status::run_status(&args.url, args.json, args.timeout).await,
         }
     });
     // Do not wait for a blocked read of standard input, or any other straggler.
@@ -193,6 +231,24 @@ fn main() -> ExitCode {
             eprintln!("hubmesh: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs go to standard error: standard output carries the `Now listening on:` line that tools parse.
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Every span the event happened in, with its fields: the node, connection and link of each line.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
     }
 }
 

@@ -101,6 +101,11 @@ impl<H: LocalHub> Router<H> {
         *self.links.write() = Some(links);
     }
 
+    /// The keys of the groups (named and user) this node owns now, for the node's status report.
+    pub(crate) fn owned_groups(&self) -> Vec<GroupKey> {
+        self.groups.keys()
+    }
+
     pub(super) fn is_local(&self, node: &str) -> bool {
         node == &*self.node
     }

@@ -1,11 +1,15 @@
 //! Joining a cluster: starts the node's links and gossip membership, publishes what peers need (the link
-//! address, the hubs served, the node's status), and drives links and the mesh's router from every membership change.
+//! address, the hubs served, the node's status) and its start time (for status reports), and drives links and the
+//! mesh's router from every membership change.
 //!
 //! Membership decides, links follow: a peer gets a link when gossip reports it live and loses it when gossip
 //! declares it dead (or a newer generation of it appears), so ractor_cluster's missing failure detector and
 //! reconnect are chitchat's job here.
+//!
+//! The tasks here also keep [`ClusterHealth`]: which links are up and which live set the router placed keys
+//! with, what readiness (`super::readiness`) and the status report read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,6 +24,9 @@ use crate::mesh::{LocalHub, Router};
 /// The membership key listing the hubs a node serves, comma-separated.
 pub const HUBS_KEY: &str = "hubs";
 
+/// The membership key holding when the node started, in milliseconds since the Unix epoch (for uptimes).
+pub const STARTED_KEY: &str = "started";
+
 /// How many link events may wait for the router before the links slow down.
 const EVENT_QUEUE: usize = 16 * 1024;
 
@@ -27,12 +34,50 @@ const EVENT_QUEUE: usize = 16 * 1024;
 pub(crate) struct ClusterRuntime {
     membership: Membership,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    health: Arc<ClusterHealth>,
+}
+
+/// What the cluster tasks have seen so far: the peers with a link up, and the live set the router last placed
+/// keys with. Written on link and view changes only, never per frame.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterHealth {
+    links_up: parking_lot::Mutex<HashSet<NodeId>>,
+    placed: parking_lot::Mutex<Vec<NodeId>>,
+    /// Set the first time the node is found ready: from then on a link that drops no longer makes it unready.
+    ready_once: std::sync::atomic::AtomicBool,
+}
+
+impl ClusterHealth {
+    /// Whether the link to `peer` is up.
+    pub(crate) fn link_up(&self, peer: &NodeId) -> bool {
+        self.links_up.lock().contains(peer)
+    }
+
+    /// Whether the router placed keys with exactly these live members (sorted, this node included).
+    pub(crate) fn placed_with(&self, live: &[NodeId]) -> bool {
+        *self.placed.lock() == live
+    }
+
+    /// Whether the node has been found ready before.
+    pub(crate) fn was_ready(&self) -> bool {
+        self.ready_once.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records that the node was found ready.
+    pub(crate) fn mark_ready(&self) {
+        self.ready_once.store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl ClusterRuntime {
     /// The membership, for status and views.
     pub(crate) fn membership(&self) -> &Membership {
         &self.membership
+    }
+
+    /// Links and placement as the cluster tasks last saw them.
+    pub(crate) fn health(&self) -> &ClusterHealth {
+        &self.health
     }
 
     /// Leaves: stops driving links and gossip (peers then see this node die).
@@ -54,7 +99,7 @@ fn generation_now() -> u64 {
 }
 
 /// The live peers (this node excluded) with the link address each one published.
-fn peers_of(view: &MembershipView) -> Vec<PeerInfo> {
+pub(crate) fn peers_of(view: &MembershipView) -> Vec<PeerInfo> {
     view.live
         .iter()
         .filter(|member| member.id != view.self_id)
@@ -75,6 +120,7 @@ pub(crate) async fn join<H: LocalHub>(
     mut settings: ClusterSettings,
     router: Arc<Router<H>>,
     span: tracing::Span,
+    started_ms: u64,
 ) -> Result<ClusterRuntime, NodeError> {
     let generation = settings.membership.generation.unwrap_or_else(generation_now);
     settings.membership.generation = Some(generation);
@@ -95,6 +141,7 @@ pub(crate) async fn join<H: LocalHub>(
     let mut state = BTreeMap::new();
     state.insert(LINK_ADDRESS_KEY.to_owned(), links.advertised_address());
     state.insert(HUBS_KEY.to_owned(), hubs.join(","));
+    state.insert(STARTED_KEY.to_owned(), started_ms.to_string());
     let membership = match &settings.network {
         ClusterNetwork::Real => {
             let keys = GossipKeys::new(&settings.link.secret, &settings.link.previous_secrets);
@@ -108,11 +155,22 @@ pub(crate) async fn join<H: LocalHub>(
     .map_err(|error| NodeError::Cluster(error.to_string()))?;
     router.attach_links(links.clone());
 
+    let health = Arc::new(ClusterHealth::default());
     let mut tasks = Vec::new();
     let events_router = router.clone();
+    let events_health = health.clone();
     tasks.push(tokio::spawn(
         async move {
             while let Some(event) = inbound.recv().await {
+                match &event {
+                    LinkEvent::Frame { .. } => {}
+                    LinkEvent::Up(peer) => {
+                        events_health.links_up.lock().insert(peer.clone());
+                    }
+                    LinkEvent::Down(peer) => {
+                        events_health.links_up.lock().remove(peer);
+                    }
+                }
                 events_router.on_link_event(event);
             }
         }
@@ -120,12 +178,15 @@ pub(crate) async fn join<H: LocalHub>(
     ));
     let mut views = membership.subscribe();
     let view_router = router.clone();
+    let view_health = health.clone();
     tasks.push(tokio::spawn(
         async move {
             loop {
                 let view = views.borrow_and_update().clone();
                 links.update_peers(&peers_of(&view));
-                view_router.on_view(view.live_ids());
+                let live = view.live_ids();
+                view_router.on_view(live.clone());
+                *view_health.placed.lock() = live;
                 if views.changed().await.is_err() {
                     return;
                 }
@@ -134,5 +195,9 @@ pub(crate) async fn join<H: LocalHub>(
         .instrument(span),
     ));
     membership.set_status(NodeStatus::Serving).await;
-    Ok(ClusterRuntime { membership, tasks })
+    Ok(ClusterRuntime {
+        membership,
+        tasks,
+        health,
+    })
 }

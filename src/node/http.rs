@@ -28,6 +28,7 @@
 //! # Files
 //!
 //! This file routes each request to its handler (and serves [`CLUSTER_PATH`]); beside it:
+//! * `health`: the probes `GET /healthz` and `GET /readyz`, and the status report `GET /_hubmesh/status`;
 //! * `endpoint`: `HubEndpoint`, one hub's negotiated tokens and what each addresses;
 //! * `negotiate`: `POST [base]/negotiate`;
 //! * `access`: authentication, the 401 and 403 refusals, and the request info hub code sees;
@@ -36,6 +37,7 @@
 
 mod access;
 mod endpoint;
+mod health;
 mod long_polling;
 mod negotiate;
 mod send;
@@ -109,6 +111,11 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
             None => vec![node.name().to_owned()],
         };
         return HttpResponse::Ok().json(serde_json::json!({ "node": node.name(), "live": live }));
+    }
+    if request.method() == Method::GET {
+        if let Some(response) = health::answer(&node, &path).await {
+            return response;
+        }
     }
     if let Some(base) = path.strip_suffix("/negotiate") {
         if let Some(endpoint) = node.endpoint(base) {
