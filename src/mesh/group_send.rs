@@ -54,14 +54,19 @@ impl<H: LocalHub> Router<H> {
     }
 
     pub(super) fn group_send_stamped(&self, send: HeldSend) {
-        // Keep the order of sends: while earlier sends are held, later ones queue behind them.
-        if !self.held.lock().is_empty() {
-            self.hold(send);
+        // Keep the order of sends: while earlier sends are held, later ones queue behind them. The decision and the
+        // send happen under the `held` lock, which a view change also takes while it moves the new owners in and
+        // the re-sends to the front of `held` (`Router::on_view`): otherwise a send could read the new owner
+        // before the re-sends were queued, overtake them, and make members' nodes drop them as repeats.
+        let mut held = self.held.lock();
+        if !held.is_empty() {
+            push_held(&mut held, send, &self.span);
+            drop(held);
             self.flush_held();
             return;
         }
-        if let Err(held) = self.try_group_send(send) {
-            self.hold(held);
+        if let Err(send) = self.try_group_send(send) {
+            push_held(&mut held, send, &self.span);
         }
     }
 
@@ -101,8 +106,9 @@ impl<H: LocalHub> Router<H> {
         retained.push_back(Retained { at: now, owner, send });
     }
 
-    /// Sends handed to owners that have now left go again, to the new owners, ahead of anything held since.
-    pub(super) fn resend_retained(&self, left: &[Arc<str>]) {
+    /// Sends handed to owners that have now left go again, to the new owners, ahead of anything held since. The
+    /// caller holds `held` (see [`Router::group_send_stamped`]).
+    pub(super) fn resend_retained(&self, left: &[Arc<str>], held: &mut VecDeque<HeldSend>) {
         let resend: Vec<HeldSend> = {
             let mut retained = self.retained.lock();
             let (gone, kept): (VecDeque<Retained>, VecDeque<Retained>) =
@@ -114,19 +120,9 @@ impl<H: LocalHub> Router<H> {
             return;
         }
         tracing::info!(parent: &self.span, count = resend.len(), "re-sending group sends whose owner left");
-        let mut held = self.held.lock();
         for send in resend.into_iter().rev() {
             held.push_front(send);
         }
-    }
-
-    fn hold(&self, send: HeldSend) {
-        let mut held = self.held.lock();
-        if held.len() >= HELD_SENDS_CAP {
-            held.pop_front();
-            tracing::warn!(parent: &self.span, cap = HELD_SENDS_CAP, "held group sends over the cap: dropped the oldest");
-        }
-        held.push_back(send);
     }
 
     /// Retries held group sends in order; stops at the first that still cannot go.
@@ -139,4 +135,13 @@ impl<H: LocalHub> Router<H> {
             }
         }
     }
+}
+
+/// Queues a send behind those held; over [`HELD_SENDS_CAP`] the oldest is dropped (and logged).
+fn push_held(held: &mut VecDeque<HeldSend>, send: HeldSend, span: &tracing::Span) {
+    if held.len() >= HELD_SENDS_CAP {
+        held.pop_front();
+        tracing::warn!(parent: span, cap = HELD_SENDS_CAP, "held group sends over the cap: dropped the oldest");
+    }
+    held.push_back(send);
 }

@@ -24,6 +24,9 @@ impl<H: LocalHub> Router<H> {
             live.push(NodeId::new(&*self.node, 0));
             live.sort();
         }
+        // Under `held`: the new owners and the re-sends of sends handed to the owners that left appear to senders
+        // at once (see `group_send_stamped`), so no later send overtakes a re-send.
+        let mut held = self.held.lock();
         let (left, joined) = {
             let mut current = self.live.write();
             if *current == live {
@@ -40,6 +43,8 @@ impl<H: LocalHub> Router<H> {
             *current = live;
             (left, joined)
         };
+        self.resend_retained(&left, &mut held);
+        drop(held);
         tracing::info!(parent: &self.span, ?left, ?joined, "membership changed");
         for node in &left {
             // A node that came back as a new generation is in both lists: its old members are gone too.
@@ -47,7 +52,6 @@ impl<H: LocalHub> Router<H> {
             self.fail_pending(node);
         }
         self.groups.release(|key| self.is_local(&self.owner_of(key)));
-        self.resend_retained(&left);
         self.enqueue(MembershipOp::ViewChanged {
             peers: self.peers().into_iter().map(|peer| peer.name).collect(),
         });
