@@ -103,7 +103,7 @@ pub(crate) async fn join<H: LocalHub>(
         }
     }
     .map_err(|error| NodeError::Cluster(error.to_string()))?;
-    router.attach_links(links.clone());
+    router.attach_links(links.clone(), &self_id);
 
     let mut tasks = Vec::new();
     let events_router = router.clone();
