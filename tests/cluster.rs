@@ -573,6 +573,18 @@ async fn users_and_caller_relative_targets_work_on_every_node() -> TestResult {
 /// incarnation, they took every send of the new life as a repeat of the old one and dropped it, silently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_is_a_full_member_at_once() -> TestResult {
+    restart_and_send(false).await
+}
+
+/// The same, when the peers declared the node dead before its new incarnation started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_after_it_was_declared_dead_is_a_full_member_at_once() -> TestResult {
+    restart_and_send(true).await
+}
+
+/// Members on node-1 and node-3 in 10 groups; node-2 sends to each, is killed (and, if `declared_dead`, the others
+/// see it leave) and restarted under its name; its new incarnation's sends all reach both members once, in order.
+async fn restart_and_send(declared_dead: bool) -> TestResult {
     const GROUPS: usize = 10;
     const BEFORE: usize = 30;
     const AFTER: usize = 20;
@@ -600,6 +612,11 @@ async fn a_restarted_node_is_a_full_member_at_once() -> TestResult {
         }
         drop(sender);
 
+        if declared_dead {
+            cluster.kill(1).await;
+            let took = cluster.wait_for_members(Duration::from_secs(15)).await?;
+            println!("node-2 killed; the others declared it dead {took:?} later");
+        }
         let restarted_at = Instant::now();
         cluster.restart(1).await?;
         let took = cluster.wait_for_members(Duration::from_secs(15)).await?;
