@@ -15,6 +15,10 @@
 //!   sends handed to an owner that died go again, delivered once; requests waiting on a node that left fail at
 //!   once.
 //!
+//! * Who the peers are: incarnations ([`crate::cluster::NodeId`], name and generation), not names. Group
+//!   members, pending requests, retained sends, awaited snapshots and the stamps of group sends are keyed by
+//!   incarnation, so a restarted node is a new member at once and nothing of its earlier life is taken for it.
+//!
 //! A node that is not part of a cluster is a cluster of one: the same code paths run, without links.
 //!
 //! # Files

@@ -567,3 +567,109 @@ async fn users_and_caller_relative_targets_work_on_every_node() -> TestResult {
     })
     .await?
 }
+
+/// Issue 13, "identity by incarnation": a node killed and started again under the same name (a new generation)
+/// is a full member at once. Its sequence numbers start again at 1; before receivers keyed their dedupe by the
+/// incarnation, they took every send of the new life as a repeat of the old one and dropped it, silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_is_a_full_member_at_once() -> TestResult {
+    restart_and_send(false).await
+}
+
+/// The same, when the peers declared the node dead before its new incarnation started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_after_it_was_declared_dead_is_a_full_member_at_once() -> TestResult {
+    restart_and_send(true).await
+}
+
+/// Members on node-1 and node-3 in 10 groups; node-2 sends to each, is killed (and, if `declared_dead`, the others
+/// see it leave) and restarted under its name; its new incarnation's sends all reach both members once, in order.
+async fn restart_and_send(declared_dead: bool) -> TestResult {
+    const GROUPS: usize = 10;
+    const BEFORE: usize = 30;
+    const AFTER: usize = 20;
+    on_three_nodes(Duration::from_secs(120), |mut cluster| async move {
+        let groups: Vec<String> = (0..GROUPS).map(|n| format!("r{n}")).collect();
+        // Members on node-1 and node-3 (indices 0 and 2); the sender on node-2 (index 1).
+        let mut members = Vec::new();
+        for index in [0, 2] {
+            let mut client = demo_client(&cluster, index).await?;
+            for group in &groups {
+                client.join_group(group).await?;
+            }
+            members.push(client);
+        }
+        let mut sender = demo_client(&cluster, 1).await?;
+        for n in 0..BEFORE {
+            for group in &groups {
+                sender
+                    .send_invocation("SendToGroup", json!([group, ["before", group, n]]))
+                    .await?;
+            }
+        }
+        for member in &mut members {
+            expect_in_order(member, &groups, "before", BEFORE).await?;
+        }
+        drop(sender);
+
+        if declared_dead {
+            cluster.kill(1).await;
+            let took = cluster.wait_for_members(Duration::from_secs(15)).await?;
+            println!("node-2 killed; the others declared it dead {took:?} later");
+        }
+        let restarted_at = Instant::now();
+        cluster.restart(1).await?;
+        let took = cluster.wait_for_members(Duration::from_secs(15)).await?;
+        println!("node-2 restarted; every node saw its new generation {took:?} later");
+        let mut sender = demo_client(&cluster, 1).await?;
+        for n in 0..AFTER {
+            for group in &groups {
+                sender
+                    .send_invocation("SendToGroup", json!([group, ["after", group, n]]))
+                    .await?;
+            }
+        }
+        for member in &mut members {
+            expect_in_order(member, &groups, "after", AFTER).await?;
+        }
+        println!(
+            "all {} sends of the new incarnation reached both members once, in order, {:?} after the restart",
+            GROUPS * AFTER,
+            restarted_at.elapsed()
+        );
+        // Nothing more: no repeat of either life.
+        for member in &mut members {
+            if let Some(extra) = member.next_msg(Duration::from_millis(500)).await? {
+                return Err(format!("a message arrived twice or late: {extra}").into());
+            }
+        }
+        Ok(cluster)
+    })
+    .await
+}
+
+/// Reads `each` messages tagged `tag` for every group, in any interleaving of groups, and checks that each group's
+/// arrive once and in order.
+async fn expect_in_order(member: &mut TestClient, groups: &[String], tag: &str, each: usize) -> TestResult {
+    let mut next = vec![0usize; groups.len()];
+    let mut got = 0;
+    while got < groups.len() * each {
+        let Some(payload) = member.next_msg(Duration::from_secs(10)).await? else {
+            return Err(format!("only {got} of {} '{tag}' group messages arrived", groups.len() * each).into());
+        };
+        assert_eq!(payload[0], tag, "unexpected message {payload}");
+        let group = groups
+            .iter()
+            .position(|group| payload[1] == group.as_str())
+            .ok_or_else(|| format!("a message to an unknown group: {payload}"))?;
+        assert_eq!(
+            payload[2],
+            json!(next[group]),
+            "group {} out of order or repeated",
+            groups[group]
+        );
+        next[group] += 1;
+        got += 1;
+    }
+    Ok(())
+}

@@ -2,12 +2,14 @@
 //! node), and delivery to this node's members, once: a send re-sent after its owner died is recognised by its
 //! stamp and dropped where it already arrived.
 
+use std::cmp::Ordering;
 use std::sync::{Arc, Weak};
 
 use super::envelope::{Envelope, WireFrame};
 use super::group::{GroupKey, Stamp};
 use super::group_actor::Fanout;
 use super::{LocalHub, Router};
+use crate::cluster::NodeId;
 use crate::connection::{ConnectionId, SharedFrame};
 
 /// Delivers a group actor's sends: to this node's members directly, to other nodes through the links.
@@ -16,7 +18,7 @@ pub(super) struct RouterFanout<H>(pub(super) Weak<Router<H>>);
 impl<H: LocalHub> Fanout for RouterFanout<H> {
     fn deliver(
         &self,
-        node: &str,
+        node: &NodeId,
         key: &GroupKey,
         frame: &Arc<SharedFrame>,
         except: &Arc<[ConnectionId]>,
@@ -25,7 +27,7 @@ impl<H: LocalHub> Fanout for RouterFanout<H> {
         let Some(router) = self.0.upgrade() else {
             return;
         };
-        if node == &*router.node {
+        if router.is_local(&node.name) {
             router.deliver_group_locally(key, frame, except, stamp);
         } else {
             let envelope = Envelope::GroupDeliver {
@@ -35,8 +37,8 @@ impl<H: LocalHub> Fanout for RouterFanout<H> {
                 stamp: stamp.clone(),
             };
             // A node that cannot be reached is leaving; its members leave with it.
-            if let Err(error) = router.send_to(node, &envelope) {
-                tracing::debug!(parent: &router.span, %error, node, "group delivery to a node failed");
+            if let Err(error) = router.send_to_peer(node, &envelope) {
+                tracing::debug!(parent: &router.span, %error, %node, "group delivery to a node failed");
             }
         }
     }
@@ -53,7 +55,17 @@ impl<H: LocalHub> Router<H> {
     ) {
         {
             let mut delivered = self.delivered.lock();
-            let last = delivered.entry((key.clone(), stamp.origin.clone())).or_insert(0);
+            let (generation, last) = delivered
+                .entry((key.clone(), stamp.origin.name.clone()))
+                .or_insert((stamp.origin.generation, 0));
+            match stamp.origin.generation.cmp(generation) {
+                // A later incarnation of the sender (it restarted and counts from 1 again): its sequence starts
+                // here, and the earlier one's is forgotten.
+                Ordering::Greater => (*generation, *last) = (stamp.origin.generation, 0),
+                // From an earlier incarnation, after its successor's sends: that life is over.
+                Ordering::Less => return,
+                Ordering::Equal => {}
+            }
             if stamp.seq <= *last {
                 // A re-sent send that arrived here before its owner died.
                 return;
@@ -66,7 +78,7 @@ impl<H: LocalHub> Router<H> {
         if !held_here {
             // No member here (any more): forget the group's sequence numbers, so the table does not grow with
             // every group that ever existed.
-            self.delivered.lock().remove(&(key.clone(), stamp.origin.clone()));
+            self.delivered.lock().remove(&(key.clone(), stamp.origin.name.clone()));
         }
     }
 }

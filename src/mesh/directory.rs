@@ -12,6 +12,7 @@ use ractor::{Actor, ActorRef};
 
 use super::group::{GroupError, GroupKey, Stamp};
 use super::group_actor::{Fanout, GroupActor, GroupMessage};
+use crate::cluster::NodeId;
 use crate::connection::{ConnectionId, SharedFrame};
 
 /// How long a caller waits for a group actor's answer before the operation fails.
@@ -90,7 +91,7 @@ impl GroupDirectory {
     }
 
     /// Adds connection `id` of node `node`; returns once the actor holds it.
-    pub async fn add(&self, key: &GroupKey, node: &Arc<str>, id: ConnectionId) -> Result<(), GroupError> {
+    pub async fn add(&self, key: &GroupKey, node: &NodeId, id: ConnectionId) -> Result<(), GroupError> {
         let mut last_error = String::new();
         for _ in 0..ADD_ATTEMPTS {
             let actor = self.get_or_start(key).await?;
@@ -111,7 +112,7 @@ impl GroupDirectory {
     }
 
     /// Removes connection `id` of node `node`; a group that was never started is not started for it.
-    pub async fn remove(&self, key: &GroupKey, node: &Arc<str>, id: ConnectionId) -> Result<(), GroupError> {
+    pub async fn remove(&self, key: &GroupKey, node: &NodeId, id: ConnectionId) -> Result<(), GroupError> {
         let Some(actor) = self.existing(key) else {
             return Ok(());
         };
@@ -135,7 +136,7 @@ impl GroupDirectory {
     }
 
     /// Sets node `node`'s members of the group (an empty list removes them), starting the actor if needed.
-    pub async fn replace(&self, key: &GroupKey, node: &Arc<str>, ids: Vec<ConnectionId>) -> Result<(), GroupError> {
+    pub async fn replace(&self, key: &GroupKey, node: &NodeId, ids: Vec<ConnectionId>) -> Result<(), GroupError> {
         let actor = match self.existing(key) {
             Some(actor) => actor,
             None if ids.is_empty() => return Ok(()),
@@ -153,8 +154,8 @@ impl GroupDirectory {
         Ok(())
     }
 
-    /// Node `node` is gone: every group this node owns drops its members.
-    pub fn drop_node(&self, node: &Arc<str>) {
+    /// This incarnation of node `node` is gone: every group this node owns drops its members.
+    pub fn drop_node(&self, node: &NodeId) {
         let actors: Vec<_> = self
             .actors
             .lock()

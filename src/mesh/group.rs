@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::NodeId;
+
 /// Whether a group is a named group or the connections of one user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum GroupKind {
@@ -69,12 +71,15 @@ pub enum GroupError {
     Unavailable(String),
 }
 
-/// Who sent a group message, with the sender node's sequence number: a send re-sent after its group's owner
-/// died is recognised and not delivered twice.
+/// Who sent a group message, with the sender's sequence number: a send re-sent after its group's owner died is
+/// recognised and not delivered twice.
+///
+/// The sender is an incarnation (name and generation), not a name: a restarted node counts from 1 again, and its
+/// new generation tells its sends from the repeats of its earlier life.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamp {
-    /// The node where the send started.
-    pub origin: Arc<str>,
-    /// That node's sequence number for it (increasing).
+    /// The incarnation of the node where the send started.
+    pub origin: NodeId,
+    /// That incarnation's sequence number for it (increasing from 1).
     pub seq: u64,
 }

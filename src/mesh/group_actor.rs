@@ -24,15 +24,16 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::group::{GroupKey, Stamp};
+use crate::cluster::NodeId;
 use crate::connection::{ConnectionId, SharedFrame};
 
 /// Delivers a group's frame to the members a node holds. The router implements it: its own node's members
 /// directly, other nodes' members through one link message per node.
 pub trait Fanout: Send + Sync + 'static {
-    /// Delivers `frame` to the members of `key` on node `node`, except `except`.
+    /// Delivers `frame` to the members of `key` on node `node` (that incarnation only), except `except`.
     fn deliver(
         &self,
-        node: &str,
+        node: &NodeId,
         key: &GroupKey,
         frame: &Arc<SharedFrame>,
         except: &Arc<[ConnectionId]>,
@@ -44,8 +45,8 @@ pub trait Fanout: Send + Sync + 'static {
 pub enum GroupMessage {
     /// Connection `id` on node `node` joined; replies with the member count.
     Add {
-        /// The node the connection lives on.
-        node: Arc<str>,
+        /// The incarnation of the node the connection lives on.
+        node: NodeId,
         /// The connection.
         id: ConnectionId,
         /// Gets the member count.
@@ -53,8 +54,8 @@ pub enum GroupMessage {
     },
     /// Connection `id` on node `node` left; replies with the member count. The actor stops when none are left.
     Remove {
-        /// The node the connection lives on.
-        node: Arc<str>,
+        /// The incarnation of the node the connection lives on.
+        node: NodeId,
         /// The connection.
         id: ConnectionId,
         /// Gets the member count.
@@ -62,13 +63,14 @@ pub enum GroupMessage {
     },
     /// Node `node` holds exactly these members (its snapshot after ownership moved, or a repair).
     Replace {
-        /// The node.
-        node: Arc<str>,
+        /// The node's incarnation.
+        node: NodeId,
         /// Its members of this group.
         ids: Vec<ConnectionId>,
     },
-    /// Node `node` is gone: its connections leave the group.
-    DropNode(Arc<str>),
+    /// This incarnation of a node is gone (dead, or superseded by a newer generation): its connections leave the
+    /// group. A newer generation of the same name keeps its own members.
+    DropNode(NodeId),
     /// Deliver a frame to every member but those in `except`.
     Send {
         /// The frame, encoded at most once per protocol.
@@ -92,8 +94,9 @@ pub(super) struct GroupActor {
     pub(super) fanout: Arc<dyn Fanout>,
 }
 
-/// Members by the node they live on.
-type Members = HashMap<Arc<str>, HashSet<ConnectionId>>;
+/// Members by the incarnation of the node they live on: a restarted node's members are its new generation's, and
+/// the earlier generation's are dropped when it is declared dead, whatever order the two arrive in.
+type Members = HashMap<NodeId, HashSet<ConnectionId>>;
 
 fn member_count(members: &Members) -> usize {
     members.values().map(HashSet::len).sum()

@@ -12,6 +12,7 @@ use super::envelope::{Envelope, WireFrame};
 use super::group::{GroupKey, Stamp};
 use super::owner::MembershipOp;
 use super::{LocalHub, Router};
+use crate::cluster::NodeId;
 use crate::connection::{ConnectionId, SharedFrame};
 
 /// The most group sends a node holds while their owner is unreachable; beyond it the oldest are dropped (and
@@ -34,7 +35,9 @@ pub(super) struct HeldSend {
 /// A group send handed to a remote owner, kept a while in case the owner dies before its members got it.
 pub(super) struct Retained {
     at: tokio::time::Instant,
-    owner: Arc<str>,
+    /// The owner's incarnation: a send retained for an owner that restarted goes again, one handed to its new
+    /// generation does not.
+    owner: NodeId,
     send: HeldSend,
 }
 
@@ -42,7 +45,7 @@ impl<H: LocalHub> Router<H> {
     /// Sends `frame` to the members of `key` through its owner, holding it while the owner is unreachable.
     pub(crate) fn group_send(&self, key: &GroupKey, frame: Arc<SharedFrame>, except: Arc<[ConnectionId]>) {
         let stamp = Stamp {
-            origin: self.node.clone(),
+            origin: self.id(),
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
         };
         self.group_send_stamped(HeldSend {
@@ -72,7 +75,7 @@ impl<H: LocalHub> Router<H> {
 
     fn try_group_send(&self, send: HeldSend) -> Result<(), HeldSend> {
         let owner = self.owner_of(&send.key);
-        if self.is_local(&owner) {
+        if self.is_local(&owner.name) {
             self.enqueue(MembershipOp::Send { send });
             return Ok(());
         }
@@ -82,7 +85,7 @@ impl<H: LocalHub> Router<H> {
             frame: WireFrame::of(&send.frame),
             stamp: send.stamp.clone(),
         };
-        match self.send_to(&owner, &envelope) {
+        match self.send_to_peer(&owner, &envelope) {
             Ok(()) => {
                 self.retain(owner, send);
                 Ok(())
@@ -94,7 +97,7 @@ impl<H: LocalHub> Router<H> {
         }
     }
 
-    fn retain(&self, owner: Arc<str>, send: HeldSend) {
+    fn retain(&self, owner: NodeId, send: HeldSend) {
         let now = tokio::time::Instant::now();
         let mut retained = self.retained.lock();
         while retained
@@ -108,7 +111,7 @@ impl<H: LocalHub> Router<H> {
 
     /// Sends handed to owners that have now left go again, to the new owners, ahead of anything held since. The
     /// caller holds `held` (see [`Router::group_send_stamped`]).
-    pub(super) fn resend_retained(&self, left: &[Arc<str>], held: &mut VecDeque<HeldSend>) {
+    pub(super) fn resend_retained(&self, left: &[NodeId], held: &mut VecDeque<HeldSend>) {
         let resend: Vec<HeldSend> = {
             let mut retained = self.retained.lock();
             let (gone, kept): (VecDeque<Retained>, VecDeque<Retained>) =

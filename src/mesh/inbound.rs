@@ -7,14 +7,14 @@ use super::envelope::{Envelope, Request};
 use super::group_send::HeldSend;
 use super::owner::{Done, MembershipOp};
 use super::{LocalHub, Router};
-use crate::cluster::LinkEvent;
+use crate::cluster::{LinkEvent, NodeId};
 
 impl<H: LocalHub> Router<H> {
     /// Handles one event from the links. Runs on the node's runtime, one event at a time, in link order.
     pub(crate) fn on_link_event(self: &Arc<Self>, event: LinkEvent) {
         match event {
             LinkEvent::Frame { from, frame } => match rmp_serde::from_slice::<Envelope>(&frame) {
-                Ok(envelope) => self.on_envelope(&from.name, envelope),
+                Ok(envelope) => self.on_envelope(&from, envelope),
                 Err(error) => {
                     tracing::warn!(parent: &self.span, %error, from = %from, "dropped an undecodable frame from a peer");
                 }
@@ -23,20 +23,20 @@ impl<H: LocalHub> Router<H> {
                 // A link (re)opened: whatever was sent while it was down is lost, so both sides exchange their
                 // snapshots again (a thawed node gets its memberships back this way) and held sends go.
                 tracing::debug!(parent: &self.span, peer = %peer, "link up");
-                self.send_snapshot_to(&peer.name);
-                let _ = self.send_to(&peer.name, &Envelope::SnapshotRequest);
+                self.send_snapshot_to(&peer);
+                let _ = self.send_to_peer(&peer, &Envelope::SnapshotRequest);
                 self.flush_held();
             }
             LinkEvent::Down(peer) => {
                 // Whatever was in flight on that link is lost: requests waiting on the peer fail now rather than
                 // at their timeout (a crashed peer's link resets long before gossip declares it dead).
                 tracing::debug!(parent: &self.span, peer = %peer, "link down");
-                self.fail_pending(&peer.name);
+                self.fail_pending(&peer);
             }
         }
     }
 
-    fn on_envelope(self: &Arc<Self>, from: &str, envelope: Envelope) {
+    fn on_envelope(self: &Arc<Self>, from: &NodeId, envelope: Envelope) {
         match envelope {
             Envelope::Broadcast { hub, except, frame } => {
                 if let Some(runtime) = self.hub(&hub) {
@@ -71,34 +71,35 @@ impl<H: LocalHub> Router<H> {
                 self.deliver_group_locally(&key, &frame.into_frame(), &except.into(), &stamp);
             }
             Envelope::Snapshot { groups } => self.enqueue(MembershipOp::Snapshot {
-                from: from.into(),
+                from: from.clone(),
                 groups,
             }),
             Envelope::Request {
                 id,
                 request: Request::Register { key, connection },
             } => self.enqueue(MembershipOp::Register {
-                from: from.into(),
+                from: from.clone(),
                 key,
                 connection,
-                done: Done::Remote { from: from.into(), id },
+                done: Done::Remote { from: from.clone(), id },
             }),
             Envelope::Request {
                 id,
                 request: Request::Unregister { key, connection },
             } => self.enqueue(MembershipOp::Unregister {
-                from: from.into(),
+                from: from.clone(),
                 key,
                 connection,
-                done: Done::Remote { from: from.into(), id },
+                done: Done::Remote { from: from.clone(), id },
             }),
             Envelope::SnapshotRequest => self.send_snapshot_to(from),
             Envelope::Request { id, request } => {
                 let router = self.clone();
-                let from: Arc<str> = from.into();
+                let from = from.clone();
                 tokio::spawn(async move {
                     let answer = router.serve(&from, request).await;
-                    if let Err(error) = router.send_to(&from, &Envelope::Reply { id, answer }) {
+                    // To the incarnation that asked: request ids start again at 1 in a restarted node.
+                    if let Err(error) = router.send_to_peer(&from, &Envelope::Reply { id, answer }) {
                         tracing::debug!(parent: &router.span, %error, "a reply could not be sent");
                     }
                 });

@@ -72,8 +72,8 @@ impl<H: LocalHub> Router<H> {
         let mut attempts = OWNER_ATTEMPTS;
         loop {
             let owner = self.owner_of(&key);
-            if self.is_local(&owner) {
-                let from = self.node.clone();
+            if self.is_local(&owner.name) {
+                let from = self.id();
                 return self
                     .own_op(|done| MembershipOp::Register {
                         from,
@@ -87,7 +87,7 @@ impl<H: LocalHub> Router<H> {
                 key: key.clone(),
                 connection: connection.clone(),
             };
-            match self.request(&owner, request).await {
+            match self.request(&owner.name, request).await {
                 Answer::Done => return Ok(()),
                 // The owner left while we asked: the next owner takes the membership.
                 Answer::PeerLeft if attempts > 1 => attempts -= 1,
@@ -99,8 +99,8 @@ impl<H: LocalHub> Router<H> {
     /// Records at the group's owner that a connection of this node left.
     pub(crate) async fn unregister(&self, key: GroupKey, connection: ConnectionId) -> Result<(), MeshError> {
         let owner = self.owner_of(&key);
-        if self.is_local(&owner) {
-            let from = self.node.clone();
+        if self.is_local(&owner.name) {
+            let from = self.id();
             return self
                 .own_op(|done| MembershipOp::Unregister {
                     from,
@@ -110,7 +110,7 @@ impl<H: LocalHub> Router<H> {
                 })
                 .await;
         }
-        match self.request(&owner, Request::Unregister { key, connection }).await {
+        match self.request(&owner.name, Request::Unregister { key, connection }).await {
             Answer::Done => Ok(()),
             // The owner left; the next owner rebuilds from snapshots, which no longer list the connection.
             Answer::PeerLeft => Ok(()),
@@ -123,10 +123,10 @@ impl<H: LocalHub> Router<H> {
         let mut attempts = OWNER_ATTEMPTS;
         loop {
             let owner = self.owner_of(&key);
-            if self.is_local(&owner) {
+            if self.is_local(&owner.name) {
                 return Ok(self.groups.count(&key).await?);
             }
-            match self.request(&owner, Request::Count { key: key.clone() }).await {
+            match self.request(&owner.name, Request::Count { key: key.clone() }).await {
                 Answer::Count(count) => return Ok(count),
                 // The owner left while we asked: ask the next one.
                 Answer::PeerLeft if attempts > 1 => attempts -= 1,
@@ -140,10 +140,10 @@ impl<H: LocalHub> Router<H> {
         let mut attempts = OWNER_ATTEMPTS;
         loop {
             let owner = self.owner_of(&key);
-            if self.is_local(&owner) {
+            if self.is_local(&owner.name) {
                 return Ok(self.groups.members(&key).await?);
             }
-            match self.request(&owner, Request::Members { key: key.clone() }).await {
+            match self.request(&owner.name, Request::Members { key: key.clone() }).await {
                 Answer::Members(members) => return Ok(members),
                 Answer::PeerLeft if attempts > 1 => attempts -= 1,
                 answer => return Err(unexpected(answer)),

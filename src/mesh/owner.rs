@@ -4,7 +4,7 @@
 //! and it keeps sends to a group that has no members here yet for a while (orphans), in case they are on their way.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -13,6 +13,7 @@ use super::envelope::{Answer, Envelope};
 use super::group::{GroupError, GroupKey};
 use super::group_send::{HeldSend, HELD_SENDS_CAP};
 use super::{LocalHub, MeshError, Router};
+use crate::cluster::NodeId;
 use crate::connection::ConnectionId;
 
 /// After a membership change, how long an owner holds group sends while it waits for the snapshots of its
@@ -26,28 +27,32 @@ const ORPHAN_WINDOW: Duration = Duration::from_secs(3);
 /// joins and leaves that follow it on the same link take effect in the order they were sent.
 pub(super) enum MembershipOp {
     Register {
-        from: Arc<str>,
+        from: NodeId,
         key: GroupKey,
         connection: ConnectionId,
         done: Done,
     },
     Unregister {
-        from: Arc<str>,
+        from: NodeId,
         key: GroupKey,
         connection: ConnectionId,
         done: Done,
     },
     /// A peer's snapshot.
     Snapshot {
-        from: Arc<str>,
+        from: NodeId,
         groups: Vec<(GroupKey, Vec<ConnectionId>)>,
     },
     /// This node's own memberships, read when the op is applied.
     OwnSnapshot,
     /// A send to a group this node owns, in arrival order with the membership changes.
     Send { send: HeldSend },
+    /// These incarnations left the view (dead, or superseded by a newer generation of their name): their members
+    /// leave every group this node owns. In the queue, so that a join or snapshot of theirs queued before it is
+    /// undone, and one queued after it is ignored (it is stale by then).
+    NodesLeft { nodes: Vec<NodeId> },
     /// Membership changed: hold group sends until these peers' snapshots arrive (or [`SETTLE`] passes).
-    ViewChanged { peers: Vec<Arc<str>> },
+    ViewChanged { peers: Vec<NodeId> },
 }
 
 type Orphan = (tokio::time::Instant, HeldSend);
@@ -56,7 +61,7 @@ type Orphan = (tokio::time::Instant, HeldSend);
 #[derive(Default)]
 struct OpsState {
     /// While settling: the deadline and the peers whose snapshots are still awaited.
-    settling: Option<(tokio::time::Instant, HashSet<Arc<str>>)>,
+    settling: Option<(tokio::time::Instant, HashSet<NodeId>)>,
     /// Sends held while settling, in order.
     deferred: VecDeque<HeldSend>,
     /// Sends to groups without members here yet, with when they arrived.
@@ -66,7 +71,7 @@ struct OpsState {
 /// Who waits for a membership op.
 pub(super) enum Done {
     Local(oneshot::Sender<Result<(), MeshError>>),
-    Remote { from: Arc<str>, id: u64 },
+    Remote { from: NodeId, id: u64 },
 }
 
 /// Runs the membership queue of `router` until the router is gone: applies each op as it arrives, and every
@@ -109,6 +114,9 @@ impl<H: LocalHub> Router<H> {
                 connection,
                 done,
             } => {
+                if self.is_stale(&from) {
+                    return self.finish(done, Err(left_error()));
+                }
                 let result = self.groups.add(&key, &from, connection).await.map_err(MeshError::from);
                 self.finish(done, result);
                 self.release_orphans(&key, state);
@@ -126,6 +134,11 @@ impl<H: LocalHub> Router<H> {
                     .map_err(MeshError::from);
                 self.finish(done, result);
             }
+            MembershipOp::Snapshot { from, .. } if self.is_stale(&from) => {
+                if let Some((_, awaiting)) = &mut state.settling {
+                    awaiting.remove(&from);
+                }
+            }
             MembershipOp::Snapshot { from, groups } => {
                 let keys: Vec<GroupKey> = groups.iter().map(|(key, _)| key.clone()).collect();
                 self.apply_snapshot(&from, groups).await;
@@ -137,7 +150,7 @@ impl<H: LocalHub> Router<H> {
                 }
             }
             MembershipOp::OwnSnapshot => {
-                let node = self.node.clone();
+                let node = self.id();
                 let own = self.local_snapshot();
                 let keys: Vec<GroupKey> = own.iter().map(|(key, _)| key.clone()).collect();
                 self.apply_snapshot(&node, own).await;
@@ -150,6 +163,11 @@ impl<H: LocalHub> Router<H> {
                     push_capped(&mut state.deferred, send, &self.span);
                 } else {
                     self.owner_send(send, state);
+                }
+            }
+            MembershipOp::NodesLeft { nodes } => {
+                for node in &nodes {
+                    self.groups.drop_node(node);
                 }
             }
             MembershipOp::ViewChanged { peers } => {
@@ -222,7 +240,7 @@ impl<H: LocalHub> Router<H> {
                     Ok(()) => Answer::Done,
                     Err(error) => Answer::Failed(error.into()),
                 };
-                if let Err(error) = self.send_to(&from, &Envelope::Reply { id, answer }) {
+                if let Err(error) = self.send_to_peer(&from, &Envelope::Reply { id, answer }) {
                     tracing::debug!(parent: &self.span, %error, "a reply could not be sent");
                 }
             }
@@ -235,6 +253,10 @@ impl<H: LocalHub> Router<H> {
         done.await
             .unwrap_or_else(|_| Err(MeshError::Group(GroupError::Unavailable("the node is stopping".into()))))
     }
+}
+
+fn left_error() -> MeshError {
+    MeshError::Group(GroupError::Unavailable("the node left the cluster".into()))
 }
 
 fn push_capped(queue: &mut VecDeque<HeldSend>, send: HeldSend, span: &tracing::Span) {

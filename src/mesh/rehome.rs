@@ -21,7 +21,7 @@ impl<H: LocalHub> Router<H> {
         live.sort();
         if !live.iter().any(|id| self.is_local(&id.name)) {
             // Membership can briefly report this node as missing (after a stall); keep routing to itself.
-            live.push(NodeId::new(&*self.node, 0));
+            live.push(self.id());
             live.sort();
         }
         // Under `held`: the new owners and the re-sends of sends handed to the owners that left appear to senders
@@ -34,32 +34,46 @@ impl<H: LocalHub> Router<H> {
             }
             let before: HashSet<&NodeId> = current.iter().collect();
             let after: HashSet<&NodeId> = live.iter().collect();
-            let left: Vec<Arc<str>> = before
+            let left: Vec<NodeId> = before
                 .difference(&after)
-                .map(|id| id.name.clone())
-                .filter(|name| !self.is_local(name))
+                .filter(|id| !self.is_local(&id.name))
+                .map(|&id| id.clone())
                 .collect();
-            let joined: Vec<Arc<str>> = after.difference(&before).map(|id| id.name.clone()).collect();
+            let joined: Vec<NodeId> = after.difference(&before).map(|&id| id.clone()).collect();
             *current = live;
             (left, joined)
         };
         self.resend_retained(&left, &mut held);
         drop(held);
         tracing::info!(parent: &self.span, ?left, ?joined, "membership changed");
+        {
+            // What an incarnation that left still had in flight is ignored from now on (`is_stale`), until that
+            // incarnation is live again (a thawed node keeps its generation). One entry per absent name.
+            let mut departed = self.departed.lock();
+            for id in &left {
+                let newest = departed.entry(id.name.clone()).or_insert(id.generation);
+                *newest = (*newest).max(id.generation);
+            }
+            for id in &joined {
+                departed.remove(&id.name);
+            }
+        }
         for node in &left {
-            // A node that came back as a new generation is in both lists: its old members are gone too.
-            self.groups.drop_node(node);
+            // A node that came back as a new generation is in both lists (by name): only the old incarnation's
+            // requests fail and only its members go; the new one's are kept.
             self.fail_pending(node);
         }
-        self.groups.release(|key| self.is_local(&self.owner_of(key)));
-        self.enqueue(MembershipOp::ViewChanged {
-            peers: self.peers().into_iter().map(|peer| peer.name).collect(),
-        });
-        for peer in self.peers() {
+        if !left.is_empty() {
+            self.enqueue(MembershipOp::NodesLeft { nodes: left.clone() });
+        }
+        self.groups.release(|key| self.is_local(&self.owner_of(key).name));
+        let peers = self.peers();
+        self.enqueue(MembershipOp::ViewChanged { peers: peers.clone() });
+        for peer in &peers {
             // Push ours, and pull theirs: a snapshot sent in answer to this request is read after this view
             // change, so the groups this node now owns get every member.
-            self.send_snapshot_to(&peer.name);
-            let _ = self.send_to(&peer.name, &Envelope::SnapshotRequest);
+            self.send_snapshot_to(peer);
+            let _ = self.send_to_peer(peer, &Envelope::SnapshotRequest);
         }
         self.enqueue(MembershipOp::OwnSnapshot);
         self.flush_held();
@@ -75,19 +89,19 @@ impl<H: LocalHub> Router<H> {
             .collect()
     }
 
-    pub(super) fn send_snapshot_to(&self, node: &str) {
+    pub(super) fn send_snapshot_to(&self, node: &NodeId) {
         let groups = self.local_snapshot();
-        if let Err(error) = self.send_to(node, &Envelope::Snapshot { groups }) {
-            tracing::debug!(parent: &self.span, %error, node, "a snapshot could not be sent");
+        if let Err(error) = self.send_to_peer(node, &Envelope::Snapshot { groups }) {
+            tracing::debug!(parent: &self.span, %error, %node, "a snapshot could not be sent");
         }
     }
 
     /// Makes the groups this node owns hold exactly `from`'s memberships listed in its snapshot.
-    pub(super) async fn apply_snapshot(&self, from: &Arc<str>, groups: Vec<(GroupKey, Vec<ConnectionId>)>) {
+    pub(super) async fn apply_snapshot(&self, from: &NodeId, groups: Vec<(GroupKey, Vec<ConnectionId>)>) {
         // Only the groups this node owns in its own view; the rest are other owners' business.
         let groups: Vec<(GroupKey, Vec<ConnectionId>)> = groups
             .into_iter()
-            .filter(|(key, _)| self.is_local(&self.owner_of(key)))
+            .filter(|(key, _)| self.is_local(&self.owner_of(key).name))
             .collect();
         let listed: HashSet<GroupKey> = groups.iter().map(|(key, _)| key.clone()).collect();
         for (key, members) in groups {

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::envelope::{unexpected, Answer, Envelope, Request, WireError};
 use super::{LocalHub, MeshError, Router};
-use crate::cluster::LinkError;
+use crate::cluster::{LinkError, NodeId};
 use crate::connection::{ClientResultError, ConnectionId};
 use crate::protocol::{Protocol, RawValue};
 
@@ -21,8 +21,8 @@ const LINK_WAIT: Duration = Duration::from_secs(3);
 
 /// A request waiting for its reply.
 pub(super) struct Pending {
-    /// The node asked.
-    pub(super) node: Arc<str>,
+    /// The incarnation asked: only its departure fails the request, not a later generation's.
+    pub(super) node: NodeId,
     pub(super) reply: oneshot::Sender<Answer>,
 }
 
@@ -84,15 +84,15 @@ impl<H: LocalHub> Router<H> {
     }
 
     pub(super) async fn request_with_timeout(&self, node: &str, request: Request, timeout: Duration) -> Answer {
-        if self.live_peer(node).is_none() {
+        let Some(peer) = self.live_peer(node) else {
             return Answer::PeerLeft;
-        }
+        };
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         self.pending.lock().insert(
             id,
             Pending {
-                node: node.into(),
+                node: peer.clone(),
                 reply,
             },
         );
@@ -101,9 +101,11 @@ impl<H: LocalHub> Router<H> {
         let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(20);
         loop {
-            match self.send_to(node, &envelope) {
+            match self.send_to_peer(&peer, &envelope) {
                 Ok(()) => break,
-                Err(LinkError::NoLink(_)) if started.elapsed() < LINK_WAIT && self.live_peer(node).is_some() => {
+                Err(LinkError::NoLink(_))
+                    if started.elapsed() < LINK_WAIT && self.live_peer(node).as_ref() == Some(&peer) =>
+                {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(250));
                 }
@@ -126,7 +128,7 @@ impl<H: LocalHub> Router<H> {
         }
     }
 
-    pub(super) async fn serve(&self, from: &Arc<str>, request: Request) -> Answer {
+    pub(super) async fn serve(&self, from: &NodeId, request: Request) -> Answer {
         let result: Result<Answer, MeshError> = async {
             Ok(match request {
                 Request::Join { key, connection } => {
@@ -172,13 +174,13 @@ impl<H: LocalHub> Router<H> {
         result.unwrap_or_else(|error| Answer::Failed(error.into()))
     }
 
-    /// Fails every request waiting on `node` with [`Answer::PeerLeft`].
-    pub(super) fn fail_pending(&self, node: &str) {
+    /// Fails every request waiting on this incarnation with [`Answer::PeerLeft`].
+    pub(super) fn fail_pending(&self, node: &NodeId) {
         let failed: Vec<Pending> = {
             let mut pending = self.pending.lock();
             let ids: Vec<u64> = pending
                 .iter()
-                .filter(|(_, request)| &*request.node == node)
+                .filter(|(_, request)| request.node == *node)
                 .map(|(id, _)| *id)
                 .collect();
             ids.into_iter().filter_map(|id| pending.remove(&id)).collect()

@@ -11,7 +11,7 @@
 //! a direct call on every send.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
@@ -31,6 +31,9 @@ use crate::connection::{ConnectionId, SharedFrame};
 /// The node's router; see the module doc.
 pub(crate) struct Router<H> {
     pub(super) node: Arc<str>,
+    /// This node's generation (0 until it joins a cluster): with `node`, the incarnation its sends are stamped with
+    /// and its members are registered under.
+    generation: AtomicU64,
     hubs: RwLock<HashMap<Arc<str>, Weak<H>>>,
     pub(super) groups: GroupDirectory,
     links: RwLock<Option<Arc<dyn Links>>>,
@@ -43,11 +46,18 @@ pub(crate) struct Router<H> {
     pub(super) retained: Mutex<VecDeque<Retained>>,
     /// This node's sequence number for group sends.
     pub(super) next_seq: AtomicU64,
-    /// The last sequence number delivered here per group and origin (re-sent sends are dropped).
-    pub(super) delivered: Mutex<HashMap<(GroupKey, Arc<str>), u64>>,
+    /// Per group and origin node name, the origin's generation and the last sequence number of it delivered here
+    /// (re-sent sends are dropped). Keyed by name so that a restart replaces the entry rather than adding one.
+    pub(super) delivered: Mutex<HashMap<(GroupKey, Arc<str>), Delivered>>,
+    /// Per node name that left the view and has not come back, the newest generation of it that left: what that
+    /// incarnation still had in flight is ignored. Bounded by the names of the cluster.
+    pub(super) departed: Mutex<HashMap<Arc<str>, u64>>,
     pub(super) ops: tokio::sync::mpsc::UnboundedSender<MembershipOp>,
     pub(super) span: tracing::Span,
 }
+
+/// Of one origin's sends to one group: the origin's generation, and the last sequence number of it delivered here.
+pub(super) type Delivered = (u64, u64);
 
 /// The node part of a connection id (`<random>.<node>`), if any.
 pub(crate) fn node_of(id: &ConnectionId) -> Option<&str> {
@@ -60,6 +70,7 @@ impl<H: LocalHub> Router<H> {
         let (ops, queue) = tokio::sync::mpsc::unbounded_channel();
         let router = Arc::new_cyclic(|weak: &Weak<Router<H>>| Router {
             node: node.into(),
+            generation: AtomicU64::new(0),
             hubs: RwLock::new(HashMap::new()),
             groups: GroupDirectory::new(runtime.clone(), Arc::new(RouterFanout(weak.clone()))),
             links: RwLock::new(None),
@@ -70,6 +81,7 @@ impl<H: LocalHub> Router<H> {
             retained: Mutex::new(VecDeque::new()),
             next_seq: AtomicU64::new(1),
             delivered: Mutex::new(HashMap::new()),
+            departed: Mutex::new(HashMap::new()),
             ops,
             span,
         });
@@ -96,14 +108,44 @@ impl<H: LocalHub> Router<H> {
         self.hubs.read().values().filter_map(Weak::upgrade).collect()
     }
 
-    /// Connects the router to the cluster's links.
-    pub(crate) fn attach_links(&self, links: Arc<dyn Links>) {
+    /// Connects the router to the cluster's links, as incarnation `id` of this node.
+    pub(crate) fn attach_links(&self, links: Arc<dyn Links>, id: &NodeId) {
+        self.generation.store(id.generation, Ordering::Relaxed);
+        {
+            let mut live = self.live.write();
+            for entry in live.iter_mut().filter(|entry| entry.name == self.node) {
+                entry.generation = id.generation;
+            }
+        }
         *self.links.write() = Some(links);
     }
 
     /// The keys of the groups (named and user) this node owns now, for the node's status report.
     pub(crate) fn owned_groups(&self) -> Vec<GroupKey> {
         self.groups.keys()
+    }
+
+    /// This node's incarnation.
+    pub(super) fn id(&self) -> NodeId {
+        NodeId {
+            name: self.node.clone(),
+            generation: self.generation.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether what `from` sent is from an earlier life: a newer generation of its name is live, or it left the
+    /// view (and is not back). A peer not yet in this node's view (just started) is not stale.
+    pub(super) fn is_stale(&self, from: &NodeId) -> bool {
+        {
+            let live = self.live.read();
+            if let Some(current) = live.iter().find(|id| id.name == from.name) {
+                return current.generation > from.generation;
+            }
+        }
+        self.departed
+            .lock()
+            .get(&from.name)
+            .is_some_and(|&left| left >= from.generation)
     }
 
     pub(super) fn is_local(&self, node: &str) -> bool {
@@ -115,12 +157,12 @@ impl<H: LocalHub> Router<H> {
         node_of(id).unwrap_or(&self.node)
     }
 
-    /// The node that owns `key` under the current view.
-    pub(super) fn owner_of(&self, key: &GroupKey) -> Arc<str> {
+    /// The node (incarnation) that owns `key` under the current view.
+    pub(super) fn owner_of(&self, key: &GroupKey) -> NodeId {
         let live = self.live.read();
         crate::cluster::owner(&key.placement_bytes(), &live)
-            .map(|id| id.name.clone())
-            .unwrap_or_else(|| self.node.clone())
+            .cloned()
+            .unwrap_or_else(|| self.id())
     }
 
     pub(super) fn live_peer(&self, node: &str) -> Option<NodeId> {
@@ -140,17 +182,24 @@ impl<H: LocalHub> Router<H> {
             .collect()
     }
 
+    /// Sends to the live incarnation of node `node` (by name: a connection's home, a request's target).
     pub(super) fn send_to(&self, node: &str, envelope: &Envelope) -> Result<(), LinkError> {
         let peer = self
             .live_peer(node)
             .ok_or_else(|| LinkError::NoLink(NodeId::new(node, 0)))?;
+        self.send_to_peer(&peer, envelope)
+    }
+
+    /// Sends to this incarnation of a node only (a reply, a snapshot, a group's owner or member node): never to a
+    /// later generation of the same name, which did not ask and holds none of what the earlier one held.
+    pub(super) fn send_to_peer(&self, peer: &NodeId, envelope: &Envelope) -> Result<(), LinkError> {
         let links = self
             .links
             .read()
             .clone()
             .ok_or_else(|| LinkError::NoLink(peer.clone()))?;
         let frame = rmp_serde::to_vec(envelope).map_err(|error| LinkError::Start(error.to_string()))?;
-        links.send(&peer, Bytes::from(frame))
+        links.send(peer, Bytes::from(frame))
     }
 
     /// Delivers `frame` to every connection of `hub` on every node, except `except`.
@@ -169,7 +218,7 @@ impl<H: LocalHub> Router<H> {
                 except: except.to_vec(),
                 frame: wire.clone(),
             };
-            if let Err(error) = self.send_to(&peer.name, &envelope) {
+            if let Err(error) = self.send_to_peer(&peer, &envelope) {
                 tracing::warn!(parent: &self.span, %error, "a broadcast could not reach a node");
             }
         }

@@ -153,7 +153,7 @@ pub(crate) async fn join<H: LocalHub>(
         }
     }
     .map_err(|error| NodeError::Cluster(error.to_string()))?;
-    router.attach_links(links.clone());
+    router.attach_links(links.clone(), &self_id);
 
     let health = Arc::new(ClusterHealth::default());
     let mut tasks = Vec::new();

@@ -100,17 +100,22 @@ fn text(status: StatusCode, body: &'static str) -> HttpResponse {
     HttpResponse::build(status).content_type("text/plain").body(body)
 }
 
-/// The path of the node's cluster view, for operators and tests: `{"node": …, "live": [names]}`.
+/// The path of the node's cluster view, for operators and tests: `{"node": …, "live": [names], "incarnations":
+/// ["name.generation", …]}` (the same members, each with its generation: a restarted node shows a new one).
 pub const CLUSTER_PATH: &str = "/_hubmesh/cluster";
 
 async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node>) -> HttpResponse {
     let path = normalize_path(request.path());
     if path == CLUSTER_PATH && request.method() == Method::GET {
-        let live: Vec<String> = match node.cluster_view().await {
-            Some(view) => view.live.iter().map(|member| member.id.name.to_string()).collect(),
-            None => vec![node.name().to_owned()],
+        let (live, incarnations): (Vec<String>, Vec<String>) = match node.cluster_view().await {
+            Some(view) => view
+                .live
+                .iter()
+                .map(|member| (member.id.name.to_string(), member.id.to_string()))
+                .unzip(),
+            None => (vec![node.name().to_owned()], Vec::new()),
         };
-        return HttpResponse::Ok().json(serde_json::json!({ "node": node.name(), "live": live }));
+        return HttpResponse::Ok().json(serde_json::json!({ "node": node.name(), "live": live, "incarnations": incarnations }));
     }
     if request.method() == Method::GET {
         if let Some(response) = health::answer(&node, &path).await {

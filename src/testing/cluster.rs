@@ -1,6 +1,6 @@
 //! An in-process cluster for tests: N nodes on ephemeral `127.0.0.1` HTTP ports, gossiping and linked over
 //! in-memory networks (ractor_cluster cannot host several nodes in one process; see `cluster::link`), with
-//! faults: kill, freeze and thaw, partition and heal.
+//! faults: kill, restart (a new incarnation of the same name), freeze and thaw, partition and heal.
 //!
 //! Clients connect to each node's real HTTP port, so tests use real SignalR clients; only node-to-node traffic
 //! is in memory, and it carries the same encoded frames the real links carry.
@@ -133,26 +133,30 @@ impl TestCluster {
         self.nodes.get(index)?.handle.as_ref()?.hub_context(hub)
     }
 
-    /// Waits until every running node sees exactly the running nodes as live; returns how long it took.
+    /// Waits until every running node sees exactly the running nodes as live, each in its current incarnation
+    /// (a restarted node's new generation, not its earlier one); returns how long it took.
     pub async fn wait_for_members(&self, timeout: Duration) -> Result<Duration, String> {
         let started = Instant::now();
-        let mut expected: Vec<&str> = self
-            .nodes
-            .iter()
-            .filter(|node| node.handle.is_some())
-            .map(|node| node.name.as_str())
-            .collect();
+        let mut expected: Vec<String> = Vec::new();
+        for node in self.nodes.iter().filter_map(|node| node.handle.as_ref()) {
+            match node.node().cluster_view().await {
+                Some(view) => expected.push(view.self_id.to_string()),
+                None => return Err("a running node has no cluster".into()),
+            }
+        }
         expected.sort_unstable();
         loop {
             let mut agreed = true;
+            let mut seen = Vec::new();
             for node in self.nodes.iter().filter_map(|node| node.handle.as_ref()) {
                 let view = node.node().cluster_view().await;
                 let mut live: Vec<String> = view
-                    .map(|view| view.live.iter().map(|member| member.id.name.to_string()).collect())
+                    .map(|view| view.live.iter().map(|member| member.id.to_string()).collect())
                     .unwrap_or_default();
                 live.sort_unstable();
                 if live != expected {
                     agreed = false;
+                    seen.push(live);
                     break;
                 }
             }
@@ -161,7 +165,7 @@ impl TestCluster {
             }
             if started.elapsed() > timeout {
                 return Err(format!(
-                    "the nodes did not agree on the members {expected:?} within {timeout:?}"
+                    "the nodes did not agree on the members {expected:?} within {timeout:?} (one saw {seen:?})"
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -181,6 +185,18 @@ impl TestCluster {
         if let Some(handle) = node.handle.take() {
             handle.stop().await;
         }
+    }
+
+    /// Restarts node `index` as a crashed process started again on the same configuration would be: it is
+    /// [killed](TestCluster::kill) if it runs, then started under the same name with a new, higher generation, the
+    /// same hubs and the running nodes as seeds. Its clients are gone; new ones connect to its new [url](Self::url).
+    pub async fn restart(&mut self, index: usize) -> Result<(), NodeError> {
+        self.kill(index).await;
+        // The killed node's gossip address is free again (the new one may be given it): let it through.
+        if let Some(addr) = self.nodes.get_mut(index).and_then(|node| node.gossip_addr.take()) {
+            self.gossip.thaw(addr);
+        }
+        self.start_node(index).await
     }
 
     /// Freezes node `index` (as SIGSTOP would, for its peers): no gossip and no link traffic in or out; its clients

@@ -90,8 +90,9 @@ struct Node {
     runtime: Handle,
     /// The live peers of the last [`Links::update_peers`].
     wanted: Vec<NodeId>,
-    /// Every peer this node has seen live: only those are torn down when they leave the live set.
-    seen_live: HashSet<NodeId>,
+    /// Per peer name, the newest generation this node has seen live: only incarnations no newer than it are torn
+    /// down when they leave the live set. One entry per name, so restarts do not make it grow.
+    seen_live: HashMap<Arc<str>, u64>,
 }
 
 struct Link {
@@ -117,6 +118,11 @@ impl DirectionQueue {
             queued: Notify::new(),
         }
     }
+}
+
+/// Whether this incarnation, or a newer one of its name, was seen live.
+fn seen_before(seen_live: &HashMap<Arc<str>, u64>, peer: &NodeId) -> bool {
+    seen_live.get(&peer.name).is_some_and(|&newest| newest >= peer.generation)
 }
 
 fn ordered(a: &NodeId, b: &NodeId) -> (NodeId, NodeId) {
@@ -167,7 +173,7 @@ impl NetState {
             .get(&node.name)
             .filter(|entry| &entry.id == node)
             .is_some_and(|entry| {
-                let gone = entry.seen_live.contains(peer) && !entry.wanted.contains(peer);
+                let gone = seen_before(&entry.seen_live, peer) && !entry.wanted.contains(peer);
                 let superseded = entry
                     .wanted
                     .iter()
@@ -372,7 +378,7 @@ impl MemoryNetwork {
                 queue_frames: config.queue_frames,
                 runtime,
                 wanted: Vec::new(),
-                seen_live: HashSet::new(),
+                seen_live: HashMap::new(),
             },
         );
         state.reconcile(&self.shared);
@@ -519,7 +525,10 @@ impl Links for MemoryLinks {
             .map(|peer| peer.id.clone())
             .filter(|id| id != &self.id)
             .collect();
-        node.seen_live.extend(node.wanted.iter().cloned());
+        for peer in &node.wanted {
+            let newest = node.seen_live.entry(peer.name.clone()).or_insert(peer.generation);
+            *newest = (*newest).max(peer.generation);
+        }
         let wanted = node.wanted.clone();
         let seen_live = node.seen_live.clone();
         let to_close: Vec<NodeId> = state
@@ -535,7 +544,7 @@ impl Links for MemoryLinks {
                 }
             })
             .filter(|peer| {
-                let gone = !wanted.contains(peer) && seen_live.contains(peer);
+                let gone = !wanted.contains(peer) && seen_before(&seen_live, peer);
                 let superseded = wanted
                     .iter()
                     .any(|other| other.name == peer.name && other.generation > peer.generation);

@@ -3,7 +3,7 @@
 //! ractor_cluster's sessions and their authentication, opens a link (queue, sender task, credit window) once a
 //! session's peer endpoint is found, delivers arriving batches to the event channel and acknowledges them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,7 +96,9 @@ pub(super) struct EndpointState {
     senders: Arc<RwLock<HashMap<NodeId, mpsc::Sender<Bytes>>>>,
     /// Live peers (this node excluded) and their link addresses, from the last membership view.
     live: HashMap<NodeId, String>,
-    seen_live: HashSet<NodeId>,
+    /// Per peer name, the newest generation seen live: an incarnation no newer than it that is not live now has
+    /// left (or was superseded). One entry per name, so restarts do not make it grow.
+    seen_live: HashMap<Arc<str>, u64>,
     links: HashMap<NodeId, LinkState>,
     sessions: HashMap<ActorId, SessionEntry>,
     /// Ready sessions whose peer endpoint is not yet in its group, with the ticks waited.
@@ -125,7 +127,7 @@ impl Actor for LinkEndpoint {
             node_server: args.node_server,
             senders: args.senders,
             live: HashMap::new(),
-            seen_live: HashSet::new(),
+            seen_live: HashMap::new(),
             links: HashMap::new(),
             sessions: HashMap::new(),
             pending: HashMap::new(),
@@ -208,7 +210,11 @@ impl EndpointState {
 
     /// Whether a link to `peer` must not exist: it was live and is no longer, or a newer generation is live.
     fn unwanted(&self, peer: &NodeId) -> bool {
-        let gone = !self.live.contains_key(peer) && self.seen_live.contains(peer);
+        let gone = !self.live.contains_key(peer)
+            && self
+                .seen_live
+                .get(&peer.name)
+                .is_some_and(|&newest| newest >= peer.generation);
         let superseded = self
             .live
             .keys()
@@ -222,7 +228,10 @@ impl EndpointState {
             .filter(|peer| peer.id != self.self_id)
             .map(|peer| (peer.id, peer.link_address))
             .collect();
-        self.seen_live.extend(self.live.keys().cloned());
+        for peer in self.live.keys() {
+            let newest = self.seen_live.entry(peer.name.clone()).or_insert(peer.generation);
+            *newest = (*newest).max(peer.generation);
+        }
         let doomed: Vec<NodeId> = self.links.keys().filter(|peer| self.unwanted(peer)).cloned().collect();
         for peer in doomed {
             self.close_link(&peer, "no longer live or superseded", true).await;
