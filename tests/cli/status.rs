@@ -6,43 +6,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../common/binary.rs"]
+mod binary;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use binary::{finish, hubmesh, LIMIT};
 
 use hubmesh::status::StatusReport;
 use hubmesh::testing::TestCluster;
 use hubmesh::Hub;
 use serde_json::Value;
-
-/// How long any one run of the binary, or a wait for the cluster, may take.
-const LIMIT: Duration = Duration::from_secs(30);
-
-/// The binary with no configuration variables inherited from the test's environment.
-fn hubmesh() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hubmesh"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_str().is_some_and(|name| name.starts_with("HUBMESH_")) {
-            command.env_remove(name);
-        }
-    }
-    command.env("RUST_LOG", "warn").stdin(Stdio::null());
-    command
-}
-
-/// Waits for `child` within [`LIMIT`], killing it if it takes longer.
-fn finish(mut child: Child) -> Output {
-    let started = Instant::now();
-    while started.elapsed() < LIMIT {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let output = child.wait_with_output().unwrap();
-    panic!("hubmesh did not finish within {LIMIT:?}: {output:?}");
-}
 
 fn run(args: &[&str]) -> Output {
     finish(

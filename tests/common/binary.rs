@@ -1,0 +1,34 @@
+//! Running the built `hubmesh` binary from the CLI package's tests (`tests/cli/`): a command with no inherited
+//! `HUBMESH_*` configuration, and a bounded wait for it to finish.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any one run of the binary may take.
+pub const LIMIT: Duration = Duration::from_secs(30);
+
+/// The binary with no configuration variables inherited from the test's environment.
+pub fn hubmesh() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hubmesh"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|name| name.starts_with("HUBMESH_")) {
+            command.env_remove(name);
+        }
+    }
+    command.env("RUST_LOG", "warn").stdin(Stdio::null());
+    command
+}
+
+/// Waits for `child` within [`LIMIT`], killing it if it takes longer.
+pub fn finish(mut child: Child) -> Output {
+    let started = Instant::now();
+    while started.elapsed() < LIMIT {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    panic!("hubmesh did not finish within {LIMIT:?}: {output:?}");
+}
