@@ -18,7 +18,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hubmesh::testing::client::{http_request_with_body as request, parse_http_response, HttpReply, Protocol};
+use hubmesh::testing::client::{
+    http_request_with_body as request, json_invocation, open_event_stream, parse_http_response, read_until, HttpReply,
+    Protocol,
+};
 use hubmesh::testing::proxy::{RoundRobinProxy, Routed};
 use hubmesh::testing::testhub::test_hub;
 use hubmesh::testing::{TestClient, TestHubServer};
@@ -239,22 +242,6 @@ async fn websockets_through_the_proxy_in_both_protocols() -> TestResult {
     .await
 }
 
-/// Reads from `stream` into `buffer` until `needle` is in it, within [`STEP`].
-async fn read_until(stream: &mut TcpStream, buffer: &mut Vec<u8>, needle: &[u8]) -> TestResult {
-    let deadline = Instant::now() + STEP;
-    while !buffer.windows(needle.len()).any(|window| window == needle) {
-        let mut chunk = [0u8; 4096];
-        let read = timeout_at(deadline, stream.read(&mut chunk))
-            .await
-            .map_err(|_| format!("no {:?} within {STEP:?}: {:?}", String::from_utf8_lossy(needle), buffer))??;
-        if read == 0 {
-            return Err(format!("EOF before {:?}", String::from_utf8_lossy(needle)).into());
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    }
-    Ok(())
-}
-
 async fn negotiate(addr: SocketAddr) -> TestResult<String> {
     let response = request(addr, "POST", "/testhub/negotiate?negotiateVersion=1", &[], b"").await?;
     assert_eq!(response.status, 200, "negotiate: {}", response.text());
@@ -263,12 +250,8 @@ async fn negotiate(addr: SocketAddr) -> TestResult<String> {
 }
 
 /// Opens an SSE stream through `addr` and reads its response head.
-async fn open_event_stream(addr: SocketAddr, path: &str) -> TestResult<(TcpStream, Vec<u8>)> {
-    let mut events = timeout(STEP, TcpStream::connect(addr)).await??;
-    let head = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n");
-    events.write_all(head.as_bytes()).await?;
-    let mut raw = Vec::new();
-    read_until(&mut events, &mut raw, b"\r\n\r\n").await?;
+async fn open_sse(addr: SocketAddr, path: &str) -> TestResult<(TcpStream, Vec<u8>)> {
+    let (events, raw) = open_event_stream(addr, path, &[]).await?;
     let head_end = raw
         .windows(4)
         .position(|window| window == b"\r\n\r\n")
@@ -280,13 +263,6 @@ async fn open_event_stream(addr: SocketAddr, path: &str) -> TestResult<(TcpStrea
     Ok((events, raw))
 }
 
-fn invocation(id: &str, target: &str, arguments: Value) -> String {
-    format!(
-        "{}{RS}",
-        json!({ "type": 1, "invocationId": id, "target": target, "arguments": arguments })
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_stream_through_the_proxy() -> TestResult {
     bounded(async {
@@ -295,7 +271,7 @@ async fn server_sent_events_stream_through_the_proxy() -> TestResult {
         let addr = proxy.addr();
         let token = negotiate(addr).await?;
         let path = format!("/testhub?id={token}");
-        let (mut events, mut raw) = open_event_stream(addr, &path).await?;
+        let (mut events, mut raw) = open_sse(addr, &path).await?;
         let handshake = format!("{{\"protocol\":\"json\",\"version\":1}}{RS}");
         assert_eq!(
             request(addr, "POST", &path, &[], handshake.as_bytes()).await?.status,
@@ -304,7 +280,7 @@ async fn server_sent_events_stream_through_the_proxy() -> TestResult {
         read_until(&mut events, &mut raw, format!("data: {{}}{RS}\n\n").as_bytes()).await?;
         // Each event arrives while the stream stays open: nothing waits for the response to end.
         for index in 0..5 {
-            let invoke = invocation(&index.to_string(), "Echo", json!([format!("event {index}")]));
+            let invoke = json_invocation(&index.to_string(), "Echo", json!([format!("event {index}")]));
             assert_eq!(request(addr, "POST", &path, &[], invoke.as_bytes()).await?.status, 200);
             read_until(
                 &mut events,
@@ -365,7 +341,7 @@ async fn long_polling_through_the_proxy() -> TestResult {
                     .map(|reply| (reply.status, reply.text()))
             }
         });
-        let invoke = invocation("1", "Echo", json!(["polled"]));
+        let invoke = json_invocation("1", "Echo", json!(["polled"]));
         assert_eq!(request(addr, "POST", &path, &[], invoke.as_bytes()).await?.status, 200);
         let (status, text) = timeout(STEP, pending).await???;
         assert_eq!(status, 200);
@@ -421,7 +397,7 @@ async fn cut_connections_closes_websockets_and_event_streams() -> TestResult {
         let addr = proxy.addr();
         let token = negotiate(addr).await?;
         let path = format!("/testhub?id={token}");
-        let (mut events, mut raw) = open_event_stream(addr, &path).await?;
+        let (mut events, mut raw) = open_sse(addr, &path).await?;
         let handshake = format!("{{\"protocol\":\"json\",\"version\":1}}{RS}");
         assert_eq!(
             request(addr, "POST", &path, &[], handshake.as_bytes()).await?.status,

@@ -9,7 +9,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 // One request on its own connection, read to the end; a response as read, parsed.
-use hubmesh::testing::client::{http_request_with_body as request, parse_http_response as parse_response, HttpReply};
+use hubmesh::testing::client::{
+    http_request_with_body as request, json_invocation, open_event_stream, parse_http_response as parse_response,
+    read_until, HttpReply,
+};
 use hubmesh::testing::testhub::test_hub;
 use hubmesh::transport::TransportKind;
 use hubmesh::{Limits, Node, NodeHandle};
@@ -102,13 +105,6 @@ async fn long_polling_client(addr: SocketAddr, protocol: &str) -> TestResult<Str
     Ok(token)
 }
 
-fn invocation(id: &str, target: &str, arguments: Value) -> String {
-    format!(
-        "{}{RS}",
-        serde_json::json!({ "type": 1, "invocationId": id, "target": target, "arguments": arguments })
-    )
-}
-
 /// Polls until a response carries data (bounded), returning it.
 async fn poll_data(addr: SocketAddr, token: &str) -> TestResult<HttpReply> {
     for _ in 0..20 {
@@ -192,7 +188,7 @@ async fn long_polling_round_trip_supersession_and_delete() -> TestResult {
             "POST",
             &format!("/testhub?id={token}"),
             &[],
-            invocation("1", "Echo", serde_json::json!(["hello"])).as_bytes(),
+            json_invocation("1", "Echo", serde_json::json!(["hello"])).as_bytes(),
         )
         .await?;
         assert_eq!(sent.status, 200);
@@ -358,7 +354,7 @@ async fn request_context_is_the_first_poll() -> TestResult {
         )
         .await?;
         poll_data(addr, &token).await?;
-        let invoke = invocation("7", "GetHeader", serde_json::json!(["X-Test"]));
+        let invoke = json_invocation("7", "GetHeader", serde_json::json!(["X-Test"]));
         request(
             addr,
             "POST",
@@ -380,36 +376,6 @@ async fn request_context_is_the_first_poll() -> TestResult {
         Ok(())
     })
     .await
-}
-
-/// Reads from `stream` into `buffer` until it contains `needle` (bounded).
-async fn read_until(stream: &mut TcpStream, buffer: &mut Vec<u8>, needle: &[u8]) -> TestResult {
-    let deadline = Instant::now() + STEP;
-    while !buffer.windows(needle.len()).any(|window| window == needle) {
-        let mut chunk = [0u8; 4096];
-        let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
-            .await
-            .map_err(|_| format!("no {:?} within {STEP:?}: {:?}", String::from_utf8_lossy(needle), buffer))??;
-        if read == 0 {
-            return Err(format!("EOF before {:?}", String::from_utf8_lossy(needle)).into());
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    }
-    Ok(())
-}
-
-/// Opens an SSE event stream (`GET path` with `Accept: text/event-stream` and `extra` headers) and reads up to the
-/// end of the response head; returns the socket and what it read so far.
-async fn open_event_stream(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> TestResult<(TcpStream, Vec<u8>)> {
-    let mut headers = vec![("Accept", "text/event-stream")];
-    headers.extend_from_slice(extra);
-    let mut events = TcpStream::connect(addr).await?;
-    events
-        .write_all(request_head("GET", path, &headers, 0).as_bytes())
-        .await?;
-    let mut raw = Vec::new();
-    read_until(&mut events, &mut raw, b"\r\n\r\n").await?;
-    Ok((events, raw))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,7 +404,7 @@ async fn server_sent_events_framing_and_conflicts() -> TestResult {
             200
         );
         read_until(&mut events, &mut raw, format!("data: {{}}{RS}\n\n").as_bytes()).await?;
-        let invoke = invocation("1", "GetHeader", serde_json::json!(["X-Test"]));
+        let invoke = json_invocation("1", "GetHeader", serde_json::json!(["X-Test"]));
         assert_eq!(request(addr, "POST", &path, &[], invoke.as_bytes()).await?.status, 200);
         read_until(
             &mut events,

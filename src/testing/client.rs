@@ -54,7 +54,10 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub use connect::ClientOptions;
 use decode::ensure;
 pub use decode::Record;
-pub use http::{http_request, http_request_with_body, negotiate, parse_http_response, HttpReply};
+pub use http::{
+    http_request, http_request_with_body, json_invocation, negotiate, open_event_stream, parse_http_response,
+    read_until, HttpReply,
+};
 pub use records::{msgpack_frame, varint, Outcome, Protocol, RS};
 
 /// The bound of one step: a connect, a send, a read, an HTTP request.

@@ -175,3 +175,57 @@ fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, TestClientError> {
     }
     Err(bad("more than 100000 chunks"))
 }
+
+/// Reads from `stream` into `buffer` until it contains `needle`, within [`STEP`]; an early end is an error.
+pub async fn read_until(stream: &mut TcpStream, buffer: &mut Vec<u8>, needle: &[u8]) -> Result<(), TestClientError> {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !buffer.windows(needle.len()).any(|window| window == needle) {
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .map_err(|_| {
+                TestClientError::Timeout(format!(
+                    "no {:?} within {STEP:?}: {:?}",
+                    String::from_utf8_lossy(needle),
+                    String::from_utf8_lossy(buffer)
+                ))
+            })??;
+        if read == 0 {
+            return Err(TestClientError::Unexpected(format!(
+                "the stream ended before {:?}",
+                String::from_utf8_lossy(needle)
+            )));
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    Ok(())
+}
+
+/// Opens a Server-Sent Events stream (`GET path` with `Accept: text/event-stream` and `extra` headers) and reads up
+/// to the end of the response head; returns the socket and everything read so far.
+pub async fn open_event_stream(
+    addr: SocketAddr,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> Result<(TcpStream, Vec<u8>), TestClientError> {
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+    for (name, value) in extra {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut events = timeout(STEP, TcpStream::connect(addr))
+        .await
+        .map_err(|_| TestClientError::Timeout(format!("connecting to {addr}")))??;
+    events.write_all(head.as_bytes()).await?;
+    let mut raw = Vec::new();
+    read_until(&mut events, &mut raw, b"\r\n\r\n").await?;
+    Ok((events, raw))
+}
+
+/// A JSON invocation record (with its 0x1E), as the HTTP transports' POSTs carry it.
+pub fn json_invocation(id: &str, target: &str, arguments: Value) -> String {
+    format!(
+        "{}\u{1e}",
+        serde_json::json!({ "type": 1, "invocationId": id, "target": target, "arguments": arguments })
+    )
+}
