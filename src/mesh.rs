@@ -11,7 +11,7 @@
 //!   membership, counts and client results.
 //! * What happens when membership changes: groups owned by a node that left move to their new owner, which
 //!   rebuilds their membership from snapshots that every node sends of its own members; group sends whose owner
-//!   is unreachable are held (at most [`HELD_SENDS_CAP`]) and delivered in order once an owner is reachable, and
+//!   is unreachable are held (at most `HELD_SENDS_CAP`) and delivered in order once an owner is reachable, and
 //!   sends handed to an owner that died go again, delivered once; requests waiting on a node that left fail at
 //!   once.
 //!

@@ -5,9 +5,9 @@
 //! [`GossipNetwork`]: the medium a [`Membership`](super::Membership) gossips over, either real UDP sockets (always
 //! authenticated by the cluster secret: [`super::gossip_auth`]) or an
 //! in-process network (chitchat's in-memory channel transport) shared by every node of a test, plus a fault layer
-//! keyed by gossip address that both media share: [`GossipNetwork::partition`] cuts traffic between two sets of
-//! nodes, [`GossipNetwork::freeze`] drops everything to and from one node (the in-process stand-in for `SIGSTOP`),
-//! and [`GossipNetwork::heal`] undoes every fault. Faults act on datagrams only: a frozen node keeps running and
+//! keyed by gossip address that both media share: `GossipNetwork::partition` cuts traffic between two sets of
+//! nodes, `GossipNetwork::freeze` drops everything to and from one node (the in-process stand-in for `SIGSTOP`),
+//! and `GossipNetwork::heal` undoes every fault. Faults act on datagrams only: a frozen node keeps running and
 //! keeps its own view, exactly as a node behind a broken network would.
 //!
 //! # What it may call

@@ -3,7 +3,7 @@
 //! # What this module owns
 //!
 //! The [`Links`] trait, which the router above uses without knowing how frames travel, and its implementations:
-//! an in-memory network for in-process test clusters ([`memory`]), and ractor_cluster between processes
+//! an in-memory network for in-process test clusters (`memory`), and ractor_cluster between processes
 //! ([`ractor`]), authenticated by the cluster secret. `ractor` is a folder: `ractor/handle.rs` ([`RactorLinks`]
 //! itself: start-up, sending, shutdown), `ractor/endpoint.rs` (the one link endpoint actor per process: sessions,
 //! dials, opening and closing links, receiving), `ractor/sender.rs` (one link's batching sender and its credit

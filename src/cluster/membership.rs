@@ -11,7 +11,7 @@
 //! The handle and the task that keeps the view live from chitchat's state are here; beside them:
 //!
 //! * `identity`: [`NodeId`] and [`NodeStatus`];
-//! * `view`: [`Member`] and [`MembershipView`], and how a view is read off chitchat's state;
+//! * `view`: `Member` and [`MembershipView`], and how a view is read off chitchat's state;
 //! * `config`: [`MembershipConfig`], its defaults and its checks.
 //!
 //! # Semantics
@@ -61,7 +61,7 @@ pub use identity::UnknownStatus;
 pub use view::Member;
 pub use view::MembershipView;
 
-/// Keys starting with this prefix are reserved for hubmesh itself; [`Membership::set`] refuses them.
+/// Keys starting with this prefix are reserved for hubmesh itself; `Membership::set` refuses them.
 pub const RESERVED_KEY_PREFIX: &str = "hubmesh.";
 
 /// The key under which each node publishes its [`NodeStatus`].
@@ -96,7 +96,7 @@ pub enum MembershipError {
         /// The listen address.
         listen: SocketAddr,
     },
-    /// A key under [`RESERVED_KEY_PREFIX`] was given to [`Membership::set`] or in the initial state.
+    /// A key under [`RESERVED_KEY_PREFIX`] was given to `Membership::set` or in the initial state.
     #[error("key `{0}` is reserved for hubmesh (prefix `hubmesh.`)")]
     ReservedKey(String),
     /// The gossip task failed to start or stopped with an error.
@@ -139,7 +139,7 @@ impl Membership {
     }
 
     /// Starts gossiping over `network`: real UDP, or an in-process network shared by the nodes of a test (see
-    /// [`GossipNetwork::in_memory`]), with its faults applied.
+    /// `GossipNetwork::in_memory`), with its faults applied.
     pub async fn start_on(
         config: MembershipConfig,
         initial_state: BTreeMap<String, String>,

@@ -2,7 +2,7 @@
 //!
 //! # What this module owns
 //!
-//! [`owner`] and [`ranked`]: pure functions from an opaque key and a member list to the owning member. Every node
+//! [`owner`] and `ranked`: pure functions from an opaque key and a member list to the owning member. Every node
 //! computes them on its own, so the hash is part of the cluster's contract: it is fixed here (FNV-1a 64 over the
 //! bytes, then MurmurHash3's `fmix64` finalizer), never `std`'s randomly keyed or unspecified hashers, and must not
 //! change between versions that may run in one cluster. A golden-value test pins it.

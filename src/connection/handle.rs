@@ -51,7 +51,7 @@ impl ConnectionHandle {
         self.try_send(Outbound::Frame(frame))
     }
 
-    /// As [`ConnectionHandle::deliver`], with the wake-up of the connection's task collected in `batch` (one
+    /// As `ConnectionHandle::deliver`, with the wake-up of the connection's task collected in `batch` (one
     /// remote wake-up per worker per fan-out, see [`wake`](super::wake)). A `fanout` frame (to a group, to all) may be
     /// coalesced with the next ones ([`Limits::write_coalesce`](super::Limits::write_coalesce)); one sent to chosen connections is not.
     pub fn deliver_batched(
@@ -68,7 +68,7 @@ impl ConnectionHandle {
         self.mailbox.try_send_batched(message, self.relay.as_ref(), batch)
     }
 
-    /// Queues a message without waiting, with the same slow-consumer policy as [`ConnectionHandle::deliver`].
+    /// Queues a message without waiting, with the same slow-consumer policy as `ConnectionHandle::deliver`.
     pub fn try_send(&self, message: Outbound) -> Result<(), DeliverError> {
         self.mailbox.try_send(message)
     }

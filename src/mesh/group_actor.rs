@@ -7,7 +7,7 @@
 //! (through the [`Fanout`] the router provides), and that node delivers to its own members. So a group message
 //! crosses to a node once, not once per member, and the frame is encoded once per protocol at the sender.
 //!
-//! A user is a group of another kind ([`super::GroupKind::User`]), as in SignalR.Orleans, so `Clients.user` and
+//! A user is a group of another kind (`super::GroupKind::User`), as in SignalR.Orleans, so `Clients.user` and
 //! `Clients.group` share one mechanism. Actors are found through the node's `GroupDirectory`
 //! (`mesh/directory.rs`), never through ractor's process-global registry, so several nodes can share a process.
 //!

@@ -5,7 +5,7 @@
 //! SSE stream (`Accept: text/event-stream`) or a long poll (anything else); `POST [base]` for the send half of
 //! SSE and long polling; `DELETE [base]` to end a long-polling connection.
 //!
-//! Negotiated connections that never connect expire after [`NEGOTIATE_EXPIRY`]. A token addresses at most one
+//! Negotiated connections that never connect expire after `NEGOTIATE_EXPIRY`. A token addresses at most one
 //! transport: a second WebSocket or SSE stream for it gets 409, another transport 400, a second concurrent POST
 //! 409, and a finished connection's token 404. A new poll while one is pending ends the older with 204
 //! (docs/protocol.md#later-polls). The connection task starts on the WebSocket upgrade, the SSE GET or the first

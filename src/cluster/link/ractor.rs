@@ -3,7 +3,7 @@
 //! # What this module owns
 //!
 //! [`RactorLinks`]: this process's ractor_cluster `NodeServer`, the TCP listener in front of it, and one link
-//! endpoint actor (remotable, in the process group [`endpoint_group`] of this incarnation) that sends and receives
+//! endpoint actor (remotable, in the process group `endpoint_group` of this incarnation) that sends and receives
 //! every link message. Each link has a bounded frame queue, a sender task that batches, and a credit window.
 //!
 //! * `handle`: [`RactorLinks`], the public handle: start-up (the process slot, the listener, the `NodeServer`, the
@@ -45,7 +45,7 @@
 //! ractor_cluster keeps process-global state (the `pg` groups and the actor registry, which every `NodeServer`
 //! announces to its peers), so several nodes in one process interfere. A process therefore holds at most one
 //! [`RactorLinks`]: a second [`RactorLinks::start`] while one runs returns [`LinkError::Start`]. In-process clusters
-//! use [`super::memory`] instead.
+//! use `super::memory` instead.
 //!
 //! ractor_cluster's `NodeServer` always runs a listener of its own; it is bound to `127.0.0.1` on an ephemeral port
 //! and never advertised: peers dial the listener this module binds on [`LinkConfig::listen`], whose accepted sockets

@@ -66,7 +66,7 @@ impl Drop for ProcessSlot {
 /// A process's links to its peers over ractor_cluster (see the module documentation). At most one per process.
 ///
 /// Dropping it stops the endpoint and the `NodeServer` with all its sessions (peers see the links go down) and frees
-/// the process's slot; [`RactorLinks::shutdown`] does the same and waits for it.
+/// the process's slot; `RactorLinks::shutdown` does the same and waits for it.
 pub struct RactorLinks {
     self_id: NodeId,
     advertised: String,
