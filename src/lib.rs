@@ -85,7 +85,7 @@ pub mod testing;
 pub mod semantics {}
 
 pub use cluster::{LinkConfig, MembershipConfig};
-pub use connection::{ClientResultError, ConnectionId, Limits, RequestHeaders, RequestInfo};
+pub use connection::{BoundsHit, ClientResultError, ConnectionId, Limits, RequestHeaders, RequestInfo};
 pub use hub::handler;
 pub use hub::{Caller, ClientProxy, ClientStream, Clients, Groups, Hub, HubContext, HubError, State, Streamed};
 pub use mesh::GroupError;

@@ -1,6 +1,8 @@
 //! Writing: the mailbox drained into [`Batch`]es (several records in one transport message), group and broadcast
 //! records held back to be coalesced with the next ones, and the write itself.
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::future::Either;
@@ -104,6 +106,14 @@ impl<T: Transport> Connection<T> {
                     let mut out = Vec::new();
                     match arguments.encode_invocation(self.protocol, &id, &target, &mut out) {
                         Ok(()) => {
+                            // Entries whose caller stopped waiting (timed out) go before the map would grow:
+                            // a client that never answers cannot make it grow without limit.
+                            if self.results.len() >= self.results.capacity() {
+                                let before = self.results.len();
+                                self.results.retain(|_, reply| !reply.is_closed());
+                                let abandoned = (before - self.results.len()) as u64;
+                                self.limits.bounds_hit.abandoned_results.fetch_add(abandoned, Ordering::Relaxed);
+                            }
                             self.results.insert(id, reply);
                             Some(Piece::Bytes(Bytes::from(out)))
                         }

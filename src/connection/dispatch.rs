@@ -2,6 +2,7 @@
 //! stream items, completions of client results, cancels), invocations started, and their replies and streams
 //! encoded back.
 
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -208,6 +209,26 @@ impl<T: Transport> Connection<T> {
             );
             return None;
         }
+        // Bounds on what the client's input can make this connection hold (docs/semantics.md#bounds).
+        if let Err(error) = self.room_for_streams(&stream_ids, streaming.then_some(invocation_id.as_deref()).flatten())
+        {
+            self.limits.bounds_hit.streams.fetch_add(1, Ordering::Relaxed);
+            reply_to(&invocation_id, format!("Failed to invoke '{target}'. {error}"));
+            return None;
+        }
+        if !streaming && stream_ids.is_empty() && self.current.is_some()
+            && self.queued.len() >= self.limits.max_queued_invocations
+        {
+            self.limits.bounds_hit.queued_invocations.fetch_add(1, Ordering::Relaxed);
+            return Some(Ending::Close {
+                error: Some(format!(
+                    "Connection closed with an error. Too many invocations waiting for a reply (at most {} may \
+                     queue behind the running one).",
+                    self.limits.max_queued_invocations
+                )),
+                allow_reconnect: false,
+            });
+        }
         let mut uploads = Vec::with_capacity(stream_ids.len());
         for stream_id in &stream_ids {
             let (tx, rx) = mpsc::channel(self.limits.stream_buffer.max(1));
@@ -280,6 +301,41 @@ impl<T: Transport> Connection<T> {
     }
 }
 
+impl<T: Transport> Connection<T> {
+    /// Whether an invocation that opens client-to-server streams `stream_ids` and, if `stream_id` is set, a
+    /// server-to-client stream of that id fits [`Limits::max_streams`](super::Limits::max_streams) with ids not in
+    /// use. Only invocations that stream reach the maps; entries of methods that ended without the client
+    /// completing their streams are dropped when the bound is reached.
+    fn room_for_streams(&mut self, stream_ids: &[String], stream_id: Option<&str>) -> Result<(), String> {
+        if stream_ids.is_empty() && stream_id.is_none() {
+            return Ok(());
+        }
+        let max = self.limits.max_streams;
+        if self.uploads.len() + stream_ids.len() > max {
+            self.uploads.retain(|_, upload| !upload.is_closed());
+        }
+        if let Some(id) = stream_ids.iter().find(|id| self.uploads.contains_key(id.as_str())) {
+            return Err(format!("The stream id '{id}' is already in use."));
+        }
+        if self.uploads.len() + stream_ids.len() > max {
+            return Err(format!(
+                "Too many client-to-server streams open on this connection (at most {max})."
+            ));
+        }
+        if let Some(id) = stream_id {
+            if self.streams.contains_key(id) {
+                return Err(format!("The invocation id '{id}' is already in use by a stream."));
+            }
+            if self.streams.len() >= max {
+                return Err(format!(
+                    "Too many server-to-client streams open on this connection (at most {max})."
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A streaming method's call once it was started: still running (awaiting something before it returns its
 /// stream), or returned.
 enum StreamCall {
@@ -341,10 +397,12 @@ async fn stream_reply(
             encode_error(protocol, &id, "A streaming method did not return a stream.")
         }
     };
+    // The id is forgotten before the client can see the Completion, so that it may use the id again at once
+    // (an id still in use is refused, see `room_for_streams`).
+    let _ = handle.send(Outbound::StreamEnded(Box::new(id))).await;
     if let Some(bytes) = ending {
         let _ = handle.send(Outbound::own(bytes)).await;
     }
-    let _ = handle.try_send(Outbound::StreamEnded(Box::new(id)));
 }
 
 fn encode_void(protocol: Protocol, id: &str) -> Option<Bytes> {

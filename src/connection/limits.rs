@@ -1,5 +1,7 @@
 //! [`Limits`]: the limits and timers every connection runs under.
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The limits and timers of every connection. Defaults are ASP.NET Core's where it has one.
@@ -40,6 +42,19 @@ pub struct Limits {
     /// The unacked bytes a stateful-reconnect connection buffers before it stops taking messages (ASP.NET's
     /// `StatefulReconnectBufferSize`, 100 000 bytes); see `src/connection/reconnect.rs` for the policy.
     pub reconnect_buffer_bytes: usize,
+    /// Blocking invocations a connection may have waiting behind the one that runs (the transport keeps being
+    /// read meanwhile). A client that sends more is closed with an error: it does not wait for its replies.
+    pub max_queued_invocations: usize,
+    /// Streams a connection may have open at once, in each direction: client-to-server streams (by the stream ids
+    /// the client chooses) and server-to-client streams. An invocation that would open more is refused with a
+    /// Completion error, as is one that reuses an id still open.
+    pub max_streams: usize,
+    /// Negotiated tokens of a hub not yet used by a transport, per node. Negotiating one more forgets the oldest
+    /// (whose client is the likeliest to have gone); unused tokens expire after 15 s anyway.
+    pub max_pending_negotiations: usize,
+    /// Not a limit: how often the node's connections hit the bounds above, for the node to report once it has a
+    /// metrics registry (there is none yet). Clones of these limits share it; a new `Limits` starts at zero.
+    pub bounds_hit: Arc<BoundsHit>,
 }
 
 impl Default for Limits {
@@ -58,6 +73,24 @@ impl Default for Limits {
             poll_disconnect_timeout: Duration::from_secs(15),
             reconnect_window: Duration::from_secs(15),
             reconnect_buffer_bytes: 100_000,
+            max_queued_invocations: 128,
+            max_streams: 100,
+            max_pending_negotiations: 100_000,
+            bounds_hit: Arc::default(),
         }
     }
+}
+
+/// How often each input bound was hit ([`Limits::bounds_hit`]). Counted only where a bound is hit, never per
+/// message.
+#[derive(Debug, Default)]
+pub struct BoundsHit {
+    /// Connections closed for queueing more than [`Limits::max_queued_invocations`].
+    pub queued_invocations: AtomicU64,
+    /// Invocations refused for opening more than [`Limits::max_streams`] (or reusing an open id).
+    pub streams: AtomicU64,
+    /// Client-result entries forgotten because their caller stopped waiting (timed out).
+    pub abandoned_results: AtomicU64,
+    /// Unused negotiated tokens forgotten to stay within [`Limits::max_pending_negotiations`].
+    pub negotiations: AtomicU64,
 }

@@ -42,6 +42,9 @@ pub const KEYS: &[&str] = &[
     "limits.keep_alive",
     "limits.client_timeout",
     "limits.write_coalesce",
+    "limits.max_queued_invocations",
+    "limits.max_streams",
+    "limits.max_pending_negotiations",
     "auth.secret",
     "auth.secret_file",
     "auth.public_key_file",
@@ -228,6 +231,13 @@ pub struct LimitsSection {
     /// writes each at once ([`Limits::write_coalesce`]).
     #[serde(deserialize_with = "de::duration")]
     pub write_coalesce: Duration,
+    /// Blocking invocations a connection may queue behind the running one; more closes it
+    /// ([`Limits::max_queued_invocations`]).
+    pub max_queued_invocations: usize,
+    /// Streams a connection may have open at once in each direction ([`Limits::max_streams`]).
+    pub max_streams: usize,
+    /// Negotiated tokens not yet used by a transport, per hub ([`Limits::max_pending_negotiations`]).
+    pub max_pending_negotiations: usize,
 }
 
 impl Default for LimitsSection {
@@ -239,6 +249,9 @@ impl Default for LimitsSection {
             keep_alive: limits.keep_alive,
             client_timeout: limits.client_timeout,
             write_coalesce: limits.write_coalesce,
+            max_queued_invocations: limits.max_queued_invocations,
+            max_streams: limits.max_streams,
+            max_pending_negotiations: limits.max_pending_negotiations,
         }
     }
 }

@@ -64,6 +64,9 @@ impl NodeConfig {
             keep_alive: self.limits.keep_alive,
             client_timeout: self.limits.client_timeout,
             write_coalesce: self.limits.write_coalesce,
+            max_queued_invocations: self.limits.max_queued_invocations,
+            max_streams: self.limits.max_streams,
+            max_pending_negotiations: self.limits.max_pending_negotiations,
             ..limits_defaults
         };
         if limits.max_message == 0 {
@@ -71,6 +74,12 @@ impl NodeConfig {
         }
         if limits.outbound_queue == 0 {
             problem("limits.outbound_queue", "must be at least 1".into());
+        }
+        if limits.max_streams == 0 {
+            problem("limits.max_streams", "must be at least 1".into());
+        }
+        if limits.max_pending_negotiations == 0 {
+            problem("limits.max_pending_negotiations", "must be at least 1".into());
         }
         if limits.keep_alive.is_zero() {
             problem("limits.keep_alive", "must be longer than zero".into());

@@ -1,7 +1,9 @@
 //! One hub as served over HTTP ([`HubEndpoint`]): its negotiated connection tokens, what each token addresses, and
 //! starting the connection task of a token's SSE or long-polling transport.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use tracing::Instrument;
 
 use super::super::Node;
 use crate::connection::reconnect::ResumeHandle;
-use crate::connection::{ConnectionId, ConnectionSetup, RequestInfo};
+use crate::connection::{ConnectionId, ConnectionSetup, BoundsHit, RequestInfo};
 use crate::hub::HubContext;
 use crate::transport::long_polling::LongPollingHandle;
 use crate::transport::{PostSender, TransportKind};
@@ -54,17 +56,72 @@ impl Active {
     }
 }
 
+/// A hub's negotiated tokens: the map requests look tokens up in (which it derefs to), and the tokens in the order
+/// they were negotiated, so that negotiate expires unused tokens from the oldest on, without scanning the map, and
+/// keeps at most [`Limits::max_pending_negotiations`](crate::connection::Limits::max_pending_negotiations) of them.
+#[derive(Default)]
+pub(super) struct Tokens {
+    map: HashMap<String, Negotiated>,
+    /// Tokens negotiated in the last [`NEGOTIATE_EXPIRY`] (and a few more), oldest first, with when. A token that
+    /// got a transport or was removed stays here until it ages out; only the map's entry counts.
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Deref for Tokens {
+    type Target = HashMap<String, Negotiated>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl DerefMut for Tokens {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
+}
+
+impl Tokens {
+    /// Adds a newly negotiated token. Unused tokens that expired are forgotten first, then, while more than `max`
+    /// tokens are in the order, the oldest (an unused one among them is dropped and counted in
+    /// `hit`): so a flood of negotiations costs a bounded amount of memory, and amortised constant time.
+    pub(super) fn insert_fresh(&mut self, token: String, negotiated: Negotiated, max: usize, hit: &BoundsHit) {
+        let now = negotiated.created;
+        while let Some((created, _)) = self.order.front() {
+            let expired = now.saturating_duration_since(*created) >= NEGOTIATE_EXPIRY;
+            if !expired && self.order.len() < max.max(1) {
+                break;
+            }
+            let Some((created, old)) = self.order.pop_front() else {
+                break;
+            };
+            let unused = self
+                .map
+                .get(&old)
+                .is_some_and(|entry| entry.active.is_none() && entry.created == created);
+            if unused {
+                self.map.remove(&old);
+                if !expired {
+                    hit.negotiations.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.order.push_back((now, token.clone()));
+        self.map.insert(token, negotiated);
+    }
+}
+
 /// One hub as served over HTTP: its context and its negotiated connection tokens.
 pub(crate) struct HubEndpoint {
     pub(crate) context: HubContext,
-    pub(super) tokens: Mutex<HashMap<String, Negotiated>>,
+    pub(super) tokens: Mutex<Tokens>,
 }
 
 impl HubEndpoint {
     pub(crate) fn new(context: HubContext) -> Self {
         HubEndpoint {
             context,
-            tokens: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(Tokens::default()),
         }
     }
 

@@ -6,7 +6,7 @@ use base64::Engine;
 use tokio::time::Instant;
 
 use super::super::Node;
-use super::endpoint::{HubEndpoint, Negotiated, IMPLEMENTED, NEGOTIATE_EXPIRY};
+use super::endpoint::{HubEndpoint, Negotiated, IMPLEMENTED};
 use crate::protocol::negotiate::{AvailableTransport, NegotiateResponse};
 use crate::protocol::TransferFormat;
 use crate::transport::TransportKind;
@@ -37,17 +37,17 @@ pub(super) fn negotiate(node: &Node, endpoint: &HubEndpoint, request: &HttpReque
         .map(|transport| AvailableTransport::new(transport.name(), transfer_formats(*transport)))
         .collect();
     {
-        let mut tokens = endpoint.tokens.lock();
-        tokens.retain(|_, negotiated| negotiated.active.is_some() || negotiated.created.elapsed() < NEGOTIATE_EXPIRY);
-        tokens.insert(
-            token.clone(),
-            Negotiated {
-                id: id.clone(),
-                created: Instant::now(),
-                stateful,
-                active: None,
-            },
-        );
+        let negotiated = Negotiated {
+            id: id.clone(),
+            created: Instant::now(),
+            stateful,
+            active: None,
+        };
+        let limits = node.limits();
+        endpoint
+            .tokens
+            .lock()
+            .insert_fresh(token.clone(), negotiated, limits.max_pending_negotiations, &limits.bounds_hit);
     }
     let body =
         NegotiateResponse::new(version.min(1), id.to_string(), token, transports).with_stateful_reconnect(stateful);
