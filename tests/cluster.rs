@@ -531,8 +531,6 @@ async fn users_and_caller_relative_targets_work_on_every_node() -> TestResult {
             let hub = format!("{}/users?user={user}", url(&cluster, index)?);
             clients.push(TestClient::to(&hub).connect().await?);
         }
-        // The user memberships are registered as the connections open; give the owners a moment.
-        tokio::time::sleep(Duration::from_millis(300)).await;
         clients[BOB]
             .send_invocation("SendToUser", json!(["alice", "hi alice"]))
             .await?;
@@ -562,6 +560,49 @@ async fn users_and_caller_relative_targets_work_on_every_node() -> TestResult {
         let context = cluster.context(1, "users").ok_or("no context")?;
         context.clients().user("bob").send("msg", ("from a context",))?;
         assert_each_gets(&mut clients, &[BOB], json!("from a context")).await?;
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
+
+/// Issue 13: a connection with a user is in its user's group cluster-wide once its handshake response arrives.
+/// Before the join was done ahead of the response, a send to the user from another node at that moment could
+/// reach the group's owner first and miss the connection, silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_to_a_user_right_after_its_handshake_arrives() -> TestResult {
+    timeout(Duration::from_secs(120), async {
+        let cluster = TestCluster::start(3, || vec![users_hub()]).await?;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        // All at once, so the nodes are busy with handshakes, as in a reconnect storm.
+        let mut rounds = tokio::task::JoinSet::new();
+        for round in 0..50 {
+            // A user of its own each round, so the users' groups are owned by every node in turn.
+            let user = format!("user-{round}");
+            let node = round % 3;
+            let hub = format!("{}/users?user={user}", url(&cluster, node)?);
+            let sender = cluster.context((node + 1) % 3, "users").ok_or("no context")?;
+            rounds.spawn(async move {
+                // `connect` returns when the handshake response is in; the send goes out at once, from another
+                // node.
+                let mut client = TestClient::to(&hub).connect().await?;
+                sender.clients().user(&user).send("msg", (round,))?;
+                let arrived = client.next_msg(Duration::from_secs(5)).await? == Some(json!(round));
+                TestResult::Ok((round, arrived))
+            });
+        }
+        let mut missed = Vec::new();
+        while let Some(outcome) = rounds.join_next().await {
+            let (round, arrived) = outcome??;
+            if !arrived {
+                missed.push(round);
+            }
+        }
+        missed.sort_unstable();
+        assert!(
+            missed.is_empty(),
+            "sends to a just-connected user missed in rounds {missed:?} of 50"
+        );
         cluster.stop().await;
         TestResult::Ok(())
     })
