@@ -459,6 +459,15 @@ impl HubContext {
         &self.runtime.router
     }
 
+    /// Whether the hub's requirement (if any) allows this connection's user.
+    fn admits(&self, session: &Session) -> bool {
+        self.runtime
+            .hub
+            .requirement
+            .as_ref()
+            .is_none_or(|requirement| requirement.allows(session.claims.as_deref()))
+    }
+
     fn caller(&self, session: &Arc<Session>) -> Caller {
         Caller::new(session.clone(), self.clone())
     }
@@ -527,26 +536,13 @@ impl ConnectionHost for HubContext {
     fn connected(&self, session: &Arc<Session>) -> BoxFuture<'static, Result<(), String>> {
         // The HTTP layer refuses unauthorized requests before a connection starts; this keeps a hub that requires
         // a user safe from any other way in.
-        if let Some(requirement) = &self.runtime.hub.requirement {
-            if !requirement.allows(session.claims.as_deref()) {
-                return Box::pin(async {
-                    Err("Connection closed with an error. The user is unauthorized.".to_owned())
-                });
-            }
+        if !self.admits(session) {
+            return Box::pin(async { Err("Connection closed with an error. The user is unauthorized.".to_owned()) });
         }
         self.runtime.add_connection(session.id.clone(), session.handle.clone());
         let context = self.clone();
         let caller = self.caller(session);
-        let session = session.clone();
         Box::pin(async move {
-            if let Some(user) = &session.user {
-                let key = GroupKey::user(context.name(), user);
-                context
-                    .router()
-                    .group_add(key, session.id.clone())
-                    .await
-                    .map_err(|error| HubError::from(error).to_string())?;
-            }
             match &context.runtime.hub.on_connected {
                 Some(hook) => hook(caller)
                     .await
@@ -554,6 +550,24 @@ impl ConnectionHost for HubContext {
                 None => Ok(()),
             }
         })
+    }
+
+    /// Joins a connection with a user to its user's group, at the group's owner, before the handshake response:
+    /// a send to the user from anywhere once the client has its response reaches it. Nothing to do without a user
+    /// (or when `connected` refused the connection); no cluster round trip when this node owns the group.
+    fn admit(&self, session: &Arc<Session>) -> Option<BoxFuture<'static, Result<(), String>>> {
+        let user = session.user.as_deref().filter(|_| self.admits(session))?;
+        let key = GroupKey::user(self.name(), user);
+        let router = self.router().clone();
+        let id = session.id.clone();
+        Some(Box::pin(async move {
+            router.group_add(key, id).await.map_err(|error| {
+                format!(
+                    "Connection closed with an error. The user's group could not be joined: {}",
+                    HubError::from(error)
+                )
+            })
+        }))
     }
 
     fn disconnected(&self, session: &Arc<Session>, _error: Option<String>) -> BoxFuture<'static, ()> {

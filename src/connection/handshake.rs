@@ -101,7 +101,17 @@ impl<T: Transport> Connection<T> {
         // Registered before the response goes out: a client that has it may at once have the server address this
         // connection (a hub method another client calls, an HTTP request of its own), and must not find it missing.
         // What the hub sends meanwhile waits in the mailbox, which is read after the response is written.
-        let connected = connection.host.connected(&connection.session);
+        let mut connected = connection.host.connected(&connection.session);
+        // Done before the response too, for the same reason: a user's connection must be in its user's group
+        // cluster-wide once its client has the response, or a send to the user at once could miss it.
+        if let Some(admit) = connection.host.admit(&connection.session) {
+            if let Err(error) = admit.await {
+                tracing::debug!(%error, "not admitted");
+                // Queued before anything else the main loop reads, so it is the first thing after the response.
+                connection.session.handle.close(Some(error), true);
+                connected = Box::pin(async { Ok(()) });
+            }
+        }
         let mut response = Vec::new();
         handshake::write_response(None, &mut response);
         match connection.write(Bytes::from(response)).await {

@@ -84,6 +84,15 @@ pub trait ConnectionHost: Send + Sync + 'static {
     /// closes the connection with that error.
     fn connected(&self, session: &Arc<Session>) -> BoxFuture<'static, Result<(), String>>;
 
+    /// Work that must be complete before the handshake response is sent, called right after `connected`:
+    /// what makes the connection addressable but cannot be done in a call (its user's group, whose owner may be
+    /// another node). `None` when there is none, which costs nothing. An `Err` does not refuse the handshake: the
+    /// response is sent, then the connection closes with that error and `allowReconnect` (the client may retry at
+    /// once), without running the future of `connected`.
+    fn admit(&self, _session: &Arc<Session>) -> Option<BoxFuture<'static, Result<(), String>>> {
+        None
+    }
+
     /// The connection ended.
     fn disconnected(&self, session: &Arc<Session>, error: Option<String>) -> BoxFuture<'static, ()>;
 
