@@ -23,8 +23,9 @@
 //!
 //! Blocking invocations run one at a time, in arrival order, inside this task (ASP.NET's default of one
 //! parallel invocation per client), so what one invocation sends reaches the client before what the next sends.
-//! At most `Limits::max_queued_invocations` may wait; a client that queues more is closed (docs/semantics.md#bounds
-//! gives this and the other bounds on what a client's input makes a connection hold).
+//! Once `Limits::max_queued_invocations` wait, the transport is not read until they drain (backpressure, as
+//! ASP.NET applies it; docs/semantics.md#bounds gives this and the other bounds on what a client's input makes a
+//! connection hold).
 //! Streaming methods and methods that take client streams run as their own tasks, since they last. A streaming
 //! method is started inside this task, up to its first await, before the next record is dispatched (as ASP.NET
 //! starts it): a CancelInvocation right behind its StreamInvocation cancels the token of a method that ran.

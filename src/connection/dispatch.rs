@@ -216,19 +216,6 @@ impl<T: Transport> Connection<T> {
             reply_to(&invocation_id, format!("Failed to invoke '{target}'. {error}"));
             return None;
         }
-        if !streaming && stream_ids.is_empty() && self.current.is_some()
-            && self.queued.len() >= self.limits.max_queued_invocations
-        {
-            self.limits.bounds_hit.queued_invocations.fetch_add(1, Ordering::Relaxed);
-            return Some(Ending::Close {
-                error: Some(format!(
-                    "Connection closed with an error. Too many invocations waiting for a reply (at most {} may \
-                     queue behind the running one).",
-                    self.limits.max_queued_invocations
-                )),
-                allow_reconnect: false,
-            });
-        }
         let mut uploads = Vec::with_capacity(stream_ids.len());
         for stream_id in &stream_ids {
             let (tx, rx) = mpsc::channel(self.limits.stream_buffer.max(1));
@@ -293,6 +280,10 @@ impl<T: Transport> Connection<T> {
                 self.current = Some(run);
             } else {
                 self.queued.push_back(run);
+                if self.queued.len() == self.limits.max_queued_invocations {
+                    // The connection stops reading its transport until the queue drains (`task.rs`).
+                    self.limits.bounds_hit.queued_invocations.fetch_add(1, Ordering::Relaxed);
+                }
             }
         } else {
             tokio::spawn(run.instrument(tracing::Span::current()));

@@ -42,8 +42,8 @@ pub struct Limits {
     /// The unacked bytes a stateful-reconnect connection buffers before it stops taking messages (ASP.NET's
     /// `StatefulReconnectBufferSize`, 100 000 bytes); see `src/connection/reconnect.rs` for the policy.
     pub reconnect_buffer_bytes: usize,
-    /// Blocking invocations a connection may have waiting behind the one that runs (the transport keeps being
-    /// read meanwhile). A client that sends more is closed with an error: it does not wait for its replies.
+    /// Blocking invocations a connection may have waiting behind the one that runs before it stops reading its
+    /// transport until they drain (backpressure; what one read held is still dispatched).
     pub max_queued_invocations: usize,
     /// Streams a connection may have open at once, in each direction: client-to-server streams (by the stream ids
     /// the client chooses) and server-to-client streams. An invocation that would open more is refused with a
@@ -85,7 +85,7 @@ impl Default for Limits {
 /// message.
 #[derive(Debug, Default)]
 pub struct BoundsHit {
-    /// Connections closed for queueing more than [`Limits::max_queued_invocations`].
+    /// Times a connection stopped reading because [`Limits::max_queued_invocations`] were waiting.
     pub queued_invocations: AtomicU64,
     /// Invocations refused for opening more than [`Limits::max_streams`] (or reusing an open id).
     pub streams: AtomicU64,

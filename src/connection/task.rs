@@ -163,6 +163,10 @@ impl<T: Transport> Connection<T> {
             let has_current = self.current.is_some();
             // A full replay buffer takes nothing more until the client acks (see `reconnect`).
             let buffer_full = self.stateful.as_ref().is_some_and(|stateful| stateful.sent.is_full());
+            // Backpressure, as ASP.NET applies it: while `max_queued_invocations` wait behind the running one, the
+            // transport is not read (what one read held is still dispatched), so a client's burst waits in its
+            // socket, not in this task.
+            let backlogged = self.queued.len() >= self.limits.max_queued_invocations;
             tokio::select! {
                 biased;
                 // Otherwise the ending flag wakes the mailbox's receive.
@@ -175,7 +179,7 @@ impl<T: Transport> Connection<T> {
                 () = poll_current(&mut self.current), if has_current => {
                     self.current = self.queued.pop_front();
                 }
-                chunk = self.recv_gate.recv(&mut self.transport) => {
+                chunk = self.recv_gate.recv(&mut self.transport), if !backlogged => {
                     match chunk {
                         None if !self.transport.closed_by_client() && self.detach() => {}
                         None => return Ending::ClientClosed,
