@@ -75,7 +75,7 @@ pub(super) enum Done {
 }
 
 /// Runs the membership queue of `router` until the router is gone: applies each op as it arrives, and every
-/// 100 ms ends settling and expires orphans that waited too long.
+/// 100 ms ends settling, expires orphans that waited too long, and retries held group sends.
 pub(super) async fn run_membership_queue<H: LocalHub>(
     weak: Weak<Router<H>>,
     mut queue: mpsc::UnboundedReceiver<MembershipOp>,
@@ -93,8 +93,12 @@ pub(super) async fn run_membership_queue<H: LocalHub>(
         let Some(router) = weak.upgrade() else {
             return;
         };
-        if let Some(op) = op {
-            router.apply(op, &mut state).await;
+        match op {
+            Some(op) => router.apply(op, &mut state).await,
+            // Held sends are otherwise retried only by the next send, a link that comes up, or a view change: a
+            // link whose queue was full (a slow peer) drains with no event, and the last sends before a quiet
+            // spell would wait for the next one.
+            None => router.flush_held(),
         }
         router.housekeep(&mut state);
     }
