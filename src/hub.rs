@@ -91,6 +91,9 @@ impl From<MeshError> for HubError {
             MeshError::UnknownConnection(id) => HubError::UnknownConnection(id),
             MeshError::Group(error) => HubError::Group(error),
             MeshError::ClientResult(error) => HubError::ClientResult(error),
+            error @ (MeshError::Busy(_) | MeshError::NodeGone(_)) => {
+                HubError::Group(GroupError::Unavailable(error.to_string()))
+            }
         }
     }
 }

@@ -33,6 +33,8 @@
 //! * `mesh/members.rs`: joining, leaving, counting and listing a group, from any node.
 //! * `mesh/requests.rs`: request/reply between nodes, and serving a peer's requests (client results included).
 //! * `mesh/rehome.rs`: the cluster's membership changes: snapshots and re-homing.
+//! * `mesh/relay.rs`: connections served by a node other than their home (adopted), and the requests the node
+//!   layer relays between nodes for them.
 //!
 //! # What it may call
 //!
@@ -57,6 +59,7 @@ mod inbound;
 mod members;
 mod owner;
 mod rehome;
+mod relay;
 mod requests;
 mod router;
 
@@ -69,7 +72,10 @@ pub use group::{GroupError, GroupKey};
 pub use group::{GroupKind, Stamp};
 #[cfg(feature = "internals")]
 pub use group_send::HELD_SENDS_CAP;
-pub(crate) use router::Router;
+pub(crate) use relay::RelayHost;
+#[cfg(feature = "internals")]
+pub use relay::MAX_ADOPTED_OUT;
+pub(crate) use router::{node_of, Router};
 
 /// Why a mesh operation failed. The hub layer turns it into a `HubError` with the same text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,6 +89,12 @@ pub enum MeshError {
     /// A client result failed.
     #[error(transparent)]
     ClientResult(#[from] ClientResultError),
+    /// The link to a node is full (it is slow or stalled): try again later.
+    #[error("the link to node '{0}' is full")]
+    Busy(String),
+    /// The node that holds what was asked for is not (or no longer) in the cluster.
+    #[error("node '{0}' is not in the cluster")]
+    NodeGone(String),
 }
 
 /// A hub running on this node, as the mesh sees it: its local connections and its table of local group

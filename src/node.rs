@@ -33,7 +33,8 @@ use crate::auth::Authenticator;
 use crate::cluster::{LinkConfig, MembershipConfig, MembershipView, NodeStatus};
 use crate::connection::{Limits, WakeRelay, WakeRelays};
 use crate::hub::{Hub, HubContext, NodeRouter};
-use http::HubEndpoint;
+use crate::mesh::RelayHost;
+use http::{HubEndpoint, NodeRelays, TokenKeys};
 use readiness::Lifecycle;
 use tls::TlsConfig;
 
@@ -184,8 +185,12 @@ pub struct Node {
     inner: Arc<NodeInner>,
 }
 
-struct NodeInner {
+pub(crate) struct NodeInner {
     name: String,
+    /// What connection tokens are issued and checked with (`http::TokenKeys`).
+    token_keys: TokenKeys,
+    /// Serves the requests peers relay to this node; the router holds it weakly.
+    relays: Arc<NodeRelays>,
     router: Arc<NodeRouter>,
     cluster: tokio::sync::Mutex<Option<cluster::ClusterRuntime>>,
     /// By lower-cased path.
@@ -259,6 +264,23 @@ impl Node {
 
     pub(crate) fn endpoint(&self, path: &str) -> Option<&Arc<HubEndpoint>> {
         self.inner.endpoints.get(path)
+    }
+
+    /// The hubs this node serves over HTTP.
+    pub(crate) fn endpoints(&self) -> impl Iterator<Item = &Arc<HubEndpoint>> {
+        self.inner.endpoints.values()
+    }
+
+    pub(crate) fn from_inner(inner: Arc<NodeInner>) -> Node {
+        Node { inner }
+    }
+
+    pub(crate) fn router(&self) -> &NodeRouter {
+        &self.inner.router
+    }
+
+    pub(crate) fn token_keys(&self) -> &TokenKeys {
+        &self.inner.token_keys
     }
 
     pub(crate) fn limits(&self) -> &Limits {
@@ -408,7 +430,7 @@ impl NodeBuilder {
         if self.cluster.is_some() {
             return Err(NodeError::ClusterNotJoined);
         }
-        let node = self.build_alone()?;
+        let node = self.build_alone(TokenKeys::random())?;
         node.set_lifecycle_status(NodeStatus::Serving);
         Ok(node)
     }
@@ -437,7 +459,12 @@ impl NodeBuilder {
     /// ```
     pub async fn build_and_join(mut self) -> Result<Node, NodeError> {
         let cluster_settings = self.cluster.take();
-        let node = self.build_alone()?;
+        // Every node of a cluster checks the tokens any of them issued (`http::TokenKeys`).
+        let token_keys = match &cluster_settings {
+            Some(settings) => TokenKeys::from_secrets(&settings.link.secret, &settings.link.previous_secrets),
+            None => TokenKeys::random(),
+        };
+        let node = self.build_alone(token_keys)?;
         if let Some(settings) = cluster_settings {
             let hubs = node
                 .inner
@@ -461,7 +488,7 @@ impl NodeBuilder {
     }
 
     /// Builds the node's hubs, without a cluster.
-    fn build_alone(self) -> Result<Node, NodeError> {
+    fn build_alone(self, token_keys: TokenKeys) -> Result<Node, NodeError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NodeError::NoRuntime)?;
         let span = tracing::info_span!("node", node = %self.name);
         let router = NodeRouter::new(&self.name, runtime, span.clone());
@@ -477,28 +504,31 @@ impl NodeBuilder {
                 });
             }
             let context = HubContext::start(hub, router.clone());
-            endpoints.insert(path, Arc::new(HubEndpoint::new(context)));
+            endpoints.insert(path.clone(), Arc::new(HubEndpoint::new(context, path)));
         }
         let send_only = self
             .send_only
             .iter()
             .map(|name| HubContext::start(Hub::new(name), router.clone()))
             .collect();
-        Ok(Node {
-            inner: Arc::new(NodeInner {
-                name: self.name,
-                router,
-                cluster: tokio::sync::Mutex::new(None),
-                endpoints,
-                send_only,
-                limits: Arc::new(self.limits),
-                auth: self.auth.map(Arc::new),
-                span,
-                wake_relays: WakeRelays::default(),
-                lifecycle: Lifecycle::joining(),
-                started: std::time::SystemTime::now(),
-            }),
-        })
+        let inner = Arc::new_cyclic(|inner| NodeInner {
+            name: self.name,
+            token_keys,
+            relays: Arc::new(NodeRelays(inner.clone())),
+            router,
+            cluster: tokio::sync::Mutex::new(None),
+            endpoints,
+            send_only,
+            limits: Arc::new(self.limits),
+            auth: self.auth.map(Arc::new),
+            span,
+            wake_relays: WakeRelays::default(),
+            lifecycle: Lifecycle::joining(),
+            started: std::time::SystemTime::now(),
+        });
+        let relays: Arc<dyn RelayHost> = inner.relays.clone();
+        inner.router.set_relay_host(Arc::downgrade(&relays));
+        Ok(Node { inner })
     }
 
     /// Builds the node, joins its cluster (if [`NodeBuilder::cluster`] was given) and serves it over HTTP (or

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::protocol::TransferFormat;
 
 /// The transports of the SignalR negotiate response, with their exact names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum TransportKind {
     /// `WebSockets`.
     WebSockets,

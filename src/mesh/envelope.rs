@@ -95,6 +95,8 @@ pub(super) enum Request {
         arguments: Bytes,
         timeout_ms: u64,
     },
+    /// A request of the node layer's, relayed to the node that can serve it (see `super::relay`).
+    Relay { payload: Bytes },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -105,6 +107,8 @@ pub(super) enum Answer {
     /// A client's result as MessagePack, or none (void).
     Value(Option<Bytes>),
     Failed(WireError),
+    /// The node layer's answer to a [`Request::Relay`].
+    Relayed(Bytes),
     /// The peer left before it answered (made locally, never sent).
     PeerLeft,
 }
@@ -118,6 +122,10 @@ pub(super) enum WireError {
     Client(String),
     Timeout(u64),
     BadResult(String),
+    /// The link to a node was full.
+    Busy(String),
+    /// A node left.
+    NodeGone(String),
 }
 
 impl From<MeshError> for WireError {
@@ -131,6 +139,8 @@ impl From<MeshError> for WireError {
             }
             MeshError::ClientResult(ClientResultError::BadResult(message)) => WireError::BadResult(message),
             MeshError::Group(error) => WireError::Group(error.to_string()),
+            MeshError::Busy(node) => WireError::Busy(node),
+            MeshError::NodeGone(node) => WireError::NodeGone(node),
         }
     }
 }
@@ -147,6 +157,8 @@ impl From<WireError> for MeshError {
             WireError::Client(message) => MeshError::ClientResult(ClientResultError::Client(message)),
             WireError::Timeout(ms) => MeshError::ClientResult(ClientResultError::Timeout(Duration::from_millis(ms))),
             WireError::BadResult(message) => MeshError::ClientResult(ClientResultError::BadResult(message)),
+            WireError::Busy(node) => MeshError::Busy(node),
+            WireError::NodeGone(node) => MeshError::NodeGone(node),
         }
     }
 }

@@ -43,11 +43,7 @@ impl<H: LocalHub> Router<H> {
                     runtime.deliver_all(&frame.into_frame(), &except);
                 }
             }
-            Envelope::ToConnections { hub, ids, frame } => {
-                if let Some(runtime) = self.hub(&hub) {
-                    runtime.deliver_to(&ids, &frame.into_frame());
-                }
-            }
+            Envelope::ToConnections { hub, ids, frame } => self.deliver_to_connections(&hub, ids, frame),
             Envelope::GroupSend {
                 key,
                 except,

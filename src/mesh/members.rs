@@ -24,21 +24,20 @@ impl<H: LocalHub> Router<H> {
 
     /// Joins or leaves on the connection's own node, which records it locally and then at the group's owner.
     async fn change_membership(&self, key: GroupKey, connection: ConnectionId, join: bool) -> Result<(), MeshError> {
-        let home = self.home_of(&connection).to_owned();
-        if self.is_local(&home) {
+        let Some(server) = self.server_of(&key.hub, &connection) else {
             return if join {
                 self.join_local(key, connection).await
             } else {
                 self.leave_local(key, connection).await
             };
-        }
+        };
         let id = connection.clone();
         let request = if join {
             Request::Join { key, connection }
         } else {
             Request::Leave { key, connection }
         };
-        match self.request(&home, request).await {
+        match self.request(&server, request).await {
             Answer::Done => Ok(()),
             Answer::PeerLeft => Err(MeshError::UnknownConnection(id.to_string())),
             answer => Err(unexpected(answer)),

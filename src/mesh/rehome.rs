@@ -62,6 +62,7 @@ impl<H: LocalHub> Router<H> {
             // A node that came back as a new generation is in both lists (by name): only the old incarnation's
             // requests fail and only its members go; the new one's are kept.
             self.fail_pending(node);
+            self.peer_left_relays(node);
         }
         if !left.is_empty() {
             self.enqueue(MembershipOp::NodesLeft { nodes: left.clone() });

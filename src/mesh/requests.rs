@@ -36,16 +36,9 @@ impl<H: LocalHub> Router<H> {
         arguments: RawValue,
         timeout: Duration,
     ) -> Result<Option<RawValue>, MeshError> {
-        let home = self.home_of(connection).to_owned();
-        if self.is_local(&home) {
-            let runtime = self
-                .hub(hub)
-                .ok_or_else(|| MeshError::UnknownConnection(connection.to_string()))?;
-            let handle = runtime
-                .handle_of(connection)
-                .ok_or_else(|| MeshError::UnknownConnection(connection.to_string()))?;
-            return Ok(handle.invoke(target, arguments, timeout).await?);
-        }
+        let Some(server) = self.server_of(hub, connection) else {
+            return self.invoke_here(hub, connection, target, arguments, timeout).await;
+        };
         let arguments = match arguments {
             RawValue::MsgPack(bytes) => bytes,
             other => match RawValue::encode(Protocol::MessagePack, &other) {
@@ -65,7 +58,7 @@ impl<H: LocalHub> Router<H> {
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         };
         let answer = self
-            .request_with_timeout(&home, request, timeout + Duration::from_secs(1))
+            .request_with_timeout(&server, request, timeout + Duration::from_secs(1))
             .await;
         match answer {
             Answer::Value(None) => Ok(None),
@@ -77,6 +70,24 @@ impl<H: LocalHub> Router<H> {
             ))),
             answer => Err(unexpected(answer)),
         }
+    }
+
+    /// A client result from a connection served by this node.
+    async fn invoke_here(
+        &self,
+        hub: &Arc<str>,
+        connection: &ConnectionId,
+        target: &str,
+        arguments: RawValue,
+        timeout: Duration,
+    ) -> Result<Option<RawValue>, MeshError> {
+        let runtime = self
+            .hub(hub)
+            .ok_or_else(|| MeshError::UnknownConnection(connection.to_string()))?;
+        let handle = runtime
+            .handle_of(connection)
+            .ok_or_else(|| MeshError::UnknownConnection(connection.to_string()))?;
+        Ok(handle.invoke(target, arguments, timeout).await?)
     }
 
     pub(super) async fn request(&self, node: &str, request: Request) -> Answer {
@@ -109,6 +120,10 @@ impl<H: LocalHub> Router<H> {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(250));
                 }
+                Err(LinkError::QueueFull(_)) => {
+                    self.pending.lock().remove(&id);
+                    return Answer::Failed(WireError::Busy(node.to_owned()));
+                }
                 Err(error) => {
                     self.pending.lock().remove(&id);
                     tracing::debug!(parent: &self.span, %error, node, "a request could not be sent");
@@ -131,8 +146,18 @@ impl<H: LocalHub> Router<H> {
     pub(super) async fn serve(&self, from: &NodeId, request: Request) -> Answer {
         let result: Result<Answer, MeshError> = async {
             Ok(match request {
+                // Sent to the connection's home, which passes it on to the node serving it if that is another
+                // (once: a node that is not the home only looks here, so a request never goes round in circles).
+                Request::Join { key, connection } if self.is_local(self.home_of(&connection)) => {
+                    self.group_add(key, connection).await?;
+                    Answer::Done
+                }
                 Request::Join { key, connection } => {
                     self.join_local(key, connection).await?;
+                    Answer::Done
+                }
+                Request::Leave { key, connection } if self.is_local(self.home_of(&connection)) => {
+                    self.group_remove(key, connection).await?;
                     Answer::Done
                 }
                 Request::Leave { key, connection } => {
@@ -155,9 +180,12 @@ impl<H: LocalHub> Router<H> {
                 } => {
                     let arguments = RawValue::from_msgpack_bytes(arguments)
                         .map_err(|error| MeshError::ClientResult(ClientResultError::BadResult(error.to_string())))?;
-                    let value = self
-                        .invoke(&hub, &connection, &target, arguments, Duration::from_millis(timeout_ms))
-                        .await?;
+                    let timeout = Duration::from_millis(timeout_ms);
+                    let value = if self.is_local(self.home_of(&connection)) {
+                        self.invoke(&hub, &connection, &target, arguments, timeout).await?
+                    } else {
+                        self.invoke_here(&hub, &connection, &target, arguments, timeout).await?
+                    };
                     let value = match value {
                         None => None,
                         Some(RawValue::MsgPack(bytes)) => Some(bytes),
@@ -168,6 +196,7 @@ impl<H: LocalHub> Router<H> {
                     };
                     Answer::Value(value)
                 }
+                Request::Relay { payload } => self.serve_relay(from, payload).await,
             })
         }
         .await;

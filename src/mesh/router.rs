@@ -23,6 +23,7 @@ use super::envelope::{Envelope, WireFrame};
 use super::group::GroupKey;
 use super::group_send::{HeldSend, Retained};
 use super::owner::MembershipOp;
+use super::relay::{AdoptedOut, RelayHost};
 use super::requests::Pending;
 use super::LocalHub;
 use crate::cluster::{LinkError, Links, NodeId};
@@ -53,6 +54,13 @@ pub(crate) struct Router<H> {
     /// incarnation still had in flight is ignored. Bounded by the names of the cluster.
     pub(super) departed: Mutex<HashMap<Arc<str>, u64>>,
     pub(super) ops: tokio::sync::mpsc::UnboundedSender<MembershipOp>,
+    /// The node layer's side of relays (see `super::relay`).
+    pub(super) relay_host: RwLock<Option<Weak<dyn RelayHost>>>,
+    /// Connections negotiated here that run on other nodes, with their server (bounded by
+    /// [`super::relay::MAX_ADOPTED_OUT`]).
+    pub(super) adopted_out: Mutex<AdoptedOut>,
+    /// Adoptions refused at that bound.
+    pub(super) adoptions_refused: AtomicU64,
     pub(super) span: tracing::Span,
 }
 
@@ -83,6 +91,9 @@ impl<H: LocalHub> Router<H> {
             delivered: Mutex::new(HashMap::new()),
             departed: Mutex::new(HashMap::new()),
             ops,
+            relay_host: RwLock::new(None),
+            adopted_out: Mutex::new(AdoptedOut::new()),
+            adoptions_refused: AtomicU64::new(0),
             span,
         });
         runtime.spawn(super::owner::run_membership_queue(Arc::downgrade(&router), queue));
@@ -224,27 +235,80 @@ impl<H: LocalHub> Router<H> {
         }
     }
 
-    /// Delivers `frame` to these connections, wherever they live.
+    /// Delivers `frame` to these connections, wherever they live: straight to the node that serves each one
+    /// (its home, unless this node knows better), and through every live peer when that node is gone (only the
+    /// node that serves an adopted connection delivers it).
     pub(crate) fn to_connections(&self, hub: &Arc<str>, ids: &[ConnectionId], frame: Arc<SharedFrame>) {
-        let mut by_node: HashMap<&str, Vec<ConnectionId>> = HashMap::new();
+        let mut by_node: HashMap<Option<String>, Vec<ConnectionId>> = HashMap::new();
         for id in ids {
-            by_node.entry(self.home_of(id)).or_default().push(id.clone());
+            by_node.entry(self.server_of(hub, id)).or_default().push(id.clone());
         }
         let mut wire = None;
         for (node, ids) in by_node {
-            if self.is_local(node) {
+            let Some(node) = node else {
                 if let Some(runtime) = self.hub(hub) {
                     runtime.deliver_to(&ids, &frame);
                 }
                 continue;
-            }
+            };
             let envelope = Envelope::ToConnections {
                 hub: hub.clone(),
                 ids,
                 frame: wire.get_or_insert_with(|| WireFrame::of(&frame)).clone(),
             };
-            if let Err(error) = self.send_to(node, &envelope) {
+            if self.live_peer(&node).is_none() {
+                // The home is gone; a connection it negotiated may still run on a live node.
+                for peer in self.peers() {
+                    let _ = self.send_to_peer(&peer, &envelope);
+                }
+                continue;
+            }
+            if let Err(error) = self.send_to(&node, &envelope) {
                 tracing::debug!(parent: &self.span, %error, node, "a send to connections of a node failed");
+            }
+        }
+    }
+
+    /// Delivers a peer's send to connections: those served here, and on to the server of those negotiated here
+    /// that run elsewhere.
+    pub(super) fn deliver_to_connections(&self, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame) {
+        let adopted: Vec<(ConnectionId, NodeId)> = {
+            let adopted_out = self.adopted_out.lock();
+            if adopted_out.is_empty() {
+                Vec::new()
+            } else {
+                ids.iter()
+                    .filter_map(|id| adopted_out.get(id).map(|server| (id.clone(), server.clone())))
+                    .collect()
+            }
+        };
+        if adopted.is_empty() {
+            if let Some(runtime) = self.hub(hub) {
+                runtime.deliver_to(&ids, &frame.into_frame());
+            }
+            return;
+        }
+        let here: Vec<ConnectionId> = ids
+            .into_iter()
+            .filter(|id| !adopted.iter().any(|(away, _)| away == id))
+            .collect();
+        let mut by_server: HashMap<NodeId, Vec<ConnectionId>> = HashMap::new();
+        for (id, server) in adopted {
+            by_server.entry(server).or_default().push(id);
+        }
+        for (server, ids) in by_server {
+            let envelope = Envelope::ToConnections {
+                hub: hub.clone(),
+                ids,
+                frame: frame.clone(),
+            };
+            if let Err(error) = self.send_to_peer(&server, &envelope) {
+                tracing::debug!(parent: &self.span, %error, %server, "a send to an adopted connection failed");
+            }
+        }
+        if !here.is_empty() {
+            if let Some(runtime) = self.hub(hub) {
+                runtime.deliver_to(&here, &frame.into_frame());
             }
         }
     }

@@ -33,15 +33,21 @@
 //! * `negotiate`: `POST [base]/negotiate`;
 //! * `access`: authentication, the 401 and 403 refusals, and the request info hub code sees;
 //! * `websocket`, `sse`, `long_polling`: the handler of each transport (`long_polling` also answers `DELETE`);
-//! * `send`: `POST [base]`, the send half of SSE and long polling.
+//! * `send`: `POST [base]`, the send half of SSE and long polling;
+//! * `token`: connection tokens any node of the cluster can check; `relay`: the requests of a connection that
+//!   reach a node other than the one holding it (adopted WebSockets and SSE streams, relayed polls, POSTs and
+//!   DELETEs); `reply`: a transport request's answer as data that can cross the links.
 
 mod access;
 mod endpoint;
 mod health;
 mod long_polling;
 mod negotiate;
+mod relay;
+mod reply;
 mod send;
 mod sse;
+mod token;
 mod websocket;
 
 use actix_web::http::{header, Method, StatusCode};
@@ -56,14 +62,18 @@ use crate::connection::{
 #[cfg(doc)]
 use crate::hub::HubContext;
 use crate::transport::TransportKind;
-use access::authenticate;
+use access::{authenticate, request_info};
 use long_polling::{delete, long_poll};
 use negotiate::negotiate;
-use send::post;
+use relay::Route;
+use reply::Reply;
+use send::{post, read_body};
 use sse::connect_sse;
 use websocket::{accept_websocket, is_websocket_upgrade, upgrade_with_actix_ws};
 
 pub(crate) use endpoint::HubEndpoint;
+pub(crate) use relay::NodeRelays;
+pub(crate) use token::TokenKeys;
 // The test server's raw `/echo` transports use these too.
 #[cfg(feature = "test-util")]
 pub(crate) use endpoint::NEGOTIATE_EXPIRY;
@@ -143,7 +153,7 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
     let token = crate::hub::url_query_value(request.query_string(), "id");
     match *request.method() {
         Method::GET if is_websocket_upgrade(request.head()) => {
-            match accept_websocket(&node, endpoint, token, request.head(), user) {
+            match accept_websocket(&node, endpoint, token, request.head(), user).await {
                 Ok(accepted) => upgrade_with_actix_ws(accepted, &request, body),
                 Err(refusal) => *refusal,
             }
@@ -171,18 +181,36 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
                     ));
             }
             if wants_sse {
-                connect_sse(&node, endpoint, token, &request, user)
-            } else {
-                long_poll(&node, endpoint, token, &request, user).await
+                return connect_sse(&node, endpoint, token, &request, user).await;
             }
+            let info = || request_info(request.head(), user);
+            match relay::route(&node, &endpoint, &token) {
+                Route::Here => long_poll(&node, endpoint, token, info).await,
+                Route::Home(home, _) => relay::poll(&node, &endpoint, &home, &token, info()).await,
+                Route::Missing => Reply::no_connection(),
+            }
+            .into_response()
         }
         Method::POST => match token {
             None => text(StatusCode::BAD_REQUEST, "Connection ID required"),
-            Some(token) => post(&node, &endpoint, &token, body).await,
+            Some(token) => match relay::route(&node, &endpoint, &token) {
+                Route::Here => post(&node, &endpoint, &token, body).await,
+                Route::Home(home, _) => match read_body(&node, body).await {
+                    Ok(bytes) => relay::post(&node, &endpoint, &home, &token, bytes).await,
+                    Err(reply) => reply,
+                },
+                Route::Missing => Reply::no_connection(),
+            }
+            .into_response(),
         },
         Method::DELETE => match token {
             None => text(StatusCode::BAD_REQUEST, "Connection ID required"),
-            Some(token) => delete(&endpoint, &token),
+            Some(token) => match relay::route(&node, &endpoint, &token) {
+                Route::Here => delete(&endpoint, &token),
+                Route::Home(home, _) => relay::delete(&node, &endpoint, &home, &token).await,
+                Route::Missing => Reply::no_connection(),
+            }
+            .into_response(),
         },
         _ => text(StatusCode::METHOD_NOT_ALLOWED, ""),
     }

@@ -104,7 +104,7 @@ impl Upgrades {
         }
         let target = match self.routes.get(&normalize_path(head.uri.path())) {
             Some(handler) => Target::Route(handler.clone(), self.node.limits().max_frame),
-            None => match accept_hub_websocket(&self.node, head) {
+            None => match accept_hub_websocket(&self.node, head).await {
                 Ok(accepted) => Target::Hub(accepted),
                 Err(refusal) => {
                     refuse(&mut framed, (*refusal).into()).await;

@@ -14,7 +14,8 @@ use tracing::Instrument;
 
 use super::super::Node;
 use crate::connection::reconnect::ResumeHandle;
-use crate::connection::{ConnectionId, ConnectionSetup, BoundsHit, RequestInfo};
+use crate::cluster::NodeId;
+use crate::connection::{BoundsHit, ConnectionId, ConnectionSetup, RequestInfo};
 use crate::hub::HubContext;
 use crate::transport::long_polling::LongPollingHandle;
 use crate::transport::{PostSender, TransportKind};
@@ -36,6 +37,8 @@ pub(super) struct Negotiated {
     pub(super) stateful: bool,
     /// The transport open for this token, once one is.
     pub(super) active: Option<Active>,
+    /// For a connection this node adopted (negotiated by another node): that node, told when the connection ends.
+    pub(super) home: Option<NodeId>,
 }
 
 /// The HTTP side of the transport a token's connection runs on.
@@ -44,6 +47,8 @@ pub(super) enum Active {
     WebSocket(Option<ResumeHandle>),
     ServerSentEvents(PostSender),
     LongPolling(PostSender, LongPollingHandle),
+    /// The connection runs on another node, which took its transport (docs/any-node-design.md#3-adopting-a-connection).
+    Adopted { server: NodeId, transport: TransportKind },
 }
 
 impl Active {
@@ -52,6 +57,7 @@ impl Active {
             Active::WebSocket(_) => TransportKind::WebSockets,
             Active::ServerSentEvents(_) => TransportKind::ServerSentEvents,
             Active::LongPolling(..) => TransportKind::LongPolling,
+            Active::Adopted { transport, .. } => *transport,
         }
     }
 }
@@ -114,19 +120,42 @@ impl Tokens {
 /// One hub as served over HTTP: its context and its negotiated connection tokens.
 pub(crate) struct HubEndpoint {
     pub(crate) context: HubContext,
+    /// The hub's path, normalized: what connection tokens are issued for.
+    path: String,
     pub(super) tokens: Mutex<Tokens>,
 }
 
 impl HubEndpoint {
-    pub(crate) fn new(context: HubContext) -> Self {
+    pub(crate) fn new(context: HubContext, path: String) -> Self {
         HubEndpoint {
             context,
+            path,
             tokens: Mutex::new(Tokens::default()),
         }
     }
 
+    /// The hub's normalized path.
+    pub(super) fn path(&self) -> &str {
+        &self.path
+    }
+
     pub(super) fn offers(&self, transport: TransportKind) -> bool {
         IMPLEMENTED.contains(&transport) && self.context.hub().offered_transports().contains(&transport)
+    }
+
+    /// Forgets a token whose connection ended here; if the connection was adopted, tells its home.
+    pub(super) fn forget(&self, node: &Node, token: &str) {
+        let removed = self.tokens.lock().remove(token);
+        if let Some(Negotiated { home: Some(home), .. }) = removed {
+            super::relay::release(node, self, home, token.to_owned());
+        }
+    }
+
+    /// Forgets the connections of this node that `server` had adopted (it left the cluster).
+    pub(super) fn forget_adopted_by(&self, server: &NodeId) {
+        self.tokens.lock().retain(|_, negotiated| {
+            !matches!(&negotiated.active, Some(Active::Adopted { server: adopter, .. }) if adopter == server)
+        });
     }
 }
 
@@ -138,6 +167,8 @@ pub(super) enum Lookup {
     Fresh(ConnectionId),
     /// A transport is open; clones of its HTTP side.
     Open(TransportKind, Option<PostSender>, Option<LongPollingHandle>),
+    /// Negotiated here, served by another node over this transport.
+    Adopted(NodeId, TransportKind),
 }
 
 pub(super) fn lookup(endpoint: &HubEndpoint, token: &str) -> Lookup {
@@ -145,9 +176,10 @@ pub(super) fn lookup(endpoint: &HubEndpoint, token: &str) -> Lookup {
     match tokens.get(token) {
         None => Lookup::Missing,
         Some(negotiated) => match &negotiated.active {
+            Some(Active::Adopted { server, transport }) => Lookup::Adopted(server.clone(), *transport),
             Some(active) => {
                 let (post, poll) = match active {
-                    Active::WebSocket(_) => (None, None),
+                    Active::WebSocket(_) | Active::Adopted { .. } => (None, None),
                     Active::ServerSentEvents(post) => (Some(post.clone()), None),
                     Active::LongPolling(post, poll) => (Some(post.clone()), Some(poll.clone())),
                 };
@@ -164,13 +196,34 @@ pub(super) fn lookup(endpoint: &HubEndpoint, token: &str) -> Lookup {
 
 /// Claims a fresh token for `active`; `false` if another request claimed it first.
 pub(super) fn claim(endpoint: &HubEndpoint, token: &str, active: Active) -> bool {
+    claim_with(endpoint, token, active).is_some()
+}
+
+/// Claims a fresh token for `active`: whether negotiate turned stateful reconnect on for it, or `None` if another
+/// request claimed it first.
+pub(super) fn claim_with(endpoint: &HubEndpoint, token: &str, active: Active) -> Option<bool> {
     match endpoint.tokens.lock().get_mut(token) {
         Some(negotiated) if negotiated.active.is_none() => {
             negotiated.active = Some(active);
-            true
+            Some(negotiated.stateful)
         }
-        _ => false,
+        _ => None,
     }
+}
+
+/// Records a connection negotiated by `home` that this node runs from now on, under its token (a token table
+/// entry that is active from the start, so it never counts against the negotiation bound).
+pub(super) fn insert_adopted(endpoint: &HubEndpoint, token: String, id: ConnectionId, home: NodeId, active: Active, stateful: bool) {
+    endpoint.tokens.lock().insert(
+        token,
+        Negotiated {
+            id,
+            created: Instant::now(),
+            stateful,
+            active: Some(active),
+            home: Some(home),
+        },
+    );
 }
 
 /// Spawns the connection task of a newly opened SSE or long-polling connection on this worker; the token is
@@ -183,7 +236,7 @@ pub(super) fn spawn_connection<F>(
     request: RequestInfo,
     run: impl FnOnce(ConnectionSetup) -> F,
 ) where
-    F: std::future::Future<Output = ()> + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
 {
     let setup = ConnectionSetup {
         id,
@@ -193,9 +246,9 @@ pub(super) fn spawn_connection<F>(
         resume: None,
         wake_relay: node.wake_relay(),
     };
+    let node = node.clone();
+    let span = node.span().clone();
     // Chained with `map`, not awaited in an async block, which would hold the connection's future twice.
-    let task = run(setup).map(move |()| {
-        endpoint.tokens.lock().remove(&token);
-    });
-    actix_web::rt::spawn(task.instrument(node.span().clone()));
+    let task = run(setup).map(move |()| endpoint.forget(&node, &token));
+    tokio::spawn(task.instrument(span));
 }

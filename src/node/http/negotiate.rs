@@ -26,8 +26,11 @@ pub(super) fn negotiate(node: &Node, endpoint: &HubEndpoint, request: &HttpReque
         && !node.limits().reconnect_window.is_zero()
         && endpoint.offers(TransportKind::WebSockets);
     let id = endpoint.context.new_connection_id(&random_id::<16>());
+    // Version 1 tokens are signed, so that any node of the cluster can tell whose they are (`super::token`);
+    // version 0 uses the id, which only the negotiating node knows.
     let token = if version >= 1 {
-        random_id::<32>()
+        node.token_keys()
+            .issue(endpoint.path(), &id, node.router().incarnation().generation)
     } else {
         id.to_string()
     };
@@ -42,6 +45,7 @@ pub(super) fn negotiate(node: &Node, endpoint: &HubEndpoint, request: &HttpReque
             created: Instant::now(),
             stateful,
             active: None,
+            home: None,
         };
         let limits = node.limits();
         endpoint

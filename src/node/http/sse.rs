@@ -8,14 +8,37 @@ use actix_web::{HttpRequest, HttpResponse};
 
 use super::super::Node;
 use super::access::request_info;
-use super::endpoint::{claim, lookup, spawn_connection, Active, HubEndpoint, Lookup};
+use super::endpoint::{claim, insert_adopted, lookup, spawn_connection, Active, HubEndpoint, Lookup};
+use super::relay::{self, Route};
 use super::{no_connection, text};
 use crate::auth::Authenticated;
-use crate::connection;
+use crate::connection::{self, ConnectionId};
 use crate::transport::sse::{SseStream, SseTransport};
-use crate::transport::{post_channel, TransportKind};
+use crate::transport::{post_channel, PostReceiver, TransportKind};
 
-pub(super) fn connect_sse(
+pub(super) async fn connect_sse(
+    node: &Node,
+    endpoint: Arc<HubEndpoint>,
+    token: String,
+    request: &HttpRequest,
+    user: Option<Authenticated>,
+) -> HttpResponse {
+    match relay::route(node, &endpoint, &token) {
+        Route::Here => connect_local(node, endpoint, token, request, user),
+        Route::Missing => no_connection(),
+        Route::Home(home, id) => {
+            if let Err(reply) = relay::adopt(node, &endpoint, &home, &token, TransportKind::ServerSentEvents).await {
+                return reply.into_response();
+            }
+            let (post, inbound) = post_channel();
+            insert_adopted(&endpoint, token.clone(), id.clone(), home, Active::ServerSentEvents(post), false);
+            start(node, endpoint, token, id, request, user, inbound)
+        }
+    }
+}
+
+/// Opens the stream of a token this node holds.
+fn connect_local(
     node: &Node,
     endpoint: Arc<HubEndpoint>,
     token: String,
@@ -24,13 +47,15 @@ pub(super) fn connect_sse(
 ) -> HttpResponse {
     let id = match lookup(&endpoint, &token) {
         Lookup::Missing => return no_connection(),
-        Lookup::Open(TransportKind::ServerSentEvents, ..) => {
+        Lookup::Open(TransportKind::ServerSentEvents, ..) | Lookup::Adopted(_, TransportKind::ServerSentEvents) => {
             return text(
                 StatusCode::CONFLICT,
                 "Another Server-Sent Events stream is already open for this connection.",
             )
         }
-        Lookup::Open(..) => return text(StatusCode::BAD_REQUEST, "Cannot change transports mid-connection"),
+        Lookup::Open(..) | Lookup::Adopted(..) => {
+            return text(StatusCode::BAD_REQUEST, "Cannot change transports mid-connection")
+        }
         Lookup::Fresh(id) => id,
     };
     let (post, inbound) = post_channel();
@@ -40,6 +65,19 @@ pub(super) fn connect_sse(
             "Another transport is opening for this connection.",
         );
     }
+    start(node, endpoint, token, id, request, user, inbound)
+}
+
+/// Starts the connection of a claimed token on this SSE stream.
+fn start(
+    node: &Node,
+    endpoint: Arc<HubEndpoint>,
+    token: String,
+    id: ConnectionId,
+    request: &HttpRequest,
+    user: Option<Authenticated>,
+    inbound: PostReceiver,
+) -> HttpResponse {
     let (transport, events) = SseTransport::new(inbound);
     spawn_connection(
         node,

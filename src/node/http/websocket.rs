@@ -11,7 +11,8 @@ use tracing::Instrument;
 
 use super::super::Node;
 use super::access::{authenticate, query_string, request_info};
-use super::endpoint::{Active, HubEndpoint, Negotiated, NEGOTIATE_EXPIRY};
+use super::endpoint::{insert_adopted, Active, HubEndpoint, Negotiated, NEGOTIATE_EXPIRY};
+use super::relay::{self, Route};
 use super::negotiate::random_id;
 use super::{no_connection, normalize_path, text};
 use crate::auth::Authenticated;
@@ -42,6 +43,7 @@ pub(crate) enum AcceptedWebSocket {
 
 /// A new hub connection over a WebSocket, before its upgrade.
 pub(crate) struct NewWebSocket {
+    node: Node,
     endpoint: Arc<HubEndpoint>,
     /// The connection token, forgotten when the connection ends (none with `skipNegotiation`).
     token: Option<String>,
@@ -64,6 +66,7 @@ impl AcceptedWebSocket {
         match self {
             AcceptedWebSocket::New(new) => {
                 let NewWebSocket {
+                    node,
                     endpoint,
                     token,
                     setup,
@@ -73,7 +76,7 @@ impl AcceptedWebSocket {
                 // twice (as captured and as awaited) for its whole life.
                 let run = connection::run(transport, setup).map(move |()| {
                     if let Some(token) = token {
-                        endpoint.tokens.lock().remove(&token);
+                        endpoint.forget(&node, &token);
                     }
                 });
                 actix_web::rt::spawn(run.instrument(span));
@@ -93,7 +96,7 @@ impl AcceptedWebSocket {
     pub(crate) fn abandon(self) {
         if let AcceptedWebSocket::New(new) = self {
             if let Some(token) = &new.token {
-                new.endpoint.tokens.lock().remove(token);
+                new.endpoint.forget(&new.node, token);
             }
         }
     }
@@ -101,16 +104,21 @@ impl AcceptedWebSocket {
 
 /// Routes and authenticates a WebSocket upgrade request for the node's own server: the hub it addresses and its
 /// connection, or the response that refuses it.
-pub(crate) fn accept_hub_websocket(node: &Node, head: &RequestHead) -> Result<AcceptedWebSocket, Box<HttpResponse>> {
+pub(crate) async fn accept_hub_websocket(
+    node: &Node,
+    head: &RequestHead,
+) -> Result<AcceptedWebSocket, Box<HttpResponse>> {
     let Some(endpoint) = node.endpoint(&normalize_path(head.uri.path())).cloned() else {
         return Err(text(StatusCode::NOT_FOUND, "").into());
     };
     let user = authenticate(node, &endpoint, head).map_err(|refusal| Box::new(refusal.response()))?;
     let token = crate::hub::url_query_value(query_string(head), "id");
-    accept_websocket(node, endpoint, token, head, user)
+    accept_websocket(node, endpoint, token, head, user).await
 }
 
-pub(super) fn accept_websocket(
+/// Accepts a WebSocket for `token`: a token this node holds as [`accept_local`] says; a token another live node
+/// negotiated is adopted from it (`super::relay`), so that this node runs the connection.
+pub(super) async fn accept_websocket(
     node: &Node,
     endpoint: Arc<HubEndpoint>,
     token: Option<String>,
@@ -124,6 +132,49 @@ pub(super) fn accept_websocket(
         )
         .into());
     }
+    let Some(token) = token else {
+        return accept_local(node, endpoint, None, head, user);
+    };
+    let (home, id) = match relay::route(node, &endpoint, &token) {
+        Route::Here => return accept_local(node, endpoint, Some(token), head, user),
+        Route::Missing => return Err(no_connection().into()),
+        Route::Home(home, id) => (home, id),
+    };
+    let stateful = relay::adopt(node, &endpoint, &home, &token, TransportKind::WebSockets)
+        .await
+        .map_err(|reply| Box::new(reply.into_response()))?;
+    let (handle, resume) = if stateful {
+        let (handle, slot) = reconnect::resume_channel();
+        (Some(handle), Some(slot))
+    } else {
+        (None, None)
+    };
+    insert_adopted(&endpoint, token.clone(), id.clone(), home, Active::WebSocket(handle), stateful);
+    let setup = ConnectionSetup {
+        id,
+        request: request_info(head, user),
+        limits: node.shared_limits(),
+        host: Arc::new(endpoint.context.clone()),
+        resume,
+        wake_relay: node.wake_relay(),
+    };
+    Ok(AcceptedWebSocket::New(Box::new(NewWebSocket {
+        node: node.clone(),
+        endpoint,
+        token: Some(token),
+        setup,
+        span: node.span().clone(),
+    })))
+}
+
+/// Accepts a WebSocket for a token this node holds (or a new connection without negotiate, with no token).
+fn accept_local(
+    node: &Node,
+    endpoint: Arc<HubEndpoint>,
+    token: Option<String>,
+    head: &RequestHead,
+    user: Option<Authenticated>,
+) -> Result<AcceptedWebSocket, Box<HttpResponse>> {
     let mut resume = None;
     let id = match &token {
         // skipNegotiation: a new connection with a fresh id.
@@ -143,7 +194,10 @@ pub(super) fn accept_websocket(
                     })
                 }
                 Some(Negotiated {
-                    active: Some(Active::WebSocket(_)),
+                    active: Some(Active::WebSocket(_) | Active::Adopted {
+                        transport: TransportKind::WebSockets,
+                        ..
+                    }),
                     ..
                 }) => {
                     return Err(text(
@@ -182,6 +236,7 @@ pub(super) fn accept_websocket(
         wake_relay: node.wake_relay(),
     };
     Ok(AcceptedWebSocket::New(Box::new(NewWebSocket {
+        node: node.clone(),
         endpoint,
         token,
         setup,

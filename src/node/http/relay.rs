@@ -1,0 +1,336 @@
+//! Requests of a connection that reach a node other than the one holding it: with no sticky sessions, a load
+//! balancer sends each request of a connection to any node (docs/any-node-design.md).
+//!
+//! A request whose token this node does not hold is checked ([`super::token`]): a token this cluster did not
+//! issue, or whose home (the node that negotiated it) is not the live incarnation that issued it, gets 404 at
+//! once. Otherwise:
+//!
+//! * **WebSockets and SSE are adopted.** The node that takes the upgrade or the event stream asks the home to
+//!   claim the token for it ([`Op::Adopt`]); on success it runs the connection itself, so the bulk of the
+//!   traffic (server to client) never crosses a link, and tells the home when the connection ends
+//!   ([`Op::Release`]). The home records the adopter, and passes on what reaches it for that connection (sends
+//!   through the mesh; SSE POSTs here).
+//! * **Long polling runs at the home.** Polls, POSTs and DELETEs that reach another node are relayed to it
+//!   ([`Op::Poll`], [`Op::Post`], [`Op::Delete`]) and answered with the home's [`Reply`].
+//!
+//! Relays go over the cluster's links as [`crate::mesh`] requests, so they are bounded by the links' frame cap
+//! and credit window (a full link answers 503 at once) and by a deadline; the poll's deadline is the poll timeout
+//! plus a margin. The payloads are this file's own, in MessagePack; the mesh carries them as bytes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::super::{Node, NodeInner};
+use super::endpoint::{claim_with, lookup, Active, HubEndpoint, Lookup};
+use super::reply::Reply;
+use crate::auth::Claims;
+use crate::cluster::NodeId;
+use crate::connection::{ConnectionId, RequestInfo};
+use crate::mesh::{MeshError, RelayHost};
+use crate::transport::TransportKind;
+
+/// How long a relayed claim, POST or DELETE may take.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much longer than the poll timeout a relayed poll may take.
+const POLL_MARGIN: Duration = Duration::from_secs(10);
+
+/// A relayed request: the hub (by its path), the token, and what to do.
+#[derive(Debug, Serialize, Deserialize)]
+struct Relayed {
+    path: String,
+    token: String,
+    op: Op,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Op {
+    /// The sender took this transport for a fresh token and asks to run the connection.
+    Adopt { transport: TransportKind },
+    /// A long poll (the first one opens the connection, as the request `request` describes).
+    Poll { request: WireRequest },
+    /// A POST's body.
+    Post { body: Bytes },
+    /// A long-polling DELETE.
+    Delete,
+    /// The connection the sender adopted has ended.
+    Release,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Answer {
+    /// The sender may run the connection; stateful reconnect is on for it or not.
+    Adopted { stateful: bool },
+    Reply(Reply),
+}
+
+/// What hub code sees of the request that opens a connection, as it crosses a link.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireRequest {
+    user: Option<String>,
+    claims: Option<Claims>,
+    query: String,
+    headers: Vec<(String, String)>,
+}
+
+impl From<RequestInfo> for WireRequest {
+    fn from(info: RequestInfo) -> Self {
+        WireRequest {
+            user: info.user,
+            claims: info.claims.map(|claims| (*claims).clone()),
+            query: info.query,
+            headers: info
+                .headers
+                .iter()
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect(),
+        }
+    }
+}
+
+impl From<WireRequest> for RequestInfo {
+    fn from(wire: WireRequest) -> Self {
+        RequestInfo {
+            user: wire.user,
+            claims: wire.claims.map(Arc::new),
+            query: wire.query,
+            headers: wire.headers.into_iter().collect(),
+        }
+    }
+}
+
+/// Where a request for a token goes.
+pub(super) enum Route {
+    /// This node holds the token.
+    Here,
+    /// The live node that negotiated it (its home), and the connection it names.
+    Home(NodeId, ConnectionId),
+    /// Nobody: 404.
+    Missing,
+}
+
+/// Where a request for `token` of `endpoint` goes.
+pub(super) fn route(node: &Node, endpoint: &HubEndpoint, token: &str) -> Route {
+    if endpoint.tokens.lock().contains_key(token) {
+        return Route::Here;
+    }
+    let Some(claims) = node.token_keys().check(endpoint.path(), token) else {
+        return Route::Missing;
+    };
+    let Some(home) = crate::mesh::node_of(&claims.id) else {
+        return Route::Missing;
+    };
+    // A token of this node that it no longer holds (ended, expired, or of an earlier life) is over.
+    if home == node.name() || !node.router().is_live_incarnation(home, claims.home_generation) {
+        return Route::Missing;
+    }
+    Route::Home(NodeId::new(home, claims.home_generation), claims.id)
+}
+
+fn encode(path: &str, token: &str, op: Op) -> Option<Bytes> {
+    let relayed = Relayed {
+        path: path.to_owned(),
+        token: token.to_owned(),
+        op,
+    };
+    rmp_serde::to_vec(&relayed).ok().map(Bytes::from)
+}
+
+/// Sends `op` to `node` and waits for its answer (a reply that says what went wrong, if none came).
+async fn ask(node: &Node, endpoint: &HubEndpoint, target: &NodeId, token: &str, op: Op, timeout: Duration) -> Answer {
+    let Some(payload) = encode(endpoint.path(), token, op) else {
+        return Answer::Reply(Reply::text(StatusCode::INTERNAL_SERVER_ERROR, "The request could not be relayed."));
+    };
+    match node
+        .router()
+        .relay(&target.name, target.generation, payload, timeout)
+        .await
+    {
+        Ok(bytes) => rmp_serde::from_slice(&bytes).unwrap_or_else(|error| {
+            tracing::warn!(parent: node.span(), %error, node = %target, "an undecodable relay answer");
+            Answer::Reply(Reply::text(StatusCode::BAD_GATEWAY, "The connection's node answered garbage."))
+        }),
+        // The node died or restarted: its connections are gone with it.
+        Err(MeshError::NodeGone(_)) => Answer::Reply(Reply::no_connection()),
+        Err(error) => Answer::Reply(Reply::unavailable(error)),
+    }
+}
+
+/// Asks the home to let this node run the connection of `token` over `transport`: whether stateful reconnect is
+/// on for it, or the reply that refuses it.
+pub(super) async fn adopt(
+    node: &Node,
+    endpoint: &HubEndpoint,
+    home: &NodeId,
+    token: &str,
+    transport: TransportKind,
+) -> Result<bool, Reply> {
+    match ask(node, endpoint, home, token, Op::Adopt { transport }, RELAY_TIMEOUT).await {
+        Answer::Adopted { stateful } => Ok(stateful),
+        Answer::Reply(reply) => Err(reply),
+    }
+}
+
+/// A long poll relayed to the home.
+pub(super) async fn poll(node: &Node, endpoint: &HubEndpoint, home: &NodeId, token: &str, request: RequestInfo) -> Reply {
+    let timeout = node.limits().poll_timeout + POLL_MARGIN;
+    let op = Op::Poll {
+        request: request.into(),
+    };
+    reply_of(ask(node, endpoint, home, token, op, timeout).await)
+}
+
+/// A POST's body relayed to the home.
+pub(super) async fn post(node: &Node, endpoint: &HubEndpoint, home: &NodeId, token: &str, body: Bytes) -> Reply {
+    reply_of(ask(node, endpoint, home, token, Op::Post { body }, RELAY_TIMEOUT).await)
+}
+
+/// A POST's body passed on by the home to the node that took the connection's SSE stream.
+pub(super) async fn post_to_server(
+    node: &Node,
+    endpoint: &HubEndpoint,
+    server: &NodeId,
+    token: &str,
+    body: Bytes,
+) -> Reply {
+    post(node, endpoint, server, token, body).await
+}
+
+/// A DELETE relayed to the home.
+pub(super) async fn delete(node: &Node, endpoint: &HubEndpoint, home: &NodeId, token: &str) -> Reply {
+    reply_of(ask(node, endpoint, home, token, Op::Delete, RELAY_TIMEOUT).await)
+}
+
+fn reply_of(answer: Answer) -> Reply {
+    match answer {
+        Answer::Reply(reply) => reply,
+        Answer::Adopted { .. } => Reply::text(StatusCode::BAD_GATEWAY, "The connection's node answered out of turn."),
+    }
+}
+
+/// Tells `home` that the connection of `token`, which this node adopted, has ended (in the background; if the home
+/// is gone, so is its record).
+pub(super) fn release(node: &Node, endpoint: &HubEndpoint, home: NodeId, token: String) {
+    let Some(payload) = encode(endpoint.path(), &token, Op::Release) else {
+        return;
+    };
+    let node = node.clone();
+    tokio::spawn(async move {
+        if let Err(error) = node
+            .router()
+            .relay(&home.name, home.generation, payload, RELAY_TIMEOUT)
+            .await
+        {
+            tracing::debug!(parent: node.span(), %error, %home, "the end of an adopted connection could not be told");
+        }
+    });
+}
+
+/// The home's side: serves a request that `from` relayed.
+async fn serve(node: Node, from: NodeId, payload: Bytes) -> Answer {
+    let relayed: Relayed = match rmp_serde::from_slice(&payload) {
+        Ok(relayed) => relayed,
+        Err(error) => {
+            tracing::warn!(parent: node.span(), %error, %from, "an undecodable relayed request");
+            return Answer::Reply(Reply::text(StatusCode::BAD_REQUEST, "undecodable relayed request"));
+        }
+    };
+    let Some(endpoint) = node.endpoint(&relayed.path).cloned() else {
+        return Answer::Reply(Reply::text(StatusCode::NOT_FOUND, ""));
+    };
+    let token = relayed.token;
+    match relayed.op {
+        Op::Adopt { transport } => adopt_here(&node, &endpoint, from, &token, transport),
+        Op::Poll { request } => {
+            Answer::Reply(super::long_polling::long_poll(&node, endpoint, token, move || request.into()).await)
+        }
+        Op::Post { body } => Answer::Reply(super::send::post_bytes(&node, &endpoint, &token, body).await),
+        Op::Delete => Answer::Reply(super::long_polling::delete(&endpoint, &token)),
+        Op::Release => {
+            let released = {
+                let mut tokens = endpoint.tokens.lock();
+                let adopted_by_sender = matches!(
+                    tokens.get(&token).and_then(|negotiated| negotiated.active.as_ref()),
+                    Some(Active::Adopted { server, .. }) if *server == from
+                );
+                if adopted_by_sender {
+                    tokens.remove(&token)
+                } else {
+                    None
+                }
+            };
+            if let Some(negotiated) = released {
+                node.router().forget_adopted(&negotiated.id);
+            }
+            Answer::Reply(Reply::empty(StatusCode::OK))
+        }
+    }
+}
+
+/// Lets `from` run the connection of a fresh token over `transport`, or refuses as this node would refuse that
+/// transport's request itself.
+fn adopt_here(node: &Node, endpoint: &HubEndpoint, from: NodeId, token: &str, transport: TransportKind) -> Answer {
+    let id = match lookup(endpoint, token) {
+        Lookup::Missing => return Answer::Reply(Reply::no_connection()),
+        Lookup::Fresh(id) => id,
+        Lookup::Open(open, ..) | Lookup::Adopted(_, open) => {
+            return Answer::Reply(match (open, transport) {
+                (TransportKind::WebSockets, TransportKind::WebSockets) => Reply::text(
+                    StatusCode::CONFLICT,
+                    "Another WebSocket is already open for this connection.",
+                ),
+                (TransportKind::ServerSentEvents, TransportKind::ServerSentEvents) => Reply::text(
+                    StatusCode::CONFLICT,
+                    "Another Server-Sent Events stream is already open for this connection.",
+                ),
+                _ => Reply::text(StatusCode::BAD_REQUEST, "Cannot change transports mid-connection"),
+            })
+        }
+    };
+    let active = Active::Adopted {
+        server: from.clone(),
+        transport,
+    };
+    let Some(stateful) = claim_with(endpoint, token, active) else {
+        return Answer::Reply(Reply::text(
+            StatusCode::CONFLICT,
+            "Another transport is opening for this connection.",
+        ));
+    };
+    if let Err(error) = node.router().adopt_out(id, from) {
+        endpoint.tokens.lock().remove(token);
+        return Answer::Reply(Reply::unavailable(error));
+    }
+    Answer::Adopted {
+        stateful: stateful && transport == TransportKind::WebSockets,
+    }
+}
+
+/// The node's [`RelayHost`], registered with its router.
+pub(crate) struct NodeRelays(pub(crate) Weak<NodeInner>);
+
+impl RelayHost for NodeRelays {
+    fn serve_relay(&self, from: NodeId, payload: Bytes) -> Pin<Box<dyn Future<Output = Bytes> + Send>> {
+        let node = self.0.upgrade().map(Node::from_inner);
+        Box::pin(async move {
+            let answer = match node {
+                Some(node) => serve(node, from, payload).await,
+                None => Answer::Reply(Reply::no_connection()),
+            };
+            rmp_serde::to_vec(&answer).map(Bytes::from).unwrap_or_default()
+        })
+    }
+
+    fn peer_left(&self, peer: &NodeId) {
+        if let Some(node) = self.0.upgrade().map(Node::from_inner) {
+            for endpoint in node.endpoints() {
+                endpoint.forget_adopted_by(peer);
+            }
+        }
+    }
+}
