@@ -95,3 +95,102 @@ impl Drop for TestHubServer {
         }
     }
 }
+
+/// Several test servers in-process forming one cluster (see [`testhub::serve_cluster`]), served from a background
+/// thread with its own runtime like [`TestHubServer`]; stops when dropped.
+pub struct TestHubCluster {
+    urls: Vec<String>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestHubCluster {
+    /// Starts `count` test servers as one cluster and waits until each listens and all see each other.
+    pub fn start(count: usize) -> std::io::Result<TestHubCluster> {
+        let (ready_tx, ready_rx) = std_mpsc::channel::<std::io::Result<Vec<String>>>();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("hubmesh-testhub-cluster".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(error));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match testhub::serve_cluster(count).await {
+                        Ok(servers) => {
+                            let urls: Vec<String> = servers.iter().map(testhub::TestHubHandle::url).collect();
+                            let formed = wait_for_cluster(&urls, count).await;
+                            let _ = ready_tx.send(formed.map(|()| urls));
+                            let _ = stop_rx.await;
+                            for server in servers {
+                                server.stop().await;
+                            }
+                        }
+                        Err(error) => {
+                            let _ = ready_tx.send(Err(std::io::Error::other(error.to_string())));
+                        }
+                    }
+                });
+            })?;
+        let urls = ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the test cluster thread ended before it listened"))??;
+        Ok(TestHubCluster {
+            urls,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// `http://127.0.0.1:<port>` of each node.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+}
+
+/// Waits (at most 15 s) until every server's cluster view lists `count` live members.
+async fn wait_for_cluster(urls: &[String], count: usize) -> std::io::Result<()> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    for url in urls {
+        let addr: std::net::SocketAddr = url
+            .trim_start_matches("http://")
+            .parse()
+            .map_err(|_| std::io::Error::other(format!("not an address: {url}")))?;
+        loop {
+            let reply = client::http_request_with_body(addr, "GET", crate::node::http::CLUSTER_PATH, &[], b"").await;
+            let live = reply
+                .ok()
+                .and_then(|reply| serde_json::from_slice::<serde_json::Value>(&reply.body).ok())
+                .and_then(|view| view["live"].as_array().map(Vec::len));
+            if live == Some(count) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(std::io::Error::other(format!(
+                    "{url} did not see {count} members within 15 s"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+impl Drop for TestHubCluster {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

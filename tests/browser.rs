@@ -27,7 +27,8 @@ use std::process::{Child, Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use hubmesh::testing::TestHubServer;
+use hubmesh::testing::proxy::RoundRobinProxy;
+use hubmesh::testing::{TestHubCluster, TestHubServer};
 use process::own_process_group;
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -136,6 +137,70 @@ fn official_browser_client_in_headless_chromium() -> TestResult {
     assert!(
         status.success(),
         "the browser scenarios failed ({status}); see the PASS/FAIL lines above"
+    );
+    Ok(())
+}
+
+/// The same browser run against three test servers forming one cluster, behind the harness's round-robin proxy
+/// (each request to the next node, WebSocket upgrades included; the raw `/echo` endpoint, not a hub, pinned to
+/// one node): any node serves any connection, so the page sees what it sees with one server. Plain HTTP only (the
+/// proxy does not speak TLS).
+#[test]
+fn official_browser_client_through_a_round_robin_proxy_over_three_nodes() -> TestResult {
+    ensure_node_modules()?;
+    ensure_chromium()?;
+    let cluster = TestHubCluster::start(3).map_err(|error| format!("cannot start the test hub cluster: {error}"))?;
+    let nodes: Vec<std::net::SocketAddr> = cluster
+        .urls()
+        .iter()
+        .map(|url| url.trim_start_matches("http://").parse())
+        .collect::<Result<_, _>>()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let proxy = runtime.block_on(RoundRobinProxy::start(nodes.clone()))?;
+    proxy.pin("/echo", nodes[0]);
+    println!(
+        "browser: three clustered test hubs {} behind {}",
+        cluster.urls().join(" "),
+        proxy.url()
+    );
+    let dir = browser_dir();
+    let mut child = own_process_group(
+        Command::new("node")
+            .arg("run.mjs")
+            .current_dir(&dir)
+            .env("HUBMESH_TEST_URL", proxy.url())
+            .env_remove("HUBMESH_TEST_HTTPS_URL")
+            .env("HUBMESH_CHROMIUM", CHROMIUM),
+    )
+    .spawn()
+    .map_err(|error| format!("cannot start `node run.mjs` in {}: {error}", dir.display()))?;
+    let status = wait_bounded(
+        &mut child,
+        RUN_TIMEOUT,
+        "the browser run through the proxy (`node tests/browser/run.mjs`)",
+    )?;
+    let routes = proxy.take_routes();
+    drop(proxy);
+    drop(runtime);
+    drop(cluster);
+    assert!(
+        status.success(),
+        "the browser scenarios failed through the proxy ({status}); see the PASS/FAIL lines above"
+    );
+    let per_node: Vec<usize> = nodes
+        .iter()
+        .map(|node| routes.iter().filter(|routed| routed.backend == *node).count())
+        .collect();
+    println!(
+        "browser: the proxy forwarded {} requests, {per_node:?} per node",
+        routes.len()
+    );
+    assert!(
+        per_node.iter().all(|&count| count > 0),
+        "a node got no request: {per_node:?}"
     );
     Ok(())
 }

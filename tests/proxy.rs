@@ -4,7 +4,9 @@
 //! that the node notices; a backend with nothing listening is skipped, and none answering gives 502.
 //!
 //! The official client conformance files (`tests/node`, as `tests/official_client.rs` runs them) run through the
-//! proxy with one test hub behind it, as a transparency check; they need Node.js and npm like that test.
+//! proxy in front of three test servers forming one cluster, every request to the next node (the raw `/echo`
+//! endpoint, which is not a hub, pinned to one): any node serves any connection. They need Node.js and npm like
+//! that test.
 //!
 //! Everything runs on 127.0.0.1; every test, read and loop is bounded, and conditions are awaited with deadlines.
 
@@ -24,7 +26,7 @@ use hubmesh::testing::client::{
 };
 use hubmesh::testing::proxy::{RoundRobinProxy, Routed};
 use hubmesh::testing::testhub::test_hub;
-use hubmesh::testing::{TestClient, TestHubServer};
+use hubmesh::testing::{TestClient, TestHubCluster};
 use hubmesh::transport::TransportKind;
 use hubmesh::{Limits, Node, NodeHandle};
 use serde_json::{json, Value};
@@ -466,6 +468,10 @@ const ALL_TRANSPORT_FILES: &[&str] = &[
     "negotiate.test.mjs",
 ];
 
+/// The file left out: its reconnect lands on another node, and a stateful connection does not move between nodes
+/// yet (docs/semantics.md#any-node); `tests/official_client.rs` runs it against one node.
+const NOT_ACROSS_NODES: &str = "stateful-reconnect.test.mjs";
+
 /// One `node --test` run: the transports it covers and its files.
 type NodeRun = (&'static str, Vec<String>);
 
@@ -475,7 +481,7 @@ fn conformance_runs(dir: &std::path::Path) -> Result<Vec<NodeRun>, Box<dyn Error
     let mut others = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".test.mjs") && !ALL_TRANSPORT_FILES.contains(&name.as_str()) {
+        if name.ends_with(".test.mjs") && !ALL_TRANSPORT_FILES.contains(&name.as_str()) && name != NOT_ACROSS_NODES {
             others.push(name);
         }
     }
@@ -494,18 +500,25 @@ fn official_client_conformance_through_the_proxy() -> Result<(), Box<dyn Error>>
         return Err("Node.js >= 18 is needed to run the official SignalR client through the proxy".into());
     }
     let dir = npm::ensure_installed()?;
-    let server = TestHubServer::start()?;
-    let hub: SocketAddr = server.url().trim_start_matches("http://").parse()?;
+    // Three test servers forming one cluster, each request to the next: no stickiness anywhere.
+    let server = TestHubCluster::start(3)?;
+    let nodes: Vec<SocketAddr> = server
+        .urls()
+        .iter()
+        .map(|url| url.trim_start_matches("http://").parse())
+        .collect::<Result<_, _>>()?;
     // The proxy's own runtime: this test waits on Node synchronously.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let proxy = runtime.block_on(RoundRobinProxy::start([hub]))?;
+    let proxy = runtime.block_on(RoundRobinProxy::start(nodes.clone()))?;
+    // The raw `/echo` endpoint is upstream's test-only connection handler, not a hub: it is not clustered.
+    proxy.pin("/echo", nodes[0]);
     println!(
-        "official client through the proxy {} to the test hub {}",
+        "official client through the proxy {} to three clustered test hubs {}",
         proxy.url(),
-        server.url()
+        server.urls().join(" ")
     );
     let mut failures = Vec::new();
     for (transports, files) in conformance_runs(&dir)? {
@@ -536,10 +549,18 @@ fn official_client_conformance_through_the_proxy() -> Result<(), Box<dyn Error>>
         failures.join("; ")
     );
     let upgrades = routes.iter().filter(|routed| routed.upgrade).count();
+    let per_node: Vec<usize> = nodes
+        .iter()
+        .map(|node| routes.iter().filter(|routed| routed.backend == *node).count())
+        .collect();
     println!(
-        "the proxy forwarded {} requests, {upgrades} of them WebSocket upgrades",
+        "the proxy forwarded {} requests ({per_node:?} per node), {upgrades} of them WebSocket upgrades",
         routes.len()
     );
     assert!(upgrades > 0, "no WebSocket went through the proxy");
+    assert!(
+        per_node.iter().all(|&count| count > 0),
+        "a node got no request: {per_node:?}"
+    );
     Ok(())
 }

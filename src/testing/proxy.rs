@@ -19,7 +19,8 @@
 //! * Hop-by-hop headers (`Connection` and what it names, `Keep-Alive`, `Proxy-Connection`) are the proxy's own on
 //!   both sides, except on upgrades, which need them forwarded; everything else is forwarded as is (`Host` too).
 //!
-//! Controls for tests: [`RoundRobinProxy::routes`] (which backend each request went to),
+//! Controls for tests: [`RoundRobinProxy::routes`] (which backend each request went to), [`RoundRobinProxy::pin`]
+//! (a path prefix that always goes to one backend),
 //! [`RoundRobinProxy::cut_connections`] (closes every open client connection, upgraded or streaming connection
 //! and backend connection at once, as a cut network would), [`RoundRobinProxy::set_backends`].
 //!
@@ -96,6 +97,8 @@ pub struct RoundRobinProxy {
 
 struct Shared {
     backends: Mutex<Vec<SocketAddr>>,
+    /// Path prefixes (lower case) whose requests always go to one backend, outside the rotation.
+    pinned: Mutex<Vec<(String, SocketAddr)>>,
     /// The rotation's position: the next request's first try is `next % backends.len()`.
     next: AtomicUsize,
     routes: Mutex<VecDeque<Routed>>,
@@ -116,6 +119,7 @@ impl RoundRobinProxy {
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
             backends: Mutex::new(backends),
+            pinned: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
             routes: Mutex::new(VecDeque::new()),
             cut: Mutex::new(shutdown.child_token()),
@@ -140,6 +144,17 @@ impl RoundRobinProxy {
     pub fn set_backends(&self, backends: impl IntoIterator<Item = SocketAddr>) -> Result<(), ProxyError> {
         *self.shared.backends.lock() = bounded_rotation(backends)?;
         Ok(())
+    }
+
+    /// Sends every request whose path starts with `path_prefix` (case-insensitive) to `backend`, outside the
+    /// rotation, as a load balancer's path rule does (for an endpoint that is not a hub, such as the test
+    /// server's raw `/echo`, whose connections only the node that opened them knows).
+    pub fn pin(&self, path_prefix: &str, backend: SocketAddr) {
+        let mut pinned = self.shared.pinned.lock();
+        // Bounded like the rotation; a test never needs more.
+        if pinned.len() < MAX_BACKENDS {
+            pinned.push((path_prefix.to_ascii_lowercase(), backend));
+        }
     }
 
     /// The rotation.
@@ -242,7 +257,7 @@ async fn forward(shared: &Shared, cut: &CancellationToken, mut request: Request<
     } else {
         None
     };
-    let Some((backend, stream)) = shared.connect_next().await else {
+    let Some((backend, stream)) = shared.connect_for(request.uri().path()).await else {
         return plain(StatusCode::BAD_GATEWAY, "no backend accepted a connection");
     };
     shared.record(Routed {
@@ -290,6 +305,28 @@ async fn forward(shared: &Shared, cut: &CancellationToken, mut request: Request<
 }
 
 impl Shared {
+    /// The backend pinned for `path`, if any prefix pins it; else the next of the rotation.
+    async fn connect_for(&self, path: &str) -> Option<(SocketAddr, TcpStream)> {
+        let pinned = {
+            let path = path.to_ascii_lowercase();
+            self.pinned
+                .lock()
+                .iter()
+                .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+                .map(|(_, backend)| *backend)
+        };
+        let Some(backend) = pinned else {
+            return self.connect_next().await;
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Some((backend, stream))
+            }
+            _ => None,
+        }
+    }
+
     /// The next backend of the rotation that accepts a TCP connection: at most one try per backend, each bounded by
     /// [`CONNECT_TIMEOUT`].
     async fn connect_next(&self) -> Option<(SocketAddr, TcpStream)> {

@@ -11,9 +11,10 @@
 //!
 //! `hub` holds the hubs and the node, `tokens` the JWT key, `routes` the plain HTTP routes and upstream's
 //! middleware, `echo` the raw `/echo` connection, `bundles` the client bundles, and `server` puts them together on
-//! HTTP and HTTPS listeners.
+//! HTTP and HTTPS listeners; `cluster` starts several of them as one cluster.
 
 mod bundles;
+mod cluster;
 mod echo;
 mod hub;
 mod routes;
@@ -21,6 +22,7 @@ mod server;
 mod tokens;
 
 pub use bundles::NODE_MODULES_ENV;
-pub use hub::{authorized_hub, test_hub, test_node, uncreatable_hub, ComplexObject, CustomObject};
+pub use cluster::serve_cluster;
+pub use hub::{authorized_hub, test_hub, test_node, test_node_builder, uncreatable_hub, ComplexObject, CustomObject};
 pub use server::{serve, serve_on, Listen, TestHubError, TestHubHandle};
 pub use tokens::{TestTokens, TEST_TOKEN_AUDIENCE, TEST_TOKEN_ISSUER, TEST_TOKEN_LIFETIME, TEST_USER};

@@ -10,7 +10,7 @@ use super::tokens::TestTokens;
 use crate::auth::NAME_IDENTIFIER_CLAIM;
 use crate::demo::demo_hub;
 use crate::hub::{Caller, ClientStream, Hub, HubError, Streamed};
-use crate::node::{Node, NodeError};
+use crate::node::{Node, NodeBuilder, NodeError};
 use crate::protocol::{Binary, Timestamp};
 use crate::transport::TransportKind;
 use crate::CancellationToken;
@@ -212,6 +212,11 @@ pub fn uncreatable_hub() -> Hub {
 /// The test server's node: `/testhub`, `/testhub-nowebsockets`, `/uncreatable`, `/authorizedhub` (tokens of
 /// `tokens`) and the demo hub at `/hub`.
 pub fn test_node(tokens: &TestTokens) -> Result<Node, NodeError> {
+    test_node_builder(tokens).build()
+}
+
+/// The test server's node, described but not built (named `testhub`; a cluster's nodes are renamed).
+pub fn test_node_builder(tokens: &TestTokens) -> NodeBuilder {
     Node::builder()
         .name("testhub")
         .auth(tokens.authenticator())
@@ -232,5 +237,4 @@ pub fn test_node(tokens: &TestTokens) -> Result<Node, NodeError> {
             &[TransportKind::ServerSentEvents, TransportKind::LongPolling],
         ))
         .hub(demo_hub())
-        .build()
 }

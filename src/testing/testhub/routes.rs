@@ -98,6 +98,13 @@ fn redirect(request: &ServiceRequest) -> HttpResponse {
 
 pub(super) struct RedirectCounter(pub(super) AtomicU64);
 
+impl RedirectCounter {
+    /// A counter from 0, shareable between the servers of a cluster.
+    pub(super) fn shared() -> web::Data<RedirectCounter> {
+        web::Data::new(RedirectCounter(AtomicU64::new(0)))
+    }
+}
+
 /// A path under `/bad-negotiate`: 400 with a plain-text body, as upstream's, so a client's negotiate fails with
 /// "Some response from server" and the status code.
 fn bad_negotiate() -> HttpResponse {

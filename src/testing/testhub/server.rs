@@ -2,7 +2,6 @@
 //! the app that routes the hubs, `/echo`, the client bundles and the other routes, and the handle of a running
 //! server.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use actix_web::{web, App};
@@ -10,12 +9,13 @@ use actix_web::{web, App};
 use super::bundles::bundle;
 use super::echo::{echo_delete, echo_get, echo_negotiate, echo_post, echo_socket, EchoConnections};
 use super::hub::test_node;
-use super::routes::{client_result, deployment, generate_jwt_token, upstream_middleware, Https, RedirectCounter};
+pub(super) use super::routes::RedirectCounter;
+use super::routes::{client_result, deployment, generate_jwt_token, upstream_middleware, Https};
 use super::tokens::TestTokens;
 use crate::node::http::cors;
 use crate::node::server;
 use crate::node::tls::TlsConfig;
-use crate::node::{NodeError, STOP_GRACE};
+use crate::node::{Node, NodeError, STOP_GRACE};
 
 /// A running test server.
 pub struct TestHubHandle {
@@ -131,11 +131,22 @@ pub async fn serve(address: &str) -> Result<TestHubHandle, TestHubError> {
 pub async fn serve_on(listen: &Listen) -> Result<TestHubHandle, TestHubError> {
     let tokens = TestTokens::random();
     let node = test_node(&tokens)?;
+    serve_node(node, tokens, RedirectCounter::shared(), listen).await
+}
+
+/// Serves the test server's routes around `node` (built from [`super::test_node_builder`] with `tokens`' key) on
+/// the addresses of `listen`, on the current tokio runtime.
+/// `counter` numbers the `/redirect` answers; the servers of one cluster share it, as upstream's one process does.
+pub(super) async fn serve_node(
+    node: Node,
+    tokens: TestTokens,
+    counter: web::Data<RedirectCounter>,
+    listen: &Listen,
+) -> Result<TestHubHandle, TestHubError> {
     let tokens = web::Data::new(tokens);
     let test_hub = node
         .hub_context("TestHub")
         .ok_or_else(|| NodeError::DuplicatePath("/testhub".into()))?;
-    let counter = web::Data::new(RedirectCounter(AtomicU64::new(0)));
     let echo = web::Data::new(EchoConnections::new(node.limits().clone()));
     let bind = |address: &str| -> Result<(std::net::TcpListener, std::net::SocketAddr), TestHubError> {
         let bind_error = |source| TestHubError::Bind {
