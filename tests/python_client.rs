@@ -21,7 +21,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use hubmesh::testing::TestHubServer;
+use hubmesh::testing::proxy::RoundRobinProxy;
+use hubmesh::testing::{TestHubCluster, TestHubServer};
 use process::{kill_tree, own_process_group};
 
 /// Upper bound on the client script (it has its own 90 s watchdog; a passing run takes a few seconds).
@@ -169,35 +170,78 @@ fn ensure_venv(dir: &Path) -> Result<PathBuf, Box<dyn Error>> {
     Ok(python)
 }
 
-#[test]
-fn python_signalrcore_client() -> TestResult {
-    let dir = python_dir();
-    let python = ensure_venv(&dir)?;
+/// One venv for the tests of this file, made by whichever runs first.
+static VENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    let server = TestHubServer::start().map_err(|error| format!("cannot start the test hub server: {error}"))?;
+/// Runs `tests/python/signalrcore_client.py` against the test server at `url`.
+fn run_client(url: &str, what: &str) -> TestResult {
+    let dir = python_dir();
+    let python = {
+        let _one_at_a_time = VENV.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        ensure_venv(&dir)?
+    };
     let protocols: Vec<String> = std::env::var("HUBMESH_PYTHON_PROTOCOLS")
         .map(|value| value.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default();
-    println!("python_client: test hub at {}", server.url());
+    println!("python_client: {what} at {url}");
     let started = Instant::now();
     let output = run_bounded(
         Command::new(&python)
             .arg("-u")
             .arg(dir.join("signalrcore_client.py"))
-            .arg(server.url())
+            .arg(url)
             .args(&protocols)
             .current_dir(&dir)
             .env("PYTHONDONTWRITEBYTECODE", "1"),
         CLIENT_TIMEOUT,
         "the signalrcore client script",
     )?;
-    drop(server);
-
     let report = output.describe("tests/python/signalrcore_client.py", CLIENT_TIMEOUT);
-    assert!(output.success(), "the Python signalrcore client tests failed: {report}");
+    assert!(
+        output.success(),
+        "the Python signalrcore client tests failed ({what}): {report}"
+    );
     println!(
         "python_client: passed in {:.1} s\n{report}",
         started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[test]
+fn python_signalrcore_client() -> TestResult {
+    let server = TestHubServer::start().map_err(|error| format!("cannot start the test hub server: {error}"))?;
+    run_client(server.url(), "one test hub")
+}
+
+/// The same script through the harness's round-robin proxy in front of three clustered test servers: each of its
+/// requests (negotiate, then the WebSocket) lands on the next node.
+#[test]
+fn python_signalrcore_client_through_a_round_robin_proxy_over_three_nodes() -> TestResult {
+    let cluster = TestHubCluster::start(3).map_err(|error| format!("cannot start the test hub cluster: {error}"))?;
+    let nodes: Vec<std::net::SocketAddr> = cluster
+        .urls()
+        .iter()
+        .map(|url| url.trim_start_matches("http://").parse())
+        .collect::<Result<_, _>>()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let proxy = runtime.block_on(RoundRobinProxy::start(nodes.clone()))?;
+    run_client(&proxy.url(), "three clustered test hubs behind a round-robin proxy")?;
+    let routes = proxy.take_routes();
+    let per_node: Vec<usize> = nodes
+        .iter()
+        .map(|node| routes.iter().filter(|routed| routed.backend == *node).count())
+        .collect();
+    println!(
+        "python_client: the proxy forwarded {} requests, {per_node:?} per node",
+        routes.len()
+    );
+    assert!(
+        per_node.iter().filter(|&&count| count > 0).count() >= 2,
+        "the requests were not spread: {per_node:?}"
     );
     Ok(())
 }

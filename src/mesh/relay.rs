@@ -68,6 +68,11 @@ impl<H: LocalHub> Router<H> {
             .any(|id| &*id.name == name && id.generation == generation)
     }
 
+    /// The live incarnation of node `name`, if it is a live peer.
+    pub(crate) fn live_incarnation(&self, name: &str) -> Option<NodeId> {
+        self.live_peer(name)
+    }
+
     /// This node's incarnation (generation 0 until it joins a cluster).
     pub(crate) fn incarnation(&self) -> NodeId {
         self.id()

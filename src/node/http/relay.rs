@@ -119,17 +119,33 @@ pub(super) fn route(node: &Node, endpoint: &HubEndpoint, token: &str) -> Route {
     if endpoint.tokens.lock().contains_key(token) {
         return Route::Here;
     }
-    let Some(claims) = node.token_keys().check(endpoint.path(), token) else {
-        return Route::Missing;
-    };
-    let Some(home) = crate::mesh::node_of(&claims.id) else {
-        return Route::Missing;
+    let router = node.router();
+    let (id, home) = match node.token_keys().check(endpoint.path(), token) {
+        Some(claims) => {
+            let Some(home) = crate::mesh::node_of(&claims.id) else {
+                return Route::Missing;
+            };
+            if !router.is_live_incarnation(home, claims.home_generation) {
+                return Route::Missing;
+            }
+            let home = NodeId::new(home, claims.home_generation);
+            (claims.id, home)
+        }
+        // Negotiate version 0 (older clients) uses the connection id as the token: it can only be asked of the
+        // live node its id names, whose table knows it only if it was negotiated that way.
+        None => {
+            let id = ConnectionId::new(token);
+            let Some(home) = crate::mesh::node_of(&id).and_then(|home| router.live_incarnation(home)) else {
+                return Route::Missing;
+            };
+            (id, home)
+        }
     };
     // A token of this node that it no longer holds (ended, expired, or of an earlier life) is over.
-    if home == node.name() || !node.router().is_live_incarnation(home, claims.home_generation) {
+    if &*home.name == node.name() {
         return Route::Missing;
     }
-    Route::Home(NodeId::new(home, claims.home_generation), claims.id)
+    Route::Home(home, id)
 }
 
 fn encode(path: &str, token: &str, op: Op) -> Option<Bytes> {
