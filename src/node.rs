@@ -34,7 +34,7 @@ use crate::cluster::{LinkConfig, MembershipConfig, MembershipView, NodeStatus};
 use crate::connection::{Limits, WakeRelay, WakeRelays};
 use crate::hub::{Hub, HubContext, NodeRouter};
 use crate::mesh::RelayHost;
-use http::{HubEndpoint, NodeRelays, TokenKeys};
+use http::{HubEndpoint, NodeRelays, TokenKeys, Tunnels};
 use readiness::Lifecycle;
 use tls::TlsConfig;
 
@@ -191,6 +191,8 @@ pub(crate) struct NodeInner {
     token_keys: TokenKeys,
     /// Serves the requests peers relay to this node; the router holds it weakly.
     relays: Arc<NodeRelays>,
+    /// Tunnel ends open on this node (`http::Tunnels`).
+    tunnels: Tunnels,
     router: Arc<NodeRouter>,
     cluster: tokio::sync::Mutex<Option<cluster::ClusterRuntime>>,
     /// By lower-cased path.
@@ -281,6 +283,10 @@ impl Node {
 
     pub(crate) fn token_keys(&self) -> &TokenKeys {
         &self.inner.token_keys
+    }
+
+    pub(crate) fn tunnels(&self) -> &Tunnels {
+        &self.inner.tunnels
     }
 
     pub(crate) fn limits(&self) -> &Limits {
@@ -515,6 +521,7 @@ impl NodeBuilder {
             name: self.name,
             token_keys,
             relays: Arc::new(NodeRelays(inner.clone())),
+            tunnels: Tunnels::default(),
             router,
             cluster: tokio::sync::Mutex::new(None),
             endpoints,

@@ -20,6 +20,11 @@ use hubmesh::{ConnectionId, Node};
 use serde_json::{json, Value};
 use tokio::time::{timeout, Instant};
 
+#[path = "common/stateful_client.rs"]
+mod stateful_client;
+
+use stateful_client::StatefulClient;
+
 type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 
 const RS: char = '\u{1e}';
@@ -409,6 +414,104 @@ async fn long_polling_spread_over_three_nodes_carries_a_thousand_messages_each_w
             );
         }
         drop(proxy);
+        cluster.stop().await;
+        Ok(())
+    })
+    .await?
+}
+
+/// A stateful connection negotiated on node 1 runs on node 2 (which took its WebSocket); its socket drops twice,
+/// and the client comes back first to node 3 (neither its home nor its server: the home passes the request on)
+/// and then to node 1 (its home). Group messages sent all along, before, during and after each drop, from node 3,
+/// arrive exactly once and in order, and what the client sends after each reconnect is processed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_connection_resumes_when_its_client_comes_back_to_another_node() -> TestResult {
+    timeout(Duration::from_secs(90), async {
+        let cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        let url = |index: usize| -> TestResult<String> { Ok(format!("{}/hub", cluster.url(index).ok_or("no url")?)) };
+        let body = negotiate(&url(0)?, "&useStatefulReconnect=true", &[]).await?;
+        assert_eq!(body["useStatefulReconnect"], json!(true), "{body}");
+        let token = body["connectionToken"].as_str().ok_or("no token")?.to_owned();
+        let at = |index: usize| -> TestResult<String> { Ok(format!("{}?id={token}", url(index)?)) };
+        let mut client = StatefulClient::connect(&at(1)?).await?;
+        client
+            .raw
+            .send_invocation_with_id("1", "JoinGroup", json!(["g"]))
+            .await?;
+        let joined = client.read().await?;
+        assert_eq!(joined["invocationId"], json!("1"), "{joined}");
+
+        const COUNT: u64 = 300;
+        let context = cluster.context(2, "demo").ok_or("no hub context")?;
+        let sender = tokio::spawn(async move {
+            for n in 0..COUNT {
+                if context.clients().group("g").send("msg", (n,)).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        });
+        let mut seen = Vec::new();
+        let mut completions = Vec::new();
+        let mut echoes = Vec::new();
+        let mut drops = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seen.len() < COUNT as usize {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {COUNT} messages arrived",
+                seen.len()
+            );
+            let message = client.read().await?;
+            match message["type"].as_u64() {
+                Some(1) => match message["arguments"][0].as_u64() {
+                    Some(n) => seen.push(n),
+                    // An echo of what the client sent after a reconnect.
+                    None => echoes.push(message["arguments"][0].clone()),
+                },
+                Some(3) => completions.push(message["invocationId"].as_str().unwrap_or_default().to_owned()),
+                _ => {}
+            }
+            // Drop the socket after 100 and after 200 messages, acking part of what arrived first, so that the
+            // replay starts in the middle of the buffer.
+            if seen.len() == 100 * (drops + 1) && drops < 2 {
+                client.raw.send_ack(client.received.saturating_sub(10)).await?;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                let next_node = if drops == 0 { 2 } else { 0 };
+                // The client's messages so far: the join (1), and one Echo per earlier drop.
+                client.reconnect(&at(next_node)?, 2 + drops as u64).await?;
+                let id = format!("echo-{drops}");
+                client
+                    .raw
+                    .send_invocation_with_id(&id, "Echo", json!([format!("back at node {next_node}")]))
+                    .await?;
+                drops += 1;
+            }
+        }
+        let _ = timeout(Duration::from_secs(5), sender).await;
+        let expected: Vec<u64> = (0..COUNT).collect();
+        assert_eq!(seen, expected, "every group message exactly once, in order");
+        // Whatever of the echoes' completions had not come yet arrives now.
+        let until = Instant::now() + Duration::from_secs(5);
+        while (completions.len() < 2 || echoes.len() < 2) && Instant::now() < until {
+            if let Ok(Ok(message)) = timeout(Duration::from_millis(200), client.read()).await {
+                match message["type"].as_u64() {
+                    Some(3) => completions.push(message["invocationId"].as_str().unwrap_or_default().to_owned()),
+                    Some(1) => echoes.push(message["arguments"][0].clone()),
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(
+            completions,
+            ["echo-0", "echo-1"],
+            "each invocation after a reconnect ran once"
+        );
+        assert_eq!(echoes, [json!("back at node 2"), json!("back at node 0")]);
+        // Still one member, on one node.
+        let context = cluster.context(0, "demo").ok_or("no hub context")?;
+        assert_eq!(context.groups().count("g").await?, 1);
         cluster.stop().await;
         Ok(())
     })

@@ -468,10 +468,6 @@ const ALL_TRANSPORT_FILES: &[&str] = &[
     "negotiate.test.mjs",
 ];
 
-/// The file left out: its reconnect lands on another node, and a stateful connection does not move between nodes
-/// yet (docs/semantics.md#any-node); `tests/official_client.rs` runs it against one node.
-const NOT_ACROSS_NODES: &str = "stateful-reconnect.test.mjs";
-
 /// One `node --test` run: the transports it covers and its files.
 type NodeRun = (&'static str, Vec<String>);
 
@@ -481,7 +477,7 @@ fn conformance_runs(dir: &std::path::Path) -> Result<Vec<NodeRun>, Box<dyn Error
     let mut others = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".test.mjs") && !ALL_TRANSPORT_FILES.contains(&name.as_str()) && name != NOT_ACROSS_NODES {
+        if name.ends_with(".test.mjs") && !ALL_TRANSPORT_FILES.contains(&name.as_str()) {
             others.push(name);
         }
     }

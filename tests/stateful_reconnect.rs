@@ -22,6 +22,11 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{timeout, Instant};
 
+#[path = "common/stateful_client.rs"]
+mod stateful_client;
+
+use stateful_client::StatefulClient;
+
 type BoxError = Box<dyn Error + Send + Sync>;
 type TestResult<T = ()> = Result<T, BoxError>;
 
@@ -130,77 +135,17 @@ async fn negotiate(addr: SocketAddr, extra: &str) -> TestResult<Value> {
     Ok(client::negotiate(&format!("http://{addr}/resume"), extra, &[]).await?)
 }
 
-/// The raw test client speaking JSON with handshake version 2, numbering what it receives the way the official
-/// client does.
-struct Client {
-    raw: TestClient,
-    /// Id the next trackable message from the server has; `None` until the server's Sequence after a reconnect.
-    next_id: Option<u64>,
-    /// Highest trackable id processed.
-    received: u64,
-}
-
-fn trackable(message: &Value) -> bool {
-    matches!(message["type"].as_u64(), Some(1..=5))
-}
-
-impl Client {
-    async fn connect(url: &str) -> TestResult<Client> {
-        let raw = TestClient::to(url).handshake_version(2).connect().await?;
-        Ok(Client {
-            raw,
-            next_id: Some(1),
-            received: 0,
-        })
-    }
-
-    /// Negotiates stateful reconnect at the node, connects through the proxy and joins group `g` with invocation
-    /// 1; also returns the URL to reconnect with.
-    async fn join_through(node: &NodeHandle, proxy: &Proxy) -> TestResult<(Client, String)> {
-        let negotiated = negotiate(node.local_addr(), "&useStatefulReconnect=true").await?;
-        let token = negotiated["connectionToken"].as_str().ok_or("no token")?.to_owned();
-        let url = format!("ws://{}/resume?id={token}", proxy.addr);
-        let mut client = Client::connect(&url).await?;
-        client.raw.send_invocation_with_id("1", "Join", json!(["g"])).await?;
-        let joined = client.read().await?;
-        assert_eq!(joined["type"], 3, "{joined}");
-        Ok((client, url))
-    }
-
-    /// The next hub message to act on: Sequence handled, duplicates dropped, as the official client does.
-    async fn read(&mut self) -> TestResult<Value> {
-        for _ in 0..10_000 {
-            let message = self.raw.record().await?.value;
-            if message["type"] == 9 {
-                let id = message["sequenceId"].as_u64().ok_or("Sequence without an id")?;
-                if id > self.received + 1 {
-                    return Err("Sequence ID greater than amount of messages we've received.".into());
-                }
-                self.next_id = Some(id);
-                continue;
-            }
-            let Some(next_id) = self.next_id else {
-                // Before the Sequence message after a reconnect, everything is dropped.
-                continue;
-            };
-            if trackable(&message) {
-                self.next_id = Some(next_id + 1);
-                if next_id <= self.received {
-                    continue;
-                }
-                self.received = next_id;
-            }
-            return Ok(message);
-        }
-        Err("no message to act on".into())
-    }
-
-    /// Reconnects with the same URL (and token): Sequence first, as the official client does.
-    async fn reconnect(&mut self, url: &str, client_next: u64) -> TestResult {
-        self.raw.reconnect(url).await?;
-        self.next_id = None;
-        Ok(self.raw.send_sequence(client_next).await?)
-    }
+/// Negotiates stateful reconnect at the node, connects through the proxy and joins group `g` with invocation 1;
+/// also returns the URL to reconnect with.
+async fn join_through(node: &NodeHandle, proxy: &Proxy) -> TestResult<(StatefulClient, String)> {
+    let negotiated = negotiate(node.local_addr(), "&useStatefulReconnect=true").await?;
+    let token = negotiated["connectionToken"].as_str().ok_or("no token")?.to_owned();
+    let url = format!("ws://{}/resume?id={token}", proxy.addr);
+    let mut client = StatefulClient::connect(&url).await?;
+    client.raw.send_invocation_with_id("1", "Join", json!(["g"])).await?;
+    let joined = client.read().await?;
+    assert_eq!(joined["type"], 3, "{joined}");
+    Ok((client, url))
 }
 
 async fn group_count(node: &NodeHandle, group: &str) -> TestResult<usize> {
@@ -231,7 +176,7 @@ async fn group_messages_survive_a_dropped_socket_exactly_once_in_order() -> Test
     timeout(TEST_TIMEOUT, async {
         let (node, disconnects) = start(Duration::from_secs(10)).await?;
         let proxy = Proxy::start(node.local_addr()).await?;
-        let (mut client, url) = Client::join_through(&node, &proxy).await?;
+        let (mut client, url) = join_through(&node, &proxy).await?;
 
         // Group sends run throughout, before, during and after the drop.
         const COUNT: u64 = 300;
@@ -311,7 +256,7 @@ async fn after_the_window_the_token_is_gone() -> TestResult {
         let window = Duration::from_millis(500);
         let (node, disconnects) = start(window).await?;
         let proxy = Proxy::start(node.local_addr()).await?;
-        let (client, url) = Client::join_through(&node, &proxy).await?;
+        let (client, url) = join_through(&node, &proxy).await?;
         proxy.cut();
         tokio::time::sleep(window / 5).await;
         assert_eq!(group_count(&node, "g").await?, 1, "still a member within the window");

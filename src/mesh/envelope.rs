@@ -71,6 +71,8 @@ pub(super) enum Envelope {
     Request { id: u64, request: Request },
     /// The answer to a request.
     Reply { id: u64, answer: Answer },
+    /// A frame of a connection's transport tunneled between nodes (see `super::relay`), in link order.
+    Tunnel { payload: Bytes },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

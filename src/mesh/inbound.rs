@@ -100,6 +100,7 @@ impl<H: LocalHub> Router<H> {
                     }
                 });
             }
+            Envelope::Tunnel { payload } => self.on_tunnel_frame(from, payload),
             Envelope::Reply { id, answer } => {
                 if let Some(pending) = self.pending.lock().remove(&id) {
                     let _ = pending.reply.send(answer);

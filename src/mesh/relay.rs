@@ -13,7 +13,8 @@
 //!   server the home recorded; else the home. A send whose home is not live is offered to every live peer: only
 //!   the node that serves the connection delivers it.
 //! * **Relays:** a request the node layer relays to a peer ([`Router::relay`]) and the node layer's answer to
-//!   one ([`RelayHost`]). The mesh carries them as opaque bytes over the links, under the links' credit window
+//!   one ([`RelayHost`]); and tunnel frames ([`Router::send_tunnel`]), one-way and in link order, for a
+//!   transport whose socket is on one node and whose connection runs on another. The mesh carries them as opaque bytes over the links, under the links' credit window
 //!   (a full link fails the relay at once) and with a deadline; it knows nothing of HTTP.
 
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::envelope::{unexpected, Answer, Request};
+use super::envelope::{unexpected, Answer, Envelope, Request};
 use super::{LocalHub, MeshError, Router};
 use crate::cluster::NodeId;
 use crate::connection::ConnectionId;
@@ -41,6 +42,10 @@ pub(crate) trait RelayHost: Send + Sync + 'static {
 
     /// Incarnation `peer` left the view: the connections it had adopted from this node are gone.
     fn peer_left(&self, peer: &NodeId);
+
+    /// A tunnel frame from `from` (see [`Router::send_tunnel`]), in the order the link delivered it. Must not
+    /// block: it runs on the task that reads the links.
+    fn tunnel_frame(&self, from: &NodeId, payload: Bytes);
 }
 
 /// The connections of this node that run elsewhere, by id, with the incarnation that serves each.
@@ -136,6 +141,23 @@ impl<H: LocalHub> Router<H> {
             Answer::Relayed(answer) => Ok(answer),
             Answer::PeerLeft => Err(MeshError::NodeGone(node.to_owned())),
             answer => Err(unexpected(answer)),
+        }
+    }
+
+    /// Sends a tunnel frame to incarnation `peer`: delivered to its node layer in the order sent, after anything
+    /// sent to it before, or not at all (the link is full or gone: the caller ends the tunnel).
+    pub(crate) fn send_tunnel(&self, peer: &NodeId, payload: Bytes) -> Result<(), MeshError> {
+        match self.send_to_peer(peer, &Envelope::Tunnel { payload }) {
+            Ok(()) => Ok(()),
+            Err(crate::cluster::LinkError::QueueFull(_)) => Err(MeshError::Busy(peer.name.to_string())),
+            Err(_) => Err(MeshError::NodeGone(peer.name.to_string())),
+        }
+    }
+
+    pub(super) fn on_tunnel_frame(&self, from: &NodeId, payload: Bytes) {
+        let host = self.relay_host.read().as_ref().and_then(Weak::upgrade);
+        if let Some(host) = host {
+            host.tunnel_frame(from, payload);
         }
     }
 

@@ -36,7 +36,8 @@
 //! * `send`: `POST [base]`, the send half of SSE and long polling;
 //! * `token`: connection tokens any node of the cluster can check; `relay`: the requests of a connection that
 //!   reach a node other than the one holding it (adopted WebSockets and SSE streams, relayed polls, POSTs and
-//!   DELETEs); `reply`: a transport request's answer as data that can cross the links.
+//!   DELETEs); `reply`: a transport request's answer as data that can cross the links; `tunnel`: a stateful
+//!   connection's reconnected socket on one node carrying the connection that runs on another.
 
 mod access;
 mod endpoint;
@@ -48,6 +49,7 @@ mod reply;
 mod send;
 mod sse;
 mod token;
+mod tunnel;
 mod websocket;
 
 use actix_web::http::{header, Method, StatusCode};
@@ -74,6 +76,7 @@ use websocket::{accept_websocket, is_websocket_upgrade, upgrade_with_actix_ws};
 pub(crate) use endpoint::HubEndpoint;
 pub(crate) use relay::NodeRelays;
 pub(crate) use token::TokenKeys;
+pub(crate) use tunnel::Tunnels;
 // The test server's raw `/echo` transports use these too.
 #[cfg(feature = "test-util")]
 pub(crate) use endpoint::NEGOTIATE_EXPIRY;

@@ -27,7 +27,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::super::{Node, NodeInner};
-use super::endpoint::{claim_with, lookup, Active, HubEndpoint, Lookup};
+use tracing::Instrument;
+
+use super::endpoint::{claim_with, lookup, Active, HubEndpoint, Lookup, Negotiated};
+use super::tunnel::{LinkTransport, SocketEnd};
+use crate::connection::reconnect;
 use super::reply::Reply;
 use crate::auth::Claims;
 use crate::cluster::NodeId;
@@ -50,8 +54,12 @@ struct Relayed {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Op {
-    /// The sender took this transport for a fresh token and asks to run the connection.
-    Adopt { transport: TransportKind },
+    /// The sender took this transport for a fresh token and asks to run the connection; for a WebSocket of a
+    /// stateful connection that is already open (its client reconnects), with the tunnel the sender opened for it.
+    Adopt { transport: TransportKind, tunnel: Option<u64> },
+    /// Resume the stateful connection of this token, which runs here, on a tunnel to the client's socket on
+    /// node `client` (passed on by the home to the connection's server).
+    Resume { client: NodeId, tunnel: u64 },
     /// A long poll (the first one opens the connection, as the request `request` describes).
     Poll { request: WireRequest },
     /// A POST's body.
@@ -66,6 +74,8 @@ enum Op {
 enum Answer {
     /// The sender may run the connection; stateful reconnect is on for it or not.
     Adopted { stateful: bool },
+    /// The connection resumed on the tunnel; it runs on `server`.
+    Resumed { server: NodeId },
     Reply(Reply),
 }
 
@@ -177,18 +187,60 @@ async fn ask(node: &Node, endpoint: &HubEndpoint, target: &NodeId, token: &str, 
     }
 }
 
-/// Asks the home to let this node run the connection of `token` over `transport`: whether stateful reconnect is
-/// on for it, or the reply that refuses it.
+/// What the home says to a transport request for one of its tokens.
+pub(super) enum Adoption {
+    /// Run the connection here; stateful reconnect is on for it or not.
+    Adopted { stateful: bool },
+    /// The stateful connection resumed on the tunnel of `socket`: pump the client's socket through it.
+    Resumed(SocketEnd),
+}
+
+/// Asks the home to let this node run the connection of `token` over `transport`; for a WebSocket, a stateful
+/// connection that runs elsewhere resumes on a tunnel instead. The reply that refuses it otherwise.
 pub(super) async fn adopt(
     node: &Node,
     endpoint: &HubEndpoint,
     home: &NodeId,
     token: &str,
     transport: TransportKind,
-) -> Result<bool, Reply> {
-    match ask(node, endpoint, home, token, Op::Adopt { transport }, RELAY_TIMEOUT).await {
-        Answer::Adopted { stateful } => Ok(stateful),
+) -> Result<Adoption, Reply> {
+    // The tunnel end is opened before asking: the connection may write to it before the answer comes back.
+    let socket = if transport == TransportKind::WebSockets {
+        Some(SocketEnd::open(node).ok_or_else(|| Reply::unavailable("too many tunnels"))?)
+    } else {
+        None
+    };
+    let op = Op::Adopt {
+        transport,
+        tunnel: socket.as_ref().map(SocketEnd::tunnel),
+    };
+    match ask(node, endpoint, home, token, op, RELAY_TIMEOUT).await {
+        Answer::Adopted { stateful } => Ok(Adoption::Adopted { stateful }),
+        Answer::Resumed { server } => match socket {
+            Some(mut socket) => {
+                socket.resumed_on(server);
+                Ok(Adoption::Resumed(socket))
+            }
+            None => Err(Reply::text(StatusCode::BAD_GATEWAY, "The connection's node answered out of turn.")),
+        },
         Answer::Reply(reply) => Err(reply),
+    }
+}
+
+/// Resumes the stateful connection of `token`, which `server` runs, on a tunnel from this node's socket.
+pub(super) async fn resume_on(node: &Node, endpoint: &HubEndpoint, server: &NodeId, token: &str) -> Result<SocketEnd, Reply> {
+    let mut socket = SocketEnd::open(node).ok_or_else(|| Reply::unavailable("too many tunnels"))?;
+    let op = Op::Resume {
+        client: node.router().incarnation(),
+        tunnel: socket.tunnel(),
+    };
+    match ask(node, endpoint, server, token, op, RELAY_TIMEOUT).await {
+        Answer::Resumed { server } => {
+            socket.resumed_on(server);
+            Ok(socket)
+        }
+        Answer::Reply(reply) => Err(reply),
+        Answer::Adopted { .. } => Err(Reply::text(StatusCode::BAD_GATEWAY, "The connection's node answered out of turn.")),
     }
 }
 
@@ -225,7 +277,9 @@ pub(super) async fn delete(node: &Node, endpoint: &HubEndpoint, home: &NodeId, t
 fn reply_of(answer: Answer) -> Reply {
     match answer {
         Answer::Reply(reply) => reply,
-        Answer::Adopted { .. } => Reply::text(StatusCode::BAD_GATEWAY, "The connection's node answered out of turn."),
+        Answer::Adopted { .. } | Answer::Resumed { .. } => {
+            Reply::text(StatusCode::BAD_GATEWAY, "The connection's node answered out of turn.")
+        }
     }
 }
 
@@ -261,7 +315,8 @@ async fn serve(node: Node, from: NodeId, payload: Bytes) -> Answer {
     };
     let token = relayed.token;
     match relayed.op {
-        Op::Adopt { transport } => adopt_here(&node, &endpoint, from, &token, transport),
+        Op::Adopt { transport, tunnel } => adopt_here(&node, &endpoint, from, &token, transport, tunnel).await,
+        Op::Resume { client, tunnel } => resume_here(&node, &endpoint, &token, client, tunnel),
         Op::Poll { request } => {
             Answer::Reply(super::long_polling::long_poll(&node, endpoint, token, move || request.into()).await)
         }
@@ -288,13 +343,29 @@ async fn serve(node: Node, from: NodeId, payload: Bytes) -> Answer {
     }
 }
 
-/// Lets `from` run the connection of a fresh token over `transport`, or refuses as this node would refuse that
+/// Lets `from` run the connection of a fresh token over `transport`, resumes a stateful connection on the tunnel
+/// `from` opened (here, or through the node that adopted it), or refuses as this node would refuse that
 /// transport's request itself.
-fn adopt_here(node: &Node, endpoint: &HubEndpoint, from: NodeId, token: &str, transport: TransportKind) -> Answer {
-    let id = match lookup(endpoint, token) {
-        Lookup::Missing => return Answer::Reply(Reply::no_connection()),
-        Lookup::Fresh(id) => id,
-        Lookup::Open(open, ..) | Lookup::Adopted(_, open) => {
+async fn adopt_here(
+    node: &Node,
+    endpoint: &HubEndpoint,
+    from: NodeId,
+    token: &str,
+    transport: TransportKind,
+    tunnel: Option<u64>,
+) -> Answer {
+    let id = match (lookup(endpoint, token), tunnel) {
+        (Lookup::Missing, _) => return Answer::Reply(Reply::no_connection()),
+        (Lookup::Fresh(id), _) => id,
+        (Lookup::Open(TransportKind::WebSockets, ..), Some(tunnel)) if is_stateful(endpoint, token) => {
+            return resume_here(node, endpoint, token, from, tunnel)
+        }
+        (Lookup::Adopted(server, TransportKind::WebSockets), Some(tunnel)) if is_stateful(endpoint, token) => {
+            // The server answers the socket's node directly over the tunnel; this node only passes the request on.
+            let op = Op::Resume { client: from, tunnel };
+            return ask(node, endpoint, &server, token, op, RELAY_TIMEOUT).await;
+        }
+        (Lookup::Open(open, ..) | Lookup::Adopted(_, open), _) => {
             return Answer::Reply(match (open, transport) {
                 (TransportKind::WebSockets, TransportKind::WebSockets) => Reply::text(
                     StatusCode::CONFLICT,
@@ -327,6 +398,37 @@ fn adopt_here(node: &Node, endpoint: &HubEndpoint, from: NodeId, token: &str, tr
     }
 }
 
+fn is_stateful(endpoint: &HubEndpoint, token: &str) -> bool {
+    endpoint
+        .tokens
+        .lock()
+        .get(token)
+        .is_some_and(|negotiated| negotiated.stateful)
+}
+
+/// Resumes the stateful WebSocket connection of `token`, which runs here, on tunnel `tunnel` from `client`.
+fn resume_here(node: &Node, endpoint: &HubEndpoint, token: &str, client: NodeId, tunnel: u64) -> Answer {
+    let handle = match endpoint.tokens.lock().get(token) {
+        Some(Negotiated {
+            active: Some(Active::WebSocket(Some(handle))),
+            ..
+        }) if !handle.is_closed() => handle.clone(),
+        _ => return Answer::Reply(Reply::no_connection()),
+    };
+    let Some(transport) = LinkTransport::open(node, client, tunnel) else {
+        return Answer::Reply(Reply::unavailable("too many tunnels"));
+    };
+    let (relay, pump) = reconnect::relay(transport);
+    if !handle.resume(relay) {
+        // The connection ended meanwhile, or another reconnect is being handed over.
+        return Answer::Reply(Reply::no_connection());
+    }
+    tokio::spawn(pump.instrument(node.span().clone()));
+    Answer::Resumed {
+        server: node.router().incarnation(),
+    }
+}
+
 /// The node's [`RelayHost`], registered with its router.
 pub(crate) struct NodeRelays(pub(crate) Weak<NodeInner>);
 
@@ -347,6 +449,13 @@ impl RelayHost for NodeRelays {
             for endpoint in node.endpoints() {
                 endpoint.forget_adopted_by(peer);
             }
+            node.tunnels().peer_left(peer);
+        }
+    }
+
+    fn tunnel_frame(&self, from: &NodeId, payload: Bytes) {
+        if let Some(node) = self.0.upgrade().map(Node::from_inner) {
+            node.tunnels().on_frame(&node, from, &payload);
         }
     }
 }

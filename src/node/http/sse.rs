@@ -30,6 +30,7 @@ pub(super) async fn connect_sse(
             if let Err(reply) = relay::adopt(node, &endpoint, &home, &token, TransportKind::ServerSentEvents).await {
                 return reply.into_response();
             }
+            // (An SSE stream never resumes: the answer is `Adopted`.)
             let (post, inbound) = post_channel();
             insert_adopted(&endpoint, token.clone(), id.clone(), home, Active::ServerSentEvents(post), false);
             start(node, endpoint, token, id, request, user, inbound)

@@ -12,7 +12,8 @@ use tracing::Instrument;
 use super::super::Node;
 use super::access::{authenticate, query_string, request_info};
 use super::endpoint::{insert_adopted, Active, HubEndpoint, Negotiated, NEGOTIATE_EXPIRY};
-use super::relay::{self, Route};
+use super::relay::{self, Adoption, Route};
+use super::tunnel::SocketEnd;
 use super::negotiate::random_id;
 use super::{no_connection, normalize_path, text};
 use crate::auth::Authenticated;
@@ -39,6 +40,13 @@ pub(crate) enum AcceptedWebSocket {
         max_frame: usize,
         span: tracing::Span,
     },
+    /// A stateful connection whose client comes back here while the connection runs on another node: the socket
+    /// is carried over a tunnel (`super::tunnel`).
+    Tunnel {
+        socket: SocketEnd,
+        max_frame: usize,
+        span: tracing::Span,
+    },
 }
 
 /// A new hub connection over a WebSocket, before its upgrade.
@@ -56,7 +64,7 @@ impl AcceptedWebSocket {
     pub(crate) fn max_frame(&self) -> usize {
         match self {
             AcceptedWebSocket::New(new) => new.setup.limits.max_frame,
-            AcceptedWebSocket::Resume { max_frame, .. } => *max_frame,
+            AcceptedWebSocket::Resume { max_frame, .. } | AcceptedWebSocket::Tunnel { max_frame, .. } => *max_frame,
         }
     }
 
@@ -88,6 +96,9 @@ impl AcceptedWebSocket {
                     tracing::debug!("a stateful reconnect arrived after the connection ended");
                 }
                 actix_web::rt::spawn(pump.instrument(span));
+            }
+            AcceptedWebSocket::Tunnel { socket, span, .. } => {
+                actix_web::rt::spawn(socket.pump(transport).instrument(span));
             }
         }
     }
@@ -136,13 +147,36 @@ pub(super) async fn accept_websocket(
         return accept_local(node, endpoint, None, head, user);
     };
     let (home, id) = match relay::route(node, &endpoint, &token) {
-        Route::Here => return accept_local(node, endpoint, Some(token), head, user),
+        Route::Here => {
+            // A stateful connection negotiated here that another node runs: its client is back, here.
+            let adopted_by = match endpoint.tokens.lock().get(&token) {
+                Some(Negotiated {
+                    active:
+                        Some(Active::Adopted {
+                            server,
+                            transport: TransportKind::WebSockets,
+                        }),
+                    stateful: true,
+                    ..
+                }) => Some(server.clone()),
+                _ => None,
+            };
+            let Some(server) = adopted_by else {
+                return accept_local(node, endpoint, Some(token), head, user);
+            };
+            let socket = relay::resume_on(node, &endpoint, &server, &token)
+                .await
+                .map_err(|reply| Box::new(reply.into_response()))?;
+            return Ok(tunnel(node, socket));
+        }
         Route::Missing => return Err(no_connection().into()),
         Route::Home(home, id) => (home, id),
     };
-    let stateful = relay::adopt(node, &endpoint, &home, &token, TransportKind::WebSockets)
-        .await
-        .map_err(|reply| Box::new(reply.into_response()))?;
+    let stateful = match relay::adopt(node, &endpoint, &home, &token, TransportKind::WebSockets).await {
+        Ok(Adoption::Adopted { stateful }) => stateful,
+        Ok(Adoption::Resumed(socket)) => return Ok(tunnel(node, socket)),
+        Err(reply) => return Err(Box::new(reply.into_response())),
+    };
     let (handle, resume) = if stateful {
         let (handle, slot) = reconnect::resume_channel();
         (Some(handle), Some(slot))
@@ -165,6 +199,14 @@ pub(super) async fn accept_websocket(
         setup,
         span: node.span().clone(),
     })))
+}
+
+fn tunnel(node: &Node, socket: SocketEnd) -> AcceptedWebSocket {
+    AcceptedWebSocket::Tunnel {
+        socket,
+        max_frame: node.limits().max_frame,
+        span: node.span().clone(),
+    }
 }
 
 /// Accepts a WebSocket for a token this node holds (or a new connection without negotiate, with no token).

@@ -1,0 +1,68 @@
+//! A raw client of stateful reconnect (handshake version 2) that reads as the official client does: the Sequence
+//! message after a reconnect says where the server resumes, and records it already had are dropped by their
+//! sequence id. Shared by the tests that cut a stateful connection's socket.
+
+use hubmesh::testing::client::TestClient;
+use serde_json::Value;
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A stateful client and what it received.
+pub struct StatefulClient {
+    pub raw: TestClient,
+    /// The sequence id of the next trackable record; `None` until the Sequence message after a reconnect.
+    next_id: Option<u64>,
+    /// The highest sequence id received.
+    pub received: u64,
+}
+
+fn trackable(message: &Value) -> bool {
+    matches!(message["type"].as_u64(), Some(1..=5))
+}
+
+impl StatefulClient {
+    /// Connects to `url` (a WebSocket URL with the connection's token) and does a version 2 handshake.
+    pub async fn connect(url: &str) -> TestResult<StatefulClient> {
+        let raw = TestClient::to(url).handshake_version(2).connect().await?;
+        Ok(StatefulClient {
+            raw,
+            next_id: Some(1),
+            received: 0,
+        })
+    }
+
+    /// The next hub message to act on: Sequence handled, duplicates dropped, as the official client does.
+    pub async fn read(&mut self) -> TestResult<Value> {
+        for _ in 0..10_000 {
+            let message = self.raw.record().await?.value;
+            if message["type"] == 9 {
+                let id = message["sequenceId"].as_u64().ok_or("Sequence without an id")?;
+                if id > self.received + 1 {
+                    return Err("Sequence ID greater than amount of messages we've received.".into());
+                }
+                self.next_id = Some(id);
+                continue;
+            }
+            let Some(next_id) = self.next_id else {
+                // Before the Sequence message after a reconnect, everything is dropped.
+                continue;
+            };
+            if trackable(&message) {
+                self.next_id = Some(next_id + 1);
+                if next_id <= self.received {
+                    continue;
+                }
+                self.received = next_id;
+            }
+            return Ok(message);
+        }
+        Err("no message to act on".into())
+    }
+
+    /// Reconnects with `url` (the same token), then sends Sequence with `client_next`, as the official client does.
+    pub async fn reconnect(&mut self, url: &str, client_next: u64) -> TestResult {
+        self.raw.reconnect(url).await?;
+        self.next_id = None;
+        Ok(self.raw.send_sequence(client_next).await?)
+    }
+}
