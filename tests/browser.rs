@@ -48,8 +48,9 @@ fn browser_dir() -> PathBuf {
 fn signal_group(child: &Child, signal: &str) {
     #[cfg(unix)]
     {
+        // `--` first: without it procps' kill reads `-<pgid>` as options and signals every process (pid -1).
         let _ = Command::new("kill")
-            .arg(format!("-{signal}"))
+            .args(["-s", signal, "--"])
             .arg(format!("-{}", child.id()))
             .status();
     }

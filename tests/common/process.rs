@@ -22,8 +22,9 @@ pub fn own_process_group(command: &mut Command) -> &mut Command {
 pub fn kill_tree(child: &mut Child) {
     #[cfg(unix)]
     {
+        // `--` first: without it procps' kill reads `-<pgid>` as options and signals every process (pid -1).
         let _ = Command::new("kill")
-            .arg("-KILL")
+            .args(["-s", "KILL", "--"])
             .arg(format!("-{}", child.id()))
             .status();
     }
