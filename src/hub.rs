@@ -91,7 +91,7 @@ impl From<MeshError> for HubError {
             MeshError::UnknownConnection(id) => HubError::UnknownConnection(id),
             MeshError::Group(error) => HubError::Group(error),
             MeshError::ClientResult(error) => HubError::ClientResult(error),
-            error @ (MeshError::Busy(_) | MeshError::NodeGone(_)) => {
+            error @ (MeshError::Busy(_) | MeshError::NodeGone(_) | MeshError::TooLarge { .. }) => {
                 HubError::Group(GroupError::Unavailable(error.to_string()))
             }
         }

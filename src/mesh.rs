@@ -33,6 +33,7 @@
 //! * `mesh/members.rs`: joining, leaving, counting and listing a group, from any node.
 //! * `mesh/requests.rs`: request/reply between nodes, and serving a peer's requests (client results included).
 //! * `mesh/rehome.rs`: the cluster's membership changes: snapshots and re-homing.
+//! * `mesh/hints.rs`: location hints, so that direct sends to an adopted connection go straight to its server.
 //! * `mesh/relay.rs`: connections served by a node other than their home (adopted), and the requests the node
 //!   layer relays between nodes for them.
 //!
@@ -55,6 +56,7 @@ mod envelope;
 mod group;
 mod group_actor;
 mod group_send;
+mod hints;
 mod inbound;
 mod members;
 mod owner;
@@ -72,6 +74,8 @@ pub use group::{GroupError, GroupKey};
 pub use group::{GroupKind, Stamp};
 #[cfg(feature = "internals")]
 pub use group_send::HELD_SENDS_CAP;
+#[cfg(feature = "internals")]
+pub use hints::RelayCounts;
 pub(crate) use relay::RelayHost;
 #[cfg(feature = "internals")]
 pub use relay::MAX_ADOPTED_OUT;
@@ -95,6 +99,14 @@ pub enum MeshError {
     /// The node that holds what was asked for is not (or no longer) in the cluster.
     #[error("node '{0}' is not in the cluster")]
     NodeGone(String),
+    /// A request larger than the link frame cap.
+    #[error("a request of {size} bytes exceeds the link frame cap of {max} bytes")]
+    TooLarge {
+        /// Its size, encoded.
+        size: usize,
+        /// The cap.
+        max: usize,
+    },
 }
 
 /// A hub running on this node, as the mesh sees it: its local connections and its table of local group

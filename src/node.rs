@@ -285,6 +285,14 @@ impl Node {
         &self.inner.token_keys
     }
 
+    /// How often this node passed sends on to connections it negotiated that run elsewhere (location hints make
+    /// that rare), for tests.
+    #[cfg(feature = "internals")]
+    #[doc(hidden)]
+    pub fn relay_counts(&self) -> crate::mesh::RelayCounts {
+        self.inner.router.relay_counts()
+    }
+
     pub(crate) fn tunnels(&self) -> &Tunnels {
         &self.inner.tunnels
     }

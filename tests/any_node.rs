@@ -79,6 +79,7 @@ async fn a_websocket_negotiated_on_one_node_runs_on_the_node_that_took_it() -> T
         let hub = format!("{}/hub", proxy.url());
         let mut clients = Vec::new();
         let mut ids = Vec::new();
+        let mut next_expected = [[0u64; 3]; 3];
         for _ in 0..3 {
             let (id, token) = negotiated(&hub).await?;
             let mut client = TestClient::to(&format!("{hub}?id={token}")).connect().await?;
@@ -129,35 +130,63 @@ async fn a_websocket_negotiated_on_one_node_runs_on_the_node_that_took_it() -> T
         context.groups().remove(&ids[0], "solo").await?;
         assert_eq!(context.groups().count("solo").await?, 0);
 
-        // Direct sends from every node reach each connection, once and in order per sender.
-        for sender in 0..3 {
-            let context = cluster.context(sender, "demo").ok_or("no hub context")?;
-            for (index, id) in ids.iter().enumerate() {
-                for n in 0..20 {
-                    context
-                        .clients()
-                        .client(id)
-                        .send("msg", (json!({"from": sender, "to": index, "n": n}),))?;
+        // Direct sends from every node reach each connection, once and in order per sender, while the senders
+        // learn where the connections run and switch to sending there straight (in bursts, so that the switch
+        // happens in the middle of the stream).
+        const BURSTS: u64 = 4;
+        const PER_BURST: u64 = 50;
+        let passed_on = |cluster: &TestCluster| -> u64 {
+            (0..3)
+                .filter_map(|index| cluster.node(index))
+                .map(|node| node.relay_counts().passed_on)
+                .sum()
+        };
+        let mut passed_on_per_burst = Vec::new();
+        for burst in 0..BURSTS {
+            let before = passed_on(&cluster);
+            for sender in 0..3 {
+                let context = cluster.context(sender, "demo").ok_or("no hub context")?;
+                for (index, id) in ids.iter().enumerate() {
+                    for n in burst * PER_BURST..(burst + 1) * PER_BURST {
+                        context
+                            .clients()
+                            .client(id)
+                            .send("msg", (json!({"from": sender, "to": index, "n": n}),))?;
+                    }
                 }
             }
-        }
-        for (index, client) in clients.iter_mut().enumerate() {
-            let mut next = [0u64; 3];
-            for _ in 0..60 {
-                let got = next_msg(client, Duration::from_secs(5))
-                    .await?
-                    .ok_or("a direct send was lost")?;
-                assert_eq!(got["to"], json!(index));
-                let sender = got["from"].as_u64().ok_or("no sender")? as usize;
-                assert_eq!(got["n"], json!(next[sender]), "out of order from node {sender}");
-                next[sender] += 1;
+            for (index, client) in clients.iter_mut().enumerate() {
+                for _ in 0..3 * PER_BURST {
+                    let got = next_msg(client, Duration::from_secs(5))
+                        .await?
+                        .ok_or("a direct send was lost")?;
+                    assert_eq!(got["to"], json!(index));
+                    let sender = got["from"].as_u64().ok_or("no sender")? as usize;
+                    let n = got["n"].as_u64().ok_or("no n")?;
+                    assert_eq!(
+                        n, next_expected[index][sender],
+                        "out of order from node {sender} to client {index}"
+                    );
+                    next_expected[index][sender] += 1;
+                }
             }
+            passed_on_per_burst.push(passed_on(&cluster) - before);
+        }
+        for client in &mut clients {
             assert_eq!(
                 next_msg(client, Duration::from_millis(200)).await?,
                 None,
                 "a direct send came twice"
             );
         }
+        println!("sends passed on by the homes, per burst: {passed_on_per_burst:?}");
+        // Once the senders switched, nothing goes through a home any more.
+        assert_eq!(passed_on_per_burst.last(), Some(&0), "{passed_on_per_burst:?}");
+        let gave_up: u64 = (0..3)
+            .filter_map(|index| cluster.node(index))
+            .map(|node| node.relay_counts().fences_given_up)
+            .sum();
+        assert_eq!(gave_up, 0);
 
         // A client result from a node that neither negotiated nor serves the connection.
         for (index, id) in ids.iter().enumerate() {

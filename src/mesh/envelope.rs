@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::group::{GroupError, GroupKey, Stamp};
 use super::MeshError;
+use crate::cluster::NodeId;
 use crate::connection::{ClientResultError, ConnectionId, SharedFrame};
 use crate::protocol::Protocol;
 
@@ -71,6 +72,25 @@ pub(super) enum Envelope {
     Request { id: u64, request: Request },
     /// The answer to a request.
     Reply { id: u64, answer: Answer },
+    /// From a connection's home to a node whose send it passed on: these connections run on `server`.
+    Hint {
+        hub: Arc<str>,
+        ids: Vec<ConnectionId>,
+        server: NodeId,
+    },
+    /// Sent by `origin` through a connection's home to its server, after `origin`'s earlier sends to it.
+    Fence {
+        hub: Arc<str>,
+        id: ConnectionId,
+        nonce: u64,
+        origin: NodeId,
+    },
+    /// The server's answer to a fence (`None`: the home no longer passes sends on for it).
+    FenceAck {
+        id: ConnectionId,
+        nonce: u64,
+        server: Option<NodeId>,
+    },
     /// A frame of a connection's transport tunneled between nodes (see `super::relay`), in link order.
     Tunnel { payload: Bytes },
 }
@@ -128,6 +148,8 @@ pub(super) enum WireError {
     Busy(String),
     /// A node left.
     NodeGone(String),
+    /// A request larger than the link frame cap.
+    TooLarge { size: usize, max: usize },
 }
 
 impl From<MeshError> for WireError {
@@ -143,6 +165,7 @@ impl From<MeshError> for WireError {
             MeshError::Group(error) => WireError::Group(error.to_string()),
             MeshError::Busy(node) => WireError::Busy(node),
             MeshError::NodeGone(node) => WireError::NodeGone(node),
+            MeshError::TooLarge { size, max } => WireError::TooLarge { size, max },
         }
     }
 }
@@ -161,6 +184,7 @@ impl From<WireError> for MeshError {
             WireError::BadResult(message) => MeshError::ClientResult(ClientResultError::BadResult(message)),
             WireError::Busy(node) => MeshError::Busy(node),
             WireError::NodeGone(node) => MeshError::NodeGone(node),
+            WireError::TooLarge { size, max } => MeshError::TooLarge { size, max },
         }
     }
 }

@@ -43,7 +43,15 @@ impl<H: LocalHub> Router<H> {
                     runtime.deliver_all(&frame.into_frame(), &except);
                 }
             }
-            Envelope::ToConnections { hub, ids, frame } => self.deliver_to_connections(&hub, ids, frame),
+            Envelope::ToConnections { hub, ids, frame } => self.deliver_to_connections(from, &hub, ids, frame),
+            Envelope::Hint { hub, ids, server } => self.on_hint(&hub, ids, server),
+            Envelope::Fence {
+                hub,
+                id,
+                nonce,
+                origin,
+            } => self.on_fence(hub, id, nonce, origin),
+            Envelope::FenceAck { id, nonce, server } => self.on_fence_ack(id, nonce, server),
             Envelope::GroupSend {
                 key,
                 except,

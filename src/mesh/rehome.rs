@@ -63,6 +63,7 @@ impl<H: LocalHub> Router<H> {
             // requests fail and only its members go; the new one's are kept.
             self.fail_pending(node);
             self.peer_left_relays(node);
+            self.peer_left_hints(node);
         }
         if !left.is_empty() {
             self.enqueue(MembershipOp::NodesLeft { nodes: left.clone() });

@@ -124,6 +124,10 @@ impl<H: LocalHub> Router<H> {
                     self.pending.lock().remove(&id);
                     return Answer::Failed(WireError::Busy(node.to_owned()));
                 }
+                Err(LinkError::TooLarge { size, max }) => {
+                    self.pending.lock().remove(&id);
+                    return Answer::Failed(WireError::TooLarge { size, max });
+                }
                 Err(error) => {
                     self.pending.lock().remove(&id);
                     tracing::debug!(parent: &self.span, %error, node, "a request could not be sent");

@@ -23,6 +23,7 @@ use super::envelope::{Envelope, WireFrame};
 use super::group::GroupKey;
 use super::group_send::{HeldSend, Retained};
 use super::owner::MembershipOp;
+use super::hints::{Hints, Route};
 use super::relay::{AdoptedOut, RelayHost};
 use super::requests::Pending;
 use super::LocalHub;
@@ -61,6 +62,13 @@ pub(crate) struct Router<H> {
     pub(super) adopted_out: Mutex<AdoptedOut>,
     /// Adoptions refused at that bound.
     pub(super) adoptions_refused: AtomicU64,
+    /// Where connections adopted by other nodes run, as this node learned (bounded by
+    /// [`super::hints::MAX_HINTS`]).
+    pub(super) hints: Mutex<Hints>,
+    /// Switches to a hinted server given up (fence unanswered in time, or too many sends held).
+    pub(super) fence_gave_up: AtomicU64,
+    /// Sends to connections this node negotiated that it passed on to the node running them.
+    pub(super) passed_on: AtomicU64,
     pub(super) span: tracing::Span,
 }
 
@@ -94,6 +102,9 @@ impl<H: LocalHub> Router<H> {
             relay_host: RwLock::new(None),
             adopted_out: Mutex::new(AdoptedOut::new()),
             adoptions_refused: AtomicU64::new(0),
+            hints: Mutex::new(Hints::new()),
+            fence_gave_up: AtomicU64::new(0),
+            passed_on: AtomicU64::new(0),
             span,
         });
         runtime.spawn(super::owner::run_membership_queue(Arc::downgrade(&router), queue));
@@ -235,43 +246,108 @@ impl<H: LocalHub> Router<H> {
         }
     }
 
-    /// Delivers `frame` to these connections, wherever they live: straight to the node that serves each one
-    /// (its home, unless this node knows better), and through every live peer when that node is gone (only the
-    /// node that serves an adopted connection delivers it).
+    /// Delivers `frame` to these connections, wherever they live: straight to the node that serves each one as far
+    /// as this node knows (this node, the server of a connection it negotiated, the server a hint names), else
+    /// through the connection's home (see `super::hints`), and through every live peer when the home is gone (only
+    /// the node that serves an adopted connection delivers it).
     pub(crate) fn to_connections(&self, hub: &Arc<str>, ids: &[ConnectionId], frame: Arc<SharedFrame>) {
-        let mut by_node: HashMap<Option<String>, Vec<ConnectionId>> = HashMap::new();
+        let mut here = Vec::new();
+        let mut to_server: HashMap<NodeId, Vec<ConnectionId>> = HashMap::new();
+        let mut elsewhere = Vec::new();
         for id in ids {
-            by_node.entry(self.server_of(hub, id)).or_default().push(id.clone());
+            if self.is_local(self.home_of(id)) {
+                match self.adopted_out.lock().get(id) {
+                    Some(server) => to_server.entry(server.clone()).or_default().push(id.clone()),
+                    None => here.push(id.clone()),
+                }
+            } else if self.hub(hub).is_some_and(|runtime| runtime.handle_of(id).is_some()) {
+                // Adopted here: served here, whatever its name says.
+                here.push(id.clone());
+            } else {
+                elsewhere.push(id.clone());
+            }
+        }
+        if !here.is_empty() {
+            if let Some(runtime) = self.hub(hub) {
+                runtime.deliver_to(&here, &frame);
+            }
         }
         let mut wire = None;
-        for (node, ids) in by_node {
-            let Some(node) = node else {
-                if let Some(runtime) = self.hub(hub) {
-                    runtime.deliver_to(&ids, &frame);
-                }
-                continue;
-            };
+        let mut make = || wire.get_or_insert_with(|| WireFrame::of(&frame)).clone();
+        for (server, ids) in to_server {
             let envelope = Envelope::ToConnections {
                 hub: hub.clone(),
                 ids,
-                frame: wire.get_or_insert_with(|| WireFrame::of(&frame)).clone(),
+                frame: make(),
             };
-            if self.live_peer(&node).is_none() {
-                // The home is gone; a connection it negotiated may still run on a live node.
-                for peer in self.peers() {
-                    let _ = self.send_to_peer(&peer, &envelope);
+            if let Err(error) = self.send_to_peer(&server, &envelope) {
+                tracing::debug!(parent: &self.span, %error, %server, "a send to an adopted connection failed");
+            }
+        }
+        if elsewhere.is_empty() {
+            return;
+        }
+        // Held until everything is sent: a fence must not overtake a send decided before it (`super::hints`).
+        let mut hints = self.hints.lock();
+        let mut direct: HashMap<NodeId, Vec<ConnectionId>> = HashMap::new();
+        let mut via_home: HashMap<String, Vec<ConnectionId>> = HashMap::new();
+        for id in elsewhere {
+            let mut given_up = Vec::new();
+            match self.hinted_route(&mut hints, hub, &id, &mut make, &mut given_up) {
+                Route::Direct(server) => direct.entry(server).or_default().push(id),
+                Route::Held => {}
+                Route::Home => {
+                    let home = self.home_of(&id).to_owned();
+                    for (held_hub, held_frame) in given_up {
+                        let envelope = Envelope::ToConnections {
+                            hub: held_hub,
+                            ids: vec![id.clone()],
+                            frame: held_frame,
+                        };
+                        self.send_to_home(&home, &envelope);
+                    }
+                    via_home.entry(home).or_default().push(id);
                 }
-                continue;
             }
-            if let Err(error) = self.send_to(&node, &envelope) {
-                tracing::debug!(parent: &self.span, %error, node, "a send to connections of a node failed");
+        }
+        for (server, ids) in direct {
+            let envelope = Envelope::ToConnections {
+                hub: hub.clone(),
+                ids,
+                frame: make(),
+            };
+            if let Err(error) = self.send_to_peer(&server, &envelope) {
+                tracing::debug!(parent: &self.span, %error, %server, "a send to a connection's server failed");
             }
+        }
+        for (home, ids) in via_home {
+            let envelope = Envelope::ToConnections {
+                hub: hub.clone(),
+                ids,
+                frame: make(),
+            };
+            self.send_to_home(&home, &envelope);
+        }
+        drop(hints);
+    }
+
+    /// Sends to a connection's home, or to every live peer when the home is gone (a connection it negotiated may
+    /// still run on a live node).
+    pub(super) fn send_to_home(&self, home: &str, envelope: &Envelope) {
+        if self.live_peer(home).is_none() {
+            for peer in self.peers() {
+                let _ = self.send_to_peer(&peer, envelope);
+            }
+            return;
+        }
+        if let Err(error) = self.send_to(home, envelope) {
+            tracing::debug!(parent: &self.span, %error, home, "a send to connections of a node failed");
         }
     }
 
     /// Delivers a peer's send to connections: those served here, and on to the server of those negotiated here
     /// that run elsewhere.
-    pub(super) fn deliver_to_connections(&self, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame) {
+    pub(super) fn deliver_to_connections(&self, from: &NodeId, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame) {
         let adopted: Vec<(ConnectionId, NodeId)> = {
             let adopted_out = self.adopted_out.lock();
             if adopted_out.is_empty() {
@@ -296,7 +372,17 @@ impl<H: LocalHub> Router<H> {
         for (id, server) in adopted {
             by_server.entry(server).or_default().push(id);
         }
+        self.passed_on.fetch_add(1, Ordering::Relaxed);
         for (server, ids) in by_server {
+            if server != *from {
+                // The sender can reach the server straight (`super::hints`).
+                let hint = Envelope::Hint {
+                    hub: hub.clone(),
+                    ids: ids.clone(),
+                    server: server.clone(),
+                };
+                let _ = self.send_to_peer(from, &hint);
+            }
             let envelope = Envelope::ToConnections {
                 hub: hub.clone(),
                 ids,

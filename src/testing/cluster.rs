@@ -220,6 +220,11 @@ impl TestCluster {
         }
     }
 
+    /// Node `index`, if it runs.
+    pub fn node(&self, index: usize) -> Option<&Node> {
+        self.nodes.get(index)?.handle.as_ref().map(NodeHandle::node)
+    }
+
     /// Stops every node.
     pub async fn stop(mut self) {
         for node in &mut self.nodes {

@@ -71,8 +71,8 @@ fn poll_reply(outcome: PollOutcome) -> Reply {
     }
 }
 
-/// The response to a long poll with `outcome`, for any handler of a long-polling transport (hubs here, raw
-/// connection handlers such as the test server's `/echo`).
+/// The response to a long poll with `outcome`, for raw connection handlers such as the test server's `/echo`.
+#[cfg(feature = "test-util")]
 pub fn poll_response(outcome: PollOutcome) -> actix_web::HttpResponse {
     poll_reply(outcome).into_response()
 }

@@ -183,6 +183,9 @@ async fn ask(node: &Node, endpoint: &HubEndpoint, target: &NodeId, token: &str, 
         }),
         // The node died or restarted: its connections are gone with it.
         Err(MeshError::NodeGone(_)) => Answer::Reply(Reply::no_connection()),
+        Err(error @ MeshError::TooLarge { .. }) => {
+            Answer::Reply(Reply::text(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()))
+        }
         Err(error) => Answer::Reply(Reply::unavailable(error)),
     }
 }

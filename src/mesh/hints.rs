@@ -1,0 +1,260 @@
+//! Location hints: a node that sends to a connection that another node adopted learns where it runs, and sends
+//! there directly from then on, so a direct send gains no hop in the common case
+//! (docs/any-node-design.md#4-finding-a-connection-to-send-to-it).
+//!
+//! A send to a connection goes to its home (the node its id names). When the home passes a send on to the node
+//! that adopted the connection, it tells the sender ([`Envelope::Hint`]). The sender must not simply switch: a
+//! direct send could overtake its earlier sends still on their way through the home. So it *fences*: it sends a
+//! [`Envelope::Fence`] along the old path (through the home, after everything it sent that way) and holds its
+//! next sends to that connection (at most [`MAX_FENCED`], for at most [`FENCE_TIMEOUT`]) until the server answers
+//! the fence ([`Envelope::FenceAck`]): every earlier send has then arrived, and the held ones and all later ones go
+//! straight to the server. A fence that is not answered in time, or too many held sends, give up the switch: the
+//! held sends go through the home, in order, as before.
+//!
+//! Bounds: at most [`MAX_HINTS`] connections are remembered; past it, the settled hints are forgotten (each costs
+//! the next send one hop, and a new fence). Hints of a node that left are forgotten with it.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::envelope::{Envelope, WireFrame};
+use super::{LocalHub, Router};
+use crate::cluster::NodeId;
+use crate::connection::ConnectionId;
+
+/// Connections whose server a node remembers.
+pub const MAX_HINTS: usize = 65_536;
+/// Sends held for one connection while its fence is out.
+pub const MAX_FENCED: usize = 256;
+/// How long a fence may stay unanswered.
+pub const FENCE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a connection adopted by another node runs, as this node knows it.
+pub(super) struct Hint {
+    server: NodeId,
+    state: HintState,
+}
+
+enum HintState {
+    /// The fence is out: sends wait here, in order.
+    Fencing {
+        nonce: u64,
+        since: Instant,
+        held: Vec<(Arc<str>, WireFrame)>,
+    },
+    /// Sends go straight to the server.
+    Direct,
+}
+
+/// The hints of a node, by connection.
+pub(super) type Hints = HashMap<ConnectionId, Hint>;
+
+/// What a send to one connection whose home is another node does, per its hint.
+pub(super) enum Route {
+    /// Through the home, as without a hint.
+    Home,
+    /// Straight to the server.
+    Direct(NodeId),
+    /// Held until the fence is answered.
+    Held,
+}
+
+/// How often the home passed sends on and senders gave up switching, for tests.
+#[cfg(feature = "internals")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayCounts {
+    /// Sends from peers to connections this node negotiated, passed on to the node that runs them.
+    pub passed_on: u64,
+    /// Switches to a hinted server given up.
+    pub fences_given_up: u64,
+}
+
+impl<H: LocalHub> Router<H> {
+    /// This node's [`RelayCounts`].
+    #[cfg(feature = "internals")]
+    pub(crate) fn relay_counts(&self) -> RelayCounts {
+        RelayCounts {
+            passed_on: self.passed_on.load(Ordering::Relaxed),
+            fences_given_up: self.fence_gave_up.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Where a send to `id` (of hub `hub`, whose home is another node) goes, under the hints lock `hints`, which
+    /// the caller holds until it has sent (so that a fence never overtakes a send decided before it). A held send
+    /// is kept here (`frame` makes its wire form once). A switch given up hands back, in `via_home`, what it held:
+    /// the caller sends those through the home before this send.
+    pub(super) fn hinted_route(
+        &self,
+        hints: &mut Hints,
+        hub: &Arc<str>,
+        id: &ConnectionId,
+        frame: &mut dyn FnMut() -> WireFrame,
+        via_home: &mut Vec<(Arc<str>, WireFrame)>,
+    ) -> Route {
+        let Some(hint) = hints.get_mut(id) else {
+            return Route::Home;
+        };
+        match &mut hint.state {
+            HintState::Direct => Route::Direct(hint.server.clone()),
+            HintState::Fencing { since, held, .. } => {
+                if since.elapsed() < FENCE_TIMEOUT && held.len() < MAX_FENCED {
+                    held.push((hub.clone(), frame()));
+                    return Route::Held;
+                }
+                if let Some(Hint {
+                    state: HintState::Fencing { held, .. },
+                    ..
+                }) = hints.remove(id)
+                {
+                    self.fence_gave_up.fetch_add(1, Ordering::Relaxed);
+                    via_home.extend(held);
+                }
+                Route::Home
+            }
+        }
+    }
+
+    /// The home passed one of this node's sends on to `server`, which runs `ids`: fence, to switch to it.
+    pub(super) fn on_hint(&self, hub: &Arc<str>, ids: Vec<ConnectionId>, server: NodeId) {
+        for id in ids {
+            let nonce = self.next_request.fetch_add(1, Ordering::Relaxed);
+            // The fence goes out under the lock: a send decided before it went out before it.
+            let mut hints = self.hints.lock();
+            {
+                if hints.contains_key(&id) {
+                    continue;
+                }
+                if hints.len() >= MAX_HINTS {
+                    // Forget the settled ones; a fence in progress holds sends and must finish.
+                    hints.retain(|_, hint| matches!(hint.state, HintState::Fencing { .. }));
+                    if hints.len() >= MAX_HINTS {
+                        continue;
+                    }
+                }
+                hints.insert(
+                    id.clone(),
+                    Hint {
+                        server: server.clone(),
+                        state: HintState::Fencing {
+                            nonce,
+                            since: Instant::now(),
+                            held: Vec::new(),
+                        },
+                    },
+                );
+            }
+            let home = self.home_of(&id).to_owned();
+            let fence = Envelope::Fence {
+                hub: hub.clone(),
+                id: id.clone(),
+                nonce,
+                origin: self.id(),
+            };
+            if self.send_to(&home, &fence).is_err() {
+                hints.remove(&id);
+            }
+        }
+    }
+
+    /// A fence reached this node: as the home, pass it on to the server, which it reaches after every send this
+    /// home passed on before; as the server, answer the sender.
+    pub(super) fn on_fence(&self, hub: Arc<str>, id: ConnectionId, nonce: u64, origin: NodeId) {
+        if self.is_local(self.home_of(&id)) {
+            let server = self.adopted_out.lock().get(&id).cloned();
+            match server {
+                Some(server) => {
+                    let fence = Envelope::Fence { hub, id, nonce, origin };
+                    let _ = self.send_to_peer(&server, &fence);
+                }
+                // The connection ended (or runs here): the sender keeps going through the home.
+                None => {
+                    let _ = self.send_to_peer(&origin, &Envelope::FenceAck { id, nonce, server: None });
+                }
+            }
+            return;
+        }
+        let server = self.id();
+        let _ = self.send_to_peer(&origin, &Envelope::FenceAck {
+            id,
+            nonce,
+            server: Some(server),
+        });
+    }
+
+    /// The server answered a fence: every send made before it has arrived; the held ones go straight to it.
+    pub(super) fn on_fence_ack(&self, id: ConnectionId, nonce: u64, server: Option<NodeId>) {
+        let mut hints = self.hints.lock();
+        let matches = matches!(
+            hints.get(&id),
+            Some(Hint { state: HintState::Fencing { nonce: sent, .. }, .. }) if *sent == nonce
+        );
+        if !matches {
+            return;
+        }
+        let Some(mut hint) = hints.remove(&id) else {
+            return;
+        };
+        let HintState::Fencing { held, .. } = std::mem::replace(&mut hint.state, HintState::Direct) else {
+            return;
+        };
+        match server {
+            Some(server) if server == hint.server => {
+                // Under the lock, so that no later send overtakes the held ones.
+                for (hub, frame) in held {
+                    let envelope = Envelope::ToConnections {
+                        hub,
+                        ids: vec![id.clone()],
+                        frame,
+                    };
+                    let _ = self.send_to_peer(&server, &envelope);
+                }
+                hints.insert(id, hint);
+            }
+            _ => {
+                drop(hints);
+                self.send_via_home(&id, held);
+            }
+        }
+    }
+
+    /// Sends held for `id` through its home, in order.
+    fn send_via_home(&self, id: &ConnectionId, held: Vec<(Arc<str>, WireFrame)>) {
+        let home = self.home_of(id).to_owned();
+        for (hub, frame) in held {
+            let envelope = Envelope::ToConnections {
+                hub,
+                ids: vec![id.clone()],
+                frame,
+            };
+            if self.send_to(&home, &envelope).is_err() {
+                for peer in self.peers() {
+                    let _ = self.send_to_peer(&peer, &envelope);
+                }
+            }
+        }
+    }
+
+    /// Forgets the hints that point at `peer` (it left); sends held for it go through the homes.
+    pub(super) fn peer_left_hints(&self, peer: &NodeId) {
+        let gone: Vec<(ConnectionId, Hint)> = {
+            let mut hints = self.hints.lock();
+            let ids: Vec<ConnectionId> = hints
+                .iter()
+                .filter(|(_, hint)| hint.server == *peer)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| hints.remove(&id).map(|hint| (id, hint)))
+                .collect()
+        };
+        for (id, hint) in gone {
+            if let HintState::Fencing { held, .. } = hint.state {
+                self.send_via_home(&id, held);
+            }
+        }
+    }
+}
