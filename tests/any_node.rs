@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hubmesh::demo::demo_hub;
-use hubmesh::testing::client::{http_request_with_body as request, negotiate, HttpReply};
+use hubmesh::testing::client::{http_request_with_body as request, negotiate, HttpReply, Protocol};
 use hubmesh::testing::proxy::RoundRobinProxy;
 use hubmesh::testing::{TestClient, TestCluster};
 use hubmesh::{ConnectionId, Node};
@@ -455,6 +455,13 @@ async fn long_polling_spread_over_three_nodes_carries_a_thousand_messages_each_w
 /// arrive exactly once and in order, and what the client sends after each reconnect is processed once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stateful_connection_resumes_when_its_client_comes_back_to_another_node() -> TestResult {
+    for protocol in [Protocol::Json, Protocol::MessagePack] {
+        stateful_resume_on_other_nodes(protocol).await?;
+    }
+    Ok(())
+}
+
+async fn stateful_resume_on_other_nodes(protocol: Protocol) -> TestResult {
     timeout(Duration::from_secs(90), async {
         let cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
         cluster.wait_for_members(Duration::from_secs(10)).await?;
@@ -463,7 +470,7 @@ async fn a_stateful_connection_resumes_when_its_client_comes_back_to_another_nod
         assert_eq!(body["useStatefulReconnect"], json!(true), "{body}");
         let token = body["connectionToken"].as_str().ok_or("no token")?.to_owned();
         let at = |index: usize| -> TestResult<String> { Ok(format!("{}?id={token}", url(index)?)) };
-        let mut client = StatefulClient::connect(&at(1)?).await?;
+        let mut client = StatefulClient::connect_with(&at(1)?, protocol).await?;
         client
             .raw
             .send_invocation_with_id("1", "JoinGroup", json!(["g"]))

@@ -2,7 +2,10 @@
 //! message after a reconnect says where the server resumes, and records it already had are dropped by their
 //! sequence id. Shared by the tests that cut a stateful connection's socket.
 
-use hubmesh::testing::client::TestClient;
+// Each test binary that includes this file uses part of it.
+#![allow(dead_code)]
+
+use hubmesh::testing::client::{Protocol, TestClient};
 use serde_json::Value;
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -21,9 +24,18 @@ fn trackable(message: &Value) -> bool {
 }
 
 impl StatefulClient {
-    /// Connects to `url` (a WebSocket URL with the connection's token) and does a version 2 handshake.
+    /// Connects to `url` (a WebSocket URL with the connection's token) and does a version 2 handshake in JSON.
     pub async fn connect(url: &str) -> TestResult<StatefulClient> {
-        let raw = TestClient::to(url).handshake_version(2).connect().await?;
+        Self::connect_with(url, Protocol::Json).await
+    }
+
+    /// Connects to `url` and does a version 2 handshake in `protocol`.
+    pub async fn connect_with(url: &str, protocol: Protocol) -> TestResult<StatefulClient> {
+        let raw = TestClient::to(url)
+            .protocol(protocol)
+            .handshake_version(2)
+            .connect()
+            .await?;
         Ok(StatefulClient {
             raw,
             next_id: Some(1),
