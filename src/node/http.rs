@@ -33,13 +33,15 @@
 //! * `negotiate`: `POST [base]/negotiate`;
 //! * `access`: authentication, the 401 and 403 refusals, and the request info hub code sees;
 //! * `websocket`, `sse`, `long_polling`: the handler of each transport (`long_polling` also answers `DELETE`);
-//! * `send`: `POST [base]`, the send half of SSE and long polling.
+//! * `send`: `POST [base]`, the send half of SSE and long polling;
+//! * `rest`: the Azure SignalR-style REST API under `/api/`, when the node has an access key.
 
 mod access;
 mod endpoint;
 mod health;
 mod long_polling;
 mod negotiate;
+mod rest;
 mod send;
 mod sse;
 mod websocket;
@@ -64,6 +66,7 @@ use sse::connect_sse;
 use websocket::{accept_websocket, is_websocket_upgrade, upgrade_with_actix_ws};
 
 pub(crate) use endpoint::HubEndpoint;
+pub(crate) use rest::RestApi;
 // The test server's raw `/echo` transports use these too.
 #[cfg(feature = "test-util")]
 pub(crate) use endpoint::NEGOTIATE_EXPIRY;
@@ -105,6 +108,7 @@ fn text(status: StatusCode, body: &'static str) -> HttpResponse {
 pub const CLUSTER_PATH: &str = "/_hubmesh/cluster";
 
 async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node>) -> HttpResponse {
+    if rest::serves(&node, &request) { return rest::answer(&node, &request, body).await; }
     let path = normalize_path(request.path());
     if path == CLUSTER_PATH && request.method() == Method::GET {
         let (live, incarnations): (Vec<String>, Vec<String>) = match node.cluster_view().await {
