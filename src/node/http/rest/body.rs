@@ -107,7 +107,7 @@ mod tests {
     fn the_close_frame_carries_the_reason() {
         let frame = close_frame(Some("bye".into()));
         let json = frame.bytes(Protocol::Json).map(|bytes| bytes.to_vec());
-        assert_eq!(json.as_deref(), Some(&b"{\"type\":7,\"error\":\"bye\",\"allowReconnect\":false}\x1e"[..]));
+        assert_eq!(json.as_deref(), Some(&b"{\"type\":7,\"error\":\"bye\"}\x1e"[..]));
         assert!(frame.bytes(Protocol::MessagePack).is_some());
     }
 }
