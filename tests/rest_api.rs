@@ -407,3 +407,44 @@ async fn a_node_without_an_access_key_serves_no_rest_api() -> TestResult {
     node.stop().await;
     Ok(())
 }
+
+/// How long the Python script may run (each of its requests has a 10 s timeout; a passing run takes a second).
+const PYTHON_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The same calls from Python's standard library (`tests/python/rest_client.py`: urllib, tokens signed with
+/// `hmac`), as an application in another language makes them. Needs `python3` on `PATH` (`HUBMESH_PYTHON` names
+/// another interpreter); no package is installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_calls_the_rest_api() -> TestResult {
+    let cluster = TestCluster::start(3, || vec![chat_hub()]).await?;
+    cluster.wait_for_members(Duration::from_secs(10)).await?;
+    let (mut alice, alice_id) = member(&cluster.url(0).unwrap(), "alice").await?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/rest_client.py");
+    let python = std::env::var("HUBMESH_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let run = tokio::process::Command::new(python)
+        .arg(script)
+        .args([
+            &cluster.url(2).unwrap(),
+            TEST_REST_ACCESS_KEY,
+            "chat",
+            &alice_id,
+            "alice",
+        ])
+        .kill_on_drop(true)
+        .output();
+    let output = timeout(PYTHON_TIMEOUT, run).await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "rest_client.py: {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.matches("ok: ").count(), 13, "{stdout}");
+    for payload in ["from python", "to user", "to connection"] {
+        expect_msg(&mut alice, payload).await?;
+    }
+    expect_no_msg(&mut alice).await?;
+    cluster.stop().await;
+    Ok(())
+}
