@@ -301,6 +301,62 @@ async fn every_call_reaches_members_on_other_nodes() -> TestResult {
     .await?
 }
 
+/// Expects the client's next record (Pings aside) to be a Close message with `reason` and no reconnect.
+async fn expect_close(client: &mut TestClient, reason: &str) -> TestResult {
+    let record = client.record().await?;
+    assert_eq!(record.kind(), 7, "a Close message: {}", record.value);
+    assert_eq!(record.value["error"], reason, "{}", record.value);
+    assert_ne!(
+        record.value["allowReconnect"],
+        json!(true),
+        "no reconnect: {}",
+        record.value
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_connections_of_a_group_a_user_and_the_hub() -> TestResult {
+    timeout(Duration::from_secs(60), async {
+        let cluster = TestCluster::start(3, || vec![chat_hub()]).await?;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        let (base_1, base_2, api) = (
+            cluster.url(0).unwrap(),
+            cluster.url(1).unwrap(),
+            cluster.url(2).unwrap(),
+        );
+        let (mut alice, alice_id) = member(&base_1, "alice").await?;
+        let (mut carol, carol_id) = member(&base_1, "carol").await?;
+        let (mut bob, _) = member(&base_2, "bob").await?;
+        let (mut dave, _) = member(&base_2, "dave").await?;
+        for id in [&alice_id, &carol_id] {
+            let join = format!("/api/hubs/chat/groups/g/connections/{id}");
+            assert_status(&call(&api, "PUT", &join, None).await?, 200, "join");
+        }
+        let close_group = format!("/api/hubs/chat/groups/g/:closeConnections?excluded={carol_id}&reason=group");
+        assert_status(&call(&api, "POST", &close_group, None).await?, 204, "close a group");
+        expect_close(&mut alice, "group").await?;
+        let close_user = "/api/hubs/chat/users/bob/:closeConnections?reason=user";
+        assert_status(&call(&api, "POST", close_user, None).await?, 204, "close a user");
+        expect_close(&mut bob, "user").await?;
+        let close_all = format!("/api/hubs/chat/:closeConnections?excluded={carol_id}&reason=all");
+        assert_status(&call(&api, "POST", &close_all, None).await?, 204, "close the hub");
+        expect_close(&mut dave, "all").await?;
+        // carol was excluded each time: her next record is this message, not a Close.
+        let to_carol = format!("/api/hubs/chat/connections/{carol_id}/:send");
+        assert_status(
+            &call(&api, "POST", &to_carol, Some(message("still here"))).await?,
+            202,
+            "send",
+        );
+        let record = carol.record().await?;
+        assert_eq!(record.value["arguments"][0], "still here", "{}", record.value);
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_calls_are_refused_with_azures_status_codes() -> TestResult {
     timeout(Duration::from_secs(60), async {

@@ -89,6 +89,10 @@ pub(super) async fn answer(node: &Node, request: &HttpRequest, payload: web::Pay
         Err(NotACall::NoRoute) => return reply(StatusCode::NOT_FOUND, "NotFound", "no such call"),
         Err(NotACall::Method) => return reply(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "method not allowed"),
         Err(NotACall::BadSegment) => return reply(StatusCode::BAD_REQUEST, "BadRequest", "a path segment is invalid"),
+        Err(NotACall::LongGroupName) => {
+            let message = format!("a group name has at most {} characters", routes::MAX_GROUP_NAME);
+            return reply(StatusCode::BAD_REQUEST, "BadRequest", message);
+        }
     };
     if call == Call::Health {
         return HttpResponse::Ok().finish();
@@ -239,6 +243,25 @@ async fn perform(
                 .client(&ConnectionId::new(connection))
                 .send_frame(body::close_frame(query.reason));
             HttpResponse::Ok().finish()
+        }
+        (Call::CloseAll { .. }, _) => {
+            let except = excluded(context, &query).await?;
+            clients.all_except(except).send_frame(body::close_frame(query.reason));
+            HttpResponse::NoContent().finish()
+        }
+        (Call::CloseGroup { group, .. }, _) => {
+            let except = excluded(context, &query).await?;
+            clients
+                .group_except(&group, except)
+                .send_frame(body::close_frame(query.reason));
+            HttpResponse::NoContent().finish()
+        }
+        (Call::CloseUser { user, .. }, _) => {
+            let except = excluded(context, &query).await?;
+            let mut connections = user_connections(context, &user).await?;
+            connections.retain(|id| !except.contains(id));
+            clients.clients(connections).send_frame(body::close_frame(query.reason));
+            HttpResponse::NoContent().finish()
         }
         (Call::GroupExists { group, .. }, _) => found(groups.count(&group).await? > 0),
         (Call::UserExists { user, .. }, _) => found(!user_connections(context, &user).await?.is_empty()),

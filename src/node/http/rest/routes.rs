@@ -10,6 +10,8 @@ pub(super) const API_VERSION: &str = "2022-06-01";
 pub(super) const MAX_EXCLUDED: usize = 1000;
 /// At most this many `excludedUsers` per send (more: 400); each costs a member lookup at the user's owner.
 pub(super) const MAX_EXCLUDED_USERS: usize = 100;
+/// The longest group name, in characters (Azure's limit; longer: 400).
+pub(super) const MAX_GROUP_NAME: usize = 1024;
 
 /// A REST call, with its path parameters decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +50,12 @@ pub(super) enum Call {
     GroupExists { hub: String, group: String },
     /// `HEAD /api/hubs/{hub}/users/{user}`.
     UserExists { hub: String, user: String },
+    /// `POST /api/hubs/{hub}/:closeConnections`.
+    CloseAll { hub: String },
+    /// `POST /api/hubs/{hub}/groups/{group}/:closeConnections`.
+    CloseGroup { hub: String, group: String },
+    /// `POST /api/hubs/{hub}/users/{user}/:closeConnections`.
+    CloseUser { hub: String, user: String },
 }
 
 impl Call {
@@ -65,7 +73,10 @@ impl Call {
             | Call::ConnectionExists { hub, .. }
             | Call::CloseConnection { hub, .. }
             | Call::GroupExists { hub, .. }
-            | Call::UserExists { hub, .. } => Some(hub),
+            | Call::UserExists { hub, .. }
+            | Call::CloseAll { hub }
+            | Call::CloseGroup { hub, .. }
+            | Call::CloseUser { hub, .. } => Some(hub),
         }
     }
 
@@ -87,6 +98,8 @@ pub(super) enum NotACall {
     Method,
     /// A path segment is not valid percent-encoded UTF-8, or is empty.
     BadSegment,
+    /// A group name is longer than [`MAX_GROUP_NAME`].
+    LongGroupName,
 }
 
 /// Whether `path` (as sent) is under the REST API's prefix.
@@ -113,6 +126,13 @@ pub(super) fn route(method: &Method, path: &str) -> Result<Call, NotACall> {
             .filter(|value| !value.is_empty())
             .ok_or(NotACall::BadSegment)
     };
+    let group = |index: usize| -> Result<String, NotACall> {
+        let name = decoded(index)?;
+        if name.chars().count() > MAX_GROUP_NAME {
+            return Err(NotACall::LongGroupName);
+        }
+        Ok(name)
+    };
     let hub = decoded(0)?;
     let allow = |expected: &[Method]| {
         if expected.contains(method) {
@@ -128,10 +148,19 @@ pub(super) fn route(method: &Method, path: &str) -> Result<Call, NotACall> {
         }
         [_, "groups", _, ":send"] => {
             allow(&[Method::POST])?;
-            Call::SendGroup {
-                hub,
-                group: decoded(2)?,
-            }
+            Call::SendGroup { hub, group: group(2)? }
+        }
+        [_, ":closeConnections"] => {
+            allow(&[Method::POST])?;
+            Call::CloseAll { hub }
+        }
+        [_, "groups", _, ":closeConnections"] => {
+            allow(&[Method::POST])?;
+            Call::CloseGroup { hub, group: group(2)? }
+        }
+        [_, "users", _, ":closeConnections"] => {
+            allow(&[Method::POST])?;
+            Call::CloseUser { hub, user: decoded(2)? }
         }
         [_, "users", _, ":send"] => {
             allow(&[Method::POST])?;
@@ -148,14 +177,14 @@ pub(super) fn route(method: &Method, path: &str) -> Result<Call, NotACall> {
             allow(&[Method::PUT, Method::DELETE])?;
             Call::GroupConnection {
                 hub,
-                group: decoded(2)?,
+                group: group(2)?,
                 connection: decoded(4)?,
                 add: *method == Method::PUT,
             }
         }
         [_, "users", _, "groups", _] => {
             allow(&[Method::PUT, Method::DELETE, Method::HEAD])?;
-            let (user, group) = (decoded(2)?, decoded(4)?);
+            let (user, group) = (decoded(2)?, group(4)?);
             if *method == Method::HEAD {
                 Call::UserInGroup { hub, user, group }
             } else {
@@ -178,10 +207,7 @@ pub(super) fn route(method: &Method, path: &str) -> Result<Call, NotACall> {
         }
         [_, "groups", _] => {
             allow(&[Method::HEAD])?;
-            Call::GroupExists {
-                hub,
-                group: decoded(2)?,
-            }
+            Call::GroupExists { hub, group: group(2)? }
         }
         [_, "users", _] => {
             allow(&[Method::HEAD])?;
@@ -336,6 +362,16 @@ mod tests {
         assert_eq!(route(&Method::POST, "/api/hubs/chat/groups//:send"), Err(NotACall::BadSegment));
         assert_eq!(route(&Method::POST, "/api/hubs/chat/users/%zz/:send"), Err(NotACall::BadSegment));
         assert_eq!(route(&Method::POST, "/api/hubs/chat/users/%ff/:send"), Err(NotACall::BadSegment));
+        let long = "g".repeat(MAX_GROUP_NAME + 1);
+        assert_eq!(route(&Method::HEAD, &format!("/api/hubs/chat/groups/{long}")), Err(NotACall::LongGroupName));
+        assert!(route(&Method::HEAD, &format!("/api/hubs/chat/groups/{}", &long[1..])).is_ok());
+        assert_eq!(
+            route(&Method::POST, "/api/hubs/chat/users/u/:closeConnections"),
+            Ok(Call::CloseUser {
+                hub: "chat".into(),
+                user: "u".into()
+            })
+        );
         assert!(!is_rest_path("/apix/hubs/chat"));
     }
 
