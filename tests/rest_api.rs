@@ -504,3 +504,34 @@ async fn python_calls_the_rest_api() -> TestResult {
     cluster.stop().await;
     Ok(())
 }
+
+/// `hubmesh node`'s configuration turns the API on: `HUBMESH_REST__ACCESS_KEY` (here through the same loading and
+/// `NodeSettings::builder` the command uses) makes a node that accepts tokens signed with that key, and only those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_key_setting_turns_the_api_on() -> TestResult {
+    use hubmesh_cli::config::{NodeConfig, Overrides};
+
+    let env = [
+        ("HUBMESH_HTTP__LISTEN", "127.0.0.1:0"),
+        ("HUBMESH_REST__ACCESS_KEY", "configured key"),
+    ];
+    let settings = NodeConfig::load_with_env(None, env, &Overrides::new())?.node_settings()?;
+    let node = settings.builder().start().await?;
+    let base = node.url();
+    let path = "/api/hubs/demo/:send";
+    let body = || Some(message("configured").to_string().into_bytes());
+    let signed = token("configured key", &format!("{base}{path}"), 3600);
+    assert_status(
+        &call_with(&base, "POST", path, &signed, body()).await?,
+        202,
+        "signed with the configured key",
+    );
+    let other = token(TEST_REST_ACCESS_KEY, &format!("{base}{path}"), 3600);
+    assert_status(
+        &call_with(&base, "POST", path, &other, body()).await?,
+        401,
+        "signed with another key",
+    );
+    node.stop().await;
+    Ok(())
+}
