@@ -104,6 +104,8 @@ pub struct NodeBuilder {
     tls: Option<TlsConfig>,
     /// Checks bearer tokens; without one, every request is anonymous.
     auth: Option<Authenticator>,
+    /// The REST API with its access key; without one the REST API is off.
+    rest: Option<Arc<http::RestApi>>,
 }
 
 /// How a node joins a cluster: gossip membership and links to its peers. Made by [`ClusterSettings::real`];
@@ -201,6 +203,8 @@ pub(crate) struct NodeInner {
     send_only: Vec<HubContext>,
     limits: Arc<Limits>,
     auth: Option<Arc<Authenticator>>,
+    /// The REST API (`/api/...`), when an access key is configured.
+    rest: Option<Arc<http::RestApi>>,
     span: tracing::Span,
     /// Per HTTP worker, where fan-outs hand their members' wake-ups.
     wake_relays: WakeRelays,
@@ -232,6 +236,7 @@ impl Node {
             send_only: Vec::new(),
             tls: None,
             auth: None,
+            rest: None,
         }
     }
 
@@ -308,6 +313,11 @@ impl Node {
 
     pub(crate) fn authenticator(&self) -> Option<&Authenticator> {
         self.inner.auth.as_deref()
+    }
+
+    /// The REST API, if an access key is configured.
+    pub(crate) fn rest_api(&self) -> Option<&http::RestApi> {
+        self.inner.rest.as_deref()
     }
 
     /// The wake relay of the calling worker thread, for a connection that starts here.
@@ -419,6 +429,13 @@ impl NodeBuilder {
     /// (which `Clients.user` routes by) and claims; hubs that [`Hub::authorize`] refuse requests without one.
     pub fn auth(mut self, authenticator: Authenticator) -> Self {
         self.auth = Some(authenticator);
+        self
+    }
+
+    /// Serves the Azure SignalR-style REST API (`/api/hubs/...`, see the README's "REST API") to callers whose
+    /// bearer token is signed (HS256) with `key`. Without a key the REST API is off: its paths get 404.
+    pub fn rest_access_key(mut self, key: &str) -> Self {
+        self.rest = Some(Arc::new(http::RestApi::new(key.as_bytes())));
         self
     }
 
@@ -536,6 +553,7 @@ impl NodeBuilder {
             send_only,
             limits: Arc::new(self.limits),
             auth: self.auth.map(Arc::new),
+            rest: self.rest,
             span,
             wake_relays: WakeRelays::default(),
             lifecycle: Lifecycle::joining(),

@@ -4,7 +4,7 @@
 //! # What this module owns
 //!
 //! * [`NodeConfig`]: what the configuration says, section by section (`[node]`, `[http]`, `[cluster]`, `[hubs]`,
-//!   `[limits]`, `[auth]`; every key is listed in [`KEYS`] and documented in `cluster-config/README.md`), with the
+//!   `[limits]`, `[auth]`, `[rest]`; every key is listed in [`KEYS`] and documented in `cluster-config/README.md`), with the
 //!   [`Origin`] of every value.
 //! * [`NodeConfig::load`]: merges the sources, later ones winning: defaults < the file < `HUBMESH_*`
 //!   environment variables (`__` between section and key: `HUBMESH_HTTP__LISTEN`) < [`Overrides`] (the command
@@ -32,6 +32,8 @@
 //!   secret (`auth.secret` or `auth.secret_file`, read like the cluster secret) or an RS256 public key
 //!   (`auth.public_key_file`, PEM; relative paths as for `secret_file`); optionally `auth.issuer`,
 //!   `auth.audience` and `auth.user_claim` (default: the name-identifier claim, then `sub`).
+//! * `[rest]` turns on the Azure SignalR-style REST API when an access key is set (`rest.access_key` or
+//!   `rest.access_key_file`, read like the cluster secret); without one the API is off.
 //! * `http.tls_cert` and `http.tls_key` (PEM files: the certificate chain, leaf first, and its private key;
 //!   relative paths as for `secret_file`) make the node serve HTTPS and WSS instead of plain HTTP. Both or
 //!   neither.
@@ -64,7 +66,7 @@ mod settings;
 pub use load::{env_name, Overrides, ENV_PREFIX};
 pub use origin::{ConfigError, Origin, SettingError};
 pub use sections::{
-    AuthSection, ClusterSection, HttpSection, HubsSection, LimitsSection, NodeConfig, NodeSection, Secret,
+    AuthSection, ClusterSection, HttpSection, HubsSection, LimitsSection, NodeConfig, NodeSection, RestSection, Secret,
     DEFAULT_HTTP_LISTEN, DEFAULT_NAME, DEFAULT_WORKERS, KEYS,
 };
 pub use settings::{NodeSettings, MAX_WORKERS};

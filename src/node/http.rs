@@ -38,6 +38,7 @@
 //!   reach a node other than the one holding it (adopted WebSockets and SSE streams, relayed polls, POSTs and
 //!   DELETEs); `reply`: a transport request's answer as data that can cross the links; `tunnel`: a stateful
 //!   connection's reconnected socket on one node carrying the connection that runs on another.
+//! * `rest`: the Azure SignalR-style REST API under `/api/`, when the node has an access key.
 
 mod access;
 mod endpoint;
@@ -46,6 +47,7 @@ mod long_polling;
 mod negotiate;
 mod relay;
 mod reply;
+mod rest;
 mod send;
 mod sse;
 mod token;
@@ -77,6 +79,7 @@ pub(crate) use endpoint::HubEndpoint;
 pub(crate) use relay::NodeRelays;
 pub(crate) use token::TokenKeys;
 pub(crate) use tunnel::Tunnels;
+pub(crate) use rest::RestApi;
 // The test server's raw `/echo` transports use these too.
 #[cfg(feature = "test-util")]
 pub(crate) use endpoint::NEGOTIATE_EXPIRY;
@@ -118,6 +121,7 @@ fn text(status: StatusCode, body: &'static str) -> HttpResponse {
 pub const CLUSTER_PATH: &str = "/_hubmesh/cluster";
 
 async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node>) -> HttpResponse {
+    if rest::serves(&node, &request) { return rest::answer(&node, &request, body).await; }
     let path = normalize_path(request.path());
     if path == CLUSTER_PATH && request.method() == Method::GET {
         let (live, incarnations): (Vec<String>, Vec<String>) = match node.cluster_view().await {

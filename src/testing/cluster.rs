@@ -19,6 +19,9 @@ use crate::node::{ClusterSettings, Node, NodeError, NodeHandle};
 /// The cluster secret of test clusters.
 const TEST_SECRET: &str = "hubmesh-test-cluster";
 
+/// The REST API access key of every node of a test cluster (`tests/rest_api.rs` signs its tokens with it).
+pub const TEST_REST_ACCESS_KEY: &str = "hubmesh-test-rest-access-key";
+
 type HubFactory = Arc<dyn Fn() -> Vec<Hub> + Send + Sync>;
 
 struct TestNode {
@@ -76,7 +79,11 @@ impl TestCluster {
         let membership = MembershipConfig::new(name.as_str(), "test", loopback).with_seeds(seeds);
         let settings = ClusterSettings::real(membership, LinkConfig::new(loopback, TEST_SECRET))
             .over_in_memory_networks(self.gossip.clone(), self.links.clone());
-        let mut builder = Node::builder().name(&name).listen("127.0.0.1:0").cluster(settings);
+        let mut builder = Node::builder()
+            .name(&name)
+            .listen("127.0.0.1:0")
+            .cluster(settings)
+            .rest_access_key(TEST_REST_ACCESS_KEY);
         if send_only.is_empty() {
             for hub in (self.hubs)() {
                 builder = builder.hub(hub);

@@ -1,5 +1,5 @@
 //! The configuration's schema: [`NodeConfig`] and its sections (`[node]`, `[http]`, `[cluster]`, `[hubs]`,
-//! `[limits]`, `[auth]`) as their sources say them, every key ([`KEYS`]), the defaults, and the [`Secret`] type
+//! `[limits]`, `[auth]`, `[rest]`) as their sources say them, every key ([`KEYS`]), the defaults, and the [`Secret`] type
 //! that keeps a secret out of logs.
 //!
 //! Types only, with their serde forms (the deserialisers are in [`super::de`]); loading is [`super::load`]'s job,
@@ -51,6 +51,8 @@ pub const KEYS: &[&str] = &[
     "auth.issuer",
     "auth.audience",
     "auth.user_claim",
+    "rest.access_key",
+    "rest.access_key_file",
 ];
 
 /// The default node name of an unclustered node.
@@ -288,6 +290,16 @@ impl AuthSection {
     }
 }
 
+/// `[rest]`: the Azure SignalR-style REST API (`/api/hubs/...`). It is on only when an access key is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestSection {
+    /// The access key REST tokens are signed with (HS256; prefer `access_key_file` or `HUBMESH_REST__ACCESS_KEY`).
+    pub access_key: Option<Secret>,
+    /// A file holding the access key.
+    pub access_key_file: Option<PathBuf>,
+}
+
 /// A node's configuration as its sources say it, before it is checked.
 ///
 /// Load it with [`NodeConfig::load`], check it with [`NodeConfig::validate`], and turn it into a node with
@@ -308,6 +320,8 @@ pub struct NodeConfig {
     pub limits: LimitsSection,
     /// `[auth]`.
     pub auth: AuthSection,
+    /// `[rest]`.
+    pub rest: RestSection,
     #[serde(skip)]
     pub(super) origins: BTreeMap<&'static str, Origin>,
 }

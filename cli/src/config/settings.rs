@@ -104,6 +104,11 @@ impl NodeConfig {
             None
         };
         let tls = self.tls_settings(&mut problem);
+        let rest_access_key = self.pick_secret(
+            ("rest.access_key", self.rest.access_key.as_ref()),
+            ("rest.access_key_file", self.rest.access_key_file.as_deref()),
+            &mut problem,
+        );
         if errors.is_empty() {
             Ok(NodeSettings {
                 name: name.to_owned(),
@@ -114,6 +119,7 @@ impl NodeConfig {
                 cluster,
                 auth,
                 tls,
+                rest_access_key,
             })
         } else {
             Err(ConfigError::Invalid(errors))
@@ -472,6 +478,8 @@ pub struct NodeSettings {
     pub auth: Option<Authenticator>,
     /// HTTPS instead of plain HTTP; `None` unless `http.tls_cert` and `http.tls_key` are set.
     pub tls: Option<TlsConfig>,
+    /// The REST API's access key; `None` (the API off) unless `[rest]` sets one.
+    pub rest_access_key: Option<Secret>,
 }
 
 impl fmt::Debug for NodeSettings {
@@ -494,6 +502,7 @@ impl fmt::Debug for NodeSettings {
             .field("cluster (id, gossip, seeds, link)", &cluster)
             .field("auth", &self.auth)
             .field("tls", &self.tls.is_some())
+            .field("rest_api", &self.rest_access_key.is_some())
             .finish()
     }
 }
@@ -518,6 +527,9 @@ impl NodeSettings {
         }
         if let Some(tls) = &self.tls {
             builder = builder.tls(tls.clone());
+        }
+        if let Some(key) = &self.rest_access_key {
+            builder = builder.rest_access_key(key.expose());
         }
         builder
     }
