@@ -90,6 +90,13 @@ impl GroupDirectory {
         }
     }
 
+    /// Sends `message` to a group's actor; one that stopped is forgotten (it held nobody any more).
+    fn cast(&self, key: &GroupKey, actor: &ActorRef<GroupMessage>, message: GroupMessage) {
+        if actor.cast(message).is_err() {
+            self.forget(key, actor);
+        }
+    }
+
     /// Adds connection `id` of node `node`; returns once the actor holds it.
     pub async fn add(&self, key: &GroupKey, node: &NodeId, id: ConnectionId) -> Result<(), GroupError> {
         let mut last_error = String::new();
@@ -142,15 +149,18 @@ impl GroupDirectory {
             None if ids.is_empty() => return Ok(()),
             None => self.get_or_start(key).await?,
         };
-        if actor
-            .cast(GroupMessage::Replace {
-                node: node.clone(),
-                ids,
-            })
-            .is_err()
-        {
-            self.forget(key, &actor);
+        self.cast(key, &actor, GroupMessage::Replace { node: node.clone(), ids });
+        Ok(())
+    }
+
+    /// Adds these members of node `node` to those it holds (a snapshot whose list spans parts), starting the
+    /// actor if needed.
+    pub async fn extend(&self, key: &GroupKey, node: &NodeId, ids: Vec<ConnectionId>) -> Result<(), GroupError> {
+        if ids.is_empty() {
+            return Ok(());
         }
+        let actor = self.get_or_start(key).await?;
+        self.cast(key, &actor, GroupMessage::Extend { node: node.clone(), ids });
         Ok(())
     }
 
@@ -163,9 +173,7 @@ impl GroupDirectory {
             .map(|(key, actor)| (key.clone(), actor.clone()))
             .collect();
         for (key, actor) in actors {
-            if actor.cast(GroupMessage::DropNode(node.clone())).is_err() {
-                self.forget(&key, &actor);
-            }
+            self.cast(&key, &actor, GroupMessage::DropNode(node.clone()));
         }
     }
 
@@ -184,9 +192,7 @@ impl GroupDirectory {
     /// Sends a frame to the group's members, except `except`. A group with no actor has no members.
     pub fn send(&self, key: &GroupKey, frame: Arc<SharedFrame>, except: Arc<[ConnectionId]>, stamp: Stamp) {
         if let Some(actor) = self.existing(key) {
-            if actor.cast(GroupMessage::Send { frame, except, stamp }).is_err() {
-                self.forget(key, &actor);
-            }
+            self.cast(key, &actor, GroupMessage::Send { frame, except, stamp });
         }
     }
 

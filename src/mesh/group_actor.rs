@@ -68,6 +68,13 @@ pub enum GroupMessage {
         /// Its members of this group.
         ids: Vec<ConnectionId>,
     },
+    /// Node `node` holds these members too (the rest of its snapshot's list, when that spans several parts).
+    Extend {
+        /// The node's incarnation.
+        node: NodeId,
+        /// More of its members of this group.
+        ids: Vec<ConnectionId>,
+    },
     /// This incarnation of a node is gone (dead, or superseded by a newer generation): its connections leave the
     /// group. A newer generation of the same name keeps its own members.
     DropNode(NodeId),
@@ -146,6 +153,9 @@ impl Actor for GroupActor {
                 if members.is_empty() {
                     myself.stop(None);
                 }
+            }
+            GroupMessage::Extend { node, ids } => {
+                members.entry(node).or_default().extend(ids);
             }
             GroupMessage::DropNode(node) => {
                 members.remove(&node);

@@ -38,9 +38,11 @@ pub(super) enum MembershipOp {
         connection: ConnectionId,
         done: Done,
     },
-    /// A peer's snapshot.
+    /// A part of a peer's snapshot: parts count from 0, and the last says so.
     Snapshot {
         from: NodeId,
+        part: u32,
+        last: bool,
         groups: Vec<(GroupKey, Vec<ConnectionId>)>,
     },
     /// This node's own memberships, read when the op is applied.
@@ -66,6 +68,19 @@ struct OpsState {
     deferred: VecDeque<HeldSend>,
     /// Sends to groups without members here yet, with when they arrived.
     orphans: HashMap<GroupKey, VecDeque<Orphan>>,
+    /// Per peer, the snapshot whose parts are arriving (one per peer: a new part 0 starts over).
+    snapshots: HashMap<NodeId, SnapshotParts>,
+}
+
+/// A peer's snapshot while its parts arrive.
+#[derive(Default)]
+struct SnapshotParts {
+    /// The part expected next.
+    next: u32,
+    /// The groups this node owns that earlier parts listed.
+    listed: HashSet<GroupKey>,
+    /// A part went missing: the groups not listed cannot be told from those in the lost part.
+    broken: bool,
 }
 
 /// Who waits for a membership op.
@@ -139,15 +154,42 @@ impl<H: LocalHub> Router<H> {
                 self.finish(done, result);
             }
             MembershipOp::Snapshot { from, .. } if self.is_stale(&from) => {
+                state.snapshots.remove(&from);
                 if let Some((_, awaiting)) = &mut state.settling {
                     awaiting.remove(&from);
                 }
             }
-            MembershipOp::Snapshot { from, groups } => {
+            MembershipOp::Snapshot {
+                from,
+                part,
+                last,
+                groups,
+            } => {
                 let keys: Vec<GroupKey> = groups.iter().map(|(key, _)| key.clone()).collect();
-                self.apply_snapshot(&from, groups).await;
-                if let Some((_, awaiting)) = &mut state.settling {
-                    awaiting.remove(&from);
+                if part == 0 {
+                    state.snapshots.insert(from.clone(), SnapshotParts::default());
+                }
+                // A missing entry means its first part was lost: what arrives still counts, but it is not whole.
+                let parts = state.snapshots.entry(from.clone()).or_insert_with(|| SnapshotParts {
+                    broken: true,
+                    ..SnapshotParts::default()
+                });
+                parts.broken |= parts.next != part;
+                parts.next = part.saturating_add(1);
+                self.apply_snapshot_part(&from, groups, &mut parts.listed).await;
+                if last {
+                    if let Some(parts) = state.snapshots.remove(&from) {
+                        if parts.broken {
+                            // Ask for a whole one; settling waits for it (or its deadline).
+                            tracing::debug!(parent: &self.span, %from, "a snapshot arrived with parts missing");
+                            let _ = self.send_to_peer(&from, &Envelope::SnapshotRequest);
+                        } else {
+                            self.finish_snapshot(&from, &parts.listed).await;
+                            if let Some((_, awaiting)) = &mut state.settling {
+                                awaiting.remove(&from);
+                            }
+                        }
+                    }
                 }
                 for key in keys {
                     self.release_orphans(&key, state);
@@ -157,7 +199,9 @@ impl<H: LocalHub> Router<H> {
                 let node = self.id();
                 let own = self.local_snapshot();
                 let keys: Vec<GroupKey> = own.iter().map(|(key, _)| key.clone()).collect();
-                self.apply_snapshot(&node, own).await;
+                let mut listed = HashSet::new();
+                self.apply_snapshot_part(&node, own, &mut listed).await;
+                self.finish_snapshot(&node, &listed).await;
                 for key in keys {
                     self.release_orphans(&key, state);
                 }
@@ -171,6 +215,7 @@ impl<H: LocalHub> Router<H> {
             }
             MembershipOp::NodesLeft { nodes } => {
                 for node in &nodes {
+                    state.snapshots.remove(node);
                     self.groups.drop_node(node);
                 }
             }

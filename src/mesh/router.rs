@@ -53,6 +53,8 @@ pub(crate) struct Router<H> {
     /// incarnation still had in flight is ignored. Bounded by the names of the cluster.
     pub(super) departed: Mutex<HashMap<Arc<str>, u64>>,
     pub(super) ops: tokio::sync::mpsc::UnboundedSender<MembershipOp>,
+    /// Held while a snapshot's parts are sent, so two snapshots to one peer never interleave.
+    pub(super) snapshot_sends: Mutex<()>,
     pub(super) span: tracing::Span,
 }
 
@@ -83,6 +85,7 @@ impl<H: LocalHub> Router<H> {
             delivered: Mutex::new(HashMap::new()),
             departed: Mutex::new(HashMap::new()),
             ops,
+            snapshot_sends: Mutex::new(()),
             span,
         });
         runtime.spawn(super::owner::run_membership_queue(Arc::downgrade(&router), queue));
