@@ -8,9 +8,11 @@ use std::error::Error;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
+use hubmesh::cluster::{owner, NodeId};
 use hubmesh::demo::demo_hub;
+use hubmesh::mesh::GroupKey;
 use hubmesh::testing::{TestClient, TestCluster};
-use hubmesh::{ConnectionId, HubContext};
+use hubmesh::{ConnectionId, HubContext, Limits};
 use serde_json::json;
 use tokio::time::{timeout, Instant};
 
@@ -20,7 +22,11 @@ type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 const IN_FLIGHT: usize = 64;
 
 async fn three_nodes() -> TestResult<TestCluster> {
-    let cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
+    three_nodes_with(Limits::default()).await
+}
+
+async fn three_nodes_with(limits: Limits) -> TestResult<TestCluster> {
+    let cluster = TestCluster::start_with_limits(3, limits, || vec![demo_hub()]).await?;
     cluster.wait_for_members(Duration::from_secs(10)).await?;
     Ok(cluster)
 }
@@ -116,6 +122,112 @@ async fn every_membership_survives_re_homing_a_node_with_100_000_of_them() -> Te
                 .collect();
             members.sort();
             assert_eq!(members, expected, "group {group}");
+        }
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
+
+/// Group sends at 5,000 per second for 5 s to groups whose owner freezes after the first second (as SIGSTOP would:
+/// the sends queued for it never go further) and is killed two seconds later: the sender's node sends again what
+/// the owner did not pass on, several seconds' worth, and holds the rest until the new owner settles. Every
+/// member on a surviving node gets every send once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_sends_at_5000_per_second_survive_their_owners_death() -> TestResult {
+    const RATE: u64 = 5_000;
+    const TICK: Duration = Duration::from_millis(10);
+    const PER_TICK: u64 = RATE / 100;
+    const SENDS: u64 = 5 * RATE;
+    const GROUPS: usize = 3;
+    timeout(Duration::from_secs(180), async {
+        // Once the new owner settled, it passes on at once what waited meanwhile (seconds of sends): the members'
+        // mailboxes must have room for that burst, or they are closed as slow consumers (see "Delivery").
+        let mut cluster = three_nodes_with(Limits {
+            outbound_queue: 64 * 1024,
+            ..Limits::default()
+        })
+        .await?;
+        // Groups node-2 owns (placement depends on the names only).
+        let nodes: Vec<NodeId> = (1..=3).map(|n| NodeId::new(format!("node-{n}"), 0)).collect();
+        let groups: Vec<String> = (0..1_000)
+            .map(|n| format!("fast-{n}"))
+            .filter(|group| {
+                let key = GroupKey::named("demo", group).placement_bytes();
+                owner(&key, &nodes).is_some_and(|id| &*id.name == "node-2")
+            })
+            .take(GROUPS)
+            .collect();
+        // A member on each node that survives: node-1 (the sender's) and node-3. Node-2 owns some of the groups.
+        let mut members = Vec::new();
+        for index in [0, 2] {
+            let (mut client, _) = clients_on(&cluster, index, 1).await?.pop().ok_or("no client")?;
+            for group in &groups {
+                client.join_group(group).await?;
+            }
+            members.push(client);
+        }
+        // Each member reads while the sends go, as a real client would.
+        let readers: Vec<_> = members
+            .into_iter()
+            .map(|mut member| {
+                tokio::spawn(async move {
+                    let mut seen: Vec<Vec<u64>> = vec![Vec::new(); GROUPS];
+                    let mut count = 0;
+                    while count < SENDS {
+                        let Some(call) = member.next_invocation_of("msg", Duration::from_secs(20)).await? else {
+                            break;
+                        };
+                        let group = call.value["arguments"][0].as_u64().ok_or("bad payload")? as usize;
+                        let seq = call.value["arguments"][1].as_u64().ok_or("bad payload")?;
+                        seen.get_mut(group).ok_or("bad group")?.push(seq);
+                        count += 1;
+                    }
+                    // Nothing more: a send delivered twice would show here.
+                    let extra = member.next_invocation_of("msg", Duration::from_millis(500)).await?;
+                    TestResult::Ok((seen, extra.map(|call| call.value)))
+                })
+            })
+            .collect();
+
+        let sender = cluster.context(0, "demo").ok_or("no hub context")?;
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(TICK);
+        let mut seq = 0;
+        while seq < SENDS {
+            tick.tick().await;
+            for _ in 0..PER_TICK {
+                let group = (seq % GROUPS as u64) as usize;
+                sender.clients().group(&groups[group]).send("msg", (group, seq))?;
+                seq += 1;
+            }
+            if seq == RATE {
+                cluster.freeze(1);
+                println!("froze the owner after {seq} sends, {:?} in", started.elapsed());
+            }
+            if seq == 3 * RATE {
+                cluster.kill(1).await;
+                println!("killed the owner after {seq} sends, {:?} in", started.elapsed());
+            }
+        }
+        println!("{SENDS} sends in {:?}", started.elapsed());
+
+        for (member, reader) in readers.into_iter().enumerate() {
+            let (seen, extra) = reader.await??;
+            for (group, got) in seen.iter().enumerate() {
+                let expected: Vec<u64> = (0..SENDS).filter(|seq| seq % GROUPS as u64 == group as u64).collect();
+                if *got != expected {
+                    let missing = expected.iter().filter(|seq| !got.contains(seq)).count();
+                    return Err(format!(
+                        "member {member}, group {group}: got {} of {} ({missing} missing), in order: {}",
+                        got.len(),
+                        expected.len(),
+                        got.windows(2).all(|pair| pair[0] < pair[1])
+                    )
+                    .into());
+                }
+            }
+            assert_eq!(extra, None, "member {member} got a send twice");
         }
         cluster.stop().await;
         TestResult::Ok(())

@@ -7,9 +7,9 @@ use std::sync::{Arc, Weak};
 
 use super::envelope::{Envelope, WireFrame};
 use super::group::{GroupKey, Stamp};
-use super::group_actor::Fanout;
+use super::group_actor::{Delivery, Fanout};
 use super::{LocalHub, Router};
-use crate::cluster::NodeId;
+use crate::cluster::{LinkError, NodeId};
 use crate::connection::{ConnectionId, SharedFrame};
 
 /// Delivers a group actor's sends: to this node's members directly, to other nodes through the links.
@@ -23,23 +23,36 @@ impl<H: LocalHub> Fanout for RouterFanout<H> {
         frame: &Arc<SharedFrame>,
         except: &Arc<[ConnectionId]>,
         stamp: &Stamp,
-    ) {
+    ) -> Delivery {
         let Some(router) = self.0.upgrade() else {
-            return;
+            return Delivery::Gone;
         };
         if router.is_local(&node.name) {
             router.deliver_group_locally(key, frame, except, stamp);
-        } else {
-            let envelope = Envelope::GroupDeliver {
-                key: key.clone(),
-                except: except.to_vec(),
-                frame: WireFrame::of(frame),
-                stamp: stamp.clone(),
-            };
-            // A node that cannot be reached is leaving; its members leave with it.
-            if let Err(error) = router.send_to_peer(node, &envelope) {
+            return Delivery::Sent;
+        }
+        let envelope = Envelope::GroupDeliver {
+            key: key.clone(),
+            except: except.to_vec(),
+            frame: WireFrame::of(frame),
+            stamp: stamp.clone(),
+        };
+        match router.send_to_peer(node, &envelope) {
+            Ok(()) => Delivery::Sent,
+            Err(LinkError::QueueFull(_)) => Delivery::Full,
+            Err(error) => {
+                // A node that cannot be reached is leaving; its members leave with it.
                 tracing::debug!(parent: &router.span, %error, %node, "group delivery to a node failed");
+                Delivery::Gone
             }
+        }
+    }
+
+    fn dropped(&self, node: &NodeId, key: &GroupKey) {
+        if let Some(router) = self.0.upgrade() {
+            let hit = &router.bounds_hit;
+            let what = format!("a member node's link stayed full: dropped its copy of a send to {key:?} for {node}");
+            hit.hit(&hit.fanout_dropped, 1, &router.span, &what);
         }
     }
 }

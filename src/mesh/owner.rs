@@ -208,7 +208,17 @@ impl<H: LocalHub> Router<H> {
             }
             MembershipOp::Send { send } => {
                 if state.settling.is_some() {
-                    push_capped(&mut state.deferred, send, &self.span);
+                    state.deferred.push_back(send);
+                    if state.deferred.len() > HELD_SENDS_CAP {
+                        state.deferred.pop_front();
+                        let hit = &self.bounds_hit;
+                        hit.hit(
+                            &hit.deferred_dropped,
+                            1,
+                            &self.span,
+                            "group sends held while settling over their bound: dropped the oldest",
+                        );
+                    }
                 } else {
                     self.owner_send(send, state);
                 }
@@ -263,6 +273,13 @@ impl<H: LocalHub> Router<H> {
             let waiting = state.orphans.entry(key).or_default();
             if waiting.len() >= HELD_SENDS_CAP {
                 waiting.pop_front();
+                let hit = &self.bounds_hit;
+                hit.hit(
+                    &hit.orphans_dropped,
+                    1,
+                    &self.span,
+                    "group sends waiting for members over their bound: dropped the oldest",
+                );
             }
             waiting.push_back((tokio::time::Instant::now(), send));
         }
@@ -306,12 +323,4 @@ impl<H: LocalHub> Router<H> {
 
 fn left_error() -> MeshError {
     MeshError::Group(GroupError::Unavailable("the node left the cluster".into()))
-}
-
-fn push_capped(queue: &mut VecDeque<HeldSend>, send: HeldSend, span: &tracing::Span) {
-    if queue.len() >= HELD_SENDS_CAP {
-        queue.pop_front();
-        tracing::warn!(parent: span, cap = HELD_SENDS_CAP, "group sends held while settling over the cap: dropped the oldest");
-    }
-    queue.push_back(send);
 }

@@ -21,7 +21,8 @@ use super::delivery::RouterFanout;
 use super::directory::GroupDirectory;
 use super::envelope::{Envelope, WireFrame};
 use super::group::GroupKey;
-use super::group_send::{HeldSend, Retained};
+use super::bounds::MeshBoundsHit;
+use super::group_send::{HeldSend, RetainedSends};
 use super::owner::MembershipOp;
 use super::requests::Pending;
 use super::LocalHub;
@@ -43,7 +44,7 @@ pub(crate) struct Router<H> {
     pub(super) next_request: AtomicU64,
     pub(super) held: Mutex<VecDeque<HeldSend>>,
     /// Sends handed to remote owners in the last [`super::group_send::RETAIN`], oldest first.
-    pub(super) retained: Mutex<VecDeque<Retained>>,
+    pub(super) retained: Mutex<RetainedSends>,
     /// This node's sequence number for group sends.
     pub(super) next_seq: AtomicU64,
     /// Per group and origin node name, the origin's generation and the last sequence number of it delivered here
@@ -53,6 +54,8 @@ pub(crate) struct Router<H> {
     /// incarnation still had in flight is ignored. Bounded by the names of the cluster.
     pub(super) departed: Mutex<HashMap<Arc<str>, u64>>,
     pub(super) ops: tokio::sync::mpsc::UnboundedSender<MembershipOp>,
+    /// How often the mesh's bounds were hit.
+    pub(super) bounds_hit: MeshBoundsHit,
     /// Held while a snapshot's parts are sent, so two snapshots to one peer never interleave.
     pub(super) snapshot_sends: Mutex<()>,
     pub(super) span: tracing::Span,
@@ -80,11 +83,12 @@ impl<H: LocalHub> Router<H> {
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             held: Mutex::new(VecDeque::new()),
-            retained: Mutex::new(VecDeque::new()),
+            retained: Mutex::default(),
             next_seq: AtomicU64::new(1),
             delivered: Mutex::new(HashMap::new()),
             departed: Mutex::new(HashMap::new()),
             ops,
+            bounds_hit: MeshBoundsHit::default(),
             snapshot_sends: Mutex::new(()),
             span,
         });

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::cluster::link::memory::MemoryNetwork;
 use crate::cluster::{GossipNetwork, LinkConfig, MembershipConfig};
+use crate::connection::Limits;
 use crate::hub::{Hub, HubContext};
 use crate::node::{ClusterSettings, Node, NodeError, NodeHandle};
 
@@ -34,16 +35,27 @@ pub struct TestCluster {
     gossip: GossipNetwork,
     links: MemoryNetwork,
     hubs: HubFactory,
+    limits: Limits,
     nodes: Vec<TestNode>,
 }
 
 impl TestCluster {
     /// Starts `count` nodes named `node-1` … serving the hubs `hubs` makes (called once per node).
     pub async fn start(count: usize, hubs: impl Fn() -> Vec<Hub> + Send + Sync + 'static) -> Result<Self, NodeError> {
+        Self::start_with_limits(count, Limits::default(), hubs).await
+    }
+
+    /// As [`TestCluster::start`], every node with connection limits `limits`.
+    pub async fn start_with_limits(
+        count: usize,
+        limits: Limits,
+        hubs: impl Fn() -> Vec<Hub> + Send + Sync + 'static,
+    ) -> Result<Self, NodeError> {
         let mut cluster = TestCluster {
             gossip: GossipNetwork::in_memory(),
             links: MemoryNetwork::new(),
             hubs: Arc::new(hubs),
+            limits,
             nodes: Vec::new(),
         };
         for index in 0..count {
@@ -76,7 +88,11 @@ impl TestCluster {
         let membership = MembershipConfig::new(name.as_str(), "test", loopback).with_seeds(seeds);
         let settings = ClusterSettings::real(membership, LinkConfig::new(loopback, TEST_SECRET))
             .over_in_memory_networks(self.gossip.clone(), self.links.clone());
-        let mut builder = Node::builder().name(&name).listen("127.0.0.1:0").cluster(settings);
+        let mut builder = Node::builder()
+            .name(&name)
+            .listen("127.0.0.1:0")
+            .limits(self.limits.clone())
+            .cluster(settings);
         if send_only.is_empty() {
             for hub in (self.hubs)() {
                 builder = builder.hub(hub);
