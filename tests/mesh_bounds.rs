@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::error::Error;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -42,6 +43,20 @@ async fn clients_on(cluster: &TestCluster, index: usize, count: usize) -> TestRe
         clients.push((client, id));
     }
     Ok(clients)
+}
+
+/// `count` names of demo hub groups, `<prefix>-<n>`, that node `node` of three owns (placement depends on the
+/// names only).
+fn groups_owned_by(node: &str, prefix: &str, count: usize) -> Vec<String> {
+    let nodes: Vec<NodeId> = (1..=3).map(|n| NodeId::new(format!("node-{n}"), 0)).collect();
+    (0..)
+        .map(|n| format!("{prefix}-{n}"))
+        .filter(|group| {
+            let key = GroupKey::named("demo", group).placement_bytes();
+            owner(&key, &nodes).is_some_and(|id| &*id.name == node)
+        })
+        .take(count)
+        .collect()
 }
 
 /// Every group whose count through `context` is not `expected`, with its count.
@@ -148,16 +163,7 @@ async fn group_sends_at_5000_per_second_survive_their_owners_death() -> TestResu
             ..Limits::default()
         })
         .await?;
-        // Groups node-2 owns (placement depends on the names only).
-        let nodes: Vec<NodeId> = (1..=3).map(|n| NodeId::new(format!("node-{n}"), 0)).collect();
-        let groups: Vec<String> = (0..1_000)
-            .map(|n| format!("fast-{n}"))
-            .filter(|group| {
-                let key = GroupKey::named("demo", group).placement_bytes();
-                owner(&key, &nodes).is_some_and(|id| &*id.name == "node-2")
-            })
-            .take(GROUPS)
-            .collect();
+        let groups = groups_owned_by("node-2", "fast", GROUPS);
         // A member on each node that survives: node-1 (the sender's) and node-3. Node-2 owns some of the groups.
         let mut members = Vec::new();
         for index in [0, 2] {
@@ -229,6 +235,53 @@ async fn group_sends_at_5000_per_second_survive_their_owners_death() -> TestResu
             }
             assert_eq!(extra, None, "member {member} got a send twice");
         }
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
+
+/// A sender that sends to more groups nobody joined than an owner keeps waiting for members (`ORPHANS_CAP`,
+/// 50,000 sends within 3 s): the owner drops the excess, counted, and its groups keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_to_groups_nobody_joined_are_bounded_at_their_owner() -> TestResult {
+    const SENDS: usize = 60_000;
+    timeout(Duration::from_secs(120), async {
+        let cluster = three_nodes().await?;
+        let (mut member, _) = clients_on(&cluster, 0, 1).await?.pop().ok_or("no client")?;
+        member.join_group("real").await?;
+        // Groups node-1 owns (the sender's node), so every send is an owner's at once, with no link in between.
+        let empty = groups_owned_by("node-1", "nobody", SENDS);
+        let hit = cluster.mesh_bounds_hit(0, "demo").ok_or("no node")?;
+        let sender = cluster.context(0, "demo").ok_or("no hub context")?;
+        let started = Instant::now();
+        for group in &empty {
+            sender.clients().group(group).send("msg", ("lost",))?;
+        }
+        let took = started.elapsed();
+        println!("{SENDS} sends to empty groups in {took:?}");
+        // The owner took them in within the window they wait for members: the excess was dropped and counted.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while hit.orphans_dropped.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let dropped = hit.orphans_dropped.load(Ordering::Relaxed);
+        println!("dropped {dropped} of them");
+        // Sent within their 3 s window, none had expired when the last arrived (a slower run proves less).
+        if took < Duration::from_millis(2_500) {
+            assert!(dropped > 0, "{SENDS} orphans within their window and none dropped");
+        }
+        assert!(
+            dropped <= (SENDS - 50_000) as u64,
+            "dropped {dropped}, more than the excess"
+        );
+        // The owner still delivers to a group with members.
+        sender.clients().group("real").send("msg", ("still here",))?;
+        let call = member
+            .next_invocation_of("msg", Duration::from_secs(10))
+            .await?
+            .ok_or("the real group got nothing")?;
+        assert_eq!(call.value["arguments"][0], json!("still here"));
         cluster.stop().await;
         TestResult::Ok(())
     })

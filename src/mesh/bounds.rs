@@ -4,6 +4,9 @@
 //! their policies.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::{LocalHub, Router};
 
 /// How often each of the mesh's bounds was hit on one node. Counted only where a bound is hit, never per message.
 #[derive(Debug, Default)]
@@ -17,6 +20,14 @@ pub struct MeshBoundsHit {
     pub deferred_dropped: AtomicU64,
     /// Group sends to groups without members here dropped because too many already waited for members.
     pub orphans_dropped: AtomicU64,
+    /// Joins and leaves refused, and sends held back at their sender, because the membership queue was full.
+    pub ops_refused: AtomicU64,
+    /// Group sends dropped because their group actor's mailbox held [`super::directory::MAILBOX_CAP`] sends.
+    pub mailbox_refused: AtomicU64,
+    /// Group sends delivered without a dedupe record because [`super::delivery::DELIVERED_CAP`] pairs were kept.
+    pub delivered_untracked: AtomicU64,
+    /// Departed node names forgotten past [`super::rehome::DEPARTED_CAP`].
+    pub departed_evicted: AtomicU64,
     /// Copies of group sends to a member node dropped because its link stayed full for
     /// [`super::group_actor::FANOUT_PATIENCE`].
     pub fanout_dropped: AtomicU64,
@@ -31,5 +42,12 @@ impl MeshBoundsHit {
         if before == 0 || after.ilog2() != before.ilog2() {
             tracing::warn!(parent: span, total = after, "{what}");
         }
+    }
+}
+
+impl<H: LocalHub> Router<H> {
+    /// How often this node's mesh hit its bounds, for the node to report (and tests to read).
+    pub(crate) fn bounds_hit(&self) -> Arc<MeshBoundsHit> {
+        self.bounds_hit.clone()
     }
 }

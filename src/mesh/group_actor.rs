@@ -19,6 +19,7 @@
 //! nothing of hubs' methods or of how frames travel between nodes.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,6 +121,8 @@ impl ractor::Message for GroupMessage {}
 pub(super) struct GroupActor {
     pub(super) key: GroupKey,
     pub(super) fanout: Arc<dyn Fanout>,
+    /// Sends waiting in this actor's mailbox, counted up by the directory (under its bound) and down here.
+    pub(super) queued: Arc<AtomicUsize>,
 }
 
 /// Members by the incarnation of the node they live on: a restarted node's members are its new generation's, and
@@ -222,6 +225,7 @@ impl Actor for GroupActor {
                 }
             }
             GroupMessage::Send { frame, except, stamp } => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
                 self.fan_out(state, &frame, &except, &stamp).await;
             }
             GroupMessage::Count(reply) => {

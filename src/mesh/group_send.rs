@@ -12,7 +12,6 @@ use bytes::Bytes;
 
 use super::envelope::{Envelope, WireFrame};
 use super::group::{GroupKey, Stamp};
-use super::owner::MembershipOp;
 use super::{LocalHub, Router};
 use crate::cluster::NodeId;
 use crate::connection::{ConnectionId, SharedFrame};
@@ -116,8 +115,7 @@ impl<H: LocalHub> Router<H> {
     fn try_group_send(&self, send: HeldSend) -> Result<(), HeldSend> {
         let owner = self.owner_of(&send.key);
         if self.is_local(&owner.name) {
-            self.enqueue(MembershipOp::Send { send });
-            return Ok(());
+            return self.try_enqueue_send(send);
         }
         let envelope = Envelope::GroupSend {
             key: send.key.clone(),

@@ -57,6 +57,19 @@ impl<H: LocalHub> Router<H> {
             for id in &joined {
                 departed.remove(&id.name);
             }
+            // Names that never come back (a cluster whose nodes get new names) are forgotten, oldest generation
+            // (start time) first, past the bound.
+            let over = departed.len().saturating_sub(DEPARTED_CAP);
+            if over > 0 {
+                let mut oldest: Vec<(u64, Arc<str>)> =
+                    departed.iter().map(|(name, &generation)| (generation, name.clone())).collect();
+                oldest.sort_unstable();
+                for (_, name) in oldest.into_iter().take(over) {
+                    departed.remove(&name);
+                }
+                let hit = &self.bounds_hit;
+                hit.hit(&hit.departed_evicted, over as u64, &self.span, "forgot the oldest departed nodes over their bound");
+            }
         }
         for node in &left {
             // A node that came back as a new generation is in both lists (by name): only the old incarnation's
@@ -166,6 +179,11 @@ impl<H: LocalHub> Router<H> {
         }
     }
 }
+
+/// The most node names a router remembers as departed (left the view and not back), to ignore what their last
+/// incarnation still had in flight. Past it the oldest are forgotten, counted: a message of one of those that
+/// arrives after thousands of other nodes left is taken as current.
+pub const DEPARTED_CAP: usize = 4_096;
 
 /// The size a snapshot part aims at (estimated, see [`snapshot_parts`]): a quarter of the default link frame cap
 /// (1 MiB), so an estimate off by a factor of four still fits. A node with a smaller cap splits finer when a part

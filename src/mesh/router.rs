@@ -23,7 +23,7 @@ use super::envelope::{Envelope, WireFrame};
 use super::group::GroupKey;
 use super::bounds::MeshBoundsHit;
 use super::group_send::{HeldSend, RetainedSends};
-use super::owner::MembershipOp;
+use super::owner::OpsQueue;
 use super::requests::Pending;
 use super::LocalHub;
 use crate::cluster::{LinkError, Links, NodeId};
@@ -51,11 +51,11 @@ pub(crate) struct Router<H> {
     /// (re-sent sends are dropped). Keyed by name so that a restart replaces the entry rather than adding one.
     pub(super) delivered: Mutex<HashMap<(GroupKey, Arc<str>), Delivered>>,
     /// Per node name that left the view and has not come back, the newest generation of it that left: what that
-    /// incarnation still had in flight is ignored. Bounded by the names of the cluster.
+    /// incarnation still had in flight is ignored. At most `DEPARTED_CAP` (`mesh/rehome.rs`).
     pub(super) departed: Mutex<HashMap<Arc<str>, u64>>,
-    pub(super) ops: tokio::sync::mpsc::UnboundedSender<MembershipOp>,
+    pub(super) ops: OpsQueue,
     /// How often the mesh's bounds were hit.
-    pub(super) bounds_hit: MeshBoundsHit,
+    pub(super) bounds_hit: Arc<MeshBoundsHit>,
     /// Held while a snapshot's parts are sent, so two snapshots to one peer never interleave.
     pub(super) snapshot_sends: Mutex<()>,
     pub(super) span: tracing::Span,
@@ -72,7 +72,7 @@ pub(crate) fn node_of(id: &ConnectionId) -> Option<&str> {
 impl<H: LocalHub> Router<H> {
     /// A router for node `node`; group actors run on `runtime`.
     pub(crate) fn new(node: &str, runtime: tokio::runtime::Handle, span: tracing::Span) -> Arc<Router<H>> {
-        let (ops, queue) = tokio::sync::mpsc::unbounded_channel();
+        let (ops, queue) = super::owner::ops_queue();
         let router = Arc::new_cyclic(|weak: &Weak<Router<H>>| Router {
             node: node.into(),
             generation: AtomicU64::new(0),
@@ -88,7 +88,7 @@ impl<H: LocalHub> Router<H> {
             delivered: Mutex::new(HashMap::new()),
             departed: Mutex::new(HashMap::new()),
             ops,
-            bounds_hit: MeshBoundsHit::default(),
+            bounds_hit: Arc::default(),
             snapshot_sends: Mutex::new(()),
             span,
         });

@@ -15,6 +15,7 @@ use crate::cluster::link::memory::MemoryNetwork;
 use crate::cluster::{GossipNetwork, LinkConfig, MembershipConfig};
 use crate::connection::Limits;
 use crate::hub::{Hub, HubContext};
+use crate::mesh::MeshBoundsHit;
 use crate::node::{ClusterSettings, Node, NodeError, NodeHandle};
 
 /// The cluster secret of test clusters.
@@ -147,6 +148,11 @@ impl TestCluster {
     /// The context of hub `hub` on node `index`, to send from the node as a backend would.
     pub fn context(&self, index: usize, hub: &str) -> Option<HubContext> {
         self.nodes.get(index)?.handle.as_ref()?.hub_context(hub)
+    }
+
+    /// How often node `index`'s mesh hit its bounds, if it runs `hub`.
+    pub fn mesh_bounds_hit(&self, index: usize, hub: &str) -> Option<Arc<MeshBoundsHit>> {
+        Some(self.context(index, hub)?.router().bounds_hit())
     }
 
     /// Waits until every running node sees exactly the running nodes as live, each in its current incarnation
