@@ -335,6 +335,11 @@ impl<H: LocalHub> Router<H> {
             MembershipOp::ViewChanged { peers } => {
                 let deadline = tokio::time::Instant::now() + SETTLE;
                 state.settling = Some((deadline, peers.into_iter().collect()));
+                // A snapshot whose parts span the change was filtered by two views (which groups this node
+                // owns): it settles nothing. The view change asked every peer for a new one.
+                for parts in state.snapshots.values_mut() {
+                    parts.broken = true;
+                }
             }
         }
     }
