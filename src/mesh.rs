@@ -11,9 +11,9 @@
 //!   membership, counts and client results.
 //! * What happens when membership changes: groups owned by a node that left move to their new owner, which
 //!   rebuilds their membership from snapshots that every node sends of its own members; group sends whose owner
-//!   is unreachable are held (at most `HELD_SENDS_CAP`) and delivered in order once an owner is reachable, and
-//!   sends handed to an owner that died go again, delivered once; requests waiting on a node that left fail at
-//!   once.
+//!   is unreachable are held (at most `HELD_SENDS_CAP`, sized for `MAX_GROUP_SEND_RATE`) and delivered in order
+//!   once an owner is reachable, and sends handed to an owner that died go again, delivered once; requests
+//!   waiting on a node that left fail at once.
 //!
 //! * Who the peers are: incarnations ([`crate::cluster::NodeId`], name and generation), not names. Group
 //!   members, pending requests, retained sends, awaited snapshots and the stamps of group sends are keyed by
@@ -36,6 +36,7 @@
 //! * `mesh/hints.rs`: location hints, so that direct sends to an adopted connection go straight to its server.
 //! * `mesh/relay.rs`: connections served by a node other than their home (adopted), and the requests the node
 //!   layer relays between nodes for them.
+//! * `mesh/bounds.rs`: how often the mesh's bounds were hit.
 //!
 //! # What it may call
 //!
@@ -50,6 +51,7 @@
 //! `crate::connection`, `crate::protocol` and `crate::cluster` (`grep -rn "crate::" src/mesh.rs src/mesh/`
 //! finds no `crate::hub` or `crate::node`), and neither of those layers names `crate::mesh`.
 
+mod bounds;
 mod delivery;
 mod directory;
 mod envelope;
@@ -73,7 +75,9 @@ pub use group::{GroupError, GroupKey};
 #[cfg(feature = "internals")]
 pub use group::{GroupKind, Stamp};
 #[cfg(feature = "internals")]
-pub use group_send::HELD_SENDS_CAP;
+pub use bounds::MeshBoundsHit;
+#[cfg(feature = "internals")]
+pub use group_send::{HELD_SENDS_CAP, MAX_GROUP_SEND_RATE, RETAINED_BYTES_CAP};
 #[cfg(feature = "internals")]
 pub use hints::RelayCounts;
 pub(crate) use relay::RelayHost;

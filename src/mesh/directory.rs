@@ -3,6 +3,7 @@
 //! forgets it when it stopped, and turns each operation into a message or a call with a timeout.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use ractor::{Actor, ActorRef};
 
 use super::group::{GroupError, GroupKey, Stamp};
 use super::group_actor::{Fanout, GroupActor, GroupMessage};
+use super::group_send::HELD_SENDS_CAP;
 use crate::cluster::NodeId;
 use crate::connection::{ConnectionId, SharedFrame};
 
@@ -20,9 +22,20 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often `add` retries when it raced with a group that was stopping.
 const ADD_ATTEMPTS: usize = 4;
 
+/// The most sends waiting in one group actor's mailbox: the same bound as the sends a node holds
+/// ([`HELD_SENDS_CAP`]). Only a group whose member nodes' links stay full gets there (its actor waits for them,
+/// see [`super::group_actor::FANOUT_PATIENCE`]); a send past it is refused, and counted by the caller.
+pub const MAILBOX_CAP: usize = HELD_SENDS_CAP;
+
+/// A group's actor, with the count of sends waiting in its mailbox (the actor counts down as it takes them).
+struct Group {
+    actor: ActorRef<GroupMessage>,
+    queued: Arc<AtomicUsize>,
+}
+
 /// The group actors this node owns, by key.
 pub struct GroupDirectory {
-    actors: Mutex<HashMap<GroupKey, ActorRef<GroupMessage>>>,
+    actors: Mutex<HashMap<GroupKey, Group>>,
     runtime: tokio::runtime::Handle,
     fanout: Arc<dyn Fanout>,
 }
@@ -38,7 +51,7 @@ impl GroupDirectory {
     }
 
     fn existing(&self, key: &GroupKey) -> Option<ActorRef<GroupMessage>> {
-        self.actors.lock().get(key).cloned()
+        self.actors.lock().get(key).map(|group| group.actor.clone())
     }
 
     /// Whether this node runs the group's actor (the group has members and this node owns it).
@@ -55,9 +68,11 @@ impl GroupDirectory {
         if let Some(actor) = self.existing(key) {
             return Ok(actor);
         }
+        let queued = Arc::new(AtomicUsize::new(0));
         let actor = GroupActor {
             key: key.clone(),
             fanout: self.fanout.clone(),
+            queued: queued.clone(),
         };
         let spawned = self
             .runtime
@@ -71,10 +86,16 @@ impl GroupDirectory {
             // Another caller started one first: use theirs.
             Some(existing) => {
                 actor.stop(None);
-                Ok(existing.clone())
+                Ok(existing.actor.clone())
             }
             None => {
-                actors.insert(key.clone(), actor.clone());
+                actors.insert(
+                    key.clone(),
+                    Group {
+                        actor: actor.clone(),
+                        queued,
+                    },
+                );
                 Ok(actor)
             }
         }
@@ -84,9 +105,16 @@ impl GroupDirectory {
         let mut actors = self.actors.lock();
         if actors
             .get(key)
-            .is_some_and(|current| current.get_id() == actor.get_id())
+            .is_some_and(|current| current.actor.get_id() == actor.get_id())
         {
             actors.remove(key);
+        }
+    }
+
+    /// Sends `message` to a group's actor; one that stopped is forgotten (it held nobody any more).
+    fn cast(&self, key: &GroupKey, actor: &ActorRef<GroupMessage>, message: GroupMessage) {
+        if actor.cast(message).is_err() {
+            self.forget(key, actor);
         }
     }
 
@@ -142,15 +170,18 @@ impl GroupDirectory {
             None if ids.is_empty() => return Ok(()),
             None => self.get_or_start(key).await?,
         };
-        if actor
-            .cast(GroupMessage::Replace {
-                node: node.clone(),
-                ids,
-            })
-            .is_err()
-        {
-            self.forget(key, &actor);
+        self.cast(key, &actor, GroupMessage::Replace { node: node.clone(), ids });
+        Ok(())
+    }
+
+    /// Adds these members of node `node` to those it holds (a snapshot whose list spans parts), starting the
+    /// actor if needed.
+    pub async fn extend(&self, key: &GroupKey, node: &NodeId, ids: Vec<ConnectionId>) -> Result<(), GroupError> {
+        if ids.is_empty() {
+            return Ok(());
         }
+        let actor = self.get_or_start(key).await?;
+        self.cast(key, &actor, GroupMessage::Extend { node: node.clone(), ids });
         Ok(())
     }
 
@@ -160,34 +191,41 @@ impl GroupDirectory {
             .actors
             .lock()
             .iter()
-            .map(|(key, actor)| (key.clone(), actor.clone()))
+            .map(|(key, group)| (key.clone(), group.actor.clone()))
             .collect();
         for (key, actor) in actors {
-            if actor.cast(GroupMessage::DropNode(node.clone())).is_err() {
-                self.forget(&key, &actor);
-            }
+            self.cast(&key, &actor, GroupMessage::DropNode(node.clone()));
         }
     }
 
     /// Stops the actors of groups this node no longer owns (ownership moved); their new owner rebuilds them.
     pub fn release(&self, keep: impl Fn(&GroupKey) -> bool) {
         let mut actors = self.actors.lock();
-        actors.retain(|key, actor| {
+        actors.retain(|key, group| {
             let kept = keep(key);
             if !kept {
-                actor.stop(None);
+                group.actor.stop(None);
             }
             kept
         });
     }
 
-    /// Sends a frame to the group's members, except `except`. A group with no actor has no members.
-    pub fn send(&self, key: &GroupKey, frame: Arc<SharedFrame>, except: Arc<[ConnectionId]>, stamp: Stamp) {
-        if let Some(actor) = self.existing(key) {
-            if actor.cast(GroupMessage::Send { frame, except, stamp }).is_err() {
-                self.forget(key, &actor);
+    /// Sends a frame to the group's members, except `except`. A group with no actor has no members. False when
+    /// the actor's mailbox holds [`MAILBOX_CAP`] sends: the send was refused.
+    pub fn send(&self, key: &GroupKey, frame: Arc<SharedFrame>, except: Arc<[ConnectionId]>, stamp: Stamp) -> bool {
+        let actor = {
+            let actors = self.actors.lock();
+            let Some(group) = actors.get(key) else {
+                return true;
+            };
+            if group.queued.fetch_add(1, Ordering::Relaxed) >= MAILBOX_CAP {
+                group.queued.fetch_sub(1, Ordering::Relaxed);
+                return false;
             }
-        }
+            group.actor.clone()
+        };
+        self.cast(key, &actor, GroupMessage::Send { frame, except, stamp });
+        true
     }
 
     /// The number of members.
@@ -216,8 +254,8 @@ impl GroupDirectory {
 
     /// Stops every group actor (node shutdown).
     pub fn stop_all(&self) {
-        for (_, actor) in self.actors.lock().drain() {
-            actor.stop(None);
+        for (_, group) in self.actors.lock().drain() {
+            group.actor.stop(None);
         }
     }
 }

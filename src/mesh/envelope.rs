@@ -64,8 +64,13 @@ pub(super) enum Envelope {
         frame: WireFrame,
         stamp: Stamp,
     },
-    /// Every membership the sender holds in groups the receiver owns (after ownership may have moved).
-    Snapshot { groups: Vec<(GroupKey, Vec<ConnectionId>)> },
+    /// Every membership the sender holds in groups the receiver owns (after ownership may have moved), in parts
+    /// under the link frame cap: `part` counts from 0, `last` ends the snapshot (see `mesh/rehome.rs`).
+    Snapshot {
+        part: u32,
+        last: bool,
+        groups: Vec<(GroupKey, Vec<ConnectionId>)>,
+    },
     /// Please send your snapshots (you were away, or are new).
     SnapshotRequest,
     /// A request that expects a [`Envelope::Reply`] with the same id.

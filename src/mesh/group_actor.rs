@@ -19,7 +19,9 @@
 //! nothing of hubs' methods or of how frames travel between nodes.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -38,8 +40,28 @@ pub trait Fanout: Send + Sync + 'static {
         frame: &Arc<SharedFrame>,
         except: &Arc<[ConnectionId]>,
         stamp: &Stamp,
-    );
+    ) -> Delivery;
+
+    /// A send to `node` was dropped: its link stayed full for [`FANOUT_PATIENCE`] (counted and logged).
+    fn dropped(&self, node: &NodeId, key: &GroupKey);
 }
+
+/// What became of one node's copy of a group send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Delivered, or handed to the node's link.
+    Sent,
+    /// The node's link queue is full (a slow or stalled node): try again shortly.
+    Full,
+    /// The node cannot be reached: it is leaving, and its members with it.
+    Gone,
+}
+
+/// How long a group actor keeps trying a node whose link queue is full before it drops that node's copy of a send
+/// (backpressure: the group's later sends wait behind it, in order). About failure detection: a node stalled for
+/// longer is being declared dead. Once a node made it give up, its later copies are tried once each until one
+/// goes through, so a stalled node holds its groups up once, not for every send.
+pub const FANOUT_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Messages a group actor handles.
 pub enum GroupMessage {
@@ -68,6 +90,13 @@ pub enum GroupMessage {
         /// Its members of this group.
         ids: Vec<ConnectionId>,
     },
+    /// Node `node` holds these members too (the rest of its snapshot's list, when that spans several parts).
+    Extend {
+        /// The node's incarnation.
+        node: NodeId,
+        /// More of its members of this group.
+        ids: Vec<ConnectionId>,
+    },
     /// This incarnation of a node is gone (dead, or superseded by a newer generation): its connections leave the
     /// group. A newer generation of the same name keeps its own members.
     DropNode(NodeId),
@@ -92,31 +121,69 @@ impl ractor::Message for GroupMessage {}
 pub(super) struct GroupActor {
     pub(super) key: GroupKey,
     pub(super) fanout: Arc<dyn Fanout>,
+    /// Sends waiting in this actor's mailbox, counted up by the directory (under its bound) and down here.
+    pub(super) queued: Arc<AtomicUsize>,
 }
 
 /// Members by the incarnation of the node they live on: a restarted node's members are its new generation's, and
 /// the earlier generation's are dropped when it is declared dead, whatever order the two arrive in.
 type Members = HashMap<NodeId, HashSet<ConnectionId>>;
 
+/// A group actor's state: its members, and the member nodes whose link stayed full for [`FANOUT_PATIENCE`].
+#[derive(Default)]
+pub struct GroupState {
+    members: Members,
+    stalled: HashSet<NodeId>,
+}
+
 fn member_count(members: &Members) -> usize {
     members.values().map(HashSet::len).sum()
 }
 
+impl GroupActor {
+    /// Hands a send to every member node, waiting (up to [`FANOUT_PATIENCE`]) for a node whose link is full.
+    async fn fan_out(&self, state: &mut GroupState, frame: &Arc<SharedFrame>, except: &Arc<[ConnectionId]>, stamp: &Stamp) {
+        for node in state.members.keys() {
+            let started = tokio::time::Instant::now();
+            let mut pause = Duration::from_millis(1);
+            loop {
+                match self.fanout.deliver(node, &self.key, frame, except, stamp) {
+                    Delivery::Sent => {
+                        state.stalled.remove(node);
+                        break;
+                    }
+                    Delivery::Gone => break,
+                    Delivery::Full if !state.stalled.contains(node) && started.elapsed() < FANOUT_PATIENCE => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(20));
+                    }
+                    Delivery::Full => {
+                        state.stalled.insert(node.clone());
+                        self.fanout.dropped(node, &self.key);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Actor for GroupActor {
     type Msg = GroupMessage;
-    type State = Members;
+    type State = GroupState;
     type Arguments = ();
 
     async fn pre_start(&self, _myself: ActorRef<Self::Msg>, _args: ()) -> Result<Self::State, ActorProcessingErr> {
-        Ok(HashMap::new())
+        Ok(GroupState::default())
     }
 
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        members: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let members = &mut state.members;
         match message {
             GroupMessage::Add { node, id, reply } => {
                 members.entry(node).or_default().insert(id);
@@ -147,16 +214,19 @@ impl Actor for GroupActor {
                     myself.stop(None);
                 }
             }
+            GroupMessage::Extend { node, ids } => {
+                members.entry(node).or_default().extend(ids);
+            }
             GroupMessage::DropNode(node) => {
                 members.remove(&node);
+                state.stalled.remove(&node);
                 if members.is_empty() {
                     myself.stop(None);
                 }
             }
             GroupMessage::Send { frame, except, stamp } => {
-                for node in members.keys() {
-                    self.fanout.deliver(node, &self.key, &frame, &except, &stamp);
-                }
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                self.fan_out(state, &frame, &except, &stamp).await;
             }
             GroupMessage::Count(reply) => {
                 let _ = reply.send(member_count(members));

@@ -8,16 +8,29 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::envelope::{Envelope, WireFrame};
 use super::group::{GroupKey, Stamp};
-use super::owner::MembershipOp;
 use super::{LocalHub, Router};
 use crate::cluster::NodeId;
 use crate::connection::{ConnectionId, SharedFrame};
+use crate::protocol::Protocol;
 
-/// The most group sends a node holds while their owner is unreachable; beyond it the oldest are dropped (and
-/// logged), so a long outage cannot exhaust memory.
-pub const HELD_SENDS_CAP: usize = 10_000;
+/// The rate of group sends per node (to remote owners) that the buffers below are sized for: above it, a send
+/// retained for an owner may be forgotten before [`RETAIN`] is up, and counted (`MeshBoundsHit`).
+pub const MAX_GROUP_SEND_RATE: usize = 6_250;
+
+/// The most group sends a node holds while their owner is unreachable, and the most it retains for remote owners:
+/// [`RETAIN`] at [`MAX_GROUP_SEND_RATE`] (50,000). Beyond it the oldest are dropped, counted and logged, so a long
+/// outage cannot exhaust memory. The owner's queues of sends (while it settles, and for groups whose members are
+/// on their way) have the same bound.
+pub const HELD_SENDS_CAP: usize = MAX_GROUP_SEND_RATE * RETAIN.as_secs() as usize;
+
+/// The most bytes of frames the retained sends may hold (the frames are shared with the sends in flight, so this
+/// is what retaining them keeps alive): 8 KiB per send at [`MAX_GROUP_SEND_RATE`] for [`RETAIN`] would be more
+/// than this, and evicts the oldest, counted.
+pub const RETAINED_BYTES_CAP: usize = 256 * 1024 * 1024;
 
 /// How long a node keeps a group send it handed to a remote owner, to send it again if that owner dies before
 /// its members got it: longer than failure detection (3 s) plus settling.
@@ -32,9 +45,19 @@ pub(super) struct HeldSend {
     pub(super) stamp: Stamp,
 }
 
+/// The group sends handed to remote owners in the last [`RETAIN`], oldest first, within [`HELD_SENDS_CAP`] and
+/// [`RETAINED_BYTES_CAP`].
+#[derive(Default)]
+pub(super) struct RetainedSends {
+    sends: VecDeque<Retained>,
+    /// The bytes of their frames.
+    bytes: usize,
+}
+
 /// A group send handed to a remote owner, kept a while in case the owner dies before its members got it.
-pub(super) struct Retained {
+struct Retained {
     at: tokio::time::Instant,
+    bytes: usize,
     /// The owner's incarnation: a send retained for an owner that restarted goes again, one handed to its new
     /// generation does not.
     owner: NodeId,
@@ -63,21 +86,36 @@ impl<H: LocalHub> Router<H> {
         // before the re-sends were queued, overtake them, and make members' nodes drop them as repeats.
         let mut held = self.held.lock();
         if !held.is_empty() {
-            push_held(&mut held, send, &self.span);
+            held.push_back(send);
+            self.trim_held(&mut held);
             drop(held);
             self.flush_held();
             return;
         }
         if let Err(send) = self.try_group_send(send) {
-            push_held(&mut held, send, &self.span);
+            held.push_back(send);
+        }
+    }
+
+    /// Over [`HELD_SENDS_CAP`] held sends, drops the oldest (counted and logged).
+    fn trim_held(&self, held: &mut VecDeque<HeldSend>) {
+        let over = held.len().saturating_sub(HELD_SENDS_CAP);
+        if over > 0 {
+            held.drain(..over);
+            let hit = &self.bounds_hit;
+            hit.hit(
+                &hit.held_dropped,
+                over as u64,
+                &self.span,
+                "group sends held for unreachable owners over their bound: dropped the oldest",
+            );
         }
     }
 
     fn try_group_send(&self, send: HeldSend) -> Result<(), HeldSend> {
         let owner = self.owner_of(&send.key);
         if self.is_local(&owner.name) {
-            self.enqueue(MembershipOp::Send { send });
-            return Ok(());
+            return self.try_enqueue_send(send);
         }
         let envelope = Envelope::GroupSend {
             key: send.key.clone(),
@@ -98,15 +136,42 @@ impl<H: LocalHub> Router<H> {
     }
 
     fn retain(&self, owner: NodeId, send: HeldSend) {
+        // Encoded for both protocols already (the wire frame), so this encodes nothing.
+        let bytes = [Protocol::Json, Protocol::MessagePack]
+            .into_iter()
+            .filter_map(|protocol| send.frame.bytes(protocol).map(Bytes::len))
+            .sum();
         let now = tokio::time::Instant::now();
-        let mut retained = self.retained.lock();
-        while retained
-            .front()
-            .is_some_and(|oldest| now.duration_since(oldest.at) > RETAIN || retained.len() >= HELD_SENDS_CAP)
+        let mut evicted = 0;
         {
-            retained.pop_front();
+            let mut retained = self.retained.lock();
+            while let Some(oldest) = retained.sends.front() {
+                let expired = now.duration_since(oldest.at) > RETAIN;
+                let over = retained.sends.len() >= HELD_SENDS_CAP || retained.bytes + bytes > RETAINED_BYTES_CAP;
+                if !expired && !over {
+                    break;
+                }
+                evicted += u64::from(!expired);
+                retained.bytes -= oldest.bytes;
+                retained.sends.pop_front();
+            }
+            retained.bytes += bytes;
+            retained.sends.push_back(Retained {
+                at: now,
+                bytes,
+                owner,
+                send,
+            });
         }
-        retained.push_back(Retained { at: now, owner, send });
+        if evicted > 0 {
+            let hit = &self.bounds_hit;
+            hit.hit(
+                &hit.retained_evicted,
+                evicted,
+                &self.span,
+                "retained group sends over their bound: forgot the oldest before their time",
+            );
+        }
     }
 
     /// Sends handed to owners that have now left go again, to the new owners, ahead of anything held since. The
@@ -115,8 +180,9 @@ impl<H: LocalHub> Router<H> {
         let resend: Vec<HeldSend> = {
             let mut retained = self.retained.lock();
             let (gone, kept): (VecDeque<Retained>, VecDeque<Retained>) =
-                retained.drain(..).partition(|entry| left.contains(&entry.owner));
-            *retained = kept;
+                retained.sends.drain(..).partition(|entry| left.contains(&entry.owner));
+            retained.bytes = kept.iter().map(|entry| entry.bytes).sum();
+            retained.sends = kept;
             gone.into_iter().map(|entry| entry.send).collect()
         };
         if resend.is_empty() {
@@ -126,6 +192,8 @@ impl<H: LocalHub> Router<H> {
         for send in resend.into_iter().rev() {
             held.push_front(send);
         }
+        // Held sends are bounded as any others.
+        self.trim_held(held);
     }
 
     /// Retries held group sends in order; stops at the first that still cannot go.
@@ -140,11 +208,3 @@ impl<H: LocalHub> Router<H> {
     }
 }
 
-/// Queues a send behind those held; over [`HELD_SENDS_CAP`] the oldest is dropped (and logged).
-fn push_held(held: &mut VecDeque<HeldSend>, send: HeldSend, span: &tracing::Span) {
-    if held.len() >= HELD_SENDS_CAP {
-        held.pop_front();
-        tracing::warn!(parent: span, cap = HELD_SENDS_CAP, "held group sends over the cap: dropped the oldest");
-    }
-    held.push_back(send);
-}

@@ -74,8 +74,10 @@ impl<H: LocalHub> Router<H> {
             } => {
                 self.deliver_group_locally(&key, &frame.into_frame(), &except.into(), &stamp);
             }
-            Envelope::Snapshot { groups } => self.enqueue(MembershipOp::Snapshot {
+            Envelope::Snapshot { part, last, groups } => self.enqueue(MembershipOp::Snapshot {
                 from: from.clone(),
+                part,
+                last,
                 groups,
             }),
             Envelope::Request {

@@ -4,7 +4,8 @@
 //! and it keeps sends to a group that has no members here yet for a while (orphans), in case they are on their way.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Weak;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -22,6 +23,10 @@ const SETTLE: Duration = Duration::from_secs(3);
 /// How long an owner keeps a send to a group it has no members for, in case the members are on their way
 /// (a snapshot or a join that raced with the send across different links).
 const ORPHAN_WINDOW: Duration = Duration::from_secs(3);
+/// The most sends an owner keeps for groups without members here, all groups together: a send past it is dropped
+/// (counted), as it most likely had no member to reach. A client sending to many groups nobody joined makes
+/// that happen, not memory growth.
+const ORPHANS_CAP: usize = HELD_SENDS_CAP;
 
 /// A change to the groups this node owns. Applied one at a time, in arrival order, so a snapshot and the
 /// joins and leaves that follow it on the same link take effect in the order they were sent.
@@ -38,9 +43,11 @@ pub(super) enum MembershipOp {
         connection: ConnectionId,
         done: Done,
     },
-    /// A peer's snapshot.
+    /// A part of a peer's snapshot: parts count from 0, and the last says so.
     Snapshot {
         from: NodeId,
+        part: u32,
+        last: bool,
         groups: Vec<(GroupKey, Vec<ConnectionId>)>,
     },
     /// This node's own memberships, read when the op is applied.
@@ -66,6 +73,21 @@ struct OpsState {
     deferred: VecDeque<HeldSend>,
     /// Sends to groups without members here yet, with when they arrived.
     orphans: HashMap<GroupKey, VecDeque<Orphan>>,
+    /// How many sends `orphans` holds, at most [`ORPHANS_CAP`].
+    orphan_count: usize,
+    /// Per peer, the snapshot whose parts are arriving (one per peer: a new part 0 starts over).
+    snapshots: HashMap<NodeId, SnapshotParts>,
+}
+
+/// A peer's snapshot while its parts arrive.
+#[derive(Default)]
+struct SnapshotParts {
+    /// The part expected next.
+    next: u32,
+    /// The groups this node owns that earlier parts listed.
+    listed: HashSet<GroupKey>,
+    /// A part went missing: the groups not listed cannot be told from those in the lost part.
+    broken: bool,
 }
 
 /// Who waits for a membership op.
@@ -74,18 +96,71 @@ pub(super) enum Done {
     Remote { from: NodeId, id: u64 },
 }
 
+/// The most sends, joins and leaves (what clients and peers cause) waiting in the membership queue: the same
+/// bound as the sends a node holds ([`HELD_SENDS_CAP`]). Past it a send stays held at its sender (backpressure:
+/// it goes when the queue drained, in order) and a join or leave is refused with [`queue_full`]. What the
+/// cluster's membership changes enqueue (views, snapshots) is not counted: it is bounded by those changes.
+pub(super) const OPS_CAP: usize = HELD_SENDS_CAP;
+
+/// The sending side of the membership queue, with the count of ops under [`OPS_CAP`] waiting in it.
+pub(super) struct OpsQueue {
+    sender: mpsc::UnboundedSender<MembershipOp>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// The receiving side of the membership queue.
+pub(super) struct OpsReceiver {
+    receiver: mpsc::UnboundedReceiver<MembershipOp>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// A new membership queue.
+pub(super) fn ops_queue() -> (OpsQueue, OpsReceiver) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        OpsQueue {
+            sender,
+            queued: queued.clone(),
+        },
+        OpsReceiver { receiver, queued },
+    )
+}
+
+impl MembershipOp {
+    /// Whether clients or peers cause this op (counted under [`OPS_CAP`]), rather than membership changes.
+    fn is_input(&self) -> bool {
+        matches!(
+            self,
+            MembershipOp::Register { .. } | MembershipOp::Unregister { .. } | MembershipOp::Send { .. }
+        )
+    }
+}
+
+/// Why a join or leave was refused: the owner's membership queue is full.
+fn queue_full() -> MeshError {
+    MeshError::Group(GroupError::Unavailable(format!(
+        "the group's owner has {OPS_CAP} membership changes and sends waiting; try again"
+    )))
+}
+
 /// Runs the membership queue of `router` until the router is gone: applies each op as it arrives, and every
 /// 100 ms ends settling, expires orphans that waited too long, and retries held group sends.
 pub(super) async fn run_membership_queue<H: LocalHub>(
     weak: Weak<Router<H>>,
-    mut queue: mpsc::UnboundedReceiver<MembershipOp>,
+    mut queue: OpsReceiver,
 ) {
     let mut state = OpsState::default();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         let op = tokio::select! {
-            op = queue.recv() => match op {
-                Some(op) => Some(op),
+            op = queue.receiver.recv() => match op {
+                Some(op) => {
+                    if op.is_input() {
+                        queue.queued.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    Some(op)
+                }
                 None => return,
             },
             _ = tick.tick() => None,
@@ -95,19 +170,62 @@ pub(super) async fn run_membership_queue<H: LocalHub>(
         };
         match op {
             Some(op) => router.apply(op, &mut state).await,
-            // Held sends are otherwise retried only by the next send, a link that comes up, or a view change: a
-            // link whose queue was full (a slow peer) drains with no event, and the last sends before a quiet
-            // spell would wait for the next one.
-            None => router.flush_held(),
+            None => {
+                // Held sends are otherwise retried only by the next send, a link that comes up, or a view change:
+                // a link whose queue was full (a slow peer) drains with no event, and the last sends before a
+                // quiet spell would wait for the next one.
+                router.flush_held();
+                // On the tick only: it visits every group with waiting sends, which must not cost every op.
+                router.expire_orphans(&mut state);
+            }
         }
-        router.housekeep(&mut state);
+        router.end_settling(&mut state);
     }
 }
 
 impl<H: LocalHub> Router<H> {
+    /// Queues an op; a join or leave over [`OPS_CAP`] is refused (its caller gets [`queue_full`]), and a send
+    /// should go through [`Router::try_enqueue_send`] instead, which hands it back.
     pub(super) fn enqueue(&self, op: MembershipOp) {
+        if op.is_input() && !self.admit() {
+            match op {
+                MembershipOp::Register { done, .. } | MembershipOp::Unregister { done, .. } => {
+                    self.finish(done, Err(queue_full()));
+                }
+                _ => {}
+            }
+            return;
+        }
+        self.push_op(op);
+    }
+
+    /// Queues a send to a group this node owns, or hands it back when the queue holds [`OPS_CAP`] ops (the
+    /// caller holds it and tries again).
+    pub(super) fn try_enqueue_send(&self, send: HeldSend) -> Result<(), HeldSend> {
+        if !self.admit() {
+            return Err(send);
+        }
+        self.push_op(MembershipOp::Send { send });
+        Ok(())
+    }
+
+    /// Takes a place under [`OPS_CAP`], or counts a refusal.
+    fn admit(&self) -> bool {
+        if self.ops.queued.fetch_add(1, Ordering::Relaxed) < OPS_CAP {
+            return true;
+        }
+        self.ops.queued.fetch_sub(1, Ordering::Relaxed);
+        let hit = &self.bounds_hit;
+        hit.hit(&hit.ops_refused, 1, &self.span, "the membership queue is full: refused a join, leave or send");
+        false
+    }
+
+    fn push_op(&self, op: MembershipOp) {
+        let input = op.is_input();
         // The queue lives as long as the router; a send fails only while the node shuts down.
-        let _ = self.ops.send(op);
+        if self.ops.sender.send(op).is_err() && input {
+            self.ops.queued.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     async fn apply(&self, op: MembershipOp, state: &mut OpsState) {
@@ -139,15 +257,42 @@ impl<H: LocalHub> Router<H> {
                 self.finish(done, result);
             }
             MembershipOp::Snapshot { from, .. } if self.is_stale(&from) => {
+                state.snapshots.remove(&from);
                 if let Some((_, awaiting)) = &mut state.settling {
                     awaiting.remove(&from);
                 }
             }
-            MembershipOp::Snapshot { from, groups } => {
+            MembershipOp::Snapshot {
+                from,
+                part,
+                last,
+                groups,
+            } => {
                 let keys: Vec<GroupKey> = groups.iter().map(|(key, _)| key.clone()).collect();
-                self.apply_snapshot(&from, groups).await;
-                if let Some((_, awaiting)) = &mut state.settling {
-                    awaiting.remove(&from);
+                if part == 0 {
+                    state.snapshots.insert(from.clone(), SnapshotParts::default());
+                }
+                // A missing entry means its first part was lost: what arrives still counts, but it is not whole.
+                let parts = state.snapshots.entry(from.clone()).or_insert_with(|| SnapshotParts {
+                    broken: true,
+                    ..SnapshotParts::default()
+                });
+                parts.broken |= parts.next != part;
+                parts.next = part.saturating_add(1);
+                self.apply_snapshot_part(&from, groups, &mut parts.listed).await;
+                if last {
+                    if let Some(parts) = state.snapshots.remove(&from) {
+                        if parts.broken {
+                            // Ask for a whole one; settling waits for it (or its deadline).
+                            tracing::debug!(parent: &self.span, %from, "a snapshot arrived with parts missing");
+                            let _ = self.send_to_peer(&from, &Envelope::SnapshotRequest);
+                        } else {
+                            self.finish_snapshot(&from, &parts.listed).await;
+                            if let Some((_, awaiting)) = &mut state.settling {
+                                awaiting.remove(&from);
+                            }
+                        }
+                    }
                 }
                 for key in keys {
                     self.release_orphans(&key, state);
@@ -157,35 +302,52 @@ impl<H: LocalHub> Router<H> {
                 let node = self.id();
                 let own = self.local_snapshot();
                 let keys: Vec<GroupKey> = own.iter().map(|(key, _)| key.clone()).collect();
-                self.apply_snapshot(&node, own).await;
+                let mut listed = HashSet::new();
+                self.apply_snapshot_part(&node, own, &mut listed).await;
+                self.finish_snapshot(&node, &listed).await;
                 for key in keys {
                     self.release_orphans(&key, state);
                 }
             }
             MembershipOp::Send { send } => {
                 if state.settling.is_some() {
-                    push_capped(&mut state.deferred, send, &self.span);
+                    state.deferred.push_back(send);
+                    if state.deferred.len() > HELD_SENDS_CAP {
+                        state.deferred.pop_front();
+                        let hit = &self.bounds_hit;
+                        hit.hit(
+                            &hit.deferred_dropped,
+                            1,
+                            &self.span,
+                            "group sends held while settling over their bound: dropped the oldest",
+                        );
+                    }
                 } else {
                     self.owner_send(send, state);
                 }
             }
             MembershipOp::NodesLeft { nodes } => {
                 for node in &nodes {
+                    state.snapshots.remove(node);
                     self.groups.drop_node(node);
                 }
             }
             MembershipOp::ViewChanged { peers } => {
                 let deadline = tokio::time::Instant::now() + SETTLE;
                 state.settling = Some((deadline, peers.into_iter().collect()));
+                // A snapshot whose parts span the change was filtered by two views (which groups this node
+                // owns): it settles nothing. The view change asked every peer for a new one.
+                for parts in state.snapshots.values_mut() {
+                    parts.broken = true;
+                }
             }
         }
     }
 
-    /// Ends settling when every awaited snapshot arrived or the deadline passed, and expires old orphans.
-    fn housekeep(&self, state: &mut OpsState) {
-        let now = tokio::time::Instant::now();
+    /// Ends settling when every awaited snapshot arrived or the deadline passed.
+    fn end_settling(&self, state: &mut OpsState) {
         let settled = match &state.settling {
-            Some((deadline, awaiting)) => awaiting.is_empty() || now >= *deadline,
+            Some((deadline, awaiting)) => awaiting.is_empty() || tokio::time::Instant::now() >= *deadline,
             None => false,
         };
         if settled {
@@ -194,32 +356,48 @@ impl<H: LocalHub> Router<H> {
                 self.owner_send(send, state);
             }
         }
+    }
+
+    /// Drops sends that waited for members longer than [`ORPHAN_WINDOW`].
+    fn expire_orphans(&self, state: &mut OpsState) {
+        let now = tokio::time::Instant::now();
+        let mut expired = 0;
         state.orphans.retain(|_, sends| {
             while sends
                 .front()
                 .is_some_and(|(since, _)| now.duration_since(*since) > ORPHAN_WINDOW)
             {
                 sends.pop_front();
+                expired += 1;
             }
             !sends.is_empty()
         });
+        state.orphan_count -= expired;
     }
 
     /// Delivers a send as the group's owner, or keeps it a while if the group has no members here yet.
     fn owner_send(&self, send: HeldSend, state: &mut OpsState) {
         let key = send.key.clone();
-        if let Some(waiting) = state.orphans.get_mut(&key) {
-            // Earlier sends to this group are still waiting: keep the order.
-            waiting.push_back((tokio::time::Instant::now(), send));
+        let waiting = state.orphans.contains_key(&key);
+        if !waiting && self.groups.contains(&key) {
+            self.send_to_actor(&key, send);
+            return;
+        }
+        if state.orphan_count >= ORPHANS_CAP {
+            let hit = &self.bounds_hit;
+            hit.hit(
+                &hit.orphans_dropped,
+                1,
+                &self.span,
+                "group sends waiting for members over their bound: dropped one",
+            );
+            return;
+        }
+        // Behind earlier sends to this group that are still waiting, to keep the order.
+        state.orphans.entry(key.clone()).or_default().push_back((tokio::time::Instant::now(), send));
+        state.orphan_count += 1;
+        if waiting {
             self.release_orphans(&key, state);
-        } else if self.groups.contains(&key) {
-            self.groups.send(&key, send.frame, send.except, send.stamp);
-        } else {
-            let waiting = state.orphans.entry(key).or_default();
-            if waiting.len() >= HELD_SENDS_CAP {
-                waiting.pop_front();
-            }
-            waiting.push_back((tokio::time::Instant::now(), send));
         }
     }
 
@@ -228,9 +406,23 @@ impl<H: LocalHub> Router<H> {
             return;
         }
         if let Some(waiting) = state.orphans.remove(key) {
+            state.orphan_count -= waiting.len();
             for (_, send) in waiting {
-                self.groups.send(key, send.frame, send.except, send.stamp);
+                self.send_to_actor(key, send);
             }
+        }
+    }
+
+    /// Hands a send to its group's actor; one past the actor's mailbox bound is dropped, counted and logged.
+    fn send_to_actor(&self, key: &GroupKey, send: HeldSend) {
+        if !self.groups.send(key, send.frame, send.except, send.stamp) {
+            let hit = &self.bounds_hit;
+            hit.hit(
+                &hit.mailbox_refused,
+                1,
+                &self.span,
+                "a group actor's mailbox is full (its member nodes' links stay full): dropped a send",
+            );
         }
     }
 
@@ -261,12 +453,4 @@ impl<H: LocalHub> Router<H> {
 
 fn left_error() -> MeshError {
     MeshError::Group(GroupError::Unavailable("the node left the cluster".into()))
-}
-
-fn push_capped(queue: &mut VecDeque<HeldSend>, send: HeldSend, span: &tracing::Span) {
-    if queue.len() >= HELD_SENDS_CAP {
-        queue.pop_front();
-        tracing::warn!(parent: span, cap = HELD_SENDS_CAP, "group sends held while settling over the cap: dropped the oldest");
-    }
-    queue.push_back(send);
 }

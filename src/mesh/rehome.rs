@@ -10,7 +10,7 @@ use super::envelope::Envelope;
 use super::group::GroupKey;
 use super::owner::MembershipOp;
 use super::{LocalHub, Router};
-use crate::cluster::NodeId;
+use crate::cluster::{LinkError, NodeId};
 use crate::connection::ConnectionId;
 
 impl<H: LocalHub> Router<H> {
@@ -57,6 +57,19 @@ impl<H: LocalHub> Router<H> {
             for id in &joined {
                 departed.remove(&id.name);
             }
+            // Names that never come back (a cluster whose nodes get new names) are forgotten, oldest generation
+            // (start time) first, past the bound.
+            let over = departed.len().saturating_sub(DEPARTED_CAP);
+            if over > 0 {
+                let mut oldest: Vec<(u64, Arc<str>)> =
+                    departed.iter().map(|(name, &generation)| (generation, name.clone())).collect();
+                oldest.sort_unstable();
+                for (_, name) in oldest.into_iter().take(over) {
+                    departed.remove(&name);
+                }
+                let hit = &self.bounds_hit;
+                hit.hit(&hit.departed_evicted, over as u64, &self.span, "forgot the oldest departed nodes over their bound");
+            }
         }
         for node in &left {
             // A node that came back as a new generation is in both lists (by name): only the old incarnation's
@@ -81,7 +94,6 @@ impl<H: LocalHub> Router<H> {
         self.flush_held();
     }
 
-    /// This node's memberships in the groups `owner` owns.
     /// Every membership this node holds. Whole, not only the groups the receiver owns in this node's view:
     /// views change at slightly different times on different nodes, and the receiver picks by its own.
     pub(super) fn local_snapshot(&self) -> Vec<(GroupKey, Vec<ConnectionId>)> {
@@ -91,31 +103,195 @@ impl<H: LocalHub> Router<H> {
             .collect()
     }
 
+    /// Sends this node's snapshot to `node`, in parts under the link frame cap (see [`snapshot_parts`]). Parts of
+    /// one snapshot follow each other on the link: two snapshots to the same peer never interleave.
     pub(super) fn send_snapshot_to(&self, node: &NodeId) {
-        let groups = self.local_snapshot();
-        if let Err(error) = self.send_to_peer(node, &Envelope::Snapshot { groups }) {
-            tracing::debug!(parent: &self.span, %error, %node, "a snapshot could not be sent");
+        let _one_at_a_time = self.snapshot_sends.lock();
+        let mut remaining = self.local_snapshot();
+        let mut budget = SNAPSHOT_PART_BYTES;
+        let mut part: u32 = 0;
+        'budget: loop {
+            let parts = snapshot_parts(std::mem::take(&mut remaining), budget);
+            let count = parts.len();
+            let mut parts = parts.into_iter().enumerate();
+            while let Some((index, groups)) = parts.next() {
+                let envelope = Envelope::Snapshot {
+                    part,
+                    last: index + 1 == count,
+                    groups,
+                };
+                match self.send_to_peer(node, &envelope) {
+                    Ok(()) => part = part.saturating_add(1),
+                    // A smaller frame cap than this node's parts: split the rest finer. The receiver does not
+                    // mind where parts end (a group's members may span parts).
+                    Err(LinkError::TooLarge { max, .. }) if max / 2 >= MIN_SNAPSHOT_PART_BYTES => {
+                        budget = budget.min(max / 2);
+                        let Envelope::Snapshot { groups, .. } = envelope else {
+                            return;
+                        };
+                        remaining = groups;
+                        remaining.extend(parts.flat_map(|(_, groups)| groups));
+                        continue 'budget;
+                    }
+                    Err(error) => {
+                        // The receiver sees no last part and asks again, or settles at its deadline; the next
+                        // link-up or view change sends a whole snapshot again.
+                        tracing::debug!(parent: &self.span, %error, %node, part, "a snapshot could not be sent");
+                        return;
+                    }
+                }
+            }
+            return;
         }
     }
 
-    /// Makes the groups this node owns hold exactly `from`'s memberships listed in its snapshot.
-    pub(super) async fn apply_snapshot(&self, from: &NodeId, groups: Vec<(GroupKey, Vec<ConnectionId>)>) {
+    /// Applies one part of `from`'s snapshot to the groups this node owns: a group met for the first time in this
+    /// snapshot (not in `listed`) holds exactly the members listed for `from`; one met again (its members span
+    /// parts) gets the rest added. `listed` collects the groups met so far.
+    pub(super) async fn apply_snapshot_part(
+        &self,
+        from: &NodeId,
+        groups: Vec<(GroupKey, Vec<ConnectionId>)>,
+        listed: &mut HashSet<GroupKey>,
+    ) {
         // Only the groups this node owns in its own view; the rest are other owners' business.
-        let groups: Vec<(GroupKey, Vec<ConnectionId>)> = groups
-            .into_iter()
-            .filter(|(key, _)| self.is_local(&self.owner_of(key).name))
-            .collect();
-        let listed: HashSet<GroupKey> = groups.iter().map(|(key, _)| key.clone()).collect();
         for (key, members) in groups {
-            if let Err(error) = self.groups.replace(&key, from, members).await {
+            if !self.is_local(&self.owner_of(&key).name) {
+                continue;
+            }
+            let applied = if listed.contains(&key) {
+                self.groups.extend(&key, from, members).await
+            } else {
+                listed.insert(key.clone());
+                self.groups.replace(&key, from, members).await
+            };
+            if let Err(error) = applied {
                 tracing::warn!(parent: &self.span, %error, "a snapshot could not be applied");
             }
         }
-        // Groups this node owns that the snapshot does not list hold none of `from`'s connections.
+    }
+
+    /// After the last part of `from`'s snapshot: groups this node owns that it did not list hold none of `from`'s
+    /// connections.
+    pub(super) async fn finish_snapshot(&self, from: &NodeId, listed: &HashSet<GroupKey>) {
         for key in self.groups.keys() {
             if !listed.contains(&key) {
                 let _ = self.groups.replace(&key, from, Vec::new()).await;
             }
         }
+    }
+}
+
+/// The most node names a router remembers as departed (left the view and not back), to ignore what their last
+/// incarnation still had in flight. Past it the oldest are forgotten, counted: a message of one of those that
+/// arrives after thousands of other nodes left is taken as current.
+pub const DEPARTED_CAP: usize = 4_096;
+
+/// The size a snapshot part aims at (estimated, see [`snapshot_parts`]): a quarter of the default link frame cap
+/// (1 MiB), so an estimate off by a factor of four still fits. A node with a smaller cap splits finer when a part
+/// is refused as too large.
+const SNAPSHOT_PART_BYTES: usize = 256 * 1024;
+/// Below this a part is not split further (a frame cap this small cannot carry a snapshot).
+const MIN_SNAPSHOT_PART_BYTES: usize = 4 * 1024;
+
+/// Splits a snapshot into parts of about `budget` encoded bytes each, in order. A group whose members do not fit
+/// in what is left of a part continues in the next one (listed again with the rest of its members). Every part
+/// holds at least one membership, so a budget smaller than one membership still makes progress.
+pub(super) fn snapshot_parts(
+    groups: Vec<(GroupKey, Vec<ConnectionId>)>,
+    budget: usize,
+) -> Vec<Vec<(GroupKey, Vec<ConnectionId>)>> {
+    // Estimates of MessagePack's size, generous: strings plus their headers and the structures around them.
+    fn key_bytes(key: &GroupKey) -> usize {
+        key.hub.len() + key.name.len() + 32
+    }
+    fn id_bytes(id: &ConnectionId) -> usize {
+        id.as_str().len() + 8
+    }
+    let mut parts = Vec::new();
+    let mut part: Vec<(GroupKey, Vec<ConnectionId>)> = Vec::new();
+    let mut used = 0;
+    for (key, members) in groups {
+        let key_cost = key_bytes(&key);
+        if !part.is_empty() && used + key_cost > budget {
+            parts.push(std::mem::take(&mut part));
+            used = 0;
+        }
+        used += key_cost;
+        let mut entry = Vec::new();
+        for id in members {
+            let cost = id_bytes(&id);
+            if used + cost > budget && !(entry.is_empty() && part.is_empty()) {
+                // The part is full: the group continues in the next one.
+                if !entry.is_empty() {
+                    part.push((key.clone(), std::mem::take(&mut entry)));
+                }
+                parts.push(std::mem::take(&mut part));
+                used = key_cost;
+            }
+            used += cost;
+            entry.push(id);
+        }
+        part.push((key, entry));
+    }
+    if !part.is_empty() || parts.is_empty() {
+        // An empty snapshot is one empty part: it still says "none of mine".
+        parts.push(part);
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn snapshot(groups: usize, members: usize) -> Vec<(GroupKey, Vec<ConnectionId>)> {
+        (0..groups)
+            .map(|group| {
+                let ids = (0..members)
+                    .map(|member| ConnectionId::new(format!("c{group}-{member}.node-1")))
+                    .collect();
+                (GroupKey::named("hub", &format!("g{group}")), ids)
+            })
+            .collect()
+    }
+
+    /// The memberships of the parts, in order, as (group, connection) pairs.
+    fn flatten(parts: &[Vec<(GroupKey, Vec<ConnectionId>)>]) -> Vec<(String, String)> {
+        parts
+            .iter()
+            .flatten()
+            .flat_map(|(key, ids)| ids.iter().map(|id| (key.name.to_string(), id.to_string())))
+            .collect()
+    }
+
+    #[test]
+    fn parts_stay_under_the_budget_and_keep_every_membership_in_order() {
+        for (groups, members, budget) in [(1, 10_000, 4096), (3_000, 3, 4096), (50, 200, 1000), (7, 0, 100)] {
+            let whole = snapshot(groups, members);
+            let parts = snapshot_parts(whole.clone(), budget);
+            assert_eq!(flatten(&parts), flatten(&[whole]), "{groups} groups of {members}");
+            for part in &parts {
+                let encoded = rmp_serde::to_vec(part).unwrap();
+                assert!(encoded.len() <= budget, "a part of {} bytes over {budget}", encoded.len());
+            }
+            // Every group is listed, even one without members here ("none of mine" is news to its owner).
+            let listed: HashSet<&GroupKey> = parts.iter().flatten().map(|(key, _)| key).collect();
+            assert_eq!(listed.len(), groups);
+        }
+    }
+
+    #[test]
+    fn a_budget_smaller_than_one_membership_still_makes_progress() {
+        let parts = snapshot_parts(snapshot(2, 3), 1);
+        assert_eq!(parts.len(), 6);
+        assert_eq!(flatten(&parts).len(), 6);
+    }
+
+    #[test]
+    fn an_empty_snapshot_is_one_empty_part() {
+        assert_eq!(snapshot_parts(Vec::new(), 4096).len(), 1);
     }
 }

@@ -21,9 +21,10 @@ use super::delivery::RouterFanout;
 use super::directory::GroupDirectory;
 use super::envelope::{Envelope, WireFrame};
 use super::group::GroupKey;
-use super::group_send::{HeldSend, Retained};
-use super::owner::MembershipOp;
+use super::bounds::MeshBoundsHit;
+use super::group_send::{HeldSend, RetainedSends};
 use super::hints::{Hints, Route};
+use super::owner::OpsQueue;
 use super::relay::{AdoptedOut, RelayHost};
 use super::requests::Pending;
 use super::LocalHub;
@@ -45,16 +46,20 @@ pub(crate) struct Router<H> {
     pub(super) next_request: AtomicU64,
     pub(super) held: Mutex<VecDeque<HeldSend>>,
     /// Sends handed to remote owners in the last [`super::group_send::RETAIN`], oldest first.
-    pub(super) retained: Mutex<VecDeque<Retained>>,
+    pub(super) retained: Mutex<RetainedSends>,
     /// This node's sequence number for group sends.
     pub(super) next_seq: AtomicU64,
     /// Per group and origin node name, the origin's generation and the last sequence number of it delivered here
     /// (re-sent sends are dropped). Keyed by name so that a restart replaces the entry rather than adding one.
     pub(super) delivered: Mutex<HashMap<(GroupKey, Arc<str>), Delivered>>,
     /// Per node name that left the view and has not come back, the newest generation of it that left: what that
-    /// incarnation still had in flight is ignored. Bounded by the names of the cluster.
+    /// incarnation still had in flight is ignored. At most `DEPARTED_CAP` (`mesh/rehome.rs`).
     pub(super) departed: Mutex<HashMap<Arc<str>, u64>>,
-    pub(super) ops: tokio::sync::mpsc::UnboundedSender<MembershipOp>,
+    pub(super) ops: OpsQueue,
+    /// How often the mesh's bounds were hit.
+    pub(super) bounds_hit: Arc<MeshBoundsHit>,
+    /// Held while a snapshot's parts are sent, so two snapshots to one peer never interleave.
+    pub(super) snapshot_sends: Mutex<()>,
     /// The node layer's side of relays (see `super::relay`).
     pub(super) relay_host: RwLock<Option<Weak<dyn RelayHost>>>,
     /// Connections negotiated here that run on other nodes, with their server (bounded by
@@ -83,7 +88,7 @@ pub(crate) fn node_of(id: &ConnectionId) -> Option<&str> {
 impl<H: LocalHub> Router<H> {
     /// A router for node `node`; group actors run on `runtime`.
     pub(crate) fn new(node: &str, runtime: tokio::runtime::Handle, span: tracing::Span) -> Arc<Router<H>> {
-        let (ops, queue) = tokio::sync::mpsc::unbounded_channel();
+        let (ops, queue) = super::owner::ops_queue();
         let router = Arc::new_cyclic(|weak: &Weak<Router<H>>| Router {
             node: node.into(),
             generation: AtomicU64::new(0),
@@ -94,7 +99,7 @@ impl<H: LocalHub> Router<H> {
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             held: Mutex::new(VecDeque::new()),
-            retained: Mutex::new(VecDeque::new()),
+            retained: Mutex::default(),
             next_seq: AtomicU64::new(1),
             delivered: Mutex::new(HashMap::new()),
             departed: Mutex::new(HashMap::new()),
@@ -105,6 +110,8 @@ impl<H: LocalHub> Router<H> {
             hints: Mutex::new(Hints::new()),
             fence_gave_up: AtomicU64::new(0),
             passed_on: AtomicU64::new(0),
+            bounds_hit: Arc::default(),
+            snapshot_sends: Mutex::new(()),
             span,
         });
         runtime.spawn(super::owner::run_membership_queue(Arc::downgrade(&router), queue));

@@ -13,7 +13,9 @@ use tokio::time::Instant;
 
 use crate::cluster::link::memory::MemoryNetwork;
 use crate::cluster::{GossipNetwork, LinkConfig, MembershipConfig};
+use crate::connection::Limits;
 use crate::hub::{Hub, HubContext};
+use crate::mesh::MeshBoundsHit;
 use crate::node::{ClusterSettings, Node, NodeError, NodeHandle};
 
 /// The cluster secret of test clusters.
@@ -37,16 +39,27 @@ pub struct TestCluster {
     gossip: GossipNetwork,
     links: MemoryNetwork,
     hubs: HubFactory,
+    limits: Limits,
     nodes: Vec<TestNode>,
 }
 
 impl TestCluster {
     /// Starts `count` nodes named `node-1` … serving the hubs `hubs` makes (called once per node).
     pub async fn start(count: usize, hubs: impl Fn() -> Vec<Hub> + Send + Sync + 'static) -> Result<Self, NodeError> {
+        Self::start_with_limits(count, Limits::default(), hubs).await
+    }
+
+    /// As [`TestCluster::start`], every node with connection limits `limits`.
+    pub async fn start_with_limits(
+        count: usize,
+        limits: Limits,
+        hubs: impl Fn() -> Vec<Hub> + Send + Sync + 'static,
+    ) -> Result<Self, NodeError> {
         let mut cluster = TestCluster {
             gossip: GossipNetwork::in_memory(),
             links: MemoryNetwork::new(),
             hubs: Arc::new(hubs),
+            limits,
             nodes: Vec::new(),
         };
         for index in 0..count {
@@ -82,6 +95,7 @@ impl TestCluster {
         let mut builder = Node::builder()
             .name(&name)
             .listen("127.0.0.1:0")
+            .limits(self.limits.clone())
             .cluster(settings)
             .rest_access_key(TEST_REST_ACCESS_KEY);
         if send_only.is_empty() {
@@ -138,6 +152,11 @@ impl TestCluster {
     /// The context of hub `hub` on node `index`, to send from the node as a backend would.
     pub fn context(&self, index: usize, hub: &str) -> Option<HubContext> {
         self.nodes.get(index)?.handle.as_ref()?.hub_context(hub)
+    }
+
+    /// How often node `index`'s mesh hit its bounds, if it runs `hub`.
+    pub fn mesh_bounds_hit(&self, index: usize, hub: &str) -> Option<Arc<MeshBoundsHit>> {
+        Some(self.context(index, hub)?.router().bounds_hit())
     }
 
     /// Waits until every running node sees exactly the running nodes as live, each in its current incarnation

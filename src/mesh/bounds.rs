@@ -1,0 +1,53 @@
+//! How often the mesh's bounds were hit ([`MeshBoundsHit`], one per router), as [`crate::Limits::bounds_hit`]
+//! counts the connections' bounds. The bounds themselves live beside what they bound (`mesh/group_send.rs`,
+//! `mesh/owner.rs`, `mesh/directory.rs`, `mesh/delivery.rs`); `docs/semantics.md` ("Bounds") lists them with
+//! their policies.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::{LocalHub, Router};
+
+/// How often each of the mesh's bounds was hit on one node. Counted only where a bound is hit, never per message.
+#[derive(Debug, Default)]
+pub struct MeshBoundsHit {
+    /// Group sends forgotten from the retained buffer before their time ([`super::group_send::RETAIN`]) was up,
+    /// to stay within its count or byte bound.
+    pub retained_evicted: AtomicU64,
+    /// Group sends dropped (the oldest) because more than the bound were held for unreachable owners.
+    pub held_dropped: AtomicU64,
+    /// Group sends dropped (the oldest) because more than the bound were held by an owner while it settled.
+    pub deferred_dropped: AtomicU64,
+    /// Group sends to groups without members here dropped because too many already waited for members.
+    pub orphans_dropped: AtomicU64,
+    /// Joins and leaves refused, and sends held back at their sender, because the membership queue was full.
+    pub ops_refused: AtomicU64,
+    /// Group sends dropped because their group actor's mailbox held [`super::directory::MAILBOX_CAP`] sends.
+    pub mailbox_refused: AtomicU64,
+    /// Group sends delivered without a dedupe record because [`super::delivery::DELIVERED_CAP`] pairs were kept.
+    pub delivered_untracked: AtomicU64,
+    /// Departed node names forgotten past [`super::rehome::DEPARTED_CAP`].
+    pub departed_evicted: AtomicU64,
+    /// Copies of group sends to a member node dropped because its link stayed full for
+    /// [`super::group_actor::FANOUT_PATIENCE`].
+    pub fanout_dropped: AtomicU64,
+}
+
+impl MeshBoundsHit {
+    /// Adds `count` hits to `counter`; logs a warning on the first hit and then at every power of two, so a bound
+    /// hit all the time is visible without a log line per message.
+    pub(super) fn hit(&self, counter: &AtomicU64, count: u64, span: &tracing::Span, what: &str) {
+        let before = counter.fetch_add(count, Ordering::Relaxed);
+        let after = before + count;
+        if before == 0 || after.ilog2() != before.ilog2() {
+            tracing::warn!(parent: span, total = after, "{what}");
+        }
+    }
+}
+
+impl<H: LocalHub> Router<H> {
+    /// How often this node's mesh hit its bounds, for the node to report (and tests to read).
+    pub(crate) fn bounds_hit(&self) -> Arc<MeshBoundsHit> {
+        self.bounds_hit.clone()
+    }
+}

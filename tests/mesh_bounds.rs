@@ -1,0 +1,289 @@
+//! The mesh's bounds under load, on in-process clusters (`TestCluster`): a node's snapshot of many memberships
+//! crosses the link frame cap in parts, group sends at a high rate survive their owner's death, and the mesh's
+//! queues refuse or push back past their bounds instead of growing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::error::Error;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use hubmesh::cluster::{owner, NodeId};
+use hubmesh::demo::demo_hub;
+use hubmesh::mesh::GroupKey;
+use hubmesh::testing::{TestClient, TestCluster};
+use hubmesh::{ConnectionId, HubContext, Limits};
+use serde_json::json;
+use tokio::time::{timeout, Instant};
+
+type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
+
+/// How many hub calls a test keeps in flight at once.
+const IN_FLIGHT: usize = 64;
+
+async fn three_nodes() -> TestResult<TestCluster> {
+    three_nodes_with(Limits::default()).await
+}
+
+async fn three_nodes_with(limits: Limits) -> TestResult<TestCluster> {
+    let cluster = TestCluster::start_with_limits(3, limits, || vec![demo_hub()]).await?;
+    cluster.wait_for_members(Duration::from_secs(10)).await?;
+    Ok(cluster)
+}
+
+/// `count` demo clients on node `index`, with their connection ids.
+async fn clients_on(cluster: &TestCluster, index: usize, count: usize) -> TestResult<Vec<(TestClient, ConnectionId)>> {
+    let url = format!("{}/hub", cluster.url(index).ok_or("node not running")?);
+    let mut clients = Vec::new();
+    for _ in 0..count {
+        let mut client = TestClient::to(&url).connect().await?;
+        let id = client.invoke_ok_keeping_others("WhoAmI", json!([])).await?;
+        let id = ConnectionId::new(id.as_str().ok_or("no id")?);
+        clients.push((client, id));
+    }
+    Ok(clients)
+}
+
+/// `count` names of demo hub groups, `<prefix>-<n>`, that node `node` of three owns (placement depends on the
+/// names only).
+fn groups_owned_by(node: &str, prefix: &str, count: usize) -> Vec<String> {
+    let nodes: Vec<NodeId> = (1..=3).map(|n| NodeId::new(format!("node-{n}"), 0)).collect();
+    (0..)
+        .map(|n| format!("{prefix}-{n}"))
+        .filter(|group| {
+            let key = GroupKey::named("demo", group).placement_bytes();
+            owner(&key, &nodes).is_some_and(|id| &*id.name == node)
+        })
+        .take(count)
+        .collect()
+}
+
+/// Every group whose count through `context` is not `expected`, with its count.
+async fn miscounted(context: &HubContext, groups: &[String], expected: usize) -> TestResult<Vec<(String, usize)>> {
+    let counts: Vec<(String, usize)> = stream::iter(groups.iter().cloned())
+        .map(|group| async move {
+            let count = context.groups().count(&group).await?;
+            TestResult::Ok((group, count))
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect()
+        .await?;
+    Ok(counts.into_iter().filter(|(_, count)| *count != expected).collect())
+}
+
+/// A node whose snapshot is several times the link frame cap (1 MiB by default) loses none of its memberships
+/// when the owner of some of its groups dies: their new owner gets the snapshot in parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_membership_survives_re_homing_a_node_with_100_000_of_them() -> TestResult {
+    const CONNECTIONS: usize = 50;
+    const GROUPS: usize = 2_000;
+    timeout(Duration::from_secs(240), async {
+        let mut cluster = three_nodes().await?;
+        let mut clients = clients_on(&cluster, 0, CONNECTIONS).await?;
+        let groups: Vec<String> = (0..GROUPS).map(|n| format!("big-{n}")).collect();
+        let context = cluster.context(0, "demo").ok_or("no hub context")?;
+
+        // Joined on the members' own node, as a hub method would: 100,000 memberships.
+        let started = Instant::now();
+        let joins = clients
+            .iter()
+            .flat_map(|(_, id)| groups.iter().map(move |group| (id.clone(), group.clone())));
+        stream::iter(joins)
+            .map(|(id, group)| {
+                let context = &context;
+                async move { context.groups().add(&id, &group).await }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        println!("{} memberships joined in {:?}", CONNECTIONS * GROUPS, started.elapsed());
+        for (client, _) in &mut clients {
+            client.send_ping().await?;
+        }
+
+        // The owner of about a third of the groups dies; they move to the two survivors.
+        let killed_at = Instant::now();
+        cluster.kill(1).await;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        let deadline = killed_at + Duration::from_secs(30);
+        loop {
+            let wrong = miscounted(&context, &groups, CONNECTIONS).await?;
+            if wrong.is_empty() {
+                println!("every membership re-homed {:?} after the kill", killed_at.elapsed());
+                break;
+            }
+            if Instant::now() > deadline {
+                let sample: Vec<_> = wrong.iter().take(5).collect();
+                return Err(format!("{} of {GROUPS} groups lost members, e.g. {sample:?}", wrong.len()).into());
+            }
+            for (client, _) in &mut clients {
+                client.send_ping().await?;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Counted from the other survivor too, and the members are the very connections.
+        let other = cluster.context(2, "demo").ok_or("no hub context")?;
+        assert!(miscounted(&other, &groups, CONNECTIONS).await?.is_empty());
+        let mut expected: Vec<String> = clients.iter().map(|(_, id)| id.to_string()).collect();
+        expected.sort();
+        for group in groups.iter().step_by(97) {
+            let mut members: Vec<String> = other
+                .groups()
+                .members(group)
+                .await?
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            members.sort();
+            assert_eq!(members, expected, "group {group}");
+        }
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
+
+/// Group sends at 5,000 per second for 5 s to groups whose owner freezes after the first second (as SIGSTOP would:
+/// the sends queued for it never go further) and is killed two seconds later: the sender's node sends again what
+/// the owner did not pass on, several seconds' worth, and holds the rest until the new owner settles. Every
+/// member on a surviving node gets every send once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_sends_at_5000_per_second_survive_their_owners_death() -> TestResult {
+    const RATE: u64 = 5_000;
+    const TICK: Duration = Duration::from_millis(10);
+    const PER_TICK: u64 = RATE / 100;
+    const SENDS: u64 = 5 * RATE;
+    const GROUPS: usize = 3;
+    timeout(Duration::from_secs(180), async {
+        // Once the new owner settled, it passes on at once what waited meanwhile (seconds of sends): the members'
+        // mailboxes must have room for that burst, or they are closed as slow consumers (see "Delivery").
+        let mut cluster = three_nodes_with(Limits {
+            outbound_queue: 64 * 1024,
+            ..Limits::default()
+        })
+        .await?;
+        let groups = groups_owned_by("node-2", "fast", GROUPS);
+        // A member on each node that survives: node-1 (the sender's) and node-3. Node-2 owns some of the groups.
+        let mut members = Vec::new();
+        for index in [0, 2] {
+            let (mut client, _) = clients_on(&cluster, index, 1).await?.pop().ok_or("no client")?;
+            for group in &groups {
+                client.join_group(group).await?;
+            }
+            members.push(client);
+        }
+        // Each member reads while the sends go, as a real client would.
+        let readers: Vec<_> = members
+            .into_iter()
+            .map(|mut member| {
+                tokio::spawn(async move {
+                    let mut seen: Vec<Vec<u64>> = vec![Vec::new(); GROUPS];
+                    let mut count = 0;
+                    while count < SENDS {
+                        let Some(call) = member.next_invocation_of("msg", Duration::from_secs(20)).await? else {
+                            break;
+                        };
+                        let group = call.value["arguments"][0].as_u64().ok_or("bad payload")? as usize;
+                        let seq = call.value["arguments"][1].as_u64().ok_or("bad payload")?;
+                        seen.get_mut(group).ok_or("bad group")?.push(seq);
+                        count += 1;
+                    }
+                    // Nothing more: a send delivered twice would show here.
+                    let extra = member.next_invocation_of("msg", Duration::from_millis(500)).await?;
+                    TestResult::Ok((seen, extra.map(|call| call.value)))
+                })
+            })
+            .collect();
+
+        let sender = cluster.context(0, "demo").ok_or("no hub context")?;
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(TICK);
+        let mut seq = 0;
+        while seq < SENDS {
+            tick.tick().await;
+            for _ in 0..PER_TICK {
+                let group = (seq % GROUPS as u64) as usize;
+                sender.clients().group(&groups[group]).send("msg", (group, seq))?;
+                seq += 1;
+            }
+            if seq == RATE {
+                cluster.freeze(1);
+                println!("froze the owner after {seq} sends, {:?} in", started.elapsed());
+            }
+            if seq == 3 * RATE {
+                cluster.kill(1).await;
+                println!("killed the owner after {seq} sends, {:?} in", started.elapsed());
+            }
+        }
+        println!("{SENDS} sends in {:?}", started.elapsed());
+
+        for (member, reader) in readers.into_iter().enumerate() {
+            let (seen, extra) = reader.await??;
+            for (group, got) in seen.iter().enumerate() {
+                let expected: Vec<u64> = (0..SENDS).filter(|seq| seq % GROUPS as u64 == group as u64).collect();
+                if *got != expected {
+                    let missing = expected.iter().filter(|seq| !got.contains(seq)).count();
+                    return Err(format!(
+                        "member {member}, group {group}: got {} of {} ({missing} missing), in order: {}",
+                        got.len(),
+                        expected.len(),
+                        got.windows(2).all(|pair| pair[0] < pair[1])
+                    )
+                    .into());
+                }
+            }
+            assert_eq!(extra, None, "member {member} got a send twice");
+        }
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
+
+/// A sender that sends to more groups nobody joined than an owner keeps waiting for members (`ORPHANS_CAP`,
+/// 50,000 sends within 3 s): the owner drops the excess, counted, and its groups keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_to_groups_nobody_joined_are_bounded_at_their_owner() -> TestResult {
+    const SENDS: usize = 60_000;
+    timeout(Duration::from_secs(120), async {
+        let cluster = three_nodes().await?;
+        let (mut member, _) = clients_on(&cluster, 0, 1).await?.pop().ok_or("no client")?;
+        member.join_group("real").await?;
+        // Groups node-1 owns (the sender's node), so every send is an owner's at once, with no link in between.
+        let empty = groups_owned_by("node-1", "nobody", SENDS);
+        let hit = cluster.mesh_bounds_hit(0, "demo").ok_or("no node")?;
+        let sender = cluster.context(0, "demo").ok_or("no hub context")?;
+        let started = Instant::now();
+        for group in &empty {
+            sender.clients().group(group).send("msg", ("lost",))?;
+        }
+        let took = started.elapsed();
+        println!("{SENDS} sends to empty groups in {took:?}");
+        // The owner took them in within the window they wait for members: the excess was dropped and counted.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while hit.orphans_dropped.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let dropped = hit.orphans_dropped.load(Ordering::Relaxed);
+        println!("dropped {dropped} of them");
+        // Sent within their 3 s window, none had expired when the last arrived (a slower run proves less).
+        if took < Duration::from_millis(2_500) {
+            assert!(dropped > 0, "{SENDS} orphans within their window and none dropped");
+        }
+        assert!(
+            dropped <= (SENDS - 50_000) as u64,
+            "dropped {dropped}, more than the excess"
+        );
+        // The owner still delivers to a group with members.
+        sender.clients().group("real").send("msg", ("still here",))?;
+        let call = member
+            .next_invocation_of("msg", Duration::from_secs(10))
+            .await?
+            .ok_or("the real group got nothing")?;
+        assert_eq!(call.value["arguments"][0], json!("still here"));
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
