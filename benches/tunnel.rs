@@ -31,7 +31,12 @@ fn cpu_seconds() -> f64 {
     // The fields after the command name, which is in parentheses and may contain spaces.
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |index: usize| fields.get(index).and_then(|field| field.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the command name.
     (ticks(11) + ticks(12)) / 100.0
 }

@@ -137,4 +137,7 @@ pub(crate) trait LocalHub: Send + Sync + 'static {
 
     /// The handle of connection `id`, if it is here (to run a client result on it).
     fn handle_of(&self, id: &ConnectionId) -> Option<ConnectionHandle>;
+
+    /// Closes every connection here with a Close message carrying `error` that allows reconnecting.
+    fn close_all_with(&self, error: &str);
 }

@@ -90,6 +90,12 @@ impl LocalHub for HubRuntime {
         self.connections.read().get(id).map(|member| member.handle.clone())
     }
 
+    fn close_all_with(&self, error: &str) {
+        for member in self.connections.read().values() {
+            member.handle.close(Some(error.to_owned()), true);
+        }
+    }
+
     /// Delivers to every connection here but `except`. A full mailbox closes that connection (slow consumer).
     fn deliver_all(&self, frame: &Arc<SharedFrame>, except: &[ConnectionId]) {
         deliver_each(

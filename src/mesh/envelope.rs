@@ -96,6 +96,10 @@ pub(super) enum Envelope {
         nonce: u64,
         server: Option<NodeId>,
     },
+    /// To an incarnation that this node had declared dead and now sees live again: what was sent to its
+    /// connections meanwhile did not reach them. `stalled`: this node itself was stalled (stopped) lately, so
+    /// the verdict says more about it than about the receiver.
+    DeclaredDead { stalled: bool },
     /// A frame of a connection's transport tunneled between nodes (see `super::relay`), in link order.
     Tunnel { payload: Bytes },
 }

@@ -25,6 +25,10 @@ impl<H: LocalHub> Router<H> {
                 tracing::debug!(parent: &self.span, peer = %peer, "link up");
                 self.send_snapshot_to(&peer);
                 let _ = self.send_to_peer(&peer, &Envelope::SnapshotRequest);
+                let rejoined = self.rejoined.lock().remove(&peer);
+                if rejoined {
+                    let _ = self.send_to_peer(&peer, &self.declared_dead_notice());
+                }
                 self.flush_held();
             }
             LinkEvent::Down(peer) => {
@@ -111,6 +115,7 @@ impl<H: LocalHub> Router<H> {
                 });
             }
             Envelope::Tunnel { payload } => self.on_tunnel_frame(from, payload),
+            Envelope::DeclaredDead { stalled } => self.on_declared_dead(from, stalled),
             Envelope::Reply { id, answer } => {
                 if let Some(pending) = self.pending.lock().remove(&id) {
                     let _ = pending.reply.send(answer);

@@ -4,7 +4,8 @@
 //! that left go again, and held sends are retried.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use super::envelope::Envelope;
 use super::group::GroupKey;
@@ -12,6 +13,46 @@ use super::owner::MembershipOp;
 use super::{LocalHub, Router};
 use crate::cluster::{LinkError, NodeId};
 use crate::connection::ConnectionId;
+
+/// How long notices that peers had declared this node dead count together, and how long after closing its
+/// connections for them a node ignores further ones (one from each peer arrives for one episode).
+pub const CUT_OFF_QUIET: Duration = Duration::from_secs(10);
+
+/// The notices that peers had declared this node dead (`Router::on_declared_dead`), and when this node last
+/// stalled.
+#[derive(Default)]
+pub(super) struct CutOff {
+    first_notice: Option<tokio::time::Instant>,
+    notified_by: HashSet<Arc<str>>,
+    closed_at: Option<tokio::time::Instant>,
+    stalled_at: Option<tokio::time::Instant>,
+}
+
+/// How often a node checks that it is not stalled, and the gap between checks that counts as a stall (a stopped
+/// process, or one starved that long): about the failure-detection time, past which peers declare it dead.
+const STALL_CHECK: Duration = Duration::from_millis(250);
+const STALL_GAP: Duration = Duration::from_millis(1500);
+/// How long after a stall a node's notices say it stalled.
+const STALL_MEMORY: Duration = Duration::from_secs(30);
+
+/// Notes when the node's runtime stalled (its timer fired much later than asked), until the router is gone.
+pub(super) async fn watch_for_stalls<H: LocalHub>(router: Weak<Router<H>>) {
+    loop {
+        let asked = tokio::time::Instant::now();
+        tokio::time::sleep(STALL_CHECK).await;
+        let now = tokio::time::Instant::now();
+        let Some(router) = router.upgrade() else {
+            return;
+        };
+        if now.duration_since(asked) >= STALL_GAP {
+            router.cut_off.lock().stalled_at = Some(now);
+        }
+    }
+}
+
+/// The error of the Close message a connection gets when its node was declared dead by its peers.
+pub const CUT_OFF_ERROR: &str =
+    "This server was cut off from its cluster and may have missed messages for this connection; reconnect.";
 
 impl<H: LocalHub> Router<H> {
     /// Applies a new live set (this node included): drops members of nodes that left, fails requests waiting on
@@ -55,7 +96,15 @@ impl<H: LocalHub> Router<H> {
                 *newest = (*newest).max(id.generation);
             }
             for id in &joined {
-                departed.remove(&id.name);
+                // The very incarnation this node declared dead is back (it was frozen or cut off): what was sent
+                // to its connections meanwhile never reached them. It is told so once a link is up, and closes
+                // them (`on_declared_dead`), so that no client misses messages without knowing.
+                if departed.remove(&id.name) == Some(id.generation) && !self.is_local(&id.name) {
+                    self.rejoined.lock().insert(id.clone());
+                    if self.send_to_peer(id, &self.declared_dead_notice()).is_ok() {
+                        self.rejoined.lock().remove(id);
+                    }
+                }
             }
             // Names that never come back (a cluster whose nodes get new names) are forgotten, oldest generation
             // (start time) first, past the bound.
@@ -92,6 +141,53 @@ impl<H: LocalHub> Router<H> {
         }
         self.enqueue(MembershipOp::OwnSnapshot);
         self.flush_held();
+    }
+
+    /// Peer `from` had declared this node dead and sees it live again. When a majority of its peers did so within
+    /// [`CUT_OFF_QUIET`] (this node was frozen or cut off from most of the cluster past failure detection), its
+    /// connections may have missed messages: each is closed with a Close message that allows reconnecting, so
+    /// that its client starts over and knows. A node only a minority declared dead (the other side of a freeze:
+    /// the frozen node declared everyone dead) keeps its connections. Once per episode: notices within
+    /// [`CUT_OFF_QUIET`] after a close are ignored.
+    pub(super) fn on_declared_dead(&self, from: &NodeId, sender_stalled: bool) {
+        if sender_stalled {
+            // The peer was stopped itself (SIGSTOP, a long pause): it declared everyone dead, and sent nothing.
+            return;
+        }
+        let peers = self.peers().len().max(1);
+        {
+            let now = tokio::time::Instant::now();
+            let mut cut_off = self.cut_off.lock();
+            if cut_off.closed_at.is_some_and(|at| now.duration_since(at) < CUT_OFF_QUIET) {
+                return;
+            }
+            if cut_off.first_notice.is_none_or(|at| now.duration_since(at) >= CUT_OFF_QUIET) {
+                cut_off.first_notice = Some(now);
+                cut_off.notified_by.clear();
+            }
+            // At most one entry per name of the cluster.
+            cut_off.notified_by.insert(from.name.clone());
+            if cut_off.notified_by.len() * 2 <= peers {
+                return;
+            }
+            cut_off.closed_at = Some(now);
+            cut_off.first_notice = None;
+            cut_off.notified_by.clear();
+        }
+        tracing::warn!(parent: &self.span, by = %from, "most peers had declared this node dead: closing its connections, which may have missed messages");
+        for runtime in self.runtimes() {
+            runtime.close_all_with(CUT_OFF_ERROR);
+        }
+    }
+
+    /// The notice to a peer this node had declared dead, saying whether this node itself stalled lately.
+    pub(super) fn declared_dead_notice(&self) -> Envelope {
+        let stalled = self
+            .cut_off
+            .lock()
+            .stalled_at
+            .is_some_and(|at| at.elapsed() < STALL_MEMORY);
+        Envelope::DeclaredDead { stalled }
     }
 
     /// Every membership this node holds. Whole, not only the groups the receiver owns in this node's view:

@@ -10,7 +10,7 @@
 //! It is generic over the hub type ([`LocalHub`]) rather than holding trait objects, so that local delivery stays
 //! a direct call on every send.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -25,6 +25,7 @@ use super::bounds::MeshBoundsHit;
 use super::group_send::{HeldSend, RetainedSends};
 use super::hints::{Hints, Route};
 use super::owner::OpsQueue;
+use super::rehome::CutOff;
 use super::relay::{AdoptedOut, RelayHost};
 use super::requests::Pending;
 use super::LocalHub;
@@ -74,6 +75,12 @@ pub(crate) struct Router<H> {
     pub(super) fence_gave_up: AtomicU64,
     /// Sends to connections this node negotiated that it passed on to the node running them.
     pub(super) passed_on: AtomicU64,
+    /// Incarnations this node had declared dead that are live again, to be told so once a link to them is up
+    /// (`super::rehome`); at most one per name of the cluster.
+    pub(super) rejoined: Mutex<HashSet<NodeId>>,
+    /// Notices that peers had declared this node dead, and when this node itself last stalled
+    /// (`super::rehome`).
+    pub(super) cut_off: Mutex<CutOff>,
     pub(super) span: tracing::Span,
 }
 
@@ -110,11 +117,14 @@ impl<H: LocalHub> Router<H> {
             hints: Mutex::new(Hints::new()),
             fence_gave_up: AtomicU64::new(0),
             passed_on: AtomicU64::new(0),
+            rejoined: Mutex::new(HashSet::new()),
+            cut_off: Mutex::new(CutOff::default()),
             bounds_hit: Arc::default(),
             snapshot_sends: Mutex::new(()),
             span,
         });
         runtime.spawn(super::owner::run_membership_queue(Arc::downgrade(&router), queue));
+        runtime.spawn(super::rehome::watch_for_stalls(Arc::downgrade(&router)));
         router
     }
 

@@ -300,7 +300,9 @@ fn three_processes_survive_a_kill_and_a_freeze() -> TestResult {
     println!("all 200 group sends made across the kill reached both survivors once, in order");
     drop(killed);
 
-    // SIGSTOP node-2: node-1 declares it dead; SIGCONT: it comes back with its client's membership.
+    // SIGSTOP node-2 past failure detection: node-1 declares it dead and sends meanwhile miss node-2's client;
+    // SIGCONT: node-2 learns it was declared dead and closes its client's connection (no silent gap), the client
+    // starts again, and node-2 is a full member again.
     let frozen_at = Instant::now();
     signal(&nodes[1].child, "STOP")?;
     wait_for_view(&[&nodes[0]], &["node-1"], Duration::from_secs(10))?;
@@ -312,11 +314,20 @@ fn three_processes_survive_a_kill_and_a_freeze() -> TestResult {
     let thawed_at = Instant::now();
     signal(&nodes[1].child, "CONT")?;
     wait_for_view(&[&nodes[0], &nodes[1]], &["node-1", "node-2"], Duration::from_secs(10))?;
-    clients.wait_for_count(0, 2, Duration::from_secs(10))?;
-    println!(
-        "node-2's membership restored {:?} after SIGCONT, with no client action",
-        thawed_at.elapsed()
+    let closed = clients.ask(json!({"cmd": "closed", "index": 1, "ms": 10_000}))?;
+    assert_eq!(closed["ok"], true, "node-2's client was not told: {closed}");
+    assert!(
+        closed["error"].as_str().unwrap_or_default().contains("cut off"),
+        "{closed}"
     );
+    println!(
+        "node-2 closed its client's connection {:?} after SIGCONT: {}",
+        thawed_at.elapsed(),
+        closed["error"]
+    );
+    // Node-1's client was not closed: it missed nothing.
+    clients.expect_ok(json!({"cmd": "restart", "index": 1}))?;
+    clients.wait_for_count(0, 2, Duration::from_secs(10))?;
     clients.expect_ok(json!({"cmd": "send", "from": 1, "count": 50, "tag": "thawed"}))?;
 
     // node-3 restarts on the same addresses: a new generation, seen by both others.

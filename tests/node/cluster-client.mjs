@@ -11,6 +11,9 @@
 //           {"cmd":"count","via":i}                       GroupCount("chaos") through client i
 //           {"cmd":"expect","clients":[...]}              which clients must receive from now on
 //           {"cmd":"targets"}                             Echo, Broadcast and SendToGroup across nodes
+//           {"cmd":"closed","index":i,"ms":m}             wait up to m ms until client i's connection closed; its error
+//           {"cmd":"restart","index":i}                   start client i again and join the group (what an app
+//                                                          does on close)
 //           {"cmd":"quit"}
 
 import { createRequire } from "node:module";
@@ -30,7 +33,10 @@ const clients = urls.map((url, index) => {
     .configureLogging(signalR.LogLevel.None);
   if (index % 2 === 1) builder.withHubProtocol(new MessagePackHubProtocol());
   const connection = builder.build();
-  const client = { index, connection, received: new Map(), other: [] };
+  const client = { index, connection, received: new Map(), other: [], closed: null };
+  connection.onclose((error) => {
+    client.closed = error ? String(error) : "closed without an error";
+  });
   connection.on("msg", (payload) => {
     if (Array.isArray(payload) && payload.length === 2 && typeof payload[0] === "string") {
       const [tag, n] = payload;
@@ -163,6 +169,20 @@ for await (const line of lines) {
       case "targets":
         out(await targets());
         break;
+      case "closed": {
+        const client = clients[command.index];
+        await waitFor(() => client.closed !== null, command.ms ?? 10000);
+        out({ ok: client.closed !== null, error: client.closed });
+        break;
+      }
+      case "restart": {
+        const client = clients[command.index];
+        client.closed = null;
+        await client.connection.start();
+        await client.connection.invoke("JoinGroup", GROUP);
+        out({ ok: true });
+        break;
+      }
       case "quit":
         out({ ok: true });
         process.exit(0);
