@@ -14,10 +14,12 @@
 //! 503 with the reasons). A node is *ready* when its lifecycle is serving (built and joined, not stopping or
 //! draining) and, in a cluster, its own view lists it live, the link to every live peer of that view is up, and
 //! the router placed keys with that view, so it owns its share; the rule is in `readiness`
-//! (docs/semantics.md#readiness). `GET /_hubmesh/status` reports the cluster as the node sees it ([`status`]).
+//! (docs/semantics.md#readiness). `GET /_hubmesh/status` reports the cluster as the node sees it ([`status`]),
+//! `GET /metrics` gives its figures to Prometheus ([`metrics`]) and `GET /_hubmesh/` shows the cluster live.
 
 mod cluster;
 pub mod http;
+pub mod metrics;
 mod readiness;
 pub mod server;
 pub mod status;
@@ -201,6 +203,8 @@ struct NodeInner {
     lifecycle: Lifecycle,
     /// When the node was built, for its uptime.
     started: std::time::SystemTime,
+    /// Its metrics registry (`GET /metrics`).
+    metrics: metrics::NodeMetrics,
 }
 
 impl std::fmt::Debug for Node {
@@ -455,6 +459,7 @@ impl NodeBuilder {
             )
             .await?;
             *node.inner.cluster.lock().await = Some(joined);
+            metrics::publish_load(&node);
         }
         node.set_lifecycle_status(NodeStatus::Serving);
         Ok(node)
@@ -476,13 +481,13 @@ impl NodeBuilder {
                     tracing::warn!(hub = hub.name(), "the hub requires an authenticated user but the node has no authenticator: every request will get 401")
                 });
             }
-            let context = HubContext::start(hub, router.clone());
+            let context = HubContext::start(hub, router.clone(), self.limits.counters.clone());
             endpoints.insert(path, Arc::new(HubEndpoint::new(context)));
         }
         let send_only = self
             .send_only
             .iter()
-            .map(|name| HubContext::start(Hub::new(name), router.clone()))
+            .map(|name| HubContext::start(Hub::new(name), router.clone(), self.limits.counters.clone()))
             .collect();
         Ok(Node {
             inner: Arc::new(NodeInner {
@@ -491,6 +496,7 @@ impl NodeBuilder {
                 cluster: tokio::sync::Mutex::new(None),
                 endpoints,
                 send_only,
+                metrics: metrics::NodeMetrics::new(&self.limits),
                 limits: Arc::new(self.limits),
                 auth: self.auth.map(Arc::new),
                 span,

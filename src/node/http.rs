@@ -38,6 +38,7 @@
 mod access;
 mod endpoint;
 mod health;
+mod live;
 mod long_polling;
 mod negotiate;
 mod send;
