@@ -184,10 +184,10 @@ pub(crate) async fn join<H: LocalHub>(
     let view_health = health.clone();
     tasks.push(tokio::spawn(
         async move {
-            let mut previous_dead = None;
+            let mut previous_live = None;
             loop {
                 let view = views.borrow_and_update().clone();
-                view_health.counters.view_changed(&view, &mut previous_dead);
+                view_health.counters.view_changed(&view, &mut previous_live);
                 links.update_peers(&peers_of(&view));
                 let live = view.live_ids();
                 view_router.on_view(live.clone());

@@ -22,15 +22,16 @@ impl ClusterCounters {
         self.link_bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
-    /// The membership view changed to `view`; `previous_dead` is the dead list of the view before (none for the
-    /// first), replaced by this one's. Members dead now and not before count as declared dead.
-    pub(crate) fn view_changed(&self, view: &MembershipView, previous_dead: &mut Option<Vec<NodeId>>) {
-        if let Some(before) = previous_dead.as_ref() {
+    /// The membership view changed to `view`; `previous_live` holds the live members of the view before (none for
+    /// the first), replaced by this one's. A member that was live and is now dead counts as declared dead (one the
+    /// view lists dead before it ever saw it live, as gossip may while it learns of a new member, does not).
+    pub(crate) fn view_changed(&self, view: &MembershipView, previous_live: &mut Option<Vec<NodeId>>) {
+        if let Some(before) = previous_live.as_ref() {
             self.membership_changes.fetch_add(1, Ordering::Relaxed);
-            let newly_dead = view.dead.iter().filter(|id| !before.contains(id)).count();
+            let newly_dead = view.dead.iter().filter(|id| before.contains(id)).count();
             self.declared_dead.fetch_add(newly_dead as u64, Ordering::Relaxed);
         }
-        *previous_dead = Some(view.dead.clone());
+        *previous_live = Some(view.live_ids());
     }
 
     /// Link frames received so far.
