@@ -12,6 +12,7 @@
 // Environment:
 // * HUBMESH_LIVE_URL   base URL of the node whose page is opened (required)
 // * HUBMESH_CHROMIUM   the browser executable (default /usr/bin/chromium)
+// * HUBMESH_LIVE_SCREENSHOT   optional: a PNG file to save the page to at the end, to look at it
 
 import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
@@ -150,6 +151,7 @@ try {
         if (cell !== "dead") throw new Error(`node-3's state cell reads ${cell}`);
     });
 
+    if (process.env.HUBMESH_LIVE_SCREENSHOT) await page.screenshot({ path: process.env.HUBMESH_LIVE_SCREENSHOT, fullPage: true });
     await check("the page ran without errors and loaded nothing from elsewhere", async () => {
         if (errors.length > 0) throw new Error(`page errors: ${errors.join("; ")}`);
         if (outside.length > 0) throw new Error(`requests elsewhere: ${outside.join(", ")}`);

@@ -115,6 +115,7 @@ function apply(report, at) {
         push(node.series.connections, node.connections ?? 0);
         push(node.series.rate, node.rate ?? 0);
     }
+    if (firstReport) event(`watching ${[...nodes.keys()].sort().join(", ")}`);
     firstReport = false;
 }
 
