@@ -93,7 +93,10 @@ async fn the_live_page_renders_updates_and_shows_a_killed_node_dead() -> TestRes
     let outcome: TestResult = async {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let Some(line) = timeout(left, lines.recv()).await.map_err(|_| "the live page run timed out")? else {
+            let Some(line) = timeout(left, lines.recv())
+                .await
+                .map_err(|_| "the live page run timed out")?
+            else {
                 break;
             };
             match line.as_str() {
@@ -126,7 +129,10 @@ async fn the_live_page_renders_updates_and_shows_a_killed_node_dead() -> TestRes
     outcome?;
     let status = status.map_err(|error| error.to_string())?;
     assert!(failures.is_empty(), "live page checks failed: {failures:#?}");
-    assert!(status.success(), "the live page driver failed ({status}); see its lines above");
+    assert!(
+        status.success(),
+        "the live page driver failed ({status}); see its lines above"
+    );
     assert_eq!(passes, 4, "every check of the live page ran");
     Ok(())
 }
