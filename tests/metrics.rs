@@ -11,7 +11,7 @@ use std::time::Duration;
 use hubmesh::demo::demo_hub;
 use hubmesh::testing::client::http_request;
 use hubmesh::testing::{TestClient, TestCluster};
-use hubmesh::Node;
+use hubmesh::{Limits, Node};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -358,5 +358,33 @@ async fn two_nodes_in_one_process_keep_separate_figures() -> TestResult {
     drop(client);
     busy.stop().await;
     idle.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_counted_as_timed_out() -> TestResult {
+    let limits = Limits {
+        client_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let node = Node::builder()
+        .name("strict")
+        .hub(demo_hub())
+        .limits(limits)
+        .start()
+        .await?;
+    // Sends nothing after its handshake, not even Pings.
+    let silent = demo_client(&format!("http://{}", node.local_addr())).await?;
+    let scraped = scrape_until(
+        node.local_addr(),
+        "the silent client is closed for its timeout",
+        |scraped| sample(scraped, r#"hubmesh_disconnects_total{reason="timeout"}"#) == 1.0,
+    )
+    .await?;
+    assert_eq!(scraped.get(r#"hubmesh_connections{hub="demo"}"#)?, 0.0);
+    assert_eq!(scraped.get(r#"hubmesh_disconnects_total{reason="error"}"#)?, 0.0);
+    assert_eq!(scraped.get(r#"hubmesh_disconnects_total{reason="normal"}"#)?, 0.0);
+    drop(silent);
+    node.stop().await;
     Ok(())
 }

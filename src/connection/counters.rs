@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use super::task::{Ending, CLIENT_TIMED_OUT, NOT_RECONNECTED};
 use crate::protocol::Protocol;
 use crate::transport::TransportKind;
 
@@ -35,6 +36,25 @@ impl DisconnectReason {
         DisconnectReason::NodeStopping,
         DisconnectReason::Error,
     ];
+
+    /// How a connection's ending counts (`slow` when its mailbox overflowed, whatever the ending says).
+    pub(super) fn of(ending: &Ending, slow: bool) -> DisconnectReason {
+        match ending {
+            _ if slow => DisconnectReason::SlowConsumer,
+            Ending::ClientClosed => DisconnectReason::Normal,
+            Ending::Close {
+                error: None,
+                allow_reconnect: true,
+            } => DisconnectReason::NodeStopping,
+            Ending::Close {
+                error: None,
+                allow_reconnect: false,
+            } => DisconnectReason::Normal,
+            Ending::Close { error: Some(error), .. } if error == CLIENT_TIMED_OUT => DisconnectReason::Timeout,
+            Ending::TransportLost(reason) if reason == NOT_RECONNECTED => DisconnectReason::Timeout,
+            Ending::Close { .. } | Ending::TransportLost(_) => DisconnectReason::Error,
+        }
+    }
 
     /// The metric label.
     pub fn label(self) -> &'static str {
@@ -275,6 +295,28 @@ mod tests {
         }
         for (index, kind) in DeliveryKind::ALL.iter().enumerate() {
             assert_eq!(*kind as usize, index, "{}", kind.label());
+        }
+    }
+
+    #[test]
+    fn endings_count_by_reason() {
+        let close = |error: Option<&str>, allow_reconnect| Ending::Close {
+            error: error.map(str::to_owned),
+            allow_reconnect,
+        };
+        let cases = [
+            (Ending::ClientClosed, false, DisconnectReason::Normal),
+            (close(None, false), false, DisconnectReason::Normal),
+            (close(None, true), false, DisconnectReason::NodeStopping),
+            (close(Some(CLIENT_TIMED_OUT), true), false, DisconnectReason::Timeout),
+            (Ending::TransportLost(NOT_RECONNECTED.into()), false, DisconnectReason::Timeout),
+            (close(Some("Slow consumer"), true), true, DisconnectReason::SlowConsumer),
+            (Ending::TransportLost("reset".into()), true, DisconnectReason::SlowConsumer),
+            (close(Some("Connection closed with an error."), false), false, DisconnectReason::Error),
+            (Ending::TransportLost("reset".into()), false, DisconnectReason::Error),
+        ];
+        for (ending, slow, reason) in cases {
+            assert_eq!(DisconnectReason::of(&ending, slow), reason, "{}", reason.label());
         }
     }
 

@@ -305,7 +305,7 @@ impl<T: Transport> Connection<T> {
     }
 
     async fn finish(mut self, ending: Ending) {
-        let reason = disconnect_reason(&ending, self.mailbox.is_ending());
+        let reason = DisconnectReason::of(&ending, self.mailbox.is_ending());
         self.limits.counters.disconnected(self.session.transport, self.protocol, reason);
         self.mailbox.end();
         if let Some(calls) = &self.calls {
@@ -359,22 +359,9 @@ impl<T: Transport> Connection<T> {
 }
 
 /// The Close error of a client silent for `Limits::client_timeout` (ASP.NET's words).
-const CLIENT_TIMED_OUT: &str = "Server timeout elapsed without receiving a message from the client.";
+pub(super) const CLIENT_TIMED_OUT: &str = "Server timeout elapsed without receiving a message from the client.";
 /// Why a detached stateful-reconnect connection ends when its window elapses.
-const NOT_RECONNECTED: &str = "the client did not reconnect within the reconnect window";
-
-/// How an ending is counted (`slow` when the mailbox overflowed).
-fn disconnect_reason(ending: &Ending, slow: bool) -> DisconnectReason {
-    match ending {
-        _ if slow => DisconnectReason::SlowConsumer,
-        Ending::ClientClosed => DisconnectReason::Normal,
-        Ending::Close { error: None, allow_reconnect: true } => DisconnectReason::NodeStopping,
-        Ending::Close { error: None, allow_reconnect: false } => DisconnectReason::Normal,
-        Ending::Close { error: Some(error), .. } if error == CLIENT_TIMED_OUT => DisconnectReason::Timeout,
-        Ending::TransportLost(reason) if reason == NOT_RECONNECTED => DisconnectReason::Timeout,
-        Ending::Close { .. } | Ending::TransportLost(_) => DisconnectReason::Error,
-    }
-}
+pub(super) const NOT_RECONNECTED: &str = "the client did not reconnect within the reconnect window";
 
 /// How long the end of a connection waits to hand its Close message and close frame to the transport.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
