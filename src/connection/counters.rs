@@ -159,6 +159,12 @@ fn protocol_index(protocol: Protocol) -> usize {
     }
 }
 
+/// A counter on a cache line of its own: the ones every message adds to are written from every worker, and should
+/// not also slow down each other.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
 /// The counts of a node's connections ([`Limits::counters`](super::Limits::counters)).
 #[derive(Debug, Default)]
 pub struct ConnectionCounters {
@@ -167,9 +173,9 @@ pub struct ConnectionCounters {
     disconnects: [AtomicU64; 5],
     invocations: [AtomicU64; 4],
     deliveries: [AtomicU64; 4],
-    messages_received: AtomicU64,
-    bytes_received: AtomicU64,
-    bytes_written: AtomicU64,
+    messages_received: Padded,
+    bytes_received: Padded,
+    bytes_written: Padded,
     resumes: AtomicU64,
 }
 
@@ -190,17 +196,17 @@ impl ConnectionCounters {
 
     /// A client's hub message was decoded.
     pub(super) fn message_received(&self) {
-        self.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.messages_received.0.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A transport read brought `bytes` bytes.
     pub(super) fn bytes_received(&self, bytes: usize) {
-        self.bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.bytes_received.0.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// A transport write took `bytes` bytes.
     pub(super) fn bytes_written(&self, bytes: usize) {
-        self.bytes_written.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.bytes_written.0.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// An invocation turned out so.
@@ -247,17 +253,17 @@ impl ConnectionCounters {
 
     /// Hub messages decoded from clients so far.
     pub fn messages_received(&self) -> u64 {
-        self.messages_received.load(Ordering::Relaxed)
+        self.messages_received.0.load(Ordering::Relaxed)
     }
 
     /// Bytes read from client transports so far.
     pub fn bytes_received_total(&self) -> u64 {
-        self.bytes_received.load(Ordering::Relaxed)
+        self.bytes_received.0.load(Ordering::Relaxed)
     }
 
     /// Bytes written to client transports so far.
     pub fn bytes_written_total(&self) -> u64 {
-        self.bytes_written.load(Ordering::Relaxed)
+        self.bytes_written.0.load(Ordering::Relaxed)
     }
 
     /// Stateful-reconnect resumes so far.
