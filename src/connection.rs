@@ -35,6 +35,7 @@
 //! Public types, each in its own file, re-exported here:
 //! * `id.rs`: [`ConnectionId`].
 //! * `limits.rs`: [`Limits`], the limits and timers of every connection.
+//! * [`counters`]: [`ConnectionCounters`], what the node's connections count for its metrics.
 //! * `handle.rs`: [`ConnectionHandle`], what the rest of the node holds to send to a connection, and
 //!   [`DeliverError`].
 //! * `session.rs`: [`Session`], what hub code may know about a connection, and the [`RequestInfo`] (with its
@@ -64,6 +65,7 @@
 //! group, cluster or node layers: they call this one.
 
 mod batch;
+pub mod counters;
 mod dispatch;
 mod handle;
 mod handshake;
@@ -80,6 +82,7 @@ mod stateful;
 mod task;
 pub mod wake;
 
+pub use counters::{ConnectionCounters, DeliveryKind};
 pub use handle::{ConnectionHandle, DeliverError};
 pub use host::{Call, ConnectionHost, EncodeValue, Reply, UploadItem};
 pub use id::ConnectionId;

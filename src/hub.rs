@@ -43,7 +43,9 @@ pub use groups::Groups;
 pub use handler::{ClientStream, Handler, State, Streamed};
 
 use crate::auth::Requirement;
-use crate::connection::{Call, ClientResultError, ConnectionHost, ConnectionId, Reply, RequestInfo, Session};
+use crate::connection::{
+    Call, ClientResultError, ConnectionCounters, ConnectionHost, ConnectionId, Reply, RequestInfo, Session,
+};
 use crate::mesh::{GroupError, GroupKey, MeshError};
 use crate::transport::TransportKind;
 use handler::{HubReply, InvocationParts};
@@ -418,9 +420,9 @@ impl std::fmt::Debug for HubContext {
 
 impl HubContext {
     /// Starts `hub` on this node, routed by `router`.
-    pub(crate) fn start(hub: Hub, router: Arc<NodeRouter>) -> HubContext {
+    pub(crate) fn start(hub: Hub, router: Arc<NodeRouter>, counters: Arc<ConnectionCounters>) -> HubContext {
         HubContext {
-            runtime: HubRuntime::start(hub, router),
+            runtime: HubRuntime::start(hub, router, counters),
         }
     }
 
@@ -442,6 +444,11 @@ impl HubContext {
     /// The number of connections to this hub on this node.
     pub fn local_connection_count(&self) -> usize {
         self.runtime.connection_count()
+    }
+
+    /// The number of group memberships (named groups and users) that connections of this hub hold on this node.
+    pub(crate) fn local_membership_count(&self) -> usize {
+        self.runtime.membership_count()
     }
 
     /// Asks every connection of this hub on this node to close with a Close message.

@@ -14,10 +14,12 @@
 //! 503 with the reasons). A node is *ready* when its lifecycle is serving (built and joined, not stopping or
 //! draining) and, in a cluster, its own view lists it live, the link to every live peer of that view is up, and
 //! the router placed keys with that view, so it owns its share; the rule is in `readiness`
-//! (docs/semantics.md#readiness). `GET /_hubmesh/status` reports the cluster as the node sees it ([`status`]).
+//! (docs/semantics.md#readiness). `GET /_hubmesh/status` reports the cluster as the node sees it ([`status`]),
+//! `GET /metrics` gives its figures to Prometheus ([`metrics`]) and `GET /_hubmesh/` shows the cluster live.
 
 mod cluster;
 pub mod http;
+pub mod metrics;
 mod readiness;
 pub mod server;
 pub mod status;
@@ -212,6 +214,8 @@ pub(crate) struct NodeInner {
     lifecycle: Lifecycle,
     /// When the node was built, for its uptime.
     started: std::time::SystemTime,
+    /// Its metrics registry (`GET /metrics`).
+    metrics: metrics::NodeMetrics,
 }
 
 impl std::fmt::Debug for Node {
@@ -513,6 +517,7 @@ impl NodeBuilder {
             )
             .await?;
             *node.inner.cluster.lock().await = Some(joined);
+            metrics::publish_load(&node);
         }
         node.set_lifecycle_status(NodeStatus::Serving);
         Ok(node)
@@ -534,13 +539,13 @@ impl NodeBuilder {
                     tracing::warn!(hub = hub.name(), "the hub requires an authenticated user but the node has no authenticator: every request will get 401")
                 });
             }
-            let context = HubContext::start(hub, router.clone());
+            let context = HubContext::start(hub, router.clone(), self.limits.counters.clone());
             endpoints.insert(path.clone(), Arc::new(HubEndpoint::new(context, path)));
         }
         let send_only = self
             .send_only
             .iter()
-            .map(|name| HubContext::start(Hub::new(name), router.clone()))
+            .map(|name| HubContext::start(Hub::new(name), router.clone(), self.limits.counters.clone()))
             .collect();
         let inner = Arc::new_cyclic(|inner| NodeInner {
             name: self.name,
@@ -551,6 +556,7 @@ impl NodeBuilder {
             cluster: tokio::sync::Mutex::new(None),
             endpoints,
             send_only,
+            metrics: metrics::NodeMetrics::new(&self.limits),
             limits: Arc::new(self.limits),
             auth: self.auth.map(Arc::new),
             rest: self.rest,

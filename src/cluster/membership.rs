@@ -216,7 +216,6 @@ impl Membership {
         self.gossip_addr
     }
 
-    #[cfg(any(test, feature = "internals"))]
     /// Publishes `key = value` in this node's state. Keys under [`RESERVED_KEY_PREFIX`] are refused.
     pub async fn set(&self, key: &str, value: &str) -> Result<(), MembershipError> {
         if key.starts_with(RESERVED_KEY_PREFIX) {

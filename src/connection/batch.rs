@@ -228,6 +228,7 @@ impl<T: Transport> Connection<T> {
             None => piece,
         };
         self.last_write = Instant::now();
+        self.limits.counters.bytes_written(piece.as_bytes().len());
         let format = self.protocol.transfer_format();
         let transport = &mut self.transport;
         let mailbox = &self.mailbox;

@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::protocol::{CompletionOutcome, HubMessage, NoPayload, Outgoing, Protocol, RawValue};
 use crate::transport::Transport;
 
+use super::counters::InvocationOutcome;
 use super::stateful::ACK_DELAY;
 use super::task::{Connection, Ending};
 use super::{Call, ClientResultError, ConnectionHandle, Outbound, Reply, UploadItem};
@@ -80,6 +81,7 @@ impl<T: Transport> Connection<T> {
                     }
                 }
             }
+            self.limits.counters.message_received();
             match self.dispatch(message) {
                 Dispatched::Done(None) => {}
                 Dispatched::Done(Some(ending)) => return Some(ending),
@@ -174,7 +176,10 @@ impl<T: Transport> Connection<T> {
     ) -> Option<Ending> {
         let handle = self.session.handle.clone();
         let protocol = self.protocol;
+        // One reference count per invocation: the reply (below) counts its outcome when the method returns.
+        let limits = self.limits.clone();
         let reply_to = |id: &Option<String>, error: String| {
+            limits.counters.invocation(InvocationOutcome::Refused);
             if let Some(id) = id {
                 let bytes = encode_error(protocol, id, &error);
                 if let Some(bytes) = bytes {
@@ -247,12 +252,18 @@ impl<T: Transport> Connection<T> {
             // Started here, before the next record is dispatched, as ASP.NET starts it: a CancelInvocation right
             // behind it (in the same frame, say) then cancels the token of a method that ran, instead of finding
             // a task that has not been polled yet and dropping the method unrun.
+            self.limits.counters.invocation(InvocationOutcome::Stream);
             let started = StreamCall::start(reply);
             tokio::spawn(stream_reply(started, handle, protocol, id, cancel).instrument(tracing::Span::current()));
             return None;
         }
         let run = async move {
             let reply = reply.await;
+            let outcome = match &reply {
+                Reply::Void | Reply::Value(_) => InvocationOutcome::Ok,
+                Reply::Error(_) | Reply::Stream(_) => InvocationOutcome::Error,
+            };
+            limits.counters.invocation(outcome);
             // Done: nothing left to cancel.
             if let Some(guard) = guard {
                 guard.disarm();

@@ -112,6 +112,7 @@ impl<T: Transport> Connection<T> {
                 connected = Box::pin(async { Ok(()) });
             }
         }
+        connection.limits.counters.connected(connection.session.transport, protocol);
         let mut response = Vec::new();
         handshake::write_response(None, &mut response);
         match connection.write(Bytes::from(response)).await {

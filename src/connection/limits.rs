@@ -4,6 +4,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::ConnectionCounters;
+
 /// The limits and timers of every connection. Defaults are ASP.NET Core's where it has one.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -52,9 +54,12 @@ pub struct Limits {
     /// Negotiated tokens of a hub not yet used by a transport, per node. Negotiating one more forgets the oldest
     /// (whose client is the likeliest to have gone); unused tokens expire after 15 s anyway.
     pub max_pending_negotiations: usize,
-    /// Not a limit: how often the node's connections hit the bounds above, for the node to report once it has a
-    /// metrics registry (there is none yet). Clones of these limits share it; a new `Limits` starts at zero.
+    /// Not a limit: how often the node's connections hit the bounds above, reported in the node's metrics. Clones
+    /// of these limits share it (a new `Limits` starts at zero): give each node of a process its own, or their
+    /// figures add up.
     pub bounds_hit: Arc<BoundsHit>,
+    /// Not a limit: what the node's connections count as they run, for its metrics. Shared like `bounds_hit`.
+    pub counters: Arc<ConnectionCounters>,
 }
 
 impl Default for Limits {
@@ -77,6 +82,7 @@ impl Default for Limits {
             max_streams: 100,
             max_pending_negotiations: 100_000,
             bounds_hit: Arc::default(),
+            counters: Arc::default(),
         }
     }
 }

@@ -63,6 +63,7 @@ impl<T: Transport> Connection<T> {
             return;
         };
         tracing::debug!(unacked_bytes = stateful.sent.len_bytes(), "stateful reconnect");
+        self.limits.counters.resumed();
         stateful.detached_until = None;
         stateful.ack_due = None;
         stateful.received.reconnected();

@@ -16,6 +16,7 @@ use crate::protocol::{NoPayload, Outgoing, Protocol};
 use crate::transport::{CloseKind, Transport, TransportError};
 
 use super::batch::{Batch, Piece};
+use super::counters::DisconnectReason;
 use super::link::Link;
 use super::mailbox::Mailbox;
 use super::reconnect::ResumeSlot;
@@ -189,6 +190,7 @@ impl<T: Transport> Connection<T> {
                             allow_reconnect: false,
                         },
                         Some(Ok(bytes)) => {
+                            self.limits.counters.bytes_received(bytes.len());
                             self.last_read = Instant::now();
                             self.inbound.extend_from_slice(&bytes);
                             if let Some(ending) = self.process_inbound().await {
@@ -254,9 +256,7 @@ impl<T: Transport> Connection<T> {
         }
         if let Some(stateful) = &mut self.stateful {
             if stateful.detached_until.is_some_and(|until| until <= now) {
-                return Some(Ending::TransportLost(
-                    "the client did not reconnect within the reconnect window".into(),
-                ));
+                return Some(Ending::TransportLost(NOT_RECONNECTED.into()));
             }
             if stateful.detached_until.is_none() && stateful.ack_due.is_some_and(|due| due <= now) {
                 stateful.ack_due = None;
@@ -288,7 +288,7 @@ impl<T: Transport> Connection<T> {
         }
         if self.last_read + self.limits.client_timeout <= now {
             return Some(Ending::Close {
-                error: Some("Server timeout elapsed without receiving a message from the client.".into()),
+                error: Some(CLIENT_TIMED_OUT.into()),
                 allow_reconnect: true,
             });
         }
@@ -305,6 +305,8 @@ impl<T: Transport> Connection<T> {
     }
 
     async fn finish(mut self, ending: Ending) {
+        let reason = DisconnectReason::of(&ending, self.mailbox.is_ending());
+        self.limits.counters.disconnected(self.session.transport, self.protocol, reason);
         self.mailbox.end();
         if let Some(calls) = &self.calls {
             calls.cancel();
@@ -355,6 +357,11 @@ impl<T: Transport> Connection<T> {
         self.mailbox.close();
     }
 }
+
+/// The Close error of a client silent for `Limits::client_timeout` (ASP.NET's words).
+pub(super) const CLIENT_TIMED_OUT: &str = "Server timeout elapsed without receiving a message from the client.";
+/// Why a detached stateful-reconnect connection ends when its window elapses.
+pub(super) const NOT_RECONNECTED: &str = "the client did not reconnect within the reconnect window";
 
 /// How long the end of a connection waits to hand its Close message and close frame to the transport.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);

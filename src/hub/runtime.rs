@@ -8,7 +8,8 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use super::Hub;
-use crate::connection::{deliver_each, ConnectionHandle, ConnectionId, SharedFrame};
+use crate::connection::{deliver_each, ConnectionCounters, ConnectionHandle, ConnectionId, DeliveryKind, SharedFrame};
+use crate::mesh::GroupKind;
 use crate::mesh::{GroupKey, LocalHub, MeshError, Router};
 
 /// The node's router, as the hubs and the node use it: the mesh over this node's hub runtimes.
@@ -28,11 +29,13 @@ pub(crate) struct HubRuntime {
     /// This node's members of each group: the table a group delivery to this node is fanned out from.
     local_groups: RwLock<HashMap<GroupKey, HashMap<ConnectionId, ConnectionHandle>>>,
     pub(super) router: Arc<NodeRouter>,
+    /// The node's connection counters, where deliveries are counted (one add per fan-out).
+    counters: Arc<ConnectionCounters>,
 }
 
 impl HubRuntime {
     /// Starts `hub` on this node and registers it with `router`.
-    pub(super) fn start(hub: Hub, router: Arc<NodeRouter>) -> Arc<HubRuntime> {
+    pub(super) fn start(hub: Hub, router: Arc<NodeRouter>, counters: Arc<ConnectionCounters>) -> Arc<HubRuntime> {
         let name: Arc<str> = hub.name.as_str().into();
         let runtime = Arc::new(HubRuntime {
             hub,
@@ -40,6 +43,7 @@ impl HubRuntime {
             connections: RwLock::new(HashMap::new()),
             local_groups: RwLock::new(HashMap::new()),
             router: router.clone(),
+            counters,
         });
         router.register_hub(&name, &runtime);
         runtime
@@ -77,6 +81,11 @@ impl HubRuntime {
         self.connections.read().len()
     }
 
+    /// The number of group memberships (named groups and users) held by connections here.
+    pub(super) fn membership_count(&self) -> usize {
+        self.local_groups.read().values().map(HashMap::len).sum()
+    }
+
     /// Asks every connection here to close with a Close message.
     pub(super) fn close_all(&self, allow_reconnect: bool) {
         for member in self.connections.read().values() {
@@ -98,27 +107,33 @@ impl LocalHub for HubRuntime {
 
     /// Delivers to every connection here but `except`. A full mailbox closes that connection (slow consumer).
     fn deliver_all(&self, frame: &Arc<SharedFrame>, except: &[ConnectionId]) {
+        let mut count = 0;
         deliver_each(
             self.connections
                 .read()
                 .iter()
                 .filter(|(id, _)| !except.contains(id))
-                .map(|(_, member)| &member.handle),
+                .map(|(_, member)| &member.handle)
+                .inspect(|_| count += 1),
             frame,
             true,
         );
+        self.counters.delivered(DeliveryKind::Broadcast, count);
     }
 
     /// Delivers to these connections, those that are here.
     fn deliver_to(&self, ids: &[ConnectionId], frame: &Arc<SharedFrame>) {
         let connections = self.connections.read();
+        let mut count = 0;
         deliver_each(
             ids.iter()
                 .filter_map(|id| connections.get(id))
-                .map(|member| &member.handle),
+                .map(|member| &member.handle)
+                .inspect(|_| count += 1),
             frame,
             false,
         );
+        self.counters.delivered(DeliveryKind::Direct, count);
     }
 
     /// Delivers to this node's members of a group but `except`.
@@ -128,14 +143,21 @@ impl LocalHub for HubRuntime {
         let Some(members) = groups.get(key) else {
             return false;
         };
+        let mut count = 0;
         deliver_each(
             members
                 .iter()
                 .filter(|(id, _)| !except.contains(id))
-                .map(|(_, handle)| handle),
+                .map(|(_, handle)| handle)
+                .inspect(|_| count += 1),
             frame,
             true,
         );
+        let kind = match key.kind {
+            GroupKind::Named => DeliveryKind::Group,
+            GroupKind::User => DeliveryKind::User,
+        };
+        self.counters.delivered(kind, count);
         true
     }
 

@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::metrics::ClusterCounters;
 use super::{ClusterNetwork, ClusterSettings, NodeError};
 use crate::cluster::link::ractor::RactorLinks;
 use crate::cluster::{GossipKeys, LinkEvent, Links, Membership, MembershipView, NodeId, NodeStatus, PeerInfo, LINK_ADDRESS_KEY};
@@ -45,6 +46,8 @@ pub(crate) struct ClusterHealth {
     placed: parking_lot::Mutex<Vec<NodeId>>,
     /// Set the first time the node is found ready: from then on a link that drops no longer makes it unready.
     ready_once: std::sync::atomic::AtomicBool,
+    /// Link frames, membership changes and deaths, counted for the metrics.
+    pub(crate) counters: ClusterCounters,
 }
 
 impl ClusterHealth {
@@ -163,7 +166,7 @@ pub(crate) async fn join<H: LocalHub>(
         async move {
             while let Some(event) = inbound.recv().await {
                 match &event {
-                    LinkEvent::Frame { .. } => {}
+                    LinkEvent::Frame { frame, .. } => events_health.counters.link_frame(frame.len()),
                     LinkEvent::Up(peer) => {
                         events_health.links_up.lock().insert(peer.clone());
                     }
@@ -181,8 +184,10 @@ pub(crate) async fn join<H: LocalHub>(
     let view_health = health.clone();
     tasks.push(tokio::spawn(
         async move {
+            let mut previous_live = None;
             loop {
                 let view = views.borrow_and_update().clone();
+                view_health.counters.view_changed(&view, &mut previous_live);
                 links.update_peers(&peers_of(&view));
                 let live = view.live_ids();
                 view_router.on_view(live.clone());

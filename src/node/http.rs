@@ -28,7 +28,8 @@
 //! # Files
 //!
 //! This file routes each request to its handler (and serves [`CLUSTER_PATH`]); beside it:
-//! * `health`: the probes `GET /healthz` and `GET /readyz`, and the status report `GET /_hubmesh/status`;
+//! * `health`: the probes `GET /healthz` and `GET /readyz`, the status report `GET /_hubmesh/status`, `GET /metrics`;
+//! * `live`: the live page `GET /_hubmesh/` and its files (`live/`);
 //! * `endpoint`: `HubEndpoint`, one hub's negotiated tokens and what each addresses;
 //! * `negotiate`: `POST [base]/negotiate`;
 //! * `access`: authentication, the 401 and 403 refusals, and the request info hub code sees;
@@ -43,6 +44,7 @@
 mod access;
 mod endpoint;
 mod health;
+mod live;
 mod long_polling;
 mod negotiate;
 mod relay;

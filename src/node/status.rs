@@ -1,6 +1,8 @@
 //! The status report a node serves at [`STATUS_PATH`]: the cluster as this node sees it (members with their
 //! generation, status, addresses and uptime; dead members), and this node's own figures (connections per hub,
-//! groups owned, the health of its links, readiness). `hubmesh status` prints it; scripts read it as JSON.
+//! groups owned, the health of its links, readiness, deliveries and client messages so far), and each live
+//! member's load as it publishes it in gossip (`super::metrics`: connections, deliveries, client messages), which
+//! the live page charts. `hubmesh status` prints it; scripts read it as JSON.
 //!
 //! The types serialize to the JSON document and deserialize from it, so Rust tools can read a node's report.
 //! This file reads the node, its membership view and its cluster health; it changes nothing.
@@ -11,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::cluster::{HUBS_KEY, STARTED_KEY};
+use super::metrics::{Load, LOAD_KEY};
 use super::Node;
 use crate::cluster::membership::STATUS_KEY;
 use crate::cluster::LINK_ADDRESS_KEY;
@@ -42,6 +45,12 @@ pub struct StatusReport {
     pub connections: usize,
     /// The groups (named and user) it owns, all hubs.
     pub groups_owned: usize,
+    /// Messages it has handed to its connections so far, one per recipient, all kinds (`hubmesh_deliveries`).
+    #[serde(default)]
+    pub deliveries: u64,
+    /// Hub messages it has received from its clients so far (`hubmesh_client_messages_received`).
+    #[serde(default)]
+    pub messages_received: u64,
     /// Per hub it serves: connections and groups owned.
     #[serde(default)]
     pub hubs: Vec<HubReport>,
@@ -104,6 +113,16 @@ pub struct MemberReport {
     pub uptime_ms: Option<u64>,
     /// Whether the reporting node's link to it is up (none for the reporting node itself).
     pub link_up: Option<bool>,
+    /// Its connections, all hubs: the reporting node's own now, a peer's as it last published it (none if it has
+    /// not yet).
+    #[serde(default)]
+    pub connections: Option<u64>,
+    /// Messages it has handed to its connections so far, as for `connections`.
+    #[serde(default)]
+    pub deliveries: Option<u64>,
+    /// Hub messages it has received from its clients so far, as for `connections`.
+    #[serde(default)]
+    pub messages_received: Option<u64>,
 }
 
 /// A member by name and generation.
@@ -127,6 +146,7 @@ pub(crate) async fn report(node: &Node) -> StatusReport {
     let now_ms = unix_ms(SystemTime::now());
     let started_ms = unix_ms(node.inner.started);
     let readiness = node.readiness().await;
+    let load = Load::of(node);
 
     let mut owned: BTreeMap<String, usize> = BTreeMap::new();
     let mut router = None;
@@ -161,6 +181,8 @@ pub(crate) async fn report(node: &Node) -> StatusReport {
         uptime_ms: now_ms.saturating_sub(started_ms),
         connections: hubs.iter().map(|hub| hub.connections).sum(),
         groups_owned: owned.values().sum(),
+        deliveries: load.deliveries,
+        messages_received: load.messages,
         hubs,
         links: Vec::new(),
         members: Vec::new(),
@@ -180,6 +202,9 @@ pub(crate) async fn report(node: &Node) -> StatusReport {
             started_ms: Some(started_ms),
             uptime_ms: Some(report.uptime_ms),
             link_up: None,
+            connections: Some(load.connections),
+            deliveries: Some(load.deliveries),
+            messages_received: Some(load.messages),
         });
         return report;
     };
@@ -200,6 +225,11 @@ pub(crate) async fn report(node: &Node) -> StatusReport {
             });
         }
         let member_started = member.get(STARTED_KEY).and_then(|value| value.parse::<u64>().ok());
+        let member_load = if local {
+            Some(load)
+        } else {
+            member.get(LOAD_KEY).and_then(Load::parse)
+        };
         report.members.push(MemberReport {
             name: member.id.name.to_string(),
             generation: Some(member.id.generation),
@@ -219,6 +249,9 @@ pub(crate) async fn report(node: &Node) -> StatusReport {
             started_ms: member_started,
             uptime_ms: member_started.map(|started| now_ms.saturating_sub(started)),
             link_up,
+            connections: member_load.map(|load| load.connections),
+            deliveries: member_load.map(|load| load.deliveries),
+            messages_received: member_load.map(|load| load.messages),
         });
     }
     report.members.sort_by(|a, b| a.name.cmp(&b.name));

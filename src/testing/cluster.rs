@@ -95,7 +95,12 @@ impl TestCluster {
         let mut builder = Node::builder()
             .name(&name)
             .listen("127.0.0.1:0")
-            .limits(self.limits.clone())
+            // Counters of their own: a clone of `Limits` shares them, and each node keeps separate figures.
+            .limits(Limits {
+                counters: Arc::default(),
+                bounds_hit: Arc::default(),
+                ..self.limits.clone()
+            })
             .cluster(settings)
             .rest_access_key(TEST_REST_ACCESS_KEY);
         if send_only.is_empty() {

@@ -1,10 +1,12 @@
 //! The probe and report routes: `GET /healthz` (200 while the node serves HTTP), `GET /readyz` (200 when the
 //! node is ready, else 503 with the reasons; the rule is `super::super::readiness`) and `GET /_hubmesh/status`
-//! (the node's [`StatusReport`]). Bodies are JSON; nothing here changes the node.
+//! (the node's [`StatusReport`]), and `GET /metrics` (the node's figures for Prometheus, `super::super::metrics`).
+//! Bodies are JSON but for the metrics' OpenMetrics text; nothing here changes the node.
 
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 
+use super::super::metrics::{self, METRICS_PATH};
 use super::super::status::{report, STATUS_PATH};
 use super::super::Node;
 #[cfg(doc)]
@@ -34,7 +36,8 @@ pub(super) async fn answer(node: &Node, path: &str) -> Option<HttpResponse> {
             })))
         }
         STATUS_PATH => Some(HttpResponse::Ok().json(report(node).await)),
-        _ => None,
+        METRICS_PATH => Some(metrics::answer(node).await),
+        _ => super::live::answer(path),
     }
 }
 

@@ -1,0 +1,338 @@
+//! The collector of a node's registry: [`Scrape::gather`] reads the node's state once per scrape (it is async: the
+//! cluster runtime sits behind a tokio mutex), and [`NodeCollector`] encodes it with the node's atomic counters,
+//! read as they are at that moment. Every metric is named and described here, in the order README.md lists them.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+
+use super::super::Node;
+use crate::connection::counters::{InvocationOutcome, PROTOCOLS, TRANSPORTS};
+use crate::connection::{BoundsHit, ConnectionCounters, DeliveryKind, Limits};
+use crate::connection::counters::DisconnectReason;
+
+/// One hub's figures on this node.
+#[derive(Debug, Default)]
+pub(super) struct HubFigures {
+    name: String,
+    connections: usize,
+    groups_owned: usize,
+    memberships: usize,
+}
+
+/// The cluster as this node sees it, and its cluster tasks' counters.
+#[derive(Debug, Default)]
+pub(super) struct ClusterFigures {
+    live: usize,
+    dead: usize,
+    /// Per live peer: its name and whether the link to it is up.
+    links: Vec<(String, bool)>,
+    link_frames_received: u64,
+    link_bytes_received: u64,
+    membership_changes: u64,
+    declared_dead: u64,
+}
+
+/// What one scrape read from the node's state.
+#[derive(Debug, Default)]
+pub(super) struct Scrape {
+    hubs: Vec<HubFigures>,
+    ready: bool,
+    uptime_seconds: u64,
+    cluster: Option<ClusterFigures>,
+}
+
+impl Scrape {
+    /// Reads `node`'s state now.
+    pub(super) async fn gather(node: &Node) -> Scrape {
+        let mut hubs: Vec<HubFigures> = node
+            .inner
+            .endpoints
+            .values()
+            .map(|endpoint| &endpoint.context)
+            .chain(node.inner.send_only.iter())
+            .map(|context| HubFigures {
+                name: context.hub().name().to_owned(),
+                connections: context.local_connection_count(),
+                groups_owned: 0,
+                memberships: context.local_membership_count(),
+            })
+            .collect();
+        for key in node.inner.router.owned_groups() {
+            if let Some(hub) = hubs.iter_mut().find(|hub| *hub.name == *key.hub) {
+                hub.groups_owned += 1;
+            }
+        }
+        hubs.sort_by(|a, b| a.name.cmp(&b.name));
+        let ready = node.readiness().await.is_ready();
+        let uptime_seconds = node.inner.started.elapsed().map(|uptime| uptime.as_secs()).unwrap_or(0);
+        let cluster = node.inner.cluster.lock().await;
+        let cluster = cluster.as_ref().map(|cluster| {
+            let view = cluster.membership().view();
+            let health = cluster.health();
+            ClusterFigures {
+                live: view.live.len(),
+                dead: view.dead.len(),
+                links: view
+                    .live
+                    .iter()
+                    .filter(|member| member.id != view.self_id)
+                    .map(|member| (member.id.name.to_string(), health.link_up(&member.id)))
+                    .collect(),
+                link_frames_received: health.counters.link_frames_received(),
+                link_bytes_received: health.counters.link_bytes_received(),
+                membership_changes: health.counters.membership_changes(),
+                declared_dead: health.counters.declared_dead(),
+            }
+        });
+        Scrape {
+            hubs,
+            ready,
+            uptime_seconds,
+            cluster,
+        }
+    }
+}
+
+/// Encodes a node's figures on each scrape: the last [`Scrape`] and the counters of its limits.
+#[derive(Debug)]
+pub(super) struct NodeCollector {
+    counters: Arc<ConnectionCounters>,
+    bounds: Arc<BoundsHit>,
+    scrape: Arc<parking_lot::Mutex<Scrape>>,
+}
+
+impl NodeCollector {
+    pub(super) fn new(limits: &Limits, scrape: Arc<parking_lot::Mutex<Scrape>>) -> Self {
+        NodeCollector {
+            counters: limits.counters.clone(),
+            bounds: limits.bounds_hit.clone(),
+            scrape,
+        }
+    }
+}
+
+/// One metric with one sample per label set in `rows` (no rows: the metric is described, without samples).
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    rows: impl IntoIterator<Item = (L, M)>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, value) in rows {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// One counter without labels (`_total` is appended to `name`).
+fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> fmt::Result {
+    let value = ConstCounter::new(value);
+    value.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+/// One gauge without labels.
+fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> fmt::Result {
+    let value = ConstGauge::new(value);
+    value.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+fn count(value: usize) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let encoder = &mut encoder;
+        let counters = &self.counters;
+        let scrape = self.scrape.lock();
+        let by_transport = || {
+            TRANSPORTS
+                .iter()
+                .flat_map(|transport| PROTOCOLS.iter().map(move |protocol| (*transport, *protocol)))
+        };
+
+        family(
+            encoder,
+            "hubmesh_connections",
+            "Connections open on this node, by hub.",
+            MetricType::Gauge,
+            scrape
+                .hubs
+                .iter()
+                .map(|hub| ([("hub", hub.name.as_str())], ConstGauge::new(count(hub.connections)))),
+        )?;
+        family(
+            encoder,
+            "hubmesh_transport_connections",
+            "Connections open on this node, by transport and protocol.",
+            MetricType::Gauge,
+            by_transport().map(|(transport, protocol)| {
+                (
+                    [("transport", transport.name()), ("protocol", protocol.name())],
+                    ConstGauge::new(counters.open(transport, protocol)),
+                )
+            }),
+        )?;
+        family(
+            encoder,
+            "hubmesh_connects",
+            "Connections that completed their handshake, by transport and protocol.",
+            MetricType::Counter,
+            by_transport().map(|(transport, protocol)| {
+                (
+                    [("transport", transport.name()), ("protocol", protocol.name())],
+                    ConstCounter::new(counters.connects(transport, protocol)),
+                )
+            }),
+        )?;
+        family(
+            encoder,
+            "hubmesh_disconnects",
+            "Connections that ended, by reason.",
+            MetricType::Counter,
+            DisconnectReason::ALL
+                .iter()
+                .map(|reason| ([("reason", reason.label())], ConstCounter::new(counters.disconnects(*reason)))),
+        )?;
+        counter(
+            encoder,
+            "hubmesh_client_messages_received",
+            "Hub messages received from clients (invocations, stream items, completions, pings, ...).",
+            counters.messages_received(),
+        )?;
+        counter(
+            encoder,
+            "hubmesh_client_received_bytes",
+            "Bytes read from client transports.",
+            counters.bytes_received_total(),
+        )?;
+        counter(
+            encoder,
+            "hubmesh_client_written_bytes",
+            "Bytes written to client transports.",
+            counters.bytes_written_total(),
+        )?;
+        family(
+            encoder,
+            "hubmesh_invocations",
+            "Hub method invocations from clients, by outcome.",
+            MetricType::Counter,
+            InvocationOutcome::ALL
+                .iter()
+                .map(|outcome| ([("outcome", outcome.label())], ConstCounter::new(counters.invocations(*outcome)))),
+        )?;
+        family(
+            encoder,
+            "hubmesh_deliveries",
+            "Messages handed to this node's connections, one per recipient, by what the send addressed.",
+            MetricType::Counter,
+            DeliveryKind::ALL
+                .iter()
+                .map(|kind| ([("kind", kind.label())], ConstCounter::new(counters.deliveries(*kind)))),
+        )?;
+        counter(
+            encoder,
+            "hubmesh_stateful_resumes",
+            "Stateful-reconnect connections resumed on a new transport.",
+            counters.resumes(),
+        )?;
+        family(
+            encoder,
+            "hubmesh_groups_owned",
+            "Groups (named and user) this node owns, by hub.",
+            MetricType::Gauge,
+            scrape
+                .hubs
+                .iter()
+                .map(|hub| ([("hub", hub.name.as_str())], ConstGauge::new(count(hub.groups_owned)))),
+        )?;
+        family(
+            encoder,
+            "hubmesh_group_memberships",
+            "Group memberships (named groups and users) held by this node's connections, by hub.",
+            MetricType::Gauge,
+            scrape
+                .hubs
+                .iter()
+                .map(|hub| ([("hub", hub.name.as_str())], ConstGauge::new(count(hub.memberships)))),
+        )?;
+        let bounds = &self.bounds;
+        family(
+            encoder,
+            "hubmesh_bounds_hit",
+            "Times an input bound was hit, by bound.",
+            MetricType::Counter,
+            [
+                ("queued_invocations", &bounds.queued_invocations),
+                ("streams", &bounds.streams),
+                ("abandoned_results", &bounds.abandoned_results),
+                ("negotiations", &bounds.negotiations),
+            ]
+            .map(|(bound, hits)| ([("bound", bound)], ConstCounter::new(hits.load(Ordering::Relaxed)))),
+        )?;
+        gauge(encoder, "hubmesh_ready", "1 when the node answers /readyz with 200, else 0.", i64::from(scrape.ready))?;
+        gauge(
+            encoder,
+            "hubmesh_uptime_seconds",
+            "Seconds since the node was built.",
+            i64::try_from(scrape.uptime_seconds).unwrap_or(i64::MAX),
+        )?;
+        let cluster = scrape.cluster.as_ref();
+        family(
+            encoder,
+            "hubmesh_members",
+            "Members of this node's membership view, by state (live includes this node; a single node counts itself).",
+            MetricType::Gauge,
+            [
+                ("live", cluster.map_or(1, |cluster| count(cluster.live))),
+                ("dead", cluster.map_or(0, |cluster| count(cluster.dead))),
+            ]
+            .map(|(state, members)| ([("state", state)], ConstGauge::new(members))),
+        )?;
+        family(
+            encoder,
+            "hubmesh_link_up",
+            "1 when the link to a live peer is up, else 0, by peer.",
+            MetricType::Gauge,
+            cluster
+                .into_iter()
+                .flat_map(|cluster| cluster.links.iter())
+                .map(|(peer, up)| ([("peer", peer.as_str())], ConstGauge::new(i64::from(*up)))),
+        )?;
+        let cluster_count = |read: fn(&ClusterFigures) -> u64| cluster.map_or(0, read);
+        counter(
+            encoder,
+            "hubmesh_link_received_frames",
+            "Frames received over links from peers.",
+            cluster_count(|cluster| cluster.link_frames_received),
+        )?;
+        counter(
+            encoder,
+            "hubmesh_link_received_bytes",
+            "Bytes of frames received over links from peers.",
+            cluster_count(|cluster| cluster.link_bytes_received),
+        )?;
+        counter(
+            encoder,
+            "hubmesh_membership_changes",
+            "Changes of this node's membership view since it joined.",
+            cluster_count(|cluster| cluster.membership_changes),
+        )?;
+        counter(
+            encoder,
+            "hubmesh_nodes_declared_dead",
+            "Members this node's view declared dead (failed, left, or superseded by a new generation).",
+            cluster_count(|cluster| cluster.declared_dead),
+        )?;
+        Ok(())
+    }
+}
