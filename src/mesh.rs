@@ -80,6 +80,7 @@ pub use bounds::MeshBoundsHit;
 pub use group_send::{HELD_SENDS_CAP, MAX_GROUP_SEND_RATE, RETAINED_BYTES_CAP};
 #[cfg(feature = "internals")]
 pub use hints::RelayCounts;
+pub(crate) use hints::RelayFigures;
 pub(crate) use relay::RelayHost;
 #[cfg(feature = "internals")]
 pub use relay::MAX_ADOPTED_OUT;

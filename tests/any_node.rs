@@ -104,6 +104,13 @@ async fn a_websocket_negotiated_on_one_node_runs_on_the_node_that_took_it() -> T
             assert_ne!(negotiated_on, upgraded_on, "the proxy did not spread the requests");
         }
 
+        // The homes count the connections that run elsewhere.
+        let mut adopted = 0.0;
+        for addr in addrs(&cluster)? {
+            adopted += metric(addr, "hubmesh_adopted_out_connections").await?;
+        }
+        assert_eq!(adopted, 3.0, "every connection runs on another node than its home");
+
         // Groups: joined by the clients themselves, and from another node's context; one send reaches each once.
         for client in &mut clients {
             client.join_group("room").await?;
@@ -304,6 +311,17 @@ async fn forged_foreign_and_dead_tokens_get_404_and_serve_nothing() -> TestResul
         Ok(())
     })
     .await?
+}
+
+/// One sample without labels from the node's `GET /metrics`.
+async fn metric(addr: SocketAddr, name: &str) -> TestResult<f64> {
+    let reply = request(addr, "GET", "/metrics", &[], b"").await?;
+    let text = reply.text();
+    let line = text
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(name))
+        .ok_or_else(|| format!("no {name} in /metrics"))?;
+    Ok(line.split_whitespace().nth(1).ok_or("no value")?.parse()?)
 }
 
 fn cluster_addr(cluster: &TestCluster, index: usize) -> TestResult<SocketAddr> {

@@ -73,7 +73,33 @@ pub struct RelayCounts {
     pub fences_given_up: u64,
 }
 
+/// What the node's metrics read of connections that run elsewhere than their home.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RelayFigures {
+    /// Connections negotiated here that run on other nodes now.
+    pub(crate) adopted_out: usize,
+    /// Location hints held.
+    pub(crate) hints: usize,
+    /// Sends passed on by this node as a home.
+    pub(crate) passed_on: u64,
+    /// Switches to a hinted server given up.
+    pub(crate) fences_given_up: u64,
+    /// Times this node closed its connections because most peers had declared it dead.
+    pub(crate) cut_off_closes: u64,
+}
+
 impl<H: LocalHub> Router<H> {
+    /// This node's [`RelayFigures`], for its metrics.
+    pub(crate) fn relay_figures(&self) -> RelayFigures {
+        RelayFigures {
+            adopted_out: self.adopted_out.lock().len(),
+            hints: self.hints.lock().len(),
+            passed_on: self.passed_on.load(Ordering::Relaxed),
+            fences_given_up: self.fence_gave_up.load(Ordering::Relaxed),
+            cut_off_closes: self.cut_off_closes(),
+        }
+    }
+
     /// This node's [`RelayCounts`].
     #[cfg(feature = "internals")]
     pub(crate) fn relay_counts(&self) -> RelayCounts {

@@ -26,6 +26,8 @@ pub(super) struct CutOff {
     notified_by: HashSet<Arc<str>>,
     closed_at: Option<tokio::time::Instant>,
     stalled_at: Option<tokio::time::Instant>,
+    /// Times this node closed its connections for it.
+    closes: u64,
 }
 
 /// How often a node checks that it is not stalled, and the gap between checks that counts as a stall (a stopped
@@ -171,6 +173,7 @@ impl<H: LocalHub> Router<H> {
                 return;
             }
             cut_off.closed_at = Some(now);
+            cut_off.closes += 1;
             cut_off.first_notice = None;
             cut_off.notified_by.clear();
         }
@@ -178,6 +181,11 @@ impl<H: LocalHub> Router<H> {
         for runtime in self.runtimes() {
             runtime.close_all_with(CUT_OFF_ERROR);
         }
+    }
+
+    /// How often this node closed its connections because most peers had declared it dead.
+    pub(super) fn cut_off_closes(&self) -> u64 {
+        self.cut_off.lock().closes
     }
 
     /// The notice to a peer this node had declared dead, saying whether this node itself stalled lately.

@@ -135,6 +135,11 @@ impl Tunnels {
         }
     }
 
+    /// Tunnel ends open now, socket and connection ends together.
+    pub(crate) fn open_count(&self) -> usize {
+        self.open.lock().len()
+    }
+
     /// Ends every tunnel with `peer` (it left the cluster).
     pub(crate) fn peer_left(&self, peer: &NodeId) {
         let mut open = self.open.lock();

@@ -15,6 +15,7 @@ use prometheus_client::metrics::MetricType;
 use super::super::Node;
 use crate::connection::counters::{InvocationOutcome, PROTOCOLS, TRANSPORTS};
 use crate::connection::{BoundsHit, ConnectionCounters, DeliveryKind, Limits};
+use crate::mesh::RelayFigures;
 use crate::connection::counters::DisconnectReason;
 
 /// One hub's figures on this node.
@@ -43,6 +44,8 @@ pub(super) struct ClusterFigures {
 #[derive(Debug, Default)]
 pub(super) struct Scrape {
     hubs: Vec<HubFigures>,
+    relays: RelayFigures,
+    tunnels: usize,
     ready: bool,
     uptime_seconds: u64,
     cluster: Option<ClusterFigures>,
@@ -93,6 +96,8 @@ impl Scrape {
         });
         Scrape {
             hubs,
+            relays: node.inner.router.relay_figures(),
+            tunnels: node.tunnels().open_count(),
             ready,
             uptime_seconds,
             cluster,
@@ -278,6 +283,42 @@ impl Collector for NodeCollector {
                 ("negotiations", &bounds.negotiations),
             ]
             .map(|(bound, hits)| ([("bound", bound)], ConstCounter::new(hits.load(Ordering::Relaxed)))),
+        )?;
+        gauge(
+            encoder,
+            "hubmesh_adopted_out_connections",
+            "Connections negotiated on this node that run on other nodes (a load balancer sent their transport there).",
+            count(scrape.relays.adopted_out),
+        )?;
+        gauge(
+            encoder,
+            "hubmesh_location_hints",
+            "Connections of other nodes' negotiation whose server this node knows, to send to them straight.",
+            count(scrape.relays.hints),
+        )?;
+        gauge(
+            encoder,
+            "hubmesh_tunnels",
+            "Tunnel ends open: stateful connections whose client came back to another node than the one running them.",
+            count(scrape.tunnels),
+        )?;
+        counter(
+            encoder,
+            "hubmesh_sends_passed_on",
+            "Sends to connections negotiated here, passed on to the node running them.",
+            scrape.relays.passed_on,
+        )?;
+        counter(
+            encoder,
+            "hubmesh_hint_switches_given_up",
+            "Switches to a connection's server given up (fence unanswered in time, or too many sends held).",
+            scrape.relays.fences_given_up,
+        )?;
+        counter(
+            encoder,
+            "hubmesh_cut_off_closes",
+            "Times this node closed its connections because most peers had declared it dead.",
+            scrape.relays.cut_off_closes,
         )?;
         gauge(encoder, "hubmesh_ready", "1 when the node answers /readyz with 200, else 0.", i64::from(scrape.ready))?;
         gauge(
