@@ -87,10 +87,11 @@ pub(in crate::bench) async fn echo(args: &EchoArgs) -> Result<Report, BenchError
         format!("target {}/s", args.rate)
     };
     let summary = format!(
-        "echo: {} clients over {} URLs, {target}, {} s\n  {round_trips} round trips ({per_second}/s)\n  \
+        "echo: {} clients over {} URLs ({}), {target}, {} s\n  {round_trips} round trips ({per_second}/s)\n  \
          latency {}\n  {}",
         args.clients,
         setup.urls.len(),
+        setup.transport_summary(),
         args.seconds,
         latency.summary(),
         cpu_summary(server_cpu, per_cpu, "round trips", own_cpu),
