@@ -3,7 +3,7 @@
 //! `--spread`).
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::{hub_ws_url, url_authority, BenchError};
@@ -114,12 +114,14 @@ pub(crate) struct Route {
     own: usize,
     spread: bool,
     next: AtomicUsize,
+    /// Requests sent, counted over all the clients of a run.
+    requests: Arc<AtomicU64>,
 }
 
 impl Route {
     /// A client whose own URL is `urls[own % len]`; with `spread`, each request goes to the next URL, starting there.
-    /// `None` without URLs.
-    pub(crate) fn new(urls: Arc<[HubUrl]>, own: usize, spread: bool) -> Option<Route> {
+    /// Each request adds one to `requests`. `None` without URLs.
+    pub(crate) fn new(urls: Arc<[HubUrl]>, own: usize, spread: bool, requests: Arc<AtomicU64>) -> Option<Route> {
         if urls.is_empty() {
             return None;
         }
@@ -129,6 +131,7 @@ impl Route {
             own,
             spread,
             next: AtomicUsize::new(own),
+            requests,
         })
     }
 
@@ -149,6 +152,7 @@ impl Route {
 
     /// The URL (and its index) of the next request.
     pub(crate) fn next(&self) -> (usize, &HubUrl) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         let index = if self.spread {
             self.next.fetch_add(1, Ordering::Relaxed) % self.urls.len()
         } else {
@@ -182,11 +186,13 @@ mod tests {
             .iter()
             .map(|url| HubUrl::parse(url, "/hub").unwrap())
             .collect();
-        let spread = Route::new(urls.clone(), 4, true).unwrap();
+        let requests = Arc::new(AtomicU64::new(0));
+        let spread = Route::new(urls.clone(), 4, true, requests.clone()).unwrap();
         let turns: Vec<usize> = (0..4).map(|_| spread.next().0).collect();
         assert_eq!(turns, [1, 2, 0, 1]);
-        let own = Route::new(urls.clone(), 2, false).unwrap();
+        let own = Route::new(urls.clone(), 2, false, requests.clone()).unwrap();
         assert!((0..3).all(|_| own.next().0 == 2));
-        assert!(Route::new(urls[..0].into(), 0, true).is_none());
+        assert_eq!(requests.load(Ordering::Relaxed), 7);
+        assert!(Route::new(urls[..0].into(), 0, true, requests).is_none());
     }
 }

@@ -56,7 +56,7 @@ pub(in crate::bench) async fn fanout(args: &FanoutArgs) -> Result<Report, BenchE
     let publisher_route = match &args.publisher_url {
         Some(url) => {
             let alone: Arc<[HubUrl]> = Arc::new([HubUrl::parse(url, &args.common.hub_path)?]);
-            Route::new(alone, 0, false)
+            Route::new(alone, 0, false, setup.requests.clone())
                 .map(Arc::new)
                 .ok_or_else(|| BenchError::Options("--publisher-url".to_owned()))?
         }
@@ -83,6 +83,7 @@ pub(in crate::bench) async fn fanout(args: &FanoutArgs) -> Result<Report, BenchE
         ));
     }
 
+    let requests_before = setup.requests.load(Ordering::Relaxed);
     let cpu = CpuMeter::start(&setup.pids)?;
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / publish_rate);
@@ -130,6 +131,7 @@ pub(in crate::bench) async fn fanout(args: &FanoutArgs) -> Result<Report, BenchE
         sleep(POLL).await;
     }
     let (server_cpu, own_cpu) = cpu.stop()?;
+    let requests = setup.requests.load(Ordering::Relaxed).saturating_sub(requests_before);
     let measured_seconds = started.elapsed().as_secs_f64();
     stop.cancel();
     let receivers = join_all(tasks).await?;
@@ -191,11 +193,12 @@ pub(in crate::bench) async fn fanout(args: &FanoutArgs) -> Result<Report, BenchE
         "server_cpu_seconds": server_cpu.map(round3),
         "deliveries_per_server_cpu_second": per_cpu,
         "bench_cpu_seconds": own_cpu.map(round3),
+        "http_requests": requests,
     });
     let summary = format!(
         "fanout: {} clients over {} URLs ({}; {}), target {} deliveries/s ({:.1} publishes/s for {} s)\n  \
          published {published}, delivered {unique} of {expected} ({delivered_per_sec}/s), lost {lost}, \
-         duplicated {duplicates}\n  latency {}\n  {}",
+         duplicated {duplicates}, {requests} HTTP requests\n  latency {}\n  {}",
         args.clients,
         setup.urls.len(),
         if args.broadcast { "broadcast" } else { "one group" },

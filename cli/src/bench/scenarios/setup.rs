@@ -1,6 +1,7 @@
 //! What every scenario does first: checks the options they share ([`Setup`], [`seconds`], [`check_clients`]) and
 //! opens the clients, round-robin over the URLs (each client's own URL; with `--spread` the first of its turn).
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ pub(super) struct Setup {
     hubs: Arc<[HubUrl]>,
     pub(super) transport: Transport,
     pub(super) spread: bool,
+    /// HTTP requests (and WebSocket upgrades) the clients sent so far.
+    pub(super) requests: Arc<AtomicU64>,
     pub(super) pids: Vec<u32>,
     pub(super) step_timeout: Duration,
     pub(super) payload_bytes: usize,
@@ -62,6 +65,7 @@ impl Setup {
             hubs,
             transport: common.transport,
             spread: common.spread,
+            requests: Arc::new(AtomicU64::new(0)),
             pids,
             step_timeout: seconds("--timeout", common.timeout, 300.0)?,
             payload_bytes: common.payload_bytes,
@@ -71,7 +75,7 @@ impl Setup {
 
     /// The way of client `index`: its own URL is the `index`th round-robin.
     pub(super) fn route(&self, index: usize) -> Result<Arc<Route>, BenchError> {
-        Route::new(self.hubs.clone(), index, self.spread)
+        Route::new(self.hubs.clone(), index, self.spread, self.requests.clone())
             .map(Arc::new)
             .ok_or_else(|| BenchError::Options("give at least one --url".to_owned()))
     }
