@@ -54,7 +54,7 @@ pub enum BenchError {
     /// The TCP connection or WebSocket upgrade failed (server unreachable, wrong path, refused).
     #[error("cannot connect to {url}: {reason}")]
     Connect {
-        /// The WebSocket URL.
+        /// The hub URL the request went to (ws:// or http://).
         url: String,
         /// The underlying error.
         reason: String,
@@ -62,7 +62,7 @@ pub enum BenchError {
     /// A network step took longer than its timeout.
     #[error("{url}: timed out after {after:?} while {doing}")]
     Timeout {
-        /// The WebSocket URL.
+        /// The hub URL the request went to (ws:// or http://).
         url: String,
         /// What the client was waiting for.
         doing: &'static str,
@@ -72,7 +72,7 @@ pub enum BenchError {
     /// The server answered the SignalR handshake with an error or something unexpected.
     #[error("{url}: handshake failed: {reason}")]
     Handshake {
-        /// The WebSocket URL.
+        /// The hub URL the request went to (ws:// or http://).
         url: String,
         /// The server's error or the unexpected answer.
         reason: String,
@@ -80,7 +80,7 @@ pub enum BenchError {
     /// The server closed a client's connection during the run.
     #[error("{url}: the server closed a client while {doing}: {reason}")]
     Closed {
-        /// The WebSocket URL.
+        /// The hub URL the request went to (ws:// or http://).
         url: String,
         /// What the client was doing.
         doing: &'static str,
@@ -90,7 +90,7 @@ pub enum BenchError {
     /// Reading or writing the socket failed.
     #[error("{url}: socket error while {doing}: {reason}")]
     Socket {
-        /// The WebSocket URL.
+        /// The hub URL the request went to (ws:// or http://).
         url: String,
         /// What the client was doing.
         doing: &'static str,
@@ -100,7 +100,7 @@ pub enum BenchError {
     /// The server sent a record the client cannot read, or a hub method failed.
     #[error("{url}: {reason}")]
     Protocol {
-        /// The WebSocket URL.
+        /// The hub URL the request went to (ws:// or http://).
         url: String,
         /// What was wrong.
         reason: String,
@@ -235,7 +235,7 @@ pub struct FanoutArgs {
     /// The group the clients join.
     #[arg(long, default_value = "bench")]
     pub group: String,
-    /// The URL the publisher connects to (default: the first --url).
+    /// The URL the publisher connects to, alone (not spread); default: client 0, whose own URL is the first --url.
     #[arg(long)]
     pub publisher_url: Option<String>,
 }

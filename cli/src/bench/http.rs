@@ -118,7 +118,7 @@ impl HttpConn {
     }
 
     /// Whether the connection may carry another request: kept alive, idle briefly, and not closed by the server.
-    fn reusable(&self) -> bool {
+    fn still_serves(&self) -> bool {
         self.reusable
             && self.buffer.is_empty()
             && self.idle_since.elapsed() < REUSE_WITHIN
@@ -373,7 +373,7 @@ impl Pool {
         request: Request<'_>,
     ) -> Result<Response, HttpError> {
         let mut conn = match self.idle.get_mut(index).and_then(Option::take) {
-            Some(conn) if conn.reusable() => conn,
+            Some(conn) if conn.still_serves() => conn,
             _ => HttpConn::open(url).await?,
         };
         let response = conn
