@@ -1,11 +1,14 @@
 //! The load tool behind `hubmesh bench`: drives the demo hub contract ([`hubmesh::demo`]) at `/hub` of any hubmesh
-//! cluster, as a client, over direct WebSockets (`skipNegotiation`) with the JSON hub protocol.
+//! cluster, as a client, with the JSON hub protocol: over direct WebSockets (`skipNegotiation`) by default, or
+//! negotiated, over WebSockets, Server-Sent Events or long polling ([`Transport`]), with each request of a client
+//! sent to the next URL in turn (`--spread`, as a round-robin load balancer without affinity would).
 //!
 //! It owns the scenarios ([`Scenario`]: `fanout`, `echo`, `idle`, `connect`), their options, the minimal
-//! SignalR client they use (`bench::client`), the statistics (`bench::stats`) and the readings of server CPU time
-//! and memory from `/proc` (`bench::procfs`). It may call only the demo hub's wire contract (method names and
-//! the client method `msg`), `tokio`, `tokio-tungstenite` and `serde_json`: no hub, node or connection
-//! internals, so it measures any cluster that serves the demo hub, local or not.
+//! SignalR client they use (`bench::client`, its URLs and their rotation in `bench::route`, the HTTP/1.1 it speaks
+//! for negotiate, SSE and long polling in `bench::http`), the statistics (`bench::stats`) and the readings of
+//! server CPU time and memory from `/proc` (`bench::procfs`). It may call only the demo hub's wire contract
+//! (method names and the client method `msg`), `tokio`, `tokio-tungstenite` and `serde_json`: no hub, node or
+//! connection internals, so it measures any cluster that serves the demo hub, local or not.
 //!
 //! Every run is bounded: in clients and seconds by option limits, in every network wait by a timeout. It connects
 //! only to the URLs named by `--url` (by default the three nodes of `hubmesh dev`, on loopback). A server that
@@ -14,13 +17,15 @@
 //! [`run`] returns a [`Report`]: one JSON line (scenario, parameters, results) and a short human summary.
 
 mod client;
+mod http;
 mod procfs;
+mod route;
 mod scenarios;
 mod stats;
 
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
 
 pub use procfs::{dev_node_pids, process_cpu_seconds, process_rss_bytes};
@@ -49,7 +54,7 @@ pub enum BenchError {
     /// The TCP connection or WebSocket upgrade failed (server unreachable, wrong path, refused).
     #[error("cannot connect to {url}: {reason}")]
     Connect {
-        /// The WebSocket URL.
+        /// The hub URL the request went to (ws:// or http://).
         url: String,
         /// The underlying error.
         reason: String,
@@ -57,7 +62,7 @@ pub enum BenchError {
     /// A network step took longer than its timeout.
     #[error("{url}: timed out after {after:?} while {doing}")]
     Timeout {
-        /// The WebSocket URL.
+        /// The hub URL the request went to (ws:// or http://).
         url: String,
         /// What the client was waiting for.
         doing: &'static str,
@@ -67,7 +72,7 @@ pub enum BenchError {
     /// The server answered the SignalR handshake with an error or something unexpected.
     #[error("{url}: handshake failed: {reason}")]
     Handshake {
-        /// The WebSocket URL.
+        /// The hub URL the request went to (ws:// or http://).
         url: String,
         /// The server's error or the unexpected answer.
         reason: String,
@@ -75,7 +80,7 @@ pub enum BenchError {
     /// The server closed a client's connection during the run.
     #[error("{url}: the server closed a client while {doing}: {reason}")]
     Closed {
-        /// The WebSocket URL.
+        /// The hub URL the request went to (ws:// or http://).
         url: String,
         /// What the client was doing.
         doing: &'static str,
@@ -85,7 +90,7 @@ pub enum BenchError {
     /// Reading or writing the socket failed.
     #[error("{url}: socket error while {doing}: {reason}")]
     Socket {
-        /// The WebSocket URL.
+        /// The hub URL the request went to (ws:// or http://).
         url: String,
         /// What the client was doing.
         doing: &'static str,
@@ -95,10 +100,22 @@ pub enum BenchError {
     /// The server sent a record the client cannot read, or a hub method failed.
     #[error("{url}: {reason}")]
     Protocol {
-        /// The WebSocket URL.
+        /// The hub URL the request went to (ws:// or http://).
         url: String,
         /// What was wrong.
         reason: String,
+    },
+    /// An HTTP request (negotiate, a poll, a POST, the SSE stream) got an unexpected status.
+    #[error("{url}: HTTP {status} while {doing}: {body}")]
+    Status {
+        /// The hub's URL the request went to.
+        url: String,
+        /// What the client was doing.
+        doing: &'static str,
+        /// The response's status code.
+        status: u16,
+        /// The start of the response's body.
+        body: String,
     },
     /// Reading `/proc` for a server process failed.
     #[error("cannot read /proc/{pid}: {reason}")]
@@ -131,6 +148,31 @@ pub enum Scenario {
     Connect(ConnectArgs),
 }
 
+/// How the clients reach the hub.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// WebSockets: direct (`skipNegotiation`), or negotiated on one node and upgraded on the next with `--spread`.
+    #[value(name = "websockets")]
+    WebSockets,
+    /// Server-Sent Events: negotiate, the event stream (GET) and a POST per client message.
+    #[value(name = "sse")]
+    Sse,
+    /// Long polling: negotiate, one poll (GET) pending at a time and a POST per client message.
+    #[value(name = "longpolling")]
+    LongPolling,
+}
+
+impl Transport {
+    /// The name `--transport` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::WebSockets => "websockets",
+            Transport::Sse => "sse",
+            Transport::LongPolling => "longpolling",
+        }
+    }
+}
+
 /// Options every scenario takes.
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
@@ -159,6 +201,14 @@ pub struct CommonArgs {
     /// The timeout of each network step (connect, handshake, join, one round trip), in seconds.
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
+    /// How clients reach the hub: `websockets`, `sse` or `longpolling` (JSON hub protocol each).
+    #[arg(long, value_enum, default_value_t = Transport::WebSockets)]
+    pub transport: Transport,
+    /// Send each HTTP request of a client (negotiate, the WebSocket upgrade, the SSE stream, each poll, POST and
+    /// DELETE) to the next --url in turn, as a round-robin load balancer without affinity does; without it, every
+    /// request of a client goes to its own URL.
+    #[arg(long)]
+    pub spread: bool,
 }
 
 /// Options of `hubmesh bench fanout`.
@@ -185,7 +235,7 @@ pub struct FanoutArgs {
     /// The group the clients join.
     #[arg(long, default_value = "bench")]
     pub group: String,
-    /// The URL the publisher connects to (default: the first --url).
+    /// The URL the publisher connects to, alone (not spread); default: client 0, whose own URL is the first --url.
     #[arg(long)]
     pub publisher_url: Option<String>,
 }

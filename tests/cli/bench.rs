@@ -3,11 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::{HashMap, HashSet};
 use std::error::Error;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
 use hubmesh::demo::demo_hub;
+use hubmesh::testing::proxy::RoundRobinProxy;
 use hubmesh::testing::TestCluster;
 use hubmesh_cli::bench::{run, BenchError, Report, Scenario};
 use serde_json::Value;
@@ -109,6 +112,150 @@ async fn fanout_to_a_group_over_three_nodes_delivers_everything_once() -> TestRe
     assert!(number(results, &["delivered_per_sec"]) > 0.0);
     assert!(number(results, &["server_cpu_seconds"]) >= 0.0);
     assert_latency(results, "latency", published * 30.0);
+    cluster.stop().await;
+    Ok(())
+}
+
+/// The checks of a fan-out run that must deliver everything once: `published` messages to `clients` clients.
+fn assert_complete_fanout(value: &Value, published: f64, clients: f64) {
+    let results = &value["results"];
+    assert_eq!(number(results, &["published"]), published, "{results}");
+    assert_eq!(number(results, &["delivered"]), published * clients, "{results}");
+    assert_eq!(number(results, &["received"]), published * clients, "{results}");
+    assert_eq!(number(results, &["lost"]), 0.0, "{results}");
+    assert_eq!(number(results, &["duplicated"]), 0.0, "{results}");
+    assert_eq!(number(results, &["unexpected"]), 0.0, "{results}");
+    assert_eq!(number(results, &["clients_complete"]), clients, "{results}");
+    assert_latency(results, "latency", published * clients);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_over_long_polling_and_sse_with_every_request_spread_loses_nothing() -> TestResult {
+    let cluster = cluster(3).await?;
+    for transport in ["longpolling", "sse"] {
+        let report = run_with(
+            &cluster,
+            &[
+                "fanout",
+                "--transport",
+                transport,
+                "--spread",
+                "--clients",
+                "9",
+                "--rate",
+                "450",
+                "--seconds",
+                "1",
+            ],
+        )
+        .await?;
+        let value = parsed(&report, "fanout");
+        assert_eq!(value["parameters"]["transport"], transport);
+        assert_eq!(value["parameters"]["spread"], true);
+        assert_complete_fanout(&value, 50.0, 9.0);
+    }
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_negotiated_on_one_node_and_upgraded_on_the_next_get_every_message() -> TestResult {
+    let cluster = cluster(3).await?;
+    let report = run_with(
+        &cluster,
+        &[
+            "fanout",
+            "--spread",
+            "--clients",
+            "9",
+            "--rate",
+            "900",
+            "--seconds",
+            "1",
+        ],
+    )
+    .await?;
+    let value = parsed(&report, "fanout");
+    assert_eq!(value["parameters"]["transport"], "websockets");
+    assert_complete_fanout(&value, 100.0, 9.0);
+    cluster.stop().await;
+    Ok(())
+}
+
+/// A one-backend proxy in front of each node, so that a test sees which `--url` each request went to.
+async fn one_proxy_per_node(cluster: &TestCluster) -> TestResult<Vec<RoundRobinProxy>> {
+    let mut proxies = Vec::new();
+    for index in 0..cluster.len() {
+        let url = cluster.url(index).expect("node runs");
+        let node: SocketAddr = url.trim_start_matches("http://").parse()?;
+        proxies.push(RoundRobinProxy::start([node]).await?);
+    }
+    Ok(proxies)
+}
+
+/// For each connection token seen, how many of the proxies it reached; the proxies' records are emptied.
+fn proxies_per_token(proxies: &[RoundRobinProxy]) -> HashMap<String, usize> {
+    let mut reached: HashMap<String, HashSet<usize>> = HashMap::new();
+    for (index, proxy) in proxies.iter().enumerate() {
+        for routed in proxy.take_routes() {
+            let token = routed
+                .target
+                .split(['?', '&'])
+                .find_map(|pair| pair.strip_prefix("id="));
+            if let Some(token) = token {
+                reached.entry(token.to_owned()).or_default().insert(index);
+            }
+        }
+    }
+    reached
+        .into_iter()
+        .map(|(token, proxies)| (token, proxies.len()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spread_sends_each_request_of_a_client_to_the_next_url() -> TestResult {
+    let cluster = cluster(3).await?;
+    let proxies = one_proxy_per_node(&cluster).await?;
+    let mut urls = Vec::new();
+    for proxy in &proxies {
+        urls.push("--url".to_owned());
+        urls.push(proxy.url());
+    }
+    for transport in ["longpolling", "sse"] {
+        for spread in [false, true] {
+            let mut args = vec![
+                "echo",
+                "--transport",
+                transport,
+                "--clients",
+                "3",
+                "--rate",
+                "30",
+                "--seconds",
+                "1",
+            ];
+            if spread {
+                args.push("--spread");
+            }
+            args.extend(urls.iter().map(String::as_str));
+            let report = run(&scenario(&args)).await?;
+            let value = parsed(&report, "echo");
+            assert_eq!(value["parameters"]["spread"], spread);
+            let results = &value["results"];
+            let round_trips = number(results, &["round_trips"]);
+            // On schedule: at most rate × seconds; the machine may be slow, so only a loose lower bound.
+            assert!((3.0..=30.0).contains(&round_trips), "{results}");
+            assert_latency(results, "latency", round_trips);
+            let reached = proxies_per_token(&proxies);
+            assert_eq!(reached.len(), 3, "one token per client: {reached:?}");
+            let expected = if spread { 3 } else { 1 };
+            assert!(
+                reached.values().all(|count| *count == expected),
+                "{transport}, spread {spread}: {reached:?}"
+            );
+        }
+    }
     cluster.stop().await;
     Ok(())
 }

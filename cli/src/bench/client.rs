@@ -1,5 +1,12 @@
-//! A minimal SignalR JSON client over a direct WebSocket (`skipNegotiation`), enough for the demo hub contract.
+//! A minimal SignalR JSON client, enough for the demo hub contract: over a WebSocket, direct (`skipNegotiation`)
+//! or negotiated on one node and upgraded on the next (`--spread`), or over Server-Sent Events or long polling
+//! (`client::http_link`, with `client::sse` and `client::long_polling` reading what the server sends).
 
+mod http_link;
+mod long_polling;
+mod sse;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -11,7 +18,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::BenchError;
+use super::route::Route;
+use super::{BenchError, Transport};
+use http_link::HttpLink;
 
 /// The record separator of the JSON hub protocol.
 pub(crate) const RS: char = '\u{1e}';
@@ -55,37 +64,50 @@ impl<'a> Record<'a> {
 
 /// One connection to a hub.
 pub(crate) struct Client {
-    socket: Socket,
+    link: Link,
+    /// The client's own URL, for messages.
     url: String,
     next_id: u64,
     timeout: Duration,
 }
 
+/// What carries a client's messages.
+enum Link {
+    WebSocket(Box<Socket>),
+    Http(Box<HttpLink>),
+}
+
 impl Client {
-    /// Connects, upgrades and completes the JSON handshake, each step within `step_timeout`.
-    pub(crate) async fn connect(url: &str, step_timeout: Duration) -> Result<Client, BenchError> {
-        // Small buffers: thousands of clients share this process, and messages are small.
-        let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-        let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
-        let (socket, _) = match timeout(step_timeout, connecting).await {
-            Ok(Ok(connected)) => connected,
-            Ok(Err(error)) => {
-                return Err(BenchError::Connect {
-                    url: url.to_owned(),
-                    reason: error.to_string(),
-                })
+    /// Connects over `transport` by way of `route` and completes the JSON handshake, each step within
+    /// `step_timeout`.
+    pub(crate) async fn connect(
+        route: Arc<Route>,
+        transport: Transport,
+        step_timeout: Duration,
+    ) -> Result<Client, BenchError> {
+        let (link, url) = match transport {
+            Transport::WebSockets => {
+                let url = if route.spread() {
+                    // Negotiate here, upgrade at the next node: the connection is adopted there.
+                    let token = http_link::negotiate_once(&route, step_timeout).await?;
+                    route.next().1.ws(Some(&token))
+                } else {
+                    route.own().ws(None)
+                };
+                (
+                    Link::WebSocket(Box::new(connect_websocket(&url, step_timeout).await?)),
+                    url,
+                )
             }
-            Err(_) => {
-                return Err(BenchError::Timeout {
-                    url: url.to_owned(),
-                    doing: "connecting",
-                    after: step_timeout,
-                })
+            Transport::Sse | Transport::LongPolling => {
+                let url = route.own().http();
+                let link = HttpLink::open(route, transport, step_timeout).await?;
+                (Link::Http(Box::new(link)), url)
             }
         };
         let mut client = Client {
-            socket,
-            url: url.to_owned(),
+            link,
+            url,
             next_id: 1,
             timeout: step_timeout,
         };
@@ -100,12 +122,12 @@ impl Client {
             .await?;
         let first = text.split(RS).next().unwrap_or_default();
         let answer: serde_json::Value = serde_json::from_str(first).map_err(|error| BenchError::Handshake {
-            url: url.to_owned(),
+            url: client.url.clone(),
             reason: format!("unreadable response {first:?}: {error}"),
         })?;
         if let Some(error) = answer.get("error") {
             return Err(BenchError::Handshake {
-                url: url.to_owned(),
+                url: client.url.clone(),
                 reason: error.to_string(),
             });
         }
@@ -117,9 +139,13 @@ impl Client {
         self.timeout
     }
 
-    /// Sends one text frame (one or more records) and flushes it.
+    /// Sends one transport message (one or more records): a text frame, flushed, or a POST, answered.
     pub(crate) async fn send(&mut self, text: String, doing: &'static str) -> Result<(), BenchError> {
-        match timeout(self.timeout, self.socket.send(Message::text(text))).await {
+        let socket = match &mut self.link {
+            Link::WebSocket(socket) => socket,
+            Link::Http(link) => return link.post(text, doing).await,
+        };
+        match timeout(self.timeout, socket.send(Message::text(text))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(self.socket_error(error, doing)),
             Err(_) => Err(BenchError::Timeout {
@@ -130,10 +156,23 @@ impl Client {
         }
     }
 
-    /// The next text frame; pings and pongs are skipped, a close or the end of the stream is an error.
+    /// Sends a Ping record, except over long polling, where the client sends none (docs/protocol.md).
+    pub(crate) async fn ping(&mut self) -> Result<(), BenchError> {
+        if matches!(&self.link, Link::Http(link) if link.transport() == Transport::LongPolling) {
+            return Ok(());
+        }
+        self.send(PING.to_owned(), "pinging").await
+    }
+
+    /// The next transport message (a text frame, an SSE event, a poll's body); WebSocket pings and pongs are
+    /// skipped, a close or the end of the stream is an error. Cancel-safe.
     pub(crate) async fn next_text(&mut self, doing: &'static str) -> Result<Utf8Bytes, BenchError> {
+        let socket = match &mut self.link {
+            Link::WebSocket(socket) => socket,
+            Link::Http(link) => return link.next_text(doing).await,
+        };
         loop {
-            match self.socket.next().await {
+            match socket.next().await {
                 Some(Ok(Message::Text(text))) => return Ok(text),
                 Some(Ok(Message::Binary(_))) => {
                     return Err(BenchError::Protocol {
@@ -227,15 +266,20 @@ impl Client {
         }
     }
 
-    /// Closes the WebSocket politely: a Close frame, then waits (briefly) for the server's Close frame and drops
-    /// the TCP connection (without waiting for the server to close it first).
-    pub(crate) async fn close(mut self) {
+    /// Closes politely, waiting at most a second. A WebSocket: a Close frame, then waits for the server's Close
+    /// frame and drops the TCP connection (without waiting for the server to close it first). Long polling: a
+    /// DELETE. SSE: drops the event stream, as the official client does.
+    pub(crate) async fn close(self) {
         let wait = self.timeout.min(Duration::from_secs(1));
+        let mut socket = match self.link {
+            Link::WebSocket(socket) => *socket,
+            Link::Http(link) => return link.close(wait).await,
+        };
         let _ = timeout(wait, async {
-            if self.socket.close(None).await.is_err() {
+            if socket.close(None).await.is_err() {
                 return;
             }
-            while let Some(Ok(message)) = self.socket.next().await {
+            while let Some(Ok(message)) = socket.next().await {
                 if message.is_close() {
                     return;
                 }
@@ -258,5 +302,24 @@ impl Client {
                 reason: other.to_string(),
             },
         }
+    }
+}
+
+/// Opens a WebSocket to `url` within `step_timeout`.
+async fn connect_websocket(url: &str, step_timeout: Duration) -> Result<Socket, BenchError> {
+    // Small buffers: thousands of clients share this process, and messages are small.
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    match timeout(step_timeout, connecting).await {
+        Ok(Ok((socket, _))) => Ok(socket),
+        Ok(Err(error)) => Err(BenchError::Connect {
+            url: url.to_owned(),
+            reason: error.to_string(),
+        }),
+        Err(_) => Err(BenchError::Timeout {
+            url: url.to_owned(),
+            doing: "connecting",
+            after: step_timeout,
+        }),
     }
 }

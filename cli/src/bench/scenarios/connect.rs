@@ -11,7 +11,6 @@ use tokio::time::Instant;
 use super::readings::{cpu_summary, extend, per_cpu_second, round, round3, CpuMeter};
 use super::setup::{seconds, Setup};
 use super::tasks::{join_all, Progress};
-use crate::bench::client::Client;
 use crate::bench::stats::Histogram;
 use crate::bench::{BenchError, ConnectArgs, Report, MAX_SECONDS};
 
@@ -43,8 +42,7 @@ pub(in crate::bench) async fn connect(args: &ConnectArgs) -> Result<Report, Benc
                     break;
                 }
                 let began = Instant::now();
-                let url = setup.url(usize::try_from(index).unwrap_or(0));
-                match Client::connect(url, setup.step_timeout).await {
+                match setup.open_client(usize::try_from(index).unwrap_or(0)).await {
                     Ok(client) => {
                         latency.record(u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX));
                         client.close().await;

@@ -33,6 +33,7 @@ pub(in crate::bench) async fn echo(args: &EchoArgs) -> Result<Report, BenchError
     let clients = setup.open_clients(args.clients, None).await?;
 
     let epoch = Instant::now();
+    let requests_before = setup.requests.load(Ordering::Relaxed);
     let cpu = CpuMeter::start(&setup.pids)?;
     let started = Instant::now();
     let deadline = started + run_for;
@@ -56,6 +57,7 @@ pub(in crate::bench) async fn echo(args: &EchoArgs) -> Result<Report, BenchError
     let finished = join_all(tasks).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let (server_cpu, own_cpu) = cpu.stop()?;
+    let requests = setup.requests.load(Ordering::Relaxed).saturating_sub(requests_before);
     let mut latency = Histogram::new();
     let mut closing = JoinSet::new();
     for (histogram, client) in finished {
@@ -80,6 +82,7 @@ pub(in crate::bench) async fn echo(args: &EchoArgs) -> Result<Report, BenchError
         "server_cpu_seconds": server_cpu.map(round3),
         "round_trips_per_server_cpu_second": per_cpu,
         "bench_cpu_seconds": own_cpu.map(round3),
+        "http_requests": requests,
     });
     let target = if args.rate == 0.0 {
         "as fast as possible".to_owned()
@@ -87,10 +90,11 @@ pub(in crate::bench) async fn echo(args: &EchoArgs) -> Result<Report, BenchError
         format!("target {}/s", args.rate)
     };
     let summary = format!(
-        "echo: {} clients over {} URLs, {target}, {} s\n  {round_trips} round trips ({per_second}/s)\n  \
+        "echo: {} clients over {} URLs ({}), {target}, {} s\n  {round_trips} round trips ({per_second}/s), {requests} HTTP requests\n  \
          latency {}\n  {}",
         args.clients,
         setup.urls.len(),
+        setup.transport_summary(),
         args.seconds,
         latency.summary(),
         cpu_summary(server_cpu, per_cpu, "round trips", own_cpu),

@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 use super::readings::{cpu_summary, extend, micros_since, per_cpu_second, round, round3, CpuMeter};
 use super::setup::{check_clients, seconds, Setup};
 use super::tasks::{join_all, Progress};
-use crate::bench::client::{Client, PING, PING_EVERY, RS};
+use crate::bench::client::{Client, PING_EVERY, RS};
+use crate::bench::route::{HubUrl, Route};
 use crate::bench::stats::{parse_payload, payload, Histogram, Seen};
-use crate::bench::{hub_ws_url, BenchError, FanoutArgs, Report, MAX_DELIVERIES, MAX_SECONDS};
+use crate::bench::{BenchError, FanoutArgs, Report, MAX_DELIVERIES, MAX_SECONDS};
 
 /// How often the coordinator looks at the clients' progress.
 const POLL: Duration = Duration::from_millis(5);
@@ -51,15 +52,22 @@ pub(in crate::bench) async fn fanout(args: &FanoutArgs) -> Result<Report, BenchE
         )));
     }
     let group_json = serde_json::to_string(&args.group).map_err(|error| BenchError::Options(error.to_string()))?;
-    let publisher_url = match &args.publisher_url {
-        Some(url) => hub_ws_url(url, &args.common.hub_path)?,
-        None => setup.url(0).to_owned(),
+    // The publisher is client 0 (own URL the first --url), or alone at --publisher-url.
+    let publisher_route = match &args.publisher_url {
+        Some(url) => {
+            let alone: Arc<[HubUrl]> = Arc::new([HubUrl::parse(url, &args.common.hub_path)?]);
+            Route::new(alone, 0, false, setup.requests.clone())
+                .map(Arc::new)
+                .ok_or_else(|| BenchError::Options("--publisher-url".to_owned()))?
+        }
+        None => setup.route(0)?,
     };
+    let publisher_url = publisher_route.own().ws(None);
 
     let receivers = setup
         .open_clients(args.clients, (!args.broadcast).then_some(group_json.as_str()))
         .await?;
-    let mut publisher = Client::connect(&publisher_url, setup.step_timeout).await?;
+    let mut publisher = Client::connect(publisher_route, setup.transport, setup.step_timeout).await?;
 
     let epoch = Instant::now();
     let progress = Arc::new(Progress::default());
@@ -75,6 +83,7 @@ pub(in crate::bench) async fn fanout(args: &FanoutArgs) -> Result<Report, BenchE
         ));
     }
 
+    let requests_before = setup.requests.load(Ordering::Relaxed);
     let cpu = CpuMeter::start(&setup.pids)?;
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / publish_rate);
@@ -122,6 +131,7 @@ pub(in crate::bench) async fn fanout(args: &FanoutArgs) -> Result<Report, BenchE
         sleep(POLL).await;
     }
     let (server_cpu, own_cpu) = cpu.stop()?;
+    let requests = setup.requests.load(Ordering::Relaxed).saturating_sub(requests_before);
     let measured_seconds = started.elapsed().as_secs_f64();
     stop.cancel();
     let receivers = join_all(tasks).await?;
@@ -183,14 +193,16 @@ pub(in crate::bench) async fn fanout(args: &FanoutArgs) -> Result<Report, BenchE
         "server_cpu_seconds": server_cpu.map(round3),
         "deliveries_per_server_cpu_second": per_cpu,
         "bench_cpu_seconds": own_cpu.map(round3),
+        "http_requests": requests,
     });
     let summary = format!(
-        "fanout: {} clients over {} URLs ({}), target {} deliveries/s ({:.1} publishes/s for {} s)\n  \
+        "fanout: {} clients over {} URLs ({}; {}), target {} deliveries/s ({:.1} publishes/s for {} s)\n  \
          published {published}, delivered {unique} of {expected} ({delivered_per_sec}/s), lost {lost}, \
-         duplicated {duplicates}\n  latency {}\n  {}",
+         duplicated {duplicates}, {requests} HTTP requests\n  latency {}\n  {}",
         args.clients,
         setup.urls.len(),
         if args.broadcast { "broadcast" } else { "one group" },
+        setup.transport_summary(),
         args.rate,
         publish_rate,
         args.seconds,
@@ -269,7 +281,7 @@ async fn receive_inner(
                     progress.delivered.fetch_add(new, Ordering::Relaxed);
                 }
             }
-            _ = ping.tick() => client.send(PING.to_owned(), "pinging").await?,
+            _ = ping.tick() => client.ping().await?,
         }
     }
     client.close().await;

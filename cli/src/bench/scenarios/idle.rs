@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::readings::{extend, round, round3};
 use super::setup::{check_clients, seconds, Setup};
 use super::tasks::{join_all, Progress};
-use crate::bench::client::{Client, PING, PING_EVERY, RS};
+use crate::bench::client::{Client, PING_EVERY, RS};
 use crate::bench::procfs::rss_bytes;
 use crate::bench::{BenchError, IdleArgs, Report, MAX_SECONDS};
 
@@ -105,7 +105,7 @@ async fn hold(mut client: Client, stop: CancellationToken) -> Result<(), BenchEr
                     }
                 }
             }
-            _ = ping.tick() => client.send(PING.to_owned(), "pinging").await?,
+            _ = ping.tick() => client.ping().await?,
         }
     }
     client.close().await;

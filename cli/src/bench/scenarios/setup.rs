@@ -1,6 +1,8 @@
 //! What every scenario does first: checks the options they share ([`Setup`], [`seconds`], [`check_clients`]) and
-//! opens the clients, round-robin over the URLs.
+//! opens the clients, round-robin over the URLs (each client's own URL; with `--spread` the first of its turn).
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -8,13 +10,19 @@ use serde_json::{json, Value};
 
 use crate::bench::client::Client;
 use crate::bench::procfs::{cpu_seconds, dev_node_pids};
+use crate::bench::route::{HubUrl, Route};
 use crate::bench::stats::MIN_PAYLOAD;
-use crate::bench::{hub_ws_url, BenchError, CommonArgs, MAX_CLIENTS};
+use crate::bench::{BenchError, CommonArgs, Transport, MAX_CLIENTS};
 
 /// The options every scenario shares, checked.
 pub(super) struct Setup {
     /// The hubs' WebSocket URLs.
     pub(super) urls: Vec<String>,
+    hubs: Arc<[HubUrl]>,
+    pub(super) transport: Transport,
+    pub(super) spread: bool,
+    /// HTTP requests (and WebSocket upgrades) the clients sent so far.
+    pub(super) requests: Arc<AtomicU64>,
     pub(super) pids: Vec<u32>,
     pub(super) step_timeout: Duration,
     pub(super) payload_bytes: usize,
@@ -26,11 +34,12 @@ impl Setup {
         if common.urls.is_empty() {
             return Err(BenchError::Options("give at least one --url".to_owned()));
         }
-        let urls = common
+        let hubs = common
             .urls
             .iter()
-            .map(|url| hub_ws_url(url, &common.hub_path))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|url| HubUrl::parse(url, &common.hub_path))
+            .collect::<Result<Arc<[_]>, _>>()?;
+        let urls = hubs.iter().map(|hub| hub.ws(None)).collect();
         let mut pids = common.pids.clone();
         if common.pids_from_dev {
             for pid in dev_node_pids(&common.urls)? {
@@ -53,6 +62,10 @@ impl Setup {
         }
         Ok(Setup {
             urls,
+            hubs,
+            transport: common.transport,
+            spread: common.spread,
+            requests: Arc::new(AtomicU64::new(0)),
             pids,
             step_timeout: seconds("--timeout", common.timeout, 300.0)?,
             payload_bytes: common.payload_bytes,
@@ -60,14 +73,33 @@ impl Setup {
         })
     }
 
-    pub(super) fn url(&self, index: usize) -> &str {
-        self.urls.get(index % self.urls.len()).map_or("", String::as_str)
+    /// The way of client `index`: its own URL is the `index`th round-robin.
+    pub(super) fn route(&self, index: usize) -> Result<Arc<Route>, BenchError> {
+        Route::new(self.hubs.clone(), index, self.spread, self.requests.clone())
+            .map(Arc::new)
+            .ok_or_else(|| BenchError::Options("give at least one --url".to_owned()))
+    }
+
+    /// Opens client `index` (see [`Setup::route`]).
+    pub(super) async fn open_client(&self, index: usize) -> Result<Client, BenchError> {
+        Client::connect(self.route(index)?, self.transport, self.step_timeout).await
+    }
+
+    /// How the clients connect, for summaries: `websockets`, `sse, spread`, ….
+    pub(super) fn transport_summary(&self) -> String {
+        if self.spread {
+            format!("{}, requests spread over the URLs", self.transport.name())
+        } else {
+            self.transport.name().to_owned()
+        }
     }
 
     /// The common parameters for the report.
     pub(super) fn parameters(&self) -> Value {
         json!({
             "urls": self.urls,
+            "transport": self.transport.name(),
+            "spread": self.spread,
             "pids": self.pids,
             "payload_bytes": self.payload_bytes,
             "timeout_seconds": self.step_timeout.as_secs_f64(),
@@ -77,16 +109,12 @@ impl Setup {
     /// Opens `count` clients round-robin over the URLs, `concurrency` at a time, each joining `group` if given.
     pub(super) async fn open_clients(&self, count: usize, group_json: Option<&str>) -> Result<Vec<Client>, BenchError> {
         futures_util::stream::iter(0..count)
-            .map(|index| {
-                let url = self.url(index).to_owned();
-                let step_timeout = self.step_timeout;
-                async move {
-                    let mut client = Client::connect(&url, step_timeout).await?;
-                    if let Some(group) = group_json {
-                        client.join(group).await?;
-                    }
-                    Ok::<_, BenchError>(client)
+            .map(|index| async move {
+                let mut client = self.open_client(index).await?;
+                if let Some(group) = group_json {
+                    client.join(group).await?;
                 }
+                Ok::<_, BenchError>(client)
             })
             .buffer_unordered(self.concurrency)
             .try_collect()
