@@ -85,7 +85,17 @@ async fn run(tunneled: bool) -> BenchResult<f64> {
         // Drop the socket; come back to node 2, which carries it to node 1.
         client.reconnect(&format!("{}?id={token}", url(1)?)).await?;
         client.send_sequence(2).await?;
-        client.invoke_ok("Echo", json!(["back"])).await?;
+        // The server resumes with a Sequence message (then replays what was not acked).
+        let mut resumed = false;
+        for _ in 0..100 {
+            if client.record().await?.value["type"] == json!(9) {
+                resumed = true;
+                break;
+            }
+        }
+        if !resumed {
+            return Err("no Sequence message after the reconnect".into());
+        }
     }
     let context = cluster.context(0, "demo").ok_or("no hub context")?;
     let started = cpu_seconds();
