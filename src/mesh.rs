@@ -72,10 +72,14 @@ use std::sync::Arc;
 use crate::connection::{ClientResultError, ConnectionHandle, ConnectionId, SharedFrame};
 
 pub use group::{GroupError, GroupKey};
+#[cfg(not(feature = "internals"))]
+pub(crate) use group::GroupKind;
 #[cfg(feature = "internals")]
 pub use group::{GroupKind, Stamp};
 #[cfg(feature = "internals")]
 pub use bounds::MeshBoundsHit;
+#[cfg(not(feature = "internals"))]
+pub(crate) use bounds::MeshBoundsHit;
 #[cfg(feature = "internals")]
 pub use group_send::{HELD_SENDS_CAP, MAX_GROUP_SEND_RATE, RETAINED_BYTES_CAP};
 #[cfg(feature = "internals")]

@@ -21,7 +21,7 @@ type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Every metric a scrape describes, with its type (counters carry `_total` on their samples).
-const METRICS: [(&str, &str); 27] = [
+const METRICS: [(&str, &str); 28] = [
     ("hubmesh_connections", "gauge"),
     ("hubmesh_transport_connections", "gauge"),
     ("hubmesh_connects", "counter"),
@@ -35,6 +35,7 @@ const METRICS: [(&str, &str); 27] = [
     ("hubmesh_groups_owned", "gauge"),
     ("hubmesh_group_memberships", "gauge"),
     ("hubmesh_bounds_hit", "counter"),
+    ("hubmesh_mesh_bounds_hit", "counter"),
     ("hubmesh_adopted_out_connections", "gauge"),
     ("hubmesh_location_hints", "gauge"),
     ("hubmesh_tunnels", "gauge"),

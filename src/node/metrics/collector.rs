@@ -15,7 +15,7 @@ use prometheus_client::metrics::MetricType;
 use super::super::Node;
 use crate::connection::counters::{InvocationOutcome, PROTOCOLS, TRANSPORTS};
 use crate::connection::{BoundsHit, ConnectionCounters, DeliveryKind, Limits};
-use crate::mesh::RelayFigures;
+use crate::mesh::{MeshBoundsHit, RelayFigures};
 use crate::connection::counters::DisconnectReason;
 
 /// One hub's figures on this node.
@@ -46,6 +46,8 @@ pub(super) struct Scrape {
     hubs: Vec<HubFigures>,
     relays: RelayFigures,
     tunnels: usize,
+    /// The mesh's bound counters, by bound.
+    mesh_bounds: Vec<(&'static str, u64)>,
     ready: bool,
     uptime_seconds: u64,
     cluster: Option<ClusterFigures>,
@@ -97,12 +99,31 @@ impl Scrape {
         Scrape {
             hubs,
             relays: node.inner.router.relay_figures(),
+            mesh_bounds: mesh_bounds(&node.inner.router.bounds_hit()),
             tunnels: node.tunnels().open_count(),
             ready,
             uptime_seconds,
             cluster,
         }
     }
+}
+
+/// The mesh's bound counters as (bound, hits).
+fn mesh_bounds(hit: &MeshBoundsHit) -> Vec<(&'static str, u64)> {
+    [
+        ("retained_evicted", &hit.retained_evicted),
+        ("held_dropped", &hit.held_dropped),
+        ("deferred_dropped", &hit.deferred_dropped),
+        ("orphans_dropped", &hit.orphans_dropped),
+        ("ops_refused", &hit.ops_refused),
+        ("mailbox_refused", &hit.mailbox_refused),
+        ("delivered_untracked", &hit.delivered_untracked),
+        ("departed_evicted", &hit.departed_evicted),
+        ("fanout_dropped", &hit.fanout_dropped),
+    ]
+    .into_iter()
+    .map(|(bound, hits)| (bound, hits.load(Ordering::Relaxed)))
+    .collect()
 }
 
 /// Encodes a node's figures on each scrape: the last [`Scrape`] and the counters of its limits.
@@ -283,6 +304,16 @@ impl Collector for NodeCollector {
                 ("negotiations", &bounds.negotiations),
             ]
             .map(|(bound, hits)| ([("bound", bound)], ConstCounter::new(hits.load(Ordering::Relaxed)))),
+        )?;
+        family(
+            encoder,
+            "hubmesh_mesh_bounds_hit",
+            "Times a bound of the mesh (the cluster as backplane) was hit, by bound (docs/semantics.md, Bounds).",
+            MetricType::Counter,
+            scrape
+                .mesh_bounds
+                .iter()
+                .map(|(bound, hits)| ([("bound", *bound)], ConstCounter::new(*hits))),
         )?;
         gauge(
             encoder,
