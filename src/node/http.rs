@@ -195,7 +195,7 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
             let info = || request_info(request.head(), user);
             match relay::route(&node, &endpoint, &token) {
                 Route::Here => long_poll(&node, endpoint, token, info).await,
-                Route::Home(home, _) => relay::poll(&node, &endpoint, &home, &token, info()).await,
+                Route::Home(home, _) => relay::poll(&node, &endpoint, &home, &token, info).await,
                 Route::Missing => Reply::no_connection(),
             }
             .into_response()

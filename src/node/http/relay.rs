@@ -60,8 +60,9 @@ enum Op {
     /// Resume the stateful connection of this token, which runs here, on a tunnel to the client's socket on
     /// node `client` (passed on by the home to the connection's server).
     Resume { client: NodeId, tunnel: u64 },
-    /// A long poll (the first one opens the connection, as the request `request` describes).
-    Poll { request: WireRequest },
+    /// A long poll. The first one opens the connection, as the request it came with describes: the request is sent
+    /// only when the home asks for it ([`Answer::NeedsRequest`]), so later polls carry no copy of their headers.
+    Poll { request: Option<WireRequest> },
     /// A POST's body.
     Post { body: Bytes },
     /// A long-polling DELETE.
@@ -76,6 +77,8 @@ enum Answer {
     Adopted { stateful: bool },
     /// The connection resumed on the tunnel; it runs on `server`.
     Resumed { server: NodeId },
+    /// This poll opens the connection: send it again with its request.
+    NeedsRequest,
     Reply(Reply),
 }
 
@@ -111,6 +114,16 @@ impl From<WireRequest> for RequestInfo {
             query: wire.query,
             headers: wire.headers.into_iter().collect(),
         }
+    }
+}
+
+/// A request with nothing in it.
+fn empty_request() -> RequestInfo {
+    RequestInfo {
+        user: None,
+        claims: None,
+        query: String::new(),
+        headers: std::iter::empty::<(&str, &str)>().collect(),
     }
 }
 
@@ -224,10 +237,15 @@ pub(super) async fn adopt(
                 socket.resumed_on(server);
                 Ok(Adoption::Resumed(socket))
             }
-            None => Err(Reply::text(StatusCode::BAD_GATEWAY, "The connection's node answered out of turn.")),
+            None => Err(out_of_turn()),
         },
         Answer::Reply(reply) => Err(reply),
+        Answer::NeedsRequest => Err(out_of_turn()),
     }
+}
+
+fn out_of_turn() -> Reply {
+    Reply::text(StatusCode::BAD_GATEWAY, "The connection's node answered out of turn.")
 }
 
 /// Resumes the stateful connection of `token`, which `server` runs, on a tunnel from this node's socket.
@@ -243,17 +261,28 @@ pub(super) async fn resume_on(node: &Node, endpoint: &HubEndpoint, server: &Node
             Ok(socket)
         }
         Answer::Reply(reply) => Err(reply),
-        Answer::Adopted { .. } => Err(Reply::text(StatusCode::BAD_GATEWAY, "The connection's node answered out of turn.")),
+        Answer::Adopted { .. } | Answer::NeedsRequest => Err(out_of_turn()),
     }
 }
 
-/// A long poll relayed to the home.
-pub(super) async fn poll(node: &Node, endpoint: &HubEndpoint, home: &NodeId, token: &str, request: RequestInfo) -> Reply {
+/// A long poll relayed to the home; `request` describes it, for the first poll, which opens the connection.
+pub(super) async fn poll(
+    node: &Node,
+    endpoint: &HubEndpoint,
+    home: &NodeId,
+    token: &str,
+    request: impl FnOnce() -> RequestInfo,
+) -> Reply {
     let timeout = node.limits().poll_timeout + POLL_MARGIN;
-    let op = Op::Poll {
-        request: request.into(),
-    };
-    reply_of(ask(node, endpoint, home, token, op, timeout).await)
+    match ask(node, endpoint, home, token, Op::Poll { request: None }, timeout).await {
+        Answer::NeedsRequest => {
+            let op = Op::Poll {
+                request: Some(request().into()),
+            };
+            reply_of(ask(node, endpoint, home, token, op, timeout).await)
+        }
+        answer => reply_of(answer),
+    }
 }
 
 /// A POST's body relayed to the home.
@@ -280,9 +309,7 @@ pub(super) async fn delete(node: &Node, endpoint: &HubEndpoint, home: &NodeId, t
 fn reply_of(answer: Answer) -> Reply {
     match answer {
         Answer::Reply(reply) => reply,
-        Answer::Adopted { .. } | Answer::Resumed { .. } => {
-            Reply::text(StatusCode::BAD_GATEWAY, "The connection's node answered out of turn.")
-        }
+        Answer::Adopted { .. } | Answer::Resumed { .. } | Answer::NeedsRequest => out_of_turn(),
     }
 }
 
@@ -320,8 +347,11 @@ async fn serve(node: Node, from: NodeId, payload: Bytes) -> Answer {
     match relayed.op {
         Op::Adopt { transport, tunnel } => adopt_here(&node, &endpoint, from, &token, transport, tunnel).await,
         Op::Resume { client, tunnel } => resume_here(&node, &endpoint, &token, client, tunnel),
+        Op::Poll { request: None } if matches!(lookup(&endpoint, &token), Lookup::Fresh(_)) => Answer::NeedsRequest,
         Op::Poll { request } => {
-            Answer::Reply(super::long_polling::long_poll(&node, endpoint, token, move || request.into()).await)
+            // Only a fresh token's poll reads the request, and that one always comes with it.
+            let info = move || request.map(RequestInfo::from).unwrap_or_else(empty_request);
+            Answer::Reply(super::long_polling::long_poll(&node, endpoint, token, info).await)
         }
         Op::Post { body } => Answer::Reply(super::send::post_bytes(&node, &endpoint, &token, body).await),
         Op::Delete => Answer::Reply(super::long_polling::delete(&endpoint, &token)),
