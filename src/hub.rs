@@ -451,6 +451,16 @@ impl HubContext {
         self.runtime.membership_count()
     }
 
+    /// The ids of this hub's connections on this node.
+    pub(crate) fn local_connection_ids(&self) -> Vec<ConnectionId> {
+        self.runtime.connection_ids()
+    }
+
+    /// Asks these connections of this hub on this node (those still here) to close with a Close message.
+    pub(crate) fn close_local(&self, ids: &[ConnectionId], allow_reconnect: bool) {
+        self.runtime.close_these(ids, allow_reconnect);
+    }
+
     /// Asks every connection of this hub on this node to close with a Close message.
     pub(crate) fn close_all(&self, allow_reconnect: bool) {
         self.runtime.close_all(allow_reconnect);

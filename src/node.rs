@@ -69,6 +69,9 @@ pub enum NodeError {
 /// How long a stopping node waits for its connections to take their Close message and go.
 pub(crate) const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// In how many even slices a draining node closes its connections over its window.
+const DRAIN_STEPS: u32 = 20;
+
 /// Collects what a node serves, then starts it ([`NodeBuilder::start`]) or builds it for an application's own
 /// actix-web server ([`NodeBuilder::build`], [`NodeBuilder::build_and_join`]). Made by [`Node::builder`].
 ///
@@ -340,6 +343,50 @@ impl Node {
             endpoint.context.close_all(true);
         }
         let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline
+            && self
+                .inner
+                .endpoints
+                .values()
+                .any(|endpoint| endpoint.context.local_connection_count() > 0)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Drains the node before it leaves on purpose (docs/semantics.md, "Drain"): it turns unready at once
+    /// (`/readyz` answers 503, and the draining status is gossiped, so status reports and the live page show it);
+    /// then its connections are asked to close, allowing reconnects, spread evenly over `window` so that the other
+    /// nodes see no reconnect storm; and it waits (at most `window` plus 3 s) for them to end. It keeps serving
+    /// and owning its groups meanwhile: they move when it leaves, as at a node's death (the senders' retained
+    /// sends go again to the new owners). Stop it afterwards ([`NodeHandle::stop`], [`Node::shutdown`]), or use
+    /// [`NodeHandle::drain`], which does both.
+    pub async fn drain(&self, window: std::time::Duration) {
+        self.set_lifecycle_status(NodeStatus::Draining);
+        if let Some(cluster) = self.inner.cluster.lock().await.as_ref() {
+            cluster.membership().set_status(NodeStatus::Draining).await;
+        }
+        let connections: Vec<(&Arc<HubEndpoint>, Vec<crate::ConnectionId>)> = self
+            .inner
+            .endpoints
+            .values()
+            .map(|endpoint| (endpoint, endpoint.context.local_connection_ids()))
+            .collect();
+        let total: usize = connections.iter().map(|(_, ids)| ids.len()).sum();
+        if total > 0 {
+            // In DRAIN_STEPS even slices over the window.
+            let pause = window / DRAIN_STEPS;
+            for step in 0..DRAIN_STEPS as usize {
+                for (endpoint, ids) in &connections {
+                    let per_step = ids.len().div_ceil(DRAIN_STEPS as usize);
+                    let start = (step * per_step).min(ids.len());
+                    let end = ((step + 1) * per_step).min(ids.len());
+                    endpoint.context.close_local(&ids[start..end], true);
+                }
+                tokio::time::sleep(pause).await;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
         while tokio::time::Instant::now() < deadline
             && self
                 .inner
@@ -651,6 +698,13 @@ impl NodeHandle {
     /// The context of hub `name`.
     pub fn hub_context(&self, name: &str) -> Option<HubContext> {
         self.node().hub_context(name)
+    }
+
+    /// Drains the node ([`Node::drain`]: unready, its groups handed over, its connections closed over `window`),
+    /// then stops it.
+    pub async fn drain(self, window: std::time::Duration) {
+        self.node().drain(window).await;
+        self.stop().await;
     }
 
     /// Stops serving: open connections are closed and group actors stopped.

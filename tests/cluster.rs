@@ -769,3 +769,101 @@ async fn expect_in_order(member: &mut TestClient, groups: &[String], tag: &str, 
     }
     Ok(())
 }
+
+/// Drain (docs/semantics.md, "Drain"): a draining node turns unready at once, closes its connections (allowing
+/// reconnects) over its window, and then leaves; its groups move to their next owners when it goes. Group sends
+/// made all along, from another node, reach every member on the other nodes exactly once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_hands_its_groups_over_and_nobody_else_loses_a_message() -> TestResult {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
+        .with_test_writer()
+        .try_init();
+    on_three_nodes(Duration::from_secs(90), |cluster| async move {
+        let groups: Vec<String> = (0..12).map(|n| format!("d{n}")).collect();
+        let mut clients = members_on_every_node(&cluster, &groups).await?;
+        const COUNT: u64 = 300;
+        let context = cluster.context(0, "demo").ok_or("no hub context")?;
+        let sender_groups = groups.clone();
+        let sender = tokio::spawn(async move {
+            for n in 0..COUNT {
+                for group in &sender_groups {
+                    if context
+                        .clients()
+                        .group(group)
+                        .send("msg", (json!({"g": group, "n": n}),))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let draining = cluster.node(2).ok_or("no node 3")?.clone();
+        let url = url(&cluster, 2)?;
+        let drain = tokio::spawn(async move { draining.drain(Duration::from_millis(500)).await });
+        let mut cluster = cluster;
+        // Unready at once, while it still serves.
+        let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let ready = hubmesh::testing::client::http_request_with_body(addr, "GET", "/readyz", &[], b"").await?;
+            if ready.status == 503 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a draining node stayed ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        timeout(Duration::from_secs(30), drain).await??;
+        let status =
+            hubmesh::testing::client::http_request_with_body(addr, "GET", "/_hubmesh/status", &[], b"").await?;
+        let status: Value = serde_json::from_slice(&status.body)?;
+        assert_eq!(status["status"], json!("draining"), "{status}");
+        assert_eq!(status["connections"], json!(0), "{status}");
+        // It leaves; its groups move to the others while the sends go on.
+        cluster.kill(2).await;
+        let _ = timeout(Duration::from_secs(10), sender).await;
+        for index in 0..3 {
+            if let Some(hit) = cluster.mesh_bounds_hit(index, "demo") {
+                println!("node {index}: {hit:?}");
+            }
+        }
+        // The survivors got every send of every group once, in order.
+        for (index, client) in clients.iter_mut().enumerate().take(2) {
+            let mut next: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+            for _ in 0..COUNT * groups.len() as u64 {
+                let Some(got) = client.next_msg(Duration::from_secs(5)).await? else {
+                    return Err(format!("client {index}: a group send was lost; received so far: {next:?}").into());
+                };
+                let group = got["g"].as_str().ok_or("no group")?.to_owned();
+                let n = got["n"].as_u64().ok_or("no n")?;
+                let expected = next.entry(group.clone()).or_insert(0);
+                assert_eq!(n, *expected, "client {index}, group {group}: out of order or lost");
+                *expected += 1;
+            }
+            assert_eq!(
+                client.next_msg(Duration::from_millis(200)).await?,
+                None,
+                "a send came twice"
+            );
+        }
+        // The drained node's client was told to reconnect (after the group sends it got before).
+        let mut close = None;
+        for _ in 0..COUNT * groups.len() as u64 + 1 {
+            match next_msg_or_close(&mut clients[2], Duration::from_secs(5)).await? {
+                Some(record) if record["type"] == json!(7) => {
+                    close = Some(record);
+                    break;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        let close = close.ok_or("the drained node's client got no Close message")?;
+        assert_eq!(close["allowReconnect"], json!(true), "{close}");
+        Ok(cluster)
+    })
+    .await
+}

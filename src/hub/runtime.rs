@@ -87,6 +87,21 @@ impl HubRuntime {
     }
 
     /// Asks every connection here to close with a Close message.
+    /// The ids of the connections here.
+    pub(super) fn connection_ids(&self) -> Vec<ConnectionId> {
+        self.connections.read().keys().cloned().collect()
+    }
+
+    /// Asks these connections (those still here) to close with a Close message.
+    pub(super) fn close_these(&self, ids: &[ConnectionId], allow_reconnect: bool) {
+        let connections = self.connections.read();
+        for id in ids {
+            if let Some(member) = connections.get(id) {
+                member.handle.close(None, allow_reconnect);
+            }
+        }
+    }
+
     pub(super) fn close_all(&self, allow_reconnect: bool) {
         for member in self.connections.read().values() {
             member.handle.close(None, allow_reconnect);

@@ -198,12 +198,14 @@ impl GroupDirectory {
         }
     }
 
-    /// Stops the actors of groups this node no longer owns (ownership moved); their new owner rebuilds them.
+    /// Stops the actors of groups this node no longer owns (ownership moved); their new owner rebuilds them. Each
+    /// first fans out the sends already in its mailbox (which reached it as the owner, before the move), rather
+    /// than drop them; sends arriving after this go to the new owner.
     pub fn release(&self, keep: impl Fn(&GroupKey) -> bool) {
         let mut actors = self.actors.lock();
         actors.retain(|key, group| {
             let kept = keep(key);
-            if !kept {
+            if !kept && group.actor.drain().is_err() {
                 group.actor.stop(None);
             }
             kept

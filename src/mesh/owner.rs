@@ -333,6 +333,9 @@ impl<H: LocalHub> Router<H> {
                 }
             }
             MembershipOp::ViewChanged { peers } => {
+                // After every send queued before the change: those reached the actors of the groups this node
+                // owned then, which fan out what they hold before they stop.
+                self.groups.release(|key| self.is_local(&self.owner_of(key).name));
                 let deadline = tokio::time::Instant::now() + SETTLE;
                 state.settling = Some((deadline, peers.into_iter().collect()));
                 // A snapshot whose parts span the change was filtered by two views (which groups this node
@@ -378,6 +381,11 @@ impl<H: LocalHub> Router<H> {
     /// Delivers a send as the group's owner, or keeps it a while if the group has no members here yet.
     fn owner_send(&self, send: HeldSend, state: &mut OpsState) {
         let key = send.key.clone();
+        if !self.is_local(&self.owner_of(&key).name) {
+            // Ownership moved while the send waited here (settling): pass it on to the owner now.
+            self.group_send_stamped(send);
+            return;
+        }
         let waiting = state.orphans.contains_key(&key);
         if !waiting && self.groups.contains(&key) {
             self.send_to_actor(&key, send);

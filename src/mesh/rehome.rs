@@ -132,7 +132,8 @@ impl<H: LocalHub> Router<H> {
         if !left.is_empty() {
             self.enqueue(MembershipOp::NodesLeft { nodes: left.clone() });
         }
-        self.groups.release(|key| self.is_local(&self.owner_of(key).name));
+        // The groups this node no longer owns are released in the membership queue, in order: the sends queued
+        // before this change still reach their actors (`MembershipOp::ViewChanged`).
         let peers = self.peers();
         self.enqueue(MembershipOp::ViewChanged { peers: peers.clone() });
         for peer in &peers {
