@@ -70,6 +70,8 @@ pub(crate) async fn run_dev(args: DevArgs, log_format: &str) -> anyhow::Result<(
             .args(["--cluster-id", "dev"])
             .args(["--gossip", &format!("127.0.0.1:{}", port(2000, index)?)])
             .args(["--link", &format!("127.0.0.1:{}", port(2100, index)?)])
+            // Pages under development are served from anywhere (a dev server on another port, a file).
+            .args(["--cors-origin", "*"])
             .arg("--stop-on-stdin-close")
             .args(["--log-format", log_format])
             // The secret travels in the environment, not on the command line where `ps` shows it.

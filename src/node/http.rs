@@ -104,12 +104,6 @@ pub(crate) fn normalize_path(path: &str) -> String {
     with_root
 }
 
-/// CORS as browsers on another origin need it (docs/protocol.md#cors-with-credentials): the origin is echoed,
-/// credentials allowed, requested methods and headers allowed, preflights answered.
-pub fn cors() -> actix_cors::Cors {
-    actix_cors::Cors::permissive()
-}
-
 pub(crate) fn configure(node: Node, config: &mut web::ServiceConfig) {
     config.app_data(web::Data::new(node)).default_service(web::to(dispatch));
 }

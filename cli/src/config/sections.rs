@@ -24,6 +24,7 @@ pub const KEYS: &[&str] = &[
     "http.workers",
     "http.tls_cert",
     "http.tls_key",
+    "http.cors_origins",
     "cluster.id",
     "cluster.gossip",
     "cluster.gossip_advertise",
@@ -126,6 +127,10 @@ pub struct HttpSection {
     pub tls_cert: Option<PathBuf>,
     /// A PEM file with the private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Origins (`scheme://host[:port]`, or `*` for any) whose pages may call the node cross-origin with
+    /// credentials (default: none).
+    #[serde(deserialize_with = "de::string_list")]
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for HttpSection {
@@ -135,6 +140,7 @@ impl Default for HttpSection {
             workers: DEFAULT_WORKERS,
             tls_cert: None,
             tls_key: None,
+            cors_origins: Vec::new(),
         }
     }
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use hubmesh::auth::Authenticator;
 use hubmesh::demo::demo_hub;
-use hubmesh::{ClusterSettings, Limits, LinkConfig, MembershipConfig, Node, NodeBuilder, TlsConfig, TlsError};
+use hubmesh::{
+    ClusterSettings, CorsOrigins, Limits, LinkConfig, MembershipConfig, Node, NodeBuilder, TlsConfig, TlsError,
+};
 
 use super::{env_name, ClusterSection, ConfigError, NodeConfig, Origin, Secret, SettingError};
 
@@ -104,6 +106,11 @@ impl NodeConfig {
             None
         };
         let tls = self.tls_settings(&mut problem);
+        for origin in &self.http.cors_origins {
+            if let Err(reason) = CorsOrigins::check(origin) {
+                problem("http.cors_origins", reason);
+            }
+        }
         let rest_access_key = self.pick_secret(
             ("rest.access_key", self.rest.access_key.as_ref()),
             ("rest.access_key_file", self.rest.access_key_file.as_deref()),
@@ -120,6 +127,7 @@ impl NodeConfig {
                 auth,
                 tls,
                 rest_access_key,
+                cors_origins: CorsOrigins::from_list(&self.http.cors_origins),
             })
         } else {
             Err(ConfigError::Invalid(errors))
@@ -480,6 +488,8 @@ pub struct NodeSettings {
     pub tls: Option<TlsConfig>,
     /// The REST API's access key; `None` (the API off) unless `[rest]` sets one.
     pub rest_access_key: Option<Secret>,
+    /// The origins whose pages may call the node cross-origin with credentials.
+    pub cors_origins: CorsOrigins,
 }
 
 impl fmt::Debug for NodeSettings {
@@ -503,6 +513,7 @@ impl fmt::Debug for NodeSettings {
             .field("auth", &self.auth)
             .field("tls", &self.tls.is_some())
             .field("rest_api", &self.rest_access_key.is_some())
+            .field("cors_origins", &self.cors_origins)
             .finish()
     }
 }
@@ -515,7 +526,8 @@ impl NodeSettings {
             .name(&self.name)
             .listen(&self.listen.to_string())
             .limits(self.limits.clone())
-            .workers(self.workers);
+            .workers(self.workers)
+            .cors_origins(self.cors_origins.clone());
         if self.demo {
             builder = builder.hub(demo_hub());
         }
