@@ -17,6 +17,7 @@
 //! (docs/semantics.md#readiness). `GET /_hubmesh/status` reports the cluster as the node sees it ([`status`]),
 //! `GET /metrics` gives its figures to Prometheus ([`metrics`]) and `GET /_hubmesh/` shows the cluster live.
 
+mod admission;
 mod cluster;
 pub mod cors;
 pub mod http;
@@ -220,6 +221,8 @@ pub(crate) struct NodeInner {
     started: std::time::SystemTime,
     /// Its metrics registry (`GET /metrics`).
     metrics: metrics::NodeMetrics,
+    /// The connection bound and the negotiate rate per client address.
+    admission: admission::Admission,
 }
 
 impl std::fmt::Debug for Node {
@@ -309,6 +312,10 @@ impl Node {
 
     pub(crate) fn tunnels(&self) -> &Tunnels {
         &self.inner.tunnels
+    }
+
+    pub(crate) fn admission(&self) -> &admission::Admission {
+        &self.inner.admission
     }
 
     pub(crate) fn limits(&self) -> &Limits {
@@ -577,6 +584,7 @@ impl NodeBuilder {
             wake_relays: WakeRelays::default(),
             lifecycle: Lifecycle::joining(),
             started: std::time::SystemTime::now(),
+            admission: admission::Admission::default(),
         });
         let relays: Arc<dyn RelayHost> = inner.relays.clone();
         inner.router.set_relay_host(Arc::downgrade(&relays));

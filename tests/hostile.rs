@@ -10,9 +10,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hubmesh::testing::client::{http_request, HttpReply};
+use std::sync::atomic::Ordering;
+
+use hubmesh::testing::client::{http_request, http_request_with_body, HttpReply, TestClient};
 use hubmesh::{CorsOrigins, Hub, Limits, Node, NodeHandle};
-use tokio::time::timeout;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type TestResult<T = ()> = Result<T, BoxError>;
@@ -28,9 +33,13 @@ async fn bounded<T>(test: impl Future<Output = TestResult<T>>) -> TestResult<T> 
         .map_err(|_| -> BoxError { "the test did not finish in time".into() })?
 }
 
+async fn echo(text: String) -> String {
+    text
+}
+
 async fn start(limits: Limits, origins: CorsOrigins) -> TestResult<NodeHandle> {
     Ok(Node::builder()
-        .hub(Hub::new("hostileHub"))
+        .hub(Hub::new("hostileHub").method("Echo", echo))
         .limits(limits)
         .cors_origins(origins)
         .start()
@@ -184,6 +193,273 @@ fn the_cors_origins_are_configured_by_file_environment_and_flag() -> TestResult 
     };
     let keys: Vec<&str> = error.settings().iter().map(|error| error.key.as_str()).collect();
     if keys != ["http.cors_origins"] {
+        return Err(format!("unexpected errors: {error}").into());
+    }
+    Ok(())
+}
+
+/// How long a test waits for a condition that follows from what it did (a window passing, a socket closing).
+const WAIT: Duration = Duration::from_secs(10);
+
+fn ws_url(node: &NodeHandle) -> String {
+    format!("ws://{}{HUB_PATH}", node.local_addr())
+}
+
+/// A negotiated token (version 1), or the refusal.
+async fn negotiate_token(addr: SocketAddr) -> TestResult<Result<String, HttpReply>> {
+    let reply = negotiate_from(addr, None).await?;
+    if reply.status != 200 {
+        return Ok(Err(reply));
+    }
+    let body: serde_json::Value = serde_json::from_slice(&reply.body)?;
+    let token = body["connectionToken"].as_str().ok_or("no connectionToken")?;
+    Ok(Ok(token.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_refuses_new_connections_and_keeps_its_own() -> TestResult {
+    bounded(async {
+        let limits = Limits {
+            max_connections: 2,
+            ..Limits::default()
+        };
+        let hit = limits.bounds_hit.clone();
+        let node = start(limits, CorsOrigins::None).await?;
+        let addr = node.local_addr();
+        let spare = negotiate_token(addr)
+            .await?
+            .map_err(|reply| format!("negotiate: {reply:?}"))?;
+        let mut first = TestClient::to(&ws_url(&node)).connect().await?;
+        let mut second = TestClient::to(&ws_url(&node)).connect().await?;
+
+        let negotiate = negotiate_from(addr, None).await?;
+        if negotiate.status != 503 || !negotiate.text().contains("maximum of 2 connections") {
+            return Err(format!("a negotiate on a full node: {negotiate:?}").into());
+        }
+        let websocket = TestClient::to(&ws_url(&node)).refused_status().await?;
+        if websocket != 503 {
+            return Err(format!("a WebSocket on a full node got {websocket}").into());
+        }
+        let sse = http_request(
+            addr,
+            "GET",
+            &format!("{HUB_PATH}?id={spare}"),
+            &[("Accept", "text/event-stream")],
+        )
+        .await?;
+        if sse.status != 503 {
+            return Err(format!("an SSE stream on a full node: {sse:?}").into());
+        }
+        if hit.connections.load(Ordering::Relaxed) != 3 {
+            return Err(format!("refusals counted: {}", hit.connections.load(Ordering::Relaxed)).into());
+        }
+        // The connections it holds are served as before.
+        for client in [&mut first, &mut second] {
+            let answer = client.invoke_ok("Echo", json!(["still here"])).await?;
+            if answer != json!("still here") {
+                return Err(format!("an open connection got {answer}").into());
+            }
+        }
+        // One leaves: a new client gets in again.
+        first.close_socket().await;
+        let deadline = Instant::now() + WAIT;
+        let mut third = loop {
+            match negotiate_token(addr).await? {
+                Ok(_) => break TestClient::to(&ws_url(&node)).connect().await?,
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(reply) => return Err(format!("the node stayed full after a client left: {reply:?}").into()),
+            }
+        };
+        third.invoke_ok("Echo", json!(["in"])).await?;
+        node.stop().await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negotiates_above_the_rate_of_an_address_get_429() -> TestResult {
+    bounded(async {
+        let limits = Limits {
+            negotiates_per_second: 5,
+            ..Limits::default()
+        };
+        let hit = limits.bounds_hit.clone();
+        let node = start(limits, CorsOrigins::None).await?;
+        let addr = node.local_addr();
+        let mut statuses = Vec::new();
+        for _ in 0..8 {
+            statuses.push(negotiate_from(addr, None).await?.status);
+        }
+        // Eight requests within one window (each takes far less than a second here): five pass. Should the window
+        // turn during them, more pass, never fewer.
+        let passed = statuses.iter().filter(|status| **status == 200).count();
+        let limited = statuses.iter().filter(|status| **status == 429).count();
+        if passed < 5 || limited == 0 || passed + limited != 8 {
+            return Err(format!("statuses: {statuses:?}").into());
+        }
+        if hit.negotiate_rate.load(Ordering::Relaxed) != u64::try_from(limited)? {
+            return Err("the refusals were not counted".into());
+        }
+        let refused = negotiate_from(addr, None).await?;
+        if refused.status == 429 && !refused.text().contains("5 negotiates per second") {
+            return Err(format!("the refusal does not say why: {refused:?}").into());
+        }
+        // The next window lets the address negotiate again.
+        let deadline = Instant::now() + WAIT;
+        while negotiate_from(addr, None).await?.status != 200 {
+            if Instant::now() > deadline {
+                return Err("the address stayed limited".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        node.stop().await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_bounded_on_every_route() -> TestResult {
+    bounded(async {
+        let limits = Limits {
+            max_frame: 4096,
+            ..Limits::default()
+        };
+        let hit = limits.bounds_hit.clone();
+        let node = start(limits, CorsOrigins::None).await?;
+        let addr = node.local_addr();
+        // Negotiate never reads a body: one declared as a gigabyte, never sent, is answered at once.
+        let mut stream = TcpStream::connect(addr).await?;
+        let head = format!(
+            "POST {HUB_PATH}/negotiate?negotiateVersion=1 HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1000000000\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await?;
+        let mut answer = vec![0u8; 4096];
+        let read = timeout(WAIT, stream.read(&mut answer)).await??;
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        if !answer.starts_with("HTTP/1.1 200") {
+            return Err(format!("negotiate with an unsent body: {answer}").into());
+        }
+        drop(stream);
+        // The send half of long polling and SSE: past `max_frame`, 413.
+        let token = negotiate_token(addr).await?.map_err(|reply| format!("negotiate: {reply:?}"))?;
+        let path = format!("{HUB_PATH}?id={token}");
+        let poll = http_request(addr, "GET", &path, &[]).await?;
+        if poll.status != 200 {
+            return Err(format!("the first poll: {poll:?}").into());
+        }
+        let huge = vec![b' '; 4097];
+        let post = http_request_with_body(addr, "POST", &path, &[], &huge).await?;
+        if post.status != 413 || hit.bodies.load(Ordering::Relaxed) != 1 {
+            return Err(format!("an oversized POST: {post:?}").into());
+        }
+        // Other routes do not read bodies; a large one does not change their answer.
+        let health = http_request_with_body(addr, "GET", "/healthz", &[], &huge).await?;
+        if health.status != 200 {
+            return Err(format!("a health check with a body: {health:?}").into());
+        }
+        node.stop().await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_trickles_its_headers_is_closed() -> TestResult {
+    bounded(async {
+        let limits = Limits {
+            request_header_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        };
+        let node = start(limits, CorsOrigins::None).await?;
+        let addr = node.local_addr();
+        let mut slow = TcpStream::connect(addr).await?;
+        slow.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n").as_bytes())
+            .await?;
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 1024];
+        // One header line every 100 ms, for at most 100 lines (10 s): the node must give up first.
+        let mut closed = false;
+        for line in 0..100 {
+            match timeout(Duration::from_millis(100), slow.read(&mut buffer)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    closed = true;
+                    break;
+                }
+                Ok(Ok(read)) => answer.extend_from_slice(&buffer[..read]),
+                Err(_) => {}
+            }
+            if slow
+                .write_all(format!("X-Slow-{line}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                closed = true;
+                break;
+            }
+        }
+        if !closed {
+            return Err(format!("a client trickling headers was held for {:?}", started.elapsed()).into());
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        if !answer.is_empty() && !answer.starts_with("HTTP/1.1 408") {
+            return Err(format!("the slow client got: {answer}").into());
+        }
+        // A client that sends its request at once is served.
+        let health = http_request(addr, "GET", "/healthz", &[]).await?;
+        if health.status != 200 {
+            return Err(format!("a prompt client: {health:?}").into());
+        }
+        node.stop().await;
+        Ok(())
+    })
+    .await
+}
+
+#[test]
+fn the_limits_are_configured_by_file_and_environment() -> TestResult {
+    use hubmesh_cli::config::{NodeConfig, Overrides};
+    let env = [
+        ("HUBMESH_LIMITS__MAX_CONNECTIONS", "7"),
+        ("HUBMESH_LIMITS__NEGOTIATES_PER_SECOND", "0"),
+        ("HUBMESH_LIMITS__RATE_TRACKED_ADDRESSES", "9"),
+        ("HUBMESH_LIMITS__REQUEST_HEADER_TIMEOUT", "2s"),
+    ];
+    let settings = NodeConfig::load_with_env(None, env.iter().copied(), &Overrides::new())?.node_settings()?;
+    let limits = &settings.limits;
+    let loaded = (
+        limits.max_connections,
+        limits.negotiates_per_second,
+        limits.rate_tracked_addresses,
+        limits.request_header_timeout,
+    );
+    if loaded != (7, 0, 9, Duration::from_secs(2)) {
+        return Err(format!("the environment was not applied: {loaded:?}").into());
+    }
+    let defaults = NodeConfig::load_with_env(None, std::iter::empty::<(&str, &str)>(), &Overrides::new())?
+        .node_settings()?
+        .limits;
+    if (defaults.max_connections, defaults.negotiates_per_second) != (100_000, 100) {
+        return Err(format!("the defaults: {defaults:?}").into());
+    }
+    let zero = [
+        ("HUBMESH_LIMITS__MAX_CONNECTIONS", "0"),
+        ("HUBMESH_LIMITS__RATE_TRACKED_ADDRESSES", "0"),
+        ("HUBMESH_LIMITS__REQUEST_HEADER_TIMEOUT", "0s"),
+    ];
+    let Err(error) = NodeConfig::load_with_env(None, zero.iter().copied(), &Overrides::new())?.node_settings() else {
+        return Err("zero limits were accepted".into());
+    };
+    let keys: Vec<&str> = error.settings().iter().map(|error| error.key.as_str()).collect();
+    if keys
+        != [
+            "limits.max_connections",
+            "limits.rate_tracked_addresses",
+            "limits.request_header_timeout",
+        ]
+    {
         return Err(format!("unexpected errors: {error}").into());
     }
     Ok(())

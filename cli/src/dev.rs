@@ -76,6 +76,8 @@ pub(crate) async fn run_dev(args: DevArgs, log_format: &str) -> anyhow::Result<(
             .args(["--log-format", log_format])
             // The secret travels in the environment, not on the command line where `ps` shows it.
             .env(env_name("cluster.secret"), &secret)
+            // Local load tools negotiate from one address far faster than a client on a public network may.
+            .env(env_name("limits.negotiates_per_second"), "0")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -140,6 +140,10 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
             if request.method() != Method::POST {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "");
             }
+            let peer = request.peer_addr().map(|peer| peer.ip());
+            if let Some(refusal) = node.admission().refuse_negotiate(node.limits(), peer) {
+                return refusal;
+            }
             return match authenticate(&node, endpoint, request.head()) {
                 Ok(_) => negotiate(&node, endpoint, &request),
                 Err(refusal) => refusal.response(),
@@ -156,6 +160,9 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
     let token = crate::hub::url_query_value(request.query_string(), "id");
     match *request.method() {
         Method::GET if is_websocket_upgrade(request.head()) => {
+            if let Some(refusal) = node.admission().refuse_connection(node.limits()) {
+                return refusal;
+            }
             match accept_websocket(&node, endpoint, token, request.head(), user).await {
                 Ok(accepted) => upgrade_with_actix_ws(accepted, &request, body),
                 Err(refusal) => *refusal,
@@ -184,6 +191,9 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
                     ));
             }
             if wants_sse {
+                if let Some(refusal) = node.admission().refuse_connection(node.limits()) {
+                    return refusal;
+                }
                 return connect_sse(&node, endpoint, token, &request, user).await;
             }
             let info = || request_info(request.head(), user);

@@ -69,6 +69,10 @@ impl NodeConfig {
             max_queued_invocations: self.limits.max_queued_invocations,
             max_streams: self.limits.max_streams,
             max_pending_negotiations: self.limits.max_pending_negotiations,
+            max_connections: self.limits.max_connections,
+            negotiates_per_second: self.limits.negotiates_per_second,
+            rate_tracked_addresses: self.limits.rate_tracked_addresses,
+            request_header_timeout: self.limits.request_header_timeout,
             ..limits_defaults
         };
         if limits.max_message == 0 {
@@ -82,6 +86,15 @@ impl NodeConfig {
         }
         if limits.max_pending_negotiations == 0 {
             problem("limits.max_pending_negotiations", "must be at least 1".into());
+        }
+        if limits.max_connections == 0 {
+            problem("limits.max_connections", "must be at least 1".into());
+        }
+        if limits.rate_tracked_addresses == 0 {
+            problem("limits.rate_tracked_addresses", "must be at least 1".into());
+        }
+        if limits.request_header_timeout.is_zero() {
+            problem("limits.request_header_timeout", "must be longer than zero".into());
         }
         if limits.keep_alive.is_zero() {
             problem("limits.keep_alive", "must be longer than zero".into());
