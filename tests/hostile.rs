@@ -253,6 +253,10 @@ async fn a_full_node_refuses_new_connections_and_keeps_its_own() -> TestResult {
         if hit.connections.load(Ordering::Relaxed) != 3 {
             return Err(format!("refusals counted: {}", hit.connections.load(Ordering::Relaxed)).into());
         }
+        let metrics = http_request(addr, "GET", "/metrics", &[]).await?.text();
+        if !metrics.contains(r#"hubmesh_bounds_hit_total{bound="connections"} 3"#) {
+            return Err(format!("the refusals are not in /metrics: {metrics}").into());
+        }
         // The connections it holds are served as before.
         for client in [&mut first, &mut second] {
             let answer = client.invoke_ok("Echo", json!(["still here"])).await?;
@@ -406,6 +410,14 @@ async fn a_client_that_trickles_its_headers_is_closed() -> TestResult {
         let answer = String::from_utf8_lossy(&answer);
         if !answer.is_empty() && !answer.starts_with("HTTP/1.1 408") {
             return Err(format!("the slow client got: {answer}").into());
+        }
+        // A head too large for the server's buffer is refused, however fast it comes.
+        let huge = "a".repeat(256 * 1024);
+        let large = http_request(addr, "GET", "/healthz", &[("X-Large", huge.as_str())]).await;
+        if let Ok(reply) = &large {
+            if reply.status != 431 {
+                return Err(format!("a 256 KiB header: {reply:?}").into());
+            }
         }
         // A client that sends its request at once is served.
         let health = http_request(addr, "GET", "/healthz", &[]).await?;
