@@ -79,7 +79,8 @@ impl CorsOrigins {
 pub fn cors(origins: &CorsOrigins) -> actix_cors::Cors {
     let cors = match origins {
         CorsOrigins::Any => return actix_cors::Cors::permissive(),
-        CorsOrigins::None => actix_cors::Cors::default(),
+        // No CORS header at all (not even `Allow-Credentials`, which the layer adds for any origin once enabled).
+        CorsOrigins::None => return actix_cors::Cors::default().block_on_origin_mismatch(false),
         CorsOrigins::Only(_) => {
             let origins = origins.clone();
             actix_cors::Cors::default().allowed_origin_fn(move |origin, _| origins.allows(origin))
