@@ -328,6 +328,43 @@ async fn negotiates_above_the_rate_of_an_address_get_429() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_that_skip_negotiation_count_as_negotiates() -> TestResult {
+    bounded(async {
+        let limits = Limits {
+            negotiates_per_second: 3,
+            ..Limits::default()
+        };
+        let hit = limits.bounds_hit.clone();
+        let node = start(limits, CorsOrigins::None).await?;
+        let mut open = Vec::new();
+        let mut refused = 0;
+        // Ten attempts take far less than a second here: three pass, then 429 (more pass only if a window turns).
+        for _ in 0..10 {
+            match TestClient::to(&ws_url(&node)).connect().await {
+                Ok(client) => open.push(client),
+                Err(_) => {
+                    let status = TestClient::to(&ws_url(&node)).refused_status().await?;
+                    if status != 429 {
+                        return Err(format!("a refused WebSocket got {status}").into());
+                    }
+                    refused += 1;
+                    break;
+                }
+            }
+        }
+        if open.len() < 3 || refused == 0 || hit.negotiate_rate.load(Ordering::Relaxed) < 1 {
+            return Err(format!("{} WebSockets opened, {refused} refused", open.len()).into());
+        }
+        for client in &mut open {
+            client.invoke_ok("Echo", json!(["open"])).await?;
+        }
+        node.stop().await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_are_bounded_on_every_route() -> TestResult {
     bounded(async {
         let limits = Limits {

@@ -57,7 +57,8 @@ pub struct Limits {
     /// Connections a node holds at once (every hub and transport). Above it, negotiates and new transports
     /// (WebSocket upgrades, SSE streams) get 503 with a body that says why; connections it holds are unaffected.
     pub max_connections: usize,
-    /// Negotiates one client address may make per second (a fixed one-second window); more get 429. Behind a
+    /// Negotiates one client address may make per second (a fixed one-second window; a WebSocket that skips
+    /// negotiation counts as one); more get 429. Behind a
     /// proxy every client has the proxy's address: raise it there, or set it to zero (off).
     pub negotiates_per_second: u32,
     /// Client addresses the negotiate rate is tracked for at once. When the table is full, addresses whose window

@@ -2,11 +2,12 @@
 //!
 //! Two bounds a hostile client cannot get around by opening more requests: the connections a node holds
 //! ([`Limits::max_connections`]: negotiates and new WebSocket and SSE transports get 503 above it) and the
-//! negotiates per second per client address ([`Limits::negotiates_per_second`]: 429 above it). The rate table is
+//! negotiates per second per client address ([`Limits::negotiates_per_second`]: 429 above it; a WebSocket that
+//! skips negotiation counts as a negotiate). The rate table is
 //! itself bounded ([`Limits::rate_tracked_addresses`]); when full it drops addresses whose window has passed, then
 //! the one with the oldest window. Each refusal is counted in [`crate::BoundsHit`].
 //!
-//! Calls nothing but the limits; used by the node's routing (`super::http`) and its upgrade hook (`super::server`).
+//! Calls the limits and the hub layer's query parsing; used by the node's routing (`super::http`) and its upgrade hook (`super::server`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -74,6 +75,18 @@ impl Admission {
                     limits.negotiates_per_second
                 )),
         )
+    }
+
+    /// The refusal of a new WebSocket, if any: one with a negotiated token (`?id=`) only needs room on the node;
+    /// one that skips negotiation counts as a negotiate of its address ([`Admission::refuse_negotiate`]), so that
+    /// skipping it does not get around the rate.
+    pub(crate) fn refuse_websocket(&self, limits: &Limits, head: &actix_http::RequestHead) -> Option<HttpResponse> {
+        let negotiated = crate::hub::url_query_value(head.uri.query().unwrap_or_default(), "id").is_some();
+        if negotiated {
+            self.refuse_connection(limits)
+        } else {
+            self.refuse_negotiate(limits, head.peer_addr.map(|peer| peer.ip()))
+        }
     }
 
     /// Counts a negotiate of `peer` at `now`; whether it is within the rate.

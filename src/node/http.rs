@@ -160,7 +160,7 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
     let token = crate::hub::url_query_value(request.query_string(), "id");
     match *request.method() {
         Method::GET if is_websocket_upgrade(request.head()) => {
-            if let Some(refusal) = node.admission().refuse_connection(node.limits()) {
+            if let Some(refusal) = node.admission().refuse_websocket(node.limits(), request.head()) {
                 return refusal;
             }
             match accept_websocket(&node, endpoint, token, request.head(), user).await {

@@ -103,7 +103,7 @@ impl Upgrades {
             Some(handler) => Target::Route(handler.clone(), self.node.limits().max_frame),
             None => {
                 // A full node takes no new connection (an unknown path then gets 503, not 404).
-                if let Some(refusal) = self.node.admission().refuse_connection(self.node.limits()) {
+                if let Some(refusal) = self.node.admission().refuse_websocket(self.node.limits(), head) {
                     refuse(&mut framed, refusal.into()).await;
                     return;
                 }
