@@ -17,7 +17,9 @@
 //! (docs/semantics.md#readiness). `GET /_hubmesh/status` reports the cluster as the node sees it ([`status`]),
 //! `GET /metrics` gives its figures to Prometheus ([`metrics`]) and `GET /_hubmesh/` shows the cluster live.
 
+mod admission;
 mod cluster;
+pub mod cors;
 pub mod http;
 pub mod metrics;
 mod readiness;
@@ -36,6 +38,7 @@ use crate::cluster::{LinkConfig, MembershipConfig, MembershipView, NodeStatus};
 use crate::connection::{Limits, WakeRelay, WakeRelays};
 use crate::hub::{Hub, HubContext, NodeRouter};
 use crate::mesh::RelayHost;
+use cors::CorsOrigins;
 use http::{HubEndpoint, NodeRelays, TokenKeys, Tunnels};
 use readiness::Lifecycle;
 use tls::TlsConfig;
@@ -111,6 +114,8 @@ pub struct NodeBuilder {
     auth: Option<Authenticator>,
     /// The REST API with its access key; without one the REST API is off.
     rest: Option<Arc<http::RestApi>>,
+    /// Origins whose pages may call the node cross-origin with credentials (none by default).
+    cors_origins: CorsOrigins,
 }
 
 /// How a node joins a cluster: gossip membership and links to its peers. Made by [`ClusterSettings::real`];
@@ -219,6 +224,8 @@ pub(crate) struct NodeInner {
     started: std::time::SystemTime,
     /// Its metrics registry (`GET /metrics`).
     metrics: metrics::NodeMetrics,
+    /// The connection bound and the negotiate rate per client address.
+    admission: admission::Admission,
 }
 
 impl std::fmt::Debug for Node {
@@ -244,6 +251,7 @@ impl Node {
             tls: None,
             auth: None,
             rest: None,
+            cors_origins: CorsOrigins::None,
         }
     }
 
@@ -307,6 +315,10 @@ impl Node {
 
     pub(crate) fn tunnels(&self) -> &Tunnels {
         &self.inner.tunnels
+    }
+
+    pub(crate) fn admission(&self) -> &admission::Admission {
+        &self.inner.admission
     }
 
     pub(crate) fn limits(&self) -> &Limits {
@@ -497,6 +509,14 @@ impl NodeBuilder {
         self
     }
 
+    /// The origins whose pages may call the node cross-origin with credentials ([`NodeBuilder::start`] only; an
+    /// application that serves the node itself wraps its `App` in [`cors::cors`]). The default allows none:
+    /// same-origin pages and non-browser clients are served either way ([`cors`] says why).
+    pub fn cors_origins(mut self, origins: CorsOrigins) -> Self {
+        self.cors_origins = origins;
+        self
+    }
+
     /// The number of HTTP worker threads ([`NodeBuilder::start`] only).
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
@@ -611,6 +631,7 @@ impl NodeBuilder {
             wake_relays: WakeRelays::default(),
             lifecycle: Lifecycle::joining(),
             started: std::time::SystemTime::now(),
+            admission: admission::Admission::default(),
         });
         let relays: Arc<dyn RelayHost> = inner.relays.clone();
         inner.router.set_relay_host(Arc::downgrade(&relays));
@@ -623,6 +644,7 @@ impl NodeBuilder {
         let workers = self.workers;
         let address = self.listen.clone();
         let tls = self.tls.take();
+        let cors_origins = std::mem::take(&mut self.cors_origins);
         let node = self.build_and_join().await?;
         let listener = TcpListener::bind(&address).map_err(|source| NodeError::Bind {
             address: address.clone(),
@@ -642,7 +664,7 @@ impl NodeBuilder {
             move |_https| {
                 let node = app_node.clone();
                 App::new()
-                    .wrap(http::cors())
+                    .wrap(cors::cors(&cors_origins))
                     .configure(move |config| node.configure(config))
             },
             server::Upgrades::new(node.clone()),

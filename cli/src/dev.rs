@@ -70,10 +70,14 @@ pub(crate) async fn run_dev(args: DevArgs, log_format: &str) -> anyhow::Result<(
             .args(["--cluster-id", "dev"])
             .args(["--gossip", &format!("127.0.0.1:{}", port(2000, index)?)])
             .args(["--link", &format!("127.0.0.1:{}", port(2100, index)?)])
+            // Pages under development are served from anywhere (a dev server on another port, a file).
+            .args(["--cors-origin", "*"])
             .arg("--stop-on-stdin-close")
             .args(["--log-format", log_format])
             // The secret travels in the environment, not on the command line where `ps` shows it.
             .env(env_name("cluster.secret"), &secret)
+            // Local load tools negotiate from one address far faster than a client on a public network may.
+            .env(env_name("limits.negotiates_per_second"), "0")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -128,6 +128,10 @@ struct NodeArgs {
     /// cluster.seeds: a seed's gossip address; repeat for more. Replaces the seeds from other sources.
     #[arg(long = "seed", value_name = "ADDR")]
     seeds: Vec<String>,
+    /// http.cors_origins: an origin (scheme://host[:port], or * for any) whose pages may call the node
+    /// cross-origin with credentials; repeat for more. Replaces the origins from other sources.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
     /// cluster.secret_file: a file holding the cluster secret.
     #[arg(long, value_name = "FILE")]
     secret_file: Option<String>,
@@ -162,6 +166,9 @@ impl NodeArgs {
         }
         if !self.seeds.is_empty() {
             overrides.set_list("cluster.seeds", self.seeds.iter().cloned());
+        }
+        if !self.cors_origins.is_empty() {
+            overrides.set_list("http.cors_origins", self.cors_origins.iter().cloned());
         }
         if self.no_demo {
             overrides.set("hubs.demo", "false");

@@ -231,6 +231,11 @@ impl ConnectionCounters {
         self.open[transport_index(transport)][protocol_index(protocol)].load(Ordering::Relaxed)
     }
 
+    /// Connections open now, over every transport and protocol.
+    pub fn open_total(&self) -> i64 {
+        self.open.iter().flatten().map(|open| open.load(Ordering::Relaxed)).sum()
+    }
+
     /// Connections made so far over `transport` with `protocol`.
     pub fn connects(&self, transport: TransportKind, protocol: Protocol) -> u64 {
         self.connects[transport_index(transport)][protocol_index(protocol)].load(Ordering::Relaxed)

@@ -54,6 +54,19 @@ pub struct Limits {
     /// Negotiated tokens of a hub not yet used by a transport, per node. Negotiating one more forgets the oldest
     /// (whose client is the likeliest to have gone); unused tokens expire after 15 s anyway.
     pub max_pending_negotiations: usize,
+    /// Connections a node holds at once (every hub and transport). Above it, negotiates and new transports
+    /// (WebSocket upgrades, SSE streams) get 503 with a body that says why; connections it holds are unaffected.
+    pub max_connections: usize,
+    /// Negotiates one client address may make per second (a fixed one-second window; a WebSocket that skips
+    /// negotiation counts as one); more get 429. Behind a
+    /// proxy every client has the proxy's address: raise it there, or set it to zero (off).
+    pub negotiates_per_second: u32,
+    /// Client addresses the negotiate rate is tracked for at once. When the table is full, addresses whose window
+    /// has passed are dropped, then the one with the oldest window (its count starts again).
+    pub rate_tracked_addresses: usize,
+    /// How long a client may take to send a request's headers after it connects (slow clients that hold sockets
+    /// open by trickling headers get 408 and are closed), and how long an idle keep-alive connection stays open.
+    pub request_header_timeout: Duration,
     /// Not a limit: how often the node's connections hit the bounds above, reported in the node's metrics. Clones
     /// of these limits share it (a new `Limits` starts at zero): give each node of a process its own, or their
     /// figures add up.
@@ -81,6 +94,10 @@ impl Default for Limits {
             max_queued_invocations: 128,
             max_streams: 100,
             max_pending_negotiations: 100_000,
+            max_connections: 100_000,
+            negotiates_per_second: 100,
+            rate_tracked_addresses: 10_000,
+            request_header_timeout: Duration::from_secs(5),
             bounds_hit: Arc::default(),
             counters: Arc::default(),
         }
@@ -99,4 +116,12 @@ pub struct BoundsHit {
     pub abandoned_results: AtomicU64,
     /// Unused negotiated tokens forgotten to stay within [`Limits::max_pending_negotiations`].
     pub negotiations: AtomicU64,
+    /// Negotiates and new transports refused for [`Limits::max_connections`].
+    pub connections: AtomicU64,
+    /// Negotiates refused for [`Limits::negotiates_per_second`].
+    pub negotiate_rate: AtomicU64,
+    /// Addresses dropped from the negotiate-rate table while their window ran ([`Limits::rate_tracked_addresses`]).
+    pub rate_addresses: AtomicU64,
+    /// Long-polling and SSE POST bodies refused for exceeding [`Limits::max_frame`].
+    pub bodies: AtomicU64,
 }

@@ -104,12 +104,6 @@ pub(crate) fn normalize_path(path: &str) -> String {
     with_root
 }
 
-/// CORS as browsers on another origin need it (docs/protocol.md#cors-with-credentials): the origin is echoed,
-/// credentials allowed, requested methods and headers allowed, preflights answered.
-pub fn cors() -> actix_cors::Cors {
-    actix_cors::Cors::permissive()
-}
-
 pub(crate) fn configure(node: Node, config: &mut web::ServiceConfig) {
     config.app_data(web::Data::new(node)).default_service(web::to(dispatch));
 }
@@ -146,6 +140,10 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
             if request.method() != Method::POST {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "");
             }
+            let peer = request.peer_addr().map(|peer| peer.ip());
+            if let Some(refusal) = node.admission().refuse_negotiate(node.limits(), peer) {
+                return refusal;
+            }
             return match authenticate(&node, endpoint, request.head()) {
                 Ok(_) => negotiate(&node, endpoint, &request),
                 Err(refusal) => refusal.response(),
@@ -162,6 +160,9 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
     let token = crate::hub::url_query_value(request.query_string(), "id");
     match *request.method() {
         Method::GET if is_websocket_upgrade(request.head()) => {
+            if let Some(refusal) = node.admission().refuse_websocket(node.limits(), request.head()) {
+                return refusal;
+            }
             match accept_websocket(&node, endpoint, token, request.head(), user).await {
                 Ok(accepted) => upgrade_with_actix_ws(accepted, &request, body),
                 Err(refusal) => *refusal,
@@ -190,6 +191,9 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
                     ));
             }
             if wants_sse {
+                if let Some(refusal) = node.admission().refuse_connection(node.limits()) {
+                    return refusal;
+                }
                 return connect_sse(&node, endpoint, token, &request, user).await;
             }
             let info = || request_info(request.head(), user);

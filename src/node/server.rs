@@ -41,9 +41,6 @@ use crate::transport::upgraded::UpgradedWebSocket;
 /// What a plain WebSocket route does with its socket (the test hub's `/echo`): runs on the accepting worker.
 pub type WebSocketHandler = Arc<dyn Fn(UpgradedWebSocket) -> Pin<Box<dyn Future<Output = ()>>> + Send + Sync>;
 
-/// How long a request may take to arrive, and an idle keep-alive connection may stay (actix-web's defaults).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// How long a connection that is done may take to close.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -104,13 +101,20 @@ impl Upgrades {
         }
         let target = match self.routes.get(&normalize_path(head.uri.path())) {
             Some(handler) => Target::Route(handler.clone(), self.node.limits().max_frame),
-            None => match accept_hub_websocket(&self.node, head).await {
-                Ok(accepted) => Target::Hub(accepted),
-                Err(refusal) => {
-                    refuse(&mut framed, (*refusal).into()).await;
+            None => {
+                // A full node takes no new connection (an unknown path then gets 503, not 404).
+                if let Some(refusal) = self.node.admission().refuse_websocket(self.node.limits(), head) {
+                    refuse(&mut framed, refusal.into()).await;
                     return;
                 }
-            },
+                match accept_hub_websocket(&self.node, head).await {
+                    Ok(accepted) => Target::Hub(accepted),
+                    Err(refusal) => {
+                        refuse(&mut framed, (*refusal).into()).await;
+                        return;
+                    }
+                }
+            }
         };
         let switching = actix_http::ws::handshake_response(head).finish().drop_body();
         if framed
@@ -182,11 +186,13 @@ impl Listener {
 
 /// The HTTP settings of every listener (a macro: the builder's type depends on the listener's stream and the
 /// app, which a function would have to spell out).
+/// `$timeout` is [`crate::Limits::request_header_timeout`]: how long a request's head may take to arrive (408 and
+/// closed after), and an idle keep-alive connection may stay.
 macro_rules! http_service {
-    () => {
+    ($timeout:expr) => {
         HttpService::build()
-            .keep_alive(KeepAlive::Timeout(KEEP_ALIVE))
-            .client_request_timeout(REQUEST_TIMEOUT)
+            .keep_alive(KeepAlive::Timeout($timeout))
+            .client_request_timeout($timeout)
             .client_disconnect_timeout(DISCONNECT_TIMEOUT)
             // A client that closes its socket ends the request at once: its SSE stream or long poll is dropped, and
             // the connection with it, instead of lingering until a write to the dead socket fails.
@@ -221,10 +227,11 @@ where
     for (index, Listener { socket, tls }) in listeners.into_iter().enumerate() {
         let app = app.clone();
         let upgrades = upgrades.clone();
+        let header_timeout = upgrades.node.limits().request_header_timeout;
         let name = format!("hubmesh-http-{index}");
         builder = match tls {
             None => builder.listen(name, socket, move || {
-                http_service!()
+                http_service!(header_timeout)
                     .upgrade(upgrades.factory())
                     .finish(map_config(
                         app(false).into_factory().map_err(|error| error.into().error_response()),
@@ -233,7 +240,7 @@ where
                     .tcp()
             })?,
             Some(tls) => builder.listen(name, socket, move || {
-                http_service!()
+                http_service!(header_timeout)
                     .upgrade(upgrades.factory())
                     .finish(map_config(
                         app(true).into_factory().map_err(|error| error.into().error_response()),

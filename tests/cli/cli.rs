@@ -201,3 +201,51 @@ fn a_single_node_prints_its_address_first_and_stops_when_stdin_closes() {
     let output = finish(child);
     assert!(output.status.success(), "{output:?}");
 }
+
+/// A preflight for negotiate from `origin` to the node at `addr`, on its own connection; the raw answer.
+fn preflight(addr: &str, origin: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "OPTIONS /hub/negotiate HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: POST\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer.to_ascii_lowercase()
+}
+
+#[test]
+fn node_answers_cors_only_for_the_origins_of_its_flag() {
+    let mut child = hubmesh()
+        .args(["node", "--listen", "127.0.0.1:0", "--stop-on-stdin-close"])
+        .args(["--cors-origin", "https://app.example"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("Now listening on: http://")
+        .unwrap()
+        .to_owned();
+    let allowed = preflight(&addr, "https://app.example");
+    assert!(
+        allowed.starts_with("http/1.1 200") && allowed.contains("access-control-allow-origin: https://app.example"),
+        "{allowed}"
+    );
+    let other = preflight(&addr, "https://evil.example");
+    assert!(!other.contains("access-control-allow-origin"), "{other}");
+    drop(stdin);
+    let output = finish(child);
+    assert!(output.status.success(), "{output:?}");
+}

@@ -24,6 +24,7 @@ pub const KEYS: &[&str] = &[
     "http.workers",
     "http.tls_cert",
     "http.tls_key",
+    "http.cors_origins",
     "cluster.id",
     "cluster.gossip",
     "cluster.gossip_advertise",
@@ -45,6 +46,10 @@ pub const KEYS: &[&str] = &[
     "limits.max_queued_invocations",
     "limits.max_streams",
     "limits.max_pending_negotiations",
+    "limits.max_connections",
+    "limits.negotiates_per_second",
+    "limits.rate_tracked_addresses",
+    "limits.request_header_timeout",
     "auth.secret",
     "auth.secret_file",
     "auth.public_key_file",
@@ -126,6 +131,10 @@ pub struct HttpSection {
     pub tls_cert: Option<PathBuf>,
     /// A PEM file with the private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Origins (`scheme://host[:port]`, or `*` for any) whose pages may call the node cross-origin with
+    /// credentials (default: none).
+    #[serde(deserialize_with = "de::string_list")]
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for HttpSection {
@@ -135,6 +144,7 @@ impl Default for HttpSection {
             workers: DEFAULT_WORKERS,
             tls_cert: None,
             tls_key: None,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -240,6 +250,15 @@ pub struct LimitsSection {
     pub max_streams: usize,
     /// Negotiated tokens not yet used by a transport, per hub ([`Limits::max_pending_negotiations`]).
     pub max_pending_negotiations: usize,
+    /// Connections the node holds at once ([`Limits::max_connections`]).
+    pub max_connections: usize,
+    /// Negotiates per second per client address; `0` is off ([`Limits::negotiates_per_second`]).
+    pub negotiates_per_second: u32,
+    /// Client addresses the negotiate rate is tracked for ([`Limits::rate_tracked_addresses`]).
+    pub rate_tracked_addresses: usize,
+    /// How long a client may take to send a request's headers, as `"5s"` ([`Limits::request_header_timeout`]).
+    #[serde(deserialize_with = "de::duration")]
+    pub request_header_timeout: Duration,
 }
 
 impl Default for LimitsSection {
@@ -254,6 +273,10 @@ impl Default for LimitsSection {
             max_queued_invocations: limits.max_queued_invocations,
             max_streams: limits.max_streams,
             max_pending_negotiations: limits.max_pending_negotiations,
+            max_connections: limits.max_connections,
+            negotiates_per_second: limits.negotiates_per_second,
+            rate_tracked_addresses: limits.rate_tracked_addresses,
+            request_header_timeout: limits.request_header_timeout,
         }
     }
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use hubmesh::auth::Authenticator;
 use hubmesh::demo::demo_hub;
-use hubmesh::{ClusterSettings, Limits, LinkConfig, MembershipConfig, Node, NodeBuilder, TlsConfig, TlsError};
+use hubmesh::{
+    ClusterSettings, CorsOrigins, Limits, LinkConfig, MembershipConfig, Node, NodeBuilder, TlsConfig, TlsError,
+};
 
 use super::{env_name, ClusterSection, ConfigError, NodeConfig, Origin, Secret, SettingError};
 
@@ -67,6 +69,10 @@ impl NodeConfig {
             max_queued_invocations: self.limits.max_queued_invocations,
             max_streams: self.limits.max_streams,
             max_pending_negotiations: self.limits.max_pending_negotiations,
+            max_connections: self.limits.max_connections,
+            negotiates_per_second: self.limits.negotiates_per_second,
+            rate_tracked_addresses: self.limits.rate_tracked_addresses,
+            request_header_timeout: self.limits.request_header_timeout,
             ..limits_defaults
         };
         if limits.max_message == 0 {
@@ -80,6 +86,15 @@ impl NodeConfig {
         }
         if limits.max_pending_negotiations == 0 {
             problem("limits.max_pending_negotiations", "must be at least 1".into());
+        }
+        if limits.max_connections == 0 {
+            problem("limits.max_connections", "must be at least 1".into());
+        }
+        if limits.rate_tracked_addresses == 0 {
+            problem("limits.rate_tracked_addresses", "must be at least 1".into());
+        }
+        if limits.request_header_timeout.is_zero() {
+            problem("limits.request_header_timeout", "must be longer than zero".into());
         }
         if limits.keep_alive.is_zero() {
             problem("limits.keep_alive", "must be longer than zero".into());
@@ -104,6 +119,11 @@ impl NodeConfig {
             None
         };
         let tls = self.tls_settings(&mut problem);
+        for origin in &self.http.cors_origins {
+            if let Err(reason) = CorsOrigins::check(origin) {
+                problem("http.cors_origins", reason);
+            }
+        }
         let rest_access_key = self.pick_secret(
             ("rest.access_key", self.rest.access_key.as_ref()),
             ("rest.access_key_file", self.rest.access_key_file.as_deref()),
@@ -120,6 +140,7 @@ impl NodeConfig {
                 auth,
                 tls,
                 rest_access_key,
+                cors_origins: CorsOrigins::from_list(&self.http.cors_origins),
             })
         } else {
             Err(ConfigError::Invalid(errors))
@@ -480,6 +501,8 @@ pub struct NodeSettings {
     pub tls: Option<TlsConfig>,
     /// The REST API's access key; `None` (the API off) unless `[rest]` sets one.
     pub rest_access_key: Option<Secret>,
+    /// The origins whose pages may call the node cross-origin with credentials.
+    pub cors_origins: CorsOrigins,
 }
 
 impl fmt::Debug for NodeSettings {
@@ -503,6 +526,7 @@ impl fmt::Debug for NodeSettings {
             .field("auth", &self.auth)
             .field("tls", &self.tls.is_some())
             .field("rest_api", &self.rest_access_key.is_some())
+            .field("cors_origins", &self.cors_origins)
             .finish()
     }
 }
@@ -515,7 +539,8 @@ impl NodeSettings {
             .name(&self.name)
             .listen(&self.listen.to_string())
             .limits(self.limits.clone())
-            .workers(self.workers);
+            .workers(self.workers)
+            .cors_origins(self.cors_origins.clone());
         if self.demo {
             builder = builder.hub(demo_hub());
         }

@@ -106,6 +106,7 @@ pub(super) async fn read_body(node: &Node, mut body: web::Payload) -> Result<Byt
             return Err(Reply::text(StatusCode::BAD_REQUEST, "The request body could not be read."));
         };
         if bytes.len() + chunk.len() > max {
+            node.limits().bounds_hit.bodies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(Reply::text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("The request body exceeds the maximum of {max} bytes."),

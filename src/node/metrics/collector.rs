@@ -302,6 +302,10 @@ impl Collector for NodeCollector {
                 ("streams", &bounds.streams),
                 ("abandoned_results", &bounds.abandoned_results),
                 ("negotiations", &bounds.negotiations),
+                ("connections", &bounds.connections),
+                ("negotiate_rate", &bounds.negotiate_rate),
+                ("rate_addresses", &bounds.rate_addresses),
+                ("bodies", &bounds.bodies),
             ]
             .map(|(bound, hits)| ([("bound", bound)], ConstCounter::new(hits.load(Ordering::Relaxed)))),
         )?;

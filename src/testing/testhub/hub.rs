@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tokens::TestTokens;
 use crate::auth::NAME_IDENTIFIER_CLAIM;
+use crate::connection::Limits;
 use crate::demo::demo_hub;
 use crate::hub::{Caller, ClientStream, Hub, HubError, Streamed};
 use crate::node::{Node, NodeBuilder, NodeError};
@@ -219,6 +220,11 @@ pub fn test_node(tokens: &TestTokens) -> Result<Node, NodeError> {
 pub fn test_node_builder(tokens: &TestTokens) -> NodeBuilder {
     Node::builder()
         .name("testhub")
+        // The official suite negotiates far faster than any one client should, all from one address.
+        .limits(Limits {
+            negotiates_per_second: 0,
+            ..Limits::default()
+        })
         .auth(tokens.authenticator())
         .hub(authorized_hub())
         .hub(uncreatable_hub())

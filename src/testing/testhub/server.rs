@@ -12,7 +12,7 @@ use super::hub::test_node;
 pub(super) use super::routes::RedirectCounter;
 use super::routes::{client_result, deployment, generate_jwt_token, upstream_middleware, Https};
 use super::tokens::TestTokens;
-use crate::node::http::cors;
+use crate::node::cors::{cors, CorsOrigins};
 use crate::node::server;
 use crate::node::tls::TlsConfig;
 use crate::node::{Node, NodeError, STOP_GRACE};
@@ -166,7 +166,7 @@ pub(super) async fn serve_node(
         // Outermost first, as upstream's pipeline: CORS, then its path-prefix middleware, then the routes.
         App::new()
             .wrap(actix_web::middleware::from_fn(upstream_middleware))
-            .wrap(cors())
+            .wrap(cors(&CorsOrigins::Any))
             .app_data(web::Data::new(Https(https)))
             .app_data(test_hub.clone())
             .app_data(counter.clone())
