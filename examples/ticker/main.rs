@@ -1,0 +1,62 @@
+//! `ticker`: a backend that serves no clients pushes prices to the clients of the other nodes.
+//!
+//! `cargo run --example ticker` starts a cluster of three nodes (child processes of this example, with gossip and
+//! links on 127.0.0.1): two front nodes serve the `ticker` hub at `/ticker` to clients, and a backend node
+//! (`NodeBuilder::send_only_hub`) serves nothing over HTTP but runs the price feed, a background task that sends
+//! each symbol's price to the symbol's group through the hub's `HubContext`. Connect any SignalR client to a front
+//! node's `/ticker`, call `Subscribe("ACME")`, and `price(symbol, sequence, price)` arrives every half second.
+
+#[path = "../common/local_cluster.rs"]
+mod local_cluster;
+mod prices;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use actix_web::web;
+use hubmesh::{CancellationToken, Node, NodeBuilder};
+use local_cluster::{main_with, NodeSpec};
+use prices::{push_prices, ticker_hub};
+
+/// How often the feed sends a round of prices.
+const INTERVAL: Duration = Duration::from_millis(500);
+
+fn build(builder: NodeBuilder, role: &str) -> NodeBuilder {
+    match role {
+        "backend" => builder.send_only_hub("ticker"),
+        _ => builder.hub(ticker_hub()),
+    }
+}
+
+fn routes(_config: &mut web::ServiceConfig) {}
+
+/// On the backend, starts the feed; it runs as long as the node.
+fn started(node: &Node, role: &str) {
+    if role != "backend" {
+        return;
+    }
+    match node.hub_context("ticker") {
+        Some(context) => {
+            tokio::spawn(push_prices(context, INTERVAL, CancellationToken::new()));
+        }
+        None => eprintln!("ticker: the backend has no ticker context"),
+    }
+}
+
+fn main() -> ExitCode {
+    let nodes = [
+        NodeSpec {
+            name: "front-1",
+            role: "front",
+        },
+        NodeSpec {
+            name: "front-2",
+            role: "front",
+        },
+        NodeSpec {
+            name: "backend",
+            role: "backend",
+        },
+    ];
+    main_with("ticker", &nodes, build, routes, started)
+}
