@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use actix_web::{web, HttpResponse};
-use hubmesh::{Caller, Hub, HubError, Node, NodeBuilder};
-use local_cluster::{main_with, NodeSpec};
+use hubmesh::{Caller, Hub, HubError, NodeBuilder};
+use local_cluster::{main_with, nothing_more, NodeSpec, Started};
 
 /// The client method every message of a room arrives with: `(room, user, text)`.
 const MESSAGE: &str = "message";
@@ -103,11 +103,9 @@ fn routes(config: &mut web::ServiceConfig) {
         .route("/lib/signalr.js", web::get().to(signalr_js));
 }
 
-fn build(builder: NodeBuilder, _role: &str) -> NodeBuilder {
-    builder.hub(chat_hub())
+fn role(builder: NodeBuilder, _role: &str) -> (NodeBuilder, Started) {
+    (builder.hub(chat_hub()), nothing_more())
 }
-
-fn started(_node: &Node, _role: &str) {}
 
 fn main() -> ExitCode {
     let nodes = [
@@ -124,5 +122,5 @@ fn main() -> ExitCode {
             role: "chat",
         },
     ];
-    main_with("chat", &nodes, build, routes, started)
+    main_with("chat", &nodes, role, routes)
 }

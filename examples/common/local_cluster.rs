@@ -39,16 +39,20 @@ pub struct NodeArgs {
     seeds: Vec<String>,
 }
 
+/// What runs once a node has joined and serves (a background task of a backend, say).
+pub type Started = Box<dyn FnOnce(&Node) + Send>;
+
+/// Adds a role's hubs and settings to a node, and says what to run once it serves.
+pub type Role = fn(NodeBuilder, &str) -> (NodeBuilder, Started);
+
+/// Nothing to run once the node serves.
+pub fn nothing_more() -> Started {
+    Box::new(|_| {})
+}
+
 /// The example's entry point: a child node when started as `<exe> node …`, else the parent of `nodes`.
-/// `build` adds the role's hubs to a node; `routes` mounts the example's own routes beside the node's;
-/// `started` runs once the node has joined (a background task of a backend, say).
-pub fn main_with(
-    example: &str,
-    nodes: &[NodeSpec],
-    build: fn(NodeBuilder, &str) -> NodeBuilder,
-    routes: fn(&mut web::ServiceConfig),
-    started: fn(&Node, &str),
-) -> ExitCode {
+/// `role` builds a node of a role; `routes` mounts the example's own routes beside the node's.
+pub fn main_with(example: &str, nodes: &[NodeSpec], role: Role, routes: fn(&mut web::ServiceConfig)) -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -59,7 +63,7 @@ pub fn main_with(
     };
     let outcome = if args.first().map(String::as_str) == Some("node") {
         match parse_node_args(&args[1..]) {
-            Ok(node) => runtime.block_on(run_node(node, build, routes, started)),
+            Ok(node) => runtime.block_on(run_node(node, role, routes)),
             Err(error) => Err(error),
         }
     } else {
@@ -107,16 +111,12 @@ fn parse_node_args(args: &[String]) -> Result<NodeArgs, String> {
 }
 
 /// A child: joins the cluster, serves the node and the example's routes, stops when standard input closes.
-async fn run_node(
-    args: NodeArgs,
-    build: fn(NodeBuilder, &str) -> NodeBuilder,
-    routes: fn(&mut web::ServiceConfig),
-    started: fn(&Node, &str),
-) -> Result<(), String> {
+async fn run_node(args: NodeArgs, role: Role, routes: fn(&mut web::ServiceConfig)) -> Result<(), String> {
     let secret = std::env::var(SECRET_ENV).map_err(|_| format!("{SECRET_ENV} is not set"))?;
     let membership = MembershipConfig::new(args.name.as_str(), "example", args.gossip).with_seeds(args.seeds);
     let settings = ClusterSettings::real(membership, LinkConfig::new(args.link, secret));
-    let node = build(Node::builder().name(&args.name), &args.role)
+    let (builder, started) = role(Node::builder().name(&args.name), &args.role);
+    let node = builder
         .cluster(settings)
         .build_and_join()
         .await
@@ -137,7 +137,7 @@ async fn run_node(
     .run();
     let handle = server.handle();
     let serving = tokio::spawn(server);
-    started(&node, &args.role);
+    started(&node);
     println!("listening {url}");
     // Standard input closing (the parent stopping) or Ctrl-C stops the node.
     tokio::select! {

@@ -15,26 +15,24 @@ use std::time::Duration;
 
 use actix_web::web;
 use hubmesh::{CancellationToken, Node, NodeBuilder};
-use local_cluster::{main_with, NodeSpec};
+use local_cluster::{main_with, nothing_more, NodeSpec, Started};
 use prices::{push_prices, ticker_hub};
 
 /// How often the feed sends a round of prices.
 const INTERVAL: Duration = Duration::from_millis(500);
 
-fn build(builder: NodeBuilder, role: &str) -> NodeBuilder {
+/// Front nodes serve the hub; the backend only sends to it, and starts the feed once it serves.
+fn role(builder: NodeBuilder, role: &str) -> (NodeBuilder, Started) {
     match role {
-        "backend" => builder.send_only_hub("ticker"),
-        _ => builder.hub(ticker_hub()),
+        "backend" => (builder.send_only_hub("ticker"), Box::new(start_feed)),
+        _ => (builder.hub(ticker_hub()), nothing_more()),
     }
 }
 
 fn routes(_config: &mut web::ServiceConfig) {}
 
-/// On the backend, starts the feed; it runs as long as the node.
-fn started(node: &Node, role: &str) {
-    if role != "backend" {
-        return;
-    }
+/// Starts the feed on the backend; it runs as long as the node.
+fn start_feed(node: &Node) {
     match node.hub_context("ticker") {
         Some(context) => {
             tokio::spawn(push_prices(context, INTERVAL, CancellationToken::new()));
@@ -58,5 +56,5 @@ fn main() -> ExitCode {
             role: "backend",
         },
     ];
-    main_with("ticker", &nodes, build, routes, started)
+    main_with("ticker", &nodes, role, routes)
 }
