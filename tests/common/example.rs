@@ -7,6 +7,7 @@
 
 use std::error::Error;
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -35,9 +36,13 @@ pub struct RunningExample {
 impl RunningExample {
     /// Starts `cargo run --example <name>` and waits until it prints `ready`.
     pub fn start(name: &str) -> Result<Self, Box<dyn Error>> {
+        let mut command = Command::new(env!("CARGO"));
+        command.args(["run", "--quiet", "--example", name]);
+        if let Some(target_dir) = own_target_dir() {
+            command.arg("--target-dir").arg(target_dir);
+        }
         let mut child = own_process_group(
-            Command::new(env!("CARGO"))
-                .args(["run", "--quiet", "--example", name])
+            command
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped()),
@@ -86,6 +91,16 @@ impl RunningExample {
             .map(|node| node.url.clone())
             .collect()
     }
+}
+
+/// The target directory this test binary was built in (`<target>/debug/deps/<test>`, `<target>` marked by the
+/// `CACHEDIR.TAG` cargo writes), so that `cargo run` reuses that build even when `cargo test` was given
+/// `--target-dir`; `None` (cargo's own choice) for another layout.
+fn own_target_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let profile = exe.parent()?.parent()?;
+    let target = profile.parent()?;
+    (profile.file_name()? == "debug" && target.join("CACHEDIR.TAG").is_file()).then(|| target.to_owned())
 }
 
 /// `  <node> (<role>): <url>`.
