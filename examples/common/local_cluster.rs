@@ -189,6 +189,8 @@ async fn run_parent(example: &str, nodes: &[NodeSpec]) -> Result<(), String> {
         .map(|(_, gossip, _)| format!("127.0.0.1:{gossip}"))
         .collect();
     let mut children: Vec<Child> = Vec::new();
+    // Held apart from the children: tokio's `Child::wait` closes a child's stdin, which would stop the node.
+    let mut stdins = Vec::new();
     let mut urls = Vec::new();
     let outcome: Result<(), String> = async {
         for (spec, (http, gossip, link)) in nodes.iter().zip(&addresses) {
@@ -210,6 +212,7 @@ async fn run_parent(example: &str, nodes: &[NodeSpec]) -> Result<(), String> {
                 .spawn()
                 .map_err(|error| format!("cannot start {}: {error}", spec.name))?;
             let stdout = child.stdout.take().ok_or("no stdout")?;
+            stdins.push(child.stdin.take());
             children.push(child);
             let mut lines = BufReader::new(stdout).lines();
             let url = tokio::time::timeout(START_TIMEOUT, async {
@@ -236,21 +239,26 @@ async fn run_parent(example: &str, nodes: &[NodeSpec]) -> Result<(), String> {
         Ok(())
     }
     .await;
+    let mut outcome = outcome;
     if outcome.is_ok() {
         println!("{example}: {} nodes of one cluster:", nodes.len());
         for (spec, url) in nodes.iter().zip(&urls) {
             println!("  {} ({}): {url}", spec.name, spec.role);
         }
         println!("ready (Ctrl-C stops)");
+        let names: Vec<&str> = nodes.iter().map(|spec| spec.name).collect();
         tokio::select! {
             _ = stdin_closed() => {}
             _ = tokio::signal::ctrl_c() => {}
+            // A node that dies takes the example down with it, rather than leaving a cluster short of a node.
+            (exit, index, _) = futures_util::future::select_all(children.iter_mut().map(|child| Box::pin(child.wait()))) => {
+                let name = names.get(index).copied().unwrap_or("a node");
+                outcome = Err(format!("{name} stopped ({exit:?}); the others were stopped too"));
+            }
         }
     }
-    for child in &mut children {
-        // Closing its standard input asks a node to stop.
-        drop(child.stdin.take());
-    }
+    // Closing their standard input asks the nodes to stop.
+    drop(stdins);
     for child in &mut children {
         if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
             let _ = child.kill().await;
