@@ -47,6 +47,7 @@ async fn join(caller: Caller, room: String, user: String) -> Result<(), HubError
 /// `Leave(room, user)`: the caller leaves the room; the members left are told.
 async fn leave(caller: Caller, room: String, user: String) -> Result<(), HubError> {
     check_length("room", &room, MAX_NAME)?;
+    check_length("user", &user, MAX_NAME)?;
     caller.groups().remove(caller.connection_id(), &room).await?;
     caller
         .clients()

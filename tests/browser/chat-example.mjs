@@ -3,7 +3,8 @@
 // 1. two pages, on two different nodes, load the page and the official client from their own node and connect;
 // 2. both join one room; a message typed and sent in the first page appears in the second (and in the first);
 // 3. a page that left the room gets no more of its messages, while the other page still does;
-// 4. nothing was loaded from anywhere but the nodes, and the pages raised no errors.
+// 4. a room name the hub refuses shows the hub's error on the page;
+// 5. nothing was loaded from anywhere but the nodes, and the pages raised no errors.
 //
 // Prints `PASS <what>` or `FAIL <what>: <why>` per check and exits 0 only when every check passed. Every wait is
 // bounded.
@@ -122,6 +123,17 @@ try {
         // Alice's own copy came through the same group after bob left: bob's page must not have it.
         const bobs = await log(bob);
         if (bobs.some((line) => line.includes("only alice is here"))) throw new Error(`bob got it: ${JSON.stringify(bobs)}`);
+    });
+
+    await check("a room name the hub refuses shows the hub's error on the page", async () => {
+        // Set by script: the input's maxlength stops a user typing it, not a client that skips the page.
+        await bob.evaluate(() => (document.getElementById("room").value = "r".repeat(65)));
+        await bob.click("#join-button");
+        await bob.waitForFunction(() => document.getElementById("status").textContent.startsWith("error:"), null, {
+            timeout: STEP_TIMEOUT_MS,
+        });
+        const text = await bob.evaluate(() => document.getElementById("status").textContent);
+        if (!text.includes("room must be 1 to 64 characters")) throw new Error(`the status reads ${JSON.stringify(text)}`);
     });
 
     await check("the pages loaded nothing from elsewhere and raised no errors", async () => {
