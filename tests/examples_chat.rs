@@ -1,7 +1,7 @@
 //! The `chat` example as a user runs it: `cargo run --example chat` starts its three-node cluster, and two
 //! headless Chromium pages on two different nodes chat through a room (`tests/browser/chat-example.mjs`): each page
 //! loads the official client from its own node, a message typed in one appears in the other, a page that left the
-//! room gets none of its messages, and nothing is loaded from elsewhere.
+//! room gets none of its messages, a refused room name shows the hub's error, and nothing is loaded from elsewhere.
 //!
 //! Needs Node.js and npm (`npm ci` runs in `tests/node` when playwright-core is missing) and Debian's Chromium at
 //! `/usr/bin/chromium`; when it is missing, `tests/browser/install-chromium.sh` installs it (root needed).
@@ -14,39 +14,14 @@ mod npm;
 mod process;
 
 use std::error::Error;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use example::RunningExample;
-use process::{own_process_group, wait_bounded};
+use example::{ensure_chromium, run_page_driver, RunningExample};
 
 type TestResult<T = ()> = Result<T, Box<dyn Error>>;
 
-/// Where the test expects Debian's Chromium.
-const CHROMIUM: &str = "/usr/bin/chromium";
-/// Upper bound on installing Chromium with apt-get.
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Upper bound on the browser run; `chat-example.mjs` gives up by itself after 120 s.
 const RUN_TIMEOUT: Duration = Duration::from_secs(150);
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("browser")
-}
-
-/// Installs Debian's Chromium with `install-chromium.sh` unless it is there.
-fn ensure_chromium() -> TestResult {
-    if Path::new(CHROMIUM).is_file() {
-        return Ok(());
-    }
-    let script = browser_dir().join("install-chromium.sh");
-    let mut child = own_process_group(Command::new("sh").arg(&script)).spawn()?;
-    let status = wait_bounded(&mut child, INSTALL_TIMEOUT, "installing Chromium")?;
-    if !status.success() || !Path::new(CHROMIUM).is_file() {
-        return Err(format!("could not install Chromium ({status}): the chat test needs {CHROMIUM}").into());
-    }
-    Ok(())
-}
 
 #[test]
 fn two_browser_pages_on_different_nodes_chat_through_a_room() -> TestResult {
@@ -56,16 +31,7 @@ fn two_browser_pages_on_different_nodes_chat_through_a_room() -> TestResult {
     let urls = chat.urls("chat");
     assert_eq!(urls.len(), 3, "the example prints three nodes");
     let page_urls = urls.get(..2).ok_or("two nodes")?.join(",");
-    let mut driver = own_process_group(
-        Command::new("node")
-            .arg("chat-example.mjs")
-            .current_dir(browser_dir())
-            .env("HUBMESH_CHAT_URLS", &page_urls)
-            .env("HUBMESH_CHROMIUM", CHROMIUM),
-    )
-    .spawn()
-    .map_err(|error| format!("cannot start `node chat-example.mjs`: {error}"))?;
-    let status = wait_bounded(&mut driver, RUN_TIMEOUT, "the chat page driver")?;
+    let status = run_page_driver("chat-example.mjs", &[("HUBMESH_CHAT_URLS", &page_urls)], RUN_TIMEOUT)?;
     drop(chat);
     assert!(
         status.success(),

@@ -1,10 +1,13 @@
 //! The `ticker` example's hub and price feed (`examples/ticker/prices.rs`, the same file the example runs) in an
 //! in-process cluster: the feed runs on a backend node that serves no clients, and clients on the other nodes
 //! receive the prices of the symbols they subscribed to, in the order the feed sent them, and only those; after
-//! unsubscribing, none. The example itself also starts with one command and its front nodes serve the hub.
+//! unsubscribing, none. The example itself also starts with one command, its front nodes serve the hub, and the
+//! page they serve shows the prices in headless Chromium.
 
 #[path = "common/example.rs"]
 mod example;
+#[path = "common/npm.rs"]
+mod npm;
 #[path = "../examples/ticker/prices.rs"]
 #[allow(dead_code)]
 mod prices;
@@ -23,6 +26,8 @@ type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client waits for its next price.
 const PRICE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound on the page driver; `ticker-example.mjs` gives up by itself after 90 s.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How many prices each client checks.
 const PRICES: usize = 20;
 
@@ -103,8 +108,8 @@ async fn clients_on_other_nodes_receive_their_symbols_prices_in_order_from_a_bac
     Ok(())
 }
 
-/// `cargo run --example ticker` starts two front nodes and a backend, and a client of a front node gets prices
-/// from the backend's feed.
+/// `cargo run --example ticker` starts two front nodes and a backend, a client of a front node gets prices from the
+/// backend's feed, and a front node's page shows them in headless Chromium.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ticker_example_runs_with_one_command() -> TestResult {
     let ticker =
@@ -122,6 +127,20 @@ async fn the_ticker_example_runs_with_one_command() -> TestResult {
     assert_eq!(symbol, "UMBRELLA");
     assert_eq!(second, first + 1, "prices in order");
     drop(client);
+
+    // The front node's page, in headless Chromium (`tests/browser/ticker-example.mjs`).
+    let page_url = fronts.get(1).ok_or("no second front")?.clone();
+    let status = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        npm::ensure_installed()?;
+        example::ensure_chromium().map_err(|error| error.to_string())?;
+        example::run_page_driver("ticker-example.mjs", &[("HUBMESH_TICKER_URL", &page_url)], PAGE_TIMEOUT)
+            .map_err(|error| error.to_string())
+    })
+    .await??;
+    assert!(
+        status.success(),
+        "the ticker page driver failed ({status}); see its PASS/FAIL lines above"
+    );
     tokio::task::spawn_blocking(move || drop(ticker)).await?;
     Ok(())
 }

@@ -5,14 +5,14 @@
 //! chat. Each page connects to the node that served it, and a room is a group: a message sent on one node reaches
 //! the room's members on every node.
 //!
-//! The page loads the official browser build of `@microsoft/signalr` from the node (`/lib/signalr.js`), read from
-//! the npm package under `tests/node/node_modules` (`npm ci` in `tests/node` installs it) or the `node_modules`
-//! directory `CHAT_NODE_MODULES` names.
+//! The page loads the official browser build of `@microsoft/signalr` from the node (`/lib/signalr.js`, see
+//! `examples/common/client_bundle.rs`: `npm ci` in `tests/node` installs it).
 
+#[path = "../common/client_bundle.rs"]
+mod client_bundle;
 #[path = "../common/local_cluster.rs"]
 mod local_cluster;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use actix_web::{web, HttpResponse};
@@ -79,29 +79,9 @@ async fn page() -> HttpResponse {
         .body(include_str!("index.html"))
 }
 
-/// Where the official client's npm package is installed.
-fn node_modules() -> PathBuf {
-    match std::env::var_os("CHAT_NODE_MODULES") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node/node_modules"),
-    }
-}
-
-/// `GET /lib/signalr.js`: the official browser build of `@microsoft/signalr`.
-async fn signalr_js() -> HttpResponse {
-    let path = node_modules().join("@microsoft/signalr/dist/browser/signalr.js");
-    match web::block(move || std::fs::read(path)).await {
-        Ok(Ok(bytes)) => HttpResponse::Ok().content_type("text/javascript").body(bytes),
-        _ => HttpResponse::NotFound()
-            .content_type("text/plain")
-            .body("@microsoft/signalr is not installed: run `npm ci` in tests/node, or set CHAT_NODE_MODULES"),
-    }
-}
-
-fn routes(config: &mut web::ServiceConfig) {
-    config
-        .route("/", web::get().to(page))
-        .route("/lib/signalr.js", web::get().to(signalr_js));
+fn routes(config: &mut web::ServiceConfig, _role: &str) {
+    config.route("/", web::get().to(page));
+    client_bundle::mount(config);
 }
 
 fn role(builder: NodeBuilder, _role: &str) -> (NodeBuilder, Started) {

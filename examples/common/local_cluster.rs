@@ -45,14 +45,17 @@ pub type Started = Box<dyn FnOnce(&Node) + Send>;
 /// Adds a role's hubs and settings to a node, and says what to run once it serves.
 pub type Role = fn(NodeBuilder, &str) -> (NodeBuilder, Started);
 
+/// Mounts the example's own routes of a role (pages, say) beside the node's.
+pub type Routes = fn(&mut web::ServiceConfig, &str);
+
 /// Nothing to run once the node serves.
 pub fn nothing_more() -> Started {
     Box::new(|_| {})
 }
 
 /// The example's entry point: a child node when started as `<exe> node …`, else the parent of `nodes`.
-/// `role` builds a node of a role; `routes` mounts the example's own routes beside the node's.
-pub fn main_with(example: &str, nodes: &[NodeSpec], role: Role, routes: fn(&mut web::ServiceConfig)) -> ExitCode {
+/// `role` builds a node of a role; `routes` mounts the example's own routes for a role beside the node's.
+pub fn main_with(example: &str, nodes: &[NodeSpec], role: Role, routes: Routes) -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -111,7 +114,7 @@ fn parse_node_args(args: &[String]) -> Result<NodeArgs, String> {
 }
 
 /// A child: joins the cluster, serves the node and the example's routes, stops when standard input closes.
-async fn run_node(args: NodeArgs, role: Role, routes: fn(&mut web::ServiceConfig)) -> Result<(), String> {
+async fn run_node(args: NodeArgs, role: Role, routes: Routes) -> Result<(), String> {
     let secret = std::env::var(SECRET_ENV).map_err(|_| format!("{SECRET_ENV} is not set"))?;
     let membership = MembershipConfig::new(args.name.as_str(), "example", args.gossip).with_seeds(args.seeds);
     let settings = ClusterSettings::real(membership, LinkConfig::new(args.link, secret));
@@ -124,10 +127,12 @@ async fn run_node(args: NodeArgs, role: Role, routes: fn(&mut web::ServiceConfig
     let listener = TcpListener::bind(&args.http).map_err(|error| format!("{}: {error}", args.http))?;
     let url = format!("http://{}", listener.local_addr().map_err(|error| error.to_string())?);
     let app_node = node.clone();
+    let app_role = args.role.clone();
     let server = HttpServer::new(move || {
         let node = app_node.clone();
+        let node_role = app_role.clone();
         App::new()
-            .configure(routes)
+            .configure(|config| routes(config, &node_role))
             .configure(move |config| node.configure(config))
     })
     .workers(2)

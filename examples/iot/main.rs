@@ -179,7 +179,7 @@ fn role(builder: NodeBuilder, role: &str) -> (NodeBuilder, Started) {
     }
 }
 
-fn routes(_config: &mut web::ServiceConfig) {}
+fn routes(_config: &mut web::ServiceConfig, _role: &str) {}
 
 fn main() -> ExitCode {
     let nodes = [

@@ -4,8 +4,11 @@
 //! links on 127.0.0.1): two front nodes serve the `ticker` hub at `/ticker` to clients, and a backend node
 //! (`NodeBuilder::send_only_hub`) serves nothing over HTTP but runs the price feed, a background task that sends
 //! each symbol's price to the symbol's group through the hub's `HubContext`. Connect any SignalR client to a front
-//! node's `/ticker`, call `Subscribe("ACME")`, and `price(symbol, sequence, price)` arrives every half second.
+//! node's `/ticker`, call `Subscribe("ACME")`, and `price(symbol, sequence, price)` arrives every half second; or
+//! open a front node's URL in a browser: its page does that with the official client, served by the node.
 
+#[path = "../common/client_bundle.rs"]
+mod client_bundle;
 #[path = "../common/local_cluster.rs"]
 mod local_cluster;
 mod prices;
@@ -13,7 +16,7 @@ mod prices;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use actix_web::web;
+use actix_web::{web, HttpResponse};
 use hubmesh::{CancellationToken, Node, NodeBuilder};
 use local_cluster::{main_with, nothing_more, NodeSpec, Started};
 use prices::{push_prices, ticker_hub};
@@ -29,7 +32,21 @@ fn role(builder: NodeBuilder, role: &str) -> (NodeBuilder, Started) {
     }
 }
 
-fn routes(_config: &mut web::ServiceConfig) {}
+/// `GET /`: a page that subscribes to symbols and shows their prices as they come.
+async fn page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("index.html"))
+}
+
+/// Front nodes serve the page; the backend serves no clients.
+fn routes(config: &mut web::ServiceConfig, role: &str) {
+    if role != "front" {
+        return;
+    }
+    config.route("/", web::get().to(page));
+    client_bundle::mount(config);
+}
 
 /// Starts the feed on the backend; it runs as long as the node.
 fn start_feed(node: &Node) {
