@@ -1,10 +1,13 @@
 //! The `iot` example as a user runs it, `cargo run --example iot`: devices on the two `devices` nodes report
 //! readings, and a dashboard on the `dashboard` node that watches a site receives each devices node's summary of
 //! that site (count, mean, min, max), and nothing of another site; then `examples/iot/push_alert.py` (Python's
-//! standard library, the REST API with a signed token) pushes an alert that reaches the same dashboard.
+//! standard library, the REST API with a signed token) pushes an alert that reaches the same dashboard. The
+//! dashboard node's page shows the summaries and a pushed alert in headless Chromium.
 
 #[path = "common/example.rs"]
 mod example;
+#[path = "common/npm.rs"]
+mod npm;
 #[path = "common/process.rs"]
 mod process;
 
@@ -16,6 +19,7 @@ use std::time::Duration;
 
 use example::RunningExample;
 use hubmesh::testing::TestClient;
+use hubmesh::CancellationToken;
 use process::{own_process_group, wait_bounded};
 use serde_json::json;
 use tokio::time::Instant;
@@ -24,6 +28,8 @@ type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 
 /// The example's default REST access key (`examples/iot/main.rs`).
 const ACCESS_KEY: &str = "iot-example-access-key";
+/// Upper bound on the page driver; `iot-example.mjs` gives up by itself after 90 s.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the summaries may take (the nodes flush every second).
 const SUMMARY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -121,6 +127,44 @@ async fn devices_on_two_nodes_are_summarized_to_a_dashboard_and_python_pushes_an
     // A token signed with another key is refused.
     let status = push_alert(&dashboard_url, "another key", "forged").await?;
     assert!(!status.success(), "a push signed with another key fails");
+
+    // The dashboard page in headless Chromium (`tests/browser/iot-example.mjs`), while devices on both devices
+    // nodes keep reporting (every 200 ms, for at most the driver's own time limit).
+    let stop = CancellationToken::new();
+    let reporting = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            for round in 0..600u32 {
+                for device in [&mut device_1, &mut device_2] {
+                    device
+                        .invoke_ok("Report", json!(["sensor-9", "plant-a", f64::from(round)]))
+                        .await?;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+            TestResult::Ok((device_1, device_2))
+        }
+    });
+    let dashboard_page = dashboard_url.clone();
+    let status = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        npm::ensure_installed()?;
+        example::ensure_chromium().map_err(|error| error.to_string())?;
+        let env = [
+            ("HUBMESH_IOT_URL", dashboard_page.as_str()),
+            ("HUBMESH_IOT_ACCESS_KEY", ACCESS_KEY),
+        ];
+        example::run_page_driver("iot-example.mjs", &env, PAGE_TIMEOUT).map_err(|error| error.to_string())
+    })
+    .await??;
+    stop.cancel();
+    let (device_1, device_2) = reporting.await??;
+    assert!(
+        status.success(),
+        "the dashboard page driver failed ({status}); see its PASS/FAIL lines above"
+    );
 
     drop((dashboard, device_1, device_2));
     tokio::task::spawn_blocking(move || drop(iot)).await?;

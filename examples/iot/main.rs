@@ -5,12 +5,15 @@
 //! `Report(device, site, value)`, and one `dashboard` node serves the `dashboard` hub at `/dashboard`, where
 //! dashboards call `Watch(site)`. Each devices node aggregates the readings it receives per site and, every
 //! second, sends `summary(site, node, count, mean, min, max)` to the site's dashboard group through the dashboard
-//! hub's `HubContext` (a hub it sends to without serving it): the two kinds of node scale independently.
+//! hub's `HubContext` (a hub it sends to without serving it): the two kinds of node scale independently. The
+//! dashboard node's URL is a page that watches a site and shows its summaries and alerts.
 //!
 //! Any other application can push to the dashboards too, over the REST API every node serves:
 //! `python3 examples/iot/push_alert.py <dashboard node URL> <access key> <site> <text>` sends
 //! `alert(site, text)` to the site's dashboards (the access key is `IOT_REST_ACCESS_KEY`, printed at start).
 
+#[path = "../common/client_bundle.rs"]
+mod client_bundle;
 #[path = "../common/local_cluster.rs"]
 mod local_cluster;
 
@@ -19,7 +22,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::web;
+use actix_web::{web, HttpResponse};
 use hubmesh::{Caller, Hub, HubContext, HubError, Node, NodeBuilder, State};
 use local_cluster::{main_with, nothing_more, NodeSpec, Started};
 
@@ -179,7 +182,20 @@ fn role(builder: NodeBuilder, role: &str) -> (NodeBuilder, Started) {
     }
 }
 
-fn routes(_config: &mut web::ServiceConfig, _role: &str) {}
+/// `GET /`: the dashboard page.
+async fn dashboard_page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("dashboard.html"))
+}
+
+/// Dashboard nodes serve the dashboard page.
+fn routes(config: &mut web::ServiceConfig, role: &str) {
+    if role == "dashboard" {
+        config.route("/", web::get().to(dashboard_page));
+        client_bundle::mount(config);
+    }
+}
 
 fn main() -> ExitCode {
     let nodes = [
