@@ -89,7 +89,7 @@ pub use connection::{BoundsHit, ClientResultError, ConnectionId, Limits, Request
 pub use hub::handler;
 pub use hub::{Caller, ClientProxy, ClientStream, Clients, Groups, Hub, HubContext, HubError, State, Streamed};
 pub use mesh::GroupError;
-pub use node::cors::CorsOrigins;
+pub use node::cors::{cors, CorsOrigins};
 /// The status report a node serves at `GET /_hubmesh/status`, which `hubmesh status` prints.
 pub use node::status;
 pub use node::tls::{TlsConfig, TlsError};

@@ -510,8 +510,8 @@ impl NodeBuilder {
     }
 
     /// The origins whose pages may call the node cross-origin with credentials ([`NodeBuilder::start`] only; an
-    /// application that serves the node itself wraps its `App` in [`cors::cors`]). The default allows none:
-    /// same-origin pages and non-browser clients are served either way ([`cors`] says why).
+    /// application that serves the node itself wraps its `App` in [`crate::cors`]). The default allows none:
+    /// same-origin pages and non-browser clients are served either way ([`crate::cors`] says why).
     pub fn cors_origins(mut self, origins: CorsOrigins) -> Self {
         self.cors_origins = origins;
         self
