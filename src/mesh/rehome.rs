@@ -26,6 +26,9 @@ pub(super) struct CutOff {
     notified_by: HashSet<Arc<str>>,
     closed_at: Option<tokio::time::Instant>,
     stalled_at: Option<tokio::time::Instant>,
+    /// When the stall watcher last ran: long ago means the node is stalled right now (it was just resumed, and the
+    /// watcher has not run yet).
+    last_check: Option<tokio::time::Instant>,
     /// Times this node closed its connections for it.
     closes: u64,
 }
@@ -33,7 +36,7 @@ pub(super) struct CutOff {
 /// How often a node checks that it is not stalled, and the gap between checks that counts as a stall (a stopped
 /// process, or one starved that long): about the failure-detection time, past which peers declare it dead.
 const STALL_CHECK: Duration = Duration::from_millis(250);
-const STALL_GAP: Duration = Duration::from_millis(1500);
+const STALL_GAP: Duration = Duration::from_millis(1000);
 /// How long after a stall a node's notices say it stalled.
 const STALL_MEMORY: Duration = Duration::from_secs(30);
 
@@ -46,9 +49,11 @@ pub(super) async fn watch_for_stalls<H: LocalHub>(router: Weak<Router<H>>) {
         let Some(router) = router.upgrade() else {
             return;
         };
+        let mut cut_off = router.cut_off.lock();
         if now.duration_since(asked) >= STALL_GAP {
-            router.cut_off.lock().stalled_at = Some(now);
+            cut_off.stalled_at = Some(now);
         }
+        cut_off.last_check = Some(now);
     }
 }
 
@@ -191,11 +196,12 @@ impl<H: LocalHub> Router<H> {
 
     /// The notice to a peer this node had declared dead, saying whether this node itself stalled lately.
     pub(super) fn declared_dead_notice(&self) -> Envelope {
-        let stalled = self
-            .cut_off
-            .lock()
-            .stalled_at
-            .is_some_and(|at| at.elapsed() < STALL_MEMORY);
+        let stalled = {
+            let cut_off = self.cut_off.lock();
+            // A stall the watcher saw lately, or one going on now: resumed, with the watcher not run since.
+            cut_off.stalled_at.is_some_and(|at| at.elapsed() < STALL_MEMORY)
+                || cut_off.last_check.is_some_and(|at| at.elapsed() >= STALL_GAP)
+        };
         Envelope::DeclaredDead { stalled }
     }
 
