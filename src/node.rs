@@ -354,7 +354,12 @@ impl Node {
         for endpoint in self.inner.endpoints.values() {
             endpoint.context.close_all(true);
         }
-        let deadline = tokio::time::Instant::now() + grace;
+        self.wait_for_connections_to_end(grace).await;
+    }
+
+    /// Waits at most `limit` until this node holds no connection.
+    async fn wait_for_connections_to_end(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
         while tokio::time::Instant::now() < deadline
             && self
                 .inner
@@ -398,16 +403,7 @@ impl Node {
                 tokio::time::sleep(pause).await;
             }
         }
-        let deadline = tokio::time::Instant::now() + STOP_GRACE;
-        while tokio::time::Instant::now() < deadline
-            && self
-                .inner
-                .endpoints
-                .values()
-                .any(|endpoint| endpoint.context.local_connection_count() > 0)
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        self.wait_for_connections_to_end(STOP_GRACE).await;
     }
 
     /// Stops a node that the application serves itself ([`NodeBuilder::build`], [`Node::configure`]): closes its

@@ -13,64 +13,103 @@ pub mod testhub;
 pub use client::TestClient;
 pub use cluster::TestCluster;
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
+/// Test servers running on a runtime of their own, on a thread of their own, until this is dropped.
+struct Background {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Runs `serve` on a new two-worker runtime on thread `name`, and waits until it has its servers listening:
+    /// what it hands back with them comes back here. The servers stop when the `Background` is dropped.
+    fn start<T, F>(name: &str, serve: impl FnOnce() -> F + Send + 'static) -> std::io::Result<(Background, T)>
+    where
+        T: Send + 'static,
+        F: Future<Output = std::io::Result<(T, Vec<testhub::TestHubHandle>)>>,
+    {
+        let (ready_tx, ready_rx) = std_mpsc::channel::<std::io::Result<T>>();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = ready_tx.send(Err(error));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match serve().await {
+                    Ok((ready, servers)) => {
+                        let _ = ready_tx.send(Ok(ready));
+                        let _ = stop_rx.await;
+                        for server in servers {
+                            server.stop().await;
+                        }
+                    }
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(error));
+                    }
+                }
+            });
+        })?;
+        let ready = ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other(format!("the {name} thread ended before it listened")))??;
+        let background = Background {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        Ok((background, ready))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The test hub served in-process on `127.0.0.1` at an ephemeral port; stops when dropped.
 pub struct TestHubServer {
     url: String,
     https_url: String,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _background: Background,
 }
 
 impl TestHubServer {
     /// Starts the server and waits until it listens.
     pub fn start() -> std::io::Result<TestHubServer> {
-        let (ready_tx, ready_rx) = std_mpsc::channel::<std::io::Result<(String, String)>>();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("hubmesh-testhub".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = ready_tx.send(Err(error));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let listen = testhub::Listen {
-                        http: Some("127.0.0.1:0".to_owned()),
-                        https: Some("127.0.0.1:0".to_owned()),
-                    };
-                    match testhub::serve_on(&listen).await {
-                        Ok(server) => {
-                            let urls = (server.url(), server.https_url().unwrap_or_default());
-                            let _ = ready_tx.send(Ok(urls));
-                            let _ = stop_rx.await;
-                            server.stop().await;
-                        }
-                        Err(error) => {
-                            let _ = ready_tx.send(Err(std::io::Error::other(error.to_string())));
-                        }
-                    }
-                });
-            })?;
-        let (url, https_url) = ready_rx
-            .recv()
-            .map_err(|_| std::io::Error::other("the test hub thread ended before it listened"))??;
+        let (background, (url, https_url)) = Background::start("hubmesh-testhub", || async {
+            let listen = testhub::Listen {
+                http: Some("127.0.0.1:0".to_owned()),
+                https: Some("127.0.0.1:0".to_owned()),
+            };
+            let server = testhub::serve_on(&listen)
+                .await
+                .map_err(|error| std::io::Error::other(error.to_string()))?;
+            let urls = (server.url(), server.https_url().unwrap_or_default());
+            Ok((urls, vec![server]))
+        })?;
         Ok(TestHubServer {
             url,
             https_url,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _background: background,
         })
     }
 
@@ -85,74 +124,45 @@ impl TestHubServer {
     }
 }
 
-impl Drop for TestHubServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// Several test servers in-process forming one cluster (see [`testhub::serve_cluster`]), served from a background
 /// thread with its own runtime like [`TestHubServer`]; stops when dropped.
 pub struct TestHubCluster {
     urls: Vec<String>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _background: Background,
 }
 
 impl TestHubCluster {
     /// Starts `count` test servers as one cluster and waits until each listens and all see each other.
     pub fn start(count: usize) -> std::io::Result<TestHubCluster> {
-        let (ready_tx, ready_rx) = std_mpsc::channel::<std::io::Result<Vec<String>>>();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("hubmesh-testhub-cluster".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = ready_tx.send(Err(error));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    match testhub::serve_cluster(count).await {
-                        Ok(servers) => {
-                            let urls: Vec<String> = servers.iter().map(testhub::TestHubHandle::url).collect();
-                            let formed = wait_for_cluster(&urls, count).await;
-                            let _ = ready_tx.send(formed.map(|()| urls));
-                            let _ = stop_rx.await;
-                            for server in servers {
-                                server.stop().await;
-                            }
-                        }
-                        Err(error) => {
-                            let _ = ready_tx.send(Err(std::io::Error::other(error.to_string())));
-                        }
-                    }
-                });
-            })?;
-        let urls = ready_rx
-            .recv()
-            .map_err(|_| std::io::Error::other("the test cluster thread ended before it listened"))??;
+        let (background, urls) = Background::start("hubmesh-testhub-cluster", move || async move {
+            let servers = testhub::serve_cluster(count)
+                .await
+                .map_err(|error| std::io::Error::other(error.to_string()))?;
+            let urls: Vec<String> = servers.iter().map(testhub::TestHubHandle::url).collect();
+            wait_for_cluster(&urls, count).await?;
+            Ok((urls, servers))
+        })?;
         Ok(TestHubCluster {
             urls,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _background: background,
         })
     }
 
     /// `http://127.0.0.1:<port>` of each node.
     pub fn urls(&self) -> &[String] {
         &self.urls
+    }
+
+    /// The address of each node, for a proxy in front of them.
+    pub fn addrs(&self) -> std::io::Result<Vec<SocketAddr>> {
+        self.urls
+            .iter()
+            .map(|url| {
+                url.trim_start_matches("http://")
+                    .parse()
+                    .map_err(|_| std::io::Error::other(format!("not an address: {url}")))
+            })
+            .collect()
     }
 }
 
@@ -182,15 +192,4 @@ async fn wait_for_cluster(urls: &[String], count: usize) -> std::io::Result<()> 
         }
     }
     Ok(())
-}
-
-impl Drop for TestHubCluster {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }

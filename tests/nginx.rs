@@ -148,11 +148,7 @@ fn official_client_through_nginx_without_affinity_over_three_nodes() -> TestResu
     let binary = nginx_binary()?;
     let dir = npm::ensure_installed()?;
     let cluster = TestHubCluster::start(3)?;
-    let servers: Vec<SocketAddr> = cluster
-        .urls()
-        .iter()
-        .map(|url| url.trim_start_matches("http://").parse())
-        .collect::<Result<_, _>>()?;
+    let servers = cluster.addrs()?;
     let port = free_port()?;
     let _nginx = start_nginx(&binary, &servers, port)?;
     let url = format!("http://127.0.0.1:{port}");

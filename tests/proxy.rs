@@ -498,11 +498,7 @@ fn official_client_conformance_through_the_proxy() -> Result<(), Box<dyn Error>>
     let dir = npm::ensure_installed()?;
     // Three test servers forming one cluster, each request to the next: no stickiness anywhere.
     let server = TestHubCluster::start(3)?;
-    let nodes: Vec<SocketAddr> = server
-        .urls()
-        .iter()
-        .map(|url| url.trim_start_matches("http://").parse())
-        .collect::<Result<_, _>>()?;
+    let nodes = server.addrs()?;
     // The proxy's own runtime: this test waits on Node synchronously.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

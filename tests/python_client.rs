@@ -219,11 +219,7 @@ fn python_signalrcore_client() -> TestResult {
 #[test]
 fn python_signalrcore_client_through_a_round_robin_proxy_over_three_nodes() -> TestResult {
     let cluster = TestHubCluster::start(3).map_err(|error| format!("cannot start the test hub cluster: {error}"))?;
-    let nodes: Vec<std::net::SocketAddr> = cluster
-        .urls()
-        .iter()
-        .map(|url| url.trim_start_matches("http://").parse())
-        .collect::<Result<_, _>>()?;
+    let nodes = cluster.addrs()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -256,11 +256,7 @@ impl<H: LocalHub> Router<H> {
                 ids: vec![id.clone()],
                 frame,
             };
-            if self.send_to(&home, &envelope).is_err() {
-                for peer in self.peers() {
-                    let _ = self.send_to_peer(&peer, &envelope);
-                }
-            }
+            self.send_to_home(&home, &envelope);
         }
     }
 

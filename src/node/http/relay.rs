@@ -285,20 +285,9 @@ pub(super) async fn poll(
     }
 }
 
-/// A POST's body relayed to the home.
+/// A POST's body relayed to the home (or by the home to the node that took the connection's SSE stream).
 pub(super) async fn post(node: &Node, endpoint: &HubEndpoint, home: &NodeId, token: &str, body: Bytes) -> Reply {
     reply_of(ask(node, endpoint, home, token, Op::Post { body }, RELAY_TIMEOUT).await)
-}
-
-/// A POST's body passed on by the home to the node that took the connection's SSE stream.
-pub(super) async fn post_to_server(
-    node: &Node,
-    endpoint: &HubEndpoint,
-    server: &NodeId,
-    token: &str,
-    body: Bytes,
-) -> Reply {
-    post(node, endpoint, server, token, body).await
 }
 
 /// A DELETE relayed to the home.

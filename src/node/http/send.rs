@@ -13,7 +13,7 @@ use super::super::Node;
 use super::endpoint::{lookup, HubEndpoint, Lookup};
 use super::relay;
 use super::reply::Reply;
-use crate::transport::{PostSender, TransportKind};
+use crate::transport::{PostInFlight, PostSender, TransportKind};
 
 /// The send half of SSE and long polling for a token this node holds: the whole body goes to the connection, then
 /// `200` (docs/protocol.md#post-send-half).
@@ -23,7 +23,7 @@ pub(super) async fn post(node: &Node, endpoint: &HubEndpoint, token: &str, body:
         Err(Forward::Reply(reply)) => return reply,
         Err(Forward::To(server)) => {
             return match read_body(node, body).await {
-                Ok(bytes) => relay::post_to_server(node, endpoint, &server, token, bytes).await,
+                Ok(bytes) => relay::post(node, endpoint, &server, token, bytes).await,
                 Err(reply) => reply,
             }
         }
@@ -31,16 +31,9 @@ pub(super) async fn post(node: &Node, endpoint: &HubEndpoint, token: &str, body:
     let Some(in_flight) = sender.begin() else {
         return busy();
     };
-    let bytes = match read_body(node, body).await {
-        Ok(bytes) => bytes,
-        Err(reply) => return reply,
-    };
-    if bytes.is_empty() {
-        return Reply::empty(StatusCode::OK);
-    }
-    match in_flight.deliver(bytes).await {
-        Ok(()) => Reply::empty(StatusCode::OK),
-        Err(_) => Reply::no_connection(),
+    match read_body(node, body).await {
+        Ok(bytes) => deliver(in_flight, bytes).await,
+        Err(reply) => reply,
     }
 }
 
@@ -49,11 +42,16 @@ pub(super) async fn post_bytes(node: &Node, endpoint: &HubEndpoint, token: &str,
     let sender = match sender_of(endpoint, token) {
         Ok(sender) => sender,
         Err(Forward::Reply(reply)) => return reply,
-        Err(Forward::To(server)) => return relay::post_to_server(node, endpoint, &server, token, bytes).await,
+        Err(Forward::To(server)) => return relay::post(node, endpoint, &server, token, bytes).await,
     };
-    let Some(in_flight) = sender.begin() else {
-        return busy();
-    };
+    match sender.begin() {
+        Some(in_flight) => deliver(in_flight, bytes).await,
+        None => busy(),
+    }
+}
+
+/// Hands a POST's body to the connection: `200` once it took it.
+async fn deliver(in_flight: PostInFlight, bytes: Bytes) -> Reply {
     if bytes.is_empty() {
         return Reply::empty(StatusCode::OK);
     }

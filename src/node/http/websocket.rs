@@ -17,8 +17,8 @@ use super::tunnel::SocketEnd;
 use super::negotiate::random_id;
 use super::{no_connection, normalize_path, text};
 use crate::auth::Authenticated;
-use crate::connection::reconnect::{self, ResumeHandle};
-use crate::connection::{self, ConnectionSetup};
+use crate::connection::reconnect::{self, ResumeHandle, ResumeSlot};
+use crate::connection::{self, ConnectionId, ConnectionSetup};
 use crate::transport::websocket::WebSocketTransport;
 use crate::transport::TransportKind;
 
@@ -184,21 +184,7 @@ pub(super) async fn accept_websocket(
         (None, None)
     };
     insert_adopted(&endpoint, token.clone(), id.clone(), home, Active::WebSocket(handle), stateful);
-    let setup = ConnectionSetup {
-        id,
-        request: request_info(head, user),
-        limits: node.shared_limits(),
-        host: Arc::new(endpoint.context.clone()),
-        resume,
-        wake_relay: node.wake_relay(),
-    };
-    Ok(AcceptedWebSocket::New(Box::new(NewWebSocket {
-        node: node.clone(),
-        endpoint,
-        token: Some(token),
-        setup,
-        span: node.span().clone(),
-    })))
+    Ok(new_websocket(node, endpoint, Some(token), id, head, user, resume))
 }
 
 fn tunnel(node: &Node, socket: SocketEnd) -> AcceptedWebSocket {
@@ -269,6 +255,19 @@ fn accept_local(
             }
         }
     };
+    Ok(new_websocket(node, endpoint, token, id, head, user, resume))
+}
+
+/// A new connection `id` over the WebSocket that `head` asks for, its token forgotten when it ends.
+fn new_websocket(
+    node: &Node,
+    endpoint: Arc<HubEndpoint>,
+    token: Option<String>,
+    id: ConnectionId,
+    head: &RequestHead,
+    user: Option<Authenticated>,
+    resume: Option<ResumeSlot>,
+) -> AcceptedWebSocket {
     let setup = ConnectionSetup {
         id,
         request: request_info(head, user),
@@ -277,13 +276,13 @@ fn accept_local(
         resume,
         wake_relay: node.wake_relay(),
     };
-    Ok(AcceptedWebSocket::New(Box::new(NewWebSocket {
+    AcceptedWebSocket::New(Box::new(NewWebSocket {
         node: node.clone(),
         endpoint,
         token,
         setup,
         span: node.span().clone(),
-    })))
+    }))
 }
 
 /// The upgrade of a hub mounted in an application's own actix-web server ([`Node::configure`]): there the socket
