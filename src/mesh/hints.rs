@@ -78,6 +78,8 @@ pub struct RelayCounts {
 pub(crate) struct RelayFigures {
     /// Connections negotiated here that run on other nodes now.
     pub(crate) adopted_out: usize,
+    /// Adoptions refused because `MAX_ADOPTED_OUT` connections of this node ran elsewhere.
+    pub(crate) adoptions_refused: u64,
     /// Location hints held.
     pub(crate) hints: usize,
     /// Sends passed on by this node as a home.
@@ -93,6 +95,7 @@ impl<H: LocalHub> Router<H> {
     pub(crate) fn relay_figures(&self) -> RelayFigures {
         RelayFigures {
             adopted_out: self.adopted_out.lock().len(),
+            adoptions_refused: self.adoptions_refused.load(Ordering::Relaxed),
             hints: self.hints.lock().len(),
             passed_on: self.passed_on.load(Ordering::Relaxed),
             fences_given_up: self.fence_gave_up.load(Ordering::Relaxed),

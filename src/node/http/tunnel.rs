@@ -54,6 +54,8 @@ enum Message {
 #[derive(Default)]
 pub(crate) struct Tunnels {
     next: AtomicU64,
+    /// Tunnel ends ended because they could not take a frame (their queue was full).
+    fell_behind: AtomicU64,
     open: Mutex<Ends>,
 }
 
@@ -131,8 +133,14 @@ impl Tunnels {
             }
         };
         if fell_behind {
+            self.fell_behind.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(parent: node.span(), %from, tunnel, "a tunnel end fell behind; ending it");
         }
+    }
+
+    /// Tunnel ends ended because their queue was full.
+    pub(crate) fn fell_behind(&self) -> u64 {
+        self.fell_behind.load(Ordering::Relaxed)
     }
 
     /// Tunnel ends open now, socket and connection ends together.

@@ -46,6 +46,7 @@ pub(super) struct Scrape {
     hubs: Vec<HubFigures>,
     relays: RelayFigures,
     tunnels: usize,
+    tunnels_fell_behind: u64,
     /// The mesh's bound counters, by bound.
     mesh_bounds: Vec<(&'static str, u64)>,
     ready: bool,
@@ -101,6 +102,7 @@ impl Scrape {
             relays: node.inner.router.relay_figures(),
             mesh_bounds: mesh_bounds(&node.inner.router.bounds_hit()),
             tunnels: node.tunnels().open_count(),
+            tunnels_fell_behind: node.tunnels().fell_behind(),
             ready,
             uptime_seconds,
             cluster,
@@ -336,6 +338,18 @@ impl Collector for NodeCollector {
             "hubmesh_tunnels",
             "Tunnel ends open: stateful connections whose client came back to another node than the one running them.",
             count(scrape.tunnels),
+        )?;
+        counter(
+            encoder,
+            "hubmesh_adoptions_refused",
+            "Transports refused because too many connections negotiated here ran on other nodes (503).",
+            scrape.relays.adoptions_refused,
+        )?;
+        counter(
+            encoder,
+            "hubmesh_tunnel_ends_fell_behind",
+            "Tunnel ends ended because their queue of 256 messages was full (the client reconnects again).",
+            scrape.tunnels_fell_behind,
         )?;
         counter(
             encoder,
