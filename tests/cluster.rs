@@ -832,6 +832,30 @@ async fn a_draining_node_hands_its_groups_over_and_nobody_else_loses_a_message()
         let status: Value = serde_json::from_slice(&status.body)?;
         assert_eq!(status["status"], json!("draining"), "{status}");
         assert_eq!(status["connections"], json!(0), "{status}");
+        // It makes no connection of its own any more: a negotiate that still reaches it is answered by a ready
+        // peer, which is the new connection's home, and the token works through another node.
+        for _ in 0..4 {
+            let body = hubmesh::testing::client::negotiate(&format!("{url}/hub"), "", &[]).await?;
+            let id = body["connectionId"].as_str().ok_or("no connectionId")?;
+            let home = id.rsplit('.').next().unwrap_or_default();
+            assert!(
+                home == "node-1" || home == "node-2",
+                "a draining node negotiated {id} itself"
+            );
+            let token = body["connectionToken"].as_str().ok_or("no connectionToken")?;
+            let mut client = TestClient::to(&format!(
+                "{}/hub?id={token}",
+                cluster.url(0).ok_or("node 1 not running")?
+            ))
+            .connect()
+            .await?;
+            let who = client.invoke_ok_keeping_others("WhoAmI", json!([])).await?;
+            assert_eq!(
+                who.as_str(),
+                Some(id),
+                "the token negotiated elsewhere lost its connection"
+            );
+        }
         // It leaves; its groups move to the others while the sends go on.
         cluster.kill(2).await;
         let _ = timeout(Duration::from_secs(10), sender).await;

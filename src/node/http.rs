@@ -145,7 +145,7 @@ async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node
                 return refusal;
             }
             return match authenticate(&node, endpoint, request.head()) {
-                Ok(_) => negotiate(&node, endpoint, &request),
+                Ok(_) => negotiate(&node, endpoint, &request).await,
                 Err(refusal) => refusal.response(),
             };
         }

@@ -69,6 +69,9 @@ enum Op {
     Delete,
     /// The connection the sender adopted has ended.
     Release,
+    /// Negotiate a connection of this hub here, for a client whose request reached a draining node (the token
+    /// field is empty): the answer is the negotiate response.
+    Negotiate { query: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -302,6 +305,27 @@ fn reply_of(answer: Answer) -> Reply {
     }
 }
 
+/// Has a ready peer negotiate for a client whose request reached this (draining) node: the peer's negotiate
+/// response, or `None` when no ready peer answered with one (then this node negotiates itself).
+pub(super) async fn negotiate_elsewhere(node: &Node, endpoint: &HubEndpoint, query: &str) -> Option<Reply> {
+    let view = node.cluster_view().await?;
+    let ready: Vec<NodeId> = view
+        .peers()
+        .filter(|member| member.status() == Some(crate::cluster::NodeStatus::Serving))
+        .map(|member| member.id.clone())
+        .collect();
+    // A random ready peer, so that a draining node's negotiates spread as the load balancer's would.
+    let first = rand::random_range(0..ready.len().max(1));
+    for peer in ready.iter().cycle().skip(first).take(ready.len()) {
+        let op = Op::Negotiate { query: query.to_owned() };
+        match ask(node, endpoint, peer, "", op, RELAY_TIMEOUT).await {
+            Answer::Reply(reply) if reply.status() == StatusCode::OK => return Some(reply),
+            answer => tracing::debug!(parent: node.span(), %peer, ?answer, "a peer did not negotiate for this draining node"),
+        }
+    }
+    None
+}
+
 /// Tells `home` that the connection of `token`, which this node adopted, has ended (in the background; if the home
 /// is gone, so is its record).
 pub(super) fn release(node: &Node, endpoint: &HubEndpoint, home: NodeId, token: String) {
@@ -344,6 +368,7 @@ async fn serve(node: Node, from: NodeId, payload: Bytes) -> Answer {
         }
         Op::Post { body } => Answer::Reply(super::send::post_bytes(&node, &endpoint, &token, body).await),
         Op::Delete => Answer::Reply(super::long_polling::delete(&endpoint, &token)),
+        Op::Negotiate { query } => Answer::Reply(super::negotiate::negotiate_here(&node, &endpoint, &query)),
         Op::Release => {
             let released = {
                 let mut tokens = endpoint.tokens.lock();
