@@ -74,6 +74,7 @@ mod id;
 mod limits;
 mod link;
 mod mailbox;
+pub mod moving;
 pub mod outbound;
 pub mod reconnect;
 mod recv_gate;

@@ -24,6 +24,7 @@
 mod caller;
 mod clients;
 mod groups;
+mod moving;
 pub mod handler;
 mod runtime;
 

@@ -61,6 +61,7 @@ mod group_send;
 mod hints;
 mod inbound;
 mod members;
+mod moves;
 mod owner;
 mod rehome;
 mod relay;

@@ -383,24 +383,30 @@ impl Node {
         if let Some(cluster) = self.inner.cluster.lock().await.as_ref() {
             cluster.membership().set_status(NodeStatus::Draining).await;
         }
-        let connections: Vec<(&Arc<HubEndpoint>, Vec<crate::ConnectionId>)> = self
+        let connections: Vec<_> = self
             .inner
             .endpoints
             .values()
-            .map(|endpoint| (endpoint, endpoint.context.local_connection_ids()))
+            .map(|endpoint| {
+                let movable = http::movable(self, endpoint);
+                (endpoint, endpoint.context.local_connection_ids(), movable)
+            })
             .collect();
-        let total: usize = connections.iter().map(|(_, ids)| ids.len()).sum();
+        let total: usize = connections.iter().map(|(_, ids, _)| ids.len()).sum();
         if total > 0 {
             // In DRAIN_STEPS even slices over the window.
             let pause = window / DRAIN_STEPS;
             for step in 0..DRAIN_STEPS as usize {
-                for (endpoint, ids) in &connections {
+                let started = tokio::time::Instant::now();
+                for (endpoint, ids, movable) in &connections {
                     let per_step = ids.len().div_ceil(DRAIN_STEPS as usize);
                     let start = (step * per_step).min(ids.len());
                     let end = ((step + 1) * per_step).min(ids.len());
-                    endpoint.context.close_local(&ids[start..end], true);
+                    // Stateful WebSocket connections move to other nodes (docs/any-node-design.md, section 5a);
+                    // the others are closed, allowing reconnects.
+                    http::move_or_close(self, endpoint, &ids[start..end], movable).await;
                 }
-                tokio::time::sleep(pause).await;
+                tokio::time::sleep_until(started + pause).await;
             }
         }
         self.wait_for_connections_to_end(STOP_GRACE).await;

@@ -127,6 +127,15 @@ impl<T: Transport> Connection<T> {
                     self.streams.remove(id.as_str());
                     None
                 }
+                Outbound::Move(out) => {
+                    if let Err(error) = self.flush(&mut batch).await {
+                        return Some(self.lost(error));
+                    }
+                    match self.start_move(out) {
+                        Some(out) => return Some(Ending::Moved(out)),
+                        None => None,
+                    }
+                }
                 Outbound::Close(close) => {
                     if let Err(error) = self.flush(&mut batch).await {
                         return Some(self.lost(error));

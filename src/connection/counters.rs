@@ -25,16 +25,19 @@ pub enum DisconnectReason {
     NodeStopping,
     /// A protocol error, a refused connection, or a lost transport.
     Error,
+    /// It moved to another node (a drain): the same connection goes on there.
+    Moved,
 }
 
 impl DisconnectReason {
     /// Every reason, in label order.
-    pub const ALL: [DisconnectReason; 5] = [
+    pub const ALL: [DisconnectReason; 6] = [
         DisconnectReason::Normal,
         DisconnectReason::Timeout,
         DisconnectReason::SlowConsumer,
         DisconnectReason::NodeStopping,
         DisconnectReason::Error,
+        DisconnectReason::Moved,
     ];
 
     /// How a connection's ending counts (`slow` when its mailbox overflowed, whatever the ending says).
@@ -53,6 +56,7 @@ impl DisconnectReason {
             Ending::Close { error: Some(error), .. } if error == CLIENT_TIMED_OUT => DisconnectReason::Timeout,
             Ending::TransportLost(reason) if reason == NOT_RECONNECTED => DisconnectReason::Timeout,
             Ending::Close { .. } | Ending::TransportLost(_) => DisconnectReason::Error,
+            Ending::Moved(_) => DisconnectReason::Moved,
         }
     }
 
@@ -64,6 +68,7 @@ impl DisconnectReason {
             DisconnectReason::SlowConsumer => "slow_consumer",
             DisconnectReason::NodeStopping => "node_stopping",
             DisconnectReason::Error => "error",
+            DisconnectReason::Moved => "moved",
         }
     }
 }
@@ -170,7 +175,7 @@ struct Padded(AtomicU64);
 pub struct ConnectionCounters {
     open: [[AtomicI64; 2]; 3],
     connects: [[AtomicU64; 2]; 3],
-    disconnects: [AtomicU64; 5],
+    disconnects: [AtomicU64; DisconnectReason::ALL.len()],
     invocations: [AtomicU64; 4],
     deliveries: [AtomicU64; 4],
     messages_received: Padded,

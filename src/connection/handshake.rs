@@ -70,6 +70,7 @@ impl<T: Transport> Connection<T> {
                 slot,
                 detached_until: None,
                 ack_due: None,
+                moving: None,
             })),
             _ => None,
         };

@@ -193,6 +193,9 @@ pub enum Outbound {
     StreamEnded(Box<String>),
     /// Close the connection with a Close message.
     Close(Box<CloseRequest>),
+    /// Hand the connection's state over and end here, without Close and without `disconnected`: it moves to
+    /// another node (see [`moving`](super::moving)). Everything queued before it is in the state handed over.
+    Move(Box<super::moving::MoveOut>),
 }
 
 impl Outbound {

@@ -95,10 +95,26 @@ impl ReplayBuffer {
     pub fn len_bytes(&self) -> usize {
         self.bytes
     }
+
+    /// The unacked records with their ids, and the id the next record gets: what a moving connection hands over.
+    pub fn export(&self) -> (Vec<(u64, Bytes)>, u64) {
+        (self.entries.iter().cloned().collect(), self.next_id)
+    }
+
+    /// A buffer holding at most about `cap` bytes that goes on from an exported one.
+    pub fn import(cap: usize, entries: Vec<(u64, Bytes)>, next_id: u64) -> Self {
+        let bytes = entries.iter().map(|(_, record)| record.len()).sum();
+        ReplayBuffer {
+            next_id,
+            entries: entries.into(),
+            bytes,
+            cap,
+        }
+    }
 }
 
 /// What the server received from the client, to ack it and to drop what a resumed client sends twice.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ReceiveState {
     /// The id the next trackable record from the client has.
     next_id: u64,

@@ -23,6 +23,8 @@ pub(super) struct Stateful {
     pub(super) detached_until: Option<Instant>,
     /// When the pending Ack of received messages goes out.
     pub(super) ack_due: Option<Instant>,
+    /// Set when the connection was asked to move while a call ran: it moves once none runs.
+    pub(super) moving: Option<Box<super::moving::MoveOut>>,
 }
 
 /// How long received messages wait before they are acked, so that one Ack covers a burst (the client's interval).

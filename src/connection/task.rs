@@ -54,6 +54,8 @@ pub(super) enum Ending {
     },
     /// The transport failed; nothing more can be written.
     TransportLost(String),
+    /// The connection moves to another node: its state goes to `MoveOut`, and it ends here silently.
+    Moved(Box<super::moving::MoveOut>),
 }
 
 /// Runs a connection to its end. Spawn it on the worker that accepted the transport.
@@ -124,7 +126,7 @@ impl<T: Transport> Connection<T> {
     /// The connected phase: the rest of the hub's `connected`, the main loop, the ending. Boxed, since an async fn
     /// keeps its argument twice (as given and as moved into its body), and this one is the largest part of a
     /// connection.
-    async fn live(mut self: Box<Self>, connected: BoxFuture<'static, Result<(), String>>) {
+    pub(super) async fn live(mut self: Box<Self>, connected: BoxFuture<'static, Result<(), String>>) {
         let connection = &mut self;
         let ending = match connected.await {
             Ok(()) => connection.serve().await,
@@ -167,7 +169,7 @@ impl<T: Transport> Connection<T> {
             // Backpressure, as ASP.NET applies it: while `max_queued_invocations` wait behind the running one, the
             // transport is not read (what one read held is still dispatched), so a client's burst waits in its
             // socket, not in this task.
-            let backlogged = self.queued.len() >= self.limits.max_queued_invocations;
+            let backlogged = self.queued.len() >= self.limits.max_queued_invocations || self.is_moving();
             tokio::select! {
                 biased;
                 // Otherwise the ending flag wakes the mailbox's receive.
@@ -179,6 +181,9 @@ impl<T: Transport> Connection<T> {
                 }
                 () = poll_current(&mut self.current), if has_current => {
                     self.current = self.queued.pop_front();
+                    if let Some(out) = self.take_move_if_idle() {
+                        return Ending::Moved(out);
+                    }
                 }
                 chunk = self.recv_gate.recv(&mut self.transport), if !backlogged => {
                     match chunk {
@@ -305,6 +310,10 @@ impl<T: Transport> Connection<T> {
     }
 
     async fn finish(mut self, ending: Ending) {
+        let ending = match ending {
+            Ending::Moved(out) => return self.hand_over(*out).await,
+            ending => ending,
+        };
         let reason = DisconnectReason::of(&ending, self.mailbox.is_ending());
         self.limits.counters.disconnected(self.session.transport, self.protocol, reason);
         self.mailbox.end();
@@ -347,6 +356,8 @@ impl<T: Transport> Connection<T> {
                 tracing::debug!(%reason, "transport lost");
                 (Some(reason), None)
             }
+            // Handled above.
+            Ending::Moved(_) => (None, None),
         };
         self.host.disconnected(&self.session, error).await;
         if let Some(kind) = kind {

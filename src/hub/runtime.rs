@@ -19,6 +19,9 @@ pub(crate) type NodeRouter = Router<HubRuntime>;
 struct Member {
     handle: ConnectionHandle,
     groups: HashSet<GroupKey>,
+    /// Moving here from another node and not started yet (`super::moving`): broadcasts skip it, since the node
+    /// it comes from still delivers them.
+    arriving: bool,
 }
 
 /// A hub running on a node: its definition, its connections here, and which of them are in which group.
@@ -56,8 +59,53 @@ impl HubRuntime {
             Member {
                 handle,
                 groups: HashSet::new(),
+                arriving: false,
             },
         );
+    }
+
+    /// Adds a connection that is moving here from another node (`super::moving`); false if the id is taken.
+    pub(super) fn add_arriving(&self, id: ConnectionId, handle: ConnectionHandle) -> bool {
+        let mut connections = self.connections.write();
+        if connections.contains_key(&id) {
+            return false;
+        }
+        connections.insert(
+            id,
+            Member {
+                handle,
+                groups: HashSet::new(),
+                arriving: true,
+            },
+        );
+        true
+    }
+
+    /// The connection that moved here has started: it is an ordinary one from now on.
+    pub(super) fn arrived(&self, id: &ConnectionId) {
+        if let Some(member) = self.connections.write().get_mut(id) {
+            member.arriving = false;
+        }
+    }
+
+    /// The groups a connection here is in (`None` if it is not here).
+    pub(super) fn groups_of(&self, id: &ConnectionId) -> Option<Vec<GroupKey>> {
+        self.connections
+            .read()
+            .get(id)
+            .map(|member| member.groups.iter().cloned().collect())
+    }
+
+    /// Takes a connection that moves away out of the registry and the local group table, without its groups'
+    /// owners hearing of it (they moved it already); its handle, if it was here.
+    pub(super) fn hand_off(&self, id: &ConnectionId) -> Option<(ConnectionHandle, Vec<GroupKey>)> {
+        let member = self.connections.write().remove(id)?;
+        let groups: Vec<GroupKey> = member.groups.into_iter().collect();
+        let mut table = self.local_groups.write();
+        for key in &groups {
+            drop_from_table(&mut table, key, id);
+        }
+        Some((member.handle, groups))
     }
 
     /// Removes a connection that ended from the registry and from the local group table; returns the groups it
@@ -127,7 +175,7 @@ impl LocalHub for HubRuntime {
             self.connections
                 .read()
                 .iter()
-                .filter(|(id, _)| !except.contains(id))
+                .filter(|(id, member)| !member.arriving && !except.contains(id))
                 .map(|(_, member)| &member.handle)
                 .inspect(|_| count += 1),
             frame,

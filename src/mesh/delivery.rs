@@ -55,6 +55,26 @@ impl<H: LocalHub> Fanout for RouterFanout<H> {
         }
     }
 
+    fn moved(&self, node: &NodeId, key: &GroupKey, id: &ConnectionId, arriving: bool) -> Delivery {
+        let Some(router) = self.0.upgrade() else {
+            return Delivery::Gone;
+        };
+        if router.is_local(&node.name) {
+            router.on_member_moved(key, id, arriving);
+            return Delivery::Sent;
+        }
+        let envelope = Envelope::MemberMoved {
+            key: key.clone(),
+            connection: id.clone(),
+            arriving,
+        };
+        match router.send_to_peer(node, &envelope) {
+            Ok(()) => Delivery::Sent,
+            Err(LinkError::QueueFull(_)) => Delivery::Full,
+            Err(_) => Delivery::Gone,
+        }
+    }
+
     fn dropped(&self, node: &NodeId, key: &GroupKey) {
         if let Some(router) = self.0.upgrade() {
             let hit = &router.bounds_hit;

@@ -139,6 +139,28 @@ impl GroupDirectory {
         Err(GroupError::Unavailable(last_error))
     }
 
+    /// Moves connection `id` from node `from` to node `to`; returns once the actor has sent both nodes their
+    /// markers (`super::moves`), in order with its deliveries.
+    pub async fn move_member(&self, key: &GroupKey, from: &NodeId, to: &NodeId, id: ConnectionId) -> Result<(), GroupError> {
+        let mut last_error = String::new();
+        for _ in 0..ADD_ATTEMPTS {
+            let actor = self.get_or_start(key).await?;
+            let (from, to, id) = (from.clone(), to.clone(), id.clone());
+            match actor
+                .call(|reply| GroupMessage::Move { from, to, id, reply }, Some(CALL_TIMEOUT))
+                .await
+            {
+                Ok(CallResult::Success(_)) => return Ok(()),
+                Ok(CallResult::Timeout) => return Err(GroupError::Unavailable("timed out".into())),
+                Ok(CallResult::SenderError) | Err(_) => {
+                    last_error = "the group was stopping".into();
+                    self.forget(key, &actor);
+                }
+            }
+        }
+        Err(GroupError::Unavailable(last_error))
+    }
+
     /// Removes connection `id` of node `node`; a group that was never started is not started for it.
     pub async fn remove(&self, key: &GroupKey, node: &NodeId, id: ConnectionId) -> Result<(), GroupError> {
         let Some(actor) = self.existing(key) else {

@@ -102,6 +102,9 @@ pub(super) enum Envelope {
     DeclaredDead { stalled: bool },
     /// A frame of a connection's transport tunneled between nodes (see `super::relay`), in link order.
     Tunnel { payload: Bytes },
+    /// From a group's owner, in order with its deliveries: a moving connection is in this node's copy of the
+    /// group's sends from now on (`arriving`), or no longer (`super::moves`).
+    MemberMoved { key: GroupKey, connection: ConnectionId, arriving: bool },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -114,6 +117,8 @@ pub(super) enum Request {
     Register { key: GroupKey, connection: ConnectionId },
     /// To a group's owner: a connection of the sender left.
     Unregister { key: GroupKey, connection: ConnectionId },
+    /// To a group's owner: a connection of the sender moves to node `to` (`super::moves`).
+    Move { key: GroupKey, connection: ConnectionId, to: NodeId },
     /// To a group's owner.
     Count { key: GroupKey },
     /// To a group's owner.

@@ -44,6 +44,10 @@ pub trait Fanout: Send + Sync + 'static {
 
     /// A send to `node` was dropped: its link stayed full for [`FANOUT_PATIENCE`] (counted and logged).
     fn dropped(&self, node: &NodeId, key: &GroupKey);
+
+    /// Tells `node`, in order with its deliveries, that member `id` is in its copy of the group's sends from
+    /// now on (`arriving`), or no longer (a member moving between nodes, `super::moves`).
+    fn moved(&self, node: &NodeId, key: &GroupKey, id: &ConnectionId, arriving: bool) -> Delivery;
 }
 
 /// What became of one node's copy of a group send.
@@ -109,6 +113,18 @@ pub enum GroupMessage {
         /// Who sent it.
         stamp: Stamp,
     },
+    /// Connection `id` moves from node `from` to node `to`: the actor tells `from` that it is out of that node's
+    /// copy of later sends and `to` that it is in (markers in order with the deliveries); replies with the count.
+    Move {
+        /// The incarnation it leaves.
+        from: NodeId,
+        /// The incarnation it moves to.
+        to: NodeId,
+        /// The connection.
+        id: ConnectionId,
+        /// Gets the member count.
+        reply: RpcReplyPort<usize>,
+    },
     /// Reply with the member count.
     Count(RpcReplyPort<usize>),
     /// Reply with the member ids.
@@ -164,6 +180,19 @@ impl GroupActor {
                     }
                 }
             }
+        }
+    }
+}
+
+impl GroupActor {
+    /// Sends a move marker, waiting (up to [`FANOUT_PATIENCE`]) for a node whose link is full: a lost marker
+    /// leaves the move unfinished (the moving node then gives it up).
+    async fn mark(&self, node: &NodeId, id: &ConnectionId, arriving: bool) {
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(1);
+        while self.fanout.moved(node, &self.key, id, arriving) == Delivery::Full && started.elapsed() < FANOUT_PATIENCE {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
 }
@@ -227,6 +256,18 @@ impl Actor for GroupActor {
             GroupMessage::Send { frame, except, stamp } => {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
                 self.fan_out(state, &frame, &except, &stamp).await;
+            }
+            GroupMessage::Move { from, to, id, reply } => {
+                if let Some(ids) = members.get_mut(&from) {
+                    ids.remove(&id);
+                    if ids.is_empty() {
+                        members.remove(&from);
+                    }
+                }
+                members.entry(to.clone()).or_default().insert(id.clone());
+                self.mark(&from, &id, false).await;
+                self.mark(&to, &id, true).await;
+                let _ = reply.send(member_count(members));
             }
             GroupMessage::Count(reply) => {
                 let _ = reply.send(member_count(members));

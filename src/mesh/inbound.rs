@@ -102,6 +102,21 @@ impl<H: LocalHub> Router<H> {
                 connection,
                 done: Done::Remote { from: from.clone(), id },
             }),
+            Envelope::Request {
+                id,
+                request: Request::Move { key, connection, to },
+            } => self.enqueue(MembershipOp::Move {
+                from: from.clone(),
+                to,
+                key,
+                connection,
+                done: Done::Remote { from: from.clone(), id },
+            }),
+            Envelope::MemberMoved {
+                key,
+                connection,
+                arriving,
+            } => self.on_member_moved(&key, &connection, arriving),
             Envelope::SnapshotRequest => self.send_snapshot_to(from),
             Envelope::Request { id, request } => {
                 let router = self.clone();

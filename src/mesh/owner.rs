@@ -43,6 +43,14 @@ pub(super) enum MembershipOp {
         connection: ConnectionId,
         done: Done,
     },
+    /// A member of node `from` moves to node `to` (`super::moves`).
+    Move {
+        from: NodeId,
+        to: NodeId,
+        key: GroupKey,
+        connection: ConnectionId,
+        done: Done,
+    },
     /// A part of a peer's snapshot: parts count from 0, and the last says so.
     Snapshot {
         from: NodeId,
@@ -132,7 +140,10 @@ impl MembershipOp {
     fn is_input(&self) -> bool {
         matches!(
             self,
-            MembershipOp::Register { .. } | MembershipOp::Unregister { .. } | MembershipOp::Send { .. }
+            MembershipOp::Register { .. }
+                | MembershipOp::Unregister { .. }
+                | MembershipOp::Move { .. }
+                | MembershipOp::Send { .. }
         )
     }
 }
@@ -189,7 +200,9 @@ impl<H: LocalHub> Router<H> {
     pub(super) fn enqueue(&self, op: MembershipOp) {
         if op.is_input() && !self.admit() {
             match op {
-                MembershipOp::Register { done, .. } | MembershipOp::Unregister { done, .. } => {
+                MembershipOp::Register { done, .. }
+                | MembershipOp::Unregister { done, .. }
+                | MembershipOp::Move { done, .. } => {
                     self.finish(done, Err(queue_full()));
                 }
                 _ => {}
@@ -240,6 +253,24 @@ impl<H: LocalHub> Router<H> {
                     return self.finish(done, Err(left_error()));
                 }
                 let result = self.groups.add(&key, &from, connection).await.map_err(MeshError::from);
+                self.finish(done, result);
+                self.release_orphans(&key, state);
+            }
+            MembershipOp::Move {
+                from,
+                to,
+                key,
+                connection,
+                done,
+            } => {
+                if self.is_stale(&from) || self.is_stale(&to) {
+                    return self.finish(done, Err(left_error()));
+                }
+                let result = self
+                    .groups
+                    .move_member(&key, &from, &to, connection)
+                    .await
+                    .map_err(MeshError::from);
                 self.finish(done, result);
                 self.release_orphans(&key, state);
             }

@@ -169,7 +169,7 @@ impl<H: LocalHub> Router<H> {
                     Answer::Done
                 }
                 // Ordered with snapshots instead; see `on_envelope`.
-                Request::Register { .. } | Request::Unregister { .. } => {
+                Request::Register { .. } | Request::Unregister { .. } | Request::Move { .. } => {
                     tracing::warn!(parent: &self.span, from = %from, "a membership request bypassed the queue");
                     Answer::Failed(WireError::Group("misrouted membership request".into()))
                 }

@@ -46,6 +46,7 @@ mod endpoint;
 mod health;
 mod live;
 mod long_polling;
+mod moving;
 mod negotiate;
 mod relay;
 mod reply;
@@ -78,6 +79,7 @@ use sse::connect_sse;
 use websocket::{accept_websocket, is_websocket_upgrade, upgrade_with_actix_ws};
 
 pub(crate) use endpoint::HubEndpoint;
+pub(crate) use moving::{move_or_close, movable};
 pub(crate) use relay::NodeRelays;
 pub(crate) use token::TokenKeys;
 pub(crate) use tunnel::Tunnels;

@@ -123,6 +123,8 @@ pub(crate) struct HubEndpoint {
     /// The hub's path, normalized: what connection tokens are issued for.
     path: String,
     pub(super) tokens: Mutex<Tokens>,
+    /// Connections moving here from other nodes, by token (`super::moving`).
+    pub(super) arrivals: Mutex<super::moving::Arrivals>,
 }
 
 impl HubEndpoint {
@@ -131,6 +133,7 @@ impl HubEndpoint {
             context,
             path,
             tokens: Mutex::new(Tokens::default()),
+            arrivals: Mutex::new(super::moving::Arrivals::new()),
         }
     }
 
@@ -145,7 +148,14 @@ impl HubEndpoint {
 
     /// Forgets a token whose connection ended here; if the connection was adopted, tells its home.
     pub(super) fn forget(&self, node: &Node, token: &str) {
-        let removed = self.tokens.lock().remove(token);
+        let removed = {
+            let mut tokens = self.tokens.lock();
+            // A connection that moved to another node ended here, not there: its token now says where it runs.
+            if matches!(tokens.get(token), Some(Negotiated { active: Some(Active::Adopted { .. }), .. })) {
+                return;
+            }
+            tokens.remove(token)
+        };
         if let Some(Negotiated { home: Some(home), .. }) = removed {
             super::relay::release(node, self, home, token.to_owned());
         }

@@ -53,7 +53,7 @@ struct Relayed {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum Op {
+pub(super) enum Op {
     /// The sender took this transport for a fresh token and asks to run the connection; for a WebSocket of a
     /// stateful connection that is already open (its client reconnects), with the tunnel the sender opened for it.
     Adopt { transport: TransportKind, tunnel: Option<u64> },
@@ -72,6 +72,12 @@ enum Op {
     /// Negotiate a connection of this hub here, for a client whose request reached a draining node (the token
     /// field is empty): the answer is the negotiate response.
     Negotiate { query: String },
+    /// A stateful connection of the sender's moves here: register it as arriving (`super::moving`).
+    Prepare { id: ConnectionId },
+    /// Start the connection that was prepared, from its state, and take its token (`super::moving`).
+    Install { moved: Box<super::moving::MovedConnection> },
+    /// To a connection's home, from the node that served it: it moved to `server` (`super::moving`).
+    Moved { server: NodeId },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -87,7 +93,7 @@ enum Answer {
 
 /// What hub code sees of the request that opens a connection, as it crosses a link.
 #[derive(Debug, Serialize, Deserialize)]
-struct WireRequest {
+pub(super) struct WireRequest {
     user: Option<String>,
     claims: Option<Claims>,
     query: String,
@@ -203,6 +209,14 @@ async fn ask(node: &Node, endpoint: &HubEndpoint, target: &NodeId, token: &str, 
             Answer::Reply(Reply::text(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()))
         }
         Err(error) => Answer::Reply(Reply::unavailable(error)),
+    }
+}
+
+/// Sends `op` for `token` to `target`: its reply, or why there is none.
+pub(super) async fn ask_op(node: &Node, endpoint: &HubEndpoint, target: &NodeId, token: &str, op: Op) -> Result<Reply, String> {
+    match ask(node, endpoint, target, token, op, RELAY_TIMEOUT).await {
+        Answer::Reply(reply) => Ok(reply),
+        answer => Err(format!("an unexpected answer: {answer:?}")),
     }
 }
 
@@ -359,7 +373,14 @@ async fn serve(node: Node, from: NodeId, payload: Bytes) -> Answer {
     let token = relayed.token;
     match relayed.op {
         Op::Adopt { transport, tunnel } => adopt_here(&node, &endpoint, from, &token, transport, tunnel).await,
-        Op::Resume { client, tunnel } => resume_here(&node, &endpoint, &token, client, tunnel),
+        Op::Resume { client, tunnel } => match moved_to(&endpoint, &token) {
+            // It moved on from here (`super::moving`): pass the resume on.
+            Some(server) => ask(&node, &endpoint, &server, &token, Op::Resume { client, tunnel }, RELAY_TIMEOUT).await,
+            None => resume_here(&node, &endpoint, &token, client, tunnel),
+        },
+        Op::Prepare { id } => Answer::Reply(super::moving::prepare(&node, &endpoint, &token, id)),
+        Op::Install { moved } => Answer::Reply(super::moving::install(&node, &endpoint, &token, *moved)),
+        Op::Moved { server } => Answer::Reply(super::moving::moved_elsewhere(&node, &endpoint, &from, &token, server)),
         Op::Poll { request: None } if matches!(lookup(&endpoint, &token), Lookup::Fresh(_)) => Answer::NeedsRequest,
         Op::Poll { request } => {
             // Only a fresh token's poll reads the request, and that one always comes with it.
@@ -442,6 +463,22 @@ async fn adopt_here(
     }
     Answer::Adopted {
         stateful: stateful && transport == TransportKind::WebSockets,
+    }
+}
+
+/// The node a stateful WebSocket connection that ran here moved to, if it did.
+fn moved_to(endpoint: &HubEndpoint, token: &str) -> Option<NodeId> {
+    match endpoint.tokens.lock().get(token) {
+        Some(Negotiated {
+            active:
+                Some(Active::Adopted {
+                    server,
+                    transport: TransportKind::WebSockets,
+                }),
+            stateful: true,
+            ..
+        }) => Some(server.clone()),
+        _ => None,
     }
 }
 

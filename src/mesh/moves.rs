@@ -1,0 +1,64 @@
+//! A member moving between nodes, the mesh's side (docs/any-node-design.md, section 5a): the node a connection
+//! leaves asks each of its groups' owners to move it ([`Router::move_member`]); the owner's group actor moves it
+//! in its one order and sends a marker to each of the two nodes, through the same links as its deliveries
+//! (`super::group_actor`, `GroupMessage::Move`). A node applies its marker to its hub's table of local members
+//! ([`Router::on_member_moved`]): so every send of the group reaches the connection through exactly one of the two
+//! nodes, and the group's order holds across the move.
+
+use super::envelope::{unexpected, Answer, Request};
+use super::group::GroupKey;
+use super::owner::MembershipOp;
+use super::{LocalHub, MeshError, Router};
+use crate::cluster::NodeId;
+use crate::connection::ConnectionId;
+
+/// How many owners a move tries when owners leave while it waits.
+const OWNER_ATTEMPTS: usize = 3;
+
+impl<H: LocalHub> Router<H> {
+    /// Moves connection `connection` of this node to node `to` in group `key`, at the group's owner; returns once
+    /// the owner has sent both nodes their markers (this node's may still be on its way).
+    pub(crate) async fn move_member(&self, key: GroupKey, connection: ConnectionId, to: NodeId) -> Result<(), MeshError> {
+        let mut attempts = OWNER_ATTEMPTS;
+        loop {
+            let owner = self.owner_of(&key);
+            if self.is_local(&owner.name) {
+                let from = self.id();
+                return self
+                    .own_op(|done| MembershipOp::Move {
+                        from,
+                        to,
+                        key,
+                        connection,
+                        done,
+                    })
+                    .await;
+            }
+            let request = Request::Move {
+                key: key.clone(),
+                connection: connection.clone(),
+                to: to.clone(),
+            };
+            match self.request(&owner.name, request).await {
+                Answer::Done => return Ok(()),
+                Answer::PeerLeft if attempts > 1 => attempts -= 1,
+                answer => return Err(unexpected(answer)),
+            }
+        }
+    }
+
+    /// A group's owner says that `connection` is in this node's copy of the group's sends from now on
+    /// (`arriving`), or no longer.
+    pub(super) fn on_member_moved(&self, key: &GroupKey, connection: &ConnectionId, arriving: bool) {
+        let Some(runtime) = self.hub(&key.hub) else {
+            return;
+        };
+        if arriving {
+            if let Err(error) = runtime.local_join(key, connection) {
+                tracing::debug!(parent: &self.span, %error, %connection, "a moving member is not here");
+            }
+        } else {
+            runtime.local_leave(key, connection);
+        }
+    }
+}

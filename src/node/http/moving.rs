@@ -1,0 +1,357 @@
+//! Moving stateful WebSocket connections off a draining node (docs/any-node-design.md, section 5a): the order of
+//! the steps, on the node a connection leaves (S) and the node it moves to (T).
+//!
+//! 1. S asks T to prepare ([`Op::Prepare`](super::relay)): T makes the connection's mailbox and registers it as
+//!    arriving (`src/hub/moving.rs`), so that what is sent to it on T waits there.
+//! 2. S moves its groups at their owners; the owners' markers switch each group's sends from S to T in the
+//!    group's order (`src/mesh/moves.rs`).
+//! 3. S hands it off: direct sends that reach S go on to T, and it leaves S's registry.
+//! 4. S's connection task hands over its state (replay buffer, receive state, session), once no call of the
+//!    client's runs (`src/connection/moving.rs`), and waits.
+//! 5. S has T install it ([`Op::Install`](super::relay)): T starts its task from that state, detached, and holds
+//!    its token, so a reconnect that reaches T resumes it. S records that T serves it (a reconnect that reaches S,
+//!    or its home, is passed on to T) and tells its home if that is a third node.
+//! 6. S lets the old task drop the client's socket: the client reconnects, through the load balancer, to any node.
+//!
+//! A move that fails before step 4 falls back to what drain does without moves: Close with `allowReconnect`.
+//! T forgets an arrival that was not installed within [`ARRIVAL_EXPIRY`]. Arrivals are bounded by
+//! [`MAX_ARRIVALS`] per hub (refused beyond: the connection is closed instead of moved).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::super::Node;
+use super::endpoint::{Active, HubEndpoint, Negotiated};
+use super::reply::Reply;
+use crate::cluster::{NodeId, NodeStatus};
+use crate::connection::moving::{run_moved, MovedSetup, MovedState};
+use crate::connection::reconnect::{self, ResumeHandle};
+use crate::connection::{ConnectionHandle, ConnectionId, RequestInfo, Session};
+use crate::transport::TransportKind;
+
+/// How long one connection's move may take before it is given up (steps 1 to 4; a running call counts).
+const MOVE_LIMIT: Duration = Duration::from_secs(5);
+/// How long a node keeps an arrival that was prepared and not installed.
+pub(super) const ARRIVAL_EXPIRY: Duration = Duration::from_secs(30);
+/// The most connections moving to one hub of a node at once.
+pub(super) const MAX_ARRIVALS: usize = 16_384;
+/// How many connections a node moves at once.
+const MOVES_AT_ONCE: usize = 32;
+
+/// A connection prepared to arrive here: its handle (mailbox) and when it was prepared.
+pub(super) struct Arrival {
+    id: ConnectionId,
+    handle: ConnectionHandle,
+    prepared: Instant,
+}
+
+/// The arrivals of one hub, by token.
+pub(super) type Arrivals = HashMap<String, Arrival>;
+
+/// What a moving connection's session is, as it crosses a link with its state.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct MovedConnection {
+    state: MovedState,
+    user: Option<String>,
+    claims: Option<crate::auth::Claims>,
+    query: String,
+    headers: Vec<(String, String)>,
+    /// The node that negotiated it.
+    home: NodeId,
+}
+
+/// The stateful WebSocket connections of `endpoint` running here, which may move: their tokens and homes by id.
+pub(crate) fn movable(node: &Node, endpoint: &HubEndpoint) -> HashMap<ConnectionId, (String, NodeId)> {
+    let here = node.router().incarnation();
+    endpoint
+        .tokens
+        .lock()
+        .iter()
+        .filter_map(|(token, negotiated)| match negotiated {
+            Negotiated {
+                stateful: true,
+                active: Some(Active::WebSocket(Some(handle))),
+                id,
+                home,
+                ..
+            } if !handle.is_closed() => {
+                Some((id.clone(), (token.clone(), home.clone().unwrap_or_else(|| here.clone()))))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// One slice of a drain: moves those of `ids` that are in `movable` to ready peers, and closes the others (and
+/// those whose move failed) with a Close that allows reconnecting.
+pub(crate) async fn move_or_close(
+    node: &Node,
+    endpoint: &Arc<HubEndpoint>,
+    ids: &[ConnectionId],
+    movable: &HashMap<ConnectionId, (String, NodeId)>,
+) {
+    let (moving, closing): (Vec<&ConnectionId>, Vec<&ConnectionId>) =
+        ids.iter().partition(|id| movable.contains_key(*id));
+    let mut close: Vec<ConnectionId> = closing.into_iter().cloned().collect();
+    endpoint.context.close_local(&close, true);
+    let moving: Vec<(String, ConnectionId, NodeId)> = moving
+        .into_iter()
+        .filter_map(|id| movable.get(id).map(|(token, home)| (token.clone(), id.clone(), home.clone())))
+        .collect();
+    close = move_connections(node, endpoint, moving).await;
+    endpoint.context.close_local(&close, true);
+}
+
+/// The ready peers a connection may move to.
+async fn ready_peers(node: &Node) -> Vec<NodeId> {
+    let Some(view) = node.cluster_view().await else {
+        return Vec::new();
+    };
+    view.peers()
+        .filter(|member| member.status() == Some(NodeStatus::Serving))
+        .map(|member| member.id.clone())
+        .collect()
+}
+
+/// Moves these connections of `endpoint` (from [`movable`]) to ready peers, [`MOVES_AT_ONCE`] at a time; the ids
+/// of those that could not move (the caller closes them).
+pub(super) async fn move_connections(
+    node: &Node,
+    endpoint: &Arc<HubEndpoint>,
+    connections: Vec<(String, ConnectionId, NodeId)>,
+) -> Vec<ConnectionId> {
+    let peers = ready_peers(node).await;
+    if peers.is_empty() {
+        return connections.into_iter().map(|(_, id, _)| id).collect();
+    }
+    let mut failed = Vec::new();
+    let mut pending = connections.into_iter();
+    loop {
+        let chunk: Vec<_> = pending.by_ref().take(MOVES_AT_ONCE).collect();
+        if chunk.is_empty() {
+            return failed;
+        }
+        let moves = chunk.into_iter().map(|(token, id, home)| {
+            // Rendezvous on the connection id: the same choice from any node with the same view.
+            let to = crate::cluster::owner(id.as_str().as_bytes(), &peers).cloned();
+            async move {
+                let result = match to {
+                    Some(to) => move_one(node, endpoint, &token, &id, &home, &to).await,
+                    None => Err("no ready peer".to_owned()),
+                };
+                result.map_err(|why| (id, why))
+            }
+        });
+        for result in futures_util::future::join_all(moves).await {
+            if let Err((id, why)) = result {
+                tracing::info!(parent: node.span(), %id, %why, "a stateful connection could not move; closing it");
+                failed.push(id);
+            }
+        }
+    }
+}
+
+/// Moves one connection to `to` (steps 1 to 6 of this file's doc).
+async fn move_one(
+    node: &Node,
+    endpoint: &Arc<HubEndpoint>,
+    token: &str,
+    id: &ConnectionId,
+    home: &NodeId,
+    to: &NodeId,
+) -> Result<(), String> {
+    let context = &endpoint.context;
+    // 1. Prepare.
+    match super::relay::ask_op(node, endpoint, to, token, super::relay::Op::Prepare { id: id.clone() }).await {
+        Ok(reply) if reply.status() == StatusCode::OK => {}
+        Ok(reply) => return Err(format!("the peer refused: {}", reply.status())),
+        Err(error) => return Err(error),
+    }
+    // 2. Groups.
+    context
+        .move_groups(id, to, MOVE_LIMIT)
+        .await
+        .map_err(|error| format!("its groups did not move: {error}"))?;
+    // 3. Direct sends.
+    let handle = context
+        .hand_off(id, to)
+        .ok_or_else(|| "it ended, or too many connections of this node run elsewhere".to_owned())?;
+    // 4. Its state.
+    let handover = match handle.move_out().await {
+        Ok(answer) => tokio::time::timeout(MOVE_LIMIT, answer).await,
+        Err(error) => return Err(error.to_string()),
+    };
+    let handover = match handover {
+        Ok(Ok(handover)) => handover,
+        _ => {
+            handle.close(None, true);
+            return Err("its task did not hand its state over in time".to_owned());
+        }
+    };
+    let session = &handover.session;
+    let moved = MovedConnection {
+        state: handover.state,
+        user: session.user.clone(),
+        claims: session.claims.as_deref().cloned(),
+        query: session.query.clone(),
+        headers: session
+            .headers
+            .iter()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect(),
+        home: home.clone(),
+    };
+    // 5. Install, then record where it runs.
+    let installed =
+        super::relay::ask_op(node, endpoint, to, token, super::relay::Op::Install { moved: Box::new(moved) }).await;
+    if let Some(negotiated) = endpoint.tokens.lock().get_mut(token) {
+        negotiated.active = Some(Active::Adopted {
+            server: to.clone(),
+            transport: TransportKind::WebSockets,
+        });
+    }
+    let here = node.router().incarnation();
+    if *home != here && home != to {
+        let op = super::relay::Op::Moved { server: to.clone() };
+        if let Err(error) = super::relay::ask_op(node, endpoint, home, token, op).await {
+            tracing::debug!(parent: node.span(), %error, %home, "the home did not hear where its connection moved");
+        }
+    }
+    // 6. The old task lets the client's socket go when `handover.release` drops here.
+    match installed {
+        Ok(reply) if reply.status() == StatusCode::OK => Ok(()),
+        Ok(reply) => Err(format!("the peer did not install it: {}", reply.status())),
+        Err(error) => Err(error),
+    }
+}
+
+/// T, step 1: registers the connection as arriving.
+pub(super) fn prepare(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, id: ConnectionId) -> Reply {
+    let handle = ConnectionHandle::arriving(id.clone(), node.limits(), None);
+    {
+        let mut arrivals = endpoint.arrivals.lock();
+        if arrivals.len() >= MAX_ARRIVALS {
+            return Reply::unavailable(format!("{MAX_ARRIVALS} connections are moving here already"));
+        }
+        if arrivals.contains_key(token) || !endpoint.context.add_arriving(id.clone(), handle.clone()) {
+            return Reply::text(StatusCode::CONFLICT, "this connection is here already");
+        }
+        arrivals.insert(
+            token.to_owned(),
+            Arrival {
+                id,
+                handle,
+                prepared: Instant::now(),
+            },
+        );
+    }
+    // Forgotten if it is not installed in time (the node it came from gave the move up, or died).
+    let (endpoint, token) = (endpoint.clone(), token.to_owned());
+    tokio::spawn(async move {
+        tokio::time::sleep(ARRIVAL_EXPIRY).await;
+        let expired = {
+            let mut arrivals = endpoint.arrivals.lock();
+            match arrivals.get(&token) {
+                Some(arrival) if arrival.prepared.elapsed() >= ARRIVAL_EXPIRY => arrivals.remove(&token),
+                _ => None,
+            }
+        };
+        if let Some(arrival) = expired {
+            endpoint.context.abandon_arrival(&arrival.id).await;
+        }
+    });
+    Reply::empty(StatusCode::OK)
+}
+
+/// T, step 5: starts the connection that arrived, from its state, and takes its token.
+pub(super) fn install(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, moved: MovedConnection) -> Reply {
+    let Some(arrival) = endpoint.arrivals.lock().remove(token) else {
+        return Reply::no_connection();
+    };
+    let MovedConnection {
+        state,
+        user,
+        claims,
+        query,
+        headers,
+        home,
+    } = moved;
+    let request = RequestInfo {
+        user,
+        claims: claims.map(Arc::new),
+        query,
+        headers: headers.into_iter().collect(),
+    };
+    let Some(protocol) = crate::protocol::Protocol::from_name(&state.protocol) else {
+        return Reply::text(StatusCode::BAD_REQUEST, "unknown protocol");
+    };
+    let session = Arc::new(Session {
+        id: arrival.id.clone(),
+        user: request.user,
+        claims: request.claims,
+        transport: TransportKind::WebSockets,
+        protocol,
+        query: request.query,
+        headers: request.headers,
+        handle: arrival.handle,
+    });
+    let (resume_handle, slot): (ResumeHandle, _) = reconnect::resume_channel();
+    let setup = MovedSetup {
+        session,
+        limits: node.shared_limits(),
+        host: Arc::new(endpoint.context.clone()),
+        resume: slot,
+    };
+    let run = match run_moved(state, setup) {
+        Ok(run) => run,
+        Err(error) => return Reply::text(StatusCode::BAD_REQUEST, error.to_string()),
+    };
+    let here = node.router().incarnation();
+    endpoint.tokens.lock().insert(
+        token.to_owned(),
+        Negotiated {
+            id: arrival.id.clone(),
+            created: Instant::now(),
+            stateful: true,
+            active: Some(Active::WebSocket(Some(resume_handle))),
+            home: (home != here).then_some(home),
+        },
+    );
+    // Its home passed what reached it on to the node it left; here, it is served here.
+    node.router().forget_adopted(&arrival.id);
+    endpoint.context.arrived(&arrival.id);
+    let (node, endpoint, token) = (node.clone(), endpoint.clone(), token.to_owned());
+    let span = node.span().clone();
+    tokio::spawn(run.map(move |()| endpoint.forget(&node, &token)).instrument(span));
+    Reply::empty(StatusCode::OK)
+}
+
+/// The home, when the node serving one of its connections moved it to `server`: passes on to `server` from now
+/// on.
+pub(super) fn moved_elsewhere(node: &Node, endpoint: &HubEndpoint, from: &NodeId, token: &str, server: NodeId) -> Reply {
+    let id = {
+        let mut tokens = endpoint.tokens.lock();
+        match tokens.get_mut(token) {
+            Some(Negotiated {
+                active: Some(Active::Adopted { server: current, .. }),
+                id,
+                ..
+            }) if current == from => {
+                *current = server.clone();
+                id.clone()
+            }
+            _ => return Reply::no_connection(),
+        }
+    };
+    match node.router().adopt_out(id, server) {
+        Ok(()) => Reply::empty(StatusCode::OK),
+        Err(error) => Reply::unavailable(error),
+    }
+}

@@ -1,0 +1,221 @@
+//! Drain moves stateful connections (docs/any-node-design.md, section 5a; docs/semantics.md, "Drain"): three
+//! in-process nodes of the demo hub; stateful WebSocket clients run on node 3, one negotiated there and one
+//! negotiated on node 1 (so its home is a third node); group and direct sends go to them from node 1 all along;
+//! node 3 drains. Each client's socket drops, it reconnects through another node with its token, and goes on as
+//! the same connection: the same id, its group membership, every message once and in order.
+//!
+//! Everything runs on 127.0.0.1; every wait has a deadline.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::error::Error;
+use std::time::Duration;
+
+use hubmesh::demo::demo_hub;
+use hubmesh::testing::client::{negotiate, Protocol};
+use hubmesh::testing::TestCluster;
+use hubmesh::ConnectionId;
+use serde_json::{json, Value};
+use tokio::time::{timeout, Instant};
+
+#[path = "common/stateful_client.rs"]
+mod stateful_client;
+
+use stateful_client::StatefulClient;
+
+type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
+
+const COUNT: u64 = 300;
+
+/// One stateful client of the test: where it was negotiated, its token and id, and what it got.
+struct Mover {
+    client: StatefulClient,
+    token: String,
+    id: ConnectionId,
+    group: Vec<u64>,
+    direct: Vec<u64>,
+    reconnects: usize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_moves_its_stateful_connections_and_they_miss_nothing() -> TestResult {
+    for protocol in [Protocol::Json, Protocol::MessagePack] {
+        drain_moves(protocol).await?;
+    }
+    Ok(())
+}
+
+async fn drain_moves(protocol: Protocol) -> TestResult {
+    timeout(Duration::from_secs(90), async {
+        let mut cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        let url = |index: usize| -> TestResult<String> { Ok(format!("{}/hub", cluster.url(index).ok_or("no url")?)) };
+        let mut movers = Vec::new();
+        // Negotiated on node 3 itself, and on node 1; both run on node 3.
+        for negotiated_on in [2, 0] {
+            let body = negotiate(&url(negotiated_on)?, "&useStatefulReconnect=true", &[]).await?;
+            assert_eq!(body["useStatefulReconnect"], json!(true), "{body}");
+            let token = body["connectionToken"].as_str().ok_or("no token")?.to_owned();
+            let id = ConnectionId::new(body["connectionId"].as_str().ok_or("no id")?);
+            let mut client = StatefulClient::connect_with(&format!("{}?id={token}", url(2)?), protocol).await?;
+            client
+                .raw
+                .send_invocation_with_id("1", "JoinGroup", json!(["g"]))
+                .await?;
+            let joined = client.read().await?;
+            assert_eq!(joined["invocationId"], json!("1"), "{joined}");
+            movers.push(Mover {
+                client,
+                token,
+                id,
+                group: Vec::new(),
+                direct: Vec::new(),
+                reconnects: 0,
+            });
+        }
+        assert_eq!(
+            cluster.context(2, "demo").ok_or("no node 3")?.local_connection_count(),
+            2
+        );
+
+        // Group and direct sends from node 1, all along.
+        let context = cluster.context(0, "demo").ok_or("no hub context")?;
+        let ids: Vec<ConnectionId> = movers.iter().map(|mover| mover.id.clone()).collect();
+        let sender = tokio::spawn(async move {
+            for n in 0..COUNT {
+                if context.clients().group("g").send("g", (n,)).is_err() {
+                    return;
+                }
+                for id in &ids {
+                    if context.clients().client(id).send("d", (n,)).is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(4)).await;
+            }
+        });
+
+        let draining = cluster.node(2).ok_or("no node 3")?.clone();
+        let mut drain = None;
+        let deadline = Instant::now() + Duration::from_secs(40);
+        for (index, mover) in movers.iter_mut().enumerate() {
+            while mover.group.len() < COUNT as usize || mover.direct.len() < COUNT as usize {
+                assert!(
+                    Instant::now() < deadline,
+                    "client {index}: {} group and {} direct messages of {COUNT} arrived",
+                    mover.group.len(),
+                    mover.direct.len()
+                );
+                if drain.is_none() && mover.group.len() >= 60 {
+                    let node = draining.clone();
+                    drain = Some(tokio::spawn(
+                        async move { node.drain(Duration::from_millis(400)).await },
+                    ));
+                }
+                match timeout(Duration::from_secs(5), mover.client.read()).await {
+                    Ok(Ok(message)) => record(mover, &message)?,
+                    // The socket dropped (the connection moved, or the drain closed it): back through another node.
+                    Ok(Err(_)) | Err(_) => {
+                        assert!(
+                            mover.reconnects < 3,
+                            "client {index} reconnected {} times",
+                            mover.reconnects
+                        );
+                        let through = [0, 1][(index + mover.reconnects) % 2];
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        // The client sent one message (the join).
+                        mover
+                            .client
+                            .reconnect(&format!("{}?id={}", url(through)?, mover.token), 2)
+                            .await?;
+                        mover.reconnects += 1;
+                    }
+                }
+            }
+        }
+        let _ = timeout(Duration::from_secs(5), sender).await;
+        if let Some(drain) = drain {
+            timeout(Duration::from_secs(20), drain).await??;
+        }
+        let expected: Vec<u64> = (0..COUNT).collect();
+        for (index, mover) in movers.iter_mut().enumerate() {
+            assert!(
+                mover.reconnects >= 1,
+                "client {index} never lost its socket: node 3 did not drain it"
+            );
+            assert_eq!(
+                mover.group, expected,
+                "client {index}: every group message once, in order"
+            );
+            assert_eq!(
+                mover.direct, expected,
+                "client {index}: every direct message once, in order"
+            );
+            // The same connection: its id, and it still answers.
+            mover
+                .client
+                .raw
+                .send_invocation_with_id("who", "WhoAmI", json!([]))
+                .await?;
+            let until = Instant::now() + Duration::from_secs(5);
+            loop {
+                assert!(Instant::now() < until, "client {index}: WhoAmI was not answered");
+                let message = timeout(Duration::from_secs(5), mover.client.read()).await??;
+                if message["invocationId"] == json!("who") {
+                    assert_eq!(
+                        message["result"],
+                        json!(mover.id.as_str()),
+                        "client {index} is another connection"
+                    );
+                    break;
+                }
+            }
+        }
+        // Both moved (none was closed), counted as such on node 3.
+        let addr: std::net::SocketAddr = cluster.url(2).ok_or("no url")?.trim_start_matches("http://").parse()?;
+        let metrics = hubmesh::testing::client::http_request_with_body(addr, "GET", "/metrics", &[], b"").await?;
+        let moved = metrics
+            .text()
+            .lines()
+            .find(|line| line.starts_with("hubmesh_disconnects_total{") && line.contains("reason=\"moved\""))
+            .and_then(|line| line.split_whitespace().last())
+            .ok_or("no moved disconnects in node 3's metrics")?
+            .parse::<f64>()?;
+        assert_eq!(moved, 2.0, "both connections moved");
+        // Node 3 holds nothing; the group has both members, on the other nodes.
+        assert_eq!(
+            cluster.context(2, "demo").ok_or("no node 3")?.local_connection_count(),
+            0
+        );
+        let survivors = cluster.context(0, "demo").ok_or("no node 1")?.local_connection_count()
+            + cluster.context(1, "demo").ok_or("no node 2")?.local_connection_count();
+        assert_eq!(survivors, 2, "the moved connections run on the other nodes");
+        cluster.kill(2).await;
+        let context = cluster.context(0, "demo").ok_or("no hub context")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match context.groups().count("g").await {
+                Ok(2) => break,
+                count => assert!(Instant::now() < deadline, "the group has {count:?} members, not 2"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cluster.stop().await;
+        Ok(())
+    })
+    .await?
+}
+
+/// Files a group (`g`) or direct (`d`) message; anything else (completions) is ignored.
+fn record(mover: &mut Mover, message: &Value) -> TestResult {
+    if message["type"] != 1 {
+        return Ok(());
+    }
+    let n = message["arguments"][0].as_u64().ok_or("a message without its number")?;
+    match message["target"].as_str() {
+        Some("g") => mover.group.push(n),
+        Some("d") => mover.direct.push(n),
+        _ => {}
+    }
+    Ok(())
+}
