@@ -49,7 +49,8 @@ async fn drain_moves(protocol: Protocol) -> TestResult {
     timeout(Duration::from_secs(90), async {
         let mut cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
         cluster.wait_for_members(Duration::from_secs(10)).await?;
-        let url = |index: usize| -> TestResult<String> { Ok(format!("{}/hub", cluster.url(index).ok_or("no url")?)) };
+        let urls: Vec<String> = (0..3).filter_map(|index| cluster.url(index)).collect();
+        let url = |index: usize| -> TestResult<String> { Ok(format!("{}/hub", urls.get(index).ok_or("no url")?)) };
         let mut movers = Vec::new();
         // Negotiated on node 3 itself, and on node 1; both run on node 3.
         for negotiated_on in [2, 0] {
@@ -199,6 +200,49 @@ async fn drain_moves(protocol: Protocol) -> TestResult {
                 count => assert!(Instant::now() < deadline, "the group has {count:?} members, not 2"),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Node 3 is gone, and with it the home of the first connection: its token still resumes it, through
+        // either survivor (the one it runs on, or the other, which finds it).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "the survivors did not see node 3 leave");
+            let live = hubmesh::testing::client::http_request_with_body(
+                urls[0].trim_start_matches("http://").parse()?,
+                "GET",
+                "/_hubmesh/cluster",
+                &[],
+                b"",
+            )
+            .await?;
+            let view: Value = serde_json::from_slice(&live.body)?;
+            if view["live"].as_array().is_some_and(|live| live.len() == 2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (index, mover) in movers.iter_mut().enumerate() {
+            for (round, through) in [0usize, 1].into_iter().enumerate() {
+                // The client sent the join, WhoAmI, and one Echo per round before.
+                mover
+                    .client
+                    .reconnect(&format!("{}?id={}", url(through)?, mover.token), 3 + round as u64)
+                    .await?;
+                let text = format!("client {index} through node {}", through + 1);
+                let id = format!("echo-{round}");
+                mover
+                    .client
+                    .raw
+                    .send_invocation_with_id(&id, "Echo", json!([text]))
+                    .await?;
+                let until = Instant::now() + Duration::from_secs(5);
+                let (mut echoed, mut completed) = (false, false);
+                while !(echoed && completed) {
+                    assert!(Instant::now() < until, "{text}: no answer after the home left");
+                    let message = timeout(Duration::from_secs(5), mover.client.read()).await??;
+                    echoed |= message["type"] == 1 && message["arguments"][0] == json!(text);
+                    completed |= message["type"] == 3 && message["invocationId"] == json!(id);
+                }
+            }
         }
         cluster.stop().await;
         Ok(())

@@ -78,6 +78,11 @@ impl<H: LocalHub> Router<H> {
         self.live_peer(name)
     }
 
+    /// The live peers' incarnations.
+    pub(crate) fn peer_incarnations(&self) -> Vec<NodeId> {
+        self.peers()
+    }
+
     /// This node's incarnation (generation 0 until it joins a cluster).
     pub(crate) fn incarnation(&self) -> NodeId {
         self.id()

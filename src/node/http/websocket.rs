@@ -169,7 +169,17 @@ pub(super) async fn accept_websocket(
                 .map_err(|reply| Box::new(reply.into_response()))?;
             return Ok(tunnel(node, socket));
         }
-        Route::Missing => return Err(no_connection().into()),
+        Route::Missing => {
+            // A connection whose home left may have moved to a live node (a drain, `super::moving`): ask them.
+            for server in relay::orphan_servers(node, &endpoint, &token) {
+                if let Ok(Adoption::Resumed(socket)) =
+                    relay::adopt(node, &endpoint, &server, &token, TransportKind::WebSockets).await
+                {
+                    return Ok(tunnel(node, socket));
+                }
+            }
+            return Err(no_connection().into());
+        }
         Route::Home(home, id) => (home, id),
     };
     let stateful = match relay::adopt(node, &endpoint, &home, &token, TransportKind::WebSockets).await {
