@@ -90,6 +90,8 @@ pub(crate) use relay::RelayHost;
 #[cfg(feature = "internals")]
 pub use relay::MAX_ADOPTED_OUT;
 pub(crate) use router::{node_of, Router};
+// The incarnations peers are named by, for the layers above that move connections between them.
+pub(crate) use crate::cluster::NodeId;
 
 /// Why a mesh operation failed. The hub layer turns it into a `HubError` with the same text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

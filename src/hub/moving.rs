@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::HubContext;
-use crate::cluster::NodeId;
+use crate::mesh::NodeId;
 use crate::connection::{ConnectionHandle, ConnectionId};
 use crate::mesh::{GroupError, GroupKey, MeshError};
 
