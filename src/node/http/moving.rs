@@ -174,16 +174,27 @@ async fn move_one(
         Ok(reply) => return Err(format!("the peer refused: {}", reply.status())),
         Err(error) => return Err(error),
     }
-    // 2. Groups.
+    // 2. Its home (if a third node) passes direct sends to the new server from now on. Its answer comes after
+    // the sends it passed here before, so those are in the connection's mailbox when it hands over.
+    let here = node.router().incarnation();
+    if *home != here && home != to {
+        let op = super::relay::Op::Moved { server: to.clone() };
+        match super::relay::ask_op(node, endpoint, home, token, op).await {
+            Ok(reply) if reply.status() == StatusCode::OK => {}
+            Ok(reply) => return Err(format!("its home did not switch: {}", reply.status())),
+            Err(error) => return Err(format!("its home did not switch: {error}")),
+        }
+    }
+    // 3. Groups.
     context
         .move_groups(id, to, MOVE_LIMIT)
         .await
         .map_err(|error| format!("its groups did not move: {error}"))?;
-    // 3. Direct sends.
+    // 4. Direct sends that reach this node.
     let handle = context
         .hand_off(id, to)
         .ok_or_else(|| "it ended, or too many connections of this node run elsewhere".to_owned())?;
-    // 4. Its state.
+    // 5. Its state.
     let handover = match handle.move_out().await {
         Ok(answer) => tokio::time::timeout(MOVE_LIMIT, answer).await,
         Err(error) => return Err(error.to_string()),
@@ -208,7 +219,7 @@ async fn move_one(
             .collect(),
         home: home.clone(),
     };
-    // 5. Install, then record where it runs.
+    // 6. Install, then record where it runs.
     let installed =
         super::relay::ask_op(node, endpoint, to, token, super::relay::Op::Install { moved: Box::new(moved) }).await;
     if let Some(negotiated) = endpoint.tokens.lock().get_mut(token) {
@@ -217,14 +228,7 @@ async fn move_one(
             transport: TransportKind::WebSockets,
         });
     }
-    let here = node.router().incarnation();
-    if *home != here && home != to {
-        let op = super::relay::Op::Moved { server: to.clone() };
-        if let Err(error) = super::relay::ask_op(node, endpoint, home, token, op).await {
-            tracing::debug!(parent: node.span(), %error, %home, "the home did not hear where its connection moved");
-        }
-    }
-    // 6. The old task lets the client's socket go when `handover.release` drops here.
+    // 7. The old task lets the client's socket go when `handover.release` drops here.
     match installed {
         Ok(reply) if reply.status() == StatusCode::OK => Ok(()),
         Ok(reply) => Err(format!("the peer did not install it: {}", reply.status())),
@@ -235,6 +239,7 @@ async fn move_one(
 /// T, step 1: registers the connection as arriving.
 pub(super) fn prepare(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, id: ConnectionId) -> Reply {
     let handle = ConnectionHandle::arriving(id.clone(), node.limits(), None);
+    let forget = id.clone();
     {
         let mut arrivals = endpoint.arrivals.lock();
         if arrivals.len() >= MAX_ARRIVALS {
@@ -252,6 +257,9 @@ pub(super) fn prepare(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, id:
             },
         );
     }
+    // If this node is its home, its direct sends go to the arriving mailbox from now on, not to the node it
+    // leaves; this answer follows the ones sent there before, which that node puts in its mailbox first.
+    node.router().forget_adopted(&forget);
     // Forgotten if it is not installed in time (the node it came from gave the move up, or died).
     let (endpoint, token) = (endpoint.clone(), token.to_owned());
     tokio::spawn(async move {
