@@ -13,11 +13,14 @@ use std::time::Duration;
 
 use hubmesh::demo::demo_hub;
 use hubmesh::testing::client::{negotiate, Protocol};
+use hubmesh::testing::proxy::RoundRobinProxy;
 use hubmesh::testing::TestCluster;
 use hubmesh::ConnectionId;
 use serde_json::{json, Value};
 use tokio::time::{timeout, Instant};
 
+#[path = "common/npm.rs"]
+mod npm;
 #[path = "common/stateful_client.rs"]
 mod stateful_client;
 
@@ -262,4 +265,124 @@ fn record(mover: &mut Mover, message: &Value) -> TestResult {
         _ => {}
     }
     Ok(())
+}
+
+/// The official client script (`tests/node/cluster-client.mjs`), with stateful reconnect, over stdin/stdout.
+struct OfficialClients {
+    child: tokio::process::Child,
+    input: tokio::process::ChildStdin,
+    output: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl OfficialClients {
+    async fn start(urls: &[String]) -> TestResult<(OfficialClients, Value)> {
+        let dir = tokio::task::spawn_blocking(npm::ensure_installed).await??;
+        let mut child = tokio::process::Command::new("node")
+            .arg(dir.join("cluster-client.mjs"))
+            .args(urls)
+            .env("HUBMESH_STATEFUL", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let input = child.stdin.take().ok_or("no stdin")?;
+        let output = child.stdout.take().ok_or("no stdout")?;
+        let mut clients = OfficialClients {
+            child,
+            input,
+            output: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(output)),
+        };
+        let ready = clients.read().await?;
+        if ready["ready"] != true {
+            return Err(format!("the official clients did not start: {ready}").into());
+        }
+        Ok((clients, ready))
+    }
+
+    async fn read(&mut self) -> TestResult<Value> {
+        let line = timeout(Duration::from_secs(60), self.output.next_line())
+            .await??
+            .ok_or("the client script ended")?;
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    async fn ask(&mut self, command: Value) -> TestResult<Value> {
+        use tokio::io::AsyncWriteExt;
+        self.input.write_all(format!("{command}\n").as_bytes()).await?;
+        self.input.flush().await?;
+        self.read().await
+    }
+}
+
+/// The official JavaScript client with `withStatefulReconnect()`, six connections through a round-robin proxy
+/// over three nodes, all in one group, sending to it all along: the node that holds the most of them drains.
+/// Every client gets every group message once and in order, none is closed, and each keeps its connection id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_clients_with_stateful_reconnect_ride_through_a_drain() -> TestResult {
+    timeout(Duration::from_secs(120), async {
+        let mut cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        let backends: Vec<std::net::SocketAddr> = (0..3)
+            .map(|index| -> TestResult<std::net::SocketAddr> {
+                Ok(cluster
+                    .url(index)
+                    .ok_or("no url")?
+                    .trim_start_matches("http://")
+                    .parse()?)
+            })
+            .collect::<TestResult<_>>()?;
+        let proxy = RoundRobinProxy::start(backends).await?;
+        let urls = vec![proxy.url(); 6];
+        let (mut clients, ready) = OfficialClients::start(&urls).await?;
+        let counts: Vec<usize> = (0..3)
+            .map(|index| {
+                cluster
+                    .context(index, "demo")
+                    .map_or(0, |context| context.local_connection_count())
+            })
+            .collect();
+        let draining = (0..3).max_by_key(|index| counts[*index]).ok_or("no node")?;
+        println!("connections per node: {counts:?}; node {} drains", draining + 1);
+        assert!(counts[draining] > 0);
+
+        const COUNT: u64 = 300;
+        let answer = clients
+            .ask(json!({"cmd": "stream", "from": 0, "count": COUNT, "tag": "drain", "interval": 5}))
+            .await?;
+        assert_eq!(answer["ok"], json!(true), "{answer}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let node = cluster.node(draining).ok_or("no node")?.clone();
+        timeout(Duration::from_secs(20), node.drain(Duration::from_millis(500))).await?;
+        assert_eq!(
+            cluster
+                .context(draining, "demo")
+                .ok_or("no context")?
+                .local_connection_count(),
+            0,
+            "the drained node still holds connections"
+        );
+        let verdict = clients
+            .ask(json!({"cmd": "collect", "tag": "drain", "count": COUNT}))
+            .await?;
+        assert_eq!(
+            verdict["ok"],
+            json!(true),
+            "every client, every message once and in order: {verdict}"
+        );
+        for index in 0..6 {
+            let closed = clients.ask(json!({"cmd": "closed", "index": index, "ms": 0})).await?;
+            assert_eq!(closed["ok"], json!(false), "client {index} was closed: {closed}");
+        }
+        let ids = clients.ask(json!({"cmd": "ids"})).await?;
+        assert_eq!(
+            ids["ids"], ready["ids"],
+            "a client is another connection after the drain"
+        );
+        cluster.kill(draining).await;
+        let _ = clients.ask(json!({"cmd": "quit"})).await;
+        let _ = clients.child.wait().await;
+        cluster.stop().await;
+        Ok(())
+    })
+    .await?
 }

@@ -14,7 +14,10 @@
 //           {"cmd":"closed","index":i,"ms":m}             wait up to m ms until client i's connection closed; its error
 //           {"cmd":"restart","index":i}                   start client i again and join the group (what an app
 //                                                          does on close)
+//           {"cmd":"ids"}                                  each client's connection id now (WhoAmI)
 //           {"cmd":"quit"}
+//
+// With HUBMESH_STATEFUL=1 in the environment, the clients use stateful reconnect (`withStatefulReconnect()`).
 
 import { createRequire } from "node:module";
 import readline from "node:readline";
@@ -31,6 +34,7 @@ const clients = urls.map((url, index) => {
   const builder = new signalR.HubConnectionBuilder()
     .withUrl(`${url}/hub`, { transport: signalR.HttpTransportType.WebSockets })
     .configureLogging(signalR.LogLevel.None);
+  if (process.env.HUBMESH_STATEFUL === "1") builder.withStatefulReconnect();
   if (index % 2 === 1) builder.withHubProtocol(new MessagePackHubProtocol());
   const connection = builder.build();
   const client = { index, connection, received: new Map(), other: [], closed: null };
@@ -181,6 +185,12 @@ for await (const line of lines) {
         await client.connection.start();
         await client.connection.invoke("JoinGroup", GROUP);
         out({ ok: true });
+        break;
+      }
+      case "ids": {
+        const ids = [];
+        for (const client of clients) ids.push(await client.connection.invoke("WhoAmI"));
+        out({ ok: true, ids });
         break;
       }
       case "quit":
