@@ -49,6 +49,10 @@ async fn a_draining_node_moves_its_stateful_connections_and_they_miss_nothing() 
 }
 
 async fn drain_moves(protocol: Protocol) -> TestResult {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
+        .with_test_writer()
+        .try_init();
     timeout(Duration::from_secs(90), async {
         let mut cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
         cluster.wait_for_members(Duration::from_secs(10)).await?;

@@ -180,20 +180,25 @@ pub(super) fn route(node: &Node, endpoint: &HubEndpoint, token: &str) -> Route {
     Route::Home(home, id)
 }
 
-/// For a token this cluster issued whose home has left: the live peers, the likeliest server of its connection
-/// first (a drain moves a connection to the peer that rendezvous on its id picks, `super::moving`). Empty for
-/// any other token.
-pub(super) fn orphan_servers(node: &Node, endpoint: &HubEndpoint, token: &str) -> Vec<NodeId> {
+/// For a token this cluster issued, whose home has left (`home_left`) or did not answer: the live peers but the
+/// home, the likeliest server of its connection first (a drain moves a connection to the peer that rendezvous on
+/// its id picks, `super::moving`). Empty for any other token.
+pub(super) fn servers_without_home(node: &Node, endpoint: &HubEndpoint, token: &str, home_left: bool) -> Vec<NodeId> {
     let Some(claims) = node.token_keys().check(endpoint.path(), token) else {
         return Vec::new();
     };
     let router = node.router();
-    let home_left = crate::mesh::node_of(&claims.id)
-        .is_some_and(|home| !router.is_live_incarnation(home, claims.home_generation));
-    if !home_left {
+    let Some(home) = crate::mesh::node_of(&claims.id) else {
+        return Vec::new();
+    };
+    if home_left && router.is_live_incarnation(home, claims.home_generation) {
         return Vec::new();
     }
-    let peers: Vec<NodeId> = router.peer_incarnations();
+    let peers: Vec<NodeId> = router
+        .peer_incarnations()
+        .into_iter()
+        .filter(|peer| &*peer.name != home)
+        .collect();
     crate::cluster::ranked(claims.id.as_str().as_bytes(), &peers)
         .into_iter()
         .cloned()

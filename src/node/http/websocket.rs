@@ -171,20 +171,23 @@ pub(super) async fn accept_websocket(
         }
         Route::Missing => {
             // A connection whose home left may have moved to a live node (a drain, `super::moving`): ask them.
-            for server in relay::orphan_servers(node, &endpoint, &token) {
-                if let Ok(Adoption::Resumed(socket)) =
-                    relay::adopt(node, &endpoint, &server, &token, TransportKind::WebSockets).await
-                {
-                    return Ok(tunnel(node, socket));
-                }
-            }
-            return Err(no_connection().into());
+            return match resume_without_home(node, &endpoint, &token, true).await {
+                Some(socket) => Ok(tunnel(node, socket)),
+                None => Err(no_connection().into()),
+            };
         }
         Route::Home(home, id) => (home, id),
     };
     let stateful = match relay::adopt(node, &endpoint, &home, &token, TransportKind::WebSockets).await {
         Ok(Adoption::Adopted { stateful }) => stateful,
         Ok(Adoption::Resumed(socket)) => return Ok(tunnel(node, socket)),
+        // A home that died and is not declared dead yet cannot answer; the connection may run elsewhere.
+        Err(reply) if matches!(reply.status(), StatusCode::NOT_FOUND | StatusCode::SERVICE_UNAVAILABLE) => {
+            return match resume_without_home(node, &endpoint, &token, false).await {
+                Some(socket) => Ok(tunnel(node, socket)),
+                None => Err(Box::new(reply.into_response())),
+            };
+        }
         Err(reply) => return Err(Box::new(reply.into_response())),
     };
     let (handle, resume) = if stateful {
@@ -195,6 +198,17 @@ pub(super) async fn accept_websocket(
     };
     insert_adopted(&endpoint, token.clone(), id.clone(), home, Active::WebSocket(handle), stateful);
     Ok(new_websocket(node, endpoint, Some(token), id, head, user, resume))
+}
+
+/// Resumes a stateful connection whose home left (`home_left`) or could not answer, on whichever live peer serves
+/// it now (a drain moves connections, `super::moving`): the tunnel to it, or `None` if no peer does.
+async fn resume_without_home(node: &Node, endpoint: &HubEndpoint, token: &str, home_left: bool) -> Option<SocketEnd> {
+    for server in relay::servers_without_home(node, endpoint, token, home_left) {
+        if let Ok(Adoption::Resumed(socket)) = relay::adopt(node, endpoint, &server, token, TransportKind::WebSockets).await {
+            return Some(socket);
+        }
+    }
+    None
 }
 
 fn tunnel(node: &Node, socket: SocketEnd) -> AcceptedWebSocket {
