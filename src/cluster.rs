@@ -41,6 +41,4 @@ pub use membership::{Membership, MembershipConfig, MembershipView, NodeId, NodeS
 // Only this repository's tests name these through the layer's root.
 #[cfg(feature = "internals")]
 pub use membership::{Member, MembershipError, RESERVED_KEY_PREFIX, STATUS_KEY};
-pub use placement::owner;
-#[cfg(feature = "internals")]
-pub use placement::ranked;
+pub use placement::{owner, ranked};

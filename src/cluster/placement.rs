@@ -35,7 +35,6 @@ pub fn owner<'a>(key: &[u8], members: &'a [NodeId]) -> Option<&'a NodeId> {
 
 /// `members` from the owner of `key` down to its last choice: the owner first, then the member that would own the key
 /// if the owner left, and so on.
-#[cfg(any(test, feature = "internals"))]
 pub fn ranked<'a>(key: &[u8], members: &'a [NodeId]) -> Vec<&'a NodeId> {
     let key_hash = hash_bytes(key);
     let mut ranked: Vec<&NodeId> = members.iter().collect();

@@ -9,9 +9,7 @@ use tracing::info;
 
 #[cfg(doc)]
 use super::MembershipConfig;
-use super::NodeId;
-#[cfg(any(test, feature = "internals"))]
-use super::{NodeStatus, STATUS_KEY};
+use super::{NodeId, NodeStatus, STATUS_KEY};
 
 /// A live member as the local node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,7 +23,6 @@ pub struct Member {
 }
 
 impl Member {
-    #[cfg(any(test, feature = "internals"))]
     /// The member's published status; `None` if it published none or an unknown one.
     pub fn status(&self) -> Option<NodeStatus> {
         self.state.get(STATUS_KEY).and_then(|value| value.parse().ok())
@@ -71,7 +68,6 @@ impl MembershipView {
         self.member(id).is_some()
     }
 
-    #[cfg(any(test, feature = "internals"))]
     /// The live members other than the local node.
     pub fn peers(&self) -> impl Iterator<Item = &Member> {
         self.live.iter().filter(move |member| member.id != self.self_id)

@@ -228,7 +228,8 @@ async fn move_one(
             transport: TransportKind::WebSockets,
         });
     }
-    // 7. The old task lets the client's socket go when `handover.release` drops here.
+    // 7. The old task lets the client's socket go.
+    drop(handover.release);
     match installed {
         Ok(reply) if reply.status() == StatusCode::OK => Ok(()),
         Ok(reply) => Err(format!("the peer did not install it: {}", reply.status())),
