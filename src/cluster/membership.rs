@@ -70,6 +70,9 @@ pub const STATUS_KEY: &str = "hubmesh.status";
 /// How often the view is rebuilt even when chitchat reports no change (to pick up nodes that turned dead without
 /// ever being live, which do not change the live set).
 const VIEW_REFRESH: Duration = Duration::from_secs(1);
+/// How many gossip rounds a leaving node waits for its peers to hear that it leaves: each round it tells three
+/// peers, and they tell others, so a few reach a cluster of tens.
+const LEAVE_ROUNDS: u32 = 3;
 
 /// Why membership could not start or act.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +114,8 @@ pub enum MembershipError {
 pub struct Membership {
     id: NodeId,
     gossip_addr: SocketAddr,
+    /// How often it gossips: how long saying something takes to reach the peers.
+    gossip_interval: Duration,
     chitchat: ChitchatHandle,
     view: watch::Receiver<MembershipView>,
     stop_view: oneshot::Sender<()>,
@@ -197,6 +202,7 @@ impl Membership {
         Ok(Membership {
             id,
             gossip_addr,
+            gossip_interval: config.gossip_interval,
             chitchat,
             view,
             stop_view,
@@ -235,6 +241,16 @@ impl Membership {
             .with_chitchat(|chitchat| chitchat.self_node_state().delete(key))
             .await;
         Ok(())
+    }
+
+    /// Says that this node leaves the cluster now ([`NodeStatus::Left`]) and waits a few gossip rounds for the
+    /// peers to hear it: they count it as dead at once, so its groups move without waiting for failure detection.
+    /// Call it right before [`Membership::shutdown`], when the node holds no connection any more.
+    pub async fn announce_leaving(&self) {
+        self.set_status(NodeStatus::Left).await;
+        if self.view().live.len() > 1 {
+            tokio::time::sleep(self.gossip_interval * LEAVE_ROUNDS).await;
+        }
     }
 
     /// Publishes this node's status under [`STATUS_KEY`].
@@ -524,6 +540,40 @@ mod tests {
         let dead = victim_id.clone();
         times_until(&survivors, since, "shut-down node declared dead", move |view| {
             !view.is_live(&dead) && view.dead.contains(&dead) && view.live.len() == 2
+        })
+        .await;
+        for node in nodes {
+            node.shutdown().await.unwrap();
+        }
+    }
+
+    /// A node that says it leaves is dead for its peers at once: here failure detection would take far longer
+    /// than the wait (its threshold is set out of reach), so only the announcement can make them drop it.
+    #[tokio::test]
+    async fn a_node_that_announces_leaving_is_dropped_without_failure_detection() {
+        let network = GossipNetwork::udp(keys());
+        let mut nodes = Vec::new();
+        let mut seeds: Vec<String> = Vec::new();
+        for name in ["left-a", "left-b", "left-c"] {
+            let mut config = MembershipConfig::new(name, CLUSTER, localhost()).with_seeds(seeds.clone());
+            config.phi_threshold = 10_000.0;
+            let node = Membership::start_on(config, state(&[]), &network).await.unwrap();
+            seeds.push(node.gossip_addr().to_string());
+            nodes.push(node);
+        }
+        let refs: Vec<&Membership> = nodes.iter().collect();
+        let ids: Vec<NodeId> = nodes.iter().map(|n| n.id().clone()).collect();
+        times_until(&refs, Instant::now(), "converged", move |view| {
+            sees_all(view, &ids.iter().collect::<Vec<_>>())
+        })
+        .await;
+        let leaving = nodes.pop().unwrap();
+        let gone = leaving.id().clone();
+        leaving.announce_leaving().await;
+        leaving.shutdown().await.unwrap();
+        let survivors: Vec<&Membership> = nodes.iter().collect();
+        times_until(&survivors, Instant::now(), "the node that left is dropped", move |view| {
+            !view.is_live(&gone) && view.live.len() == 2
         })
         .await;
         for node in nodes {

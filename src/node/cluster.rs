@@ -85,6 +85,7 @@ impl ClusterRuntime {
 
     /// Leaves: stops driving links and gossip (peers then see this node die).
     pub(crate) async fn leave(self) {
+        self.membership.announce_leaving().await;
         for task in &self.tasks {
             task.abort();
         }

@@ -53,7 +53,8 @@ impl Lifecycle {
         match self.0.load(Ordering::Acquire) {
             0 => NodeStatus::Joining,
             1 => NodeStatus::Serving,
-            _ => NodeStatus::Draining,
+            2 => NodeStatus::Draining,
+            _ => NodeStatus::Left,
         }
     }
 
@@ -67,6 +68,7 @@ fn encode(status: NodeStatus) -> u8 {
         NodeStatus::Joining => 0,
         NodeStatus::Serving => 1,
         NodeStatus::Draining => 2,
+        NodeStatus::Left => 3,
     }
 }
 
@@ -92,6 +94,7 @@ pub(crate) fn check(status: NodeStatus, cluster: Option<&ClusterRuntime>) -> Rea
         NodeStatus::Serving => {}
         NodeStatus::Joining => reasons.push("joining: the node has not finished starting".to_owned()),
         NodeStatus::Draining => reasons.push("draining: the node is stopping".to_owned()),
+        NodeStatus::Left => reasons.push("left: the node has left the cluster".to_owned()),
     }
     if let Some(cluster) = cluster {
         let view = cluster.membership().view();

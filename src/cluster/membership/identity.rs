@@ -56,6 +56,9 @@ pub enum NodeStatus {
     Serving,
     /// Leaving: hands its work off and should not be given new work.
     Draining,
+    /// Gone on purpose: it is about to stop, and its peers count it as dead at once rather than after failure
+    /// detection, so its groups move without waiting.
+    Left,
 }
 
 impl NodeStatus {
@@ -65,6 +68,7 @@ impl NodeStatus {
             NodeStatus::Joining => "joining",
             NodeStatus::Serving => "serving",
             NodeStatus::Draining => "draining",
+            NodeStatus::Left => "left",
         }
     }
 }
@@ -77,7 +81,7 @@ impl fmt::Display for NodeStatus {
 
 /// A value under [`STATUS_KEY`] that is not a [`NodeStatus`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown node status `{0}` (expected joining, serving or draining)")]
+#[error("unknown node status `{0}` (expected joining, serving, draining or left)")]
 pub struct UnknownStatus(pub String);
 
 impl FromStr for NodeStatus {
@@ -88,6 +92,7 @@ impl FromStr for NodeStatus {
             "joining" => Ok(NodeStatus::Joining),
             "serving" => Ok(NodeStatus::Serving),
             "draining" => Ok(NodeStatus::Draining),
+            "left" => Ok(NodeStatus::Left),
             other => Err(UnknownStatus(other.to_owned())),
         }
     }

@@ -90,6 +90,11 @@ pub(super) fn build_view(chitchat: &Chitchat, self_id: &NodeId) -> MembershipVie
                 .map(|(key, value)| (key.to_owned(), value.to_owned()))
                 .collect(),
         };
+        // A peer that said it left is gone now, not after failure detection (it stops right after saying so).
+        if member.id != *self_id && member.status() == Some(NodeStatus::Left) {
+            dead.push(member.id);
+            continue;
+        }
         match newest.get_mut(&member.id.name) {
             Some(current) if current.id.generation >= member.id.generation => dead.push(member.id),
             Some(current) => dead.push(std::mem::replace(current, member).id),
