@@ -48,11 +48,16 @@ async fn a_draining_node_moves_its_stateful_connections_and_they_miss_nothing() 
     Ok(())
 }
 
-async fn drain_moves(protocol: Protocol) -> TestResult {
+/// Logs as `RUST_LOG` says (off by default).
+fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
         .with_test_writer()
         .try_init();
+}
+
+async fn drain_moves(protocol: Protocol) -> TestResult {
+    init_tracing();
     timeout(Duration::from_secs(90), async {
         let mut cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
         cluster.wait_for_members(Duration::from_secs(10)).await?;
@@ -383,6 +388,81 @@ async fn official_clients_with_stateful_reconnect_ride_through_a_drain() -> Test
             "a client is another connection after the drain"
         );
         cluster.kill(draining).await;
+        let _ = clients.ask(json!({"cmd": "quit"})).await;
+        let _ = clients.child.wait().await;
+        cluster.stop().await;
+        Ok(())
+    })
+    .await?
+}
+
+/// A rolling restart (issue 14): each of three nodes in turn drains, stops, and starts again under its name, while
+/// official clients with `withStatefulReconnect()` behind a round-robin proxy send to their group all along. Every
+/// client gets every message once and in order, none is closed, each keeps its connection id, and the group
+/// keeps every member. Prints the figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_official_stateful_clients_loses_nothing() -> TestResult {
+    rolling_restart(12, 600, Duration::from_millis(500)).await
+}
+
+/// The same, longer and with more clients: `cargo test --test drain_moves -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn a_long_rolling_restart_under_official_stateful_clients_loses_nothing() -> TestResult {
+    rolling_restart(60, 3_000, Duration::from_secs(2)).await
+}
+
+async fn rolling_restart(clients_count: usize, count: u64, window: Duration) -> TestResult {
+    init_tracing();
+    timeout(Duration::from_secs(240), async {
+        let mut cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        let backends = |cluster: &TestCluster| -> TestResult<Vec<std::net::SocketAddr>> {
+            (0..3)
+                .map(|index| -> TestResult<std::net::SocketAddr> {
+                    Ok(cluster.url(index).ok_or("no url")?.trim_start_matches("http://").parse()?)
+                })
+                .collect()
+        };
+        let proxy = RoundRobinProxy::start(backends(&cluster)?).await?;
+        let urls = vec![proxy.url(); clients_count];
+        let (mut clients, ready) = OfficialClients::start(&urls).await?;
+        println!("connection ids: {}", ready["ids"]);
+        let answer = clients
+            .ask(json!({"cmd": "stream", "from": 0, "count": count, "tag": "rolling", "interval": 10}))
+            .await?;
+        assert_eq!(answer["ok"], json!(true), "{answer}");
+        let started = Instant::now();
+        for index in 0..3 {
+            let node_started = Instant::now();
+            let held = cluster.context(index, "demo").map_or(0, |context| context.local_connection_count());
+            let node = cluster.node(index).ok_or("no node")?.clone();
+            timeout(Duration::from_secs(30), node.drain(window)).await?;
+            let left = cluster.context(index, "demo").map_or(0, |context| context.local_connection_count());
+            cluster.restart_gracefully(index).await?;
+            proxy.set_backends(backends(&cluster)?)?;
+            cluster.wait_for_members(Duration::from_secs(20)).await?;
+            println!(
+                "node {}: held {held} connections, {left} left after the drain; drained, restarted and back in {:?} (at {:?} into the stream)",
+                index + 1,
+                node_started.elapsed(),
+                started.elapsed()
+            );
+            assert_eq!(left, 0, "node {} still held connections after its drain", index + 1);
+        }
+        let verdict = clients
+            .ask(json!({"cmd": "collect", "tag": "rolling", "count": count}))
+            .await?;
+        println!("rolling restart of 3 nodes in {:?}; {clients_count} clients, {count} group messages each: {verdict}", started.elapsed());
+        assert_eq!(verdict["ok"], json!(true), "every client, every message once and in order: {verdict}");
+        for index in 0..clients_count {
+            let closed = clients.ask(json!({"cmd": "closed", "index": index, "ms": 0})).await?;
+            assert_eq!(closed["ok"], json!(false), "client {index} was closed: {closed}");
+        }
+        let ids = clients.ask(json!({"cmd": "ids"})).await?;
+        assert_eq!(ids["ids"], ready["ids"], "a client is another connection after the rolling restart");
+        let members = clients.ask(json!({"cmd": "count", "via": 0})).await?;
+        assert_eq!(members["count"], json!(clients_count), "memberships after the rolling restart: {members}");
         let _ = clients.ask(json!({"cmd": "quit"})).await;
         let _ = clients.child.wait().await;
         cluster.stop().await;

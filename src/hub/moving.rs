@@ -19,23 +19,21 @@ impl HubContext {
 
     /// Moves connection `id` of this node to node `to` in each of its groups, at their owners, and waits (at most
     /// `limit`) until every owner's marker has taken it out of this node's table: from then on every group send
-    /// reaches it through `to`.
-    pub(crate) async fn move_groups(&self, id: &ConnectionId, to: &NodeId, limit: Duration) -> Result<(), MeshError> {
+    /// reaches it through `to`. The groups it moved.
+    pub(crate) async fn move_groups(
+        &self,
+        id: &ConnectionId,
+        to: &NodeId,
+        limit: Duration,
+    ) -> Result<Vec<GroupKey>, MeshError> {
         let deadline = tokio::time::Instant::now() + limit;
         let groups = self.groups_of(id).ok_or_else(|| MeshError::UnknownConnection(id.to_string()))?;
-        let router = self.router();
-        let moves = groups
-            .into_iter()
-            .map(|key| router.move_member(key, id.clone(), to.clone()));
-        let results = tokio::time::timeout_at(deadline, futures_util::future::join_all(moves))
-            .await
-            .map_err(|_| unavailable("the groups' owners did not answer in time"))?;
-        results.into_iter().collect::<Result<Vec<()>, MeshError>>()?;
+        self.repeat_moves(id, &groups, to, limit).await?;
         // The markers to this node may still be on their way behind the owners' deliveries.
         let mut pause = Duration::from_millis(1);
         loop {
             match self.groups_of(id) {
-                Some(left) if left.is_empty() => return Ok(()),
+                Some(left) if left.is_empty() => return Ok(groups),
                 Some(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(20));
@@ -44,6 +42,26 @@ impl HubContext {
                 None => return Err(MeshError::UnknownConnection(id.to_string())),
             }
         }
+    }
+
+    /// Asks the owners of `groups` to move connection `id` from this node to `to` (again: after ownership moved
+    /// during a move, the new owners learn it; for an owner that knows it already, nothing changes).
+    pub(crate) async fn repeat_moves(
+        &self,
+        id: &ConnectionId,
+        groups: &[GroupKey],
+        to: &NodeId,
+        limit: Duration,
+    ) -> Result<(), MeshError> {
+        let router = self.router();
+        let moves = groups
+            .iter()
+            .map(|key| router.move_member(key.clone(), id.clone(), to.clone()));
+        let results = tokio::time::timeout(limit, futures_util::future::join_all(moves))
+            .await
+            .map_err(|_| unavailable("the groups' owners did not answer in time"))?;
+        results.into_iter().collect::<Result<Vec<()>, MeshError>>()?;
+        Ok(())
     }
 
     /// Hands connection `id` off to node `to`: direct sends that reach this node for it go on to `to` from now on,

@@ -89,6 +89,7 @@ impl<H: LocalHub> Router<H> {
                 .collect();
             let joined: Vec<NodeId> = after.difference(&before).map(|&id| id.clone()).collect();
             *current = live;
+            *self.live_changed.lock() = tokio::time::Instant::now();
             (left, joined)
         };
         self.resend_retained(&left, &mut held);

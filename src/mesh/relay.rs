@@ -78,6 +78,11 @@ impl<H: LocalHub> Router<H> {
         self.live_peer(name)
     }
 
+    /// When this node's view of the live members last changed.
+    pub(crate) fn live_changed_at(&self) -> tokio::time::Instant {
+        *self.live_changed.lock()
+    }
+
     /// The live peers' incarnations.
     pub(crate) fn peer_incarnations(&self) -> Vec<NodeId> {
         self.peers()

@@ -43,6 +43,8 @@ pub(crate) struct Router<H> {
     links: RwLock<Option<Arc<dyn Links>>>,
     /// Live nodes, this one included, sorted.
     pub(super) live: RwLock<Vec<NodeId>>,
+    /// When `live` last changed (a re-home started).
+    pub(super) live_changed: Mutex<tokio::time::Instant>,
     pub(super) pending: Mutex<HashMap<u64, Pending>>,
     pub(super) next_request: AtomicU64,
     pub(super) held: Mutex<VecDeque<HeldSend>>,
@@ -103,6 +105,7 @@ impl<H: LocalHub> Router<H> {
             groups: GroupDirectory::new(runtime.clone(), Arc::new(RouterFanout(weak.clone()))),
             links: RwLock::new(None),
             live: RwLock::new(vec![NodeId::new(node, 0)]),
+            live_changed: Mutex::new(tokio::time::Instant::now()),
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             held: Mutex::new(VecDeque::new()),

@@ -230,6 +230,16 @@ impl TestCluster {
         self.start_node(index).await
     }
 
+    /// Restarts node `index` as an operator's restart does: it stops gracefully (closing what connections it still
+    /// has, and saying it leaves), then starts again under the same name with a new, higher generation, the same
+    /// hubs and the running nodes as seeds, at a new [url](Self::url).
+    pub async fn restart_gracefully(&mut self, index: usize) -> Result<(), NodeError> {
+        if let Some(handle) = self.nodes.get_mut(index).and_then(|node| node.handle.take()) {
+            handle.stop().await;
+        }
+        self.start_node(index).await
+    }
+
     /// Freezes node `index` (as SIGSTOP would, for its peers): no gossip and no link traffic in or out; its clients
     /// stay connected.
     pub fn freeze(&self, index: usize) {

@@ -71,7 +71,13 @@ function verdict(tag, count) {
   for (const index of expected) {
     const seen = clients[index].received.get(tag) ?? [];
     const inOrder = seen.every((n, i) => n === i);
-    per[index] = { received: seen.length, inOrder };
+    per[index] = { received: seen.length, inOrder, state: clients[index].connection.state };
+    if (!inOrder) {
+      // Where it went wrong: the first position that is off, and what came around it.
+      const at = seen.findIndex((n, i) => n !== i);
+      per[index].firstWrong = at;
+      per[index].around = seen.slice(Math.max(0, at - 2), at + 3);
+    }
     if (seen.length !== count || !inOrder) ok = false;
   }
   return { ok, per };
@@ -134,7 +140,17 @@ for await (const line of lines) {
           command.tag,
           (async () => {
             for (let n = 0; n < command.count; n++) {
-              await sender.send("SendToGroup", GROUP, [command.tag, n]);
+              // A send made while the client is reconnecting (stateful reconnect) is refused by the client itself,
+              // before anything goes out; an app sends it again, as here (bounded).
+              for (let attempt = 0; ; attempt++) {
+                try {
+                  await sender.send("SendToGroup", GROUP, [command.tag, n]);
+                  break;
+                } catch (error) {
+                  if (attempt >= 500) throw error;
+                  await sleep(20);
+                }
+              }
               await sleep(command.interval ?? 20);
             }
           })(),

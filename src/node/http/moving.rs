@@ -34,6 +34,7 @@ use crate::cluster::{NodeId, NodeStatus};
 use crate::connection::moving::{run_moved, MovedSetup, MovedState};
 use crate::connection::reconnect::{self, ResumeHandle};
 use crate::connection::{ConnectionHandle, ConnectionId, RequestInfo, Session};
+use crate::mesh::GroupKey;
 use crate::transport::TransportKind;
 
 /// How long one connection's move may take before it is given up (steps 1 to 4; a running call counts).
@@ -138,27 +139,62 @@ pub(super) async fn move_connections(
         if chunk.is_empty() {
             return failed;
         }
+        // A group whose ownership moves while its member moves learns of the move from the old owner only; so
+        // moves start on a settled view, and are told again to the owners of a view that changed meanwhile.
+        let view_before = settled_view(node).await;
         let moves = chunk.into_iter().map(|(token, id, home)| {
             // Rendezvous on the connection id: the same choice from any node with the same view.
             let to = crate::cluster::owner(id.as_str().as_bytes(), &peers).cloned();
             async move {
-                let result = match to {
-                    Some(to) => move_one(node, endpoint, &token, &id, &home, &to).await,
-                    None => Err("no ready peer".to_owned()),
-                };
-                result.map_err(|why| (id, why))
+                match to {
+                    Some(to) => match move_one(node, endpoint, &token, &id, &home, &to).await {
+                        Ok(groups) => Ok((id, groups, to)),
+                        Err(why) => Err((id, why)),
+                    },
+                    None => Err((id, "no ready peer".to_owned())),
+                }
             }
         });
+        let mut moved = Vec::new();
         for result in futures_util::future::join_all(moves).await {
-            if let Err((id, why)) = result {
-                tracing::info!(parent: node.span(), %id, %why, "a stateful connection could not move; closing it");
-                failed.push(id);
+            match result {
+                Ok(done) => moved.push(done),
+                Err((id, why)) => {
+                    tracing::info!(parent: node.span(), %id, %why, "a stateful connection could not move; closing it");
+                    failed.push(id);
+                }
+            }
+        }
+        if node.router().live_changed_at() != view_before {
+            let _ = settled_view(node).await;
+            for (id, groups, to) in moved {
+                if let Err(error) = endpoint.context.repeat_moves(&id, &groups, &to, MOVE_LIMIT).await {
+                    tracing::info!(parent: node.span(), %id, %error, "a moved connection's groups were not told again");
+                }
             }
         }
     }
 }
 
-/// Moves one connection to `to` (steps 1 to 6 of this file's doc).
+/// How long the view must stay the same to count as settled (re-homing after a change takes the peers'
+/// snapshots, a round trip or so), and the longest wait for it.
+const SETTLED_AFTER: Duration = Duration::from_millis(500);
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Waits (at most [`SETTLE_LIMIT`]) until this node's view of the live members has not changed for
+/// [`SETTLED_AFTER`]; when it last changed.
+async fn settled_view(node: &Node) -> Instant {
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    loop {
+        let changed = node.router().live_changed_at();
+        if changed.elapsed() >= SETTLED_AFTER || Instant::now() >= deadline {
+            return changed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Moves one connection to `to` (steps 1 to 7 of this file's doc); the groups it moved.
 async fn move_one(
     node: &Node,
     endpoint: &Arc<HubEndpoint>,
@@ -166,7 +202,7 @@ async fn move_one(
     id: &ConnectionId,
     home: &NodeId,
     to: &NodeId,
-) -> Result<(), String> {
+) -> Result<Vec<GroupKey>, String> {
     let context = &endpoint.context;
     // 1. Prepare.
     match super::relay::ask_op(node, endpoint, to, token, super::relay::Op::Prepare { id: id.clone() }).await {
@@ -177,7 +213,9 @@ async fn move_one(
     // 2. Its home (if a third node) passes direct sends to the new server from now on. Its answer comes after
     // the sends it passed here before, so those are in the connection's mailbox when it hands over.
     let here = node.router().incarnation();
-    if *home != here && home != to {
+    // A home that has left holds nothing to switch: senders find the connection without it.
+    let home_live = node.router().is_live_incarnation(&home.name, home.generation);
+    if *home != here && home != to && home_live {
         let op = super::relay::Op::Moved { server: to.clone() };
         match super::relay::ask_op(node, endpoint, home, token, op).await {
             Ok(reply) if reply.status() == StatusCode::OK => {}
@@ -186,7 +224,7 @@ async fn move_one(
         }
     }
     // 3. Groups.
-    context
+    let groups = context
         .move_groups(id, to, MOVE_LIMIT)
         .await
         .map_err(|error| format!("its groups did not move: {error}"))?;
@@ -231,7 +269,7 @@ async fn move_one(
     // 7. The old task lets the client's socket go.
     drop(handover.release);
     match installed {
-        Ok(reply) if reply.status() == StatusCode::OK => Ok(()),
+        Ok(reply) if reply.status() == StatusCode::OK => Ok(groups),
         Ok(reply) => Err(format!("the peer did not install it: {}", reply.status())),
         Err(error) => Err(error),
     }
