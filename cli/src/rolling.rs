@@ -3,17 +3,18 @@
 //!
 //! For each node in the order given: it waits until the whole cluster is healthy (every node ready, and every node
 //! lists every other live); asks the node to drain (`POST /_hubmesh/drain`, [`super::drain`]) and waits until it
-//! has exited; starts it again with the start command (`--start`, by default this binary's `node --config FILE`;
+//! has exited (its HTTP port refuses connections and no other node lists it any more; the old process may still
+//! hold its ports for a moment, so a start that exits at once is tried again, a few times); starts it again with the start command (`--start`, by default this binary's `node --config FILE`;
 //! `--no-start` when a supervisor such as systemd or Kubernetes restarts it); and waits until the new incarnation
 //! answers `/readyz` with 200 and every other node's status report lists it live with its new generation: it owns
-//! its share again. One JSON line per node on standard output (`node`, `drain_ms`: the drain asked until the
-//! process exited, `start_ms`: started until ready and owning, `total_ms`), and a summary line last.
+//! its share again. One JSON line per node on standard output (`node`, `generation`: the new one, `closed_ms`:
+//! the drain asked until its HTTP port closed, `drain_ms`: until it had left, `start_ms`: started until ready and owning, `total_ms`), and a summary line last.
 //!
 //! A started node runs in this command's process group, its output on this command's standard error, and outlives
 //! the command. Everything waits with a deadline (`--exit-timeout`, `--ready-timeout`); the first failure stops the
 //! restart with the node named, leaving the rest of the cluster as it is.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -63,7 +64,7 @@ impl Target {
 }
 
 /// Reads a node's configuration file as `hubmesh node --config FILE` would.
-fn target(config: &PathBuf) -> anyhow::Result<Target> {
+fn target(config: &Path) -> anyhow::Result<Target> {
     let settings = NodeConfig::load(Some(config), &Overrides::new())
         .and_then(|loaded| loaded.node_settings())
         .with_context(|| format!("{}", config.display()))?;
@@ -90,7 +91,7 @@ fn target(config: &PathBuf) -> anyhow::Result<Target> {
         listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     Ok(Target {
-        config: config.clone(),
+        config: config.to_path_buf(),
         name: settings.name.clone(),
         address: listen.to_string(),
         key: key.expose().to_owned(),
@@ -99,12 +100,17 @@ fn target(config: &PathBuf) -> anyhow::Result<Target> {
 
 /// Runs `hubmesh rolling-restart`.
 pub(crate) async fn run_rolling_restart(args: &RollingArgs) -> anyhow::Result<()> {
-    let targets = args.configs.iter().map(target).collect::<anyhow::Result<Vec<_>>>()?;
+    let targets = args
+        .configs
+        .iter()
+        .map(|config| target(config))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let started = Instant::now();
     for (index, node) in targets.iter().enumerate() {
         wait_healthy(&targets, args.ready_timeout)
             .await
             .with_context(|| format!("before restarting {}", node.name))?;
+        let old_generation = report_of(node).await?.generation;
         let step = Instant::now();
         ask_to_drain(&node.address, node.key.as_bytes()).await?;
         eprintln!(
@@ -114,10 +120,11 @@ pub(crate) async fn run_rolling_restart(args: &RollingArgs) -> anyhow::Result<()
             targets.len()
         );
         wait_until_gone(&node.address, args.exit_timeout).await?;
+        let closed_ms = step.elapsed().as_millis() as u64;
+        wait_until_left(node, old_generation, &targets, args.exit_timeout).await?;
         let drain_ms = step.elapsed().as_millis() as u64;
         let start = Instant::now();
-        let mut child = start_node(node, args)?;
-        let generation = wait_owning(node, &targets, &mut child, args.ready_timeout).await?;
+        let generation = start_until_owning(node, &targets, args).await?;
         let start_ms = start.elapsed().as_millis() as u64;
         eprintln!("rolling-restart: {} is back (generation {generation:?})", node.name);
         println!(
@@ -125,6 +132,7 @@ pub(crate) async fn run_rolling_restart(args: &RollingArgs) -> anyhow::Result<()
             json!({
                 "node": node.name,
                 "generation": generation,
+                "closed_ms": closed_ms,
                 "drain_ms": drain_ms,
                 "start_ms": start_ms,
                 "total_ms": step.elapsed().as_millis() as u64,
@@ -185,35 +193,84 @@ fn to_stderr() -> Stdio {
     Stdio::inherit()
 }
 
+/// How often a node that exits while starting is started again (its old process may still hold its ports for a
+/// moment after its HTTP port closed).
+const START_ATTEMPTS: u32 = 5;
+
+/// Starts `node` (unless `--no-start`) and waits until it is ready and owning ([`wait_owning`]); starts it again,
+/// at most [`START_ATTEMPTS`] times in all, if it exits while starting. Returns its new generation.
+async fn start_until_owning(node: &Target, all: &[Target], args: &RollingArgs) -> anyhow::Result<Option<u64>> {
+    let deadline = Instant::now() + args.ready_timeout;
+    for attempt in 1..=START_ATTEMPTS {
+        let mut child = start_node(node, args)?;
+        match wait_owning(node, all, &mut child, deadline).await? {
+            Ok(generation) => return Ok(generation),
+            Err(status) if attempt < START_ATTEMPTS && Instant::now() < deadline => {
+                eprintln!(
+                    "rolling-restart: {} exited while starting ({status}); starting it again",
+                    node.name
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(status) => bail!("{} exited while starting ({status}), {attempt} times", node.name),
+        }
+    }
+    bail!("{} did not start", node.name)
+}
+
 /// Waits until `node`'s new incarnation is ready and every other node lists it live with its generation; returns
-/// the generation. Fails early if the started process exits.
+/// the generation, or the started process's exit status if it exits first.
 async fn wait_owning(
     node: &Target,
     all: &[Target],
     child: &mut Option<tokio::process::Child>,
-    limit: Duration,
-) -> anyhow::Result<Option<u64>> {
-    let deadline = Instant::now() + limit;
+    deadline: Instant,
+) -> anyhow::Result<Result<Option<u64>, std::process::ExitStatus>> {
     loop {
         if let Some(process) = child.as_mut() {
             if let Some(status) = process.try_wait()? {
-                bail!("{} exited while starting ({status})", node.name);
+                return Ok(Err(status));
             }
         }
         if let Ok(report) = report_of(node).await {
             if report.ready && report.status == "serving" && seen_by_all(&report, node, all).await {
-                return Ok(report.generation);
+                return Ok(Ok(report.generation));
             }
         }
         if Instant::now() >= deadline {
-            bail!(
-                "{} was not ready and owning within {}",
-                node.name,
-                humantime::format_duration(limit)
-            );
+            bail!("{} was not ready and owning in time", node.name);
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Waits until no other node lists `node`'s incarnation `generation` live any more: it has left the cluster.
+async fn wait_until_left(
+    node: &Target,
+    generation: Option<u64>,
+    all: &[Target],
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    for other in all.iter().filter(|other| other.address != node.address) {
+        loop {
+            let listed = match report_of(other).await {
+                Ok(theirs) => theirs
+                    .members
+                    .iter()
+                    .any(|member| member.name == node.name && member.generation == generation),
+                Err(_) => false,
+            };
+            if !listed {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("{} still lists {} live after it exited", other.name, node.name);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    Ok(())
 }
 
 /// Whether every node of `all` but `node` is up and lists `node` live with the generation `report` gives.

@@ -2,7 +2,8 @@
 //! library's [`StatusReport`]) and prints the cluster as that node sees it, as a table or as the raw JSON document.
 //!
 //! The request is one plain HTTP/1.1 GET over a tokio `TcpStream` with a deadline: enough for a node's small JSON
-//! report, with no HTTP client crate. A bad URL, an unreachable node, a slow one, an HTTP error or a document that
+//! report, with no HTTP client crate. [`request`] is that request for any method and headers, and
+//! [`fetch_report`] the report read into a [`StatusReport`]: `hubmesh drain` and `hubmesh rolling-restart` use them. A bad URL, an unreachable node, a slow one, an HTTP error or a document that
 //! is not a status report are errors with a message (the command then exits with 1), never a panic.
 
 use std::fmt::Write as _;

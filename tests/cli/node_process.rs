@@ -35,7 +35,10 @@ pub struct NodeProcess {
 
 impl Drop for NodeProcess {
     fn drop(&mut self) {
-        kill_tree(&mut self.child);
+        // A node that exited (drained) has left nothing behind in its group.
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            kill_tree(&mut self.child);
+        }
     }
 }
 
