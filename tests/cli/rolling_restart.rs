@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hubmesh::status::StatusReport;
-use hubmesh::testing::client::{http_request, TestClient, TestClientError};
+use hubmesh::testing::client::{http_request, TestClient};
 use node_process::{free_port, NodeProcess, TestResult};
 use serde_json::{json, Value};
 
