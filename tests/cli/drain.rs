@@ -298,3 +298,31 @@ async fn a_drain_whose_clients_never_answer_ends_with_its_window_and_exits_0() -
     drop((silent, half_open));
     Ok(())
 }
+
+#[test]
+fn the_drain_window_is_checked_with_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |window: &str| {
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, format!("[node]\ndrain_window = \"{window}\"\n")).unwrap();
+        binary::finish(
+            binary::hubmesh()
+                .args(["config", "check", "--no-env"])
+                .arg(&file)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    for fine in ["0s", "10s", "10m"] {
+        let output = check(fine);
+        assert!(output.status.success(), "{fine}: {output:?}");
+    }
+    for (bad, says) in [("11m", "at most 10m"), ("soon", "not a duration")] {
+        let output = check(bad);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{bad}: {output:?}");
+        assert!(stderr.contains("node.drain_window") && stderr.contains(says), "{bad}: {stderr}");
+    }
+}
