@@ -323,6 +323,9 @@ fn the_drain_window_is_checked_with_the_configuration() {
         let output = check(bad);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{bad}: {output:?}");
-        assert!(stderr.contains("node.drain_window") && stderr.contains(says), "{bad}: {stderr}");
+        assert!(
+            stderr.contains("node.drain_window") && stderr.contains(says),
+            "{bad}: {stderr}"
+        );
     }
 }

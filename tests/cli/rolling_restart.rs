@@ -131,8 +131,8 @@ struct Sent {
 struct ClientLog {
     sessions: Vec<Session>,
     sent: Vec<Sent>,
-    /// (sender, seq) of every group message received, duplicates kept.
-    received: Vec<(usize, u64)>,
+    /// (sender, seq, index of the session it came on) of every group message received, duplicates kept.
+    received: Vec<(usize, u64, usize)>,
     reconnect_times: Vec<Duration>,
 }
 
@@ -166,7 +166,8 @@ fn take(log: &mut ClientLog, record: &hubmesh::testing::client::Record) -> Optio
         1 if record.value["target"] == "msg" => {
             let payload = &record.value["arguments"][0];
             if let (Some(from), Some(seq)) = (payload["from"].as_u64(), payload["seq"].as_u64()) {
-                log.received.push((from as usize, seq));
+                let session = log.sessions.len().saturating_sub(1);
+                log.received.push((from as usize, seq, session));
             }
             None
         }
@@ -361,14 +362,26 @@ async fn rolling_restart_under_traffic(window: &str, clients: usize, limit: Dura
     let mut owed = 0u64;
     let mut lost = 0u64;
     let mut duplicated = 0u64;
+    // A message a client got on one connection and again on a later one that joined after it was sent: a
+    // retained send that went again (to the new owner, after the drained owner left) reached a restarted node,
+    // which has no record of having delivered it. Not owed to the new connection, so counted apart.
+    let mut redelivered = 0u64;
     let mut lost_examples = Vec::new();
     let mut lost_at = Vec::new();
     for (receiver, log) in logs.iter().enumerate() {
-        let mut counts: HashMap<(usize, u64), u32> = HashMap::new();
-        for key in &log.received {
-            *counts.entry(*key).or_default() += 1;
+        let mut counts: HashMap<(usize, u64), Vec<usize>> = HashMap::new();
+        for (sender, seq, session) in &log.received {
+            counts.entry((*sender, *seq)).or_default().push(*session);
         }
-        duplicated += counts.values().map(|count| u64::from(count - 1)).sum::<u64>();
+        for sessions in counts.values() {
+            for (index, session) in sessions.iter().enumerate() {
+                if sessions[..index].contains(session) {
+                    duplicated += 1;
+                } else if index > 0 {
+                    redelivered += 1;
+                }
+            }
+        }
         for (sender, sender_log) in logs.iter().enumerate() {
             for sent in &sender_log.sent {
                 let in_force = log.sessions.iter().any(|session| {
@@ -426,7 +439,8 @@ async fn rolling_restart_under_traffic(window: &str, clients: usize, limit: Dura
         println!("  {line}");
     }
     println!(
-        "  messages sent {sent}, deliveries received {received}, owed {owed}, lost {lost}, duplicated {duplicated}"
+        "  messages sent {sent}, deliveries received {received}, owed {owed}, lost {lost}, duplicated on one \
+         connection {duplicated}, delivered again on a client's next connection {redelivered}"
     );
     println!(
         "  memberships before {memberships_before}, after {memberships_after}; reconnects {} (slowest {} ms), Closes {}, \
@@ -483,7 +497,7 @@ async fn rolling_restart_under_traffic(window: &str, clients: usize, limit: Dura
         );
     }
     assert_eq!(lost, 0, "lost (sender, seq, receiver) such as {lost_examples:?}");
-    assert_eq!(duplicated, 0);
+    assert_eq!(duplicated, 0, "a connection got a message twice");
     drop(restarter);
     Ok(())
 }
