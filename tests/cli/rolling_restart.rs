@@ -11,8 +11,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-// Only `hubmesh()` and `LIMIT` of it are used here.
-#[allow(dead_code)]
 #[path = "../common/binary.rs"]
 mod binary;
 #[path = "node_process.rs"]
@@ -289,7 +287,13 @@ impl Drop for Restarter {
     }
 }
 
-async fn rolling_restart_under_traffic(window: &str, clients: usize, limit: Duration) -> TestResult {
+/// `start`: the `--start` command, or `None` for the default (this binary's `node --config {config}`).
+async fn rolling_restart_under_traffic(
+    window: &str,
+    clients: usize,
+    start: Option<String>,
+    limit: Duration,
+) -> TestResult {
     let dir = tempfile::tempdir()?;
     let files = write_configs(dir.path(), window)?;
     let addrs: Vec<SocketAddr> = files.iter().map(|node| node.addr).collect();
@@ -321,6 +325,7 @@ async fn rolling_restart_under_traffic(window: &str, clients: usize, limit: Dura
         .arg("rolling-restart")
         .args(files.iter().map(|node| node.config.clone()))
         .args(["--exit-timeout", "30s", "--ready-timeout", "40s"])
+        .args(start.iter().flat_map(|start| ["--start".to_owned(), start.clone()]))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     process::own_process_group(&mut command);
@@ -504,11 +509,40 @@ async fn rolling_restart_under_traffic(window: &str, clients: usize, limit: Dura
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_group_traffic_loses_nothing_after_reconnects() -> TestResult {
-    rolling_restart_under_traffic("2s", 9, Duration::from_secs(90)).await
+    // A start command of the operator's own, with the node's file put in.
+    let start = format!("exec '{}' node --config '{{config}}'", env!("CARGO_BIN_EXE_hubmesh"));
+    rolling_restart_under_traffic("2s", 9, Some(start), Duration::from_secs(90)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "longer: a 5 s drain window and 30 clients"]
 async fn a_longer_rolling_restart_under_group_traffic() -> TestResult {
-    rolling_restart_under_traffic("5s", 30, Duration::from_secs(240)).await
+    rolling_restart_under_traffic("5s", 30, None, Duration::from_secs(240)).await
+}
+
+#[test]
+fn a_node_without_an_access_key_or_a_fixed_port_is_refused_before_anything_happens() {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, says) in [
+        ("[http]\nlisten = \"127.0.0.1:5999\"\n", "no REST access key"),
+        (
+            "[http]\nlisten = \"127.0.0.1:0\"\n[rest]\naccess_key = \"k\"\n",
+            "port 0",
+        ),
+    ] {
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, file).unwrap();
+        let output = binary::finish(
+            binary::hubmesh()
+                .arg("rolling-restart")
+                .arg(&path)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        assert!(stderr.contains(says) && stderr.contains("node.toml"), "{stderr}");
+    }
 }
