@@ -1,5 +1,6 @@
 //! Draining a real `hubmesh node` process: SIGTERM makes `/readyz` 503 at once while `/healthz` stays 200, closes
-//! the raw test clients with `allowReconnect` spread over `node.drain_window`, and the process exits 0; a second
+//! the raw test clients with `allowReconnect` spread over `node.drain_window`, and the process exits 0 (Ctrl-C
+//! too); a second
 //! SIGTERM stops it at once, still with 0; `POST /_hubmesh/drain` drains only with the REST access key's token
 //! (401 without, 404 when the node has no key), and `hubmesh drain --wait` drives it; a drain whose clients never
 //! answer still ends with the window and exits 0. Prints the close times and exit times it measured.
@@ -328,4 +329,29 @@ fn the_drain_window_is_checked_with_the_configuration() {
             "{bad}: {stderr}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_drains_like_sigterm() -> TestResult {
+    let mut node = node("2s")?;
+    node.wait_for_status("/readyz", 200, LIMIT).await?;
+    let clients = clients(&node, 10).await?;
+    let signalled = Instant::now();
+    node.signal("INT")?;
+    node.wait_for_status("/readyz", 503, Duration::from_secs(2)).await?;
+    let closes = closes(clients, signalled).await;
+    let (status, _) = node.wait_exit(LIMIT).await?;
+    let last = closes.last().unwrap().0;
+    println!(
+        "SIGINT drain of 10 clients over 2 s: Closes from {} to {} ms; exit {:?} after {} ms",
+        ms(closes.first().unwrap().0),
+        ms(last),
+        status.code(),
+        ms(signalled.elapsed())
+    );
+    assert_eq!(status.code(), Some(0));
+    assert!(closes.iter().all(|(_, close)| close["allowReconnect"] == true));
+    // Ten clients take the first ten of the twenty slices: the last goes about 0.9 s in, not at once.
+    assert!(last >= Duration::from_millis(500), "Closes within {} ms", ms(last));
+    Ok(())
 }
