@@ -296,15 +296,16 @@ fn node_settings(config: Option<&Path>, overrides: &Overrides) -> anyhow::Result
 async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let settings = node_settings(args.config.as_deref(), &args.overrides())?;
     log_settings(&settings);
+    // Listening from the start: a SIGTERM that comes while the node starts is kept for then, not fatal.
+    let mut signals = signals::StopSignals::new(args.stop_on_stdin_close);
     let node = settings.builder().start().await?;
     println!("{LISTENING}{}", node.url());
     if settings.demo {
         tracing::info!(url = %format!("{}/hub", node.url()), "demo hub");
     }
-    let mut signals = signals::StopSignals::new(args.stop_on_stdin_close);
     let first = tokio::select! {
         stop = signals.next() => stop,
-        () = node.node().drain_requested() => signals::Stop::Signal("a drain was asked for over HTTP"),
+        () = node.node().drain_requested() => signals::Stop::DrainAsked,
     };
     if first == signals::Stop::StdinClosed {
         tracing::info!(reason = first.reason(), "stopping");

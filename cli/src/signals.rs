@@ -13,6 +13,8 @@ pub(crate) enum Stop {
     Signal(&'static str),
     /// Standard input ended (the parent, `hubmesh dev` or a test, is gone or asks the node to stop).
     StdinClosed,
+    /// An operator asked over HTTP (`POST /_hubmesh/drain`); not a signal, but the node treats it as SIGTERM.
+    DrainAsked,
 }
 
 impl Stop {
@@ -21,6 +23,7 @@ impl Stop {
         match self {
             Stop::Signal(reason) => reason,
             Stop::StdinClosed => "standard input closed",
+            Stop::DrainAsked => "a drain was asked for over HTTP",
         }
     }
 }
