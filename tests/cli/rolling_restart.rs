@@ -546,3 +546,55 @@ fn a_node_without_an_access_key_or_a_fixed_port_is_refused_before_anything_happe
         assert!(stderr.contains(says) && stderr.contains("node.toml"), "{stderr}");
     }
 }
+
+/// `--no-start`: the test is the supervisor that starts each node again once it has exited; rolling-restart only
+/// drains and waits for every node to come back ready and owning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_start_a_supervisor_restarts_the_nodes() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let files = write_configs(dir.path(), "1s")?;
+    let addrs: Vec<SocketAddr> = files.iter().map(|node| node.addr).collect();
+    let start = |node: &NodeFiles| NodeProcess::start(&["--config", &node.config.display().to_string()], &[]);
+    let mut nodes = files.iter().map(start).collect::<TestResult<Vec<_>>>()?;
+    let before = wait_cluster(&addrs, binary::LIMIT).await?;
+
+    let mut command = binary::hubmesh();
+    command
+        .arg("rolling-restart")
+        .args(files.iter().map(|node| node.config.clone()))
+        .args(["--no-start", "--exit-timeout", "30s", "--ready-timeout", "30s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    process::own_process_group(&mut command);
+    let mut restarter = Restarter(Some(command.spawn()?));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut restarts = 0;
+    let status = loop {
+        if let Some(status) = restarter.0.as_mut().ok_or("no child")?.try_wait()? {
+            break status;
+        }
+        for (node, files) in nodes.iter_mut().zip(&files) {
+            if let Some(exit) = node.child.try_wait()? {
+                assert_eq!(exit.code(), Some(0), "a drained node exits 0");
+                *node = start(files)?;
+                restarts += 1;
+            }
+        }
+        assert!(Instant::now() < deadline, "rolling-restart --no-start did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut output = String::new();
+    if let Some(stdout) = restarter.0.as_mut().and_then(|child| child.stdout.as_mut()) {
+        std::io::Read::read_to_string(stdout, &mut output)?;
+    }
+    println!("rolling-restart --no-start, the test supervising:\n{output}");
+    assert!(status.success(), "{status:?}: {output}");
+    assert_eq!(restarts, 3, "each node drained and exited once");
+    assert_eq!(output.lines().count(), 4, "{output}");
+    let after = wait_cluster(&addrs, Duration::from_secs(10)).await?;
+    for (old, new) in before.iter().zip(&after) {
+        assert_eq!(old.node, new.node);
+        assert_ne!(old.generation, new.generation, "{} is a new incarnation", new.node);
+    }
+    Ok(())
+}
