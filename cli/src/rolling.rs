@@ -1,5 +1,6 @@
 //! `hubmesh rolling-restart FILE...`: restarts a cluster node by node, each node given by its configuration file
-//! (its name, HTTP address and REST access key come from it, as `hubmesh node --config FILE` reads them).
+//! (its name, HTTP address and REST access key come from it, as `hubmesh node --config FILE` reads them), or by
+//! its URL (`--url URL...` with `--key`, and `--start COMMAND` or `--no-start`; its name is what it reports).
 //!
 //! For each node in the order given: it waits until the whole cluster is healthy (every node ready, and every node
 //! lists every other live); asks the node to drain (`POST /_hubmesh/drain`, [`super::drain`]) and waits until it
@@ -29,15 +30,30 @@ use crate::status::{fetch_report, request};
 
 #[derive(Args, Debug)]
 pub(crate) struct RollingArgs {
-    /// The nodes' configuration files, in the order to restart them (at least one).
-    #[arg(required = true, value_name = "FILE")]
+    /// The nodes' configuration files, in the order to restart them.
+    #[arg(value_name = "FILE", required_unless_present = "urls", conflicts_with = "urls")]
     configs: Vec<PathBuf>,
+    /// Instead of files: a node's URL, http://HOST:PORT (repeat, in order). Needs `--key` (or `--key-file`), and
+    /// `--start` or `--no-start`.
+    #[arg(long = "url", value_name = "URL", requires = "start_or_supervised")]
+    urls: Vec<String>,
+    /// With `--url`: the nodes' REST access key.
+    #[arg(long, env = "HUBMESH_REST__ACCESS_KEY", hide_env_values = true, value_name = "KEY")]
+    key: Option<String>,
+    /// With `--url`: a file holding the nodes' REST access key.
+    #[arg(long, value_name = "FILE", conflicts_with = "key")]
+    key_file: Option<PathBuf>,
     /// The command that starts a node again, run with `sh -c`; `{config}`, `{name}` and `{url}` are replaced by
-    /// the node's file, name and URL. Default: this binary's `node --config {config}`.
-    #[arg(long, value_name = "COMMAND", conflicts_with = "no_start")]
+    /// the node's file (empty with `--url`), name and URL. Default: this binary's `node --config {config}`.
+    #[arg(
+        long,
+        value_name = "COMMAND",
+        conflicts_with = "no_start",
+        group = "start_or_supervised"
+    )]
     start: Option<String>,
     /// Start nothing: a supervisor restarts each node once it has exited; only wait for it to come back.
-    #[arg(long)]
+    #[arg(long, group = "start_or_supervised")]
     no_start: bool,
     /// How long a node may take to drain and exit (its `node.drain_window` plus a few seconds, at least).
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
@@ -48,9 +64,10 @@ pub(crate) struct RollingArgs {
     ready_timeout: Duration,
 }
 
-/// One node to restart, as its configuration says.
+/// One node to restart, as its configuration (or its URL and the key given) says.
 struct Target {
-    config: PathBuf,
+    /// `None` for a node given by its URL.
+    config: Option<PathBuf>,
     name: String,
     /// `host:port` to dial.
     address: String,
@@ -91,20 +108,48 @@ fn target(config: &Path) -> anyhow::Result<Target> {
         listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     Ok(Target {
-        config: config.to_path_buf(),
+        config: Some(config.to_path_buf()),
         name: settings.name.clone(),
         address: listen.to_string(),
         key: key.expose().to_owned(),
     })
 }
 
+/// A node given by its URL: its name is what it reports.
+async fn target_at(url: &str, key: &str) -> anyhow::Result<Target> {
+    let address = crate::status::authority(url)?;
+    let (report, _) = fetch_report(url, REQUEST_TIMEOUT).await?;
+    Ok(Target {
+        config: None,
+        name: report.node,
+        address,
+        key: key.to_owned(),
+    })
+}
+
+/// The nodes to restart, from the files or the URLs given.
+async fn targets(args: &RollingArgs) -> anyhow::Result<Vec<Target>> {
+    if args.urls.is_empty() {
+        return args.configs.iter().map(|config| target(config)).collect();
+    }
+    let key = match (&args.key, &args.key_file) {
+        (Some(key), _) => key.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the access key file {}", file.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => bail!("--url needs the nodes' REST access key: --key, --key-file or HUBMESH_REST__ACCESS_KEY"),
+    };
+    let mut targets = Vec::new();
+    for url in &args.urls {
+        targets.push(target_at(url, &key).await?);
+    }
+    Ok(targets)
+}
+
 /// Runs `hubmesh rolling-restart`.
 pub(crate) async fn run_rolling_restart(args: &RollingArgs) -> anyhow::Result<()> {
-    let targets = args
-        .configs
-        .iter()
-        .map(|config| target(config))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let targets = targets(args).await?;
     let started = Instant::now();
     for (index, node) in targets.iter().enumerate() {
         wait_healthy(&targets, args.ready_timeout)
@@ -156,8 +201,9 @@ fn start_node(node: &Target, args: &RollingArgs) -> anyhow::Result<Option<tokio:
     }
     let mut command = match &args.start {
         Some(template) => {
+            let config = node.config.as_ref().map(|config| config.display().to_string());
             let line = template
-                .replace("{config}", &node.config.display().to_string())
+                .replace("{config}", config.as_deref().unwrap_or_default())
                 .replace("{name}", &node.name)
                 .replace("{url}", &node.url());
             let mut command = tokio::process::Command::new("sh");
@@ -165,9 +211,15 @@ fn start_node(node: &Target, args: &RollingArgs) -> anyhow::Result<Option<tokio:
             command
         }
         None => {
+            let Some(config) = &node.config else {
+                bail!(
+                    "{} was given by its URL: say how to start it (--start) or --no-start",
+                    node.name
+                );
+            };
             let exe = std::env::current_exe().context("cannot find this binary to start the node with")?;
             let mut command = tokio::process::Command::new(exe);
-            command.arg("node").arg("--config").arg(&node.config);
+            command.arg("node").arg("--config").arg(config);
             command
         }
     };

@@ -522,6 +522,27 @@ async fn a_longer_rolling_restart_under_group_traffic() -> TestResult {
 
 #[test]
 fn a_node_without_an_access_key_or_a_fixed_port_is_refused_before_anything_happens() {
+    // Given by URL: how to start it and the key are needed (nothing listens at port 1).
+    let run = |args: &[&str]| {
+        binary::finish(
+            binary::hubmesh()
+                .arg("rolling-restart")
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let usage = run(&["--url", "http://127.0.0.1:1"]);
+    assert_eq!(usage.status.code(), Some(2), "clap's usage error: {usage:?}");
+    let keyless = run(&["--url", "http://127.0.0.1:1", "--no-start"]);
+    assert_eq!(keyless.status.code(), Some(1), "{keyless:?}");
+    assert!(
+        String::from_utf8_lossy(&keyless.stderr).contains("access key"),
+        "{keyless:?}"
+    );
+
     let dir = tempfile::tempdir().unwrap();
     for (file, says) in [
         ("[http]\nlisten = \"127.0.0.1:5999\"\n", "no REST access key"),
@@ -547,8 +568,8 @@ fn a_node_without_an_access_key_or_a_fixed_port_is_refused_before_anything_happe
     }
 }
 
-/// `--no-start`: the test is the supervisor that starts each node again once it has exited; rolling-restart only
-/// drains and waits for every node to come back ready and owning.
+/// `--no-start`, the nodes given by `--url` and `--key`: the test is the supervisor that starts each node again
+/// once it has exited; rolling-restart only drains and waits for every node to come back ready and owning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_start_a_supervisor_restarts_the_nodes() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -561,8 +582,20 @@ async fn with_no_start_a_supervisor_restarts_the_nodes() -> TestResult {
     let mut command = binary::hubmesh();
     command
         .arg("rolling-restart")
-        .args(files.iter().map(|node| node.config.clone()))
-        .args(["--no-start", "--exit-timeout", "30s", "--ready-timeout", "30s"])
+        .args(
+            addrs
+                .iter()
+                .flat_map(|addr| ["--url".to_owned(), format!("http://{addr}")]),
+        )
+        .args([
+            "--key",
+            KEY,
+            "--no-start",
+            "--exit-timeout",
+            "30s",
+            "--ready-timeout",
+            "30s",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     process::own_process_group(&mut command);
