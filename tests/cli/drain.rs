@@ -279,14 +279,27 @@ async fn a_drain_whose_clients_never_answer_ends_with_its_window_and_exits_0() -
     let silent = clients(&node, 5).await?;
     // And one socket that upgraded but never sent its handshake.
     let half_open = TestClient::to(&format!("{}/hub", node.url)).open().await?;
+    // The silent clients' sockets filled: group messages they never read, until the node's writes to them block
+    // (or it gives up on them as slow consumers), so their Close cannot get through.
+    let mut sender = TestClient::to(&format!("{}/hub", node.url)).connect().await?;
+    let payload = "x".repeat(30_000);
+    for _ in 0..400 {
+        sender
+            .send_invocation("SendToGroup", serde_json::json!(["drained", payload]))
+            .await?;
+    }
+    let filled = Instant::now();
+    sender.close_socket().await;
 
     let signalled = Instant::now();
     node.signal("TERM")?;
     let (status, _) = node.wait_exit(window + LIMIT).await?;
     let exited = signalled.elapsed();
     println!(
-        "a drain over {} ms with 6 clients that never answer: exit {:?} after {} ms",
+        "a drain over {} ms with 6 clients that never answer (5 of them sent 400 x 30 kB unread, {} ms before): \
+         exit {:?} after {} ms",
         ms(window),
+        ms(signalled - filled),
         status.code(),
         ms(exited)
     );
@@ -294,6 +307,12 @@ async fn a_drain_whose_clients_never_answer_ends_with_its_window_and_exits_0() -
     assert!(
         exited >= window / 2,
         "the drain did not take its window: {} ms",
+        ms(exited)
+    );
+    // Bounded: the window, then at most 3 s for the connections to go, then at most 3 s more as the node stops.
+    assert!(
+        exited < window + Duration::from_secs(6 + 4),
+        "a drain held by its clients took {} ms",
         ms(exited)
     );
     drop((silent, half_open));
