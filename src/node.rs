@@ -39,7 +39,7 @@ use crate::connection::{Limits, WakeRelay, WakeRelays};
 use crate::hub::{Hub, HubContext, NodeRouter};
 use crate::mesh::RelayHost;
 use cors::CorsOrigins;
-use http::{HubEndpoint, NodeRelays, TokenKeys, Tunnels};
+use http::{DrainRequest, HubEndpoint, NodeRelays, TokenKeys, Tunnels};
 use readiness::Lifecycle;
 use tls::TlsConfig;
 
@@ -226,6 +226,8 @@ pub(crate) struct NodeInner {
     metrics: metrics::NodeMetrics,
     /// The connection bound and the negotiate rate per client address.
     admission: admission::Admission,
+    /// Whether an operator asked for a drain (`POST /_hubmesh/drain`, `http::admin`).
+    drain_request: DrainRequest,
 }
 
 impl std::fmt::Debug for Node {
@@ -634,6 +636,7 @@ impl NodeBuilder {
             lifecycle: Lifecycle::joining(),
             started: std::time::SystemTime::now(),
             admission: admission::Admission::default(),
+            drain_request: DrainRequest::default(),
         });
         let relays: Arc<dyn RelayHost> = inner.relays.clone();
         inner.router.set_relay_host(Arc::downgrade(&relays));

@@ -32,6 +32,8 @@
 //!   secret (`auth.secret` or `auth.secret_file`, read like the cluster secret) or an RS256 public key
 //!   (`auth.public_key_file`, PEM; relative paths as for `secret_file`); optionally `auth.issuer`,
 //!   `auth.audience` and `auth.user_claim` (default: the name-identifier claim, then `sub`).
+//! * `node.drain_window` (default 10 s, at most [`MAX_DRAIN_WINDOW`]) is how long the `hubmesh node` process takes
+//!   to drain on SIGTERM or `POST /_hubmesh/drain`; the library's `Node::drain` takes it as its argument.
 //! * `[rest]` turns on the Azure SignalR-style REST API when an access key is set (`rest.access_key` or
 //!   `rest.access_key_file`, read like the cluster secret); without one the API is off.
 //! * `http.tls_cert` and `http.tls_key` (PEM files: the certificate chain, leaf first, and its private key;
@@ -67,6 +69,6 @@ pub use load::{env_name, Overrides, ENV_PREFIX};
 pub use origin::{ConfigError, Origin, SettingError};
 pub use sections::{
     AuthSection, ClusterSection, HttpSection, HubsSection, LimitsSection, NodeConfig, NodeSection, RestSection, Secret,
-    DEFAULT_HTTP_LISTEN, DEFAULT_NAME, DEFAULT_WORKERS, KEYS,
+    DEFAULT_DRAIN_WINDOW, DEFAULT_HTTP_LISTEN, DEFAULT_NAME, DEFAULT_WORKERS, KEYS,
 };
-pub use settings::{NodeSettings, MAX_WORKERS};
+pub use settings::{NodeSettings, MAX_DRAIN_WINDOW, MAX_WORKERS};

@@ -13,15 +13,25 @@
 //! * `hubmesh bench fanout|echo|idle|connect --url URL... [options]`: the load tool (`hubmesh_cli::bench`); one JSON
 //!   line per run on standard output, a short summary on standard error.
 //! * `hubmesh status --url URL [--json]`: the cluster as the node at URL sees it (`GET /_hubmesh/status`).
+//! * `hubmesh drain --url URL --key KEY [--wait]`: asks a node to drain and exit (`POST /_hubmesh/drain`, [`drain`]).
+//! * `hubmesh rolling-restart FILE...`: restarts a cluster node by node: drain, wait for the exit, start again,
+//!   wait until ready and owning ([`rolling`]).
+//!
+//! A node drains (`Node::drain` over `node.drain_window`, then exits 0) on its first Ctrl-C or SIGTERM and on an
+//! authenticated `POST /_hubmesh/drain`; a second Ctrl-C or SIGTERM, or the end of standard input (with
+//! `--stop-on-stdin-close`), stops it at once, its connections told to reconnect elsewhere, and it still exits 0.
 //!
 //! Logs (standard error) are text, or with `--log-format json` (or `HUBMESH_LOG_FORMAT=json`) one JSON object per
 //! line carrying the fields of the spans it happened in (node, connection, link).
 //!
 //! This file is the command table (clap's types) and the commands that are a few lines each; the binary's own
 //! modules, not part of the `hubmesh_cli` library, hold the rest: [`dev`] (the `hubmesh dev` runner),
-//! [`status`] (`hubmesh status`) and [`signals`] (Ctrl-C, SIGTERM, the end of standard input).
+//! [`status`] (`hubmesh status`, and the plain HTTP requests the other commands make), [`drain`] (`hubmesh
+//! drain`), [`rolling`] (`hubmesh rolling-restart`) and [`signals`] (Ctrl-C, SIGTERM, the end of standard input).
 
 mod dev;
+mod drain;
+mod rolling;
 mod signals;
 mod status;
 
@@ -87,6 +97,10 @@ enum CliCommand {
     Bench(hubmesh_cli::bench::Scenario),
     /// Prints the cluster as one node sees it: members, generations, states, addresses, uptimes, links.
     Status(StatusArgs),
+    /// Asks a node to drain and exit (`POST /_hubmesh/drain`, authenticated with the REST access key).
+    Drain(drain::DrainArgs),
+    /// Restarts a cluster node by node: drain, wait for the exit, start again, wait until ready and owning.
+    RollingRestart(rolling::RollingArgs),
 }
 
 #[derive(Args, Debug)]
@@ -110,6 +124,9 @@ struct NodeArgs {
     /// node.name: the node's name, unique in the cluster.
     #[arg(long)]
     name: Option<String>,
+    /// node.drain_window: over how long a drain (SIGTERM, Ctrl-C, POST /_hubmesh/drain) closes the connections.
+    #[arg(long, value_name = "DURATION")]
+    drain_window: Option<String>,
     /// http.listen: the HTTP address, ip:port (port 0 picks a free port).
     #[arg(long, visible_alias = "listen", value_name = "ADDR")]
     http: Option<String>,
@@ -151,6 +168,7 @@ impl NodeArgs {
         let mut overrides = Overrides::new();
         let single = [
             ("node.name", &self.name),
+            ("node.drain_window", &self.drain_window),
             ("http.listen", &self.http),
             ("http.workers", &self.workers),
             ("cluster.id", &self.cluster_id),
@@ -228,6 +246,8 @@ fn main() -> ExitCode {
             }
             CliCommand::Bench(scenario) => run_bench(&scenario).await,
             CliCommand::Status(args) => status::run_status(&args.url, args.json, args.timeout).await,
+            CliCommand::Drain(args) => drain::run_drain(&args).await,
+            CliCommand::RollingRestart(args) => rolling::run_rolling_restart(&args).await,
         }
     });
     // Do not wait for a blocked read of standard input, or any other straggler.
@@ -276,14 +296,38 @@ fn node_settings(config: Option<&Path>, overrides: &Overrides) -> anyhow::Result
 async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let settings = node_settings(args.config.as_deref(), &args.overrides())?;
     log_settings(&settings);
+    // Listening from the start: a SIGTERM that comes while the node starts is kept for then, not fatal.
+    let mut signals = signals::StopSignals::new(args.stop_on_stdin_close);
     let node = settings.builder().start().await?;
     println!("{LISTENING}{}", node.url());
     if settings.demo {
         tracing::info!(url = %format!("{}/hub", node.url()), "demo hub");
     }
-    let reason = signals::stop_signal(args.stop_on_stdin_close).await;
-    tracing::info!(reason, "stopping");
-    node.stop().await;
+    let first = tokio::select! {
+        stop = signals.next() => stop,
+        () = node.node().drain_requested() => signals::Stop::DrainAsked,
+    };
+    if first == signals::Stop::StdinClosed {
+        tracing::info!(reason = first.reason(), "stopping");
+        node.stop().await;
+        return Ok(());
+    }
+    let window = settings.drain_window;
+    tracing::info!(reason = first.reason(), window = %humantime::format_duration(window), "draining");
+    let started = std::time::Instant::now();
+    let own = node.node().clone();
+    let drain = node.drain(window);
+    tokio::pin!(drain);
+    tokio::select! {
+        () = &mut drain => {
+            tracing::info!(took_ms = started.elapsed().as_millis() as u64, "drained; exiting");
+        }
+        second = signals.next() => {
+            // Stop at once: connections get Close with allowReconnect (`Node::shutdown`) and the node leaves.
+            tracing::info!(reason = second.reason(), "stopping at once, during the drain");
+            own.shutdown().await;
+        }
+    }
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 //! library's [`StatusReport`]) and prints the cluster as that node sees it, as a table or as the raw JSON document.
 //!
 //! The request is one plain HTTP/1.1 GET over a tokio `TcpStream` with a deadline: enough for a node's small JSON
-//! report, with no HTTP client crate. A bad URL, an unreachable node, a slow one, an HTTP error or a document that
+//! report, with no HTTP client crate. [`request`] is that request for any method and headers, and
+//! [`fetch_report`] the report read into a [`StatusReport`]: `hubmesh drain` and `hubmesh rolling-restart` use them. A bad URL, an unreachable node, a slow one, an HTTP error or a document that
 //! is not a status report are errors with a message (the command then exits with 1), never a panic.
 
 use std::fmt::Write as _;
@@ -67,12 +68,38 @@ fn parse_url(url: &str) -> anyhow::Result<Target> {
 
 /// The status code and body of a `GET` of `target`.
 async fn get(target: &Target) -> anyhow::Result<(u16, Vec<u8>)> {
+    request(&target.authority, "GET", &target.path, &[]).await
+}
+
+/// The `host:port` a node URL (`http://HOST[:PORT][/base]`) is dialled at; `hubmesh drain` and `hubmesh
+/// rolling-restart` ask nodes by it too.
+pub(crate) fn authority(url: &str) -> anyhow::Result<String> {
+    Ok(parse_url(url)?.authority)
+}
+
+/// The status code and body of one plain HTTP/1.1 request without a body (`Content-Length: 0`) to `authority`,
+/// with `headers` added.
+pub(crate) async fn request(
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let target = Target {
+        authority: authority.to_owned(),
+        path: path.to_owned(),
+    };
     let mut stream = TcpStream::connect(&target.authority)
         .await
         .with_context(|| format!("cannot connect to {}", target.authority))?;
     let host = &target.authority;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let length = if method == "GET" { "" } else { "Content-Length: 0\r\n" };
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+        "{method} {} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n{extra}{length}Connection: close\r\n\r\n",
         target.path
     );
     stream
@@ -152,6 +179,17 @@ fn dechunk(mut body: &[u8]) -> anyhow::Result<Vec<u8>> {
 
 /// Asks the node at `url` for its report within `timeout`; prints it as a table, or as JSON with `json`.
 pub(crate) async fn run_status(url: &str, json: bool, timeout: Duration) -> anyhow::Result<()> {
+    let (report, body) = fetch_report(url, timeout).await?;
+    if json {
+        println!("{}", String::from_utf8_lossy(&body).trim_end());
+    } else {
+        print!("{}", table(&report));
+    }
+    Ok(())
+}
+
+/// The node's report at `url` (asked within `timeout`), and the document as it came.
+pub(crate) async fn fetch_report(url: &str, timeout: Duration) -> anyhow::Result<(StatusReport, Vec<u8>)> {
     let target = parse_url(url)?;
     let body = tokio::time::timeout(timeout, fetch(&target)).await.map_err(|_| {
         anyhow!(
@@ -166,12 +204,7 @@ pub(crate) async fn run_status(url: &str, json: bool, timeout: Duration) -> anyh
             target.authority
         )
     })?;
-    if json {
-        println!("{}", String::from_utf8_lossy(&body).trim_end());
-    } else {
-        print!("{}", table(&report));
-    }
-    Ok(())
+    Ok((report, body))
 }
 
 fn uptime(ms: Option<u64>) -> String {

@@ -67,24 +67,25 @@ struct Retained {
 impl<H: LocalHub> Router<H> {
     /// Sends `frame` to the members of `key` through its owner, holding it while the owner is unreachable.
     pub(crate) fn group_send(&self, key: &GroupKey, frame: Arc<SharedFrame>, except: Arc<[ConnectionId]>) {
+        // Stamped under the `held` lock that orders the sends: a number taken before it could go out after a later
+        // one (two HTTP workers sending at once), and members' nodes would drop it as a repeat.
+        let held = self.held.lock();
         let stamp = Stamp {
             origin: self.id(),
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
         };
-        self.group_send_stamped(HeldSend {
-            key: key.clone(),
-            except,
-            frame,
-            stamp,
-        });
+        self.group_send_held(held, HeldSend { key: key.clone(), except, frame, stamp });
     }
 
     pub(super) fn group_send_stamped(&self, send: HeldSend) {
+        self.group_send_held(self.held.lock(), send);
+    }
+
+    fn group_send_held(&self, mut held: parking_lot::MutexGuard<'_, VecDeque<HeldSend>>, send: HeldSend) {
         // Keep the order of sends: while earlier sends are held, later ones queue behind them. The decision and the
         // send happen under the `held` lock, which a view change also takes while it moves the new owners in and
         // the re-sends to the front of `held` (`Router::on_view`): otherwise a send could read the new owner
         // before the re-sends were queued, overtake them, and make members' nodes drop them as repeats.
-        let mut held = self.held.lock();
         if !held.is_empty() {
             held.push_back(send);
             self.trim_held(&mut held);

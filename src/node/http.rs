@@ -39,9 +39,11 @@
 //!   reach a node other than the one holding it (adopted WebSockets and SSE streams, relayed polls, POSTs and
 //!   DELETEs); `reply`: a transport request's answer as data that can cross the links; `tunnel`: a stateful
 //!   connection's reconnected socket on one node carrying the connection that runs on another.
-//! * `rest`: the Azure SignalR-style REST API under `/api/`, when the node has an access key.
+//! * `rest`: the Azure SignalR-style REST API under `/api/`, when the node has an access key;
+//! * `admin`: the operator's `POST /_hubmesh/drain`, authenticated with the REST access key.
 
 mod access;
+mod admin;
 mod endpoint;
 mod health;
 mod live;
@@ -78,6 +80,8 @@ use send::{post, read_body};
 use sse::connect_sse;
 use websocket::{accept_websocket, is_websocket_upgrade, upgrade_with_actix_ws};
 
+pub use admin::DRAIN_PATH;
+pub(crate) use admin::DrainRequest;
 pub(crate) use endpoint::HubEndpoint;
 pub(crate) use moving::{move_or_close, movable};
 pub(crate) use relay::NodeRelays;
@@ -121,6 +125,7 @@ pub const CLUSTER_PATH: &str = "/_hubmesh/cluster";
 async fn dispatch(request: HttpRequest, body: web::Payload, node: web::Data<Node>) -> HttpResponse {
     if rest::serves(&node, &request) { return rest::answer(&node, &request, body).await; }
     let path = normalize_path(request.path());
+    if path == DRAIN_PATH { return admin::answer(&node, &request); }
     if path == CLUSTER_PATH && request.method() == Method::GET {
         let (live, incarnations): (Vec<String>, Vec<String>) = match node.cluster_view().await {
             Some(view) => view

@@ -20,6 +20,7 @@ use super::{de, Origin};
 /// Every configuration key, as `section.key`. The environment variable of a key is [`env_name`](super::env_name) of it.
 pub const KEYS: &[&str] = &[
     "node.name",
+    "node.drain_window",
     "http.listen",
     "http.workers",
     "http.tls_cert",
@@ -66,6 +67,9 @@ pub const DEFAULT_NAME: &str = "node-1";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:5000";
 /// The default number of HTTP worker threads.
 pub const DEFAULT_WORKERS: usize = 2;
+/// The default drain window: how long a node that is asked to leave (SIGTERM, `POST /_hubmesh/drain`) takes to
+/// move its connections off.
+pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(10);
 
 /// The cluster secret. Its `Debug` never shows the value.
 #[derive(Clone, PartialEq, Eq)]
@@ -108,12 +112,17 @@ pub struct NodeSection {
     /// set it).
     #[serde(deserialize_with = "de::lenient_string")]
     pub name: String,
+    /// Over how long a draining node closes its connections, evenly spread (default 10 s; at most
+    /// [`MAX_DRAIN_WINDOW`](super::MAX_DRAIN_WINDOW)); `0s` closes them all at once.
+    #[serde(deserialize_with = "de::duration")]
+    pub drain_window: Duration,
 }
 
 impl Default for NodeSection {
     fn default() -> Self {
         NodeSection {
             name: DEFAULT_NAME.to_owned(),
+            drain_window: DEFAULT_DRAIN_WINDOW,
         }
     }
 }

@@ -22,6 +22,10 @@ const MAX_WRITE_COALESCE: Duration = Duration::from_secs(1);
 /// The most HTTP worker threads accepted.
 pub const MAX_WORKERS: usize = 1024;
 
+/// The longest `node.drain_window`: an orchestrator kills a node that takes longer anyway (Kubernetes after
+/// `terminationGracePeriodSeconds`), and a drain that never ends would hold a rolling restart forever.
+pub const MAX_DRAIN_WINDOW: Duration = Duration::from_secs(600);
+
 impl NodeConfig {
     /// Checks every setting, reading the secret file if one is named. Same checks as
     /// [`NodeConfig::node_settings`].
@@ -47,6 +51,16 @@ impl NodeConfig {
             problem(
                 "node.name",
                 format!("`{name}` contains whitespace or control characters"),
+            );
+        }
+        if self.node.drain_window > MAX_DRAIN_WINDOW {
+            problem(
+                "node.drain_window",
+                format!(
+                    "must be at most {}, not {}",
+                    humantime::format_duration(MAX_DRAIN_WINDOW),
+                    humantime::format_duration(self.node.drain_window)
+                ),
             );
         }
         if self.http.workers == 0 || self.http.workers > MAX_WORKERS {
@@ -132,6 +146,7 @@ impl NodeConfig {
         if errors.is_empty() {
             Ok(NodeSettings {
                 name: name.to_owned(),
+                drain_window: self.node.drain_window,
                 listen: self.http.listen,
                 workers: self.http.workers,
                 limits,
@@ -485,6 +500,8 @@ impl NodeConfig {
 pub struct NodeSettings {
     /// The node's name.
     pub name: String,
+    /// Over how long a drain (SIGTERM, `POST /_hubmesh/drain`) closes the node's connections.
+    pub drain_window: Duration,
     /// The HTTP address.
     pub listen: SocketAddr,
     /// HTTP worker threads.
@@ -518,6 +535,7 @@ impl fmt::Debug for NodeSettings {
         });
         f.debug_struct("NodeSettings")
             .field("name", &self.name)
+            .field("drain_window", &self.drain_window)
             .field("listen", &self.listen)
             .field("workers", &self.workers)
             .field("limits", &self.limits)

@@ -143,8 +143,8 @@ pub(super) async fn answer(node: &Node, request: &HttpRequest, payload: web::Pay
 }
 
 /// Checks the request's bearer token against the access key and the request's URL (scheme, host as the client
-/// named it, path as sent).
-fn authenticate(api: &RestApi, request: &HttpRequest) -> Result<(), crate::auth::AuthError> {
+/// named it, path as sent). The operator's routes (`super::admin`) use it too.
+pub(super) fn authenticate(api: &RestApi, request: &HttpRequest) -> Result<(), crate::auth::AuthError> {
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
