@@ -110,6 +110,7 @@ impl<H: LocalHub> Router<H> {
                     }
                     if stamp.seq <= *last {
                         // A re-sent send that arrived here before its owner died.
+                        tracing::trace!(parent: &self.span, ?key, origin = %stamp.origin, seq = stamp.seq, last = *last, "a group send arrived again");
                         return;
                     }
                     *last = stamp.seq;
