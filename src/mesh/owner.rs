@@ -341,6 +341,18 @@ impl<H: LocalHub> Router<H> {
                 }
             }
             MembershipOp::Send { send } => {
+                let origin = &send.stamp.origin;
+                if state.settling.is_none()
+                    && !self.is_local(&origin.name)
+                    && !self.is_live_incarnation(&origin.name, origin.generation)
+                {
+                    // A sender this node does not see yet: its view is ahead of this node's (this node just
+                    // joined, and the sender placed the group here before this node knows its peers), so this
+                    // node may not hold every member yet. Hold the group's sends until this node's own view
+                    // change has gathered the peers' snapshots (or `SETTLE` passes).
+                    let deadline = tokio::time::Instant::now() + SETTLE;
+                    state.settling = Some((deadline, std::iter::once(origin.clone()).collect()));
+                }
                 if state.settling.is_some() {
                     state.deferred.push_back(send);
                     if state.deferred.len() > HELD_SENDS_CAP {
