@@ -290,6 +290,10 @@ impl OfficialClients {
             .arg(dir.join("cluster-client.mjs"))
             .args(urls)
             .env("HUBMESH_STATEFUL", "1")
+            .env(
+                "HUBMESH_CLIENT_LOG",
+                std::env::var("HUBMESH_CLIENT_LOG").unwrap_or_default(),
+            )
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)

@@ -17,7 +17,8 @@
 //           {"cmd":"ids"}                                  each client's connection id now (WhoAmI)
 //           {"cmd":"quit"}
 //
-// With HUBMESH_STATEFUL=1 in the environment, the clients use stateful reconnect (`withStatefulReconnect()`).
+// With HUBMESH_STATEFUL=1 in the environment, the clients use stateful reconnect (`withStatefulReconnect()`);
+// with HUBMESH_CLIENT_LOG=1 they log to standard error.
 
 import { createRequire } from "node:module";
 import readline from "node:readline";
@@ -33,7 +34,11 @@ const out = (object) => process.stdout.write(JSON.stringify(object) + "\n");
 const clients = urls.map((url, index) => {
   const builder = new signalR.HubConnectionBuilder()
     .withUrl(`${url}/hub`, { transport: signalR.HttpTransportType.WebSockets })
-    .configureLogging(signalR.LogLevel.None);
+    .configureLogging(
+      process.env.HUBMESH_CLIENT_LOG === "1"
+        ? { log: (level, message) => process.stderr.write(`[client ${index}] ${level} ${message}\n`) }
+        : signalR.LogLevel.None,
+    );
   if (process.env.HUBMESH_STATEFUL === "1") builder.withStatefulReconnect();
   if (index % 2 === 1) builder.withHubProtocol(new MessagePackHubProtocol());
   const connection = builder.build();

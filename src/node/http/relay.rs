@@ -194,10 +194,12 @@ pub(super) fn servers_without_home(node: &Node, endpoint: &HubEndpoint, token: &
     if home_left && router.is_live_incarnation(home, claims.home_generation) {
         return Vec::new();
     }
+    // Only the home's own incarnation is left out: a node restarted under its name is another one, which may
+    // serve the connection now.
     let peers: Vec<NodeId> = router
         .peer_incarnations()
         .into_iter()
-        .filter(|peer| &*peer.name != home)
+        .filter(|peer| !(&*peer.name == home && peer.generation == claims.home_generation))
         .collect();
     crate::cluster::ranked(claims.id.as_str().as_bytes(), &peers)
         .into_iter()

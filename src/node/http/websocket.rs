@@ -164,16 +164,20 @@ pub(super) async fn accept_websocket(
             let Some(server) = adopted_by else {
                 return accept_local(node, endpoint, Some(token), head, user);
             };
-            let socket = relay::resume_on(node, &endpoint, &server, &token)
-                .await
-                .map_err(|reply| Box::new(reply.into_response()))?;
+            let socket = relay::resume_on(node, &endpoint, &server, &token).await.map_err(|reply| {
+                tracing::debug!(parent: node.span(), %server, status = %reply.status(), "a resume passed on was refused");
+                Box::new(reply.into_response())
+            })?;
             return Ok(tunnel(node, socket));
         }
         Route::Missing => {
             // A connection whose home left may have moved to a live node (a drain, `super::moving`): ask them.
             return match resume_without_home(node, &endpoint, &token, true).await {
                 Some(socket) => Ok(tunnel(node, socket)),
-                None => Err(no_connection().into()),
+                None => {
+                    tracing::debug!(parent: node.span(), "a WebSocket for a token no node holds");
+                    Err(no_connection().into())
+                }
             };
         }
         Route::Home(home, id) => (home, id),
@@ -185,10 +189,16 @@ pub(super) async fn accept_websocket(
         Err(reply) if matches!(reply.status(), StatusCode::NOT_FOUND | StatusCode::SERVICE_UNAVAILABLE) => {
             return match resume_without_home(node, &endpoint, &token, false).await {
                 Some(socket) => Ok(tunnel(node, socket)),
-                None => Err(Box::new(reply.into_response())),
+                None => {
+                    tracing::debug!(parent: node.span(), %home, status = %reply.status(), "a WebSocket its home refused");
+                    Err(Box::new(reply.into_response()))
+                }
             };
         }
-        Err(reply) => return Err(Box::new(reply.into_response())),
+        Err(reply) => {
+            tracing::debug!(parent: node.span(), %home, status = %reply.status(), "a WebSocket its home refused");
+            return Err(Box::new(reply.into_response()));
+        }
     };
     let (handle, resume) = if stateful {
         let (handle, slot) = reconnect::resume_channel();
