@@ -110,6 +110,8 @@ pub(super) enum Request {
     Join { key: GroupKey, connection: ConnectionId },
     /// Remove a connection of the receiving node from a group.
     Leave { key: GroupKey, connection: ConnectionId },
+    /// Remove a connection of the receiving node from every named group of its hub.
+    LeaveAll { hub: Arc<str>, connection: ConnectionId },
     /// To a group's owner: a connection of the sender joined.
     Register { key: GroupKey, connection: ConnectionId },
     /// To a group's owner: a connection of the sender left.
