@@ -1,7 +1,7 @@
 //! Links over mutual TLS (`LinkConfig::tls`, the `cluster.link_tls_*` settings) between real processes: three nodes
 //! whose certificates a cluster CA signed form a cluster and deliver a group send across it; a fourth node, same
 //! cluster id and secret but a certificate from another CA, gets no link, says why in its log and its peers' logs,
-//! and does not panic.
+//! and does not panic. Two nodes that pin each other's self-signed certificates (no CA) link too.
 //!
 //! A process holds at most one ractor_cluster node, so each node runs in a child process: this test binary
 //! re-executed as `tls_node_process` (ignored, so it only runs when started by name), which reads its settings
@@ -270,9 +270,51 @@ async fn nodes_with_the_cluster_ca_link_over_tls_and_a_stranger_cannot() -> Test
     Ok(())
 }
 
-/// A node of the test above, run in a child process (see the module documentation).
+/// Without a CA: each node's own self-signed certificate, every one of them in every node's trusted file (pinned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_pinned_self_signed_certificates_link_over_tls() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let names = ["node-1", "node-2"];
+    let mut pinned = String::new();
+    for name in names {
+        let certificate = rcgen::generate_simple_self_signed(vec![name.to_owned()])?;
+        std::fs::write(dir.path().join(format!("{name}.crt")), certificate.cert.pem())?;
+        std::fs::write(
+            dir.path().join(format!("{name}.key")),
+            certificate.signing_key.serialize_pem(),
+        )?;
+        pinned.push_str(&certificate.cert.pem());
+    }
+    let trusted = dir.path().join("pinned.crt");
+    std::fs::write(&trusted, pinned)?;
+    let files = |name: &str| {
+        [
+            dir.path().join(format!("{name}.crt")).display().to_string(),
+            dir.path().join(format!("{name}.key")).display().to_string(),
+            trusted.display().to_string(),
+        ]
+    };
+    let seed = free_udp_port()?;
+    let first = NodeProcess::start("node-1", seed, None, &files("node-1"))?;
+    let second = NodeProcess::start("node-2", free_udp_port()?, Some(seed), &files("node-2"))?;
+    wait_for_links(&[&first, &second], &names).await?;
+    let mut member = TestClient::to(&format!("{}/hub", second.url)).connect().await?;
+    member.join_group("room").await?;
+    let mut sender = TestClient::to(&format!("{}/hub", first.url)).connect().await?;
+    sender
+        .invoke_ok_keeping_others("SendToGroup", json!(["room", "pinned"]))
+        .await?;
+    let call = member
+        .next_invocation_of("msg", Duration::from_secs(10))
+        .await?
+        .ok_or("the group send did not arrive")?;
+    assert_eq!(call.value["arguments"][0], "pinned");
+    Ok(())
+}
+
+/// A node of the tests above, run in a child process (see the module documentation).
 #[test]
-#[ignore = "a node process of nodes_with_the_cluster_ca_link_over_tls_and_a_stranger_cannot; runs only when started"]
+#[ignore = "a node process of the link TLS tests; runs only when one of them starts it"]
 fn tls_node_process() {
     let Ok(name) = std::env::var(ENV) else {
         return;

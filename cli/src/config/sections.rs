@@ -210,6 +210,9 @@ impl ClusterSection {
             || !self.seeds.is_empty()
             || self.gossip_interval.is_some()
             || self.phi_threshold.is_some()
+            || self.link_tls_cert.is_some()
+            || self.link_tls_key.is_some()
+            || self.link_tls_ca.is_some()
     }
 }
 
