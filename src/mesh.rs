@@ -78,6 +78,8 @@ pub(crate) use group::GroupKind;
 pub use group::{GroupKind, Stamp};
 #[cfg(feature = "internals")]
 pub use bounds::{MeshBoundsHit, MeshCounters};
+#[cfg(feature = "internals")]
+pub use envelope::decode_frame;
 #[cfg(not(feature = "internals"))]
 pub(crate) use bounds::{MeshBoundsHit, MeshCounters};
 #[cfg(feature = "internals")]

@@ -209,3 +209,13 @@ pub(super) fn unexpected(answer: Answer) -> MeshError {
         ))),
     }
 }
+
+/// Decodes a link frame as the router does (`mesh/inbound.rs`), for the fuzz targets (`tests/fuzz`): whether it is
+/// an envelope, and, if it is, whether it encodes again.
+#[cfg(feature = "internals")]
+pub fn decode_frame(frame: &[u8]) -> (bool, bool) {
+    match rmp_serde::from_slice::<Envelope>(frame) {
+        Ok(envelope) => (true, rmp_serde::to_vec(&envelope).is_ok()),
+        Err(_) => (false, false),
+    }
+}
