@@ -1,6 +1,7 @@
 //! The mesh's bounds under load, on in-process clusters (`TestCluster`): a node's snapshot of many memberships
 //! crosses the link frame cap in parts, group sends at a high rate survive their owner's death, and the mesh's
-//! queues refuse or push back past their bounds instead of growing.
+//! queues refuse or push back past their bounds instead of growing (a hostile client flooding a group whose member
+//! node stalls fills only that group's mailbox, and the excess is refused).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use hubmesh::cluster::{owner, NodeId};
 use hubmesh::demo::demo_hub;
-use hubmesh::mesh::GroupKey;
+use hubmesh::mesh::{GroupKey, HELD_SENDS_CAP};
 use hubmesh::testing::{TestClient, TestCluster};
 use hubmesh::{ConnectionId, HubContext, Limits};
 use serde_json::json;
@@ -282,6 +283,85 @@ async fn sends_to_groups_nobody_joined_are_bounded_at_their_owner() -> TestResul
             .await?
             .ok_or("the real group got nothing")?;
         assert_eq!(call.value["arguments"][0], json!("still here"));
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
+
+/// A hostile client floods a group one of whose member nodes stopped reading its link (the link stays full, while
+/// gossip says the node is live): the group's actor waits for that node (`FANOUT_PATIENCE`, 3 s), then drops its
+/// copies, counted (`fanout_dropped`); meanwhile its mailbox fills to `MAILBOX_CAP` (50,000 sends) and the excess
+/// is dropped, counted (`mailbox_refused`), instead of growing. Another group of the same owner, and its member on
+/// a third node, are unaffected, and the hostile client stays connected (the policy drops sends, not clients).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_a_group_with_a_stalled_member_node_is_bounded_at_the_groups_mailbox() -> TestResult {
+    const SENDS: usize = 90_000;
+    const PER_FRAME: usize = 500;
+    timeout(Duration::from_secs(120), async {
+        let cluster = three_nodes().await?;
+        let flood = groups_owned_by("node-1", "flood", 1).pop().ok_or("no group")?;
+        let calm = groups_owned_by("node-1", "calm", 1).pop().ok_or("no group")?;
+        let (mut stalled_member, _) = clients_on(&cluster, 1, 1).await?.pop().ok_or("no client")?;
+        stalled_member.join_group(&flood).await?;
+        let (mut calm_member, _) = clients_on(&cluster, 2, 1).await?.pop().ok_or("no client")?;
+        calm_member.join_group(&calm).await?;
+        let (mut hostile, _) = clients_on(&cluster, 0, 1).await?.pop().ok_or("no client")?;
+        let hit = cluster.mesh_bounds_hit(0, "demo").ok_or("no node")?;
+
+        cluster.partition_links(0, 1);
+        // Invocations without an id, many records to a WebSocket message, as fast as the node reads them; the
+        // completion of the invocation after them says the node has dispatched them all (they run in order).
+        let started = Instant::now();
+        for first in (0..SENDS).step_by(PER_FRAME) {
+            let frame: String = (first..first + PER_FRAME)
+                .map(|n| format!("{{\"type\":1,\"target\":\"SendToGroup\",\"arguments\":[\"{flood}\",{n}]}}\u{1e}"))
+                .collect();
+            hostile.send_text_frame(frame.into_bytes()).await?;
+        }
+        hostile
+            .invoke_ok_keeping_others("SendToGroup", json!([calm, "calm"]))
+            .await?;
+        let took = started.elapsed();
+        // The other group of the same owner delivers at once, flood or not.
+        let call = calm_member
+            .next_invocation_of("msg", Duration::from_secs(5))
+            .await?
+            .ok_or("the calm group got nothing")?;
+        assert_eq!(call.value["arguments"][0], json!("calm"));
+
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while hit.fanout_dropped.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let refused = hit.mailbox_refused.load(Ordering::Relaxed);
+        let fanout_dropped = hit.fanout_dropped.load(Ordering::Relaxed);
+        println!(
+            "{SENDS} sends from one client dispatched in {took:?}; refused at the mailbox {refused}, copies to the \
+             stalled node dropped {fanout_dropped}"
+        );
+        assert!(fanout_dropped > 0, "the stalled node's copies were never given up");
+        // Dispatched within the actor's patience, more than the mailbox holds waited (a slower run proves less):
+        // the actor handed the stalled node's link its queue's worth (8,192 frames), waited on the next one, and
+        // its mailbox took `MAILBOX_CAP`; every later send was refused.
+        if took < Duration::from_millis(2_500) {
+            let queue_frames = hubmesh::LinkConfig::new("127.0.0.1:0".parse()?, "s").queue_frames;
+            let expected = SENDS - HELD_SENDS_CAP - queue_frames - 1;
+            // Exactly that when the node moved every send to the mailbox within the patience, as it does here.
+            assert!(
+                refused > 0 && refused <= expected as u64,
+                "{refused} sends refused at the mailbox, expected up to {expected}"
+            );
+        }
+        assert!(
+            refused <= (SENDS - HELD_SENDS_CAP) as u64,
+            "refused {refused}, more than the excess over the mailbox"
+        );
+        for client in [&mut calm_member, &mut hostile] {
+            client.invoke_ok_keeping_others("WhoAmI", json!([])).await?;
+        }
+        cluster.heal_links();
+        drop(stalled_member);
         cluster.stop().await;
         TestResult::Ok(())
     })
