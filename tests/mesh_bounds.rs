@@ -367,3 +367,94 @@ async fn a_client_flooding_a_group_with_a_stalled_member_node_is_bounded_at_the_
     })
     .await?
 }
+
+/// `count` invocations of `SendToGroup(group, n)` without an id, `n` counting from `first`, many records to a
+/// WebSocket message; then an invocation with an id, whose completion says the node dispatched them all.
+async fn flood(client: &mut TestClient, group: &str, first: usize, count: usize) -> TestResult {
+    const PER_FRAME: usize = 500;
+    for start in (first..first + count).step_by(PER_FRAME) {
+        let frame: String = (start..(start + PER_FRAME).min(first + count))
+            .map(|n| format!("{{\"type\":1,\"target\":\"SendToGroup\",\"arguments\":[\"{group}\",{n}]}}\u{1e}"))
+            .collect();
+        client.send_text_frame(frame.into_bytes()).await?;
+    }
+    client.invoke_ok_keeping_others("WhoAmI", json!([])).await?;
+    Ok(())
+}
+
+/// A hostile client fills an owner's membership queue (`OPS_CAP`, 50,000 joins, leaves and sends) while the
+/// queue waits on a join to a group whose actor is stalled (its member node's link stays full): its sends past the
+/// bound are held at their sender and go, in order, once the queue drained (backpressure: none is lost), a join
+/// meanwhile is refused with a clear error, and both are counted (`ops_refused`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_filling_the_membership_queue_is_held_back_and_joins_are_refused() -> TestResult {
+    const SENDS: usize = 60_000;
+    timeout(Duration::from_secs(120), async {
+        let cluster = three_nodes().await?;
+        let [stalled, flooded, refused] = ["stalled", "flooded", "refused"]
+            .map(|prefix| groups_owned_by("node-1", prefix, 1).pop().unwrap_or_default());
+        let (mut stalled_member, _) = clients_on(&cluster, 1, 1).await?.pop().ok_or("no client")?;
+        stalled_member.join_group(&stalled).await?;
+        let (mut member, _) = clients_on(&cluster, 2, 1).await?.pop().ok_or("no client")?;
+        member.join_group(&flooded).await?;
+        let mut clients = clients_on(&cluster, 0, 3).await?;
+        let (mut late_joiner, late_joiner_id) = clients.pop().ok_or("no client")?;
+        let (mut hostile, _) = clients.pop().ok_or("no client")?;
+        let (mut joiner, _) = clients.pop().ok_or("no client")?;
+        let hit = cluster.mesh_bounds_hit(0, "demo").ok_or("no node")?;
+
+        // The stalled group's actor fills its member node's link queue (8,192) and waits on the next send; a join
+        // to it then holds the owner's membership queue until the actor answers.
+        cluster.partition_links(0, 1);
+        flood(&mut hostile, &stalled, 0, 9_000).await?;
+        let stalled_at = Instant::now();
+        let join = tokio::spawn(async move {
+            let joined = joiner.join_group(&stalled).await;
+            (joiner, joined)
+        });
+        flood(&mut hostile, &flooded, 0, SENDS).await?;
+        // A client's join fails (the demo hub does not show clients its errors); hub code sees why.
+        let answer = late_joiner.invoke("JoinGroup", json!([refused])).await?;
+        let context = cluster.context(0, "demo").ok_or("no hub context")?;
+        let added = context.groups().add(&late_joiner_id, &refused).await;
+        let took = stalled_at.elapsed();
+        let refusals = hit.ops_refused.load(Ordering::Relaxed);
+        println!(
+            "{SENDS} sends and two joins {took:?} after the queue stalled; refusals counted {refusals}; the client's \
+             join got {answer}; hub code's got {added:?}"
+        );
+        if took < Duration::from_millis(2_500) {
+            assert!(refusals > 0, "the queue held {SENDS} sends and refused nothing");
+            assert!(answer["error"].is_string(), "the client's join got {answer}");
+            let error = added.err().map(|error| error.to_string()).unwrap_or_default();
+            assert!(
+                error.contains("membership changes and sends waiting; try again"),
+                "hub code's join: {error}"
+            );
+        }
+
+        // Once the queue drained, every send reached the flooded group's member, in order: none was dropped.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut next = 0;
+        while next < SENDS && Instant::now() < deadline {
+            let Some(call) = member.next_invocation_of("msg", Duration::from_secs(10)).await? else {
+                break;
+            };
+            assert_eq!(
+                call.value["arguments"][0],
+                json!(next),
+                "sends arrive in order, each once"
+            );
+            next += 1;
+        }
+        assert_eq!(next, SENDS, "the held sends all arrived");
+        let (_joiner, joined) = join.await?;
+        joined?;
+        late_joiner.join_group(&refused).await?;
+        cluster.heal_links();
+        drop(stalled_member);
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
