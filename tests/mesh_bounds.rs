@@ -1,7 +1,9 @@
 //! The mesh's bounds under load, on in-process clusters (`TestCluster`): a node's snapshot of many memberships
 //! crosses the link frame cap in parts, group sends at a high rate survive their owner's death, and the mesh's
-//! queues refuse or push back past their bounds instead of growing (a hostile client flooding a group whose member
-//! node stalls fills only that group's mailbox, and the excess is refused).
+//! queues refuse or push back past their bounds instead of growing. Hostile clients drive the bounds from their
+//! side: a group's mailbox (a flood while a member node stalls), the owner's membership queue (sends held back in
+//! order, joins refused) and the dedupe table of delivered sends (more groups and senders than it holds).
+//! `departed` (names of nodes that left) is not a client's to grow: only nodes leaving add to it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -453,6 +455,107 @@ async fn a_client_filling_the_membership_queue_is_held_back_and_joins_are_refuse
         late_joiner.join_group(&refused).await?;
         cluster.heal_links();
         drop(stalled_member);
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
+
+/// `mesh/delivery.rs`'s `DELIVERED_CAP`: dedupe records kept per node, one per group with members here and
+/// sending node.
+const DELIVERED_CAP: usize = 262_144;
+
+/// Clients make a node keep more dedupe records of delivered group sends (`delivered`) than its bound: a client
+/// is in 90,000 groups and a client on each of the three nodes sends to every one of them, 270,000 (group, sender
+/// node) pairs. Past `DELIVERED_CAP` the sends are delivered without a record, counted (`delivered_untracked`),
+/// instead of the table growing; every send still reaches the member, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_group_senders_than_the_dedupe_table_holds_are_delivered_untracked() -> TestResult {
+    const GROUPS: usize = 90_000;
+    const PER_FRAME: usize = 500;
+    timeout(Duration::from_secs(240), async {
+        // The member reads 270,000 messages as they come and says nothing meanwhile: neither its mailbox nor its
+        // silence may close it.
+        let limits = Limits {
+            outbound_queue: 1 << 20,
+            client_timeout: Duration::from_secs(600),
+            ..Limits::default()
+        };
+        let cluster = three_nodes_with(limits).await?;
+        let (mut member, member_id) = clients_on(&cluster, 0, 1).await?.pop().ok_or("no client")?;
+        // All owned by the member's node: node-1's own sends meet backpressure at its membership queue; the other
+        // two nodes send over their links within the rate the mesh is sized for (`MAX_GROUP_SEND_RATE`).
+        let groups = groups_owned_by("node-1", "d", GROUPS);
+        let context = cluster.context(0, "demo").ok_or("no hub context")?;
+        // Joined as a hub method would, many at once.
+        stream::iter(groups.iter())
+            .map(|group| {
+                let (context, id) = (&context, &member_id);
+                async move { context.groups().add(id, group).await }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let hit = cluster.mesh_bounds_hit(0, "demo").ok_or("no node")?;
+
+        let reader = tokio::spawn(async move {
+            let mut got = std::collections::HashSet::new();
+            let mut twice = 0;
+            while got.len() < 3 * GROUPS {
+                let Some(call) = member.next_invocation_of("msg", Duration::from_secs(20)).await? else {
+                    break;
+                };
+                let payload = call.value["arguments"][0].as_str().unwrap_or_default().to_owned();
+                twice += usize::from(!got.insert(payload));
+            }
+            TestResult::Ok((got.len(), twice))
+        });
+        let started = Instant::now();
+        let mut senders = Vec::new();
+        for index in 0..3 {
+            let (mut sender, _) = clients_on(&cluster, index, 1).await?.pop().ok_or("no client")?;
+            let groups = groups.clone();
+            senders.push(tokio::spawn(async move {
+                // 5,000 sends a second for a remote sender, under the 6,250 its node's buffers are sized for.
+                let pace = Duration::from_millis(if index == 0 { 0 } else { 100 });
+                for chunk in groups.chunks(PER_FRAME) {
+                    let frame: String = chunk
+                        .iter()
+                        .map(|group| {
+                            format!(
+                                "{{\"type\":1,\"target\":\"SendToGroup\",\"arguments\":[\"{group}\",\"{index}:{group}\"]}}\u{1e}"
+                            )
+                        })
+                        .collect();
+                    sender.send_text_frame(frame.into_bytes()).await?;
+                    tokio::time::sleep(pace).await;
+                }
+                sender.invoke_ok_keeping_others("WhoAmI", json!([])).await?;
+                TestResult::Ok(sender)
+            }));
+        }
+        for sender in senders {
+            sender.await??;
+        }
+        let (received, twice) = reader.await??;
+        let untracked = hit.delivered_untracked.load(Ordering::Relaxed);
+        let others: Vec<(&str, u64)> = [
+            ("held_dropped", &hit.held_dropped),
+            ("mailbox_refused", &hit.mailbox_refused),
+            ("ops_refused", &hit.ops_refused),
+        ]
+        .map(|(name, counter)| (name, counter.load(Ordering::Relaxed)))
+        .to_vec();
+        println!("node-1's other bounds: {others:?}");
+        println!(
+            "{} sends to {GROUPS} groups from 3 nodes in {:?}: received {received}, twice {twice}; delivered \
+             untracked {untracked}",
+            3 * GROUPS,
+            started.elapsed()
+        );
+        assert_eq!((received, twice), (3 * GROUPS, 0), "every send arrived once");
+        // Every pair past the bound, and only those (no owner died, so nothing was re-sent).
+        assert_eq!(untracked, (3 * GROUPS - DELIVERED_CAP) as u64, "sends delivered without a record");
         cluster.stop().await;
         TestResult::Ok(())
     })
