@@ -78,9 +78,11 @@ pub(crate) use group::GroupKind;
 #[cfg(feature = "internals")]
 pub use group::{GroupKind, Stamp};
 #[cfg(feature = "internals")]
-pub use bounds::MeshBoundsHit;
+pub use bounds::{MeshBoundsHit, MeshCounters};
+#[cfg(feature = "internals")]
+pub use envelope::decode_frame;
 #[cfg(not(feature = "internals"))]
-pub(crate) use bounds::MeshBoundsHit;
+pub(crate) use bounds::{MeshBoundsHit, MeshCounters};
 #[cfg(feature = "internals")]
 pub use group_send::{HELD_SENDS_CAP, MAX_GROUP_SEND_RATE, RETAINED_BYTES_CAP};
 #[cfg(feature = "internals")]

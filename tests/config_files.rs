@@ -470,3 +470,40 @@ fn settings_make_a_builder() {
     let builder = settings.builder();
     assert!(format!("{builder:?}").contains("node-3"));
 }
+
+#[test]
+fn link_tls_files_are_read_relative_to_the_file_and_need_all_three_keys() {
+    let cluster = "[node]\nname = \"node-1\"\n[cluster]\nid = \"c\"\ngossip = \"127.0.0.1:7001\"\n\
+                   link = \"127.0.0.1:7101\"\nsecret = \"s\"\n";
+    let (dir, path) = write_config(&format!(
+        "{cluster}link_tls_cert = \"node.crt\"\nlink_tls_key = \"node.key\"\nlink_tls_ca = \"node.crt\"\n"
+    ));
+    let pinned = rcgen::generate_simple_self_signed(vec!["node-1".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("node.crt"), pinned.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("node.key"), pinned.signing_key.serialize_pem()).unwrap();
+    let settings = load(Some(&path), &NO_ENV, &Overrides::new())
+        .unwrap()
+        .node_settings()
+        .unwrap();
+    assert!(settings.cluster.unwrap().link.tls.is_some(), "link TLS is on");
+
+    let (_dir, path) = write_config(&format!("{cluster}link_tls_cert = \"node.crt\"\n"));
+    let error = load(Some(&path), &NO_ENV, &Overrides::new())
+        .unwrap()
+        .node_settings()
+        .expect_err("a certificate without its key and CA is refused");
+    let keys: Vec<&str> = error.settings().iter().map(|problem| problem.key.as_str()).collect();
+    assert!(
+        keys.contains(&"cluster.link_tls_key") && keys.contains(&"cluster.link_tls_ca"),
+        "{error}"
+    );
+
+    std::fs::write(dir.path().join("garbage.crt"), "not a certificate").unwrap();
+    let (_other, path) = write_config(&format!(
+        "{cluster}link_tls_cert = \"{0}/node.crt\"\nlink_tls_key = \"{0}/node.key\"\nlink_tls_ca = \"{0}/garbage.crt\"\n",
+        dir.path().display()
+    ));
+    let error = only_error(load(Some(&path), &NO_ENV, &Overrides::new()).unwrap().node_settings());
+    assert_eq!(error.key, "cluster.link_tls_cert");
+    assert!(error.reason.contains("trusted certificates"), "{error}");
+}

@@ -1,6 +1,9 @@
 //! The mesh's bounds under load, on in-process clusters (`TestCluster`): a node's snapshot of many memberships
 //! crosses the link frame cap in parts, group sends at a high rate survive their owner's death, and the mesh's
-//! queues refuse or push back past their bounds instead of growing.
+//! queues refuse or push back past their bounds instead of growing. Hostile clients drive the bounds from their
+//! side: a group's mailbox (a flood while a member node stalls), the owner's membership queue (sends held back in
+//! order, joins refused) and the dedupe table of delivered sends (more groups and senders than it holds).
+//! `departed` (names of nodes that left) is not a client's to grow: only nodes leaving add to it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,7 +14,7 @@ use std::time::Duration;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use hubmesh::cluster::{owner, NodeId};
 use hubmesh::demo::demo_hub;
-use hubmesh::mesh::GroupKey;
+use hubmesh::mesh::{GroupKey, HELD_SENDS_CAP};
 use hubmesh::testing::{TestClient, TestCluster};
 use hubmesh::{ConnectionId, HubContext, Limits};
 use serde_json::json;
@@ -282,6 +285,277 @@ async fn sends_to_groups_nobody_joined_are_bounded_at_their_owner() -> TestResul
             .await?
             .ok_or("the real group got nothing")?;
         assert_eq!(call.value["arguments"][0], json!("still here"));
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
+
+/// A hostile client floods a group one of whose member nodes stopped reading its link (the link stays full, while
+/// gossip says the node is live): the group's actor waits for that node (`FANOUT_PATIENCE`, 3 s), then drops its
+/// copies, counted (`fanout_dropped`); meanwhile its mailbox fills to `MAILBOX_CAP` (50,000 sends) and the excess
+/// is dropped, counted (`mailbox_refused`), instead of growing. Another group of the same owner, and its member on
+/// a third node, are unaffected, and the hostile client stays connected (the policy drops sends, not clients).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_a_group_with_a_stalled_member_node_is_bounded_at_the_groups_mailbox() -> TestResult {
+    const SENDS: usize = 90_000;
+    const PER_FRAME: usize = 500;
+    timeout(Duration::from_secs(120), async {
+        let cluster = three_nodes().await?;
+        let flood = groups_owned_by("node-1", "flood", 1).pop().ok_or("no group")?;
+        let calm = groups_owned_by("node-1", "calm", 1).pop().ok_or("no group")?;
+        let (mut stalled_member, _) = clients_on(&cluster, 1, 1).await?.pop().ok_or("no client")?;
+        stalled_member.join_group(&flood).await?;
+        let (mut calm_member, _) = clients_on(&cluster, 2, 1).await?.pop().ok_or("no client")?;
+        calm_member.join_group(&calm).await?;
+        let (mut hostile, _) = clients_on(&cluster, 0, 1).await?.pop().ok_or("no client")?;
+        let hit = cluster.mesh_bounds_hit(0, "demo").ok_or("no node")?;
+
+        cluster.partition_links(0, 1);
+        // Invocations without an id, many records to a WebSocket message, as fast as the node reads them; the
+        // completion of the invocation after them says the node has dispatched them all (they run in order).
+        let started = Instant::now();
+        for first in (0..SENDS).step_by(PER_FRAME) {
+            let frame: String = (first..first + PER_FRAME)
+                .map(|n| format!("{{\"type\":1,\"target\":\"SendToGroup\",\"arguments\":[\"{flood}\",{n}]}}\u{1e}"))
+                .collect();
+            hostile.send_text_frame(frame.into_bytes()).await?;
+        }
+        hostile
+            .invoke_ok_keeping_others("SendToGroup", json!([calm, "calm"]))
+            .await?;
+        let took = started.elapsed();
+        // The other group of the same owner delivers at once, flood or not.
+        let call = calm_member
+            .next_invocation_of("msg", Duration::from_secs(5))
+            .await?
+            .ok_or("the calm group got nothing")?;
+        assert_eq!(call.value["arguments"][0], json!("calm"));
+
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while hit.fanout_dropped.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let refused = hit.mailbox_refused.load(Ordering::Relaxed);
+        let fanout_dropped = hit.fanout_dropped.load(Ordering::Relaxed);
+        println!(
+            "{SENDS} sends from one client dispatched in {took:?}; refused at the mailbox {refused}, copies to the \
+             stalled node dropped {fanout_dropped}"
+        );
+        assert!(fanout_dropped > 0, "the stalled node's copies were never given up");
+        // Dispatched within the actor's patience, more than the mailbox holds waited (a slower run proves less):
+        // the actor handed the stalled node's link its queue's worth (8,192 frames), waited on the next one, and
+        // its mailbox took `MAILBOX_CAP`; every later send was refused.
+        if took < Duration::from_millis(2_500) {
+            let queue_frames = hubmesh::LinkConfig::new("127.0.0.1:0".parse()?, "s").queue_frames;
+            let expected = SENDS - HELD_SENDS_CAP - queue_frames - 1;
+            // Exactly that when the node moved every send to the mailbox within the patience, as it does here.
+            assert!(
+                refused > 0 && refused <= expected as u64,
+                "{refused} sends refused at the mailbox, expected up to {expected}"
+            );
+        }
+        assert!(
+            refused <= (SENDS - HELD_SENDS_CAP) as u64,
+            "refused {refused}, more than the excess over the mailbox"
+        );
+        for client in [&mut calm_member, &mut hostile] {
+            client.invoke_ok_keeping_others("WhoAmI", json!([])).await?;
+        }
+        cluster.heal_links();
+        drop(stalled_member);
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
+
+/// `count` invocations of `SendToGroup(group, n)` without an id, `n` counting from `first`, many records to a
+/// WebSocket message; then an invocation with an id, whose completion says the node dispatched them all.
+async fn flood(client: &mut TestClient, group: &str, first: usize, count: usize) -> TestResult {
+    const PER_FRAME: usize = 500;
+    for start in (first..first + count).step_by(PER_FRAME) {
+        let frame: String = (start..(start + PER_FRAME).min(first + count))
+            .map(|n| format!("{{\"type\":1,\"target\":\"SendToGroup\",\"arguments\":[\"{group}\",{n}]}}\u{1e}"))
+            .collect();
+        client.send_text_frame(frame.into_bytes()).await?;
+    }
+    client.invoke_ok_keeping_others("WhoAmI", json!([])).await?;
+    Ok(())
+}
+
+/// A hostile client fills an owner's membership queue (`OPS_CAP`, 50,000 joins, leaves and sends) while the
+/// queue waits on a join to a group whose actor is stalled (its member node's link stays full): its sends past the
+/// bound are held at their sender and go, in order, once the queue drained (backpressure: none is lost), a join
+/// meanwhile is refused with a clear error, and both are counted (`ops_refused`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_filling_the_membership_queue_is_held_back_and_joins_are_refused() -> TestResult {
+    const SENDS: usize = 60_000;
+    timeout(Duration::from_secs(120), async {
+        let cluster = three_nodes().await?;
+        let [stalled, flooded, refused] = ["stalled", "flooded", "refused"]
+            .map(|prefix| groups_owned_by("node-1", prefix, 1).pop().unwrap_or_default());
+        let (mut stalled_member, _) = clients_on(&cluster, 1, 1).await?.pop().ok_or("no client")?;
+        stalled_member.join_group(&stalled).await?;
+        let (mut member, _) = clients_on(&cluster, 2, 1).await?.pop().ok_or("no client")?;
+        member.join_group(&flooded).await?;
+        let mut clients = clients_on(&cluster, 0, 3).await?;
+        let (mut late_joiner, late_joiner_id) = clients.pop().ok_or("no client")?;
+        let (mut hostile, _) = clients.pop().ok_or("no client")?;
+        let (mut joiner, _) = clients.pop().ok_or("no client")?;
+        let hit = cluster.mesh_bounds_hit(0, "demo").ok_or("no node")?;
+
+        // The stalled group's actor fills its member node's link queue (8,192) and waits on the next send; a join
+        // to it then holds the owner's membership queue until the actor answers.
+        cluster.partition_links(0, 1);
+        flood(&mut hostile, &stalled, 0, 9_000).await?;
+        let stalled_at = Instant::now();
+        let join = tokio::spawn(async move {
+            let joined = joiner.join_group(&stalled).await;
+            (joiner, joined)
+        });
+        flood(&mut hostile, &flooded, 0, SENDS).await?;
+        // A client's join fails (the demo hub does not show clients its errors); hub code sees why.
+        let answer = late_joiner.invoke("JoinGroup", json!([refused])).await?;
+        let context = cluster.context(0, "demo").ok_or("no hub context")?;
+        let added = context.groups().add(&late_joiner_id, &refused).await;
+        let took = stalled_at.elapsed();
+        let refusals = hit.ops_refused.load(Ordering::Relaxed);
+        println!(
+            "{SENDS} sends and two joins {took:?} after the queue stalled; refusals counted {refusals}; the client's \
+             join got {answer}; hub code's got {added:?}"
+        );
+        if took < Duration::from_millis(2_500) {
+            assert!(refusals > 0, "the queue held {SENDS} sends and refused nothing");
+            assert!(answer["error"].is_string(), "the client's join got {answer}");
+            let error = added.err().map(|error| error.to_string()).unwrap_or_default();
+            assert!(
+                error.contains("membership changes and sends waiting; try again"),
+                "hub code's join: {error}"
+            );
+        }
+
+        // Once the queue drained, every send reached the flooded group's member, in order: none was dropped.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut next = 0;
+        while next < SENDS && Instant::now() < deadline {
+            let Some(call) = member.next_invocation_of("msg", Duration::from_secs(10)).await? else {
+                break;
+            };
+            assert_eq!(
+                call.value["arguments"][0],
+                json!(next),
+                "sends arrive in order, each once"
+            );
+            next += 1;
+        }
+        assert_eq!(next, SENDS, "the held sends all arrived");
+        let (_joiner, joined) = join.await?;
+        joined?;
+        late_joiner.join_group(&refused).await?;
+        cluster.heal_links();
+        drop(stalled_member);
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
+
+/// `mesh/delivery.rs`'s `DELIVERED_CAP`: dedupe records kept per node, one per group with members here and
+/// sending node.
+const DELIVERED_CAP: usize = 262_144;
+
+/// Clients make a node keep more dedupe records of delivered group sends (`delivered`) than its bound: a client
+/// is in 90,000 groups and a client on each of the three nodes sends to every one of them, 270,000 (group, sender
+/// node) pairs. Past `DELIVERED_CAP` the sends are delivered without a record, counted (`delivered_untracked`),
+/// instead of the table growing; every send still reaches the member, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_group_senders_than_the_dedupe_table_holds_are_delivered_untracked() -> TestResult {
+    const GROUPS: usize = 90_000;
+    const PER_FRAME: usize = 500;
+    timeout(Duration::from_secs(240), async {
+        // The member reads 270,000 messages as they come and says nothing meanwhile: neither its mailbox nor its
+        // silence may close it.
+        let limits = Limits {
+            outbound_queue: 1 << 20,
+            client_timeout: Duration::from_secs(600),
+            ..Limits::default()
+        };
+        let cluster = three_nodes_with(limits).await?;
+        let (mut member, member_id) = clients_on(&cluster, 0, 1).await?.pop().ok_or("no client")?;
+        // All owned by the member's node: node-1's own sends meet backpressure at its membership queue; the other
+        // two nodes send over their links within the rate the mesh is sized for (`MAX_GROUP_SEND_RATE`).
+        let groups = groups_owned_by("node-1", "d", GROUPS);
+        let context = cluster.context(0, "demo").ok_or("no hub context")?;
+        // Joined as a hub method would, many at once.
+        stream::iter(groups.iter())
+            .map(|group| {
+                let (context, id) = (&context, &member_id);
+                async move { context.groups().add(id, group).await }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let hit = cluster.mesh_bounds_hit(0, "demo").ok_or("no node")?;
+
+        let reader = tokio::spawn(async move {
+            let mut got = std::collections::HashSet::new();
+            let mut twice = 0;
+            while got.len() < 3 * GROUPS {
+                let Some(call) = member.next_invocation_of("msg", Duration::from_secs(20)).await? else {
+                    break;
+                };
+                let payload = call.value["arguments"][0].as_str().unwrap_or_default().to_owned();
+                twice += usize::from(!got.insert(payload));
+            }
+            TestResult::Ok((got.len(), twice))
+        });
+        let started = Instant::now();
+        let mut senders = Vec::new();
+        for index in 0..3 {
+            let (mut sender, _) = clients_on(&cluster, index, 1).await?.pop().ok_or("no client")?;
+            let groups = groups.clone();
+            senders.push(tokio::spawn(async move {
+                // 5,000 sends a second for a remote sender, under the 6,250 its node's buffers are sized for.
+                let pace = Duration::from_millis(if index == 0 { 0 } else { 100 });
+                for chunk in groups.chunks(PER_FRAME) {
+                    let frame: String = chunk
+                        .iter()
+                        .map(|group| {
+                            format!(
+                                "{{\"type\":1,\"target\":\"SendToGroup\",\"arguments\":[\"{group}\",\"{index}:{group}\"]}}\u{1e}"
+                            )
+                        })
+                        .collect();
+                    sender.send_text_frame(frame.into_bytes()).await?;
+                    tokio::time::sleep(pace).await;
+                }
+                sender.invoke_ok_keeping_others("WhoAmI", json!([])).await?;
+                TestResult::Ok(sender)
+            }));
+        }
+        for sender in senders {
+            sender.await??;
+        }
+        let (received, twice) = reader.await??;
+        let untracked = hit.delivered_untracked.load(Ordering::Relaxed);
+        let others: Vec<(&str, u64)> = [
+            ("held_dropped", &hit.held_dropped),
+            ("mailbox_refused", &hit.mailbox_refused),
+            ("ops_refused", &hit.ops_refused),
+        ]
+        .map(|(name, counter)| (name, counter.load(Ordering::Relaxed)))
+        .to_vec();
+        println!("node-1's other bounds: {others:?}");
+        println!(
+            "{} sends to {GROUPS} groups from 3 nodes in {:?}: received {received}, twice {twice}; delivered \
+             untracked {untracked}",
+            3 * GROUPS,
+            started.elapsed()
+        );
+        assert_eq!((received, twice), (3 * GROUPS, 0), "every send arrived once");
+        // Every pair past the bound, and only those (no owner died, so nothing was re-sent).
+        assert_eq!(untracked, (3 * GROUPS - DELIVERED_CAP) as u64, "sends delivered without a record");
         cluster.stop().await;
         TestResult::Ok(())
     })

@@ -21,7 +21,7 @@ type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Every metric a scrape describes, with its type (counters carry `_total` on their samples).
-const METRICS: [(&str, &str); 30] = [
+const METRICS: [(&str, &str); 43] = [
     ("hubmesh_connections", "gauge"),
     ("hubmesh_transport_connections", "gauge"),
     ("hubmesh_connects", "counter"),
@@ -50,6 +50,19 @@ const METRICS: [(&str, &str); 30] = [
     ("hubmesh_link_up", "gauge"),
     ("hubmesh_link_received_frames", "counter"),
     ("hubmesh_link_received_bytes", "counter"),
+    ("hubmesh_link_peer_sent_frames", "counter"),
+    ("hubmesh_link_peer_sent_bytes", "counter"),
+    ("hubmesh_link_peer_received_frames", "counter"),
+    ("hubmesh_link_peer_received_bytes", "counter"),
+    ("hubmesh_link_queue_frames", "gauge"),
+    ("hubmesh_link_queue_full", "counter"),
+    ("hubmesh_link_stalls", "counter"),
+    ("hubmesh_group_sends_waiting", "gauge"),
+    ("hubmesh_group_sends_held", "counter"),
+    ("hubmesh_group_sends_resent", "counter"),
+    ("hubmesh_rehomes", "counter"),
+    ("hubmesh_rehome_seconds", "counter"),
+    ("hubmesh_rehome_last_seconds", "gauge"),
     ("hubmesh_membership_changes", "counter"),
     ("hubmesh_nodes_declared_dead", "counter"),
 ];
@@ -177,6 +190,9 @@ async fn a_scrape_describes_every_metric_with_its_type_and_labels() -> TestResul
         "hubmesh_client_written_bytes_total",
         "hubmesh_stateful_resumes_total",
         "hubmesh_nodes_declared_dead_total",
+        r#"hubmesh_link_queue_full_total{peer="node-2"}"#,
+        "hubmesh_group_sends_waiting",
+        "hubmesh_group_sends_resent_total",
     ] {
         assert_eq!(scraped.get(key)?, 0.0, "{key}");
     }
@@ -185,6 +201,18 @@ async fn a_scrape_describes_every_metric_with_its_type_and_labels() -> TestResul
     assert!(scraped.get("hubmesh_uptime_seconds")? >= 0.0);
     // Joining already took link traffic (the peers' memberships), and a view change or more.
     assert!(scraped.get("hubmesh_link_received_frames_total")? >= 0.0);
+    for key in [
+        r#"hubmesh_link_peer_sent_frames_total{peer="node-2"}"#,
+        r#"hubmesh_link_peer_received_bytes_total{peer="node-2"}"#,
+        r#"hubmesh_link_queue_frames{peer="node-2"}"#,
+        r#"hubmesh_link_stalls_total{peer="node-2"}"#,
+        "hubmesh_group_sends_held_total",
+        "hubmesh_rehomes_total",
+        "hubmesh_rehome_seconds_total",
+        "hubmesh_rehome_last_seconds",
+    ] {
+        assert!(scraped.get(key)? >= 0.0, "{key}");
+    }
     cluster.stop().await;
     Ok(())
 }
@@ -395,5 +423,108 @@ async fn a_silent_client_is_counted_as_timed_out() -> TestResult {
     assert_eq!(scraped.get(r#"hubmesh_disconnects_total{reason="normal"}"#)?, 0.0);
     drop(silent);
     node.stop().await;
+    Ok(())
+}
+
+/// The payloads of the `msg` invocations `client` gets until it has `count` or none comes for 10 s.
+async fn payloads(client: &mut TestClient, count: usize) -> TestResult<Vec<String>> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let Some(call) = client.next_invocation_of("msg", Duration::from_secs(10)).await? else {
+            break;
+        };
+        got.push(call.value["arguments"][0].as_str().unwrap_or_default().to_owned());
+    }
+    Ok(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_held_resent_and_rehome_figures_move_with_real_traffic() -> TestResult {
+    let mut cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
+    cluster.wait_for_members(LIMIT).await?;
+    let (first, second) = (node_addr(&cluster, 0)?, node_addr(&cluster, 1)?);
+    let mut caller = demo_client(&cluster.url(0).ok_or("no node-1")?).await?;
+    let mut member = demo_client(&cluster.url(1).ok_or("no node-2")?).await?;
+    // Forty groups: each node owns some of them (all forty on two nodes has odds of 2 in 10 million).
+    let groups: Vec<String> = (0..40).map(|index| format!("g{index}")).collect();
+    for group in &groups {
+        member.join_group(group).await?;
+    }
+    let mut sent = Vec::new();
+    let mut send_round = async |caller: &mut TestClient, round: &str| -> TestResult {
+        for group in &groups {
+            let payload = format!("{round}:{group}");
+            caller
+                .invoke_ok_keeping_others("SendToGroup", json!([group, payload]))
+                .await?;
+            sent.push(payload);
+        }
+        Ok(())
+    };
+    let before = scrape(first).await?;
+    let before_second = scrape(second).await?;
+    send_round(&mut caller, "a").await?;
+    let grown = |before: &Scrape, now: &Scrape, key: &str| sample(now, key) - sample(before, key);
+    let after = scrape_until(first, "node-1 counts frames to both peers", |now| {
+        grown(&before, now, r#"hubmesh_link_peer_sent_frames_total{peer="node-2"}"#) >= 1.0
+            && grown(&before, now, r#"hubmesh_link_peer_sent_frames_total{peer="node-3"}"#) >= 1.0
+    })
+    .await?;
+    assert!(grown(&before, &after, r#"hubmesh_link_peer_sent_bytes_total{peer="node-3"}"#) > 0.0);
+    scrape_until(second, "node-2 counts frames from node-1", |now| {
+        grown(
+            &before_second,
+            now,
+            r#"hubmesh_link_peer_received_frames_total{peer="node-1"}"#,
+        ) >= 1.0
+            && grown(
+                &before_second,
+                now,
+                r#"hubmesh_link_peer_received_bytes_total{peer="node-1"}"#,
+            ) > 0.0
+    })
+    .await?;
+    assert_eq!(payloads(&mut member, 40).await?.len(), 40, "round a arrived");
+
+    // node-3 stops reading (SIGSTOP, for its peers): what node-1 hands it waits in the link's queue, and the link
+    // stalls. node-1 keeps those sends, to send them again if node-3 dies before its members got them.
+    cluster.freeze(2);
+    let before = scrape(first).await?;
+    send_round(&mut caller, "b").await?;
+    scrape_until(first, "node-1's queue to the frozen node-3 fills and stalls", |now| {
+        sample(now, r#"hubmesh_link_queue_frames{peer="node-3"}"#) >= 1.0
+            && grown(&before, now, r#"hubmesh_link_stalls_total{peer="node-3"}"#) >= 1.0
+    })
+    .await?;
+    // It dies: sends to the groups it owned are held until the view drops it, then go to the new owners, and
+    // the sends it never passed on go again.
+    cluster.kill(2).await;
+    send_round(&mut caller, "c").await?;
+    let after = scrape_until(first, "node-1 re-homes without node-3", |now| {
+        sample(now, r#"hubmesh_members{state="live"}"#) == 2.0
+            && grown(&before, now, "hubmesh_group_sends_resent_total") >= 1.0
+            && grown(&before, now, "hubmesh_rehomes_total") >= 1.0
+            && sample(now, "hubmesh_group_sends_waiting") == 0.0
+    })
+    .await?;
+    assert!(
+        grown(&before, &after, "hubmesh_group_sends_held_total") >= 1.0,
+        "round c waited for node-3's groups"
+    );
+    assert!(grown(&before, &after, "hubmesh_rehome_seconds_total") > 0.0);
+    assert!(after.get("hubmesh_rehome_last_seconds")? > 0.0);
+    assert!(
+        !after
+            .samples
+            .contains_key(r#"hubmesh_link_peer_sent_frames_total{peer="node-3"}"#),
+        "a peer that left is no longer a label"
+    );
+    let mut got = payloads(&mut member, 80).await?;
+    got.sort();
+    let mut expected: Vec<String> = sent[40..].to_vec();
+    expected.sort();
+    assert_eq!(got, expected, "rounds b and c arrived, each once");
+    drop(caller);
+    cluster.stop().await;
     Ok(())
 }

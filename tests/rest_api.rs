@@ -535,3 +535,113 @@ async fn the_access_key_setting_turns_the_api_on() -> TestResult {
     node.stop().await;
     Ok(())
 }
+
+/// The chat hub of application `shop`, as Azure names it: `shop_chat`.
+fn shop_chat_hub() -> Hub {
+    async fn who_am_i(caller: Caller) -> Result<String, HubError> {
+        Ok(caller.connection_id().to_string())
+    }
+    Hub::new("shop_chat").method("WhoAmI", who_am_i)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_from_every_group_and_naming_the_application() -> TestResult {
+    timeout(Duration::from_secs(120), async {
+        let cluster = TestCluster::start(3, || vec![chat_hub(), shop_chat_hub()]).await?;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        let bases: Vec<String> = (0..3).map(|index| cluster.url(index).unwrap()).collect();
+        // alice on node 1, bob on nodes 1 and 2; every call goes to node 3.
+        let (mut alice, alice_id) = member(&bases[0], "alice").await?;
+        let (mut bob, _) = member(&bases[1], "bob").await?;
+        let (mut bob_too, _) = member(&bases[0], "bob").await?;
+        let api = &bases[2];
+        for room in ["room1", "room2"] {
+            let target = format!("/api/hubs/chat/groups/{room}/connections/{alice_id}");
+            assert_status(&call(api, "PUT", &target, None).await?, 200, "alice joins");
+            let target = format!("/api/hubs/chat/users/bob/groups/{room}");
+            assert_status(&call(api, "PUT", &target, None).await?, 200, "bob joins");
+        }
+        let send_to_rooms = async |payload: &str| -> TestResult {
+            for room in ["room1", "room2"] {
+                let target = format!("/api/hubs/chat/groups/{room}/:send");
+                assert_status(
+                    &call(api, "POST", &target, Some(message(payload))).await?,
+                    202,
+                    "room send",
+                );
+            }
+            Ok(())
+        };
+        send_to_rooms("both in").await?;
+        for client in [&mut alice, &mut bob, &mut bob_too] {
+            expect_msg(client, "both in").await?;
+            expect_msg(client, "both in").await?;
+        }
+
+        // alice leaves every group; her user group stays (a user send still reaches her).
+        let target = format!("/api/hubs/chat/connections/{alice_id}/groups?api-version=2022-06-01");
+        assert_status(
+            &call(api, "DELETE", &target, None).await?,
+            200,
+            "alice leaves every group",
+        );
+        send_to_rooms("without alice").await?;
+        for client in [&mut bob, &mut bob_too] {
+            expect_msg(client, "without alice").await?;
+            expect_msg(client, "without alice").await?;
+        }
+        let target = "/api/hubs/chat/users/alice/:send";
+        assert_status(
+            &call(api, "POST", target, Some(message("to alice"))).await?,
+            202,
+            "user send",
+        );
+        expect_msg(&mut alice, "to alice").await?;
+
+        // Every connection of bob leaves every group: the rooms are empty.
+        let target = "/api/hubs/chat/users/bob/groups";
+        assert_status(&call(api, "DELETE", target, None).await?, 200, "bob leaves every group");
+        send_to_rooms("nobody").await?;
+        for room in ["room1", "room2"] {
+            let target = format!("/api/hubs/chat/groups/{room}");
+            assert_status(&call(api, "HEAD", &target, None).await?, 404, "an empty room");
+        }
+        let target = "/api/hubs/chat/users/nobody/groups";
+        assert_status(
+            &call(api, "DELETE", target, None).await?,
+            200,
+            "a user with no connection",
+        );
+        let target = "/api/hubs/chat/connections/nobody.node-1/groups";
+        assert_status(&call(api, "DELETE", target, None).await?, 404, "an unknown connection");
+
+        // `application=shop` addresses hub `shop_chat`, whose client is on node 2.
+        let mut shopper = TestClient::to(&format!("{}/shop_chat", bases[1])).connect().await?;
+        shopper.invoke_ok_keeping_others("WhoAmI", json!([])).await?;
+        let target = "/api/hubs/chat/:send?application=shop&api-version=2022-06-01";
+        assert_status(
+            &call(api, "POST", target, Some(message("to the shop"))).await?,
+            202,
+            "application send",
+        );
+        expect_msg(&mut shopper, "to the shop").await?;
+        let target = "/api/hubs/chat/:send?application=other";
+        assert_status(
+            &call(api, "POST", target, Some(message("x"))).await?,
+            404,
+            "no hub other_chat",
+        );
+        let target = "/api/hubs/chat/:send?application=not-a-name";
+        assert_status(
+            &call(api, "POST", target, Some(message("x"))).await?,
+            400,
+            "a bad application name",
+        );
+        for client in [&mut alice, &mut bob, &mut bob_too] {
+            expect_no_msg(client).await?;
+        }
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}

@@ -36,6 +36,8 @@
 //!   to drain on SIGTERM or `POST /_hubmesh/drain`; the library's `Node::drain` takes it as its argument.
 //! * `[rest]` turns on the Azure SignalR-style REST API when an access key is set (`rest.access_key` or
 //!   `rest.access_key_file`, read like the cluster secret); without one the API is off.
+//! * `cluster.link_tls_cert`, `cluster.link_tls_key` and `cluster.link_tls_ca` (PEM files; relative paths as for
+//!   `secret_file`) make links between nodes use mutual TLS: all three or none.
 //! * `http.tls_cert` and `http.tls_key` (PEM files: the certificate chain, leaf first, and its private key;
 //!   relative paths as for `secret_file`) make the node serve HTTPS and WSS instead of plain HTTP. Both or
 //!   neither.
@@ -50,6 +52,7 @@
 //! * `origin`: where a value came from ([`Origin`]) and the errors that name it ([`SettingError`], [`ConfigError`]).
 //! * `load`: the sources merged into a [`NodeConfig`] ([`NodeConfig::load`], [`Overrides`], [`env_name`]).
 //! * `settings`: the checks that turn a [`NodeConfig`] into [`NodeSettings`].
+//! * `link_tls`: reading the link TLS files of `[cluster]`.
 //! * `de`: the serde deserialisers that accept TOML values and strings alike.
 //!
 //! # What it may call
@@ -60,6 +63,7 @@
 //! [`NodeConfig::load_with_env`] takes it as an argument instead.
 
 mod de;
+mod link_tls;
 mod load;
 mod origin;
 mod sections;

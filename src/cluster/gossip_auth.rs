@@ -377,6 +377,41 @@ impl SenderWindow {
 }
 
 /// Milliseconds since the Unix epoch by the wall clock (0 if the clock is before it).
+/// What [`fuzz_open`] found.
+#[cfg(feature = "internals")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FuzzOpened {
+    /// The bytes opened as a packet.
+    pub opened: bool,
+    /// The bytes, sealed as a payload under `keys`, opened (false when too large to seal).
+    pub sealed_opened: bool,
+    /// That sealed packet, opened again, was refused as a replay.
+    pub replay_refused: bool,
+}
+
+/// For the fuzz targets (`tests/fuzz`): opens `packet` at `now_ms` with a fresh opener for `keys`; then seals
+/// `packet` as a payload and opens that twice (the second time is a replay).
+#[cfg(feature = "internals")]
+pub fn fuzz_open(keys: &GossipKeys, packet: &[u8], now_ms: u64) -> FuzzOpened {
+    let mut opener = Opener::new(keys.clone());
+    let opened = opener.open(packet, now_ms).is_ok();
+    let mut sealed = Vec::new();
+    if Sealer::new(keys.clone()).seal(packet, 0, now_ms, &mut sealed).is_err() {
+        return FuzzOpened {
+            opened,
+            sealed_opened: false,
+            replay_refused: true,
+        };
+    }
+    let sealed_opened = opener.open(&sealed, now_ms).is_ok_and(|(payload, _)| payload == packet);
+    let replay_refused = opener.open(&sealed, now_ms) == Err(Rejection::Replay);
+    FuzzOpened {
+        opened,
+        sealed_opened,
+        replay_refused,
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -16,15 +16,22 @@
 //!   the send fails with [`LinkError::QueueFull`] and the caller decides (the router holds or drops, and says so);
 //! * a frame over [`LinkConfig::max_frame`] is refused at the sender, so no message can tear a link down;
 //! * a peer whose link goes down is reported with [`LinkEvent::Down`] once, whatever the cause (reset, a dead
-//!   verdict from membership, a newer generation of the peer).
+//!   verdict from membership, a newer generation of the peer);
+//! * each counts, per peer name, the frames and bytes it sent, refused sends and stalls in its [`LinkCounters`]
+//!   (`counters.rs`), and tells its queue depth; frames received are counted by whoever reads the events.
 //!
 //! # What it may call
 //!
 //! tokio, bytes, tracing, ractor / ractor_cluster, and [`super::membership`] types. No hub types.
 
+mod counters;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 pub mod ractor;
+mod tls;
+
+pub use counters::{LinkCounters, PeerCounters, PeerLinkFigures};
+pub use tls::LinkTls;
 
 #[cfg(doc)]
 use ractor::RactorLinks;
@@ -60,6 +67,8 @@ pub struct LinkConfig {
     pub batch_frames: usize,
     /// How long a partial batch may wait for more frames.
     pub batch_linger: Duration,
+    /// Mutual TLS on links (`tls.rs`); none: links are plain TCP, authenticated by the secret but not encrypted.
+    pub tls: Option<LinkTls>,
 }
 
 // By hand, so the cluster secret never reaches a log line.
@@ -74,6 +83,7 @@ impl std::fmt::Debug for LinkConfig {
             .field("max_frame", &self.max_frame)
             .field("batch_frames", &self.batch_frames)
             .field("batch_linger", &self.batch_linger)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -90,6 +100,7 @@ impl LinkConfig {
             max_frame: 1 << 20,
             batch_frames: 64,
             batch_linger: Duration::from_micros(500),
+            tls: None,
         }
     }
 }
@@ -156,4 +167,15 @@ pub trait Links: Send + Sync + 'static {
     /// The peers with a link up now.
     #[cfg(any(test, feature = "internals"))]
     fn connected(&self) -> Vec<NodeId>;
+
+    /// What the links counted per peer name (frames received are for the reader of the events to count here).
+    fn counters(&self) -> &LinkCounters;
+
+    /// Frames waiting in the queue to the current incarnation of peer `name` now (0 without a link).
+    fn queue_depth(&self, name: &str) -> usize;
+
+    /// Per counted peer, its counts and its queue depth now, sorted by name.
+    fn figures(&self) -> Vec<PeerLinkFigures> {
+        self.counters().figures(|name| self.queue_depth(name))
+    }
 }

@@ -45,9 +45,46 @@ impl MeshBoundsHit {
     }
 }
 
+/// Beside the bounds, what the mesh counts for the node's metrics: group sends held at their sender (their owner
+/// unreachable, or earlier sends still held) and sent again after their owner left, and re-homing: how long an
+/// owner held sends after a membership change until every snapshot it waited for arrived (or it stopped waiting).
+#[derive(Debug, Default)]
+pub struct MeshCounters {
+    /// Group sends that waited in the sender's held queue.
+    pub sends_held: AtomicU64,
+    /// Group sends sent again because the owner they were handed to left.
+    pub sends_resent: AtomicU64,
+    /// Membership changes this node finished re-homing after.
+    pub rehomes: AtomicU64,
+    /// Their durations together, in microseconds.
+    pub rehome_micros_total: AtomicU64,
+    /// The last one's, in microseconds.
+    pub rehome_last_micros: AtomicU64,
+}
+
+impl MeshCounters {
+    /// Re-homing after a membership change took `took`.
+    pub(super) fn rehomed(&self, took: std::time::Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.rehomes.fetch_add(1, Ordering::Relaxed);
+        self.rehome_micros_total.fetch_add(micros, Ordering::Relaxed);
+        self.rehome_last_micros.store(micros, Ordering::Relaxed);
+    }
+}
+
 impl<H: LocalHub> Router<H> {
     /// How often this node's mesh hit its bounds, for the node to report (and tests to read).
     pub(crate) fn bounds_hit(&self) -> Arc<MeshBoundsHit> {
         self.bounds_hit.clone()
+    }
+
+    /// What this node's mesh counted of held and re-sent sends and of re-homing, for the node to report.
+    pub(crate) fn mesh_counters(&self) -> Arc<MeshCounters> {
+        self.counters.clone()
+    }
+
+    /// Group sends held at this node now, waiting for their owner.
+    pub(crate) fn sends_held_now(&self) -> usize {
+        self.held.lock().len()
     }
 }

@@ -113,6 +113,8 @@ pub(super) enum Request {
     Join { key: GroupKey, connection: ConnectionId },
     /// Remove a connection of the receiving node from a group.
     Leave { key: GroupKey, connection: ConnectionId },
+    /// Remove a connection of the receiving node from every named group of its hub.
+    LeaveAll { hub: Arc<str>, connection: ConnectionId },
     /// To a group's owner: a connection of the sender joined.
     Register { key: GroupKey, connection: ConnectionId },
     /// To a group's owner: a connection of the sender left.
@@ -210,5 +212,15 @@ pub(super) fn unexpected(answer: Answer) -> MeshError {
         other => MeshError::Group(GroupError::Unavailable(format!(
             "unexpected answer from a node: {other:?}"
         ))),
+    }
+}
+
+/// Decodes a link frame as the router does (`mesh/inbound.rs`), for the fuzz targets (`tests/fuzz`): whether it is
+/// an envelope, and, if it is, whether it encodes again.
+#[cfg(feature = "internals")]
+pub fn decode_frame(frame: &[u8]) -> (bool, bool) {
+    match rmp_serde::from_slice::<Envelope>(frame) {
+        Ok(envelope) => (true, rmp_serde::to_vec(&envelope).is_ok()),
+        Err(_) => (false, false),
     }
 }

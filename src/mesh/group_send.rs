@@ -87,6 +87,7 @@ impl<H: LocalHub> Router<H> {
         // the re-sends to the front of `held` (`Router::on_view`): otherwise a send could read the new owner
         // before the re-sends were queued, overtake them, and make members' nodes drop them as repeats.
         if !held.is_empty() {
+            self.counters.sends_held.fetch_add(1, Ordering::Relaxed);
             held.push_back(send);
             self.trim_held(&mut held);
             drop(held);
@@ -94,6 +95,7 @@ impl<H: LocalHub> Router<H> {
             return;
         }
         if let Err(send) = self.try_group_send(send) {
+            self.counters.sends_held.fetch_add(1, Ordering::Relaxed);
             held.push_back(send);
         }
     }
@@ -190,6 +192,7 @@ impl<H: LocalHub> Router<H> {
             return;
         }
         tracing::info!(parent: &self.span, count = resend.len(), "re-sending group sends whose owner left");
+        self.counters.sends_resent.fetch_add(resend.len() as u64, Ordering::Relaxed);
         for send in resend.into_iter().rev() {
             held.push_front(send);
         }

@@ -2,8 +2,10 @@
 //! its hub's local table and then at the group's owner), counting and listing members (asked of the owner), with
 //! a retry on the next owner when the owner leaves meanwhile.
 
+use std::sync::Arc;
+
 use super::envelope::{unexpected, Answer, Request};
-use super::group::GroupKey;
+use super::group::{GroupKey, GroupKind};
 use super::owner::MembershipOp;
 use super::{LocalHub, MeshError, Router};
 use crate::connection::ConnectionId;
@@ -42,6 +44,40 @@ impl<H: LocalHub> Router<H> {
             Answer::PeerLeft => Err(MeshError::UnknownConnection(id.to_string())),
             answer => Err(unexpected(answer)),
         }
+    }
+
+    /// Removes a connection (of any node) from every named group of hub `hub` it is in, on its own node.
+    pub(crate) async fn group_leave_all(&self, hub: Arc<str>, connection: ConnectionId) -> Result<(), MeshError> {
+        let Some(server) = self.server_of(&hub, &connection) else {
+            return self.leave_all_local(hub, connection).await;
+        };
+        let id = connection.clone();
+        match self.request(&server, Request::LeaveAll { hub, connection }).await {
+            Answer::Done => Ok(()),
+            Answer::PeerLeft => Err(MeshError::UnknownConnection(id.to_string())),
+            answer => Err(unexpected(answer)),
+        }
+    }
+
+    pub(super) async fn leave_all_local(&self, hub: Arc<str>, connection: ConnectionId) -> Result<(), MeshError> {
+        let unknown = || MeshError::UnknownConnection(connection.to_string());
+        let runtime = self.hub(&hub).ok_or_else(unknown)?;
+        runtime.handle_of(&connection).ok_or_else(unknown)?;
+        // An admin call, not a message path: reading this node's membership table once is fine.
+        let groups: Vec<GroupKey> = runtime
+            .local_memberships()
+            .into_iter()
+            .filter(|(key, members)| key.kind == GroupKind::Named && members.contains(&connection))
+            .map(|(key, _)| key)
+            .collect();
+        for key in groups {
+            match self.leave_local(key, connection.clone()).await {
+                // The connection ended meanwhile: it is in no group any more.
+                Ok(()) | Err(MeshError::UnknownConnection(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
     }
 
     pub(super) async fn join_local(&self, key: GroupKey, connection: ConnectionId) -> Result<(), MeshError> {

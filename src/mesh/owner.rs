@@ -397,7 +397,10 @@ impl<H: LocalHub> Router<H> {
             None => false,
         };
         if settled {
-            state.settling = None;
+            if let Some((deadline, _)) = state.settling.take() {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                self.counters.rehomed(SETTLE.saturating_sub(left));
+            }
             while let Some(send) = state.deferred.pop_front() {
                 self.owner_send(send, state);
             }

@@ -168,6 +168,14 @@ impl<H: LocalHub> Router<H> {
                     self.leave_local(key, connection).await?;
                     Answer::Done
                 }
+                Request::LeaveAll { hub, connection } if self.is_local(self.home_of(&connection)) => {
+                    self.group_leave_all(hub, connection).await?;
+                    Answer::Done
+                }
+                Request::LeaveAll { hub, connection } => {
+                    self.leave_all_local(hub, connection).await?;
+                    Answer::Done
+                }
                 // Ordered with snapshots instead; see `on_envelope`.
                 Request::Register { .. } | Request::Unregister { .. } | Request::Move { .. } => {
                     tracing::warn!(parent: &self.span, from = %from, "a membership request bypassed the queue");

@@ -21,7 +21,7 @@ use super::delivery::RouterFanout;
 use super::directory::GroupDirectory;
 use super::envelope::{Envelope, WireFrame};
 use super::group::GroupKey;
-use super::bounds::MeshBoundsHit;
+use super::bounds::{MeshBoundsHit, MeshCounters};
 use super::group_send::{HeldSend, RetainedSends};
 use super::hints::{Hints, Route};
 use super::owner::OpsQueue;
@@ -61,6 +61,7 @@ pub(crate) struct Router<H> {
     pub(super) ops: OpsQueue,
     /// How often the mesh's bounds were hit.
     pub(super) bounds_hit: Arc<MeshBoundsHit>,
+    pub(super) counters: Arc<MeshCounters>,
     /// Held while a snapshot's parts are sent, so two snapshots to one peer never interleave.
     pub(super) snapshot_sends: Mutex<()>,
     /// The node layer's side of relays (see `super::relay`).
@@ -123,6 +124,7 @@ impl<H: LocalHub> Router<H> {
             rejoined: Mutex::new(HashSet::new()),
             cut_off: Mutex::new(CutOff::default()),
             bounds_hit: Arc::default(),
+            counters: Arc::default(),
             snapshot_sends: Mutex::new(()),
             span,
         });

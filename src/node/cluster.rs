@@ -36,6 +36,8 @@ pub(crate) struct ClusterRuntime {
     membership: Membership,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     health: Arc<ClusterHealth>,
+    /// The node's links, for their per-peer figures.
+    links: Arc<dyn Links>,
 }
 
 /// What the cluster tasks have seen so far: the peers with a link up, and the live set the router last placed
@@ -81,6 +83,11 @@ impl ClusterRuntime {
     /// Links and placement as the cluster tasks last saw them.
     pub(crate) fn health(&self) -> &ClusterHealth {
         &self.health
+    }
+
+    /// The node's links.
+    pub(crate) fn links(&self) -> &dyn Links {
+        &*self.links
     }
 
     /// Leaves: stops driving links and gossip (peers then see this node die).
@@ -163,11 +170,15 @@ pub(crate) async fn join<H: LocalHub>(
     let mut tasks = Vec::new();
     let events_router = router.clone();
     let events_health = health.clone();
+    let events_links = links.clone();
     tasks.push(tokio::spawn(
         async move {
             while let Some(event) = inbound.recv().await {
                 match &event {
-                    LinkEvent::Frame { frame, .. } => events_health.counters.link_frame(frame.len()),
+                    LinkEvent::Frame { from, frame } => {
+                        events_health.counters.link_frame(frame.len());
+                        events_links.counters().peer(&from.name).received(frame.len());
+                    }
                     LinkEvent::Up(peer) => {
                         events_health.links_up.lock().insert(peer.clone());
                     }
@@ -183,13 +194,14 @@ pub(crate) async fn join<H: LocalHub>(
     let mut views = membership.subscribe();
     let view_router = router.clone();
     let view_health = health.clone();
+    let view_links = links.clone();
     tasks.push(tokio::spawn(
         async move {
             let mut previous_live = None;
             loop {
                 let view = views.borrow_and_update().clone();
                 view_health.counters.view_changed(&view, &mut previous_live);
-                links.update_peers(&peers_of(&view));
+                view_links.update_peers(&peers_of(&view));
                 let live = view.live_ids();
                 view_router.on_view(live.clone());
                 *view_health.placed.lock() = live;
@@ -205,5 +217,6 @@ pub(crate) async fn join<H: LocalHub>(
         membership,
         tasks,
         health,
+        links,
     })
 }

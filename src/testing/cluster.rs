@@ -261,6 +261,19 @@ impl TestCluster {
         }
     }
 
+    /// Holds every link frame between nodes `a` and `b`, both ways, until [`TestCluster::heal_links`]; gossip
+    /// still flows, so neither is declared dead (a link that stays full, as a peer that stopped reading its socket).
+    pub fn partition_links(&self, a: usize, b: usize) {
+        if let (Some(a), Some(b)) = (self.nodes.get(a), self.nodes.get(b)) {
+            self.links.partition(&[&a.name], &[&b.name]);
+        }
+    }
+
+    /// Undoes every [`TestCluster::partition_links`] (and link freezes).
+    pub fn heal_links(&self) {
+        self.links.heal();
+    }
+
     /// Node `index`, if it runs.
     pub fn node(&self, index: usize) -> Option<&Node> {
         self.nodes.get(index)?.handle.as_ref().map(NodeHandle::node)

@@ -38,6 +38,9 @@ pub const KEYS: &[&str] = &[
     "cluster.previous_secret_file",
     "cluster.gossip_interval",
     "cluster.phi_threshold",
+    "cluster.link_tls_cert",
+    "cluster.link_tls_key",
+    "cluster.link_tls_ca",
     "hubs.demo",
     "limits.max_message",
     "limits.outbound_queue",
@@ -195,6 +198,14 @@ pub struct ClusterSection {
     pub gossip_interval: Option<Duration>,
     /// Phi above which a peer is declared dead (default: [`MembershipConfig`](hubmesh::MembershipConfig)'s).
     pub phi_threshold: Option<f64>,
+    /// A PEM file with this node's link certificate chain (leaf first, naming the node as a DNS name): links use
+    /// mutual TLS. Needs `link_tls_key` and `link_tls_ca`.
+    pub link_tls_cert: Option<PathBuf>,
+    /// A PEM file with the private key of `link_tls_cert`.
+    pub link_tls_key: Option<PathBuf>,
+    /// A PEM file with the certificates peers' link certificates must chain to: the cluster CA, or every node's
+    /// own certificate (pinned).
+    pub link_tls_ca: Option<PathBuf>,
 }
 
 impl ClusterSection {
@@ -208,6 +219,9 @@ impl ClusterSection {
             || !self.seeds.is_empty()
             || self.gossip_interval.is_some()
             || self.phi_threshold.is_some()
+            || self.link_tls_cert.is_some()
+            || self.link_tls_key.is_some()
+            || self.link_tls_ca.is_some()
     }
 }
 

@@ -279,8 +279,10 @@ impl NodeConfig {
             phi_threshold,
             ..MembershipConfig::new(name, id, gossip).with_seeds(section.seeds.iter().map(|seed| seed.trim()))
         };
+        let link_tls = self.link_tls(section, problem);
         let mut link = LinkConfig::new(link, secret.expose());
         link.previous_secrets = previous_secrets;
+        link.tls = link_tls?;
         if let Some(advertise) = section.link_advertise {
             link.advertise = advertise;
         }
@@ -288,7 +290,7 @@ impl NodeConfig {
     }
 
     /// The path of file setting `key`: a relative path given in a configuration file is relative to that file.
-    fn config_relative(&self, key: &str, path: &Path) -> PathBuf {
+    pub(super) fn config_relative(&self, key: &str, path: &Path) -> PathBuf {
         match self.origin(key) {
             Origin::File(config) if path.is_relative() => config
                 .parent()

@@ -22,6 +22,8 @@
 //!   node that stops without a goodbye); or when a newer generation of a node joins. Both sides then get
 //!   [`LinkEvent::Down`] once, after every frame delivered before it, and the frames still queued are dropped. A
 //!   killed node gets no more events.
+//! * A direction counts a stall on its sender's [`LinkCounters`] each time it waits for a fault to go or for room
+//!   in the receiver's channel.
 //! * Faults: [`MemoryNetwork::partition`] and [`MemoryNetwork::freeze`] **hold** frames (they stay queued and count
 //!   against the queue) rather than drop them, as TCP holds unacknowledged data across a broken path or a stopped
 //!   process (`SIGSTOP`); [`MemoryNetwork::heal`] and [`MemoryNetwork::thaw`] release them in order. Links are not
@@ -44,7 +46,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{LinkConfig, LinkError, LinkEvent, Links, PeerInfo};
+use super::{LinkConfig, LinkCounters, LinkError, LinkEvent, Links, PeerCounters, PeerInfo};
 use crate::cluster::membership::NodeId;
 
 /// An in-process network of links shared by the nodes of one test cluster, with a fault layer.
@@ -93,6 +95,8 @@ struct Node {
     /// Per peer name, the newest generation this node has seen live: only incarnations no newer than it are torn
     /// down when they leave the live set. One entry per name, so restarts do not make it grow.
     seen_live: HashMap<Arc<str>, u64>,
+    /// Its [`MemoryLinks`]' counters: a delivery counts a stall on its sender's.
+    counters: Arc<LinkCounters>,
 }
 
 struct Link {
@@ -221,6 +225,7 @@ impl NetState {
             to: b.clone(),
             queue: Arc::clone(&forward),
             events: node_b.events.clone(),
+            sender_counters: node_a.counters.peer(&b.name),
             closed: closed.clone(),
         };
         let b_to_a = Delivery {
@@ -229,6 +234,7 @@ impl NetState {
             to: a.clone(),
             queue: Arc::clone(&backward),
             events: node_a.events.clone(),
+            sender_counters: node_b.counters.peer(&a.name),
             closed: closed.clone(),
         };
         let span_ab = tracing::debug_span!("memory_link", from = %a, to = %b);
@@ -254,6 +260,8 @@ struct Delivery {
     to: NodeId,
     queue: Arc<DirectionQueue>,
     events: mpsc::Sender<LinkEvent>,
+    /// The sender's counters for the receiver: a full receiver is a stall.
+    sender_counters: Arc<PeerCounters>,
     closed: CancellationToken,
 }
 
@@ -298,11 +306,16 @@ impl Delivery {
                 None => return,
             };
             if blocked {
+                // As a real link's credit window runs out when the peer stops reading.
+                self.sender_counters.stalled();
                 tokio::select! {
                     biased;
                     () = self.closed.cancelled() => return,
                     changed = faults.changed() => if changed.is_err() { return } else { continue },
                 }
+            }
+            if self.events.capacity() == 0 {
+                self.sender_counters.stalled();
             }
             let permit = tokio::select! {
                 biased;
@@ -359,6 +372,7 @@ impl MemoryNetwork {
         }
         let runtime = Handle::try_current()
             .map_err(|_| LinkError::Start("memory links must be joined inside a tokio runtime".to_owned()))?;
+        let counters = Arc::new(LinkCounters::default());
         let mut state = self.shared.state.lock();
         if let Some(existing) = state.nodes.get(&self_id.name) {
             if existing.id.generation >= self_id.generation {
@@ -379,6 +393,7 @@ impl MemoryNetwork {
                 runtime,
                 wanted: Vec::new(),
                 seen_live: HashMap::new(),
+                counters: Arc::clone(&counters),
             },
         );
         state.reconcile(&self.shared);
@@ -387,6 +402,7 @@ impl MemoryNetwork {
             id: self_id,
             max_frame: config.max_frame,
             network: self.clone(),
+            counters,
         }))
     }
 
@@ -460,6 +476,7 @@ pub struct MemoryLinks {
     id: NodeId,
     max_frame: usize,
     network: MemoryNetwork,
+    counters: Arc<LinkCounters>,
 }
 
 impl fmt::Debug for MemoryLinks {
@@ -475,6 +492,16 @@ impl MemoryLinks {
     pub fn id(&self) -> &NodeId {
         &self.id
     }
+
+    /// The queue of this node's direction of its link to `peer`, if this node is current and the link is open.
+    fn queue_to(&self, peer: &NodeId) -> Option<Arc<DirectionQueue>> {
+        let state = self.network.shared.state.lock();
+        if !state.is_current(&self.id) {
+            return None;
+        }
+        let link = state.links.get(&ordered(&self.id, peer))?;
+        Some(Arc::clone(if self.id < *peer { &link.forward } else { &link.backward }))
+    }
 }
 
 impl Links for MemoryLinks {
@@ -489,25 +516,17 @@ impl Links for MemoryLinks {
                 max: self.max_frame,
             });
         }
-        let queue = {
-            let state = self.network.shared.state.lock();
-            if !state.is_current(&self.id) {
-                return Err(LinkError::NoLink(peer.clone()));
-            }
-            let Some(link) = state.links.get(&ordered(&self.id, peer)) else {
-                return Err(LinkError::NoLink(peer.clone()));
-            };
-            if self.id < *peer {
-                Arc::clone(&link.forward)
-            } else {
-                Arc::clone(&link.backward)
-            }
+        let Some(queue) = self.queue_to(peer) else {
+            return Err(LinkError::NoLink(peer.clone()));
         };
+        let counters = self.counters.peer(&peer.name);
         {
             let mut frames = queue.frames.lock();
             if frames.len() >= queue.capacity {
+                counters.queue_full();
                 return Err(LinkError::QueueFull(peer.clone()));
             }
+            counters.sent(frame.len());
             frames.push_back(frame);
         }
         queue.queued.notify_one();
@@ -525,6 +544,7 @@ impl Links for MemoryLinks {
             .map(|peer| peer.id.clone())
             .filter(|id| id != &self.id)
             .collect();
+        self.counters.keep_only(node.wanted.iter().map(|id| &id.name));
         for peer in &node.wanted {
             let newest = node.seen_live.entry(peer.name.clone()).or_insert(peer.generation);
             *newest = (*newest).max(peer.generation);
@@ -555,6 +575,16 @@ impl Links for MemoryLinks {
             state.close(&self.id, &peer);
         }
         state.reconcile(shared);
+    }
+
+    fn counters(&self) -> &LinkCounters {
+        &self.counters
+    }
+
+    fn queue_depth(&self, name: &str) -> usize {
+        let peer = self.network.shared.state.lock().nodes.get(name).map(|node| node.id.clone());
+        peer.and_then(|peer| self.queue_to(&peer))
+            .map_or(0, |queue| queue.frames.lock().len())
     }
 
     #[cfg(any(test, feature = "internals"))]

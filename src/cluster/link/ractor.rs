@@ -19,6 +19,10 @@
 //!   two ractor nodes. The cookie is the cluster secret: a peer with another secret fails ractor_cluster's challenge,
 //!   gets no link, and the failed connection is logged with `tracing::warn`. A connection that has not authenticated
 //!   within [`AUTH_DEADLINE`] (garbage bytes, a silent client) is closed.
+//! * **TLS.** With [`LinkConfig::tls`], the accepted socket goes through the TLS handshake (on a task of its own,
+//!   within [`AUTH_DEADLINE`]) before the `NodeServer` gets it as a `TlsServer` stream, and a dial uses
+//!   ractor_cluster's `client_connect_enc` with the peer's node name as the server name; a handshake that fails is
+//!   logged with `tracing::warn` on both sides and the connection dropped (see `super::tls`).
 //! * **Driven by membership.** For each live peer without a link, only the lower [`NodeId`] dials, at most once per
 //!   backoff (1 s doubling to 8 s). A link is torn down (its session actor stopped: ractor_cluster has no disconnect
 //!   call) only when a peer seen live leaves the live set or a newer generation of it is live, never for a peer not

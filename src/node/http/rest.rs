@@ -108,7 +108,7 @@ pub(super) async fn answer(node: &Node, request: &HttpRequest, payload: web::Pay
         Ok(query) => query,
         Err(error) => return reply(StatusCode::BAD_REQUEST, "BadRequest", error),
     };
-    let Some(context) = call.hub().and_then(|hub| node.hub_context(hub)) else {
+    let Some(context) = call.hub().and_then(|hub| node.hub_context(&query.hub_name(hub))) else {
         return reply(StatusCode::NOT_FOUND, "NotFound", "no such hub");
     };
     let message = if call.is_send() {
@@ -222,6 +222,21 @@ async fn perform(
                     // The connection ended meanwhile: it is in no group any more.
                     Ok(()) | Err(HubError::UnknownConnection(_)) => {}
                     Err(error) => return Err(error),
+                }
+            }
+            HttpResponse::Ok().finish()
+        }
+        (Call::ConnectionLeaveAll { connection, .. }, _) => {
+            let id = ConnectionId::new(connection);
+            context.router().group_leave_all(context.name().clone(), id).await?;
+            HttpResponse::Ok().finish()
+        }
+        (Call::UserLeaveAll { user, .. }, _) => {
+            for id in user_connections(context, &user).await? {
+                match context.router().group_leave_all(context.name().clone(), id).await {
+                    // The connection ended meanwhile: it is in no group any more.
+                    Ok(()) | Err(crate::mesh::MeshError::UnknownConnection(_)) => {}
+                    Err(error) => return Err(error.into()),
                 }
             }
             HttpResponse::Ok().finish()

@@ -15,8 +15,9 @@ use prometheus_client::metrics::MetricType;
 use super::super::Node;
 use crate::connection::counters::{InvocationOutcome, PROTOCOLS, TRANSPORTS};
 use crate::connection::{BoundsHit, ConnectionCounters, DeliveryKind, Limits};
-use crate::mesh::{MeshBoundsHit, RelayFigures};
+use crate::cluster::link::PeerLinkFigures;
 use crate::connection::counters::DisconnectReason;
+use crate::mesh::{MeshBoundsHit, MeshCounters, RelayFigures};
 
 /// One hub's figures on this node.
 #[derive(Debug, Default)]
@@ -36,8 +37,36 @@ pub(super) struct ClusterFigures {
     links: Vec<(String, bool)>,
     link_frames_received: u64,
     link_bytes_received: u64,
+    /// Per peer name (the live peers of the last view): link counts and queue depth.
+    link_peers: Vec<PeerLinkFigures>,
     membership_changes: u64,
     declared_dead: u64,
+}
+
+/// What the mesh counted of held and re-sent group sends and of re-homing.
+#[derive(Debug, Default)]
+pub(super) struct SendFigures {
+    held_now: usize,
+    held: u64,
+    resent: u64,
+    rehomes: u64,
+    rehome_seconds_total: f64,
+    rehome_last_seconds: f64,
+}
+
+impl SendFigures {
+    fn of(counters: &MeshCounters, held_now: usize) -> SendFigures {
+        let read = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let seconds = |micros: u64| micros as f64 / 1e6;
+        SendFigures {
+            held_now,
+            held: read(&counters.sends_held),
+            resent: read(&counters.sends_resent),
+            rehomes: read(&counters.rehomes),
+            rehome_seconds_total: seconds(read(&counters.rehome_micros_total)),
+            rehome_last_seconds: seconds(read(&counters.rehome_last_micros)),
+        }
+    }
 }
 
 /// What one scrape read from the node's state.
@@ -49,6 +78,7 @@ pub(super) struct Scrape {
     tunnels_fell_behind: u64,
     /// The mesh's bound counters, by bound.
     mesh_bounds: Vec<(&'static str, u64)>,
+    sends: SendFigures,
     ready: bool,
     uptime_seconds: u64,
     cluster: Option<ClusterFigures>,
@@ -93,6 +123,7 @@ impl Scrape {
                     .collect(),
                 link_frames_received: health.counters.link_frames_received(),
                 link_bytes_received: health.counters.link_bytes_received(),
+                link_peers: cluster.links().figures(),
                 membership_changes: health.counters.membership_changes(),
                 declared_dead: health.counters.declared_dead(),
             }
@@ -101,6 +132,7 @@ impl Scrape {
             hubs,
             relays: node.inner.router.relay_figures(),
             mesh_bounds: mesh_bounds(&node.inner.router.bounds_hit()),
+            sends: SendFigures::of(&node.inner.router.mesh_counters(), node.inner.router.sends_held_now()),
             tunnels: node.tunnels().open_count(),
             tunnels_fell_behind: node.tunnels().fell_behind(),
             ready,
@@ -411,6 +443,8 @@ impl Collector for NodeCollector {
             "Bytes of frames received over links from peers.",
             cluster_count(|cluster| cluster.link_bytes_received),
         )?;
+        encode_link_peers(encoder, cluster.map_or(&[], |cluster| cluster.link_peers.as_slice()))?;
+        encode_sends(encoder, &scrape.sends)?;
         counter(
             encoder,
             "hubmesh_membership_changes",
@@ -425,4 +459,99 @@ impl Collector for NodeCollector {
         )?;
         Ok(())
     }
+}
+
+/// The per-peer link metrics: one sample per counted peer (the live peers of the last view).
+fn encode_link_peers(encoder: &mut DescriptorEncoder<'_>, peers: &[PeerLinkFigures]) -> fmt::Result {
+    let per_peer = |read: fn(&PeerLinkFigures) -> u64| {
+        peers
+            .iter()
+            .map(move |figures| ([("peer", figures.peer.as_str())], ConstCounter::new(read(figures))))
+    };
+    family(
+        encoder,
+        "hubmesh_link_peer_sent_frames",
+        "Frames queued for a peer's link, by peer.",
+        MetricType::Counter,
+        per_peer(|figures| figures.frames_sent),
+    )?;
+    family(
+        encoder,
+        "hubmesh_link_peer_sent_bytes",
+        "Bytes of frames queued for a peer's link, by peer.",
+        MetricType::Counter,
+        per_peer(|figures| figures.bytes_sent),
+    )?;
+    family(
+        encoder,
+        "hubmesh_link_peer_received_frames",
+        "Frames received from a peer's link, by peer.",
+        MetricType::Counter,
+        per_peer(|figures| figures.frames_received),
+    )?;
+    family(
+        encoder,
+        "hubmesh_link_peer_received_bytes",
+        "Bytes of frames received from a peer's link, by peer.",
+        MetricType::Counter,
+        per_peer(|figures| figures.bytes_received),
+    )?;
+    family(
+        encoder,
+        "hubmesh_link_queue_frames",
+        "Frames waiting in a peer's link queue now, by peer.",
+        MetricType::Gauge,
+        peers
+            .iter()
+            .map(|figures| ([("peer", figures.peer.as_str())], ConstGauge::new(count(figures.queue_depth)))),
+    )?;
+    family(
+        encoder,
+        "hubmesh_link_queue_full",
+        "Sends refused because a peer's link queue was full, by peer.",
+        MetricType::Counter,
+        per_peer(|figures| figures.queue_full),
+    )?;
+    family(
+        encoder,
+        "hubmesh_link_stalls",
+        "Times frames for a peer waited for it to catch up (its credit window was used up), by peer.",
+        MetricType::Counter,
+        per_peer(|figures| figures.stalls),
+    )
+}
+
+/// Held and re-sent group sends, and re-homing.
+fn encode_sends(encoder: &mut DescriptorEncoder<'_>, sends: &SendFigures) -> fmt::Result {
+    gauge(
+        encoder,
+        "hubmesh_group_sends_waiting",
+        "Group sends held at this node now, waiting for their owner.",
+        count(sends.held_now),
+    )?;
+    counter(
+        encoder,
+        "hubmesh_group_sends_held",
+        "Group sends held at this node (owner unreachable, or earlier sends still held).",
+        sends.held,
+    )?;
+    counter(
+        encoder,
+        "hubmesh_group_sends_resent",
+        "Group sends sent again to a new owner because the owner they were handed to left.",
+        sends.resent,
+    )?;
+    counter(encoder, "hubmesh_rehomes", "Membership changes this node finished re-homing after.", sends.rehomes)?;
+    ConstCounter::new(sends.rehome_seconds_total).encode(encoder.encode_descriptor(
+        "hubmesh_rehome_seconds",
+        "Time spent re-homing: from each membership change until the owner had the snapshots it waited for.",
+        None,
+        MetricType::Counter,
+    )?)?;
+    ConstGauge::new(sends.rehome_last_seconds).encode(encoder.encode_descriptor(
+        "hubmesh_rehome_last_seconds",
+        "How long the last re-homing took.",
+        None,
+        MetricType::Gauge,
+    )?)
 }

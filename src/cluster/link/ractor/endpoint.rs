@@ -20,7 +20,7 @@ use tracing::Instrument;
 use super::codec::{Ack, Batch, Control, EndpointMsg};
 use super::sender::SenderTask;
 use super::{ACK_EVERY, AUTH_DEADLINE, DIAL_BACKOFF, DIAL_BACKOFF_MAX};
-use crate::cluster::link::{LinkConfig, LinkEvent, PeerInfo};
+use crate::cluster::link::{LinkConfig, LinkCounters, LinkEvent, LinkTls, PeerInfo};
 use crate::cluster::membership::NodeId;
 
 /// How long one dial (the TCP connect) may take.
@@ -49,6 +49,30 @@ fn peer_of(session: &NodeServerSessionInformation) -> Option<NodeId> {
     session.peer_name.as_ref().and_then(|name| parse_peer(&name.name))
 }
 
+/// Dials `peer` at `address` and hands the connection to the `NodeServer`: over TLS when `tls` is set, checking
+/// that the peer's certificate names it. A TLS failure is logged as a warning at once: it will not heal by retrying.
+async fn dial_peer(
+    node_server: &ActorRef<NodeServerMessage>,
+    address: &str,
+    peer: &NodeId,
+    tls: Option<LinkTls>,
+) -> Result<(), String> {
+    let Some(tls) = tls else {
+        return ractor_cluster::client_connect(node_server, address)
+            .await
+            .map_err(|error| error.to_string());
+    };
+    let name = LinkTls::server_name(&peer.name)?;
+    match ractor_cluster::client_connect_enc(node_server, address, tls.connector(), name).await {
+        Ok(()) => Ok(()),
+        Err(ractor_cluster::ClientConnectErr::Encryption(error)) => {
+            tracing::warn!(%peer, %error, "the link's TLS handshake failed (a certificate the cluster does not trust?)");
+            Err(format!("TLS handshake failed: {error}"))
+        }
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 /// The link endpoint actor (see the module documentation).
 pub(super) struct LinkEndpoint;
 
@@ -58,6 +82,7 @@ pub(super) struct EndpointArgs {
     pub(super) events: mpsc::Sender<LinkEvent>,
     pub(super) node_server: ActorRef<NodeServerMessage>,
     pub(super) senders: Arc<RwLock<HashMap<NodeId, mpsc::Sender<Bytes>>>>,
+    pub(super) counters: Arc<LinkCounters>,
 }
 
 struct SessionEntry {
@@ -94,6 +119,7 @@ pub(super) struct EndpointState {
     events: mpsc::Sender<LinkEvent>,
     node_server: ActorRef<NodeServerMessage>,
     senders: Arc<RwLock<HashMap<NodeId, mpsc::Sender<Bytes>>>>,
+    counters: Arc<LinkCounters>,
     /// Live peers (this node excluded) and their link addresses, from the last membership view.
     live: HashMap<NodeId, String>,
     /// Per peer name, the newest generation seen live: an incarnation no newer than it that is not live now has
@@ -126,6 +152,7 @@ impl Actor for LinkEndpoint {
             events: args.events,
             node_server: args.node_server,
             senders: args.senders,
+            counters: args.counters,
             live: HashMap::new(),
             seen_live: HashMap::new(),
             links: HashMap::new(),
@@ -272,20 +299,17 @@ impl EndpointState {
             let endpoint = self.myself.clone();
             let peer = peer.clone();
             let address = address.clone();
+            let tls = self.config.tls.clone();
             let span = tracing::debug_span!("dial", peer = %peer, %address);
             tokio::spawn(
                 async move {
-                    let outcome = tokio::time::timeout(
-                        DIAL_TIMEOUT,
-                        ractor_cluster::client_connect(&node_server, address.as_str()),
-                    )
-                    .await;
+                    let outcome = tokio::time::timeout(DIAL_TIMEOUT, dial_peer(&node_server, &address, &peer, tls)).await;
                     let error = match outcome {
                         Ok(Ok(())) => {
                             tracing::debug!("dialed; authenticating");
                             return;
                         }
-                        Ok(Err(error)) => error.to_string(),
+                        Ok(Err(error)) => error,
                         Err(_) => "timed out".to_owned(),
                     };
                     let _ = endpoint.cast(EndpointMsg::Control(Control::DialFailed { peer, error }));
@@ -374,6 +398,7 @@ impl EndpointState {
                 batch_frames: self.config.batch_frames,
                 batch_bytes: self.config.max_frame,
                 linger: self.config.batch_linger,
+                counters: self.counters.peer(&peer.name),
             }
             .run()
             .instrument(span.clone()),

@@ -21,8 +21,8 @@ use tracing::Instrument;
 
 use super::codec::{Control, EndpointMsg};
 use super::endpoint::{EndpointArgs, LinkEndpoint};
-use super::MAX_LINK_FRAME;
-use crate::cluster::link::{LinkConfig, LinkError, LinkEvent, Links, PeerInfo};
+use super::{AUTH_DEADLINE, MAX_LINK_FRAME};
+use crate::cluster::link::{LinkConfig, LinkCounters, LinkError, LinkEvent, LinkTls, Links, PeerInfo};
 use crate::cluster::membership::NodeId;
 
 /// How often the endpoint looks at dials, pending sessions and authentication deadlines.
@@ -72,6 +72,7 @@ pub struct RactorLinks {
     advertised: String,
     max_frame: usize,
     senders: Arc<RwLock<HashMap<NodeId, mpsc::Sender<Bytes>>>>,
+    counters: Arc<LinkCounters>,
     endpoint: ActorRef<EndpointMsg>,
     node_server: ActorRef<NodeServerMessage>,
     tasks: Vec<JoinHandle<()>>,
@@ -142,12 +143,14 @@ impl RactorLinks {
             .map_err(|error| LinkError::Start(format!("the ractor_cluster node server did not start: {error}")))?;
 
         let senders = Arc::new(RwLock::new(HashMap::new()));
+        let counters = Arc::new(LinkCounters::default());
         let args = EndpointArgs {
             self_id: self_id.clone(),
             config: config.clone(),
             events,
             node_server: node_server.clone(),
             senders: Arc::clone(&senders),
+            counters: Arc::clone(&counters),
         };
         let endpoint = match Actor::spawn(None, LinkEndpoint, args).await {
             Ok((endpoint, _)) => endpoint,
@@ -171,7 +174,7 @@ impl RactorLinks {
         }
 
         let span = tracing::info_span!("links", node = %self_id, address = %advertised);
-        let accept = tokio::spawn(accept_loop(listener, node_server.clone()).instrument(span.clone()));
+        let accept = tokio::spawn(accept_loop(listener, node_server.clone(), config.tls.clone()).instrument(span.clone()));
         let tick_endpoint = endpoint.clone();
         let ticks = tokio::spawn(async move {
             let mut interval = tokio::time::interval(TICK);
@@ -189,6 +192,7 @@ impl RactorLinks {
             advertised: advertised.to_string(),
             max_frame: config.max_frame,
             senders,
+            counters,
             endpoint,
             node_server,
             tasks: vec![accept, ticks],
@@ -243,25 +247,61 @@ fn advertise(configured: SocketAddr, bound: SocketAddr) -> Result<SocketAddr, Li
     Ok(advertised)
 }
 
-/// Accepts link connections and hands them to the `NodeServer`, which authenticates them.
-async fn accept_loop(listener: TcpListener, node_server: ActorRef<NodeServerMessage>) {
+/// Accepts link connections and hands them to the `NodeServer`, which authenticates them; with TLS, once the
+/// handshake (within [`AUTH_DEADLINE`], on a task of its own) checked the peer's certificate.
+async fn accept_loop(listener: TcpListener, node_server: ActorRef<NodeServerMessage>, tls: Option<LinkTls>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer_addr)) => {
                 let _ = stream.set_nodelay(true);
                 let local_addr = stream.local_addr().unwrap_or(peer_addr);
-                let opened = node_server.cast(NodeServerMessage::ConnectionOpened {
-                    stream: Box::new(NetworkStream::Raw {
-                        peer_addr,
-                        local_addr,
-                        stream,
-                    }),
-                    is_server: true,
-                });
-                if opened.is_err() {
-                    return;
-                }
-                tracing::debug!(%peer_addr, "link connection accepted");
+                let Some(tls) = &tls else {
+                    let opened = node_server.cast(NodeServerMessage::ConnectionOpened {
+                        stream: Box::new(NetworkStream::Raw {
+                            peer_addr,
+                            local_addr,
+                            stream,
+                        }),
+                        is_server: true,
+                    });
+                    if opened.is_err() {
+                        return;
+                    }
+                    tracing::debug!(%peer_addr, "link connection accepted");
+                    continue;
+                };
+                let acceptor = tls.acceptor();
+                let node_server = node_server.clone();
+                tokio::spawn(
+                    async move {
+                        let stream = match tokio::time::timeout(AUTH_DEADLINE, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::warn!(
+                                    %peer_addr,
+                                    %error,
+                                    "a link connection failed its TLS handshake (a certificate the cluster does not \
+                                     trust?)"
+                                );
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::warn!(%peer_addr, "a link connection did not finish its TLS handshake in time");
+                                return;
+                            }
+                        };
+                        let _ = node_server.cast(NodeServerMessage::ConnectionOpened {
+                            stream: Box::new(NetworkStream::TlsServer {
+                                peer_addr,
+                                local_addr,
+                                stream,
+                            }),
+                            is_server: true,
+                        });
+                        tracing::debug!(%peer_addr, "link connection accepted over TLS");
+                    }
+                    .in_current_span(),
+                );
             }
             Err(error) => {
                 tracing::warn!(%error, "accepting a link connection failed");
@@ -287,13 +327,36 @@ impl Links for RactorLinks {
         let Some(sender) = senders.get(peer) else {
             return Err(LinkError::NoLink(peer.clone()));
         };
-        sender.try_send(frame).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => LinkError::QueueFull(peer.clone()),
-            mpsc::error::TrySendError::Closed(_) => LinkError::NoLink(peer.clone()),
-        })
+        let counters = self.counters.peer(&peer.name);
+        let bytes = frame.len();
+        match sender.try_send(frame) {
+            Ok(()) => {
+                counters.sent(bytes);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                counters.queue_full();
+                Err(LinkError::QueueFull(peer.clone()))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(LinkError::NoLink(peer.clone())),
+        }
+    }
+
+    fn counters(&self) -> &LinkCounters {
+        &self.counters
+    }
+
+    fn queue_depth(&self, name: &str) -> usize {
+        self.senders
+            .read()
+            .iter()
+            .filter(|(peer, _)| &*peer.name == name)
+            .map(|(_, sender)| sender.max_capacity() - sender.capacity())
+            .sum()
     }
 
     fn update_peers(&self, live: &[PeerInfo]) {
+        self.counters.keep_only(live.iter().map(|peer| &peer.id.name));
         let _ = self
             .endpoint
             .cast(EndpointMsg::Control(Control::UpdatePeers(live.to_vec())));

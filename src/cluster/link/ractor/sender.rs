@@ -1,6 +1,7 @@
 //! One link's sender task: takes frames from the link's queue in batches and casts them to the peer's endpoint,
 //! never more than [`WINDOW_BATCHES`] unacknowledged.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::ractor::ActorRef;
@@ -10,6 +11,7 @@ use tokio::time::Instant;
 
 use super::codec::{Batch, EndpointMsg};
 use super::WINDOW_BATCHES;
+use crate::cluster::link::PeerCounters;
 use crate::cluster::membership::NodeId;
 
 /// One link's sender: batches the queue and keeps at most [`WINDOW_BATCHES`] unacknowledged.
@@ -22,6 +24,8 @@ pub(super) struct SenderTask {
     pub(super) batch_frames: usize,
     pub(super) batch_bytes: usize,
     pub(super) linger: Duration,
+    /// The link's peer's counters: a full window is a stall.
+    pub(super) counters: Arc<PeerCounters>,
 }
 
 impl SenderTask {
@@ -38,6 +42,9 @@ impl SenderTask {
             };
             let (frames, next) = self.fill(first).await;
             carry = next;
+            if sent.saturating_sub(*self.acked.borrow()) >= WINDOW_BATCHES {
+                self.counters.stalled();
+            }
             while sent.saturating_sub(*self.acked.borrow_and_update()) >= WINDOW_BATCHES {
                 if self.acked.changed().await.is_err() {
                     return;

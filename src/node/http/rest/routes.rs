@@ -1,5 +1,6 @@
 //! Which REST call a request is: its path (version 2022-06-01 paths, segments percent-decoded) and method, and the
-//! query parameters the calls take (`excluded`, `excludedUsers`, `reason`, `api-version`). Parsing only.
+//! query parameters the calls take (`application`, `excluded`, `excludedUsers`, `reason`, `api-version`). Parsing
+//! only.
 
 use actix_web::http::Method;
 
@@ -46,6 +47,10 @@ pub(super) enum Call {
     ConnectionExists { hub: String, connection: String },
     /// `DELETE /api/hubs/{hub}/connections/{id}`.
     CloseConnection { hub: String, connection: String },
+    /// `DELETE /api/hubs/{hub}/connections/{id}/groups`: the connection leaves every group.
+    ConnectionLeaveAll { hub: String, connection: String },
+    /// `DELETE /api/hubs/{hub}/users/{user}/groups`: every connection of the user leaves every group.
+    UserLeaveAll { hub: String, user: String },
     /// `HEAD /api/hubs/{hub}/groups/{group}`.
     GroupExists { hub: String, group: String },
     /// `HEAD /api/hubs/{hub}/users/{user}`.
@@ -72,6 +77,8 @@ impl Call {
             | Call::UserInGroup { hub, .. }
             | Call::ConnectionExists { hub, .. }
             | Call::CloseConnection { hub, .. }
+            | Call::ConnectionLeaveAll { hub, .. }
+            | Call::UserLeaveAll { hub, .. }
             | Call::GroupExists { hub, .. }
             | Call::UserExists { hub, .. }
             | Call::CloseAll { hub }
@@ -196,6 +203,17 @@ pub(super) fn route(method: &Method, path: &str) -> Result<Call, NotACall> {
                 }
             }
         }
+        [_, "connections", _, "groups"] => {
+            allow(&[Method::DELETE])?;
+            Call::ConnectionLeaveAll {
+                hub,
+                connection: decoded(2)?,
+            }
+        }
+        [_, "users", _, "groups"] => {
+            allow(&[Method::DELETE])?;
+            Call::UserLeaveAll { hub, user: decoded(2)? }
+        }
         [_, "connections", _] => {
             allow(&[Method::HEAD, Method::DELETE])?;
             let connection = decoded(2)?;
@@ -241,6 +259,8 @@ fn percent_decode(segment: &str) -> Option<String> {
 /// The query parameters of a call.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Query {
+    /// `application`: the application the hub belongs to; Azure names the hub `{application}_{hub}`.
+    pub(super) application: Option<String>,
     /// `excluded`: connection ids a send skips.
     pub(super) excluded: Vec<String>,
     /// `excludedUsers`: users whose connections a send skips.
@@ -258,6 +278,27 @@ pub(super) enum QueryError {
     /// Too many `excluded` or `excludedUsers` values.
     #[error("at most {limit} values of '{name}' are accepted")]
     TooMany { name: &'static str, limit: usize },
+    /// An `application` name that does not start with a letter or has characters other than letters, digits
+    /// and underscores (Azure's rule).
+    #[error("application '{0}' must start with a letter and contain only letters, digits and underscores")]
+    Application(String),
+}
+
+impl Query {
+    /// The hub a call on path hub `hub` addresses: `{application}_{hub}` when an application is named.
+    pub(super) fn hub_name(&self, hub: &str) -> String {
+        match &self.application {
+            Some(application) => format!("{application}_{hub}"),
+            None => hub.to_owned(),
+        }
+    }
+}
+
+/// Whether `name` is a valid application name: a letter first, then letters, digits and underscores.
+fn valid_application(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|first| first.is_ascii_alphabetic())
+        && chars.all(|rest| rest.is_ascii_alphanumeric() || rest == '_')
 }
 
 /// Reads the query string of a call (`excluded` may repeat, or list ids separated by commas).
@@ -270,6 +311,8 @@ pub(super) fn query(query: &str) -> Result<Query, QueryError> {
             "excluded" => parsed.excluded.extend(values.map(str::to_owned)),
             "excludedUsers" => parsed.excluded_users.extend(values.map(str::to_owned)),
             "reason" => parsed.reason = Some(value.into_owned()),
+            "application" if !valid_application(&value) => return Err(QueryError::Application(value.into_owned())),
+            "application" => parsed.application = Some(value.into_owned()),
             _ => {}
         }
         if parsed.excluded.len() > MAX_EXCLUDED {
@@ -349,6 +392,22 @@ mod tests {
                     connection: "c".into(),
                 },
             ),
+            (
+                Method::DELETE,
+                "/api/hubs/chat/connections/c.node-2/groups",
+                Call::ConnectionLeaveAll {
+                    hub: "chat".into(),
+                    connection: "c.node-2".into(),
+                },
+            ),
+            (
+                Method::DELETE,
+                "/api/hubs/chat/users/u%201/groups/",
+                Call::UserLeaveAll {
+                    hub: "chat".into(),
+                    user: "u 1".into(),
+                },
+            ),
         ];
         for (method, path, call) in cases {
             assert_eq!(route(&method, path), Ok(call), "{method} {path}");
@@ -372,6 +431,8 @@ mod tests {
                 user: "u".into()
             })
         );
+        assert_eq!(route(&Method::PUT, "/api/hubs/chat/users/u/groups"), Err(NotACall::Method));
+        assert_eq!(route(&Method::HEAD, "/api/hubs/chat/connections/c/groups"), Err(NotACall::Method));
         assert!(!is_rest_path("/apix/hubs/chat"));
     }
 
@@ -381,12 +442,22 @@ mod tests {
         assert_eq!(
             parsed,
             Ok(Query {
+                application: None,
                 excluded: vec!["a".into(), "b".into(), "c".into()],
                 excluded_users: vec!["u".into()],
                 reason: Some("bye now".into()),
             })
         );
         assert!(matches!(query("api-version=1.0"), Err(QueryError::Version(_))));
+        let app = query("application=shop_2&api-version=2022-06-01").map(|parsed| parsed.hub_name("chat"));
+        assert_eq!(app, Ok("shop_2_chat".to_owned()));
+        assert_eq!(query("").map(|parsed| parsed.hub_name("chat")), Ok("chat".to_owned()));
+        for bad in ["2shop", "_shop", "sh-op", "sh%20op", ""] {
+            assert!(
+                matches!(query(&format!("application={bad}")), Err(QueryError::Application(_))),
+                "{bad}"
+            );
+        }
         let many = (0..=MAX_EXCLUDED).map(|n| format!("excluded={n}")).collect::<Vec<_>>().join("&");
         assert!(matches!(query(&many), Err(QueryError::TooMany { .. })));
     }
