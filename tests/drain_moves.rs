@@ -411,8 +411,8 @@ async fn official_clients_with_stateful_reconnect_ride_through_a_drain() -> Test
 /// that came back as soon as a sender sees it, but that node delivers as owner before its own view has every
 /// peer, so it lacks the members of a node it does not see yet, which miss those sends. Two such cases are fixed
 /// (an owner holds sends from a sender it does not see yet; a reconnect whose home left asks the home's new
-/// incarnation too); the remaining one needs a joining node to own nothing until it sees its peers (a `joining`
-/// status that placement skips), not built yet (docs/semantics.md, "Drain"). Run it with
+/// incarnation too); a first try at the remaining one (a joining node owns nothing until it sees its peers; branch
+/// `wip-joining`) did not make this pass (docs/semantics.md, "Drain"). Run it with
 /// `cargo test --test drain_moves -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
