@@ -33,7 +33,7 @@ SIO_BASE=${SIO_BASE_PORT:-17500}  # socket.io: SIO_BASE+1..3
 REDIS_PORT=${REDIS_PORT:-17579}
 OUT=${OUT:-$(mktemp -d /tmp/hubmesh-compare.XXXXXX)}
 mkdir -p "$OUT"
-HUBMESH="$ROOT/target/release/hubmesh"
+HUBMESH=${HUBMESH:-${CARGO_TARGET_DIR:-$ROOT/target}/release/hubmesh}
 SIO="$ROOT/benches/socketio"
 STEP_LIMIT=$((SECS * 2 + 120))
 
