@@ -8,6 +8,7 @@
 //! promises them: a reconnected member starts afresh, and what it gets again of what its earlier connections got is
 //! counted apart.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,7 +58,7 @@ impl Plan {
     }
 
     /// How many messages member `index` sends: send `n` of the run (`n = k * members + index`) is its `k`th.
-    fn sends_of(&self, index: usize) -> u64 {
+    pub(super) fn sends_of(&self, index: usize) -> u64 {
         let index = index as u64;
         if index >= self.total_sends {
             0
@@ -167,13 +168,14 @@ pub(super) struct Shared {
 }
 
 /// One member until `stop`: sends on schedule, counts deliveries, pings; with a reconnect policy, comes back after
-/// its connection closes. An error of any member counts as a failed client.
+/// its connection closes. An error of any member counts as a failed client. Returns its index and what its (last)
+/// connection got.
 pub(super) async fn member(
     index: usize,
     client: Client,
     shared: Arc<Shared>,
     stop: CancellationToken,
-) -> Result<(), BenchError> {
+) -> Result<(usize, Seen), BenchError> {
     let result = run(index, client, &shared, stop).await;
     if result.is_err() {
         shared.progress.failed.fetch_add(1, Ordering::Relaxed);
@@ -181,7 +183,12 @@ pub(super) async fn member(
     result
 }
 
-async fn run(index: usize, mut client: Client, shared: &Shared, stop: CancellationToken) -> Result<(), BenchError> {
+async fn run(
+    index: usize,
+    mut client: Client,
+    shared: &Shared,
+    stop: CancellationToken,
+) -> Result<(usize, Seen), BenchError> {
     let plan = &shared.plan;
     let group_json = plan.group_json(index);
     let slot = (index % plan.group_size) as u64;
@@ -227,8 +234,10 @@ async fn run(index: usize, mut client: Client, shared: &Shared, stop: Cancellati
                 None => earlier,
             });
             let closed_at = Instant::now();
+            // Let the dead socket go first: a storm must not need two descriptors per member.
+            drop(client);
             client = tokio::select! {
-                () = stop.cancelled() => return Ok(()),
+                () = stop.cancelled() => return Ok((index, seen)),
                 back = come_back(index, &group_json, policy, &shared.tally) => back?,
             };
             policy.back_after.record(index, duration_micros(closed_at.elapsed()));
@@ -241,7 +250,25 @@ async fn run(index: usize, mut client: Client, shared: &Shared, stop: Cancellati
         }
     }
     client.close().await;
-    Ok(())
+    Ok((index, seen))
+}
+
+/// The messages some member did not get, by message: `(group, sender's slot, k)` and how many members missed it.
+/// Meaningful when every member sent everything it was scheduled to.
+pub(super) fn missed(plan: &Plan, got: &[(usize, Seen)]) -> BTreeMap<(usize, u64, u64), usize> {
+    let mut missed = BTreeMap::new();
+    for (index, seen) in got {
+        let group = index / plan.group_size;
+        for slot in 0..plan.group_size as u64 {
+            let sender = group * plan.group_size + slot as usize;
+            for k in 0..plan.sends_of(sender) {
+                if !seen.contains(k * plan.group_size as u64 + slot) {
+                    *missed.entry((group, slot, k)).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    missed
 }
 
 /// Counts the `msg` deliveries of one transport message.

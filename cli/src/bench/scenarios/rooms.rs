@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::members::{member, Latencies, Plan, Shared, Tally};
+use super::members::{member, missed, Latencies, Plan, Shared, Tally};
 use super::readings::{cpu_summary, extend, per_cpu_second, round, round3, CpuMeter};
 use super::setup::{check_clients, seconds, Setup};
 use super::tasks::{join_all, Progress};
@@ -19,6 +19,8 @@ use crate::bench::{BenchError, Report, RoomsArgs, RoomsShape, MAX_DELIVERIES, MA
 
 /// How often the coordinator looks at the members' progress.
 const POLL: Duration = Duration::from_millis(5);
+/// How many missed messages the report names.
+const SHOWN: usize = 5;
 
 /// `hubmesh bench rooms`.
 pub(in crate::bench) async fn rooms(args: &RoomsArgs) -> Result<Report, BenchError> {
@@ -70,7 +72,26 @@ pub(in crate::bench) async fn rooms(args: &RoomsArgs) -> Result<Report, BenchErr
     let (server_cpu, own_cpu) = cpu.stop()?;
     let measured_seconds = started.elapsed().as_secs_f64();
     stop.cancel();
-    join_all(tasks).await?;
+    let got = join_all(tasks).await?;
+    let missed = if sent == shared.plan.total_sends {
+        missed(&shared.plan, &got)
+    } else {
+        Default::default()
+    };
+    let missed_by_all = missed
+        .values()
+        .filter(|count| **count == shared.plan.group_size)
+        .count();
+    let shown: Vec<String> = missed
+        .iter()
+        .take(SHOWN)
+        .map(|((group, slot, k), count)| {
+            format!(
+                "{}-{group} from member {slot}, its message {k}: missed by {count}",
+                shared.plan.prefix
+            )
+        })
+        .collect();
 
     let tally = &shared.tally;
     let delivered = shared.progress.delivered.load(Ordering::Relaxed);
@@ -100,6 +121,9 @@ pub(in crate::bench) async fn rooms(args: &RoomsArgs) -> Result<Report, BenchErr
         "lost": lost,
         "duplicated": duplicated,
         "unexpected": unexpected,
+        "messages_missed": missed.len(),
+        "messages_missed_by_every_member": missed_by_all,
+        "missed_sample": shown,
         "send_seconds": round3(send_seconds),
         "delivery_seconds": round3(delivery_seconds),
         "measured_seconds": round3(measured_seconds),
@@ -112,7 +136,7 @@ pub(in crate::bench) async fn rooms(args: &RoomsArgs) -> Result<Report, BenchErr
     let summary = format!(
         "rooms: {} groups of {} members over {} URLs ({}), target {} deliveries/s ({:.1} sends/s for {} s; set up \
          in {setup_seconds:.1} s)\n  sent {sent}, delivered {delivered} of {expected} ({delivered_per_sec}/s), lost \
-         {lost}, duplicated {duplicated}, unexpected {unexpected}\n  latency {}\n  {}",
+         {lost}, duplicated {duplicated}, unexpected {unexpected}{}\n  latency {}\n  {}",
         args.shape.groups,
         args.shape.group_size,
         setup.urls.len(),
@@ -120,6 +144,15 @@ pub(in crate::bench) async fn rooms(args: &RoomsArgs) -> Result<Report, BenchErr
         args.shape.rate,
         shared.plan.sends_per_sec,
         args.shape.seconds,
+        if missed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "\n  {} messages missed by some member ({missed_by_all} by every member of the group), e.g. {}",
+                missed.len(),
+                shown.join("; ")
+            )
+        },
         latency.summary(),
         cpu_summary(server_cpu, per_cpu, "deliveries", own_cpu),
     );
