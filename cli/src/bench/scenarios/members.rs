@@ -90,8 +90,10 @@ pub(super) struct Tally {
     pub(super) unexpected: AtomicU64,
     /// Microseconds after the epoch of the last new delivery.
     pub(super) last: AtomicU64,
-    /// Members whose connection closed.
+    /// Connections that closed (a member may drop more than once).
     pub(super) dropped: AtomicUsize,
+    /// … of them, connections of members whose first URL was not the killed node's.
+    pub(super) dropped_elsewhere: AtomicUsize,
     /// Members connected again and back in their group.
     pub(super) rejoined: AtomicUsize,
     /// Join attempts that failed after a reconnect and were repeated.
@@ -105,12 +107,13 @@ pub(super) struct Tally {
 }
 
 impl Tally {
-    fn attempt_failed(&self, error: &BenchError) {
+    /// Member `index`'s reconnect attempt `attempt` (from 0) failed with `error`.
+    fn attempt_failed(&self, index: usize, attempt: usize, error: &BenchError) {
         self.failed_attempts.fetch_add(1, Ordering::Relaxed);
         self.first_failure
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get_or_insert_with(|| error.to_string());
+            .get_or_insert_with(|| format!("member {index}, attempt {attempt}: {error}"));
     }
 }
 
@@ -148,6 +151,8 @@ impl Latencies {
 /// How a member comes back after its connection closes (`storm`).
 pub(super) struct Reconnect {
     pub(super) setup: Arc<Setup>,
+    /// The index of the killed node's URL.
+    pub(super) killed_url: usize,
     /// When the node was killed, in microseconds after the epoch (`u64::MAX` before).
     pub(super) storm_from: AtomicU64,
     /// When every dropped member was back, in microseconds after the epoch (`u64::MAX` before).
@@ -225,6 +230,9 @@ async fn run(
                 return Err(error);
             };
             shared.tally.dropped.fetch_add(1, Ordering::Relaxed);
+            if index % policy.setup.urls.len() != policy.killed_url {
+                shared.tally.dropped_elsewhere.fetch_add(1, Ordering::Relaxed);
+            }
             let earlier = std::mem::replace(&mut seen, Seen::new(plan.seqs()));
             before = Some(match before.take() {
                 Some(mut all) => {
@@ -337,7 +345,7 @@ async fn come_back(index: usize, group_json: &str, policy: &Reconnect, tally: &T
         let mut client = match Client::connect(route, policy.setup.transport, policy.setup.step_timeout).await {
             Ok(client) => client,
             Err(error) => {
-                tally.attempt_failed(&error);
+                tally.attempt_failed(index, attempt, &error);
                 last_error = Some(error);
                 continue;
             }
@@ -351,7 +359,7 @@ async fn come_back(index: usize, group_json: &str, policy: &Reconnect, tally: &T
                     sleep(REJOIN_EVERY).await;
                 }
                 Err(error) => {
-                    tally.attempt_failed(&error);
+                    tally.attempt_failed(index, attempt, &error);
                     last_error = Some(error);
                     break;
                 }

@@ -122,23 +122,26 @@ impl Setup {
     }
 
     /// Opens `count` clients round-robin over the URLs, `concurrency` at a time; client `index` joins the group
-    /// `group_of(index)` (a JSON string) if that is `Some`.
+    /// `group_of(index)` (a JSON string) if that is `Some`. The clients come back in index order (client `index`
+    /// at `index`), whatever order their connections completed in.
     pub(super) async fn open_clients<F>(&self, count: usize, group_of: F) -> Result<Vec<Client>, BenchError>
     where
         F: Fn(usize) -> Option<String>,
     {
         let group_of = &group_of;
-        futures_util::stream::iter(0..count)
+        let mut opened: Vec<(usize, Client)> = futures_util::stream::iter(0..count)
             .map(|index| async move {
                 let mut client = self.open_client(index).await?;
                 if let Some(group) = group_of(index) {
                     client.join(&group).await?;
                 }
-                Ok::<_, BenchError>(client)
+                Ok::<_, BenchError>((index, client))
             })
             .buffer_unordered(self.concurrency)
             .try_collect()
-            .await
+            .await?;
+        opened.sort_unstable_by_key(|(index, _)| *index);
+        Ok(opened.into_iter().map(|(_, client)| client).collect())
     }
 
     /// The way of client `index` when it connects to `--url` number `url_index` instead of its own (a reconnect).

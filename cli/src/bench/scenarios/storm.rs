@@ -83,6 +83,7 @@ pub(in crate::bench) async fn storm(args: &StormArgs) -> Result<Report, BenchErr
         progress: Progress::default(),
         reconnect: Some(Reconnect {
             setup: setup.clone(),
+            killed_url: args.kill_url,
             storm_from: AtomicU64::new(u64::MAX),
             storm_until: AtomicU64::new(u64::MAX),
             survivors: Latencies::new(),
@@ -157,6 +158,7 @@ pub(in crate::bench) async fn storm(args: &StormArgs) -> Result<Report, BenchErr
         "setup_seconds": round3(setup_seconds),
         "on_killed_node": on_victim,
         "dropped": dropped,
+        "dropped_elsewhere": tally.dropped_elsewhere.load(Ordering::Relaxed),
         "rejoined": rejoined,
         "all_back": back,
         "all_back_seconds": back.then_some(round3(back_seconds)),
