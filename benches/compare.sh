@@ -7,11 +7,14 @@
 #   echo    10 clients, one round trip outstanding each, at 1000/s and as fast as possible
 #   idle    10000 connections (handshake done, one group joined) held SECONDS, server RSS per connection, on fresh
 #           servers
+#   rooms   ROOMS_GROUPS groups (10000) of ROOMS_SIZE members (10) over 3 servers, every member sending to its own
+#           group/room, ROOMS_RATE deliveries/s (100000) for SECONDS, on fresh servers
 # Prints one table (medians over RUNS runs) and keeps every JSON line under $OUT.
 #
 #   benches/compare.sh                 # RUNS=1 SECONDS_PER_RUN=10
 #   RUNS=3 benches/compare.sh
 #   SKIP_BUILD=1 IDLE_CLIENTS=2000 benches/compare.sh
+#   SCENARIOS=rooms ROOMS_GROUPS=1000 ROOMS_RATE=20000 benches/compare.sh   # only some of: fanout echo idle rooms
 #
 # Needs node/npm and root for `apt-get install redis-server` when redis-server is missing. Every step runs under
 # `timeout`; every process started here is stopped on exit (trap). Not part of CI.
@@ -21,12 +24,16 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-1}
 SECS=${SECONDS_PER_RUN:-10}
 IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
+ROOMS_GROUPS=${ROOMS_GROUPS:-10000}
+ROOMS_SIZE=${ROOMS_SIZE:-10}
+ROOMS_RATE=${ROOMS_RATE:-100000}
+SCENARIOS=${SCENARIOS:-fanout echo idle rooms}
 BASE=${BASE_PORT:-17400}      # hubmesh: BASE+1..3 (gossip BASE+2001.., links BASE+2101..)
 SIO_BASE=${SIO_BASE_PORT:-17500}  # socket.io: SIO_BASE+1..3
 REDIS_PORT=${REDIS_PORT:-17579}
 OUT=${OUT:-$(mktemp -d /tmp/hubmesh-compare.XXXXXX)}
 mkdir -p "$OUT"
-HUBMESH="$ROOT/target/release/hubmesh"
+HUBMESH=${HUBMESH:-${CARGO_TARGET_DIR:-$ROOT/target}/release/hubmesh}
 SIO="$ROOT/benches/socketio"
 STEP_LIMIT=$((SECS * 2 + 120))
 
@@ -68,7 +75,8 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   log "cargo build --release"
   (cd "$ROOT" && timeout 1800 cargo build --release >&2)
 fi
-ulimit -n 20000 2>/dev/null || true
+ulimit -n 250000 2>/dev/null || ulimit -n 20000 2>/dev/null || true
+wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
 H_URLS=(--url "http://127.0.0.1:$((BASE + 1))" --url "http://127.0.0.1:$((BASE + 2))" --url "http://127.0.0.1:$((BASE + 3))")
 S_URLS="http://127.0.0.1:$((SIO_BASE + 1)),http://127.0.0.1:$((SIO_BASE + 2)),http://127.0.0.1:$((SIO_BASE + 3))"
@@ -116,27 +124,54 @@ sb() { # label, load.js args...
 }
 
 log "results in $OUT"
+ROOMS_ARGS=(--groups "$ROOMS_GROUPS" --group-size "$ROOMS_SIZE" --rate "$ROOMS_RATE" --seconds "$SECS")
 for run in $(seq 1 "$RUNS"); do
   log "run $run of $RUNS"
-  start_hubmesh
-  hb fanout50k fanout --clients 1000 --rate 50000 --seconds "$SECS"
-  hb fanout200k fanout --clients 1000 --rate 200000 --seconds "$SECS"
-  hb echo1k echo --clients 10 --rate 1000 --seconds "$SECS"
-  hb echomax echo --clients 10 --seconds "$SECS"
-  stop_started
-  start_hubmesh
-  hb idle idle --clients "$IDLE_CLIENTS" --seconds "$SECS"
-  stop_started
+  if wants fanout || wants echo; then
+    start_hubmesh
+    if wants fanout; then
+      hb fanout50k fanout --clients 1000 --rate 50000 --seconds "$SECS"
+      hb fanout200k fanout --clients 1000 --rate 200000 --seconds "$SECS"
+    fi
+    if wants echo; then
+      hb echo1k echo --clients 10 --rate 1000 --seconds "$SECS"
+      hb echomax echo --clients 10 --seconds "$SECS"
+    fi
+    stop_started
+  fi
+  if wants idle; then
+    start_hubmesh
+    hb idle idle --clients "$IDLE_CLIENTS" --seconds "$SECS"
+    stop_started
+  fi
+  if wants rooms; then
+    start_hubmesh
+    hb rooms rooms "${ROOMS_ARGS[@]}"
+    stop_started
+  fi
 
-  start_socketio
-  sb fanout50k fanout --clients 1000 --rate 50000 --seconds "$SECS"
-  sb fanout200k fanout --clients 1000 --rate 200000 --seconds "$SECS"
-  sb echo1k echo --clients 10 --rate 1000 --seconds "$SECS"
-  sb echomax echo --clients 10 --rate 0 --seconds "$SECS"
-  stop_started
-  start_socketio
-  sb idle idle --clients "$IDLE_CLIENTS" --seconds "$SECS"
-  stop_started
+  if wants fanout || wants echo; then
+    start_socketio
+    if wants fanout; then
+      sb fanout50k fanout --clients 1000 --rate 50000 --seconds "$SECS"
+      sb fanout200k fanout --clients 1000 --rate 200000 --seconds "$SECS"
+    fi
+    if wants echo; then
+      sb echo1k echo --clients 10 --rate 1000 --seconds "$SECS"
+      sb echomax echo --clients 10 --rate 0 --seconds "$SECS"
+    fi
+    stop_started
+  fi
+  if wants idle; then
+    start_socketio
+    sb idle idle --clients "$IDLE_CLIENTS" --seconds "$SECS"
+    stop_started
+  fi
+  if wants rooms; then
+    start_socketio
+    sb rooms rooms "${ROOMS_ARGS[@]}"
+    stop_started
+  fi
 done
 
 node "$SIO/table.js" "$OUT/results.jsonl"

@@ -12,6 +12,8 @@
 //! * `AskClient(question)`: a client result: invokes the caller's client method `ask(question)` and returns its
 //!   answer (or the client's error);
 //! * `GroupCount(group)`: the number of members of a group, cluster-wide;
+//! * `GroupMembers(group)`: the connection ids of a group's members, cluster-wide, sorted (as the node asked sees
+//!   them: `hubmesh bench churn` checks that every node lists the same);
 //! * `WhoAmI()`: the caller's connection id (which names the node it is connected to).
 
 use futures_util::StreamExt;
@@ -65,6 +67,18 @@ async fn group_count(caller: Caller, group: String) -> Result<usize, HubError> {
     caller.groups().count(&group).await
 }
 
+async fn group_members(caller: Caller, group: String) -> Result<Vec<String>, HubError> {
+    let mut members: Vec<String> = caller
+        .groups()
+        .members(&group)
+        .await?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    members.sort_unstable();
+    Ok(members)
+}
+
 async fn who_am_i(caller: Caller) -> String {
     caller.connection_id().to_string()
 }
@@ -82,5 +96,6 @@ pub fn demo_hub() -> Hub {
         .method("Sum", sum)
         .method("AskClient", ask_client)
         .method("GroupCount", group_count)
+        .method("GroupMembers", group_members)
         .method("WhoAmI", who_am_i)
 }

@@ -5,6 +5,9 @@
 //   node load.js fanout --urls http://127.0.0.1:P1,... --pids A,B,C --redis-pid R --clients 1000 --rate 50000 --seconds 10
 //   node load.js echo   --urls ... --pids ... --redis-pid R --clients 10 --rate 1000 --seconds 10   (rate 0: as fast as possible)
 //   node load.js idle   --urls ... --pids ... --redis-pid R --clients 10000 --seconds 10
+//   node load.js rooms  --urls ... --pids ... --redis-pid R --groups 10000 --group-size 10 --rate 100000 --seconds 10
+//     (as `hubmesh bench rooms`: member i in room i / group-size on server i % servers, every member sending to its
+//     own room; --rate is deliveries/s, so rate / group-size sends/s in all, on one shared schedule)
 // Only loopback URLs are accepted. Every phase is bounded in time.
 "use strict";
 const fs = require("node:fs");
@@ -27,6 +30,8 @@ const seconds = Number(opt("seconds", "10"));
 const drainSeconds = Number(opt("drain-seconds", "10"));
 const payloadBytes = Number(opt("payload-bytes", "64"));
 const concurrency = Number(opt("connect-concurrency", "64"));
+const groups = Number(opt("groups", "10000"));
+const groupSize = Number(opt("group-size", "10"));
 const stepTimeout = 10000;
 for (const u of urls) {
   const host = new URL(u).hostname;
@@ -137,7 +142,8 @@ async function openMany(n, room, onEventFor) {
     while (next < n) {
       const i = next++;
       const conn = await connectRaw(urls[i % urls.length], onEventFor ? onEventFor(i) : () => {});
-      if (room !== null) await emitAck(conn, "join", [room]);
+      const joining = typeof room === "function" ? room(i) : room;
+      if (joining !== null) await emitAck(conn, "join", [joining]);
       conns[i] = conn;
     }
   }
@@ -311,15 +317,98 @@ async function idle() {
   );
 }
 
-const run = { fanout, echo, idle }[scenario];
+async function rooms() {
+  const members = groups * groupSize;
+  const sendsPerSec = rate / groupSize;
+  const total = Math.max(1, Math.round(sendsPerSec * seconds));
+  const perMember = Math.ceil(total / members);
+  const seqs = perMember * groupSize;
+  const seen = Array.from({ length: members }, () => new Uint8Array(seqs));
+  let delivered = 0,
+    received = 0,
+    duplicated = 0,
+    unexpected = 0,
+    lastDelivery = 0;
+  const lat = [];
+  const onEventFor = (i) => (s) => {
+    // 42["msg","SEQ:TS:xxx"]
+    received++;
+    const start = s.indexOf(",\"") + 2;
+    const c1 = s.indexOf(":", start);
+    const c2 = s.indexOf(":", c1 + 1);
+    const seq = Number(s.slice(start, c1));
+    const ts = Number(s.slice(c1 + 1, c2));
+    if (!(seq >= 0 && seq < seqs)) return void unexpected++;
+    if (seen[i][seq]) return void duplicated++;
+    seen[i][seq] = 1;
+    delivered++;
+    lastDelivery = performance.now();
+    lat.push(performance.now() - ts);
+  };
+  const roomOf = (i) => `room-${Math.floor(i / groupSize)}`;
+  const t0 = performance.now();
+  const conns = await openMany(members, roomOf, onEventFor);
+  const setupSeconds = (performance.now() - t0) / 1000;
+  await sleep(200);
+  const cpu0 = cpuNow();
+  const own0 = ownCpu();
+  const started = performance.now();
+  let n = 0;
+  while (n < total) {
+    const due = Math.min(total, Math.floor(((performance.now() - started) / 1000) * sendsPerSec) + 1);
+    for (; n < due; n++) {
+      const i = n % members;
+      const k = Math.floor(n / members);
+      const seq = k * groupSize + (i % groupSize);
+      conns[i].ws.send(`42${JSON.stringify(["send", roomOf(i), payload(seq, performance.now())])}`);
+    }
+    await sleep(Math.max(0, Math.floor(((n / sendsPerSec) * 1000 + started - performance.now()))));
+  }
+  const sendSeconds = (performance.now() - started) / 1000;
+  const expected = total * groupSize;
+  const drainUntil = performance.now() + drainSeconds * 1000;
+  while (delivered < expected && performance.now() < drainUntil) await sleep(5);
+  const deliverySeconds = Math.max(sendSeconds, (lastDelivery - started) / 1000);
+  const cpu1 = cpuNow();
+  const own = ownCpu() - own0;
+  closeAll(conns);
+  const nodeCpu = (cpu1.nodes - cpu0.nodes) / TICK;
+  const redisCpu = (cpu1.redis - cpu0.redis) / TICK;
+  const r = (x) => Math.round(x);
+  report(
+    { groups, group_size: groupSize, rate, sends_per_sec: sendsPerSec, seconds, drain_seconds: drainSeconds },
+    {
+      members,
+      setup_seconds: setupSeconds,
+      sent: total,
+      expected_deliveries: expected,
+      delivered,
+      received,
+      lost: expected - delivered,
+      duplicated,
+      unexpected,
+      send_seconds: sendSeconds,
+      delivery_seconds: deliverySeconds,
+      delivered_per_sec: r(delivered / deliverySeconds),
+      latency: latencyJson(lat),
+      server_cpu_seconds: nodeCpu,
+      redis_cpu_seconds: redisCpu,
+      deliveries_per_server_cpu_second: nodeCpu > 0 ? r(delivered / nodeCpu) : null,
+      deliveries_per_server_and_redis_cpu_second: nodeCpu + redisCpu > 0 ? r(delivered / (nodeCpu + redisCpu)) : null,
+      bench_cpu_seconds: own,
+    }
+  );
+}
+
+const run = { fanout, echo, idle, rooms }[scenario];
 if (!run) {
-  console.error("usage: node load.js fanout|echo|idle --urls URL,... [options]");
+  console.error("usage: node load.js fanout|echo|idle|rooms --urls URL,... [options]");
   process.exit(2);
 }
 const hardLimit = setTimeout(() => {
   console.error("load.js: time limit reached");
   process.exit(1);
-}, (seconds + drainSeconds + 120) * 1000);
+}, (seconds + drainSeconds + 300) * 1000);
 hardLimit.unref();
 run()
   .then(() => process.exit(0))

@@ -22,6 +22,7 @@ const labels = {
   "echo 1k/s": "echo1k",
   "echo max": "echomax",
   "idle": "idle",
+  "rooms": "rooms",
 };
 const scenarioLabel = (s) => labels[s];
 for (const s of ["fanout 50k/s", "fanout 200k/s"]) {
@@ -40,6 +41,20 @@ for (const s of ["echo 1k/s", "echo max"]) {
   add(s, "round trips per server CPU-s", (r) => r.round_trips_per_server_cpu_second);
   add(s, "latency p50 ms", (r) => r.latency.p50_ms, 2);
   add(s, "latency p99 ms", (r) => r.latency.p99_ms, 2);
+}
+if (runs("hubmesh", "rooms") + runs("socket.io", "rooms") > 0) {
+  add("rooms", "delivered/s", (r) => r.delivered_per_sec);
+  add("rooms", "deliveries per server CPU-s", (r) => r.deliveries_per_server_cpu_second);
+  table.push(["rooms", "… incl. redis-server CPU", "(no Redis)", fmt(get("socket.io", "rooms", (r) => r.deliveries_per_server_and_redis_cpu_second))]);
+  add("rooms", "server CPU-s", (r) => r.server_cpu_seconds, 2);
+  add("rooms", "lost", (r) => r.lost);
+  add("rooms", "duplicated", (r) => r.duplicated);
+  add("rooms", "latency p50 ms", (r) => r.latency.p50_ms, 1);
+  add("rooms", "latency p99 ms", (r) => r.latency.p99_ms, 1);
+  add("rooms", "load tool CPU-s", (r) => r.bench_cpu_seconds, 2);
+  const h = get("hubmesh", "rooms", (r) => r.deliveries_per_server_cpu_second);
+  const sio = get("socket.io", "rooms", (r) => r.deliveries_per_server_cpu_second);
+  table.push(["rooms", "hubmesh / Socket.IO, per server CPU-s", h && sio ? `${fmt(h / sio, 2)}×` : "n/a", ""]);
 }
 add("idle", "server RSS per connection, bytes", (r) => r.server_rss_per_connection_bytes);
 add("idle", "server RSS after, MiB", (r) => r.server_rss_after_bytes / 1048576, 1);

@@ -3,12 +3,13 @@
 //! negotiated, over WebSockets, Server-Sent Events or long polling ([`Transport`]), with each request of a client
 //! sent to the next URL in turn (`--spread`, as a round-robin load balancer without affinity would).
 //!
-//! It owns the scenarios ([`Scenario`]: `fanout`, `echo`, `idle`, `connect`), their options, the minimal
-//! SignalR client they use (`bench::client`, its URLs and their rotation in `bench::route`, the HTTP/1.1 it speaks
-//! for negotiate, SSE and long polling in `bench::http`), the statistics (`bench::stats`) and the readings of
-//! server CPU time and memory from `/proc` (`bench::procfs`). It may call only the demo hub's wire contract
-//! (method names and the client method `msg`), `tokio`, `tokio-tungstenite` and `serde_json`: no hub, node or
-//! connection internals, so it measures any cluster that serves the demo hub, local or not.
+//! It owns the scenarios ([`Scenario`]: `fanout`, `echo`, `idle`, `connect`, `rooms`, `churn`, `storm`, `quiet`),
+//! their options, the minimal SignalR client they use (`bench::client`, its URLs and their rotation in
+//! `bench::route`, the HTTP/1.1 it speaks for negotiate, SSE and long polling in `bench::http`), the statistics
+//! (`bench::stats`) and the readings of server CPU time and memory from `/proc` (`bench::procfs`). It may call only
+//! the demo hub's wire contract (method names and the client method `msg`), `kill` (`storm` only), `tokio`,
+//! `tokio-tungstenite` and `serde_json`: no hub, node or connection internals, so it measures any cluster that
+//! serves the demo hub, local or not.
 //!
 //! Every run is bounded: in clients and seconds by option limits, in every network wait by a timeout. It connects
 //! only to the URLs named by `--url` (by default the three nodes of `hubmesh dev`, on loopback). A server that
@@ -146,6 +147,18 @@ pub enum Scenario {
     Idle(IdleArgs),
     /// Connections opened, handshaken and closed: connections per second, and per second of server CPU.
     Connect(ConnectArgs),
+    /// G groups of M members spread over the nodes, every member sending to its own group: deliveries per
+    /// second, per second of server CPU, lost, duplicated, latency percentiles.
+    Rooms(RoomsArgs),
+    /// C connections joining and leaving groups at a target rate, each join and leave confirmed: joins per second
+    /// of server CPU, confirmation latency, and at the end whether every node lists the same members per group.
+    Churn(ChurnArgs),
+    /// Members of small groups with automatic reconnect; one node is killed (SIGKILL): how long until its
+    /// connections are back on the others and in their groups, and the survivors' delivery latency meanwhile.
+    Storm(StormArgs),
+    /// Nothing connected: each server process's CPU (gossip, failure detection, links) over a period, as a share
+    /// of one core.
+    Quiet(QuietArgs),
 }
 
 /// How the clients reach the hub.
@@ -209,6 +222,11 @@ pub struct CommonArgs {
     /// request of a client goes to its own URL.
     #[arg(long)]
     pub spread: bool,
+    /// Connect WebSockets from this many loopback source addresses, 127.0.0.1 to 127.0.0.N in turn (each bound
+    /// before connecting), so that more connections than one ephemeral port range fit (about 28,000 per source and
+    /// node with Linux's default range); 1: the kernel chooses. WebSockets without --spread only.
+    #[arg(long, default_value_t = 1)]
+    pub source_addresses: u8,
 }
 
 /// Options of `hubmesh bench fanout`.
@@ -291,10 +309,115 @@ pub struct ConnectArgs {
     pub concurrency: usize,
 }
 
+/// The groups and traffic of `rooms` and `storm`: member `i` is in group `i / group-size`, its connection on
+/// `--url` number `i % urls`, so each group is spread over the nodes.
+#[derive(Args, Debug, Clone)]
+pub struct RoomsShape {
+    /// The number of groups.
+    #[arg(long, default_value_t = 10_000)]
+    pub groups: usize,
+    /// The members of each group (each a connection of its own).
+    #[arg(long, default_value_t = 10)]
+    pub group_size: usize,
+    /// The target deliveries per second, summed over members; the members send rate / group-size messages per
+    /// second in all, on one shared schedule.
+    #[arg(long, default_value_t = 100_000.0)]
+    pub rate: f64,
+    /// How long the members send, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// After sending, how long to wait at most for outstanding deliveries, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_seconds: f64,
+    /// Groups are named PREFIX-0, PREFIX-1, ….
+    #[arg(long, default_value = "room")]
+    pub prefix: String,
+}
+
+/// Options of `hubmesh bench rooms`.
+#[derive(Args, Debug, Clone)]
+pub struct RoomsArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub shape: RoomsShape,
+}
+
+/// Options of `hubmesh bench churn`.
+#[derive(Args, Debug, Clone)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+    /// The number of connections; each has one join or leave outstanding at a time.
+    #[arg(long, short = 'c', default_value_t = 1000)]
+    pub clients: usize,
+    /// The number of groups the connections move between.
+    #[arg(long, default_value_t = 200)]
+    pub groups: usize,
+    /// The target joins per second, summed over connections; each join after a connection's first is preceded
+    /// by a leave of its previous group (also confirmed).
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// How long to churn, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Groups are named PREFIX-0, PREFIX-1, ….
+    #[arg(long, default_value = "churn")]
+    pub prefix: String,
+}
+
+/// Options of `hubmesh bench storm`. The nodes must not stop together when one dies: start them one by one
+/// (`hubmesh node`), not with `hubmesh dev`. Scaled down by default (3,000 connections, 1,000 on the killed
+/// node); the size is `--groups 3000` (30,000 connections over three nodes, 10,000 on the killed one).
+#[derive(Args, Debug, Clone)]
+pub struct StormArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+    /// The number of groups.
+    #[arg(long, default_value_t = 300)]
+    pub groups: usize,
+    /// The members of each group.
+    #[arg(long, default_value_t = 10)]
+    pub group_size: usize,
+    /// The target deliveries per second, summed over members, before, during and after the storm.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub rate: f64,
+    /// The whole run, in seconds (the storm must be over by then).
+    #[arg(long, default_value_t = 30.0)]
+    pub seconds: f64,
+    /// When to kill the node, in seconds after sending starts.
+    #[arg(long, default_value_t = 5.0)]
+    pub kill_after: f64,
+    /// Which --url's node to kill (0: the first); its connections are the third that reconnect.
+    #[arg(long, default_value_t = 0)]
+    pub kill_url: usize,
+    /// The process to kill; by default the `hubmesh node` whose --http is the --kill-url's address.
+    #[arg(long)]
+    pub kill_pid: Option<u32>,
+    /// Groups are named PREFIX-0, PREFIX-1, ….
+    #[arg(long, default_value = "storm")]
+    pub prefix: String,
+}
+
+/// Options of `hubmesh bench quiet`.
+#[derive(Args, Debug, Clone)]
+pub struct QuietArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+    /// How long to measure, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub seconds: f64,
+}
+
 /// The outcome of one run.
 #[derive(Debug, Clone)]
 pub struct Report {
-    /// The scenario's name (`fanout`, `echo`, `idle`, `connect`).
+    /// The scenario's name (`fanout`, `echo`, `idle`, `connect`, `rooms`, `churn`, `storm`, `quiet`).
     pub scenario: &'static str,
     /// The run's parameters.
     pub parameters: Value,
@@ -323,6 +446,10 @@ pub async fn run(scenario: &Scenario) -> Result<Report, BenchError> {
         Scenario::Echo(args) => scenarios::echo(args).await,
         Scenario::Idle(args) => scenarios::idle(args).await,
         Scenario::Connect(args) => scenarios::connect(args).await,
+        Scenario::Rooms(args) => scenarios::rooms(args).await,
+        Scenario::Churn(args) => scenarios::churn(args).await,
+        Scenario::Storm(args) => scenarios::storm(args).await,
+        Scenario::Quiet(args) => scenarios::quiet(args).await,
     }
 }
 

@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use crate::signals::shutdown_signal;
 use crate::{DevArgs, LISTENING};
 
-/// The most nodes `hubmesh dev` starts.
-const MAX_DEV_NODES: u16 = 9;
+/// The most nodes `hubmesh dev` starts (their gossip ports, BASE+2001.., stay below their link ports, BASE+2101..).
+const MAX_DEV_NODES: u16 = 32;
 
 /// How long `hubmesh dev` waits for every node to listen, and for a node to stop before it is killed.
 const DEV_START_TIMEOUT: Duration = Duration::from_secs(30);

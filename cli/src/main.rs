@@ -10,8 +10,8 @@
 //!   Ctrl-C stops them all; so does one node dying.
 //! * `hubmesh config check FILE...`: loads and checks configuration files as `hubmesh node --config` would.
 //! * `hubmesh config example`: prints `cluster-config/example.toml`, every key with its default.
-//! * `hubmesh bench fanout|echo|idle|connect --url URL... [options]`: the load tool (`hubmesh_cli::bench`); one JSON
-//!   line per run on standard output, a short summary on standard error.
+//! * `hubmesh bench fanout|echo|idle|connect|rooms|churn|storm|quiet --url URL... [options]`: the load tool
+//!   (`hubmesh_cli::bench`); one JSON line per run on standard output, a short summary on standard error.
 //! * `hubmesh status --url URL [--json]`: the cluster as the node at URL sees it (`GET /_hubmesh/status`).
 //! * `hubmesh drain --url URL --key KEY [--wait]`: asks a node to drain and exit (`POST /_hubmesh/drain`, [`drain`]).
 //! * `hubmesh rolling-restart FILE...`: restarts a cluster node by node: drain, wait for the exit, start again,
@@ -92,7 +92,8 @@ enum CliCommand {
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Load tool: drives the demo hub at /hub of running nodes (fanout, echo, idle, connect).
+    /// Load tool: drives the demo hub at /hub of running nodes (fanout, echo, idle, connect, rooms, churn, storm,
+    /// quiet).
     #[command(subcommand)]
     Bench(hubmesh_cli::bench::Scenario),
     /// Prints the cluster as one node sees it: members, generations, states, addresses, uptimes, links.
@@ -197,7 +198,7 @@ impl NodeArgs {
 
 #[derive(Args, Debug)]
 struct DevArgs {
-    /// The number of nodes (1 to 9).
+    /// The number of nodes (1 to 32).
     #[arg(long, short = 'n', default_value_t = 3)]
     nodes: u16,
     /// Ports are counted from here: node i serves HTTP on BASE+i, gossip on BASE+2000+i, links on BASE+2100+i.

@@ -413,3 +413,335 @@ async fn the_command_prints_one_json_line() -> TestResult {
     assert!(!stderr.contains("panicked"), "{stderr}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_deliver_each_group_to_its_members_once() -> TestResult {
+    let cluster = cluster(3).await?;
+    let report = run_with(
+        &cluster,
+        &[
+            "rooms",
+            "--groups",
+            "10",
+            "--group-size",
+            "3",
+            "--rate",
+            "600",
+            "--seconds",
+            "1",
+        ],
+    )
+    .await?;
+    let value = parsed(&report, "rooms");
+    let results = &value["results"];
+    assert_eq!(number(results, &["members"]), 30.0);
+    assert_eq!(number(&value, &["parameters", "sends_per_sec"]), 200.0);
+    assert_eq!(number(results, &["sent"]), 200.0, "{results}");
+    assert_eq!(number(results, &["expected_deliveries"]), 600.0, "{results}");
+    assert_eq!(number(results, &["delivered"]), 600.0, "{results}");
+    assert_eq!(number(results, &["received"]), 600.0, "{results}");
+    assert_eq!(number(results, &["lost"]), 0.0, "{results}");
+    assert_eq!(number(results, &["duplicated"]), 0.0, "{results}");
+    assert_eq!(number(results, &["unexpected"]), 0.0, "{results}");
+    assert!(number(results, &["delivered_per_sec"]) > 0.0);
+    assert!(number(results, &["server_cpu_seconds"]) >= 0.0);
+    assert_latency(results, "latency", 600.0);
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_confirms_every_join_and_every_node_lists_the_same_members() -> TestResult {
+    let cluster = cluster(3).await?;
+    let report = run_with(
+        &cluster,
+        &[
+            "churn",
+            "--clients",
+            "20",
+            "--groups",
+            "5",
+            "--rate",
+            "100",
+            "--seconds",
+            "1",
+        ],
+    )
+    .await?;
+    let value = parsed(&report, "churn");
+    let results = &value["results"];
+    let joins = number(results, &["joins"]);
+    // 5 joins per client on schedule (0, 0.2, … 0.8 s); every join but a client's first follows a leave.
+    assert_eq!(joins, 100.0, "{results}");
+    assert_eq!(number(results, &["leaves"]), joins - 20.0, "{results}");
+    assert_latency(results, "join_latency", joins);
+    assert_latency(results, "leave_latency", joins - 20.0);
+    assert_eq!(number(results, &["members_expected"]), 20.0, "{results}");
+    assert_eq!(
+        results["members_listed_per_node"],
+        serde_json::json!([20, 20, 20]),
+        "{results}"
+    );
+    assert_eq!(number(results, &["groups_checked"]), 5.0);
+    assert_eq!(number(results, &["groups_disagreeing"]), 0.0, "{results}");
+    assert_eq!(results["all_nodes_agree"], true);
+    assert!(number(results, &["joins_per_server_cpu_second"]) > 0.0);
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_reads_each_process_cpu() -> TestResult {
+    let cluster = cluster(1).await?;
+    let report = run_with(&cluster, &["quiet", "--seconds", "0.3"]).await?;
+    let value = parsed(&report, "quiet");
+    let results = &value["results"];
+    assert_eq!(number(results, &["processes"]), 1.0);
+    assert_eq!(results["core_percent_per_process"].as_array().map(Vec::len), Some(1));
+    assert!(number(results, &["core_percent_max"]) >= number(results, &["core_percent_mean"]));
+    cluster.stop().await;
+    Ok(())
+}
+
+/// The distinct local addresses of this process's TCP connections to `port` on 127.0.0.1 (from /proc/net/tcp).
+fn sources_towards(port: u16) -> TestResult<HashSet<String>> {
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    let remote = format!("0100007F:{port:04X}");
+    Ok(table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // fields: sl, local, remote, state (01: established)
+            (fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"01"))
+                .then(|| {
+                    fields
+                        .get(1)
+                        .and_then(|local| local.split(':').next())
+                        .map(str::to_owned)
+                })
+                .flatten()
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_connect_from_several_source_addresses() -> TestResult {
+    let cluster = cluster(1).await?;
+    let url = cluster.url(0).expect("node runs");
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .expect("a port");
+    let holding = scenario(&[
+        "idle",
+        "--url",
+        &url,
+        "--clients",
+        "12",
+        "--seconds",
+        "3",
+        "--source-addresses",
+        "4",
+    ]);
+    let running = tokio::spawn(async move { run(&holding).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut sources = HashSet::new();
+    while sources.len() < 4 && tokio::time::Instant::now() < deadline && !running.is_finished() {
+        sources = sources_towards(port)?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 127.0.0.1 to 127.0.0.4, little-endian hex as /proc shows them.
+    let want: HashSet<String> = ["0100007F", "0200007F", "0300007F", "0400007F"]
+        .iter()
+        .map(|address| (*address).to_owned())
+        .collect();
+    assert_eq!(sources, want);
+    let report = tokio::time::timeout(Duration::from_secs(30), running).await???;
+    let value = parsed(&report, "idle");
+    assert_eq!(number(&value, &["results", "connections"]), 12.0);
+    assert_eq!(number(&value, &["parameters", "source_addresses"]), 4.0);
+
+    let report = run_with(
+        &cluster,
+        &[
+            "connect",
+            "--count",
+            "40",
+            "--concurrency",
+            "4",
+            "--source-addresses",
+            "3",
+        ],
+    )
+    .await?;
+    assert_eq!(number(&parsed(&report, "connect"), &["results", "connections"]), 40.0);
+
+    let error = run(&scenario(&[
+        "idle",
+        "--url",
+        &url,
+        "--transport",
+        "sse",
+        "--source-addresses",
+        "2",
+    ]))
+    .await
+    .expect_err("WebSockets only");
+    assert!(matches!(error, BenchError::Options(_)), "{error}");
+    cluster.stop().await;
+    Ok(())
+}
+
+/// A `hubmesh node` process, killed when dropped.
+struct NodeProcess {
+    child: std::process::Child,
+    url: String,
+    /// Kept open: the node stops when its standard input closes, and must never write to a closed pipe.
+    _io: (
+        Option<std::process::ChildStdin>,
+        std::io::BufReader<std::process::ChildStdout>,
+    ),
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port free for both TCP and UDP (a node's gossip and link addresses).
+fn free_port() -> TestResult<u16> {
+    for _ in 0..50 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no free port".into())
+}
+
+/// Three `hubmesh node` processes of one cluster, serving the demo hub (the storm kills one with SIGKILL, which
+/// an in-process cluster cannot take).
+fn three_node_processes() -> TestResult<Vec<NodeProcess>> {
+    use std::io::BufRead;
+    let ports: Vec<(u16, u16)> = (0..3)
+        .map(|_| Ok((free_port()?, free_port()?)))
+        .collect::<TestResult<_>>()?;
+    let mut nodes = Vec::new();
+    for (index, (gossip, link)) in ports.iter().enumerate() {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hubmesh"));
+        command
+            .args(["node", "--name", &format!("node-{index}"), "--http", "127.0.0.1:0"])
+            .args(["--cluster-id", "bench-storm", "--stop-on-stdin-close"])
+            .args([
+                "--gossip",
+                &format!("127.0.0.1:{gossip}"),
+                "--link",
+                &format!("127.0.0.1:{link}"),
+            ]);
+        for (seed, _) in &ports {
+            command.args(["--seed", &format!("127.0.0.1:{seed}")]);
+        }
+        let mut child = command
+            .env("HUBMESH_CLUSTER__SECRET", "bench-storm-test-secret")
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let stdin = child.stdin.take();
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut first = String::new();
+        reader.read_line(&mut first)?;
+        let url = first
+            .trim()
+            .strip_prefix("Now listening on: ")
+            .ok_or_else(|| format!("unexpected first line {first:?}"))?
+            .to_owned();
+        nodes.push(NodeProcess {
+            child,
+            url,
+            _io: (stdin, reader),
+        });
+    }
+    Ok(nodes)
+}
+
+/// Waits until every node lists three live members and two links up in `hubmesh status --json`.
+async fn wait_for_three(nodes: &[NodeProcess]) -> TestResult {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all = true;
+        for node in nodes {
+            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hubmesh"))
+                .args(["status", "--url", &node.url, "--json"])
+                .output()
+                .await?;
+            let status: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+            let members = status["members"].as_array().map_or(0, Vec::len);
+            let links_up = status["links"]
+                .as_array()
+                .map_or(0, |links| links.iter().filter(|link| link["up"] == true).count());
+            all &= members == 3 && links_up == 2;
+        }
+        if all {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err("the three nodes did not see each other within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_brings_every_member_of_a_killed_node_back_into_its_group() -> TestResult {
+    let nodes = three_node_processes()?;
+    wait_for_three(&nodes).await?;
+    let victim = nodes[0].child.id().to_string();
+    let mut args = vec![
+        "storm",
+        "--groups",
+        "6",
+        "--group-size",
+        "3",
+        "--rate",
+        "180",
+        "--seconds",
+        "15",
+        "--kill-after",
+        "2",
+        "--kill-pid",
+        &victim,
+    ];
+    let mut targets = Vec::new();
+    for node in &nodes {
+        targets.extend([
+            "--url".to_owned(),
+            node.url.clone(),
+            "--pid".to_owned(),
+            node.child.id().to_string(),
+        ]);
+    }
+    args.extend(targets.iter().map(String::as_str));
+    let report = run(&scenario(&args)).await?;
+    let value = parsed(&report, "storm");
+    let results = &value["results"];
+    assert_eq!(number(results, &["members"]), 18.0);
+    assert_eq!(number(results, &["on_killed_node"]), 6.0);
+    assert_eq!(number(results, &["dropped"]), 6.0, "{results}");
+    assert_eq!(number(results, &["rejoined"]), 6.0, "{results}");
+    assert_eq!(results["all_back"], true, "{results}");
+    assert!(number(results, &["all_back_seconds"]) > 0.0, "{results}");
+    assert_latency(results, "back_after", 6.0);
+    assert_eq!(number(results, &["duplicated"]), 0.0, "{results}");
+    assert_eq!(number(results, &["unexpected"]), 0.0, "{results}");
+    assert!(number(results, &["delivered"]) > 0.0, "{results}");
+    let sent = number(results, &["sent"]) + number(results, &["skipped_while_reconnecting"]);
+    assert_eq!(sent, 15.0 * 60.0, "{results}");
+    Ok(())
+}

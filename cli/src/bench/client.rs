@@ -6,13 +6,14 @@ mod http_link;
 mod long_polling;
 mod sse;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -49,6 +50,9 @@ pub(crate) struct Record<'a> {
     pub(crate) arguments: Option<&'a RawValue>,
     #[serde(default)]
     pub(crate) error: Option<String>,
+    /// A Completion's result.
+    #[serde(default, borrow)]
+    pub(crate) result: Option<&'a RawValue>,
 }
 
 impl<'a> Record<'a> {
@@ -87,17 +91,16 @@ impl Client {
     ) -> Result<Client, BenchError> {
         let (link, url) = match transport {
             Transport::WebSockets => {
-                let url = if route.spread() {
+                let (url, address) = if route.spread() {
                     // Negotiate here, upgrade at the next node: the connection is adopted there.
                     let token = http_link::negotiate_once(&route, step_timeout).await?;
-                    route.next().1.ws(Some(&token))
+                    let hub = route.next().1;
+                    (hub.ws(Some(&token)), hub.address().to_owned())
                 } else {
-                    route.own().ws(None)
+                    (route.own().ws(None), route.own().address().to_owned())
                 };
-                (
-                    Link::WebSocket(Box::new(connect_websocket(&url, step_timeout).await?)),
-                    url,
-                )
+                let socket = connect_websocket(&url, &address, route.source(), step_timeout).await?;
+                (Link::WebSocket(Box::new(socket)), url)
             }
             Transport::Sse | Transport::LongPolling => {
                 let url = route.own().http();
@@ -218,18 +221,30 @@ impl Client {
 
     /// Invokes `JoinGroup(group)` and waits for its Completion. `group_json` is the group as a JSON string.
     pub(crate) async fn join(&mut self, group_json: &str) -> Result<(), BenchError> {
+        self.invoke("JoinGroup", group_json, "joining the group")
+            .await
+            .map(drop)
+    }
+
+    /// Invokes `target` with `arguments_json` (the JSON arguments without the brackets) and waits for its
+    /// Completion; returns its result as JSON (`null` without one). Other records that arrive meanwhile (`msg`
+    /// deliveries, Pings) are skipped: call it only on a connection that is not counting deliveries.
+    pub(crate) async fn invoke(
+        &mut self,
+        target: &str,
+        arguments_json: &str,
+        doing: &'static str,
+    ) -> Result<String, BenchError> {
         let id = self.next_id.to_string();
         self.next_id += 1;
         let record = format!(
-            "{{\"type\":1,\"invocationId\":\"{id}\",\"target\":\"JoinGroup\",\"arguments\":[{group_json}]}}{RS}"
+            "{{\"type\":1,\"invocationId\":\"{id}\",\"target\":\"{target}\",\"arguments\":[{arguments_json}]}}{RS}"
         );
-        self.send(record, "joining the group").await?;
+        self.send(record, doing).await?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let text = self
-                .next_text_within(wait, "waiting for the JoinGroup completion")
-                .await?;
+            let text = self.next_text_within(wait, doing).await?;
             for part in text.split(RS).filter(|part| !part.is_empty()) {
                 let record = self.parse(part)?;
                 match record.kind {
@@ -237,12 +252,14 @@ impl Client {
                         return match record.error {
                             Some(error) => Err(BenchError::Protocol {
                                 url: self.url.clone(),
-                                reason: format!("JoinGroup failed: {error}"),
+                                reason: format!("{target} failed: {error}"),
                             }),
-                            None => Ok(()),
+                            None => Ok(record
+                                .result
+                                .map_or_else(|| "null".to_owned(), |raw| raw.get().to_owned())),
                         };
                     }
-                    7 => return Err(self.close_record(&record, "joining the group")),
+                    7 => return Err(self.close_record(&record, doing)),
                     _ => {}
                 }
             }
@@ -305,16 +322,26 @@ impl Client {
     }
 }
 
-/// Opens a WebSocket to `url` within `step_timeout`.
-async fn connect_websocket(url: &str, step_timeout: Duration) -> Result<Socket, BenchError> {
+/// Opens a WebSocket to `url` (whose `host:port` is `address`) within `step_timeout`, from `source` if given.
+async fn connect_websocket(
+    url: &str,
+    address: &str,
+    source: Option<IpAddr>,
+    step_timeout: Duration,
+) -> Result<Socket, BenchError> {
     // Small buffers: thousands of clients share this process, and messages are small.
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-    let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    let connecting = async {
+        let stream = open_tcp(address, source).await.map_err(|error| error.to_string())?;
+        tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(stream), Some(config))
+            .await
+            .map_err(|error| error.to_string())
+    };
     match timeout(step_timeout, connecting).await {
         Ok(Ok((socket, _))) => Ok(socket),
-        Ok(Err(error)) => Err(BenchError::Connect {
+        Ok(Err(reason)) => Err(BenchError::Connect {
             url: url.to_owned(),
-            reason: error.to_string(),
+            reason,
         }),
         Err(_) => Err(BenchError::Timeout {
             url: url.to_owned(),
@@ -322,4 +349,28 @@ async fn connect_websocket(url: &str, step_timeout: Duration) -> Result<Socket, 
             after: step_timeout,
         }),
     }
+}
+
+/// A TCP connection to `address` (`host:port`), without Nagle's delay. From `source` (port chosen by the kernel)
+/// if given: one loopback address has one ephemeral port range per server address, so 100,000 connections to one
+/// node need several source addresses (127.0.0.x).
+async fn open_tcp(address: &str, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let stream = match source {
+        None => TcpStream::connect(address).await?,
+        Some(source) => {
+            let target = tokio::net::lookup_host(address)
+                .await?
+                .find(|target| target.is_ipv4() == source.is_ipv4())
+                .ok_or_else(|| std::io::Error::other(format!("{address} has no address of {source}'s family")))?;
+            let socket = if source.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(source, 0))?;
+            socket.connect(target).await?
+        }
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }

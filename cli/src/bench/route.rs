@@ -3,6 +3,7 @@
 //! `--spread`).
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -116,6 +117,8 @@ pub(crate) struct Route {
     next: AtomicUsize,
     /// Requests sent, counted over all the clients of a run.
     requests: Arc<AtomicU64>,
+    /// The local address a WebSocket connects from (`--source-addresses`); the kernel's choice if `None`.
+    source: Option<IpAddr>,
 }
 
 impl Route {
@@ -132,7 +135,19 @@ impl Route {
             spread,
             next: AtomicUsize::new(own),
             requests,
+            source: None,
         })
+    }
+
+    /// The same route, its WebSocket connecting from `source`.
+    pub(crate) fn with_source(mut self, source: Option<IpAddr>) -> Route {
+        self.source = source;
+        self
+    }
+
+    /// The local address a WebSocket connects from, if chosen.
+    pub(crate) fn source(&self) -> Option<IpAddr> {
+        self.source
     }
 
     /// The number of URLs.

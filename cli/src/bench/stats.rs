@@ -49,6 +49,11 @@ impl Histogram {
         self.sum += other.sum;
     }
 
+    /// The number of values recorded.
+    pub(crate) fn count(&self) -> u64 {
+        self.total
+    }
+
     /// The value at quantile `q` (0..=1), in microseconds; 0 when empty.
     pub(crate) fn quantile(&self, q: f64) -> u64 {
         if self.total == 0 {
@@ -154,6 +159,20 @@ impl Seen {
             words: vec![0; len.div_ceil(64) as usize],
             len,
         }
+    }
+
+    /// Marks everything `other` marked (of the same length).
+    pub(crate) fn merge(&mut self, other: &Seen) {
+        for (mine, theirs) in self.words.iter_mut().zip(&other.words) {
+            *mine |= theirs;
+        }
+    }
+
+    /// Whether `seq` was marked.
+    pub(crate) fn contains(&self, seq: u64) -> bool {
+        self.words
+            .get((seq / 64) as usize)
+            .is_some_and(|word| word & (1u64 << (seq % 64)) != 0)
     }
 
     /// Marks `seq`; `Some(true)` if new, `Some(false)` if seen before, `None` if out of range.

@@ -30,7 +30,7 @@ pub(in crate::bench) async fn echo(args: &EchoArgs) -> Result<Report, BenchError
             "--rate must be 0 (as fast as possible) or at least 0.2 per client".to_owned(),
         ));
     };
-    let clients = setup.open_clients(args.clients, None).await?;
+    let clients = setup.open_clients(args.clients, |_| None).await?;
 
     let epoch = Instant::now();
     let requests_before = setup.requests.load(Ordering::Relaxed);

@@ -65,7 +65,7 @@ pub(in crate::bench) async fn fanout(args: &FanoutArgs) -> Result<Report, BenchE
     let publisher_url = publisher_route.own().ws(None);
 
     let receivers = setup
-        .open_clients(args.clients, (!args.broadcast).then_some(group_json.as_str()))
+        .open_clients(args.clients, |_| (!args.broadcast).then(|| group_json.clone()))
         .await?;
     let mut publisher = Client::connect(publisher_route, setup.transport, setup.step_timeout).await?;
 

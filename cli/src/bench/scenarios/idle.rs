@@ -26,7 +26,7 @@ pub(in crate::bench) async fn idle(args: &IdleArgs) -> Result<Report, BenchError
 
     let rss_before = rss_bytes(&setup.pids)?;
     let setup_started = Instant::now();
-    let clients = setup.open_clients(args.clients, Some(&group_json)).await?;
+    let clients = setup.open_clients(args.clients, |_| Some(group_json.clone())).await?;
     let setup_seconds = setup_started.elapsed().as_secs_f64();
 
     let progress = Arc::new(Progress::default());

@@ -1,6 +1,7 @@
 //! What every scenario does first: checks the options they share ([`Setup`], [`seconds`], [`check_clients`]) and
 //! opens the clients, round-robin over the URLs (each client's own URL; with `--spread` the first of its turn).
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub(super) struct Setup {
     pub(super) step_timeout: Duration,
     pub(super) payload_bytes: usize,
     concurrency: usize,
+    /// `--source-addresses`: 1 leaves the source to the kernel.
+    source_addresses: u8,
 }
 
 impl Setup {
@@ -60,7 +63,18 @@ impl Setup {
                 "--connect-concurrency must be between 1 and 4096".to_owned(),
             ));
         }
+        if common.source_addresses == 0 {
+            return Err(BenchError::Options(
+                "--source-addresses must be between 1 and 255".to_owned(),
+            ));
+        }
+        if common.source_addresses > 1 && (common.transport != Transport::WebSockets || common.spread) {
+            return Err(BenchError::Options(
+                "--source-addresses applies to WebSockets without --spread only".to_owned(),
+            ));
+        }
         Ok(Setup {
+            source_addresses: common.source_addresses,
             urls,
             hubs,
             transport: common.transport,
@@ -76,7 +90,7 @@ impl Setup {
     /// The way of client `index`: its own URL is the `index`th round-robin.
     pub(super) fn route(&self, index: usize) -> Result<Arc<Route>, BenchError> {
         Route::new(self.hubs.clone(), index, self.spread, self.requests.clone())
-            .map(Arc::new)
+            .map(|route| Arc::new(route.with_source(self.source_of(index))))
             .ok_or_else(|| BenchError::Options("give at least one --url".to_owned()))
     }
 
@@ -102,23 +116,47 @@ impl Setup {
             "spread": self.spread,
             "pids": self.pids,
             "payload_bytes": self.payload_bytes,
+            "source_addresses": self.source_addresses,
             "timeout_seconds": self.step_timeout.as_secs_f64(),
         })
     }
 
-    /// Opens `count` clients round-robin over the URLs, `concurrency` at a time, each joining `group` if given.
-    pub(super) async fn open_clients(&self, count: usize, group_json: Option<&str>) -> Result<Vec<Client>, BenchError> {
-        futures_util::stream::iter(0..count)
+    /// Opens `count` clients round-robin over the URLs, `concurrency` at a time; client `index` joins the group
+    /// `group_of(index)` (a JSON string) if that is `Some`. The clients come back in index order (client `index`
+    /// at `index`), whatever order their connections completed in.
+    pub(super) async fn open_clients<F>(&self, count: usize, group_of: F) -> Result<Vec<Client>, BenchError>
+    where
+        F: Fn(usize) -> Option<String>,
+    {
+        let group_of = &group_of;
+        let mut opened: Vec<(usize, Client)> = futures_util::stream::iter(0..count)
             .map(|index| async move {
                 let mut client = self.open_client(index).await?;
-                if let Some(group) = group_json {
-                    client.join(group).await?;
+                if let Some(group) = group_of(index) {
+                    client.join(&group).await?;
                 }
-                Ok::<_, BenchError>(client)
+                Ok::<_, BenchError>((index, client))
             })
             .buffer_unordered(self.concurrency)
             .try_collect()
-            .await
+            .await?;
+        opened.sort_unstable_by_key(|(index, _)| *index);
+        Ok(opened.into_iter().map(|(_, client)| client).collect())
+    }
+
+    /// The way of client `index` when it connects to `--url` number `url_index` instead of its own (a reconnect).
+    pub(super) fn route_to(&self, url_index: usize, index: usize) -> Result<Arc<Route>, BenchError> {
+        Route::new(self.hubs.clone(), url_index, false, self.requests.clone())
+            .map(|route| Arc::new(route.with_source(self.source_of(index))))
+            .ok_or_else(|| BenchError::Options("give at least one --url".to_owned()))
+    }
+
+    /// The address client `index` connects from: 127.0.0.1 to 127.0.0.N in turn with `--source-addresses N`.
+    fn source_of(&self, index: usize) -> Option<IpAddr> {
+        (self.source_addresses > 1).then(|| {
+            let host = u8::try_from(index % usize::from(self.source_addresses)).unwrap_or(0) + 1;
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, host))
+        })
     }
 }
 
