@@ -36,7 +36,7 @@ pub mod placement;
 pub use gossip_auth::GossipKeys;
 #[cfg(any(test, feature = "test-util"))]
 pub use gossip_network::GossipNetwork;
-pub use link::{LinkConfig, LinkError, LinkEvent, Links, PeerInfo, LINK_ADDRESS_KEY};
+pub use link::{LinkConfig, LinkError, LinkEvent, LinkTls, Links, PeerInfo, LINK_ADDRESS_KEY};
 pub use membership::{Membership, MembershipConfig, MembershipView, NodeId, NodeStatus};
 // Only this repository's tests name these through the layer's root.
 #[cfg(feature = "internals")]

@@ -84,7 +84,7 @@ pub mod testing;
 #[doc = include_str!("../docs/semantics.md")]
 pub mod semantics {}
 
-pub use cluster::{LinkConfig, MembershipConfig};
+pub use cluster::{LinkConfig, LinkError, LinkTls, MembershipConfig};
 pub use connection::{BoundsHit, ClientResultError, ConnectionId, Limits, RequestHeaders, RequestInfo};
 pub use hub::handler;
 pub use hub::{Caller, ClientProxy, ClientStream, Clients, Groups, Hub, HubContext, HubError, State, Streamed};

@@ -1,7 +1,7 @@
 //! Link TLS from `[cluster]`: `link_tls_cert`, `link_tls_key` and `link_tls_ca` (PEM files) read into a
 //! [`LinkTls`]. All three or none; a file that cannot be read or parsed is a problem of its key.
 
-use hubmesh::cluster::link::LinkTls;
+use hubmesh::LinkTls;
 
 use super::{ClusterSection, NodeConfig};
 
