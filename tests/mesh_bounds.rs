@@ -392,7 +392,14 @@ async fn flood(client: &mut TestClient, group: &str, first: usize, count: usize)
 async fn a_client_filling_the_membership_queue_is_held_back_and_joins_are_refused() -> TestResult {
     const SENDS: usize = 60_000;
     timeout(Duration::from_secs(120), async {
-        let cluster = three_nodes().await?;
+        // The member reads the 60,000 sends as they come, slowly on a busy machine: neither its mailbox nor its
+        // silence may close it (a CI run lost it as a slow consumer).
+        let limits = Limits {
+            outbound_queue: 1 << 17,
+            client_timeout: Duration::from_secs(600),
+            ..Limits::default()
+        };
+        let cluster = three_nodes_with(limits).await?;
         let [stalled, flooded, refused] = ["stalled", "flooded", "refused"]
             .map(|prefix| groups_owned_by("node-1", prefix, 1).pop().unwrap_or_default());
         let (mut stalled_member, _) = clients_on(&cluster, 1, 1).await?.pop().ok_or("no client")?;

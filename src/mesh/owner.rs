@@ -20,6 +20,12 @@ use crate::connection::ConnectionId;
 /// After a membership change, how long an owner holds group sends while it waits for the snapshots of its
 /// peers (so a re-homed group has all its members before it delivers).
 const SETTLE: Duration = Duration::from_secs(3);
+/// After a change that added nodes, how long an owner holds group sends at least: a node that just joined sees the
+/// others over a few gossip rounds (about 200 ms each), and a group placed on it meanwhile would miss the members
+/// of a node it does not see yet.
+const SETTLE_AFTER_JOIN: Duration = Duration::from_secs(1);
+/// How long after its start a node counts as young, whose view may still be growing.
+const YOUNG: Duration = Duration::from_secs(10);
 /// How long an owner keeps a send to a group it has no members for, in case the members are on their way
 /// (a snapshot or a join that raced with the send across different links).
 const ORPHAN_WINDOW: Duration = Duration::from_secs(3);
@@ -67,7 +73,7 @@ pub(super) enum MembershipOp {
     /// undone, and one queued after it is ignored (it is stale by then).
     NodesLeft { nodes: Vec<NodeId> },
     /// Membership changed: hold group sends until these peers' snapshots arrive (or [`SETTLE`] passes).
-    ViewChanged { peers: Vec<NodeId> },
+    ViewChanged { peers: Vec<NodeId>, joined: bool },
 }
 
 type Orphan = (tokio::time::Instant, HeldSend);
@@ -77,6 +83,8 @@ type Orphan = (tokio::time::Instant, HeldSend);
 struct OpsState {
     /// While settling: the deadline and the peers whose snapshots are still awaited.
     settling: Option<(tokio::time::Instant, HashSet<NodeId>)>,
+    /// After a change that added nodes: settling lasts at least until then.
+    settle_not_before: Option<tokio::time::Instant>,
     /// Sends held while settling, in order.
     deferred: VecDeque<HeldSend>,
     /// Sends to groups without members here yet, with when they arrived.
@@ -191,6 +199,7 @@ pub(super) async fn run_membership_queue<H: LocalHub>(
             }
         }
         router.end_settling(&mut state);
+        router.settling.store(state.settling.is_some(), Ordering::Relaxed);
     }
 }
 
@@ -375,12 +384,17 @@ impl<H: LocalHub> Router<H> {
                     self.groups.drop_node(node);
                 }
             }
-            MembershipOp::ViewChanged { peers } => {
+            MembershipOp::ViewChanged { peers, joined } => {
                 // After every send queued before the change: those reached the actors of the groups this node
                 // owned then, which fan out what they hold before they stop.
                 self.groups.release(|key| self.is_local(&self.owner_of(key).name));
-                let deadline = tokio::time::Instant::now() + SETTLE;
-                state.settling = Some((deadline, peers.into_iter().collect()));
+                let now = tokio::time::Instant::now();
+                state.settling = Some((now + SETTLE, peers.into_iter().collect()));
+                if joined && self.born.elapsed() < YOUNG {
+                    // This node joined lately: its view may still be growing (it may not see every member yet, and
+                    // so not have asked every node for its members), so it holds a little longer.
+                    state.settle_not_before = Some(now + SETTLE_AFTER_JOIN);
+                }
                 // A snapshot whose parts span the change was filtered by two views (which groups this node
                 // owns): it settles nothing. The view change asked every peer for a new one.
                 for parts in state.snapshots.values_mut() {
@@ -392,11 +406,15 @@ impl<H: LocalHub> Router<H> {
 
     /// Ends settling when every awaited snapshot arrived or the deadline passed.
     fn end_settling(&self, state: &mut OpsState) {
+        let now = tokio::time::Instant::now();
         let settled = match &state.settling {
-            Some((deadline, awaiting)) => awaiting.is_empty() || tokio::time::Instant::now() >= *deadline,
+            Some((deadline, awaiting)) => {
+                (awaiting.is_empty() && state.settle_not_before.is_none_or(|at| now >= at)) || now >= *deadline
+            }
             None => false,
         };
         if settled {
+            state.settle_not_before = None;
             if let Some((deadline, _)) = state.settling.take() {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 self.counters.rehomed(SETTLE.saturating_sub(left));

@@ -141,7 +141,10 @@ impl<H: LocalHub> Router<H> {
         // The groups this node no longer owns are released in the membership queue, in order: the sends queued
         // before this change still reach their actors (`MembershipOp::ViewChanged`).
         let peers = self.peers();
-        self.enqueue(MembershipOp::ViewChanged { peers: peers.clone() });
+        self.enqueue(MembershipOp::ViewChanged {
+            peers: peers.clone(),
+            joined: !joined.is_empty(),
+        });
         for peer in &peers {
             // Push ours, and pull theirs: a snapshot sent in answer to this request is read after this view
             // change, so the groups this node now owns get every member.

@@ -83,6 +83,13 @@ impl<H: LocalHub> Router<H> {
         *self.live_changed.lock()
     }
 
+    /// Whether this node's membership queue holds group sends after a membership change right now (for the test
+    /// harness, which waits until no node does).
+    #[cfg(feature = "test-util")]
+    pub(crate) fn is_settling(&self) -> bool {
+        self.settling.load(Ordering::Relaxed)
+    }
+
     /// The live peers' incarnations.
     pub(crate) fn peer_incarnations(&self) -> Vec<NodeId> {
         self.peers()

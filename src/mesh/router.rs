@@ -52,6 +52,10 @@ pub(crate) struct Router<H> {
     pub(super) retained: Mutex<RetainedSends>,
     /// This node's sequence number for group sends.
     pub(super) next_seq: AtomicU64,
+    /// Whether this node's membership queue is holding group sends after a membership change (settling).
+    pub(super) settling: std::sync::atomic::AtomicBool,
+    /// When this node started: a young node's view of the cluster is still growing.
+    pub(super) born: tokio::time::Instant,
     /// Per group and origin node name, the origin's generation and the last sequence number of it delivered here
     /// (re-sent sends are dropped). Keyed by name so that a restart replaces the entry rather than adding one.
     pub(super) delivered: Mutex<HashMap<(GroupKey, Arc<str>), Delivered>>,
@@ -112,6 +116,8 @@ impl<H: LocalHub> Router<H> {
             held: Mutex::new(VecDeque::new()),
             retained: Mutex::default(),
             next_seq: AtomicU64::new(1),
+            settling: std::sync::atomic::AtomicBool::new(false),
+            born: tokio::time::Instant::now(),
             delivered: Mutex::new(HashMap::new()),
             departed: Mutex::new(HashMap::new()),
             ops,

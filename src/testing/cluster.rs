@@ -191,7 +191,14 @@ impl TestCluster {
                     break;
                 }
             }
-            if agreed {
+            // And none still holds group sends after the change (so what a test sends next is not held).
+            if agreed
+                && self
+                    .nodes
+                    .iter()
+                    .filter_map(|node| node.handle.as_ref())
+                    .all(|node| !node.node().router().is_settling())
+            {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > timeout {
