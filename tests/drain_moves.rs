@@ -413,7 +413,9 @@ async fn a_rolling_restart_under_official_stateful_clients_loses_nothing() -> Te
     rolling_restart(12, 600, Duration::from_millis(500)).await
 }
 
-/// The same, longer and with more clients: `cargo test --test drain_moves -- --ignored`.
+/// The same, longer and with more clients: `cargo test --test drain_moves -- --ignored`. KNOWN FAILURE: in the runs
+/// tried, a few clients missed one message when the first node came back, and two of the 60 clients' stateful
+/// reconnects failed (the official client gave up with a 1006 close); not investigated yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn a_long_rolling_restart_under_official_stateful_clients_loses_nothing() -> TestResult {
