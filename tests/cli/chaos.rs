@@ -71,7 +71,10 @@ impl Settings {
 /// Runs the schedule, checks everything, prints the figures; an error names the seed and every violation.
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let seed = settings.seed;
-    println!("chaos seed {seed} (replay: CHAOS_SEED={seed}); at least {} faults over at least {:?}", settings.events, settings.lasting);
+    println!(
+        "chaos seed {seed} (replay: CHAOS_SEED={seed}); at least {} faults over at least {:?}",
+        settings.events, settings.lasting
+    );
     let mut harness = Harness::start(seed).await?;
     anyhow::ensure!(
         harness.all_clients_joined(Duration::from_secs(30)).await,
@@ -119,7 +122,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             applied.start.as_secs_f64(),
             applied.healed.as_secs_f64(),
             applied.fault,
-            applied.converged_after.map_or("NOT within 5 s".to_owned(), |took| format!("after {took:?}"))
+            applied
+                .converged_after
+                .map_or("NOT within 5 s".to_owned(), |took| format!("after {took:?}"))
         );
     }
     println!(
@@ -132,20 +137,32 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         verdict.required,
         verdict.delivered
     );
-    println!("connections: {} over the run; open and joined: {connections_before} before, {connections_after} after", record.connections.len());
+    println!(
+        "connections: {} over the run; open and joined: {connections_before} before, {connections_after} after",
+        record.connections.len()
+    );
     for (index, (before, after)) in rss_before.iter().zip(&rss_after).enumerate() {
         let name = &harness.nodes[index].name;
-        println!("RSS {name}: before {before:?} KiB, after {after:?} KiB ({} processes over the run)", harness.nodes[index].starts);
+        println!(
+            "RSS {name}: before {before:?} KiB, after {after:?} KiB ({} processes over the run)",
+            harness.nodes[index].starts
+        );
         match (before, after) {
             (Some(before), Some(after)) if *after * 100 > *before * 120 => {
-                end_violations.push(format!("{name}'s RSS grew more than 20 %: {before} KiB before, {after} KiB after"));
+                end_violations.push(format!(
+                    "{name}'s RSS grew more than 20 %: {before} KiB before, {after} KiB after"
+                ));
             }
             (Some(_), Some(_)) => {}
-            _ => end_violations.push(format!("{name}'s RSS could not be read (before {before:?}, after {after:?})")),
+            _ => end_violations.push(format!(
+                "{name}'s RSS could not be read (before {before:?}, after {after:?})"
+            )),
         }
     }
     if connections_before != connections_after {
-        end_violations.push(format!("connections before {connections_before} and after {connections_after} differ"));
+        end_violations.push(format!(
+            "connections before {connections_before} and after {connections_after} differ"
+        ));
     }
     let mut violations: Vec<Violation> = harness.violations.clone();
     violations.extend(verdict.violations);
@@ -158,11 +175,20 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     if violations.len() > 100 {
         println!("  … and {} more", violations.len() - 100);
     }
+    if !violations.is_empty() {
+        match harness.keep_logs(seed) {
+            Ok(kept) => println!("the nodes' logs are kept in {}", kept.display()),
+            Err(error) => println!("the nodes' logs could not be kept: {error}"),
+        }
+    }
     anyhow::ensure!(
         violations.is_empty(),
         "seed {seed}: {} violations (replay: CHAOS_SEED={seed}); the first: {}",
         violations.len(),
-        violations.first().map(|violation| violation.what.as_str()).unwrap_or_default()
+        violations
+            .first()
+            .map(|violation| violation.what.as_str())
+            .unwrap_or_default()
     );
     Ok(())
 }

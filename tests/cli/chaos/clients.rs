@@ -35,7 +35,10 @@ pub struct Message {
 
 impl Message {
     pub fn text(&self, sent_ms: u128) -> String {
-        format!("{}|{}|{}|{}|{sent_ms}", self.kind, self.sender, self.sequence, self.target)
+        format!(
+            "{}|{}|{}|{}|{sent_ms}",
+            self.kind, self.sender, self.sequence, self.target
+        )
     }
 
     pub fn parse(text: &str) -> Option<Message> {
@@ -44,7 +47,12 @@ impl Message {
         let sender = parts.next()?.to_owned();
         let sequence = parts.next()?.parse().ok()?;
         let target = parts.next()?.to_owned();
-        Some(Message { kind, sender, sequence, target })
+        Some(Message {
+            kind,
+            sender,
+            sequence,
+            target,
+        })
     }
 }
 
@@ -138,13 +146,23 @@ impl Load {
 /// A bearer token for `user`, signed with the nodes' auth secret.
 fn user_token(user: &str) -> String {
     let claims = json!({ "sub": user, "exp": 4_102_444_800u64 });
-    encode(&Header::default(), &claims, &EncodingKey::from_secret(AUTH_SECRET.as_bytes())).unwrap_or_default()
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(AUTH_SECRET.as_bytes()),
+    )
+    .unwrap_or_default()
 }
 
 /// A REST token for the call to `url` (Azure's rule: `aud` is the request URL).
 fn rest_token(url: &str) -> String {
     let claims = json!({ "aud": url, "exp": 4_102_444_800u64 });
-    encode(&Header::default(), &claims, &EncodingKey::from_secret(REST_KEY.as_bytes())).unwrap_or_default()
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(REST_KEY.as_bytes()),
+    )
+    .unwrap_or_default()
 }
 
 /// One client slot on node `node`: connects, joins `groups`, sends to them in turn, logs what it gets; connects
@@ -156,11 +174,8 @@ pub async fn run_client(load: Arc<Load>, node: usize, slot: usize, groups: Vec<S
     let mut incarnation = 0u32;
     while !load.stopping() {
         let url = format!("ws://{}/hub", load.nodes[node]);
-        let connected = tokio::time::timeout(
-            Duration::from_secs(5),
-            TestClient::to(&url).bearer(&token).connect(),
-        )
-        .await;
+        let connected =
+            tokio::time::timeout(Duration::from_secs(5), TestClient::to(&url).bearer(&token).connect()).await;
         let Ok(Ok(mut client)) = connected else {
             tokio::time::sleep(Duration::from_millis(300)).await;
             continue;
@@ -172,21 +187,22 @@ pub async fn run_client(load: Arc<Load>, node: usize, slot: usize, groups: Vec<S
             Ok(Value::String(id)) => id,
             _ => continue,
         };
+        let connection = Connection {
+            label,
+            node,
+            user: user.clone(),
+            id,
+            groups: groups.clone(),
+            opened,
+            joined: None,
+            closed: None,
+            close_reason: None,
+        };
         let index = load.with(|record| {
-            record.connections.push(Connection {
-                label: label.clone(),
-                node,
-                user: user.clone(),
-                id: id.clone(),
-                groups: groups.clone(),
-                opened,
-                joined: None,
-                closed: None,
-                close_reason: None,
-            });
+            record.connections.push(connection.clone());
             record.connections.len() - 1
         });
-        let reason = session(&load, &mut client, node, &label, &name, &id, &groups, index).await;
+        let reason = session(&load, &mut client, &name, &connection, index).await;
         let closed = load.now();
         load.with(|record| {
             if let Some(connection) = record.connections.get_mut(index) {
@@ -199,16 +215,13 @@ pub async fn run_client(load: Arc<Load>, node: usize, slot: usize, groups: Vec<S
 }
 
 /// One connection's life: joins, then sends and reads until it ends or the load stops; returns why it ended.
-async fn session(
-    load: &Load,
-    client: &mut TestClient,
-    node: usize,
-    label: &str,
-    name: &str,
-    id: &str,
-    groups: &[String],
-    index: usize,
-) -> String {
+async fn session(load: &Load, client: &mut TestClient, name: &str, connection: &Connection, index: usize) -> String {
+    let (node, label, id, groups) = (
+        connection.node,
+        connection.label.as_str(),
+        &connection.id,
+        &connection.groups,
+    );
     for group in groups {
         if let Err(error) = client.join_group(group).await {
             return format!("JoinGroup({group}) failed: {error}");
@@ -233,18 +246,35 @@ async fn session(
         if Instant::now() >= next_send && load.sending.load(Ordering::Relaxed) {
             sequence += 1;
             let group = &groups[(sequence as usize) % groups.len()];
-            let message = Message { kind: 'g', sender: label.to_owned(), sequence, target: group.clone() };
+            let message = Message {
+                kind: 'g',
+                sender: label.to_owned(),
+                sequence,
+                target: group.clone(),
+            };
             let at = load.now();
-            let sent = client.send_invocation("SendToGroup", json!([group, message.text(at.as_millis())])).await;
+            let sent = client
+                .send_invocation("SendToGroup", json!([group, message.text(at.as_millis())]))
+                .await;
             let done = load.now();
             let accepted = sent.is_ok();
-            load.with(|record| record.sent.push(Sent { message, node, at, done, accepted }));
+            load.with(|record| {
+                record.sent.push(Sent {
+                    message,
+                    node,
+                    at,
+                    done,
+                    accepted,
+                })
+            });
             if let Err(error) = sent {
                 return format!("sending failed: {error}");
             }
             next_send += GROUP_SEND_EVERY;
         }
-        let wait = next_send.saturating_duration_since(Instant::now()).max(Duration::from_millis(5));
+        let wait = next_send
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(5));
         match client.event_within(wait).await {
             Ok(None) => {}
             Ok(Some(Event::Record(record))) => match record.kind() {
@@ -280,7 +310,12 @@ pub async fn run_rest_sender(load: Arc<Load>, node: usize, slots: Vec<String>, s
         let slot = &slots[random.random_range(0..slots.len())];
         let direct = sequence % 2 == 1;
         let (kind, target, path) = if direct {
-            let Some(id) = load.current.lock().unwrap_or_else(|poison| poison.into_inner()).get(slot).cloned()
+            let Some(id) = load
+                .current
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .get(slot)
+                .cloned()
             else {
                 continue;
             };
@@ -290,16 +325,32 @@ pub async fn run_rest_sender(load: Arc<Load>, node: usize, slots: Vec<String>, s
             ('u', user.clone(), format!("/api/hubs/demo/users/{user}/:send"))
         };
         sequence += 1;
-        let message = Message { kind, sender: sender.clone(), sequence, target };
+        let message = Message {
+            kind,
+            sender: sender.clone(),
+            sequence,
+            target,
+        };
         let http = load.nodes[node];
         let authorization = format!("Bearer {}", rest_token(&format!("http://{http}{path}")));
         let at = load.now();
         let body = json!({ "target": "msg", "arguments": [message.text(at.as_millis())] }).to_string();
-        let headers = [("Authorization", authorization.as_str()), ("Content-Type", "application/json")];
+        let headers = [
+            ("Authorization", authorization.as_str()),
+            ("Content-Type", "application/json"),
+        ];
         let reply = http_request_with_body(http, "POST", &path, &headers, body.as_bytes()).await;
         let done = load.now();
         let accepted = reply.is_ok_and(|reply| reply.status == 202);
-        load.with(|record| record.sent.push(Sent { message, node, at, done, accepted }));
+        load.with(|record| {
+            record.sent.push(Sent {
+                message,
+                node,
+                at,
+                done,
+                accepted,
+            })
+        });
     }
 }
 

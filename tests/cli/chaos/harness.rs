@@ -77,10 +77,23 @@ impl Harness {
         let mut nodes = Vec::new();
         for index in 0..NODES {
             let name = format!("node-{}", index + 1);
-            nodes.push(Node::configure(dir.path(), index, &name, &relay.ports[index], &seeds, SECRET)?);
+            nodes.push(Node::configure(
+                dir.path(),
+                index,
+                &name,
+                &relay.ports[index],
+                &seeds,
+                SECRET,
+            )?);
         }
-        let intruder =
-            Node::configure(dir.path(), NODES, "intruder", &relay.ports[NODES], &seeds, "not-the-cluster-secret")?;
+        let intruder = Node::configure(
+            dir.path(),
+            NODES,
+            "intruder",
+            &relay.ports[NODES],
+            &seeds,
+            "not-the-cluster-secret",
+        )?;
         for node in &mut nodes {
             let pid = node.start().await?;
             relay.faults.set_pid(node.index, Some(pid));
@@ -116,12 +129,18 @@ impl Harness {
                 let mut groups = self.groups.clone();
                 groups.shuffle(&mut random);
                 groups.truncate(GROUPS_PER_CLIENT);
-                self.tasks.push(tokio::spawn(run_client(self.load.clone(), node, slot, groups)));
+                self.tasks
+                    .push(tokio::spawn(run_client(self.load.clone(), node, slot, groups)));
                 slots.push(format!("n{node}c{slot}"));
             }
         }
         for node in 0..NODES {
-            let sender = run_rest_sender(self.load.clone(), node, slots.clone(), lock_seed(seed, 10 + node as u64));
+            let sender = run_rest_sender(
+                self.load.clone(),
+                node,
+                slots.clone(),
+                lock_seed(seed, 10 + node as u64),
+            );
             self.tasks.push(tokio::spawn(sender));
         }
     }
@@ -158,9 +177,13 @@ impl Harness {
         let converged = match self.converged(CONVERGE_WITHIN).await {
             Ok(took) => Some(took),
             Err(views) => {
-                self.violation(format!("views did not converge within 5 s after healing {fault}: {views}"));
+                self.violation(format!(
+                    "views did not converge within 5 s after healing {fault}: {views}"
+                ));
                 if let Err(views) = self.converged(Duration::from_secs(30)).await {
-                    self.violation(format!("views did not converge within 35 s after healing {fault}: {views}"));
+                    self.violation(format!(
+                        "views did not converge within 35 s after healing {fault}: {views}"
+                    ));
                 }
                 None
             }
@@ -186,7 +209,9 @@ impl Harness {
                     continue;
                 };
                 for (group, count) in self.groups.iter().zip(counts) {
-                    let members = connections.iter().filter(|connection| connection.groups.contains(group));
+                    let members = connections
+                        .iter()
+                        .filter(|connection| connection.groups.contains(group));
                     let (mut low, mut high) = (0u64, 0u64);
                     for connection in members {
                         if connection.joined.is_some_and(|joined| joined <= before) && connection.closed.is_none() {
@@ -259,7 +284,13 @@ impl Harness {
                 let healed = self.load.now();
                 let what = format!("the rolling restart of {}", self.nodes[node].name);
                 let converged_after = self.after_heal(&what).await;
-                self.applied.push(Applied { fault: what, nodes: vec![node], start, healed, converged_after });
+                self.applied.push(Applied {
+                    fault: what,
+                    nodes: vec![node],
+                    start,
+                    healed,
+                    converged_after,
+                });
             }
             return Ok(());
         }
@@ -298,7 +329,13 @@ impl Harness {
         self.relay.faults.heal();
         let healed = self.load.now();
         let converged_after = self.after_heal(&description).await;
-        self.applied.push(Applied { fault: description, nodes: fault.nodes(NODES), start, healed, converged_after });
+        self.applied.push(Applied {
+            fault: description,
+            nodes: fault.nodes(NODES),
+            start,
+            healed,
+            converged_after,
+        });
         Ok(())
     }
 
@@ -327,6 +364,18 @@ impl Harness {
         self.intruder.kill();
         self.relay.faults.set_pid(NODES, None);
         Ok(())
+    }
+
+    /// Copies every node's log to a directory that outlives the run (`$TMPDIR/hubmesh-chaos-<seed>`); returns it.
+    pub fn keep_logs(&self, seed: u64) -> std::io::Result<std::path::PathBuf> {
+        let kept = std::env::temp_dir().join(format!("hubmesh-chaos-{seed}"));
+        std::fs::create_dir_all(&kept)?;
+        for node in self.nodes.iter().chain(std::iter::once(&self.intruder)) {
+            if node.log.exists() {
+                std::fs::copy(&node.log, kept.join(format!("{}.log", node.name)))?;
+            }
+        }
+        Ok(kept)
     }
 
     /// Resident memory of each node, KiB.

@@ -61,11 +61,17 @@ fn secs(at: Duration) -> String {
 
 pub fn check(record: &Record, applied: &[Applied], nodes: usize) -> Verdict {
     let spans = touched(applied, nodes);
-    let mut verdict = Verdict { receipts: record.received.len(), ..Verdict::default() };
+    let mut verdict = Verdict {
+        receipts: record.received.len(),
+        ..Verdict::default()
+    };
     let mut violations = Vec::new();
 
     for (label, text) in &record.garbled {
-        violations.push(Violation { at: Duration::ZERO, what: format!("{label} got a message that is not the harness's: {text:?}") });
+        violations.push(Violation {
+            at: Duration::ZERO,
+            what: format!("{label} got a message that is not the harness's: {text:?}"),
+        });
     }
 
     // At most once, and in order per sender (per group for group sends), at every connection.
@@ -74,7 +80,11 @@ pub fn check(record: &Record, applied: &[Applied], nodes: usize) -> Verdict {
     let mut order: HashMap<&str, Vec<(&Message, Duration)>> = HashMap::new();
     for (label, message, at) in &record.received {
         copies.entry((label.as_str(), message)).or_default().push(*at);
-        let group = if message.kind == 'g' { message.target.as_str() } else { "" };
+        let group = if message.kind == 'g' {
+            message.target.as_str()
+        } else {
+            ""
+        };
         let stream = (label.as_str(), message.kind, message.sender.as_str(), group);
         if let Some(previous) = last.get(&stream) {
             if message.sequence < *previous {
@@ -82,7 +92,11 @@ pub fn check(record: &Record, applied: &[Applied], nodes: usize) -> Verdict {
                     at: *at,
                     what: format!(
                         "out of order: {label} got {message:?} after sequence {previous} of the same sender{}",
-                        if group.is_empty() { String::new() } else { format!(" in {group}") }
+                        if group.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" in {group}")
+                        }
                     ),
                 });
             }
@@ -96,14 +110,21 @@ pub fn check(record: &Record, applied: &[Applied], nodes: usize) -> Verdict {
         if times.len() > 1 {
             violations.push(Violation {
                 at: times[1],
-                what: format!("duplicate: {label} got {message:?} {} times, at {:?}", times.len(), times.iter().map(|t| secs(*t)).collect::<Vec<_>>()),
+                what: format!(
+                    "duplicate: {label} got {message:?} {} times, at {:?}",
+                    times.len(),
+                    times.iter().map(|t| secs(*t)).collect::<Vec<_>>()
+                ),
             });
         }
     }
 
     // Required messages.
-    let by_label: HashMap<&str, &Connection> =
-        record.connections.iter().map(|connection| (connection.label.as_str(), connection)).collect();
+    let by_label: HashMap<&str, &Connection> = record
+        .connections
+        .iter()
+        .map(|connection| (connection.label.as_str(), connection))
+        .collect();
     let mut required_at: HashMap<&str, HashSet<&Message>> = HashMap::new();
     for sent in &record.sent {
         *verdict.sent.entry(sent.message.kind).or_default() += 1;
@@ -116,35 +137,61 @@ pub fn check(record: &Record, applied: &[Applied], nodes: usize) -> Verdict {
             continue;
         }
         let message = &sent.message;
-        if message.kind == 'g' && !by_label.get(message.sender.as_str()).is_some_and(|sender| stays_open(sender, until)) {
+        if message.kind == 'g'
+            && !by_label
+                .get(message.sender.as_str())
+                .is_some_and(|sender| stays_open(sender, until))
+        {
             continue;
         }
         let receivers = record.connections.iter().filter(|connection| {
             let member = match message.kind {
-                'g' => connection.groups.contains(&message.target) && connection.joined.is_some_and(|joined| joined <= sent.at),
+                'g' => {
+                    connection.groups.contains(&message.target)
+                        && connection.joined.is_some_and(|joined| joined <= sent.at)
+                }
                 'u' => connection.user == message.target && connection.opened <= sent.at,
                 _ => connection.id == message.target && connection.opened <= sent.at,
             };
             member && stays_open(connection, until) && untouched(&spans[connection.node], from, until)
         });
+        let mut missed = Vec::new();
         for receiver in receivers {
             verdict.required += 1;
             if copies.contains_key(&(receiver.label.as_str(), message)) {
                 verdict.delivered += 1;
                 required_at.entry(receiver.label.as_str()).or_default().insert(message);
             } else {
-                violations.push(Violation {
-                    at: sent.at,
-                    what: format!(
-                        "missing: {message:?} sent at {} via node-{} never reached {} (node-{}{})",
-                        secs(sent.at),
-                        sent.node + 1,
-                        receiver.label,
-                        receiver.node + 1,
-                        if message.kind == 'g' { format!(", a member of {}", message.target) } else { String::new() }
-                    ),
-                });
+                missed.push(format!("{} (node-{})", receiver.label, receiver.node + 1));
             }
+        }
+        if !missed.is_empty() {
+            let got: Vec<String> = record
+                .connections
+                .iter()
+                .filter(|connection| copies.contains_key(&(connection.label.as_str(), message)))
+                .map(|connection| format!("{} (node-{})", connection.label, connection.node + 1))
+                .collect();
+            violations.push(Violation {
+                at: sent.at,
+                what: format!(
+                    "missing: {message:?} sent at {} via node-{} never reached {} required receivers{}: {}; got it: {}",
+                    secs(sent.at),
+                    sent.node + 1,
+                    missed.len(),
+                    if message.kind == 'g' {
+                        format!(" (members of {})", message.target)
+                    } else {
+                        String::new()
+                    },
+                    missed.join(", "),
+                    if got.is_empty() {
+                        "nobody".to_owned()
+                    } else {
+                        got.join(", ")
+                    }
+                ),
+            });
         }
     }
 
@@ -152,7 +199,10 @@ pub fn check(record: &Record, applied: &[Applied], nodes: usize) -> Verdict {
     let mut groups: HashMap<&str, Vec<&str>> = HashMap::new();
     for connection in &record.connections {
         for group in &connection.groups {
-            groups.entry(group.as_str()).or_default().push(connection.label.as_str());
+            groups
+                .entry(group.as_str())
+                .or_default()
+                .push(connection.label.as_str());
         }
     }
     let empty = HashSet::new();
@@ -177,8 +227,14 @@ pub fn check(record: &Record, applied: &[Applied], nodes: usize) -> Verdict {
             for (second, second_list) in &lists[i + 1..] {
                 let in_first: HashSet<&Message> = first_list.iter().map(|(message, _)| *message).collect();
                 let in_second: HashSet<&Message> = second_list.iter().map(|(message, _)| *message).collect();
-                let a: Vec<_> = first_list.iter().filter(|(message, _)| in_second.contains(message)).collect();
-                let b: Vec<_> = second_list.iter().filter(|(message, _)| in_first.contains(message)).collect();
+                let a: Vec<_> = first_list
+                    .iter()
+                    .filter(|(message, _)| in_second.contains(message))
+                    .collect();
+                let b: Vec<_> = second_list
+                    .iter()
+                    .filter(|(message, _)| in_first.contains(message))
+                    .collect();
                 if let Some(position) = a.iter().zip(&b).position(|(x, y)| x.0 != y.0) {
                     violations.push(Violation {
                         at: a[position].1,

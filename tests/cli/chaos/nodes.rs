@@ -132,7 +132,11 @@ impl Node {
                     anyhow::bail!("{} exited at start ({status}): {fresh}", self.name);
                 }
             }
-            anyhow::ensure!(Instant::now() < deadline, "{} did not start within 30 s: {fresh}", self.name);
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} did not start within 30 s: {fresh}",
+                self.name
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -146,18 +150,27 @@ impl Node {
     }
 
     pub fn freeze(&self) -> anyhow::Result<()> {
-        signal(self.pid().ok_or_else(|| anyhow::anyhow!("{} is not running", self.name))?, "STOP")
+        signal(
+            self.pid()
+                .ok_or_else(|| anyhow::anyhow!("{} is not running", self.name))?,
+            "STOP",
+        )
     }
 
     pub fn thaw(&self) -> anyhow::Result<()> {
-        signal(self.pid().ok_or_else(|| anyhow::anyhow!("{} is not running", self.name))?, "CONT")
+        signal(
+            self.pid()
+                .ok_or_else(|| anyhow::anyhow!("{} is not running", self.name))?,
+            "CONT",
+        )
     }
 
     /// A plain stop: SIGTERM, then at most 15 s for the process to exit (killed past that).
     pub fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             signal(child.id(), "TERM")?;
-            wait_bounded(&mut child, Duration::from_secs(15), &self.name).map_err(|error| anyhow::anyhow!("{error}"))?;
+            wait_bounded(&mut child, Duration::from_secs(15), &self.name)
+                .map_err(|error| anyhow::anyhow!("{error}"))?;
         }
         Ok(())
     }
@@ -194,7 +207,12 @@ pub async fn view(http: SocketAddr) -> Option<(BTreeSet<String>, BTreeSet<String
     let list = |key: &str| -> BTreeSet<String> {
         body[key]
             .as_array()
-            .map(|items| items.iter().filter_map(|item| item.as_str().map(str::to_owned)).collect())
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|item| item.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     Some((list("live"), list("incarnations")))
@@ -210,7 +228,9 @@ pub async fn converge(nodes: &[(String, SocketAddr)], limit: Duration) -> Result
         for (name, http) in nodes {
             views.push((name.clone(), view(*http).await));
         }
-        let agreed = views.iter().all(|(_, view)| view.as_ref().is_some_and(|(live, _)| *live == want))
+        let agreed = views
+            .iter()
+            .all(|(_, view)| view.as_ref().is_some_and(|(live, _)| *live == want))
             && views
                 .windows(2)
                 .all(|pair| pair[0].1.as_ref().map(|view| &view.1) == pair[1].1.as_ref().map(|view| &view.1));

@@ -168,10 +168,20 @@ impl Relay {
         let udp = Arc::new(udp);
         let mut tasks = Vec::new();
         for to in 0..participants {
-            tasks.push(tokio::spawn(udp_loop(to, udp.clone(), ports_shared.clone(), faults.clone())));
+            tasks.push(tokio::spawn(udp_loop(
+                to,
+                udp.clone(),
+                ports_shared.clone(),
+                faults.clone(),
+            )));
         }
         for (to, listener) in listeners.into_iter().enumerate() {
-            tasks.push(tokio::spawn(tcp_accept_loop(to, listener, ports_shared.clone(), faults.clone())));
+            tasks.push(tokio::spawn(tcp_accept_loop(
+                to,
+                listener,
+                ports_shared.clone(),
+                faults.clone(),
+            )));
         }
         Ok(Relay { ports, faults, tasks })
     }
@@ -232,7 +242,9 @@ async fn tcp_accept_loop(to: usize, listener: TcpListener, ports: Arc<Vec<Ports>
             }
             // A connection from no participant (a process that already died, say) is closed.
             let Some(from) = from else { return };
-            let Ok(outbound) = TcpStream::connect(target).await else { return };
+            let Ok(outbound) = TcpStream::connect(target).await else {
+                return;
+            };
             let _ = inbound.set_nodelay(true);
             let _ = outbound.set_nodelay(true);
             let (in_read, in_write) = inbound.into_split();

@@ -24,13 +24,26 @@ pub enum Fault {
     /// SIGSTOP, then SIGCONT.
     Freeze { node: usize, lasting: Duration },
     /// `side` cut from every other node (gossip and links).
-    Partition { side: Vec<usize>, way: Way, lasting: Duration },
+    Partition {
+        side: Vec<usize>,
+        way: Way,
+        lasting: Duration,
+    },
     /// One pair cut (gossip and links).
-    PairCut { a: usize, b: usize, way: Way, lasting: Duration },
+    PairCut {
+        a: usize,
+        b: usize,
+        way: Way,
+        lasting: Duration,
+    },
     /// `side`'s links to every other node cut both ways while gossip flows.
     LinksOnly { side: Vec<usize>, lasting: Duration },
     /// Every packet from or to `node` delayed.
-    Delay { node: usize, delay: Duration, lasting: Duration },
+    Delay {
+        node: usize,
+        delay: Duration,
+        lasting: Duration,
+    },
     /// A sixth process with the cluster id and seeds but another secret, running for a while.
     WrongSecret { lasting: Duration },
     /// Every node stopped (SIGTERM) and started again, one at a time.
@@ -42,10 +55,7 @@ impl Fault {
     pub fn nodes(&self, count: usize) -> Vec<usize> {
         match self {
             Fault::Kill { node, .. } | Fault::Freeze { node, .. } | Fault::Delay { node, .. } => vec![*node],
-            Fault::Partition { side, .. } | Fault::LinksOnly { side, .. } => {
-                let _ = count;
-                side.clone()
-            }
+            Fault::Partition { side, .. } | Fault::LinksOnly { side, .. } => side.clone(),
             Fault::PairCut { a, b, .. } => vec![*a, *b],
             Fault::WrongSecret { .. } => Vec::new(),
             Fault::RollingRestart => (0..count).collect(),
@@ -64,9 +74,19 @@ pub struct Ranges {
 
 impl Ranges {
     /// The ranges: freezes of 1–10 s, partitions of 1–15 s.
-    pub const FULL: Ranges = Ranges { freeze: (1_000, 10_000), partition: (1_000, 15_000), down: (500, 5_000), gap: (500, 3_000) };
+    pub const FULL: Ranges = Ranges {
+        freeze: (1_000, 10_000),
+        partition: (1_000, 15_000),
+        down: (500, 5_000),
+        gap: (500, 3_000),
+    };
     /// The bounded CI run's: the same kinds, shorter (still past failure detection, about 2 s, at the top).
-    pub const SHORT: Ranges = Ranges { freeze: (1_000, 4_000), partition: (1_000, 4_000), down: (300, 2_000), gap: (200, 1_000) };
+    pub const SHORT: Ranges = Ranges {
+        freeze: (1_000, 4_000),
+        partition: (1_000, 4_000),
+        down: (300, 2_000),
+        gap: (200, 1_000),
+    };
 }
 
 pub struct Schedule {
@@ -87,7 +107,14 @@ impl Schedule {
         let mut random = StdRng::seed_from_u64(seed);
         let mut first: Vec<u8> = (0..KINDS).collect();
         first.shuffle(&mut random);
-        Schedule { random, ranges, nodes, first, drawn: 0, rolling_every }
+        Schedule {
+            random,
+            ranges,
+            nodes,
+            first,
+            drawn: 0,
+            rolling_every,
+        }
     }
 
     fn millis(&mut self, (low, high): (u64, u64)) -> Duration {
@@ -116,7 +143,7 @@ impl Schedule {
     pub fn next_fault(&mut self) -> (Duration, Fault) {
         let kind = if self.drawn < self.first.len() {
             self.first[self.drawn]
-        } else if self.drawn % self.rolling_every == 0 {
+        } else if self.drawn.is_multiple_of(self.rolling_every) {
             7
         } else {
             // Rolling restarts only on their turn; the other kinds evenly.
@@ -127,20 +154,40 @@ impl Schedule {
         let node = self.random.random_range(0..self.nodes);
         let partition = self.ranges.partition;
         let fault = match kind {
-            0 => Fault::Kill { node, down: self.millis(self.ranges.down) },
-            1 => Fault::Freeze { node, lasting: self.millis(self.ranges.freeze) },
-            2 => Fault::Partition { side: self.side(), way: self.way(), lasting: self.millis(partition) },
+            0 => Fault::Kill {
+                node,
+                down: self.millis(self.ranges.down),
+            },
+            1 => Fault::Freeze {
+                node,
+                lasting: self.millis(self.ranges.freeze),
+            },
+            2 => Fault::Partition {
+                side: self.side(),
+                way: self.way(),
+                lasting: self.millis(partition),
+            },
             3 => {
                 let other = (node + self.random.random_range(1..self.nodes)) % self.nodes;
-                Fault::PairCut { a: node, b: other, way: self.way(), lasting: self.millis(partition) }
+                Fault::PairCut {
+                    a: node,
+                    b: other,
+                    way: self.way(),
+                    lasting: self.millis(partition),
+                }
             }
-            4 => Fault::LinksOnly { side: self.side(), lasting: self.millis(partition) },
+            4 => Fault::LinksOnly {
+                side: self.side(),
+                lasting: self.millis(partition),
+            },
             5 => Fault::Delay {
                 node,
                 delay: self.millis((20, 100)),
                 lasting: self.millis(partition),
             },
-            6 => Fault::WrongSecret { lasting: self.millis((3_000, 8_000)) },
+            6 => Fault::WrongSecret {
+                lasting: self.millis((3_000, 8_000)),
+            },
             _ => Fault::RollingRestart,
         };
         (gap, fault)
