@@ -137,6 +137,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         verdict.required,
         verdict.delivered
     );
+    println!("relay: {}", harness.relay.faults.counts);
     println!(
         "connections: {} over the run; open and joined: {connections_before} before, {connections_after} after",
         record.connections.len()

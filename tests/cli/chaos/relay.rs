@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +52,35 @@ pub struct Faults {
     rules: Mutex<Rules>,
     pids: Mutex<Vec<Option<u32>>>,
     changed: watch::Sender<u64>,
+    /// What the relay did, for the run's figures.
+    pub counts: Counts,
+}
+
+/// What the relay did.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub datagrams_relayed: AtomicU64,
+    pub datagrams_dropped: AtomicU64,
+    /// Link connections whose dialer was found, and those closed because it was not.
+    pub connections_relayed: AtomicU64,
+    pub connections_unknown: AtomicU64,
+    /// TCP chunks that waited for a cut to heal.
+    pub chunks_stalled: AtomicU64,
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let get = |count: &AtomicU64| count.load(Ordering::Relaxed);
+        write!(
+            f,
+            "{} datagrams relayed, {} dropped by cuts; {} link connections relayed, {} from no node closed; {} TCP chunks stalled by cuts",
+            get(&self.datagrams_relayed),
+            get(&self.datagrams_dropped),
+            get(&self.connections_relayed),
+            get(&self.connections_unknown),
+            get(&self.chunks_stalled)
+        )
+    }
 }
 
 impl Faults {
@@ -147,6 +177,7 @@ impl Relay {
             rules: Mutex::new(Rules::default()),
             pids: Mutex::new(vec![None; participants]),
             changed,
+            counts: Counts::default(),
         });
         let mut udp = Vec::new();
         let mut listeners = Vec::new();
@@ -201,8 +232,10 @@ async fn udp_loop(to: usize, sockets: Arc<Vec<Arc<UdpSocket>>>, ports: Arc<Vec<P
         };
         let (allowed, delay) = faults.udp_allowed(from, to);
         if !allowed {
+            faults.counts.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        faults.counts.datagrams_relayed.fetch_add(1, Ordering::Relaxed);
         let datagram = buffer[..length].to_vec();
         let out = sockets[from].clone();
         let target = ports[to].gossip;
@@ -241,7 +274,11 @@ async fn tcp_accept_loop(to: usize, listener: TcpListener, ports: Arc<Vec<Ports>
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
             // A connection from no participant (a process that already died, say) is closed.
-            let Some(from) = from else { return };
+            let Some(from) = from else {
+                faults.counts.connections_unknown.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            faults.counts.connections_relayed.fetch_add(1, Ordering::Relaxed);
             let Ok(outbound) = TcpStream::connect(target).await else {
                 return;
             };
@@ -274,11 +311,16 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, source: usize, ta
     let writer = async move {
         let mut changes = faults.changed.subscribe();
         while let Some((read_at, chunk)) = queue.recv().await {
+            let mut stalled = false;
             loop {
                 let (allowed, delay) = faults.tcp_allowed(source, target);
                 if allowed {
                     tokio::time::sleep_until(read_at + delay).await;
                     break;
+                }
+                if !stalled {
+                    stalled = true;
+                    faults.counts.chunks_stalled.fetch_add(1, Ordering::Relaxed);
                 }
                 if changes.changed().await.is_err() {
                     return;

@@ -77,8 +77,8 @@ impl Ranges {
     pub const FULL: Ranges = Ranges {
         freeze: (1_000, 10_000),
         partition: (1_000, 15_000),
-        down: (500, 5_000),
-        gap: (500, 3_000),
+        down: (500, 3_000),
+        gap: (200, 1_500),
     };
     /// The bounded CI run's: the same kinds, shorter (still past failure detection, about 2 s, at the top).
     pub const SHORT: Ranges = Ranges {
@@ -183,7 +183,7 @@ impl Schedule {
             5 => Fault::Delay {
                 node,
                 delay: self.millis((20, 100)),
-                lasting: self.millis(partition),
+                lasting: self.millis(self.ranges.freeze),
             },
             6 => Fault::WrongSecret {
                 lasting: self.millis((3_000, 8_000)),
