@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::process::{kill_tree, own_process_group, wait_bounded};
-use super::relay::Ports;
+use super::relay::{free_port, Ports};
 
 pub const SECRET: &str = "chaos-cluster-secret";
 pub const AUTH_SECRET: &str = "chaos-auth-secret";
@@ -51,7 +51,7 @@ pub fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
 }
 
 fn http_port() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
 }
 
 impl Node {

@@ -157,16 +157,25 @@ impl Drop for Relay {
     }
 }
 
-/// A loopback port free for both TCP and UDP right now.
-fn free_port() -> anyhow::Result<u16> {
-    for _ in 0..100 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = tcp.local_addr()?.port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+/// A loopback port free for both TCP and UDP now, below the kernel's ephemeral range: the nodes bind these again
+/// at every restart, and a port of the ephemeral range can meanwhile become the local port of some connection
+/// (a long run opens many), which would make the restart fail with "address in use".
+pub fn free_port() -> anyhow::Result<u16> {
+    use rand::Rng;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let low = ephemeral_low.saturating_sub(12_000).max(1_024);
+    let mut random = rand::rng();
+    for _ in 0..1_000 {
+        let port = random.random_range(low..ephemeral_low);
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        if tcp.is_ok() && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }
     }
-    anyhow::bail!("no free loopback port")
+    anyhow::bail!("no free loopback port below {ephemeral_low}")
 }
 
 impl Relay {
