@@ -354,6 +354,21 @@ pub async fn run_rest_sender(load: Arc<Load>, node: usize, slots: Vec<String>, s
     }
 }
 
+/// Whether node `http` finds a connection of `user` in `group` (REST `HEAD /api/hubs/demo/users/{user}/groups/{group}`,
+/// asked of the group's owner); `None` if it did not answer 200 or 404.
+pub async fn user_in_group(http: SocketAddr, user: &str, group: &str) -> Option<bool> {
+    let path = format!("/api/hubs/demo/users/{user}/groups/{group}");
+    let authorization = format!("Bearer {}", rest_token(&format!("http://{http}{path}")));
+    let reply = http_request_with_body(http, "HEAD", &path, &[("Authorization", authorization.as_str())], b"")
+        .await
+        .ok()?;
+    match reply.status {
+        200 => Some(true),
+        404 => Some(false),
+        _ => None,
+    }
+}
+
 /// Each group's member count as node `http` answers it (`GroupCount`, asked of the group's owner), over a fresh
 /// connection; `None` if the node did not answer.
 pub async fn group_counts(http: SocketAddr, groups: &[String]) -> Option<Vec<u64>> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::clients::{group_counts, run_client, run_rest_sender, Load};
+use super::clients::{group_counts, run_client, run_rest_sender, user_in_group, Load};
 use super::nodes::{converge, view, Node, SECRET};
 use super::relay::Relay;
 use super::schedule::{Fault, Way};
@@ -233,11 +233,29 @@ impl Harness {
                 return;
             }
             if Instant::now() >= deadline {
-                self.violation(format!("memberships after {after}, 5 s on: {}", wrong.join("; ")));
+                let lost = self.members_not_found().await;
+                self.violation(format!(
+                    "memberships after {after}, 5 s on: {}; members the owners do not know of: {lost:?}",
+                    wrong.join("; ")
+                ));
                 return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The open, joined connections whose user the first node finds in none of their groups' memberships
+    /// (asked of each group's owner through the REST API), as `label: group`.
+    async fn members_not_found(&self) -> Vec<String> {
+        let mut lost = Vec::new();
+        for connection in self.load.open_members() {
+            for group in &connection.groups {
+                if user_in_group(self.nodes[0].http, &connection.user, group).await == Some(false) {
+                    lost.push(format!("{} (node-{}): {group}", connection.label, connection.node + 1));
+                }
+            }
+        }
+        lost
     }
 
     async fn restart(&mut self, node: usize) -> anyhow::Result<()> {
