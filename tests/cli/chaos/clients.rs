@@ -1,0 +1,387 @@
+//! The load: raw test clients on every node, each a member of a few groups and sending to them all the time, and a
+//! REST sender per node sending to users and to connections by id. Every message is a string
+//! `kind|sender|sequence|target|sent_ms`; everything sent and received is logged with its time for the checks.
+//! A client whose connection ends (its node was killed, or closed it after a freeze) connects again, as a new
+//! connection, and joins its groups again; each such connection is one [`Connection`] in the log.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hubmesh::testing::client::{http_request_with_body, Event, TestClient};
+use jsonwebtoken::{encode, EncodingKey, Header};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::nodes::{AUTH_SECRET, REST_KEY};
+
+/// How often each client sends to one of its groups.
+pub const GROUP_SEND_EVERY: Duration = Duration::from_millis(250);
+/// How often each node's REST sender sends (alternately to a user and to a connection).
+pub const REST_SEND_EVERY: Duration = Duration::from_millis(200);
+
+/// A message, as its text says.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Message {
+    /// `g` group, `u` user, `d` direct (to a connection id).
+    pub kind: char,
+    pub sender: String,
+    pub sequence: u64,
+    pub target: String,
+}
+
+impl Message {
+    pub fn text(&self, sent_ms: u128) -> String {
+        format!(
+            "{}|{}|{}|{}|{sent_ms}",
+            self.kind, self.sender, self.sequence, self.target
+        )
+    }
+
+    pub fn parse(text: &str) -> Option<Message> {
+        let mut parts = text.split('|');
+        let kind = parts.next()?.chars().next()?;
+        let sender = parts.next()?.to_owned();
+        let sequence = parts.next()?.parse().ok()?;
+        let target = parts.next()?.to_owned();
+        Some(Message {
+            kind,
+            sender,
+            sequence,
+            target,
+        })
+    }
+}
+
+/// A send the harness made: when it started, when it was handed off, whether it was accepted.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub message: Message,
+    /// The node the sender used.
+    pub node: usize,
+    pub at: Duration,
+    pub done: Duration,
+    pub accepted: bool,
+}
+
+/// One connection of a client slot, from its handshake to its end.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// `n<node>c<slot>.<incarnation>`: the sender name of its group sends.
+    pub label: String,
+    pub node: usize,
+    pub user: String,
+    pub id: String,
+    pub groups: Vec<String>,
+    pub opened: Duration,
+    /// When every JoinGroup had completed.
+    pub joined: Option<Duration>,
+    pub closed: Option<Duration>,
+    pub close_reason: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Record {
+    pub sent: Vec<Sent>,
+    /// `(connection label, message, received at)`, in the order each connection read them.
+    pub received: Vec<(String, Message, Duration)>,
+    pub connections: Vec<Connection>,
+    /// Texts that did not parse, with who got them.
+    pub garbled: Vec<(String, String)>,
+}
+
+/// Shared by every task of the load.
+pub struct Load {
+    pub started: Instant,
+    pub record: Mutex<Record>,
+    pub stop: AtomicBool,
+    /// Whether sending goes on (the quiet end of a run stops it before the receivers stop reading).
+    pub sending: AtomicBool,
+    /// Each node's HTTP address.
+    pub nodes: Vec<SocketAddr>,
+    /// The current connection id of each client slot (`n<node>c<slot>`), for direct sends.
+    pub current: Mutex<HashMap<String, String>>,
+}
+
+impl Load {
+    pub fn new(nodes: Vec<SocketAddr>) -> Arc<Load> {
+        Arc::new(Load {
+            started: Instant::now(),
+            record: Mutex::new(Record::default()),
+            stop: AtomicBool::new(false),
+            sending: AtomicBool::new(true),
+            nodes,
+            current: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn with<R>(&self, apply: impl FnOnce(&mut Record) -> R) -> R {
+        apply(&mut self.record.lock().unwrap_or_else(|poison| poison.into_inner()))
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// The connections open now, each with its groups, that finished joining them.
+    pub fn open_members(&self) -> Vec<Connection> {
+        self.with(|record| {
+            record
+                .connections
+                .iter()
+                .filter(|connection| connection.closed.is_none() && connection.joined.is_some())
+                .cloned()
+                .collect()
+        })
+    }
+}
+
+/// A bearer token for `user`, signed with the nodes' auth secret.
+fn user_token(user: &str) -> String {
+    let claims = json!({ "sub": user, "exp": 4_102_444_800u64 });
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(AUTH_SECRET.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
+/// A REST token for the call to `url` (Azure's rule: `aud` is the request URL).
+fn rest_token(url: &str) -> String {
+    let claims = json!({ "aud": url, "exp": 4_102_444_800u64 });
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(REST_KEY.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
+/// One client slot on node `node`: connects, joins `groups`, sends to them in turn, logs what it gets; connects
+/// again whenever its connection ends, until the load stops.
+pub async fn run_client(load: Arc<Load>, node: usize, slot: usize, groups: Vec<String>) {
+    let name = format!("n{node}c{slot}");
+    let user = format!("u-{name}");
+    let token = user_token(&user);
+    let mut incarnation = 0u32;
+    while !load.stopping() {
+        let url = format!("ws://{}/hub", load.nodes[node]);
+        let connected =
+            tokio::time::timeout(Duration::from_secs(5), TestClient::to(&url).bearer(&token).connect()).await;
+        let Ok(Ok(mut client)) = connected else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        };
+        incarnation += 1;
+        let label = format!("{name}.{incarnation}");
+        let opened = load.now();
+        let id = match client.invoke_ok_keeping_others("WhoAmI", json!([])).await {
+            Ok(Value::String(id)) => id,
+            _ => continue,
+        };
+        let connection = Connection {
+            label,
+            node,
+            user: user.clone(),
+            id,
+            groups: groups.clone(),
+            opened,
+            joined: None,
+            closed: None,
+            close_reason: None,
+        };
+        let index = load.with(|record| {
+            record.connections.push(connection.clone());
+            record.connections.len() - 1
+        });
+        let reason = session(&load, &mut client, &name, &connection, index).await;
+        let closed = load.now();
+        load.with(|record| {
+            if let Some(connection) = record.connections.get_mut(index) {
+                connection.closed = Some(closed);
+                connection.close_reason = Some(reason);
+            }
+        });
+        client.close_socket().await;
+    }
+}
+
+/// One connection's life: joins, then sends and reads until it ends or the load stops; returns why it ended.
+async fn session(load: &Load, client: &mut TestClient, name: &str, connection: &Connection, index: usize) -> String {
+    let (node, label, id, groups) = (
+        connection.node,
+        connection.label.as_str(),
+        &connection.id,
+        &connection.groups,
+    );
+    for group in groups {
+        if let Err(error) = client.join_group(group).await {
+            return format!("JoinGroup({group}) failed: {error}");
+        }
+    }
+    let joined = load.now();
+    load.with(|record| {
+        if let Some(connection) = record.connections.get_mut(index) {
+            connection.joined = Some(joined);
+        }
+    });
+    load.current
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .insert(name.to_owned(), id.to_owned());
+    let mut sequence = 0u64;
+    let mut next_send = Instant::now();
+    loop {
+        if load.stopping() {
+            return "the harness stopped".to_owned();
+        }
+        if Instant::now() >= next_send && load.sending.load(Ordering::Relaxed) {
+            sequence += 1;
+            let group = &groups[(sequence as usize) % groups.len()];
+            let message = Message {
+                kind: 'g',
+                sender: label.to_owned(),
+                sequence,
+                target: group.clone(),
+            };
+            let at = load.now();
+            let sent = client
+                .send_invocation("SendToGroup", json!([group, message.text(at.as_millis())]))
+                .await;
+            let done = load.now();
+            let accepted = sent.is_ok();
+            load.with(|record| {
+                record.sent.push(Sent {
+                    message,
+                    node,
+                    at,
+                    done,
+                    accepted,
+                })
+            });
+            if let Err(error) = sent {
+                return format!("sending failed: {error}");
+            }
+            next_send += GROUP_SEND_EVERY;
+        }
+        let wait = next_send
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(5));
+        match client.event_within(wait).await {
+            Ok(None) => {}
+            Ok(Some(Event::Record(record))) => match record.kind() {
+                1 if record.value["target"] == "msg" => {
+                    let text = record.value["arguments"][0].as_str().unwrap_or_default().to_owned();
+                    let at = load.now();
+                    load.with(|log| match Message::parse(&text) {
+                        Some(message) => log.received.push((label.to_owned(), message, at)),
+                        None => log.garbled.push((label.to_owned(), text)),
+                    });
+                }
+                7 => return format!("Close message: {}", record.value),
+                _ => {}
+            },
+            Ok(Some(Event::Closed(code))) => return format!("socket closed (code {code:?})"),
+            Err(error) => return format!("reading failed: {error}"),
+        }
+    }
+}
+
+/// Node `node`'s REST sender: to a user and to a connection by id in turn, picked at random among `slots`.
+pub async fn run_rest_sender(load: Arc<Load>, node: usize, slots: Vec<String>, seed: u64) {
+    let mut random = rand::rngs::StdRng::seed_from_u64(seed);
+    let sender = format!("rest{node}");
+    let mut sequence = 0u64;
+    let mut next_send = Instant::now();
+    while !load.stopping() {
+        tokio::time::sleep_until(next_send).await;
+        next_send += REST_SEND_EVERY;
+        if !load.sending.load(Ordering::Relaxed) {
+            continue;
+        }
+        let slot = &slots[random.random_range(0..slots.len())];
+        let direct = sequence % 2 == 1;
+        let (kind, target, path) = if direct {
+            let Some(id) = load
+                .current
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .get(slot)
+                .cloned()
+            else {
+                continue;
+            };
+            ('d', id.clone(), format!("/api/hubs/demo/connections/{id}/:send"))
+        } else {
+            let user = format!("u-{slot}");
+            ('u', user.clone(), format!("/api/hubs/demo/users/{user}/:send"))
+        };
+        sequence += 1;
+        let message = Message {
+            kind,
+            sender: sender.clone(),
+            sequence,
+            target,
+        };
+        let http = load.nodes[node];
+        let authorization = format!("Bearer {}", rest_token(&format!("http://{http}{path}")));
+        let at = load.now();
+        let body = json!({ "target": "msg", "arguments": [message.text(at.as_millis())] }).to_string();
+        let headers = [
+            ("Authorization", authorization.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        let reply = http_request_with_body(http, "POST", &path, &headers, body.as_bytes()).await;
+        let done = load.now();
+        let accepted = reply.is_ok_and(|reply| reply.status == 202);
+        load.with(|record| {
+            record.sent.push(Sent {
+                message,
+                node,
+                at,
+                done,
+                accepted,
+            })
+        });
+    }
+}
+
+/// Whether node `http` finds a connection of `user` in `group` (REST `HEAD /api/hubs/demo/users/{user}/groups/{group}`,
+/// asked of the group's owner); `None` if it did not answer 200 or 404.
+pub async fn user_in_group(http: SocketAddr, user: &str, group: &str) -> Option<bool> {
+    let path = format!("/api/hubs/demo/users/{user}/groups/{group}");
+    let authorization = format!("Bearer {}", rest_token(&format!("http://{http}{path}")));
+    let reply = http_request_with_body(http, "HEAD", &path, &[("Authorization", authorization.as_str())], b"")
+        .await
+        .ok()?;
+    match reply.status {
+        200 => Some(true),
+        404 => Some(false),
+        _ => None,
+    }
+}
+
+/// Each group's member count as node `http` answers it (`GroupCount`, asked of the group's owner), over a fresh
+/// connection; `None` if the node did not answer.
+pub async fn group_counts(http: SocketAddr, groups: &[String]) -> Option<Vec<u64>> {
+    let connect = TestClient::to(&format!("ws://{http}/hub")).connect();
+    let mut client = tokio::time::timeout(Duration::from_secs(3), connect).await.ok()?.ok()?;
+    let mut counts = Vec::new();
+    for group in groups {
+        let count = tokio::time::timeout(Duration::from_secs(3), client.invoke_ok("GroupCount", json!([group])))
+            .await
+            .ok()?
+            .ok()?;
+        counts.push(count.as_u64()?);
+    }
+    client.close_socket().await;
+    Some(counts)
+}

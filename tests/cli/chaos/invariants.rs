@@ -1,0 +1,253 @@
+//! The message invariants, checked over the whole record once the run is over:
+//! * every message reaches every connection at most once;
+//! * each connection gets each sender's messages (per group, for group sends) in the order they were sent;
+//! * a message is *required* at a connection when the sender's node and the receiver's node were both untouched by
+//!   any fault from 1 s before the send until [`WINDOW`] after it (a node counts as touched from 1 s before a fault
+//!   that involves it until [`SETTLE`] after its heal), the sending connection (for group sends) and the receiving
+//!   one stayed open over that window, and the receiver was a member before the send (it had finished joining the
+//!   group, or for user and direct sends it had connected): a required message that never came is a violation;
+//! * each group has one order: any two connections get the messages required at both in the same order.
+//!
+//! Faults on other nodes (a group's owner killed, frozen or cut off, a node restarted, a node with another secret)
+//! do not make anything less required: the design promises survivors lose nothing across them.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use super::clients::{Connection, Message, Record};
+use super::harness::{Applied, Violation};
+
+/// How long after its send a message may take to arrive (a re-homed group's held and re-sent messages included).
+pub const WINDOW: Duration = Duration::from_secs(10);
+/// How long after a fault's heal its nodes still count as touched (a thawed node closes its connections within
+/// 10 s of being told it was declared dead).
+pub const SETTLE: Duration = Duration::from_secs(10);
+const BEFORE: Duration = Duration::from_secs(1);
+
+/// What the message checks found.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub sent: HashMap<char, usize>,
+    pub accepted: usize,
+    pub receipts: usize,
+    /// (message, connection) pairs required, and of those the ones that arrived.
+    pub required: usize,
+    pub delivered: usize,
+    pub violations: Vec<Violation>,
+}
+
+/// When each node was touched by a fault.
+pub fn touched(applied: &[Applied], nodes: usize) -> Vec<Vec<(Duration, Duration)>> {
+    let mut spans = vec![Vec::new(); nodes];
+    for fault in applied {
+        for &node in &fault.nodes {
+            spans[node].push((fault.start.saturating_sub(BEFORE), fault.healed + SETTLE));
+        }
+    }
+    spans
+}
+
+fn untouched(spans: &[(Duration, Duration)], from: Duration, to: Duration) -> bool {
+    spans.iter().all(|&(start, end)| end < from || start > to)
+}
+
+fn stays_open(connection: &Connection, until: Duration) -> bool {
+    connection.closed.is_none_or(|closed| closed >= until)
+}
+
+fn secs(at: Duration) -> String {
+    format!("{:.3} s", at.as_secs_f64())
+}
+
+pub fn check(record: &Record, applied: &[Applied], nodes: usize) -> Verdict {
+    let spans = touched(applied, nodes);
+    let mut verdict = Verdict {
+        receipts: record.received.len(),
+        ..Verdict::default()
+    };
+    let mut violations = Vec::new();
+
+    for (label, text) in &record.garbled {
+        violations.push(Violation {
+            at: Duration::ZERO,
+            what: format!("{label} got a message that is not the harness's: {text:?}"),
+        });
+    }
+
+    // At most once, and in order per sender (per group for group sends), at every connection.
+    let mut copies: HashMap<(&str, &Message), Vec<Duration>> = HashMap::new();
+    let mut last: HashMap<(&str, char, &str, &str), u64> = HashMap::new();
+    let mut order: HashMap<&str, Vec<(&Message, Duration)>> = HashMap::new();
+    for (label, message, at) in &record.received {
+        copies.entry((label.as_str(), message)).or_default().push(*at);
+        let group = if message.kind == 'g' {
+            message.target.as_str()
+        } else {
+            ""
+        };
+        let stream = (label.as_str(), message.kind, message.sender.as_str(), group);
+        if let Some(previous) = last.get(&stream) {
+            if message.sequence < *previous {
+                violations.push(Violation {
+                    at: *at,
+                    what: format!(
+                        "out of order: {label} got {message:?} after sequence {previous} of the same sender{}",
+                        if group.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" in {group}")
+                        }
+                    ),
+                });
+            }
+        }
+        last.insert(stream, message.sequence.max(last.get(&stream).copied().unwrap_or(0)));
+        if message.kind == 'g' {
+            order.entry(label.as_str()).or_default().push((message, *at));
+        }
+    }
+    for ((label, message), times) in &copies {
+        if times.len() > 1 {
+            violations.push(Violation {
+                at: times[1],
+                what: format!(
+                    "duplicate: {label} got {message:?} {} times, at {:?}",
+                    times.len(),
+                    times.iter().map(|t| secs(*t)).collect::<Vec<_>>()
+                ),
+            });
+        }
+    }
+
+    // Required messages.
+    let by_label: HashMap<&str, &Connection> = record
+        .connections
+        .iter()
+        .map(|connection| (connection.label.as_str(), connection))
+        .collect();
+    let mut required_at: HashMap<&str, HashSet<&Message>> = HashMap::new();
+    for sent in &record.sent {
+        *verdict.sent.entry(sent.message.kind).or_default() += 1;
+        if !sent.accepted {
+            continue;
+        }
+        verdict.accepted += 1;
+        let (from, until) = (sent.at.saturating_sub(BEFORE), sent.done + WINDOW);
+        if sent.node >= nodes || !untouched(&spans[sent.node], from, until) {
+            continue;
+        }
+        let message = &sent.message;
+        if message.kind == 'g'
+            && !by_label
+                .get(message.sender.as_str())
+                .is_some_and(|sender| stays_open(sender, until))
+        {
+            continue;
+        }
+        let receivers = record.connections.iter().filter(|connection| {
+            let member = match message.kind {
+                'g' => {
+                    connection.groups.contains(&message.target)
+                        && connection.joined.is_some_and(|joined| joined <= sent.at)
+                }
+                'u' => connection.user == message.target && connection.opened <= sent.at,
+                _ => connection.id == message.target && connection.opened <= sent.at,
+            };
+            member && stays_open(connection, until) && untouched(&spans[connection.node], from, until)
+        });
+        let mut missed = Vec::new();
+        for receiver in receivers {
+            verdict.required += 1;
+            if copies.contains_key(&(receiver.label.as_str(), message)) {
+                verdict.delivered += 1;
+                required_at.entry(receiver.label.as_str()).or_default().insert(message);
+            } else {
+                missed.push(format!("{} (node-{})", receiver.label, receiver.node + 1));
+            }
+        }
+        if !missed.is_empty() {
+            let got: Vec<String> = record
+                .connections
+                .iter()
+                .filter(|connection| copies.contains_key(&(connection.label.as_str(), message)))
+                .map(|connection| format!("{} (node-{})", connection.label, connection.node + 1))
+                .collect();
+            violations.push(Violation {
+                at: sent.at,
+                what: format!(
+                    "missing: {message:?} sent at {} via node-{} never reached {} required receivers{}: {}; got it: {}",
+                    secs(sent.at),
+                    sent.node + 1,
+                    missed.len(),
+                    if message.kind == 'g' {
+                        format!(" (members of {})", message.target)
+                    } else {
+                        String::new()
+                    },
+                    missed.join(", "),
+                    if got.is_empty() {
+                        "nobody".to_owned()
+                    } else {
+                        got.join(", ")
+                    }
+                ),
+            });
+        }
+    }
+
+    // One order per group, among the messages required at (and received by) both of two connections.
+    let mut groups: HashMap<&str, Vec<&str>> = HashMap::new();
+    for connection in &record.connections {
+        for group in &connection.groups {
+            groups
+                .entry(group.as_str())
+                .or_default()
+                .push(connection.label.as_str());
+        }
+    }
+    let empty = HashSet::new();
+    for (group, members) in groups {
+        let lists: Vec<(&str, Vec<(&Message, Duration)>)> = members
+            .iter()
+            .map(|label| {
+                let required = required_at.get(label).unwrap_or(&empty);
+                let list = order
+                    .get(label)
+                    .map(|all| {
+                        all.iter()
+                            .filter(|(message, _)| message.target == group && required.contains(message))
+                            .copied()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (*label, list)
+            })
+            .collect();
+        for (i, (first, first_list)) in lists.iter().enumerate() {
+            for (second, second_list) in &lists[i + 1..] {
+                let in_first: HashSet<&Message> = first_list.iter().map(|(message, _)| *message).collect();
+                let in_second: HashSet<&Message> = second_list.iter().map(|(message, _)| *message).collect();
+                let a: Vec<_> = first_list
+                    .iter()
+                    .filter(|(message, _)| in_second.contains(message))
+                    .collect();
+                let b: Vec<_> = second_list
+                    .iter()
+                    .filter(|(message, _)| in_first.contains(message))
+                    .collect();
+                if let Some(position) = a.iter().zip(&b).position(|(x, y)| x.0 != y.0) {
+                    violations.push(Violation {
+                        at: a[position].1,
+                        what: format!(
+                            "two orders in {group}: {first} got {:?} where {second} got {:?} (position {position} of {} messages both got)",
+                            a[position].0, b[position].0, a.len()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    violations.sort_by_key(|violation| violation.at);
+    verdict.violations = violations;
+    verdict
+}
