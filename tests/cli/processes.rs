@@ -20,10 +20,15 @@ const SECRET: &str = "processes-test-secret";
 
 /// A free loopback port for both TCP and UDP (the link and gossip addresses of a node).
 fn free_port() -> TestResult<u16> {
-    for _ in 0..50 {
-        let tcp = TcpListener::bind("127.0.0.1:0")?;
-        let port = tcp.local_addr()?.port();
+    // Below the kernel's ephemeral range (32768 and up by default): a port picked there could be taken by some
+    // outgoing connection between this check and the node's bind, and the node would not start.
+    for _ in 0..200 {
+        let port: u16 = rand::random_range(20_000..32_000);
+        let Ok(tcp) = TcpListener::bind(("127.0.0.1", port)) else {
+            continue;
+        };
         if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            drop(tcp);
             return Ok(port);
         }
     }
