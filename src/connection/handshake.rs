@@ -1,7 +1,6 @@
 //! The first phase of a connection: reading the client's handshake within its timeout, answering it, and
 //! building the [`Connection`] that serves the rest (registered with its host before the answer goes out).
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -14,7 +13,6 @@ use crate::transport::{CloseKind, Transport, TransportKind};
 use super::link::Link;
 use super::mailbox::Mailbox;
 use super::reconnect::{ReceiveState, ReplayBuffer};
-use super::recv_gate::RecvGate;
 use super::stateful::Stateful;
 use super::task::{Accepted, Connection, ConnectionSetup};
 use super::{ConnectionHandle, Limits, Session};
@@ -62,7 +60,6 @@ impl<T: Transport> Connection<T> {
             headers: setup.request.headers,
             handle,
         });
-        let now = Instant::now();
         let stateful = match setup.resume {
             Some(slot) if request.version >= 2 && !limits.reconnect_window.is_zero() => Some(Box::new(Stateful {
                 sent: ReplayBuffer::new(limits.reconnect_buffer_bytes),
@@ -74,31 +71,16 @@ impl<T: Transport> Connection<T> {
             })),
             _ => None,
         };
-        // As if messages had come a window apart: a few quick ones start coalescing, one quick pair does not.
-        let arrival_gap_micros = u32::try_from(limits.write_coalesce.as_micros()).unwrap_or(u32::MAX);
-        let mut connection = Connection {
-            transport: Link::Direct(transport),
+        let mut connection = Connection::connected(
+            Link::Direct(transport),
             stateful,
             protocol,
             limits,
-            host: setup.host,
+            setup.host,
             session,
             mailbox,
-            calls: None,
             inbound,
-            recv_gate: RecvGate::new(),
-            last_read: now,
-            last_write: now,
-            held: None,
-            last_arrival: now,
-            arrival_gap_micros,
-            queued: VecDeque::new(),
-            current: None,
-            uploads: HashMap::new(),
-            streams: HashMap::new(),
-            results: HashMap::new(),
-            next_result_id: 0,
-        };
+        );
         // Registered before the response goes out: a client that has it may at once have the server address this
         // connection (a hub method another client calls, an HTTP request of its own), and must not find it missing.
         // What the hub sends meanwhile waits in the mailbox, which is read after the response is written.

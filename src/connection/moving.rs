@@ -8,7 +8,6 @@
 //! stops reading the client meanwhile; it ends without a Close message and without `disconnected` (the
 //! connection goes on elsewhere), dropping its transport so that the client reconnects.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -22,7 +21,6 @@ use crate::transport::{Transport, TransportKind};
 use super::link::Link;
 use super::mailbox::Mailbox;
 use super::reconnect::{ReceiveState, RelayTransport, ReplayBuffer, ResumeSlot};
-use super::recv_gate::RecvGate;
 use super::stateful::Stateful;
 use super::task::Connection;
 use super::{ConnectionHandle, ConnectionHost, ConnectionId, DeliverError, Limits, Outbound, Session, WakeRelay};
@@ -202,30 +200,17 @@ pub fn run_moved(
         transport = "moved",
         user = setup.session.user.as_deref().unwrap_or("")
     );
-    let arrival_gap_micros = u32::try_from(limits.write_coalesce.as_micros()).unwrap_or(u32::MAX);
-    let connection: Connection<RelayTransport> = Connection {
-        transport: Link::Detached,
-        stateful: Some(Box::new(stateful)),
+    let mailbox = setup.session.handle.mailbox.clone();
+    let connection: Connection<RelayTransport> = Connection::connected(
+        Link::Detached,
+        Some(Box::new(stateful)),
         protocol,
         limits,
-        host: setup.host,
-        mailbox: setup.session.handle.mailbox.clone(),
-        session: setup.session,
-        calls: None,
-        inbound: BytesMut::new(),
-        recv_gate: RecvGate::new(),
-        last_read: now,
-        last_write: now,
-        held: None,
-        last_arrival: now,
-        arrival_gap_micros,
-        queued: VecDeque::new(),
-        current: None,
-        uploads: HashMap::new(),
-        streams: HashMap::new(),
-        results: HashMap::new(),
-        next_result_id: 0,
-    };
+        setup.host,
+        setup.session,
+        mailbox,
+        BytesMut::new(),
+    );
     let future = Box::new(connection).live(Box::pin(async { Ok(()) }));
     Ok(tracing::Instrument::instrument(future, span))
 }

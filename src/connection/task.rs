@@ -123,6 +123,46 @@ pub(super) struct Connection<T: Transport> {
 }
 
 impl<T: Transport> Connection<T> {
+    /// A connection in its connected phase, with nothing running or held yet: after its handshake, or moved here.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn connected(
+        transport: Link<T>,
+        stateful: Option<Box<Stateful>>,
+        protocol: Protocol,
+        limits: Arc<Limits>,
+        host: Arc<dyn ConnectionHost>,
+        session: Arc<Session>,
+        mailbox: Arc<Mailbox>,
+        inbound: BytesMut,
+    ) -> Self {
+        let now = Instant::now();
+        // As if messages had come a window apart: a few quick ones start coalescing, one quick pair does not.
+        let arrival_gap_micros = u32::try_from(limits.write_coalesce.as_micros()).unwrap_or(u32::MAX);
+        Connection {
+            transport,
+            stateful,
+            protocol,
+            limits,
+            host,
+            session,
+            mailbox,
+            calls: None,
+            inbound,
+            recv_gate: RecvGate::new(),
+            last_read: now,
+            last_write: now,
+            held: None,
+            last_arrival: now,
+            arrival_gap_micros,
+            queued: VecDeque::new(),
+            current: None,
+            uploads: HashMap::new(),
+            streams: HashMap::new(),
+            results: HashMap::new(),
+            next_result_id: 0,
+        }
+    }
+
     /// The connected phase: the rest of the hub's `connected`, the main loop, the ending. Boxed, since an async fn
     /// keeps its argument twice (as given and as moved into its body), and this one is the largest part of a
     /// connection.

@@ -134,7 +134,6 @@ impl<H: LocalHub> Router<H> {
         let held_here = self
             .hub(&key.hub)
             .is_some_and(|runtime| runtime.deliver_group(key, frame, except));
-        tracing::trace!(parent: &self.span, ?key, origin = %stamp.origin, seq = stamp.seq, held_here, "a group send delivered here");
         if !held_here {
             // No member here (any more): forget the group's sequence numbers, so the table does not grow with
             // every group that ever existed.

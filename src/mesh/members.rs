@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use super::envelope::{unexpected, Answer, Request};
 use super::group::{GroupKey, GroupKind};
-use super::owner::MembershipOp;
+use super::owner::{Done, MembershipOp};
 use super::{LocalHub, MeshError, Router};
+use crate::cluster::NodeId;
 use crate::connection::ConnectionId;
 
 /// How many owners a membership request tries when owners leave while it waits.
@@ -104,27 +105,42 @@ impl<H: LocalHub> Router<H> {
 
     /// Records at the group's owner that a connection of this node joined.
     async fn register(&self, key: GroupKey, connection: ConnectionId) -> Result<(), MeshError> {
-        let mut attempts = OWNER_ATTEMPTS;
-        loop {
-            let owner = self.owner_of(&key);
-            if self.is_local(&owner.name) {
-                let from = self.id();
-                return self
-                    .own_op(|done| MembershipOp::Register {
-                        from,
-                        key,
-                        connection,
-                        done,
-                    })
-                    .await;
-            }
-            let request = Request::Register {
+        let (op_key, op_connection) = (key.clone(), connection.clone());
+        self.at_owner(
+            &key,
+            |from, done| MembershipOp::Register {
+                from,
+                key: op_key,
+                connection: op_connection,
+                done,
+            },
+            || Request::Register {
                 key: key.clone(),
                 connection: connection.clone(),
-            };
-            match self.request(&owner.name, request).await {
+            },
+        )
+        .await
+    }
+
+    /// Applies a membership change of this node's at the group's owner: this node's membership queue (`op`, given
+    /// this node's incarnation) or the owner's (`request`), asked again of the next owner when the owner leaves
+    /// while it is asked.
+    pub(super) async fn at_owner(
+        &self,
+        key: &GroupKey,
+        op: impl FnOnce(NodeId, Done) -> MembershipOp,
+        request: impl Fn() -> Request,
+    ) -> Result<(), MeshError> {
+        let mut attempts = OWNER_ATTEMPTS;
+        loop {
+            let owner = self.owner_of(key);
+            if self.is_local(&owner.name) {
+                let from = self.id();
+                return self.own_op(|done| op(from, done)).await;
+            }
+            match self.request(&owner.name, request()).await {
                 Answer::Done => return Ok(()),
-                // The owner left while we asked: the next owner takes the membership.
+                // The owner left while we asked: the next owner takes the change.
                 Answer::PeerLeft if attempts > 1 => attempts -= 1,
                 answer => return Err(unexpected(answer)),
             }

@@ -5,46 +5,34 @@
 //! ([`Router::on_member_moved`]): so every send of the group reaches the connection through exactly one of the two
 //! nodes, and the group's order holds across the move.
 
-use super::envelope::{unexpected, Answer, Request};
+use super::envelope::Request;
 use super::group::GroupKey;
 use super::owner::MembershipOp;
 use super::{LocalHub, MeshError, Router};
 use crate::cluster::NodeId;
 use crate::connection::ConnectionId;
 
-/// How many owners a move tries when owners leave while it waits.
-const OWNER_ATTEMPTS: usize = 3;
-
 impl<H: LocalHub> Router<H> {
     /// Moves connection `connection` of this node to node `to` in group `key`, at the group's owner; returns once
     /// the owner has sent both nodes their markers (this node's may still be on its way).
     pub(crate) async fn move_member(&self, key: GroupKey, connection: ConnectionId, to: NodeId) -> Result<(), MeshError> {
-        let mut attempts = OWNER_ATTEMPTS;
-        loop {
-            let owner = self.owner_of(&key);
-            if self.is_local(&owner.name) {
-                let from = self.id();
-                return self
-                    .own_op(|done| MembershipOp::Move {
-                        from,
-                        to,
-                        key,
-                        connection,
-                        done,
-                    })
-                    .await;
-            }
-            let request = Request::Move {
+        let (op_key, op_connection, op_to) = (key.clone(), connection.clone(), to.clone());
+        self.at_owner(
+            &key,
+            |from, done| MembershipOp::Move {
+                from,
+                to: op_to,
+                key: op_key,
+                connection: op_connection,
+                done,
+            },
+            || Request::Move {
                 key: key.clone(),
                 connection: connection.clone(),
                 to: to.clone(),
-            };
-            match self.request(&owner.name, request).await {
-                Answer::Done => return Ok(()),
-                Answer::PeerLeft if attempts > 1 => attempts -= 1,
-                answer => return Err(unexpected(answer)),
-            }
-        }
+            },
+        )
+        .await
     }
 
     /// A group's owner says that `connection` is in this node's copy of the group's sends from now on
