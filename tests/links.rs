@@ -594,6 +594,67 @@ fn garbage(address: &str, bytes: &[u8]) -> std::net::TcpStream {
     stream
 }
 
+/// Waits (at most 15 s) for an event matching `wanted`, skipping any other.
+async fn wait_for_event(events: &mut mpsc::Receiver<LinkEvent>, what: &str, wanted: impl Fn(&LinkEvent) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(event)) if wanted(&event) => return,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the event channel closed"),
+            Err(_) => panic!("no {what} within 15 s"),
+        }
+    }
+}
+
+/// A TCP relay in front of an address whose connections the test can cut (both sockets closed at once) while it
+/// goes on accepting new ones.
+struct CutRelay {
+    address: SocketAddr,
+    cuts: tokio::sync::watch::Sender<u64>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl CutRelay {
+    async fn start(target: &str) -> CutRelay {
+        let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (cuts, _) = tokio::sync::watch::channel(0u64);
+        let cut_signal = cuts.clone();
+        let target = target.to_owned();
+        let accepting = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let mut cut = cut_signal.subscribe();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        CutRelay {
+            address,
+            cuts,
+            accepting,
+        }
+    }
+
+    /// Closes every connection relayed now.
+    fn cut(&self) {
+        self.cuts.send_modify(|cuts| *cuts += 1);
+    }
+}
+
+impl Drop for CutRelay {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ractor_links_between_processes() {
     init_tracing();
@@ -740,6 +801,76 @@ async fn ractor_links_between_processes() {
     assert_eq!(local.links.connected(), vec![alpha_id.clone()]);
     local.echo(&alpha_id, "with a stranger around").await;
     drop(zulu);
+    local.links.update_peers(&[alpha.info()]);
+
+    // A link that drops while both peers live resumes (`sender.rs` in src/cluster/link/ractor): "beta" dials through
+    // a relay that the test cuts while beta is stopped, with batches unacknowledged and frames queued. Every frame
+    // accepted before and during the cut arrives once, in order, on the next link.
+    let relay = CutRelay::start(&address).await;
+    let beta = PeerProcess::spawn("beta", 1, SECRET, &local.id, &relay.address.to_string());
+    local.links.update_peers(&[alpha.info(), beta.info()]);
+    let beta_id = beta.id.clone();
+    local
+        .wait_for("Up(beta.1)", Duration::from_secs(10), |event| {
+            event == &LinkEvent::Up(beta_id.clone())
+        })
+        .await;
+    local.echo(&beta_id, "before the cut").await;
+    signal(&beta.child, "-STOP");
+    let mut accepted = 0u64;
+    while accepted < 5_000 {
+        send_patiently(local.links.as_ref(), &beta_id, counted(accepted, 100))
+            .await
+            .unwrap();
+        accepted += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    relay.cut();
+    let beta_down = beta_id.clone();
+    wait_for_event(&mut local.events, "Down(beta.1)", |event| {
+        event == &LinkEvent::Down(beta_down.clone())
+    })
+    .await;
+    // Frames accepted while the link is down wait for the next one.
+    for seq in accepted..accepted + 1_000 {
+        send_patiently(local.links.as_ref(), &beta_id, counted(seq, 100))
+            .await
+            .unwrap();
+    }
+    accepted += 1_000;
+    signal(&beta.child, "-CONT");
+    let beta_up = beta_id.clone();
+    wait_for_event(&mut local.events, "Up(beta.1) again", |event| {
+        event == &LinkEvent::Up(beta_up.clone())
+    })
+    .await;
+    send_patiently(local.links.as_ref(), &beta_id, Bytes::from_static(b"R"))
+        .await
+        .unwrap();
+    let from = beta_id.clone();
+    let report = local
+        .wait_for(
+            "beta's report",
+            Duration::from_secs(20),
+            |event| matches!(event, LinkEvent::Frame { from: f, frame } if f == &from && frame.first() == Some(&b'R')),
+        )
+        .await;
+    let LinkEvent::Frame { frame, .. } = report else {
+        unreachable!()
+    };
+    assert_eq!(
+        u64::from_be_bytes(frame[1..9].try_into().unwrap()),
+        accepted,
+        "every frame accepted before and during the cut arrives, once"
+    );
+    assert_eq!(frame[9], 1, "in order across the cut");
+    println!("a link cut with {accepted} frames unacknowledged or queued resumed with every frame once, in order");
+    drop(beta);
+    let beta_down = beta_id.clone();
+    wait_for_event(&mut local.events, "Down(beta.1) at its end", |event| {
+        event == &LinkEvent::Down(beta_down.clone())
+    })
+    .await;
     local.links.update_peers(&[alpha.info()]);
 
     // A killed peer's link goes down (the TCP reset, before any membership verdict).

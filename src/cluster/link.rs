@@ -12,6 +12,10 @@
 //!
 //! Every implementation keeps the same promises:
 //! * frames from one node to one peer arrive in the order sent, each at most once;
+//! * a link that drops while both incarnations stay live loses nothing accepted: frames sent meanwhile wait
+//!   (within the queue's bound), and the next link delivers what the last one did not, before them (in [`ractor`];
+//!   the in-memory network of tests keeps this only for a link that stays open: a fault that closes one drops its
+//!   queue, a harsher network than the real one);
 //! * [`Links::send`] never blocks: each peer has a bounded queue ([`LinkConfig::queue_frames`]); when it is full
 //!   the send fails with [`LinkError::QueueFull`] and the caller decides (the router holds or drops, and says so);
 //! * a frame over [`LinkConfig::max_frame`] is refused at the sender, so no message can tear a link down;
@@ -126,14 +130,16 @@ pub enum LinkEvent {
     },
     /// A link to this peer is up: frames can flow both ways.
     Up(NodeId),
-    /// The link to this peer is down; frames queued for it were dropped.
+    /// The link to this peer is down. Frames queued for it wait for the next link while the peer stays live (in
+    /// [`ractor`]), and are dropped when it leaves.
     Down(NodeId),
 }
 
 /// Why a frame could not be queued for a peer, or links could not start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
-    /// There is no link to this peer (not yet up, or down).
+    /// There is no link to this peer: none was up yet, or the peer left (with [`ractor`], a link that is down while
+    /// the peer stays live still queues).
     #[error("no link to node {0}")]
     NoLink(NodeId),
     /// The peer's queue is full: it is slow or stalled.

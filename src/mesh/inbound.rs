@@ -20,8 +20,10 @@ impl<H: LocalHub> Router<H> {
                 }
             },
             LinkEvent::Up(peer) => {
-                // A link (re)opened: whatever was sent while it was down is lost, so both sides exchange their
-                // snapshots again (a thawed node gets its memberships back this way) and held sends go.
+                // A link (re)opened. Frames to the same incarnation resume (the link layer sends again what the
+                // last link did not deliver), but a peer that was declared dead meanwhile dropped what this node
+                // had queued for it, so both sides exchange their snapshots again (a thawed node gets its
+                // memberships back this way) and held sends go.
                 tracing::debug!(parent: &self.span, peer = %peer, "link up");
                 self.send_snapshot_to(&peer);
                 let _ = self.send_to_peer(&peer, &Envelope::SnapshotRequest);

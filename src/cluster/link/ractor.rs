@@ -10,7 +10,8 @@
 //!   endpoint), [`Links`] for the layer above, and shutdown.
 //! * `endpoint`: the `LinkEndpoint` actor: sessions, dials, opening and closing links, receiving batches and
 //!   acknowledging them.
-//! * `sender`: one link's sender task: batching and the credit window.
+//! * `sender`: a peer incarnation's stream (queue and unacknowledged batches, across links) and one link's sender
+//!   task: batching, the credit window, sending again what the last link left unacknowledged.
 //! * `codec`: the endpoint's messages and the wire encoding of batches and acknowledgements.
 //!
 //! # How it works
@@ -37,8 +38,14 @@
 //!   event channel (waiting when that channel is full) and, every [`ACK_EVERY`] batches, casts a cumulative
 //!   acknowledgement back. A sender never has more than [`WINDOW_BATCHES`] batches unacknowledged, so a slow or
 //!   stalled peer stops the sender task, the queue fills, and sends fail with `QueueFull`: the sender's memory stays
-//!   flat (queue + window), and the receiver's endpoint mailbox holds at most one window per peer. Counts are per
-//!   link epoch, so a new session starts a fresh window.
+//!   flat (queue + window), and the receiver's endpoint mailbox holds at most one window per peer.
+//! * **Resuming.** The queue and the unacknowledged batches belong to the peer incarnation's stream, not to the link
+//!   (`sender`): when a link drops while both incarnations stay live (a reset, a partition that heals, a peer that
+//!   declared this node dead for a moment and sees it live again), frames accepted meanwhile wait in the queue (sends
+//!   fail with `QueueFull` once it is full), and the next link first sends the unacknowledged batches again. Batches
+//!   carry their stream and sequence number, and the receiver drops one it delivered already, so every frame accepted
+//!   by [`Links::send`] arrives once, in order, as long as both incarnations live. A stream ends (what it held is
+//!   dropped) when its peer leaves the live set or is superseded by a newer generation.
 //! * **Frame cap.** `max_frame` may not exceed [`MAX_LINK_FRAME`] (8 MiB); a batch is at most `max_frame` bytes of
 //!   frames plus a few bytes per frame, so every link message stays under ractor_cluster's 16 MiB inbound limit, which
 //!   is what closes a connection. Oversized frames are refused at [`Links::send`]; a peer's oversized frame is dropped

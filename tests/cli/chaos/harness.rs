@@ -292,7 +292,17 @@ impl Harness {
     /// Applies one fault, heals it, and checks what must hold after the heal.
     pub async fn apply(&mut self, fault: Fault) -> anyhow::Result<()> {
         let description = format!("{fault:?}");
-        println!("[{:7.3} s] fault: {description}", self.load.now().as_secs_f64());
+        // The wall clock too, to find the fault in the nodes' logs.
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64() % 86_400.0);
+        println!(
+            "[{:7.3} s] fault: {description} (at {:02}:{:02}:{:06.3} UTC)",
+            self.load.now().as_secs_f64(),
+            (wall / 3600.0) as u64,
+            (wall % 3600.0 / 60.0) as u64,
+            wall % 60.0
+        );
         if let Fault::RollingRestart = fault {
             for node in 0..NODES {
                 let start = self.load.now();

@@ -10,25 +10,28 @@ use super::super::PeerInfo;
 use crate::cluster::membership::NodeId;
 
 /// Version byte of the link message encoding.
-const WIRE_VERSION: u8 = 1;
+/// 2: a batch carries its stream and sequence number, and an acknowledgement the last batch received (links resume).
+const WIRE_VERSION: u8 = 2;
 
 const VARIANT_BATCH: &str = "hubmesh.batch";
 const VARIANT_ACK: &str = "hubmesh.ack";
 
-/// Frames from one incarnation, in send order.
+/// Frames from one incarnation, in send order: batch `seq` (from 1) of the sender's `stream` to the receiver, which
+/// outlives the link it was first sent on (`super::sender`).
 #[derive(Debug)]
 pub(super) struct Batch {
     pub(super) from: NodeId,
-    pub(super) epoch: u64,
+    pub(super) stream: u64,
+    pub(super) seq: u64,
     pub(super) frames: Vec<Bytes>,
 }
 
-/// The receiver of `epoch`'s batches has delivered `count` of them.
+/// The receiver of `stream` has delivered every batch up to `received`, cumulatively.
 #[derive(Debug)]
 pub(super) struct Ack {
     pub(super) from: NodeId,
-    pub(super) epoch: u64,
-    pub(super) count: u64,
+    pub(super) stream: u64,
+    pub(super) received: u64,
 }
 
 /// Local notices to the endpoint.
@@ -49,7 +52,7 @@ pub(super) enum EndpointMsg {
     Control(Control),
 }
 
-fn put_sender(buf: &mut Vec<u8>, from: &NodeId, epoch: u64) {
+fn put_sender(buf: &mut Vec<u8>, from: &NodeId, stream: u64) {
     buf.put_u8(WIRE_VERSION);
     let name = from.name.as_bytes();
     // Names are short; one longer than u16 cannot be sent and is cut (the peer then drops the message).
@@ -57,7 +60,7 @@ fn put_sender(buf: &mut Vec<u8>, from: &NodeId, epoch: u64) {
     buf.put_u16(len);
     buf.put_slice(name.get(..usize::from(len)).unwrap_or(name));
     buf.put_u64(from.generation);
-    buf.put_u64(epoch);
+    buf.put_u64(stream);
 }
 
 fn get_sender(buf: &mut Bytes) -> Option<(NodeId, u64)> {
@@ -70,15 +73,16 @@ fn get_sender(buf: &mut Bytes) -> Option<(NodeId, u64)> {
     }
     let name = std::str::from_utf8(&buf.split_to(len)).ok()?.to_owned();
     let generation = buf.get_u64();
-    let epoch = buf.get_u64();
-    Some((NodeId::new(name, generation), epoch))
+    let stream = buf.get_u64();
+    Some((NodeId::new(name, generation), stream))
 }
 
 impl Batch {
     fn encode(&self) -> Vec<u8> {
         let size: usize = self.frames.iter().map(|frame| frame.len() + 4).sum();
         let mut buf = Vec::with_capacity(size + self.from.name.len() + 32);
-        put_sender(&mut buf, &self.from, self.epoch);
+        put_sender(&mut buf, &self.from, self.stream);
+        buf.put_u64(self.seq);
         buf.put_u32(u32::try_from(self.frames.len()).unwrap_or(u32::MAX));
         for frame in &self.frames {
             buf.put_u32(u32::try_from(frame.len()).unwrap_or(u32::MAX));
@@ -89,10 +93,11 @@ impl Batch {
 
     fn decode(bytes: Vec<u8>) -> Option<Self> {
         let mut buf = Bytes::from(bytes);
-        let (from, epoch) = get_sender(&mut buf)?;
-        if buf.remaining() < 4 {
+        let (from, stream) = get_sender(&mut buf)?;
+        if buf.remaining() < 12 {
             return None;
         }
+        let seq = buf.get_u64();
         let count = buf.get_u32() as usize;
         // Every frame takes at least its 4-byte length: a count larger than that is a lie.
         if count > buf.remaining() / 4 {
@@ -109,28 +114,33 @@ impl Batch {
             }
             frames.push(buf.split_to(len));
         }
-        Some(Batch { from, epoch, frames })
+        Some(Batch {
+            from,
+            stream,
+            seq,
+            frames,
+        })
     }
 }
 
 impl Ack {
     fn encode(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(self.from.name.len() + 40);
-        put_sender(&mut buf, &self.from, self.epoch);
-        buf.put_u64(self.count);
+        put_sender(&mut buf, &self.from, self.stream);
+        buf.put_u64(self.received);
         buf
     }
 
     fn decode(bytes: Vec<u8>) -> Option<Self> {
         let mut buf = Bytes::from(bytes);
-        let (from, epoch) = get_sender(&mut buf)?;
+        let (from, stream) = get_sender(&mut buf)?;
         if buf.remaining() < 8 {
             return None;
         }
         Some(Ack {
             from,
-            epoch,
-            count: buf.get_u64(),
+            stream,
+            received: buf.get_u64(),
         })
     }
 }

@@ -1,24 +1,24 @@
 //! The link endpoint: the one actor per process (remotable, in the process group [`endpoint_group`] of this
 //! incarnation) that sends and receives every link message. It follows membership (dials, tears links down), tracks
-//! ractor_cluster's sessions and their authentication, opens a link (queue, sender task, credit window) once a
-//! session's peer endpoint is found, delivers arriving batches to the event channel and acknowledges them.
+//! ractor_cluster's sessions and their authentication, opens a link (a sender task for the peer's stream, see
+//! `super::sender`) once a session's peer endpoint is found, delivers arriving batches to the event channel once
+//! each (a batch sent again on a new link is dropped by its sequence number) and acknowledges them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
-use bytes::Bytes;
 use parking_lot::RwLock;
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{NodeServerMessage, NodeSessionMessage};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::codec::{Ack, Batch, Control, EndpointMsg};
-use super::sender::SenderTask;
+use super::sender::{Batching, PeerQueue, Stream};
 use super::{ACK_EVERY, AUTH_DEADLINE, DIAL_BACKOFF, DIAL_BACKOFF_MAX};
 use crate::cluster::link::{LinkConfig, LinkCounters, LinkEvent, LinkTls, PeerInfo};
 use crate::cluster::membership::NodeId;
@@ -81,7 +81,7 @@ pub(super) struct EndpointArgs {
     pub(super) config: LinkConfig,
     pub(super) events: mpsc::Sender<LinkEvent>,
     pub(super) node_server: ActorRef<NodeServerMessage>,
-    pub(super) senders: Arc<RwLock<HashMap<NodeId, mpsc::Sender<Bytes>>>>,
+    pub(super) senders: Arc<RwLock<HashMap<NodeId, PeerQueue>>>,
     pub(super) counters: Arc<LinkCounters>,
 }
 
@@ -100,16 +100,15 @@ struct DialState {
 struct LinkState {
     session: ActorRef<NodeSessionMessage>,
     remote: ActorRef<EndpointMsg>,
-    epoch: u64,
-    acked: watch::Sender<u64>,
-    sender: JoinHandle<()>,
+    /// Stops the link's sender task (the stream's queue and window stay for the next link).
+    stop: CancellationToken,
     span: tracing::Span,
 }
 
-/// What this node has received on a peer's current epoch.
+/// What this node has received of a peer incarnation's stream: batches up to `received`.
 struct Inbound {
-    epoch: u64,
-    batches: u64,
+    stream: u64,
+    received: u64,
 }
 
 pub(super) struct EndpointState {
@@ -118,8 +117,11 @@ pub(super) struct EndpointState {
     config: LinkConfig,
     events: mpsc::Sender<LinkEvent>,
     node_server: ActorRef<NodeServerMessage>,
-    senders: Arc<RwLock<HashMap<NodeId, mpsc::Sender<Bytes>>>>,
+    senders: Arc<RwLock<HashMap<NodeId, PeerQueue>>>,
     counters: Arc<LinkCounters>,
+    /// Per peer incarnation with a link now or earlier, this node's frames to it (kept while the link is down,
+    /// dropped when the peer leaves the live set or is superseded).
+    streams: HashMap<NodeId, Stream>,
     /// Live peers (this node excluded) and their link addresses, from the last membership view.
     live: HashMap<NodeId, String>,
     /// Per peer name, the newest generation seen live: an incarnation no newer than it that is not live now has
@@ -130,7 +132,10 @@ pub(super) struct EndpointState {
     /// Ready sessions whose peer endpoint is not yet in its group, with the ticks waited.
     pending: HashMap<ActorId, (NodeServerSessionInformation, u32)>,
     dials: HashMap<NodeId, DialState>,
+    /// Per peer incarnation, what it sent this node: kept until a newer generation of its name is live (a peer that
+    /// was dead for a moment and is live again resumes its stream, and nothing it sent arrives twice).
     inbound: HashMap<NodeId, Inbound>,
+    /// Numbers links (for logs) and streams.
     next_epoch: u64,
 }
 
@@ -153,6 +158,7 @@ impl Actor for LinkEndpoint {
             node_server: args.node_server,
             senders: args.senders,
             counters: args.counters,
+            streams: HashMap::new(),
             live: HashMap::new(),
             seen_live: HashMap::new(),
             links: HashMap::new(),
@@ -263,15 +269,17 @@ impl EndpointState {
         for peer in doomed {
             self.close_link(&peer, "no longer live or superseded", true).await;
         }
-        let stale: Vec<NodeId> = self
-            .inbound
-            .keys()
-            .filter(|peer| self.unwanted(peer))
-            .cloned()
-            .collect();
-        for peer in stale {
-            self.inbound.remove(&peer);
+        // A peer gone for good takes its stream: what was queued for it is dropped (the layer above re-sends what
+        // matters to whoever takes its place). What it sent here is remembered until a newer generation of its
+        // name shows up: one entry per name.
+        let gone: Vec<NodeId> = self.streams.keys().filter(|peer| self.unwanted(peer)).cloned().collect();
+        for peer in gone {
+            self.streams.remove(&peer);
+            self.senders.write().remove(&peer);
         }
+        let seen_live = &self.seen_live;
+        self.inbound
+            .retain(|peer, _| seen_live.get(&peer.name).is_none_or(|&newest| newest <= peer.generation));
         let live = &self.live;
         self.dials.retain(|peer, _| live.contains_key(peer));
         self.dial_missing();
@@ -386,32 +394,38 @@ impl EndpointState {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
         let span = tracing::info_span!("link", node = %self.self_id, peer = %peer, epoch);
-        let (frames, queue) = mpsc::channel(self.config.queue_frames);
-        let (acked, acked_rx) = watch::channel(0);
-        let sender = tokio::spawn(
-            SenderTask {
-                queue,
-                remote: remote.clone(),
-                acked: acked_rx,
-                from: self.self_id.clone(),
-                epoch,
+        if !self.streams.contains_key(&peer) {
+            let id = self.next_epoch;
+            self.next_epoch += 1;
+            let (stream, frames) = Stream::new(id, self.config.queue_frames);
+            self.streams.insert(peer.clone(), stream);
+            self.senders.write().insert(peer.clone(), PeerQueue { frames, up: false });
+        }
+        let stop = CancellationToken::new();
+        if let Some(stream) = self.streams.get(&peer) {
+            let batching = Batching {
                 batch_frames: self.config.batch_frames,
                 batch_bytes: self.config.max_frame,
                 linger: self.config.batch_linger,
-                counters: self.counters.peer(&peer.name),
-            }
-            .run()
-            .instrument(span.clone()),
-        );
-        self.senders.write().insert(peer.clone(), frames);
+            };
+            let task = stream.sender(
+                remote.clone(),
+                self.self_id.clone(),
+                batching,
+                self.counters.peer(&peer.name),
+                stop.clone(),
+            );
+            tokio::spawn(task.run().instrument(span.clone()));
+        }
+        if let Some(queue) = self.senders.write().get_mut(&peer) {
+            queue.up = true;
+        }
         self.links.insert(
             peer.clone(),
             LinkState {
                 session,
                 remote,
-                epoch,
-                acked,
-                sender,
+                stop,
                 span: span.clone(),
             },
         );
@@ -420,14 +434,16 @@ impl EndpointState {
         let _ = self.events.send(LinkEvent::Up(peer)).await;
     }
 
-    /// Closes the link to `peer`, if any: drops its queue and reports `Down`. `stop_session` also closes the TCP
-    /// session (when membership, not the network, ended the link).
+    /// Closes the link to `peer`, if any, and reports `Down`; the peer's stream waits for the next link (or for the
+    /// peer to leave). `stop_session` also closes the TCP session (when membership, not the network, ended it).
     async fn close_link(&mut self, peer: &NodeId, reason: &str, stop_session: bool) {
         let Some(link) = self.links.remove(peer) else {
             return;
         };
-        self.senders.write().remove(peer);
-        link.sender.abort();
+        link.stop.cancel();
+        if let Some(queue) = self.senders.write().get_mut(peer) {
+            queue.up = false;
+        }
         if stop_session {
             link.session.stop(Some(format!("hubmesh: {reason}")));
         }
@@ -485,49 +501,61 @@ impl EndpointState {
         };
         let remote = link.remote.clone();
         let span = link.span.clone();
-        for frame in batch.frames {
-            if frame.len() > self.config.max_frame {
-                let (size, max) = (frame.len(), self.config.max_frame);
-                tracing::warn!(parent: &span, size, max, "dropped an oversized frame");
-                continue;
-            }
-            let delivered = self.events.send(LinkEvent::Frame {
-                from: peer.clone(),
-                frame,
-            });
-            if delivered.await.is_err() {
-                return;
-            }
-        }
         let inbound = self.inbound.entry(peer.clone()).or_insert(Inbound {
-            epoch: batch.epoch,
-            batches: 0,
+            stream: batch.stream,
+            received: 0,
         });
-        if inbound.epoch != batch.epoch {
-            inbound.epoch = batch.epoch;
-            inbound.batches = 0;
+        if batch.stream < inbound.stream {
+            tracing::debug!(parent: &span, stream = batch.stream, "dropped a batch of an earlier stream");
+            return;
         }
-        inbound.batches += 1;
-        if inbound.batches.is_multiple_of(ACK_EVERY) {
+        if batch.stream > inbound.stream {
+            // The peer started a new stream to this node (it had dropped the old one with its link): count afresh.
+            *inbound = Inbound {
+                stream: batch.stream,
+                received: 0,
+            };
+        }
+        let (stream, seq) = (batch.stream, batch.seq);
+        let fresh = seq > inbound.received;
+        if fresh {
+            if seq > inbound.received + 1 {
+                tracing::warn!(parent: &span, expected = inbound.received + 1, seq, "batches missing from a peer's stream");
+            }
+            inbound.received = seq;
+            for frame in batch.frames {
+                if frame.len() > self.config.max_frame {
+                    let (size, max) = (frame.len(), self.config.max_frame);
+                    tracing::warn!(parent: &span, size, max, "dropped an oversized frame");
+                    continue;
+                }
+                let delivered = self.events.send(LinkEvent::Frame {
+                    from: peer.clone(),
+                    frame,
+                });
+                if delivered.await.is_err() {
+                    return;
+                }
+            }
+        } else {
+            // Sent again on a new link: it arrived on the old one.
+            tracing::trace!(parent: &span, seq, "dropped a batch that arrived before");
+        }
+        let received = self.inbound.get(&peer).map_or(0, |inbound| inbound.received);
+        if seq.is_multiple_of(ACK_EVERY) || !fresh {
             let ack = Ack {
                 from: self.self_id.clone(),
-                epoch: batch.epoch,
-                count: inbound.batches,
+                stream,
+                received,
             };
             send_ack(&peer, remote, ack);
         }
     }
 
     fn on_ack(&mut self, ack: &Ack) {
-        if let Some(link) = self.links.get(&ack.from) {
-            if link.epoch == ack.epoch {
-                link.acked.send_if_modified(|acked| {
-                    let advanced = ack.count > *acked;
-                    if advanced {
-                        *acked = ack.count;
-                    }
-                    advanced
-                });
+        if let Some(stream) = self.streams.get(&ack.from) {
+            if stream.id == ack.stream {
+                stream.on_ack(ack.received);
             }
         }
     }

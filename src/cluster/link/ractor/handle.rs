@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use super::codec::{Control, EndpointMsg};
 use super::endpoint::{EndpointArgs, LinkEndpoint};
+use super::sender::PeerQueue;
 use super::{AUTH_DEADLINE, MAX_LINK_FRAME};
 use crate::cluster::link::{LinkConfig, LinkCounters, LinkError, LinkEvent, LinkTls, Links, PeerInfo};
 use crate::cluster::membership::NodeId;
@@ -71,7 +72,7 @@ pub struct RactorLinks {
     self_id: NodeId,
     advertised: String,
     max_frame: usize,
-    senders: Arc<RwLock<HashMap<NodeId, mpsc::Sender<Bytes>>>>,
+    senders: Arc<RwLock<HashMap<NodeId, PeerQueue>>>,
     counters: Arc<LinkCounters>,
     endpoint: ActorRef<EndpointMsg>,
     node_server: ActorRef<NodeServerMessage>,
@@ -329,7 +330,7 @@ impl Links for RactorLinks {
         };
         let counters = self.counters.peer(&peer.name);
         let bytes = frame.len();
-        match sender.try_send(frame) {
+        match sender.frames.try_send(frame) {
             Ok(()) => {
                 counters.sent(bytes);
                 Ok(())
@@ -351,7 +352,7 @@ impl Links for RactorLinks {
             .read()
             .iter()
             .filter(|(peer, _)| &*peer.name == name)
-            .map(|(_, sender)| sender.max_capacity() - sender.capacity())
+            .map(|(_, sender)| sender.frames.max_capacity() - sender.frames.capacity())
             .sum()
     }
 
@@ -364,7 +365,13 @@ impl Links for RactorLinks {
 
     #[cfg(any(test, feature = "internals"))]
     fn connected(&self) -> Vec<NodeId> {
-        let mut peers: Vec<NodeId> = self.senders.read().keys().cloned().collect();
+        let mut peers: Vec<NodeId> = self
+            .senders
+            .read()
+            .iter()
+            .filter(|(_, queue)| queue.up)
+            .map(|(peer, _)| peer.clone())
+            .collect();
         peers.sort();
         peers
     }

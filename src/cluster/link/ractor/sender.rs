@@ -1,94 +1,229 @@
-//! One link's sender task: takes frames from the link's queue in batches and casts them to the peer's endpoint,
-//! never more than [`WINDOW_BATCHES`] unacknowledged.
+//! What a node sends to one peer incarnation: its [`Stream`], which outlives the links it travels on, and one link's
+//! sender task, which batches the stream's queue and casts the batches to the peer's endpoint, never more than
+//! [`WINDOW_BATCHES`] unacknowledged.
+//!
+//! Why a stream outlives its link: a link can drop while both nodes live (a reset, a partition that heals, a peer
+//! that declared this node dead for a moment). Frames already accepted by [`crate::cluster::Links::send`] were
+//! promised to arrive, in order, at most once; so the stream keeps the frames not yet batched (its queue) and the
+//! batches not yet acknowledged (its window), and the next link to the same incarnation sends the window again
+//! first, then the queue. The receiver drops a batch it already had by its sequence number (`super::endpoint`).
+//! A stream ends only when its peer incarnation leaves the live set or is superseded: then what it held is dropped,
+//! as the peer is gone.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::ractor::ActorRef;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::codec::{Batch, EndpointMsg};
 use super::WINDOW_BATCHES;
 use crate::cluster::link::PeerCounters;
 use crate::cluster::membership::NodeId;
 
-/// One link's sender: batches the queue and keeps at most [`WINDOW_BATCHES`] unacknowledged.
-pub(super) struct SenderTask {
-    pub(super) queue: mpsc::Receiver<Bytes>,
-    pub(super) remote: ActorRef<EndpointMsg>,
-    pub(super) acked: watch::Receiver<u64>,
-    pub(super) from: NodeId,
-    pub(super) epoch: u64,
+/// The sending side of a peer's queue, as [`crate::cluster::Links::send`] sees it.
+pub(super) struct PeerQueue {
+    pub(super) frames: mpsc::Sender<Bytes>,
+    /// A link to the peer is up now (the stream's frames wait otherwise, within the queue's bound).
+    pub(super) up: bool,
+}
+
+/// Batches sent on a stream and not yet acknowledged (at most [`WINDOW_BATCHES`] plus the one being sent), and the
+/// frame that did not fit the last batch.
+#[derive(Default)]
+struct Window {
+    /// The sequence number of the last batch made (batches count from 1).
+    last_seq: u64,
+    unacked: VecDeque<(u64, Arc<[Bytes]>)>,
+    carry: Option<Bytes>,
+}
+
+/// This node's frames to one peer incarnation, across the links that carry them (see the module documentation).
+pub(super) struct Stream {
+    /// Tells this stream from an earlier one to the same peer incarnation (unique within this incarnation).
+    pub(super) id: u64,
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
+    window: Arc<Mutex<Window>>,
+    acked: watch::Sender<u64>,
+}
+
+/// How a link's sender task batches.
+pub(super) struct Batching {
     pub(super) batch_frames: usize,
     pub(super) batch_bytes: usize,
     pub(super) linger: Duration,
+}
+
+impl Stream {
+    /// A new stream with a queue of `capacity` frames, and the queue's sending side.
+    pub(super) fn new(id: u64, capacity: usize) -> (Stream, mpsc::Sender<Bytes>) {
+        let (frames, queue) = mpsc::channel(capacity);
+        let stream = Stream {
+            id,
+            queue: Arc::new(tokio::sync::Mutex::new(queue)),
+            window: Arc::default(),
+            acked: watch::channel(0).0,
+        };
+        (stream, frames)
+    }
+
+    /// The peer delivered every batch up to `received`: they need not be sent again.
+    pub(super) fn on_ack(&self, received: u64) {
+        self.window.lock().unacked.retain(|(seq, _)| *seq > received);
+        self.acked.send_if_modified(|acked| {
+            let advanced = received > *acked;
+            if advanced {
+                *acked = received;
+            }
+            advanced
+        });
+    }
+
+    /// The sender task of a new link of this stream: it sends what the last link left unacknowledged, then the
+    /// queue, until `stop` (the link closed) or the peer's endpoint is gone.
+    pub(super) fn sender(
+        &self,
+        remote: ActorRef<EndpointMsg>,
+        from: NodeId,
+        batching: Batching,
+        counters: Arc<PeerCounters>,
+        stop: CancellationToken,
+    ) -> SenderTask {
+        SenderTask {
+            queue: Arc::clone(&self.queue),
+            window: Arc::clone(&self.window),
+            acked: self.acked.subscribe(),
+            stream: self.id,
+            remote,
+            from,
+            batching,
+            counters,
+            stop,
+        }
+    }
+}
+
+/// One link's sender: batches the stream's queue and keeps at most [`WINDOW_BATCHES`] unacknowledged.
+pub(super) struct SenderTask {
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
+    window: Arc<Mutex<Window>>,
+    acked: watch::Receiver<u64>,
+    stream: u64,
+    remote: ActorRef<EndpointMsg>,
+    from: NodeId,
+    batching: Batching,
     /// The link's peer's counters: a full window is a stall.
-    pub(super) counters: Arc<PeerCounters>,
+    counters: Arc<PeerCounters>,
+    stop: CancellationToken,
 }
 
 impl SenderTask {
     pub(super) async fn run(mut self) {
-        let mut sent: u64 = 0;
-        let mut carry: Option<Bytes> = None;
-        loop {
-            let first = match carry.take() {
-                Some(frame) => frame,
-                None => match self.queue.recv().await {
-                    Some(frame) => frame,
-                    None => return,
-                },
-            };
-            let (frames, next) = self.fill(first).await;
-            carry = next;
-            if sent.saturating_sub(*self.acked.borrow()) >= WINDOW_BATCHES {
-                self.counters.stalled();
-            }
-            while sent.saturating_sub(*self.acked.borrow_and_update()) >= WINDOW_BATCHES {
-                if self.acked.changed().await.is_err() {
-                    return;
-                }
-            }
-            let batch = Batch {
-                from: self.from.clone(),
-                epoch: self.epoch,
-                frames,
-            };
-            if self.remote.cast(EndpointMsg::Batch(batch)).is_err() {
-                tracing::debug!("the peer's endpoint is gone; the sender stops");
+        // The previous link's task lets go of the queue when it stops; frames stay in order either way.
+        let queue = Arc::clone(&self.queue);
+        let mut queue = tokio::select! {
+            biased;
+            () = self.stop.cancelled() => return,
+            queue = queue.lock_owned() => queue,
+        };
+        let resend: Vec<(u64, Arc<[Bytes]>)> = self.window.lock().unacked.iter().cloned().collect();
+        if !resend.is_empty() {
+            tracing::debug!(batches = resend.len(), "sending again what the last link left unacknowledged");
+        }
+        for (seq, frames) in resend {
+            if !self.cast(seq, &frames) {
                 return;
             }
-            sent += 1;
+        }
+        loop {
+            let carry = self.window.lock().carry.take();
+            let first = match carry {
+                Some(frame) => frame,
+                None => tokio::select! {
+                    biased;
+                    () = self.stop.cancelled() => return,
+                    frame = queue.recv() => match frame {
+                        Some(frame) => frame,
+                        None => return,
+                    },
+                },
+            };
+            let frames: Arc<[Bytes]> = self.fill(&mut queue, first).await.into();
+            // In the window before it is cast: if the link stops now, the next one sends it.
+            let seq = {
+                let mut window = self.window.lock();
+                window.last_seq += 1;
+                let seq = window.last_seq;
+                window.unacked.push_back((seq, Arc::clone(&frames)));
+                seq
+            };
+            if seq.saturating_sub(*self.acked.borrow()) > WINDOW_BATCHES {
+                self.counters.stalled();
+            }
+            while seq.saturating_sub(*self.acked.borrow_and_update()) > WINDOW_BATCHES {
+                tokio::select! {
+                    biased;
+                    () = self.stop.cancelled() => return,
+                    changed = self.acked.changed() => if changed.is_err() { return },
+                }
+            }
+            if self.stop.is_cancelled() || !self.cast(seq, &frames) {
+                return;
+            }
         }
     }
 
+    /// Casts batch `seq`; false when the peer's endpoint is gone (the link is going down).
+    fn cast(&self, seq: u64, frames: &[Bytes]) -> bool {
+        let batch = Batch {
+            from: self.from.clone(),
+            stream: self.stream,
+            seq,
+            frames: frames.to_vec(),
+        };
+        if self.remote.cast(EndpointMsg::Batch(batch)).is_err() {
+            tracing::debug!("the peer's endpoint is gone; the sender stops");
+            return false;
+        }
+        true
+    }
+
     /// Completes a batch that starts with `first`: up to `batch_frames` frames and `batch_bytes` bytes, waiting up to
-    /// `linger` for more. Returns the batch and the frame that did not fit, if any.
-    async fn fill(&mut self, first: Bytes) -> (Vec<Bytes>, Option<Bytes>) {
+    /// `linger` for more (less if the link stops). A frame that does not fit waits in the window for the next batch.
+    async fn fill(&self, queue: &mut mpsc::Receiver<Bytes>, first: Bytes) -> Vec<Bytes> {
         let mut bytes = first.len();
         let mut frames = vec![first];
-        let deadline = Instant::now() + self.linger;
-        while frames.len() < self.batch_frames {
-            let next = match self.queue.try_recv() {
+        let deadline = Instant::now() + self.batching.linger;
+        while frames.len() < self.batching.batch_frames {
+            let next = match queue.try_recv() {
                 Ok(frame) => frame,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    if self.linger.is_zero() {
+                    if self.batching.linger.is_zero() {
                         break;
                     }
-                    match tokio::time::timeout_at(deadline, self.queue.recv()).await {
-                        Ok(Some(frame)) => frame,
-                        Ok(None) | Err(_) => break,
+                    tokio::select! {
+                        biased;
+                        () = self.stop.cancelled() => break,
+                        next = tokio::time::timeout_at(deadline, queue.recv()) => match next {
+                            Ok(Some(frame)) => frame,
+                            Ok(None) | Err(_) => break,
+                        },
                     }
                 }
             };
-            if bytes + next.len() > self.batch_bytes {
-                return (frames, Some(next));
+            if bytes + next.len() > self.batching.batch_bytes {
+                self.window.lock().carry = Some(next);
+                break;
             }
             bytes += next.len();
             frames.push(next);
         }
-        (frames, None)
+        frames
     }
 }
