@@ -865,6 +865,53 @@ async fn ractor_links_between_processes() {
     );
     assert_eq!(frame[9], 1, "in order across the cut");
     println!("a link cut with {accepted} frames unacknowledged or queued resumed with every frame once, in order");
+
+    // A peer declared dead by mistake (membership drops it, then lists it again, same incarnation) gets what was
+    // queued for it before: its stream waits `STREAM_GRACE`. Frames sent while it is not live are refused.
+    signal(&beta.child, "-STOP");
+    for seq in 0..1_000 {
+        send_patiently(local.links.as_ref(), &beta_id, counted(seq, 100))
+            .await
+            .unwrap();
+    }
+    local.links.update_peers(&[alpha.info()]);
+    let beta_down = beta_id.clone();
+    wait_for_event(&mut local.events, "Down(beta.1) when not live", |event| {
+        event == &LinkEvent::Down(beta_down.clone())
+    })
+    .await;
+    assert_eq!(
+        local.links.send(&beta_id, counted(0, 100)),
+        Err(LinkError::NoLink(beta_id.clone())),
+        "a peer that is not live takes no new frames"
+    );
+    local.links.update_peers(&[alpha.info(), beta.info()]);
+    signal(&beta.child, "-CONT");
+    let beta_up = beta_id.clone();
+    wait_for_event(&mut local.events, "Up(beta.1) when live again", |event| {
+        event == &LinkEvent::Up(beta_up.clone())
+    })
+    .await;
+    send_patiently(local.links.as_ref(), &beta_id, Bytes::from_static(b"R"))
+        .await
+        .unwrap();
+    let from = beta_id.clone();
+    let report = local
+        .wait_for(
+            "beta's second report",
+            Duration::from_secs(20),
+            |event| matches!(event, LinkEvent::Frame { from: f, frame } if f == &from && frame.first() == Some(&b'R')),
+        )
+        .await;
+    let LinkEvent::Frame { frame, .. } = report else {
+        unreachable!()
+    };
+    assert_eq!(
+        u64::from_be_bytes(frame[1..9].try_into().unwrap()),
+        1_000,
+        "what was queued before the peer was dropped from the view arrives once it is live again"
+    );
+    assert_eq!(frame[9], 1, "in order");
     drop(beta);
     let beta_down = beta_id.clone();
     wait_for_event(&mut local.events, "Down(beta.1) at its end", |event| {

@@ -45,7 +45,8 @@
 //!   fail with `QueueFull` once it is full), and the next link first sends the unacknowledged batches again. Batches
 //!   carry their stream and sequence number, and the receiver drops one it delivered already, so every frame accepted
 //!   by [`Links::send`] arrives once, in order, as long as both incarnations live. A stream ends (what it held is
-//!   dropped) when its peer leaves the live set or is superseded by a newer generation.
+//!   dropped) when its peer is superseded by a newer generation, or has not been live for [`STREAM_GRACE`]; until
+//!   then a peer declared dead by mistake that is live again gets what was queued for it.
 //! * **Frame cap.** `max_frame` may not exceed [`MAX_LINK_FRAME`] (8 MiB); a batch is at most `max_frame` bytes of
 //!   frames plus a few bytes per frame, so every link message stays under ractor_cluster's 16 MiB inbound limit, which
 //!   is what closes a connection. Oversized frames are refused at [`Links::send`]; a peer's oversized frame is dropped
@@ -94,6 +95,10 @@ pub const ACK_EVERY: u64 = 8;
 
 /// A connection that has not authenticated within this time is closed.
 pub const AUTH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long a stream to a peer that left the live set waits for it to be live again (declared dead by mistake: a
+/// one-way partition, a freeze) before what it holds is dropped. Each holds at most a queue and a window.
+pub const STREAM_GRACE: Duration = Duration::from_secs(30);
 
 /// The first wait between two dials of the same peer; it doubles up to [`DIAL_BACKOFF_MAX`].
 pub const DIAL_BACKOFF: Duration = Duration::from_secs(1);

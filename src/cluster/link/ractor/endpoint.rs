@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::codec::{Ack, Batch, Control, EndpointMsg};
 use super::sender::{Batching, PeerQueue, Stream};
-use super::{ACK_EVERY, AUTH_DEADLINE, DIAL_BACKOFF, DIAL_BACKOFF_MAX};
+use super::{ACK_EVERY, AUTH_DEADLINE, DIAL_BACKOFF, DIAL_BACKOFF_MAX, STREAM_GRACE};
 use crate::cluster::link::{LinkConfig, LinkCounters, LinkEvent, LinkTls, PeerInfo};
 use crate::cluster::membership::NodeId;
 
@@ -120,7 +120,7 @@ pub(super) struct EndpointState {
     senders: Arc<RwLock<HashMap<NodeId, PeerQueue>>>,
     counters: Arc<LinkCounters>,
     /// Per peer incarnation with a link now or earlier, this node's frames to it (kept while the link is down,
-    /// dropped when the peer leaves the live set or is superseded).
+    /// dropped when the peer is superseded or has not been live for [`STREAM_GRACE`]).
     streams: HashMap<NodeId, Stream>,
     /// Live peers (this node excluded) and their link addresses, from the last membership view.
     live: HashMap<NodeId, String>,
@@ -269,11 +269,26 @@ impl EndpointState {
         for peer in doomed {
             self.close_link(&peer, "no longer live or superseded", true).await;
         }
-        // A peer gone for good takes its stream: what was queued for it is dropped (the layer above re-sends what
-        // matters to whoever takes its place). What it sent here is remembered until a newer generation of its
-        // name shows up: one entry per name.
-        let gone: Vec<NodeId> = self.streams.keys().filter(|peer| self.unwanted(peer)).cloned().collect();
-        for peer in gone {
+        // A superseded peer takes its stream (what was queued is dropped: the layer above re-sends what matters to
+        // the new generation); one that left the live set keeps it a while, taking no new frames, in case it was
+        // declared dead by mistake and is live again (`super::sender`).
+        let now = Instant::now();
+        let mut superseded = Vec::new();
+        for (peer, stream) in &mut self.streams {
+            let newest = self.seen_live.get(&peer.name).copied();
+            if newest.is_some_and(|newest| newest > peer.generation) {
+                superseded.push(peer.clone());
+            } else if self.live.contains_key(peer) {
+                if stream.departed.take().is_some() {
+                    tracing::debug!(peer = %peer, "a departed peer is live again: its stream resumes");
+                    self.senders.write().insert(peer.clone(), stream.queue());
+                }
+            } else if stream.departed.is_none() && newest.is_some_and(|newest| newest >= peer.generation) {
+                stream.departed = Some(now);
+                self.senders.write().remove(peer);
+            }
+        }
+        for peer in superseded {
             self.streams.remove(&peer);
             self.senders.write().remove(&peer);
         }
@@ -330,6 +345,15 @@ impl EndpointState {
     async fn on_tick(&mut self) {
         self.dial_missing();
         let now = Instant::now();
+        let senders = &self.senders;
+        self.streams.retain(|peer, stream| {
+            let expired = stream.departed.is_some_and(|since| now.duration_since(since) > STREAM_GRACE);
+            if expired {
+                tracing::debug!(peer = %peer, "a departed peer's stream ends: not live again in time");
+                senders.write().remove(peer);
+            }
+            !expired
+        });
         for entry in self.sessions.values() {
             if !entry.authenticated && now.duration_since(entry.opened) > AUTH_DEADLINE {
                 entry.actor.stop(Some("hubmesh: not authenticated in time".to_owned()));
@@ -394,7 +418,11 @@ impl EndpointState {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
         let span = tracing::info_span!("link", node = %self.self_id, peer = %peer, epoch);
-        if !self.streams.contains_key(&peer) {
+        if let Some(stream) = self.streams.get_mut(&peer) {
+            if stream.departed.take().is_some() {
+                self.senders.write().insert(peer.clone(), stream.queue());
+            }
+        } else {
             let id = self.next_epoch;
             self.next_epoch += 1;
             let (stream, frames) = Stream::new(id, self.config.queue_frames);

@@ -7,8 +7,9 @@
 //! promised to arrive, in order, at most once; so the stream keeps the frames not yet batched (its queue) and the
 //! batches not yet acknowledged (its window), and the next link to the same incarnation sends the window again
 //! first, then the queue. The receiver drops a batch it already had by its sequence number (`super::endpoint`).
-//! A stream ends only when its peer incarnation leaves the live set or is superseded: then what it held is dropped,
-//! as the peer is gone.
+//! A stream ends when its peer incarnation is superseded by a newer generation, or has not been live for
+//! [`super::STREAM_GRACE`]: then what it held is dropped, as the peer is gone. Until then a peer declared dead by
+//! mistake (a one-way partition, a freeze) that is live again gets what was queued for it, in order.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -47,6 +48,10 @@ struct Window {
 pub(super) struct Stream {
     /// Tells this stream from an earlier one to the same peer incarnation (unique within this incarnation).
     pub(super) id: u64,
+    /// Since when the peer is not live (declared dead, maybe by mistake): the stream waits a while for it to be live
+    /// again ([`super::STREAM_GRACE`]) and takes no new frames meanwhile.
+    pub(super) departed: Option<Instant>,
+    frames: mpsc::Sender<Bytes>,
     queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
     window: Arc<Mutex<Window>>,
     acked: watch::Sender<u64>,
@@ -65,11 +70,21 @@ impl Stream {
         let (frames, queue) = mpsc::channel(capacity);
         let stream = Stream {
             id,
+            departed: None,
+            frames: frames.clone(),
             queue: Arc::new(tokio::sync::Mutex::new(queue)),
             window: Arc::default(),
             acked: watch::channel(0).0,
         };
         (stream, frames)
+    }
+
+    /// The sending side of the stream's queue.
+    pub(super) fn queue(&self) -> PeerQueue {
+        PeerQueue {
+            frames: self.frames.clone(),
+            up: false,
+        }
     }
 
     /// The peer delivered every batch up to `received`: they need not be sent again.
