@@ -30,6 +30,8 @@
 //! * `mesh/group_send.rs`: a group send from its sender to the group's owner (held, retained, re-sent).
 //! * `mesh/owner.rs`: the owner's side, one membership change or send at a time, in arrival order.
 //! * `mesh/delivery.rs`: a group actor's fan-out to member nodes, and delivery to this node's members, once.
+//! * `mesh/arrivals.rs`: a member node's record of each group's sends per origin: repeats dropped, overtaken sends
+//!   waited for.
 //! * `mesh/members.rs`: joining, leaving, counting and listing a group, from any node.
 //! * `mesh/requests.rs`: request/reply between nodes, and serving a peer's requests (client results included).
 //! * `mesh/rehome.rs`: the cluster's membership changes: snapshots and re-homing.
@@ -51,6 +53,7 @@
 //! `crate::connection`, `crate::protocol` and `crate::cluster` (`grep -rn "crate::" src/mesh.rs src/mesh/`
 //! finds no `crate::hub` or `crate::node`), and neither of those layers names `crate::mesh`.
 
+mod arrivals;
 mod bounds;
 mod delivery;
 mod directory;
@@ -135,6 +138,9 @@ pub(crate) trait LocalHub: Send + Sync + 'static {
     /// Delivers to this node's members of a group but `except`. Returns false when this node holds no member of
     /// the group.
     fn deliver_group(&self, key: &GroupKey, frame: &Arc<SharedFrame>, except: &[ConnectionId]) -> bool;
+
+    /// Whether a connection of this node is in group `key`.
+    fn has_local_members(&self, key: &GroupKey) -> bool;
 
     /// Records that connection `id` (of this node) is in group `key`; fails at once for an unknown connection.
     fn local_join(&self, key: &GroupKey, id: &ConnectionId) -> Result<(), MeshError>;

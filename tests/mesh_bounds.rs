@@ -468,7 +468,7 @@ async fn a_client_filling_the_membership_queue_is_held_back_and_joins_are_refuse
     .await?
 }
 
-/// `mesh/delivery.rs`'s `DELIVERED_CAP`: dedupe records kept per node, one per group with members here and
+/// `mesh/arrivals.rs`'s `DELIVERED_CAP`: dedupe records kept per node, one per group with members here and
 /// sending node.
 const DELIVERED_CAP: usize = 262_144;
 

@@ -239,6 +239,10 @@ impl LocalHub for HubRuntime {
         Ok(())
     }
 
+    fn has_local_members(&self, key: &GroupKey) -> bool {
+        self.local_groups.read().get(key).is_some_and(|members| !members.is_empty())
+    }
+
     /// Records that connection `id` left group `key`; false if the connection is not here.
     fn local_leave(&self, key: &GroupKey, id: &ConnectionId) -> bool {
         let mut connections = self.connections.write();

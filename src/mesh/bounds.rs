@@ -1,6 +1,6 @@
 //! How often the mesh's bounds were hit ([`MeshBoundsHit`], one per router), as [`crate::Limits::bounds_hit`]
 //! counts the connections' bounds. The bounds themselves live beside what they bound (`mesh/group_send.rs`,
-//! `mesh/owner.rs`, `mesh/directory.rs`, `mesh/delivery.rs`); `docs/semantics.md` ("Bounds") lists them with
+//! `mesh/owner.rs`, `mesh/directory.rs`, `mesh/arrivals.rs`); `docs/semantics.md` ("Bounds") lists them with
 //! their policies.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,13 +24,21 @@ pub struct MeshBoundsHit {
     pub ops_refused: AtomicU64,
     /// Group sends dropped because their group actor's mailbox held [`super::directory::MAILBOX_CAP`] sends.
     pub mailbox_refused: AtomicU64,
-    /// Group sends delivered without a dedupe record because [`super::delivery::DELIVERED_CAP`] pairs were kept.
+    /// Group sends delivered without a dedupe record because [`super::arrivals::DELIVERED_CAP`] pairs were kept.
     pub delivered_untracked: AtomicU64,
     /// Departed node names forgotten past [`super::rehome::DEPARTED_CAP`].
     pub departed_evicted: AtomicU64,
     /// Copies of group sends to a member node dropped because its link stayed full for
     /// [`super::group_actor::FANOUT_PATIENCE`].
     pub fanout_dropped: AtomicU64,
+    /// Times the table of each group's last send from this node ([`super::group_send::LAST_SENT_CAP`]) was full and
+    /// forgotten.
+    pub last_sent_cleared: AtomicU64,
+    /// Sends that overtook an earlier one of their origin delivered at once, out of order, because
+    /// [`super::arrivals::WAITING_CAP`] sends waited already.
+    pub waiting_refused: AtomicU64,
+    /// Earlier sends given up on after [`super::arrivals::GAP_WAIT`]: the sends that waited for them went on.
+    pub gaps_given_up: AtomicU64,
 }
 
 impl MeshBoundsHit {

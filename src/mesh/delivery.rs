@@ -2,8 +2,6 @@
 //! node), and delivery to this node's members, once: a send re-sent after its owner died is recognised by its
 //! stamp and dropped where it already arrived.
 
-use std::cmp::Ordering;
-use std::collections::hash_map::Entry;
 use std::sync::{Arc, Weak};
 
 use super::envelope::{Envelope, WireFrame};
@@ -12,12 +10,6 @@ use super::group_actor::{Delivery, Fanout};
 use super::{LocalHub, Router};
 use crate::cluster::{LinkError, NodeId};
 use crate::connection::{ConnectionId, SharedFrame};
-
-/// The most (group, origin node) pairs whose last delivered sequence number a node keeps (one per group with
-/// members here and node that sends to it; dropped when the group has no member here any more). Past it, the
-/// sends of a new pair are delivered without a record, counted: one of them re-sent after its owner died could
-/// then arrive twice.
-pub const DELIVERED_CAP: usize = 262_144;
 
 /// Delivers a group actor's sends: to this node's members directly, to other nodes through the links.
 pub(super) struct RouterFanout<H>(pub(super) Weak<Router<H>>);
@@ -85,7 +77,8 @@ impl<H: LocalHub> Fanout for RouterFanout<H> {
 }
 
 impl<H: LocalHub> Router<H> {
-    /// Delivers a group send to this node's members, unless it was delivered here already.
+    /// Delivers a group send to this node's members, unless it was delivered here already; one that overtook an
+    /// earlier send of its origin to the group waits for it (`mesh/arrivals.rs`).
     pub(super) fn deliver_group_locally(
         &self,
         key: &GroupKey,
@@ -93,51 +86,53 @@ impl<H: LocalHub> Router<H> {
         except: &Arc<[ConnectionId]>,
         stamp: &Stamp,
     ) {
-        let mut untracked = false;
-        {
-            let mut delivered = self.delivered.lock();
-            let full = delivered.len() >= DELIVERED_CAP;
-            match delivered.entry((key.clone(), stamp.origin.name.clone())) {
-                Entry::Occupied(entry) => {
-                    let (generation, last) = entry.into_mut();
-                    match stamp.origin.generation.cmp(generation) {
-                        // A later incarnation of the sender (it restarted and counts from 1 again): its sequence
-                        // starts here, and the earlier one's is forgotten.
-                        Ordering::Greater => (*generation, *last) = (stamp.origin.generation, 0),
-                        // From an earlier incarnation, after its successor's sends: that life is over.
-                        Ordering::Less => return,
-                        Ordering::Equal => {}
-                    }
-                    if stamp.seq <= *last {
-                        // A re-sent send that arrived here before its owner died.
-                        tracing::trace!(parent: &self.span, ?key, origin = %stamp.origin, seq = stamp.seq, last = *last, "a group send arrived again");
-                        return;
-                    }
-                    *last = stamp.seq;
-                }
-                // Over the bound: delivered without a record, so a re-send of it could arrive twice (counted).
-                Entry::Vacant(_) if full => untracked = true,
-                Entry::Vacant(entry) => {
-                    entry.insert((stamp.origin.generation, stamp.seq));
-                }
-            }
+        let arrived = self.delivered.lock().arrive(
+            key,
+            stamp,
+            (Arc::clone(frame), Arc::clone(except)),
+            tokio::time::Instant::now(),
+        );
+        if arrived.deliver.is_empty() {
+            tracing::trace!(parent: &self.span, ?key, origin = %stamp.origin, seq = stamp.seq, "a group send arrived again, or waits for an earlier one");
+            return;
         }
-        if untracked {
+        let hit = &self.bounds_hit;
+        if arrived.untracked {
+            let what = "the table of delivered group sends is full: delivered one without a record";
+            hit.hit(&hit.delivered_untracked, 1, &self.span, what);
+        }
+        if arrived.unordered {
+            let what = "too many group sends wait for an earlier one: delivered one out of order";
+            hit.hit(&hit.waiting_refused, 1, &self.span, what);
+        }
+        for (frame, except) in arrived.deliver {
+            self.deliver_to_members(key, &frame, &except);
+        }
+    }
+
+    /// Sends that waited [`super::arrivals::GAP_WAIT`] for an earlier one go on without it (on the membership
+    /// queue's tick).
+    pub(super) fn expire_gaps(&self) {
+        let mut deliver = Vec::new();
+        let gaps = self.delivered.lock().expire(tokio::time::Instant::now(), &mut deliver);
+        if gaps > 0 {
             let hit = &self.bounds_hit;
-            hit.hit(
-                &hit.delivered_untracked,
-                1,
-                &self.span,
-                "the table of delivered group sends is full: delivered one without a record",
-            );
+            let what = "an earlier group send never arrived: delivered those that waited for it";
+            hit.hit(&hit.gaps_given_up, gaps, &self.span, what);
         }
+        for (key, (frame, except)) in deliver {
+            self.deliver_to_members(&key, &frame, &except);
+        }
+    }
+
+    fn deliver_to_members(&self, key: &GroupKey, frame: &Arc<SharedFrame>, except: &Arc<[ConnectionId]>) {
         let held_here = self
             .hub(&key.hub)
             .is_some_and(|runtime| runtime.deliver_group(key, frame, except));
         if !held_here {
-            // No member here (any more): forget the group's sequence numbers, so the table does not grow with
-            // every group that ever existed.
-            self.delivered.lock().remove(&(key.clone(), stamp.origin.name.clone()));
+            // No member here (any more): forget the group's records, so the table does not grow with every group
+            // that ever existed.
+            self.delivered.lock().forget_group(key);
         }
     }
 }

@@ -82,4 +82,8 @@ pub struct Stamp {
     pub origin: NodeId,
     /// That incarnation's sequence number for it (increasing from 1).
     pub seq: u64,
+    /// The sequence number of that incarnation's previous send to the same group (0: none, or forgotten): a member
+    /// node that sees a later send before it waits for it (`mesh/arrivals.rs`).
+    #[serde(default)]
+    pub prev: u64,
 }

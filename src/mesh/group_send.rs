@@ -32,6 +32,10 @@ pub const HELD_SENDS_CAP: usize = MAX_GROUP_SEND_RATE * RETAIN.as_secs() as usiz
 /// than this, and evicts the oldest, counted.
 pub const RETAINED_BYTES_CAP: usize = 256 * 1024 * 1024;
 
+/// The most groups whose last send from this node it remembers, to name it in the next send's stamp
+/// ([`Stamp::prev`]). Past it, all are forgotten at once (counted).
+pub const LAST_SENT_CAP: usize = 262_144;
+
 /// How long a node keeps a group send it handed to a remote owner, to send it again if that owner dies before
 /// its members got it: longer than failure detection (3 s) plus settling.
 pub(super) const RETAIN: Duration = Duration::from_secs(8);
@@ -70,9 +74,22 @@ impl<H: LocalHub> Router<H> {
         // Stamped under the `held` lock that orders the sends: a number taken before it could go out after a later
         // one (two HTTP workers sending at once), and members' nodes would drop it as a repeat.
         let held = self.held.lock();
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let prev = {
+            let mut last_sent = self.last_sent.lock();
+            if last_sent.len() >= LAST_SENT_CAP && !last_sent.contains_key(key) {
+                // Forgotten, the next send of each group names no previous one: members' nodes then do not wait
+                // for a send that overtook it (a rare reordering is not put right), rather than memory growing.
+                last_sent.clear();
+                let hit = &self.bounds_hit;
+                hit.hit(&hit.last_sent_cleared, 1, &self.span, "forgot the last send of every group over their bound");
+            }
+            last_sent.insert(key.clone(), seq).unwrap_or(0)
+        };
         let stamp = Stamp {
             origin: self.id(),
-            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            seq,
+            prev,
         };
         self.group_send_held(held, HeldSend { key: key.clone(), except, frame, stamp });
     }

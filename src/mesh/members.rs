@@ -100,6 +100,10 @@ impl<H: LocalHub> Router<H> {
         if !runtime.local_leave(&key, &connection) {
             return Err(MeshError::UnknownConnection(connection.to_string()));
         }
+        if !runtime.has_local_members(&key) {
+            // A member that joins later waits for no send it could not have got (`mesh/arrivals.rs`).
+            self.delivered.lock().forget_group(&key);
+        }
         self.unregister(key, connection).await
     }
 

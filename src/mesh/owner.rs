@@ -194,6 +194,7 @@ pub(super) async fn run_membership_queue<H: LocalHub>(
                 // a link whose queue was full (a slow peer) drains with no event, and the last sends before a
                 // quiet spell would wait for the next one.
                 router.flush_held();
+                router.expire_gaps();
                 // On the tick only: it visits every group with waiting sends, which must not cost every op.
                 router.expire_orphans(&mut state);
             }

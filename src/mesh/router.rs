@@ -17,10 +17,13 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
+use super::arrivals::Arrivals;
 use super::delivery::RouterFanout;
 use super::directory::GroupDirectory;
 use super::envelope::{Envelope, WireFrame};
 use super::group::GroupKey;
+#[cfg(doc)]
+use super::group::Stamp;
 use super::bounds::{MeshBoundsHit, MeshCounters};
 use super::group_send::{HeldSend, RetainedSends};
 use super::hints::{Hints, Route};
@@ -56,9 +59,12 @@ pub(crate) struct Router<H> {
     pub(super) settling: std::sync::atomic::AtomicBool,
     /// When this node started: a young node's view of the cluster is still growing.
     pub(super) born: tokio::time::Instant,
-    /// Per group and origin node name, the origin's generation and the last sequence number of it delivered here
-    /// (re-sent sends are dropped). Keyed by name so that a restart replaces the entry rather than adding one.
-    pub(super) delivered: Mutex<HashMap<(GroupKey, Arc<str>), Delivered>>,
+    /// Per group and origin node name, what of the origin's sends arrived here (`mesh/arrivals.rs`). Keyed by
+    /// name so that a restart replaces the entry rather than adding one.
+    pub(super) delivered: Mutex<Arrivals<Delivered>>,
+    /// Per group, the sequence number of this node's last send to it (a send's [`Stamp::prev`]), at most
+    /// [`super::group_send::LAST_SENT_CAP`] groups. Locked under `held`.
+    pub(super) last_sent: Mutex<HashMap<GroupKey, u64>>,
     /// Per node name that left the view and has not come back, the newest generation of it that left: what that
     /// incarnation still had in flight is ignored. At most `DEPARTED_CAP` (`mesh/rehome.rs`).
     pub(super) departed: Mutex<HashMap<Arc<str>, u64>>,
@@ -91,8 +97,9 @@ pub(crate) struct Router<H> {
     pub(super) span: tracing::Span,
 }
 
-/// Of one origin's sends to one group: the origin's generation, and the last sequence number of it delivered here.
-pub(super) type Delivered = (u64, u64);
+/// A group send waiting at a member node for an earlier one (`mesh/arrivals.rs`): its frame and who not to
+/// deliver it to.
+pub(super) type Delivered = (Arc<SharedFrame>, Arc<[ConnectionId]>);
 
 /// The node part of a connection id (`<random>.<node>`), if any.
 pub(crate) fn node_of(id: &ConnectionId) -> Option<&str> {
@@ -118,7 +125,8 @@ impl<H: LocalHub> Router<H> {
             next_seq: AtomicU64::new(1),
             settling: std::sync::atomic::AtomicBool::new(false),
             born: tokio::time::Instant::now(),
-            delivered: Mutex::new(HashMap::new()),
+            delivered: Mutex::new(Arrivals::default()),
+            last_sent: Mutex::new(HashMap::new()),
             departed: Mutex::new(HashMap::new()),
             ops,
             relay_host: RwLock::new(None),

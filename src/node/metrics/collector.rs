@@ -154,6 +154,9 @@ fn mesh_bounds(hit: &MeshBoundsHit) -> Vec<(&'static str, u64)> {
         ("delivered_untracked", &hit.delivered_untracked),
         ("departed_evicted", &hit.departed_evicted),
         ("fanout_dropped", &hit.fanout_dropped),
+        ("last_sent_cleared", &hit.last_sent_cleared),
+        ("waiting_refused", &hit.waiting_refused),
+        ("gaps_given_up", &hit.gaps_given_up),
     ]
     .into_iter()
     .map(|(bound, hits)| (bound, hits.load(Ordering::Relaxed)))

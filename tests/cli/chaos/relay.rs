@@ -166,12 +166,20 @@ pub fn free_port() -> anyhow::Result<u16> {
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32_768);
+    // Handed out once per run: two picks of the same free port (each probe binds and lets go) would make two
+    // processes fight over it later.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let low = ephemeral_low.saturating_sub(12_000).max(1_024);
     let mut random = rand::rng();
     for _ in 0..1_000 {
         let port = random.random_range(low..ephemeral_low);
+        let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if given.contains(&port) {
+            continue;
+        }
         let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
         if tcp.is_ok() && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return Ok(port);
         }
     }
