@@ -138,8 +138,8 @@ pub enum LinkEvent {
 /// Why a frame could not be queued for a peer, or links could not start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
-    /// There is no link to this peer: none was up yet, or the peer left (with [`ractor`], a link that is down while
-    /// the peer stays live still queues).
+    /// There is no link to this peer: none was up yet, or the peer is gone (with [`ractor`], a link that is down
+    /// still queues while the peer is live, or left less than `STREAM_GRACE` ago).
     #[error("no link to node {0}")]
     NoLink(NodeId),
     /// The peer's queue is full: it is slow or stalled.

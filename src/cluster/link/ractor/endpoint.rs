@@ -270,8 +270,8 @@ impl EndpointState {
             self.close_link(&peer, "no longer live or superseded", true).await;
         }
         // A superseded peer takes its stream (what was queued is dropped: the layer above re-sends what matters to
-        // the new generation); one that left the live set keeps it a while, taking no new frames, in case it was
-        // declared dead by mistake and is live again (`super::sender`).
+        // the new generation); one that left the live set keeps it a while, in case it was declared dead by mistake
+        // and is live again (`super::sender`).
         let now = Instant::now();
         let mut superseded = Vec::new();
         for (peer, stream) in &mut self.streams {
@@ -284,8 +284,9 @@ impl EndpointState {
                     self.senders.write().insert(peer.clone(), stream.queue());
                 }
             } else if stream.departed.is_none() && newest.is_some_and(|newest| newest >= peer.generation) {
+                // Frames still queue: what the layer above had on its way when it let the peer go (an owner's
+                // fan-out racing its view change) reaches it if it is live again.
                 stream.departed = Some(now);
-                self.senders.write().remove(peer);
             }
         }
         for peer in superseded {

@@ -49,7 +49,7 @@ pub(super) struct Stream {
     /// Tells this stream from an earlier one to the same peer incarnation (unique within this incarnation).
     pub(super) id: u64,
     /// Since when the peer is not live (declared dead, maybe by mistake): the stream waits a while for it to be live
-    /// again ([`super::STREAM_GRACE`]) and takes no new frames meanwhile.
+    /// again ([`super::STREAM_GRACE`]), still queueing frames within its bound.
     pub(super) departed: Option<Instant>,
     frames: mpsc::Sender<Bytes>,
     queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
