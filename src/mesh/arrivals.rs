@@ -1,7 +1,8 @@
 //! A member node's record of the group sends that arrived for its members, per group and origin incarnation
 //! ([`Arrivals`]): it drops a repeat (a send re-sent after its owner left, which arrived here already), and puts
 //! back in order a send that overtook an earlier one of the same origin to the same group on the way, holding it
-//! at most [`GAP_WAIT`] for the earlier one.
+//! (and the group's sends behind it, so that the group keeps one order on every node) at most [`GAP_WAIT`] for the
+//! earlier one.
 //!
 //! Why sends can overtake each other: a send goes from its origin to the group's owner, which may pass it on when
 //! ownership moved meanwhile (`mesh/owner.rs`); the origin's later sends go straight to the new owner, and can get
@@ -10,7 +11,7 @@
 //!
 //! Plain data: the router locks it and delivers what it hands back (`mesh/delivery.rs`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,19 +35,80 @@ pub const GAP_WAIT: Duration = Duration::from_secs(5);
 /// delivered at once (out of order rather than held without bound), counted.
 pub const WAITING_CAP: usize = HELD_SENDS_CAP;
 
-/// Of one origin's sends to one group: the origin's generation, the last sequence number delivered here, and the
-/// sends that wait for an earlier one, by sequence number.
-struct Record<T> {
+/// Of one origin's sends to one group: the origin's generation and the last sequence number delivered here.
+struct Record {
     generation: u64,
     last: u64,
-    waiting: VecDeque<Waiting<T>>,
 }
 
+/// A send held at this node, behind a gap.
 struct Waiting<T> {
     since: Instant,
+    origin: Arc<str>,
+    generation: u64,
     prev: u64,
     seq: u64,
     item: T,
+}
+
+/// One group's records here, and the sends held while the first of them waits for an earlier send of its origin.
+/// Everything after a send that waits waits too, so the group's order here stays the owner's: every member node
+/// that gets the same sends delivers them in the same order, gaps or not.
+struct Group<T> {
+    origins: HashMap<Arc<str>, Record>,
+    held: VecDeque<Waiting<T>>,
+}
+
+impl<T> Default for Group<T> {
+    fn default() -> Self {
+        Group {
+            origins: HashMap::new(),
+            held: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Group<T> {
+    /// Whether `waiting` can go now: its predecessor was delivered here (or this node waits for none: a first
+    /// record, or no previous send named).
+    fn ready(&self, waiting: &Waiting<T>) -> bool {
+        self.origins.get(&waiting.origin).is_none_or(|record| {
+            record.generation != waiting.generation || record.last == 0 || waiting.prev <= record.last
+        })
+    }
+
+    /// Delivers `waiting` unless it is stale or a repeat by now; records it.
+    fn take(&mut self, waiting: Waiting<T>, deliver: &mut Vec<T>) {
+        if let Some(record) = self.origins.get_mut(&waiting.origin) {
+            if waiting.generation < record.generation
+                || (waiting.generation == record.generation && waiting.seq <= record.last)
+            {
+                return;
+            }
+            record.generation = waiting.generation;
+            record.last = waiting.seq;
+        }
+        deliver.push(waiting.item);
+    }
+
+    /// Delivers held sends from the front as long as they are ready, and the front anyway once it waited `GAP_WAIT`
+    /// (`expired_before`). Returns how many left `held`, and how many gaps were given up on.
+    fn release(&mut self, expired_before: Option<Instant>, deliver: &mut Vec<T>) -> (usize, u64) {
+        let (mut released, mut gaps) = (0, 0);
+        while let Some(front) = self.held.front() {
+            let expired = expired_before.is_some_and(|before| front.since <= before);
+            if !self.ready(front) && !expired {
+                break;
+            }
+            gaps += u64::from(!self.ready(front));
+            let Some(front) = self.held.pop_front() else {
+                break;
+            };
+            released += 1;
+            self.take(front, deliver);
+        }
+        (released, gaps)
+    }
 }
 
 /// What became of a send that arrived.
@@ -55,13 +117,15 @@ pub(super) struct Arrived<T> {
     pub(super) deliver: Vec<T>,
     /// Delivered without a record: the table holds [`DELIVERED_CAP`] pairs.
     pub(super) untracked: bool,
-    /// Delivered out of order: [`WAITING_CAP`] sends wait already.
-    pub(super) unordered: bool,
+    /// Sends delivered without waiting for what they waited for: [`WAITING_CAP`] sends wait already.
+    pub(super) unordered: u64,
 }
 
 /// The records of the group sends delivered here (see the module documentation).
 pub(super) struct Arrivals<T> {
-    groups: HashMap<GroupKey, HashMap<Arc<str>, Record<T>>>,
+    groups: HashMap<GroupKey, Group<T>>,
+    /// The groups with held sends.
+    blocked: HashSet<GroupKey>,
     pairs: usize,
     waiting: usize,
 }
@@ -70,6 +134,7 @@ impl<T> Default for Arrivals<T> {
     fn default() -> Self {
         Arrivals {
             groups: HashMap::new(),
+            blocked: HashSet::new(),
             pairs: 0,
             waiting: 0,
         }
@@ -82,107 +147,128 @@ impl<T> Arrivals<T> {
         let mut arrived = Arrived {
             deliver: Vec::new(),
             untracked: false,
-            unordered: false,
+            unordered: 0,
         };
         let full = self.pairs >= DELIVERED_CAP;
-        let origins = self.groups.entry(key.clone()).or_default();
-        let record = match origins.get_mut(&stamp.origin.name) {
-            Some(record) => record,
-            None if full => {
-                if origins.is_empty() {
-                    self.groups.remove(key);
-                }
-                arrived.untracked = true;
-                arrived.deliver.push(item);
-                return arrived;
-            }
-            None => {
-                self.pairs += 1;
-                origins.entry(stamp.origin.name.clone()).or_insert(Record {
-                    generation: stamp.origin.generation,
-                    last: 0,
-                    waiting: VecDeque::new(),
-                })
-            }
-        };
-        match stamp.origin.generation.cmp(&record.generation) {
-            // A later incarnation of the origin (it restarted and counts from 1 again): the earlier one's record
-            // and what waited for it are over.
-            std::cmp::Ordering::Greater => {
-                self.waiting -= record.waiting.len();
+        let group = self.groups.entry(key.clone()).or_default();
+        let origin = &stamp.origin;
+        match group.origins.get_mut(&origin.name) {
+            Some(record) if origin.generation > record.generation => {
+                // A later incarnation of the origin (it restarted and counts from 1 again).
                 *record = Record {
-                    generation: stamp.origin.generation,
+                    generation: origin.generation,
                     last: 0,
-                    waiting: VecDeque::new(),
                 };
             }
             // From an earlier incarnation, after its successor's sends: that life is over.
-            std::cmp::Ordering::Less => return arrived,
-            std::cmp::Ordering::Equal => {}
-        }
-        if stamp.seq <= record.last || record.waiting.iter().any(|waiting| waiting.seq == stamp.seq) {
+            Some(record) if origin.generation < record.generation => return arrived,
             // A re-sent send that arrived here before.
-            return arrived;
-        }
-        // A first record (last 0) waits for nothing: this node may have had no member when the earlier sends went.
-        if record.last > 0 && stamp.prev > record.last {
-            if self.waiting < WAITING_CAP {
-                let at = record.waiting.partition_point(|waiting| waiting.seq < stamp.seq);
-                record.waiting.insert(
-                    at,
-                    Waiting {
-                        since: now,
-                        prev: stamp.prev,
-                        seq: stamp.seq,
-                        item,
+            Some(record) if stamp.seq <= record.last => return arrived,
+            Some(_) => {}
+            None if full => {
+                arrived.untracked = true;
+                if group.held.is_empty() {
+                    arrived.deliver.push(item);
+                    if group.origins.is_empty() {
+                        self.groups.remove(key);
+                    }
+                    return arrived;
+                }
+            }
+            None => {
+                self.pairs += 1;
+                group.origins.insert(
+                    origin.name.clone(),
+                    Record {
+                        generation: origin.generation,
+                        last: 0,
                     },
                 );
-                self.waiting += 1;
-                return arrived;
             }
-            arrived.unordered = true;
         }
-        record.last = stamp.seq;
-        arrived.deliver.push(item);
-        self.waiting -= release(record, &mut arrived.deliver);
+        let repeat = |waiting: &Waiting<T>| {
+            waiting.origin == origin.name && waiting.generation == origin.generation && waiting.seq == stamp.seq
+        };
+        if group.held.iter().any(repeat) {
+            return arrived;
+        }
+        let waiting = Waiting {
+            since: now,
+            origin: origin.name.clone(),
+            generation: origin.generation,
+            prev: stamp.prev,
+            seq: stamp.seq,
+            item,
+        };
+        if group.held.is_empty() && group.ready(&waiting) {
+            group.take(waiting, &mut arrived.deliver);
+            return arrived;
+        }
+        if self.waiting >= WAITING_CAP {
+            // Held without bound otherwise: what waits here goes now, this one after it.
+            let (released, gaps) = group.release(Some(now), &mut arrived.deliver);
+            self.waiting -= released;
+            arrived.unordered = gaps + u64::from(!group.ready(&waiting));
+            group.take(waiting, &mut arrived.deliver);
+            self.blocked.remove(key);
+            return arrived;
+        }
+        // Before the held send of its origin that follows it (it may be the one that send waits for), else last.
+        let at = group
+            .held
+            .iter()
+            .position(|held| held.origin == waiting.origin && held.generation == waiting.generation && held.seq > waiting.seq)
+            .unwrap_or(group.held.len());
+        group.held.insert(at, waiting);
+        self.waiting += 1;
+        let (released, _) = group.release(None, &mut arrived.deliver);
+        self.waiting -= released;
+        if group.held.is_empty() {
+            self.blocked.remove(key);
+        } else {
+            self.blocked.insert(key.clone());
+        }
         arrived
     }
 
-    /// Sends that waited [`GAP_WAIT`] for an earlier one: the earlier one counts as lost, and they go, in order,
-    /// with their group. Returns how many gaps were given up on.
+    /// Sends held [`GAP_WAIT`] for an earlier one: the earlier one counts as lost, and they go, in order, with
+    /// their group. Returns how many gaps were given up on.
     pub(super) fn expire(&mut self, now: Instant, deliver: &mut Vec<(GroupKey, T)>) -> u64 {
-        if self.waiting == 0 {
+        if self.blocked.is_empty() {
             return 0;
         }
+        let Some(before) = now.checked_sub(GAP_WAIT) else {
+            return 0;
+        };
         let mut gaps = 0;
-        for (key, origins) in &mut self.groups {
-            for record in origins.values_mut() {
-                while record
-                    .waiting
-                    .front()
-                    .is_some_and(|waiting| now.duration_since(waiting.since) >= GAP_WAIT)
-                {
-                    let Some(first) = record.waiting.pop_front() else {
-                        break;
-                    };
-                    self.waiting -= 1;
-                    gaps += 1;
-                    record.last = first.seq;
-                    let mut items = vec![first.item];
-                    self.waiting -= release(record, &mut items);
-                    deliver.extend(items.into_iter().map(|item| (key.clone(), item)));
-                }
+        let mut unblocked = Vec::new();
+        for key in &self.blocked {
+            let Some(group) = self.groups.get_mut(key) else {
+                unblocked.push(key.clone());
+                continue;
+            };
+            let mut items = Vec::new();
+            let (released, given_up) = group.release(Some(before), &mut items);
+            self.waiting -= released;
+            gaps += given_up;
+            deliver.extend(items.into_iter().map(|item| (key.clone(), item)));
+            if group.held.is_empty() {
+                unblocked.push(key.clone());
             }
+        }
+        for key in unblocked {
+            self.blocked.remove(&key);
         }
         gaps
     }
 
-    /// The group has no member here any more: its records go, and so do the sends that waited (nobody here to get
-    /// them). A member that joins later starts with no record, so it waits for no send it could not have got.
+    /// The group has no member here any more: its records go, and so do the sends held (nobody here to get them).
+    /// A member that joins later starts with no record, so it waits for no send it could not have got.
     pub(super) fn forget_group(&mut self, key: &GroupKey) {
-        if let Some(origins) = self.groups.remove(key) {
-            self.pairs -= origins.len();
-            self.waiting -= origins.values().map(|record| record.waiting.len()).sum::<usize>();
+        if let Some(group) = self.groups.remove(key) {
+            self.pairs -= group.origins.len();
+            self.waiting -= group.held.len();
+            self.blocked.remove(key);
         }
     }
 
@@ -191,23 +277,6 @@ impl<T> Arrivals<T> {
     fn waiting(&self) -> usize {
         self.waiting
     }
-}
-
-/// Moves the sends that waited for what was just delivered to `deliver`, in order; returns how many left `waiting`.
-fn release<T>(record: &mut Record<T>, deliver: &mut Vec<T>) -> usize {
-    let mut released = 0;
-    while record.waiting.front().is_some_and(|waiting| waiting.prev <= record.last) {
-        let Some(next) = record.waiting.pop_front() else {
-            break;
-        };
-        released += 1;
-        // One that an unordered delivery overtook is a repeat now; the others follow in order.
-        if next.seq > record.last {
-            record.last = next.seq;
-            deliver.push(next.item);
-        }
-    }
-    released
 }
 
 #[cfg(test)]
@@ -248,6 +317,41 @@ mod tests {
         assert_eq!(arrivals.waiting(), 2);
         assert_eq!(arrivals.arrive(&key(), &stamp(1, 1, 4), 4, now).deliver, vec![4, 5, 9]);
         assert_eq!(arrivals.waiting(), 0);
+    }
+
+    fn stamp_of(origin: &str, prev: u64, seq: u64) -> Stamp {
+        Stamp {
+            origin: NodeId::new(origin, 1),
+            seq,
+            prev,
+        }
+    }
+
+    #[test]
+    fn the_group_keeps_one_order_on_every_node_whether_a_node_waits_or_not() {
+        // The owner's order: y20, x5, y30, then x4 (it overtook x5 on the way and came late).
+        let sends = [("y", 10, 20), ("x", 4, 5), ("y", 20, 30), ("x", 3, 4)];
+        let now = Instant::now();
+        // Node A had every earlier send: it holds x5 (and y30 behind it) until x4 comes.
+        let mut a = Arrivals::default();
+        a.arrive(&key(), &stamp_of("x", 0, 3), "x3", now);
+        a.arrive(&key(), &stamp_of("y", 0, 10), "y10", now);
+        // Node B never got y10 (its only member had left for a moment, say): it holds y20 and all behind it.
+        let mut b = Arrivals::default();
+        b.arrive(&key(), &stamp_of("x", 0, 3), "x3", now);
+        b.arrive(&key(), &stamp_of("y", 0, 5), "y5", now);
+        let names = ["y20", "x5", "y30", "x4"];
+        let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+        for ((origin, prev, seq), name) in sends.iter().zip(names) {
+            got_a.extend(a.arrive(&key(), &stamp_of(origin, *prev, *seq), name, now).deliver);
+            got_b.extend(b.arrive(&key(), &stamp_of(origin, *prev, *seq), name, now).deliver);
+        }
+        assert_eq!(got_a, vec!["y20", "x4", "x5", "y30"]);
+        assert!(got_b.is_empty(), "{got_b:?}");
+        let mut late = Vec::new();
+        assert_eq!(b.expire(now + GAP_WAIT, &mut late), 1);
+        let got_b: Vec<&str> = late.into_iter().map(|(_, name)| name).collect();
+        assert_eq!(got_b, got_a, "one order on both nodes");
     }
 
     #[test]

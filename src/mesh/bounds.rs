@@ -34,7 +34,7 @@ pub struct MeshBoundsHit {
     /// Times the table of each group's last send from this node ([`super::group_send::LAST_SENT_CAP`]) was full and
     /// forgotten.
     pub last_sent_cleared: AtomicU64,
-    /// Sends that overtook an earlier one of their origin delivered at once, out of order, because
+    /// Sends delivered without the earlier send of their origin they waited for, because
     /// [`super::arrivals::WAITING_CAP`] sends waited already.
     pub waiting_refused: AtomicU64,
     /// Earlier sends given up on after [`super::arrivals::GAP_WAIT`]: the sends that waited for them went on.

@@ -101,9 +101,9 @@ impl<H: LocalHub> Router<H> {
             let what = "the table of delivered group sends is full: delivered one without a record";
             hit.hit(&hit.delivered_untracked, 1, &self.span, what);
         }
-        if arrived.unordered {
-            let what = "too many group sends wait for an earlier one: delivered one out of order";
-            hit.hit(&hit.waiting_refused, 1, &self.span, what);
+        if arrived.unordered > 0 {
+            let what = "too many group sends wait for an earlier one: delivered some without it";
+            hit.hit(&hit.waiting_refused, arrived.unordered, &self.span, what);
         }
         for (frame, except) in arrived.deliver {
             self.deliver_to_members(key, &frame, &except);

@@ -100,10 +100,6 @@ impl<H: LocalHub> Router<H> {
         if !runtime.local_leave(&key, &connection) {
             return Err(MeshError::UnknownConnection(connection.to_string()));
         }
-        if !runtime.has_local_members(&key) {
-            // A member that joins later waits for no send it could not have got (`mesh/arrivals.rs`).
-            self.delivered.lock().forget_group(&key);
-        }
         self.unregister(key, connection).await
     }
 
@@ -153,6 +149,12 @@ impl<H: LocalHub> Router<H> {
 
     /// Records at the group's owner that a connection of this node left.
     pub(crate) async fn unregister(&self, key: GroupKey, connection: ConnectionId) -> Result<(), MeshError> {
+        // The caller took the connection out of this node's table: if it was the group's last member here, the
+        // group's records go, so a member that joins later waits for no send it could not have got
+        // (`mesh/arrivals.rs`).
+        if self.hub(&key.hub).is_some_and(|runtime| !runtime.has_local_members(&key)) {
+            self.delivered.lock().forget_group(&key);
+        }
         let owner = self.owner_of(&key);
         if self.is_local(&owner.name) {
             let from = self.id();
