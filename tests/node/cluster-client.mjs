@@ -36,7 +36,7 @@ const clients = urls.map((url, index) => {
     .withUrl(`${url}/hub`, { transport: signalR.HttpTransportType.WebSockets })
     .configureLogging(
       process.env.HUBMESH_CLIENT_LOG === "1"
-        ? { log: (level, message) => process.stderr.write(`[client ${index}] ${level} ${message}\n`) }
+        ? { log: (level, message) => process.stderr.write(`${new Date().toISOString()} [client ${index}] ${level} ${message}\n`) }
         : signalR.LogLevel.None,
     );
   if (process.env.HUBMESH_STATEFUL === "1") builder.withStatefulReconnect();
