@@ -73,9 +73,15 @@ async function waitFor(check, ms, interval = 20) {
 function verdict(tag, count) {
   const per = {};
   let ok = true;
+  // Over every expected client: what arrived, what of 0..count never did, and what arrived more than once.
+  const totals = { clients: expected.length, expected: expected.length * count, received: 0, missing: 0, duplicates: 0 };
   for (const index of expected) {
     const seen = clients[index].received.get(tag) ?? [];
     const inOrder = seen.every((n, i) => n === i);
+    const distinct = new Set(seen.filter((n) => n >= 0 && n < count)).size;
+    totals.received += seen.length;
+    totals.missing += count - distinct;
+    totals.duplicates += seen.length - distinct;
     per[index] = { received: seen.length, inOrder, state: clients[index].connection.state };
     if (!inOrder) {
       // Where it went wrong: the first position that is off, and what came around it.
@@ -85,7 +91,7 @@ function verdict(tag, count) {
     }
     if (seen.length !== count || !inOrder) ok = false;
   }
-  return { ok, per };
+  return { ok, totals, per };
 }
 
 async function collect(tag, count, ms = 15000) {
