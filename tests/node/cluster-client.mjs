@@ -18,7 +18,9 @@
 //           {"cmd":"quit"}
 //
 // With HUBMESH_STATEFUL=1 in the environment, the clients use stateful reconnect (`withStatefulReconnect()`);
-// with HUBMESH_CLIENT_LOG=1 they log to standard error.
+// with HUBMESH_AUTOMATIC=1, automatic reconnect too (`withAutomaticReconnect()`: a client whose stateful reconnect
+// failed comes back as a new connection, which "ids" shows); with HUBMESH_CLIENT_LOG=1 they log to standard error,
+// with timestamps.
 
 import { createRequire } from "node:module";
 import readline from "node:readline";
@@ -40,6 +42,7 @@ const clients = urls.map((url, index) => {
         : signalR.LogLevel.None,
     );
   if (process.env.HUBMESH_STATEFUL === "1") builder.withStatefulReconnect();
+  if (process.env.HUBMESH_AUTOMATIC === "1") builder.withAutomaticReconnect();
   if (index % 2 === 1) builder.withHubProtocol(new MessagePackHubProtocol());
   const connection = builder.build();
   const client = { index, connection, received: new Map(), other: [], closed: null };
