@@ -422,6 +422,9 @@ async fn a_rolling_restart_under_official_stateful_clients_loses_nothing() -> Te
 /// official client gave up with a 1006 close); and a node that saw an owner leave queued its re-sends of that
 /// owner's sends ahead of its own view change, so that they reached the group it now owned before its peers'
 /// members did (one to five messages lost by one node's members, about one run in three on a loaded machine).
+/// Still seen once since, in 26 runs (22 with a busy loop beside the test): one message lost for one node's members
+/// around the last node's restart, not traced (benches/README.md, "Rolling restart under official stateful
+/// clients").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_rolling_restart_under_official_stateful_clients_loses_nothing() -> TestResult {
     rolling_restart(60, 3_000, Duration::from_secs(2), Duration::from_secs(240)).await
