@@ -431,7 +431,7 @@ async fn a_long_rolling_restart_under_official_stateful_clients_loses_nothing() 
 }
 
 /// The issue's size: 300 official clients with stateful and automatic reconnect over three nodes, 3,000 group
-/// messages each (900,000 deliveries), 2 s drain windows; about 37 s in a debug build. One run in 15 lost one
+/// messages each (900,000 deliveries), 2 s drain windows; about 37 s in a debug build. One run in 21 lost one
 /// client's stateful reconnect (not traced). Its figures are in benches/README.md ("Rolling restart under official
 /// stateful clients"): `cargo test --features test-util --test drain_moves a_rolling_restart_of_300 -- --ignored
 /// --nocapture`.
