@@ -284,12 +284,14 @@ struct OfficialClients {
 }
 
 impl OfficialClients {
-    async fn start(urls: &[String]) -> TestResult<(OfficialClients, Value)> {
+    /// With `automatic`, the clients use automatic reconnect too (`withAutomaticReconnect()`).
+    async fn start(urls: &[String], automatic: bool) -> TestResult<(OfficialClients, Value)> {
         let dir = tokio::task::spawn_blocking(npm::ensure_installed).await??;
         let mut child = tokio::process::Command::new("node")
             .arg(dir.join("cluster-client.mjs"))
             .args(urls)
             .env("HUBMESH_STATEFUL", "1")
+            .env("HUBMESH_AUTOMATIC", if automatic { "1" } else { "" })
             .env(
                 "HUBMESH_CLIENT_LOG",
                 std::env::var("HUBMESH_CLIENT_LOG").unwrap_or_default(),
@@ -346,7 +348,7 @@ async fn official_clients_with_stateful_reconnect_ride_through_a_drain() -> Test
             .collect::<TestResult<_>>()?;
         let proxy = RoundRobinProxy::start(backends).await?;
         let urls = vec![proxy.url(); 6];
-        let (mut clients, ready) = OfficialClients::start(&urls).await?;
+        let (mut clients, ready) = OfficialClients::start(&urls, false).await?;
         let counts: Vec<usize> = (0..3)
             .map(|index| {
                 cluster
@@ -401,7 +403,8 @@ async fn official_clients_with_stateful_reconnect_ride_through_a_drain() -> Test
 }
 
 /// A rolling restart (issue 14): each of three nodes in turn drains, stops, and starts again under its name, while
-/// official clients with `withStatefulReconnect()` behind a round-robin proxy send to their group all along. Every
+/// official clients with `withStatefulReconnect()` and `withAutomaticReconnect()` behind a round-robin proxy send
+/// to their group all along. Every
 /// client gets every message once and in order, none is closed, each keeps its connection id, and the group
 /// keeps every member. Prints the figures.
 ///
@@ -410,22 +413,44 @@ async fn official_clients_with_stateful_reconnect_ride_through_a_drain() -> Test
 /// saw every peer (it now holds sends at least 1 s after a join while it is young).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_official_stateful_clients_loses_nothing() -> TestResult {
-    rolling_restart(12, 600, Duration::from_millis(500)).await
+    rolling_restart(12, 600, Duration::from_millis(500), Duration::from_secs(240)).await
 }
 
-/// The same, longer and with more clients: `cargo test --test drain_moves -- --ignored`. KNOWN FAILURE: in the runs
-/// tried, a few clients missed one message when the first node came back, and two of the 60 clients' stateful
-/// reconnects failed (the official client gave up with a 1006 close); not investigated yet.
+/// The same, longer and with more clients (60 clients, 3,000 messages each, 2 s drain windows; about 35 s in a debug
+/// build). It found two more causes, fixed: the test proxy drew a backend per connection attempt, so that a burst
+/// of stateful reconnects right after a node stopped could draw the stopped node three times and get 502 (the
+/// official client gave up with a 1006 close); and a node that saw an owner leave queued its re-sends of that
+/// owner's sends ahead of its own view change, so that they reached the group it now owned before its peers'
+/// members did (one to five messages lost by one node's members, about one run in three on a loaded machine).
+/// Still seen once since, in 26 runs (22 with a busy loop beside the test): one message lost for one node's members
+/// around the last node's restart, not traced (benches/README.md, "Rolling restart under official stateful
+/// clients").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_rolling_restart_under_official_stateful_clients_loses_nothing() -> TestResult {
+    rolling_restart(60, 3_000, Duration::from_secs(2), Duration::from_secs(240)).await
+}
+
+/// The issue's size: 300 official clients with stateful and automatic reconnect over three nodes, 3,000 group
+/// messages each (900,000 deliveries), 2 s drain windows; about 37 s in a debug build. One run in 21 lost one
+/// client's stateful reconnect (not traced). Its figures are in benches/README.md ("Rolling restart under official
+/// stateful clients"): `cargo test --features test-util --test drain_moves a_rolling_restart_of_300 -- --ignored
+/// --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
-async fn a_long_rolling_restart_under_official_stateful_clients_loses_nothing() -> TestResult {
-    rolling_restart(60, 3_000, Duration::from_secs(2)).await
+async fn a_rolling_restart_of_300_official_stateful_clients_loses_nothing() -> TestResult {
+    rolling_restart(300, 3_000, Duration::from_secs(2), Duration::from_secs(600)).await
 }
 
-async fn rolling_restart(clients_count: usize, count: u64, window: Duration) -> TestResult {
+async fn rolling_restart(clients_count: usize, count: u64, window: Duration, limit: Duration) -> TestResult {
     init_tracing();
-    timeout(Duration::from_secs(240), async {
-        let mut cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
+    timeout(limit, async {
+        // Every client comes from the proxy's address (a load balancer that does not pass the client's on): the
+        // per-address admission limit (100 negotiates a second) would refuse 300 clients starting at once.
+        let limits = hubmesh::Limits {
+            negotiates_per_second: 10_000,
+            ..hubmesh::Limits::default()
+        };
+        let mut cluster = TestCluster::start_with_limits(3, limits, || vec![demo_hub()]).await?;
         cluster.wait_for_members(Duration::from_secs(10)).await?;
         let backends = |cluster: &TestCluster| -> TestResult<Vec<std::net::SocketAddr>> {
             (0..3)
@@ -436,8 +461,11 @@ async fn rolling_restart(clients_count: usize, count: u64, window: Duration) -> 
         };
         let proxy = RoundRobinProxy::start(backends(&cluster)?).await?;
         let urls = vec![proxy.url(); clients_count];
-        let (mut clients, ready) = OfficialClients::start(&urls).await?;
-        println!("connection ids: {}", ready["ids"]);
+        // Stateful and automatic reconnect, as the issue asks: a client whose stateful reconnect failed would come
+        // back as another connection, and the ids below would say so.
+        let (mut clients, ready) = OfficialClients::start(&urls, true).await?;
+        let members_before = clients.ask(json!({"cmd": "count", "via": 0})).await?;
+        assert_eq!(members_before["count"], json!(clients_count), "memberships before: {members_before}");
         let answer = clients
             .ask(json!({"cmd": "stream", "from": 0, "count": count, "tag": "rolling", "interval": 10}))
             .await?;
@@ -460,11 +488,25 @@ async fn rolling_restart(clients_count: usize, count: u64, window: Duration) -> 
             );
             assert_eq!(left, 0, "node {} still held connections after its drain", index + 1);
         }
+        let restarted_in = started.elapsed();
         let verdict = clients
             .ask(json!({"cmd": "collect", "tag": "rolling", "count": count}))
             .await?;
-        println!("rolling restart of 3 nodes in {:?}; {clients_count} clients, {count} group messages each: {verdict}", started.elapsed());
-        assert_eq!(verdict["ok"], json!(true), "every client, every message once and in order: {verdict}");
+        println!(
+            "rolling restart of 3 nodes in {restarted_in:?}, the stream over after {:?}; {clients_count} clients, \
+             {count} group messages each; memberships before {}; deliveries {}",
+            started.elapsed(),
+            members_before["count"],
+            verdict["totals"]
+        );
+        if verdict["ok"] != json!(true) {
+            // The connection ids of the clients that missed something, to find them in the nodes' logs.
+            let short: Vec<String> = (0..clients_count)
+                .filter(|index| verdict["per"][index.to_string()]["received"] != json!(count))
+                .map(|index| format!("client {index}: {}", ready["ids"][index]))
+                .collect();
+            panic!("every client, every message once and in order: {short:?} {verdict}");
+        }
         for index in 0..clients_count {
             let closed = clients.ask(json!({"cmd": "closed", "index": index, "ms": 0})).await?;
             assert_eq!(closed["ok"], json!(false), "client {index} was closed: {closed}");
@@ -472,6 +514,7 @@ async fn rolling_restart(clients_count: usize, count: u64, window: Duration) -> 
         let ids = clients.ask(json!({"cmd": "ids"})).await?;
         assert_eq!(ids["ids"], ready["ids"], "a client is another connection after the rolling restart");
         let members = clients.ask(json!({"cmd": "count", "via": 0})).await?;
+        println!("memberships after: {}", members["count"]);
         assert_eq!(members["count"], json!(clients_count), "memberships after the rolling restart: {members}");
         let _ = clients.ask(json!({"cmd": "quit"})).await;
         let _ = clients.child.wait().await;

@@ -455,6 +455,40 @@ async fn a_backend_with_nothing_listening_is_skipped() -> TestResult {
     .await
 }
 
+/// Many requests at once while a backend refuses (a node that stopped, and a burst of clients reconnecting): each
+/// tries every backend at most once from its own place in the rotation, so none gets 502 while one answers.
+/// Drawing a place per try let concurrent requests draw the refusing backend each time (the rolling-restart
+/// test's failed stateful reconnects).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_requests_skips_a_refusing_backend() -> TestResult {
+    bounded(async {
+        let (node, _ended) = start_node("node-a").await?;
+        let live = node.local_addr();
+        let dead = dead_address().await?;
+        let proxy = RoundRobinProxy::start([dead, live]).await?;
+        const CLIENTS: usize = 64;
+        const REQUESTS: usize = 4;
+        let clients = (0..CLIENTS).map(|_| async {
+            let mut client = KeepAliveClient::connect(proxy.addr()).await?;
+            let mut statuses = Vec::new();
+            for _ in 0..REQUESTS {
+                statuses.push(client.get("/_hubmesh/cluster").await?.status);
+            }
+            TestResult::Ok(statuses)
+        });
+        let mut refused = 0;
+        for statuses in futures_util::future::join_all(clients).await {
+            refused += statuses?.iter().filter(|status| **status != 200).count();
+        }
+        assert_eq!(refused, 0, "requests of {} answered other than 200", CLIENTS * REQUESTS);
+        assert!(backends_of(&proxy.take_routes()).iter().all(|backend| *backend == live));
+        drop(proxy);
+        stop(node).await;
+        Ok(())
+    })
+    .await
+}
+
 /// Upper bound on each `node --test` run of the conformance files through the proxy.
 const NODE_TIMEOUT: Duration = Duration::from_secs(600);
 

@@ -188,43 +188,85 @@ impl ReceiveState {
 ///
 /// Like ASP.NET, a new WebSocket for a stateful connection replaces the one it has, even if the server has not
 /// noticed yet that the old one is dead (the client reconnects at once, often before the server reads the
-/// drop): the unacked records are replayed on the new one and the client drops duplicates by sequence id.
+/// drop): the unacked records are replayed on the new one and the client drops duplicates by sequence id. The
+/// newest wins also over one handed over that the task has not taken yet: that one is dropped (its pump lets its
+/// socket go). A resume passed on by a node that was stopping could reach the connection while its answer never
+/// got back, so the client's next try came through another node, and was refused while the orphan waited in a
+/// one-place channel (the 300-client rolling-restart test lost two clients that way).
 #[derive(Debug, Clone)]
 pub struct ResumeHandle {
-    tx: mpsc::Sender<RelayTransport>,
+    shared: Arc<Handover>,
 }
 
 /// The connection task's side of [`ResumeHandle`].
 #[derive(Debug)]
 pub struct ResumeSlot {
-    rx: mpsc::Receiver<RelayTransport>,
+    shared: Arc<Handover>,
+}
+
+/// The transport handed over and not taken yet (at most one: the newest), and whether the task has ended.
+#[derive(Debug, Default)]
+struct Handover {
+    pending: parking_lot::Mutex<Pending>,
+    ready: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    transport: Option<RelayTransport>,
+    closed: bool,
 }
 
 /// A pair of resume ends for one stateful connection.
 pub fn resume_channel() -> (ResumeHandle, ResumeSlot) {
-    let (tx, rx) = mpsc::channel(1);
-    (ResumeHandle { tx }, ResumeSlot { rx })
+    let shared = Arc::new(Handover::default());
+    (ResumeHandle { shared: shared.clone() }, ResumeSlot { shared })
 }
 
 impl ResumeHandle {
-    /// Hands the connection a new transport; `false` if it has ended or another one is being handed over.
+    /// Hands the connection a new transport, in place of one handed over before and not taken yet; `false` if
+    /// the connection has ended.
     pub fn resume(&self, transport: RelayTransport) -> bool {
-        self.tx.try_send(transport).is_ok()
+        let replaced = {
+            let mut pending = self.shared.pending.lock();
+            if pending.closed {
+                return false;
+            }
+            pending.transport.replace(transport)
+        };
+        // Dropped outside the lock: its pump lets its socket go.
+        drop(replaced);
+        self.shared.ready.notify_one();
+        true
     }
 
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.shared.pending.lock().closed
     }
 }
 
 impl ResumeSlot {
     /// The next transport handed over; pending forever once nobody can hand one over. Cancel-safe.
     pub async fn next(&mut self) -> RelayTransport {
-        match self.rx.recv().await {
-            Some(transport) => transport,
-            None => std::future::pending().await,
+        loop {
+            if let Some(transport) = self.shared.pending.lock().transport.take() {
+                return transport;
+            }
+            // A notification given before this wait is kept (one permit), so none is missed.
+            self.shared.ready.notified().await;
         }
+    }
+}
+
+impl Drop for ResumeSlot {
+    fn drop(&mut self) {
+        let left = {
+            let mut pending = self.shared.pending.lock();
+            pending.closed = true;
+            pending.transport.take()
+        };
+        drop(left);
     }
 }
 
@@ -334,7 +376,52 @@ pub fn relay<T: Transport + 'static>(mut transport: T) -> (RelayTransport, impl 
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::time::Duration;
+
     use super::*;
+
+    /// A relay transport whose commands the test reads: they end (`None`) once the transport is dropped.
+    fn transport() -> (RelayTransport, mpsc::Receiver<Command>) {
+        let (_client, inbound) = mpsc::channel(1);
+        let (outbound, commands) = mpsc::channel(1);
+        let transport = RelayTransport {
+            kind: TransportKind::WebSockets,
+            inbound,
+            outbound,
+            graceful: Arc::new(AtomicBool::new(false)),
+        };
+        (transport, commands)
+    }
+
+    async fn next<T>(future: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), future).await.expect("in time")
+    }
+
+    #[tokio::test]
+    async fn the_newest_transport_handed_over_wins_and_none_after_the_end() {
+        let (handle, mut slot) = resume_channel();
+        let (first, mut first_commands) = transport();
+        let (second, mut second_commands) = transport();
+        // Two reconnects before the task takes one: the second is not refused, the first is dropped.
+        assert!(handle.resume(first));
+        assert!(handle.resume(second));
+        assert!(next(first_commands.recv()).await.is_none(), "the replaced transport was let go");
+        let mut taken = next(slot.next()).await;
+        taken.send(Bytes::from_static(b"x"), TransferFormat::Text).await.unwrap();
+        assert!(matches!(next(second_commands.recv()).await, Some(Command::Send(..))));
+        // One after the task took it waits for the next call.
+        let (third, _third_commands) = transport();
+        assert!(handle.resume(third));
+        next(slot.next()).await;
+        // None once the connection has ended.
+        drop(slot);
+        assert!(handle.is_closed());
+        let (fourth, mut fourth_commands) = transport();
+        assert!(!handle.resume(fourth));
+        assert!(next(fourth_commands.recv()).await.is_none());
+    }
 
     #[test]
     fn buffer_numbers_acks_and_resumes() {

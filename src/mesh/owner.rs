@@ -420,6 +420,10 @@ impl<H: LocalHub> Router<H> {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 self.counters.rehomed(SETTLE.saturating_sub(left));
             }
+            let waiting: Vec<GroupKey> = state.orphans.keys().cloned().collect();
+            for key in waiting {
+                self.release_orphans(&key, state);
+            }
             while let Some(send) = state.deferred.pop_front() {
                 self.owner_send(send, state);
             }
@@ -428,6 +432,10 @@ impl<H: LocalHub> Router<H> {
 
     /// Drops sends that waited for members longer than [`ORPHAN_WINDOW`].
     fn expire_orphans(&self, state: &mut OpsState) {
+        if state.settling.is_some() {
+            // They wait for the end of settling (bounded by `ORPHANS_CAP`).
+            return;
+        }
         let now = tokio::time::Instant::now();
         let mut expired = 0;
         state.orphans.retain(|_, sends| {
@@ -475,7 +483,9 @@ impl<H: LocalHub> Router<H> {
     }
 
     fn release_orphans(&self, key: &GroupKey, state: &mut OpsState) {
-        if !self.groups.contains(key) {
+        // While settling the group may lack the members of peers whose snapshots are on their way: its orphans
+        // wait for the end of settling (`end_settling`), as the deferred sends do.
+        if state.settling.is_some() || !self.groups.contains(key) {
             return;
         }
         if let Some(waiting) = state.orphans.remove(key) {

@@ -93,6 +93,20 @@ impl<H: LocalHub> Router<H> {
             (left, joined)
         };
         self.resend_retained(&left, &mut held);
+        // Queued before `held` is let go: a send flushed after it (the re-sends, by the queue's tick or a sender)
+        // must reach the membership queue behind the change, so that a group this node now owns holds it while
+        // settling; ahead of it, the re-sends met no group yet and went out to this node's members alone (the
+        // long rolling-restart test lost sends that way).
+        if !left.is_empty() {
+            self.enqueue(MembershipOp::NodesLeft { nodes: left.clone() });
+        }
+        // The groups this node no longer owns are released in the membership queue, in order: the sends queued
+        // before this change still reach their actors (`MembershipOp::ViewChanged`).
+        let peers = self.peers();
+        self.enqueue(MembershipOp::ViewChanged {
+            peers: peers.clone(),
+            joined: !joined.is_empty(),
+        });
         drop(held);
         tracing::info!(parent: &self.span, ?left, ?joined, "membership changed");
         {
@@ -135,16 +149,6 @@ impl<H: LocalHub> Router<H> {
             self.peer_left_relays(node);
             self.peer_left_hints(node);
         }
-        if !left.is_empty() {
-            self.enqueue(MembershipOp::NodesLeft { nodes: left.clone() });
-        }
-        // The groups this node no longer owns are released in the membership queue, in order: the sends queued
-        // before this change still reach their actors (`MembershipOp::ViewChanged`).
-        let peers = self.peers();
-        self.enqueue(MembershipOp::ViewChanged {
-            peers: peers.clone(),
-            joined: !joined.is_empty(),
-        });
         for peer in &peers {
             // Push ours, and pull theirs: a snapshot sent in answer to this request is read after this view
             // change, so the groups this node now owns get every member.

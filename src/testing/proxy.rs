@@ -328,11 +328,15 @@ impl Shared {
     }
 
     /// The next backend of the rotation that accepts a TCP connection: at most one try per backend, each bounded by
-    /// [`CONNECT_TIMEOUT`].
+    /// [`CONNECT_TIMEOUT`]. The request takes one place in the rotation and tries the backends in turn from there:
+    /// drawing a place per try let concurrent requests draw the same refusing backend again and again, so that a
+    /// burst of reconnects while a node stopped got `502` with two nodes up (the rolling-restart test's failed
+    /// stateful reconnects).
     async fn connect_next(&self) -> Option<(SocketAddr, TcpStream)> {
         let backends = self.backends.lock().clone();
-        for _ in 0..backends.len() {
-            let index = self.next.fetch_add(1, Ordering::Relaxed) % backends.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for offset in 0..backends.len() {
+            let index = start.wrapping_add(offset) % backends.len();
             let Some(&backend) = backends.get(index) else {
                 continue;
             };

@@ -18,7 +18,9 @@
 //           {"cmd":"quit"}
 //
 // With HUBMESH_STATEFUL=1 in the environment, the clients use stateful reconnect (`withStatefulReconnect()`);
-// with HUBMESH_CLIENT_LOG=1 they log to standard error.
+// with HUBMESH_AUTOMATIC=1, automatic reconnect too (`withAutomaticReconnect()`: a client whose stateful reconnect
+// failed comes back as a new connection, which "ids" shows); with HUBMESH_CLIENT_LOG=1 they log to standard error,
+// with timestamps.
 
 import { createRequire } from "node:module";
 import readline from "node:readline";
@@ -36,10 +38,11 @@ const clients = urls.map((url, index) => {
     .withUrl(`${url}/hub`, { transport: signalR.HttpTransportType.WebSockets })
     .configureLogging(
       process.env.HUBMESH_CLIENT_LOG === "1"
-        ? { log: (level, message) => process.stderr.write(`[client ${index}] ${level} ${message}\n`) }
+        ? { log: (level, message) => process.stderr.write(`${new Date().toISOString()} [client ${index}] ${level} ${message}\n`) }
         : signalR.LogLevel.None,
     );
   if (process.env.HUBMESH_STATEFUL === "1") builder.withStatefulReconnect();
+  if (process.env.HUBMESH_AUTOMATIC === "1") builder.withAutomaticReconnect();
   if (index % 2 === 1) builder.withHubProtocol(new MessagePackHubProtocol());
   const connection = builder.build();
   const client = { index, connection, received: new Map(), other: [], closed: null };
@@ -73,9 +76,15 @@ async function waitFor(check, ms, interval = 20) {
 function verdict(tag, count) {
   const per = {};
   let ok = true;
+  // Over every expected client: what arrived, what of 0..count never did, and what arrived more than once.
+  const totals = { clients: expected.length, expected: expected.length * count, received: 0, missing: 0, duplicates: 0 };
   for (const index of expected) {
     const seen = clients[index].received.get(tag) ?? [];
     const inOrder = seen.every((n, i) => n === i);
+    const distinct = new Set(seen.filter((n) => n >= 0 && n < count)).size;
+    totals.received += seen.length;
+    totals.missing += count - distinct;
+    totals.duplicates += seen.length - distinct;
     per[index] = { received: seen.length, inOrder, state: clients[index].connection.state };
     if (!inOrder) {
       // Where it went wrong: the first position that is off, and what came around it.
@@ -85,7 +94,7 @@ function verdict(tag, count) {
     }
     if (seen.length !== count || !inOrder) ok = false;
   }
-  return { ok, per };
+  return { ok, totals, per };
 }
 
 async function collect(tag, count, ms = 15000) {

@@ -110,8 +110,8 @@ pub(crate) async fn move_or_close(
     endpoint.context.close_local(&close, true);
 }
 
-/// The ready peers a connection may move to.
-async fn ready_peers(node: &Node) -> Vec<NodeId> {
+/// The ready peers a connection may move to (and where a moved one is looked for first, `super::websocket`).
+pub(super) async fn ready_peers(node: &Node) -> Vec<NodeId> {
     let Some(view) = node.cluster_view().await else {
         return Vec::new();
     };

@@ -213,7 +213,12 @@ pub(super) async fn accept_websocket(
 /// Resumes a stateful connection whose home left (`home_left`) or could not answer, on whichever live peer serves
 /// it now (a drain moves connections, `super::moving`): the tunnel to it, or `None` if no peer does.
 async fn resume_without_home(node: &Node, endpoint: &HubEndpoint, token: &str, home_left: bool) -> Option<SocketEnd> {
-    for server in relay::servers_without_home(node, endpoint, token, home_left) {
+    let mut servers = relay::servers_without_home(node, endpoint, token, home_left);
+    // Ready peers first (in their rank): a drain moves connections to them, and a draining or stopping peer only
+    // passes the resume on, whose answer may not come back if it stops meanwhile.
+    let ready = super::moving::ready_peers(node).await;
+    servers.sort_by_key(|server| !ready.contains(server));
+    for server in servers {
         if let Ok(Adoption::Resumed(socket)) = relay::adopt(node, endpoint, &server, token, TransportKind::WebSockets).await {
             return Some(socket);
         }
