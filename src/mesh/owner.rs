@@ -424,6 +424,9 @@ impl<H: LocalHub> Router<H> {
             for key in waiting {
                 self.release_orphans(&key, state);
             }
+            // Some sends came straight from their origin and some were passed on by the previous owner, so an
+            // origin's later send may have come first: each origin's sends to a group go in its order.
+            in_origin_order(&mut state.deferred);
             while let Some(send) = state.deferred.pop_front() {
                 self.owner_send(send, state);
             }
@@ -534,6 +537,68 @@ impl<H: LocalHub> Router<H> {
     }
 }
 
+/// Puts each origin's sends to each group in `queue` in its sequence order, among the places they hold: the
+/// interleaving of different origins and groups stays as it arrived.
+fn in_origin_order(queue: &mut VecDeque<HeldSend>) {
+    let mut places: HashMap<(&GroupKey, &NodeId), Vec<usize>> = HashMap::new();
+    for (index, send) in queue.iter().enumerate() {
+        places.entry((&send.key, &send.stamp.origin)).or_default().push(index);
+    }
+    let unordered: Vec<Vec<usize>> = places
+        .into_values()
+        .filter(|places| places.windows(2).any(|pair| queue[pair[0]].stamp.seq > queue[pair[1]].stamp.seq))
+        .collect();
+    for places in unordered {
+        let mut sends: Vec<HeldSend> = places.iter().map(|&index| queue[index].clone()).collect();
+        sends.sort_by_key(|send| send.stamp.seq);
+        for (index, send) in places.into_iter().zip(sends) {
+            queue[index] = send;
+        }
+    }
+}
+
 fn left_error() -> MeshError {
     MeshError::Group(GroupError::Unavailable("the node left the cluster".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::SharedFrame;
+    use crate::mesh::group::Stamp;
+
+    fn send(group: &str, origin: &str, seq: u64) -> HeldSend {
+        HeldSend {
+            key: GroupKey::named("hub", group),
+            except: Arc::from(Vec::new()),
+            frame: SharedFrame::pre_encoded(None, None),
+            stamp: Stamp {
+                origin: NodeId::new(origin, 1),
+                seq,
+                prev: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn each_origin_goes_in_its_order_and_the_rest_keeps_its_places() {
+        let mut queue: VecDeque<HeldSend> = [
+            send("g", "x", 7),
+            send("g", "y", 1),
+            send("h", "x", 5),
+            send("g", "x", 6),
+            send("g", "y", 2),
+        ]
+        .into_iter()
+        .collect();
+        in_origin_order(&mut queue);
+        let got: Vec<(String, String, u64)> = queue
+            .iter()
+            .map(|send| (send.key.name.to_string(), send.stamp.origin.name.to_string(), send.stamp.seq))
+            .collect();
+        let want = [("g", "x", 6), ("g", "y", 1), ("h", "x", 5), ("g", "x", 7), ("g", "y", 2)];
+        let want: Vec<(String, String, u64)> =
+            want.iter().map(|(g, o, s)| (g.to_string(), o.to_string(), *s)).collect();
+        assert_eq!(got, want);
+    }
 }
