@@ -25,7 +25,7 @@
 //!   ractor_cluster's `client_connect_enc` with the peer's node name as the server name; a handshake that fails is
 //!   logged with `tracing::warn` on both sides and the connection dropped (see `super::tls`).
 //! * **Driven by membership.** For each live peer without a link, only the lower [`NodeId`] dials, at most once per
-//!   backoff (1 s doubling to 8 s). A link is torn down (its session actor stopped: ractor_cluster has no disconnect
+//!   backoff (500 ms doubling to 2 s). A link is torn down (its session actor stopped: ractor_cluster has no disconnect
 //!   call) only when a peer seen live leaves the live set or a newer generation of it is live, never for a peer not
 //!   yet seen live: the accepting side learns of the dialer a little later. A link whose TCP session ends (a killed
 //!   peer's reset) goes down at once; both paths emit one [`LinkEvent::Down`].
@@ -101,7 +101,11 @@ pub const AUTH_DEADLINE: Duration = Duration::from_secs(5);
 pub const STREAM_GRACE: Duration = Duration::from_secs(30);
 
 /// The first wait between two dials of the same peer; it doubles up to [`DIAL_BACKOFF_MAX`].
-pub const DIAL_BACKOFF: Duration = Duration::from_secs(1);
+pub const DIAL_BACKOFF: Duration = Duration::from_millis(500);
 
 /// The longest wait between two dials of the same peer.
-pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(8);
+///
+/// Short: once a partition heals, the link must be back before an owner that waits for this node's snapshot stops
+/// waiting (3 s after its view change, `mesh/owner.rs`), or its groups miss this node's members (a chaos run lost
+/// sends that way with 8 s). A dial is one TCP connect to a live peer.
+pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(2);
