@@ -130,15 +130,15 @@ pub enum LinkEvent {
     },
     /// A link to this peer is up: frames can flow both ways.
     Up(NodeId),
-    /// The link to this peer is down. Frames queued for it wait for the next link while the peer stays live (in
-    /// [`ractor`]), and are dropped when it leaves.
+    /// The link to this peer is down. Frames queued for it wait for the next link while the peer stays live (with
+    /// the ractor links), and are dropped when it leaves.
     Down(NodeId),
 }
 
 /// Why a frame could not be queued for a peer, or links could not start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
-    /// There is no link to this peer: none was up yet, or the peer is gone (with [`ractor`], a link that is down
+    /// There is no link to this peer: none was up yet, or the peer is gone (with the ractor links, a link that is down
     /// still queues while the peer is live, or left less than `STREAM_GRACE` ago).
     #[error("no link to node {0}")]
     NoLink(NodeId),
