@@ -552,23 +552,29 @@ impl Local {
                 .await
                 .unwrap();
         }
+        let (received, in_order) = self.report(peer, Duration::from_secs(30)).await;
+        let elapsed = started.elapsed();
+        assert_eq!(received, count, "the peer received every frame");
+        assert!(in_order, "the peer received the frames in order");
+        elapsed
+    }
+
+    /// Asks the peer for its report (a request behind every frame sent so far) and waits up to `limit` for it:
+    /// how many counted frames it got since its last report, and whether in order.
+    async fn report(&mut self, peer: &NodeId, limit: Duration) -> (u64, bool) {
         send_patiently(self.links.as_ref(), peer, Bytes::from_static(b"R"))
             .await
             .unwrap();
         let from = peer.clone();
         let report = self
-            .wait_for("the peer's report", Duration::from_secs(30), |event| {
+            .wait_for("the peer's report", limit, |event| {
                 matches!(event, LinkEvent::Frame { from: f, frame } if f == &from && frame.first() == Some(&b'R'))
             })
             .await;
-        let elapsed = started.elapsed();
         let LinkEvent::Frame { frame, .. } = report else {
             unreachable!()
         };
-        let received = u64::from_be_bytes(frame[1..9].try_into().unwrap());
-        assert_eq!(received, count, "the peer received every frame");
-        assert_eq!(frame[9], 1, "the peer received the frames in order");
-        elapsed
+        (u64::from_be_bytes(frame[1..9].try_into().unwrap()), frame[9] == 1)
     }
 }
 
@@ -594,12 +600,12 @@ fn garbage(address: &str, bytes: &[u8]) -> std::net::TcpStream {
     stream
 }
 
-/// Waits (at most 15 s) for an event matching `wanted`, skipping any other.
-async fn wait_for_event(events: &mut mpsc::Receiver<LinkEvent>, what: &str, wanted: impl Fn(&LinkEvent) -> bool) {
+/// Waits (at most 15 s) for `expected`, skipping any other event (a Down included, unlike `Local::wait_for`).
+async fn wait_for_event(events: &mut mpsc::Receiver<LinkEvent>, what: &str, expected: LinkEvent) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(event)) if wanted(&event) => return,
+            Ok(Some(event)) if event == expected => return,
             Ok(Some(_)) => {}
             Ok(None) => panic!("the event channel closed"),
             Err(_) => panic!("no {what} within 15 s"),
@@ -750,22 +756,9 @@ async fn ractor_links_between_processes() {
         "accepted {accepted}"
     );
     signal(&alpha.child, "-CONT");
-    send_patiently(local.links.as_ref(), &alpha_id, Bytes::from_static(b"R"))
-        .await
-        .unwrap();
-    let from = alpha_id.clone();
-    let report = local
-        .wait_for(
-            "the peer's report",
-            Duration::from_secs(10),
-            |event| matches!(event, LinkEvent::Frame { from: f, frame } if f == &from && frame.first() == Some(&b'R')),
-        )
-        .await;
-    let LinkEvent::Frame { frame, .. } = report else {
-        unreachable!()
-    };
-    assert_eq!(u64::from_be_bytes(frame[1..9].try_into().unwrap()), accepted);
-    assert_eq!(frame[9], 1, "in order");
+    let (received, in_order) = local.report(&alpha_id, Duration::from_secs(10)).await;
+    assert_eq!(received, accepted);
+    assert!(in_order, "in order");
 
     // A frame over the cap is refused at the sender.
     let too_large = local.links.send(&alpha_id, Bytes::from(vec![b'E'; (1 << 20) + 1]));
@@ -826,11 +819,7 @@ async fn ractor_links_between_processes() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     relay.cut();
-    let beta_down = beta_id.clone();
-    wait_for_event(&mut local.events, "Down(beta.1)", |event| {
-        event == &LinkEvent::Down(beta_down.clone())
-    })
-    .await;
+    wait_for_event(&mut local.events, "Down(beta.1)", LinkEvent::Down(beta_id.clone())).await;
     // Frames accepted while the link is down wait for the next one.
     for seq in accepted..accepted + 1_000 {
         send_patiently(local.links.as_ref(), &beta_id, counted(seq, 100))
@@ -839,31 +828,13 @@ async fn ractor_links_between_processes() {
     }
     accepted += 1_000;
     signal(&beta.child, "-CONT");
-    let beta_up = beta_id.clone();
-    wait_for_event(&mut local.events, "Up(beta.1) again", |event| {
-        event == &LinkEvent::Up(beta_up.clone())
-    })
-    .await;
-    send_patiently(local.links.as_ref(), &beta_id, Bytes::from_static(b"R"))
-        .await
-        .unwrap();
-    let from = beta_id.clone();
-    let report = local
-        .wait_for(
-            "beta's report",
-            Duration::from_secs(20),
-            |event| matches!(event, LinkEvent::Frame { from: f, frame } if f == &from && frame.first() == Some(&b'R')),
-        )
-        .await;
-    let LinkEvent::Frame { frame, .. } = report else {
-        unreachable!()
-    };
+    wait_for_event(&mut local.events, "Up(beta.1) again", LinkEvent::Up(beta_id.clone())).await;
+    let (received, in_order) = local.report(&beta_id, Duration::from_secs(20)).await;
     assert_eq!(
-        u64::from_be_bytes(frame[1..9].try_into().unwrap()),
-        accepted,
+        received, accepted,
         "every frame accepted before and during the cut arrives, once"
     );
-    assert_eq!(frame[9], 1, "in order across the cut");
+    assert!(in_order, "in order across the cut");
     println!("a link cut with {accepted} frames unacknowledged or queued resumed with every frame once, in order");
 
     // A peer declared dead by mistake (membership drops it, then lists it again, same incarnation) gets what was
@@ -875,46 +846,35 @@ async fn ractor_links_between_processes() {
             .unwrap();
     }
     local.links.update_peers(&[alpha.info()]);
-    let beta_down = beta_id.clone();
-    wait_for_event(&mut local.events, "Down(beta.1) when not live", |event| {
-        event == &LinkEvent::Down(beta_down.clone())
-    })
+    wait_for_event(
+        &mut local.events,
+        "Down(beta.1) when not live",
+        LinkEvent::Down(beta_id.clone()),
+    )
     .await;
     send_patiently(local.links.as_ref(), &beta_id, counted(1_000, 100))
         .await
         .unwrap();
     local.links.update_peers(&[alpha.info(), beta.info()]);
     signal(&beta.child, "-CONT");
-    let beta_up = beta_id.clone();
-    wait_for_event(&mut local.events, "Up(beta.1) when live again", |event| {
-        event == &LinkEvent::Up(beta_up.clone())
-    })
+    wait_for_event(
+        &mut local.events,
+        "Up(beta.1) when live again",
+        LinkEvent::Up(beta_id.clone()),
+    )
     .await;
-    send_patiently(local.links.as_ref(), &beta_id, Bytes::from_static(b"R"))
-        .await
-        .unwrap();
-    let from = beta_id.clone();
-    let report = local
-        .wait_for(
-            "beta's second report",
-            Duration::from_secs(20),
-            |event| matches!(event, LinkEvent::Frame { from: f, frame } if f == &from && frame.first() == Some(&b'R')),
-        )
-        .await;
-    let LinkEvent::Frame { frame, .. } = report else {
-        unreachable!()
-    };
+    let (received, in_order) = local.report(&beta_id, Duration::from_secs(20)).await;
     assert_eq!(
-        u64::from_be_bytes(frame[1..9].try_into().unwrap()),
-        1_001,
+        received, 1_001,
         "what was queued before and while the peer was out of the view arrives once it is live again"
     );
-    assert_eq!(frame[9], 1, "in order");
+    assert!(in_order, "in order");
     drop(beta);
-    let beta_down = beta_id.clone();
-    wait_for_event(&mut local.events, "Down(beta.1) at its end", |event| {
-        event == &LinkEvent::Down(beta_down.clone())
-    })
+    wait_for_event(
+        &mut local.events,
+        "Down(beta.1) at its end",
+        LinkEvent::Down(beta_id.clone()),
+    )
     .await;
     local.links.update_peers(&[alpha.info()]);
 

@@ -48,13 +48,8 @@ pub(crate) struct DrainArgs {
 
 /// Runs `hubmesh drain`.
 pub(crate) async fn run_drain(args: &DrainArgs) -> anyhow::Result<()> {
-    let key = match (&args.key, &args.key_file) {
-        (Some(key), _) => key.clone(),
-        (None, Some(file)) => std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the access key file {}", file.display()))?
-            .trim()
-            .to_owned(),
-        (None, None) => bail!("the node's REST access key is needed: --key, --key-file or HUBMESH_REST__ACCESS_KEY"),
+    let Some(key) = access_key(args.key.as_deref(), args.key_file.as_deref())? else {
+        bail!("the node's REST access key is needed: --key, --key-file or HUBMESH_REST__ACCESS_KEY");
     };
     let address = authority(&args.url)?;
     let started = Instant::now();
@@ -72,6 +67,21 @@ pub(crate) async fn run_drain(args: &DrainArgs) -> anyhow::Result<()> {
 }
 
 /// A token for `POST http://{address}/_hubmesh/drain`, signed with `key`.
+/// The REST access key given as `--key`, or read from `--key-file` (surrounding whitespace trimmed); none if
+/// neither was given.
+pub(crate) fn access_key(key: Option<&str>, key_file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    match (key, key_file) {
+        (Some(key), _) => Ok(Some(key.to_owned())),
+        (None, Some(file)) => Ok(Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the access key file {}", file.display()))?
+                .trim()
+                .to_owned(),
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
 fn operator_token(address: &str, key: &[u8]) -> anyhow::Result<String> {
     let expires = jsonwebtoken::get_current_timestamp() + TOKEN_LIFETIME.as_secs();
     let claims = json!({ "aud": format!("http://{address}{DRAIN_PATH}"), "exp": expires });

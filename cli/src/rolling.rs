@@ -25,7 +25,7 @@ use hubmesh::status::StatusReport;
 use hubmesh_cli::config::{NodeConfig, Overrides};
 use serde_json::json;
 
-use crate::drain::{ask_to_drain, wait_until_gone, POLL, REQUEST_TIMEOUT};
+use crate::drain::{access_key, ask_to_drain, wait_until_gone, POLL, REQUEST_TIMEOUT};
 use crate::status::{fetch_report, request};
 
 #[derive(Args, Debug)]
@@ -132,13 +132,8 @@ async fn targets(args: &RollingArgs) -> anyhow::Result<Vec<Target>> {
     if args.urls.is_empty() {
         return args.configs.iter().map(|config| target(config)).collect();
     }
-    let key = match (&args.key, &args.key_file) {
-        (Some(key), _) => key.clone(),
-        (None, Some(file)) => std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the access key file {}", file.display()))?
-            .trim()
-            .to_owned(),
-        (None, None) => bail!("--url needs the nodes' REST access key: --key, --key-file or HUBMESH_REST__ACCESS_KEY"),
+    let Some(key) = access_key(args.key.as_deref(), args.key_file.as_deref())? else {
+        bail!("--url needs the nodes' REST access key: --key, --key-file or HUBMESH_REST__ACCESS_KEY");
     };
     let mut targets = Vec::new();
     for url in &args.urls {

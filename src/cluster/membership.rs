@@ -552,19 +552,8 @@ mod tests {
     #[tokio::test]
     async fn a_node_that_announces_leaving_is_dropped_without_failure_detection() {
         let network = GossipNetwork::udp(keys());
-        let mut nodes = Vec::new();
-        let mut seeds: Vec<String> = Vec::new();
-        for name in ["left-a", "left-b", "left-c"] {
-            let mut config = MembershipConfig::new(name, CLUSTER, localhost()).with_seeds(seeds.clone());
+        let mut nodes = converged_with(&network, &["left-a", "left-b", "left-c"], |config| {
             config.phi_threshold = 10_000.0;
-            let node = Membership::start_on(config, state(&[]), &network).await.unwrap();
-            seeds.push(node.gossip_addr().to_string());
-            nodes.push(node);
-        }
-        let refs: Vec<&Membership> = nodes.iter().collect();
-        let ids: Vec<NodeId> = nodes.iter().map(|n| n.id().clone()).collect();
-        times_until(&refs, Instant::now(), "converged", move |view| {
-            sees_all(view, &ids.iter().collect::<Vec<_>>())
         })
         .await;
         let leaving = nodes.pop().unwrap();
@@ -583,10 +572,20 @@ mod tests {
 
     /// Starts `names` on `network`, each seeded by the ones before it, and waits until all see all.
     async fn converged_on(network: &GossipNetwork, names: &[&str]) -> Vec<Membership> {
+        converged_with(network, names, |_| {}).await
+    }
+
+    /// The same, each node's configuration changed by `adjust` first.
+    async fn converged_with(
+        network: &GossipNetwork,
+        names: &[&str],
+        adjust: impl Fn(&mut MembershipConfig),
+    ) -> Vec<Membership> {
         let mut nodes = Vec::new();
         let mut seeds: Vec<String> = Vec::new();
         for name in names {
-            let config = MembershipConfig::new(*name, CLUSTER, localhost()).with_seeds(seeds.clone());
+            let mut config = MembershipConfig::new(*name, CLUSTER, localhost()).with_seeds(seeds.clone());
+            adjust(&mut config);
             let node = Membership::start_on(config, state(&[("role", name)]), network)
                 .await
                 .unwrap();

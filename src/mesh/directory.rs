@@ -120,36 +120,37 @@ impl GroupDirectory {
 
     /// Adds connection `id` of node `node`; returns once the actor holds it.
     pub async fn add(&self, key: &GroupKey, node: &NodeId, id: ConnectionId) -> Result<(), GroupError> {
-        let mut last_error = String::new();
-        for _ in 0..ADD_ATTEMPTS {
-            let actor = self.get_or_start(key).await?;
-            let (node, id) = (node.clone(), id.clone());
-            match actor
-                .call(|reply| GroupMessage::Add { node, id, reply }, Some(CALL_TIMEOUT))
-                .await
-            {
-                Ok(CallResult::Success(_)) => return Ok(()),
-                Ok(CallResult::Timeout) => return Err(GroupError::Unavailable("timed out".into())),
-                Ok(CallResult::SenderError) | Err(_) => {
-                    last_error = "the group was stopping".into();
-                    self.forget(key, &actor);
-                }
-            }
-        }
-        Err(GroupError::Unavailable(last_error))
+        self.call_started(key, |reply| GroupMessage::Add {
+            node: node.clone(),
+            id: id.clone(),
+            reply,
+        })
+        .await
     }
 
     /// Moves connection `id` from node `from` to node `to`; returns once the actor has sent both nodes their
     /// markers (`super::moves`), in order with its deliveries.
     pub async fn move_member(&self, key: &GroupKey, from: &NodeId, to: &NodeId, id: ConnectionId) -> Result<(), GroupError> {
+        self.call_started(key, |reply| GroupMessage::Move {
+            from: from.clone(),
+            to: to.clone(),
+            id: id.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Calls the group's actor, started if need be, with the message `make` builds; an actor that was stopping is
+    /// forgotten and a new one tried, up to [`ADD_ATTEMPTS`] times.
+    async fn call_started(
+        &self,
+        key: &GroupKey,
+        make: impl Fn(ractor::RpcReplyPort<usize>) -> GroupMessage,
+    ) -> Result<(), GroupError> {
         let mut last_error = String::new();
         for _ in 0..ADD_ATTEMPTS {
             let actor = self.get_or_start(key).await?;
-            let (from, to, id) = (from.clone(), to.clone(), id.clone());
-            match actor
-                .call(|reply| GroupMessage::Move { from, to, id, reply }, Some(CALL_TIMEOUT))
-                .await
-            {
+            match actor.call(&make, Some(CALL_TIMEOUT)).await {
                 Ok(CallResult::Success(_)) => return Ok(()),
                 Ok(CallResult::Timeout) => return Err(GroupError::Unavailable("timed out".into())),
                 Ok(CallResult::SenderError) | Err(_) => {

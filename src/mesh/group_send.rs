@@ -84,7 +84,13 @@ impl<H: LocalHub> Router<H> {
                 let hit = &self.bounds_hit;
                 hit.hit(&hit.last_sent_cleared, 1, &self.span, "forgot the last send of every group over their bound");
             }
-            last_sent.insert(key.clone(), seq).unwrap_or(0)
+            match last_sent.get_mut(key) {
+                Some(last) => std::mem::replace(last, seq),
+                None => {
+                    last_sent.insert(key.clone(), seq);
+                    0
+                }
+            }
         };
         let stamp = Stamp {
             origin: self.id(),

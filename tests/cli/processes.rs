@@ -4,36 +4,28 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../common/binary.rs"]
+#[allow(dead_code)]
+mod binary;
+#[path = "node_process.rs"]
+mod node_process;
 #[path = "../common/npm.rs"]
 mod npm;
+#[path = "../common/process.rs"]
+mod process;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use node_process::free_port;
+
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const SECRET: &str = "processes-test-secret";
-
-/// A free loopback port for both TCP and UDP (the link and gossip addresses of a node).
-fn free_port() -> TestResult<u16> {
-    // Below the kernel's ephemeral range (32768 and up by default): a port picked there could be taken by some
-    // outgoing connection between this check and the node's bind, and the node would not start.
-    for _ in 0..200 {
-        let port: u16 = rand::random_range(20_000..32_000);
-        let Ok(tcp) = TcpListener::bind(("127.0.0.1", port)) else {
-            continue;
-        };
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            drop(tcp);
-            return Ok(port);
-        }
-    }
-    Err("no free port".into())
-}
 
 struct NodeProcess {
     name: String,

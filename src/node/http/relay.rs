@@ -494,7 +494,7 @@ async fn adopt_here(
 }
 
 /// The node a stateful WebSocket connection that ran here moved to, if it did.
-fn moved_to(endpoint: &HubEndpoint, token: &str) -> Option<NodeId> {
+pub(super) fn moved_to(endpoint: &HubEndpoint, token: &str) -> Option<NodeId> {
     match endpoint.tokens.lock().get(token) {
         Some(Negotiated {
             active:

@@ -149,19 +149,7 @@ pub(super) async fn accept_websocket(
     let (home, id) = match relay::route(node, &endpoint, &token) {
         Route::Here => {
             // A stateful connection negotiated here that another node runs: its client is back, here.
-            let adopted_by = match endpoint.tokens.lock().get(&token) {
-                Some(Negotiated {
-                    active:
-                        Some(Active::Adopted {
-                            server,
-                            transport: TransportKind::WebSockets,
-                        }),
-                    stateful: true,
-                    ..
-                }) => Some(server.clone()),
-                _ => None,
-            };
-            let Some(server) = adopted_by else {
+            let Some(server) = relay::moved_to(&endpoint, &token) else {
                 return accept_local(node, endpoint, Some(token), head, user);
             };
             let socket = relay::resume_on(node, &endpoint, &server, &token).await.map_err(|reply| {

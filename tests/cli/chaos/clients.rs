@@ -145,22 +145,20 @@ impl Load {
 
 /// A bearer token for `user`, signed with the nodes' auth secret.
 fn user_token(user: &str) -> String {
-    let claims = json!({ "sub": user, "exp": 4_102_444_800u64 });
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(AUTH_SECRET.as_bytes()),
-    )
-    .unwrap_or_default()
+    signed(json!({ "sub": user, "exp": 4_102_444_800u64 }), AUTH_SECRET)
 }
 
 /// A REST token for the call to `url` (Azure's rule: `aud` is the request URL).
 fn rest_token(url: &str) -> String {
-    let claims = json!({ "aud": url, "exp": 4_102_444_800u64 });
+    signed(json!({ "aud": url, "exp": 4_102_444_800u64 }), REST_KEY)
+}
+
+/// `claims` as an HS256 token signed with `secret`.
+fn signed(claims: serde_json::Value, secret: &str) -> String {
     encode(
         &Header::default(),
         &claims,
-        &EncodingKey::from_secret(REST_KEY.as_bytes()),
+        &EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap_or_default()
 }
