@@ -817,7 +817,19 @@ async fn ractor_links_between_processes() {
             .unwrap();
         accepted += 1;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Cut once the window is full of batches beta never acknowledged (its link stalls), so that the next link
+    // must send them again; waited for with a deadline.
+    let stalled = || {
+        local
+            .links
+            .figures()
+            .iter()
+            .any(|figures| figures.peer == "beta" && figures.stalls > 0)
+    };
+    let deadline = Instant::now() + WAIT;
+    while !stalled() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     relay.cut();
     wait_for_event(&mut local.events, "Down(beta.1)", LinkEvent::Down(beta_id.clone())).await;
     // Frames accepted while the link is down wait for the next one.
