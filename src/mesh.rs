@@ -5,8 +5,8 @@
 //!
 //! * Where things are. A connection id ends with `.<node name>`, so a send to a connection goes straight to its
 //!   node with no lookup. A group (or user) is owned by the node that rendezvous hashing over the live members
-//!   picks ([`crate::cluster::owner`]); its actor there holds which connections of which node are members and
-//!   sequences the group's sends.
+//!   picks ([`crate::cluster::owner`]); the owner's directory holds which connections of which node are members,
+//!   and the group's actor there sequences the group's sends.
 //! * The node-to-node messages (rmp-serde) over the cluster's links, with request/reply correlation for group
 //!   membership, counts and client results.
 //! * What happens when membership changes: groups owned by a node that left move to their new owner, which
@@ -25,7 +25,8 @@
 //!
 //! * `mesh/router.rs`: the `Router`, its view of the cluster, and the sends to all and to chosen connections.
 //! * `mesh/group.rs`: group keys, send stamps, group errors.
-//! * `mesh/group_actor.rs`: the group and user actors (ractor). `mesh/directory.rs`: those this node owns.
+//! * `mesh/group_actor.rs`: the group and user actors (ractor), which sequence sends. `mesh/directory.rs`: the
+//!   groups this node owns, their members and their actors.
 //! * `mesh/envelope.rs`: the wire types. `mesh/inbound.rs`: what the router does with each message from a peer.
 //! * `mesh/group_send.rs`: a group send from its sender to the group's owner (held, retained, re-sent).
 //! * `mesh/owner.rs`: the owner's side, one membership change or send at a time, in arrival order.

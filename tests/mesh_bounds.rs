@@ -384,12 +384,15 @@ async fn flood(client: &mut TestClient, group: &str, first: usize, count: usize)
     Ok(())
 }
 
-/// A hostile client fills an owner's membership queue (`OPS_CAP`, 50,000 joins, leaves and sends) while the
-/// queue waits on a join to a group whose actor is stalled (its member node's link stays full): its sends past the
-/// bound are held at their sender and go, in order, once the queue drained (backpressure: none is lost), a join
-/// meanwhile is refused with a clear error, and both are counted (`ops_refused`).
+/// A hostile client floods a group whose actor is stalled (its member node's link stays full) and then another
+/// group with 60,000 sends. A join neither waits for a group's actor nor queues behind its sends (the owner's
+/// directory holds the members; `mesh/directory.rs`): joins to the stalled group and to a third group are confirmed
+/// while the stalled actor still waits for its node (before `FANOUT_PATIENCE` made it give up: nothing was dropped
+/// yet), and every one of the 60,000 sends reaches the other group's member, once, in order. (Until joins stopped
+/// calling the group's actor, such a join held the owner's whole membership queue until the actor answered, and the
+/// queue filled: see `OPS_CAP` in `docs/semantics.md`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_filling_the_membership_queue_is_held_back_and_joins_are_refused() -> TestResult {
+async fn a_join_waits_for_no_stalled_group_and_a_flood_behind_it_loses_nothing() -> TestResult {
     const SENDS: usize = 60_000;
     timeout(Duration::from_secs(120), async {
         // The member reads the 60,000 sends as they come, slowly on a busy machine: neither its mailbox nor its
@@ -400,7 +403,7 @@ async fn a_client_filling_the_membership_queue_is_held_back_and_joins_are_refuse
             ..Limits::default()
         };
         let cluster = three_nodes_with(limits).await?;
-        let [stalled, flooded, refused] = ["stalled", "flooded", "refused"]
+        let [stalled, flooded, other] = ["stalled", "flooded", "other"]
             .map(|prefix| groups_owned_by("node-1", prefix, 1).pop().unwrap_or_default());
         let (mut stalled_member, _) = clients_on(&cluster, 1, 1).await?.pop().ok_or("no client")?;
         stalled_member.join_group(&stalled).await?;
@@ -412,37 +415,21 @@ async fn a_client_filling_the_membership_queue_is_held_back_and_joins_are_refuse
         let (mut joiner, _) = clients.pop().ok_or("no client")?;
         let hit = cluster.mesh_bounds_hit(0, "demo").ok_or("no node")?;
 
-        // The stalled group's actor fills its member node's link queue (8,192) and waits on the next send; a join
-        // to it then holds the owner's membership queue until the actor answers.
+        // The stalled group's actor fills its member node's link queue (8,192) and waits on the next send.
         cluster.partition_links(0, 1);
         flood(&mut hostile, &stalled, 0, 9_000).await?;
-        let stalled_at = Instant::now();
-        let join = tokio::spawn(async move {
-            let joined = joiner.join_group(&stalled).await;
-            (joiner, joined)
-        });
-        flood(&mut hostile, &flooded, 0, SENDS).await?;
-        // A client's join fails (the demo hub does not show clients its errors); hub code sees why.
-        let answer = late_joiner.invoke("JoinGroup", json!([refused])).await?;
+        joiner.join_group(&stalled).await?;
         let context = cluster.context(0, "demo").ok_or("no hub context")?;
-        let added = context.groups().add(&late_joiner_id, &refused).await;
-        let took = stalled_at.elapsed();
-        let refusals = hit.ops_refused.load(Ordering::Relaxed);
+        context.groups().add(&late_joiner_id, &other).await?;
+        let dropped = hit.fanout_dropped.load(Ordering::Relaxed);
+        assert_eq!(dropped, 0, "the joins waited until the stalled actor gave its node up");
+        flood(&mut hostile, &flooded, 0, SENDS).await?;
         println!(
-            "{SENDS} sends and two joins {took:?} after the queue stalled; refusals counted {refusals}; the client's \
-             join got {answer}; hub code's got {added:?}"
+            "joins confirmed while the stalled group's actor waited; refusals counted {}",
+            hit.ops_refused.load(Ordering::Relaxed)
         );
-        if took < Duration::from_millis(2_500) {
-            assert!(refusals > 0, "the queue held {SENDS} sends and refused nothing");
-            assert!(answer["error"].is_string(), "the client's join got {answer}");
-            let error = added.err().map(|error| error.to_string()).unwrap_or_default();
-            assert!(
-                error.contains("membership changes and sends waiting; try again"),
-                "hub code's join: {error}"
-            );
-        }
 
-        // Once the queue drained, every send reached the flooded group's member, in order: none was dropped.
+        // Every send reached the flooded group's member, in order: none was dropped.
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut next = 0;
         while next < SENDS && Instant::now() < deadline {
@@ -456,10 +443,8 @@ async fn a_client_filling_the_membership_queue_is_held_back_and_joins_are_refuse
             );
             next += 1;
         }
-        assert_eq!(next, SENDS, "the held sends all arrived");
-        let (_joiner, joined) = join.await?;
-        joined?;
-        late_joiner.join_group(&refused).await?;
+        assert_eq!(next, SENDS, "the sends all arrived");
+        late_joiner.invoke_ok_keeping_others("WhoAmI", json!([])).await?;
         cluster.heal_links();
         drop(stalled_member);
         cluster.stop().await;

@@ -1,9 +1,15 @@
-//! The group actors this node owns, by key: found here, never through ractor's process-global registry, so
-//! several nodes can share a process. Starts an actor on first use (on the node's multi-threaded runtime),
-//! forgets it when it stopped, and turns each operation into a message or a call with a timeout.
+//! The groups this node owns, by key: their members (which connections of which node), and the actor that
+//! sequences each group's sends, found here, never through ractor's process-global registry, so several nodes can
+//! share a process.
+//!
+//! A join or a leave changes the members here, at once and without a message to anyone: the owner's membership
+//! queue (`super::owner`) applies changes one at a time, in their order with the group's sends, and each send
+//! takes the nodes that hold members at that moment to the group's actor. The actor is started (on the node's
+//! multi-threaded runtime) at the group's first send, so a group that only sees joins and leaves never has one,
+//! and stopped once the group has no members and its actor no send left to fan out.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,25 +23,126 @@ use super::group_send::HELD_SENDS_CAP;
 use crate::cluster::NodeId;
 use crate::connection::{ConnectionId, SharedFrame};
 
-/// How long a caller waits for a group actor's answer before the operation fails.
+/// How long a move waits for the group's actor to send its markers before it fails.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often `add` retries when it raced with a group that was stopping.
-const ADD_ATTEMPTS: usize = 4;
 
 /// The most sends waiting in one group actor's mailbox: the same bound as the sends a node holds
 /// ([`HELD_SENDS_CAP`]). Only a group whose member nodes' links stay full gets there (its actor waits for them,
 /// see [`super::group_actor::FANOUT_PATIENCE`]); a send past it is refused, and counted by the caller.
 pub const MAILBOX_CAP: usize = HELD_SENDS_CAP;
 
-/// A group's actor, with the count of sends waiting in its mailbox (the actor counts down as it takes them).
-struct Group {
+/// A group's actor, with the count of sends in its mailbox (the actor counts down as it takes them) and whether it
+/// is fanning one out.
+#[derive(Clone)]
+struct Sequencer {
     actor: ActorRef<GroupMessage>,
     queued: Arc<AtomicUsize>,
+    busy: Arc<AtomicBool>,
 }
 
-/// The group actors this node owns, by key.
+impl Sequencer {
+    fn idle(&self) -> bool {
+        // The mailbox first: the actor is busy before a send leaves it.
+        self.queued.load(Ordering::SeqCst) == 0 && !self.busy.load(Ordering::SeqCst)
+    }
+}
+
+/// One group this node owns.
+#[derive(Default)]
+struct Group {
+    /// Members by the incarnation of the node they live on: a restarted node's members are its new generation's,
+    /// and the earlier generation's are dropped when it is declared dead, whatever order the two arrive in.
+    members: HashMap<NodeId, HashSet<ConnectionId>>,
+    /// The number of members.
+    count: usize,
+    /// The nodes that hold members, shared with the sends that go to them; rebuilt when that set changes.
+    nodes: Arc<[NodeId]>,
+    /// Its actor, from its first send on.
+    sequencer: Option<Sequencer>,
+}
+
+impl Group {
+    fn rebuild_nodes(&mut self) {
+        self.nodes = self.members.keys().cloned().collect();
+    }
+
+    /// Adds members of `node`.
+    fn insert(&mut self, node: &NodeId, ids: impl IntoIterator<Item = ConnectionId>) {
+        let new_node = !self.members.contains_key(node);
+        let held = self.members.entry(node.clone()).or_default();
+        let before = held.len();
+        held.extend(ids);
+        let (added, empty) = (held.len() - before, held.is_empty());
+        self.count += added;
+        if empty {
+            self.members.remove(node);
+        } else if new_node {
+            self.rebuild_nodes();
+        }
+    }
+
+    /// Removes member `id` of `node`.
+    fn remove(&mut self, node: &NodeId, id: &ConnectionId) {
+        if let Some(held) = self.members.get_mut(node) {
+            if held.remove(id) {
+                self.count -= 1;
+            }
+            if held.is_empty() {
+                self.members.remove(node);
+                self.rebuild_nodes();
+            }
+        }
+    }
+
+    /// Removes every member of `node`.
+    fn remove_node(&mut self, node: &NodeId) {
+        if let Some(held) = self.members.remove(node) {
+            self.count -= held.len();
+            self.rebuild_nodes();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Groups {
+    by_key: HashMap<GroupKey, Group>,
+    /// Groups without members whose actor still had sends to fan out: forgotten once it is idle
+    /// ([`GroupDirectory::sweep`]), so that a send accepted later never overtakes them through a second actor.
+    retiring: HashSet<GroupKey>,
+}
+
+impl Groups {
+    /// A group that has no members left goes, with its actor once that is idle.
+    fn retire_if_empty(&mut self, key: &GroupKey) {
+        let Some(group) = self.by_key.get(key) else {
+            return;
+        };
+        if group.count > 0 {
+            return;
+        }
+        if group.sequencer.as_ref().is_some_and(|sequencer| !sequencer.idle()) {
+            self.retiring.insert(key.clone());
+            return;
+        }
+        if let Some(group) = self.by_key.remove(key) {
+            stop(group);
+        }
+        self.retiring.remove(key);
+    }
+}
+
+/// Lets a group's actor fan out what it holds, then stop.
+fn stop(group: Group) {
+    if let Some(sequencer) = group.sequencer {
+        if sequencer.actor.drain().is_err() {
+            sequencer.actor.stop(None);
+        }
+    }
+}
+
+/// The groups this node owns, by key.
 pub struct GroupDirectory {
-    actors: Mutex<HashMap<GroupKey, Group>>,
+    groups: Mutex<Groups>,
     runtime: tokio::runtime::Handle,
     fanout: Arc<dyn Fanout>,
 }
@@ -44,243 +151,254 @@ impl GroupDirectory {
     /// A directory whose actors run on `runtime` and deliver through `fanout`.
     pub fn new(runtime: tokio::runtime::Handle, fanout: Arc<dyn Fanout>) -> Self {
         GroupDirectory {
-            actors: Mutex::new(HashMap::new()),
+            groups: Mutex::new(Groups::default()),
             runtime,
             fanout,
         }
     }
 
-    fn existing(&self, key: &GroupKey) -> Option<ActorRef<GroupMessage>> {
-        self.actors.lock().get(key).map(|group| group.actor.clone())
-    }
-
-    /// Whether this node runs the group's actor (the group has members and this node owns it).
+    /// Whether this node holds members of the group (it owns the group and the group has members).
     pub fn contains(&self, key: &GroupKey) -> bool {
-        self.actors.lock().contains_key(key)
+        self.groups.lock().by_key.get(key).is_some_and(|group| group.count > 0)
     }
 
-    /// The keys of the groups this node owns now.
+    /// The keys of the groups this node owns now (those with members).
     pub fn keys(&self) -> Vec<GroupKey> {
-        self.actors.lock().keys().cloned().collect()
+        self.groups
+            .lock()
+            .by_key
+            .iter()
+            .filter(|(_, group)| group.count > 0)
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 
-    async fn get_or_start(&self, key: &GroupKey) -> Result<ActorRef<GroupMessage>, GroupError> {
-        if let Some(actor) = self.existing(key) {
-            return Ok(actor);
+    /// Adds connection `id` of node `node`; returns the member count.
+    pub fn add(&self, key: &GroupKey, node: &NodeId, id: ConnectionId) -> usize {
+        let mut groups = self.groups.lock();
+        let group = groups.by_key.entry(key.clone()).or_default();
+        group.insert(node, [id]);
+        let count = group.count;
+        groups.retiring.remove(key);
+        count
+    }
+
+    /// Removes connection `id` of node `node`; returns the member count.
+    pub fn remove(&self, key: &GroupKey, node: &NodeId, id: &ConnectionId) -> usize {
+        let mut groups = self.groups.lock();
+        let Some(group) = groups.by_key.get_mut(key) else {
+            return 0;
+        };
+        group.remove(node, id);
+        let count = group.count;
+        groups.retire_if_empty(key);
+        count
+    }
+
+    /// Sets node `node`'s members of the group (an empty list removes them).
+    pub fn replace(&self, key: &GroupKey, node: &NodeId, ids: Vec<ConnectionId>) {
+        let mut groups = self.groups.lock();
+        if ids.is_empty() {
+            if let Some(group) = groups.by_key.get_mut(key) {
+                group.remove_node(node);
+                groups.retire_if_empty(key);
+            }
+            return;
+        }
+        let group = groups.by_key.entry(key.clone()).or_default();
+        group.remove_node(node);
+        group.insert(node, ids);
+        groups.retiring.remove(key);
+    }
+
+    /// Adds these members of node `node` to those it holds (a snapshot whose list spans parts).
+    pub fn extend(&self, key: &GroupKey, node: &NodeId, ids: Vec<ConnectionId>) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut groups = self.groups.lock();
+        groups.by_key.entry(key.clone()).or_default().insert(node, ids);
+        groups.retiring.remove(key);
+    }
+
+    /// This incarnation of node `node` is gone: every group this node owns drops its members.
+    pub fn drop_node(&self, node: &NodeId) {
+        let mut groups = self.groups.lock();
+        let mut emptied = Vec::new();
+        for (key, group) in groups.by_key.iter_mut() {
+            if group.members.contains_key(node) {
+                group.remove_node(node);
+                if group.count == 0 {
+                    emptied.push(key.clone());
+                }
+            }
+        }
+        for key in emptied {
+            groups.retire_if_empty(&key);
+        }
+    }
+
+    /// Forgets the groups this node no longer owns (ownership moved); their new owner rebuilds them. Each actor
+    /// first fans out the sends already in its mailbox (which reached it as the owner, before the move), rather
+    /// than drop them; sends arriving after this go to the new owner.
+    pub fn release(&self, keep: impl Fn(&GroupKey) -> bool) {
+        let mut groups = self.groups.lock();
+        let released: Vec<GroupKey> = groups.by_key.keys().filter(|key| !keep(key)).cloned().collect();
+        for key in released {
+            if let Some(group) = groups.by_key.remove(&key) {
+                stop(group);
+            }
+            groups.retiring.remove(&key);
+        }
+    }
+
+    /// Forgets the groups without members whose actors have become idle.
+    pub fn sweep(&self) {
+        let mut groups = self.groups.lock();
+        if groups.retiring.is_empty() {
+            return;
+        }
+        let retiring: Vec<GroupKey> = groups.retiring.drain().collect();
+        for key in retiring {
+            groups.retire_if_empty(&key);
+        }
+    }
+
+    /// The group's actor, started if it has none (its first send).
+    async fn sequencer(&self, key: &GroupKey) -> Result<Sequencer, GroupError> {
+        if let Some(sequencer) = self.groups.lock().by_key.get(key).and_then(|group| group.sequencer.clone()) {
+            return Ok(sequencer);
         }
         let queued = Arc::new(AtomicUsize::new(0));
+        let busy = Arc::new(AtomicBool::new(false));
         let actor = GroupActor {
             key: key.clone(),
             fanout: self.fanout.clone(),
             queued: queued.clone(),
+            busy: busy.clone(),
         };
-        let spawned = self
+        let (actor, _) = self
             .runtime
             .spawn(async { Actor::spawn(None, actor, ()).await })
             .await
             .map_err(|error| GroupError::Unavailable(error.to_string()))?
             .map_err(|error| GroupError::Unavailable(error.to_string()))?;
-        let (actor, _) = spawned;
-        let mut actors = self.actors.lock();
-        match actors.get(key) {
-            // Another caller started one first: use theirs.
-            Some(existing) => {
-                actor.stop(None);
-                Ok(existing.actor.clone())
-            }
+        let started = Sequencer { actor, queued, busy };
+        let mut groups = self.groups.lock();
+        match groups.by_key.get_mut(key) {
+            Some(group) => match &group.sequencer {
+                // Another caller started one first: use theirs.
+                Some(existing) => {
+                    started.actor.stop(None);
+                    Ok(existing.clone())
+                }
+                None => {
+                    group.sequencer = Some(started.clone());
+                    Ok(started)
+                }
+            },
+            // The group went meanwhile: nothing to sequence.
             None => {
-                actors.insert(
-                    key.clone(),
-                    Group {
-                        actor: actor.clone(),
-                        queued,
-                    },
-                );
-                Ok(actor)
+                started.actor.stop(None);
+                Err(GroupError::Unavailable("the group has no members".into()))
             }
         }
     }
 
-    fn forget(&self, key: &GroupKey, actor: &ActorRef<GroupMessage>) {
-        let mut actors = self.actors.lock();
-        if actors
-            .get(key)
-            .is_some_and(|current| current.actor.get_id() == actor.get_id())
-        {
-            actors.remove(key);
-        }
-    }
-
-    /// Sends `message` to a group's actor; one that stopped is forgotten (it held nobody any more).
-    fn cast(&self, key: &GroupKey, actor: &ActorRef<GroupMessage>, message: GroupMessage) {
-        if actor.cast(message).is_err() {
-            self.forget(key, actor);
-        }
-    }
-
-    /// Adds connection `id` of node `node`; returns once the actor holds it.
-    pub async fn add(&self, key: &GroupKey, node: &NodeId, id: ConnectionId) -> Result<(), GroupError> {
-        self.call_started(key, |reply| GroupMessage::Add {
-            node: node.clone(),
-            id: id.clone(),
-            reply,
-        })
-        .await
-    }
-
-    /// Moves connection `id` from node `from` to node `to`; returns once the actor has sent both nodes their
-    /// markers (`super::moves`), in order with its deliveries.
+    /// Moves connection `id` from node `from` to node `to`; returns once the group's actor has sent both nodes
+    /// their markers (`super::moves`), in order with its deliveries.
     pub async fn move_member(&self, key: &GroupKey, from: &NodeId, to: &NodeId, id: ConnectionId) -> Result<(), GroupError> {
-        self.call_started(key, |reply| GroupMessage::Move {
-            from: from.clone(),
-            to: to.clone(),
-            id: id.clone(),
-            reply,
-        })
-        .await
+        {
+            let mut groups = self.groups.lock();
+            let group = groups.by_key.entry(key.clone()).or_default();
+            group.remove(from, &id);
+            group.insert(to, [id.clone()]);
+            groups.retiring.remove(key);
+        }
+        let sequencer = self.sequencer(key).await?;
+        let (from, to) = (from.clone(), to.clone());
+        match sequencer
+            .actor
+            .call(|reply| GroupMessage::Move { from, to, id, reply }, Some(CALL_TIMEOUT))
+            .await
+        {
+            Ok(CallResult::Success(())) => Ok(()),
+            Ok(CallResult::Timeout) => Err(GroupError::Unavailable("timed out".into())),
+            Ok(CallResult::SenderError) | Err(_) => Err(GroupError::Unavailable("the group was stopping".into())),
+        }
     }
 
-    /// Calls the group's actor, started if need be, with the message `make` builds; an actor that was stopping is
-    /// forgotten and a new one tried, up to [`ADD_ATTEMPTS`] times.
-    async fn call_started(
-        &self,
-        key: &GroupKey,
-        make: impl Fn(ractor::RpcReplyPort<usize>) -> GroupMessage,
-    ) -> Result<(), GroupError> {
-        let mut last_error = String::new();
-        for _ in 0..ADD_ATTEMPTS {
-            let actor = self.get_or_start(key).await?;
-            match actor.call(&make, Some(CALL_TIMEOUT)).await {
-                Ok(CallResult::Success(_)) => return Ok(()),
-                Ok(CallResult::Timeout) => return Err(GroupError::Unavailable("timed out".into())),
-                Ok(CallResult::SenderError) | Err(_) => {
-                    last_error = "the group was stopping".into();
-                    self.forget(key, &actor);
+    /// Sends a frame to the group's members, except `except`. A group without members here has none. False
+    /// when the group's actor holds [`MAILBOX_CAP`] sends: the send was refused.
+    pub async fn send(&self, key: &GroupKey, frame: Arc<SharedFrame>, except: Arc<[ConnectionId]>, stamp: Stamp) -> bool {
+        if !self.contains(key) {
+            return true;
+        }
+        let sequencer = match self.sequencer(key).await {
+            Ok(sequencer) => sequencer,
+            Err(_) => return true,
+        };
+        if sequencer.queued.fetch_add(1, Ordering::Relaxed) >= MAILBOX_CAP {
+            sequencer.queued.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        // The nodes of this moment, after every membership change the owner applied before this send.
+        let nodes = self
+            .groups
+            .lock()
+            .by_key
+            .get(key)
+            .map(|group| group.nodes.clone())
+            .unwrap_or_default();
+        if sequencer
+            .actor
+            .cast(GroupMessage::Send {
+                nodes,
+                frame,
+                except,
+                stamp,
+            })
+            .is_err()
+        {
+            // The actor failed: the next send starts another.
+            sequencer.queued.fetch_sub(1, Ordering::Relaxed);
+            let mut groups = self.groups.lock();
+            if let Some(group) = groups.by_key.get_mut(key) {
+                if group
+                    .sequencer
+                    .as_ref()
+                    .is_some_and(|current| current.actor.get_id() == sequencer.actor.get_id())
+                {
+                    group.sequencer = None;
                 }
             }
         }
-        Err(GroupError::Unavailable(last_error))
-    }
-
-    /// Removes connection `id` of node `node`; a group that was never started is not started for it.
-    pub async fn remove(&self, key: &GroupKey, node: &NodeId, id: ConnectionId) -> Result<(), GroupError> {
-        let Some(actor) = self.existing(key) else {
-            return Ok(());
-        };
-        let node = node.clone();
-        match actor
-            .call(|reply| GroupMessage::Remove { node, id, reply }, Some(CALL_TIMEOUT))
-            .await
-        {
-            Ok(CallResult::Success(0)) => {
-                self.forget(key, &actor);
-                Ok(())
-            }
-            Ok(CallResult::Success(_)) => Ok(()),
-            Ok(CallResult::Timeout) => Err(GroupError::Unavailable("timed out".into())),
-            // A stopped actor holds nobody.
-            Ok(CallResult::SenderError) | Err(_) => {
-                self.forget(key, &actor);
-                Ok(())
-            }
-        }
-    }
-
-    /// Sets node `node`'s members of the group (an empty list removes them), starting the actor if needed.
-    pub async fn replace(&self, key: &GroupKey, node: &NodeId, ids: Vec<ConnectionId>) -> Result<(), GroupError> {
-        let actor = match self.existing(key) {
-            Some(actor) => actor,
-            None if ids.is_empty() => return Ok(()),
-            None => self.get_or_start(key).await?,
-        };
-        self.cast(key, &actor, GroupMessage::Replace { node: node.clone(), ids });
-        Ok(())
-    }
-
-    /// Adds these members of node `node` to those it holds (a snapshot whose list spans parts), starting the
-    /// actor if needed.
-    pub async fn extend(&self, key: &GroupKey, node: &NodeId, ids: Vec<ConnectionId>) -> Result<(), GroupError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let actor = self.get_or_start(key).await?;
-        self.cast(key, &actor, GroupMessage::Extend { node: node.clone(), ids });
-        Ok(())
-    }
-
-    /// This incarnation of node `node` is gone: every group this node owns drops its members.
-    pub fn drop_node(&self, node: &NodeId) {
-        let actors: Vec<_> = self
-            .actors
-            .lock()
-            .iter()
-            .map(|(key, group)| (key.clone(), group.actor.clone()))
-            .collect();
-        for (key, actor) in actors {
-            self.cast(&key, &actor, GroupMessage::DropNode(node.clone()));
-        }
-    }
-
-    /// Stops the actors of groups this node no longer owns (ownership moved); their new owner rebuilds them. Each
-    /// first fans out the sends already in its mailbox (which reached it as the owner, before the move), rather
-    /// than drop them; sends arriving after this go to the new owner.
-    pub fn release(&self, keep: impl Fn(&GroupKey) -> bool) {
-        let mut actors = self.actors.lock();
-        actors.retain(|key, group| {
-            let kept = keep(key);
-            if !kept && group.actor.drain().is_err() {
-                group.actor.stop(None);
-            }
-            kept
-        });
-    }
-
-    /// Sends a frame to the group's members, except `except`. A group with no actor has no members. False when
-    /// the actor's mailbox holds [`MAILBOX_CAP`] sends: the send was refused.
-    pub fn send(&self, key: &GroupKey, frame: Arc<SharedFrame>, except: Arc<[ConnectionId]>, stamp: Stamp) -> bool {
-        let actor = {
-            let actors = self.actors.lock();
-            let Some(group) = actors.get(key) else {
-                return true;
-            };
-            if group.queued.fetch_add(1, Ordering::Relaxed) >= MAILBOX_CAP {
-                group.queued.fetch_sub(1, Ordering::Relaxed);
-                return false;
-            }
-            group.actor.clone()
-        };
-        self.cast(key, &actor, GroupMessage::Send { frame, except, stamp });
         true
     }
 
     /// The number of members.
-    pub async fn count(&self, key: &GroupKey) -> Result<usize, GroupError> {
-        let Some(actor) = self.existing(key) else {
-            return Ok(0);
-        };
-        match actor.call(GroupMessage::Count, Some(CALL_TIMEOUT)).await {
-            Ok(CallResult::Success(count)) => Ok(count),
-            Ok(CallResult::Timeout) => Err(GroupError::Unavailable("timed out".into())),
-            Ok(CallResult::SenderError) | Err(_) => Ok(0),
-        }
+    pub fn count(&self, key: &GroupKey) -> usize {
+        self.groups.lock().by_key.get(key).map_or(0, |group| group.count)
     }
 
     /// The member ids.
-    pub async fn members(&self, key: &GroupKey) -> Result<Vec<ConnectionId>, GroupError> {
-        let Some(actor) = self.existing(key) else {
-            return Ok(Vec::new());
-        };
-        match actor.call(GroupMessage::Members, Some(CALL_TIMEOUT)).await {
-            Ok(CallResult::Success(members)) => Ok(members),
-            Ok(CallResult::Timeout) => Err(GroupError::Unavailable("timed out".into())),
-            Ok(CallResult::SenderError) | Err(_) => Ok(Vec::new()),
-        }
+    pub fn members(&self, key: &GroupKey) -> Vec<ConnectionId> {
+        self.groups
+            .lock()
+            .by_key
+            .get(key)
+            .map(|group| group.members.values().flatten().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Stops every group actor (node shutdown).
     pub fn stop_all(&self) {
-        for (_, group) in self.actors.lock().drain() {
-            group.actor.stop(None);
+        let mut groups = self.groups.lock();
+        groups.retiring.clear();
+        for (_, group) in groups.by_key.drain() {
+            if let Some(sequencer) = group.sequencer {
+                sequencer.actor.stop(None);
+            }
         }
     }
 }

@@ -181,7 +181,7 @@ impl<H: LocalHub> Router<H> {
         loop {
             let owner = self.owner_of(&key);
             if self.is_local(&owner.name) {
-                return Ok(self.groups.count(&key).await?);
+                return Ok(self.groups.count(&key));
             }
             match self.request(&owner.name, Request::Count { key: key.clone() }).await {
                 Answer::Count(count) => return Ok(count),
@@ -198,7 +198,7 @@ impl<H: LocalHub> Router<H> {
         loop {
             let owner = self.owner_of(&key);
             if self.is_local(&owner.name) {
-                return Ok(self.groups.members(&key).await?);
+                return Ok(self.groups.members(&key));
             }
             match self.request(&owner.name, Request::Members { key: key.clone() }).await {
                 Answer::Members(members) => return Ok(members),

@@ -1,9 +1,9 @@
 //! A member moving between nodes, the mesh's side (docs/any-node-design.md, section 5a): the node a connection
-//! leaves asks each of its groups' owners to move it ([`Router::move_member`]); the owner's group actor moves it
-//! in its one order and sends a marker to each of the two nodes, through the same links as its deliveries
-//! (`super::group_actor`, `GroupMessage::Move`). A node applies its marker to its hub's table of local members
-//! ([`Router::on_member_moved`]): so every send of the group reaches the connection through exactly one of the two
-//! nodes, and the group's order holds across the move.
+//! leaves asks each of its groups' owners to move it ([`Router::move_member`]); the owner moves it in its
+//! directory, and the group's actor, in its one order, sends a marker to each of the two nodes, through the same
+//! links as its deliveries (`super::group_actor`, `GroupMessage::Move`). A node applies its marker to its hub's
+//! table of local members ([`Router::on_member_moved`]): so every send of the group reaches the connection through
+//! exactly one of the two nodes, and the group's order holds across the move.
 
 use super::envelope::Request;
 use super::group::GroupKey;

@@ -1,7 +1,10 @@
 //! The owner's side of the groups this node owns: membership changes (from this node, from peers, from
-//! snapshots) and sends to those groups, applied one at a time in arrival order by one task, the membership
-//! queue. After a change of the cluster's membership it holds sends until the peers' snapshots arrived (settling),
-//! and it keeps sends to a group that has no members here yet for a while (orphans), in case they are on their way.
+//! snapshots) and sends to those groups, applied one at a time in arrival order, through one queue, the membership
+//! queue, and its task. A join or a leave that finds the queue empty and its state free is applied at once by its
+//! caller (the connection's task, or the link's for a peer's), under the same lock the task applies ops under:
+//! the order is the same as through the queue (nothing was waiting ahead of it), without waking the task. After a
+//! change of the cluster's membership it holds sends until the peers' snapshots arrived (settling), and it keeps
+//! sends to a group that has no members here yet for a while (orphans), in case they are on their way.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -122,24 +125,39 @@ pub(super) const OPS_CAP: usize = HELD_SENDS_CAP;
 pub(super) struct OpsQueue {
     sender: mpsc::UnboundedSender<MembershipOp>,
     queued: Arc<AtomicUsize>,
+    /// Every op queued and not yet applied: an op may be applied at once only when this is zero.
+    pending: Arc<AtomicUsize>,
+    /// What the ops are applied to, locked while one is.
+    state: Arc<tokio::sync::Mutex<OpsState>>,
 }
 
 /// The receiving side of the membership queue.
 pub(super) struct OpsReceiver {
     receiver: mpsc::UnboundedReceiver<MembershipOp>,
     queued: Arc<AtomicUsize>,
+    pending: Arc<AtomicUsize>,
+    state: Arc<tokio::sync::Mutex<OpsState>>,
 }
 
 /// A new membership queue.
 pub(super) fn ops_queue() -> (OpsQueue, OpsReceiver) {
     let (sender, receiver) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
+    let pending = Arc::new(AtomicUsize::new(0));
+    let state = Arc::new(tokio::sync::Mutex::new(OpsState::default()));
     (
         OpsQueue {
             sender,
             queued: queued.clone(),
+            pending: pending.clone(),
+            state: state.clone(),
         },
-        OpsReceiver { receiver, queued },
+        OpsReceiver {
+            receiver,
+            queued,
+            pending,
+            state,
+        },
     )
 }
 
@@ -169,7 +187,6 @@ pub(super) async fn run_membership_queue<H: LocalHub>(
     weak: Weak<Router<H>>,
     mut queue: OpsReceiver,
 ) {
-    let mut state = OpsState::default();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         let op = tokio::select! {
@@ -187,8 +204,13 @@ pub(super) async fn run_membership_queue<H: LocalHub>(
         let Some(router) = weak.upgrade() else {
             return;
         };
+        let mut state = queue.state.lock().await;
         match op {
-            Some(op) => router.apply(op, &mut state).await,
+            Some(op) => {
+                router.apply(op, &mut state).await;
+                // Under the lock: a caller that sees no op pending may apply its own at once.
+                queue.pending.fetch_sub(1, Ordering::Release);
+            }
             None => {
                 // Held sends are otherwise retried only by the next send, a link that comes up, or a view change:
                 // a link whose queue was full (a slow peer) drains with no event, and the last sends before a
@@ -197,9 +219,10 @@ pub(super) async fn run_membership_queue<H: LocalHub>(
                 router.expire_gaps();
                 // On the tick only: it visits every group with waiting sends, which must not cost every op.
                 router.expire_orphans(&mut state);
+                router.groups.sweep();
             }
         }
-        router.end_settling(&mut state);
+        router.end_settling(&mut state).await;
         router.settling.store(state.settling.is_some(), Ordering::Relaxed);
     }
 }
@@ -208,6 +231,9 @@ impl<H: LocalHub> Router<H> {
     /// Queues an op; a join or leave over [`OPS_CAP`] is refused (its caller gets [`queue_full`]), and a send
     /// should go through [`Router::try_enqueue_send`] instead, which hands it back.
     pub(super) fn enqueue(&self, op: MembershipOp) {
+        let Some(op) = self.apply_at_once(op) else {
+            return;
+        };
         if op.is_input() && !self.admit() {
             match op {
                 MembershipOp::Register { done, .. }
@@ -245,10 +271,65 @@ impl<H: LocalHub> Router<H> {
 
     fn push_op(&self, op: MembershipOp) {
         let input = op.is_input();
+        self.ops.pending.fetch_add(1, Ordering::AcqRel);
         // The queue lives as long as the router; a send fails only while the node shuts down.
-        if self.ops.sender.send(op).is_err() && input {
-            self.ops.queued.fetch_sub(1, Ordering::Relaxed);
+        if self.ops.sender.send(op).is_err() {
+            self.ops.pending.fetch_sub(1, Ordering::AcqRel);
+            if input {
+                self.ops.queued.fetch_sub(1, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// Applies a join or leave at once, in the caller's task, when no op is waiting ahead of it and the queue's
+    /// state is free: the same order as through the queue, without a hand-off to the queue's task. Hands the op
+    /// back otherwise (it is queued), and for a join to a group with sends waiting for members (orphans), which
+    /// the queue's task releases.
+    fn apply_at_once(&self, op: MembershipOp) -> Option<MembershipOp> {
+        if !matches!(op, MembershipOp::Register { .. } | MembershipOp::Unregister { .. })
+            || self.ops.pending.load(Ordering::Acquire) != 0
+        {
+            return Some(op);
+        }
+        let Ok(state) = self.ops.state.try_lock() else {
+            return Some(op);
+        };
+        // Checked again under the lock, which the queue's task holds until an op it took is applied.
+        if self.ops.pending.load(Ordering::Acquire) != 0 {
+            return Some(op);
+        }
+        match op {
+            MembershipOp::Register { ref key, .. } if state.orphans.contains_key(key) => Some(op),
+            MembershipOp::Register {
+                from,
+                key,
+                connection,
+                done,
+            } => {
+                self.register_now(&from, &key, connection, done);
+                None
+            }
+            MembershipOp::Unregister {
+                from,
+                key,
+                connection,
+                done,
+            } => {
+                self.groups.remove(&key, &from, &connection);
+                self.finish(done, Ok(()));
+                None
+            }
+            op => Some(op),
+        }
+    }
+
+    /// Applies a join: refused for an incarnation that is gone, else in force at once.
+    fn register_now(&self, from: &NodeId, key: &GroupKey, connection: ConnectionId, done: Done) {
+        if self.is_stale(from) {
+            return self.finish(done, Err(left_error()));
+        }
+        self.groups.add(key, from, connection);
+        self.finish(done, Ok(()));
     }
 
     async fn apply(&self, op: MembershipOp, state: &mut OpsState) {
@@ -259,12 +340,8 @@ impl<H: LocalHub> Router<H> {
                 connection,
                 done,
             } => {
-                if self.is_stale(&from) {
-                    return self.finish(done, Err(left_error()));
-                }
-                let result = self.groups.add(&key, &from, connection).await.map_err(MeshError::from);
-                self.finish(done, result);
-                self.release_orphans(&key, state);
+                self.register_now(&from, &key, connection, done);
+                self.release_orphans(&key, state).await;
             }
             MembershipOp::Move {
                 from,
@@ -282,7 +359,7 @@ impl<H: LocalHub> Router<H> {
                     .await
                     .map_err(MeshError::from);
                 self.finish(done, result);
-                self.release_orphans(&key, state);
+                self.release_orphans(&key, state).await;
             }
             MembershipOp::Unregister {
                 from,
@@ -290,12 +367,8 @@ impl<H: LocalHub> Router<H> {
                 connection,
                 done,
             } => {
-                let result = self
-                    .groups
-                    .remove(&key, &from, connection)
-                    .await
-                    .map_err(MeshError::from);
-                self.finish(done, result);
+                self.groups.remove(&key, &from, &connection);
+                self.finish(done, Ok(()));
             }
             MembershipOp::Snapshot { from, .. } if self.is_stale(&from) => {
                 state.snapshots.remove(&from);
@@ -320,7 +393,7 @@ impl<H: LocalHub> Router<H> {
                 });
                 parts.broken |= parts.next != part;
                 parts.next = part.saturating_add(1);
-                self.apply_snapshot_part(&from, groups, &mut parts.listed).await;
+                self.apply_snapshot_part(&from, groups, &mut parts.listed);
                 if last {
                     if let Some(parts) = state.snapshots.remove(&from) {
                         if parts.broken {
@@ -328,7 +401,7 @@ impl<H: LocalHub> Router<H> {
                             tracing::debug!(parent: &self.span, %from, "a snapshot arrived with parts missing");
                             let _ = self.send_to_peer(&from, &Envelope::SnapshotRequest);
                         } else {
-                            self.finish_snapshot(&from, &parts.listed).await;
+                            self.finish_snapshot(&from, &parts.listed);
                             if let Some((_, awaiting)) = &mut state.settling {
                                 awaiting.remove(&from);
                             }
@@ -336,7 +409,7 @@ impl<H: LocalHub> Router<H> {
                     }
                 }
                 for key in keys {
-                    self.release_orphans(&key, state);
+                    self.release_orphans(&key, state).await;
                 }
             }
             MembershipOp::OwnSnapshot => {
@@ -344,10 +417,10 @@ impl<H: LocalHub> Router<H> {
                 let own = self.local_snapshot();
                 let keys: Vec<GroupKey> = own.iter().map(|(key, _)| key.clone()).collect();
                 let mut listed = HashSet::new();
-                self.apply_snapshot_part(&node, own, &mut listed).await;
-                self.finish_snapshot(&node, &listed).await;
+                self.apply_snapshot_part(&node, own, &mut listed);
+                self.finish_snapshot(&node, &listed);
                 for key in keys {
-                    self.release_orphans(&key, state);
+                    self.release_orphans(&key, state).await;
                 }
             }
             MembershipOp::Send { send } => {
@@ -376,7 +449,7 @@ impl<H: LocalHub> Router<H> {
                         );
                     }
                 } else {
-                    self.owner_send(send, state);
+                    self.owner_send(send, state).await;
                 }
             }
             MembershipOp::NodesLeft { nodes } => {
@@ -406,7 +479,7 @@ impl<H: LocalHub> Router<H> {
     }
 
     /// Ends settling when every awaited snapshot arrived or the deadline passed.
-    fn end_settling(&self, state: &mut OpsState) {
+    async fn end_settling(&self, state: &mut OpsState) {
         let now = tokio::time::Instant::now();
         let settled = match &state.settling {
             Some((deadline, awaiting)) => {
@@ -422,13 +495,13 @@ impl<H: LocalHub> Router<H> {
             }
             let waiting: Vec<GroupKey> = state.orphans.keys().cloned().collect();
             for key in waiting {
-                self.release_orphans(&key, state);
+                self.release_orphans(&key, state).await;
             }
             // Some sends came straight from their origin and some were passed on by the previous owner, so an
             // origin's later send may have come first: each origin's sends to a group go in its order.
             in_origin_order(&mut state.deferred);
             while let Some(send) = state.deferred.pop_front() {
-                self.owner_send(send, state);
+                self.owner_send(send, state).await;
             }
         }
     }
@@ -455,7 +528,7 @@ impl<H: LocalHub> Router<H> {
     }
 
     /// Delivers a send as the group's owner, or keeps it a while if the group has no members here yet.
-    fn owner_send(&self, send: HeldSend, state: &mut OpsState) {
+    async fn owner_send(&self, send: HeldSend, state: &mut OpsState) {
         let key = send.key.clone();
         if !self.is_local(&self.owner_of(&key).name) {
             // Ownership moved while the send waited here (settling): pass it on to the owner now.
@@ -464,7 +537,7 @@ impl<H: LocalHub> Router<H> {
         }
         let waiting = state.orphans.contains_key(&key);
         if !waiting && self.groups.contains(&key) {
-            self.send_to_actor(&key, send);
+            self.send_to_actor(&key, send).await;
             return;
         }
         if state.orphan_count >= ORPHANS_CAP {
@@ -481,11 +554,11 @@ impl<H: LocalHub> Router<H> {
         state.orphans.entry(key.clone()).or_default().push_back((tokio::time::Instant::now(), send));
         state.orphan_count += 1;
         if waiting {
-            self.release_orphans(&key, state);
+            self.release_orphans(&key, state).await;
         }
     }
 
-    fn release_orphans(&self, key: &GroupKey, state: &mut OpsState) {
+    async fn release_orphans(&self, key: &GroupKey, state: &mut OpsState) {
         // While settling the group may lack the members of peers whose snapshots are on their way: its orphans
         // wait for the end of settling (`end_settling`), as the deferred sends do.
         if state.settling.is_some() || !self.groups.contains(key) {
@@ -494,14 +567,14 @@ impl<H: LocalHub> Router<H> {
         if let Some(waiting) = state.orphans.remove(key) {
             state.orphan_count -= waiting.len();
             for (_, send) in waiting {
-                self.send_to_actor(key, send);
+                self.send_to_actor(key, send).await;
             }
         }
     }
 
     /// Hands a send to its group's actor; one past the actor's mailbox bound is dropped, counted and logged.
-    fn send_to_actor(&self, key: &GroupKey, send: HeldSend) {
-        if !self.groups.send(key, send.frame, send.except, send.stamp) {
+    async fn send_to_actor(&self, key: &GroupKey, send: HeldSend) {
+        if !self.groups.send(key, send.frame, send.except, send.stamp).await {
             let hit = &self.bounds_hit;
             hit.hit(
                 &hit.mailbox_refused,

@@ -267,7 +267,7 @@ impl<H: LocalHub> Router<H> {
     /// Applies one part of `from`'s snapshot to the groups this node owns: a group met for the first time in this
     /// snapshot (not in `listed`) holds exactly the members listed for `from`; one met again (its members span
     /// parts) gets the rest added. `listed` collects the groups met so far.
-    pub(super) async fn apply_snapshot_part(
+    pub(super) fn apply_snapshot_part(
         &self,
         from: &NodeId,
         groups: Vec<(GroupKey, Vec<ConnectionId>)>,
@@ -278,24 +278,21 @@ impl<H: LocalHub> Router<H> {
             if !self.is_local(&self.owner_of(&key).name) {
                 continue;
             }
-            let applied = if listed.contains(&key) {
-                self.groups.extend(&key, from, members).await
+            if listed.contains(&key) {
+                self.groups.extend(&key, from, members);
             } else {
                 listed.insert(key.clone());
-                self.groups.replace(&key, from, members).await
-            };
-            if let Err(error) = applied {
-                tracing::warn!(parent: &self.span, %error, "a snapshot could not be applied");
+                self.groups.replace(&key, from, members);
             }
         }
     }
 
     /// After the last part of `from`'s snapshot: groups this node owns that it did not list hold none of `from`'s
     /// connections.
-    pub(super) async fn finish_snapshot(&self, from: &NodeId, listed: &HashSet<GroupKey>) {
+    pub(super) fn finish_snapshot(&self, from: &NodeId, listed: &HashSet<GroupKey>) {
         for key in self.groups.keys() {
             if !listed.contains(&key) {
-                let _ = self.groups.replace(&key, from, Vec::new()).await;
+                self.groups.replace(&key, from, Vec::new());
             }
         }
     }

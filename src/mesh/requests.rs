@@ -181,8 +181,8 @@ impl<H: LocalHub> Router<H> {
                     tracing::warn!(parent: &self.span, from = %from, "a membership request bypassed the queue");
                     Answer::Failed(WireError::Group("misrouted membership request".into()))
                 }
-                Request::Count { key } => Answer::Count(self.groups.count(&key).await?),
-                Request::Members { key } => Answer::Members(self.groups.members(&key).await?),
+                Request::Count { key } => Answer::Count(self.groups.count(&key)),
+                Request::Members { key } => Answer::Members(self.groups.members(&key)),
                 Request::Invoke {
                     hub,
                     connection,
