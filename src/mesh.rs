@@ -30,6 +30,8 @@
 //! * `mesh/envelope.rs`: the wire types. `mesh/inbound.rs`: what the router does with each message from a peer.
 //! * `mesh/group_send.rs`: a group send from its sender to the group's owner (held, retained, re-sent).
 //! * `mesh/owner.rs`: the owner's side, one membership change or send at a time, in arrival order.
+//!   `mesh/ops_queue.rs`: how a change or send gets in (bounded; a join or leave with nothing ahead of it is
+//!   applied at once).
 //! * `mesh/delivery.rs`: a group actor's fan-out to member nodes, and delivery to this node's members, once.
 //! * `mesh/arrivals.rs`: a member node's record of each group's sends per origin: repeats dropped, overtaken sends
 //!   waited for.
@@ -66,6 +68,7 @@ mod hints;
 mod inbound;
 mod members;
 mod moves;
+mod ops_queue;
 mod owner;
 mod rehome;
 mod relay;

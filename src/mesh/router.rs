@@ -27,7 +27,7 @@ use super::group::Stamp;
 use super::bounds::{MeshBoundsHit, MeshCounters};
 use super::group_send::{HeldSend, RetainedSends};
 use super::hints::{Hints, Route};
-use super::owner::OpsQueue;
+use super::ops_queue::OpsQueue;
 use super::rehome::CutOff;
 use super::relay::{AdoptedOut, RelayHost};
 use super::requests::Pending;
@@ -109,7 +109,7 @@ pub(crate) fn node_of(id: &ConnectionId) -> Option<&str> {
 impl<H: LocalHub> Router<H> {
     /// A router for node `node`; group actors run on `runtime`.
     pub(crate) fn new(node: &str, runtime: tokio::runtime::Handle, span: tracing::Span) -> Arc<Router<H>> {
-        let (ops, queue) = super::owner::ops_queue();
+        let (ops, queue) = super::ops_queue::ops_queue();
         let router = Arc::new_cyclic(|weak: &Weak<Router<H>>| Router {
             node: node.into(),
             generation: AtomicU64::new(0),
