@@ -1,4 +1,4 @@
-//! The last leg of a group send: its owner's fan-out to the nodes that hold members (one link message per
+//! The last leg of a group send: a group actor's fan-out to the nodes that hold members (one link message per
 //! node), and delivery to this node's members, once: a send re-sent after its owner died is recognised by its
 //! stamp and dropped where it already arrived.
 

@@ -9,7 +9,7 @@
 //! and stopped once the group has no members and its actor no send left to fan out.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
 
 use super::group::{GroupError, GroupKey, Stamp};
-use super::group_actor::{Delivery, Fanout, GroupActor, GroupMessage, Load};
+use super::group_actor::{Fanout, GroupActor, GroupMessage};
 use super::group_send::HELD_SENDS_CAP;
 use crate::cluster::NodeId;
 use crate::connection::{ConnectionId, SharedFrame};
@@ -31,16 +31,19 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// see [`super::group_actor::FANOUT_PATIENCE`]); a send past it is refused, and counted by the caller.
 pub const MAILBOX_CAP: usize = HELD_SENDS_CAP;
 
-/// A group's actor, with what it has to do.
+/// A group's actor, with the count of sends in its mailbox (the actor counts down as it takes them) and whether it
+/// is fanning one out.
 #[derive(Clone)]
 struct Sequencer {
     actor: ActorRef<GroupMessage>,
-    load: Arc<Load>,
+    queued: Arc<AtomicUsize>,
+    busy: Arc<AtomicBool>,
 }
 
 impl Sequencer {
     fn idle(&self) -> bool {
-        self.load.idle()
+        // The mailbox first: the actor is busy before a send leaves it.
+        self.queued.load(Ordering::SeqCst) == 0 && !self.busy.load(Ordering::SeqCst)
     }
 }
 
@@ -266,11 +269,13 @@ impl GroupDirectory {
         if let Some(sequencer) = self.groups.lock().by_key.get(key).and_then(|group| group.sequencer.clone()) {
             return Ok(sequencer);
         }
-        let load = Arc::new(Load::default());
+        let queued = Arc::new(AtomicUsize::new(0));
+        let busy = Arc::new(AtomicBool::new(false));
         let actor = GroupActor {
             key: key.clone(),
             fanout: self.fanout.clone(),
-            load: load.clone(),
+            queued: queued.clone(),
+            busy: busy.clone(),
         };
         let (actor, _) = self
             .runtime
@@ -278,7 +283,7 @@ impl GroupDirectory {
             .await
             .map_err(|error| GroupError::Unavailable(error.to_string()))?
             .map_err(|error| GroupError::Unavailable(error.to_string()))?;
-        let started = Sequencer { actor, load };
+        let started = Sequencer { actor, queued, busy };
         let mut groups = self.groups.lock();
         match groups.by_key.get_mut(key) {
             Some(group) => match &group.sequencer {
@@ -347,9 +352,7 @@ impl GroupDirectory {
         Some(self.hand_to(key, &sequencer, frame.clone(), except.clone(), stamp.clone()))
     }
 
-    /// Fans a send out to the nodes that hold members now: at once when the group's actor has nothing to do (the
-    /// caller applies the owner's ops, so nothing else reaches the actor meanwhile) and every node's link takes it;
-    /// through the actor's mailbox otherwise, from the first node whose link is full on (the actor waits for it).
+    /// Puts a send in the mailbox of the group's actor, with the nodes that hold members now.
     fn hand_to(
         &self,
         key: &GroupKey,
@@ -358,27 +361,18 @@ impl GroupDirectory {
         except: Arc<[ConnectionId]>,
         stamp: Stamp,
     ) -> bool {
+        if sequencer.queued.fetch_add(1, Ordering::SeqCst) >= MAILBOX_CAP {
+            sequencer.queued.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
         // The nodes of this moment, after every membership change the owner applied before this send.
-        let mut nodes = self
+        let nodes = self
             .groups
             .lock()
             .by_key
             .get(key)
             .map(|group| group.nodes.clone())
             .unwrap_or_default();
-        if sequencer.load.clear() {
-            let full = nodes
-                .iter()
-                .position(|node| self.fanout.deliver(node, key, &frame, &except, &stamp) == Delivery::Full);
-            match full {
-                None => return true,
-                Some(first) => nodes = nodes[first..].into(),
-            }
-        }
-        if sequencer.load.queued.fetch_add(1, Ordering::SeqCst) >= MAILBOX_CAP {
-            sequencer.load.queued.fetch_sub(1, Ordering::SeqCst);
-            return false;
-        }
         if sequencer
             .actor
             .cast(GroupMessage::Send {
@@ -390,7 +384,7 @@ impl GroupDirectory {
             .is_err()
         {
             // The actor failed: the next send starts another.
-            sequencer.load.queued.fetch_sub(1, Ordering::SeqCst);
+            sequencer.queued.fetch_sub(1, Ordering::SeqCst);
             let mut groups = self.groups.lock();
             if let Some(group) = groups.by_key.get_mut(key) {
                 if group

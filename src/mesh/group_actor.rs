@@ -1,5 +1,4 @@
-//! Group and user actors (ractor): each sequences the sends to one group, or to the connections of one user, that
-//! cannot go at once (a member node's link is full) and every send after them.
+//! Group and user actors (ractor): each sequences every send to one group, or to the connections of one user.
 //!
 //! A group's actor lives on its *owner*, the node that rendezvous hashing over the live members picks for the
 //! group's key; it is started there at the group's first send and stopped once the group has no members and no
@@ -13,16 +12,13 @@
 //! `Clients.group` share one mechanism. Actors are found through the node's `GroupDirectory`
 //! (`mesh/directory.rs`), never through ractor's process-global registry, so several nodes can share a process.
 //!
-//! Ordering: the owner fans a group's sends out in the order it accepted them, in order with the group's
-//! membership changes (each send names the nodes of that moment): at once, by whoever applies the owner's ops,
-//! while the actor has nothing to do and every node's link takes the send; otherwise through the actor, which
-//! handles one message at a time and then holds every later send of the group until it is done (the directory
-//! hands it those while it is busy). The link to each node is FIFO, so every member receives the group's messages
-//! in the order the owner accepted them (per-group total order).
+//! Ordering: the owner hands a group's sends to its actor in the order it accepted them, in order with the
+//! group's membership changes (each send names the nodes of that moment); the actor handles one message at a
+//! time, and the link to each node is FIFO, so every member receives the group's messages in the order the owner
+//! accepted them (per-group total order).
 //!
 //! Group actors run on the node's multi-threaded runtime, never on an HTTP worker: they are spawned through the
-//! runtime handle the directory holds. A send fanned out at once runs in the task that applies it (an HTTP
-//! worker's for a sender on the owner node): it only queues, on links and in members' mailboxes, and never waits. This module may call the connection layer (ids, shared frames); it knows
+//! runtime handle the directory holds. This module may call the connection layer (ids, shared frames); it knows
 //! nothing of hubs' methods or of how frames travel between nodes.
 
 use std::collections::HashSet;
@@ -110,32 +106,11 @@ impl ractor::Message for GroupMessage {}
 pub(super) struct GroupActor {
     pub(super) key: GroupKey,
     pub(super) fanout: Arc<dyn Fanout>,
-    pub(super) load: Arc<Load>,
-}
-
-/// What the directory reads of its group actor's work.
-#[derive(Default)]
-pub(super) struct Load {
-    /// Sends waiting in the actor's mailbox, counted up by the directory (under its bound) and down here as the
+    /// Sends waiting in this actor's mailbox, counted up by the directory (under its bound) and down here as the
     /// actor takes them.
-    pub(super) queued: AtomicUsize,
-    /// Whether the actor is handling a message (it may be waiting for a full link).
-    busy: AtomicBool,
-    /// Whether a member node's full link made the actor give up a copy, and it has not taken one since.
-    stalled: AtomicBool,
-}
-
-impl Load {
-    /// Neither a send in the mailbox nor a message in hand.
-    pub(super) fn idle(&self) -> bool {
-        // The mailbox first: the actor is busy before a send leaves it.
-        self.queued.load(Ordering::SeqCst) == 0 && !self.busy.load(Ordering::SeqCst)
-    }
-
-    /// Idle, and no member node it is holding back: a send may be fanned out without it.
-    pub(super) fn clear(&self) -> bool {
-        self.idle() && !self.stalled.load(Ordering::SeqCst)
-    }
+    pub(super) queued: Arc<AtomicUsize>,
+    /// Whether the actor is fanning a send out (it may be waiting for a full link).
+    pub(super) busy: Arc<AtomicBool>,
 }
 
 /// A group actor's state: the member nodes whose link stayed full for [`FANOUT_PATIENCE`].
@@ -211,8 +186,6 @@ impl Actor for GroupActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // Busy before a send leaves the mailbox's count, so that the directory never sees the actor idle meanwhile.
-        self.load.busy.store(true, Ordering::SeqCst);
         match message {
             GroupMessage::Send {
                 nodes,
@@ -220,9 +193,11 @@ impl Actor for GroupActor {
                 except,
                 stamp,
             } => {
-                self.load.queued.fetch_sub(1, Ordering::SeqCst);
+                // Busy before it leaves the mailbox's count, so that the directory never sees it idle meanwhile.
+                self.busy.store(true, Ordering::SeqCst);
+                self.queued.fetch_sub(1, Ordering::SeqCst);
                 self.fan_out(state, &nodes, &frame, &except, &stamp).await;
-                self.load.stalled.store(!state.stalled.is_empty(), Ordering::SeqCst);
+                self.busy.store(false, Ordering::SeqCst);
             }
             GroupMessage::Move { from, to, id, reply } => {
                 self.mark(&from, &id, false).await;
@@ -230,7 +205,6 @@ impl Actor for GroupActor {
                 let _ = reply.send(());
             }
         }
-        self.load.busy.store(false, Ordering::SeqCst);
         Ok(())
     }
 }
