@@ -338,31 +338,8 @@ impl GroupDirectory {
             Ok(sequencer) => sequencer,
             Err(_) => return true,
         };
-        self.hand_to(key, &sequencer, frame, except, stamp)
-    }
-
-    /// As [`GroupDirectory::send`] for a group that has members and an actor already; `None` (nothing done) for
-    /// any other, whose send needs [`GroupDirectory::send`].
-    pub fn send_now(&self, key: &GroupKey, frame: &Arc<SharedFrame>, except: &Arc<[ConnectionId]>, stamp: &Stamp) -> Option<bool> {
-        let sequencer = {
-            let groups = self.groups.lock();
-            let group = groups.by_key.get(key).filter(|group| group.count > 0)?;
-            group.sequencer.clone()?
-        };
-        Some(self.hand_to(key, &sequencer, frame.clone(), except.clone(), stamp.clone()))
-    }
-
-    /// Puts a send in the mailbox of the group's actor, with the nodes that hold members now.
-    fn hand_to(
-        &self,
-        key: &GroupKey,
-        sequencer: &Sequencer,
-        frame: Arc<SharedFrame>,
-        except: Arc<[ConnectionId]>,
-        stamp: Stamp,
-    ) -> bool {
-        if sequencer.queued.fetch_add(1, Ordering::SeqCst) >= MAILBOX_CAP {
-            sequencer.queued.fetch_sub(1, Ordering::SeqCst);
+        if sequencer.queued.fetch_add(1, Ordering::Relaxed) >= MAILBOX_CAP {
+            sequencer.queued.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
         // The nodes of this moment, after every membership change the owner applied before this send.
@@ -384,7 +361,7 @@ impl GroupDirectory {
             .is_err()
         {
             // The actor failed: the next send starts another.
-            sequencer.queued.fetch_sub(1, Ordering::SeqCst);
+            sequencer.queued.fetch_sub(1, Ordering::Relaxed);
             let mut groups = self.groups.lock();
             if let Some(group) = groups.by_key.get_mut(key) {
                 if group

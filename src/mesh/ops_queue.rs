@@ -102,9 +102,6 @@ impl<H: LocalHub> Router<H> {
     /// Queues a send to a group this node owns, or hands it back when the queue holds [`OPS_CAP`] ops (the
     /// caller holds it and tries again).
     pub(super) fn try_enqueue_send(&self, send: HeldSend) -> Result<(), HeldSend> {
-        let Some(send) = self.send_at_once(send) else {
-            return Ok(());
-        };
         if !self.admit() {
             return Err(send);
         }
@@ -132,36 +129,6 @@ impl<H: LocalHub> Router<H> {
             if input {
                 self.ops.queued.fetch_sub(1, Ordering::Relaxed);
             }
-        }
-    }
-
-    /// Hands a send to its group's actor at once, in the caller's task, when no op is waiting ahead of it, the
-    /// queue's state is free, and the send needs nothing but that: the owner is not settling, its origin is live,
-    /// and the group has members here, no sends waiting for them, and an actor. Hands it back otherwise (it is
-    /// queued, and the queue's task does the rest). The caller holds the `held` lock, so the lock of the queue's
-    /// state is only tried, never waited for.
-    fn send_at_once(&self, send: HeldSend) -> Option<HeldSend> {
-        if self.ops.pending.load(Ordering::Acquire) != 0 {
-            return Some(send);
-        }
-        let Ok(state) = self.ops.state.try_lock() else {
-            return Some(send);
-        };
-        let origin = &send.stamp.origin;
-        if self.ops.pending.load(Ordering::Acquire) != 0
-            || !state.takes_sends_at_once(&send.key)
-            || (!self.is_local(&origin.name) && !self.is_live_incarnation(&origin.name, origin.generation))
-        {
-            return Some(send);
-        }
-        match self.groups.send_now(&send.key, &send.frame, &send.except, &send.stamp) {
-            Some(accepted) => {
-                if !accepted {
-                    self.mailbox_refused();
-                }
-                None
-            }
-            None => Some(send),
         }
     }
 

@@ -104,12 +104,6 @@ impl OpsState {
     pub(super) fn has_orphans(&self, key: &GroupKey) -> bool {
         self.orphans.contains_key(key)
     }
-
-    /// Whether a send to group `key` would go straight to its actor: not settling, and no earlier send to the group
-    /// waits for members.
-    pub(super) fn takes_sends_at_once(&self, key: &GroupKey) -> bool {
-        self.settling.is_none() && !self.has_orphans(key)
-    }
 }
 
 /// A peer's snapshot while its parts arrive.
@@ -428,19 +422,14 @@ impl<H: LocalHub> Router<H> {
     /// Hands a send to its group's actor; one past the actor's mailbox bound is dropped, counted and logged.
     async fn send_to_actor(&self, key: &GroupKey, send: HeldSend) {
         if !self.groups.send(key, send.frame, send.except, send.stamp).await {
-            self.mailbox_refused();
+            let hit = &self.bounds_hit;
+            hit.hit(
+                &hit.mailbox_refused,
+                1,
+                &self.span,
+                "a group actor's mailbox is full (its member nodes' links stay full): dropped a send",
+            );
         }
-    }
-
-    /// Counts and logs a send refused at its group actor's mailbox.
-    pub(super) fn mailbox_refused(&self) {
-        let hit = &self.bounds_hit;
-        hit.hit(
-            &hit.mailbox_refused,
-            1,
-            &self.span,
-            "a group actor's mailbox is full (its member nodes' links stay full): dropped a send",
-        );
     }
 
     pub(super) fn finish(&self, done: Done, result: Result<(), MeshError>) {
