@@ -148,10 +148,18 @@ impl<T: Transport> Connection<T> {
             };
             if let Some(record) = record {
                 // Mailbox records are trackable (docs/protocol.md#trackable-messages): numbered, kept until acked.
-                if let Some(stateful) = &mut self.stateful {
-                    stateful.sent.push(record.as_bytes().clone());
+                match &mut self.stateful {
+                    Some(stateful) => {
+                        let bytes = record.as_bytes().clone();
+                        let id = stateful.sent.push(bytes.clone());
+                        match &stateful.keeper {
+                            // Written once its keeper holds it (`super::keeper`).
+                            Some(keeper) => keeper.record(id, &bytes),
+                            None => batch.push(record),
+                        }
+                    }
+                    None => batch.push(record),
                 }
-                batch.push(record);
             }
             if batch.len() >= self.limits.write_batch {
                 if let Err(error) = self.flush(&mut batch).await {

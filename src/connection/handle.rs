@@ -39,6 +39,13 @@ impl fmt::Debug for ConnectionHandle {
 }
 
 impl ConnectionHandle {
+    /// Tells the connection's keeper, if it has one, that it joined or left a group (`super::keeper`).
+    pub fn kept_group(&self, group: &str, user: bool, joined: bool) {
+        if let Some(keeper) = self.mailbox.keeper() {
+            keeper.group(group, user, joined);
+        }
+    }
+
     #[cfg(any(test, feature = "internals"))]
     /// The connection's id.
     pub fn id(&self) -> &ConnectionId {

@@ -91,6 +91,24 @@ impl ReplayBuffer {
         self.entries.iter().map(|(_, record)| record)
     }
 
+    /// The unacked records with ids up to `through`, oldest first.
+    pub fn unacked_through(&self, through: u64) -> impl Iterator<Item = &Bytes> {
+        self.unacked_between(0, through)
+    }
+
+    /// The unacked records with ids above `after` and up to `through`, oldest first.
+    pub fn unacked_between(&self, after: u64, through: u64) -> impl Iterator<Item = &Bytes> {
+        self.entries
+            .iter()
+            .filter(move |(id, _)| *id > after && *id <= through)
+            .map(|(_, record)| record)
+    }
+
+    /// The id of the last record numbered (0 before the first).
+    pub fn last_id(&self) -> u64 {
+        self.next_id - 1
+    }
+
     /// Bytes held.
     pub fn len_bytes(&self) -> usize {
         self.bytes
@@ -139,6 +157,17 @@ impl ReceiveState {
             latest: 0,
             awaiting_sequence: false,
             acked: 0,
+        }
+    }
+
+    /// The state of a copy that knows the client's records up to `latest` were processed and acknowledged (a
+    /// keeper's, `super::keeper`).
+    pub fn acknowledged_through(latest: u64) -> Self {
+        ReceiveState {
+            next_id: latest + 1,
+            latest,
+            awaiting_sequence: false,
+            acked: latest,
         }
     }
 

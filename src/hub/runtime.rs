@@ -231,6 +231,7 @@ impl LocalHub for HubRuntime {
             .get_mut(id)
             .ok_or_else(|| MeshError::UnknownConnection(id.to_string()))?;
         member.groups.insert(key.clone());
+        member.handle.kept_group(&key.name, key.kind == GroupKind::User, true);
         self.local_groups
             .write()
             .entry(key.clone())
@@ -250,6 +251,7 @@ impl LocalHub for HubRuntime {
             return false;
         };
         member.groups.remove(key);
+        member.handle.kept_group(&key.name, key.kind == GroupKind::User, false);
         drop_from_table(&mut self.local_groups.write(), key, id);
         true
     }
