@@ -140,6 +140,10 @@ impl<T: Transport> Connection<T> {
                     if let Err(error) = self.flush(&mut batch).await {
                         return Some(self.lost(error));
                     }
+                    let kept = self.stateful.as_ref().is_some_and(|stateful| stateful.keeper.is_some());
+                    if close.drop_if_kept && kept {
+                        return Some(Ending::Dropped(close.error.unwrap_or_default()));
+                    }
                     return Some(Ending::Close {
                         error: close.error,
                         allow_reconnect: close.allow_reconnect,

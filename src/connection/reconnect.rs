@@ -142,6 +142,10 @@ pub struct ReceiveState {
     awaiting_sequence: bool,
     /// The last id acked to the client.
     acked: u64,
+    /// A keeper's copy (`super::keeper`): the client may have had acks the copy did not hear of, so its first
+    /// Sequence message may start past `latest + 1` (what it skips, the dead node had processed).
+    #[serde(default)]
+    copy: bool,
 }
 
 /// Why a client's Sequence message is refused.
@@ -157,6 +161,7 @@ impl ReceiveState {
             latest: 0,
             awaiting_sequence: false,
             acked: 0,
+            copy: false,
         }
     }
 
@@ -168,6 +173,7 @@ impl ReceiveState {
             latest,
             awaiting_sequence: false,
             acked: latest,
+            copy: true,
         }
     }
 
@@ -197,8 +203,14 @@ impl ReceiveState {
     /// The client's Sequence message: its next record has id `id`.
     pub fn sequence(&mut self, id: u64) -> Result<(), SequenceGap> {
         if id > self.latest + 1 {
-            return Err(SequenceGap);
+            if !self.copy {
+                return Err(SequenceGap);
+            }
+            // The server that died acknowledged these; they ran there.
+            self.latest = id - 1;
+            self.acked = self.latest;
         }
+        self.copy = false;
         self.awaiting_sequence = false;
         self.next_id = id;
         Ok(())
@@ -410,6 +422,24 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_keepers_copy_takes_a_sequence_past_what_it_heard_acknowledged_once() {
+        // The copy heard of acks up to 2; the client had an ack up to 4 and resumes at 5.
+        let mut copy = ReceiveState::acknowledged_through(2);
+        copy.reconnected();
+        assert_eq!(copy.sequence(5), Ok(()));
+        assert!(copy.accept(true), "record 5 is new");
+        assert!(copy.accept(true), "record 6 is new");
+        assert_eq!(copy.latest, 6, "it counts on from 5");
+        // After that first Sequence, a gap is an error again, as for any connection.
+        copy.reconnected();
+        assert_eq!(copy.sequence(9), Err(SequenceGap));
+        // An ordinary connection refuses the same gap from the start.
+        let mut plain = ReceiveState::acknowledged_through(2);
+        plain.copy = false;
+        assert_eq!(plain.sequence(5), Err(SequenceGap));
+    }
 
     /// A relay transport whose commands the test reads: they end (`None`) once the transport is dropped.
     fn transport() -> (RelayTransport, mpsc::Receiver<Command>) {

@@ -59,6 +59,8 @@ pub(super) enum Ending {
     TransportLost(String),
     /// The connection moves to another node: its state goes to `MoveOut`, and it ends here silently.
     Moved(Box<super::moving::MoveOut>),
+    /// Its socket is dropped without a Close message (its keeper runs it now, `super::keeper`), for this reason.
+    Dropped(String),
 }
 
 /// Runs a connection to its end. Spawn it on the worker that accepted the transport.
@@ -415,6 +417,10 @@ impl<T: Transport> Connection<T> {
             }
             Ending::TransportLost(reason) => {
                 tracing::debug!(%reason, "transport lost");
+                (Some(reason), None)
+            }
+            Ending::Dropped(reason) => {
+                tracing::debug!(%reason, "dropped for its keeper");
                 (Some(reason), None)
             }
             // Handled above.

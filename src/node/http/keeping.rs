@@ -18,7 +18,7 @@
 //! told). Frames travel as tunnel frames (one-way, in link order, under the links' credit window); a frame that
 //! cannot be queued makes the server send the whole copy to a keeper again.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -47,6 +47,9 @@ pub const MAX_KEPT: usize = 262_144;
 pub const MAX_KEPT_BYTES: usize = 4 << 20;
 /// How long a reconnect that reaches a connection's keeper waits for the keeper to take the connection over.
 pub const ADOPT_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a connection whose keeper took it over ends on its old server.
+const TAKEN_OVER: &str = "this connection's keeper took it over while this node was cut off";
 
 /// The first byte of a tunnel frame that carries a keeping frame (`super::tunnel` frames start with 0).
 pub(super) const KEEP_FRAME: u8 = 1;
@@ -86,6 +89,9 @@ enum Frame {
     Held { id: ConnectionId, seq: u64 },
     /// Keeper → server: not kept (full, or the copy grew too large).
     Refused { id: ConnectionId },
+    /// Keeper → server: the keeper took the connection over, having declared the server dead. A server that was
+    /// only frozen gets it when it comes back (its link's queue outlives the link) and drops the connection.
+    TakenOver { id: ConnectionId },
 }
 
 fn encode(frame: &Frame) -> Option<Bytes> {
@@ -109,6 +115,8 @@ pub(crate) struct Keeping {
 struct Kept {
     copies: HashMap<ConnectionId, (NodeId, Copy)>,
     tokens: HashMap<String, ConnectionId>,
+    /// Tokens of copies being taken over now (out of `copies`, not yet in their hub's table).
+    taking_over: HashSet<String>,
 }
 
 impl Kept {
@@ -158,6 +166,14 @@ impl Keeping {
             Frame::Refused { id } => {
                 if let Some(sink) = self.sink(&id) {
                     sink.refused_by(from);
+                }
+            }
+            Frame::TakenOver { id } => {
+                if let Some(path) = self.sink(&id).and_then(|sink| sink.kept_by(from)) {
+                    tracing::info!(parent: node.span(), %id, keeper = %from, "a connection's keeper took it over: dropping it here");
+                    if let Some(endpoint) = node.endpoint(&path) {
+                        endpoint.context.drop_for_keeper(&id, TAKEN_OVER);
+                    }
                 }
             }
             frame => {
@@ -248,13 +264,21 @@ impl Keeping {
                 }
                 None
             }
-            Frame::Held { .. } | Frame::Refused { .. } => None,
+            Frame::Held { .. } | Frame::Refused { .. } | Frame::TakenOver { .. } => None,
         }
     }
 
     /// Incarnation `peer` left this node's view: the connections it kept for this node go to another keeper, and
     /// those it ran that this node kept are taken over here.
     pub(crate) fn peer_left(&self, node: &Node, peer: &NodeId) {
+        if node.router().stalled_lately() {
+            // This node was stopped or starved: it declared its peers dead because it did not hear them, and they
+            // may well run its connections by now (its keepers took them over), or their own. Nothing is taken over
+            // and no copy moves; its own connections' records wait (none may be written that a keeper lacks) until
+            // it learns it was declared dead and drops them (`ConnectionHandle::close_cut_off`).
+            tracing::info!(parent: node.span(), %peer, "a peer left this node's view after it stalled: no take-over");
+            return;
+        }
         let sinks: Vec<Arc<KeepSink>> = self.sinks.lock().values().filter_map(Weak::upgrade).collect();
         for sink in sinks {
             sink.keeper_left(peer);
@@ -267,7 +291,11 @@ impl Keeping {
                 .filter(|(_, (server, _))| server == peer)
                 .map(|(id, _)| id.clone())
                 .collect();
-            ids.iter().filter_map(|id| kept.remove(id)).map(|(_, copy)| copy).collect()
+            let orphans: Vec<Copy> = ids.iter().filter_map(|id| kept.remove(id)).map(|(_, copy)| copy).collect();
+            for copy in &orphans {
+                kept.taking_over.insert(copy.token.clone());
+            }
+            orphans
         };
         if orphans.is_empty() {
             return;
@@ -275,9 +303,14 @@ impl Keeping {
         tracing::info!(parent: node.span(), %peer, connections = orphans.len(), "taking over the stateful connections of a node that left");
         for copy in orphans {
             let node = node.clone();
+            let server = peer.clone();
             tokio::spawn(async move {
                 let id = copy.id.clone();
-                match take_over(&node, copy).await {
+                let token = copy.token.clone();
+                let taken = take_over(&node, copy, &server).await;
+                node.keeping().kept.lock().taking_over.remove(&token);
+                tracing::debug!(parent: node.span(), %id, ok = taken.is_ok(), "take-over done");
+                match taken {
                     Ok(()) => {
                         node.keeping().adopted.fetch_add(1, Ordering::Relaxed);
                     }
@@ -293,34 +326,27 @@ impl Keeping {
     /// Whether this node keeps `token`'s connection for a server that has not been declared dead yet: then a
     /// reconnect that reaches it waits ([`Keeping::wait_taken_over`]).
     pub(crate) fn keeps(&self, token: &str) -> bool {
-        self.kept.lock().tokens.contains_key(token)
+        let kept = self.kept.lock();
+        kept.tokens.contains_key(token) || kept.taking_over.contains(token)
     }
 
-    /// Waits (at most [`ADOPT_WAIT`]) until this node no longer merely keeps `token`'s connection: it took it over
-    /// (its token is in `endpoint`'s table, true), or dropped the copy (false).
+    /// Waits (at most [`ADOPT_WAIT`]) until this node neither keeps `token`'s connection nor is taking it over:
+    /// whether it took it over (its token is in `endpoint`'s table).
     pub(crate) async fn wait_taken_over(&self, endpoint: &HubEndpoint, token: &str) -> bool {
         let deadline = Instant::now() + ADOPT_WAIT;
         // Bounded by the deadline; the take-over itself follows the failure detector (about 2 s).
         while self.keeps(token) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        // The take-over runs on a task of its own once the copy left the table.
-        loop {
-            if endpoint.tokens.lock().contains_key(token) {
-                return true;
-            }
-            if self.keeps(token) || Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let taken = !self.keeps(token) && endpoint.tokens.lock().contains_key(token);
+        tracing::debug!(taken, "a reconnect waited for its connection's take-over");
+        taken
     }
 }
 
 /// Starts a kept connection here whose server died: as a connection that moved here (`super::moving`), then in
 /// its groups, then known to its token's home.
-async fn take_over(node: &Node, copy: Copy) -> Result<(), String> {
+async fn take_over(node: &Node, copy: Copy, server: &NodeId) -> Result<(), String> {
     let endpoint = node
         .endpoint(&copy.path)
         .cloned()
@@ -372,6 +398,10 @@ async fn take_over(node: &Node, copy: Copy) -> Result<(), String> {
         if let Err(error) = router.group_add(key, id.clone()).await {
             tracing::info!(parent: node.span(), %id, %group, %error, "a taken-over connection did not rejoin a group");
         }
+    }
+    // A server that was only frozen drops it when it comes back.
+    if let Some(bytes) = encode(&Frame::TakenOver { id: id.clone() }) {
+        let _ = node.router().send_tunnel(server, bytes);
     }
     let here = node.router().incarnation();
     if home != here && node.router().is_live_incarnation(&home.name, home.generation) {
@@ -474,6 +504,12 @@ impl KeepSink {
         if state.keeper.as_ref() == Some(from) {
             self.held.advance(seq);
         }
+    }
+
+    /// The hub path of the connection. Asked by any keeper it had: one that took it over runs it now, whichever
+    /// keeps it here since.
+    fn kept_by(&self, _from: &NodeId) -> Option<String> {
+        Some(self.state.lock().copy.path.clone())
     }
 
     fn refused_by(&self, from: &NodeId) {

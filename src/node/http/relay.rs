@@ -463,8 +463,26 @@ async fn adopt_here(
         }
         (Lookup::Adopted(server, TransportKind::WebSockets), Some(tunnel)) if is_stateful(endpoint, token) => {
             // The server answers the socket's node directly over the tunnel; this node only passes the request on.
-            let op = Op::Resume { client: from, tunnel };
-            return ask(node, endpoint, &server, token, op, RELAY_TIMEOUT).await;
+            let op = Op::Resume {
+                client: from.clone(),
+                tunnel,
+            };
+            let answer = ask(node, endpoint, &server, token, op, RELAY_TIMEOUT).await;
+            if matches!(answer, Answer::Resumed { .. }) {
+                return answer;
+            }
+            // Its server may have died meanwhile, and its keeper taken it over: this node, or a peer that told this
+            // node (its home) so (`super::keeping`).
+            if node.keeping().keeps(token) {
+                node.keeping().wait_taken_over(endpoint, token).await;
+            }
+            return match lookup(endpoint, token) {
+                Lookup::Open(TransportKind::WebSockets, ..) => resume_here(node, endpoint, token, from, tunnel),
+                Lookup::Adopted(keeper, TransportKind::WebSockets) if keeper != server => {
+                    ask(node, endpoint, &keeper, token, Op::Resume { client: from, tunnel }, RELAY_TIMEOUT).await
+                }
+                _ => answer,
+            };
         }
         (Lookup::Open(open, ..) | Lookup::Adopted(_, open), _) => {
             return Answer::Reply(match (open, transport) {

@@ -154,11 +154,20 @@ pub(super) async fn accept_websocket(
             let Some(server) = relay::moved_to(&endpoint, &token) else {
                 return accept_local(node, endpoint, Some(token), head, user);
             };
-            let socket = relay::resume_on(node, &endpoint, &server, &token).await.map_err(|reply| {
-                tracing::debug!(parent: node.span(), %server, status = %reply.status(), "a resume passed on was refused");
-                Box::new(reply.into_response())
-            })?;
-            return Ok(tunnel(node, socket));
+            return match relay::resume_on(node, &endpoint, &server, &token).await {
+                Ok(socket) => Ok(tunnel(node, socket)),
+                Err(reply) => {
+                    tracing::debug!(parent: node.span(), %server, status = %reply.status(), "a resume passed on was refused");
+                    // Its server may have died: its keeper (this node, or a peer) takes it over (`super::keeping`).
+                    if let Some(accepted) = taken_over_here(node, &endpoint, &token, head, &user).await {
+                        return accepted;
+                    }
+                    match resume_without_home(node, &endpoint, &token, false).await {
+                        Some(socket) => Ok(tunnel(node, socket)),
+                        None => Err(Box::new(reply.into_response())),
+                    }
+                }
+            };
         }
         Route::Missing => {
             if let Some(accepted) = taken_over_here(node, &endpoint, &token, head, &user).await {
@@ -236,7 +245,11 @@ async fn taken_over_here(
     head: &RequestHead,
     user: &Option<Authenticated>,
 ) -> Option<Result<AcceptedWebSocket, Box<HttpResponse>>> {
-    if !node.keeping().keeps(token) || !node.keeping().wait_taken_over(endpoint, token).await {
+    if !node.keeping().keeps(token) {
+        tracing::debug!(parent: node.span(), "a reconnect for a connection this node does not keep");
+        return None;
+    }
+    if !node.keeping().wait_taken_over(endpoint, token).await {
         return None;
     }
     Some(accept_local(node, endpoint.clone(), Some(token.to_owned()), head, user.clone()))
