@@ -86,10 +86,6 @@ impl ReplayBuffer {
         self.entries.front().map_or(self.next_id, |(id, _)| *id)
     }
 
-    /// The unacked records, oldest first.
-    pub fn unacked(&self) -> impl Iterator<Item = &Bytes> {
-        self.entries.iter().map(|(_, record)| record)
-    }
 
     /// The unacked records with ids up to `through`, oldest first.
     pub fn unacked_through(&self, through: u64) -> impl Iterator<Item = &Bytes> {
@@ -496,7 +492,7 @@ mod tests {
         assert_eq!(buffer.len_bytes(), 4);
         buffer.ack(3);
         assert_eq!(buffer.resume_id(), 4);
-        assert_eq!(buffer.unacked().count(), 0);
+        assert_eq!(buffer.unacked_through(u64::MAX).count(), 0);
     }
 
     #[test]

@@ -74,6 +74,9 @@ struct Copy {
     received: u64,
     /// Groups: name, and whether it is the user's group.
     groups: BTreeSet<(String, bool)>,
+    /// Bytes of `unacked` (counted by whoever holds the copy, not sent).
+    #[serde(skip)]
+    bytes: usize,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -205,6 +208,8 @@ impl Keeping {
                     return refuse(id);
                 }
                 let last = copy.last;
+                let mut copy = copy;
+                copy.bytes = copy.unacked.iter().map(|(_, record)| record.len()).sum();
                 kept.remove(&id);
                 kept.tokens.insert(copy.token.clone(), id.clone());
                 kept.copies.insert(id.clone(), (from.clone(), *copy));
@@ -217,10 +222,10 @@ impl Keeping {
                 }
                 if seq == copy.last + 1 {
                     copy.last = seq;
+                    copy.bytes += record.len();
                     copy.unacked.push_back((seq, record));
                 }
-                let bytes: usize = copy.unacked.iter().map(|(_, record)| record.len()).sum();
-                if bytes > MAX_KEPT_BYTES && copy.unacked.len() > 1 {
+                if copy.bytes > MAX_KEPT_BYTES && copy.unacked.len() > 1 {
                     kept.remove(&id);
                     return refuse(id);
                 }
@@ -230,7 +235,9 @@ impl Keeping {
                 let (server, copy) = kept.copies.get_mut(&id)?;
                 if server == from {
                     while copy.unacked.front().is_some_and(|(first, _)| *first <= seq) {
-                        copy.unacked.pop_front();
+                        if let Some((_, record)) = copy.unacked.pop_front() {
+                            copy.bytes -= record.len();
+                        }
                     }
                 }
                 None
@@ -457,6 +464,7 @@ impl KeepSink {
                     last: 0,
                     received: 0,
                     groups: BTreeSet::new(),
+                    bytes: 0,
                 },
             }),
         })
