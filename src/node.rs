@@ -610,7 +610,7 @@ impl NodeBuilder {
     fn build_alone(self, token_keys: TokenKeys) -> Result<Node, NodeError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NodeError::NoRuntime)?;
         let span = tracing::info_span!("node", node = %self.name);
-        let router = NodeRouter::new(&self.name, runtime, span.clone());
+        let router = NodeRouter::new(&self.name, runtime.clone(), span.clone());
         let mut endpoints = HashMap::new();
         for hub in self.hubs {
             let path = http::normalize_path(hub.route());
@@ -653,6 +653,7 @@ impl NodeBuilder {
         });
         let relays: Arc<dyn RelayHost> = inner.relays.clone();
         inner.router.set_relay_host(Arc::downgrade(&relays));
+        runtime.spawn(http::keeping_flusher(Arc::downgrade(&inner), inner.keeping.wake()));
         Ok(Node { inner })
     }
 

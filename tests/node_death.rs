@@ -7,7 +7,8 @@
 //!
 //! * every message sent well before the kill (200 ms), once and in order (what the client had not acknowledged is
 //!   replayed);
-//! * every message sent after its keeper took it over and rejoined its group, once and in order;
+//! * every message sent after its keeper took it over and rejoined its group (and the sender's node saw the
+//!   death), once and in order;
 //! * nothing twice and nothing out of order in between. Messages sent between the kill and the take-over (the
 //!   failure-detection time) may be lost: that gap is not closed yet, and the test prints how many were.
 //!
@@ -190,6 +191,21 @@ async fn node_death(protocol: Protocol) -> TestResult {
         while taken_over(&survivors_urls).await? < 2 {
             assert!(Instant::now() < deadline, "the keepers did not take the connections over");
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // And the sender's node saw the death too: a direct send goes to the dead node until its sender's view
+        // lost it.
+        for url in &survivors_urls {
+            let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse()?;
+            loop {
+                let view = hubmesh::testing::client::http_request_with_body(addr, "GET", "/_hubmesh/cluster", &[], b"")
+                    .await?;
+                let view: Value = serde_json::from_slice(&view.body)?;
+                if view["live"].as_array().is_some_and(|live| live.len() == 2) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the survivors did not see node 3 leave");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         let taken_over_at = sent.load(Ordering::SeqCst);
         let take_over_time = kill_time.elapsed();

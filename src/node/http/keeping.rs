@@ -83,7 +83,8 @@ struct Copy {
 enum Frame {
     /// Server → keeper: keep this (replacing what was kept).
     Open(Box<Copy>),
-    Record { id: ConnectionId, seq: u64, record: Bytes },
+    /// A record; its bytes are the batch's payload number `payload` (members of one group send share one).
+    Record { id: ConnectionId, seq: u64, payload: u32 },
     Acked { id: ConnectionId, seq: u64 },
     Received { id: ConnectionId, seq: u64 },
     Group { id: ConnectionId, group: String, user: bool, joined: bool },
@@ -97,10 +98,59 @@ enum Frame {
     TakenOver { id: ConnectionId },
 }
 
-fn encode(frame: &Frame) -> Option<Bytes> {
+/// What one tunnel frame carries: frames for one peer, in order, and the record bytes they name.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Batch {
+    payloads: Vec<Bytes>,
+    frames: Vec<Frame>,
+}
+
+fn encode(batch: &Batch) -> Option<Bytes> {
     let mut out = vec![KEEP_FRAME];
-    rmp_serde::encode::write(&mut out, frame).ok()?;
+    rmp_serde::encode::write(&mut out, batch).ok()?;
     Some(Bytes::from(out))
+}
+
+/// Frames waiting for one peer. Sent together by the node's flusher ([`flusher`]): one tunnel frame for whatever
+/// queued meanwhile, and one copy of bytes that several connections' records share (a group send's frame).
+#[derive(Default)]
+struct Outbox {
+    batch: Batch,
+    /// Payload numbers by buffer address and length.
+    index: HashMap<(usize, usize), u32>,
+}
+
+/// The most frames waiting for one peer; past it a connection runs unkept (counted in `refused`).
+pub const OUTBOX_CAP: usize = 65_536;
+
+/// Sends every peer its waiting frames whenever some are queued, until the node is gone.
+pub(crate) async fn flusher(node: Weak<NodeInner>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        wake.notified().await;
+        let Some(node) = node.upgrade().map(Node::from_inner) else {
+            return;
+        };
+        let outboxes = std::mem::take(&mut *node.keeping().outboxes.lock());
+        for (peer, outbox) in outboxes {
+            let sent = encode(&outbox.batch).is_some_and(|bytes| node.router().send_tunnel(&peer, bytes).is_ok());
+            if !sent {
+                // Its servers' connections send their whole copies to a keeper again (or run unkept).
+                for frame in &outbox.batch.frames {
+                    let id = match frame {
+                        Frame::Record { id, .. }
+                        | Frame::Acked { id, .. }
+                        | Frame::Received { id, .. }
+                        | Frame::Group { id, .. } => id,
+                        Frame::Open(copy) => &copy.id,
+                        _ => continue,
+                    };
+                    if let Some(sink) = node.keeping().sink(id) {
+                        sink.lost_at(&node, &peer);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A node's keeping: its connections kept elsewhere (by id), and the copies it keeps for others.
@@ -108,6 +158,9 @@ fn encode(frame: &Frame) -> Option<Bytes> {
 pub(crate) struct Keeping {
     sinks: Mutex<HashMap<ConnectionId, Weak<KeepSink>>>,
     kept: Mutex<Kept>,
+    outboxes: Mutex<HashMap<NodeId, Outbox>>,
+    /// Wakes the flusher.
+    wake: Arc<tokio::sync::Notify>,
     /// Connections this node took over after their server's death.
     adopted: AtomicU64,
     /// Opens refused, copies dropped as too large, and copies whose take-over failed.
@@ -153,13 +206,67 @@ impl Keeping {
 
     /// A keeping frame from `from` (the tunnel frame after its first byte).
     pub(crate) fn on_frame(&self, node: &Node, from: &NodeId, payload: &[u8]) {
-        let frame: Frame = match rmp_serde::from_slice(payload) {
-            Ok(frame) => frame,
+        let batch: Batch = match rmp_serde::from_slice(payload) {
+            Ok(batch) => batch,
             Err(error) => {
                 tracing::warn!(parent: node.span(), %error, %from, "dropped an undecodable keeping frame");
                 return;
             }
         };
+        let Batch { payloads, frames } = batch;
+        // One Held per connection for the whole batch: its last record.
+        let mut held: HashMap<ConnectionId, u64> = HashMap::new();
+        for frame in frames {
+            match self.on_one(node, from, frame, &payloads) {
+                Some(Frame::Held { id, seq }) => {
+                    let last = held.entry(id).or_insert(seq);
+                    *last = (*last).max(seq);
+                }
+                // A full outbox: the server's records wait until it sends its whole copy again (or runs unkept,
+                // when this keeper leaves its view).
+                Some(answer) => {
+                    self.queue(from, answer, None);
+                }
+                None => {}
+            }
+        }
+        for (id, seq) in held {
+            self.queue(from, Frame::Held { id, seq }, None);
+        }
+    }
+
+    /// The flusher's wake-up.
+    pub(crate) fn wake(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
+    }
+
+    /// Queues `frame` for `peer` (`payload`: a record's bytes); false if `peer`'s outbox is full.
+    fn queue(&self, peer: &NodeId, frame: Frame, payload: Option<&Bytes>) -> bool {
+        let mut outboxes = self.outboxes.lock();
+        let outbox = outboxes.entry(peer.clone()).or_default();
+        if outbox.batch.frames.len() >= OUTBOX_CAP {
+            return false;
+        }
+        let frame = match (frame, payload) {
+            (Frame::Record { id, seq, .. }, Some(bytes)) => {
+                let key = (bytes.as_ptr() as usize, bytes.len());
+                let next = u32::try_from(outbox.batch.payloads.len()).unwrap_or(u32::MAX);
+                let payload = *outbox.index.entry(key).or_insert_with(|| {
+                    outbox.batch.payloads.push(bytes.clone());
+                    next
+                });
+                Frame::Record { id, seq, payload }
+            }
+            (frame, _) => frame,
+        };
+        outbox.batch.frames.push(frame);
+        drop(outboxes);
+        self.wake.notify_one();
+        true
+    }
+
+    /// One frame from `from`; the keeper's answer to send back, if any.
+    fn on_one(&self, node: &Node, from: &NodeId, frame: Frame, payloads: &[Bytes]) -> Option<Frame> {
         match frame {
             Frame::Held { id, seq } => {
                 if let Some(sink) = self.sink(&id) {
@@ -179,15 +286,9 @@ impl Keeping {
                     }
                 }
             }
-            frame => {
-                if let Some(answer) = self.keep(from, frame) {
-                    if let Some(bytes) = encode(&answer) {
-                        // A full link: the server sends its whole copy again once it notices (or runs unkept).
-                        let _ = node.router().send_tunnel(from, bytes);
-                    }
-                }
-            }
+            frame => return self.keep(from, frame, payloads),
         }
+        None
     }
 
     fn sink(&self, id: &ConnectionId) -> Option<Arc<KeepSink>> {
@@ -195,7 +296,7 @@ impl Keeping {
     }
 
     /// The keeper's side of a frame from server `from`; the answer, if any.
-    fn keep(&self, from: &NodeId, frame: Frame) -> Option<Frame> {
+    fn keep(&self, from: &NodeId, frame: Frame, payloads: &[Bytes]) -> Option<Frame> {
         let mut kept = self.kept.lock();
         let refuse = |id: ConnectionId| {
             self.refused.fetch_add(1, Ordering::Relaxed);
@@ -215,11 +316,12 @@ impl Keeping {
                 kept.copies.insert(id.clone(), (from.clone(), *copy));
                 Some(Frame::Held { id, seq: last })
             }
-            Frame::Record { id, seq, record } => {
+            Frame::Record { id, seq, payload } => {
                 let (server, copy) = kept.copies.get_mut(&id)?;
                 if server != from {
                     return None;
                 }
+                let record = payloads.get(payload as usize)?.clone();
                 if seq == copy.last + 1 {
                     copy.last = seq;
                     copy.bytes += record.len();
@@ -407,9 +509,7 @@ async fn take_over(node: &Node, copy: Copy, server: &NodeId) -> Result<(), Strin
         }
     }
     // A server that was only frozen drops it when it comes back.
-    if let Some(bytes) = encode(&Frame::TakenOver { id: id.clone() }) {
-        let _ = node.router().send_tunnel(server, bytes);
-    }
+    node.keeping().queue(server, Frame::TakenOver { id: id.clone() }, None);
     let here = node.router().incarnation();
     if home != here && node.router().is_live_incarnation(&home.name, home.generation) {
         let op = super::relay::Op::TakenOver { id: id.clone() };
@@ -475,13 +575,24 @@ impl KeepSink {
     }
 
     /// Sends `frame` to the keeper; on failure, the whole copy to a keeper again.
-    fn send(&self, node: &Node, state: &mut SinkState, frame: &Frame) {
+    fn send(&self, node: &Node, state: &mut SinkState, frame: Frame, payload: Option<&Bytes>) {
         let Some(keeper) = state.keeper.clone() else {
             return;
         };
-        let sent = encode(frame).is_some_and(|bytes| node.router().send_tunnel(&keeper, bytes).is_ok());
-        if !sent {
-            self.open(node, state, Some(&keeper));
+        if !node.keeping().queue(&keeper, frame, payload) {
+            // Unkept rather than stalled: the records are written as if alone.
+            node.keeping().refused.fetch_add(1, Ordering::Relaxed);
+            state.keeper = None;
+            self.held.advance(state.copy.last);
+        }
+    }
+
+    /// A batch with this connection's frames could not go to `peer`: if that is its keeper, it sends the whole
+    /// copy to a keeper again.
+    fn lost_at(&self, node: &Node, peer: &NodeId) {
+        let mut state = self.state.lock();
+        if !state.ended && state.keeper.as_ref() == Some(peer) {
+            self.open(node, &mut state, Some(peer));
         }
     }
 
@@ -498,9 +609,7 @@ impl KeepSink {
             self.held.advance(state.copy.last);
             return;
         };
-        let sent = encode(&Frame::Open(Box::new(state.copy.clone())))
-            .is_some_and(|bytes| node.router().send_tunnel(&keeper, bytes).is_ok());
-        if !sent {
+        if !node.keeping().queue(&keeper, Frame::Open(Box::new(state.copy.clone())), None) {
             // Unkept rather than stalled: the records are written as if alone.
             state.keeper = None;
             self.held.advance(state.copy.last);
@@ -567,9 +676,9 @@ impl Keeper for KeepSink {
         let frame = Frame::Record {
             id: state.copy.id.clone(),
             seq: id,
-            record: record.clone(),
+            payload: 0,
         };
-        self.send(&node, &mut state, &frame);
+        self.send(&node, &mut state, frame, Some(record));
     }
 
     fn acked(&self, seq: u64) {
@@ -582,7 +691,7 @@ impl Keeper for KeepSink {
                 id: state.copy.id.clone(),
                 seq,
             };
-            self.send(&node, &mut state, &frame);
+            self.send(&node, &mut state, frame, None);
         }
     }
 
@@ -594,7 +703,7 @@ impl Keeper for KeepSink {
                 id: state.copy.id.clone(),
                 seq,
             };
-            self.send(&node, &mut state, &frame);
+            self.send(&node, &mut state, frame, None);
         }
     }
 
@@ -615,7 +724,7 @@ impl Keeper for KeepSink {
                 user,
                 joined,
             };
-            self.send(&node, &mut state, &frame);
+            self.send(&node, &mut state, frame, None);
         }
     }
 
@@ -631,9 +740,7 @@ impl Keeper for KeepSink {
                 node.keeping().sinks.lock().remove(&id);
             }
             if let Some(keeper) = state.keeper.take() {
-                if let Some(bytes) = encode(&Frame::Ended { id }) {
-                    let _ = node.router().send_tunnel(&keeper, bytes);
-                }
+                node.keeping().queue(&keeper, Frame::Ended { id }, None);
             }
         }
     }
