@@ -447,10 +447,18 @@ impl Keeping {
         while self.keeps(token) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let taken = !self.keeps(token) && endpoint.tokens.lock().contains_key(token);
+        let taken = !self.keeps(token) && runs_here(endpoint, token);
         tracing::debug!(taken, "a reconnect waited for its connection's take-over");
         taken
     }
+}
+
+/// Whether `token`'s stateful WebSocket connection runs on this node (taken over here, for one).
+pub(super) fn runs_here(endpoint: &HubEndpoint, token: &str) -> bool {
+    matches!(
+        super::endpoint::lookup(endpoint, token),
+        super::endpoint::Lookup::Open(crate::transport::TransportKind::WebSockets, ..)
+    )
 }
 
 /// Starts a kept connection here whose server died: as a connection that moved here (`super::moving`), then in

@@ -451,8 +451,11 @@ async fn adopt_here(
     let mut found = lookup(endpoint, token);
     // A reconnect for a connection this node keeps, whose server could not answer: it is taken over here once
     // the server is declared dead (`super::keeping`).
-    if matches!(found, Lookup::Missing) && tunnel.is_some() && node.keeping().keeps(token) {
-        node.keeping().wait_taken_over(endpoint, token).await;
+    if matches!(found, Lookup::Missing) && tunnel.is_some() {
+        if node.keeping().keeps(token) {
+            node.keeping().wait_taken_over(endpoint, token).await;
+        }
+        // Taken over meanwhile, or while this node waited.
         found = lookup(endpoint, token);
     }
     let id = match (found, tunnel) {

@@ -236,8 +236,8 @@ async fn resume_without_home(node: &Node, endpoint: &HubEndpoint, token: &str, h
     None
 }
 
-/// A reconnect for a connection this node keeps (`super::keeping`): once taken over here, accepted as a resume;
-/// `None` if this node does not keep it or did not take it over.
+/// A reconnect for a connection this node keeps (`super::keeping`), or took over meanwhile: once taken over here,
+/// accepted as a resume; `None` if this node does not keep it or did not take it over.
 async fn taken_over_here(
     node: &Node,
     endpoint: &Arc<HubEndpoint>,
@@ -245,11 +245,13 @@ async fn taken_over_here(
     head: &RequestHead,
     user: &Option<Authenticated>,
 ) -> Option<Result<AcceptedWebSocket, Box<HttpResponse>>> {
-    if !node.keeping().keeps(token) {
+    if node.keeping().keeps(token) {
+        if !node.keeping().wait_taken_over(endpoint, token).await {
+            return None;
+        }
+    } else if !super::keeping::runs_here(endpoint, token) {
+        // Neither kept here nor taken over here already (while this request waited for its home).
         tracing::debug!(parent: node.span(), "a reconnect for a connection this node does not keep");
-        return None;
-    }
-    if !node.keeping().wait_taken_over(endpoint, token).await {
         return None;
     }
     Some(accept_local(node, endpoint.clone(), Some(token.to_owned()), head, user.clone()))
