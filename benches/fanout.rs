@@ -140,6 +140,7 @@ impl LocalNode {
                 host: Arc::clone(&host) as Arc<dyn ConnectionHost>,
                 resume: None,
                 wake_relay: None,
+                keeper: None,
             };
             local.spawn_local(connection::run(transport, setup));
         }

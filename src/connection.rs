@@ -71,6 +71,7 @@ mod handle;
 mod handshake;
 mod host;
 mod id;
+pub mod keeper;
 mod limits;
 mod link;
 mod mailbox;

@@ -462,6 +462,11 @@ impl HubContext {
         self.runtime.close_these(ids, allow_reconnect);
     }
 
+    /// Drops connection `id` here: its keeper took it over after this node was declared dead (`src/node`).
+    pub(crate) fn drop_for_keeper(&self, id: &ConnectionId, reason: &str) {
+        self.runtime.drop_for_keeper(id, reason);
+    }
+
     /// Asks every connection of this hub on this node to close with a Close message.
     pub(crate) fn close_all(&self, allow_reconnect: bool) {
         self.runtime.close_all(allow_reconnect);

@@ -205,6 +205,8 @@ pub(crate) struct NodeInner {
     relays: Arc<NodeRelays>,
     /// Tunnel ends open on this node (`http::Tunnels`).
     tunnels: Tunnels,
+    /// Its stateful connections kept on other nodes, and the copies it keeps for them (`http::Keeping`).
+    keeping: http::Keeping,
     router: Arc<NodeRouter>,
     cluster: tokio::sync::Mutex<Option<cluster::ClusterRuntime>>,
     /// By lower-cased path.
@@ -297,6 +299,16 @@ impl Node {
 
     pub(crate) fn from_inner(inner: Arc<NodeInner>) -> Node {
         Node { inner }
+    }
+
+    /// A weak reference to this node, for what it owns that must not keep it alive.
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<NodeInner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// Its stateful connections kept elsewhere, and what it keeps for others.
+    pub(crate) fn keeping(&self) -> &http::Keeping {
+        &self.inner.keeping
     }
 
     pub(crate) fn router(&self) -> &NodeRouter {
@@ -598,7 +610,7 @@ impl NodeBuilder {
     fn build_alone(self, token_keys: TokenKeys) -> Result<Node, NodeError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NodeError::NoRuntime)?;
         let span = tracing::info_span!("node", node = %self.name);
-        let router = NodeRouter::new(&self.name, runtime, span.clone());
+        let router = NodeRouter::new(&self.name, runtime.clone(), span.clone());
         let mut endpoints = HashMap::new();
         for hub in self.hubs {
             let path = http::normalize_path(hub.route());
@@ -623,6 +635,7 @@ impl NodeBuilder {
             token_keys,
             relays: Arc::new(NodeRelays(inner.clone())),
             tunnels: Tunnels::default(),
+            keeping: http::Keeping::default(),
             router,
             cluster: tokio::sync::Mutex::new(None),
             endpoints,
@@ -640,6 +653,7 @@ impl NodeBuilder {
         });
         let relays: Arc<dyn RelayHost> = inner.relays.clone();
         inner.router.set_relay_host(Arc::downgrade(&relays));
+        runtime.spawn(http::keeping_flusher(Arc::downgrade(&inner), inner.keeping.wake()));
         Ok(Node { inner })
     }
 

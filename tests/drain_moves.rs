@@ -21,8 +21,12 @@ use tokio::time::{timeout, Instant};
 
 #[path = "common/npm.rs"]
 mod npm;
+#[path = "common/official_clients.rs"]
+mod official_clients;
 #[path = "common/stateful_client.rs"]
 mod stateful_client;
+
+use official_clients::OfficialClients;
 
 use stateful_client::StatefulClient;
 
@@ -274,59 +278,6 @@ fn record(mover: &mut Mover, message: &Value) -> TestResult {
         _ => {}
     }
     Ok(())
-}
-
-/// The official client script (`tests/node/cluster-client.mjs`), with stateful reconnect, over stdin/stdout.
-struct OfficialClients {
-    child: tokio::process::Child,
-    input: tokio::process::ChildStdin,
-    output: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-}
-
-impl OfficialClients {
-    /// With `automatic`, the clients use automatic reconnect too (`withAutomaticReconnect()`).
-    async fn start(urls: &[String], automatic: bool) -> TestResult<(OfficialClients, Value)> {
-        let dir = tokio::task::spawn_blocking(npm::ensure_installed).await??;
-        let mut child = tokio::process::Command::new("node")
-            .arg(dir.join("cluster-client.mjs"))
-            .args(urls)
-            .env("HUBMESH_STATEFUL", "1")
-            .env("HUBMESH_AUTOMATIC", if automatic { "1" } else { "" })
-            .env(
-                "HUBMESH_CLIENT_LOG",
-                std::env::var("HUBMESH_CLIENT_LOG").unwrap_or_default(),
-            )
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let input = child.stdin.take().ok_or("no stdin")?;
-        let output = child.stdout.take().ok_or("no stdout")?;
-        let mut clients = OfficialClients {
-            child,
-            input,
-            output: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(output)),
-        };
-        let ready = clients.read().await?;
-        if ready["ready"] != true {
-            return Err(format!("the official clients did not start: {ready}").into());
-        }
-        Ok((clients, ready))
-    }
-
-    async fn read(&mut self) -> TestResult<Value> {
-        let line = timeout(Duration::from_secs(60), self.output.next_line())
-            .await??
-            .ok_or("the client script ended")?;
-        Ok(serde_json::from_str(&line)?)
-    }
-
-    async fn ask(&mut self, command: Value) -> TestResult<Value> {
-        use tokio::io::AsyncWriteExt;
-        self.input.write_all(format!("{command}\n").as_bytes()).await?;
-        self.input.flush().await?;
-        self.read().await
-    }
 }
 
 /// The official JavaScript client with `withStatefulReconnect()`, six connections through a round-robin proxy

@@ -21,7 +21,7 @@ type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Every metric a scrape describes, with its type (counters carry `_total` on their samples).
-const METRICS: [(&str, &str); 43] = [
+const METRICS: [(&str, &str); 47] = [
     ("hubmesh_connections", "gauge"),
     ("hubmesh_transport_connections", "gauge"),
     ("hubmesh_connects", "counter"),
@@ -39,6 +39,10 @@ const METRICS: [(&str, &str); 43] = [
     ("hubmesh_adopted_out_connections", "gauge"),
     ("hubmesh_location_hints", "gauge"),
     ("hubmesh_tunnels", "gauge"),
+    ("hubmesh_kept_connections", "gauge"),
+    ("hubmesh_connections_kept_elsewhere", "gauge"),
+    ("hubmesh_connections_taken_over", "counter"),
+    ("hubmesh_keeping_refused", "counter"),
     ("hubmesh_adoptions_refused", "counter"),
     ("hubmesh_tunnel_ends_fell_behind", "counter"),
     ("hubmesh_sends_passed_on", "counter"),

@@ -227,6 +227,11 @@ pub struct CommonArgs {
     /// node with Linux's default range); 1: the kernel chooses. WebSockets without --spread only.
     #[arg(long, default_value_t = 1)]
     pub source_addresses: u8,
+    /// WebSocket clients negotiate stateful reconnect (`useStatefulReconnect=true`, handshake version 2) and
+    /// acknowledge what they receive, as `withStatefulReconnect()` does: in a cluster, each connection is then kept
+    /// by a peer (docs/semantics.md, "A node's death and its stateful connections"), which is what this measures.
+    #[arg(long)]
+    pub stateful: bool,
 }
 
 /// Options of `hubmesh bench fanout`.

@@ -140,6 +140,10 @@ impl<T: Transport> Connection<T> {
                     if let Err(error) = self.flush(&mut batch).await {
                         return Some(self.lost(error));
                     }
+                    let kept = self.stateful.as_ref().is_some_and(|stateful| stateful.keeper.is_some());
+                    if close.drop_if_kept && kept {
+                        return Some(Ending::Dropped(close.error.unwrap_or_default()));
+                    }
                     return Some(Ending::Close {
                         error: close.error,
                         allow_reconnect: close.allow_reconnect,
@@ -148,10 +152,18 @@ impl<T: Transport> Connection<T> {
             };
             if let Some(record) = record {
                 // Mailbox records are trackable (docs/protocol.md#trackable-messages): numbered, kept until acked.
-                if let Some(stateful) = &mut self.stateful {
-                    stateful.sent.push(record.as_bytes().clone());
+                match &mut self.stateful {
+                    Some(stateful) => {
+                        let bytes = record.as_bytes().clone();
+                        let id = stateful.sent.push(bytes.clone());
+                        match &stateful.keeper {
+                            // Written once its keeper holds it (`super::keeper`).
+                            Some(keeper) => keeper.record(id, &bytes),
+                            None => batch.push(record),
+                        }
+                    }
+                    None => batch.push(record),
                 }
-                batch.push(record);
             }
             if batch.len() >= self.limits.write_batch {
                 if let Err(error) = self.flush(&mut batch).await {

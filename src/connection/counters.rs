@@ -56,7 +56,7 @@ impl DisconnectReason {
             Ending::Close { error: Some(error), .. } if error == CLIENT_TIMED_OUT => DisconnectReason::Timeout,
             Ending::TransportLost(reason) if reason == NOT_RECONNECTED => DisconnectReason::Timeout,
             Ending::Close { .. } | Ending::TransportLost(_) => DisconnectReason::Error,
-            Ending::Moved(_) => DisconnectReason::Moved,
+            Ending::Moved(_) | Ending::Dropped(_) => DisconnectReason::Moved,
         }
     }
 

@@ -53,6 +53,9 @@ impl<T: Transport> Connection<T> {
                 match &message {
                     HubMessage::Ack { sequence_id } => {
                         stateful.sent.ack(*sequence_id);
+                        if let Some(keeper) = &stateful.keeper {
+                            keeper.acked(*sequence_id);
+                        }
                         continue;
                     }
                     HubMessage::Sequence { sequence_id } => {

@@ -39,6 +39,13 @@ impl fmt::Debug for ConnectionHandle {
 }
 
 impl ConnectionHandle {
+    /// Tells the connection's keeper, if it has one, that it joined or left a group (`super::keeper`).
+    pub fn kept_group(&self, group: &str, user: bool, joined: bool) {
+        if let Some(keeper) = self.mailbox.keeper() {
+            keeper.group(group, user, joined);
+        }
+    }
+
     #[cfg(any(test, feature = "internals"))]
     /// The connection's id.
     pub fn id(&self) -> &ConnectionId {
@@ -102,10 +109,25 @@ impl ConnectionHandle {
 
     /// Asks the connection to close with a Close message.
     pub fn close(&self, error: Option<String>, allow_reconnect: bool) {
-        if self
-            .try_send(Outbound::Close(Box::new(CloseRequest { error, allow_reconnect })))
-            .is_err()
-        {
+        self.close_with(CloseRequest {
+            error,
+            allow_reconnect,
+            drop_if_kept: false,
+        });
+    }
+
+    /// Closes the connection as its node was declared dead by its peers: one with a keeper, which has taken it
+    /// over by now, only drops its socket (its client resumes it there); any other gets a Close with `error`.
+    pub fn close_cut_off(&self, error: &str) {
+        self.close_with(CloseRequest {
+            error: Some(error.to_owned()),
+            allow_reconnect: true,
+            drop_if_kept: true,
+        });
+    }
+
+    fn close_with(&self, close: CloseRequest) {
+        if self.try_send(Outbound::Close(Box::new(close))).is_err() {
             self.mailbox.end();
         }
     }

@@ -68,9 +68,15 @@ impl<T: Transport> Connection<T> {
                 detached_until: None,
                 ack_due: None,
                 moving: None,
+                keeper: setup.keeper.clone(),
+                written: 0,
             })),
             _ => None,
         };
+        if let Some(keeper) = stateful.as_ref().and_then(|stateful| stateful.keeper.as_ref()) {
+            keeper.opened(protocol);
+            mailbox.set_keeper(keeper.clone());
+        }
         let mut connection = Connection::connected(
             Link::Direct(transport),
             stateful,

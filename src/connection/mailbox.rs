@@ -29,6 +29,9 @@ pub(super) struct Mailbox {
     /// Senders waiting for room, and waiters for the end.
     changed: Notify,
     ending: AtomicBool,
+    /// The connection's keeper, once its handshake turned stateful reconnect on (`super::keeper`): told of its
+    /// group changes, which happen outside its task.
+    keeper: std::sync::OnceLock<Arc<dyn super::keeper::Keeper>>,
 }
 
 struct Queue {
@@ -50,7 +53,18 @@ impl Mailbox {
             task: AtomicWaker::new(),
             changed: Notify::new(),
             ending: AtomicBool::new(false),
+            keeper: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the connection's keeper (once).
+    pub(super) fn set_keeper(&self, keeper: Arc<dyn super::keeper::Keeper>) {
+        let _ = self.keeper.set(keeper);
+    }
+
+    /// The connection's keeper, if it has one.
+    pub(super) fn keeper(&self) -> Option<&Arc<dyn super::keeper::Keeper>> {
+        self.keeper.get()
     }
 
     /// Flags the connection as ending (a refused message, a close request, the end) and wakes whoever waits.

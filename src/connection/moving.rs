@@ -192,6 +192,8 @@ pub fn run_moved(
         detached_until: Some(now + limits.reconnect_window),
         ack_due: None,
         moving: None,
+        keeper: None,
+        written: 0,
     };
     limits.counters.connected(TransportKind::WebSockets, protocol);
     let span = tracing::debug_span!(

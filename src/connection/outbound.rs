@@ -222,6 +222,9 @@ pub struct CloseRequest {
     pub error: Option<String>,
     /// Whether the client may reconnect.
     pub allow_reconnect: bool,
+    /// A connection with a keeper ends without a Close message, its socket dropped, so that its client's stateful
+    /// reconnect resumes it where the keeper took it over (`super::keeper`): used when its node was declared dead.
+    pub drop_if_kept: bool,
 }
 
 /// Arguments of a client-result invocation, encoded once the invocation id is known.

@@ -86,9 +86,23 @@ impl ReplayBuffer {
         self.entries.front().map_or(self.next_id, |(id, _)| *id)
     }
 
-    /// The unacked records, oldest first.
-    pub fn unacked(&self) -> impl Iterator<Item = &Bytes> {
-        self.entries.iter().map(|(_, record)| record)
+
+    /// The unacked records with ids up to `through`, oldest first.
+    pub fn unacked_through(&self, through: u64) -> impl Iterator<Item = &Bytes> {
+        self.unacked_between(0, through)
+    }
+
+    /// The unacked records with ids above `after` and up to `through`, oldest first.
+    pub fn unacked_between(&self, after: u64, through: u64) -> impl Iterator<Item = &Bytes> {
+        self.entries
+            .iter()
+            .filter(move |(id, _)| *id > after && *id <= through)
+            .map(|(_, record)| record)
+    }
+
+    /// The id of the last record numbered (0 before the first).
+    pub fn last_id(&self) -> u64 {
+        self.next_id - 1
     }
 
     /// Bytes held.
@@ -124,6 +138,10 @@ pub struct ReceiveState {
     awaiting_sequence: bool,
     /// The last id acked to the client.
     acked: u64,
+    /// A keeper's copy (`super::keeper`): the client may have had acks the copy did not hear of, so its first
+    /// Sequence message may start past `latest + 1` (what it skips, the dead node had processed).
+    #[serde(default)]
+    copy: bool,
 }
 
 /// Why a client's Sequence message is refused.
@@ -139,6 +157,19 @@ impl ReceiveState {
             latest: 0,
             awaiting_sequence: false,
             acked: 0,
+            copy: false,
+        }
+    }
+
+    /// The state of a copy that knows the client's records up to `latest` were processed and acknowledged (a
+    /// keeper's, `super::keeper`).
+    pub fn acknowledged_through(latest: u64) -> Self {
+        ReceiveState {
+            next_id: latest + 1,
+            latest,
+            awaiting_sequence: false,
+            acked: latest,
+            copy: true,
         }
     }
 
@@ -168,8 +199,14 @@ impl ReceiveState {
     /// The client's Sequence message: its next record has id `id`.
     pub fn sequence(&mut self, id: u64) -> Result<(), SequenceGap> {
         if id > self.latest + 1 {
-            return Err(SequenceGap);
+            if !self.copy {
+                return Err(SequenceGap);
+            }
+            // The server that died acknowledged these; they ran there.
+            self.latest = id - 1;
+            self.acked = self.latest;
         }
+        self.copy = false;
         self.awaiting_sequence = false;
         self.next_id = id;
         Ok(())
@@ -382,6 +419,24 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_keepers_copy_takes_a_sequence_past_what_it_heard_acknowledged_once() {
+        // The copy heard of acks up to 2; the client had an ack up to 4 and resumes at 5.
+        let mut copy = ReceiveState::acknowledged_through(2);
+        copy.reconnected();
+        assert_eq!(copy.sequence(5), Ok(()));
+        assert!(copy.accept(true), "record 5 is new");
+        assert!(copy.accept(true), "record 6 is new");
+        assert_eq!(copy.latest, 6, "it counts on from 5");
+        // After that first Sequence, a gap is an error again, as for any connection.
+        copy.reconnected();
+        assert_eq!(copy.sequence(9), Err(SequenceGap));
+        // An ordinary connection refuses the same gap from the start.
+        let mut plain = ReceiveState::acknowledged_through(2);
+        plain.copy = false;
+        assert_eq!(plain.sequence(5), Err(SequenceGap));
+    }
+
     /// A relay transport whose commands the test reads: they end (`None`) once the transport is dropped.
     fn transport() -> (RelayTransport, mpsc::Receiver<Command>) {
         let (_client, inbound) = mpsc::channel(1);
@@ -437,7 +492,7 @@ mod tests {
         assert_eq!(buffer.len_bytes(), 4);
         buffer.ack(3);
         assert_eq!(buffer.resume_id(), 4);
-        assert_eq!(buffer.unacked().count(), 0);
+        assert_eq!(buffer.unacked_through(u64::MAX).count(), 0);
     }
 
     #[test]

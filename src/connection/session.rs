@@ -49,6 +49,11 @@ pub struct RequestHeaders {
 }
 
 impl RequestHeaders {
+    /// Each header as owned strings (to cross a link).
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        self.iter().map(|(name, value)| (name.to_owned(), value.to_owned())).collect()
+    }
+
     /// Every header as (name, value), in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         let mut start = 0;

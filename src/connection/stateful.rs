@@ -1,6 +1,7 @@
 //! A connection's side of stateful reconnect: its [`Stateful`] state, detaching from a lost transport and
 //! resuming on a reconnected one. The buffers and the hand-over of transports are in [`reconnect`](super::reconnect).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,6 +11,7 @@ use crate::protocol::{NoPayload, Outgoing};
 use crate::transport::Transport;
 
 use super::batch::{Batch, Piece};
+use super::keeper::Keeper;
 use super::link::Link;
 use super::reconnect::{ReceiveState, RelayTransport, ReplayBuffer, ResumeSlot};
 use super::task::Connection;
@@ -25,10 +27,22 @@ pub(super) struct Stateful {
     pub(super) ack_due: Option<Instant>,
     /// Set when the connection was asked to move while a call ran: it moves once none runs.
     pub(super) moving: Option<Box<super::moving::MoveOut>>,
+    /// Where its resume state is copied; records are written once it holds them (`super::keeper`).
+    pub(super) keeper: Option<Arc<dyn Keeper>>,
+    /// With a keeper: the highest record id written (or, while detached, passed over: the replay covers it).
+    pub(super) written: u64,
 }
 
 /// How long received messages wait before they are acked, so that one Ack covers a burst (the client's interval).
 pub(super) const ACK_DELAY: Duration = Duration::from_secs(1);
+
+/// Waits until the keeper holds more records; pending forever for a connection without a keeper.
+pub(super) async fn held_grown(keeper: Option<&dyn Keeper>) {
+    match keeper {
+        Some(keeper) => keeper.held().grown().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Waits for a reconnected transport; pending forever for a connection without stateful reconnect.
 pub(super) async fn next_relay(stateful: &mut Option<Box<Stateful>>) -> RelayTransport {
@@ -78,7 +92,12 @@ impl<T: Transport> Connection<T> {
         if self.protocol.encode(&sequence, &mut out).is_err() {
             return;
         }
-        let replay: Vec<Bytes> = stateful.sent.unacked().cloned().collect();
+        // With a keeper, only what it holds may be written; the rest follows as it does (`write_kept`).
+        let held = stateful.keeper.as_ref().map_or(u64::MAX, |keeper| keeper.held().through());
+        let replay: Vec<Bytes> = stateful.sent.unacked_through(held).cloned().collect();
+        if stateful.keeper.is_some() {
+            stateful.written = held.min(stateful.sent.last_id());
+        }
         // Held records are among the unacked ones replayed here.
         self.held = None;
         self.transport = Link::Relayed(relay);
@@ -94,5 +113,36 @@ impl<T: Transport> Connection<T> {
             batch.push(Piece::Bytes(record));
         }
         let _ = self.flush(&mut batch).await;
+    }
+}
+
+impl<T: Transport> Connection<T> {
+    /// Writes the records its keeper holds now and that were not written yet (nothing while detached: the replay
+    /// after the reconnect covers them).
+    pub(super) async fn write_kept(&mut self) -> Result<(), crate::transport::TransportError> {
+        let Some(stateful) = &mut self.stateful else {
+            return Ok(());
+        };
+        let Some(keeper) = &stateful.keeper else {
+            return Ok(());
+        };
+        let held = keeper.held().through().min(stateful.sent.last_id());
+        if held <= stateful.written {
+            return Ok(());
+        }
+        let after = stateful.written;
+        stateful.written = held;
+        if stateful.detached_until.is_some() {
+            return Ok(());
+        }
+        let records: Vec<Bytes> = stateful.sent.unacked_between(after, held).cloned().collect();
+        let mut batch = Batch::default();
+        for record in records {
+            if batch.len() + record.len() > self.limits.write_batch {
+                self.flush(&mut batch).await?;
+            }
+            batch.push(Piece::Bytes(record));
+        }
+        self.flush(&mut batch).await
     }
 }

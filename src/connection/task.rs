@@ -21,7 +21,7 @@ use super::link::Link;
 use super::mailbox::Mailbox;
 use super::reconnect::ResumeSlot;
 use super::recv_gate::RecvGate;
-use super::stateful::{next_relay, Stateful};
+use super::stateful::{held_grown, next_relay, Stateful};
 use super::{
     ClientResult, ClientResultError, ConnectionHost, ConnectionId, Limits, RequestInfo, Session, UploadItem, WakeRelay,
 };
@@ -41,6 +41,9 @@ pub struct ConnectionSetup {
     pub resume: Option<ResumeSlot>,
     /// The wake relay of the worker the connection runs on ([`WakeRelays::current`](super::WakeRelays::current) there), if any.
     pub wake_relay: Option<Arc<WakeRelay>>,
+    /// Where a copy of its resume state is kept on another node (see [`keeper`](super::keeper)), if stateful
+    /// reconnect was negotiated and the node has one; used only if the handshake turns stateful reconnect on.
+    pub keeper: Option<Arc<dyn super::keeper::Keeper>>,
 }
 
 /// How a connection ended, for the log and for `disconnected`.
@@ -56,6 +59,8 @@ pub(super) enum Ending {
     TransportLost(String),
     /// The connection moves to another node: its state goes to `MoveOut`, and it ends here silently.
     Moved(Box<super::moving::MoveOut>),
+    /// Its socket is dropped without a Close message (its keeper runs it now, `super::keeper`), for this reason.
+    Dropped(String),
 }
 
 /// Runs a connection to its end. Spawn it on the worker that accepted the transport.
@@ -210,6 +215,8 @@ impl<T: Transport> Connection<T> {
             // transport is not read (what one read held is still dispatched), so a client's burst waits in its
             // socket, not in this task.
             let backlogged = self.queued.len() >= self.limits.max_queued_invocations || self.is_moving();
+            // Cloned (kept connections only): the wait below must not borrow `stateful`, which the resume needs.
+            let keeper = self.stateful.as_ref().and_then(|stateful| stateful.keeper.clone());
             tokio::select! {
                 biased;
                 // Otherwise the ending flag wakes the mailbox's receive.
@@ -245,6 +252,11 @@ impl<T: Transport> Connection<T> {
                     }
                 }
                 relay = next_relay(&mut self.stateful) => Box::pin(self.attach(relay)).await,
+                () = held_grown(keeper.as_deref()) => {
+                    if let Err(error) = Box::pin(self.write_kept()).await {
+                        return self.lost(error);
+                    }
+                }
                 () = timer.as_mut(), if timer_armed => {
                     timer_armed = false;
                     // Boxed: at most a few times a minute, and large (it writes).
@@ -306,6 +318,9 @@ impl<T: Transport> Connection<T> {
             if stateful.detached_until.is_none() && stateful.ack_due.is_some_and(|due| due <= now) {
                 stateful.ack_due = None;
                 if let Some(sequence_id) = stateful.received.take_ack() {
+                    if let Some(keeper) = &stateful.keeper {
+                        keeper.received(sequence_id);
+                    }
                     let mut out = Vec::new();
                     let message: Outgoing<'_, NoPayload, NoPayload> = Outgoing::Ack { sequence_id };
                     if self.protocol.encode(&message, &mut out).is_ok() {
@@ -351,9 +366,17 @@ impl<T: Transport> Connection<T> {
 
     async fn finish(mut self, ending: Ending) {
         let ending = match ending {
-            Ending::Moved(out) => return self.hand_over(*out).await,
+            Ending::Moved(out) => {
+                if let Some(keeper) = self.stateful.as_ref().and_then(|stateful| stateful.keeper.as_ref()) {
+                    keeper.ended(true);
+                }
+                return self.hand_over(*out).await;
+            }
             ending => ending,
         };
+        if let Some(keeper) = self.stateful.as_ref().and_then(|stateful| stateful.keeper.as_ref()) {
+            keeper.ended(false);
+        }
         let reason = DisconnectReason::of(&ending, self.mailbox.is_ending());
         self.limits.counters.disconnected(self.session.transport, self.protocol, reason);
         self.mailbox.end();
@@ -394,6 +417,10 @@ impl<T: Transport> Connection<T> {
             }
             Ending::TransportLost(reason) => {
                 tracing::debug!(%reason, "transport lost");
+                (Some(reason), None)
+            }
+            Ending::Dropped(reason) => {
+                tracing::debug!(%reason, "dropped for its keeper");
                 (Some(reason), None)
             }
             // Handled above.

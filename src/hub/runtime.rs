@@ -150,6 +150,14 @@ impl HubRuntime {
         }
     }
 
+    /// Drops connection `id`'s socket without a Close message if it has a keeper (which runs it now); closes it
+    /// with `reason` otherwise.
+    pub(super) fn drop_for_keeper(&self, id: &ConnectionId, reason: &str) {
+        if let Some(member) = self.connections.read().get(id) {
+            member.handle.close_cut_off(reason);
+        }
+    }
+
     pub(super) fn close_all(&self, allow_reconnect: bool) {
         for member in self.connections.read().values() {
             member.handle.close(None, allow_reconnect);
@@ -164,7 +172,7 @@ impl LocalHub for HubRuntime {
 
     fn close_all_with(&self, error: &str) {
         for member in self.connections.read().values() {
-            member.handle.close(Some(error.to_owned()), true);
+            member.handle.close_cut_off(error);
         }
     }
 
@@ -231,6 +239,7 @@ impl LocalHub for HubRuntime {
             .get_mut(id)
             .ok_or_else(|| MeshError::UnknownConnection(id.to_string()))?;
         member.groups.insert(key.clone());
+        member.handle.kept_group(&key.name, key.kind == GroupKind::User, true);
         self.local_groups
             .write()
             .entry(key.clone())
@@ -250,6 +259,7 @@ impl LocalHub for HubRuntime {
             return false;
         };
         member.groups.remove(key);
+        member.handle.kept_group(&key.name, key.kind == GroupKind::User, false);
         drop_from_table(&mut self.local_groups.write(), key, id);
         true
     }

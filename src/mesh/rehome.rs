@@ -204,13 +204,17 @@ impl<H: LocalHub> Router<H> {
 
     /// The notice to a peer this node had declared dead, saying whether this node itself stalled lately.
     pub(super) fn declared_dead_notice(&self) -> Envelope {
-        let stalled = {
-            let cut_off = self.cut_off.lock();
-            // A stall the watcher saw lately, or one going on now: resumed, with the watcher not run since.
-            cut_off.stalled_at.is_some_and(|at| at.elapsed() < STALL_MEMORY)
-                || cut_off.last_check.is_some_and(|at| at.elapsed() >= STALL_GAP)
-        };
-        Envelope::DeclaredDead { stalled }
+        Envelope::DeclaredDead {
+            stalled: self.stalled_lately(),
+        }
+    }
+
+    /// Whether this node stalled lately (a stall the watcher saw, or one going on now: resumed, with the watcher not
+    /// run since): then its own view of who died is not to be acted on (a keeper's take-over, `src/node`).
+    pub(crate) fn stalled_lately(&self) -> bool {
+        let cut_off = self.cut_off.lock();
+        cut_off.stalled_at.is_some_and(|at| at.elapsed() < STALL_MEMORY)
+            || cut_off.last_check.is_some_and(|at| at.elapsed() >= STALL_GAP)
     }
 
     /// Every membership this node holds. Whole, not only the groups the receiver owns in this node's view:

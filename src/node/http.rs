@@ -46,6 +46,7 @@ mod access;
 mod admin;
 mod endpoint;
 mod health;
+mod keeping;
 mod live;
 mod long_polling;
 mod moving;
@@ -87,6 +88,7 @@ pub(crate) use moving::{move_or_close, movable};
 pub(crate) use relay::NodeRelays;
 pub(crate) use token::TokenKeys;
 pub(crate) use tunnel::Tunnels;
+pub(crate) use keeping::{flusher as keeping_flusher, Keeping};
 pub(crate) use rest::RestApi;
 // The test server's raw `/echo` transports use these too.
 #[cfg(feature = "test-util")]

@@ -15,6 +15,7 @@
 //           {"cmd":"restart","index":i}                   start client i again and join the group (what an app
 //                                                          does on close)
 //           {"cmd":"ids"}                                  each client's connection id now (WhoAmI)
+//           {"cmd":"received","tag":t}                    each client's numbers of tag t in arrival order, and when
 //           {"cmd":"quit"}
 //
 // With HUBMESH_STATEFUL=1 in the environment, the clients use stateful reconnect (`withStatefulReconnect()`);
@@ -45,7 +46,7 @@ const clients = urls.map((url, index) => {
   if (process.env.HUBMESH_AUTOMATIC === "1") builder.withAutomaticReconnect();
   if (index % 2 === 1) builder.withHubProtocol(new MessagePackHubProtocol());
   const connection = builder.build();
-  const client = { index, connection, received: new Map(), other: [], closed: null };
+  const client = { index, connection, received: new Map(), arrived: new Map(), other: [], closed: null };
   connection.onclose((error) => {
     client.closed = error ? String(error) : "closed without an error";
   });
@@ -53,7 +54,9 @@ const clients = urls.map((url, index) => {
     if (Array.isArray(payload) && payload.length === 2 && typeof payload[0] === "string") {
       const [tag, n] = payload;
       if (!client.received.has(tag)) client.received.set(tag, []);
+      if (!client.arrived.has(tag)) client.arrived.set(tag, []);
       client.received.get(tag).push(Number(n));
+      client.arrived.get(tag).push(Date.now());
     } else {
       client.other.push(payload);
     }
@@ -215,6 +218,15 @@ for await (const line of lines) {
         await client.connection.start();
         await client.connection.invoke("JoinGroup", GROUP);
         out({ ok: true });
+        break;
+      }
+      case "received": {
+        // What each client got of a tag, in arrival order, and when (milliseconds since the epoch).
+        out({
+          ok: true,
+          received: clients.map((client) => client.received.get(command.tag) ?? []),
+          arrived: clients.map((client) => client.arrived.get(command.tag) ?? []),
+        });
         break;
       }
       case "ids": {

@@ -73,6 +73,28 @@ pub(crate) struct Client {
     url: String,
     next_id: u64,
     timeout: Duration,
+    /// With `--stateful`: what it received and acknowledged.
+    stateful: Option<Stateful>,
+}
+
+/// A stateful client's count of the records it received, to acknowledge them as the official client does (it acks
+/// a second after a burst; this one every [`ACK_EVERY`] records, which keeps the server's buffer as small).
+#[derive(Default)]
+struct Stateful {
+    received: u64,
+    acked: u64,
+}
+
+/// Records between two Acks of a stateful client.
+const ACK_EVERY: u64 = 64;
+
+/// Whether a JSON record is one the server numbers for stateful reconnect (Invocation to Completion, types 1 to 5).
+fn trackable(record: &str) -> bool {
+    let kind = record
+        .split_once("\"type\":")
+        .and_then(|(_, rest)| rest.bytes().next())
+        .unwrap_or(b'0');
+    (b'1'..=b'5').contains(&kind)
 }
 
 /// What carries a client's messages.
@@ -89,6 +111,7 @@ impl Client {
         transport: Transport,
         step_timeout: Duration,
     ) -> Result<Client, BenchError> {
+        let stateful = (route.stateful() && transport == Transport::WebSockets).then(Stateful::default);
         let (link, url) = match transport {
             Transport::WebSockets => {
                 let (url, address) = if route.spread() {
@@ -96,6 +119,10 @@ impl Client {
                     let token = http_link::negotiate_once(&route, step_timeout).await?;
                     let hub = route.next().1;
                     (hub.ws(Some(&token)), hub.address().to_owned())
+                } else if route.stateful() {
+                    // Stateful reconnect is negotiated: negotiate and upgrade at the client's own URL.
+                    let token = http_link::negotiate_once(&route, step_timeout).await?;
+                    (route.own().ws(Some(&token)), route.own().address().to_owned())
                 } else {
                     (route.own().ws(None), route.own().address().to_owned())
                 };
@@ -108,15 +135,17 @@ impl Client {
                 (Link::Http(Box::new(link)), url)
             }
         };
+        let version = if stateful.is_some() { 2 } else { 1 };
         let mut client = Client {
             link,
             url,
             next_id: 1,
             timeout: step_timeout,
+            stateful: None,
         };
         client
             .send(
-                format!("{{\"protocol\":\"json\",\"version\":1}}{RS}"),
+                format!("{{\"protocol\":\"json\",\"version\":{version}}}{RS}"),
                 "sending the handshake",
             )
             .await?;
@@ -134,6 +163,8 @@ impl Client {
                 reason: error.to_string(),
             });
         }
+        // Counted from the first record after the handshake response.
+        client.stateful = stateful;
         Ok(client)
     }
 
@@ -176,7 +207,18 @@ impl Client {
         };
         loop {
             match socket.next().await {
-                Some(Ok(Message::Text(text))) => return Ok(text),
+                Some(Ok(Message::Text(text))) => {
+                    if let Some(stateful) = &mut self.stateful {
+                        stateful.received += text.split(RS).filter(|record| trackable(record)).count() as u64;
+                        if stateful.received - stateful.acked >= ACK_EVERY {
+                            stateful.acked = stateful.received;
+                            let ack = format!("{{\"type\":8,\"sequenceId\":{}}}{RS}", stateful.acked);
+                            // Buffered, flushed with the socket's next write or here; a failure shows on the next read.
+                            let _ = socket.send(Message::text(ack)).await;
+                        }
+                    }
+                    return Ok(text);
+                }
                 Some(Ok(Message::Binary(_))) => {
                     return Err(BenchError::Protocol {
                         url: self.url.clone(),

@@ -119,6 +119,8 @@ pub(crate) struct Route {
     requests: Arc<AtomicU64>,
     /// The local address a WebSocket connects from (`--source-addresses`); the kernel's choice if `None`.
     source: Option<IpAddr>,
+    /// `--stateful`: negotiate stateful reconnect.
+    stateful: bool,
 }
 
 impl Route {
@@ -136,7 +138,19 @@ impl Route {
             next: AtomicUsize::new(own),
             requests,
             source: None,
+            stateful: false,
         })
+    }
+
+    /// The same route, negotiating stateful reconnect if `stateful`.
+    pub(crate) fn with_stateful(mut self, stateful: bool) -> Route {
+        self.stateful = stateful;
+        self
+    }
+
+    /// Whether the client negotiates stateful reconnect.
+    pub(crate) fn stateful(&self) -> bool {
+        self.stateful
     }
 
     /// The same route, its WebSocket connecting from `source`.

@@ -255,6 +255,7 @@ pub(super) fn spawn_connection<F>(
         host: Arc::new(endpoint.context.clone()),
         resume: None,
         wake_relay: node.wake_relay(),
+        keeper: None,
     };
     let node = node.clone();
     let span = node.span().clone();

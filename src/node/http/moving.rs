@@ -68,6 +68,20 @@ pub(super) struct MovedConnection {
     home: NodeId,
 }
 
+impl MovedConnection {
+    /// A connection's state and request, to start it on another node (a keeper's take-over, `super::keeping`).
+    pub(super) fn new(state: MovedState, request: RequestInfo, home: NodeId) -> Self {
+        MovedConnection {
+            state,
+            user: request.user,
+            claims: request.claims.as_deref().cloned(),
+            query: request.query,
+            headers: request.headers.to_pairs(),
+            home,
+        }
+    }
+}
+
 /// The stateful WebSocket connections of `endpoint` running here, which may move: their tokens and homes by id.
 pub(crate) fn movable(node: &Node, endpoint: &HubEndpoint) -> HashMap<ConnectionId, (String, NodeId)> {
     let here = node.router().incarnation();
@@ -250,11 +264,7 @@ async fn move_one(
         user: session.user.clone(),
         claims: session.claims.as_deref().cloned(),
         query: session.query.clone(),
-        headers: session
-            .headers
-            .iter()
-            .map(|(name, value)| (name.to_owned(), value.to_owned()))
-            .collect(),
+        headers: session.headers.to_pairs(),
         home: home.clone(),
     };
     // 6. Install, then record where it runs.
@@ -398,6 +408,44 @@ pub(super) fn moved_elsewhere(node: &Node, endpoint: &HubEndpoint, from: &NodeId
         }
     };
     match node.router().adopt_out(id, server) {
+        Ok(()) => Reply::empty(StatusCode::OK),
+        Err(error) => Reply::unavailable(error),
+    }
+}
+
+/// The home, when the keeper of one of its connections took it over after the node serving it died
+/// (`super::keeping`): the home passes on to `from` from now on, as for a connection that moved there.
+pub(super) fn taken_over(node: &Node, endpoint: &HubEndpoint, from: &NodeId, token: &str, id: ConnectionId) -> Reply {
+    {
+        let mut tokens = endpoint.tokens.lock();
+        match tokens.get_mut(token) {
+            // The node that served it is dead; its entry may still be here if the view has not lost it yet.
+            Some(Negotiated {
+                active: Some(Active::Adopted { server, .. }),
+                id: known,
+                ..
+            }) if *known == id => {
+                *server = from.clone();
+            }
+            Some(_) => return Reply::text(StatusCode::CONFLICT, "this connection runs here"),
+            None => {
+                tokens.insert(
+                    token.to_owned(),
+                    Negotiated {
+                        id: id.clone(),
+                        created: Instant::now(),
+                        stateful: true,
+                        active: Some(Active::Adopted {
+                            server: from.clone(),
+                            transport: TransportKind::WebSockets,
+                        }),
+                        home: None,
+                    },
+                );
+            }
+        }
+    }
+    match node.router().adopt_out(id, from.clone()) {
         Ok(()) => Reply::empty(StatusCode::OK),
         Err(error) => Reply::unavailable(error),
     }

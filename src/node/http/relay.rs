@@ -78,6 +78,8 @@ pub(super) enum Op {
     Install { moved: Box<super::moving::MovedConnection> },
     /// To a connection's home, from the node that served it: it moved to `server` (`super::moving`).
     Moved { server: NodeId },
+    /// To a connection's home, from its keeper: the keeper runs it now, its server died (`super::keeping`).
+    TakenOver { id: ConnectionId },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -106,11 +108,7 @@ impl From<RequestInfo> for WireRequest {
             user: info.user,
             claims: info.claims.map(|claims| (*claims).clone()),
             query: info.query,
-            headers: info
-                .headers
-                .iter()
-                .map(|(name, value)| (name.to_owned(), value.to_owned()))
-                .collect(),
+            headers: info.headers.to_pairs(),
         }
     }
 }
@@ -408,6 +406,7 @@ async fn serve(node: Node, from: NodeId, payload: Bytes) -> Answer {
         Op::Prepare { id } => Answer::Reply(super::moving::prepare(&node, &endpoint, &token, id)),
         Op::Install { moved } => Answer::Reply(super::moving::install(&node, &endpoint, &token, *moved)),
         Op::Moved { server } => Answer::Reply(super::moving::moved_elsewhere(&node, &endpoint, &from, &token, server)),
+        Op::TakenOver { id } => Answer::Reply(super::moving::taken_over(&node, &endpoint, &from, &token, id)),
         Op::Poll { request: None } if matches!(lookup(&endpoint, &token), Lookup::Fresh(_)) => Answer::NeedsRequest,
         Op::Poll { request } => {
             // Only a fresh token's poll reads the request, and that one always comes with it.
@@ -449,7 +448,17 @@ async fn adopt_here(
     transport: TransportKind,
     tunnel: Option<u64>,
 ) -> Answer {
-    let id = match (lookup(endpoint, token), tunnel) {
+    let mut found = lookup(endpoint, token);
+    // A reconnect for a connection this node keeps, whose server could not answer: it is taken over here once
+    // the server is declared dead (`super::keeping`).
+    if matches!(found, Lookup::Missing) && tunnel.is_some() {
+        if node.keeping().keeps(token) {
+            node.keeping().wait_taken_over(endpoint, token).await;
+        }
+        // Taken over meanwhile, or while this node waited.
+        found = lookup(endpoint, token);
+    }
+    let id = match (found, tunnel) {
         (Lookup::Missing, _) => return Answer::Reply(Reply::no_connection()),
         (Lookup::Fresh(id), _) => id,
         (Lookup::Open(TransportKind::WebSockets, ..), Some(tunnel)) if is_stateful(endpoint, token) => {
@@ -457,8 +466,26 @@ async fn adopt_here(
         }
         (Lookup::Adopted(server, TransportKind::WebSockets), Some(tunnel)) if is_stateful(endpoint, token) => {
             // The server answers the socket's node directly over the tunnel; this node only passes the request on.
-            let op = Op::Resume { client: from, tunnel };
-            return ask(node, endpoint, &server, token, op, RELAY_TIMEOUT).await;
+            let op = Op::Resume {
+                client: from.clone(),
+                tunnel,
+            };
+            let answer = ask(node, endpoint, &server, token, op, RELAY_TIMEOUT).await;
+            if matches!(answer, Answer::Resumed { .. }) {
+                return answer;
+            }
+            // Its server may have died meanwhile, and its keeper taken it over: this node, or a peer that told this
+            // node (its home) so (`super::keeping`).
+            if node.keeping().keeps(token) {
+                node.keeping().wait_taken_over(endpoint, token).await;
+            }
+            return match lookup(endpoint, token) {
+                Lookup::Open(TransportKind::WebSockets, ..) => resume_here(node, endpoint, token, from, tunnel),
+                Lookup::Adopted(keeper, TransportKind::WebSockets) if keeper != server => {
+                    ask(node, endpoint, &keeper, token, Op::Resume { client: from, tunnel }, RELAY_TIMEOUT).await
+                }
+                _ => answer,
+            };
         }
         (Lookup::Open(open, ..) | Lookup::Adopted(_, open), _) => {
             return Answer::Reply(match (open, transport) {
@@ -561,12 +588,17 @@ impl RelayHost for NodeRelays {
                 endpoint.forget_adopted_by(peer);
             }
             node.tunnels().peer_left(peer);
+            node.keeping().peer_left(&node, peer);
         }
     }
 
     fn tunnel_frame(&self, from: &NodeId, payload: Bytes) {
         if let Some(node) = self.0.upgrade().map(Node::from_inner) {
-            node.tunnels().on_frame(&node, from, &payload);
+            match payload.split_first() {
+                Some((&super::keeping::KEEP_FRAME, frame)) => node.keeping().on_frame(&node, from, frame),
+                Some((_, frame)) => node.tunnels().on_frame(&node, from, frame),
+                None => {}
+            }
         }
     }
 }

@@ -157,7 +157,9 @@ impl Tunnels {
 }
 
 fn send(node: &Node, peer: &NodeId, tunnel: u64, message: Message) -> Result<(), TransportError> {
-    let frame = rmp_serde::to_vec(&Frame { tunnel, message }).map_err(|_| TransportError::Closed)?;
+    // The first byte tells tunnel frames from keeping frames (`super::keeping`).
+    let mut frame = vec![0u8];
+    rmp_serde::encode::write(&mut frame, &Frame { tunnel, message }).map_err(|_| TransportError::Closed)?;
     node.router()
         .send_tunnel(peer, Bytes::from(frame))
         .map_err(|_| TransportError::Closed)

@@ -13,10 +13,12 @@ use super::super::Node;
 use super::access::{authenticate, query_string, request_info};
 use super::endpoint::{insert_adopted, Active, HubEndpoint, Negotiated, NEGOTIATE_EXPIRY};
 use super::relay::{self, Adoption, Route};
+use super::keeping::KeepSink;
 use super::tunnel::SocketEnd;
 use super::negotiate::random_id;
 use super::{no_connection, normalize_path, text};
 use crate::auth::Authenticated;
+use crate::cluster::NodeId;
 use crate::connection::reconnect::{self, ResumeHandle, ResumeSlot};
 use crate::connection::{self, ConnectionId, ConnectionSetup};
 use crate::transport::websocket::WebSocketTransport;
@@ -152,15 +154,32 @@ pub(super) async fn accept_websocket(
             let Some(server) = relay::moved_to(&endpoint, &token) else {
                 return accept_local(node, endpoint, Some(token), head, user);
             };
-            let socket = relay::resume_on(node, &endpoint, &server, &token).await.map_err(|reply| {
-                tracing::debug!(parent: node.span(), %server, status = %reply.status(), "a resume passed on was refused");
-                Box::new(reply.into_response())
-            })?;
-            return Ok(tunnel(node, socket));
+            return match relay::resume_on(node, &endpoint, &server, &token).await {
+                Ok(socket) => Ok(tunnel(node, socket)),
+                Err(reply) => {
+                    tracing::debug!(parent: node.span(), %server, status = %reply.status(), "a resume passed on was refused");
+                    // Its server may have died: its keeper (this node, or a peer) takes it over (`super::keeping`).
+                    if let Some(accepted) = taken_over_here(node, &endpoint, &token, head, &user).await {
+                        return accepted;
+                    }
+                    match resume_without_home(node, &endpoint, &token, false).await {
+                        Some(socket) => Ok(tunnel(node, socket)),
+                        None => Err(Box::new(reply.into_response())),
+                    }
+                }
+            };
         }
         Route::Missing => {
-            // A connection whose home left may have moved to a live node (a drain, `super::moving`): ask them.
-            return match resume_without_home(node, &endpoint, &token, true).await {
+            if let Some(accepted) = taken_over_here(node, &endpoint, &token, head, &user).await {
+                return accepted;
+            }
+            // A connection whose home left may have moved to a live node (a drain, `super::moving`), or been taken
+            // over by its keeper (`super::keeping`; its home may be this node): ask them.
+            let own = node
+                .token_keys()
+                .check(endpoint.path(), &token)
+                .is_some_and(|claims| crate::mesh::node_of(&claims.id) == Some(node.name()));
+            return match resume_without_home(node, &endpoint, &token, !own).await {
                 Some(socket) => Ok(tunnel(node, socket)),
                 None => {
                     tracing::debug!(parent: node.span(), "a WebSocket for a token no node holds");
@@ -175,6 +194,9 @@ pub(super) async fn accept_websocket(
         Ok(Adoption::Resumed(socket)) => return Ok(tunnel(node, socket)),
         // A home that died and is not declared dead yet cannot answer; the connection may run elsewhere.
         Err(reply) if matches!(reply.status(), StatusCode::NOT_FOUND | StatusCode::SERVICE_UNAVAILABLE) => {
+            if let Some(accepted) = taken_over_here(node, &endpoint, &token, head, &user).await {
+                return accepted;
+            }
             return match resume_without_home(node, &endpoint, &token, false).await {
                 Some(socket) => Ok(tunnel(node, socket)),
                 None => {
@@ -194,8 +216,8 @@ pub(super) async fn accept_websocket(
     } else {
         (None, None)
     };
-    insert_adopted(&endpoint, token.clone(), id.clone(), home, Active::WebSocket(handle), stateful);
-    Ok(new_websocket(node, endpoint, Some(token), id, head, user, resume))
+    insert_adopted(&endpoint, token.clone(), id.clone(), home.clone(), Active::WebSocket(handle), stateful);
+    Ok(new_websocket(node, endpoint, Some(token), id, head, user, resume, home))
 }
 
 /// Resumes a stateful connection whose home left (`home_left`) or could not answer, on whichever live peer serves
@@ -212,6 +234,27 @@ async fn resume_without_home(node: &Node, endpoint: &HubEndpoint, token: &str, h
         }
     }
     None
+}
+
+/// A reconnect for a connection this node keeps (`super::keeping`), or took over meanwhile: once taken over here,
+/// accepted as a resume; `None` if this node does not keep it or did not take it over.
+async fn taken_over_here(
+    node: &Node,
+    endpoint: &Arc<HubEndpoint>,
+    token: &str,
+    head: &RequestHead,
+    user: &Option<Authenticated>,
+) -> Option<Result<AcceptedWebSocket, Box<HttpResponse>>> {
+    if node.keeping().keeps(token) {
+        if !node.keeping().wait_taken_over(endpoint, token).await {
+            return None;
+        }
+    } else if !super::keeping::runs_here(endpoint, token) {
+        // Neither kept here nor taken over here already (while this request waited for its home).
+        tracing::debug!(parent: node.span(), "a reconnect for a connection this node does not keep");
+        return None;
+    }
+    Some(accept_local(node, endpoint.clone(), Some(token.to_owned()), head, user.clone()))
 }
 
 fn tunnel(node: &Node, socket: SocketEnd) -> AcceptedWebSocket {
@@ -282,10 +325,13 @@ fn accept_local(
             }
         }
     };
-    Ok(new_websocket(node, endpoint, token, id, head, user, resume))
+    let home = node.router().incarnation();
+    Ok(new_websocket(node, endpoint, token, id, head, user, resume, home))
 }
 
-/// A new connection `id` over the WebSocket that `head` asks for, its token forgotten when it ends.
+/// A new connection `id` over the WebSocket that `head` asks for, its token (negotiated by `home`) forgotten when
+/// it ends. A stateful one is kept on a peer (`super::keeping`).
+#[allow(clippy::too_many_arguments)]
 fn new_websocket(
     node: &Node,
     endpoint: Arc<HubEndpoint>,
@@ -294,14 +340,21 @@ fn new_websocket(
     head: &RequestHead,
     user: Option<Authenticated>,
     resume: Option<ResumeSlot>,
+    home: NodeId,
 ) -> AcceptedWebSocket {
+    let request = request_info(head, user);
+    let keeper: Option<Arc<dyn crate::connection::keeper::Keeper>> = match (&token, &resume) {
+        (Some(token), Some(_)) => Some(KeepSink::new(node, endpoint.path(), token, id.clone(), home, &request)),
+        _ => None,
+    };
     let setup = ConnectionSetup {
         id,
-        request: request_info(head, user),
+        request,
         limits: node.shared_limits(),
         host: Arc::new(endpoint.context.clone()),
         resume,
         wake_relay: node.wake_relay(),
+        keeper,
     };
     AcceptedWebSocket::New(Box::new(NewWebSocket {
         node: node.clone(),

@@ -76,6 +76,10 @@ pub(super) struct Scrape {
     relays: RelayFigures,
     tunnels: usize,
     tunnels_fell_behind: u64,
+    kept_here: usize,
+    kept_elsewhere: usize,
+    taken_over: u64,
+    keeping_refused: u64,
     /// The mesh's bound counters, by bound.
     mesh_bounds: Vec<(&'static str, u64)>,
     sends: SendFigures,
@@ -135,6 +139,10 @@ impl Scrape {
             sends: SendFigures::of(&node.inner.router.mesh_counters(), node.inner.router.sends_held_now()),
             tunnels: node.tunnels().open_count(),
             tunnels_fell_behind: node.tunnels().fell_behind(),
+            kept_here: node.keeping().kept_count(),
+            kept_elsewhere: node.keeping().keeping_count(),
+            taken_over: node.keeping().adopted(),
+            keeping_refused: node.keeping().refused(),
             ready,
             uptime_seconds,
             cluster,
@@ -379,6 +387,30 @@ impl Collector for NodeCollector {
             "hubmesh_adoptions_refused",
             "Transports refused because too many connections negotiated here ran on other nodes (503).",
             scrape.relays.adoptions_refused,
+        )?;
+        gauge(
+            encoder,
+            "hubmesh_kept_connections",
+            "Copies of other nodes' stateful connections kept here, to take them over if their node dies (at most 262,144).",
+            count(scrape.kept_here),
+        )?;
+        gauge(
+            encoder,
+            "hubmesh_connections_kept_elsewhere",
+            "Stateful connections running here whose copy a peer keeps.",
+            count(scrape.kept_elsewhere),
+        )?;
+        counter(
+            encoder,
+            "hubmesh_connections_taken_over",
+            "Stateful connections this node took over after the node running them died.",
+            scrape.taken_over,
+        )?;
+        counter(
+            encoder,
+            "hubmesh_keeping_refused",
+            "Copies refused or dropped at their bounds, and take-overs that failed (the connection runs or ends unkept).",
+            scrape.keeping_refused,
         )?;
         counter(
             encoder,

@@ -137,7 +137,10 @@ pub(super) async fn negotiate_once(route: &Route, step_timeout: Duration) -> Res
 /// `POST [base]/negotiate?negotiateVersion=1` at the route's next URL: the connection's token.
 async fn negotiate(posts: &mut Pool, route: &Route, step_timeout: Duration) -> Result<String, BenchError> {
     let (index, url) = route.next();
-    let target = url.negotiate_target();
+    let mut target = url.negotiate_target();
+    if route.stateful() {
+        target.push_str("&useStatefulReconnect=true");
+    }
     let request = Request {
         method: "POST",
         target: &target,

@@ -22,6 +22,8 @@ pub(super) struct Setup {
     hubs: Arc<[HubUrl]>,
     pub(super) transport: Transport,
     pub(super) spread: bool,
+    /// `--stateful`: WebSocket clients negotiate stateful reconnect and acknowledge what they receive.
+    pub(super) stateful: bool,
     /// HTTP requests (and WebSocket upgrades) the clients sent so far.
     pub(super) requests: Arc<AtomicU64>,
     pub(super) pids: Vec<u32>,
@@ -73,7 +75,11 @@ impl Setup {
                 "--source-addresses applies to WebSockets without --spread only".to_owned(),
             ));
         }
+        if common.stateful && common.transport != Transport::WebSockets {
+            return Err(BenchError::Options("--stateful applies to WebSockets only".to_owned()));
+        }
         Ok(Setup {
+            stateful: common.stateful,
             source_addresses: common.source_addresses,
             urls,
             hubs,
@@ -90,7 +96,7 @@ impl Setup {
     /// The way of client `index`: its own URL is the `index`th round-robin.
     pub(super) fn route(&self, index: usize) -> Result<Arc<Route>, BenchError> {
         Route::new(self.hubs.clone(), index, self.spread, self.requests.clone())
-            .map(|route| Arc::new(route.with_source(self.source_of(index))))
+            .map(|route| Arc::new(route.with_source(self.source_of(index)).with_stateful(self.stateful)))
             .ok_or_else(|| BenchError::Options("give at least one --url".to_owned()))
     }
 
@@ -101,10 +107,11 @@ impl Setup {
 
     /// How the clients connect, for summaries: `websockets`, `sse, spread`, ….
     pub(super) fn transport_summary(&self) -> String {
+        let stateful = if self.stateful { ", stateful reconnect" } else { "" };
         if self.spread {
-            format!("{}, requests spread over the URLs", self.transport.name())
+            format!("{}{stateful}, requests spread over the URLs", self.transport.name())
         } else {
-            self.transport.name().to_owned()
+            format!("{}{stateful}", self.transport.name())
         }
     }
 
@@ -114,6 +121,7 @@ impl Setup {
             "urls": self.urls,
             "transport": self.transport.name(),
             "spread": self.spread,
+            "stateful": self.stateful,
             "pids": self.pids,
             "payload_bytes": self.payload_bytes,
             "source_addresses": self.source_addresses,
@@ -147,7 +155,7 @@ impl Setup {
     /// The way of client `index` when it connects to `--url` number `url_index` instead of its own (a reconnect).
     pub(super) fn route_to(&self, url_index: usize, index: usize) -> Result<Arc<Route>, BenchError> {
         Route::new(self.hubs.clone(), url_index, false, self.requests.clone())
-            .map(|route| Arc::new(route.with_source(self.source_of(index))))
+            .map(|route| Arc::new(route.with_source(self.source_of(index)).with_stateful(self.stateful)))
             .ok_or_else(|| BenchError::Options("give at least one --url".to_owned()))
     }
 

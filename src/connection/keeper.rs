@@ -1,0 +1,66 @@
+//! A stateful connection's keeper: a copy of its resume state on another node, so that the connection outlives
+//! the death of the node that runs it (docs/semantics.md, "A node's death and its stateful connections").
+//!
+//! The connection layer only reports, through the [`Keeper`] trait, what the copy needs: each record it numbers
+//! (with its sequence id), the client's acks, the client's records it acknowledged, its groups, its end. Which
+//! node keeps the copy and how it gets there is the node layer's.
+//!
+//! # Written once kept
+//! A record is written to the client only once the keeper holds it ([`Held`]): the client numbers the records it
+//! gets by counting them, so a node that resumes the connection must know every record the client may have; a
+//! record written before its copy arrived could be one the client has and the keeper does not, and the keeper's
+//! next record would then be taken for it. A connection with nobody to keep it (a cluster of one) marks each
+//! record held at once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::protocol::Protocol;
+
+/// Where a stateful connection reports what its keeper copies. Calls must not block: they run on the connection
+/// task (and on whichever task changes its groups).
+pub trait Keeper: Send + Sync + 'static {
+    /// The handshake turned stateful reconnect on, in `protocol`: the copy starts.
+    fn opened(&self, protocol: Protocol);
+    /// Record `id` (the next sequence id) was numbered; it is written once [`Held`] covers it.
+    fn record(&self, id: u64, record: &Bytes);
+    /// The client acknowledged every record up to `id`.
+    fn acked(&self, id: u64);
+    /// The connection acknowledged the client's records up to `id`.
+    fn received(&self, id: u64);
+    /// The connection joined (`true`) or left a group (a named one, or its user's when `user`), before the change
+    /// is confirmed to anyone.
+    fn group(&self, group: &str, user: bool, joined: bool);
+    /// The connection ended here (`moved`: it goes on on another node, which keeps it from there).
+    fn ended(&self, moved: bool);
+    /// How far the keeper holds the records.
+    fn held(&self) -> &Held;
+}
+
+/// The highest sequence id the keeper holds, and a wake-up for the connection task when it grows.
+#[derive(Debug, Default)]
+pub struct Held {
+    through: AtomicU64,
+    grew: Notify,
+}
+
+impl Held {
+    /// Records up to `id` are held (a lower `id` than before changes nothing).
+    pub fn advance(&self, id: u64) {
+        if self.through.fetch_max(id, Ordering::AcqRel) < id {
+            self.grew.notify_one();
+        }
+    }
+
+    /// The highest record id held.
+    pub fn through(&self) -> u64 {
+        self.through.load(Ordering::Acquire)
+    }
+
+    /// Waits until [`Held::advance`] raised the mark (at once if it did since the last wait).
+    pub async fn grown(&self) {
+        self.grew.notified().await;
+    }
+}

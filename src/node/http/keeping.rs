@@ -1,0 +1,765 @@
+//! Keeping stateful WebSocket connections alive across the death of the node that runs them (docs/semantics.md,
+//! "A node's death and its stateful connections").
+//!
+//! Each stateful WebSocket connection a node runs (its *server*) has a *keeper*: the live peer that rendezvous
+//! on its id picks. The server copies to the keeper, over the cluster link, what a resume needs: its token and
+//! request, its protocol, the records the client has not acknowledged (each before it is written to the client:
+//! `src/connection/keeper.rs`), the client's records it acknowledged, and its groups (before a join is confirmed).
+//! When the keeper's view loses the server's incarnation, the keeper starts the connection from its copy, as a
+//! moved connection is started (`super::moving`), joins it to its groups, tells the token's home where it runs,
+//! and waits for the client's reconnect, which any node passes on to it (`super::websocket`, `super::relay`).
+//! A reconnect that reaches a keeper before the server is declared dead waits for that (at most [`ADOPT_WAIT`]).
+//!
+//! When the keeper leaves, the server picks another and sends it the whole copy. A connection that moved or was
+//! taken over by its keeper is not kept again (a second death loses it).
+//!
+//! Bounds: a node keeps at most [`MAX_KEPT`] connections (an open beyond it is refused, and the server runs the
+//! connection unkept); a copy holds at most [`MAX_KEPT_BYTES`] of records (beyond it, it is dropped and the server
+//! told). Frames travel as tunnel frames (one-way, in link order, under the links' credit window); a frame that
+//! cannot be queued makes the server send the whole copy to a keeper again.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::super::{Node, NodeInner};
+use super::endpoint::HubEndpoint;
+use crate::auth::Claims;
+use crate::cluster::NodeId;
+use crate::connection::keeper::{Held, Keeper};
+use crate::connection::moving::MovedState;
+use crate::connection::reconnect::ReceiveState;
+use crate::connection::{ConnectionId, RequestInfo};
+use crate::mesh::GroupKey;
+use crate::protocol::Protocol;
+
+/// The most connections one node keeps for others.
+pub const MAX_KEPT: usize = 262_144;
+/// The most bytes of unacknowledged records one kept copy holds (the server's own cap is
+/// `Limits::reconnect_buffer_bytes`, 100,000 by default; one record beyond it is always taken).
+pub const MAX_KEPT_BYTES: usize = 4 << 20;
+/// How long a reconnect that reaches a connection's keeper waits for the keeper to take the connection over.
+pub const ADOPT_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a connection whose keeper took it over ends on its old server.
+const TAKEN_OVER: &str = "this connection's keeper took it over while this node was cut off";
+
+/// The first byte of a tunnel frame that carries a keeping frame (`super::tunnel` frames start with 0).
+pub(super) const KEEP_FRAME: u8 = 1;
+
+/// A kept connection's whole copy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Copy {
+    id: ConnectionId,
+    path: String,
+    token: String,
+    /// The node that negotiated it (its token's home).
+    home: NodeId,
+    protocol: String,
+    user: Option<String>,
+    claims: Option<Claims>,
+    query: String,
+    headers: Vec<(String, String)>,
+    unacked: VecDeque<(u64, Bytes)>,
+    /// The last record id numbered.
+    last: u64,
+    /// The client's records acknowledged.
+    received: u64,
+    /// Groups: name, and whether it is the user's group.
+    groups: BTreeSet<(String, bool)>,
+    /// Bytes of `unacked` (counted by whoever holds the copy, not sent).
+    #[serde(skip)]
+    bytes: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Frame {
+    /// Server → keeper: keep this (replacing what was kept).
+    Open(Box<Copy>),
+    /// A record; its bytes are the batch's payload number `payload` (members of one group send share one).
+    Record { id: ConnectionId, seq: u64, payload: u32 },
+    Acked { id: ConnectionId, seq: u64 },
+    Received { id: ConnectionId, seq: u64 },
+    Group { id: ConnectionId, group: String, user: bool, joined: bool },
+    Ended { id: ConnectionId },
+    /// Keeper → server: records up to `seq` are kept.
+    Held { id: ConnectionId, seq: u64 },
+    /// Keeper → server: not kept (full, or the copy grew too large).
+    Refused { id: ConnectionId },
+    /// Keeper → server: the keeper took the connection over, having declared the server dead. A server that was
+    /// only frozen gets it when it comes back (its link's queue outlives the link) and drops the connection.
+    TakenOver { id: ConnectionId },
+}
+
+/// What one tunnel frame carries: frames for one peer, in order, and the record bytes they name.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Batch {
+    payloads: Vec<Bytes>,
+    frames: Vec<Frame>,
+}
+
+fn encode(batch: &Batch) -> Option<Bytes> {
+    let mut out = vec![KEEP_FRAME];
+    rmp_serde::encode::write(&mut out, batch).ok()?;
+    Some(Bytes::from(out))
+}
+
+/// Frames waiting for one peer. Sent together by the node's flusher ([`flusher`]): one tunnel frame for whatever
+/// queued meanwhile, and one copy of bytes that several connections' records share (a group send's frame).
+#[derive(Default)]
+struct Outbox {
+    batch: Batch,
+    /// Payload numbers by buffer address and length.
+    index: HashMap<(usize, usize), u32>,
+}
+
+/// The most frames waiting for one peer; past it a connection runs unkept (counted in `refused`).
+pub const OUTBOX_CAP: usize = 65_536;
+
+/// Sends every peer its waiting frames whenever some are queued, until the node is gone.
+pub(crate) async fn flusher(node: Weak<NodeInner>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        wake.notified().await;
+        let Some(node) = node.upgrade().map(Node::from_inner) else {
+            return;
+        };
+        let outboxes = std::mem::take(&mut *node.keeping().outboxes.lock());
+        for (peer, outbox) in outboxes {
+            let sent = encode(&outbox.batch).is_some_and(|bytes| node.router().send_tunnel(&peer, bytes).is_ok());
+            if !sent {
+                // Its servers' connections send their whole copies to a keeper again (or run unkept).
+                for frame in &outbox.batch.frames {
+                    let id = match frame {
+                        Frame::Record { id, .. }
+                        | Frame::Acked { id, .. }
+                        | Frame::Received { id, .. }
+                        | Frame::Group { id, .. } => id,
+                        Frame::Open(copy) => &copy.id,
+                        _ => continue,
+                    };
+                    if let Some(sink) = node.keeping().sink(id) {
+                        sink.lost_at(&node, &peer);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A node's keeping: its connections kept elsewhere (by id), and the copies it keeps for others.
+#[derive(Default)]
+pub(crate) struct Keeping {
+    sinks: Mutex<HashMap<ConnectionId, Weak<KeepSink>>>,
+    kept: Mutex<Kept>,
+    outboxes: Mutex<HashMap<NodeId, Outbox>>,
+    /// Wakes the flusher.
+    wake: Arc<tokio::sync::Notify>,
+    /// Connections this node took over after their server's death.
+    adopted: AtomicU64,
+    /// Opens refused, copies dropped as too large, and copies whose take-over failed.
+    refused: AtomicU64,
+}
+
+#[derive(Default)]
+struct Kept {
+    copies: HashMap<ConnectionId, (NodeId, Copy)>,
+    tokens: HashMap<String, ConnectionId>,
+    /// Tokens of copies being taken over now (out of `copies`, not yet in their hub's table).
+    taking_over: HashSet<String>,
+}
+
+impl Kept {
+    fn remove(&mut self, id: &ConnectionId) -> Option<(NodeId, Copy)> {
+        let removed = self.copies.remove(id)?;
+        self.tokens.remove(&removed.1.token);
+        Some(removed)
+    }
+}
+
+impl Keeping {
+    /// Copies kept here for other nodes.
+    pub(crate) fn kept_count(&self) -> usize {
+        self.kept.lock().copies.len()
+    }
+
+    /// Connections of this node kept elsewhere.
+    pub(crate) fn keeping_count(&self) -> usize {
+        self.sinks.lock().len()
+    }
+
+    /// Connections taken over after their server's death.
+    pub(crate) fn adopted(&self) -> u64 {
+        self.adopted.load(Ordering::Relaxed)
+    }
+
+    /// Copies refused or dropped (bounds) and take-overs that failed.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// A keeping frame from `from` (the tunnel frame after its first byte).
+    pub(crate) fn on_frame(&self, node: &Node, from: &NodeId, payload: &[u8]) {
+        let batch: Batch = match rmp_serde::from_slice(payload) {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!(parent: node.span(), %error, %from, "dropped an undecodable keeping frame");
+                return;
+            }
+        };
+        let Batch { payloads, frames } = batch;
+        // One Held per connection for the whole batch: its last record.
+        let mut held: HashMap<ConnectionId, u64> = HashMap::new();
+        for frame in frames {
+            match self.on_one(node, from, frame, &payloads) {
+                Some(Frame::Held { id, seq }) => {
+                    let last = held.entry(id).or_insert(seq);
+                    *last = (*last).max(seq);
+                }
+                // A full outbox: the server's records wait until it sends its whole copy again (or runs unkept,
+                // when this keeper leaves its view).
+                Some(answer) => {
+                    self.queue(from, answer, None);
+                }
+                None => {}
+            }
+        }
+        for (id, seq) in held {
+            self.queue(from, Frame::Held { id, seq }, None);
+        }
+    }
+
+    /// The flusher's wake-up.
+    pub(crate) fn wake(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
+    }
+
+    /// Queues `frame` for `peer` (`payload`: a record's bytes); false if `peer`'s outbox is full.
+    fn queue(&self, peer: &NodeId, frame: Frame, payload: Option<&Bytes>) -> bool {
+        let mut outboxes = self.outboxes.lock();
+        let outbox = outboxes.entry(peer.clone()).or_default();
+        if outbox.batch.frames.len() >= OUTBOX_CAP {
+            return false;
+        }
+        let frame = match (frame, payload) {
+            (Frame::Record { id, seq, .. }, Some(bytes)) => {
+                let key = (bytes.as_ptr() as usize, bytes.len());
+                let next = u32::try_from(outbox.batch.payloads.len()).unwrap_or(u32::MAX);
+                let payload = *outbox.index.entry(key).or_insert_with(|| {
+                    outbox.batch.payloads.push(bytes.clone());
+                    next
+                });
+                Frame::Record { id, seq, payload }
+            }
+            (frame, _) => frame,
+        };
+        outbox.batch.frames.push(frame);
+        drop(outboxes);
+        self.wake.notify_one();
+        true
+    }
+
+    /// One frame from `from`; the keeper's answer to send back, if any.
+    fn on_one(&self, node: &Node, from: &NodeId, frame: Frame, payloads: &[Bytes]) -> Option<Frame> {
+        match frame {
+            Frame::Held { id, seq } => {
+                if let Some(sink) = self.sink(&id) {
+                    sink.held_by(from, seq);
+                }
+            }
+            Frame::Refused { id } => {
+                if let Some(sink) = self.sink(&id) {
+                    sink.refused_by(from);
+                }
+            }
+            Frame::TakenOver { id } => {
+                if let Some(path) = self.sink(&id).and_then(|sink| sink.kept_by(from)) {
+                    tracing::info!(parent: node.span(), %id, keeper = %from, "a connection's keeper took it over: dropping it here");
+                    if let Some(endpoint) = node.endpoint(&path) {
+                        endpoint.context.drop_for_keeper(&id, TAKEN_OVER);
+                    }
+                }
+            }
+            frame => return self.keep(from, frame, payloads),
+        }
+        None
+    }
+
+    fn sink(&self, id: &ConnectionId) -> Option<Arc<KeepSink>> {
+        self.sinks.lock().get(id).and_then(Weak::upgrade)
+    }
+
+    /// The keeper's side of a frame from server `from`; the answer, if any.
+    fn keep(&self, from: &NodeId, frame: Frame, payloads: &[Bytes]) -> Option<Frame> {
+        let mut kept = self.kept.lock();
+        let refuse = |id: ConnectionId| {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            Some(Frame::Refused { id })
+        };
+        match frame {
+            Frame::Open(copy) => {
+                let id = copy.id.clone();
+                if kept.copies.len() >= MAX_KEPT && !kept.copies.contains_key(&id) {
+                    return refuse(id);
+                }
+                let last = copy.last;
+                let mut copy = copy;
+                copy.bytes = copy.unacked.iter().map(|(_, record)| record.len()).sum();
+                kept.remove(&id);
+                kept.tokens.insert(copy.token.clone(), id.clone());
+                kept.copies.insert(id.clone(), (from.clone(), *copy));
+                Some(Frame::Held { id, seq: last })
+            }
+            Frame::Record { id, seq, payload } => {
+                let (server, copy) = kept.copies.get_mut(&id)?;
+                if server != from {
+                    return None;
+                }
+                let record = payloads.get(payload as usize)?.clone();
+                if seq == copy.last + 1 {
+                    copy.last = seq;
+                    copy.bytes += record.len();
+                    copy.unacked.push_back((seq, record));
+                }
+                if copy.bytes > MAX_KEPT_BYTES && copy.unacked.len() > 1 {
+                    kept.remove(&id);
+                    return refuse(id);
+                }
+                Some(Frame::Held { id, seq })
+            }
+            Frame::Acked { id, seq } => {
+                let (server, copy) = kept.copies.get_mut(&id)?;
+                if server == from {
+                    while copy.unacked.front().is_some_and(|(first, _)| *first <= seq) {
+                        if let Some((_, record)) = copy.unacked.pop_front() {
+                            copy.bytes -= record.len();
+                        }
+                    }
+                }
+                None
+            }
+            Frame::Received { id, seq } => {
+                let (server, copy) = kept.copies.get_mut(&id)?;
+                if server == from {
+                    copy.received = copy.received.max(seq);
+                }
+                None
+            }
+            Frame::Group {
+                id,
+                group,
+                user,
+                joined,
+            } => {
+                let (server, copy) = kept.copies.get_mut(&id)?;
+                if server == from {
+                    if joined {
+                        copy.groups.insert((group, user));
+                    } else {
+                        copy.groups.remove(&(group, user));
+                    }
+                }
+                None
+            }
+            Frame::Ended { id } => {
+                if kept.copies.get(&id).is_some_and(|(server, _)| server == from) {
+                    kept.remove(&id);
+                }
+                None
+            }
+            Frame::Held { .. } | Frame::Refused { .. } | Frame::TakenOver { .. } => None,
+        }
+    }
+
+    /// Incarnation `peer` left this node's view: the connections it kept for this node go to another keeper, and
+    /// those it ran that this node kept are taken over here.
+    pub(crate) fn peer_left(&self, node: &Node, peer: &NodeId) {
+        if node.router().stalled_lately() {
+            // This node was stopped or starved: it declared its peers dead because it did not hear them, and they
+            // may well run its connections by now (its keepers took them over), or their own. Nothing is taken over
+            // and no copy moves; its own connections' records wait (none may be written that a keeper lacks) until
+            // it learns it was declared dead and drops them (`ConnectionHandle::close_cut_off`).
+            tracing::info!(parent: node.span(), %peer, "a peer left this node's view after it stalled: no take-over");
+            return;
+        }
+        let sinks: Vec<Arc<KeepSink>> = self.sinks.lock().values().filter_map(Weak::upgrade).collect();
+        for sink in sinks {
+            sink.keeper_left(peer);
+        }
+        let orphans: Vec<Copy> = {
+            let mut kept = self.kept.lock();
+            let ids: Vec<ConnectionId> = kept
+                .copies
+                .iter()
+                .filter(|(_, (server, _))| server == peer)
+                .map(|(id, _)| id.clone())
+                .collect();
+            let orphans: Vec<Copy> = ids.iter().filter_map(|id| kept.remove(id)).map(|(_, copy)| copy).collect();
+            for copy in &orphans {
+                kept.taking_over.insert(copy.token.clone());
+            }
+            orphans
+        };
+        if orphans.is_empty() {
+            return;
+        }
+        tracing::info!(parent: node.span(), %peer, connections = orphans.len(), "taking over the stateful connections of a node that left");
+        for copy in orphans {
+            let node = node.clone();
+            let server = peer.clone();
+            tokio::spawn(async move {
+                let id = copy.id.clone();
+                let token = copy.token.clone();
+                let taken = take_over(&node, copy, &server).await;
+                node.keeping().kept.lock().taking_over.remove(&token);
+                tracing::debug!(parent: node.span(), %id, ok = taken.is_ok(), "take-over done");
+                match taken {
+                    Ok(()) => {
+                        node.keeping().adopted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(why) => {
+                        node.keeping().refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(parent: node.span(), %id, %why, "a kept connection could not be taken over");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Whether this node keeps `token`'s connection for a server that has not been declared dead yet: then a
+    /// reconnect that reaches it waits ([`Keeping::wait_taken_over`]).
+    pub(crate) fn keeps(&self, token: &str) -> bool {
+        let kept = self.kept.lock();
+        kept.tokens.contains_key(token) || kept.taking_over.contains(token)
+    }
+
+    /// Waits (at most [`ADOPT_WAIT`]) until this node neither keeps `token`'s connection nor is taking it over:
+    /// whether it took it over (its token is in `endpoint`'s table).
+    pub(crate) async fn wait_taken_over(&self, endpoint: &HubEndpoint, token: &str) -> bool {
+        let deadline = Instant::now() + ADOPT_WAIT;
+        // Bounded by the deadline; the take-over itself follows the failure detector (about 2 s).
+        while self.keeps(token) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let taken = !self.keeps(token) && runs_here(endpoint, token);
+        tracing::debug!(taken, "a reconnect waited for its connection's take-over");
+        taken
+    }
+}
+
+/// Whether `token`'s stateful WebSocket connection runs on this node (taken over here, for one).
+pub(super) fn runs_here(endpoint: &HubEndpoint, token: &str) -> bool {
+    matches!(
+        super::endpoint::lookup(endpoint, token),
+        super::endpoint::Lookup::Open(crate::transport::TransportKind::WebSockets, ..)
+    )
+}
+
+/// Starts a kept connection here whose server died: as a connection that moved here (`super::moving`), then in
+/// its groups, then known to its token's home.
+async fn take_over(node: &Node, copy: Copy, server: &NodeId) -> Result<(), String> {
+    let endpoint = node
+        .endpoint(&copy.path)
+        .cloned()
+        .ok_or_else(|| format!("no hub at {}", copy.path))?;
+    let reply = super::moving::prepare(node, &endpoint, &copy.token, copy.id.clone());
+    if reply.status() != StatusCode::OK {
+        return Err(format!("not prepared: {}", reply.status()));
+    }
+    let Copy {
+        id,
+        token,
+        home,
+        protocol,
+        user,
+        claims,
+        query,
+        headers,
+        unacked,
+        last,
+        received,
+        groups,
+        ..
+    } = copy;
+    let state = MovedState {
+        protocol,
+        unacked: unacked.into_iter().collect(),
+        next_id: last + 1,
+        received: ReceiveState::acknowledged_through(received),
+    };
+    let request = RequestInfo {
+        user,
+        claims: claims.map(Arc::new),
+        query,
+        headers: headers.into_iter().collect(),
+    };
+    let moved = super::moving::MovedConnection::new(state, request, home.clone());
+    let reply = super::moving::install(node, &endpoint, &token, moved);
+    if reply.status() != StatusCode::OK {
+        return Err(format!("not installed: {}", reply.status()));
+    }
+    let router = endpoint.context.router().clone();
+    let hub = endpoint.context.name().clone();
+    for (group, user) in groups {
+        let key = if user {
+            GroupKey::user(&hub, &group)
+        } else {
+            GroupKey::named(&hub, &group)
+        };
+        if let Err(error) = router.group_add(key, id.clone()).await {
+            tracing::info!(parent: node.span(), %id, %group, %error, "a taken-over connection did not rejoin a group");
+        }
+    }
+    // A server that was only frozen drops it when it comes back.
+    node.keeping().queue(server, Frame::TakenOver { id: id.clone() }, None);
+    let here = node.router().incarnation();
+    if home != here && node.router().is_live_incarnation(&home.name, home.generation) {
+        let op = super::relay::Op::TakenOver { id: id.clone() };
+        match super::relay::ask_op(node, &endpoint, &home, &token, op).await {
+            Ok(reply) if reply.status() == StatusCode::OK => {}
+            Ok(reply) => tracing::info!(parent: node.span(), %id, status = %reply.status(), "its home did not record the take-over"),
+            Err(error) => tracing::info!(parent: node.span(), %id, %error, "its home did not record the take-over"),
+        }
+    }
+    Ok(())
+}
+
+/// The server's side: what one stateful connection copies to its keeper ([`Keeper`] for the connection task).
+pub(crate) struct KeepSink {
+    /// Itself, for the node's registry (which holds sinks weakly: the connection owns its sink).
+    me: Weak<KeepSink>,
+    node: Weak<NodeInner>,
+    held: Held,
+    state: Mutex<SinkState>,
+}
+
+struct SinkState {
+    keeper: Option<NodeId>,
+    ended: bool,
+    opened: bool,
+    copy: Copy,
+}
+
+impl KeepSink {
+    /// A sink for connection `id` of the hub at `path`, negotiated by `home` with `token`; registered with the
+    /// node's keeping once its handshake opens it.
+    pub(crate) fn new(node: &Node, path: &str, token: &str, id: ConnectionId, home: NodeId, request: &RequestInfo) -> Arc<Self> {
+        Arc::new_cyclic(|me| KeepSink {
+            me: me.clone(),
+            node: node.downgrade(),
+            held: Held::default(),
+            state: Mutex::new(SinkState {
+                keeper: None,
+                ended: false,
+                opened: false,
+                copy: Copy {
+                    id,
+                    path: path.to_owned(),
+                    token: token.to_owned(),
+                    home,
+                    protocol: String::new(),
+                    user: request.user.clone(),
+                    claims: request.claims.as_deref().cloned(),
+                    query: request.query.clone(),
+                    headers: request.headers.to_pairs(),
+                    unacked: VecDeque::new(),
+                    last: 0,
+                    received: 0,
+                    groups: BTreeSet::new(),
+                    bytes: 0,
+                },
+            }),
+        })
+    }
+
+    fn node(&self) -> Option<Node> {
+        self.node.upgrade().map(Node::from_inner)
+    }
+
+    /// Sends `frame` to the keeper; on failure, the whole copy to a keeper again.
+    fn send(&self, node: &Node, state: &mut SinkState, frame: Frame, payload: Option<&Bytes>) {
+        let Some(keeper) = state.keeper.clone() else {
+            return;
+        };
+        if !node.keeping().queue(&keeper, frame, payload) {
+            // Unkept rather than stalled: the records are written as if alone.
+            node.keeping().refused.fetch_add(1, Ordering::Relaxed);
+            state.keeper = None;
+            self.held.advance(state.copy.last);
+        }
+    }
+
+    /// A batch with this connection's frames could not go to `peer`: if that is its keeper, it sends the whole
+    /// copy to a keeper again.
+    fn lost_at(&self, node: &Node, peer: &NodeId) {
+        let mut state = self.state.lock();
+        if !state.ended && state.keeper.as_ref() == Some(peer) {
+            self.open(node, &mut state, Some(peer));
+        }
+    }
+
+    /// Picks a keeper (not `not`) and sends it the whole copy; with nobody to keep it, every record is held.
+    fn open(&self, node: &Node, state: &mut SinkState, not: Option<&NodeId>) {
+        let peers: Vec<NodeId> = node
+            .router()
+            .peer_incarnations()
+            .into_iter()
+            .filter(|peer| Some(peer) != not)
+            .collect();
+        state.keeper = crate::cluster::owner(state.copy.id.as_str().as_bytes(), &peers).cloned();
+        let Some(keeper) = state.keeper.clone() else {
+            self.held.advance(state.copy.last);
+            return;
+        };
+        if !node.keeping().queue(&keeper, Frame::Open(Box::new(state.copy.clone())), None) {
+            // Unkept rather than stalled: the records are written as if alone.
+            state.keeper = None;
+            self.held.advance(state.copy.last);
+        }
+    }
+
+    fn held_by(&self, from: &NodeId, seq: u64) {
+        let state = self.state.lock();
+        if state.keeper.as_ref() == Some(from) {
+            self.held.advance(seq);
+        }
+    }
+
+    /// The hub path of the connection. Asked by any keeper it had: one that took it over runs it now, whichever
+    /// keeps it here since.
+    fn kept_by(&self, _from: &NodeId) -> Option<String> {
+        Some(self.state.lock().copy.path.clone())
+    }
+
+    fn refused_by(&self, from: &NodeId) {
+        let mut state = self.state.lock();
+        if state.keeper.as_ref() == Some(from) {
+            state.keeper = None;
+            self.held.advance(state.copy.last);
+        }
+    }
+
+    fn keeper_left(&self, peer: &NodeId) {
+        let Some(node) = self.node() else {
+            return;
+        };
+        let mut state = self.state.lock();
+        if !state.ended && state.keeper.as_ref() == Some(peer) {
+            self.open(&node, &mut state, Some(peer));
+        }
+    }
+}
+
+impl Keeper for KeepSink {
+    fn opened(&self, protocol: Protocol) {
+        let Some(node) = self.node() else {
+            return;
+        };
+        let mut state = self.state.lock();
+        state.copy.protocol = protocol.name().to_owned();
+        state.opened = true;
+        let id = state.copy.id.clone();
+        node.keeping().sinks.lock().insert(id, self.weak());
+        self.open(&node, &mut state, None);
+    }
+
+    fn record(&self, id: u64, record: &Bytes) {
+        let mut state = self.state.lock();
+        state.copy.last = id;
+        state.copy.unacked.push_back((id, record.clone()));
+        if state.keeper.is_none() {
+            self.held.advance(id);
+            return;
+        }
+        let Some(node) = self.node() else {
+            self.held.advance(id);
+            return;
+        };
+        let frame = Frame::Record {
+            id: state.copy.id.clone(),
+            seq: id,
+            payload: 0,
+        };
+        self.send(&node, &mut state, frame, Some(record));
+    }
+
+    fn acked(&self, seq: u64) {
+        let mut state = self.state.lock();
+        while state.copy.unacked.front().is_some_and(|(first, _)| *first <= seq) {
+            state.copy.unacked.pop_front();
+        }
+        if let Some(node) = self.node() {
+            let frame = Frame::Acked {
+                id: state.copy.id.clone(),
+                seq,
+            };
+            self.send(&node, &mut state, frame, None);
+        }
+    }
+
+    fn received(&self, seq: u64) {
+        let mut state = self.state.lock();
+        state.copy.received = seq;
+        if let Some(node) = self.node() {
+            let frame = Frame::Received {
+                id: state.copy.id.clone(),
+                seq,
+            };
+            self.send(&node, &mut state, frame, None);
+        }
+    }
+
+    fn group(&self, group: &str, user: bool, joined: bool) {
+        let mut state = self.state.lock();
+        if state.ended {
+            return;
+        }
+        if joined {
+            state.copy.groups.insert((group.to_owned(), user));
+        } else {
+            state.copy.groups.remove(&(group.to_owned(), user));
+        }
+        if let Some(node) = self.node() {
+            let frame = Frame::Group {
+                id: state.copy.id.clone(),
+                group: group.to_owned(),
+                user,
+                joined,
+            };
+            self.send(&node, &mut state, frame, None);
+        }
+    }
+
+    fn ended(&self, _moved: bool) {
+        let mut state = self.state.lock();
+        if state.ended {
+            return;
+        }
+        state.ended = true;
+        let id = state.copy.id.clone();
+        if let Some(node) = self.node() {
+            if state.opened {
+                node.keeping().sinks.lock().remove(&id);
+            }
+            if let Some(keeper) = state.keeper.take() {
+                node.keeping().queue(&keeper, Frame::Ended { id }, None);
+            }
+        }
+    }
+
+    fn held(&self) -> &Held {
+        &self.held
+    }
+}
+
+impl KeepSink {
+    fn weak(&self) -> Weak<KeepSink> {
+        self.me.clone()
+    }
+}

@@ -1,0 +1,68 @@
+//! The official client script (`tests/node/cluster-client.mjs`) driven over stdin/stdout: official
+//! `@microsoft/signalr` clients with `withStatefulReconnect()`, one per URL given. Shared by the tests that take nodes
+//! away under them.
+
+// Each test binary that includes this file uses part of it.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::timeout;
+
+use crate::npm;
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The official client script (`tests/node/cluster-client.mjs`), with stateful reconnect, over stdin/stdout.
+pub struct OfficialClients {
+    pub child: tokio::process::Child,
+    input: tokio::process::ChildStdin,
+    output: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl OfficialClients {
+    /// With `automatic`, the clients use automatic reconnect too (`withAutomaticReconnect()`).
+    pub async fn start(urls: &[String], automatic: bool) -> TestResult<(OfficialClients, Value)> {
+        let dir = tokio::task::spawn_blocking(npm::ensure_installed).await??;
+        let mut child = tokio::process::Command::new("node")
+            .arg(dir.join("cluster-client.mjs"))
+            .args(urls)
+            .env("HUBMESH_STATEFUL", "1")
+            .env("HUBMESH_AUTOMATIC", if automatic { "1" } else { "" })
+            .env(
+                "HUBMESH_CLIENT_LOG",
+                std::env::var("HUBMESH_CLIENT_LOG").unwrap_or_default(),
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let input = child.stdin.take().ok_or("no stdin")?;
+        let output = child.stdout.take().ok_or("no stdout")?;
+        let mut clients = OfficialClients {
+            child,
+            input,
+            output: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(output)),
+        };
+        let ready = clients.read().await?;
+        if ready["ready"] != true {
+            return Err(format!("the official clients did not start: {ready}").into());
+        }
+        Ok((clients, ready))
+    }
+
+    pub async fn read(&mut self) -> TestResult<Value> {
+        let line = timeout(Duration::from_secs(60), self.output.next_line())
+            .await??
+            .ok_or("the client script ended")?;
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    pub async fn ask(&mut self, command: Value) -> TestResult<Value> {
+        use tokio::io::AsyncWriteExt;
+        self.input.write_all(format!("{command}\n").as_bytes()).await?;
+        self.input.flush().await?;
+        self.read().await
+    }
+}
