@@ -112,17 +112,28 @@ fn now_ms() -> u128 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_stateful_clients_ride_through_a_sigkill() -> TestResult {
-    ride_through("KILL").await
+    ride_through("KILL", 6).await
+}
+
+/// The same with 60 clients through the proxy (about 20 casualties). Longer: `-- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "longer: 60 official clients"]
+async fn sixty_official_stateful_clients_ride_through_a_sigkill() -> TestResult {
+    ride_through("KILL", 60).await
 }
 
 /// The same with SIGSTOP for longer than the failure detection, then SIGCONT: the frozen node finds it was
 /// declared dead and drops its clients' sockets without a Close message, so they resume on their keepers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_stateful_clients_ride_through_a_sigstop() -> TestResult {
-    ride_through("STOP").await
+    ride_through("STOP", 6).await
 }
 
-async fn ride_through(signal: &str) -> TestResult {
+/// `proxied` official clients through the proxy and one more, the sender, on node 1; the node with the most of the
+/// proxied ones gets `signal`.
+async fn ride_through(signal: &str, proxied: usize) -> TestResult {
+    let all = proxied + 1;
+    let sender = proxied;
     timeout(Duration::from_secs(150), async {
         let mut nodes = start_nodes()?;
         let addrs: Vec<SocketAddr> = nodes.iter().map(|node| node.addr).collect();
@@ -136,7 +147,7 @@ async fn ride_through(signal: &str) -> TestResult {
         let proxy = RoundRobinProxy::start(addrs.clone()).await?;
         // Six through the proxy, and the sender (the seventh) on node 1 itself, which is never the one killed: so
         // the series goes on while the killed node's clients reconnect.
-        let mut urls = vec![proxy.url(); 6];
+        let mut urls = vec![proxy.url(); proxied];
         urls.push(nodes[0].url.clone());
         let (mut clients, ready) = OfficialClients::start(&urls, false).await?;
         let mut counts = Vec::new();
@@ -163,10 +174,10 @@ async fn ride_through(signal: &str) -> TestResult {
         for addr in &addrs {
             kept += metric(*addr, "hubmesh_kept_connections").await?;
         }
-        assert_eq!(kept, 7.0, "each stateful connection has a keeper");
+        assert_eq!(kept, all as f64, "each stateful connection has a keeper");
 
         let answer = clients
-            .ask(json!({"cmd": "stream", "from": 6, "count": COUNT, "tag": "kill", "interval": 10}))
+            .ask(json!({"cmd": "stream", "from": sender, "count": COUNT, "tag": "kill", "interval": 10}))
             .await?;
         assert_eq!(answer["ok"], json!(true), "{answer}");
         tokio::time::sleep(Duration::from_millis(800)).await;
@@ -262,18 +273,18 @@ async fn ride_through(signal: &str) -> TestResult {
             "SIG{signal}: casualties {casualties}: {lost} messages lost between the kill and the take-over ({take_over:?}); \
              kill to each casualty's first message after its gap, ms: {first_after:?}"
         );
-        assert!(complete >= 7 - casualties, "a client of a survivor lost messages");
+        assert!(complete >= all - casualties, "a client of a survivor lost messages");
 
         // After the take-over: everything, to everyone, once and in order.
         let verdict = clients
-            .ask(json!({"cmd": "send", "from": 6, "count": 100, "tag": "after"}))
+            .ask(json!({"cmd": "send", "from": sender, "count": 100, "tag": "after"}))
             .await?;
         assert_eq!(
             verdict["ok"],
             json!(true),
             "after the take-over, every client, every message once in order: {verdict}"
         );
-        for index in 0..7 {
+        for index in 0..all {
             let closed = clients.ask(json!({"cmd": "closed", "index": index, "ms": 0})).await?;
             assert_eq!(closed["ok"], json!(false), "client {index} was closed: {closed}");
         }
@@ -283,7 +294,7 @@ async fn ride_through(signal: &str) -> TestResult {
             "a client is another connection after the kill"
         );
         let count = clients.ask(json!({"cmd": "count", "via": 0})).await?;
-        assert_eq!(count["count"], json!(7), "the group kept its members: {count}");
+        assert_eq!(count["count"], json!(all), "the group kept its members: {count}");
         let _ = clients.ask(json!({"cmd": "quit"})).await;
         let _ = clients.child.wait().await;
         Ok(())
