@@ -17,8 +17,18 @@
 //! connection unkept); a copy holds at most [`MAX_KEPT_BYTES`] of records (beyond it, it is dropped and the server
 //! told). Frames travel as tunnel frames (one-way, in link order, under the links' credit window); a frame that
 //! cannot be queued makes the server send the whole copy to a keeper again.
+//!
+//! Files: this one (the node's registry, the keeper's side, the take-over), `keeping/wire.rs` (the copy, the
+//! frames, the per-peer outboxes and their flusher), `keeping/sink.rs` (the server's side of one connection).
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+mod sink;
+mod wire;
+
+pub(crate) use sink::KeepSink;
+pub(crate) use wire::{flusher, OUTBOX_CAP};
+use wire::{Batch, Copy, Frame, Outbox};
+
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -26,19 +36,15 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::super::{Node, NodeInner};
+use super::super::Node;
 use super::endpoint::HubEndpoint;
-use crate::auth::Claims;
 use crate::cluster::NodeId;
-use crate::connection::keeper::{Held, Keeper};
 use crate::connection::moving::MovedState;
 use crate::connection::reconnect::ReceiveState;
 use crate::connection::{ConnectionId, RequestInfo};
 use crate::mesh::GroupKey;
-use crate::protocol::Protocol;
 
 /// The most connections one node keeps for others.
 pub const MAX_KEPT: usize = 262_144;
@@ -53,105 +59,6 @@ const TAKEN_OVER: &str = "this connection's keeper took it over while this node 
 
 /// The first byte of a tunnel frame that carries a keeping frame (`super::tunnel` frames start with 0).
 pub(super) const KEEP_FRAME: u8 = 1;
-
-/// A kept connection's whole copy.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Copy {
-    id: ConnectionId,
-    path: String,
-    token: String,
-    /// The node that negotiated it (its token's home).
-    home: NodeId,
-    protocol: String,
-    user: Option<String>,
-    claims: Option<Claims>,
-    query: String,
-    headers: Vec<(String, String)>,
-    unacked: VecDeque<(u64, Bytes)>,
-    /// The last record id numbered.
-    last: u64,
-    /// The client's records acknowledged.
-    received: u64,
-    /// Groups: name, and whether it is the user's group.
-    groups: BTreeSet<(String, bool)>,
-    /// Bytes of `unacked` (counted by whoever holds the copy, not sent).
-    #[serde(skip)]
-    bytes: usize,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-enum Frame {
-    /// Server → keeper: keep this (replacing what was kept).
-    Open(Box<Copy>),
-    /// A record; its bytes are the batch's payload number `payload` (members of one group send share one).
-    Record { id: ConnectionId, seq: u64, payload: u32 },
-    Acked { id: ConnectionId, seq: u64 },
-    Received { id: ConnectionId, seq: u64 },
-    Group { id: ConnectionId, group: String, user: bool, joined: bool },
-    Ended { id: ConnectionId },
-    /// Keeper → server: records up to `seq` are kept.
-    Held { id: ConnectionId, seq: u64 },
-    /// Keeper → server: not kept (full, or the copy grew too large).
-    Refused { id: ConnectionId },
-    /// Keeper → server: the keeper took the connection over, having declared the server dead. A server that was
-    /// only frozen gets it when it comes back (its link's queue outlives the link) and drops the connection.
-    TakenOver { id: ConnectionId },
-}
-
-/// What one tunnel frame carries: frames for one peer, in order, and the record bytes they name.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Batch {
-    payloads: Vec<Bytes>,
-    frames: Vec<Frame>,
-}
-
-fn encode(batch: &Batch) -> Option<Bytes> {
-    let mut out = vec![KEEP_FRAME];
-    rmp_serde::encode::write(&mut out, batch).ok()?;
-    Some(Bytes::from(out))
-}
-
-/// Frames waiting for one peer. Sent together by the node's flusher ([`flusher`]): one tunnel frame for whatever
-/// queued meanwhile, and one copy of bytes that several connections' records share (a group send's frame).
-#[derive(Default)]
-struct Outbox {
-    batch: Batch,
-    /// Payload numbers by buffer address and length.
-    index: HashMap<(usize, usize), u32>,
-}
-
-/// The most frames waiting for one peer; past it a connection runs unkept (counted in `refused`).
-pub const OUTBOX_CAP: usize = 65_536;
-
-/// Sends every peer its waiting frames whenever some are queued, until the node is gone.
-pub(crate) async fn flusher(node: Weak<NodeInner>, wake: Arc<tokio::sync::Notify>) {
-    loop {
-        wake.notified().await;
-        let Some(node) = node.upgrade().map(Node::from_inner) else {
-            return;
-        };
-        let outboxes = std::mem::take(&mut *node.keeping().outboxes.lock());
-        for (peer, outbox) in outboxes {
-            let sent = encode(&outbox.batch).is_some_and(|bytes| node.router().send_tunnel(&peer, bytes).is_ok());
-            if !sent {
-                // Its servers' connections send their whole copies to a keeper again (or run unkept).
-                for frame in &outbox.batch.frames {
-                    let id = match frame {
-                        Frame::Record { id, .. }
-                        | Frame::Acked { id, .. }
-                        | Frame::Received { id, .. }
-                        | Frame::Group { id, .. } => id,
-                        Frame::Open(copy) => &copy.id,
-                        _ => continue,
-                    };
-                    if let Some(sink) = node.keeping().sink(id) {
-                        sink.lost_at(&node, &peer);
-                    }
-                }
-            }
-        }
-    }
-}
 
 /// A node's keeping: its connections kept elsewhere (by id), and the copies it keeps for others.
 #[derive(Default)]
@@ -530,236 +437,3 @@ async fn take_over(node: &Node, copy: Copy, server: &NodeId) -> Result<(), Strin
     Ok(())
 }
 
-/// The server's side: what one stateful connection copies to its keeper ([`Keeper`] for the connection task).
-pub(crate) struct KeepSink {
-    /// Itself, for the node's registry (which holds sinks weakly: the connection owns its sink).
-    me: Weak<KeepSink>,
-    node: Weak<NodeInner>,
-    held: Held,
-    state: Mutex<SinkState>,
-}
-
-struct SinkState {
-    keeper: Option<NodeId>,
-    ended: bool,
-    opened: bool,
-    copy: Copy,
-}
-
-impl KeepSink {
-    /// A sink for connection `id` of the hub at `path`, negotiated by `home` with `token`; registered with the
-    /// node's keeping once its handshake opens it.
-    pub(crate) fn new(node: &Node, path: &str, token: &str, id: ConnectionId, home: NodeId, request: &RequestInfo) -> Arc<Self> {
-        Arc::new_cyclic(|me| KeepSink {
-            me: me.clone(),
-            node: node.downgrade(),
-            held: Held::default(),
-            state: Mutex::new(SinkState {
-                keeper: None,
-                ended: false,
-                opened: false,
-                copy: Copy {
-                    id,
-                    path: path.to_owned(),
-                    token: token.to_owned(),
-                    home,
-                    protocol: String::new(),
-                    user: request.user.clone(),
-                    claims: request.claims.as_deref().cloned(),
-                    query: request.query.clone(),
-                    headers: request.headers.to_pairs(),
-                    unacked: VecDeque::new(),
-                    last: 0,
-                    received: 0,
-                    groups: BTreeSet::new(),
-                    bytes: 0,
-                },
-            }),
-        })
-    }
-
-    fn node(&self) -> Option<Node> {
-        self.node.upgrade().map(Node::from_inner)
-    }
-
-    /// Sends `frame` to the keeper; on failure, the whole copy to a keeper again.
-    fn send(&self, node: &Node, state: &mut SinkState, frame: Frame, payload: Option<&Bytes>) {
-        let Some(keeper) = state.keeper.clone() else {
-            return;
-        };
-        if !node.keeping().queue(&keeper, frame, payload) {
-            // Unkept rather than stalled: the records are written as if alone.
-            node.keeping().refused.fetch_add(1, Ordering::Relaxed);
-            state.keeper = None;
-            self.held.advance(state.copy.last);
-        }
-    }
-
-    /// A batch with this connection's frames could not go to `peer`: if that is its keeper, it sends the whole
-    /// copy to a keeper again.
-    fn lost_at(&self, node: &Node, peer: &NodeId) {
-        let mut state = self.state.lock();
-        if !state.ended && state.keeper.as_ref() == Some(peer) {
-            self.open(node, &mut state, Some(peer));
-        }
-    }
-
-    /// Picks a keeper (not `not`) and sends it the whole copy; with nobody to keep it, every record is held.
-    fn open(&self, node: &Node, state: &mut SinkState, not: Option<&NodeId>) {
-        let peers: Vec<NodeId> = node
-            .router()
-            .peer_incarnations()
-            .into_iter()
-            .filter(|peer| Some(peer) != not)
-            .collect();
-        state.keeper = crate::cluster::owner(state.copy.id.as_str().as_bytes(), &peers).cloned();
-        let Some(keeper) = state.keeper.clone() else {
-            self.held.advance(state.copy.last);
-            return;
-        };
-        if !node.keeping().queue(&keeper, Frame::Open(Box::new(state.copy.clone())), None) {
-            // Unkept rather than stalled: the records are written as if alone.
-            state.keeper = None;
-            self.held.advance(state.copy.last);
-        }
-    }
-
-    fn held_by(&self, from: &NodeId, seq: u64) {
-        let state = self.state.lock();
-        if state.keeper.as_ref() == Some(from) {
-            self.held.advance(seq);
-        }
-    }
-
-    /// The hub path of the connection. Asked by any keeper it had: one that took it over runs it now, whichever
-    /// keeps it here since.
-    fn kept_by(&self, _from: &NodeId) -> Option<String> {
-        Some(self.state.lock().copy.path.clone())
-    }
-
-    fn refused_by(&self, from: &NodeId) {
-        let mut state = self.state.lock();
-        if state.keeper.as_ref() == Some(from) {
-            state.keeper = None;
-            self.held.advance(state.copy.last);
-        }
-    }
-
-    fn keeper_left(&self, peer: &NodeId) {
-        let Some(node) = self.node() else {
-            return;
-        };
-        let mut state = self.state.lock();
-        if !state.ended && state.keeper.as_ref() == Some(peer) {
-            self.open(&node, &mut state, Some(peer));
-        }
-    }
-}
-
-impl Keeper for KeepSink {
-    fn opened(&self, protocol: Protocol) {
-        let Some(node) = self.node() else {
-            return;
-        };
-        let mut state = self.state.lock();
-        state.copy.protocol = protocol.name().to_owned();
-        state.opened = true;
-        let id = state.copy.id.clone();
-        node.keeping().sinks.lock().insert(id, self.weak());
-        self.open(&node, &mut state, None);
-    }
-
-    fn record(&self, id: u64, record: &Bytes) {
-        let mut state = self.state.lock();
-        state.copy.last = id;
-        state.copy.unacked.push_back((id, record.clone()));
-        if state.keeper.is_none() {
-            self.held.advance(id);
-            return;
-        }
-        let Some(node) = self.node() else {
-            self.held.advance(id);
-            return;
-        };
-        let frame = Frame::Record {
-            id: state.copy.id.clone(),
-            seq: id,
-            payload: 0,
-        };
-        self.send(&node, &mut state, frame, Some(record));
-    }
-
-    fn acked(&self, seq: u64) {
-        let mut state = self.state.lock();
-        while state.copy.unacked.front().is_some_and(|(first, _)| *first <= seq) {
-            state.copy.unacked.pop_front();
-        }
-        if let Some(node) = self.node() {
-            let frame = Frame::Acked {
-                id: state.copy.id.clone(),
-                seq,
-            };
-            self.send(&node, &mut state, frame, None);
-        }
-    }
-
-    fn received(&self, seq: u64) {
-        let mut state = self.state.lock();
-        state.copy.received = seq;
-        if let Some(node) = self.node() {
-            let frame = Frame::Received {
-                id: state.copy.id.clone(),
-                seq,
-            };
-            self.send(&node, &mut state, frame, None);
-        }
-    }
-
-    fn group(&self, group: &str, user: bool, joined: bool) {
-        let mut state = self.state.lock();
-        if state.ended {
-            return;
-        }
-        if joined {
-            state.copy.groups.insert((group.to_owned(), user));
-        } else {
-            state.copy.groups.remove(&(group.to_owned(), user));
-        }
-        if let Some(node) = self.node() {
-            let frame = Frame::Group {
-                id: state.copy.id.clone(),
-                group: group.to_owned(),
-                user,
-                joined,
-            };
-            self.send(&node, &mut state, frame, None);
-        }
-    }
-
-    fn ended(&self, _moved: bool) {
-        let mut state = self.state.lock();
-        if state.ended {
-            return;
-        }
-        state.ended = true;
-        let id = state.copy.id.clone();
-        if let Some(node) = self.node() {
-            if state.opened {
-                node.keeping().sinks.lock().remove(&id);
-            }
-            if let Some(keeper) = state.keeper.take() {
-                node.keeping().queue(&keeper, Frame::Ended { id }, None);
-            }
-        }
-    }
-
-    fn held(&self) -> &Held {
-        &self.held
-    }
-}
-
-impl KeepSink {
-    fn weak(&self) -> Weak<KeepSink> {
-        self.me.clone()
-    }
-}

@@ -1,0 +1,250 @@
+//! The server's side of keeping: what one stateful connection copies to its keeper ([`Keeper`], called by the
+//! connection task), and what the server does with the keeper's answers.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::node::{Node, NodeInner};
+use super::wire::{Copy, Frame};
+use crate::cluster::NodeId;
+use crate::connection::keeper::{Held, Keeper};
+use crate::connection::{ConnectionId, RequestInfo};
+use crate::protocol::Protocol;
+
+/// The server's side: what one stateful connection copies to its keeper ([`Keeper`] for the connection task).
+pub(crate) struct KeepSink {
+    /// Itself, for the node's registry (which holds sinks weakly: the connection owns its sink).
+    me: Weak<KeepSink>,
+    node: Weak<NodeInner>,
+    held: Held,
+    state: Mutex<SinkState>,
+}
+
+struct SinkState {
+    keeper: Option<NodeId>,
+    ended: bool,
+    opened: bool,
+    copy: Copy,
+}
+
+impl KeepSink {
+    /// A sink for connection `id` of the hub at `path`, negotiated by `home` with `token`; registered with the
+    /// node's keeping once its handshake opens it.
+    pub(crate) fn new(node: &Node, path: &str, token: &str, id: ConnectionId, home: NodeId, request: &RequestInfo) -> Arc<Self> {
+        Arc::new_cyclic(|me| KeepSink {
+            me: me.clone(),
+            node: node.downgrade(),
+            held: Held::default(),
+            state: Mutex::new(SinkState {
+                keeper: None,
+                ended: false,
+                opened: false,
+                copy: Copy {
+                    id,
+                    path: path.to_owned(),
+                    token: token.to_owned(),
+                    home,
+                    protocol: String::new(),
+                    user: request.user.clone(),
+                    claims: request.claims.as_deref().cloned(),
+                    query: request.query.clone(),
+                    headers: request.headers.to_pairs(),
+                    unacked: VecDeque::new(),
+                    last: 0,
+                    received: 0,
+                    groups: BTreeSet::new(),
+                    bytes: 0,
+                },
+            }),
+        })
+    }
+
+    fn node(&self) -> Option<Node> {
+        self.node.upgrade().map(Node::from_inner)
+    }
+
+    /// Sends `frame` to the keeper; on failure, the whole copy to a keeper again.
+    fn send(&self, node: &Node, state: &mut SinkState, frame: Frame, payload: Option<&Bytes>) {
+        let Some(keeper) = state.keeper.clone() else {
+            return;
+        };
+        if !node.keeping().queue(&keeper, frame, payload) {
+            // Unkept rather than stalled: the records are written as if alone.
+            node.keeping().refused.fetch_add(1, Ordering::Relaxed);
+            state.keeper = None;
+            self.held.advance(state.copy.last);
+        }
+    }
+
+    /// A batch with this connection's frames could not go to `peer`: if that is its keeper, it sends the whole
+    /// copy to a keeper again.
+    pub(super) fn lost_at(&self, node: &Node, peer: &NodeId) {
+        let mut state = self.state.lock();
+        if !state.ended && state.keeper.as_ref() == Some(peer) {
+            self.open(node, &mut state, Some(peer));
+        }
+    }
+
+    /// Picks a keeper (not `not`) and sends it the whole copy; with nobody to keep it, every record is held.
+    fn open(&self, node: &Node, state: &mut SinkState, not: Option<&NodeId>) {
+        let peers: Vec<NodeId> = node
+            .router()
+            .peer_incarnations()
+            .into_iter()
+            .filter(|peer| Some(peer) != not)
+            .collect();
+        state.keeper = crate::cluster::owner(state.copy.id.as_str().as_bytes(), &peers).cloned();
+        let Some(keeper) = state.keeper.clone() else {
+            self.held.advance(state.copy.last);
+            return;
+        };
+        if !node.keeping().queue(&keeper, Frame::Open(Box::new(state.copy.clone())), None) {
+            // Unkept rather than stalled: the records are written as if alone.
+            state.keeper = None;
+            self.held.advance(state.copy.last);
+        }
+    }
+
+    pub(super) fn held_by(&self, from: &NodeId, seq: u64) {
+        let state = self.state.lock();
+        if state.keeper.as_ref() == Some(from) {
+            self.held.advance(seq);
+        }
+    }
+
+    /// The hub path of the connection. Asked by any keeper it had: one that took it over runs it now, whichever
+    /// keeps it here since.
+    pub(super) fn kept_by(&self, _from: &NodeId) -> Option<String> {
+        Some(self.state.lock().copy.path.clone())
+    }
+
+    pub(super) fn refused_by(&self, from: &NodeId) {
+        let mut state = self.state.lock();
+        if state.keeper.as_ref() == Some(from) {
+            state.keeper = None;
+            self.held.advance(state.copy.last);
+        }
+    }
+
+    pub(super) fn keeper_left(&self, peer: &NodeId) {
+        let Some(node) = self.node() else {
+            return;
+        };
+        let mut state = self.state.lock();
+        if !state.ended && state.keeper.as_ref() == Some(peer) {
+            self.open(&node, &mut state, Some(peer));
+        }
+    }
+}
+
+impl Keeper for KeepSink {
+    fn opened(&self, protocol: Protocol) {
+        let Some(node) = self.node() else {
+            return;
+        };
+        let mut state = self.state.lock();
+        state.copy.protocol = protocol.name().to_owned();
+        state.opened = true;
+        let id = state.copy.id.clone();
+        node.keeping().sinks.lock().insert(id, self.weak());
+        self.open(&node, &mut state, None);
+    }
+
+    fn record(&self, id: u64, record: &Bytes) {
+        let mut state = self.state.lock();
+        state.copy.last = id;
+        state.copy.unacked.push_back((id, record.clone()));
+        if state.keeper.is_none() {
+            self.held.advance(id);
+            return;
+        }
+        let Some(node) = self.node() else {
+            self.held.advance(id);
+            return;
+        };
+        let frame = Frame::Record {
+            id: state.copy.id.clone(),
+            seq: id,
+            payload: 0,
+        };
+        self.send(&node, &mut state, frame, Some(record));
+    }
+
+    fn acked(&self, seq: u64) {
+        let mut state = self.state.lock();
+        while state.copy.unacked.front().is_some_and(|(first, _)| *first <= seq) {
+            state.copy.unacked.pop_front();
+        }
+        if let Some(node) = self.node() {
+            let frame = Frame::Acked {
+                id: state.copy.id.clone(),
+                seq,
+            };
+            self.send(&node, &mut state, frame, None);
+        }
+    }
+
+    fn received(&self, seq: u64) {
+        let mut state = self.state.lock();
+        state.copy.received = seq;
+        if let Some(node) = self.node() {
+            let frame = Frame::Received {
+                id: state.copy.id.clone(),
+                seq,
+            };
+            self.send(&node, &mut state, frame, None);
+        }
+    }
+
+    fn group(&self, group: &str, user: bool, joined: bool) {
+        let mut state = self.state.lock();
+        if state.ended {
+            return;
+        }
+        if joined {
+            state.copy.groups.insert((group.to_owned(), user));
+        } else {
+            state.copy.groups.remove(&(group.to_owned(), user));
+        }
+        if let Some(node) = self.node() {
+            let frame = Frame::Group {
+                id: state.copy.id.clone(),
+                group: group.to_owned(),
+                user,
+                joined,
+            };
+            self.send(&node, &mut state, frame, None);
+        }
+    }
+
+    fn ended(&self, _moved: bool) {
+        let mut state = self.state.lock();
+        if state.ended {
+            return;
+        }
+        state.ended = true;
+        let id = state.copy.id.clone();
+        if let Some(node) = self.node() {
+            if state.opened {
+                node.keeping().sinks.lock().remove(&id);
+            }
+            if let Some(keeper) = state.keeper.take() {
+                node.keeping().queue(&keeper, Frame::Ended { id }, None);
+            }
+        }
+    }
+
+    fn held(&self) -> &Held {
+        &self.held
+    }
+}
+
+impl KeepSink {
+    fn weak(&self) -> Weak<KeepSink> {
+        self.me.clone()
+    }
+}
