@@ -185,8 +185,9 @@ impl Keeping {
                     sink.refused_by(from);
                 }
             }
+            // From any keeper it had: one that took it over runs it now, whichever keeps it since.
             Frame::TakenOver { id } => {
-                if let Some(path) = self.sink(&id).and_then(|sink| sink.kept_by(from)) {
+                if let Some(path) = self.sink(&id).map(|sink| sink.path()) {
                     tracing::info!(parent: node.span(), %id, keeper = %from, "a connection's keeper took it over: dropping it here");
                     if let Some(endpoint) = node.endpoint(&path) {
                         endpoint.context.drop_for_keeper(&id, TAKEN_OVER);

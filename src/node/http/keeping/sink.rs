@@ -116,10 +116,9 @@ impl KeepSink {
         }
     }
 
-    /// The hub path of the connection. Asked by any keeper it had: one that took it over runs it now, whichever
-    /// keeps it here since.
-    pub(super) fn kept_by(&self, _from: &NodeId) -> Option<String> {
-        Some(self.state.lock().copy.path.clone())
+    /// The hub path of the connection.
+    pub(super) fn path(&self) -> String {
+        self.state.lock().copy.path.clone()
     }
 
     pub(super) fn refused_by(&self, from: &NodeId) {
