@@ -28,7 +28,7 @@ mod stateful_client;
 
 use official_clients::OfficialClients;
 
-use stateful_client::StatefulClient;
+use stateful_client::{Numbered, StatefulClient};
 
 type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -39,8 +39,7 @@ struct Mover {
     client: StatefulClient,
     token: String,
     id: ConnectionId,
-    group: Vec<u64>,
-    direct: Vec<u64>,
+    got: Numbered,
     reconnects: usize,
 }
 
@@ -85,8 +84,7 @@ async fn drain_moves(protocol: Protocol) -> TestResult {
                 client,
                 token,
                 id,
-                group: Vec::new(),
-                direct: Vec::new(),
+                got: Numbered::default(),
                 reconnects: 0,
             });
         }
@@ -116,21 +114,21 @@ async fn drain_moves(protocol: Protocol) -> TestResult {
         let mut drain = None;
         let deadline = Instant::now() + Duration::from_secs(40);
         for (index, mover) in movers.iter_mut().enumerate() {
-            while mover.group.len() < COUNT as usize || mover.direct.len() < COUNT as usize {
+            while mover.got.group.len() < COUNT as usize || mover.got.direct.len() < COUNT as usize {
                 assert!(
                     Instant::now() < deadline,
                     "client {index}: {} group and {} direct messages of {COUNT} arrived",
-                    mover.group.len(),
-                    mover.direct.len()
+                    mover.got.group.len(),
+                    mover.got.direct.len()
                 );
-                if drain.is_none() && mover.group.len() >= 60 {
+                if drain.is_none() && mover.got.group.len() >= 60 {
                     let node = draining.clone();
                     drain = Some(tokio::spawn(
                         async move { node.drain(Duration::from_millis(400)).await },
                     ));
                 }
                 match timeout(Duration::from_secs(5), mover.client.read()).await {
-                    Ok(Ok(message)) => record(mover, &message)?,
+                    Ok(Ok(message)) => mover.got.file(&message)?,
                     // The socket dropped (the connection moved, or the drain closed it): back through another node.
                     Ok(Err(_)) | Err(_) => {
                         assert!(
@@ -161,11 +159,11 @@ async fn drain_moves(protocol: Protocol) -> TestResult {
                 "client {index} never lost its socket: node 3 did not drain it"
             );
             assert_eq!(
-                mover.group, expected,
+                mover.got.group, expected,
                 "client {index}: every group message once, in order"
             );
             assert_eq!(
-                mover.direct, expected,
+                mover.got.direct, expected,
                 "client {index}: every direct message once, in order"
             );
             // The same connection: its id, and it still answers.
@@ -266,20 +264,6 @@ async fn drain_moves(protocol: Protocol) -> TestResult {
     .await?
 }
 
-/// Files a group (`g`) or direct (`d`) message; anything else (completions) is ignored.
-fn record(mover: &mut Mover, message: &Value) -> TestResult {
-    if message["type"] != 1 {
-        return Ok(());
-    }
-    let n = message["arguments"][0].as_u64().ok_or("a message without its number")?;
-    match message["target"].as_str() {
-        Some("g") => mover.group.push(n),
-        Some("d") => mover.direct.push(n),
-        _ => {}
-    }
-    Ok(())
-}
-
 /// The official JavaScript client with `withStatefulReconnect()`, six connections through a round-robin proxy
 /// over three nodes, all in one group, sending to it all along: the node that holds the most of them drains.
 /// Every client gets every group message once and in order, none is closed, and each keeps its connection id.
@@ -335,18 +319,9 @@ async fn official_clients_with_stateful_reconnect_ride_through_a_drain() -> Test
             json!(true),
             "every client, every message once and in order: {verdict}"
         );
-        for index in 0..6 {
-            let closed = clients.ask(json!({"cmd": "closed", "index": index, "ms": 0})).await?;
-            assert_eq!(closed["ok"], json!(false), "client {index} was closed: {closed}");
-        }
-        let ids = clients.ask(json!({"cmd": "ids"})).await?;
-        assert_eq!(
-            ids["ids"], ready["ids"],
-            "a client is another connection after the drain"
-        );
+        clients.assert_carried_on(6, &ready, "the drain").await?;
         cluster.kill(draining).await;
-        let _ = clients.ask(json!({"cmd": "quit"})).await;
-        let _ = clients.child.wait().await;
+        clients.quit().await;
         cluster.stop().await;
         Ok(())
     })
@@ -460,17 +435,11 @@ async fn rolling_restart(clients_count: usize, count: u64, window: Duration, lim
                 .collect();
             panic!("every client, every message once and in order: {short:?} {verdict}");
         }
-        for index in 0..clients_count {
-            let closed = clients.ask(json!({"cmd": "closed", "index": index, "ms": 0})).await?;
-            assert_eq!(closed["ok"], json!(false), "client {index} was closed: {closed}");
-        }
-        let ids = clients.ask(json!({"cmd": "ids"})).await?;
-        assert_eq!(ids["ids"], ready["ids"], "a client is another connection after the rolling restart");
+        clients.assert_carried_on(clients_count, &ready, "the rolling restart").await?;
         let members = clients.ask(json!({"cmd": "count", "via": 0})).await?;
         println!("memberships after: {}", members["count"]);
         assert_eq!(members["count"], json!(clients_count), "memberships after the rolling restart: {members}");
-        let _ = clients.ask(json!({"cmd": "quit"})).await;
-        let _ = clients.child.wait().await;
+        clients.quit().await;
         cluster.stop().await;
         Ok(())
     })

@@ -31,7 +31,7 @@ use tokio::time::{timeout, Instant};
 #[path = "common/stateful_client.rs"]
 mod stateful_client;
 
-use stateful_client::StatefulClient;
+use stateful_client::{Numbered, StatefulClient};
 
 type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -54,27 +54,6 @@ fn init_tracing() {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
         .with_test_writer()
         .try_init();
-}
-
-/// What one client got: group and direct message numbers in arrival order.
-#[derive(Default)]
-struct Got {
-    group: Vec<u64>,
-    direct: Vec<u64>,
-    reconnects: usize,
-}
-
-fn record(got: &mut Got, message: &Value) -> TestResult {
-    if message["type"] != 1 {
-        return Ok(());
-    }
-    let n = message["arguments"][0].as_u64().ok_or("a message without its number")?;
-    match message["target"].as_str() {
-        Some("g") => got.group.push(n),
-        Some("d") => got.direct.push(n),
-        _ => {}
-    }
-    Ok(())
 }
 
 async fn taken_over(urls: &[String]) -> TestResult<u64> {
@@ -138,19 +117,20 @@ async fn node_death(protocol: Protocol) -> TestResult {
         for (index, (mut client, token, _)) in clients.into_iter().enumerate() {
             let survivors = [hub(0)?, hub(1)?];
             readers.push(tokio::spawn(async move {
-                let mut got = Got::default();
+                let mut got = Numbered::default();
+                let mut reconnects = 0;
                 let deadline = Instant::now() + Duration::from_secs(60);
                 while !(got.group.last() == Some(&(COUNT - 1)) && got.direct.last() == Some(&(COUNT - 1))) {
                     if Instant::now() >= deadline {
                         return Err(format!("client {index}: the last messages did not arrive").into());
                     }
                     match timeout(Duration::from_secs(5), client.read()).await {
-                        Ok(Ok(message)) => record(&mut got, &message)?,
+                        Ok(Ok(message)) => got.file(&message)?,
                         Ok(Err(_)) | Err(_) => {
                             // Through a survivor; the keeper takes it over once the death is detected.
                             let mut attempt = 0;
                             loop {
-                                let through = &survivors[(index + got.reconnects + attempt) % 2];
+                                let through = &survivors[(index + reconnects + attempt) % 2];
                                 // The client sent one message (the join).
                                 match client.reconnect(&format!("{through}?id={token}"), 2).await {
                                     Ok(()) => break,
@@ -162,11 +142,11 @@ async fn node_death(protocol: Protocol) -> TestResult {
                                     Err(error) => return Err(format!("client {index}: no resume: {error}").into()),
                                 }
                             }
-                            got.reconnects += 1;
+                            reconnects += 1;
                         }
                     }
                 }
-                Ok::<_, Box<dyn Error + Send + Sync>>((client, got))
+                Ok::<_, Box<dyn Error + Send + Sync>>((client, got, reconnects))
             }));
         }
 
@@ -216,8 +196,8 @@ async fn node_death(protocol: Protocol) -> TestResult {
             finished.push(timeout(Duration::from_secs(70), reader).await???);
         }
         let _ = timeout(Duration::from_secs(5), sender).await;
-        for (index, (client, got)) in finished.iter_mut().enumerate() {
-            assert!(got.reconnects >= 1, "client {index} never lost its socket");
+        for (index, (client, got, reconnects)) in finished.iter_mut().enumerate() {
+            assert!(*reconnects >= 1, "client {index} never lost its socket");
             for (kind, numbers) in [("group", &got.group), ("direct", &got.direct)] {
                 assert!(
                     numbers.windows(2).all(|pair| pair[0] < pair[1]),

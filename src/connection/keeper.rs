@@ -33,8 +33,8 @@ pub trait Keeper: Send + Sync + 'static {
     /// The connection joined (`true`) or left a group (a named one, or its user's when `user`), before the change
     /// is confirmed to anyone.
     fn group(&self, group: &str, user: bool, joined: bool);
-    /// The connection ended here (`moved`: it goes on on another node, which keeps it from there).
-    fn ended(&self, moved: bool);
+    /// The connection ended here (or moved: the node it moves to does not keep it again).
+    fn ended(&self);
     /// How far the keeper holds the records.
     fn held(&self) -> &Held;
 }

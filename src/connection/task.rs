@@ -368,14 +368,14 @@ impl<T: Transport> Connection<T> {
         let ending = match ending {
             Ending::Moved(out) => {
                 if let Some(keeper) = self.stateful.as_ref().and_then(|stateful| stateful.keeper.as_ref()) {
-                    keeper.ended(true);
+                    keeper.ended();
                 }
                 return self.hand_over(*out).await;
             }
             ending => ending,
         };
         if let Some(keeper) = self.stateful.as_ref().and_then(|stateful| stateful.keeper.as_ref()) {
-            keeper.ended(false);
+            keeper.ended();
         }
         let reason = DisconnectReason::of(&ending, self.mailbox.is_ending());
         self.limits.counters.disconnected(self.session.transport, self.protocol, reason);

@@ -166,8 +166,7 @@ impl<H: LocalHub> Router<H> {
                 connection,
                 done,
             } => {
-                self.groups.remove(&key, &from, &connection);
-                self.finish(done, Ok(()));
+                self.unregister_now(&from, &key, &connection, done);
                 None
             }
             op => Some(op),

@@ -179,6 +179,12 @@ impl<H: LocalHub> Router<H> {
         self.finish(done, Ok(()));
     }
 
+    /// Applies a leave.
+    pub(super) fn unregister_now(&self, from: &NodeId, key: &GroupKey, connection: &ConnectionId, done: Done) {
+        self.groups.remove(key, from, connection);
+        self.finish(done, Ok(()));
+    }
+
     async fn apply(&self, op: MembershipOp, state: &mut OpsState) {
         match op {
             MembershipOp::Register {
@@ -213,10 +219,7 @@ impl<H: LocalHub> Router<H> {
                 key,
                 connection,
                 done,
-            } => {
-                self.groups.remove(&key, &from, &connection);
-                self.finish(done, Ok(()));
-            }
+            } => self.unregister_now(&from, &key, &connection, done),
             MembershipOp::Snapshot { from, .. } if self.is_stale(&from) => {
                 state.snapshots.remove(&from);
                 if let Some((_, awaiting)) = &mut state.settling {

@@ -284,19 +284,10 @@ async fn ride_through(signal: &str, proxied: usize) -> TestResult {
             json!(true),
             "after the take-over, every client, every message once in order: {verdict}"
         );
-        for index in 0..all {
-            let closed = clients.ask(json!({"cmd": "closed", "index": index, "ms": 0})).await?;
-            assert_eq!(closed["ok"], json!(false), "client {index} was closed: {closed}");
-        }
-        let ids = clients.ask(json!({"cmd": "ids"})).await?;
-        assert_eq!(
-            ids["ids"], ready["ids"],
-            "a client is another connection after the kill"
-        );
+        clients.assert_carried_on(all, &ready, "the kill").await?;
         let count = clients.ask(json!({"cmd": "count", "via": 0})).await?;
         assert_eq!(count["count"], json!(all), "the group kept its members: {count}");
-        let _ = clients.ask(json!({"cmd": "quit"})).await;
-        let _ = clients.child.wait().await;
+        clients.quit().await;
         Ok(())
     })
     .await?

@@ -65,4 +65,28 @@ impl OfficialClients {
         self.input.flush().await?;
         self.read().await
     }
+
+    /// Checks that none of the first `count` clients was closed and each is the connection it was when `ready`
+    /// (the script's first answer) listed it, `after` what (for the messages).
+    pub async fn assert_carried_on(&mut self, count: usize, ready: &Value, after: &str) -> TestResult {
+        for index in 0..count {
+            let closed = self
+                .ask(serde_json::json!({"cmd": "closed", "index": index, "ms": 0}))
+                .await?;
+            assert_eq!(
+                closed["ok"],
+                serde_json::json!(false),
+                "client {index} was closed: {closed}"
+            );
+        }
+        let ids = self.ask(serde_json::json!({"cmd": "ids"})).await?;
+        assert_eq!(ids["ids"], ready["ids"], "a client is another connection after {after}");
+        Ok(())
+    }
+
+    /// Ends the script and waits for it.
+    pub async fn quit(mut self) {
+        let _ = self.ask(serde_json::json!({"cmd": "quit"})).await;
+        let _ = self.child.wait().await;
+    }
 }

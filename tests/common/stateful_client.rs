@@ -78,3 +78,26 @@ impl StatefulClient {
         Ok(self.raw.send_sequence(client_next).await?)
     }
 }
+
+/// The group (`g`) and direct (`d`) message numbers a test client got, in arrival order.
+#[derive(Default)]
+pub struct Numbered {
+    pub group: Vec<u64>,
+    pub direct: Vec<u64>,
+}
+
+impl Numbered {
+    /// Files a group or direct message by its number; anything else (completions) is ignored.
+    pub fn file(&mut self, message: &Value) -> TestResult {
+        if message["type"] != 1 {
+            return Ok(());
+        }
+        let n = message["arguments"][0].as_u64().ok_or("a message without its number")?;
+        match message["target"].as_str() {
+            Some("g") => self.group.push(n),
+            Some("d") => self.direct.push(n),
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -106,6 +106,11 @@ impl Keeping {
         self.adopted.load(Ordering::Relaxed)
     }
 
+    /// Frames waiting in the outboxes for their peers.
+    pub(crate) fn outbox_frames(&self) -> usize {
+        self.outboxes.lock().values().map(|outbox| outbox.batch.frames.len()).sum()
+    }
+
     /// Copies refused or dropped (bounds) and take-overs that failed.
     pub(crate) fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
@@ -347,22 +352,20 @@ impl Keeping {
         kept.tokens.contains_key(token) || kept.taking_over.contains(token)
     }
 
-    /// Waits (at most [`ADOPT_WAIT`]) until this node neither keeps `token`'s connection nor is taking it over:
-    /// whether it took it over (its token is in `endpoint`'s table).
+    /// Waits (at most [`ADOPT_WAIT`]) until this node neither keeps `token`'s connection nor is taking it over (at
+    /// once if it does neither): whether the connection runs here (taken over here, now or before).
     pub(crate) async fn wait_taken_over(&self, endpoint: &HubEndpoint, token: &str) -> bool {
         let deadline = Instant::now() + ADOPT_WAIT;
         // Bounded by the deadline; the take-over itself follows the failure detector (about 2 s).
         while self.keeps(token) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let taken = !self.keeps(token) && runs_here(endpoint, token);
-        tracing::debug!(taken, "a reconnect waited for its connection's take-over");
-        taken
+        !self.keeps(token) && runs_here(endpoint, token)
     }
 }
 
 /// Whether `token`'s stateful WebSocket connection runs on this node (taken over here, for one).
-pub(super) fn runs_here(endpoint: &HubEndpoint, token: &str) -> bool {
+fn runs_here(endpoint: &HubEndpoint, token: &str) -> bool {
     matches!(
         super::endpoint::lookup(endpoint, token),
         super::endpoint::Lookup::Open(crate::transport::TransportKind::WebSockets, ..)

@@ -452,10 +452,8 @@ async fn adopt_here(
     // A reconnect for a connection this node keeps, whose server could not answer: it is taken over here once
     // the server is declared dead (`super::keeping`).
     if matches!(found, Lookup::Missing) && tunnel.is_some() {
-        if node.keeping().keeps(token) {
-            node.keeping().wait_taken_over(endpoint, token).await;
-        }
-        // Taken over meanwhile, or while this node waited.
+        // Taken over here meanwhile, or once the server is declared dead.
+        node.keeping().wait_taken_over(endpoint, token).await;
         found = lookup(endpoint, token);
     }
     let id = match (found, tunnel) {
@@ -476,9 +474,7 @@ async fn adopt_here(
             }
             // Its server may have died meanwhile, and its keeper taken it over: this node, or a peer that told this
             // node (its home) so (`super::keeping`).
-            if node.keeping().keeps(token) {
-                node.keeping().wait_taken_over(endpoint, token).await;
-            }
+            node.keeping().wait_taken_over(endpoint, token).await;
             return match lookup(endpoint, token) {
                 Lookup::Open(TransportKind::WebSockets, ..) => resume_here(node, endpoint, token, from, tunnel),
                 Lookup::Adopted(keeper, TransportKind::WebSockets) if keeper != server => {

@@ -245,13 +245,7 @@ async fn taken_over_here(
     head: &RequestHead,
     user: &Option<Authenticated>,
 ) -> Option<Result<AcceptedWebSocket, Box<HttpResponse>>> {
-    if node.keeping().keeps(token) {
-        if !node.keeping().wait_taken_over(endpoint, token).await {
-            return None;
-        }
-    } else if !super::keeping::runs_here(endpoint, token) {
-        // Neither kept here nor taken over here already (while this request waited for its home).
-        tracing::debug!(parent: node.span(), "a reconnect for a connection this node does not keep");
+    if !node.keeping().wait_taken_over(endpoint, token).await {
         return None;
     }
     Some(accept_local(node, endpoint.clone(), Some(token.to_owned()), head, user.clone()))

@@ -78,6 +78,7 @@ pub(super) struct Scrape {
     tunnels_fell_behind: u64,
     kept_here: usize,
     kept_elsewhere: usize,
+    keeping_outbox: usize,
     taken_over: u64,
     keeping_refused: u64,
     /// The mesh's bound counters, by bound.
@@ -141,6 +142,7 @@ impl Scrape {
             tunnels_fell_behind: node.tunnels().fell_behind(),
             kept_here: node.keeping().kept_count(),
             kept_elsewhere: node.keeping().keeping_count(),
+            keeping_outbox: node.keeping().outbox_frames(),
             taken_over: node.keeping().adopted(),
             keeping_refused: node.keeping().refused(),
             ready,
@@ -399,6 +401,12 @@ impl Collector for NodeCollector {
             "hubmesh_connections_kept_elsewhere",
             "Stateful connections running here whose copy a peer keeps.",
             count(scrape.kept_elsewhere),
+        )?;
+        gauge(
+            encoder,
+            "hubmesh_keeping_outbox_frames",
+            "Keeping frames waiting for their peers (at most 65,536 per peer; past it the connection runs unkept).",
+            count(scrape.keeping_outbox),
         )?;
         counter(
             encoder,

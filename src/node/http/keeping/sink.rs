@@ -27,7 +27,6 @@ pub(crate) struct KeepSink {
 struct SinkState {
     keeper: Option<NodeId>,
     ended: bool,
-    opened: bool,
     copy: Copy,
 }
 
@@ -42,7 +41,6 @@ impl KeepSink {
             state: Mutex::new(SinkState {
                 keeper: None,
                 ended: false,
-                opened: false,
                 copy: Copy {
                     id,
                     path: path.to_owned(),
@@ -73,10 +71,8 @@ impl KeepSink {
             return;
         };
         if !node.keeping().queue(&keeper, frame, payload) {
-            // Unkept rather than stalled: the records are written as if alone.
             node.keeping().refused.fetch_add(1, Ordering::Relaxed);
-            state.keeper = None;
-            self.held.advance(state.copy.last);
+            self.run_unkept(state);
         }
     }
 
@@ -99,14 +95,19 @@ impl KeepSink {
             .collect();
         state.keeper = crate::cluster::owner(state.copy.id.as_str().as_bytes(), &peers).cloned();
         let Some(keeper) = state.keeper.clone() else {
-            self.held.advance(state.copy.last);
+            self.run_unkept(state);
             return;
         };
         if !node.keeping().queue(&keeper, Frame::Open(Box::new(state.copy.clone())), None) {
-            // Unkept rather than stalled: the records are written as if alone.
-            state.keeper = None;
-            self.held.advance(state.copy.last);
+            node.keeping().refused.fetch_add(1, Ordering::Relaxed);
+            self.run_unkept(state);
         }
+    }
+
+    /// Nobody keeps the connection: unkept rather than stalled, its records are written as if alone.
+    fn run_unkept(&self, state: &mut SinkState) {
+        state.keeper = None;
+        self.held.advance(state.copy.last);
     }
 
     pub(super) fn held_by(&self, from: &NodeId, seq: u64) {
@@ -124,8 +125,7 @@ impl KeepSink {
     pub(super) fn refused_by(&self, from: &NodeId) {
         let mut state = self.state.lock();
         if state.keeper.as_ref() == Some(from) {
-            state.keeper = None;
-            self.held.advance(state.copy.last);
+            self.run_unkept(&mut state);
         }
     }
 
@@ -147,9 +147,8 @@ impl Keeper for KeepSink {
         };
         let mut state = self.state.lock();
         state.copy.protocol = protocol.name().to_owned();
-        state.opened = true;
         let id = state.copy.id.clone();
-        node.keeping().sinks.lock().insert(id, self.weak());
+        node.keeping().sinks.lock().insert(id, self.me.clone());
         self.open(&node, &mut state, None);
     }
 
@@ -220,7 +219,7 @@ impl Keeper for KeepSink {
         }
     }
 
-    fn ended(&self, _moved: bool) {
+    fn ended(&self) {
         let mut state = self.state.lock();
         if state.ended {
             return;
@@ -228,9 +227,7 @@ impl Keeper for KeepSink {
         state.ended = true;
         let id = state.copy.id.clone();
         if let Some(node) = self.node() {
-            if state.opened {
-                node.keeping().sinks.lock().remove(&id);
-            }
+            node.keeping().sinks.lock().remove(&id);
             if let Some(keeper) = state.keeper.take() {
                 node.keeping().queue(&keeper, Frame::Ended { id }, None);
             }
@@ -239,11 +236,5 @@ impl Keeper for KeepSink {
 
     fn held(&self) -> &Held {
         &self.held
-    }
-}
-
-impl KeepSink {
-    fn weak(&self) -> Weak<KeepSink> {
-        self.me.clone()
     }
 }
