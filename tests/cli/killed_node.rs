@@ -180,7 +180,19 @@ async fn ride_through(signal: &str, proxied: usize) -> TestResult {
             .ask(json!({"cmd": "stream", "from": sender, "count": COUNT, "tag": "kill", "interval": 10}))
             .await?;
         assert_eq!(answer["ok"], json!(true), "{answer}");
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        // The series is under way: every client has its first messages.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = clients.ask(json!({"cmd": "received", "tag": "kill"})).await?;
+            let started = got["received"]
+                .as_array()
+                .is_some_and(|lists| lists.iter().all(|list| list.as_array().is_some_and(|list| list.len() >= 50)));
+            if started {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the series did not start: {got}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let killed_at = now_ms();
         let kill_time = Instant::now();
         nodes[victim].signal(signal)?;
