@@ -71,6 +71,8 @@ mod moves;
 mod ops_queue;
 mod owner;
 mod rehome;
+#[cfg(test)]
+mod settling_tests;
 mod relay;
 mod requests;
 mod router;

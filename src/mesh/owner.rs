@@ -89,6 +89,13 @@ pub(super) struct OpsState {
     settling: Option<(tokio::time::Instant, HashSet<NodeId>)>,
     /// After a change that added nodes: settling lasts at least until then.
     settle_not_before: Option<tokio::time::Instant>,
+    /// The peers of the last view change this queue applied: what its sends and snapshots are in order with.
+    view: HashSet<NodeId>,
+    /// Senders not in `view` when their sends arrived (this node's view lags theirs): settling lasts until a view
+    /// change that holds each is applied (it asks every peer for its members) or it is gone, or the deadline
+    /// passes. Their snapshots alone do not end it: the sender placed the group here by a view that may hold
+    /// further nodes whose members this node lacks. At most one entry per node name.
+    unseen_senders: HashSet<NodeId>,
     /// Sends held while settling, in order.
     deferred: VecDeque<HeldSend>,
     /// Sends to groups without members here yet, with when they arrived.
@@ -275,10 +282,11 @@ impl<H: LocalHub> Router<H> {
             }
             MembershipOp::Send { send } => {
                 let origin = &send.stamp.origin;
-                if state.settling.is_none()
-                    && !self.is_local(&origin.name)
-                    && !self.is_live_incarnation(&origin.name, origin.generation)
-                {
+                let unseen = !self.is_local(&origin.name) && !state.view.contains(origin) && !self.is_stale(origin);
+                if unseen && state.unseen_senders.iter().all(|sender| sender.name != origin.name) {
+                    state.unseen_senders.insert(origin.clone());
+                }
+                if state.settling.is_none() && unseen {
                     // A sender this node does not see yet: its view is ahead of this node's (this node just
                     // joined, and the sender placed the group here before this node knows its peers), so this
                     // node may not hold every member yet. Hold the group's sends until this node's own view
@@ -313,6 +321,7 @@ impl<H: LocalHub> Router<H> {
                 // owned then, which fan out what they hold before they stop.
                 self.groups.release(|key| self.is_local(&self.owner_of(key).name));
                 let now = tokio::time::Instant::now();
+                state.view = peers.iter().cloned().collect();
                 state.settling = Some((now + SETTLE, peers.into_iter().collect()));
                 if joined && self.born.elapsed() < YOUNG {
                     // This node joined lately: its view may still be growing (it may not see every member yet, and
@@ -333,12 +342,18 @@ impl<H: LocalHub> Router<H> {
         let now = tokio::time::Instant::now();
         let settled = match &state.settling {
             Some((deadline, awaiting)) => {
-                (awaiting.is_empty() && state.settle_not_before.is_none_or(|at| now >= at)) || now >= *deadline
+                let seen = state
+                    .unseen_senders
+                    .iter()
+                    .all(|sender| state.view.contains(sender) || self.is_stale(sender));
+                (awaiting.is_empty() && seen && state.settle_not_before.is_none_or(|at| now >= at))
+                    || now >= *deadline
             }
             None => false,
         };
         if settled {
             state.settle_not_before = None;
+            state.unseen_senders.clear();
             if let Some((deadline, _)) = state.settling.take() {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 self.counters.rehomed(SETTLE.saturating_sub(left));

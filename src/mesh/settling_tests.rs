@@ -1,0 +1,155 @@
+//! Settling at an owner whose view lags its senders': one router, fed link events by hand, with links that
+//! record what it sends.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::envelope::{Envelope, WireFrame};
+use super::group::{GroupKey, Stamp};
+use super::{LocalHub, MeshError, Router};
+use crate::cluster::link::LinkCounters;
+use crate::cluster::{LinkError, LinkEvent, Links, NodeId, PeerInfo};
+use crate::connection::{ConnectionHandle, ConnectionId, SharedFrame};
+
+/// A hub with no connections here.
+struct NoConnections;
+
+impl LocalHub for NoConnections {
+    fn deliver_all(&self, _: &Arc<SharedFrame>, _: &[ConnectionId]) {}
+    fn deliver_to(&self, _: &[ConnectionId], _: &Arc<SharedFrame>) {}
+    fn deliver_group(&self, _: &GroupKey, _: &Arc<SharedFrame>, _: &[ConnectionId]) -> bool {
+        false
+    }
+    fn has_local_members(&self, _: &GroupKey) -> bool {
+        false
+    }
+    fn local_join(&self, _: &GroupKey, _: &ConnectionId) -> Result<(), MeshError> {
+        Ok(())
+    }
+    fn local_leave(&self, _: &GroupKey, _: &ConnectionId) -> bool {
+        false
+    }
+    fn local_memberships(&self) -> Vec<(GroupKey, Vec<ConnectionId>)> {
+        Vec::new()
+    }
+    fn handle_of(&self, _: &ConnectionId) -> Option<ConnectionHandle> {
+        None
+    }
+    fn close_all_with(&self, _: &str) {}
+}
+
+/// Links to every peer, up, that record each frame sent.
+#[derive(Default)]
+struct RecordingLinks {
+    sent: Mutex<Vec<(NodeId, Bytes)>>,
+    counters: LinkCounters,
+}
+
+impl RecordingLinks {
+    /// The peers each `GroupDeliver` of group `key` went to, in order.
+    fn deliveries_of(&self, key: &GroupKey) -> Vec<String> {
+        self.sent
+            .lock()
+            .iter()
+            .filter_map(|(peer, frame)| match rmp_serde::from_slice::<Envelope>(frame) {
+                Ok(Envelope::GroupDeliver { key: delivered, .. }) if &delivered == key => Some(peer.name.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Links for RecordingLinks {
+    fn advertised_address(&self) -> String {
+        String::new()
+    }
+    fn send(&self, peer: &NodeId, frame: Bytes) -> Result<(), LinkError> {
+        self.sent.lock().push((peer.clone(), frame));
+        Ok(())
+    }
+    fn update_peers(&self, _: &[PeerInfo]) {}
+    fn connected(&self) -> Vec<NodeId> {
+        Vec::new()
+    }
+    fn counters(&self) -> &LinkCounters {
+        &self.counters
+    }
+    fn queue_depth(&self, _: &str) -> usize {
+        0
+    }
+}
+
+fn frame(from: &NodeId, envelope: &Envelope) -> LinkEvent {
+    LinkEvent::Frame {
+        from: from.clone(),
+        frame: Bytes::from(rmp_serde::to_vec(envelope).unwrap()),
+    }
+}
+
+fn snapshot(key: &GroupKey, member: &str) -> Envelope {
+    Envelope::Snapshot {
+        part: 0,
+        last: true,
+        groups: vec![(key.clone(), vec![ConnectionId::new(member.to_string())])],
+    }
+}
+
+/// Waits until `done` holds, at most 5 s.
+async fn until(mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !done() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A restarted owner gets a send from a node it does not see yet, and that node's snapshot, before its own view
+/// holds the cluster: it must not deliver until its view change gathered every peer's members (the chaos harness
+/// lost sends to one member node this way, seed 1796506765812339684).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_from_a_sender_not_seen_yet_waits_for_the_view_that_holds_every_member() {
+    let (one, three, five) = (NodeId::new("n1", 7), NodeId::new("n3", 7), NodeId::new("n5", 9));
+    let full = vec![one.clone(), three.clone(), five.clone()];
+    // A group n5 owns in the full view.
+    let key = (0..1_000)
+        .map(|index| GroupKey::named("hub", &format!("g{index}")))
+        .find(|key| crate::cluster::owner(&key.placement_bytes(), &full) == Some(&five))
+        .unwrap();
+    let router: Arc<Router<NoConnections>> =
+        Router::new("n5", tokio::runtime::Handle::current(), tracing::Span::none());
+    let hub = Arc::new(NoConnections);
+    router.register_hub("hub", &hub);
+    let links = Arc::new(RecordingLinks::default());
+    router.attach_links(links.clone(), &five);
+
+    // n1's view holds n5 already; n5's holds only itself.
+    let send = Envelope::GroupSend {
+        key: key.clone(),
+        except: Vec::new(),
+        frame: WireFrame::of(&SharedFrame::pre_encoded(Some(Bytes::from_static(b"{}\x1e")), None)),
+        stamp: Stamp {
+            origin: one.clone(),
+            seq: 1,
+            prev: 0,
+        },
+    };
+    router.on_link_event(LinkEvent::Up(one.clone()));
+    router.on_link_event(frame(&one, &send));
+    router.on_link_event(frame(&one, &snapshot(&key, "a.n1")));
+    // Time for the queue to apply both (it must hold the send).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(links.deliveries_of(&key), Vec::<String>::new(), "delivered before n5 saw the cluster");
+
+    // n5's view catches up: it asks every peer for its members, and n3 holds one.
+    router.on_view(full.clone());
+    router.on_link_event(frame(&one, &snapshot(&key, "a.n1")));
+    router.on_link_event(frame(&three, &snapshot(&key, "b.n3")));
+    until(|| links.deliveries_of(&key).len() >= 2).await;
+    let mut reached = links.deliveries_of(&key);
+    reached.sort();
+    assert_eq!(reached, vec!["n1", "n3"]);
+}
