@@ -4,9 +4,11 @@
 
 use std::sync::{Arc, Weak};
 
+use super::arrivals::Arrivals;
 use super::envelope::{Envelope, WireFrame};
 use super::group::{GroupKey, Stamp};
 use super::group_actor::{Delivery, Fanout};
+use super::router::Delivered;
 use super::{LocalHub, Router};
 use crate::cluster::{LinkError, NodeId};
 use crate::connection::{ConnectionId, SharedFrame};
@@ -78,7 +80,9 @@ impl<H: LocalHub> Fanout for RouterFanout<H> {
 
 impl<H: LocalHub> Router<H> {
     /// Delivers a group send to this node's members, unless it was delivered here already; one that overtook an
-    /// earlier send of its origin to the group waits for it (`mesh/arrivals.rs`).
+    /// earlier send of its origin to the group waits for it (`mesh/arrivals.rs`). Delivered under the records'
+    /// lock: what one arrival releases reaches the members before what the next one (on another link, or the
+    /// gap expiry) releases, so the order the records decided is the order members see.
     pub(super) fn deliver_group_locally(
         &self,
         key: &GroupKey,
@@ -86,7 +90,8 @@ impl<H: LocalHub> Router<H> {
         except: &Arc<[ConnectionId]>,
         stamp: &Stamp,
     ) {
-        let arrived = self.delivered.lock().arrive(
+        let mut delivered = self.delivered.lock();
+        let arrived = delivered.arrive(
             key,
             stamp,
             (Arc::clone(frame), Arc::clone(except)),
@@ -106,33 +111,40 @@ impl<H: LocalHub> Router<H> {
             hit.hit(&hit.waiting_refused, arrived.unordered, &self.span, what);
         }
         for (frame, except) in arrived.deliver {
-            self.deliver_to_members(key, &frame, &except);
+            self.deliver_to_members(&mut delivered, key, &frame, &except);
         }
     }
 
     /// Sends that waited [`super::arrivals::GAP_WAIT`] for an earlier one go on without it (on the membership
-    /// queue's tick).
+    /// queue's tick), under the records' lock as in [`Router::deliver_group_locally`].
     pub(super) fn expire_gaps(&self) {
+        let mut delivered = self.delivered.lock();
         let mut deliver = Vec::new();
-        let gaps = self.delivered.lock().expire(tokio::time::Instant::now(), &mut deliver);
+        let gaps = delivered.expire(tokio::time::Instant::now(), &mut deliver);
         if gaps > 0 {
             let hit = &self.bounds_hit;
             let what = "an earlier group send never arrived: delivered those that waited for it";
             hit.hit(&hit.gaps_given_up, gaps, &self.span, what);
         }
         for (key, (frame, except)) in deliver {
-            self.deliver_to_members(&key, &frame, &except);
+            self.deliver_to_members(&mut delivered, &key, &frame, &except);
         }
     }
 
-    fn deliver_to_members(&self, key: &GroupKey, frame: &Arc<SharedFrame>, except: &Arc<[ConnectionId]>) {
+    fn deliver_to_members(
+        &self,
+        delivered: &mut Arrivals<Delivered>,
+        key: &GroupKey,
+        frame: &Arc<SharedFrame>,
+        except: &Arc<[ConnectionId]>,
+    ) {
         let held_here = self
             .hub(&key.hub)
             .is_some_and(|runtime| runtime.deliver_group(key, frame, except));
         if !held_here {
             // No member here (any more): forget the group's records, so the table does not grow with every group
             // that ever existed.
-            self.delivered.lock().forget_group(key);
+            delivered.forget_group(key);
         }
     }
 }
