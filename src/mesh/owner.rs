@@ -282,7 +282,11 @@ impl<H: LocalHub> Router<H> {
             }
             MembershipOp::Send { send } => {
                 let origin = &send.stamp.origin;
-                let unseen = !self.is_local(&origin.name) && !state.view.contains(origin) && !self.is_stale(origin);
+                // A sender this node declared dead and hears from again counts too (an inbound-only partition of
+                // this node ended): its view is ahead of this node's, and this node dropped the members of every
+                // node it declared dead.
+                let unseen =
+                    !self.is_local(&origin.name) && !state.view.contains(origin) && !self.is_superseded(origin);
                 if unseen && state.unseen_senders.iter().all(|sender| sender.name != origin.name) {
                     state.unseen_senders.insert(origin.clone());
                 }
@@ -345,7 +349,7 @@ impl<H: LocalHub> Router<H> {
                 let seen = state
                     .unseen_senders
                     .iter()
-                    .all(|sender| state.view.contains(sender) || self.is_stale(sender));
+                    .all(|sender| state.view.contains(sender) || self.is_superseded(sender));
                 (awaiting.is_empty() && seen && state.settle_not_before.is_none_or(|at| now >= at))
                     || now >= *deadline
             }

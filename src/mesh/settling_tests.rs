@@ -107,6 +107,73 @@ async fn until(mut done: impl FnMut() -> bool) {
     }
 }
 
+/// The owner of a group, after an inbound-only partition: it declared every peer dead (it heard nobody) and
+/// dropped their members, while they kept seeing it; the first sends it gets after the partition come from a
+/// sender it declared dead. It must hold them until its view holds that sender again and every peer's members came
+/// back (chaos seeds 1796512505288493712 and 1796512651197941199 lost sends to two member nodes this way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_from_a_sender_declared_dead_waits_for_the_view_that_holds_it_again() {
+    let (one, two, three, five) = (
+        NodeId::new("n1", 7),
+        NodeId::new("n2", 7),
+        NodeId::new("n3", 7),
+        NodeId::new("n5", 9),
+    );
+    let full = vec![one.clone(), two.clone(), three.clone(), five.clone()];
+    let cut_off = vec![two.clone(), five.clone()];
+    // A group n5 owns in both views.
+    let key = (0..1_000)
+        .map(|index| GroupKey::named("hub", &format!("g{index}")))
+        .find(|key| {
+            crate::cluster::owner(&key.placement_bytes(), &full) == Some(&five)
+                && crate::cluster::owner(&key.placement_bytes(), &cut_off) == Some(&five)
+        })
+        .unwrap();
+    let router: Arc<Router<NoConnections>> =
+        Router::new("n5", tokio::runtime::Handle::current(), tracing::Span::none());
+    let hub = Arc::new(NoConnections);
+    router.register_hub("hub", &hub);
+    let links = Arc::new(RecordingLinks::default());
+    router.attach_links(links.clone(), &five);
+    router.on_view(full.clone());
+    for (node, member) in [(&one, "a.n1"), (&two, "b.n2"), (&three, "c.n3")] {
+        router.on_link_event(frame(node, &snapshot(&key, member)));
+    }
+    // Settled with every member; then the partition: n5 (and n2 with it) declare n1 and n3 dead.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    router.on_view(cut_off.clone());
+    router.on_link_event(frame(&two, &snapshot(&key, "b.n2")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Healed: n1's send and its snapshot arrive before n5's view holds n1 and n3 again.
+    router.on_link_event(frame(&one, &group_send(&key, &one)));
+    router.on_link_event(frame(&one, &snapshot(&key, "a.n1")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(links.deliveries_of(&key), Vec::<String>::new(), "delivered before n5 saw the cluster again");
+
+    router.on_view(full.clone());
+    for (node, member) in [(&one, "a.n1"), (&two, "b.n2"), (&three, "c.n3")] {
+        router.on_link_event(frame(node, &snapshot(&key, member)));
+    }
+    until(|| links.deliveries_of(&key).len() >= 3).await;
+    let mut reached = links.deliveries_of(&key);
+    reached.sort();
+    assert_eq!(reached, vec!["n1", "n2", "n3"]);
+}
+
+fn group_send(key: &GroupKey, origin: &NodeId) -> Envelope {
+    Envelope::GroupSend {
+        key: key.clone(),
+        except: Vec::new(),
+        frame: WireFrame::of(&SharedFrame::pre_encoded(Some(Bytes::from_static(b"{}\x1e")), None)),
+        stamp: Stamp {
+            origin: origin.clone(),
+            seq: 1,
+            prev: 0,
+        },
+    }
+}
+
 /// A restarted owner gets a send from a node it does not see yet, and that node's snapshot, before its own view
 /// holds the cluster: it must not deliver until its view change gathered every peer's members (the chaos harness
 /// lost sends to one member node this way, seed 1796506765812339684).
