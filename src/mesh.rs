@@ -66,6 +66,7 @@ mod group_actor;
 mod group_send;
 mod hints;
 mod inbound;
+mod kept;
 mod members;
 mod moves;
 mod ops_queue;

@@ -89,11 +89,19 @@ impl<T: Transport> Connection<T> {
         let mut next = Some(first);
         while let Some(message) = next.take() {
             only_frames &= matches!(message, Outbound::Fanout(_));
+            // Kept with the record for its keeper (a group send's place in its group's order).
+            let mut mark = None;
             let record = match message {
-                Outbound::Frame(frame) | Outbound::Fanout(frame) => match self.protocol {
-                    Protocol::Json => frame.text().cloned().map(Piece::Text),
-                    Protocol::MessagePack => frame.bytes(self.protocol).cloned().map(Piece::Bytes),
-                },
+                Outbound::Frame(frame) | Outbound::Fanout(frame) => {
+                    let piece = match self.protocol {
+                        Protocol::Json => frame.text().cloned().map(Piece::Text),
+                        Protocol::MessagePack => frame.bytes(self.protocol).cloned().map(Piece::Bytes),
+                    };
+                    if self.stateful.as_ref().is_some_and(|stateful| stateful.keeper.is_some()) {
+                        mark = frame.mark().cloned();
+                    }
+                    piece
+                }
                 Outbound::Own(bytes) => Some(Piece::Bytes(*bytes)),
                 Outbound::Invoke(invoke) => {
                     let Invoke {
@@ -158,7 +166,7 @@ impl<T: Transport> Connection<T> {
                         let id = stateful.sent.push(bytes.clone());
                         match &stateful.keeper {
                             // Written once its keeper holds it (`super::keeper`).
-                            Some(keeper) => keeper.record(id, &bytes),
+                            Some(keeper) => keeper.record(id, &bytes, mark.as_ref()),
                             None => batch.push(record),
                         }
                     }

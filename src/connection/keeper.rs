@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::SendMark;
 use crate::protocol::Protocol;
 
 /// Where a stateful connection reports what its keeper copies. Calls must not block: they run on the connection
@@ -24,8 +25,9 @@ use crate::protocol::Protocol;
 pub trait Keeper: Send + Sync + 'static {
     /// The handshake turned stateful reconnect on, in `protocol`: the copy starts.
     fn opened(&self, protocol: Protocol);
-    /// Record `id` (the next sequence id) was numbered; it is written once [`Held`] covers it.
-    fn record(&self, id: u64, record: &Bytes);
+    /// Record `id` (the next sequence id) was numbered; it is written once [`Held`] covers it. `mark`: where it
+    /// stands in its group's order, for a group send's.
+    fn record(&self, id: u64, record: &Bytes, mark: Option<&SendMark>);
     /// The client acknowledged every record up to `id`.
     fn acked(&self, id: u64);
     /// The connection acknowledged the client's records up to `id`.

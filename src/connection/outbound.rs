@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::protocol::{EncodeError, NoPayload, Outgoing, Protocol, RawValue};
@@ -72,12 +72,50 @@ impl EncodeSource for PreEncoded {
     }
 }
 
+/// Where a frame of a group send stands in its group's one order: the group (a named group, or a user's) and the
+/// send's stamp (its origin incarnation and that incarnation's sequence number). A stateful connection's keeper
+/// records the last mark of each group it was written (`super::keeper`), so that a node resuming the connection
+/// knows where in the group's sends the client is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendMark {
+    /// The group's name (the user's name for a user's group).
+    pub group: Arc<str>,
+    /// Whether it is a user's group.
+    pub user: bool,
+    /// The name of the node incarnation where the send started.
+    pub origin: Arc<str>,
+    /// That incarnation's generation.
+    pub generation: u64,
+    /// That incarnation's sequence number of the send.
+    pub seq: u64,
+}
+
+/// The bytes of another frame, with a mark of its own ([`SharedFrame::with_mark`]).
+struct MarkedSource(Arc<SharedFrame>);
+
+impl EncodeSource for MarkedSource {
+    fn encode(&self, protocol: Protocol, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        match self.0.bytes(protocol) {
+            Some(bytes) => {
+                out.extend_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(EncodeError {
+                protocol: protocol.name(),
+                reason: "the marked frame could not be encoded".into(),
+            }),
+        }
+    }
+}
+
 /// One server message, encoded lazily and at most once per protocol, shared by all its recipients.
 pub struct SharedFrame {
     /// Checked as UTF-8 once, here, so that no recipient's WebSocket text frame checks it again.
     json: OnceLock<Option<ByteString>>,
     msgpack: OnceLock<Option<Bytes>>,
     source: Box<dyn EncodeSource>,
+    /// For a group send's frame, where it stands in the group's order.
+    mark: Option<Box<SendMark>>,
 }
 
 impl std::fmt::Debug for SharedFrame {
@@ -96,7 +134,32 @@ impl SharedFrame {
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
             source,
+            mark: None,
         })
+    }
+
+    /// The same message, marked with where it stands in its group's order. Shares `frame`'s encodings (made
+    /// once, by whichever of the two is asked first).
+    pub fn with_mark(frame: &Arc<SharedFrame>, mark: SendMark) -> Arc<SharedFrame> {
+        let json = OnceLock::new();
+        if let Some(Some(text)) = frame.json.get() {
+            let _ = json.set(Some(text.clone()));
+        }
+        let msgpack = OnceLock::new();
+        if let Some(Some(bytes)) = frame.msgpack.get() {
+            let _ = msgpack.set(Some(bytes.clone()));
+        }
+        Arc::new(SharedFrame {
+            json,
+            msgpack,
+            source: Box::new(MarkedSource(Arc::clone(frame))),
+            mark: Some(Box::new(mark)),
+        })
+    }
+
+    /// Where this frame stands in its group's order, for a group send's.
+    pub fn mark(&self) -> Option<&SendMark> {
+        self.mark.as_deref()
     }
 
     /// An Invocation with no id of client method `target` with `arguments` (a tuple or a `Vec`).

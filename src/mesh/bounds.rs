@@ -39,6 +39,11 @@ pub struct MeshBoundsHit {
     pub waiting_refused: AtomicU64,
     /// Earlier sends given up on after [`super::arrivals::GAP_WAIT`]: the sends that waited for them went on.
     pub gaps_given_up: AtomicU64,
+    /// Groups not followed for a kept connection, because [`super::kept::KEPT_GROUPS_CAP`] were followed already.
+    pub kept_groups_refused: AtomicU64,
+    /// Kept connections resumed after sends they missed had left their group's history
+    /// ([`super::kept::KEPT_HISTORY_CAP`]).
+    pub kept_history_gaps: AtomicU64,
 }
 
 impl MeshBoundsHit {

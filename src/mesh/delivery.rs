@@ -8,6 +8,7 @@ use super::arrivals::Arrivals;
 use super::envelope::{Envelope, WireFrame};
 use super::group::{GroupKey, Stamp};
 use super::group_actor::{Delivery, Fanout};
+use super::kept::mark_of;
 use super::router::Delivered;
 use super::{LocalHub, Router};
 use crate::cluster::{LinkError, NodeId};
@@ -90,11 +91,13 @@ impl<H: LocalHub> Router<H> {
         except: &Arc<[ConnectionId]>,
         stamp: &Stamp,
     ) {
+        // Marked with its place in the group's order, for the keepers of stateful members (`super::kept`).
+        let frame = SharedFrame::with_mark(frame, mark_of(key, stamp));
         let mut delivered = self.delivered.lock();
         let arrived = delivered.arrive(
             key,
             stamp,
-            (Arc::clone(frame), Arc::clone(except)),
+            (frame, Arc::clone(except), stamp.clone()),
             tokio::time::Instant::now(),
         );
         if arrived.deliver.is_empty() {
@@ -110,8 +113,8 @@ impl<H: LocalHub> Router<H> {
             let what = "too many group sends wait for an earlier one: delivered some without it";
             hit.hit(&hit.waiting_refused, arrived.unordered, &self.span, what);
         }
-        for (frame, except) in arrived.deliver {
-            self.deliver_to_members(&mut delivered, key, &frame, &except);
+        for (frame, except, stamp) in arrived.deliver {
+            self.deliver_to_members(&mut delivered, key, &frame, &except, &stamp);
         }
     }
 
@@ -126,8 +129,8 @@ impl<H: LocalHub> Router<H> {
             let what = "an earlier group send never arrived: delivered those that waited for it";
             hit.hit(&hit.gaps_given_up, gaps, &self.span, what);
         }
-        for (key, (frame, except)) in deliver {
-            self.deliver_to_members(&mut delivered, &key, &frame, &except);
+        for (key, (frame, except, stamp)) in deliver {
+            self.deliver_to_members(&mut delivered, &key, &frame, &except, &stamp);
         }
     }
 
@@ -137,11 +140,16 @@ impl<H: LocalHub> Router<H> {
         key: &GroupKey,
         frame: &Arc<SharedFrame>,
         except: &Arc<[ConnectionId]>,
+        stamp: &Stamp,
     ) {
-        let held_here = self
+        let members_here = self
             .hub(&key.hub)
             .is_some_and(|runtime| runtime.deliver_group(key, frame, except));
-        if !held_here {
+        let followed = self
+            .kept
+            .lock()
+            .record(key, stamp, frame, except, tokio::time::Instant::now());
+        if !members_here && !followed {
             // No member here (any more): forget the group's records, so the table does not grow with every group
             // that ever existed.
             delivered.forget_group(key);

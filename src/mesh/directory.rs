@@ -20,6 +20,7 @@ use ractor::{Actor, ActorRef};
 use super::group::{GroupError, GroupKey, Stamp};
 use super::group_actor::{Fanout, GroupActor, GroupMessage};
 use super::group_send::HELD_SENDS_CAP;
+use super::kept::is_kept_member;
 use crate::cluster::NodeId;
 use crate::connection::{ConnectionId, SharedFrame};
 
@@ -53,8 +54,11 @@ struct Group {
     /// Members by the incarnation of the node they live on: a restarted node's members are its new generation's,
     /// and the earlier generation's are dropped when it is declared dead, whatever order the two arrive in.
     members: HashMap<NodeId, HashSet<ConnectionId>>,
-    /// The number of members.
+    /// The number of members, kept members included (`super::kept`): a group whose only members are kept
+    /// still fans its sends out to their keepers.
     count: usize,
+    /// How many of them are kept members, which count and list as no one.
+    kept: usize,
     /// The nodes that hold members, shared with the sends that go to them; rebuilt when that set changes.
     nodes: Arc<[NodeId]>,
     /// Its actor, from its first send on.
@@ -71,7 +75,12 @@ impl Group {
         let new_node = !self.members.contains_key(node);
         let held = self.members.entry(node.clone()).or_default();
         let before = held.len();
-        held.extend(ids);
+        for id in ids {
+            let kept = is_kept_member(&id);
+            if held.insert(id) && kept {
+                self.kept += 1;
+            }
+        }
         let (added, empty) = (held.len() - before, held.is_empty());
         self.count += added;
         if empty {
@@ -86,6 +95,7 @@ impl Group {
         if let Some(held) = self.members.get_mut(node) {
             if held.remove(id) {
                 self.count -= 1;
+                self.kept -= usize::from(is_kept_member(id));
             }
             if held.is_empty() {
                 self.members.remove(node);
@@ -98,6 +108,7 @@ impl Group {
     fn remove_node(&mut self, node: &NodeId) {
         if let Some(held) = self.members.remove(node) {
             self.count -= held.len();
+            self.kept -= held.iter().filter(|id| is_kept_member(id)).count();
             self.rebuild_nodes();
         }
     }
@@ -378,16 +389,24 @@ impl GroupDirectory {
 
     /// The number of members.
     pub fn count(&self, key: &GroupKey) -> usize {
-        self.groups.lock().by_key.get(key).map_or(0, |group| group.count)
+        self.groups.lock().by_key.get(key).map_or(0, |group| group.count - group.kept)
     }
 
-    /// The member ids.
+    /// The member ids (kept members are not members of their own).
     pub fn members(&self, key: &GroupKey) -> Vec<ConnectionId> {
         self.groups
             .lock()
             .by_key
             .get(key)
-            .map(|group| group.members.values().flatten().cloned().collect())
+            .map(|group| {
+                group
+                    .members
+                    .values()
+                    .flatten()
+                    .filter(|id| !is_kept_member(id))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

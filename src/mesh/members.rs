@@ -104,7 +104,7 @@ impl<H: LocalHub> Router<H> {
     }
 
     /// Records at the group's owner that a connection of this node joined.
-    async fn register(&self, key: GroupKey, connection: ConnectionId) -> Result<(), MeshError> {
+    pub(super) async fn register(&self, key: GroupKey, connection: ConnectionId) -> Result<(), MeshError> {
         let (op_key, op_connection) = (key.clone(), connection.clone());
         self.at_owner(
             &key,
@@ -152,7 +152,7 @@ impl<H: LocalHub> Router<H> {
         // The caller took the connection out of this node's table: if it was the group's last member here, the
         // group's records go, so a member that joins later waits for no send it could not have got
         // (`mesh/arrivals.rs`).
-        if self.hub(&key.hub).is_some_and(|runtime| !runtime.has_local_members(&key)) {
+        if self.hub(&key.hub).is_some_and(|runtime| !runtime.has_local_members(&key)) && !self.kept.lock().follows(&key) {
             self.delivered.lock().forget_group(&key);
         }
         let owner = self.owner_of(&key);

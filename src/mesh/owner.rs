@@ -169,6 +169,7 @@ pub(super) async fn run_membership_queue<H: LocalHub>(
                 // On the tick only: it visits every group with waiting sends, which must not cost every op.
                 router.expire_orphans(&mut state);
                 router.groups.sweep();
+                router.kept.lock().sweep(tokio::time::Instant::now());
             }
         }
         router.end_settling(&mut state).await;

@@ -220,10 +220,14 @@ impl<H: LocalHub> Router<H> {
     /// Every membership this node holds. Whole, not only the groups the receiver owns in this node's view:
     /// views change at slightly different times on different nodes, and the receiver picks by its own.
     pub(super) fn local_snapshot(&self) -> Vec<(GroupKey, Vec<ConnectionId>)> {
-        self.runtimes()
+        let mut snapshot: Vec<(GroupKey, Vec<ConnectionId>)> = self
+            .runtimes()
             .iter()
             .flat_map(|runtime| runtime.local_memberships())
-            .collect()
+            .collect();
+        // The kept members this node holds for connections it keeps (`super::kept`) travel like its own.
+        snapshot.extend(self.kept.lock().snapshot());
+        snapshot
     }
 
     /// Sends this node's snapshot to `node`, in parts under the link frame cap (see [`snapshot_parts`]). Parts of

@@ -21,12 +21,11 @@ use super::arrivals::Arrivals;
 use super::delivery::RouterFanout;
 use super::directory::GroupDirectory;
 use super::envelope::{Envelope, WireFrame};
-use super::group::GroupKey;
-#[cfg(doc)]
-use super::group::Stamp;
+use super::group::{GroupKey, Stamp};
 use super::bounds::{MeshBoundsHit, MeshCounters};
 use super::group_send::{HeldSend, RetainedSends};
 use super::hints::{Hints, Route};
+use super::kept::KeptGroups;
 use super::ops_queue::OpsQueue;
 use super::rehome::CutOff;
 use super::relay::{AdoptedOut, RelayHost};
@@ -62,6 +61,9 @@ pub(crate) struct Router<H> {
     /// Per group and origin node name, what of the origin's sends arrived here (`mesh/arrivals.rs`). Keyed by
     /// name so that a restart replaces the entry rather than adding one.
     pub(super) delivered: Mutex<Arrivals<Delivered>>,
+    /// The groups followed for connections this node keeps for others, with their histories (`super::kept`).
+    /// Locked under `delivered`, never the other way.
+    pub(super) kept: Mutex<KeptGroups>,
     /// Per group, the sequence number of this node's last send to it (a send's [`Stamp::prev`]), at most
     /// [`super::group_send::LAST_SENT_CAP`] groups. Locked under `held`.
     pub(super) last_sent: Mutex<HashMap<GroupKey, u64>>,
@@ -99,7 +101,7 @@ pub(crate) struct Router<H> {
 
 /// A group send waiting at a member node for an earlier one (`mesh/arrivals.rs`): its frame and who not to
 /// deliver it to.
-pub(super) type Delivered = (Arc<SharedFrame>, Arc<[ConnectionId]>);
+pub(super) type Delivered = (Arc<SharedFrame>, Arc<[ConnectionId]>, Stamp);
 
 /// The node part of a connection id (`<random>.<node>`), if any.
 pub(crate) fn node_of(id: &ConnectionId) -> Option<&str> {
@@ -126,6 +128,7 @@ impl<H: LocalHub> Router<H> {
             settling: std::sync::atomic::AtomicBool::new(false),
             born: tokio::time::Instant::now(),
             delivered: Mutex::new(Arrivals::default()),
+            kept: Mutex::new(KeptGroups::default()),
             last_sent: Mutex::new(HashMap::new()),
             departed: Mutex::new(HashMap::new()),
             ops,

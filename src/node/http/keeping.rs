@@ -160,14 +160,14 @@ impl Keeping {
             return false;
         }
         let frame = match (frame, payload) {
-            (Frame::Record { id, seq, .. }, Some(bytes)) => {
+            (Frame::Record { id, seq, mark, .. }, Some(bytes)) => {
                 let key = (bytes.as_ptr() as usize, bytes.len());
                 let next = u32::try_from(outbox.batch.payloads.len()).unwrap_or(u32::MAX);
                 let payload = *outbox.index.entry(key).or_insert_with(|| {
                     outbox.batch.payloads.push(bytes.clone());
                     next
                 });
-                Frame::Record { id, seq, payload }
+                Frame::Record { id, seq, payload, mark }
             }
             (frame, _) => frame,
         };
@@ -199,7 +199,14 @@ impl Keeping {
                     }
                 }
             }
-            frame => return self.keep(from, frame, payloads),
+            frame => {
+                let mut follows = Vec::new();
+                let answer = self.keep(from, frame, payloads, &mut follows);
+                for follow in follows {
+                    follow.apply(node);
+                }
+                return answer;
+            }
         }
         None
     }
@@ -209,7 +216,8 @@ impl Keeping {
     }
 
     /// The keeper's side of a frame from server `from`; the answer, if any.
-    fn keep(&self, from: &NodeId, frame: Frame, payloads: &[Bytes]) -> Option<Frame> {
+    /// `follows`: the groups to follow or stop following for kept connections, once the registry is let go.
+    fn keep(&self, from: &NodeId, frame: Frame, payloads: &[Bytes], follows: &mut Vec<Follow>) -> Option<Frame> {
         let mut kept = self.kept.lock();
         let refuse = |id: ConnectionId| {
             self.refused.fetch_add(1, Ordering::Relaxed);
@@ -224,12 +232,15 @@ impl Keeping {
                 let last = copy.last;
                 let mut copy = copy;
                 copy.bytes = copy.unacked.iter().map(|(_, record)| record.len()).sum();
-                kept.remove(&id);
+                let before = kept.remove(&id).map(|(_, before)| before.groups).unwrap_or_default();
+                // A copy sent again (its server lost the keeping link a while) follows what changed.
+                follows.push(Follow::of(&copy, before.difference(&copy.groups).cloned().collect(), false));
+                follows.push(Follow::of(&copy, copy.groups.difference(&before).cloned().collect(), true));
                 kept.tokens.insert(copy.token.clone(), id.clone());
                 kept.copies.insert(id.clone(), (from.clone(), *copy));
                 Some(Frame::Held { id, seq: last })
             }
-            Frame::Record { id, seq, payload } => {
+            Frame::Record { id, seq, payload, mark } => {
                 let (server, copy) = kept.copies.get_mut(&id)?;
                 if server != from {
                     return None;
@@ -239,9 +250,18 @@ impl Keeping {
                     copy.last = seq;
                     copy.bytes += record.len();
                     copy.unacked.push_back((seq, record));
+                    if let Some(mark) = mark {
+                        // Only for a group the copy lists: a mark of one it left would rejoin nothing.
+                        let group = (mark.group.to_string(), mark.user);
+                        if copy.groups.contains(&group) {
+                            copy.marks.insert(group, mark);
+                        }
+                    }
                 }
                 if copy.bytes > MAX_KEPT_BYTES && copy.unacked.len() > 1 {
-                    kept.remove(&id);
+                    if let Some((_, copy)) = kept.remove(&id) {
+                        follows.push(Follow::all(&copy, false));
+                    }
                     return refuse(id);
                 }
                 Some(Frame::Held { id, seq })
@@ -272,17 +292,24 @@ impl Keeping {
             } => {
                 let (server, copy) = kept.copies.get_mut(&id)?;
                 if server == from {
-                    if joined {
-                        copy.groups.insert((group, user));
+                    let entry = (group, user);
+                    let changed = if joined {
+                        copy.groups.insert(entry.clone())
                     } else {
-                        copy.groups.remove(&(group, user));
+                        copy.marks.remove(&entry);
+                        copy.groups.remove(&entry)
+                    };
+                    if changed {
+                        follows.push(Follow::of(copy, vec![entry], joined));
                     }
                 }
                 None
             }
             Frame::Ended { id } => {
                 if kept.copies.get(&id).is_some_and(|(server, _)| server == from) {
-                    kept.remove(&id);
+                    if let Some((_, copy)) = kept.remove(&id) {
+                        follows.push(Follow::all(&copy, false));
+                    }
                 }
                 None
             }
@@ -329,6 +356,7 @@ impl Keeping {
             tokio::spawn(async move {
                 let id = copy.id.clone();
                 let token = copy.token.clone();
+                let unfollow = Follow::all(&copy, false);
                 let taken = take_over(&node, copy, &server).await;
                 node.keeping().kept.lock().taking_over.remove(&token);
                 tracing::debug!(parent: node.span(), %id, ok = taken.is_ok(), "take-over done");
@@ -337,6 +365,7 @@ impl Keeping {
                         node.keeping().adopted.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(why) => {
+                        unfollow.apply(&node);
                         node.keeping().refused.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(parent: node.span(), %id, %why, "a kept connection could not be taken over");
                     }
@@ -396,6 +425,7 @@ async fn take_over(node: &Node, copy: Copy, server: &NodeId) -> Result<(), Strin
         last,
         received,
         groups,
+        marks,
         ..
     } = copy;
     let state = MovedState {
@@ -418,14 +448,18 @@ async fn take_over(node: &Node, copy: Copy, server: &NodeId) -> Result<(), Strin
     let router = endpoint.context.router().clone();
     let hub = endpoint.context.name().clone();
     for (group, user) in groups {
-        let key = if user {
-            GroupKey::user(&hub, &group)
-        } else {
-            GroupKey::named(&hub, &group)
-        };
-        if let Err(error) = router.group_add(key, id.clone()).await {
+        let key = group_key(&hub, &group, user);
+        // What the group sent it since its server numbered the last of its sends, then membership here.
+        let last = marks.get(&(group.clone(), user));
+        match router.resume_kept_member(&key, &id, last) {
+            Ok(missed) => tracing::debug!(parent: node.span(), %id, %group, missed, "a taken-over connection got its group's sends"),
+            Err(error) => tracing::info!(parent: node.span(), %id, %group, %error, "a taken-over connection did not resume a group"),
+        }
+        if let Err(error) = router.group_add(key.clone(), id.clone()).await {
             tracing::info!(parent: node.span(), %id, %group, %error, "a taken-over connection did not rejoin a group");
         }
+        // A member here now: its kept member goes.
+        router.unkeep_member(key, id.clone());
     }
     // A server that was only frozen drops it when it comes back.
     node.keeping().queue(server, Frame::TakenOver { id: id.clone() }, None);
@@ -441,3 +475,55 @@ async fn take_over(node: &Node, copy: Copy, server: &NodeId) -> Result<(), Strin
     Ok(())
 }
 
+
+/// A group's key in hub `hub`: a named group, or a user's.
+fn group_key(hub: &str, group: &str, user: bool) -> GroupKey {
+    if user {
+        GroupKey::user(hub, group)
+    } else {
+        GroupKey::named(hub, group)
+    }
+}
+
+/// Groups of a kept connection to follow or stop following here (`Router::keep_member`), so that a take-over
+/// gets the sends its server never numbered.
+pub(super) struct Follow {
+    path: String,
+    id: ConnectionId,
+    groups: Vec<(String, bool)>,
+    keep: bool,
+}
+
+impl Follow {
+    fn of(copy: &Copy, groups: Vec<(String, bool)>, keep: bool) -> Follow {
+        Follow {
+            path: copy.path.clone(),
+            id: copy.id.clone(),
+            groups,
+            keep,
+        }
+    }
+
+    fn all(copy: &Copy, keep: bool) -> Follow {
+        Follow::of(copy, copy.groups.iter().cloned().collect(), keep)
+    }
+
+    fn apply(self, node: &Node) {
+        if self.groups.is_empty() {
+            return;
+        }
+        let Some(endpoint) = node.endpoint(&self.path) else {
+            return;
+        };
+        let router = endpoint.context.router();
+        let hub = endpoint.context.name();
+        for (group, user) in self.groups {
+            let key = group_key(hub, &group, user);
+            if self.keep {
+                router.keep_member(key, self.id.clone());
+            } else {
+                router.unkeep_member(key, self.id.clone());
+            }
+        }
+    }
+}

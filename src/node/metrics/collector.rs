@@ -79,6 +79,7 @@ pub(super) struct Scrape {
     kept_here: usize,
     kept_elsewhere: usize,
     keeping_outbox: usize,
+    kept_history: usize,
     taken_over: u64,
     keeping_refused: u64,
     /// The mesh's bound counters, by bound.
@@ -143,6 +144,7 @@ impl Scrape {
             kept_here: node.keeping().kept_count(),
             kept_elsewhere: node.keeping().keeping_count(),
             keeping_outbox: node.keeping().outbox_frames(),
+            kept_history: node.inner.router.kept_history_len(),
             taken_over: node.keeping().adopted(),
             keeping_refused: node.keeping().refused(),
             ready,
@@ -167,6 +169,8 @@ fn mesh_bounds(hit: &MeshBoundsHit) -> Vec<(&'static str, u64)> {
         ("last_sent_cleared", &hit.last_sent_cleared),
         ("waiting_refused", &hit.waiting_refused),
         ("gaps_given_up", &hit.gaps_given_up),
+        ("kept_groups_refused", &hit.kept_groups_refused),
+        ("kept_history_gaps", &hit.kept_history_gaps),
     ]
     .into_iter()
     .map(|(bound, hits)| (bound, hits.load(Ordering::Relaxed)))
@@ -407,6 +411,12 @@ impl Collector for NodeCollector {
             "hubmesh_keeping_outbox_frames",
             "Keeping frames waiting for their peers (at most 65,536 per peer; past it the connection runs unkept).",
             count(scrape.keeping_outbox),
+        )?;
+        gauge(
+            encoder,
+            "hubmesh_kept_history_sends",
+            "Group sends held here for the kept connections' groups, to give a taken-over connection what it missed (at most 4,096 per group, none older than 15 s).",
+            count(scrape.kept_history),
         )?;
         counter(
             encoder,

@@ -1,7 +1,7 @@
 //! The server's side of keeping: what one stateful connection copies to its keeper ([`Keeper`], called by the
 //! connection task), and what the server does with the keeper's answers.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
@@ -12,7 +12,7 @@ use crate::node::{Node, NodeInner};
 use super::wire::{Copy, Frame};
 use crate::cluster::NodeId;
 use crate::connection::keeper::{Held, Keeper};
-use crate::connection::{ConnectionId, RequestInfo};
+use crate::connection::{ConnectionId, RequestInfo, SendMark};
 use crate::protocol::Protocol;
 
 /// The server's side: what one stateful connection copies to its keeper ([`Keeper`] for the connection task).
@@ -55,6 +55,7 @@ impl KeepSink {
                     last: 0,
                     received: 0,
                     groups: BTreeSet::new(),
+                    marks: BTreeMap::new(),
                     bytes: 0,
                 },
             }),
@@ -152,10 +153,13 @@ impl Keeper for KeepSink {
         self.open(&node, &mut state, None);
     }
 
-    fn record(&self, id: u64, record: &Bytes) {
+    fn record(&self, id: u64, record: &Bytes, mark: Option<&SendMark>) {
         let mut state = self.state.lock();
         state.copy.last = id;
         state.copy.unacked.push_back((id, record.clone()));
+        if let Some(mark) = mark {
+            state.copy.marks.insert((mark.group.to_string(), mark.user), mark.clone());
+        }
         if state.keeper.is_none() {
             self.held.advance(id);
             return;
@@ -168,6 +172,7 @@ impl Keeper for KeepSink {
             id: state.copy.id.clone(),
             seq: id,
             payload: 0,
+            mark: mark.cloned(),
         };
         self.send(&node, &mut state, frame, Some(record));
     }
@@ -207,6 +212,7 @@ impl Keeper for KeepSink {
             state.copy.groups.insert((group.to_owned(), user));
         } else {
             state.copy.groups.remove(&(group.to_owned(), user));
+            state.copy.marks.remove(&(group.to_owned(), user));
         }
         if let Some(node) = self.node() {
             let frame = Frame::Group {

@@ -1,7 +1,7 @@
 //! The keeping wire: a kept connection's copy, the frames between a server and a keeper, and how they travel
 //! (batched per peer by the node's flusher, as tunnel frames whose first byte is [`super::KEEP_FRAME`]).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
@@ -11,7 +11,7 @@ use crate::node::{Node, NodeInner};
 use super::KEEP_FRAME;
 use crate::auth::Claims;
 use crate::cluster::NodeId;
-use crate::connection::ConnectionId;
+use crate::connection::{ConnectionId, SendMark};
 
 /// A kept connection's whole copy.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,6 +33,10 @@ pub(super) struct Copy {
     pub(super) received: u64,
     /// Groups: name, and whether it is the user's group.
     pub(super) groups: BTreeSet<(String, bool)>,
+    /// Per group (name, and whether it is the user's), the mark of the last of its sends numbered for the client:
+    /// where a resuming node picks up the group's sends (`Router::resume_kept_member`).
+    #[serde(default)]
+    pub(super) marks: BTreeMap<(String, bool), SendMark>,
     /// Bytes of `unacked` (counted by whoever holds the copy, not sent).
     #[serde(skip)]
     pub(super) bytes: usize,
@@ -43,7 +47,7 @@ pub(super) enum Frame {
     /// Server → keeper: keep this (replacing what was kept).
     Open(Box<Copy>),
     /// A record; its bytes are the batch's payload number `payload` (members of one group send share one).
-    Record { id: ConnectionId, seq: u64, payload: u32 },
+    Record { id: ConnectionId, seq: u64, payload: u32, mark: Option<SendMark> },
     Acked { id: ConnectionId, seq: u64 },
     Received { id: ConnectionId, seq: u64 },
     Group { id: ConnectionId, group: String, user: bool, joined: bool },
