@@ -15,7 +15,8 @@
 //! between the replay and the membership.
 //!
 //! Bounds: a group's history holds at most [`KEPT_HISTORY_CAP`] sends and none older than
-//! [`KEPT_HISTORY_WINDOW`] (past either, the oldest go; a resume that needed one counts a gap); at most
+//! [`KEPT_HISTORY_WINDOW`], all of them together at most [`KEPT_HISTORIES_CAP`] (past any, the oldest go; a resume
+//! that needed one counts a gap); at most
 //! [`KEPT_GROUPS_CAP`] groups are followed (a keep past it is refused, counted, and that group's sends are lost
 //! for the connection if its server dies).
 
@@ -41,6 +42,10 @@ pub const KEPT_HISTORY_CAP: usize = 4_096;
 
 /// The most groups a node follows for the connections it keeps.
 pub const KEPT_GROUPS_CAP: usize = 65_536;
+
+/// The most sends all of a node's histories hold together: past it, a send is recorded only in place of its
+/// group's oldest (a group with none held records none).
+pub const KEPT_HISTORIES_CAP: usize = 262_144;
 
 /// The kept member id of connection `id`.
 pub(crate) fn kept_member(id: &ConnectionId) -> ConnectionId {
@@ -129,10 +134,19 @@ impl KeptGroups {
             return false;
         };
         self.entries -= expire(group, now);
-        if group.history.len() >= KEPT_HISTORY_CAP {
-            if let Some(evicted) = group.history.pop_front() {
-                group.evicted = evicted.index;
-                self.entries -= 1;
+        if group.history.len() >= KEPT_HISTORY_CAP || self.entries >= KEPT_HISTORIES_CAP {
+            match group.history.pop_front() {
+                Some(evicted) => {
+                    group.evicted = evicted.index;
+                    self.entries -= 1;
+                }
+                None => {
+                    // Every history is full and this group holds none: this send is not recorded, and a resume that
+                    // needed it knows.
+                    group.evicted = group.next;
+                    group.next += 1;
+                    return true;
+                }
             }
         }
         group.history.push_back(Entry {
@@ -395,6 +409,30 @@ mod tests {
         let resume = kept.take(&key, &id, Some(&mark(&key, 3)));
         assert!(resume.gap);
         assert!(resume.frames.is_empty());
+    }
+
+    #[test]
+    fn all_histories_together_are_bounded_and_a_group_past_it_records_nothing() {
+        let id = ConnectionId::new("c.n2".to_string());
+        let mut kept = KeptGroups::default();
+        let now = Instant::now();
+        let none: Arc<[ConnectionId]> = Arc::from(Vec::new());
+        let frame = frame(1);
+        let groups = KEPT_HISTORIES_CAP / KEPT_HISTORY_CAP;
+        for group in 0..groups {
+            let key = GroupKey::named("hub", &format!("g{group}"));
+            assert!(kept.keep(&key, &id));
+            for seq in 1..=KEPT_HISTORY_CAP as u64 {
+                kept.record(&key, &stamp(seq), &frame, &none, now);
+            }
+        }
+        assert_eq!(kept.entries(), KEPT_HISTORIES_CAP);
+        let late = GroupKey::named("hub", "late");
+        assert!(kept.keep(&late, &id));
+        assert!(kept.record(&late, &stamp(1), &frame, &none, now), "followed, though not recorded");
+        assert_eq!(kept.entries(), KEPT_HISTORIES_CAP);
+        let resume = kept.take(&late, &id, None);
+        assert!(resume.gap && resume.frames.is_empty());
     }
 
     fn record(kept: &mut KeptGroups, key: &GroupKey, seq: u64, except: &Arc<[ConnectionId]>, now: Instant) {
