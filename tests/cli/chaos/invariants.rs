@@ -6,7 +6,10 @@
 //!   that involves it until [`SETTLE`] after its heal), the sending connection (for group sends) and the receiving
 //!   one stayed open over that window, and the receiver was a member before the send (it had finished joining the
 //!   group, or for user and direct sends it had connected): a required message that never came is a violation;
-//! * each group has one order: any two connections get the messages required at both in the same order.
+//! * each group has one order: any two connections get the messages required at both in the same order, for
+//!   messages sent outside a cut (a partition or a pair cut, from 1 s before it until [`SETTLE`] after its heal):
+//!   a cut can make the nodes' views disagree, and then a group has two owners that each order the sends they get
+//!   (docs/semantics.md, "During a partition"); each sender's order holds there too (checked above).
 //!
 //! Faults on other nodes (a group's owner killed, frozen or cut off, a node restarted, a node with another secret)
 //! do not make anything less required: the design promises survivors lose nothing across them.
@@ -195,7 +198,19 @@ pub fn check(record: &Record, applied: &[Applied], nodes: usize) -> Verdict {
         }
     }
 
-    // One order per group, among the messages required at (and received by) both of two connections.
+    // One order per group, among the messages required at (and received by) both of two connections and sent
+    // outside a cut.
+    let cuts: Vec<(Duration, Duration)> = applied
+        .iter()
+        .filter(|fault| fault.fault.starts_with("Partition") || fault.fault.starts_with("PairCut"))
+        .map(|fault| (fault.start.saturating_sub(BEFORE), fault.healed + SETTLE))
+        .collect();
+    let sent_at: HashMap<&Message, Duration> = record.sent.iter().map(|sent| (&sent.message, sent.at)).collect();
+    let outside_cuts = |message: &Message| {
+        sent_at
+            .get(message)
+            .is_some_and(|at| cuts.iter().all(|&(start, end)| *at < start || *at > end))
+    };
     let mut groups: HashMap<&str, Vec<&str>> = HashMap::new();
     for connection in &record.connections {
         for group in &connection.groups {
@@ -215,7 +230,9 @@ pub fn check(record: &Record, applied: &[Applied], nodes: usize) -> Verdict {
                     .get(label)
                     .map(|all| {
                         all.iter()
-                            .filter(|(message, _)| message.target == group && required.contains(message))
+                            .filter(|(message, _)| {
+                                message.target == group && required.contains(message) && outside_cuts(message)
+                            })
                             .copied()
                             .collect()
                     })
