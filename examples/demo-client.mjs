@@ -1,5 +1,6 @@
 // Uses a running hubmesh node's demo hub with the official @microsoft/signalr client, over JSON and MessagePack:
-// invoke, send, streams both ways, a server call, group sends and a client result.
+// invoke, send, streams both ways, a server call, group and direct sends and a client result. (SendToUser needs
+// connections with a user, from a token: tests/drain_moves.rs and tests/cluster.rs try it.)
 //
 //   cargo run --release -- node            # in one terminal
 //   (cd tests/node && npm ci)              # once, installs the pinned official client
@@ -68,6 +69,17 @@ async function run(protocol) {
       await bob.send("SendToGroup", "room", [1, "two", 3]);
       assert.deepEqual(await atAlice, [1, "two", 3]);
       assert.deepEqual(await atBob, [1, "two", 3]);
+    });
+    await check(`${protocol}: SendToConnection reaches that connection only`, async () => {
+      const aliceId = await alice.invoke("WhoAmI");
+      const atBob = nextMessage(bob, 500).then(
+        () => "delivered",
+        () => "none",
+      );
+      const atAlice = nextMessage(alice);
+      await bob.send("SendToConnection", aliceId, { to: "alice" });
+      assert.deepEqual(await atAlice, { to: "alice" });
+      assert.equal(await atBob, "none");
     });
     await check(`${protocol}: Broadcast reaches every connection`, async () => {
       const atAlice = nextMessage(alice);

@@ -2,9 +2,11 @@
 //!
 //! * `JoinGroup(group)` / `LeaveGroup(group)`: invoked with an invocation id; the Completion comes once the
 //!   membership is in force.
-//! * `SendToGroup(group, payload)`, `Broadcast(payload)`, `Echo(payload)`: sent without an invocation id; each
-//!   invokes the client method `msg` with `payload` passed through unchanged, to the group's members, to every
-//!   connection, or to the caller only.
+//! * `SendToGroup(group, payload)`, `SendToUser(user, payload)`, `SendToConnection(connectionId, payload)`,
+//!   `Broadcast(payload)`, `Echo(payload)`: sent without an invocation id; each invokes the client method `msg`
+//!   with `payload` passed through unchanged, to the group's members, to every connection of the user, to that
+//!   one connection, to every connection, or to the caller only. A connection's user is the hub's
+//!   ([`crate::Hub::user_id_provider`], else its token's); nobody connected, or an unknown id, receives nothing.
 //!
 //! Beyond that contract, for trying the rest of the hub API from a client:
 //! * `Count(n)`: a server-to-client stream of the integers 1 to `n` (at most 10,000);
@@ -20,6 +22,8 @@ use futures_util::StreamExt;
 
 use crate::hub::{Caller, ClientStream, Hub, HubError, Streamed};
 use crate::protocol::RawValue;
+// The public re-export, as an application names it (the demo hub uses only the public API).
+use crate::ConnectionId;
 
 /// The client method the demo hub invokes.
 pub const CLIENT_METHOD: &str = "msg";
@@ -34,6 +38,14 @@ async fn leave_group(caller: Caller, group: String) -> Result<(), HubError> {
 
 async fn send_to_group(caller: Caller, group: String, payload: RawValue) -> Result<(), HubError> {
     caller.clients().group(&group).send(CLIENT_METHOD, (payload,))
+}
+
+async fn send_to_user(caller: Caller, user: String, payload: RawValue) -> Result<(), HubError> {
+    caller.clients().user(&user).send(CLIENT_METHOD, (payload,))
+}
+
+async fn send_to_connection(caller: Caller, connection_id: ConnectionId, payload: RawValue) -> Result<(), HubError> {
+    caller.clients().client(&connection_id).send(CLIENT_METHOD, (payload,))
 }
 
 async fn broadcast(caller: Caller, payload: RawValue) -> Result<(), HubError> {
@@ -90,6 +102,8 @@ pub fn demo_hub() -> Hub {
         .method("JoinGroup", join_group)
         .method("LeaveGroup", leave_group)
         .method("SendToGroup", send_to_group)
+        .method("SendToUser", send_to_user)
+        .method("SendToConnection", send_to_connection)
         .method("Broadcast", broadcast)
         .method("Echo", echo)
         .method("Count", count)

@@ -14,6 +14,11 @@ use hubmesh::{ConnectionId, HubError};
 use serde_json::{json, Value};
 use tokio::time::{timeout, Instant};
 
+#[path = "common/query_user.rs"]
+mod query_user;
+
+use query_user::user_from_query;
+
 type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 
 /// What the demo hub's tests read and ask on top of the raw client.
@@ -575,11 +580,7 @@ fn users_hub() -> hubmesh::Hub {
         .method("SendToOthers", send_to_others)
         .method("SendToOthersInGroup", send_to_others_in_group)
         .method("JoinGroup", join)
-        .user_id_provider(|request| {
-            form_urlencoded::parse(request.query.as_bytes())
-                .find(|(key, _)| key == "user")
-                .map(|(_, value)| value.into_owned())
-        })
+        .user_id_provider(user_from_query)
         .method("SendToUser", send_to_user)
         .method("SendToUsers", send_to_users)
 }
@@ -627,6 +628,85 @@ async fn users_and_caller_relative_targets_work_on_every_node() -> TestResult {
         let context = cluster.context(1, "users").ok_or("no context")?;
         context.clients().user("bob").send("msg", ("from a context",))?;
         assert_each_gets(&mut clients, &[BOB], json!("from a context")).await?;
+        cluster.stop().await;
+        TestResult::Ok(())
+    })
+    .await?
+}
+
+/// The demo hub's `SendToUser` and `SendToConnection` (its users from the `user` query parameter here), on one node
+/// and across nodes: alice is connected on nodes 1 and 3, bob on node 2. A send to a user reaches each of its
+/// connections once, on the sender's node and the others, and nobody else; a send to a connection reaches that
+/// one only; an unknown user or connection receives nothing and the sender goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_hub_sends_to_a_user_and_to_a_connection_on_every_node() -> TestResult {
+    timeout(Duration::from_secs(60), async {
+        let cluster = TestCluster::start(3, || vec![demo_hub().user_id_provider(user_from_query)]).await?;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        const ALICE_1: usize = 0;
+        const BOB: usize = 1;
+        const ALICE_3: usize = 2;
+        let mut clients = Vec::new();
+        let mut ids = Vec::new();
+        for (index, user) in ["alice", "bob", "alice"].into_iter().enumerate() {
+            let mut client = TestClient::to(&format!("{}/hub?user={user}", url(&cluster, index)?))
+                .connect()
+                .await?;
+            ids.push(client.connection_id().await?);
+            clients.push(client);
+        }
+        let quiet = Duration::from_millis(300);
+
+        // To a user: from one of its own connections (this node and another), and from another node.
+        clients[ALICE_1]
+            .send_invocation("SendToUser", json!(["alice", {"to": "alice"}]))
+            .await?;
+        assert_each_gets(&mut clients, &[ALICE_1, ALICE_3], json!({"to": "alice"})).await?;
+        clients[ALICE_3]
+            .send_invocation("SendToUser", json!(["bob", "to bob"]))
+            .await?;
+        assert_each_gets(&mut clients, &[BOB], json!("to bob")).await?;
+        for (index, client) in clients.iter_mut().enumerate() {
+            assert_eq!(
+                client.next_msg(quiet).await?,
+                None,
+                "client {index}: once, and to the user only"
+            );
+        }
+
+        // To a connection: the caller's own (one node), and one on each other node.
+        for (from, to) in [(ALICE_1, ALICE_1), (ALICE_1, BOB), (BOB, ALICE_3)] {
+            let payload = json!(format!("from {from} to {to}"));
+            clients[from]
+                .send_invocation("SendToConnection", json!([ids[to].as_str(), payload]))
+                .await?;
+            assert_each_gets(&mut clients, &[to], payload).await?;
+            for (index, client) in clients.iter_mut().enumerate() {
+                assert_eq!(
+                    client.next_msg(quiet).await?,
+                    None,
+                    "client {index}: {from} to {to} once, to {to} only"
+                );
+            }
+        }
+
+        // Nobody: an unknown user, an unknown connection of a live node, an id that names no node.
+        clients[BOB]
+            .send_invocation("SendToUser", json!(["carol", "lost"]))
+            .await?;
+        clients[BOB]
+            .send_invocation("SendToConnection", json!(["nobody.node-3", "lost"]))
+            .await?;
+        clients[BOB]
+            .send_invocation("SendToConnection", json!(["nobody", "lost"]))
+            .await?;
+        clients[BOB]
+            .send_invocation("SendToUser", json!(["bob", "after"]))
+            .await?;
+        assert_each_gets(&mut clients, &[BOB], json!("after")).await?;
+        for (index, client) in clients.iter_mut().enumerate() {
+            assert_eq!(client.next_msg(quiet).await?, None, "client {index}: sent to nobody");
+        }
         cluster.stop().await;
         TestResult::Ok(())
     })

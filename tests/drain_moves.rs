@@ -23,10 +23,13 @@ use tokio::time::{timeout, Instant};
 mod npm;
 #[path = "common/official_clients.rs"]
 mod official_clients;
+#[path = "common/query_user.rs"]
+mod query_user;
 #[path = "common/stateful_client.rs"]
 mod stateful_client;
 
 use official_clients::OfficialClients;
+use query_user::user_from_query;
 
 use stateful_client::{Numbered, StatefulClient};
 
@@ -330,20 +333,56 @@ async fn official_clients_with_stateful_reconnect_ride_through_a_drain() -> Test
 
 /// A rolling restart (issue 14): each of three nodes in turn drains, stops, and starts again under its name, while
 /// official clients with `withStatefulReconnect()` and `withAutomaticReconnect()` behind a round-robin proxy send
-/// to their group all along. Every
-/// client gets every message once and in order, none is closed, each keeps its connection id, and the group
-/// keeps every member. Prints the figures.
+/// all along: one client to the group they are all in, and every client to another's user (each client has a user
+/// of its own). Every client gets every group message once and in order, and its sender's user messages once and
+/// in order; none is closed, each keeps its connection id, the group keeps every member, and every user is reached
+/// after the restart. Prints the figures. Direct traffic (to connection ids) is in the test after this one.
 ///
 /// Three causes of lost messages were found by this test and fixed: a send stamped out of order (a4eed7b), an owner
 /// taking sends from a sender it did not see yet, and an owner that had just joined ending its settling before it
 /// saw every peer (it now holds sends at least 1 s after a join while it is young).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_official_stateful_clients_loses_nothing() -> TestResult {
-    rolling_restart(12, 600, Duration::from_millis(500), Duration::from_secs(240)).await
+    rolling_restart(Rolling {
+        clients: 12,
+        group_messages: 600,
+        peer_messages: 200,
+        peer_interval_ms: 30,
+        direct: false,
+        window: Duration::from_millis(500),
+        limit: Duration::from_secs(240),
+    })
+    .await
 }
 
-/// The same, longer and with more clients (60 clients, 3,000 messages each, 2 s drain windows; about 35 s in a debug
-/// build). It found two more causes, fixed: the test proxy drew a backend per connection attempt, so that a burst
+/// The same with direct traffic too: every client also sends to a third one's connection id (`SendToConnection`),
+/// and each must get its sender's direct messages once and in order, and be reached after the restart. It fails in
+/// every run: a node restarted under its name has forgotten which of the connections it negotiated run on other
+/// nodes (they moved there in its drain), so a direct send that reaches it for one of them (from a sender on it,
+/// or passed on through it as their home) is dropped; the connections of the node restarted first miss most of
+/// their direct messages from then on (153 to 274 of 2,400 lost per run). And a drained node that still passes
+/// sends on as it stops (its senders' hints still name it) drops a few once its link to the new server is closed.
+/// Both traced, with a proposed fix, in benches/README.md ("Rolling restart with user and direct traffic").
+/// Ignored until that is fixed in the mesh: `cargo test --features test-util --test drain_moves
+/// a_rolling_restart_with_direct -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "direct sends to a connection whose home restarted are lost: see the doc comment"]
+async fn a_rolling_restart_with_direct_traffic_under_official_stateful_clients_loses_nothing() -> TestResult {
+    rolling_restart(Rolling {
+        clients: 12,
+        group_messages: 600,
+        peer_messages: 200,
+        peer_interval_ms: 30,
+        direct: true,
+        window: Duration::from_millis(500),
+        limit: Duration::from_secs(240),
+    })
+    .await
+}
+
+/// The first, longer and with more clients (60 clients, 3,000 group messages, 1,000 user messages from each client,
+/// 2 s drain windows). It found two more causes, fixed: the test proxy drew a backend per
+/// connection attempt, so that a burst
 /// of stateful reconnects right after a node stopped could draw the stopped node three times and get 502 (the
 /// official client gave up with a 1006 close); and a node that saw an owner leave queued its re-sends of that
 /// owner's sends ahead of its own view change, so that they reached the group it now owned before its peers'
@@ -355,21 +394,61 @@ async fn a_rolling_restart_under_official_stateful_clients_loses_nothing() -> Te
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "one loss in 26 runs, not traced yet: see the doc comment"]
 async fn a_long_rolling_restart_under_official_stateful_clients_loses_nothing() -> TestResult {
-    rolling_restart(60, 3_000, Duration::from_secs(2), Duration::from_secs(240)).await
+    rolling_restart(Rolling {
+        clients: 60,
+        group_messages: 3_000,
+        peer_messages: 1_000,
+        peer_interval_ms: 30,
+        direct: false,
+        window: Duration::from_secs(2),
+        limit: Duration::from_secs(240),
+    })
+    .await
 }
 
 /// The issue's size: 300 official clients with stateful and automatic reconnect over three nodes, 3,000 group
-/// messages each (900,000 deliveries), 2 s drain windows; about 37 s in a debug build. One run in 21 lost one
-/// client's stateful reconnect (not traced). Its figures are in benches/README.md ("Rolling restart under official
-/// stateful clients"): `cargo test --features test-util --test drain_moves a_rolling_restart_of_300 -- --ignored
-/// --nocapture`.
+/// messages each (900,000 deliveries), and 300 user messages from each client, 2 s drain windows.
+/// One run in 21 lost one client's stateful reconnect (not traced; group traffic only then). Its figures are in
+/// benches/README.md ("Rolling restart under official stateful clients"): `cargo test --features test-util --test
+/// drain_moves a_rolling_restart_of_300 -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn a_rolling_restart_of_300_official_stateful_clients_loses_nothing() -> TestResult {
-    rolling_restart(300, 3_000, Duration::from_secs(2), Duration::from_secs(600)).await
+    rolling_restart(Rolling {
+        clients: 300,
+        group_messages: 3_000,
+        peer_messages: 300,
+        peer_interval_ms: 100,
+        direct: false,
+        window: Duration::from_secs(2),
+        limit: Duration::from_secs(600),
+    })
+    .await
 }
 
-async fn rolling_restart(clients_count: usize, count: u64, window: Duration, limit: Duration) -> TestResult {
+/// A rolling restart's size: its clients, the group messages (one every 10 ms), the user messages each client
+/// sends (one every `peer_interval_ms`) and as many direct ones if `direct`, the drain window and the test's time
+/// limit.
+struct Rolling {
+    clients: usize,
+    group_messages: u64,
+    peer_messages: u64,
+    peer_interval_ms: u64,
+    direct: bool,
+    window: Duration,
+    limit: Duration,
+}
+
+async fn rolling_restart(size: Rolling) -> TestResult {
+    let Rolling {
+        clients: clients_count,
+        group_messages: count,
+        peer_messages,
+        peer_interval_ms,
+        direct,
+        window,
+        limit,
+    } = size;
     init_tracing();
     timeout(limit, async {
         // Every client comes from the proxy's address (a load balancer that does not pass the client's on): the
@@ -378,7 +457,10 @@ async fn rolling_restart(clients_count: usize, count: u64, window: Duration, lim
             negotiates_per_second: 10_000,
             ..hubmesh::Limits::default()
         };
-        let mut cluster = TestCluster::start_with_limits(3, limits, || vec![demo_hub()]).await?;
+        let mut cluster = TestCluster::start_with_limits(3, limits, || {
+            vec![demo_hub().user_id_provider(user_from_query)]
+        })
+        .await?;
         cluster.wait_for_members(Duration::from_secs(10)).await?;
         let backends = |cluster: &TestCluster| -> TestResult<Vec<std::net::SocketAddr>> {
             (0..3)
@@ -391,12 +473,19 @@ async fn rolling_restart(clients_count: usize, count: u64, window: Duration, lim
         let urls = vec![proxy.url(); clients_count];
         // Stateful and automatic reconnect, as the issue asks: a client whose stateful reconnect failed would come
         // back as another connection, and the ids below would say so.
-        let (mut clients, ready) = OfficialClients::start(&urls, true).await?;
+        let (mut clients, ready) = OfficialClients::start_with_users(&urls, true).await?;
         let members_before = clients.ask(json!({"cmd": "count", "via": 0})).await?;
         assert_eq!(members_before["count"], json!(clients_count), "memberships before: {members_before}");
         let answer = clients
             .ask(json!({"cmd": "stream", "from": 0, "count": count, "tag": "rolling", "interval": 10}))
             .await?;
+        assert_eq!(answer["ok"], json!(true), "{answer}");
+        // Client i to user-(i+1) and to client i+2's connection: with the round-robin proxy, on other nodes.
+        let peer_traffic = |tag: &str, count: u64, interval: u64| {
+            json!({"cmd": "peers", "tag": tag, "count": count, "interval": interval, "userOffset": 1,
+                   "directOffset": 2, "direct": direct})
+        };
+        let answer = clients.ask(peer_traffic("rolling", peer_messages, peer_interval_ms)).await?;
         assert_eq!(answer["ok"], json!(true), "{answer}");
         let started = Instant::now();
         for index in 0..3 {
@@ -420,12 +509,15 @@ async fn rolling_restart(clients_count: usize, count: u64, window: Duration, lim
         let verdict = clients
             .ask(json!({"cmd": "collect", "tag": "rolling", "count": count}))
             .await?;
+        let peers = clients.ask(json!({"cmd": "collect-peers", "tag": "rolling"})).await?;
         println!(
-            "rolling restart of 3 nodes in {restarted_in:?}, the stream over after {:?}; {clients_count} clients, \
-             {count} group messages each; memberships before {}; deliveries {}",
+            "rolling restart of 3 nodes in {restarted_in:?}, the streams over after {:?}; {clients_count} clients, \
+             {count} group messages; memberships before {}; group deliveries {}; user messages {}; direct messages {}",
             started.elapsed(),
             members_before["count"],
-            verdict["totals"]
+            verdict["totals"],
+            peers["user"]["totals"],
+            if direct { peers["direct"]["totals"].to_string() } else { "none sent".to_owned() }
         );
         if verdict["ok"] != json!(true) {
             // The connection ids of the clients that missed something, to find them in the nodes' logs.
@@ -435,10 +527,23 @@ async fn rolling_restart(clients_count: usize, count: u64, window: Duration, lim
                 .collect();
             panic!("every client, every message once and in order: {short:?} {verdict}");
         }
+        assert_eq!(
+            peers["ok"],
+            json!(true),
+            "every client, each of its senders' user and direct messages once and in order (receiver<-sender; \
+             ids {}): {peers}",
+            ready["ids"]
+        );
         clients.assert_carried_on(clients_count, &ready, "the rolling restart").await?;
         let members = clients.ask(json!({"cmd": "count", "via": 0})).await?;
         println!("memberships after: {}", members["count"]);
         assert_eq!(members["count"], json!(clients_count), "memberships after the rolling restart: {members}");
+        // Every user still has its connection (and, with direct traffic, every connection is reached where it runs
+        // now).
+        let answer = clients.ask(peer_traffic("after", 3, 0)).await?;
+        assert_eq!(answer["ok"], json!(true), "{answer}");
+        let after = clients.ask(json!({"cmd": "collect-peers", "tag": "after"})).await?;
+        assert_eq!(after["ok"], json!(true), "user and direct sends after the rolling restart: {after}");
         clients.quit().await;
         cluster.stop().await;
         Ok(())

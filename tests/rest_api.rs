@@ -18,6 +18,11 @@ use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio::time::{timeout, Instant};
 
+#[path = "common/query_user.rs"]
+mod query_user;
+
+use query_user::user_from_query;
+
 type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 
 /// How long a message may take to arrive.
@@ -30,11 +35,9 @@ fn chat_hub() -> Hub {
     async fn who_am_i(caller: Caller) -> Result<String, HubError> {
         Ok(caller.connection_id().to_string())
     }
-    Hub::new("chat").method("WhoAmI", who_am_i).user_id_provider(|request| {
-        form_urlencoded::parse(request.query.as_bytes())
-            .find(|(key, _)| key == "user")
-            .map(|(_, value)| value.into_owned())
-    })
+    Hub::new("chat")
+        .method("WhoAmI", who_am_i)
+        .user_id_provider(user_from_query)
 }
 
 fn addr_of(base: &str) -> TestResult<SocketAddr> {

@@ -24,12 +24,23 @@ pub struct OfficialClients {
 impl OfficialClients {
     /// With `automatic`, the clients use automatic reconnect too (`withAutomaticReconnect()`).
     pub async fn start(urls: &[String], automatic: bool) -> TestResult<(OfficialClients, Value)> {
+        Self::spawn(urls, automatic, false).await
+    }
+
+    /// The same, and client `i` asks for user `user-<i>` in the `user` query parameter (for a hub whose user id
+    /// provider reads it), for the script's user and direct traffic (`peers`).
+    pub async fn start_with_users(urls: &[String], automatic: bool) -> TestResult<(OfficialClients, Value)> {
+        Self::spawn(urls, automatic, true).await
+    }
+
+    async fn spawn(urls: &[String], automatic: bool, users: bool) -> TestResult<(OfficialClients, Value)> {
         let dir = tokio::task::spawn_blocking(npm::ensure_installed).await??;
         let mut child = tokio::process::Command::new("node")
             .arg(dir.join("cluster-client.mjs"))
             .args(urls)
             .env("HUBMESH_STATEFUL", "1")
             .env("HUBMESH_AUTOMATIC", if automatic { "1" } else { "" })
+            .env("HUBMESH_USERS", if users { "1" } else { "" })
             .env(
                 "HUBMESH_CLIENT_LOG",
                 std::env::var("HUBMESH_CLIENT_LOG").unwrap_or_default(),

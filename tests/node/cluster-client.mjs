@@ -8,6 +8,14 @@
 //                                                          expected client has them all, in order
 //           {"cmd":"stream","from":i,"count":n,"tag":t,"interval":ms}  start sending in the background
 //           {"cmd":"collect","tag":t,"count":n}          wait until every expected client has n messages tagged t
+//           {"cmd":"peers","tag":t,"count":n,"interval":ms,"userOffset":u,"directOffset":d,"direct":b}
+//                                                          start sending in the background from every client i: n
+//                                                          messages with SendToUser to the user of client i+u, and
+//                                                          (unless b is false) n with SendToConnection to client i+d's
+//                                                          connection (indices modulo the number of clients; needs
+//                                                          HUBMESH_USERS=1)
+//           {"cmd":"collect-peers","tag":t}              wait until every client has each of its senders' user and
+//                                                          direct messages of tag t; the figures per kind
 //           {"cmd":"count","via":i}                       GroupCount("chaos") through client i
 //           {"cmd":"expect","clients":[...]}              which clients must receive from now on
 //           {"cmd":"targets"}                             Echo, Broadcast and SendToGroup across nodes
@@ -21,7 +29,8 @@
 // With HUBMESH_STATEFUL=1 in the environment, the clients use stateful reconnect (`withStatefulReconnect()`);
 // with HUBMESH_AUTOMATIC=1, automatic reconnect too (`withAutomaticReconnect()`: a client whose stateful reconnect
 // failed comes back as a new connection, which "ids" shows); with HUBMESH_CLIENT_LOG=1 they log to standard error,
-// with timestamps.
+// with timestamps; with HUBMESH_USERS=1, client i asks for user `user-<i>` in the `user` query parameter (which
+// a hub whose user id provider reads it gives it).
 
 import { createRequire } from "node:module";
 import readline from "node:readline";
@@ -34,9 +43,13 @@ const urls = process.argv.slice(2);
 const GROUP = "chaos";
 const out = (object) => process.stdout.write(JSON.stringify(object) + "\n");
 
+const withUsers = process.env.HUBMESH_USERS === "1";
+const userOf = (index) => `user-${index}`;
+
 const clients = urls.map((url, index) => {
+  const hubUrl = withUsers ? `${url}/hub?user=${userOf(index)}` : `${url}/hub`;
   const builder = new signalR.HubConnectionBuilder()
-    .withUrl(`${url}/hub`, { transport: signalR.HttpTransportType.WebSockets })
+    .withUrl(hubUrl, { transport: signalR.HttpTransportType.WebSockets })
     .configureLogging(
       process.env.HUBMESH_CLIENT_LOG === "1"
         ? { log: (level, message) => process.stderr.write(`${new Date().toISOString()} [client ${index}] ${level} ${message}\n`) }
@@ -46,7 +59,8 @@ const clients = urls.map((url, index) => {
   if (process.env.HUBMESH_AUTOMATIC === "1") builder.withAutomaticReconnect();
   if (index % 2 === 1) builder.withHubProtocol(new MessagePackHubProtocol());
   const connection = builder.build();
-  const client = { index, connection, received: new Map(), arrived: new Map(), other: [], closed: null };
+  // `fromPeers`: per tag, per sender index, the numbers of the messages `[tag, n, sender]` in arrival order.
+  const client = { index, connection, received: new Map(), arrived: new Map(), fromPeers: new Map(), other: [], closed: null };
   connection.onclose((error) => {
     client.closed = error ? String(error) : "closed without an error";
   });
@@ -57,6 +71,12 @@ const clients = urls.map((url, index) => {
       if (!client.arrived.has(tag)) client.arrived.set(tag, []);
       client.received.get(tag).push(Number(n));
       client.arrived.get(tag).push(Date.now());
+    } else if (Array.isArray(payload) && payload.length === 3 && typeof payload[0] === "string") {
+      const [tag, n, sender] = payload;
+      if (!client.fromPeers.has(tag)) client.fromPeers.set(tag, new Map());
+      const bySender = client.fromPeers.get(tag);
+      if (!bySender.has(sender)) bySender.set(sender, []);
+      bySender.get(sender).push(Number(n));
     } else {
       client.other.push(payload);
     }
@@ -100,6 +120,105 @@ function verdict(tag, count) {
   return { ok, totals, per };
 }
 
+// A send made while the client is reconnecting (stateful reconnect) is refused by the client itself, before
+// anything goes out; an app sends it again, as here (bounded). The number of refusals.
+async function sendRetried(connection, method, ...args) {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await connection.send(method, ...args);
+      return attempt;
+    } catch (error) {
+      if (attempt >= 500) throw error;
+      await sleep(20);
+    }
+  }
+}
+
+// The user and direct traffic of tag `tag`: who sends to whom, and what each sender had refused.
+const peerRuns = new Map();
+
+function peerKinds(tag, direct = true) {
+  return direct ? { user: `${tag}-user`, direct: `${tag}-direct` } : { user: `${tag}-user` };
+}
+
+function startPeers(command, ids) {
+  const n = clients.length;
+  const withDirect = command.direct !== false;
+  const { user, direct } = peerKinds(command.tag, withDirect);
+  const targets = clients.map((client) => ({
+    user: (client.index + (command.userOffset ?? 1)) % n,
+    direct: (client.index + (command.directOffset ?? 2)) % n,
+  }));
+  const refused = { user: 0, direct: 0 };
+  const sending = Promise.all(
+    clients.map(async (client) => {
+      const target = targets[client.index];
+      for (let m = 0; m < command.count; m++) {
+        refused.user += await sendRetried(client.connection, "SendToUser", userOf(target.user), [user, m, client.index]);
+        if (withDirect) {
+          refused.direct += await sendRetried(client.connection, "SendToConnection", ids[target.direct], [direct, m, client.index]);
+        }
+        await sleep(command.interval ?? 20);
+      }
+    }),
+  );
+  // Awaited by collect-peers; a failure must not end the script before that answers with it.
+  sending.catch(() => {});
+  peerRuns.set(command.tag, { count: command.count, withDirect, targets, refused, sending });
+}
+
+// Per kind: every receiver has each of its senders' messages 0..count-1 once and in order, and nothing from anyone
+// else; the totals (sent, received, missing, duplicated) and the receivers that are off.
+function peerVerdict(tag) {
+  const run = peerRuns.get(tag);
+  const result = { ok: true };
+  for (const [kind, kindTag] of Object.entries(peerKinds(tag, run.withDirect))) {
+    const totals = { sent: clients.length * run.count, refusedAndSentAgain: run.refused[kind], received: 0, missing: 0, duplicates: 0, outOfOrder: 0, strays: 0 };
+    const wrong = {};
+    for (const receiver of clients) {
+      const bySender = receiver.fromPeers.get(kindTag) ?? new Map();
+      const senders = clients.filter((client) => run.targets[client.index][kind] === receiver.index).map((client) => client.index);
+      for (const [sender, seen] of bySender) {
+        if (!senders.includes(sender)) {
+          totals.strays += seen.length;
+          wrong[`${receiver.index}<-${sender}`] = { stray: seen.length };
+        }
+      }
+      for (const sender of senders) {
+        const seen = bySender.get(sender) ?? [];
+        const distinct = new Set(seen.filter((m) => m >= 0 && m < run.count)).size;
+        const inOrder = seen.every((m, i) => m === i);
+        totals.received += seen.length;
+        totals.missing += run.count - distinct;
+        totals.duplicates += seen.length - distinct;
+        if (!inOrder) totals.outOfOrder += 1;
+        if (seen.length !== run.count || !inOrder) {
+          const at = seen.findIndex((m, i) => m !== i);
+          wrong[`${receiver.index}<-${sender}`] = {
+            received: seen.length,
+            firstWrong: at,
+            around: at < 0 ? [] : seen.slice(Math.max(0, at - 2), at + 3),
+            state: receiver.connection.state,
+          };
+        }
+      }
+    }
+    const bad = Object.keys(wrong).length > 0;
+    if (bad) result.ok = false;
+    // At most 20 of the receivers that are off, to keep the answer one readable line.
+    result[kind] = { totals, wrong: Object.fromEntries(Object.entries(wrong).slice(0, 20)) };
+  }
+  return result;
+}
+
+async function collectPeers(tag, ms = 15000) {
+  await peerRuns.get(tag).sending;
+  await waitFor(() => peerVerdict(tag).ok, ms);
+  // A little longer, to catch duplicates that would arrive after the count was reached.
+  await sleep(300);
+  return peerVerdict(tag);
+}
+
 async function collect(tag, count, ms = 15000) {
   await waitFor(() => verdict(tag, count).ok, ms);
   // A little longer, to catch duplicates that would arrive after the count was reached.
@@ -122,12 +241,13 @@ async function targets() {
   return { ok, seen };
 }
 
+// Each client's connection id when it started (stateful reconnect keeps it): where direct traffic goes.
+const readyIds = [];
 try {
   await Promise.all(clients.map((client) => client.connection.start()));
   for (const client of clients) await client.connection.invoke("JoinGroup", GROUP);
-  const ids = [];
-  for (const client of clients) ids.push(await client.connection.invoke("WhoAmI"));
-  out({ ready: true, ids });
+  for (const client of clients) readyIds.push(await client.connection.invoke("WhoAmI"));
+  out({ ready: true, ids: readyIds });
 } catch (error) {
   out({ ready: false, error: String(error) });
   process.exit(1);
@@ -157,17 +277,7 @@ for await (const line of lines) {
           command.tag,
           (async () => {
             for (let n = 0; n < command.count; n++) {
-              // A send made while the client is reconnecting (stateful reconnect) is refused by the client itself,
-              // before anything goes out; an app sends it again, as here (bounded).
-              for (let attempt = 0; ; attempt++) {
-                try {
-                  await sender.send("SendToGroup", GROUP, [command.tag, n]);
-                  break;
-                } catch (error) {
-                  if (attempt >= 500) throw error;
-                  await sleep(20);
-                }
-              }
+              await sendRetried(sender, "SendToGroup", GROUP, [command.tag, n]);
               await sleep(command.interval ?? 20);
             }
           })(),
@@ -175,6 +285,13 @@ for await (const line of lines) {
         out({ ok: true });
         break;
       }
+      case "peers":
+        startPeers(command, readyIds);
+        out({ ok: true });
+        break;
+      case "collect-peers":
+        out(await collectPeers(command.tag));
+        break;
       case "collect": {
         await streams.get(command.tag);
         out(await collect(command.tag, command.count));
