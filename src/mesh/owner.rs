@@ -76,8 +76,14 @@ pub(super) enum MembershipOp {
     /// leave every group this node owns. In the queue, so that a join or snapshot of theirs queued before it is
     /// undone, and one queued after it is ignored (it is stale by then).
     NodesLeft { nodes: Vec<NodeId> },
-    /// Membership changed: hold group sends until these peers' snapshots arrive (or [`SETTLE`] passes).
-    ViewChanged { peers: Vec<NodeId>, joined: bool },
+    /// Membership changed: hold group sends until these peers' snapshots arrive (or [`SETTLE`] passes). `joined`:
+    /// the change added nodes; `returning`: some of them are incarnations this node had declared dead (it was cut
+    /// off or frozen), so its view grows back over a few gossip rounds, as a young node's does.
+    ViewChanged {
+        peers: Vec<NodeId>,
+        joined: bool,
+        returning: bool,
+    },
 }
 
 type Orphan = (tokio::time::Instant, HeldSend);
@@ -321,16 +327,22 @@ impl<H: LocalHub> Router<H> {
                     self.groups.drop_node(node);
                 }
             }
-            MembershipOp::ViewChanged { peers, joined } => {
+            MembershipOp::ViewChanged {
+                peers,
+                joined,
+                returning,
+            } => {
                 // After every send queued before the change: those reached the actors of the groups this node
                 // owned then, which fan out what they hold before they stop.
                 self.groups.release(|key| self.is_local(&self.owner_of(key).name));
                 let now = tokio::time::Instant::now();
                 state.view = peers.iter().cloned().collect();
                 state.settling = Some((now + SETTLE, peers.into_iter().collect()));
-                if joined && self.born.elapsed() < YOUNG {
-                    // This node joined lately: its view may still be growing (it may not see every member yet, and
-                    // so not have asked every node for its members), so it holds a little longer.
+                if joined && (returning || self.born.elapsed() < YOUNG) {
+                    // This node joined lately, or sees again nodes it had declared dead: its view may still be
+                    // growing (it may not see every member yet, and so not have asked every node for its members),
+                    // so it holds a little longer. (A soak saw an owner cut off by an inbound-only partition see two
+                    // of its peers again 200 ms before the other two, and deliver in between without their members.)
                     state.settle_not_before = Some(now + SETTLE_AFTER_JOIN);
                 }
                 // A snapshot whose parts span the change was filtered by two views (which groups this node

@@ -103,9 +103,14 @@ impl<H: LocalHub> Router<H> {
         // The groups this node no longer owns are released in the membership queue, in order: the sends queued
         // before this change still reach their actors (`MembershipOp::ViewChanged`).
         let peers = self.peers();
+        let returning = {
+            let departed = self.departed.lock();
+            joined.iter().any(|id| departed.get(&id.name) == Some(&id.generation))
+        };
         self.enqueue(MembershipOp::ViewChanged {
             peers: peers.clone(),
             joined: !joined.is_empty(),
+            returning,
         });
         drop(held);
         tracing::info!(parent: &self.span, ?left, ?joined, "membership changed");

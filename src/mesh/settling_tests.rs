@@ -161,6 +161,56 @@ async fn a_send_from_a_sender_declared_dead_waits_for_the_view_that_holds_it_aga
     assert_eq!(reached, vec!["n1", "n2", "n3"]);
 }
 
+/// An owner that was cut off (it declared every peer dead) sees its peers again in two steps, a gossip round
+/// apart; a send that arrives in between must wait for the second step's members too, though the owner is no
+/// longer young (a 30-minute chaos soak lost sends to two member nodes this way, seed 1796515080384757104).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_owner_that_sees_its_peers_again_in_steps_waits_for_the_last_step() {
+    let (one, two, three, five) = (
+        NodeId::new("n1", 7),
+        NodeId::new("n2", 7),
+        NodeId::new("n3", 7),
+        NodeId::new("n5", 9),
+    );
+    let full = vec![one.clone(), two.clone(), three.clone(), five.clone()];
+    let first_step = vec![one.clone(), five.clone()];
+    let key = (0..1_000)
+        .map(|index| GroupKey::named("hub", &format!("g{index}")))
+        .find(|key| {
+            crate::cluster::owner(&key.placement_bytes(), &full) == Some(&five)
+                && crate::cluster::owner(&key.placement_bytes(), &first_step) == Some(&five)
+        })
+        .unwrap();
+    let router: Arc<Router<NoConnections>> =
+        Router::new("n5", tokio::runtime::Handle::current(), tracing::Span::none());
+    let hub = Arc::new(NoConnections);
+    router.register_hub("hub", &hub);
+    let links = Arc::new(RecordingLinks::default());
+    router.attach_links(links.clone(), &five);
+    router.on_view(full.clone());
+    for (node, member) in [(&one, "a.n1"), (&two, "b.n2"), (&three, "c.n3")] {
+        router.on_link_event(frame(node, &snapshot(&key, member)));
+    }
+    // Long past its youth, n5 is cut off and declares everyone dead.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    router.on_view(vec![five.clone()]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // The heal: n5 sees n1 again, which sends at once; n2 and n3 come back a gossip round later.
+    router.on_view(first_step.clone());
+    router.on_link_event(frame(&one, &snapshot(&key, "a.n1")));
+    router.on_link_event(frame(&one, &group_send(&key, &one)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    router.on_view(full.clone());
+    for (node, member) in [(&one, "a.n1"), (&two, "b.n2"), (&three, "c.n3")] {
+        router.on_link_event(frame(node, &snapshot(&key, member)));
+    }
+    until(|| links.deliveries_of(&key).len() >= 3).await;
+    let mut reached = links.deliveries_of(&key);
+    reached.sort();
+    assert_eq!(reached, vec!["n1", "n2", "n3"]);
+}
+
 fn group_send(key: &GroupKey, origin: &NodeId) -> Envelope {
     Envelope::GroupSend {
         key: key.clone(),
