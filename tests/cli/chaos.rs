@@ -22,6 +22,10 @@ mod harness;
 mod invariants;
 #[path = "chaos/nodes.rs"]
 mod nodes;
+#[path = "../common/npm.rs"]
+mod npm;
+#[path = "chaos/official.rs"]
+mod official;
 #[path = "chaos/relay.rs"]
 mod relay;
 #[path = "chaos/schedule.rs"]

@@ -12,13 +12,15 @@ use tokio::time::Instant;
 
 use super::clients::{group_counts, run_client, run_rest_sender, user_in_group, Load};
 use super::nodes::{converge, view, Node, SECRET};
+use super::official::{run_official, OfficialSlot};
 use super::relay::Relay;
 use super::schedule::{Fault, Way};
 
 /// Nodes of the cluster.
 pub const NODES: usize = 5;
-/// Client slots per node.
+/// Client slots per node: raw test clients, and official ones (`official.rs`).
 pub const CLIENTS_PER_NODE: usize = 4;
+pub const OFFICIAL_PER_NODE: usize = 1;
 /// Groups, and how many of them each client joins.
 pub const GROUPS: usize = 12;
 pub const GROUPS_PER_CLIENT: usize = 3;
@@ -134,6 +136,23 @@ impl Harness {
                 slots.push(format!("n{node}c{slot}"));
             }
         }
+        let mut official = Vec::new();
+        for node in 0..NODES {
+            for slot in 0..OFFICIAL_PER_NODE {
+                let mut groups = self.groups.clone();
+                groups.shuffle(&mut random);
+                groups.truncate(GROUPS_PER_CLIENT);
+                let name = format!("n{node}o{slot}");
+                slots.push(name.clone());
+                official.push(OfficialSlot { name, node, groups });
+            }
+        }
+        let load = self.load.clone();
+        self.tasks.push(tokio::spawn(async move {
+            if let Err(error) = run_official(load, official).await {
+                println!("the official clients failed: {error:#}");
+            }
+        }));
         for node in 0..NODES {
             let sender = run_rest_sender(
                 self.load.clone(),
@@ -155,7 +174,7 @@ impl Harness {
     pub async fn all_clients_joined(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if self.load.open_members().len() == NODES * CLIENTS_PER_NODE {
+            if self.load.open_members().len() == NODES * (CLIENTS_PER_NODE + OFFICIAL_PER_NODE) {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
