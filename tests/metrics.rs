@@ -21,7 +21,7 @@ type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Every metric a scrape describes, with its type (counters carry `_total` on their samples).
-const METRICS: [(&str, &str); 48] = [
+const METRICS: [(&str, &str); 49] = [
     ("hubmesh_connections", "gauge"),
     ("hubmesh_transport_connections", "gauge"),
     ("hubmesh_connects", "counter"),
@@ -42,6 +42,7 @@ const METRICS: [(&str, &str); 48] = [
     ("hubmesh_kept_connections", "gauge"),
     ("hubmesh_connections_kept_elsewhere", "gauge"),
     ("hubmesh_keeping_outbox_frames", "gauge"),
+    ("hubmesh_kept_history_sends", "gauge"),
     ("hubmesh_connections_taken_over", "counter"),
     ("hubmesh_keeping_refused", "counter"),
     ("hubmesh_adoptions_refused", "counter"),
