@@ -93,9 +93,15 @@ impl LinkCounters {
     /// Every counted peer's figures, sorted by name; `queue_depth` gives a peer's queue now.
     pub fn figures(&self, queue_depth: impl Fn(&str) -> usize) -> Vec<PeerLinkFigures> {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let mut figures: Vec<PeerLinkFigures> = self
+        // Copied out first: `queue_depth` takes the links' own lock, which their owner holds while it calls
+        // `keep_only` (a scrape and a view change deadlocked the other way round).
+        let peers: Vec<(Arc<str>, Arc<PeerCounters>)> = self
             .peers
             .read()
+            .iter()
+            .map(|(name, counters)| (Arc::clone(name), Arc::clone(counters)))
+            .collect();
+        let mut figures: Vec<PeerLinkFigures> = peers
             .iter()
             .map(|(name, counters)| PeerLinkFigures {
                 peer: name.to_string(),
