@@ -197,21 +197,17 @@ impl<H: LocalHub> Router<H> {
     /// Whether a newer generation of `from`'s name is live or departed: that incarnation's life is over for good
     /// (unlike one that only left the view, which may be back: frozen, or cut off).
     pub(super) fn is_superseded(&self, from: &NodeId) -> bool {
-        {
-            let live = self.live.read();
-            if let Some(current) = live.iter().find(|id| id.name == from.name) {
-                return current.generation > from.generation;
-            }
-        }
-        self.departed
-            .lock()
-            .get(&from.name)
-            .is_some_and(|&left| left > from.generation)
+        self.life_over(from, false)
     }
 
     /// Whether what `from` sent is from an earlier life: a newer generation of its name is live, or it left the
     /// view (and is not back). A peer not yet in this node's view (just started) is not stale.
     pub(super) fn is_stale(&self, from: &NodeId) -> bool {
+        self.life_over(from, true)
+    }
+
+    /// A newer generation of `from`'s name is live, or departed (`from`'s own departure counts with `own`).
+    fn life_over(&self, from: &NodeId, own: bool) -> bool {
         {
             let live = self.live.read();
             if let Some(current) = live.iter().find(|id| id.name == from.name) {
@@ -221,7 +217,7 @@ impl<H: LocalHub> Router<H> {
         self.departed
             .lock()
             .get(&from.name)
-            .is_some_and(|&left| left >= from.generation)
+            .is_some_and(|&left| left > from.generation || (own && left == from.generation))
     }
 
     pub(super) fn is_local(&self, node: &str) -> bool {

@@ -99,6 +99,32 @@ fn snapshot(key: &GroupKey, member: &str) -> Envelope {
     }
 }
 
+/// Router `owner` of a hub with no connections here (kept alive by the caller: the router holds it weakly), with
+/// links that record what it sends.
+type OwnerNode = (Arc<Router<NoConnections>>, Arc<RecordingLinks>, Arc<NoConnections>);
+
+fn owner_node(owner: &NodeId) -> OwnerNode {
+    let router: Arc<Router<NoConnections>> =
+        Router::new(&owner.name, tokio::runtime::Handle::current(), tracing::Span::none());
+    let hub = Arc::new(NoConnections);
+    router.register_hub("hub", &hub);
+    let links = Arc::new(RecordingLinks::default());
+    router.attach_links(links.clone(), owner);
+    (router, links, hub)
+}
+
+/// A group `owner` owns in each of `views`.
+fn owned_by(owner: &NodeId, views: &[&Vec<NodeId>]) -> GroupKey {
+    (0..1_000)
+        .map(|index| GroupKey::named("hub", &format!("g{index}")))
+        .find(|key| {
+            views
+                .iter()
+                .all(|view| crate::cluster::owner(&key.placement_bytes(), view) == Some(owner))
+        })
+        .unwrap()
+}
+
 /// Waits until `done` holds, at most 5 s.
 async fn until(mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -122,19 +148,8 @@ async fn a_send_from_a_sender_declared_dead_waits_for_the_view_that_holds_it_aga
     let full = vec![one.clone(), two.clone(), three.clone(), five.clone()];
     let cut_off = vec![two.clone(), five.clone()];
     // A group n5 owns in both views.
-    let key = (0..1_000)
-        .map(|index| GroupKey::named("hub", &format!("g{index}")))
-        .find(|key| {
-            crate::cluster::owner(&key.placement_bytes(), &full) == Some(&five)
-                && crate::cluster::owner(&key.placement_bytes(), &cut_off) == Some(&five)
-        })
-        .unwrap();
-    let router: Arc<Router<NoConnections>> =
-        Router::new("n5", tokio::runtime::Handle::current(), tracing::Span::none());
-    let hub = Arc::new(NoConnections);
-    router.register_hub("hub", &hub);
-    let links = Arc::new(RecordingLinks::default());
-    router.attach_links(links.clone(), &five);
+    let key = owned_by(&five, &[&full, &cut_off]);
+    let (router, links, _hub) = owner_node(&five);
     router.on_view(full.clone());
     for (node, member) in [(&one, "a.n1"), (&two, "b.n2"), (&three, "c.n3")] {
         router.on_link_event(frame(node, &snapshot(&key, member)));
@@ -174,19 +189,8 @@ async fn an_owner_that_sees_its_peers_again_in_steps_waits_for_the_last_step() {
     );
     let full = vec![one.clone(), two.clone(), three.clone(), five.clone()];
     let first_step = vec![one.clone(), five.clone()];
-    let key = (0..1_000)
-        .map(|index| GroupKey::named("hub", &format!("g{index}")))
-        .find(|key| {
-            crate::cluster::owner(&key.placement_bytes(), &full) == Some(&five)
-                && crate::cluster::owner(&key.placement_bytes(), &first_step) == Some(&five)
-        })
-        .unwrap();
-    let router: Arc<Router<NoConnections>> =
-        Router::new("n5", tokio::runtime::Handle::current(), tracing::Span::none());
-    let hub = Arc::new(NoConnections);
-    router.register_hub("hub", &hub);
-    let links = Arc::new(RecordingLinks::default());
-    router.attach_links(links.clone(), &five);
+    let key = owned_by(&five, &[&full, &first_step]);
+    let (router, links, _hub) = owner_node(&five);
     router.on_view(full.clone());
     for (node, member) in [(&one, "a.n1"), (&two, "b.n2"), (&three, "c.n3")] {
         router.on_link_event(frame(node, &snapshot(&key, member)));
@@ -232,16 +236,8 @@ async fn a_send_from_a_sender_not_seen_yet_waits_for_the_view_that_holds_every_m
     let (one, three, five) = (NodeId::new("n1", 7), NodeId::new("n3", 7), NodeId::new("n5", 9));
     let full = vec![one.clone(), three.clone(), five.clone()];
     // A group n5 owns in the full view.
-    let key = (0..1_000)
-        .map(|index| GroupKey::named("hub", &format!("g{index}")))
-        .find(|key| crate::cluster::owner(&key.placement_bytes(), &full) == Some(&five))
-        .unwrap();
-    let router: Arc<Router<NoConnections>> =
-        Router::new("n5", tokio::runtime::Handle::current(), tracing::Span::none());
-    let hub = Arc::new(NoConnections);
-    router.register_hub("hub", &hub);
-    let links = Arc::new(RecordingLinks::default());
-    router.attach_links(links.clone(), &five);
+    let key = owned_by(&five, &[&full]);
+    let (router, links, _hub) = owner_node(&five);
 
     // n1's view holds n5 already; n5's holds only itself.
     let send = Envelope::GroupSend {
