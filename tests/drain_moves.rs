@@ -267,6 +267,105 @@ async fn drain_moves(protocol: Protocol) -> TestResult {
     .await?
 }
 
+/// A node drained and restarted under its name learns from its peers where the connections it negotiated run now
+/// (they moved there in its drain; `src/node/http/home_report.rs`): its adopted-out gauge counts them before
+/// anything is sent to them, and its sends reach them, once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_home_learns_where_its_moved_connections_run() -> TestResult {
+    init_tracing();
+    timeout(Duration::from_secs(90), async {
+        let mut cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        let urls: Vec<String> = (0..3).filter_map(|index| cluster.url(index)).collect();
+        let url = |index: usize| -> TestResult<String> { Ok(format!("{}/hub", urls.get(index).ok_or("no url")?)) };
+        let mut movers = Vec::new();
+        for _ in 0..2 {
+            let body = negotiate(&url(2)?, "&useStatefulReconnect=true", &[]).await?;
+            let token = body["connectionToken"].as_str().ok_or("no token")?.to_owned();
+            let id = ConnectionId::new(body["connectionId"].as_str().ok_or("no id")?);
+            let client = StatefulClient::connect_with(&format!("{}?id={token}", url(2)?), Protocol::Json).await?;
+            movers.push(Mover {
+                client,
+                token,
+                id,
+                got: Numbered::default(),
+                reconnects: 0,
+            });
+        }
+        // Node 3 drains: each client's socket drops, and it resumes through node 1 or node 2.
+        let node = cluster.node(2).ok_or("no node 3")?.clone();
+        let drain = tokio::spawn(async move { node.drain(Duration::from_millis(400)).await });
+        for (index, mover) in movers.iter_mut().enumerate() {
+            let until = Instant::now() + Duration::from_secs(10);
+            while let Ok(Ok(message)) = timeout(Duration::from_secs(5), mover.client.read()).await {
+                assert!(
+                    Instant::now() < until,
+                    "client {index}: its socket was not closed by the drain"
+                );
+                mover.got.file(&message)?;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            mover
+                .client
+                .reconnect(&format!("{}?id={}", url(index % 2)?, mover.token), 1)
+                .await?;
+        }
+        timeout(Duration::from_secs(20), drain).await??;
+        cluster.restart_gracefully(2).await?;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+
+        // Before any send: the restarted node knows both run elsewhere.
+        let addr: std::net::SocketAddr = cluster.url(2).ok_or("no url")?.trim_start_matches("http://").parse()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let metrics = hubmesh::testing::client::http_request_with_body(addr, "GET", "/metrics", &[], b"").await?;
+            let adopted_out = metrics
+                .text()
+                .lines()
+                .find(|line| line.starts_with("hubmesh_adopted_out_connections "))
+                .and_then(|line| line.split_whitespace().last())
+                .map(str::parse::<f64>)
+                .transpose()?;
+            if adopted_out == Some(2.0) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the restarted node 3 counts {adopted_out:?} of its connections as running elsewhere, not 2"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Its sends reach them.
+        let context = cluster.context(2, "demo").ok_or("no hub context")?;
+        const SENT: u64 = 20;
+        for n in 0..SENT {
+            for mover in &movers {
+                context.clients().client(&mover.id).send("d", (n,))?;
+            }
+        }
+        for (index, mover) in movers.iter_mut().enumerate() {
+            let until = Instant::now() + Duration::from_secs(10);
+            while mover.got.direct.len() < SENT as usize {
+                assert!(
+                    Instant::now() < until,
+                    "client {index}: {} of {SENT} direct sends from its restarted home arrived",
+                    mover.got.direct.len()
+                );
+                let message = timeout(Duration::from_secs(5), mover.client.read()).await??;
+                mover.got.file(&message)?;
+            }
+            assert_eq!(
+                mover.got.direct,
+                (0..SENT).collect::<Vec<u64>>(),
+                "client {index}: once, in order"
+            );
+        }
+        cluster.stop().await;
+        Ok(())
+    })
+    .await?
+}
+
 /// The official JavaScript client with `withStatefulReconnect()`, six connections through a round-robin proxy
 /// over three nodes, all in one group, sending to it all along: the node that holds the most of them drains.
 /// Every client gets every group message once and in order, none is closed, and each keeps its connection id.
@@ -356,17 +455,14 @@ async fn a_rolling_restart_under_official_stateful_clients_loses_nothing() -> Te
 }
 
 /// The same with direct traffic too: every client also sends to a third one's connection id (`SendToConnection`),
-/// and each must get its sender's direct messages once and in order, and be reached after the restart. It fails in
-/// every run: a node restarted under its name has forgotten which of the connections it negotiated run on other
-/// nodes (they moved there in its drain), so a direct send that reaches it for one of them (from a sender on it,
-/// or passed on through it as their home) is dropped; the connections of the node restarted first miss most of
-/// their direct messages from then on (153 to 274 of 2,400 lost per run). And a drained node that still passes
-/// sends on as it stops (its senders' hints still name it) drops a few once its link to the new server is closed.
-/// Both traced, with a proposed fix, in benches/README.md ("Rolling restart with user and direct traffic").
-/// Ignored until that is fixed in the mesh: `cargo test --features test-util --test drain_moves
-/// a_rolling_restart_with_direct -- --ignored --nocapture`.
+/// and each must get its sender's direct messages once and in order, and be reached after the restart. It lost 153
+/// to 274 of 2,400 in every run until two causes were fixed: a node restarted under its name had forgotten which of
+/// the connections it negotiated run on other nodes (they moved there in its drain), so it dropped direct sends
+/// for them (now the peers that serve them tell the new incarnation, `src/node/http/home_report.rs`, and while
+/// young it offers a send it cannot place to every peer, `Router::offer_unknown`); and a sender whose hint named a
+/// drained node kept sending through it as it stopped (a hint from the hinted server now replaces the old one,
+/// fencing through it, `src/mesh/hints.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "direct sends to a connection whose home restarted are lost: see the doc comment"]
 async fn a_rolling_restart_with_direct_traffic_under_official_stateful_clients_loses_nothing() -> TestResult {
     rolling_restart(Rolling {
         clients: 12,

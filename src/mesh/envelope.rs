@@ -77,6 +77,16 @@ pub(super) enum Envelope {
     Request { id: u64, request: Request },
     /// The answer to a request.
     Reply { id: u64, answer: Answer },
+    /// From a connection's home that does not know where it runs (an earlier incarnation of the home negotiated
+    /// it, and it moved away in that one's drain): deliver to those of `ids` served here, and answer
+    /// [`Envelope::Serving`] with them.
+    Offered {
+        hub: Arc<str>,
+        ids: Vec<ConnectionId>,
+        frame: WireFrame,
+    },
+    /// The answer to [`Envelope::Offered`]: these connections of the receiver's name run on the sender.
+    Serving { hub: Arc<str>, ids: Vec<ConnectionId> },
     /// From a connection's home to a node whose send it passed on: these connections run on `server`.
     Hint {
         hub: Arc<str>,

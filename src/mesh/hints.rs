@@ -84,6 +84,8 @@ pub(crate) struct RelayFigures {
     pub(crate) hints: usize,
     /// Sends passed on by this node as a home.
     pub(crate) passed_on: u64,
+    /// Sends offered to every peer by this node while young, for connections of its name it did not know.
+    pub(crate) offered: u64,
     /// Switches to a hinted server given up.
     pub(crate) fences_given_up: u64,
     /// Times this node closed its connections because most peers had declared it dead.
@@ -98,6 +100,7 @@ impl<H: LocalHub> Router<H> {
             adoptions_refused: self.adoptions_refused.load(Ordering::Relaxed),
             hints: self.hints.lock().len(),
             passed_on: self.passed_on.load(Ordering::Relaxed),
+            offered: self.offered.load(Ordering::Relaxed),
             fences_given_up: self.fence_gave_up.load(Ordering::Relaxed),
             cut_off_closes: self.cut_off_closes(),
         }
@@ -147,16 +150,23 @@ impl<H: LocalHub> Router<H> {
         }
     }
 
-    /// The home passed one of this node's sends on to `server`, which runs `ids`: fence, to switch to it.
-    pub(super) fn on_hint(&self, hub: &Arc<str>, ids: Vec<ConnectionId>, server: NodeId) {
+    /// Node `from` (the home, or the server this node's hint named, which moved the connection on) passed one of
+    /// this node's sends on to `server`, which runs `ids`: fence along the path the sends took so far, to switch
+    /// to it.
+    pub(super) fn on_hint(&self, from: &NodeId, hub: &Arc<str>, ids: Vec<ConnectionId>, server: NodeId) {
         for id in ids {
             let nonce = self.next_request.fetch_add(1, Ordering::Relaxed);
             // The fence goes out under the lock: a send decided before it went out before it.
             let mut hints = self.hints.lock();
+            let via_old_server = match hints.get(&id) {
+                None => false,
+                Some(Hint {
+                    server: old,
+                    state: HintState::Direct,
+                }) if old == from && *old != server => true,
+                Some(_) => continue,
+            };
             {
-                if hints.contains_key(&id) {
-                    continue;
-                }
                 if hints.len() >= MAX_HINTS {
                     // Forget the settled ones; a fence in progress holds sends and must finish.
                     hints.retain(|_, hint| matches!(hint.state, HintState::Fencing { .. }));
@@ -176,14 +186,19 @@ impl<H: LocalHub> Router<H> {
                     },
                 );
             }
-            let home = self.home_of(&id).to_owned();
             let fence = Envelope::Fence {
                 hub: hub.clone(),
                 id: id.clone(),
                 nonce,
                 origin: self.id(),
             };
-            if self.send_to(&home, &fence).is_err() {
+            let sent = if via_old_server {
+                self.send_to_peer(from, &fence).is_ok()
+            } else {
+                let home = self.home_of(&id).to_owned();
+                self.send_to(&home, &fence).is_ok()
+            };
+            if !sent {
                 hints.remove(&id);
             }
         }
@@ -192,8 +207,10 @@ impl<H: LocalHub> Router<H> {
     /// A fence reached this node: as the home, pass it on to the server, which it reaches after every send this
     /// home passed on before; as the server, answer the sender.
     pub(super) fn on_fence(&self, hub: Arc<str>, id: ConnectionId, nonce: u64, origin: NodeId) {
-        if self.is_local(self.home_of(&id)) {
-            let server = self.adopted_out.lock().get(&id).cloned();
+        // As the home, or as a server that moved the connection on: pass it on to where the connection runs now.
+        let here = self.hub(&hub).is_some_and(|runtime| runtime.handle_of(&id).is_some());
+        let server = if here { None } else { self.adopted_out.lock().get(&id).cloned() };
+        if server.is_some() || self.is_local(self.home_of(&id)) {
             match server {
                 Some(server) => {
                     let fence = Envelope::Fence { hub, id, nonce, origin };

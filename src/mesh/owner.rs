@@ -29,7 +29,7 @@ const SETTLE: Duration = Duration::from_secs(3);
 /// of a node it does not see yet.
 const SETTLE_AFTER_JOIN: Duration = Duration::from_secs(1);
 /// How long after its start a node counts as young, whose view may still be growing.
-const YOUNG: Duration = Duration::from_secs(10);
+pub(super) const YOUNG: Duration = Duration::from_secs(10);
 /// How long an owner keeps a send to a group it has no members for, in case the members are on their way
 /// (a snapshot or a join that raced with the send across different links).
 const ORPHAN_WINDOW: Duration = Duration::from_secs(3);

@@ -162,6 +162,9 @@ impl<H: LocalHub> Router<H> {
         }
         self.enqueue(MembershipOp::OwnSnapshot);
         self.flush_held();
+        for node in joined.iter().filter(|id| !self.is_local(&id.name)) {
+            self.peer_joined_relays(node);
+        }
     }
 
     /// Peer `from` had declared this node dead and sees it live again. When a majority of its peers did so within

@@ -90,6 +90,8 @@ pub(crate) struct Router<H> {
     pub(super) fence_gave_up: AtomicU64,
     /// Sends to connections this node negotiated that it passed on to the node running them.
     pub(super) passed_on: AtomicU64,
+    /// Sends a young node offered to every peer, for connections of its name it did not know (`super::relay`).
+    pub(super) offered: AtomicU64,
     /// Incarnations this node had declared dead that are live again, to be told so once a link to them is up
     /// (`super::rehome`); at most one per name of the cluster.
     pub(super) rejoined: Mutex<HashSet<NodeId>>,
@@ -138,6 +140,7 @@ impl<H: LocalHub> Router<H> {
             hints: Mutex::new(Hints::new()),
             fence_gave_up: AtomicU64::new(0),
             passed_on: AtomicU64::new(0),
+            offered: AtomicU64::new(0),
             rejoined: Mutex::new(HashSet::new()),
             cut_off: Mutex::new(CutOff::default()),
             bounds_hit: Arc::default(),
@@ -317,13 +320,14 @@ impl<H: LocalHub> Router<H> {
                 elsewhere.push(id.clone());
             }
         }
+        let mut wire = None;
+        let mut make = || wire.get_or_insert_with(|| WireFrame::of(&frame)).clone();
         if !here.is_empty() {
             if let Some(runtime) = self.hub(hub) {
+                let here = self.offer_unknown(&runtime, hub, here, &mut make);
                 runtime.deliver_to(&here, &frame);
             }
         }
-        let mut wire = None;
-        let mut make = || wire.get_or_insert_with(|| WireFrame::of(&frame)).clone();
         for (server, ids) in to_server {
             let envelope = Envelope::ToConnections {
                 hub: hub.clone(),
@@ -398,6 +402,17 @@ impl<H: LocalHub> Router<H> {
     /// Delivers a peer's send to connections: those served here, and on to the server of those negotiated here
     /// that run elsewhere.
     pub(super) fn deliver_to_connections(&self, from: &NodeId, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame) {
+        // Those of this node's name that it lost track of go to whoever serves them (`Router::offer_unknown`).
+        let ids = match self.hub(hub) {
+            Some(runtime) => {
+                let (mine, others): (Vec<ConnectionId>, Vec<ConnectionId>) =
+                    ids.into_iter().partition(|id| self.is_local(self.home_of(id)));
+                let mut ids = self.offer_unknown(&runtime, hub, mine, &mut || frame.clone());
+                ids.extend(others);
+                ids
+            }
+            None => ids,
+        };
         let adopted: Vec<(ConnectionId, NodeId)> = {
             let adopted_out = self.adopted_out.lock();
             if adopted_out.is_empty() {

@@ -38,7 +38,8 @@
 //! * `token`: connection tokens any node of the cluster can check; `relay`: the requests of a connection that
 //!   reach a node other than the one holding it (adopted WebSockets and SSE streams, relayed polls, POSTs and
 //!   DELETEs); `reply`: a transport request's answer as data that can cross the links; `tunnel`: a stateful
-//!   connection's reconnected socket on one node carrying the connection that runs on another.
+//!   connection's reconnected socket on one node carrying the connection that runs on another; `home_report`:
+//!   telling a restarted home which of its connections run here.
 //! * `rest`: the Azure SignalR-style REST API under `/api/`, when the node has an access key;
 //! * `admin`: the operator's `POST /_hubmesh/drain`, authenticated with the REST access key.
 
@@ -46,6 +47,7 @@ mod access;
 mod admin;
 mod endpoint;
 mod health;
+mod home_report;
 mod keeping;
 mod live;
 mod long_polling;

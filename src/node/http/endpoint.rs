@@ -52,7 +52,7 @@ pub(super) enum Active {
 }
 
 impl Active {
-    fn kind(&self) -> TransportKind {
+    pub(super) fn kind(&self) -> TransportKind {
         match self {
             Active::WebSocket(_) => TransportKind::WebSockets,
             Active::ServerSentEvents(_) => TransportKind::ServerSentEvents,

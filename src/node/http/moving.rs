@@ -413,9 +413,17 @@ pub(super) fn moved_elsewhere(node: &Node, endpoint: &HubEndpoint, from: &NodeId
     }
 }
 
-/// The home, when the keeper of one of its connections took it over after the node serving it died
-/// (`super::keeping`): the home passes on to `from` from now on, as for a connection that moved there.
-pub(super) fn taken_over(node: &Node, endpoint: &HubEndpoint, from: &NodeId, token: &str, id: ConnectionId) -> Reply {
+/// The home, when a peer runs one of its connections that it did not know ran there: the keeper took it over
+/// after the node serving it died (`super::keeping`), or this node restarted after its drain moved it there
+/// (`super::home_report`). The home passes on to `from` from now on, as for a connection that moved there.
+pub(super) fn runs_on_peer(
+    node: &Node,
+    endpoint: &HubEndpoint,
+    from: &NodeId,
+    token: &str,
+    id: ConnectionId,
+    transport: TransportKind,
+) -> Reply {
     {
         let mut tokens = endpoint.tokens.lock();
         match tokens.get_mut(token) {
@@ -437,7 +445,7 @@ pub(super) fn taken_over(node: &Node, endpoint: &HubEndpoint, from: &NodeId, tok
                         stateful: true,
                         active: Some(Active::Adopted {
                             server: from.clone(),
-                            transport: TransportKind::WebSockets,
+                            transport,
                         }),
                         home: None,
                     },

@@ -80,6 +80,8 @@ pub(super) enum Op {
     Moved { server: NodeId },
     /// To a connection's home, from its keeper: the keeper runs it now, its server died (`super::keeping`).
     TakenOver { id: ConnectionId },
+    /// To a restarted home, from the node that runs one of its connections (`super::home_report`).
+    Serves { id: ConnectionId, transport: TransportKind },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -406,7 +408,13 @@ async fn serve(node: Node, from: NodeId, payload: Bytes) -> Answer {
         Op::Prepare { id } => Answer::Reply(super::moving::prepare(&node, &endpoint, &token, id)),
         Op::Install { moved } => Answer::Reply(super::moving::install(&node, &endpoint, &token, *moved)),
         Op::Moved { server } => Answer::Reply(super::moving::moved_elsewhere(&node, &endpoint, &from, &token, server)),
-        Op::TakenOver { id } => Answer::Reply(super::moving::taken_over(&node, &endpoint, &from, &token, id)),
+        Op::TakenOver { id } => {
+            let transport = TransportKind::WebSockets;
+            Answer::Reply(super::moving::runs_on_peer(&node, &endpoint, &from, &token, id, transport))
+        }
+        Op::Serves { id, transport } => {
+            Answer::Reply(super::moving::runs_on_peer(&node, &endpoint, &from, &token, id, transport))
+        }
         Op::Poll { request: None } if matches!(lookup(&endpoint, &token), Lookup::Fresh(_)) => Answer::NeedsRequest,
         Op::Poll { request } => {
             // Only a fresh token's poll reads the request, and that one always comes with it.
@@ -576,6 +584,12 @@ impl RelayHost for NodeRelays {
             };
             rmp_serde::to_vec(&answer).map(Bytes::from).unwrap_or_default()
         })
+    }
+
+    fn peer_joined(&self, peer: &NodeId) {
+        if let Some(node) = self.0.upgrade().map(Node::from_inner) {
+            super::home_report::peer_joined(&node, peer);
+        }
     }
 
     fn peer_left(&self, peer: &NodeId) {

@@ -444,6 +444,12 @@ impl Collector for NodeCollector {
         )?;
         counter(
             encoder,
+            "hubmesh_sends_offered",
+            "Sends a restarted node offered to every peer in its first 10 s, for connections of its name it did not know yet.",
+            scrape.relays.offered,
+        )?;
+        counter(
+            encoder,
             "hubmesh_hint_switches_given_up",
             "Switches to a connection's server given up (fence unanswered in time, or too many sends held).",
             scrape.relays.fences_given_up,
