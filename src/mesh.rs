@@ -69,11 +69,16 @@ mod inbound;
 mod kept;
 mod members;
 mod moves;
+mod offers;
 mod ops_queue;
 mod owner;
 mod rehome;
 #[cfg(test)]
 mod settling_tests;
+#[cfg(test)]
+mod test_router;
+#[cfg(test)]
+mod offers_tests;
 mod relay;
 mod requests;
 mod router;

@@ -44,6 +44,9 @@ pub struct MeshBoundsHit {
     /// Kept connections resumed after sends they missed had left their group's history
     /// ([`super::kept::KEPT_HISTORY_CAP`]).
     pub kept_history_gaps: AtomicU64,
+    /// Offers of a young node that no peer had answered, dropped (the oldest) past
+    /// [`super::offers::MAX_UNANSWERED_OFFERS`].
+    pub offers_dropped: AtomicU64,
 }
 
 impl MeshBoundsHit {

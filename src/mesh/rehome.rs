@@ -162,6 +162,7 @@ impl<H: LocalHub> Router<H> {
         }
         self.enqueue(MembershipOp::OwnSnapshot);
         self.flush_held();
+        self.offers_on_view(&peers);
         for node in joined.iter().filter(|id| !self.is_local(&id.name)) {
             self.peer_joined_relays(node);
         }

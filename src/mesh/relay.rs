@@ -21,12 +21,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::envelope::{unexpected, Answer, Envelope, Request, WireFrame};
+use super::envelope::{unexpected, Answer, Envelope, Request};
 use super::{LocalHub, MeshError, Router};
 use crate::cluster::NodeId;
 use crate::connection::ConnectionId;
@@ -136,64 +136,6 @@ impl<H: LocalHub> Router<H> {
         let host = self.relay_host.read().as_ref().and_then(Weak::upgrade);
         if let Some(host) = host {
             host.peer_left(peer);
-        }
-    }
-
-    /// Of `ids` (all of this node's name), those this node does not know to run here or elsewhere, while it is
-    /// young ([`super::owner::YOUNG`]): an earlier incarnation of this node negotiated them and they moved away in
-    /// its drain, and the peers that serve them have not told this one yet ([`RelayHost::peer_joined`]). They are
-    /// offered to every live peer ([`Envelope::Offered`]): the one that serves them delivers and says so, and this
-    /// node passes their next sends on as for any connection adopted out. Past its youth an unknown id is a
-    /// connection that ended, and a send to it is dropped here, so offers cannot multiply sends to dead ids for
-    /// long. The rest, to deliver here or pass on, is handed back.
-    pub(super) fn offer_unknown(
-        &self,
-        runtime: &H,
-        hub: &Arc<str>,
-        ids: Vec<ConnectionId>,
-        frame: &mut dyn FnMut() -> WireFrame,
-    ) -> Vec<ConnectionId> {
-        if self.born.elapsed() >= super::owner::YOUNG {
-            return ids;
-        }
-        let (known, unknown): (Vec<ConnectionId>, Vec<ConnectionId>) = {
-            let adopted_out = self.adopted_out.lock();
-            ids.into_iter()
-                .partition(|id| runtime.handle_of(id).is_some() || adopted_out.contains_key(id))
-        };
-        if !unknown.is_empty() {
-            self.offered.fetch_add(1, Ordering::Relaxed);
-            let envelope = Envelope::Offered {
-                hub: hub.clone(),
-                ids: unknown,
-                frame: frame(),
-            };
-            for peer in self.peers() {
-                let _ = self.send_to_peer(&peer, &envelope);
-            }
-        }
-        known
-    }
-
-    /// A home offered a send to connections it lost track of: deliver to those served here, and tell it.
-    pub(super) fn on_offered(&self, from: &NodeId, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame) {
-        let Some(runtime) = self.hub(hub) else { return };
-        let served: Vec<ConnectionId> = ids.into_iter().filter(|id| runtime.handle_of(id).is_some()).collect();
-        if served.is_empty() {
-            return;
-        }
-        runtime.deliver_to(&served, &frame.into_frame());
-        let _ = self.send_to_peer(from, &Envelope::Serving { hub: hub.clone(), ids: served });
-    }
-
-    /// A peer serves these connections of this node's name: sends to them go on to it from now on.
-    pub(super) fn on_serving(&self, from: &NodeId, hub: &str, ids: Vec<ConnectionId>) {
-        let runtime = self.hub(hub);
-        for id in ids {
-            let here = runtime.as_ref().is_some_and(|runtime| runtime.handle_of(&id).is_some());
-            if self.is_local(self.home_of(&id)) && !here {
-                let _ = self.adopt_out(id, from.clone());
-            }
         }
     }
 

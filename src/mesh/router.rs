@@ -26,6 +26,7 @@ use super::bounds::{MeshBoundsHit, MeshCounters};
 use super::group_send::{HeldSend, RetainedSends};
 use super::hints::{Hints, Route};
 use super::kept::KeptGroups;
+use super::offers::Offers;
 use super::ops_queue::OpsQueue;
 use super::rehome::CutOff;
 use super::relay::{AdoptedOut, RelayHost};
@@ -92,6 +93,8 @@ pub(crate) struct Router<H> {
     pub(super) passed_on: AtomicU64,
     /// Sends a young node offered to every peer, for connections of its name it did not know (`super::relay`).
     pub(super) offered: AtomicU64,
+    /// What this node offered while young, and to which peers (`super::offers`).
+    pub(super) offers: Mutex<Offers>,
     /// Incarnations this node had declared dead that are live again, to be told so once a link to them is up
     /// (`super::rehome`); at most one per name of the cluster.
     pub(super) rejoined: Mutex<HashSet<NodeId>>,
@@ -141,6 +144,7 @@ impl<H: LocalHub> Router<H> {
             fence_gave_up: AtomicU64::new(0),
             passed_on: AtomicU64::new(0),
             offered: AtomicU64::new(0),
+            offers: Mutex::default(),
             rejoined: Mutex::new(HashSet::new()),
             cut_off: Mutex::new(CutOff::default()),
             bounds_hit: Arc::default(),

@@ -171,6 +171,7 @@ fn mesh_bounds(hit: &MeshBoundsHit) -> Vec<(&'static str, u64)> {
         ("gaps_given_up", &hit.gaps_given_up),
         ("kept_groups_refused", &hit.kept_groups_refused),
         ("kept_history_gaps", &hit.kept_history_gaps),
+        ("offers_dropped", &hit.offers_dropped),
     ]
     .into_iter()
     .map(|(bound, hits)| (bound, hits.load(Ordering::Relaxed)))
