@@ -14,9 +14,12 @@ use hubmesh::{ConnectionId, HubError};
 use serde_json::{json, Value};
 use tokio::time::{timeout, Instant};
 
+#[path = "common/msg_or_close.rs"]
+mod msg_or_close;
 #[path = "common/query_user.rs"]
 mod query_user;
 
+use msg_or_close::next_msg_or_close;
 use query_user::user_from_query;
 
 type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
@@ -399,21 +402,6 @@ async fn survivors_keep_their_groups_when_a_node_dies() -> TestResult {
         Ok(cluster)
     })
     .await
-}
-
-/// The next record that is a `msg` call or a Close message, within `limit`.
-async fn next_msg_or_close(client: &mut TestClient, limit: Duration) -> TestResult<Option<Value>> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Some(record) = client.record_within(left).await? else {
-            return Ok(None);
-        };
-        let value = record.value;
-        if value["type"] == json!(7) || (value["type"] == json!(1) && value["target"] == json!("msg")) {
-            return Ok(Some(value));
-        }
-    }
 }
 
 /// No silent gaps (docs/semantics.md#across-nodes): a node frozen past failure detection is declared dead, its

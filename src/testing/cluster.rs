@@ -281,6 +281,30 @@ impl TestCluster {
         self.links.heal();
     }
 
+    /// Cuts nodes `side_a` from nodes `side_b`, gossip and links, both ways, until [`TestCluster::heal`]: each
+    /// side keeps running and serving its clients, and hears nothing of the other (a network partition).
+    pub fn partition(&self, side_a: &[usize], side_b: &[usize]) {
+        let names = |side: &[usize]| -> Vec<String> {
+            side.iter()
+                .filter_map(|&index| self.nodes.get(index))
+                .map(|node| node.name.clone())
+                .collect()
+        };
+        let gossip = |side: &[usize]| -> Vec<std::net::SocketAddr> {
+            side.iter()
+                .filter_map(|&index| self.nodes.get(index)?.gossip_addr)
+                .collect()
+        };
+        self.links.partition(&names(side_a), &names(side_b));
+        self.gossip.partition(&gossip(side_a), &gossip(side_b));
+    }
+
+    /// Undoes every partition and freeze, of gossip and links.
+    pub fn heal(&self) {
+        self.links.heal();
+        self.gossip.heal();
+    }
+
     /// Node `index`, if it runs.
     pub fn node(&self, index: usize) -> Option<&Node> {
         self.nodes.get(index)?.handle.as_ref().map(NodeHandle::node)
