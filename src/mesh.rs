@@ -67,6 +67,7 @@ mod group_send;
 mod hints;
 mod inbound;
 mod kept;
+mod kept_broadcasts;
 mod members;
 mod moves;
 mod offers;

@@ -11,6 +11,8 @@
 //!   death), once and in order;
 //! * every group message sent between the kill and the take-over too: its keeper followed the group all along and
 //!   gives it what its server never numbered (`src/mesh/kept.rs`). Every group message arrives, once, in order;
+//! * the same for broadcasts (`Clients.All`, sent all along too): its keeper recorded them and gives it those its
+//!   server never numbered (`src/mesh/kept_broadcasts.rs`);
 //! * nothing twice and nothing out of order among the direct messages in between. Direct messages sent between the
 //!   kill and the take-over (the failure-detection time) may be lost: that gap is not closed yet, and the test
 //!   prints how many were.
@@ -104,6 +106,7 @@ async fn node_death(protocol: Protocol) -> TestResult {
             tokio::spawn(async move {
                 for n in 0..COUNT {
                     let _ = context.clients().group("g").send("g", (n,));
+                    let _ = context.clients().all().send("b", (n,));
                     for id in &ids {
                         let _ = context.clients().client(id).send("d", (n,));
                     }
@@ -123,7 +126,12 @@ async fn node_death(protocol: Protocol) -> TestResult {
                 let mut got = Numbered::default();
                 let mut reconnects = 0;
                 let deadline = Instant::now() + Duration::from_secs(60);
-                while !(got.group.last() == Some(&(COUNT - 1)) && got.direct.last() == Some(&(COUNT - 1))) {
+                let done = |got: &Numbered| {
+                    [&got.group, &got.direct, &got.broadcast]
+                        .iter()
+                        .all(|numbers| numbers.last() == Some(&(COUNT - 1)))
+                };
+                while !done(&got) {
                     if Instant::now() >= deadline {
                         return Err(format!("client {index}: the last messages did not arrive").into());
                     }
@@ -201,7 +209,7 @@ async fn node_death(protocol: Protocol) -> TestResult {
         let _ = timeout(Duration::from_secs(5), sender).await;
         for (index, (client, got, reconnects)) in finished.iter_mut().enumerate() {
             assert!(*reconnects >= 1, "client {index} never lost its socket");
-            for (kind, numbers) in [("group", &got.group), ("direct", &got.direct)] {
+            for (kind, numbers) in [("group", &got.group), ("direct", &got.direct), ("broadcast", &got.broadcast)] {
                 assert!(
                     numbers.windows(2).all(|pair| pair[0] < pair[1]),
                     "client {index}: {kind} messages twice or out of order: {numbers:?}"
@@ -219,11 +227,11 @@ async fn node_death(protocol: Protocol) -> TestResult {
                     "client {index}: every {kind} message sent after the take-over, once, in order"
                 );
                 let gap = (killed_at..=taken_over_at).filter(|n| !numbers.contains(n)).count();
-                if kind == "group" {
+                if kind != "direct" {
                     assert_eq!(
                         numbers.as_slice(),
                         (0..COUNT).collect::<Vec<u64>>().as_slice(),
-                        "client {index}: every group message, once, in order, those sent while its node was dying too"
+                        "client {index}: every {kind} message, once, in order, those sent while its node was dying too"
                     );
                 }
                 println!(

@@ -73,15 +73,19 @@ impl EncodeSource for PreEncoded {
 }
 
 /// Where a frame of a group send stands in its group's one order: the group (a named group, or a user's) and the
-/// send's stamp (its origin incarnation and that incarnation's sequence number). A stateful connection's keeper
-/// records the last mark of each group it was written (`super::keeper`), so that a node resuming the connection
-/// knows where in the group's sends the client is.
+/// send's stamp (its origin incarnation and that incarnation's sequence number); or, for a broadcast, where it
+/// stands among its origin's broadcasts. A stateful connection's keeper records the last mark of each group, and
+/// of each origin's broadcasts, it was written (`super::keeper`), so that a node resuming the connection knows
+/// where in those sends the client is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendMark {
-    /// The group's name (the user's name for a user's group).
+    /// The group's name (the user's name for a user's group); empty for a broadcast.
     pub group: Arc<str>,
     /// Whether it is a user's group.
     pub user: bool,
+    /// Whether it is a broadcast (`Clients.All`) rather than a group send.
+    #[serde(default)]
+    pub broadcast: bool,
     /// The name of the node incarnation where the send started.
     pub origin: Arc<str>,
     /// That incarnation's generation.

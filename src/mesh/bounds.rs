@@ -47,6 +47,9 @@ pub struct MeshBoundsHit {
     /// Offers of a young node that no peer had answered, dropped (the oldest) past
     /// [`super::offers::MAX_UNANSWERED_OFFERS`].
     pub offers_dropped: AtomicU64,
+    /// Broadcasts dropped (the oldest) from a hub's history for kept connections past
+    /// [`super::kept_broadcasts::KEPT_BROADCASTS_CAP`].
+    pub kept_broadcasts_evicted: AtomicU64,
 }
 
 impl MeshBoundsHit {

@@ -43,6 +43,8 @@ pub(super) enum Envelope {
         hub: Arc<str>,
         except: Vec<ConnectionId>,
         frame: WireFrame,
+        /// The sender's number for it (`super::kept_broadcasts`).
+        seq: u64,
     },
     /// To these connections, which live on the receiving node.
     ToConnections {

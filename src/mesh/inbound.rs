@@ -8,6 +8,7 @@ use super::group_send::HeldSend;
 use super::owner::{Done, MembershipOp};
 use super::{LocalHub, Router};
 use crate::cluster::{LinkEvent, NodeId};
+use crate::connection::SharedFrame;
 
 impl<H: LocalHub> Router<H> {
     /// Handles one event from the links. Runs on the node's runtime, one event at a time, in link order.
@@ -44,10 +45,14 @@ impl<H: LocalHub> Router<H> {
 
     fn on_envelope(self: &Arc<Self>, from: &NodeId, envelope: Envelope) {
         match envelope {
-            Envelope::Broadcast { hub, except, frame } => {
-                if let Some(runtime) = self.hub(&hub) {
-                    runtime.deliver_all(&frame.into_frame(), &except);
-                }
+            Envelope::Broadcast {
+                hub,
+                except,
+                frame,
+                seq,
+            } => {
+                let frame = SharedFrame::with_mark(&frame.into_frame(), Self::broadcast_mark(from, seq));
+                self.deliver_broadcast(&hub, frame, except.into());
             }
             Envelope::ToConnections { hub, ids, frame } => self.deliver_to_connections(from, &hub, ids, frame),
             Envelope::Offered { hub, ids, frame } => self.on_offered(from, &hub, ids, frame),

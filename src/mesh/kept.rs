@@ -313,6 +313,7 @@ pub(super) fn mark_of(key: &GroupKey, stamp: &Stamp) -> SendMark {
     SendMark {
         group: key.name.clone(),
         user: key.kind == GroupKind::User,
+        broadcast: false,
         origin: stamp.origin.name.clone(),
         generation: stamp.origin.generation,
         seq: stamp.seq,

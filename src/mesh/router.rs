@@ -26,6 +26,7 @@ use super::bounds::{MeshBoundsHit, MeshCounters};
 use super::group_send::{HeldSend, RetainedSends};
 use super::hints::{Hints, Route};
 use super::kept::KeptGroups;
+use super::kept_broadcasts::KeptBroadcasts;
 use super::offers::Offers;
 use super::ops_queue::OpsQueue;
 use super::rehome::CutOff;
@@ -95,6 +96,10 @@ pub(crate) struct Router<H> {
     pub(super) offered: AtomicU64,
     /// What this node offered while young, and to which peers (`super::offers`).
     pub(super) offers: Mutex<Offers>,
+    /// Broadcasts recorded for the connections this node keeps (`super::kept_broadcasts`).
+    pub(super) kept_broadcasts: Mutex<KeptBroadcasts>,
+    /// This node's sequence number for broadcasts, locked while one is numbered and sent.
+    pub(super) next_broadcast: Mutex<u64>,
     /// Incarnations this node had declared dead that are live again, to be told so once a link to them is up
     /// (`super::rehome`); at most one per name of the cluster.
     pub(super) rejoined: Mutex<HashSet<NodeId>>,
@@ -145,6 +150,8 @@ impl<H: LocalHub> Router<H> {
             passed_on: AtomicU64::new(0),
             offered: AtomicU64::new(0),
             offers: Mutex::default(),
+            kept_broadcasts: Mutex::default(),
+            next_broadcast: Mutex::new(1),
             rejoined: Mutex::new(HashSet::new()),
             cut_off: Mutex::new(CutOff::default()),
             bounds_hit: Arc::default(),
@@ -282,25 +289,29 @@ impl<H: LocalHub> Router<H> {
     }
 
     /// Delivers `frame` to every connection of `hub` on every node, except `except`.
+    /// Each is numbered (`super::kept_broadcasts`), and numbered and sent under one lock, so that every node,
+    /// this one included, gets this node's broadcasts in the order of their numbers.
     pub(crate) fn broadcast(&self, hub: &Arc<str>, frame: Arc<SharedFrame>, except: Arc<[ConnectionId]>) {
-        if let Some(runtime) = self.hub(hub) {
-            runtime.deliver_all(&frame, &except);
-        }
+        let mut next = self.next_broadcast.lock();
+        let seq = *next;
+        *next += 1;
         let peers = self.peers();
-        if peers.is_empty() {
-            return;
-        }
-        let wire = WireFrame::of(&frame);
-        for peer in peers {
-            let envelope = Envelope::Broadcast {
-                hub: hub.clone(),
-                except: except.to_vec(),
-                frame: wire.clone(),
-            };
-            if let Err(error) = self.send_to_peer(&peer, &envelope) {
-                tracing::warn!(parent: &self.span, %error, "a broadcast could not reach a node");
+        if !peers.is_empty() {
+            let wire = WireFrame::of(&frame);
+            for peer in peers {
+                let envelope = Envelope::Broadcast {
+                    hub: hub.clone(),
+                    except: except.to_vec(),
+                    frame: wire.clone(),
+                    seq,
+                };
+                if let Err(error) = self.send_to_peer(&peer, &envelope) {
+                    tracing::warn!(parent: &self.span, %error, "a broadcast could not reach a node");
+                }
             }
         }
+        let marked = SharedFrame::with_mark(&frame, Self::broadcast_mark(&self.id(), seq));
+        self.deliver_broadcast(hub, marked, except);
     }
 
     /// Delivers `frame` to these connections, wherever they live: straight to the node that serves each one as far

@@ -79,15 +79,16 @@ impl StatefulClient {
     }
 }
 
-/// The group (`g`) and direct (`d`) message numbers a test client got, in arrival order.
+/// The group (`g`), direct (`d`) and broadcast (`b`) message numbers a test client got, in arrival order.
 #[derive(Default)]
 pub struct Numbered {
     pub group: Vec<u64>,
     pub direct: Vec<u64>,
+    pub broadcast: Vec<u64>,
 }
 
 impl Numbered {
-    /// Files a group or direct message by its number; anything else (completions) is ignored.
+    /// Files a group, direct or broadcast message by its number; anything else (completions) is ignored.
     pub fn file(&mut self, message: &Value) -> TestResult {
         if message["type"] != 1 {
             return Ok(());
@@ -96,6 +97,7 @@ impl Numbered {
         match message["target"].as_str() {
             Some("g") => self.group.push(n),
             Some("d") => self.direct.push(n),
+            Some("b") => self.broadcast.push(n),
             _ => {}
         }
         Ok(())

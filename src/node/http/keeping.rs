@@ -232,10 +232,19 @@ impl Keeping {
                 let last = copy.last;
                 let mut copy = copy;
                 copy.bytes = copy.unacked.iter().map(|(_, record)| record.len()).sum();
-                let before = kept.remove(&id).map(|(_, before)| before.groups).unwrap_or_default();
+                let before = kept.remove(&id).map(|(_, before)| before);
                 // A copy sent again (its server lost the keeping link a while) follows what changed.
+                copy.since = Some(before.as_ref().and_then(|before| before.since).unwrap_or_else(Instant::now));
+                let (new, before) = match before {
+                    Some(before) => (false, before.groups),
+                    None => (true, Default::default()),
+                };
                 follows.push(Follow::of(&copy, before.difference(&copy.groups).cloned().collect(), false));
-                follows.push(Follow::of(&copy, copy.groups.difference(&before).cloned().collect(), true));
+                let mut joined = Follow::of(&copy, copy.groups.difference(&before).cloned().collect(), true);
+                if new {
+                    joined.broadcasts = Some(true);
+                }
+                follows.push(joined);
                 kept.tokens.insert(copy.token.clone(), id.clone());
                 kept.copies.insert(id.clone(), (from.clone(), *copy));
                 Some(Frame::Held { id, seq: last })
@@ -252,9 +261,9 @@ impl Keeping {
                     copy.unacked.push_back((seq, record));
                     if let Some(mark) = mark {
                         // Only for a group the copy lists: a mark of one it left would rejoin nothing.
-                        let group = (mark.group.to_string(), mark.user);
-                        if copy.groups.contains(&group) {
-                            copy.marks.insert(group, mark);
+                        let listed = copy.groups.contains(&(mark.group.to_string(), mark.user));
+                        if mark.broadcast || listed {
+                            copy.note(&mark);
                         }
                     }
                 }
@@ -426,6 +435,8 @@ async fn take_over(node: &Node, copy: Copy, server: &NodeId) -> Result<(), Strin
         received,
         groups,
         marks,
+        broadcasts,
+        since,
         ..
     } = copy;
     let state = MovedState {
@@ -441,12 +452,21 @@ async fn take_over(node: &Node, copy: Copy, server: &NodeId) -> Result<(), Strin
         headers: headers.into_iter().collect(),
     };
     let moved = super::moving::MovedConnection::new(state, request, home.clone());
-    let reply = super::moving::install(node, &endpoint, &token, moved);
-    if reply.status() != StatusCode::OK {
-        return Err(format!("not installed: {}", reply.status()));
-    }
     let router = endpoint.context.router().clone();
     let hub = endpoint.context.name().clone();
+    // Started here, then given the broadcasts its server never numbered, under the lock of every broadcast
+    // delivery here: none is missed or delivered twice in between.
+    let mut status = StatusCode::OK;
+    let since = since.unwrap_or_else(Instant::now);
+    let (installed, missed) = router.resume_broadcasts(&hub, &id, &broadcasts, since, || {
+        status = super::moving::install(node, &endpoint, &token, moved).status();
+        status == StatusCode::OK
+    });
+    if !installed {
+        return Err(format!("not installed: {status}"));
+    }
+    router.unkeep_broadcasts(&hub);
+    tracing::debug!(parent: node.span(), %id, missed, "a taken-over connection got the broadcasts it missed");
     for (group, user) in groups {
         let key = group_key(&hub, &group, user);
         // What the group sent it since its server numbered the last of its sends, then membership here.
@@ -492,6 +512,9 @@ pub(super) struct Follow {
     id: ConnectionId,
     groups: Vec<(String, bool)>,
     keep: bool,
+    /// Whether to start (a new copy) or stop (a copy gone) recording the hub's broadcasts for it
+    /// (`Router::keep_broadcasts`).
+    broadcasts: Option<bool>,
 }
 
 impl Follow {
@@ -501,15 +524,20 @@ impl Follow {
             id: copy.id.clone(),
             groups,
             keep,
+            broadcasts: None,
         }
     }
 
+    /// Every group of a copy that is gone, and its hub's broadcasts.
     fn all(copy: &Copy, keep: bool) -> Follow {
-        Follow::of(copy, copy.groups.iter().cloned().collect(), keep)
+        Follow {
+            broadcasts: Some(keep),
+            ..Follow::of(copy, copy.groups.iter().cloned().collect(), keep)
+        }
     }
 
     fn apply(self, node: &Node) {
-        if self.groups.is_empty() {
+        if self.groups.is_empty() && self.broadcasts.is_none() {
             return;
         }
         let Some(endpoint) = node.endpoint(&self.path) else {
@@ -517,6 +545,11 @@ impl Follow {
         };
         let router = endpoint.context.router();
         let hub = endpoint.context.name();
+        match self.broadcasts {
+            Some(true) => router.keep_broadcasts(hub),
+            Some(false) => router.unkeep_broadcasts(hub),
+            None => {}
+        }
         for (group, user) in self.groups {
             let key = group_key(hub, &group, user);
             if self.keep {

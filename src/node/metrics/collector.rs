@@ -172,6 +172,7 @@ fn mesh_bounds(hit: &MeshBoundsHit) -> Vec<(&'static str, u64)> {
         ("kept_groups_refused", &hit.kept_groups_refused),
         ("kept_history_gaps", &hit.kept_history_gaps),
         ("offers_dropped", &hit.offers_dropped),
+        ("kept_broadcasts_evicted", &hit.kept_broadcasts_evicted),
     ]
     .into_iter()
     .map(|(bound, hits)| (bound, hits.load(Ordering::Relaxed)))

@@ -56,6 +56,8 @@ impl KeepSink {
                     received: 0,
                     groups: BTreeSet::new(),
                     marks: BTreeMap::new(),
+                    broadcasts: BTreeMap::new(),
+                    since: None,
                     bytes: 0,
                 },
             }),
@@ -158,7 +160,7 @@ impl Keeper for KeepSink {
         state.copy.last = id;
         state.copy.unacked.push_back((id, record.clone()));
         if let Some(mark) = mark {
-            state.copy.marks.insert((mark.group.to_string(), mark.user), mark.clone());
+            state.copy.note(mark);
         }
         if state.keeper.is_none() {
             self.held.advance(id);

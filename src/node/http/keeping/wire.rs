@@ -37,9 +37,34 @@ pub(super) struct Copy {
     /// where a resuming node picks up the group's sends (`Router::resume_kept_member`).
     #[serde(default)]
     pub(super) marks: BTreeMap<(String, bool), SendMark>,
+    /// Per origin node (name), the mark of the last of its broadcasts numbered for the client
+    /// (`Router::resume_broadcasts`).
+    #[serde(default)]
+    pub(super) broadcasts: BTreeMap<String, SendMark>,
+    /// When the keeper got its first copy of the connection (the keeper's, not sent).
+    #[serde(skip)]
+    pub(super) since: Option<tokio::time::Instant>,
     /// Bytes of `unacked` (counted by whoever holds the copy, not sent).
     #[serde(skip)]
     pub(super) bytes: usize,
+}
+
+impl Copy {
+    /// Notes the mark of a record numbered for the client: its group's last send, or its origin's last broadcast
+    /// (one entry per origin name: a restarted origin's replaces its earlier incarnation's).
+    pub(super) fn note(&mut self, mark: &SendMark) {
+        if mark.broadcast {
+            let newer = self
+                .broadcasts
+                .get(&*mark.origin)
+                .is_none_or(|last| (mark.generation, mark.seq) > (last.generation, last.seq));
+            if newer {
+                self.broadcasts.insert(mark.origin.to_string(), mark.clone());
+            }
+        } else {
+            self.marks.insert((mark.group.to_string(), mark.user), mark.clone());
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
