@@ -122,6 +122,13 @@ async fn sixty_official_stateful_clients_ride_through_a_sigkill() -> TestResult 
     ride_through("KILL", 60).await
 }
 
+/// The size: 300 official clients through the proxy (about 100 casualties). Longer: `-- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "longer: 300 official clients"]
+async fn three_hundred_official_stateful_clients_ride_through_a_sigkill() -> TestResult {
+    ride_through("KILL", 300).await
+}
+
 /// The same with SIGSTOP for longer than the failure detection, then SIGCONT: the frozen node finds it was
 /// declared dead and drops its clients' sockets without a Close message, so they resume on their keepers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
