@@ -74,7 +74,12 @@ fn start_nodes() -> TestResult<Vec<NodeProcess>> {
         }
         nodes.push(NodeProcess::start(
             &args,
-            &[("HUBMESH_CLUSTER__SECRET", SECRET), ("RUST_LOG", &log)],
+            // Behind the test's proxy every client has one address: no per-address negotiate limit.
+            &[
+                ("HUBMESH_CLUSTER__SECRET", SECRET),
+                ("RUST_LOG", &log),
+                ("HUBMESH_LIMITS__NEGOTIATES_PER_SECOND", "0"),
+            ],
         )?);
     }
     Ok(nodes)
