@@ -68,6 +68,7 @@ mod hints;
 mod inbound;
 mod kept;
 mod kept_broadcasts;
+mod kept_direct;
 mod members;
 mod moves;
 mod offers;

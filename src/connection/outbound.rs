@@ -73,8 +73,8 @@ impl EncodeSource for PreEncoded {
 }
 
 /// Where a frame of a group send stands in its group's one order: the group (a named group, or a user's) and the
-/// send's stamp (its origin incarnation and that incarnation's sequence number); or, for a broadcast, where it
-/// stands among its origin's broadcasts. A stateful connection's keeper records the last mark of each group, and
+/// send's stamp (its origin incarnation and that incarnation's sequence number); or, for a broadcast or a send to
+/// connections by id, where it stands among its origin's broadcasts, or its origin's sends by id. A stateful connection's keeper records the last mark of each group, and
 /// of each origin's broadcasts, it was written (`super::keeper`), so that a node resuming the connection knows
 /// where in those sends the client is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +86,9 @@ pub struct SendMark {
     /// Whether it is a broadcast (`Clients.All`) rather than a group send.
     #[serde(default)]
     pub broadcast: bool,
+    /// Whether it is a send to connections by id (`Clients.Client`) rather than a group send.
+    #[serde(default)]
+    pub direct: bool,
     /// The name of the node incarnation where the send started.
     pub origin: Arc<str>,
     /// That incarnation's generation.

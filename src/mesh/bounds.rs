@@ -50,6 +50,12 @@ pub struct MeshBoundsHit {
     /// Broadcasts dropped (the oldest) from a hub's history for kept connections past
     /// [`super::kept_broadcasts::KEPT_BROADCASTS_CAP`].
     pub kept_broadcasts_evicted: AtomicU64,
+    /// Sends by id forgotten before [`super::kept_direct::RETAIN_DIRECT`] was up, past
+    /// [`super::kept_direct::RETAINED_DIRECT_CAP`] (they cannot be sent again if their node dies).
+    pub direct_retained_evicted: AtomicU64,
+    /// Sends by id a keeper did not hold for a kept connection, past [`super::kept_direct::KEPT_DIRECT_CAP`] or
+    /// [`super::kept_direct::KEPT_DIRECT_TOTAL_CAP`].
+    pub kept_direct_dropped: AtomicU64,
 }
 
 impl MeshBoundsHit {

@@ -12,14 +12,17 @@ use serde::{Deserialize, Serialize};
 use super::group::{GroupError, GroupKey, Stamp};
 use super::MeshError;
 use crate::cluster::NodeId;
-use crate::connection::{ClientResultError, ConnectionId, SharedFrame};
+use crate::connection::{ClientResultError, ConnectionId, SendMark, SharedFrame};
 use crate::protocol::Protocol;
 
-/// A frame encoded once per protocol at the sender, so receiving nodes encode nothing.
+/// A frame encoded once per protocol at the sender, so receiving nodes encode nothing; with its mark, if it has
+/// one (a send to connections by id: `super::kept_direct`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct WireFrame {
     json: Option<Bytes>,
     msgpack: Option<Bytes>,
+    #[serde(default)]
+    mark: Option<Box<SendMark>>,
 }
 
 impl WireFrame {
@@ -27,11 +30,21 @@ impl WireFrame {
         WireFrame {
             json: frame.bytes(Protocol::Json).cloned(),
             msgpack: frame.bytes(Protocol::MessagePack).cloned(),
+            mark: frame.mark().filter(|mark| mark.direct).cloned().map(Box::new),
         }
     }
 
+    /// The mark it carries.
+    pub(super) fn mark(&self) -> Option<&SendMark> {
+        self.mark.as_deref()
+    }
+
     pub(super) fn into_frame(self) -> Arc<SharedFrame> {
-        SharedFrame::pre_encoded(self.json, self.msgpack)
+        let frame = SharedFrame::pre_encoded(self.json, self.msgpack);
+        match self.mark {
+            Some(mark) => SharedFrame::with_mark(&frame, *mark),
+            None => frame,
+        }
     }
 }
 
@@ -48,6 +61,13 @@ pub(super) enum Envelope {
     },
     /// To these connections, which live on the receiving node.
     ToConnections {
+        hub: Arc<str>,
+        ids: Vec<ConnectionId>,
+        frame: WireFrame,
+    },
+    /// A send to connections by id sent again because the node it went to left (`super::kept_direct`): for the
+    /// node that keeps or took over any of them.
+    Resent {
         hub: Arc<str>,
         ids: Vec<ConnectionId>,
         frame: WireFrame,

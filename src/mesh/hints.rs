@@ -251,12 +251,7 @@ impl<H: LocalHub> Router<H> {
             Some(server) if server == hint.server => {
                 // Under the lock, so that no later send overtakes the held ones.
                 for (hub, frame) in held {
-                    let envelope = Envelope::ToConnections {
-                        hub,
-                        ids: vec![id.clone()],
-                        frame,
-                    };
-                    let _ = self.send_to_peer(&server, &envelope);
+                    self.send_direct(&server, &hub, vec![id.clone()], frame);
                 }
                 hints.insert(id, hint);
             }
@@ -271,12 +266,7 @@ impl<H: LocalHub> Router<H> {
     fn send_via_home(&self, id: &ConnectionId, held: Vec<(Arc<str>, WireFrame)>) {
         let home = self.home_of(id).to_owned();
         for (hub, frame) in held {
-            let envelope = Envelope::ToConnections {
-                hub,
-                ids: vec![id.clone()],
-                frame,
-            };
-            self.send_to_home(&home, &envelope);
+            self.send_direct_via_home(&home, &hub, vec![id.clone()], frame);
         }
     }
 

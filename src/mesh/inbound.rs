@@ -56,6 +56,7 @@ impl<H: LocalHub> Router<H> {
             }
             Envelope::ToConnections { hub, ids, frame } => self.deliver_to_connections(from, &hub, ids, frame),
             Envelope::Offered { hub, ids, frame } => self.on_offered(from, &hub, ids, frame),
+            Envelope::Resent { hub, ids, frame } => self.on_resent(&hub, ids, frame),
             Envelope::Serving { hub, ids } => self.on_serving(from, &hub, ids),
             Envelope::Hint { hub, ids, server } => self.on_hint(from, &hub, ids, server),
             Envelope::Fence {

@@ -314,6 +314,7 @@ pub(super) fn mark_of(key: &GroupKey, stamp: &Stamp) -> SendMark {
         group: key.name.clone(),
         user: key.kind == GroupKind::User,
         broadcast: false,
+        direct: false,
         origin: stamp.origin.name.clone(),
         generation: stamp.origin.generation,
         seq: stamp.seq,

@@ -78,6 +78,7 @@ impl<H: LocalHub> Router<H> {
             group: Arc::from(""),
             user: false,
             broadcast: true,
+            direct: false,
             origin: origin.name.clone(),
             generation: origin.generation,
             seq,

@@ -45,7 +45,8 @@ struct Offer {
 
 impl<H: LocalHub> Router<H> {
     /// Of `ids` (all of this node's name), offers those this node does not know to run here or elsewhere to every
-    /// peer, while it is young; hands back the rest, to deliver here or pass on.
+    /// peer, while it is young, and those whose server left lately (their keeper takes them over:
+    /// `super::kept_direct`); hands back the rest, to deliver here or pass on.
     pub(super) fn offer_unknown(
         &self,
         runtime: &H,
@@ -53,13 +54,12 @@ impl<H: LocalHub> Router<H> {
         ids: Vec<ConnectionId>,
         frame: &mut dyn FnMut() -> WireFrame,
     ) -> Vec<ConnectionId> {
-        if self.born.elapsed() >= super::owner::YOUNG {
-            return ids;
-        }
+        let young = self.born.elapsed() < super::owner::YOUNG;
         let (known, unknown): (Vec<ConnectionId>, Vec<ConnectionId>) = {
             let adopted_out = self.adopted_out.lock();
-            ids.into_iter()
-                .partition(|id| runtime.handle_of(id).is_some() || adopted_out.contains_key(id))
+            ids.into_iter().partition(|id| {
+                runtime.handle_of(id).is_some() || adopted_out.contains_key(id) || !(young || self.is_orphan(id))
+            })
         };
         if unknown.is_empty() {
             return known;
@@ -75,6 +75,9 @@ impl<H: LocalHub> Router<H> {
         };
         for peer in &offers.peers {
             let _ = self.send_to_peer(peer, &envelope);
+        }
+        if !young {
+            return known;
         }
         if offers.unanswered.len() >= MAX_UNANSWERED_OFFERS {
             offers.unanswered.pop_front();
@@ -114,14 +117,22 @@ impl<H: LocalHub> Router<H> {
         offers.peers = peers.to_vec();
     }
 
-    /// A home offered a send to connections it lost track of: deliver to those served here, and tell it.
+    /// A home offered a send to connections it lost track of: deliver to those served here, and tell it. Those
+    /// this node keeps for a server that died are held for their take-over (`super::kept_direct`).
     pub(super) fn on_offered(&self, from: &NodeId, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame) {
         let Some(runtime) = self.hub(hub) else { return };
-        let served: Vec<ConnectionId> = ids.into_iter().filter(|id| runtime.handle_of(id).is_some()).collect();
+        let all = ids.clone();
+        let untaken = self.take_kept_direct(hub, ids, &frame, &|_| true);
+        let taken: Vec<ConnectionId> = all.into_iter().filter(|id| !untaken.contains(id)).collect();
+        let mut served: Vec<ConnectionId> = untaken.into_iter().filter(|id| runtime.handle_of(id).is_some()).collect();
+        if !served.is_empty() {
+            runtime.deliver_to(&served, &frame.into_frame());
+        }
+        // A connection taken over here is served here: its home passes its sends on from now on.
+        served.extend(taken.into_iter().filter(|id| runtime.handle_of(id).is_some()));
         if served.is_empty() {
             return;
         }
-        runtime.deliver_to(&served, &frame.into_frame());
         let _ = self.send_to_peer(from, &Envelope::Serving { hub: hub.clone(), ids: served });
     }
 

@@ -72,6 +72,9 @@ impl<H: LocalHub> Router<H> {
             live.push(self.id());
             live.sort();
         }
+        // Sends by id wait from here until those passed to nodes that left went again (`super::kept_direct`): none
+        // may take a route through a node that left, or overtake the sends that go again.
+        let numbering = self.next_direct.lock();
         // Under `held`: the new owners and the re-sends of sends handed to the owners that left appear to senders
         // at once (see `group_send_stamped`), so no later send overtakes a re-send.
         let mut held = self.held.lock();
@@ -153,6 +156,14 @@ impl<H: LocalHub> Router<H> {
             self.fail_pending(node);
             self.peer_left_relays(node);
             self.peer_left_hints(node);
+        }
+        // The sends by id passed to nodes that left go again, for the keepers of their connections: after the
+        // routes through those nodes are forgotten above, so that no later send can take one, and before the node
+        // layer takes their connections over, so that the keeper here holds its own when it does.
+        self.resend_direct(&left);
+        drop(numbering);
+        for node in &left {
+            self.peer_left_host(node);
         }
         for peer in &peers {
             // Push ours, and pull theirs: a snapshot sent in answer to this request is read after this view

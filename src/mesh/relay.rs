@@ -107,12 +107,19 @@ impl<H: LocalHub> Router<H> {
 
     /// Records that connection `id` of this node is served by `server` from now on.
     pub(crate) fn adopt_out(&self, id: ConnectionId, server: NodeId) -> Result<(), AdoptError> {
-        let mut adopted = self.adopted_out.lock();
-        if adopted.len() >= MAX_ADOPTED_OUT && !adopted.contains_key(&id) {
-            self.adoptions_refused.fetch_add(1, Ordering::Relaxed);
-            return Err(AdoptError::Full(adopted.len()));
+        // Sends by id wait until the route is changed and what went the old way went again (`super::kept_direct`).
+        let _numbering = self.next_direct.lock();
+        let old = {
+            let mut adopted = self.adopted_out.lock();
+            if adopted.len() >= MAX_ADOPTED_OUT && !adopted.contains_key(&id) {
+                self.adoptions_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(AdoptError::Full(adopted.len()));
+            }
+            adopted.insert(id.clone(), server.clone())
+        };
+        if let Some(old) = old.filter(|old| *old != server) {
+            self.reroute_retained(&id, &old, &server);
         }
-        adopted.insert(id, server);
         Ok(())
     }
 
@@ -130,9 +137,24 @@ impl<H: LocalHub> Router<H> {
         }
     }
 
-    /// Forgets the connections `peer` served, and tells the node layer (the view lost that incarnation).
+    /// Forgets the connections `peer` served (the view lost that incarnation); the node layer is told after
+    /// ([`Router::peer_left_host`]).
     pub(super) fn peer_left_relays(&self, peer: &NodeId) {
-        self.adopted_out.lock().retain(|_, server| server != peer);
+        let mut orphaned = Vec::new();
+        self.adopted_out.lock().retain(|id, server| {
+            let left = server == peer;
+            if left {
+                orphaned.push(id.clone());
+            }
+            !left
+        });
+        // Their keepers may take them over: their sends are offered to every peer a while (`super::kept_direct`).
+        self.orphan(orphaned);
+    }
+
+    /// Tells the node layer that `peer` left (what it had adopted from this node is gone; what it ran that this
+    /// node keeps is taken over).
+    pub(super) fn peer_left_host(&self, peer: &NodeId) {
         let host = self.relay_host.read().as_ref().and_then(Weak::upgrade);
         if let Some(host) = host {
             host.peer_left(peer);

@@ -11,7 +11,7 @@
 //! a direct call on every send.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
@@ -27,6 +27,7 @@ use super::group_send::{HeldSend, RetainedSends};
 use super::hints::{Hints, Route};
 use super::kept::KeptGroups;
 use super::kept_broadcasts::KeptBroadcasts;
+use super::kept_direct::{KeptDirects, Orphans, RetainedDirects};
 use super::offers::Offers;
 use super::ops_queue::OpsQueue;
 use super::rehome::CutOff;
@@ -100,6 +101,16 @@ pub(crate) struct Router<H> {
     pub(super) kept_broadcasts: Mutex<KeptBroadcasts>,
     /// This node's sequence number for broadcasts, locked while one is numbered and sent.
     pub(super) next_broadcast: Mutex<u64>,
+    /// This node's sequence number for sends by id, locked while one is numbered and sent (`super::kept_direct`).
+    pub(super) next_direct: Mutex<u64>,
+    /// Sends by id passed to other nodes lately, to send again if they leave.
+    pub(super) retained_direct: Mutex<RetainedDirects>,
+    /// Connections kept here, or taken over lately, for their sends by id.
+    pub(super) kept_direct: Mutex<KeptDirects>,
+    /// How many entries `kept_direct` has (read without its lock on every send).
+    pub(super) kept_direct_count: AtomicUsize,
+    /// Connections of this node whose server left lately.
+    pub(super) orphans: Mutex<Orphans>,
     /// Incarnations this node had declared dead that are live again, to be told so once a link to them is up
     /// (`super::rehome`); at most one per name of the cluster.
     pub(super) rejoined: Mutex<HashSet<NodeId>>,
@@ -152,6 +163,11 @@ impl<H: LocalHub> Router<H> {
             offers: Mutex::default(),
             kept_broadcasts: Mutex::default(),
             next_broadcast: Mutex::new(1),
+            next_direct: Mutex::new(1),
+            retained_direct: Mutex::default(),
+            kept_direct: Mutex::default(),
+            kept_direct_count: AtomicUsize::new(0),
+            orphans: Mutex::default(),
             rejoined: Mutex::new(HashSet::new()),
             cut_off: Mutex::new(CutOff::default()),
             bounds_hit: Arc::default(),
@@ -319,6 +335,11 @@ impl<H: LocalHub> Router<H> {
     /// through the connection's home (see `super::hints`), and through every live peer when the home is gone (only
     /// the node that serves an adopted connection delivers it).
     pub(crate) fn to_connections(&self, hub: &Arc<str>, ids: &[ConnectionId], frame: Arc<SharedFrame>) {
+        // Numbered, and sent under the numbering lock (`super::kept_direct`).
+        let mut numbering = self.next_direct.lock();
+        let seq = *numbering;
+        *numbering += 1;
+        let frame = SharedFrame::with_mark(&frame, self.direct_mark(seq));
         let mut here = Vec::new();
         let mut to_server: HashMap<NodeId, Vec<ConnectionId>> = HashMap::new();
         let mut elsewhere = Vec::new();
@@ -339,19 +360,18 @@ impl<H: LocalHub> Router<H> {
         let mut make = || wire.get_or_insert_with(|| WireFrame::of(&frame)).clone();
         if !here.is_empty() {
             if let Some(runtime) = self.hub(hub) {
+                // Those kept here for a server that died, or taken over lately, keep their order (`super::kept_direct`).
+                let here = if self.has_kept_direct() {
+                    self.take_kept_direct(hub, here, &make(), &|id| self.is_orphan(id))
+                } else {
+                    here
+                };
                 let here = self.offer_unknown(&runtime, hub, here, &mut make);
                 runtime.deliver_to(&here, &frame);
             }
         }
         for (server, ids) in to_server {
-            let envelope = Envelope::ToConnections {
-                hub: hub.clone(),
-                ids,
-                frame: make(),
-            };
-            if let Err(error) = self.send_to_peer(&server, &envelope) {
-                tracing::debug!(parent: &self.span, %error, %server, "a send to an adopted connection failed");
-            }
+            self.send_direct(&server, hub, ids, make());
         }
         if elsewhere.is_empty() {
             return;
@@ -368,36 +388,38 @@ impl<H: LocalHub> Router<H> {
                 Route::Home => {
                     let home = self.home_of(&id).to_owned();
                     for (held_hub, held_frame) in given_up {
-                        let envelope = Envelope::ToConnections {
-                            hub: held_hub,
-                            ids: vec![id.clone()],
-                            frame: held_frame,
-                        };
-                        self.send_to_home(&home, &envelope);
+                        self.send_direct_via_home(&home, &held_hub, vec![id.clone()], held_frame);
                     }
                     via_home.entry(home).or_default().push(id);
                 }
             }
         }
         for (server, ids) in direct {
-            let envelope = Envelope::ToConnections {
-                hub: hub.clone(),
-                ids,
-                frame: make(),
-            };
-            if let Err(error) = self.send_to_peer(&server, &envelope) {
-                tracing::debug!(parent: &self.span, %error, %server, "a send to a connection's server failed");
-            }
+            self.send_direct(&server, hub, ids, make());
         }
         for (home, ids) in via_home {
-            let envelope = Envelope::ToConnections {
-                hub: hub.clone(),
-                ids,
-                frame: make(),
-            };
-            self.send_to_home(&home, &envelope);
+            self.send_direct_via_home(&home, hub, ids, make());
         }
         drop(hints);
+        drop(numbering);
+    }
+
+    /// A send to connections by id through their home (kept to send again if it leaves), or to every live peer
+    /// when the home is gone.
+    pub(super) fn send_direct_via_home(&self, home: &str, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame) {
+        match self.live_peer(home) {
+            Some(peer) => {
+                self.send_direct(&peer, hub, ids, frame);
+            }
+            None => {
+                let envelope = Envelope::ToConnections {
+                    hub: hub.clone(),
+                    ids,
+                    frame,
+                };
+                self.send_to_home(home, &envelope);
+            }
+        }
     }
 
     /// Sends to a connection's home, or to every live peer when the home is gone (a connection it negotiated may
@@ -417,6 +439,11 @@ impl<H: LocalHub> Router<H> {
     /// Delivers a peer's send to connections: those served here, and on to the server of those negotiated here
     /// that run elsewhere.
     pub(super) fn deliver_to_connections(&self, from: &NodeId, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame) {
+        // Those this node keeps for a server that died, or took over lately (`super::kept_direct`).
+        let ids = self.take_kept_direct(hub, ids, &frame, &|id| self.for_keeper(id));
+        if ids.is_empty() {
+            return;
+        }
         // Those of this node's name that it lost track of go to whoever serves them (`Router::offer_unknown`).
         let ids = match self.hub(hub) {
             Some(runtime) => {
@@ -463,14 +490,7 @@ impl<H: LocalHub> Router<H> {
                 };
                 let _ = self.send_to_peer(from, &hint);
             }
-            let envelope = Envelope::ToConnections {
-                hub: hub.clone(),
-                ids,
-                frame: frame.clone(),
-            };
-            if let Err(error) = self.send_to_peer(&server, &envelope) {
-                tracing::debug!(parent: &self.span, %error, %server, "a send to an adopted connection failed");
-            }
+            self.send_direct(&server, hub, ids, frame.clone());
         }
         if !here.is_empty() {
             if let Some(runtime) = self.hub(hub) {

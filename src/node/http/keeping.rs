@@ -262,7 +262,7 @@ impl Keeping {
                     if let Some(mark) = mark {
                         // Only for a group the copy lists: a mark of one it left would rejoin nothing.
                         let listed = copy.groups.contains(&(mark.group.to_string(), mark.user));
-                        if mark.broadcast || listed {
+                        if mark.broadcast || mark.direct || listed {
                             copy.note(&mark);
                         }
                     }
@@ -436,6 +436,7 @@ async fn take_over(node: &Node, copy: Copy, server: &NodeId) -> Result<(), Strin
         groups,
         marks,
         broadcasts,
+        directs,
         since,
         ..
     } = copy;
@@ -466,7 +467,9 @@ async fn take_over(node: &Node, copy: Copy, server: &NodeId) -> Result<(), Strin
         return Err(format!("not installed: {status}"));
     }
     router.unkeep_broadcasts(&hub);
-    tracing::debug!(parent: node.span(), %id, missed, "a taken-over connection got the broadcasts it missed");
+    // The sends by id held for it here that its server never numbered (`Router::resume_direct`).
+    let missed_direct = router.resume_direct(&hub, &id, &directs);
+    tracing::debug!(parent: node.span(), %id, missed, missed_direct, "a taken-over connection got the broadcasts and sends by id it missed");
     for (group, user) in groups {
         let key = group_key(&hub, &group, user);
         // What the group sent it since its server numbered the last of its sends, then membership here.
@@ -513,7 +516,7 @@ pub(super) struct Follow {
     groups: Vec<(String, bool)>,
     keep: bool,
     /// Whether to start (a new copy) or stop (a copy gone) recording the hub's broadcasts for it
-    /// (`Router::keep_broadcasts`).
+    /// (`Router::keep_broadcasts`) and holding its sends by id (`Router::keep_direct`).
     broadcasts: Option<bool>,
 }
 
@@ -546,8 +549,14 @@ impl Follow {
         let router = endpoint.context.router();
         let hub = endpoint.context.name();
         match self.broadcasts {
-            Some(true) => router.keep_broadcasts(hub),
-            Some(false) => router.unkeep_broadcasts(hub),
+            Some(true) => {
+                router.keep_broadcasts(hub);
+                router.keep_direct(self.id.clone());
+            }
+            Some(false) => {
+                router.unkeep_broadcasts(hub);
+                router.unkeep_direct(&self.id);
+            }
             None => {}
         }
         for (group, user) in self.groups {

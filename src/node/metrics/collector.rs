@@ -173,6 +173,8 @@ fn mesh_bounds(hit: &MeshBoundsHit) -> Vec<(&'static str, u64)> {
         ("kept_history_gaps", &hit.kept_history_gaps),
         ("offers_dropped", &hit.offers_dropped),
         ("kept_broadcasts_evicted", &hit.kept_broadcasts_evicted),
+        ("direct_retained_evicted", &hit.direct_retained_evicted),
+        ("kept_direct_dropped", &hit.kept_direct_dropped),
     ]
     .into_iter()
     .map(|(bound, hits)| (bound, hits.load(Ordering::Relaxed)))

@@ -57,6 +57,7 @@ impl KeepSink {
                     groups: BTreeSet::new(),
                     marks: BTreeMap::new(),
                     broadcasts: BTreeMap::new(),
+                    directs: BTreeMap::new(),
                     since: None,
                     bytes: 0,
                 },

@@ -41,6 +41,10 @@ pub(super) struct Copy {
     /// (`Router::resume_broadcasts`).
     #[serde(default)]
     pub(super) broadcasts: BTreeMap<String, SendMark>,
+    /// Per origin node (name), the mark of the last of its sends by id numbered for the client
+    /// (`Router::resume_direct`).
+    #[serde(default)]
+    pub(super) directs: BTreeMap<String, SendMark>,
     /// When the keeper got its first copy of the connection (the keeper's, not sent).
     #[serde(skip)]
     pub(super) since: Option<tokio::time::Instant>,
@@ -51,15 +55,19 @@ pub(super) struct Copy {
 
 impl Copy {
     /// Notes the mark of a record numbered for the client: its group's last send, or its origin's last broadcast
-    /// (one entry per origin name: a restarted origin's replaces its earlier incarnation's).
+    /// or send by id (one entry per origin name: a restarted origin's replaces its earlier incarnation's).
     pub(super) fn note(&mut self, mark: &SendMark) {
-        if mark.broadcast {
-            let newer = self
-                .broadcasts
+        if mark.broadcast || mark.direct {
+            let last_of = if mark.broadcast {
+                &mut self.broadcasts
+            } else {
+                &mut self.directs
+            };
+            let newer = last_of
                 .get(&*mark.origin)
                 .is_none_or(|last| (mark.generation, mark.seq) > (last.generation, last.seq));
             if newer {
-                self.broadcasts.insert(mark.origin.to_string(), mark.clone());
+                last_of.insert(mark.origin.to_string(), mark.clone());
             }
         } else {
             self.marks.insert((mark.group.to_string(), mark.user), mark.clone());
