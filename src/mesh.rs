@@ -74,6 +74,8 @@ mod owner;
 mod rehome;
 #[cfg(test)]
 mod settling_tests;
+#[cfg(test)]
+mod snapshot_order_tests;
 mod relay;
 mod requests;
 mod router;

@@ -43,10 +43,10 @@ impl LocalHub for NoConnections {
     fn close_all_with(&self, _: &str) {}
 }
 
-/// Links to every peer, up, that record each frame sent.
+/// Links to every peer, up, that record each frame sent (`snapshot_order_tests.rs` uses them too).
 #[derive(Default)]
-struct RecordingLinks {
-    sent: Mutex<Vec<(NodeId, Bytes)>>,
+pub(super) struct RecordingLinks {
+    pub(super) sent: Mutex<Vec<(NodeId, Bytes)>>,
     counters: LinkCounters,
 }
 
@@ -114,7 +114,7 @@ fn owner_node(owner: &NodeId) -> OwnerNode {
 }
 
 /// A group `owner` owns in each of `views`.
-fn owned_by(owner: &NodeId, views: &[&Vec<NodeId>]) -> GroupKey {
+pub(super) fn owned_by(owner: &NodeId, views: &[&Vec<NodeId>]) -> GroupKey {
     (0..1_000)
         .map(|index| GroupKey::named("hub", &format!("g{index}")))
         .find(|key| {
