@@ -81,6 +81,8 @@ mod settling_tests;
 mod test_router;
 #[cfg(test)]
 mod offers_tests;
+#[cfg(test)]
+mod snapshot_order_tests;
 mod relay;
 mod requests;
 mod router;

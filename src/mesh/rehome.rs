@@ -251,9 +251,13 @@ impl<H: LocalHub> Router<H> {
     }
 
     /// Sends this node's snapshot to `node`, in parts under the link frame cap (see [`snapshot_parts`]). Parts of
-    /// one snapshot follow each other on the link: two snapshots to the same peer never interleave.
+    /// one snapshot follow each other on the link: two snapshots to the same peer never interleave. Read and sent
+    /// under `membership_sends`, which a join's or leave's request to a peer owner takes too (`requests.rs`): a
+    /// change made after the read goes out after the snapshot, so the owner, which applies a node's snapshots and
+    /// changes in link order, never has a snapshot undo a later leave (a member that outlived its connection) or
+    /// a later join.
     pub(super) fn send_snapshot_to(&self, node: &NodeId) {
-        let _one_at_a_time = self.snapshot_sends.lock();
+        let _in_order = self.membership_sends.lock();
         let mut remaining = self.local_snapshot();
         let mut budget = SNAPSHOT_PART_BYTES;
         let mut part: u32 = 0;

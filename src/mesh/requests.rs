@@ -107,12 +107,25 @@ impl<H: LocalHub> Router<H> {
                 reply,
             },
         );
+        // A change of this node's memberships at their owner is sent in order with this node's snapshots (see
+        // `send_snapshot_to`): the caller changed its table before asking, so a snapshot read before that change
+        // must reach the owner first.
+        let membership_change = matches!(
+            request,
+            Request::Register { .. } | Request::Unregister { .. } | Request::Move { .. }
+        );
         let envelope = Envelope::Request { id, request };
         // A peer that just joined may not have its link up yet: retry for a short while.
         let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(20);
         loop {
-            match self.send_to_peer(&peer, &envelope) {
+            let sent = if membership_change {
+                let _in_order = self.membership_sends.lock();
+                self.send_to_peer(&peer, &envelope)
+            } else {
+                self.send_to_peer(&peer, &envelope)
+            };
+            match sent {
                 Ok(()) => break,
                 Err(LinkError::NoLink(_))
                     if started.elapsed() < LINK_WAIT && self.live_peer(node).as_ref() == Some(&peer) =>

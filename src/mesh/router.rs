@@ -77,8 +77,9 @@ pub(crate) struct Router<H> {
     /// How often the mesh's bounds were hit.
     pub(super) bounds_hit: Arc<MeshBoundsHit>,
     pub(super) counters: Arc<MeshCounters>,
-    /// Held while a snapshot's parts are sent, so two snapshots to one peer never interleave.
-    pub(super) snapshot_sends: Mutex<()>,
+    /// Held while a snapshot is read and its parts sent, and while a membership change goes to a peer owner: two
+    /// snapshots to one peer never interleave, and a change made after a snapshot was read goes out after it.
+    pub(super) membership_sends: Mutex<()>,
     /// The node layer's side of relays (see `super::relay`).
     pub(super) relay_host: RwLock<Option<Weak<dyn RelayHost>>>,
     /// Connections negotiated here that run on other nodes, with their server (bounded by
@@ -172,7 +173,7 @@ impl<H: LocalHub> Router<H> {
             cut_off: Mutex::new(CutOff::default()),
             bounds_hit: Arc::default(),
             counters: Arc::default(),
-            snapshot_sends: Mutex::new(()),
+            membership_sends: Mutex::new(()),
             span,
         });
         runtime.spawn(super::owner::run_membership_queue(Arc::downgrade(&router), queue));

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::envelope::{Envelope, WireFrame};
 use super::group::{GroupKey, Stamp};
-use super::test_router::{frame, owner_node};
+use super::test_router::{frame, owned_by, owner_node};
 use crate::cluster::{LinkEvent, NodeId};
 use crate::connection::{ConnectionId, SharedFrame};
 
@@ -21,17 +21,6 @@ fn snapshot(key: &GroupKey, member: &str) -> Envelope {
     }
 }
 
-/// A group `owner` owns in each of `views`.
-fn owned_by(owner: &NodeId, views: &[&Vec<NodeId>]) -> GroupKey {
-    (0..1_000)
-        .map(|index| GroupKey::named("hub", &format!("g{index}")))
-        .find(|key| {
-            views
-                .iter()
-                .all(|view| crate::cluster::owner(&key.placement_bytes(), view) == Some(owner))
-        })
-        .unwrap()
-}
 
 /// Waits until `done` holds, at most 5 s.
 async fn until(mut done: impl FnMut() -> bool) {

@@ -113,3 +113,14 @@ pub(super) fn owner_node(owner: &NodeId) -> OwnerNode {
     (router, links, hub)
 }
 
+/// A group `owner` owns in each of `views`.
+pub(super) fn owned_by(owner: &NodeId, views: &[&Vec<NodeId>]) -> GroupKey {
+    (0..1_000)
+        .map(|index| GroupKey::named("hub", &format!("g{index}")))
+        .find(|key| {
+            views
+                .iter()
+                .all(|view| crate::cluster::owner(&key.placement_bytes(), view) == Some(owner))
+        })
+        .unwrap()
+}

@@ -383,3 +383,20 @@ pub async fn group_counts(http: SocketAddr, groups: &[String]) -> Option<Vec<u64
     client.close_socket().await;
     Some(counts)
 }
+
+/// A group's members as node `http` lists them (`GroupMembers`, asked of the group's owner), over a fresh
+/// connection; `None` if the node did not answer.
+pub async fn group_members(http: SocketAddr, group: &str) -> Option<Vec<String>> {
+    let connect = TestClient::to(&format!("ws://{http}/hub")).connect();
+    let mut client = tokio::time::timeout(Duration::from_secs(3), connect).await.ok()?.ok()?;
+    let members = tokio::time::timeout(Duration::from_secs(3), client.invoke_ok("GroupMembers", json!([group])))
+        .await
+        .ok()?
+        .ok()?;
+    client.close_socket().await;
+    members
+        .as_array()?
+        .iter()
+        .map(|member| member.as_str().map(str::to_owned))
+        .collect()
+}

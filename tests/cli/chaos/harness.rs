@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::clients::{group_counts, run_client, run_rest_sender, user_in_group, Load};
+use super::clients::{group_counts, group_members, run_client, run_rest_sender, user_in_group, Load};
 use super::nodes::{converge, view, Node, SECRET};
 use super::official::{run_official, OfficialSlot};
 use super::relay::Relay;
@@ -253,8 +253,10 @@ impl Harness {
             }
             if Instant::now() >= deadline {
                 let lost = self.members_not_found().await;
+                let ghosts = self.members_not_held().await;
                 self.violation(format!(
-                    "memberships after {after}, 5 s on: {}; members the owners do not know of: {lost:?}",
+                    "memberships after {after}, 5 s on: {}; members the owners do not know of: {lost:?}; members \
+                     the harness does not hold open: {ghosts:?}",
                     wrong.join("; ")
                 ));
                 return;
@@ -275,6 +277,36 @@ impl Harness {
             }
         }
         lost
+    }
+
+    /// The members the first node lists (`GroupMembers`, asked of each group's owner) that are no open connection
+    /// of the harness, each with what the harness recorded of it (its label, when it opened, joined and closed,
+    /// and why it closed), or "unknown" for an id it never saw.
+    async fn members_not_held(&self) -> Vec<String> {
+        let connections = self.load.with(|record| record.connections.clone());
+        let mut extra = Vec::new();
+        for group in &self.groups {
+            let Some(members) = group_members(self.nodes[0].http, group).await else {
+                extra.push(format!("{group}: no answer"));
+                continue;
+            };
+            for id in members {
+                let known = connections.iter().rev().find(|connection| connection.id == id);
+                match known {
+                    Some(connection) if connection.closed.is_none() && connection.groups.contains(group) => {}
+                    Some(connection) => extra.push(format!(
+                        "{group}: {id} = {} (opened {:?}, joined {:?}, closed {:?}: {:?})",
+                        connection.label,
+                        connection.opened,
+                        connection.joined,
+                        connection.closed,
+                        connection.close_reason
+                    )),
+                    None => extra.push(format!("{group}: {id} (unknown)")),
+                }
+            }
+        }
+        extra
     }
 
     async fn restart(&mut self, node: usize) -> anyhow::Result<()> {
