@@ -3,7 +3,7 @@
 //! negotiated, over WebSockets, Server-Sent Events or long polling ([`Transport`]), with each request of a client
 //! sent to the next URL in turn (`--spread`, as a round-robin load balancer without affinity would).
 //!
-//! It owns the scenarios ([`Scenario`]: `fanout`, `echo`, `idle`, `connect`, `rooms`, `churn`, `storm`, `quiet`),
+//! It owns the scenarios ([`Scenario`]: `fanout`, `echo`, `idle`, `connect`, `rooms`, `churn`, `storm`, `quiet`, `detect`),
 //! their options, the minimal SignalR client they use (`bench::client`, its URLs and their rotation in
 //! `bench::route`, the HTTP/1.1 it speaks for negotiate, SSE and long polling in `bench::http`), the statistics
 //! (`bench::stats`) and the readings of server CPU time and memory from `/proc` (`bench::procfs`). It may call only
@@ -159,6 +159,8 @@ pub enum Scenario {
     /// Nothing connected: each server process's CPU (gossip, failure detection, links) over a period, as a share
     /// of one core.
     Quiet(QuietArgs),
+    /// One node is killed (SIGKILL): how long until every other node's status no longer lists it as live.
+    Detect(DetectArgs),
 }
 
 /// How the clients reach the hub.
@@ -419,10 +421,30 @@ pub struct QuietArgs {
     pub seconds: f64,
 }
 
+/// Options of `hubmesh bench detect`.
+#[derive(Args, Debug, Clone)]
+pub struct DetectArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+    /// How long to wait for every survivor to see the death, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// How often each survivor's status is asked, in milliseconds (the figures' resolution).
+    #[arg(long, default_value_t = 20)]
+    pub poll_ms: u64,
+    /// Which --url's node to kill (0: the first).
+    #[arg(long, default_value_t = 0)]
+    pub kill_url: usize,
+    /// The process to kill; by default the `hubmesh node` whose --http is the --kill-url's address.
+    #[arg(long)]
+    pub kill_pid: Option<u32>,
+}
+
 /// The outcome of one run.
 #[derive(Debug, Clone)]
 pub struct Report {
-    /// The scenario's name (`fanout`, `echo`, `idle`, `connect`, `rooms`, `churn`, `storm`, `quiet`).
+    /// The scenario's name (`fanout`, `echo`, `idle`, `connect`, `rooms`, `churn`, `storm`, `quiet`, `detect`).
     pub scenario: &'static str,
     /// The run's parameters.
     pub parameters: Value,
@@ -455,6 +477,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report, BenchError> {
         Scenario::Churn(args) => scenarios::churn(args).await,
         Scenario::Storm(args) => scenarios::storm(args).await,
         Scenario::Quiet(args) => scenarios::quiet(args).await,
+        Scenario::Detect(args) => scenarios::detect(args).await,
     }
 }
 

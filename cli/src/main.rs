@@ -10,7 +10,7 @@
 //!   Ctrl-C stops them all; so does one node dying.
 //! * `hubmesh config check FILE...`: loads and checks configuration files as `hubmesh node --config` would.
 //! * `hubmesh config example`: prints `cluster-config/example.toml`, every key with its default.
-//! * `hubmesh bench fanout|echo|idle|connect|rooms|churn|storm|quiet --url URL... [options]`: the load tool
+//! * `hubmesh bench fanout|echo|idle|connect|rooms|churn|storm|quiet|detect --url URL... [options]`: the load tool
 //!   (`hubmesh_cli::bench`); one JSON line per run on standard output, a short summary on standard error.
 //! * `hubmesh status --url URL [--json]`: the cluster as the node at URL sees it (`GET /_hubmesh/status`).
 //! * `hubmesh drain --url URL --key KEY [--wait]`: asks a node to drain and exit (`POST /_hubmesh/drain`, [`drain`]).
@@ -93,7 +93,7 @@ enum CliCommand {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Load tool: drives the demo hub at /hub of running nodes (fanout, echo, idle, connect, rooms, churn, storm,
-    /// quiet).
+    /// quiet, detect).
     #[command(subcommand)]
     Bench(hubmesh_cli::bench::Scenario),
     /// Prints the cluster as one node sees it: members, generations, states, addresses, uptimes, links.

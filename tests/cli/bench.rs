@@ -745,3 +745,47 @@ async fn storm_brings_every_member_of_a_killed_node_back_into_its_group() -> Tes
     assert_eq!(sent, 15.0 * 60.0, "{results}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detect_times_each_survivor_seeing_a_killed_node_gone() -> TestResult {
+    let nodes = three_node_processes()?;
+    wait_for_three(&nodes).await?;
+    let victim = nodes[1].child.id().to_string();
+    let mut args = vec!["detect", "--seconds", "20", "--kill-url", "1", "--kill-pid", &victim];
+    let urls: Vec<String> = nodes
+        .iter()
+        .flat_map(|node| ["--url".to_owned(), node.url.clone()])
+        .collect();
+    args.extend(urls.iter().map(String::as_str));
+    let report = run(&scenario(&args)).await?;
+    let value = parsed(&report, "detect");
+    let results = &value["results"];
+    assert_eq!(results["killed"]["name"], "node-1", "{results}");
+    assert_eq!(number(results, &["survivors"]), 2.0);
+    assert_eq!(results["detected_by_all"], true, "{results}");
+    let per_survivor = results["seconds_per_survivor"].as_array().ok_or("no survivors")?;
+    let survivor_urls: Vec<&str> = per_survivor.iter().filter_map(|entry| entry["url"].as_str()).collect();
+    assert_eq!(
+        survivor_urls,
+        [nodes[0].url.as_str(), nodes[2].url.as_str()],
+        "{results}"
+    );
+    let slowest = number(results, &["all_seconds"]);
+    assert!(slowest > 0.0 && slowest < 20.0, "{results}");
+    assert!(number(results, &["median_seconds"]) <= slowest, "{results}");
+    // The killed process is gone: the survivors really saw a death, not a slow answer.
+    let mut nodes = nodes;
+    assert!(nodes[1].child.try_wait()?.is_some(), "the node still runs");
+    Ok(())
+}
+
+#[tokio::test]
+async fn detect_refuses_a_single_url() -> TestResult {
+    let cluster = cluster(1).await?;
+    let error = run_with(&cluster, &["detect"])
+        .await
+        .err()
+        .ok_or("a run with one URL")?;
+    assert!(error.to_string().contains("two --url"), "{error}");
+    Ok(())
+}

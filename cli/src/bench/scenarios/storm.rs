@@ -17,7 +17,7 @@ use super::readings::{cpu_summary, extend, micros_since, per_cpu_second, round3,
 use super::rooms::{parameters_json, plan};
 use super::setup::{seconds, Setup};
 use super::tasks::{join_all, Progress};
-use crate::bench::procfs::dev_node_pids;
+use super::victim::{kill, victim_pid};
 use crate::bench::{BenchError, Report, RoomsShape, StormArgs, Transport, MAX_SECONDS};
 
 /// How often the coordinator looks at the members' progress.
@@ -53,16 +53,7 @@ pub(in crate::bench) async fn storm(args: &StormArgs) -> Result<Report, BenchErr
         prefix: args.prefix.clone(),
     };
     let plan = plan(&shape, setup.payload_bytes)?;
-    let victim = match args.kill_pid {
-        Some(pid) => pid,
-        None => {
-            let url = args.common.urls.get(args.kill_url).cloned().unwrap_or_default();
-            dev_node_pids(std::slice::from_ref(&url))?
-                .first()
-                .copied()
-                .ok_or(BenchError::NoPid(url))?
-        }
-    };
+    let victim = victim_pid(&args.common, args.kill_url, args.kill_pid)?;
     let survivor_pids: Vec<u32> = setup.pids.iter().copied().filter(|pid| *pid != victim).collect();
     let on_victim = (0..plan.members).filter(|index| index % urls == args.kill_url).count();
 
@@ -203,18 +194,4 @@ pub(in crate::bench) async fn storm(args: &StormArgs) -> Result<Report, BenchErr
         results,
         summary,
     })
-}
-
-/// Sends SIGKILL to `pid` (with `kill`: the load tool has no unsafe code).
-async fn kill(pid: u32) -> Result<(), BenchError> {
-    let status = tokio::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .await
-        .map_err(|error| BenchError::Task(format!("cannot run kill: {error}")))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(BenchError::Task(format!("kill -KILL {pid} failed ({status})")))
-    }
 }
