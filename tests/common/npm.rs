@@ -22,18 +22,30 @@ pub fn node_dir() -> PathBuf {
     root.join("tests").join("node")
 }
 
-/// Runs `npm ci` in `tests/node` unless every package the tests use is installed.
-pub fn ensure_installed() -> Result<PathBuf, String> {
-    let dir = node_dir();
+/// Whether every package the tests use is installed in `dir`'s `node_modules`.
+fn installed(dir: &Path) -> bool {
     let modules = dir.join("node_modules");
-    let installed = [
+    [
         "@microsoft/signalr",
         "@microsoft/signalr-protocol-msgpack",
         "playwright-core",
     ]
     .iter()
-    .all(|package| modules.join(package).join("package.json").is_file());
-    if installed {
+    .all(|package| modules.join(package).join("package.json").is_file())
+}
+
+/// Runs `npm ci` in `tests/node` unless every package the tests use is installed.
+pub fn ensure_installed() -> Result<PathBuf, String> {
+    let dir = node_dir();
+    // The tests of one binary run at once and may each find the packages missing; `npm ci` starts by deleting
+    // `node_modules`, so one installs while the others wait on this lock and then find the packages there (the
+    // check too waits, so that nobody reads a half-made `node_modules`).
+    let lock_path = std::env::temp_dir().join("hubmesh-npm-install.lock");
+    let lock =
+        std::fs::File::create(&lock_path).map_err(|error| format!("cannot create {}: {error}", lock_path.display()))?;
+    lock.lock()
+        .map_err(|error| format!("cannot lock {}: {error}", lock_path.display()))?;
+    if installed(&dir) {
         return Ok(dir);
     }
     println!("running `npm ci` in {}", dir.display());
