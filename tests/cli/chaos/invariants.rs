@@ -2,10 +2,13 @@
 //! * every message reaches every connection at most once;
 //! * each connection gets each sender's messages (per group, for group sends) in the order they were sent;
 //! * a message is *required* at a connection when the sender's node and the receiver's node were both untouched by
-//!   any fault from 1 s before the send until [`WINDOW`] after it (a node counts as touched from 1 s before a fault
-//!   that involves it until [`SETTLE`] after its heal), the sending connection (for group sends) and the receiving
-//!   one stayed open over that window, and the receiver was a member before the send (it had finished joining the
-//!   group, or for user and direct sends it had connected): a required message that never came is a violation;
+//!   any fault from 1 s before the send until [`WINDOW`] after it, or after the heal of a cut that was on at the
+//!   send if that is later (a node counts as touched from 1 s before a fault that involves it until [`SETTLE`]
+//!   after its heal), the sending connection (for group sends) and the receiving one stayed open over that window,
+//!   and the receiver was a member before the send (it had finished joining the group, or for user and direct sends
+//!   it had connected): a required message that never came is a violation. A cut of other nodes (the group's owner
+//!   cut off one way, say) holds sends in the link queues until it heals, by design (docs/semantics.md, "During a
+//!   partition": they arrive late, in order), so such a send has until [`WINDOW`] after the heal;
 //! * each group has one order: any two connections get the messages required at both in the same order, for
 //!   messages sent outside a cut (a partition or a pair cut, from 1 s before it until [`SETTLE`] after its heal):
 //!   a cut can make the nodes' views disagree, and then a group has two owners that each order the sends they get
@@ -50,6 +53,28 @@ pub fn touched(applied: &[Applied], nodes: usize) -> Vec<Vec<(Duration, Duration
     spans
 }
 
+/// The cuts (partitions, pair cuts, cuts of the links alone): from their start to their heal.
+fn cuts(applied: &[Applied]) -> Vec<(Duration, Duration)> {
+    applied
+        .iter()
+        .filter(|fault| {
+            fault.fault.starts_with("Partition")
+                || fault.fault.starts_with("PairCut")
+                || fault.fault.starts_with("LinksOnly")
+        })
+        .map(|fault| (fault.start, fault.healed))
+        .collect()
+}
+
+/// Until when a send made from `at` to `done` may take to arrive: [`WINDOW`] after it, or after the heal of a cut
+/// that was on while it was made, whichever is later.
+fn deadline(cuts: &[(Duration, Duration)], at: Duration, done: Duration) -> Duration {
+    cuts.iter()
+        .filter(|&&(start, healed)| start <= done && healed >= at)
+        .map(|&(_, healed)| healed + WINDOW)
+        .fold(done + WINDOW, Duration::max)
+}
+
 fn untouched(spans: &[(Duration, Duration)], from: Duration, to: Duration) -> bool {
     spans.iter().all(|&(start, end)| end < from || start > to)
 }
@@ -64,6 +89,7 @@ fn secs(at: Duration) -> String {
 
 pub fn check(record: &Record, applied: &[Applied], nodes: usize) -> Verdict {
     let spans = touched(applied, nodes);
+    let cut_spans = cuts(applied);
     let mut verdict = Verdict {
         receipts: record.received.len(),
         ..Verdict::default()
@@ -135,7 +161,7 @@ pub fn check(record: &Record, applied: &[Applied], nodes: usize) -> Verdict {
             continue;
         }
         verdict.accepted += 1;
-        let (from, until) = (sent.at.saturating_sub(BEFORE), sent.done + WINDOW);
+        let (from, until) = (sent.at.saturating_sub(BEFORE), deadline(&cut_spans, sent.at, sent.done));
         if sent.node >= nodes || !untouched(&spans[sent.node], from, until) {
             continue;
         }
@@ -267,4 +293,30 @@ pub fn check(record: &Record, applied: &[Applied], nodes: usize) -> Verdict {
     violations.sort_by_key(|violation| violation.at);
     verdict.violations = violations;
     verdict
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    fn s(seconds: u64) -> Duration {
+        Duration::from_secs(seconds)
+    }
+
+    #[test]
+    fn a_send_outside_any_cut_has_the_window_after_it() {
+        let cuts = [(s(100), s(113))];
+        assert_eq!(deadline(&cuts, s(50), s(50)), s(60));
+        assert_eq!(deadline(&cuts, s(120), s(121)), s(131));
+    }
+
+    #[test]
+    fn a_send_during_a_cut_has_the_window_after_the_heal() {
+        let cuts = [(s(100), s(113)), (s(200), s(205))];
+        assert_eq!(deadline(&cuts, s(101), s(101)), s(123));
+        // Made just before the cut began and done after: it was caught by it too.
+        assert_eq!(deadline(&cuts, s(99), s(100)), s(123));
+        // A short cut that heals within the window changes nothing.
+        assert_eq!(deadline(&cuts, s(201), s(201)), s(215));
+    }
 }
