@@ -16,33 +16,28 @@
 //!   `xhr/LongPolling` or `using https`.
 //! * `HUBMESH_BROWSER_SUITE`: the comma-separated `tests/node` files to run in the page (see `run.mjs`).
 
+#[path = "common/chromium.rs"]
+mod chromium;
 #[path = "common/npm.rs"]
 mod npm;
 #[path = "common/process.rs"]
 mod process;
 
 use std::error::Error;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use chromium::{browser_dir, ensure_chromium, CHROMIUM};
 use hubmesh::testing::proxy::RoundRobinProxy;
 use hubmesh::testing::{TestHubCluster, TestHubServer};
 use process::own_process_group;
 
 type TestResult = Result<(), Box<dyn Error>>;
 
-/// Where the tests expect Debian's Chromium.
-const CHROMIUM: &str = "/usr/bin/chromium";
-/// Upper bound on installing Chromium with apt-get.
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Upper bound on the browser run; `run.mjs` gives up by itself after 120 s.
 const RUN_TIMEOUT: Duration = Duration::from_secs(960);
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("browser")
-}
 
 /// Signals the process group `child` leads (Unix).
 fn signal_group(child: &Child, signal: &str) {
@@ -84,32 +79,6 @@ fn wait_bounded(child: &mut Child, timeout: Duration, what: &str) -> Result<Exit
 /// The official client and `playwright-core`, via `tests/common/npm.rs`.
 fn ensure_node_modules() -> Result<PathBuf, Box<dyn Error>> {
     Ok(npm::ensure_installed()?)
-}
-
-/// Installs Debian's Chromium with `install-chromium.sh` unless it is there.
-fn ensure_chromium() -> TestResult {
-    if Path::new(CHROMIUM).is_file() {
-        return Ok(());
-    }
-    let script = browser_dir().join("install-chromium.sh");
-    println!("browser: {CHROMIUM} is missing; running {}", script.display());
-    let started = Instant::now();
-    let mut child = own_process_group(Command::new("sh").arg(&script))
-        .spawn()
-        .map_err(|error| format!("cannot run {}: {error}", script.display()))?;
-    let status = wait_bounded(&mut child, INSTALL_TIMEOUT, "installing Chromium")?;
-    if !status.success() || !Path::new(CHROMIUM).is_file() {
-        return Err(format!(
-            "could not install Chromium ({status}; see the messages above): the browser tests need Debian's \
-             `chromium` package at {CHROMIUM}"
-        )
-        .into());
-    }
-    println!(
-        "browser: installed Chromium in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
 }
 
 #[test]

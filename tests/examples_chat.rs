@@ -6,6 +6,8 @@
 //! Needs Node.js and npm (`npm ci` runs in `tests/node` when playwright-core is missing) and Debian's Chromium at
 //! `/usr/bin/chromium`; when it is missing, `tests/browser/install-chromium.sh` installs it (root needed).
 
+#[path = "common/chromium.rs"]
+mod chromium;
 #[path = "common/example.rs"]
 mod example;
 #[path = "common/npm.rs"]

@@ -4,6 +4,8 @@
 //! standard library, the REST API with a signed token) pushes an alert that reaches the same dashboard. The
 //! dashboard node's page shows the summaries and a pushed alert in headless Chromium.
 
+#[path = "common/chromium.rs"]
+mod chromium;
 #[path = "common/example.rs"]
 mod example;
 #[path = "common/npm.rs"]

@@ -4,6 +4,8 @@
 //! unsubscribing, none. The example itself also starts with one command, its front nodes serve the hub, and the
 //! page they serve shows the prices in headless Chromium.
 
+#[path = "common/chromium.rs"]
+mod chromium;
 #[path = "common/example.rs"]
 mod example;
 #[path = "common/npm.rs"]

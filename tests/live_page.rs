@@ -6,6 +6,8 @@
 //! Needs Node.js and npm (`npm ci` runs in `tests/node` when playwright-core is missing) and Debian's Chromium at
 //! `/usr/bin/chromium`; when it is missing, `tests/browser/install-chromium.sh` installs it (root needed).
 
+#[path = "common/chromium.rs"]
+mod chromium;
 #[path = "common/npm.rs"]
 mod npm;
 #[path = "common/process.rs"]
@@ -13,10 +15,10 @@ mod process;
 
 use std::error::Error;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use chromium::{browser_dir, ensure_chromium, CHROMIUM};
 use hubmesh::demo::demo_hub;
 use hubmesh::testing::{TestClient, TestCluster};
 use process::{kill_tree, own_process_group, wait_bounded};
@@ -26,32 +28,10 @@ use tokio::time::{timeout, Instant};
 
 type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 
-/// Where the test expects Debian's Chromium.
-const CHROMIUM: &str = "/usr/bin/chromium";
-/// Upper bound on installing Chromium with apt-get.
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Upper bound on the whole browser run; `live-page.mjs` gives up by itself after 240 s.
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the cluster may take to form.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("browser")
-}
-
-/// Installs Debian's Chromium with `install-chromium.sh` unless it is there.
-fn ensure_chromium() -> TestResult {
-    if Path::new(CHROMIUM).is_file() {
-        return Ok(());
-    }
-    let script = browser_dir().join("install-chromium.sh");
-    let mut child = own_process_group(Command::new("sh").arg(&script)).spawn()?;
-    let status = wait_bounded(&mut child, INSTALL_TIMEOUT, "installing Chromium").map_err(|error| error.to_string())?;
-    if !status.success() || !Path::new(CHROMIUM).is_file() {
-        return Err(format!("could not install Chromium ({status}): the live page test needs {CHROMIUM}").into());
-    }
-    Ok(())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_page_renders_updates_and_shows_a_killed_node_dead() -> TestResult {

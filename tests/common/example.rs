@@ -7,7 +7,7 @@
 
 use std::error::Error;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -124,29 +124,7 @@ impl Drop for RunningExample {
     }
 }
 
-/// Where the browser tests expect Debian's Chromium.
-pub const CHROMIUM: &str = "/usr/bin/chromium";
-/// Upper bound on installing Chromium with apt-get.
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// `tests/browser`, where the page drivers live.
-pub fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("browser")
-}
-
-/// Installs Debian's Chromium with `tests/browser/install-chromium.sh` unless it is there.
-pub fn ensure_chromium() -> Result<(), Box<dyn Error>> {
-    if Path::new(CHROMIUM).is_file() {
-        return Ok(());
-    }
-    let script = browser_dir().join("install-chromium.sh");
-    let mut child = own_process_group(Command::new("sh").arg(&script)).spawn()?;
-    let status = wait_bounded(&mut child, INSTALL_TIMEOUT, "installing Chromium")?;
-    if !status.success() || !Path::new(CHROMIUM).is_file() {
-        return Err(format!("could not install Chromium ({status}): the example's page test needs {CHROMIUM}").into());
-    }
-    Ok(())
-}
+pub use crate::chromium::{browser_dir, ensure_chromium, CHROMIUM};
 
 /// Runs the page driver `tests/browser/<driver>` with `env`, within `timeout`; its lines show as they come.
 pub fn run_page_driver(driver: &str, env: &[(&str, &str)], timeout: Duration) -> Result<ExitStatus, Box<dyn Error>> {
