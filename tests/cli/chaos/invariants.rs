@@ -53,15 +53,17 @@ pub fn touched(applied: &[Applied], nodes: usize) -> Vec<Vec<(Duration, Duration
     spans
 }
 
-/// The cuts (partitions, pair cuts, cuts of the links alone): from their start to their heal.
+/// Whether a fault cuts nodes apart (a partition or a pair cut): views can then disagree.
+fn splits_views(fault: &Applied) -> bool {
+    fault.fault.starts_with("Partition") || fault.fault.starts_with("PairCut")
+}
+
+/// The cuts (partitions, pair cuts, cuts of the links alone), which hold sends in the link queues: from their
+/// start to their heal.
 fn cuts(applied: &[Applied]) -> Vec<(Duration, Duration)> {
     applied
         .iter()
-        .filter(|fault| {
-            fault.fault.starts_with("Partition")
-                || fault.fault.starts_with("PairCut")
-                || fault.fault.starts_with("LinksOnly")
-        })
+        .filter(|fault| splits_views(fault) || fault.fault.starts_with("LinksOnly"))
         .map(|fault| (fault.start, fault.healed))
         .collect()
 }
@@ -228,7 +230,7 @@ pub fn check(record: &Record, applied: &[Applied], nodes: usize) -> Verdict {
     // outside a cut.
     let cuts: Vec<(Duration, Duration)> = applied
         .iter()
-        .filter(|fault| fault.fault.starts_with("Partition") || fault.fault.starts_with("PairCut"))
+        .filter(|fault| splits_views(fault))
         .map(|fault| (fault.start.saturating_sub(BEFORE), fault.healed + SETTLE))
         .collect();
     let sent_at: HashMap<&Message, Duration> = record.sent.iter().map(|sent| (&sent.message, sent.at)).collect();
