@@ -234,6 +234,11 @@ pub struct CommonArgs {
     /// by a peer (docs/semantics.md, "A node's death and its stateful connections"), which is what this measures.
     #[arg(long)]
     pub stateful: bool,
+    /// WebSocket clients negotiate at their own URL and connect with the token, as the official clients do unless
+    /// told to skip negotiation; without it (and without --stateful or --spread) they skip it. The baseline of
+    /// --stateful's costs: both then negotiate.
+    #[arg(long)]
+    pub negotiate: bool,
 }
 
 /// Options of `hubmesh bench fanout`.

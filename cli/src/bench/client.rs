@@ -119,8 +119,9 @@ impl Client {
                     let token = http_link::negotiate_once(&route, step_timeout).await?;
                     let hub = route.next().1;
                     (hub.ws(Some(&token)), hub.address().to_owned())
-                } else if route.stateful() {
-                    // Stateful reconnect is negotiated: negotiate and upgrade at the client's own URL.
+                } else if route.negotiates_at_own_url() {
+                    // Stateful reconnect is negotiated, and `--negotiate` asks for it: negotiate and upgrade at the
+                    // client's own URL.
                     let token = http_link::negotiate_once(&route, step_timeout).await?;
                     (route.own().ws(Some(&token)), route.own().address().to_owned())
                 } else {

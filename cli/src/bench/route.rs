@@ -121,6 +121,8 @@ pub(crate) struct Route {
     source: Option<IpAddr>,
     /// `--stateful`: negotiate stateful reconnect.
     stateful: bool,
+    /// `--negotiate`: a WebSocket negotiates at the client's own URL instead of skipping negotiation.
+    negotiate: bool,
 }
 
 impl Route {
@@ -139,6 +141,7 @@ impl Route {
             requests,
             source: None,
             stateful: false,
+            negotiate: false,
         })
     }
 
@@ -151,6 +154,17 @@ impl Route {
     /// Whether the client negotiates stateful reconnect.
     pub(crate) fn stateful(&self) -> bool {
         self.stateful
+    }
+
+    /// The same route, a WebSocket negotiating at the client's own URL if `negotiate` (as stateful ones always do).
+    pub(crate) fn with_negotiate(mut self, negotiate: bool) -> Route {
+        self.negotiate = negotiate;
+        self
+    }
+
+    /// Whether a WebSocket negotiates at the client's own URL before it connects there.
+    pub(crate) fn negotiates_at_own_url(&self) -> bool {
+        self.negotiate || self.stateful
     }
 
     /// The same route, its WebSocket connecting from `source`.

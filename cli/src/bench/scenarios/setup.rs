@@ -24,6 +24,8 @@ pub(super) struct Setup {
     pub(super) spread: bool,
     /// `--stateful`: WebSocket clients negotiate stateful reconnect and acknowledge what they receive.
     pub(super) stateful: bool,
+    /// `--negotiate`: WebSocket clients negotiate at their own URL.
+    negotiate: bool,
     /// HTTP requests (and WebSocket upgrades) the clients sent so far.
     pub(super) requests: Arc<AtomicU64>,
     pub(super) pids: Vec<u32>,
@@ -78,8 +80,14 @@ impl Setup {
         if common.stateful && common.transport != Transport::WebSockets {
             return Err(BenchError::Options("--stateful applies to WebSockets only".to_owned()));
         }
+        if common.negotiate && common.transport != Transport::WebSockets {
+            return Err(BenchError::Options(
+                "--negotiate applies to WebSockets only (the other transports always negotiate)".to_owned(),
+            ));
+        }
         Ok(Setup {
             stateful: common.stateful,
+            negotiate: common.negotiate,
             source_addresses: common.source_addresses,
             urls,
             hubs,
@@ -96,7 +104,7 @@ impl Setup {
     /// The way of client `index`: its own URL is the `index`th round-robin.
     pub(super) fn route(&self, index: usize) -> Result<Arc<Route>, BenchError> {
         Route::new(self.hubs.clone(), index, self.spread, self.requests.clone())
-            .map(|route| Arc::new(route.with_source(self.source_of(index)).with_stateful(self.stateful)))
+            .map(|route| Arc::new(route.with_source(self.source_of(index)).with_stateful(self.stateful).with_negotiate(self.negotiate)))
             .ok_or_else(|| BenchError::Options("give at least one --url".to_owned()))
     }
 
@@ -107,7 +115,13 @@ impl Setup {
 
     /// How the clients connect, for summaries: `websockets`, `sse, spread`, ….
     pub(super) fn transport_summary(&self) -> String {
-        let stateful = if self.stateful { ", stateful reconnect" } else { "" };
+        let stateful = if self.stateful {
+            ", stateful reconnect"
+        } else if self.negotiate && self.transport == Transport::WebSockets {
+            ", negotiated"
+        } else {
+            ""
+        };
         if self.spread {
             format!("{}{stateful}, requests spread over the URLs", self.transport.name())
         } else {
@@ -122,6 +136,7 @@ impl Setup {
             "transport": self.transport.name(),
             "spread": self.spread,
             "stateful": self.stateful,
+            "negotiate": self.negotiate,
             "pids": self.pids,
             "payload_bytes": self.payload_bytes,
             "source_addresses": self.source_addresses,
