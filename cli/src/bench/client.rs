@@ -78,7 +78,8 @@ pub(crate) struct Client {
 }
 
 /// A stateful client's count of the records it received, to acknowledge them as the official client does (it acks
-/// a second after a burst; this one every [`ACK_EVERY`] records, which keeps the server's buffer as small).
+/// a second after a burst; this one every [`ACK_EVERY`] records, which keeps the server's buffer as small, and
+/// what is left when a scenario calls [`Client::ack_received`]: `idle` does each second).
 #[derive(Default)]
 struct Stateful {
     received: u64,
@@ -189,6 +190,20 @@ impl Client {
                 after: self.timeout,
             }),
         }
+    }
+
+    /// A stateful client acknowledges every record it received and has not acknowledged yet, as the official
+    /// client does a second after a burst; nothing for other clients or with nothing new.
+    pub(crate) async fn ack_received(&mut self) -> Result<(), BenchError> {
+        let Some(stateful) = &mut self.stateful else {
+            return Ok(());
+        };
+        if stateful.received == stateful.acked {
+            return Ok(());
+        }
+        stateful.acked = stateful.received;
+        let ack = format!("{{\"type\":8,\"sequenceId\":{}}}{RS}", stateful.acked);
+        self.send(ack, "acknowledging").await
     }
 
     /// Sends a Ping record, except over long polling, where the client sends none (docs/protocol.md).

@@ -76,16 +76,18 @@ pub(crate) struct Keeping {
 
 #[derive(Default)]
 struct Kept {
-    copies: HashMap<ConnectionId, (NodeId, Copy)>,
-    tokens: HashMap<String, ConnectionId>,
+    /// Boxed: the table's spare slots then cost a pointer each, not a copy's size.
+    copies: HashMap<ConnectionId, (NodeId, Box<Copy>)>,
+    /// By token, shared with the copy's.
+    tokens: HashMap<Arc<str>, ConnectionId>,
     /// Tokens of copies being taken over now (out of `copies`, not yet in their hub's table).
     taking_over: HashSet<String>,
 }
 
 impl Kept {
-    fn remove(&mut self, id: &ConnectionId) -> Option<(NodeId, Copy)> {
+    fn remove(&mut self, id: &ConnectionId) -> Option<(NodeId, Box<Copy>)> {
         let removed = self.copies.remove(id)?;
-        self.tokens.remove(&removed.1.token);
+        self.tokens.remove(&*removed.1.token);
         Some(removed)
     }
 }
@@ -246,7 +248,7 @@ impl Keeping {
                 }
                 follows.push(joined);
                 kept.tokens.insert(copy.token.clone(), id.clone());
-                kept.copies.insert(id.clone(), (from.clone(), *copy));
+                kept.copies.insert(id.clone(), (from.clone(), copy));
                 Some(Frame::Held { id, seq: last })
             }
             Frame::Record { id, seq, payload, mark } => {
@@ -278,11 +280,7 @@ impl Keeping {
             Frame::Acked { id, seq } => {
                 let (server, copy) = kept.copies.get_mut(&id)?;
                 if server == from {
-                    while copy.unacked.front().is_some_and(|(first, _)| *first <= seq) {
-                        if let Some((_, record)) = copy.unacked.pop_front() {
-                            copy.bytes -= record.len();
-                        }
-                    }
+                    copy.drop_acked(seq, true);
                 }
                 None
             }
@@ -341,7 +339,7 @@ impl Keeping {
         for sink in sinks {
             sink.keeper_left(peer);
         }
-        let orphans: Vec<Copy> = {
+        let orphans: Vec<Box<Copy>> = {
             let mut kept = self.kept.lock();
             let ids: Vec<ConnectionId> = kept
                 .copies
@@ -349,9 +347,9 @@ impl Keeping {
                 .filter(|(_, (server, _))| server == peer)
                 .map(|(id, _)| id.clone())
                 .collect();
-            let orphans: Vec<Copy> = ids.iter().filter_map(|id| kept.remove(id)).map(|(_, copy)| copy).collect();
+            let orphans: Vec<Box<Copy>> = ids.iter().filter_map(|id| kept.remove(id)).map(|(_, copy)| copy).collect();
             for copy in &orphans {
-                kept.taking_over.insert(copy.token.clone());
+                kept.taking_over.insert(copy.token.to_string());
             }
             orphans
         };
@@ -367,7 +365,7 @@ impl Keeping {
                 let token = copy.token.clone();
                 let unfollow = Follow::all(&copy, false);
                 let taken = take_over(&node, copy, &server).await;
-                node.keeping().kept.lock().taking_over.remove(&token);
+                node.keeping().kept.lock().taking_over.remove(&*token);
                 tracing::debug!(parent: node.span(), %id, ok = taken.is_ok(), "take-over done");
                 match taken {
                     Ok(()) => {
@@ -412,7 +410,7 @@ fn runs_here(endpoint: &HubEndpoint, token: &str) -> bool {
 
 /// Starts a kept connection here whose server died: as a connection that moved here (`super::moving`), then in
 /// its groups, then known to its token's home.
-async fn take_over(node: &Node, copy: Copy, server: &NodeId) -> Result<(), String> {
+async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), String> {
     let endpoint = node
         .endpoint(&copy.path)
         .cloned()
@@ -439,7 +437,7 @@ async fn take_over(node: &Node, copy: Copy, server: &NodeId) -> Result<(), Strin
         directs,
         since,
         ..
-    } = copy;
+    } = *copy;
     let state = MovedState {
         protocol,
         unacked: unacked.into_iter().collect(),
@@ -448,9 +446,9 @@ async fn take_over(node: &Node, copy: Copy, server: &NodeId) -> Result<(), Strin
     };
     let request = RequestInfo {
         user,
-        claims: claims.map(Arc::new),
+        claims,
         query,
-        headers: headers.into_iter().collect(),
+        headers,
     };
     let moved = super::moving::MovedConnection::new(state, request, home.clone());
     let router = endpoint.context.router().clone();

@@ -89,9 +89,14 @@ pub(in crate::bench) async fn idle(args: &IdleArgs) -> Result<Report, BenchError
     })
 }
 
-/// Holds an idle connection open (reading, pinging) until stopped.
+/// How long after receiving a stateful client acknowledges (the official client's delay).
+const ACK_AFTER: Duration = Duration::from_secs(1);
+
+/// Holds an idle connection open (reading, pinging, acknowledging) until stopped.
 async fn hold(mut client: Client, stop: CancellationToken) -> Result<(), BenchError> {
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    // A stateful client acknowledges what it got (its join's Completion) a second later, as the official one does.
+    let mut ack = tokio::time::interval_at(Instant::now() + ACK_AFTER, ACK_AFTER);
     loop {
         tokio::select! {
             biased;
@@ -106,6 +111,7 @@ async fn hold(mut client: Client, stop: CancellationToken) -> Result<(), BenchEr
                 }
             }
             _ = ping.tick() => client.ping().await?,
+            _ = ack.tick() => client.ack_received().await?,
         }
     }
     client.close().await;

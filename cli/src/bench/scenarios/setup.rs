@@ -104,7 +104,14 @@ impl Setup {
     /// The way of client `index`: its own URL is the `index`th round-robin.
     pub(super) fn route(&self, index: usize) -> Result<Arc<Route>, BenchError> {
         Route::new(self.hubs.clone(), index, self.spread, self.requests.clone())
-            .map(|route| Arc::new(route.with_source(self.source_of(index)).with_stateful(self.stateful).with_negotiate(self.negotiate)))
+            .map(|route| {
+                Arc::new(
+                    route
+                        .with_source(self.source_of(index))
+                        .with_stateful(self.stateful)
+                        .with_negotiate(self.negotiate),
+                )
+            })
             .ok_or_else(|| BenchError::Options("give at least one --url".to_owned()))
     }
 

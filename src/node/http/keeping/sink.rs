@@ -1,7 +1,7 @@
 //! The server's side of keeping: what one stateful connection copies to its keeper ([`Keeper`], called by the
 //! connection task), and what the server does with the keeper's answers.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
@@ -9,7 +9,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::node::{Node, NodeInner};
-use super::wire::{Copy, Frame};
+use super::wire::{Copy, Frame, Groups};
 use crate::cluster::NodeId;
 use crate::connection::keeper::{Held, Keeper};
 use crate::connection::{ConnectionId, RequestInfo, SendMark};
@@ -44,17 +44,17 @@ impl KeepSink {
                 copy: Copy {
                     id,
                     path: path.to_owned(),
-                    token: token.to_owned(),
+                    token: token.into(),
                     home,
                     protocol: String::new(),
                     user: request.user.clone(),
-                    claims: request.claims.as_deref().cloned(),
+                    claims: request.claims.clone(),
                     query: request.query.clone(),
-                    headers: request.headers.to_pairs(),
+                    headers: request.headers.clone(),
                     unacked: VecDeque::new(),
                     last: 0,
                     received: 0,
-                    groups: BTreeSet::new(),
+                    groups: Groups::default(),
                     marks: BTreeMap::new(),
                     broadcasts: BTreeMap::new(),
                     directs: BTreeMap::new(),
@@ -182,9 +182,7 @@ impl Keeper for KeepSink {
 
     fn acked(&self, seq: u64) {
         let mut state = self.state.lock();
-        while state.copy.unacked.front().is_some_and(|(first, _)| *first <= seq) {
-            state.copy.unacked.pop_front();
-        }
+        state.copy.drop_acked(seq, false);
         if let Some(node) = self.node() {
             let frame = Frame::Acked {
                 id: state.copy.id.clone(),

@@ -1,7 +1,7 @@
 //! The keeping wire: a kept connection's copy, the frames between a server and a keeper, and how they travel
 //! (batched per peer by the node's flusher, as tunnel frames whose first byte is [`super::KEEP_FRAME`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
@@ -11,28 +11,32 @@ use crate::node::{Node, NodeInner};
 use super::KEEP_FRAME;
 use crate::auth::Claims;
 use crate::cluster::NodeId;
-use crate::connection::{ConnectionId, SendMark};
+use crate::connection::{ConnectionId, RequestHeaders, SendMark};
 
-/// A kept connection's whole copy.
+/// A kept connection's whole copy. Held twice for each stateful connection (by its server and its keeper) for
+/// its whole life, so it is kept small: headers compact, claims shared with the session on the server, groups in
+/// a sorted list, an emptied record queue without capacity (benches/README.md, "What keeping costs in memory").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Copy {
     pub(super) id: ConnectionId,
     pub(super) path: String,
-    pub(super) token: String,
+    pub(super) token: Arc<str>,
     /// The node that negotiated it (its token's home).
     pub(super) home: NodeId,
     pub(super) protocol: String,
     pub(super) user: Option<String>,
-    pub(super) claims: Option<Claims>,
+    pub(super) claims: Option<Arc<Claims>>,
     pub(super) query: String,
-    pub(super) headers: Vec<(String, String)>,
+    /// On the wire, a sequence of (name, value) pairs.
+    #[serde(with = "header_pairs")]
+    pub(super) headers: RequestHeaders,
     pub(super) unacked: VecDeque<(u64, Bytes)>,
     /// The last record id numbered.
     pub(super) last: u64,
     /// The client's records acknowledged.
     pub(super) received: u64,
     /// Groups: name, and whether it is the user's group.
-    pub(super) groups: BTreeSet<(String, bool)>,
+    pub(super) groups: Groups,
     /// Per group (name, and whether it is the user's), the mark of the last of its sends numbered for the client:
     /// where a resuming node picks up the group's sends (`Router::resume_kept_member`).
     #[serde(default)]
@@ -54,6 +58,21 @@ pub(super) struct Copy {
 }
 
 impl Copy {
+    /// Drops acknowledged records (ids up to `seq`), counting their bytes out of `bytes` if `count`.
+    pub(super) fn drop_acked(&mut self, seq: u64, count: bool) {
+        while self.unacked.front().is_some_and(|(first, _)| *first <= seq) {
+            if let Some((_, record)) = self.unacked.pop_front() {
+                if count {
+                    self.bytes = self.bytes.saturating_sub(record.len());
+                }
+            }
+        }
+        // Most connections sit idle with every record acknowledged: no capacity kept for them.
+        if self.unacked.is_empty() {
+            self.unacked = VecDeque::new();
+        }
+    }
+
     /// Notes the mark of a record numbered for the client: its group's last send, or its origin's last broadcast
     /// or send by id (one entry per origin name: a restarted origin's replaces its earlier incarnation's).
     pub(super) fn note(&mut self, mark: &SendMark) {
@@ -72,6 +91,90 @@ impl Copy {
         } else {
             self.marks.insert((mark.group.to_string(), mark.user), mark.clone());
         }
+    }
+}
+
+/// A kept connection's groups (name, and whether it is the user's), sorted, each once. Most connections are in a
+/// few groups, where a `BTreeSet`'s first node alone takes about 370 bytes. On the wire, a sequence (as a
+/// `BTreeSet` was); one that arrives unsorted or with repeats is put in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<(String, bool)>")]
+pub(super) struct Groups(Vec<(String, bool)>);
+
+impl From<Vec<(String, bool)>> for Groups {
+    fn from(mut entries: Vec<(String, bool)>) -> Self {
+        entries.sort();
+        entries.dedup();
+        entries.shrink_to_fit();
+        Groups(entries)
+    }
+}
+
+impl Groups {
+    /// Adds `entry`; false if it was there.
+    pub(super) fn insert(&mut self, entry: (String, bool)) -> bool {
+        match self.0.binary_search(&entry) {
+            Ok(_) => false,
+            Err(at) => {
+                // Grow by one while small, not to four at once.
+                if self.0.len() == self.0.capacity() && self.0.len() < 8 {
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(at, entry);
+                true
+            }
+        }
+    }
+
+    /// Removes `entry`; false if it was not there.
+    pub(super) fn remove(&mut self, entry: &(String, bool)) -> bool {
+        match self.0.binary_search(entry) {
+            Ok(at) => {
+                self.0.remove(at);
+                if self.0.is_empty() {
+                    self.0 = Vec::new();
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub(super) fn contains(&self, entry: &(String, bool)) -> bool {
+        self.0.binary_search(entry).is_ok()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &(String, bool)> + '_ {
+        self.0.iter()
+    }
+
+    /// The entries of `self` that `other` lacks.
+    pub(super) fn difference<'a>(&'a self, other: &'a Groups) -> impl Iterator<Item = &'a (String, bool)> + 'a {
+        self.0.iter().filter(move |entry| !other.contains(entry))
+    }
+}
+
+impl IntoIterator for Groups {
+    type Item = (String, bool);
+    type IntoIter = std::vec::IntoIter<(String, bool)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+/// [`RequestHeaders`] on the wire: a sequence of (name, value) pairs.
+mod header_pairs {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::connection::RequestHeaders;
+
+    pub(super) fn serialize<S: Serializer>(headers: &RequestHeaders, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(headers.iter())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<RequestHeaders, D::Error> {
+        Ok(Vec::<(String, String)>::deserialize(deserializer)?.into_iter().collect())
     }
 }
 
@@ -146,5 +249,95 @@ pub(crate) async fn flusher(node: Weak<NodeInner>, wake: Arc<tokio::sync::Notify
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Copy, Groups};
+
+    fn entry(name: &str, user: bool) -> (String, bool) {
+        (name.to_owned(), user)
+    }
+
+    #[test]
+    fn groups_stay_sorted_and_each_once() {
+        let mut groups = Groups::default();
+        assert!(groups.insert(entry("b", false)));
+        assert!(groups.insert(entry("a", true)));
+        assert!(groups.insert(entry("a", false)));
+        assert!(!groups.insert(entry("b", false)));
+        let listed: Vec<_> = groups.iter().cloned().collect();
+        assert_eq!(listed, [entry("a", false), entry("a", true), entry("b", false)]);
+        assert!(groups.contains(&entry("a", true)));
+        assert!(groups.remove(&entry("a", true)));
+        assert!(!groups.remove(&entry("a", true)));
+        assert!(!groups.contains(&entry("a", true)));
+
+        let mut other = Groups::default();
+        other.insert(entry("b", false));
+        other.insert(entry("c", false));
+        let only_here: Vec<_> = groups.difference(&other).cloned().collect();
+        assert_eq!(only_here, [entry("a", false)]);
+    }
+
+    #[test]
+    fn groups_from_the_wire_are_put_in_order_without_repeats() {
+        // What a BTreeSet sent (sorted), and what a rogue peer might send (neither).
+        let sent = vec![entry("z", false), entry("a", false), entry("z", false), entry("a", true)];
+        let bytes = rmp_serde::to_vec(&sent).expect("encodes");
+        let groups: Groups = rmp_serde::from_slice(&bytes).expect("decodes");
+        let listed: Vec<_> = groups.into_iter().collect();
+        assert_eq!(listed, [entry("a", false), entry("a", true), entry("z", false)]);
+    }
+
+    #[test]
+    fn a_copy_crosses_the_wire_with_its_headers_claims_and_groups() {
+        use std::collections::{BTreeMap, VecDeque};
+
+        use bytes::Bytes;
+
+        use crate::cluster::NodeId;
+        use crate::connection::{ConnectionId, RequestHeaders};
+
+        let headers: RequestHeaders = [("Host", "example.test"), ("Cookie", "a=1")].into_iter().collect();
+        let mut groups = Groups::default();
+        groups.insert(entry("room", false));
+        groups.insert(entry("alice", true));
+        let mut copy = Copy {
+            id: ConnectionId::from("c1"),
+            path: "/hub".to_owned(),
+            token: "token".into(),
+            home: NodeId::new("node-1", 7),
+            protocol: "json".to_owned(),
+            user: Some("alice".to_owned()),
+            claims: None,
+            query: "x=1".to_owned(),
+            headers,
+            unacked: VecDeque::from([(1, Bytes::from_static(b"one")), (2, Bytes::from_static(b"two"))]),
+            last: 2,
+            received: 0,
+            groups,
+            marks: BTreeMap::new(),
+            broadcasts: BTreeMap::new(),
+            directs: BTreeMap::new(),
+            since: None,
+            bytes: 6,
+        };
+        let bytes = rmp_serde::to_vec(&copy).expect("encodes");
+        let back: Copy = rmp_serde::from_slice(&bytes).expect("decodes");
+        let pairs: Vec<(&str, &str)> = back.headers.iter().collect();
+        assert_eq!(pairs, [("host", "example.test"), ("cookie", "a=1")]);
+        assert_eq!(&*back.token, "token");
+        assert_eq!(back.groups, copy.groups);
+        assert_eq!(back.unacked, copy.unacked);
+
+        copy.drop_acked(1, true);
+        assert_eq!(copy.unacked.len(), 1);
+        assert_eq!(copy.bytes, 3);
+        copy.drop_acked(2, true);
+        assert!(copy.unacked.is_empty());
+        assert_eq!(copy.unacked.capacity(), 0, "an emptied queue keeps no capacity");
+        assert_eq!(copy.bytes, 0);
     }
 }
