@@ -281,18 +281,21 @@ mod tests {
         assert_eq!(only_here, [entry("a", false)]);
     }
 
+    type Outcome = Result<(), Box<dyn std::error::Error>>;
+
     #[test]
-    fn groups_from_the_wire_are_put_in_order_without_repeats() {
+    fn groups_from_the_wire_are_put_in_order_without_repeats() -> Outcome {
         // What a BTreeSet sent (sorted), and what a rogue peer might send (neither).
         let sent = vec![entry("z", false), entry("a", false), entry("z", false), entry("a", true)];
-        let bytes = rmp_serde::to_vec(&sent).expect("encodes");
-        let groups: Groups = rmp_serde::from_slice(&bytes).expect("decodes");
+        let bytes = rmp_serde::to_vec(&sent)?;
+        let groups: Groups = rmp_serde::from_slice(&bytes)?;
         let listed: Vec<_> = groups.into_iter().collect();
         assert_eq!(listed, [entry("a", false), entry("a", true), entry("z", false)]);
+        Ok(())
     }
 
     #[test]
-    fn a_copy_crosses_the_wire_with_its_headers_claims_and_groups() {
+    fn a_copy_crosses_the_wire_with_its_headers_claims_and_groups() -> Outcome {
         use std::collections::{BTreeMap, VecDeque};
 
         use bytes::Bytes;
@@ -311,7 +314,9 @@ mod tests {
             home: NodeId::new("node-1", 7),
             protocol: "json".to_owned(),
             user: Some("alice".to_owned()),
-            claims: None,
+            claims: Some(std::sync::Arc::new(crate::auth::Claims::new(
+                [("sub".to_owned(), serde_json::Value::from("alice"))].into_iter().collect(),
+            ))),
             query: "x=1".to_owned(),
             headers,
             unacked: VecDeque::from([(1, Bytes::from_static(b"one")), (2, Bytes::from_static(b"two"))]),
@@ -324,11 +329,12 @@ mod tests {
             since: None,
             bytes: 6,
         };
-        let bytes = rmp_serde::to_vec(&copy).expect("encodes");
-        let back: Copy = rmp_serde::from_slice(&bytes).expect("decodes");
+        let bytes = rmp_serde::to_vec(&copy)?;
+        let back: Copy = rmp_serde::from_slice(&bytes)?;
         let pairs: Vec<(&str, &str)> = back.headers.iter().collect();
         assert_eq!(pairs, [("host", "example.test"), ("cookie", "a=1")]);
         assert_eq!(&*back.token, "token");
+        assert_eq!(back.claims.as_deref().and_then(|claims| claims.get("sub")), Some(&serde_json::Value::from("alice")));
         assert_eq!(back.groups, copy.groups);
         assert_eq!(back.unacked, copy.unacked);
 
@@ -339,5 +345,6 @@ mod tests {
         assert!(copy.unacked.is_empty());
         assert_eq!(copy.unacked.capacity(), 0, "an emptied queue keeps no capacity");
         assert_eq!(copy.bytes, 0);
+        Ok(())
     }
 }
