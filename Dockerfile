@@ -9,6 +9,7 @@
 
 FROM rust:1.89-bookworm AS build
 # aws-lc-rs (rustls' crypto, through ractor_cluster) builds C code; cmake covers the toolchains that need it.
+# jemalloc (the binary's allocator, cli/src/main.rs) builds with gcc and make, which the image has.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends cmake \
     && rm -rf /var/lib/apt/lists/*
