@@ -35,6 +35,7 @@
 //! * `mesh/delivery.rs`: a group actor's fan-out to member nodes, and delivery to this node's members, once.
 //! * `mesh/arrivals.rs`: a member node's record of each group's sends per origin: repeats dropped, overtaken sends
 //!   waited for.
+//! * `mesh/missed.rs`: the sends an owner accepted while it had declared a node dead, for that node's return.
 //! * `mesh/members.rs`: joining, leaving, counting and listing a group, from any node.
 //! * `mesh/requests.rs`: request/reply between nodes, and serving a peer's requests (client results included).
 //! * `mesh/rehome.rs`: the cluster's membership changes: snapshots and re-homing.
@@ -70,11 +71,14 @@ mod kept;
 mod kept_broadcasts;
 mod kept_direct;
 mod members;
+mod missed;
 mod moves;
 mod offers;
 mod ops_queue;
 mod owner;
 mod rehome;
+#[cfg(test)]
+mod missed_tests;
 #[cfg(test)]
 mod settling_tests;
 #[cfg(test)]

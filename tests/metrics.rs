@@ -21,7 +21,7 @@ type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Every metric a scrape describes, with its type (counters carry `_total` on their samples).
-const METRICS: [(&str, &str); 50] = [
+const METRICS: [(&str, &str); 51] = [
     ("hubmesh_connections", "gauge"),
     ("hubmesh_transport_connections", "gauge"),
     ("hubmesh_connects", "counter"),
@@ -67,6 +67,7 @@ const METRICS: [(&str, &str); 50] = [
     ("hubmesh_group_sends_waiting", "gauge"),
     ("hubmesh_group_sends_held", "counter"),
     ("hubmesh_group_sends_resent", "counter"),
+    ("hubmesh_group_sends_missed_resent", "counter"),
     ("hubmesh_rehomes", "counter"),
     ("hubmesh_rehome_seconds", "counter"),
     ("hubmesh_rehome_last_seconds", "gauge"),

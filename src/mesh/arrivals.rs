@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::group::{GroupKey, Stamp};
 use super::group_send::HELD_SENDS_CAP;
+use crate::cluster::NodeId;
 
 /// The most (group, origin node) pairs whose last delivered sequence number a node keeps (one per group with
 /// members here and node that sends to it; dropped when the group has no member here any more). Past it, the
@@ -260,6 +261,15 @@ impl<T> Arrivals<T> {
             self.blocked.remove(&key);
         }
         gaps
+    }
+
+    /// Whether this node delivered sends of `origin` (that incarnation) to `key` and keeps their record: its
+    /// members still follow that origin's sends to the group.
+    pub(super) fn follows(&self, key: &GroupKey, origin: &NodeId) -> bool {
+        self.groups
+            .get(key)
+            .and_then(|group| group.origins.get(&origin.name))
+            .is_some_and(|record| record.generation == origin.generation && record.last > 0)
     }
 
     /// The group has no member here any more: its records go, and so do the sends held (nobody here to get them).

@@ -56,6 +56,10 @@ pub struct MeshBoundsHit {
     /// Sends by id a keeper did not hold for a kept connection, past [`super::kept_direct::KEPT_DIRECT_CAP`] or
     /// [`super::kept_direct::KEPT_DIRECT_TOTAL_CAP`].
     pub kept_direct_dropped: AtomicU64,
+    /// Copies of group sends an owner did not keep for a node it declared dead, past
+    /// [`super::missed::MISSED_CAP`] or [`super::missed::MISSED_BYTES_CAP`] (that node's members miss them if it
+    /// comes back).
+    pub missed_refused: AtomicU64,
 }
 
 impl MeshBoundsHit {
@@ -79,6 +83,9 @@ pub struct MeshCounters {
     pub sends_held: AtomicU64,
     /// Group sends sent again because the owner they were handed to left.
     pub sends_resent: AtomicU64,
+    /// Group sends an owner sent again to a node it had declared dead, once that node was back
+    /// (`super::missed`).
+    pub missed_resent: AtomicU64,
     /// Membership changes this node finished re-homing after.
     pub rehomes: AtomicU64,
     /// Their durations together, in microseconds.

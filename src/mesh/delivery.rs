@@ -91,9 +91,38 @@ impl<H: LocalHub> Router<H> {
         except: &Arc<[ConnectionId]>,
         stamp: &Stamp,
     ) {
+        self.deliver_arrived(key, frame, except, stamp, false);
+    }
+
+    /// Delivers a send this node's members missed while the group's owner had declared this node dead
+    /// (`super::missed`): only if this node still follows the origin's sends to the group (it delivered an earlier
+    /// one, and its members did not all leave since), so a member that joined meanwhile gets nothing older, and
+    /// only once, in the origin's order, as any group send.
+    pub(super) fn deliver_missed_locally(
+        &self,
+        key: &GroupKey,
+        frame: &Arc<SharedFrame>,
+        except: &Arc<[ConnectionId]>,
+        stamp: &Stamp,
+    ) {
+        self.deliver_arrived(key, frame, except, stamp, true);
+    }
+
+    fn deliver_arrived(
+        &self,
+        key: &GroupKey,
+        frame: &Arc<SharedFrame>,
+        except: &Arc<[ConnectionId]>,
+        stamp: &Stamp,
+        missed: bool,
+    ) {
         // Marked with its place in the group's order, for the keepers of stateful members (`super::kept`).
         let frame = SharedFrame::with_mark(frame, mark_of(key, stamp));
         let mut delivered = self.delivered.lock();
+        if missed && !delivered.follows(key, &stamp.origin) {
+            tracing::debug!(parent: &self.span, ?key, origin = %stamp.origin, seq = stamp.seq, "a missed group send for a group this node no longer follows: dropped");
+            return;
+        }
         let arrived = delivered.arrive(
             key,
             stamp,

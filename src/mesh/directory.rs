@@ -232,13 +232,16 @@ impl GroupDirectory {
         groups.retiring.remove(key);
     }
 
-    /// This incarnation of node `node` is gone: every group this node owns drops its members.
-    pub fn drop_node(&self, node: &NodeId) {
+    /// This incarnation of node `node` is gone: every group this node owns drops its members. Returns the groups
+    /// that had some.
+    pub fn drop_node(&self, node: &NodeId) -> Vec<GroupKey> {
         let mut groups = self.groups.lock();
+        let mut dropped = Vec::new();
         let mut emptied = Vec::new();
         for (key, group) in groups.by_key.iter_mut() {
             if group.members.contains_key(node) {
                 group.remove_node(node);
+                dropped.push(key.clone());
                 if group.count == 0 {
                     emptied.push(key.clone());
                 }
@@ -247,6 +250,7 @@ impl GroupDirectory {
         for key in emptied {
             groups.retire_if_empty(&key);
         }
+        dropped
     }
 
     /// Forgets the groups this node no longer owns (ownership moved); their new owner rebuilds them. Each actor

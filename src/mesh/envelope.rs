@@ -137,6 +137,15 @@ pub(super) enum Envelope {
     /// From a group's owner, in order with its deliveries: a moving connection is in this node's copy of the
     /// group's sends from now on (`arriving`), or no longer (`super::moves`).
     MemberMoved { key: GroupKey, connection: ConnectionId, arriving: bool },
+    /// From a group's owner to a node it had declared dead and sees again: a send to the group it accepted
+    /// meanwhile, which went without that node (`super::missed`). Delivered only where the receiver still follows
+    /// the origin's sends to the group.
+    GroupMissed {
+        key: GroupKey,
+        except: Vec<ConnectionId>,
+        frame: WireFrame,
+        stamp: Stamp,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

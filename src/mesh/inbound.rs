@@ -88,6 +88,14 @@ impl<H: LocalHub> Router<H> {
             } => {
                 self.deliver_group_locally(&key, &frame.into_frame(), &except.into(), &stamp);
             }
+            Envelope::GroupMissed {
+                key,
+                except,
+                frame,
+                stamp,
+            } => {
+                self.deliver_missed_locally(&key, &frame.into_frame(), &except.into(), &stamp);
+            }
             Envelope::Snapshot { part, last, groups } => self.enqueue(MembershipOp::Snapshot {
                 from: from.clone(),
                 part,

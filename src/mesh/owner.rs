@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::envelope::{Answer, Envelope};
+use super::envelope::{Answer, Envelope, WireFrame};
 use super::group::{GroupError, GroupKey};
 use super::group_send::{HeldSend, HELD_SENDS_CAP};
+use super::missed::MissedSends;
 use super::ops_queue::OpsReceiver;
 use super::{LocalHub, MeshError, Router};
 use crate::cluster::NodeId;
@@ -110,6 +111,9 @@ pub(super) struct OpsState {
     orphan_count: usize,
     /// Per peer, the snapshot whose parts are arriving (one per peer: a new part 0 starts over).
     snapshots: HashMap<NodeId, SnapshotParts>,
+    /// The sends accepted for groups with members on nodes this node declared dead, for their return
+    /// (`mesh/missed.rs`).
+    missed: MissedSends,
 }
 
 impl OpsState {
@@ -174,6 +178,7 @@ pub(super) async fn run_membership_queue<H: LocalHub>(
                 router.expire_gaps();
                 // On the tick only: it visits every group with waiting sends, which must not cost every op.
                 router.expire_orphans(&mut state);
+                router.expire_missed(&mut state);
                 router.groups.sweep();
                 router.kept.lock().sweep(tokio::time::Instant::now());
             }
@@ -269,6 +274,11 @@ impl<H: LocalHub> Router<H> {
                             if let Some((_, awaiting)) = &mut state.settling {
                                 awaiting.remove(&from);
                             }
+                            if !state.missed.is_empty() {
+                                // Its members are back in the groups: later sends reach them through the actors,
+                                // and what they missed goes ahead of those.
+                                self.send_missed(&from, state.missed.returned(&from));
+                            }
                         }
                     }
                 }
@@ -322,9 +332,14 @@ impl<H: LocalHub> Router<H> {
                 }
             }
             MembershipOp::NodesLeft { nodes } => {
+                let now = tokio::time::Instant::now();
                 for node in &nodes {
                     state.snapshots.remove(node);
-                    self.groups.drop_node(node);
+                    let groups = self.groups.drop_node(node);
+                    if !self.is_superseded(node) {
+                        // Declared dead, and it may be back (frozen, or cut off from this node only).
+                        state.missed.node_left(node, groups, now);
+                    }
                 }
             }
             MembershipOp::ViewChanged {
@@ -388,6 +403,42 @@ impl<H: LocalHub> Router<H> {
         }
     }
 
+    /// Forgets the sends kept for nodes declared dead longer ago than [`super::missed::MISSED_WINDOW`], or whose
+    /// life is over (a newer generation of their name).
+    fn expire_missed(&self, state: &mut OpsState) {
+        if !state.missed.is_empty() {
+            state
+                .missed
+                .expire(tokio::time::Instant::now(), |node| self.is_superseded(node));
+        }
+    }
+
+    /// Sends to `node`, which is back, the sends of its groups it missed while this node had declared it dead; its
+    /// node delivers those its members still wait for (`Envelope::GroupMissed`).
+    fn send_missed(&self, node: &NodeId, sends: Vec<HeldSend>) {
+        if sends.is_empty() {
+            return;
+        }
+        let mut sent = 0;
+        for send in &sends {
+            let envelope = Envelope::GroupMissed {
+                key: send.key.clone(),
+                except: send.except.to_vec(),
+                frame: WireFrame::of(&send.frame),
+                stamp: send.stamp.clone(),
+            };
+            match self.send_to_peer(node, &envelope) {
+                Ok(()) => sent += 1,
+                Err(error) => {
+                    tracing::debug!(parent: &self.span, %error, %node, "could not send a node the sends it missed");
+                    break;
+                }
+            }
+        }
+        tracing::info!(parent: &self.span, %node, sent, of = sends.len(), "sent a node that is back the group sends it missed");
+        self.counters.missed_resent.fetch_add(sent, Ordering::Relaxed);
+    }
+
     /// Drops sends that waited for members longer than [`ORPHAN_WINDOW`].
     fn expire_orphans(&self, state: &mut OpsState) {
         if state.settling.is_some() {
@@ -416,6 +467,14 @@ impl<H: LocalHub> Router<H> {
             // Ownership moved while the send waited here (settling): pass it on to the owner now.
             self.group_send_stamped(send);
             return;
+        }
+        if !state.missed.is_empty() {
+            let refused = state.missed.record(&send);
+            if refused > 0 {
+                let hit = &self.bounds_hit;
+                let what = "group sends kept for nodes declared dead over their bound: kept no later one";
+                hit.hit(&hit.missed_refused, refused, &self.span, what);
+            }
         }
         let waiting = state.orphans.contains_key(&key);
         if !waiting && self.groups.contains(&key) {

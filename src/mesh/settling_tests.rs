@@ -9,26 +9,9 @@ use bytes::Bytes;
 
 use super::envelope::{Envelope, WireFrame};
 use super::group::{GroupKey, Stamp};
-use super::test_router::{frame, owned_by, owner_node};
+use super::test_router::{frame, owned_by, owner_node, snapshot, until};
 use crate::cluster::{LinkEvent, NodeId};
-use crate::connection::{ConnectionId, SharedFrame};
-
-fn snapshot(key: &GroupKey, member: &str) -> Envelope {
-    Envelope::Snapshot {
-        part: 0,
-        last: true,
-        groups: vec![(key.clone(), vec![ConnectionId::new(member.to_string())])],
-    }
-}
-
-
-/// Waits until `done` holds, at most 5 s.
-async fn until(mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !done() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use crate::connection::SharedFrame;
 
 /// The owner of a group, after an inbound-only partition: it declared every peer dead (it heard nobody) and
 /// dropped their members, while they kept seeing it; the first sends it gets after the partition come from a

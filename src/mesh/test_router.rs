@@ -1,9 +1,11 @@
-//! A router fed by hand for the mesh's unit tests: a hub with no connections, links that record every frame sent,
+//! A router fed by hand for the mesh's unit tests: a hub with no connections (or members that record what they
+//! got), links that record every frame sent,
 //! and link events made from envelopes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -14,18 +16,38 @@ use super::{LocalHub, MeshError, Router};
 use crate::cluster::link::LinkCounters;
 use crate::cluster::{LinkError, LinkEvent, Links, NodeId, PeerInfo};
 use crate::connection::{ConnectionHandle, ConnectionId, SharedFrame};
+use crate::protocol::Protocol;
 
-/// A hub with no connections here.
-pub(super) struct NoConnections;
+/// A hub for the mesh's unit tests: with no connections here, or with members in every group that record the
+/// frames they got, in order.
+#[derive(Default)]
+pub(super) struct TestHub {
+    members_everywhere: bool,
+    pub(super) got: Mutex<Vec<(String, Bytes)>>,
+}
 
-impl LocalHub for NoConnections {
+impl TestHub {
+    /// Members here in every group.
+    pub(super) fn with_members() -> Self {
+        TestHub {
+            members_everywhere: true,
+            got: Mutex::default(),
+        }
+    }
+}
+
+impl LocalHub for TestHub {
     fn deliver_all(&self, _: &Arc<SharedFrame>, _: &[ConnectionId]) {}
     fn deliver_to(&self, _: &[ConnectionId], _: &Arc<SharedFrame>) {}
-    fn deliver_group(&self, _: &GroupKey, _: &Arc<SharedFrame>, _: &[ConnectionId]) -> bool {
-        false
+    fn deliver_group(&self, key: &GroupKey, frame: &Arc<SharedFrame>, _: &[ConnectionId]) -> bool {
+        if self.members_everywhere {
+            let bytes = frame.bytes(Protocol::Json).cloned().unwrap_or_default();
+            self.got.lock().push((key.name.to_string(), bytes));
+        }
+        self.members_everywhere
     }
     fn has_local_members(&self, _: &GroupKey) -> bool {
-        false
+        self.members_everywhere
     }
     fn local_join(&self, _: &GroupKey, _: &ConnectionId) -> Result<(), MeshError> {
         Ok(())
@@ -40,6 +62,23 @@ impl LocalHub for NoConnections {
         None
     }
     fn close_all_with(&self, _: &str) {}
+}
+
+/// A peer's snapshot of one member in group `key`.
+pub(super) fn snapshot(key: &GroupKey, member: &str) -> Envelope {
+    Envelope::Snapshot {
+        part: 0,
+        last: true,
+        groups: vec![(key.clone(), vec![ConnectionId::new(member.to_string())])],
+    }
+}
+
+/// Waits until `done` holds, at most 5 s.
+pub(super) async fn until(mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !done() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Links to every peer, up, that record each frame sent.
@@ -101,12 +140,12 @@ pub(super) fn frame(from: &NodeId, envelope: &Envelope) -> LinkEvent {
 
 /// Router `owner` of a hub with no connections here (kept alive by the caller: the router holds it weakly), with
 /// links that record what it sends.
-pub(super) type OwnerNode = (Arc<Router<NoConnections>>, Arc<RecordingLinks>, Arc<NoConnections>);
+pub(super) type OwnerNode = (Arc<Router<TestHub>>, Arc<RecordingLinks>, Arc<TestHub>);
 
 pub(super) fn owner_node(owner: &NodeId) -> OwnerNode {
-    let router: Arc<Router<NoConnections>> =
+    let router: Arc<Router<TestHub>> =
         Router::new(&owner.name, tokio::runtime::Handle::current(), tracing::Span::none());
-    let hub = Arc::new(NoConnections);
+    let hub = Arc::new(TestHub::default());
     router.register_hub("hub", &hub);
     let links = Arc::new(RecordingLinks::default());
     router.attach_links(links.clone(), owner);

@@ -49,6 +49,7 @@ pub(super) struct SendFigures {
     held_now: usize,
     held: u64,
     resent: u64,
+    missed_resent: u64,
     rehomes: u64,
     rehome_seconds_total: f64,
     rehome_last_seconds: f64,
@@ -62,6 +63,7 @@ impl SendFigures {
             held_now,
             held: read(&counters.sends_held),
             resent: read(&counters.sends_resent),
+            missed_resent: read(&counters.missed_resent),
             rehomes: read(&counters.rehomes),
             rehome_seconds_total: seconds(read(&counters.rehome_micros_total)),
             rehome_last_seconds: seconds(read(&counters.rehome_last_micros)),
@@ -175,6 +177,7 @@ fn mesh_bounds(hit: &MeshBoundsHit) -> Vec<(&'static str, u64)> {
         ("kept_broadcasts_evicted", &hit.kept_broadcasts_evicted),
         ("direct_retained_evicted", &hit.direct_retained_evicted),
         ("kept_direct_dropped", &hit.kept_direct_dropped),
+        ("missed_refused", &hit.missed_refused),
     ]
     .into_iter()
     .map(|(bound, hits)| (bound, hits.load(Ordering::Relaxed)))
@@ -603,6 +606,12 @@ fn encode_sends(encoder: &mut DescriptorEncoder<'_>, sends: &SendFigures) -> fmt
         "hubmesh_group_sends_resent",
         "Group sends sent again to a new owner because the owner they were handed to left.",
         sends.resent,
+    )?;
+    counter(
+        encoder,
+        "hubmesh_group_sends_missed_resent",
+        "Group sends an owner sent again to a node it had declared dead, once that node was back.",
+        sends.missed_resent,
     )?;
     counter(encoder, "hubmesh_rehomes", "Membership changes this node finished re-homing after.", sends.rehomes)?;
     ConstCounter::new(sends.rehome_seconds_total).encode(encoder.encode_descriptor(
