@@ -30,6 +30,8 @@ mod official;
 mod relay;
 #[path = "chaos/schedule.rs"]
 mod schedule;
+#[path = "../common/stateful_client.rs"]
+mod stateful_client;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -48,6 +50,10 @@ struct Settings {
     ranges: Ranges,
     /// A rolling restart every this many faults (after the first of each kind).
     rolling_every: usize,
+    /// Stateful-reconnect receivers per node (`CHAOS_STATEFUL`, none unless set): they are required to lose
+    /// nothing across a kill or a rolling restart of their node. Off by default while the defects they found are
+    /// open (`chaos/README.md`, defects 13 and 14).
+    stateful_per_node: usize,
 }
 
 fn env_number(name: &str) -> Option<u64> {
@@ -68,6 +74,7 @@ impl Settings {
             lasting: env_number("CHAOS_SECS").map_or(lasting, Duration::from_secs),
             ranges,
             rolling_every,
+            stateful_per_node: env_number("CHAOS_STATEFUL").map_or(0, |count| count as usize),
         }
     }
 }
@@ -79,7 +86,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         "chaos seed {seed} (replay: CHAOS_SEED={seed}); at least {} faults over at least {:?}",
         settings.events, settings.lasting
     );
-    let mut harness = Harness::start(seed).await?;
+    let mut harness = Harness::start(seed, settings.stateful_per_node).await?;
     anyhow::ensure!(
         harness.all_clients_joined(Duration::from_secs(30)).await,
         "not every client connected and joined its groups within 30 s"
@@ -168,6 +175,25 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         end_violations.push(format!(
             "connections before {connections_before} and after {connections_after} differ"
         ));
+    }
+    // What the stateful receivers went through: the invariant for them needs it read with their violations.
+    {
+        for connection in record.connections.iter().filter(|connection| connection.stateful) {
+            let resumes: Vec<String> = connection
+                .resumes
+                .iter()
+                .map(|(at, node)| format!("{:.3} s via node-{}", at.as_secs_f64(), node + 1))
+                .collect();
+            println!(
+                "stateful {} ({}): opened {:.3} s, resumed [{}], closed {:?}: {}",
+                connection.label,
+                connection.id,
+                connection.opened.as_secs_f64(),
+                resumes.join(", "),
+                connection.closed.map(|at| format!("{:.3} s", at.as_secs_f64())),
+                connection.close_reason.as_deref().unwrap_or("open at the end")
+            );
+        }
     }
     let mut violations: Vec<Violation> = harness.violations.clone();
     violations.extend(verdict.violations);

@@ -5,8 +5,11 @@
 // Each test binary that includes this file uses part of it.
 #![allow(dead_code)]
 
+use std::time::Duration;
+
 use hubmesh::testing::client::{Protocol, TestClient};
 use serde_json::Value;
+use tokio::time::Instant;
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -36,39 +39,67 @@ impl StatefulClient {
             .handshake_version(2)
             .connect()
             .await?;
-        Ok(StatefulClient {
+        Ok(StatefulClient::new(raw))
+    }
+
+    /// A stateful client over `raw`, a socket that did a version 2 handshake.
+    pub fn new(raw: TestClient) -> StatefulClient {
+        StatefulClient {
             raw,
             next_id: Some(1),
             received: 0,
-        })
+        }
     }
 
     /// The next hub message to act on: Sequence handled, duplicates dropped, as the official client does.
     pub async fn read(&mut self) -> TestResult<Value> {
         for _ in 0..10_000 {
             let message = self.raw.record().await?.value;
-            if message["type"] == 9 {
-                let id = message["sequenceId"].as_u64().ok_or("Sequence without an id")?;
-                if id > self.received + 1 {
-                    return Err("Sequence ID greater than amount of messages we've received.".into());
-                }
-                self.next_id = Some(id);
-                continue;
+            if let Some(message) = self.take(message)? {
+                return Ok(message);
             }
-            let Some(next_id) = self.next_id else {
-                // Before the Sequence message after a reconnect, everything is dropped.
-                continue;
-            };
-            if trackable(&message) {
-                self.next_id = Some(next_id + 1);
-                if next_id <= self.received {
-                    continue;
-                }
-                self.received = next_id;
-            }
-            return Ok(message);
         }
         Err("no message to act on".into())
+    }
+
+    /// As [`StatefulClient::read`], `None` if no message to act on came within `within`.
+    pub async fn read_within(&mut self, within: Duration) -> TestResult<Option<Value>> {
+        let deadline = Instant::now() + within;
+        for _ in 0..10_000 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(record) = self.raw.record_within(left).await? else {
+                return Ok(None);
+            };
+            if let Some(message) = self.take(record.value)? {
+                return Ok(Some(message));
+            }
+        }
+        Err("no message to act on".into())
+    }
+
+    /// What the official client does with a record: a Sequence sets where the server resumes, a record it had
+    /// already is dropped; the rest is to act on.
+    fn take(&mut self, message: Value) -> TestResult<Option<Value>> {
+        if message["type"] == 9 {
+            let id = message["sequenceId"].as_u64().ok_or("Sequence without an id")?;
+            if id > self.received + 1 {
+                return Err("Sequence ID greater than amount of messages we've received.".into());
+            }
+            self.next_id = Some(id);
+            return Ok(None);
+        }
+        let Some(next_id) = self.next_id else {
+            // Before the Sequence message after a reconnect, everything is dropped.
+            return Ok(None);
+        };
+        if trackable(&message) {
+            self.next_id = Some(next_id + 1);
+            if next_id <= self.received {
+                return Ok(None);
+            }
+            self.received = next_id;
+        }
+        Ok(Some(message))
     }
 
     /// Reconnects with `url` (the same token), then sends Sequence with `client_next`, as the official client does.

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hubmesh::testing::client::{http_request_with_body, Event, TestClient};
+use super::stateful_client::StatefulClient;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -81,6 +82,10 @@ pub struct Connection {
     pub joined: Option<Duration>,
     pub closed: Option<Duration>,
     pub close_reason: Option<String>,
+    /// A stateful-reconnect connection (`run_stateful_client`): its socket may drop and the connection go on.
+    pub stateful: bool,
+    /// When its socket came back, and through which node (stateful connections only).
+    pub resumes: Vec<(Duration, usize)>,
 }
 
 #[derive(Debug, Default)]
@@ -195,6 +200,8 @@ pub async fn run_client(load: Arc<Load>, node: usize, slot: usize, groups: Vec<S
             joined: None,
             closed: None,
             close_reason: None,
+            stateful: false,
+            resumes: Vec::new(),
         };
         let index = load.with(|record| {
             record.connections.push(connection.clone());
@@ -291,6 +298,202 @@ async fn session(load: &Load, client: &mut TestClient, name: &str, connection: &
             Err(error) => return format!("reading failed: {error}"),
         }
     }
+}
+
+/// How long a stateful client whose socket dropped tries to come back before it starts a new connection: longer
+/// than failure detection and a take-over (docs/semantics.md, "A node's death and its stateful connections").
+const RESUME_FOR: Duration = Duration::from_secs(30);
+/// How often a stateful client acknowledges what it got (the official client acknowledges within a second).
+const ACK_EVERY: Duration = Duration::from_millis(500);
+
+/// One stateful-reconnect client slot on node `node`, a receiver only: negotiates stateful reconnect, joins
+/// `groups` and logs what it gets. When its socket drops (its node was killed or restarted) it reconnects with its
+/// token through the other nodes in turn, as the official client with `withStatefulReconnect()` does through a
+/// load balancer, and goes on as the same connection; only a Close message, or no way back within [`RESUME_FOR`],
+/// ends the connection, and the slot then connects again as a new one.
+pub async fn run_stateful_client(load: Arc<Load>, node: usize, slot: usize, groups: Vec<String>) {
+    let name = format!("n{node}s{slot}");
+    let user = format!("u-{name}");
+    let bearer = format!("Bearer {}", user_token(&user));
+    let mut incarnation = 0u32;
+    while !load.stopping() {
+        let Some((mut client, token, id)) = open_stateful(&load, node, &bearer).await else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        };
+        incarnation += 1;
+        let connection = Connection {
+            label: format!("{name}.{incarnation}"),
+            node,
+            user: user.clone(),
+            id,
+            groups: groups.clone(),
+            opened: load.now(),
+            joined: None,
+            closed: None,
+            close_reason: None,
+            stateful: true,
+            resumes: Vec::new(),
+        };
+        let index = load.with(|record| {
+            record.connections.push(connection.clone());
+            record.connections.len() - 1
+        });
+        let reason = stateful_session(&load, &mut client, &name, &token, &connection, index).await;
+        let closed = load.now();
+        load.with(|record| {
+            if let Some(connection) = record.connections.get_mut(index) {
+                connection.closed = Some(closed);
+                connection.close_reason = Some(reason);
+            }
+        });
+        client.raw.close_socket().await;
+    }
+}
+
+/// Negotiates stateful reconnect at node `node` and connects: the client, its connection token and its id.
+async fn open_stateful(load: &Load, node: usize, bearer: &str) -> Option<(StatefulClient, String, String)> {
+    let http = load.nodes[node];
+    let headers = [("Authorization", bearer)];
+    let negotiate = http_request_with_body(
+        http,
+        "POST",
+        "/hub/negotiate?negotiateVersion=1&useStatefulReconnect=true",
+        &headers,
+        b"",
+    );
+    let reply = tokio::time::timeout(Duration::from_secs(5), negotiate).await.ok()?.ok()?;
+    let body: Value = serde_json::from_slice(&reply.body).ok()?;
+    let token = body["connectionToken"].as_str()?.to_owned();
+    let id = body["connectionId"].as_str()?.to_owned();
+    let connect = TestClient::to(&format!("ws://{http}/hub?id={token}"))
+        .authorization(bearer)
+        .handshake_version(2)
+        .connect();
+    let raw = tokio::time::timeout(Duration::from_secs(5), connect).await.ok()?.ok()?;
+    Some((StatefulClient::new(raw), token, id))
+}
+
+/// What a stateful client does with one message: logs a hub message; a Close message ends the connection.
+fn stateful_message(load: &Load, label: &str, message: &Value) -> Option<String> {
+    match message["type"].as_u64() {
+        Some(1) if message["target"] == "msg" => {
+            let text = message["arguments"][0].as_str().unwrap_or_default().to_owned();
+            let at = load.now();
+            load.with(|log| match Message::parse(&text) {
+                Some(message) => log.received.push((label.to_owned(), message, at)),
+                None => log.garbled.push((label.to_owned(), text)),
+            });
+            None
+        }
+        Some(7) => Some(format!("Close message: {message}")),
+        _ => None,
+    }
+}
+
+/// One stateful connection's life: joins, then reads, acknowledges and resumes until it ends or the load stops.
+async fn stateful_session(
+    load: &Load,
+    client: &mut StatefulClient,
+    name: &str,
+    token: &str,
+    connection: &Connection,
+    index: usize,
+) -> String {
+    let label = connection.label.as_str();
+    for (number, group) in connection.groups.iter().enumerate() {
+        let invocation = format!("join{number}");
+        if let Err(error) = client.raw.send_invocation_with_id(&invocation, "JoinGroup", json!([group])).await {
+            return format!("JoinGroup({group}) failed: {error}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match client.read_within(left).await {
+                Ok(Some(message)) if message["type"] == 3 && message["invocationId"] == invocation.as_str() => {
+                    if !message["error"].is_null() {
+                        return format!("JoinGroup({group}) failed: {message}");
+                    }
+                    break;
+                }
+                Ok(Some(message)) => {
+                    if let Some(reason) = stateful_message(load, label, &message) {
+                        return reason;
+                    }
+                }
+                Ok(None) => return format!("JoinGroup({group}) had no answer in 5 s"),
+                Err(error) => return format!("JoinGroup({group}) failed: {error}"),
+            }
+        }
+    }
+    let joined = load.now();
+    load.with(|record| {
+        if let Some(connection) = record.connections.get_mut(index) {
+            connection.joined = Some(joined);
+        }
+    });
+    load.current
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .insert(name.to_owned(), connection.id.clone());
+    // The client's own messages the server acknowledged (the joins): it resends none after a reconnect.
+    let client_next = connection.groups.len() as u64 + 1;
+    let mut acked = 0;
+    let mut next_ack = Instant::now() + ACK_EVERY;
+    loop {
+        if load.stopping() {
+            return "the harness stopped".to_owned();
+        }
+        if Instant::now() >= next_ack {
+            if client.received > acked && client.raw.send_ack(client.received).await.is_ok() {
+                acked = client.received;
+            }
+            next_ack = Instant::now() + ACK_EVERY;
+        }
+        let wait = next_ack.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+        match client.read_within(wait).await {
+            Ok(Some(message)) => {
+                if let Some(reason) = stateful_message(load, label, &message) {
+                    return reason;
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                // The socket dropped: back through the nodes in turn, the same connection.
+                let dropped = format!("{error}");
+                match resume(load, client, connection.node, token, client_next).await {
+                    Some(through) => {
+                        let at = load.now();
+                        load.with(|record| {
+                            if let Some(connection) = record.connections.get_mut(index) {
+                                connection.resumes.push((at, through));
+                            }
+                        });
+                        acked = 0;
+                    }
+                    None => return format!("no resume within {RESUME_FOR:?} after: {dropped}"),
+                }
+            }
+        }
+    }
+}
+
+/// Reconnects with `token` through each node in turn from the one after `node`, until one takes it or
+/// [`RESUME_FOR`] passes: the node it came back through.
+async fn resume(load: &Load, client: &mut StatefulClient, node: usize, token: &str, client_next: u64) -> Option<usize> {
+    let deadline = Instant::now() + RESUME_FOR;
+    for attempt in 1..=1_000 {
+        if Instant::now() >= deadline || load.stopping() {
+            return None;
+        }
+        let through = (node + attempt) % load.nodes.len();
+        let url = format!("ws://{}/hub?id={token}", load.nodes[through]);
+        match tokio::time::timeout(Duration::from_secs(5), client.reconnect(&url, client_next)).await {
+            Ok(Ok(())) => return Some(through),
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    None
 }
 
 /// Node `node`'s REST sender: to a user and to a connection by id in turn, picked at random among `slots`.

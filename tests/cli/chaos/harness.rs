@@ -10,7 +10,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::clients::{group_counts, group_members, run_client, run_rest_sender, user_in_group, Load};
+use super::clients::{
+    group_counts, group_members, run_client, run_rest_sender, run_stateful_client, user_in_group, Load,
+};
 use super::nodes::{converge, view, Node, SECRET};
 use super::official::{run_official, OfficialSlot};
 use super::relay::Relay;
@@ -46,6 +48,8 @@ pub struct Applied {
 }
 
 pub struct Harness {
+    /// Stateful-reconnect receivers per node.
+    stateful_per_node: usize,
     pub relay: Relay,
     pub nodes: Vec<Node>,
     intruder: Node,
@@ -71,8 +75,9 @@ fn lock_seed(seed: u64, salt: u64) -> u64 {
 }
 
 impl Harness {
-    /// Starts the relay and the five nodes, waits for them to form a cluster, and starts the load.
-    pub async fn start(seed: u64) -> anyhow::Result<Harness> {
+    /// Starts the relay and the five nodes, waits for them to form a cluster, and starts the load, with
+    /// `stateful_per_node` stateful-reconnect receivers per node (`clients::run_stateful_client`) among the clients.
+    pub async fn start(seed: u64, stateful_per_node: usize) -> anyhow::Result<Harness> {
         let dir = tempfile::tempdir()?;
         let relay = Relay::start(NODES + 1).await?;
         let seeds: Vec<_> = relay.ports[..NODES].iter().map(|ports| ports.relay_gossip).collect();
@@ -109,6 +114,7 @@ impl Harness {
             load,
             groups,
             applied: Vec::new(),
+            stateful_per_node,
             violations: Vec::new(),
             tasks: Vec::new(),
             _dir: dir,
@@ -117,11 +123,11 @@ impl Harness {
             .converged(Duration::from_secs(30))
             .await
             .map_err(|views| anyhow::anyhow!("the five nodes did not form a cluster in 30 s: {views}"))?;
-        harness.start_load(seed);
+        harness.start_load(seed, stateful_per_node);
         Ok(harness)
     }
 
-    fn start_load(&mut self, seed: u64) {
+    fn start_load(&mut self, seed: u64, stateful_per_node: usize) {
         use rand::seq::SliceRandom;
         use rand::SeedableRng;
         let mut random = rand::rngs::StdRng::seed_from_u64(lock_seed(seed, 1));
@@ -134,6 +140,16 @@ impl Harness {
                 self.tasks
                     .push(tokio::spawn(run_client(self.load.clone(), node, slot, groups)));
                 slots.push(format!("n{node}c{slot}"));
+            }
+        }
+        for node in 0..NODES {
+            for slot in 0..stateful_per_node {
+                let mut groups = self.groups.clone();
+                groups.shuffle(&mut random);
+                groups.truncate(GROUPS_PER_CLIENT);
+                self.tasks
+                    .push(tokio::spawn(run_stateful_client(self.load.clone(), node, slot, groups)));
+                slots.push(format!("n{node}s{slot}"));
             }
         }
         let mut official = Vec::new();
@@ -174,7 +190,7 @@ impl Harness {
     pub async fn all_clients_joined(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if self.load.open_members().len() == NODES * (CLIENTS_PER_NODE + OFFICIAL_PER_NODE) {
+            if self.load.open_members().len() == NODES * (CLIENTS_PER_NODE + self.stateful_per_node + OFFICIAL_PER_NODE) {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

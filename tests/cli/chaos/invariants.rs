@@ -16,6 +16,13 @@
 //!
 //! Faults on other nodes (a group's owner killed, frozen or cut off, a node restarted, a node with another secret)
 //! do not make anything less required: the design promises survivors lose nothing across them.
+//!
+//! A stateful-reconnect connection (`clients::run_stateful_client`) loses nothing across a single node's death
+//! either, its own node's included (docs/semantics.md, "A node's death and its stateful connections"): for it, a
+//! kill or a rolling restart does not make its node touched. Until it first resumes it runs on its own node; after
+//! that on its keeper, which the harness does not know, so a message is then required at it only if no node at all
+//! was touched by any other fault over the window. A connection that could not resume ends (a Close, or no way
+//! back within `clients::RESUME_FOR`), and so is not required to get what came after.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -51,6 +58,37 @@ pub fn touched(applied: &[Applied], nodes: usize) -> Vec<Vec<(Duration, Duration
         }
     }
     spans
+}
+
+/// When each node was touched by a fault other than a death (a kill, or a rolling restart's stop and start), which
+/// a stateful connection is promised to survive.
+fn touched_but_by_deaths(applied: &[Applied], nodes: usize) -> Vec<Vec<(Duration, Duration)>> {
+    let others: Vec<Applied> = applied
+        .iter()
+        .filter(|fault| !fault.fault.starts_with("Kill") && !fault.fault.starts_with("RollingRestart"))
+        .cloned()
+        .collect();
+    touched(&others, nodes)
+}
+
+/// Whether connection `connection` was on an untouched node from `from` to `until`; a stateful one's own node
+/// counts only faults other than deaths, and once it resumed elsewhere (its keeper) every node does.
+fn receiver_untouched(
+    connection: &Connection,
+    spans: &[Vec<(Duration, Duration)>],
+    but_by_deaths: &[Vec<(Duration, Duration)>],
+    from: Duration,
+    until: Duration,
+) -> bool {
+    if !connection.stateful {
+        return untouched(&spans[connection.node], from, until);
+    }
+    let moved = connection.resumes.first().is_some_and(|&(at, _)| at <= until);
+    if moved {
+        but_by_deaths.iter().all(|node| untouched(node, from, until))
+    } else {
+        untouched(&but_by_deaths[connection.node], from, until)
+    }
 }
 
 /// Whether a fault cuts nodes apart (a partition or a pair cut): views can then disagree.
@@ -91,6 +129,7 @@ fn secs(at: Duration) -> String {
 
 pub fn check(record: &Record, applied: &[Applied], nodes: usize) -> Verdict {
     let spans = touched(applied, nodes);
+    let but_by_deaths = touched_but_by_deaths(applied, nodes);
     let cut_spans = cuts(applied);
     let mut verdict = Verdict {
         receipts: record.received.len(),
@@ -184,7 +223,9 @@ pub fn check(record: &Record, applied: &[Applied], nodes: usize) -> Verdict {
                 'u' => connection.user == message.target && connection.opened <= sent.at,
                 _ => connection.id == message.target && connection.opened <= sent.at,
             };
-            member && stays_open(connection, until) && untouched(&spans[connection.node], from, until)
+            member
+                && stays_open(connection, until)
+                && receiver_untouched(connection, &spans, &but_by_deaths, from, until)
         });
         let mut missed = Vec::new();
         for receiver in receivers {
@@ -320,5 +361,59 @@ mod deadline_tests {
         assert_eq!(deadline(&cuts, s(99), s(100)), s(123));
         // A short cut that heals within the window changes nothing.
         assert_eq!(deadline(&cuts, s(201), s(201)), s(215));
+    }
+}
+
+#[cfg(test)]
+mod stateful_tests {
+    use super::*;
+
+    fn s(seconds: u64) -> Duration {
+        Duration::from_secs(seconds)
+    }
+
+    fn connection(node: usize, stateful: bool, resumes: Vec<(Duration, usize)>) -> Connection {
+        Connection {
+            label: "n0s0.1".to_owned(),
+            node,
+            user: "u-n0s0".to_owned(),
+            id: "id".to_owned(),
+            groups: Vec::new(),
+            opened: s(0),
+            joined: Some(s(1)),
+            closed: None,
+            close_reason: None,
+            stateful,
+            resumes,
+        }
+    }
+
+    fn applied(fault: &str, nodes: Vec<usize>, start: u64, healed: u64) -> Applied {
+        Applied {
+            fault: fault.to_owned(),
+            nodes,
+            start: s(start),
+            healed: s(healed),
+            converged_after: None,
+        }
+    }
+
+    #[test]
+    fn a_stateful_connection_is_required_across_its_own_nodes_death_only() {
+        let faults = [
+            applied("Kill { node: 0, down: 3s }", vec![0], 100, 103),
+            applied("Freeze { node: 2, lasting: 3s }", vec![2], 200, 203),
+        ];
+        let (spans, deaths) = (touched(&faults, 3), touched_but_by_deaths(&faults, 3));
+        let plain = connection(0, false, Vec::new());
+        let stateful = connection(0, true, vec![(s(102), 1)]);
+        let stayed = connection(0, true, Vec::new());
+        // Across the kill of its node: the stateful connection only.
+        assert!(!receiver_untouched(&plain, &spans, &deaths, s(99), s(110)));
+        assert!(receiver_untouched(&stateful, &spans, &deaths, s(99), s(110)));
+        // Once it resumed elsewhere, a freeze of any node makes it touched; before, only of its own.
+        assert!(!receiver_untouched(&stateful, &spans, &deaths, s(199), s(210)));
+        assert!(receiver_untouched(&stayed, &spans, &deaths, s(199), s(210)));
+        assert!(receiver_untouched(&stateful, &spans, &deaths, s(300), s(310)));
     }
 }

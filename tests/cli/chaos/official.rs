@@ -95,6 +95,8 @@ pub async fn run_official(load: Arc<Load>, slots: Vec<OfficialSlot>) -> anyhow::
                     joined: None,
                     closed: None,
                     close_reason: None,
+                    stateful: false,
+                    resumes: Vec::new(),
                 };
                 load.with(|record| record.connections.push(connection));
             }
