@@ -31,6 +31,11 @@ pub(super) struct CutOff {
     last_check: Option<tokio::time::Instant>,
     /// Times this node closed its connections for it.
     closes: u64,
+    /// The largest view (nodes live, this one included) held within the last [`VIEW_MEMORY`], and when it was last
+    /// held: the size a majority is counted against ([`Router::sees_minority`]).
+    largest_view: Option<(usize, tokio::time::Instant)>,
+    /// The current view's size.
+    view: usize,
 }
 
 /// How often a node checks that it is not stalled, and the gap between checks that counts as a stall (a stopped
@@ -39,6 +44,9 @@ const STALL_CHECK: Duration = Duration::from_millis(250);
 const STALL_GAP: Duration = Duration::from_millis(1000);
 /// How long after a stall a node's notices say it stalled.
 const STALL_MEMORY: Duration = Duration::from_secs(30);
+/// How long a node counts a larger view it had as the cluster's size: a cluster that shrank for good (nodes
+/// scaled down, or dead and not replaced) is counted at its new size after it.
+const VIEW_MEMORY: Duration = Duration::from_secs(60);
 
 /// Notes when the node's runtime stalled (its timer fired much later than asked), until the router is gone.
 pub(super) async fn watch_for_stalls<H: LocalHub>(router: Weak<Router<H>>) {
@@ -106,6 +114,7 @@ impl<H: LocalHub> Router<H> {
         // The groups this node no longer owns are released in the membership queue, in order: the sends queued
         // before this change still reach their actors (`MembershipOp::ViewChanged`).
         let peers = self.peers();
+        self.note_view_size(peers.len() + 1);
         let returning = {
             let departed = self.departed.lock();
             joined.iter().any(|id| departed.get(&id.name) == Some(&id.generation))
@@ -227,6 +236,37 @@ impl<H: LocalHub> Router<H> {
         Envelope::DeclaredDead {
             stalled: self.stalled_lately(),
         }
+    }
+
+    /// Notes the size of a new view (this node included), for [`Router::sees_minority`].
+    pub(super) fn note_view_size(&self, size: usize) {
+        let now = tokio::time::Instant::now();
+        let mut cut_off = self.cut_off.lock();
+        let before = cut_off.view;
+        if let Some((largest, since)) = &mut cut_off.largest_view {
+            if before >= *largest {
+                // The largest view held until now.
+                *since = now;
+            }
+        }
+        cut_off.view = size;
+        let replace = cut_off
+            .largest_view
+            .is_none_or(|(largest, since)| size >= largest || now.duration_since(since) > VIEW_MEMORY);
+        if replace {
+            cut_off.largest_view = Some((size, now));
+        }
+    }
+
+    /// Whether this node's view holds fewer than half the nodes of its largest view lately: most of the cluster left
+    /// its view at once, so it is more likely cut off (an inbound-only partition, say) than they dead, and its own
+    /// view of who died is not to be acted on (a keeper's take-over, `src/node`). In a cluster of two, the one left
+    /// holds half, and acts.
+    pub(crate) fn sees_minority(&self) -> bool {
+        let cut_off = self.cut_off.lock();
+        cut_off
+            .largest_view
+            .is_some_and(|(largest, _)| cut_off.view * 2 < largest)
     }
 
     /// Whether this node stalled lately (a stall the watcher saw, or one going on now: resumed, with the watcher not
@@ -441,5 +481,35 @@ mod tests {
     #[test]
     fn an_empty_snapshot_is_one_empty_part() {
         assert_eq!(snapshot_parts(Vec::new(), 4096).len(), 1);
+    }
+
+    /// A node that loses most of the cluster from its view at once (cut off) sees a minority until most of it is
+    /// back; one that loses a node of three, or the other of two, does not; a smaller view counts as the cluster's
+    /// size once the larger one is a minute old.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_node_that_lost_most_of_its_view_at_once_sees_a_minority() {
+        use super::super::test_router::owner_node;
+        let names = ["n1", "n2", "n3", "n4", "n5"];
+        let nodes: Vec<NodeId> = names.iter().map(|name| NodeId::new(*name, 7)).collect();
+        let (router, _links, _hub) = owner_node(&nodes[0]);
+        router.on_view(nodes.clone());
+        assert!(!router.sees_minority());
+        router.on_view(nodes[..1].to_vec());
+        assert!(router.sees_minority(), "alone of five");
+        router.on_view(nodes[..2].to_vec());
+        assert!(router.sees_minority(), "two of five");
+        router.on_view(nodes[..3].to_vec());
+        assert!(!router.sees_minority(), "three of five");
+        router.on_view(nodes[..2].to_vec());
+        assert!(router.sees_minority(), "two of five, again");
+        // A minute at two: two is the cluster's size now, and one of them acts alone.
+        tokio::time::sleep(VIEW_MEMORY + Duration::from_secs(1)).await;
+        router.on_view(nodes[..1].to_vec());
+        assert!(!router.sees_minority(), "the other of two");
+        // Five for a long while, then cut off: a minority however long the five lasted.
+        router.on_view(nodes.clone());
+        tokio::time::sleep(VIEW_MEMORY * 3).await;
+        router.on_view(nodes[..1].to_vec());
+        assert!(router.sees_minority(), "cut off after a long spell of five");
     }
 }

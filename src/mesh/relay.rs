@@ -78,6 +78,12 @@ impl<H: LocalHub> Router<H> {
             .any(|id| &*id.name == name && id.generation == generation)
     }
 
+    /// Whether incarnation `id` left this node's view (declared dead, or superseded by a newer generation) and is
+    /// not back; a peer not in the view yet (just started) has not left.
+    pub(crate) fn has_left(&self, id: &NodeId) -> bool {
+        self.is_stale(id)
+    }
+
     /// The live incarnation of node `name`, if it is a live peer.
     pub(crate) fn live_incarnation(&self, name: &str) -> Option<NodeId> {
         self.live_peer(name)

@@ -339,16 +339,46 @@ impl Keeping {
         for sink in sinks {
             sink.keeper_left(peer);
         }
-        let orphans: Vec<Box<Copy>> = {
+        if node.router().sees_minority() {
+            // Most of the cluster left this node's view at once: this node is more likely cut off (an inbound-only
+            // partition) than they dead, and the server it would take from likely runs its connections still. The
+            // take-over waits until this node sees most of the cluster again (`Keeping::peer_joined`).
+            tracing::info!(parent: node.span(), %peer, "a peer left a view that holds a minority of the cluster: no take-over yet");
+            return;
+        }
+        self.take_over(node, |server| server == peer);
+    }
+
+    /// A peer joined this node's view: the take-overs put off while this node saw a minority of the cluster happen
+    /// now if it sees most of it, for the copies whose server is still out of its view.
+    pub(crate) fn peer_joined(&self, node: &Node) {
+        if node.router().stalled_lately() || node.router().sees_minority() {
+            return;
+        }
+        let router = node.router();
+        let waiting = self
+            .kept
+            .lock()
+            .copies
+            .values()
+            .any(|(server, _)| router.has_left(server));
+        if waiting {
+            self.take_over(node, |server| router.has_left(server));
+        }
+    }
+
+    /// Takes over here the kept connections whose server `left` says left.
+    fn take_over(&self, node: &Node, left: impl Fn(&NodeId) -> bool) {
+        let orphans: Vec<(NodeId, Box<Copy>)> = {
             let mut kept = self.kept.lock();
             let ids: Vec<ConnectionId> = kept
                 .copies
                 .iter()
-                .filter(|(_, (server, _))| server == peer)
+                .filter(|(_, (server, _))| left(server))
                 .map(|(id, _)| id.clone())
                 .collect();
-            let orphans: Vec<Box<Copy>> = ids.iter().filter_map(|id| kept.remove(id)).map(|(_, copy)| copy).collect();
-            for copy in &orphans {
+            let orphans: Vec<(NodeId, Box<Copy>)> = ids.iter().filter_map(|id| kept.remove(id)).collect();
+            for (_, copy) in &orphans {
                 kept.taking_over.insert(copy.token.to_string());
             }
             orphans
@@ -356,10 +386,9 @@ impl Keeping {
         if orphans.is_empty() {
             return;
         }
-        tracing::info!(parent: node.span(), %peer, connections = orphans.len(), "taking over the stateful connections of a node that left");
-        for copy in orphans {
+        tracing::info!(parent: node.span(), connections = orphans.len(), "taking over the stateful connections of nodes that left");
+        for (server, copy) in orphans {
             let node = node.clone();
-            let server = peer.clone();
             tokio::spawn(async move {
                 let id = copy.id.clone();
                 let token = copy.token.clone();

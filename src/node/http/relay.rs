@@ -589,6 +589,7 @@ impl RelayHost for NodeRelays {
     fn peer_joined(&self, peer: &NodeId) {
         if let Some(node) = self.0.upgrade().map(Node::from_inner) {
             super::home_report::peer_joined(&node, peer);
+            node.keeping().peer_joined(&node);
         }
     }
 

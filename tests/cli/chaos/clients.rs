@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hubmesh::testing::client::{http_request_with_body, Event, TestClient};
 use super::stateful_client::StatefulClient;
+use hubmesh::testing::client::{http_request_with_body, Event, TestClient};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -362,7 +362,10 @@ async fn open_stateful(load: &Load, node: usize, bearer: &str) -> Option<(Statef
         &headers,
         b"",
     );
-    let reply = tokio::time::timeout(Duration::from_secs(5), negotiate).await.ok()?.ok()?;
+    let reply = tokio::time::timeout(Duration::from_secs(5), negotiate)
+        .await
+        .ok()?
+        .ok()?;
     let body: Value = serde_json::from_slice(&reply.body).ok()?;
     let token = body["connectionToken"].as_str()?.to_owned();
     let id = body["connectionId"].as_str()?.to_owned();
@@ -403,7 +406,11 @@ async fn stateful_session(
     let label = connection.label.as_str();
     for (number, group) in connection.groups.iter().enumerate() {
         let invocation = format!("join{number}");
-        if let Err(error) = client.raw.send_invocation_with_id(&invocation, "JoinGroup", json!([group])).await {
+        if let Err(error) = client
+            .raw
+            .send_invocation_with_id(&invocation, "JoinGroup", json!([group]))
+            .await
+        {
             return format!("JoinGroup({group}) failed: {error}");
         }
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -450,7 +457,9 @@ async fn stateful_session(
             }
             next_ack = Instant::now() + ACK_EVERY;
         }
-        let wait = next_ack.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+        let wait = next_ack
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(100));
         match client.read_within(wait).await {
             Ok(Some(message)) => {
                 if let Some(reason) = stateful_message(load, label, &message) {

@@ -190,7 +190,8 @@ impl Harness {
     pub async fn all_clients_joined(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if self.load.open_members().len() == NODES * (CLIENTS_PER_NODE + self.stateful_per_node + OFFICIAL_PER_NODE) {
+            if self.load.open_members().len() == NODES * (CLIENTS_PER_NODE + self.stateful_per_node + OFFICIAL_PER_NODE)
+            {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
