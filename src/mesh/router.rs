@@ -406,13 +406,18 @@ impl<H: LocalHub> Router<H> {
     }
 
     /// A send to connections by id through their home (kept to send again if it leaves), or to every live peer
-    /// when the home is gone.
+    /// when the home is gone, this node included: it may be the keeper of a connection whose server died with its
+    /// home (`super::kept_direct`), and holds the send for it until it takes the connection over.
     pub(super) fn send_direct_via_home(&self, home: &str, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame) {
         match self.live_peer(home) {
             Some(peer) => {
                 self.send_direct(&peer, hub, ids, frame);
             }
             None => {
+                let ids = self.take_kept_direct(hub, ids, &frame, &|id| self.for_keeper(id));
+                if ids.is_empty() {
+                    return;
+                }
                 let envelope = Envelope::ToConnections {
                     hub: hub.clone(),
                     ids,
