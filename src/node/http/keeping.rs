@@ -53,6 +53,10 @@ pub const MAX_KEPT: usize = 262_144;
 pub const MAX_KEPT_BYTES: usize = 4 << 20;
 /// How long a reconnect that reaches a connection's keeper waits for the keeper to take the connection over.
 pub const ADOPT_WAIT: Duration = Duration::from_secs(10);
+/// How long after a peer left its view a node waits before it takes the peer's kept connections over (and moves
+/// the copies it kept): failure detection declares peers cut off together some hundred milliseconds apart, and a
+/// node must see whether most of the cluster left with it (then it is the one cut off) before it acts.
+pub const TAKE_OVER_SETTLE: Duration = Duration::from_secs(1);
 
 /// Why a connection whose keeper took it over ends on its old server.
 const TAKEN_OVER: &str = "this connection's keeper took it over while this node was cut off";
@@ -325,46 +329,49 @@ impl Keeping {
     }
 
     /// Incarnation `peer` left this node's view: the connections it kept for this node go to another keeper, and
-    /// those it ran that this node kept are taken over here.
+    /// those it ran that this node kept are taken over here, once the view settled ([`TAKE_OVER_SETTLE`]) and only
+    /// while this node sees most of the cluster and was not stalled (else when it does again:
+    /// [`Keeping::peer_joined`]).
     pub(crate) fn peer_left(&self, node: &Node, peer: &NodeId) {
-        if node.router().stalled_lately() {
-            // This node was stopped or starved: it declared its peers dead because it did not hear them, and they
-            // may well run its connections by now (its keepers took them over), or their own. Nothing is taken over
-            // and no copy moves; its own connections' records wait (none may be written that a keeper lacks) until
-            // it learns it was declared dead and drops them (`ConnectionHandle::close_cut_off`).
-            tracing::info!(parent: node.span(), %peer, "a peer left this node's view after it stalled: no take-over");
-            return;
-        }
-        let sinks: Vec<Arc<KeepSink>> = self.sinks.lock().values().filter_map(Weak::upgrade).collect();
-        for sink in sinks {
-            sink.keeper_left(peer);
-        }
-        if node.router().sees_minority() {
-            // Most of the cluster left this node's view at once: this node is more likely cut off (an inbound-only
-            // partition) than they dead, and the server it would take from likely runs its connections still. The
-            // take-over waits until this node sees most of the cluster again (`Keeping::peer_joined`).
-            tracing::info!(parent: node.span(), %peer, "a peer left a view that holds a minority of the cluster: no take-over yet");
-            return;
-        }
-        self.take_over(node, |server| server == peer);
+        let (node, peer) = (node.clone(), peer.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(TAKE_OVER_SETTLE).await;
+            let router = node.router();
+            if !router.has_left(&peer) {
+                // Back (the same incarnation): it was alive all along, its connections and copies too.
+                return;
+            }
+            if router.stalled_lately() || router.sees_minority() {
+                // This node was stopped or starved, or most of the cluster left its view (it is cut off, by an
+                // inbound-only partition say): it declared its peers dead because it did not hear them, and they
+                // may well run their connections still, or its own by now. Nothing is taken over and no copy moves
+                // (its own connections' records wait: none may be written that a keeper lacks) until it sees most
+                // of the cluster again, or learns it was declared dead and drops its connections
+                // (`ConnectionHandle::close_cut_off`).
+                tracing::info!(parent: node.span(), %peer, "a peer left this node's view after it stalled, or with most of the cluster: no take-over yet");
+                return;
+            }
+            node.keeping().peer_gone(&node, |gone| gone == &peer);
+        });
     }
 
-    /// A peer joined this node's view: the take-overs put off while this node saw a minority of the cluster happen
-    /// now if it sees most of it, for the copies whose server is still out of its view.
+    /// Its keepers that left go to others, and the connections of servers that left are taken over here.
+    fn peer_gone(&self, node: &Node, left: impl Fn(&NodeId) -> bool) {
+        let sinks: Vec<Arc<KeepSink>> = self.sinks.lock().values().filter_map(Weak::upgrade).collect();
+        for sink in sinks {
+            sink.keeper_left_if(&left);
+        }
+        self.take_over(node, left);
+    }
+
+    /// A peer joined this node's view: what was put off while this node saw a minority of the cluster, or had
+    /// stalled, happens now if it sees most of it, for the servers and keepers still out of its view.
     pub(crate) fn peer_joined(&self, node: &Node) {
-        if node.router().stalled_lately() || node.router().sees_minority() {
+        let router = node.router();
+        if router.stalled_lately() || router.sees_minority() {
             return;
         }
-        let router = node.router();
-        let waiting = self
-            .kept
-            .lock()
-            .copies
-            .values()
-            .any(|(server, _)| router.has_left(server));
-        if waiting {
-            self.take_over(node, |server| router.has_left(server));
-        }
+        self.peer_gone(node, |peer| router.has_left(peer));
     }
 
     /// Takes over here the kept connections whose server `left` says left.

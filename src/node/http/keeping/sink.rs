@@ -133,13 +133,14 @@ impl KeepSink {
         }
     }
 
-    pub(super) fn keeper_left(&self, peer: &NodeId) {
+    /// Its keeper left (`left` says which peers did): the whole copy goes to another.
+    pub(super) fn keeper_left_if(&self, left: &dyn Fn(&NodeId) -> bool) {
         let Some(node) = self.node() else {
             return;
         };
         let mut state = self.state.lock();
-        if !state.ended && state.keeper.as_ref() == Some(peer) {
-            self.open(&node, &mut state, Some(peer));
+        if let Some(keeper) = state.keeper.clone().filter(|keeper| !state.ended && left(keeper)) {
+            self.open(&node, &mut state, Some(&keeper));
         }
     }
 }
