@@ -52,7 +52,7 @@ struct Settings {
     rolling_every: usize,
     /// Stateful-reconnect receivers per node (`CHAOS_STATEFUL`, none unless set): they are required to lose
     /// nothing across a kill or a rolling restart of their node. Off by default while the defects they found are
-    /// open (`chaos/README.md`, defects 13 and 14).
+    /// open (`chaos/README.md`, defects 15 and 16).
     stateful_per_node: usize,
 }
 

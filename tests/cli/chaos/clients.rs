@@ -86,6 +86,9 @@ pub struct Connection {
     pub stateful: bool,
     /// When its socket came back, and through which node (stateful connections only).
     pub resumes: Vec<(Duration, usize)>,
+    /// Its socket dropped and it is trying to come back (stateful connections only): the cluster may or may not
+    /// hold it meanwhile.
+    pub resuming: bool,
 }
 
 #[derive(Debug, Default)]
@@ -202,6 +205,7 @@ pub async fn run_client(load: Arc<Load>, node: usize, slot: usize, groups: Vec<S
             close_reason: None,
             stateful: false,
             resumes: Vec::new(),
+            resuming: false,
         };
         let index = load.with(|record| {
             record.connections.push(connection.clone());
@@ -334,6 +338,7 @@ pub async fn run_stateful_client(load: Arc<Load>, node: usize, slot: usize, grou
             close_reason: None,
             stateful: true,
             resumes: Vec::new(),
+            resuming: false,
         };
         let index = load.with(|record| {
             record.connections.push(connection.clone());
@@ -343,7 +348,7 @@ pub async fn run_stateful_client(load: Arc<Load>, node: usize, slot: usize, grou
         let closed = load.now();
         load.with(|record| {
             if let Some(connection) = record.connections.get_mut(index) {
-                connection.closed = Some(closed);
+                connection.closed.get_or_insert(closed);
                 connection.close_reason = Some(reason);
             }
         });
@@ -470,17 +475,33 @@ async fn stateful_session(
             Err(error) => {
                 // The socket dropped: back through the nodes in turn, the same connection.
                 let dropped = format!("{error}");
+                let dropped_at = load.now();
+                load.with(|record| {
+                    if let Some(connection) = record.connections.get_mut(index) {
+                        connection.resuming = true;
+                    }
+                });
                 match resume(load, client, connection.node, token, client_next).await {
                     Some(through) => {
                         let at = load.now();
                         load.with(|record| {
                             if let Some(connection) = record.connections.get_mut(index) {
                                 connection.resumes.push((at, through));
+                                connection.resuming = false;
                             }
                         });
                         acked = 0;
                     }
-                    None => return format!("no resume within {RESUME_FOR:?} after: {dropped}"),
+                    None => {
+                        // It ended when its socket dropped: nothing reached it after, and its client knows (the
+                        // official client's stateful reconnect fails at once on a refusal, this one keeps trying).
+                        load.with(|record| {
+                            if let Some(connection) = record.connections.get_mut(index) {
+                                connection.closed = Some(dropped_at);
+                            }
+                        });
+                        return format!("no resume within {RESUME_FOR:?} after: {dropped}");
+                    }
                 }
             }
         }

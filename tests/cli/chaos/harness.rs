@@ -250,7 +250,8 @@ impl Harness {
                         .filter(|connection| connection.groups.contains(group));
                     let (mut low, mut high) = (0u64, 0u64);
                     for connection in members {
-                        if connection.joined.is_some_and(|joined| joined <= before) && connection.closed.is_none() {
+                        let held = connection.closed.is_none() && !connection.resuming;
+                        if connection.joined.is_some_and(|joined| joined <= before) && held {
                             low += 1;
                         }
                         if connection.opened <= polled && connection.closed.is_none_or(|closed| closed >= before) {

@@ -385,6 +385,7 @@ mod stateful_tests {
             close_reason: None,
             stateful,
             resumes,
+            resuming: false,
         }
     }
 

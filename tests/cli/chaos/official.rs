@@ -97,6 +97,7 @@ pub async fn run_official(load: Arc<Load>, slots: Vec<OfficialSlot>) -> anyhow::
                     close_reason: None,
                     stateful: false,
                     resumes: Vec::new(),
+                    resuming: false,
                 };
                 load.with(|record| record.connections.push(connection));
             }
