@@ -49,6 +49,17 @@ pub(super) struct HeldSend {
     pub(super) stamp: Stamp,
 }
 
+impl HeldSend {
+    /// The bytes its frame holds, as encoded for the protocols it was encoded for (a send that crossed a link is
+    /// encoded for both already, so this encodes nothing).
+    pub(super) fn frame_bytes(&self) -> usize {
+        [Protocol::Json, Protocol::MessagePack]
+            .into_iter()
+            .filter_map(|protocol| self.frame.bytes(protocol).map(Bytes::len))
+            .sum()
+    }
+}
+
 /// The group sends handed to remote owners in the last [`RETAIN`], oldest first, within [`HELD_SENDS_CAP`] and
 /// [`RETAINED_BYTES_CAP`].
 #[derive(Default)]
@@ -162,11 +173,7 @@ impl<H: LocalHub> Router<H> {
     }
 
     fn retain(&self, owner: NodeId, send: HeldSend) {
-        // Encoded for both protocols already (the wire frame), so this encodes nothing.
-        let bytes = [Protocol::Json, Protocol::MessagePack]
-            .into_iter()
-            .filter_map(|protocol| send.frame.bytes(protocol).map(Bytes::len))
-            .sum();
+        let bytes = send.frame_bytes();
         let now = tokio::time::Instant::now();
         let mut evicted = 0;
         {

@@ -17,13 +17,11 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::group::GroupKey;
 use super::group_send::HeldSend;
 use crate::cluster::NodeId;
-use crate::protocol::Protocol;
 
 /// How long an owner keeps sends for a node it declared dead: as long as links keep a departed peer's stream
 /// for its return (`src/cluster/link/ractor/sender.rs`, `STREAM_GRACE`). Past it, a node that comes back is
@@ -85,7 +83,7 @@ impl MissedSends {
     /// An owner accepted `send`: kept for each node declared dead that had members in its group. Returns how
     /// many nodes' copies were not kept (over the bounds).
     pub(super) fn record(&mut self, send: &HeldSend) -> u64 {
-        let bytes = frame_bytes(send);
+        let bytes = send.frame_bytes();
         let mut refused = 0;
         for missed in self.by_node.values_mut() {
             if !missed.groups.contains(&send.key) {
@@ -137,17 +135,11 @@ impl MissedSends {
     }
 }
 
-/// The bytes a kept send holds: its frame, as encoded for the protocols it was encoded for.
-fn frame_bytes(send: &HeldSend) -> usize {
-    [Protocol::Json, Protocol::MessagePack]
-        .into_iter()
-        .filter_map(|protocol| send.frame.bytes(protocol).map(Bytes::len))
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use bytes::Bytes;
 
     use super::*;
     use crate::connection::SharedFrame;

@@ -177,23 +177,21 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         ));
     }
     // What the stateful receivers went through: the invariant for them needs it read with their violations.
-    {
-        for connection in record.connections.iter().filter(|connection| connection.stateful) {
-            let resumes: Vec<String> = connection
-                .resumes
-                .iter()
-                .map(|(at, node)| format!("{:.3} s via node-{}", at.as_secs_f64(), node + 1))
-                .collect();
-            println!(
-                "stateful {} ({}): opened {:.3} s, resumed [{}], closed {:?}: {}",
-                connection.label,
-                connection.id,
-                connection.opened.as_secs_f64(),
-                resumes.join(", "),
-                connection.closed.map(|at| format!("{:.3} s", at.as_secs_f64())),
-                connection.close_reason.as_deref().unwrap_or("open at the end")
-            );
-        }
+    for connection in record.connections.iter().filter(|connection| connection.stateful) {
+        let resumes: Vec<String> = connection
+            .resumes
+            .iter()
+            .map(|(at, node)| format!("{:.3} s via node-{}", at.as_secs_f64(), node + 1))
+            .collect();
+        println!(
+            "stateful {} ({}): opened {:.3} s, resumed [{}], closed {:?}: {}",
+            connection.label,
+            connection.id,
+            connection.opened.as_secs_f64(),
+            resumes.join(", "),
+            connection.closed.map(|at| format!("{:.3} s", at.as_secs_f64())),
+            connection.close_reason.as_deref().unwrap_or("open at the end")
+        );
     }
     let mut violations: Vec<Violation> = harness.violations.clone();
     violations.extend(verdict.violations);

@@ -29,7 +29,7 @@ pub(crate) use wire::{flusher, OUTBOX_CAP};
 use wire::{Batch, Copy, Frame, Outbox};
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -76,6 +76,9 @@ pub(crate) struct Keeping {
     adopted: AtomicU64,
     /// Opens refused, copies dropped as too large, and copies whose take-over failed.
     refused: AtomicU64,
+    /// A peer left while this node saw a minority of the cluster or had stalled: what it put off waits for a join
+    /// (`Keeping::peer_joined`), which otherwise has nothing to look at.
+    put_off: AtomicBool,
 }
 
 #[derive(Default)]
@@ -341,15 +344,20 @@ impl Keeping {
                 // Back (the same incarnation): it was alive all along, its connections and copies too.
                 return;
             }
-            if router.stalled_lately() || router.sees_minority() {
+            let put_off = || router.stalled_lately() || router.sees_minority();
+            if put_off() {
                 // This node was stopped or starved, or most of the cluster left its view (it is cut off, by an
                 // inbound-only partition say): it declared its peers dead because it did not hear them, and they
                 // may well run their connections still, or its own by now. Nothing is taken over and no copy moves
                 // (its own connections' records wait: none may be written that a keeper lacks) until it sees most
                 // of the cluster again, or learns it was declared dead and drops its connections
                 // (`ConnectionHandle::close_cut_off`).
-                tracing::info!(parent: node.span(), %peer, "a peer left this node's view after it stalled, or with most of the cluster: no take-over yet");
-                return;
+                node.keeping().put_off.store(true, Ordering::SeqCst);
+                // Checked again after the mark: a join in between found nothing put off.
+                if put_off() {
+                    tracing::info!(parent: node.span(), %peer, "a peer left this node's view after it stalled, or with most of the cluster: no take-over yet");
+                    return;
+                }
             }
             node.keeping().peer_gone(&node, |gone| gone == &peer);
         });
@@ -368,9 +376,10 @@ impl Keeping {
     /// stalled, happens now if it sees most of it, for the servers and keepers still out of its view.
     pub(crate) fn peer_joined(&self, node: &Node) {
         let router = node.router();
-        if router.stalled_lately() || router.sees_minority() {
+        if !self.put_off.load(Ordering::SeqCst) || router.stalled_lately() || router.sees_minority() {
             return;
         }
+        self.put_off.store(false, Ordering::SeqCst);
         self.peer_gone(node, |peer| router.has_left(peer));
     }
 

@@ -287,14 +287,7 @@ async fn session(load: &Load, client: &mut TestClient, name: &str, connection: &
         match client.event_within(wait).await {
             Ok(None) => {}
             Ok(Some(Event::Record(record))) => match record.kind() {
-                1 if record.value["target"] == "msg" => {
-                    let text = record.value["arguments"][0].as_str().unwrap_or_default().to_owned();
-                    let at = load.now();
-                    load.with(|log| match Message::parse(&text) {
-                        Some(message) => log.received.push((label.to_owned(), message, at)),
-                        None => log.garbled.push((label.to_owned(), text)),
-                    });
-                }
+                1 if record.value["target"] == "msg" => log_receipt(load, label, &record.value),
                 7 => return format!("Close message: {}", record.value),
                 _ => {}
             },
@@ -386,12 +379,7 @@ async fn open_stateful(load: &Load, node: usize, bearer: &str) -> Option<(Statef
 fn stateful_message(load: &Load, label: &str, message: &Value) -> Option<String> {
     match message["type"].as_u64() {
         Some(1) if message["target"] == "msg" => {
-            let text = message["arguments"][0].as_str().unwrap_or_default().to_owned();
-            let at = load.now();
-            load.with(|log| match Message::parse(&text) {
-                Some(message) => log.received.push((label.to_owned(), message, at)),
-                None => log.garbled.push((label.to_owned(), text)),
-            });
+            log_receipt(load, label, message);
             None
         }
         Some(7) => Some(format!("Close message: {message}")),
@@ -524,6 +512,16 @@ async fn resume(load: &Load, client: &mut StatefulClient, node: usize, token: &s
         }
     }
     None
+}
+
+/// Logs the harness message `invocation` (a `msg` Invocation) carries as received by `label` now.
+fn log_receipt(load: &Load, label: &str, invocation: &Value) {
+    let text = invocation["arguments"][0].as_str().unwrap_or_default().to_owned();
+    let at = load.now();
+    load.with(|log| match Message::parse(&text) {
+        Some(message) => log.received.push((label.to_owned(), message, at)),
+        None => log.garbled.push((label.to_owned(), text)),
+    });
 }
 
 /// Node `node`'s REST sender: to a user and to a connection by id in turn, picked at random among `slots`.

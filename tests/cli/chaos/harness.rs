@@ -123,30 +123,34 @@ impl Harness {
             .converged(Duration::from_secs(30))
             .await
             .map_err(|views| anyhow::anyhow!("the five nodes did not form a cluster in 30 s: {views}"))?;
-        harness.start_load(seed, stateful_per_node);
+        harness.start_load(seed);
         Ok(harness)
     }
 
-    fn start_load(&mut self, seed: u64, stateful_per_node: usize) {
+    fn start_load(&mut self, seed: u64) {
         use rand::seq::SliceRandom;
         use rand::SeedableRng;
         let mut random = rand::rngs::StdRng::seed_from_u64(lock_seed(seed, 1));
+        // Each client's groups, in turn from the one seeded generator, so a seed gives every client the same ones.
+        let all = self.groups.clone();
+        let pick = |random: &mut rand::rngs::StdRng| {
+            let mut groups = all.clone();
+            groups.shuffle(random);
+            groups.truncate(GROUPS_PER_CLIENT);
+            groups
+        };
         let mut slots = Vec::new();
         for node in 0..NODES {
             for slot in 0..CLIENTS_PER_NODE {
-                let mut groups = self.groups.clone();
-                groups.shuffle(&mut random);
-                groups.truncate(GROUPS_PER_CLIENT);
+                let groups = pick(&mut random);
                 self.tasks
                     .push(tokio::spawn(run_client(self.load.clone(), node, slot, groups)));
                 slots.push(format!("n{node}c{slot}"));
             }
         }
         for node in 0..NODES {
-            for slot in 0..stateful_per_node {
-                let mut groups = self.groups.clone();
-                groups.shuffle(&mut random);
-                groups.truncate(GROUPS_PER_CLIENT);
+            for slot in 0..self.stateful_per_node {
+                let groups = pick(&mut random);
                 self.tasks
                     .push(tokio::spawn(run_stateful_client(self.load.clone(), node, slot, groups)));
                 slots.push(format!("n{node}s{slot}"));
@@ -155,9 +159,7 @@ impl Harness {
         let mut official = Vec::new();
         for node in 0..NODES {
             for slot in 0..OFFICIAL_PER_NODE {
-                let mut groups = self.groups.clone();
-                groups.shuffle(&mut random);
-                groups.truncate(GROUPS_PER_CLIENT);
+                let groups = pick(&mut random);
                 let name = format!("n{node}o{slot}");
                 slots.push(name.clone());
                 official.push(OfficialSlot { name, node, groups });
