@@ -95,10 +95,15 @@ pub(crate) struct RelayFigures {
 impl<H: LocalHub> Router<H> {
     /// This node's [`RelayFigures`], for its metrics.
     pub(crate) fn relay_figures(&self) -> RelayFigures {
+        // One lock at a time: a guard taken in a field of the struct below would live until its end, holding
+        // `adopted_out` while taking `hints`, the reverse of a send by id's order (`hints`, then `adopted_out` in
+        // `Router::for_keeper`), and the two deadlocked.
+        let adopted_out = self.adopted_out.lock().len();
+        let hints = self.hints.lock().len();
         RelayFigures {
-            adopted_out: self.adopted_out.lock().len(),
+            adopted_out,
             adoptions_refused: self.adoptions_refused.load(Ordering::Relaxed),
-            hints: self.hints.lock().len(),
+            hints,
             passed_on: self.passed_on.load(Ordering::Relaxed),
             offered: self.offered.load(Ordering::Relaxed),
             fences_given_up: self.fence_gave_up.load(Ordering::Relaxed),
