@@ -77,8 +77,11 @@ mod offers;
 mod ops_queue;
 mod owner;
 mod rehome;
+mod sends_got;
 #[cfg(test)]
 mod missed_tests;
+#[cfg(test)]
+mod move_order_tests;
 #[cfg(test)]
 mod settling_tests;
 #[cfg(test)]
@@ -115,6 +118,7 @@ pub(crate) use relay::RelayHost;
 #[cfg(feature = "internals")]
 pub use relay::MAX_ADOPTED_OUT;
 pub(crate) use router::{node_of, Router};
+pub(crate) use sends_got::SendsGot;
 // The incarnations peers are named by, for the layers above that move connections between them.
 pub(crate) use crate::cluster::NodeId;
 

@@ -9,6 +9,10 @@
 //! there first. A stamp names the origin's previous send to the same group ([`Stamp::prev`]), so a member node
 //! sees the gap and waits for the missing send instead of dropping it as a repeat when it comes.
 //!
+//! An owner's marker moving a member in or out of the group here (`mesh/moves.rs`) comes through the same link, in
+//! the group's order: when sends are held here it waits behind them ([`Arrivals::after_held`]), so a connection
+//! that moves gets each send at exactly one of its two nodes even when one of them waits at a gap.
+//!
 //! Plain data: the router locks it and delivers what it hands back (`mesh/delivery.rs`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -42,13 +46,24 @@ struct Record {
     last: u64,
 }
 
-/// A send held at this node, behind a gap.
-struct Waiting<T> {
-    since: Instant,
+/// Where a held send stands among its origin's sends.
+struct Place {
     origin: Arc<str>,
     generation: u64,
     prev: u64,
     seq: u64,
+}
+
+impl Place {
+    fn is(&self, origin: &str, generation: u64, seq: u64) -> bool {
+        *self.origin == *origin && self.generation == generation && self.seq == seq
+    }
+}
+
+/// A send held at this node, behind a gap, or a member's move that keeps its place behind held sends (no place).
+struct Waiting<T> {
+    since: Instant,
+    place: Option<Place>,
     item: T,
 }
 
@@ -73,23 +88,40 @@ impl<T> Group<T> {
     /// Whether `waiting` can go now: its predecessor was delivered here (or this node waits for none: a first
     /// record, or no previous send named).
     fn ready(&self, waiting: &Waiting<T>) -> bool {
-        self.origins.get(&waiting.origin).is_none_or(|record| {
-            record.generation != waiting.generation || record.last == 0 || waiting.prev <= record.last
+        let Some(place) = &waiting.place else {
+            return true;
+        };
+        self.origins.get(&place.origin).is_none_or(|record| {
+            record.generation != place.generation || record.last == 0 || place.prev <= record.last
         })
     }
 
     /// Delivers `waiting` unless it is stale or a repeat by now; records it.
     fn take(&mut self, waiting: Waiting<T>, deliver: &mut Vec<T>) {
-        if let Some(record) = self.origins.get_mut(&waiting.origin) {
-            if waiting.generation < record.generation
-                || (waiting.generation == record.generation && waiting.seq <= record.last)
-            {
-                return;
+        if let Some(place) = &waiting.place {
+            if let Some(record) = self.origins.get_mut(&place.origin) {
+                if place.generation < record.generation
+                    || (place.generation == record.generation && place.seq <= record.last)
+                {
+                    return;
+                }
+                record.generation = place.generation;
+                record.last = place.seq;
             }
-            record.generation = waiting.generation;
-            record.last = waiting.seq;
         }
         deliver.push(waiting.item);
+    }
+
+    /// Whether send `seq` of `origin` (that `generation`) was delivered here, or passed by (a later incarnation's).
+    fn delivered(&self, origin: &str, generation: u64, seq: u64) -> bool {
+        self.origins.get(origin).is_some_and(|record| {
+            record.generation > generation || (record.generation == generation && record.last >= seq)
+        })
+    }
+
+    /// Whether a member's move waits here: the group's records must stay until it is applied.
+    fn holds_a_move(&self) -> bool {
+        self.held.iter().any(|waiting| waiting.place.is_none())
     }
 
     /// Delivers held sends from the front as long as they are ready, and the front anyway once it waited `GAP_WAIT`
@@ -188,17 +220,22 @@ impl<T> Arrivals<T> {
             }
         }
         let repeat = |waiting: &Waiting<T>| {
-            waiting.origin == origin.name && waiting.generation == origin.generation && waiting.seq == stamp.seq
+            waiting
+                .place
+                .as_ref()
+                .is_some_and(|place| place.is(&origin.name, origin.generation, stamp.seq))
         };
         if group.held.iter().any(repeat) {
             return arrived;
         }
         let waiting = Waiting {
             since: now,
-            origin: origin.name.clone(),
-            generation: origin.generation,
-            prev: stamp.prev,
-            seq: stamp.seq,
+            place: Some(Place {
+                origin: origin.name.clone(),
+                generation: origin.generation,
+                prev: stamp.prev,
+                seq: stamp.seq,
+            }),
             item,
         };
         if group.held.is_empty() && group.ready(&waiting) {
@@ -218,7 +255,11 @@ impl<T> Arrivals<T> {
         let at = group
             .held
             .iter()
-            .position(|held| held.origin == waiting.origin && held.generation == waiting.generation && held.seq > waiting.seq)
+            .position(|held| {
+                held.place
+                    .as_ref()
+                    .is_some_and(|held| held.origin == origin.name && held.generation == origin.generation && held.seq > stamp.seq)
+            })
             .unwrap_or(group.held.len());
         group.held.insert(at, waiting);
         self.waiting += 1;
@@ -263,6 +304,109 @@ impl<T> Arrivals<T> {
         gaps
     }
 
+    /// An owner's marker moving a member in or out of `key` here (`item`) arrived: it comes after every send this
+    /// node holds for the group, so it waits behind them and is handed back when they go (by [`Arrivals::arrive`]
+    /// or [`Arrivals::expire`]). What to apply now, in this order: the marker alone when nothing is held; when
+    /// [`WAITING_CAP`] sends wait already, what is held (counted as unordered where it skips a gap) and the marker.
+    pub(super) fn after_held(&mut self, key: &GroupKey, item: T, now: Instant) -> Arrived<T> {
+        let mut arrived = Arrived {
+            deliver: Vec::new(),
+            untracked: false,
+            unordered: 0,
+        };
+        let Some(group) = self.groups.get_mut(key).filter(|group| !group.held.is_empty()) else {
+            arrived.deliver.push(item);
+            return arrived;
+        };
+        if self.waiting >= WAITING_CAP {
+            let (released, gaps) = group.release(Some(now), &mut arrived.deliver);
+            self.waiting -= released;
+            arrived.unordered = gaps;
+            arrived.deliver.push(item);
+            self.blocked.remove(key);
+            return arrived;
+        }
+        group.held.push_back(Waiting {
+            since: now,
+            place: None,
+            item,
+        });
+        self.waiting += 1;
+        arrived
+    }
+
+    /// Each origin's last send to `key` delivered here: (origin, generation, sequence number).
+    pub(super) fn records(&self, key: &GroupKey) -> Vec<(Arc<str>, u64, u64)> {
+        self.groups.get(key).map_or_else(Vec::new, |group| {
+            group
+                .origins
+                .iter()
+                .filter(|(_, record)| record.last > 0)
+                .map(|(origin, record)| (origin.clone(), record.generation, record.last))
+                .collect()
+        })
+    }
+
+    /// Takes a record of `origin`'s sends to `key` delivered elsewhere to a member that moved here, when this node
+    /// has none of that incarnation (or only of an earlier one) and the table has room.
+    pub(super) fn seed(&mut self, key: &GroupKey, origin: &str, generation: u64, last: u64) {
+        let full = self.pairs >= DELIVERED_CAP;
+        let group = self.groups.entry(key.clone()).or_default();
+        match group.origins.get_mut(origin) {
+            Some(record) if record.generation < generation => {
+                *record = Record { generation, last };
+            }
+            Some(_) => {}
+            None if full => {}
+            None => {
+                self.pairs += 1;
+                group.origins.insert(Arc::from(origin), Record { generation, last });
+            }
+        }
+        if group.origins.is_empty() && group.held.is_empty() {
+            self.groups.remove(key);
+        }
+    }
+
+    /// Whether send `seq` of `origin` (that `generation`) to `key` was delivered here, or passed by.
+    pub(super) fn delivered(&self, key: &GroupKey, origin: &str, generation: u64, seq: u64) -> bool {
+        self.groups
+            .get(key)
+            .is_some_and(|group| group.delivered(origin, generation, seq))
+    }
+
+    /// Calls `skip` on each send held for `key` that comes before the send `seq` of `origin` (that `generation`)
+    /// in the group's order: those up to it when it is held here; all of them when it has not arrived here yet
+    /// (what is held here arrived before it); none when it was delivered here (what is held came after it). For a
+    /// connection that got that send on another node and now becomes a member here. How many were skipped.
+    pub(super) fn before_send(
+        &mut self,
+        key: &GroupKey,
+        origin: &str,
+        generation: u64,
+        seq: u64,
+        mut skip: impl FnMut(&mut T),
+    ) -> usize {
+        let Some(group) = self.groups.get_mut(key) else {
+            return 0;
+        };
+        let held_at = group
+            .held
+            .iter()
+            .position(|waiting| waiting.place.as_ref().is_some_and(|place| place.is(origin, generation, seq)));
+        let upto = match held_at {
+            Some(at) => at + 1,
+            None if group.delivered(origin, generation, seq) => return 0,
+            None => group.held.len(),
+        };
+        let mut skipped = 0;
+        for waiting in group.held.iter_mut().take(upto).filter(|waiting| waiting.place.is_some()) {
+            skip(&mut waiting.item);
+            skipped += 1;
+        }
+        skipped
+    }
+
     /// Whether this node delivered sends of `origin` (that incarnation) to `key` and keeps their record: its
     /// members still follow that origin's sends to the group.
     pub(super) fn follows(&self, key: &GroupKey, origin: &NodeId) -> bool {
@@ -273,8 +417,12 @@ impl<T> Arrivals<T> {
     }
 
     /// The group has no member here any more: its records go, and so do the sends held (nobody here to get them).
-    /// A member that joins later starts with no record, so it waits for no send it could not have got.
+    /// A member that joins later starts with no record, so it waits for no send it could not have got. Kept while a
+    /// member's move waits behind held sends: that member is about to be here.
     pub(super) fn forget_group(&mut self, key: &GroupKey) {
+        if self.groups.get(key).is_some_and(Group::holds_a_move) {
+            return;
+        }
         if let Some(group) = self.groups.remove(key) {
             self.pairs -= group.origins.len();
             self.waiting -= group.held.len();

@@ -60,6 +60,9 @@ pub struct MeshBoundsHit {
     /// [`super::missed::MISSED_CAP`] or [`super::missed::MISSED_BYTES_CAP`] (that node's members miss them if it
     /// comes back).
     pub missed_refused: AtomicU64,
+    /// Connections that moved without what they got of their groups' sends, past
+    /// [`super::sends_got::LEFT_NOTES_CAP`] (a send re-sent after its owner left could reach one twice).
+    pub left_notes_refused: AtomicU64,
 }
 
 impl MeshBoundsHit {

@@ -9,7 +9,8 @@ use super::envelope::{Envelope, WireFrame};
 use super::group::{GroupKey, Stamp};
 use super::group_actor::{Delivery, Fanout};
 use super::kept::mark_of;
-use super::router::Delivered;
+use super::arrivals::Arrived;
+use super::router::InOrder;
 use super::{LocalHub, Router};
 use crate::cluster::{LinkError, NodeId};
 use crate::connection::{ConnectionId, SharedFrame};
@@ -55,7 +56,7 @@ impl<H: LocalHub> Fanout for RouterFanout<H> {
             return Delivery::Gone;
         };
         if router.is_local(&node.name) {
-            router.on_member_moved(key, id, arriving);
+            router.apply_move_in_order(key, id, arriving);
             return Delivery::Sent;
         }
         let envelope = Envelope::MemberMoved {
@@ -126,13 +127,33 @@ impl<H: LocalHub> Router<H> {
         let arrived = delivered.arrive(
             key,
             stamp,
-            (frame, Arc::clone(except), stamp.clone()),
+            InOrder::Send((frame, Arc::clone(except), stamp.clone())),
             tokio::time::Instant::now(),
         );
         if arrived.deliver.is_empty() {
             tracing::trace!(parent: &self.span, ?key, origin = %stamp.origin, seq = stamp.seq, "a group send arrived again, or waits for an earlier one");
             return;
         }
+        self.apply_arrived(&mut delivered, key, arrived);
+    }
+
+    /// An owner's marker moving `connection` in or out of group `key` here: applied after the sends held here,
+    /// which come before it in the group's order (`mesh/arrivals.rs`), under the records' lock.
+    pub(super) fn apply_move_in_order(&self, key: &GroupKey, connection: &ConnectionId, arriving: bool) {
+        let mut delivered = self.delivered.lock();
+        let moved = InOrder::Moved {
+            connection: connection.clone(),
+            arriving,
+        };
+        let arrived = delivered.after_held(key, moved, tokio::time::Instant::now());
+        if arrived.deliver.is_empty() {
+            tracing::debug!(parent: &self.span, ?key, %connection, arriving, "a member's move waits behind held group sends");
+        }
+        self.apply_arrived(&mut delivered, key, arrived);
+    }
+
+    /// Applies, in order, what the records handed back for group `key`, counting what their bounds did.
+    fn apply_arrived(&self, delivered: &mut Arrivals<InOrder>, key: &GroupKey, arrived: Arrived<InOrder>) {
         let hit = &self.bounds_hit;
         if arrived.untracked {
             let what = "the table of delivered group sends is full: delivered one without a record";
@@ -142,8 +163,8 @@ impl<H: LocalHub> Router<H> {
             let what = "too many group sends wait for an earlier one: delivered some without it";
             hit.hit(&hit.waiting_refused, arrived.unordered, &self.span, what);
         }
-        for (frame, except, stamp) in arrived.deliver {
-            self.deliver_to_members(&mut delivered, key, &frame, &except, &stamp);
+        for item in arrived.deliver {
+            self.apply_in_order(delivered, key, item);
         }
     }
 
@@ -158,14 +179,26 @@ impl<H: LocalHub> Router<H> {
             let what = "an earlier group send never arrived: delivered those that waited for it";
             hit.hit(&hit.gaps_given_up, gaps, &self.span, what);
         }
-        for (key, (frame, except, stamp)) in deliver {
-            self.deliver_to_members(&mut delivered, &key, &frame, &except, &stamp);
+        for (key, item) in deliver {
+            self.apply_in_order(&mut delivered, &key, item);
+        }
+    }
+
+    /// A send to this node's members, or a member's move here, in the group's order.
+    fn apply_in_order(&self, delivered: &mut Arrivals<InOrder>, key: &GroupKey, item: InOrder) {
+        match item {
+            InOrder::Send((frame, except, stamp)) => self.deliver_to_members(delivered, key, &frame, &except, &stamp),
+            InOrder::Moved { connection, arriving } => {
+                if self.on_member_moved(key, &connection, arriving) {
+                    self.note_left(delivered, key, &connection);
+                }
+            }
         }
     }
 
     fn deliver_to_members(
         &self,
-        delivered: &mut Arrivals<Delivered>,
+        delivered: &mut Arrivals<InOrder>,
         key: &GroupKey,
         frame: &Arc<SharedFrame>,
         except: &Arc<[ConnectionId]>,

@@ -134,7 +134,7 @@ impl<H: LocalHub> Router<H> {
                 key,
                 connection,
                 arriving,
-            } => self.on_member_moved(&key, &connection, arriving),
+            } => self.apply_move_in_order(&key, &connection, arriving),
             Envelope::SnapshotRequest => self.send_snapshot_to(from),
             Envelope::Request { id, request } => {
                 let router = self.clone();

@@ -179,6 +179,7 @@ pub(super) async fn run_membership_queue<H: LocalHub>(
                 // On the tick only: it visits every group with waiting sends, which must not cost every op.
                 router.expire_orphans(&mut state);
                 router.expire_missed(&mut state);
+                router.expire_left_notes();
                 router.groups.sweep();
                 router.kept.lock().sweep(tokio::time::Instant::now());
             }

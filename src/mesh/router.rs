@@ -63,7 +63,7 @@ pub(crate) struct Router<H> {
     pub(super) born: tokio::time::Instant,
     /// Per group and origin node name, what of the origin's sends arrived here (`mesh/arrivals.rs`). Keyed by
     /// name so that a restart replaces the entry rather than adding one.
-    pub(super) delivered: Mutex<Arrivals<Delivered>>,
+    pub(super) delivered: Mutex<Arrivals<InOrder>>,
     /// The groups followed for connections this node keeps for others, with their histories (`super::kept`).
     /// Locked under `delivered`, never the other way.
     pub(super) kept: Mutex<KeptGroups>,
@@ -112,6 +112,8 @@ pub(crate) struct Router<H> {
     pub(super) kept_direct_count: AtomicUsize,
     /// Connections of this node whose server left lately.
     pub(super) orphans: Mutex<Orphans>,
+    /// What connections that left groups here for another node had got of them (`super::sends_got`).
+    pub(super) left_notes: Mutex<super::sends_got::LeftNotes>,
     /// Incarnations this node had declared dead that are live again, to be told so once a link to them is up
     /// (`super::rehome`); at most one per name of the cluster.
     pub(super) rejoined: Mutex<HashSet<NodeId>>,
@@ -124,6 +126,13 @@ pub(crate) struct Router<H> {
 /// A group send waiting at a member node for an earlier one (`mesh/arrivals.rs`): its frame and who not to
 /// deliver it to.
 pub(super) type Delivered = (Arc<SharedFrame>, Arc<[ConnectionId]>, Stamp);
+
+/// What a member node's records keep in a group's order (`mesh/arrivals.rs`): a send, or an owner's marker moving
+/// a member of this node in or out of the group (`mesh/moves.rs`).
+pub(super) enum InOrder {
+    Send(Delivered),
+    Moved { connection: ConnectionId, arriving: bool },
+}
 
 /// The node part of a connection id (`<random>.<node>`), if any.
 pub(crate) fn node_of(id: &ConnectionId) -> Option<&str> {
@@ -169,6 +178,7 @@ impl<H: LocalHub> Router<H> {
             kept_direct: Mutex::default(),
             kept_direct_count: AtomicUsize::new(0),
             orphans: Mutex::default(),
+            left_notes: Mutex::default(),
             rejoined: Mutex::new(HashSet::new()),
             cut_off: Mutex::new(CutOff::default()),
             bounds_hit: Arc::default(),

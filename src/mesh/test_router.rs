@@ -24,6 +24,8 @@ use crate::protocol::Protocol;
 pub(super) struct TestHub {
     members_everywhere: bool,
     pub(super) got: Mutex<Vec<(String, Bytes)>>,
+    /// Deliveries (`<group> <frame>`), joins (`+<group> <id>`) and leaves (`-<group> <id>`), in order.
+    pub(super) events: Mutex<Vec<String>>,
 }
 
 impl TestHub {
@@ -31,17 +33,26 @@ impl TestHub {
     pub(super) fn with_members() -> Self {
         TestHub {
             members_everywhere: true,
-            got: Mutex::default(),
+            ..TestHub::default()
         }
     }
 }
 
 impl LocalHub for TestHub {
     fn deliver_all(&self, _: &Arc<SharedFrame>, _: &[ConnectionId]) {}
-    fn deliver_to(&self, _: &[ConnectionId], _: &Arc<SharedFrame>) {}
-    fn deliver_group(&self, key: &GroupKey, frame: &Arc<SharedFrame>, _: &[ConnectionId]) -> bool {
+    fn deliver_to(&self, ids: &[ConnectionId], frame: &Arc<SharedFrame>) {
+        let bytes = frame.bytes(Protocol::Json).cloned().unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes).trim_end_matches('\x1e').to_string();
+        let ids: Vec<&str> = ids.iter().map(ConnectionId::as_str).collect();
+        self.events.lock().push(format!("to {} {text}", ids.join(",")));
+    }
+    fn deliver_group(&self, key: &GroupKey, frame: &Arc<SharedFrame>, except: &[ConnectionId]) -> bool {
         if self.members_everywhere {
             let bytes = frame.bytes(Protocol::Json).cloned().unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes).trim_end_matches('\x1e').to_string();
+            let except: Vec<&str> = except.iter().map(ConnectionId::as_str).collect();
+            let except = if except.is_empty() { String::new() } else { format!(" except {}", except.join(",")) };
+            self.events.lock().push(format!("{} {text}{except}", key.name));
             self.got.lock().push((key.name.to_string(), bytes));
         }
         self.members_everywhere
@@ -49,11 +60,13 @@ impl LocalHub for TestHub {
     fn has_local_members(&self, _: &GroupKey) -> bool {
         self.members_everywhere
     }
-    fn local_join(&self, _: &GroupKey, _: &ConnectionId) -> Result<(), MeshError> {
+    fn local_join(&self, key: &GroupKey, id: &ConnectionId) -> Result<(), MeshError> {
+        self.events.lock().push(format!("+{} {id}", key.name));
         Ok(())
     }
-    fn local_leave(&self, _: &GroupKey, _: &ConnectionId) -> bool {
-        false
+    fn local_leave(&self, key: &GroupKey, id: &ConnectionId) -> bool {
+        self.events.lock().push(format!("-{} {id}", key.name));
+        self.members_everywhere
     }
     fn local_memberships(&self) -> Vec<(GroupKey, Vec<ConnectionId>)> {
         Vec::new()

@@ -34,7 +34,7 @@ use crate::cluster::{NodeId, NodeStatus};
 use crate::connection::moving::{run_moved, MovedSetup, MovedState};
 use crate::connection::reconnect::{self, ResumeHandle};
 use crate::connection::{ConnectionHandle, ConnectionId, RequestInfo, Session};
-use crate::mesh::GroupKey;
+use crate::mesh::{GroupKey, SendsGot};
 use crate::transport::TransportKind;
 
 /// How long one connection's move may take before it is given up (steps 1 to 4; a running call counts).
@@ -66,6 +66,9 @@ pub(super) struct MovedConnection {
     headers: Vec<(String, String)>,
     /// The node that negotiated it.
     home: NodeId,
+    /// What it got of its groups' sends on the node it left (none from a keeper's take-over).
+    #[serde(default)]
+    sends_got: SendsGot,
 }
 
 impl MovedConnection {
@@ -78,6 +81,7 @@ impl MovedConnection {
             query: request.query,
             headers: request.headers.to_pairs(),
             home,
+            sends_got: SendsGot::default(),
         }
     }
 }
@@ -266,6 +270,8 @@ async fn move_one(
         query: session.query.clone(),
         headers: session.headers.to_pairs(),
         home: home.clone(),
+        // Noted when its groups' owners' markers took it out of them here (step 3).
+        sends_got: context.router().take_sends_got(id),
     };
     // 6. Install, then record where it runs.
     let installed =
@@ -339,7 +345,10 @@ pub(super) fn install(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, mov
         query,
         headers,
         home,
+        sends_got,
     } = moved;
+    // Before its task starts here: the sends it got where it was are repeats here if they come again.
+    endpoint.context.router().seed_arrivals(&sends_got);
     let request = RequestInfo {
         user,
         claims: claims.map(Arc::new),

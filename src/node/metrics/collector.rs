@@ -178,6 +178,7 @@ fn mesh_bounds(hit: &MeshBoundsHit) -> Vec<(&'static str, u64)> {
         ("direct_retained_evicted", &hit.direct_retained_evicted),
         ("kept_direct_dropped", &hit.kept_direct_dropped),
         ("missed_refused", &hit.missed_refused),
+        ("left_notes_refused", &hit.left_notes_refused),
     ]
     .into_iter()
     .map(|(bound, hits)| (bound, hits.load(Ordering::Relaxed)))
