@@ -91,7 +91,7 @@ pub use id::ConnectionId;
 pub use limits::{BoundsHit, Limits};
 #[cfg(feature = "internals")]
 pub use outbound::EncodeArguments;
-pub use outbound::{ClientResult, ClientResultError, CloseRequest, Invoke, Outbound, SendMark, SharedFrame};
+pub use outbound::{ClientResult, ClientResultError, CloseRequest, Invoke, KeptClose, Outbound, SendMark, SharedFrame};
 pub use session::{RequestHeaders, RequestInfo, Session};
 pub use task::{run, ConnectionSetup};
 pub use wake::{deliver_each, WakeBatch, WakeRelay, WakeRelays};

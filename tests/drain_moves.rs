@@ -136,8 +136,13 @@ async fn drain_moves(protocol: Protocol) -> TestResult {
                     Ok(Err(_)) | Err(_) => {
                         assert!(
                             mover.reconnects < 3,
-                            "client {index} reconnected {} times",
-                            mover.reconnects
+                            "client {index} ({protocol:?}) reconnected {} times; of {COUNT}, groups {} (last {:?}) and \
+                             directs {} (last {:?}) arrived",
+                            mover.reconnects,
+                            mover.got.group.len(),
+                            mover.got.group.last(),
+                            mover.got.direct.len(),
+                            mover.got.direct.last()
                         );
                         let through = [0, 1][(index + mover.reconnects) % 2];
                         tokio::time::sleep(Duration::from_millis(20)).await;

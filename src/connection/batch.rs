@@ -11,9 +11,10 @@ use tokio::time::Instant;
 use crate::protocol::Protocol;
 use crate::transport::Transport;
 
+use super::keeper::CLAIM_WAIT;
 use super::link::Link;
 use super::task::{Connection, Ending};
-use super::{ClientResultError, Invoke, Outbound};
+use super::{ClientResultError, Invoke, KeptClose, Outbound};
 
 /// One transport message's content: bytes, or text already known to be UTF-8 (a shared JSON frame), which a
 /// WebSocket sends without checking it again.
@@ -148,8 +149,17 @@ impl<T: Transport> Connection<T> {
                     if let Err(error) = self.flush(&mut batch).await {
                         return Some(self.lost(error));
                     }
-                    let kept = self.stateful.as_ref().is_some_and(|stateful| stateful.keeper.is_some());
-                    if close.drop_if_kept && kept {
+                    let keeper = self.stateful.as_ref().and_then(|stateful| stateful.keeper.clone());
+                    let dropped = match (close.kept, keeper) {
+                        (KeptClose::Drop, Some(_)) => true,
+                        // Bounded: an answer that does not come in time counts as not taken over.
+                        (KeptClose::AskKeeper, Some(keeper)) => matches!(
+                            tokio::time::timeout(CLAIM_WAIT, keeper.claim()).await,
+                            Ok(Ok(true))
+                        ),
+                        _ => false,
+                    };
+                    if dropped {
                         return Some(Ending::Dropped(close.error.unwrap_or_default()));
                     }
                     return Some(Ending::Close {

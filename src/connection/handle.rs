@@ -9,7 +9,8 @@ use tokio::sync::oneshot;
 
 use super::mailbox::Mailbox;
 use super::{
-    ClientResult, ClientResultError, CloseRequest, ConnectionId, Invoke, Outbound, SharedFrame, WakeBatch, WakeRelay,
+    ClientResult, ClientResultError, CloseRequest, ConnectionId, Invoke, KeptClose, Outbound, SharedFrame, WakeBatch,
+    WakeRelay,
 };
 
 /// Why a send to a connection failed.
@@ -112,17 +113,27 @@ impl ConnectionHandle {
         self.close_with(CloseRequest {
             error,
             allow_reconnect,
-            drop_if_kept: false,
+            kept: KeptClose::Close,
         });
     }
 
-    /// Closes the connection as its node was declared dead by its peers: one with a keeper, which has taken it
-    /// over by now, only drops its socket (its client resumes it there); any other gets a Close with `error`.
+    /// Closes the connection as its node was declared dead by its peers: one with a keeper asks it and only drops
+    /// its socket if the keeper took it over (its client resumes it there); any other gets a Close with `error`.
     pub fn close_cut_off(&self, error: &str) {
         self.close_with(CloseRequest {
             error: Some(error.to_owned()),
             allow_reconnect: true,
-            drop_if_kept: true,
+            kept: KeptClose::AskKeeper,
+        });
+    }
+
+    /// Its keeper took the connection over: one with a keeper drops its socket without a Close message (its
+    /// client resumes it there); any other (it has no keeper any more) gets a Close with `error`.
+    pub fn drop_taken_over(&self, error: &str) {
+        self.close_with(CloseRequest {
+            error: Some(error.to_owned()),
+            allow_reconnect: true,
+            kept: KeptClose::Drop,
         });
     }
 

@@ -13,9 +13,10 @@
 //! record held at once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use super::SendMark;
 use crate::protocol::Protocol;
@@ -39,7 +40,15 @@ pub trait Keeper: Send + Sync + 'static {
     fn ended(&self);
     /// How far the keeper holds the records.
     fn held(&self) -> &Held;
+    /// Its node was declared dead by most of the cluster and is back: whether its keeper took the connection over
+    /// (then it runs there, and its client resumes it there) or not (nor will it). Answered false at once when it
+    /// has no keeper.
+    fn claim(&self) -> oneshot::Receiver<bool>;
 }
+
+/// How long a connection whose node was declared dead waits for its keeper to say whether it took it over
+/// ([`Keeper::claim`]).
+pub const CLAIM_WAIT: Duration = Duration::from_secs(3);
 
 /// The highest sequence id the keeper holds, and a wake-up for the connection task when it grows.
 #[derive(Debug, Default)]

@@ -292,9 +292,22 @@ pub struct CloseRequest {
     pub error: Option<String>,
     /// Whether the client may reconnect.
     pub allow_reconnect: bool,
-    /// A connection with a keeper ends without a Close message, its socket dropped, so that its client's stateful
-    /// reconnect resumes it where the keeper took it over (`super::keeper`): used when its node was declared dead.
-    pub drop_if_kept: bool,
+    /// What it does when the connection has a keeper (`super::keeper`).
+    pub kept: KeptClose,
+}
+
+/// What a close does to a connection that has a keeper (`super::keeper`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeptClose {
+    /// A Close message, as for any connection.
+    Close,
+    /// Its keeper took it over: its socket is dropped without a Close message, so that its client's stateful
+    /// reconnect resumes it there.
+    Drop,
+    /// Its node was declared dead by most of the cluster and is back: it asks its keeper
+    /// ([`super::keeper::Keeper::claim`], at most [`super::keeper::CLAIM_WAIT`]) and drops its socket if the keeper
+    /// took it over; else a Close message (it may have missed messages, and nobody else runs it).
+    AskKeeper,
 }
 
 /// Arguments of a client-result invocation, encoded once the invocation id is known.

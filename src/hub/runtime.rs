@@ -154,7 +154,7 @@ impl HubRuntime {
     /// with `reason` otherwise.
     pub(super) fn drop_for_keeper(&self, id: &ConnectionId, reason: &str) {
         if let Some(member) = self.connections.read().get(id) {
-            member.handle.close_cut_off(reason);
+            member.handle.drop_taken_over(reason);
         }
     }
 

@@ -201,13 +201,21 @@ impl Keeping {
             }
             // From any keeper it had: one that took it over runs it now, whichever keeps it since.
             Frame::TakenOver { id } => {
-                if let Some(path) = self.sink(&id).map(|sink| sink.path()) {
+                if let Some(sink) = self.sink(&id) {
                     tracing::info!(parent: node.span(), %id, keeper = %from, "a connection's keeper took it over: dropping it here");
-                    if let Some(endpoint) = node.endpoint(&path) {
+                    sink.claim_answered(true);
+                    if let Some(endpoint) = node.endpoint(&sink.path()) {
                         endpoint.context.drop_for_keeper(&id, TAKEN_OVER);
                     }
                 }
             }
+            Frame::Released { id } => {
+                if let Some(sink) = self.sink(&id) {
+                    tracing::info!(parent: node.span(), %id, keeper = %from, "a connection's keeper did not take it over: closing it here");
+                    sink.claim_answered(false);
+                }
+            }
+            Frame::Claim { id, token } => return Some(self.claimed(node, from, &id, &token)),
             frame => {
                 let mut follows = Vec::new();
                 let answer = self.keep(from, frame, payloads, &mut follows);
@@ -218,6 +226,32 @@ impl Keeping {
             }
         }
         None
+    }
+
+    /// Server `from`, declared dead by most of the cluster and back, asks whether this node took connection `id`
+    /// over: it did when it is taking it over or runs it; else it gives its copy up (and will not take it over),
+    /// and the server closes it.
+    fn claimed(&self, node: &Node, from: &NodeId, id: &ConnectionId, token: &str) -> Frame {
+        let released = {
+            let mut kept = self.kept.lock();
+            if kept.taking_over.contains(token) {
+                return Frame::TakenOver { id: id.clone() };
+            }
+            if kept.copies.get(id).is_some_and(|(server, _)| server == from) {
+                kept.remove(id)
+            } else {
+                None
+            }
+        };
+        match released {
+            Some((_, copy)) => {
+                Follow::all(&copy, false).apply(node);
+                tracing::info!(parent: node.span(), %id, server = %from, "a server declared dead is back: gave its kept connection back");
+                Frame::Released { id: id.clone() }
+            }
+            None if node.endpoints().any(|endpoint| runs_here(endpoint, token)) => Frame::TakenOver { id: id.clone() },
+            None => Frame::Released { id: id.clone() },
+        }
     }
 
     fn sink(&self, id: &ConnectionId) -> Option<Arc<KeepSink>> {
@@ -327,7 +361,11 @@ impl Keeping {
                 }
                 None
             }
-            Frame::Held { .. } | Frame::Refused { .. } | Frame::TakenOver { .. } => None,
+            Frame::Held { .. }
+            | Frame::Refused { .. }
+            | Frame::TakenOver { .. }
+            | Frame::Claim { .. }
+            | Frame::Released { .. } => None,
         }
     }
 

@@ -347,8 +347,6 @@ pub(super) fn install(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, mov
         home,
         sends_got,
     } = moved;
-    // Before its task starts here: the sends it got where it was are repeats here if they come again.
-    endpoint.context.router().seed_arrivals(&sends_got);
     let request = RequestInfo {
         user,
         claims: claims.map(Arc::new),
@@ -393,6 +391,10 @@ pub(super) fn install(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, mov
     // Its home passed what reached it on to the node it left; here, it is served here.
     node.router().forget_adopted(&arrival.id);
     endpoint.context.arrived(&arrival.id);
+    // The sends it got where it was are repeats here if they come again (sent again after their owner left,
+    // seconds from now): off the install's path, which the node it left waits for.
+    let router = endpoint.context.router().clone();
+    tokio::spawn(async move { router.seed_arrivals(&sends_got) });
     let (node, endpoint, token) = (node.clone(), endpoint.clone(), token.to_owned());
     let span = node.span().clone();
     tokio::spawn(run.map(move |()| endpoint.forget(&node, &token)).instrument(span));

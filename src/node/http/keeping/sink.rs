@@ -7,6 +7,7 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use tokio::sync::oneshot;
 
 use crate::node::{Node, NodeInner};
 use super::wire::{Copy, Frame, Groups};
@@ -28,6 +29,8 @@ struct SinkState {
     keeper: Option<NodeId>,
     ended: bool,
     copy: Copy,
+    /// Waits for the keeper's answer to a claim ([`Keeper::claim`]).
+    claim: Option<oneshot::Sender<bool>>,
 }
 
 impl KeepSink {
@@ -61,6 +64,7 @@ impl KeepSink {
                     since: None,
                     bytes: 0,
                 },
+                claim: None,
             }),
         })
     }
@@ -130,6 +134,13 @@ impl KeepSink {
         let mut state = self.state.lock();
         if state.keeper.as_ref() == Some(from) {
             self.run_unkept(&mut state);
+        }
+    }
+
+    /// A keeper answered a claim: it took the connection over (`taken`), or not.
+    pub(super) fn claim_answered(&self, taken: bool) {
+        if let Some(answer) = self.state.lock().claim.take() {
+            let _ = answer.send(taken);
         }
     }
 
@@ -244,5 +255,24 @@ impl Keeper for KeepSink {
 
     fn held(&self) -> &Held {
         &self.held
+    }
+
+    fn claim(&self) -> oneshot::Receiver<bool> {
+        let (answer, answered) = oneshot::channel();
+        let mut state = self.state.lock();
+        let (Some(node), Some(keeper)) = (self.node(), state.keeper.clone()) else {
+            let _ = answer.send(false);
+            return answered;
+        };
+        let frame = Frame::Claim {
+            id: state.copy.id.clone(),
+            token: state.copy.token.to_string(),
+        };
+        if node.keeping().queue(&keeper, frame, None) {
+            state.claim = Some(answer);
+        } else {
+            let _ = answer.send(false);
+        }
+        answered
     }
 }

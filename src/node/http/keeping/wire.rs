@@ -195,6 +195,11 @@ pub(super) enum Frame {
     /// Keeper → server: the keeper took the connection over, having declared the server dead. A server that was
     /// only frozen gets it when it comes back (its link's queue outlives the link) and drops the connection.
     TakenOver { id: ConnectionId },
+    /// Server → keeper: the server's node was declared dead by most of the cluster and is back; did the keeper
+    /// take the connection over? Answered with `TakenOver`, or `Released`.
+    Claim { id: ConnectionId, token: String },
+    /// Keeper → server: it did not take the connection over and keeps it no more (the server closes it).
+    Released { id: ConnectionId },
 }
 
 /// What one tunnel frame carries: frames for one peer, in order, and the record bytes they name.

@@ -1,0 +1,154 @@
+//! A node declared dead by most of the cluster comes back, and its stateful connections (which have keepers) end
+//! one of two ways, never a third (chaos defect 16, `tests/cli/chaos/README.md`; docs/semantics.md, "A node's death
+//! and its stateful connections"):
+//!
+//! * its keeper took it over: the server drops the socket without a Close message, and the client's stateful
+//!   reconnect, through any node, resumes it on the keeper;
+//! * its keeper had not (the server was back within the second a keeper waits before it acts): the keeper gives
+//!   its copy back, and the server closes the connection with a Close message that allows reconnecting, so that
+//!   its client starts over knowing it may have missed messages.
+//!
+//! Before, a server told it had been declared dead dropped every kept connection's socket as if taken over, and
+//! a connection its keeper had not taken over could not be resumed anywhere.
+//!
+//! Three in-process nodes of the demo hub; a stateful client on node 3; node 3 is frozen (no gossip, no links) until
+//! both others declared it dead, then thawed at once (the first end, as a rule: the test accepts either and says
+//! which it saw), or once its keeper took the connection over (the second). Everything runs on 127.0.0.1; every
+//! wait has a deadline.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::error::Error;
+use std::time::Duration;
+
+use hubmesh::demo::demo_hub;
+use hubmesh::testing::client::{http_request_with_body, negotiate};
+use hubmesh::testing::TestCluster;
+use serde_json::{json, Value};
+use tokio::time::{timeout, Instant};
+
+#[path = "common/stateful_client.rs"]
+mod stateful_client;
+
+use stateful_client::StatefulClient;
+
+type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
+
+/// How many live members node `url` sees.
+async fn live_seen_by(url: &str) -> TestResult<usize> {
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse()?;
+    let view = http_request_with_body(addr, "GET", "/_hubmesh/cluster", &[], b"").await?;
+    let view: Value = serde_json::from_slice(&view.body)?;
+    Ok(view["live"].as_array().map_or(0, Vec::len))
+}
+
+/// Connections taken over by the keepers at `urls`, from their metrics.
+async fn taken_over(urls: &[String]) -> TestResult<u64> {
+    let mut total = 0;
+    for url in urls {
+        let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse()?;
+        let metrics = http_request_with_body(addr, "GET", "/metrics", &[], b"").await?;
+        total += metrics
+            .text()
+            .lines()
+            .find(|line| line.starts_with("hubmesh_connections_taken_over_total "))
+            .and_then(|line| line.split_whitespace().last())
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+    }
+    Ok(total)
+}
+
+/// Thawed as soon as both others declared it dead: its keeper most likely had not acted yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_connection_of_a_node_declared_dead_is_resumed_on_its_keeper_or_closed_never_lost() -> TestResult {
+    declared_dead_and_back(false).await
+}
+
+/// Thawed once its keeper took it over: the server learns it from the keeper and drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_connection_taken_over_while_its_node_was_frozen_resumes_on_its_keeper() -> TestResult {
+    declared_dead_and_back(true).await
+}
+
+/// The freeze, the thaw (once its keeper took the connection over, with `after_take_over`) and the checks.
+async fn declared_dead_and_back(after_take_over: bool) -> TestResult {
+    timeout(Duration::from_secs(90), async {
+        let cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        let urls: Vec<String> = (0..3).filter_map(|index| cluster.url(index)).collect();
+        let hub = |index: usize| format!("{}/hub", urls[index]);
+        let body = negotiate(&hub(2), "&useStatefulReconnect=true", &[]).await?;
+        let token = body["connectionToken"].as_str().ok_or("no token")?.to_owned();
+        let mut client = StatefulClient::connect(&format!("{}?id={token}", hub(2))).await?;
+        client
+            .raw
+            .send_invocation_with_id("1", "JoinGroup", json!(["g"]))
+            .await?;
+        assert_eq!(client.read().await?["invocationId"], json!("1"));
+        // Its copy reaches its keeper within a moment; the join's completion was written once the keeper held it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        cluster.freeze(2);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while live_seen_by(&urls[0]).await? != 2 || live_seen_by(&urls[1]).await? != 2 {
+            assert!(Instant::now() < deadline, "the frozen node was not declared dead");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let survivors = [urls[0].clone(), urls[1].clone()];
+        while after_take_over && taken_over(&survivors).await? == 0 {
+            assert!(Instant::now() < deadline, "the keeper did not take the connection over");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cluster.thaw(2);
+
+        // The server learns it was declared dead and ends the connection one of the two ways.
+        let ended = loop {
+            match timeout(Duration::from_secs(15), client.raw.record()).await {
+                Err(_) => return Err("the connection was neither closed nor dropped after the thaw".into()),
+                Ok(Ok(record)) if record.value["type"] == 7 => break Some(record.value),
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => break None,
+            }
+        };
+        match ended {
+            Some(close) => {
+                assert!(!after_take_over, "closed although its keeper took it over: {close}");
+                assert_eq!(close["allowReconnect"], json!(true), "{close}");
+                println!("the keeper had not taken it over: closed with {close}");
+                assert_eq!(taken_over(&survivors).await?, 0, "taken over, and closed too");
+            }
+            None => {
+                // Dropped: it runs on its keeper, and a reconnect through a survivor resumes it there.
+                let deadline = Instant::now() + Duration::from_secs(15);
+                let mut attempt = 0;
+                loop {
+                    let through = &hub(attempt % 2);
+                    match client.reconnect(&format!("{through}?id={token}"), 2).await {
+                        Ok(()) => break,
+                        Err(error) => {
+                            assert!(Instant::now() < deadline, "dropped but not resumable: {error}");
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                    }
+                }
+                client
+                    .raw
+                    .send_invocation_with_id("2", "GroupCount", json!(["g"]))
+                    .await?;
+                let count = loop {
+                    let message = client.read().await?;
+                    if message["invocationId"] == json!("2") {
+                        break message;
+                    }
+                };
+                assert_eq!(count["result"], json!(1), "{count}");
+                println!("its keeper took it over: resumed there, still in its group");
+                assert_eq!(taken_over(&survivors).await?, 1);
+            }
+        }
+        Ok::<_, Box<dyn Error + Send + Sync>>(())
+    })
+    .await?
+}
