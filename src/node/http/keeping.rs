@@ -58,6 +58,11 @@ pub const ADOPT_WAIT: Duration = Duration::from_secs(10);
 /// node must see whether most of the cluster left with it (then it is the one cut off) before it acts.
 pub const TAKE_OVER_SETTLE: Duration = Duration::from_secs(1);
 
+/// How often, and how long at most, a node that put a take-over off looks again whether it may act: a stall is
+/// remembered for 30 s (`Router::stalled_lately`), and no peer may join meanwhile.
+const PUT_OFF_RETRY: Duration = Duration::from_millis(500);
+const PUT_OFF_RETRY_FOR: Duration = Duration::from_secs(45);
+
 /// Why a connection whose keeper took it over ends on its old server.
 const TAKEN_OVER: &str = "this connection's keeper took it over while this node was cut off";
 
@@ -77,8 +82,10 @@ pub(crate) struct Keeping {
     /// Opens refused, copies dropped as too large, and copies whose take-over failed.
     refused: AtomicU64,
     /// A peer left while this node saw a minority of the cluster or had stalled: what it put off waits for a join
-    /// (`Keeping::peer_joined`), which otherwise has nothing to look at.
+    /// (`Keeping::peer_joined`), which otherwise has nothing to look at, or for the retry that runs meanwhile.
     put_off: AtomicBool,
+    /// The retry of what was put off runs ([`PUT_OFF_RETRY`]).
+    retrying: AtomicBool,
 }
 
 #[derive(Default)]
@@ -394,6 +401,7 @@ impl Keeping {
                 // Checked again after the mark: a join in between found nothing put off.
                 if put_off() {
                     tracing::info!(parent: node.span(), %peer, "a peer left this node's view after it stalled, or with most of the cluster: no take-over yet");
+                    node.keeping().retry_put_off(&node);
                     return;
                 }
             }
@@ -419,6 +427,24 @@ impl Keeping {
         }
         self.put_off.store(false, Ordering::SeqCst);
         self.peer_gone(node, |peer| router.has_left(peer));
+    }
+
+    /// Looks again, every [`PUT_OFF_RETRY`] for at most [`PUT_OFF_RETRY_FOR`], whether what was put off may happen
+    /// now (the stall is old enough, the view holds most of the cluster), as a join would ([`Keeping::peer_joined`]):
+    /// a keeper that stalled lately would otherwise wait for a join that may not come. One retry at a time.
+    fn retry_put_off(&self, node: &Node) {
+        if self.retrying.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let node = node.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + PUT_OFF_RETRY_FOR;
+            while node.keeping().put_off.load(Ordering::SeqCst) && Instant::now() < deadline {
+                tokio::time::sleep(PUT_OFF_RETRY).await;
+                node.keeping().peer_joined(&node);
+            }
+            node.keeping().retrying.store(false, Ordering::SeqCst);
+        });
     }
 
     /// Takes over here the kept connections whose server `left` says left.
