@@ -118,7 +118,7 @@ pub(crate) use relay::RelayHost;
 #[cfg(feature = "internals")]
 pub use relay::MAX_ADOPTED_OUT;
 pub(crate) use router::{node_of, Router};
-pub(crate) use sends_got::SendsGot;
+pub(crate) use sends_got::{OriginLast, SendsGot};
 // The incarnations peers are named by, for the layers above that move connections between them.
 pub(crate) use crate::cluster::NodeId;
 

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use super::group::{GroupKey, GroupKind, Stamp};
 use super::router::InOrder;
+use super::sends_got::OriginLast;
 use super::{LocalHub, MeshError, Router};
 use crate::connection::{ConnectionId, SendMark, SharedFrame};
 
@@ -173,8 +174,16 @@ impl KeptGroups {
 
     /// Stops following `key` for `id`, and gives the sends it missed: those after the one `last` marks (or, when
     /// the history does not hold that one, every send recorded since `id` was followed, unless that one has not
-    /// arrived here yet, `ahead`: then everything recorded came before it).
-    pub(super) fn take(&mut self, key: &GroupKey, id: &ConnectionId, last: Option<&SendMark>, ahead: bool) -> Resume {
+    /// arrived here yet, `ahead`: then everything recorded came before it), but none its server had numbered for
+    /// it by `got`, each origin's last.
+    pub(super) fn take(
+        &mut self,
+        key: &GroupKey,
+        id: &ConnectionId,
+        last: Option<&SendMark>,
+        ahead: bool,
+        got: &[OriginLast],
+    ) -> Resume {
         let mut resume = Resume {
             frames: Vec::new(),
             gap: false,
@@ -210,7 +219,7 @@ impl KeptGroups {
         resume.frames = group
             .history
             .iter()
-            .filter(|entry| entry.index >= from && !entry.except.contains(id))
+            .filter(|entry| entry.index >= from && !entry.except.contains(id) && !got_already(got, &entry.stamp))
             .map(|entry| Arc::clone(&entry.frame))
             .collect();
         if group.members.is_empty() {
@@ -233,6 +242,13 @@ impl KeptGroups {
     pub(super) fn entries(&self) -> usize {
         self.entries
     }
+}
+
+/// Whether `got` (each origin's last send numbered for a connection) covers the send `stamp`.
+fn got_already(got: &[OriginLast], stamp: &Stamp) -> bool {
+    got.iter()
+        .find(|origin| *origin.origin == *stamp.origin.name)
+        .is_some_and(|origin| (stamp.origin.generation, stamp.seq) <= (origin.generation, origin.last))
 }
 
 /// Drops `group`'s sends older than the window; how many.
@@ -282,13 +298,15 @@ impl<H: LocalHub> Router<H> {
 
     /// Connection `id`, kept here and now started here (its server died), becomes a member of group `key` here:
     /// first it gets every send of the group it missed (after the one `last` marks), then every later one as a
-    /// member, with nothing between the two (see the module documentation). Returns how many were delivered.
+    /// member, with nothing between the two (see the module documentation); none its server had numbered for it
+    /// (`got`: each origin's last). Returns how many were delivered.
     /// The caller then joins it at the owner (`group_add`) and withdraws its kept member (`unkeep_member`).
     pub(crate) fn resume_kept_member(
         &self,
         key: &GroupKey,
         id: &ConnectionId,
         last: Option<&SendMark>,
+        got: &[OriginLast],
     ) -> Result<usize, MeshError> {
         let runtime = self
             .hub(&key.hub)
@@ -297,7 +315,7 @@ impl<H: LocalHub> Router<H> {
         let mut deliveries = self.delivered.lock();
         // The last send its server numbered may not have reached this node yet (links differ in speed).
         let ahead = last.is_some_and(|mark| !deliveries.delivered(key, &mark.origin, mark.generation, mark.seq));
-        let resume = self.kept.lock().take(key, id, last, ahead);
+        let resume = self.kept.lock().take(key, id, last, ahead, got);
         if let Some(mark) = last.filter(|_| !resume.marked) {
             // Sends held here for a gap that its server delivered before the mark: not again (chaos defect 15).
             let skipped = deliveries.before_send(key, &mark.origin, mark.generation, mark.seq, |item| {
@@ -383,12 +401,33 @@ mod tests {
         for seq in 2..=5 {
             record(&mut kept, &key, seq, &none, now);
         }
-        let resume = kept.take(&key, &id, Some(&mark(&key, 3)), false);
+        let resume = kept.take(&key, &id, Some(&mark(&key, 3)), false, &[]);
         assert_eq!(texts(&resume.frames), ["4\u{1e}", "5\u{1e}"]);
         assert!(!resume.gap);
         // Its last follower gone, the group and its history go.
         assert_eq!(kept.entries(), 0);
         assert!(!kept.record(&key, &stamp(6), &frame(6), &none, now));
+    }
+
+    /// The mark's send is not in the history (it left it, or came in another order after a cut): what the server
+    /// numbered of each origin still does not come again (chaos defect 19, `tests/cli/chaos/README.md`).
+    #[test]
+    fn a_resume_without_its_mark_gets_none_of_what_each_origin_had_numbered() {
+        let (key, id) = (GroupKey::named("hub", "g"), ConnectionId::new("c.n2".to_string()));
+        let mut kept = KeptGroups::default();
+        let now = Instant::now();
+        let none: Arc<[ConnectionId]> = Arc::from(Vec::new());
+        assert!(kept.keep(&key, &id));
+        for seq in [2, 3, 5, 6] {
+            record(&mut kept, &key, seq, &none, now);
+        }
+        let got = [OriginLast {
+            origin: "n1".to_owned(),
+            generation: 3,
+            last: 4,
+        }];
+        let resume = kept.take(&key, &id, Some(&mark(&key, 4)), false, &got);
+        assert_eq!(texts(&resume.frames), ["5\u{1e}", "6\u{1e}"]);
     }
 
     #[test]
@@ -407,13 +446,13 @@ mod tests {
         record(&mut kept, &key, 4, &none, now);
         // Its server numbered nothing of the group (or one the history never held): all since it was followed,
         // but the send that excepted it.
-        let resume = kept.take(&key, &id, Some(&mark(&key, 99)), false);
+        let resume = kept.take(&key, &id, Some(&mark(&key, 99)), false, &[]);
         assert_eq!(texts(&resume.frames), ["2\u{1e}", "4\u{1e}"]);
         // The other follower keeps the group's history.
         assert_eq!(kept.entries(), 4);
         assert_eq!(kept.snapshot(), vec![(key.clone(), vec![kept_member(&other)])]);
         // A send its server numbered that has not reached this node: all recorded here came before it.
-        assert!(kept.take(&key, &other, Some(&mark(&key, 99)), true).frames.is_empty());
+        assert!(kept.take(&key, &other, Some(&mark(&key, 99)), true, &[]).frames.is_empty());
     }
 
     #[test]
@@ -430,7 +469,7 @@ mod tests {
         let later = start + KEPT_HISTORY_WINDOW + Duration::from_secs(1);
         kept.sweep(later);
         assert_eq!(kept.entries(), 0);
-        let resume = kept.take(&key, &id, Some(&mark(&key, 3)), false);
+        let resume = kept.take(&key, &id, Some(&mark(&key, 3)), false, &[]);
         assert!(resume.gap);
         assert!(resume.frames.is_empty());
     }
@@ -455,7 +494,7 @@ mod tests {
         assert!(kept.keep(&late, &id));
         assert!(kept.record(&late, &stamp(1), &frame, &none, now), "followed, though not recorded");
         assert_eq!(kept.entries(), KEPT_HISTORIES_CAP);
-        let resume = kept.take(&late, &id, None, false);
+        let resume = kept.take(&late, &id, None, false, &[]);
         assert!(resume.gap && resume.frames.is_empty());
     }
 

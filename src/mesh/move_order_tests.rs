@@ -108,7 +108,7 @@ async fn a_kept_connection_taken_over_skips_the_held_sends_its_server_delivered(
     router.on_link_event(frame(&five, &delivery(&key, &one, 4, 5)));
     // Its server had delivered up to 4.
     let last = mark_of(&key, &stamp(&one, 3, 4));
-    router.resume_kept_member(&key, &id, Some(&last)).unwrap();
+    router.resume_kept_member(&key, &id, Some(&last), &[]).unwrap();
     router.on_link_event(frame(&five, &delivery(&key, &one, 2, 3)));
     assert_eq!(
         events(&hub),
@@ -130,7 +130,7 @@ async fn a_kept_connection_whose_mark_was_delivered_here_gets_what_followed() {
     }
     router.on_link_event(frame(&five, &delivery(&key, &one, 3, 4)));
     let last = mark_of(&key, &stamp(&one, 0, 1));
-    router.resume_kept_member(&key, &id, Some(&last)).unwrap();
+    router.resume_kept_member(&key, &id, Some(&last), &[]).unwrap();
     router.on_link_event(frame(&five, &delivery(&key, &one, 2, 3)));
     assert_eq!(events(&hub), ["a s1", "a s2", "to c.n2 s2", "+a c.n2", "a s3", "a s4"]);
 }

@@ -351,7 +351,7 @@ impl Keeping {
                     let changed = if joined {
                         copy.groups.insert(entry.clone())
                     } else {
-                        copy.marks.remove(&entry);
+                        copy.left(&entry);
                         copy.groups.remove(&entry)
                     };
                     if changed {
@@ -542,6 +542,7 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
         received,
         groups,
         marks,
+        got,
         broadcasts,
         directs,
         since,
@@ -581,7 +582,8 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
         let key = group_key(&hub, &group, user);
         // What the group sent it since its server numbered the last of its sends, then membership here.
         let last = marks.get(&(group.clone(), user));
-        match router.resume_kept_member(&key, &id, last) {
+        let got_of_group = got.get(&(group.clone(), user)).map_or(&[][..], Vec::as_slice);
+        match router.resume_kept_member(&key, &id, last, got_of_group) {
             Ok(missed) => tracing::debug!(parent: node.span(), %id, %group, missed, "a taken-over connection got its group's sends"),
             Err(error) => tracing::info!(parent: node.span(), %id, %group, %error, "a taken-over connection did not resume a group"),
         }

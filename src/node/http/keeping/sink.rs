@@ -59,6 +59,7 @@ impl KeepSink {
                     received: 0,
                     groups: Groups::default(),
                     marks: BTreeMap::new(),
+                    got: BTreeMap::new(),
                     broadcasts: BTreeMap::new(),
                     directs: BTreeMap::new(),
                     since: None,
@@ -225,7 +226,7 @@ impl Keeper for KeepSink {
             state.copy.groups.insert((group.to_owned(), user));
         } else {
             state.copy.groups.remove(&(group.to_owned(), user));
-            state.copy.marks.remove(&(group.to_owned(), user));
+            state.copy.left(&(group.to_owned(), user));
         }
         if let Some(node) = self.node() {
             let frame = Frame::Group {

@@ -12,6 +12,11 @@ use super::KEEP_FRAME;
 use crate::auth::Claims;
 use crate::cluster::NodeId;
 use crate::connection::{ConnectionId, RequestHeaders, SendMark};
+use crate::mesh::OriginLast;
+
+/// The most origins whose last send a copy notes per group (one per node that sends to it; past it, a resume may
+/// give the connection again sends of the origins not noted that its keeper's history holds).
+pub const ORIGINS_PER_GROUP: usize = 64;
 
 /// A kept connection's whole copy. Held twice for each stateful connection (by its server and its keeper) for
 /// its whole life, so it is kept small: headers compact, claims shared with the session on the server, groups in
@@ -41,6 +46,10 @@ pub(super) struct Copy {
     /// where a resuming node picks up the group's sends (`Router::resume_kept_member`).
     #[serde(default)]
     pub(super) marks: BTreeMap<(String, bool), SendMark>,
+    /// Per group, each origin's last send numbered for the client: a resuming node gives it none of those again,
+    /// whatever its history holds (`Router::resume_kept_member`). At most [`ORIGINS_PER_GROUP`] per group.
+    #[serde(default)]
+    pub(super) got: BTreeMap<(String, bool), Vec<OriginLast>>,
     /// Per origin node (name), the mark of the last of its broadcasts numbered for the client
     /// (`Router::resume_broadcasts`).
     #[serde(default)]
@@ -89,8 +98,30 @@ impl Copy {
                 last_of.insert(mark.origin.to_string(), mark.clone());
             }
         } else {
-            self.marks.insert((mark.group.to_string(), mark.user), mark.clone());
+            let group = (mark.group.to_string(), mark.user);
+            let got = self.got.entry(group.clone()).or_default();
+            let full = got.len() >= ORIGINS_PER_GROUP;
+            match got.iter_mut().find(|origin| *origin.origin == *mark.origin) {
+                Some(origin) if (mark.generation, mark.seq) > (origin.generation, origin.last) => {
+                    origin.generation = mark.generation;
+                    origin.last = mark.seq;
+                }
+                Some(_) => {}
+                None if full => {}
+                None => got.push(OriginLast {
+                    origin: mark.origin.to_string(),
+                    generation: mark.generation,
+                    last: mark.seq,
+                }),
+            }
+            self.marks.insert(group, mark.clone());
         }
+    }
+
+    /// The connection left group `group`: its marks go.
+    pub(super) fn left(&mut self, group: &(String, bool)) {
+        self.marks.remove(group);
+        self.got.remove(group);
     }
 }
 
@@ -329,6 +360,7 @@ mod tests {
             received: 0,
             groups,
             marks: BTreeMap::new(),
+            got: BTreeMap::new(),
             broadcasts: BTreeMap::new(),
             directs: BTreeMap::new(),
             since: None,
