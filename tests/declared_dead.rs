@@ -22,41 +22,24 @@ use std::error::Error;
 use std::time::Duration;
 
 use hubmesh::demo::demo_hub;
-use hubmesh::testing::client::{http_request_with_body, negotiate};
+use hubmesh::testing::client::negotiate;
 use hubmesh::testing::TestCluster;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::time::{timeout, Instant};
 
+#[path = "common/node_reads.rs"]
+mod node_reads;
 #[path = "common/stateful_client.rs"]
 mod stateful_client;
 
+use node_reads::{live_seen_by, metric_total};
 use stateful_client::StatefulClient;
 
 type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 
-/// How many live members node `url` sees.
-async fn live_seen_by(url: &str) -> TestResult<usize> {
-    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse()?;
-    let view = http_request_with_body(addr, "GET", "/_hubmesh/cluster", &[], b"").await?;
-    let view: Value = serde_json::from_slice(&view.body)?;
-    Ok(view["live"].as_array().map_or(0, Vec::len))
-}
-
-/// Connections taken over by the keepers at `urls`, from their metrics.
+/// Connections taken over by the keepers at `urls`.
 async fn taken_over(urls: &[String]) -> TestResult<u64> {
-    let mut total = 0;
-    for url in urls {
-        let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse()?;
-        let metrics = http_request_with_body(addr, "GET", "/metrics", &[], b"").await?;
-        total += metrics
-            .text()
-            .lines()
-            .find(|line| line.starts_with("hubmesh_connections_taken_over_total "))
-            .and_then(|line| line.split_whitespace().last())
-            .and_then(|value| value.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64;
-    }
-    Ok(total)
+    metric_total(urls, "hubmesh_connections_taken_over_total").await
 }
 
 /// Thawed as soon as both others declared it dead: its keeper most likely had not acted yet.
@@ -86,16 +69,19 @@ async fn declared_dead_and_back(after_take_over: bool) -> TestResult {
             .send_invocation_with_id("1", "JoinGroup", json!(["g"]))
             .await?;
         assert_eq!(client.read().await?["invocationId"], json!("1"));
-        // Its copy reaches its keeper within a moment; the join's completion was written once the keeper held it.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Its keeper holds its copy (the join's completion was written once it held the join).
+        let survivors = [urls[0].clone(), urls[1].clone()];
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while metric_total(&survivors, "hubmesh_kept_connections").await? != 1 {
+            assert!(Instant::now() < deadline, "no survivor keeps the connection");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
 
         cluster.freeze(2);
-        let deadline = Instant::now() + Duration::from_secs(15);
         while live_seen_by(&urls[0]).await? != 2 || live_seen_by(&urls[1]).await? != 2 {
             assert!(Instant::now() < deadline, "the frozen node was not declared dead");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let survivors = [urls[0].clone(), urls[1].clone()];
         while after_take_over && taken_over(&survivors).await? == 0 {
             assert!(Instant::now() < deadline, "the keeper did not take the connection over");
             tokio::time::sleep(Duration::from_millis(20)).await;

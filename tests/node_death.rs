@@ -33,8 +33,12 @@ use hubmesh::ConnectionId;
 use serde_json::{json, Value};
 use tokio::time::{timeout, Instant};
 
+#[path = "common/node_reads.rs"]
+mod node_reads;
 #[path = "common/stateful_client.rs"]
 mod stateful_client;
+
+use node_reads::metric_total;
 
 use stateful_client::{Numbered, StatefulClient};
 
@@ -62,19 +66,7 @@ fn init_tracing() {
 }
 
 async fn taken_over(urls: &[String]) -> TestResult<u64> {
-    let mut total = 0;
-    for url in urls {
-        let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse()?;
-        let metrics = hubmesh::testing::client::http_request_with_body(addr, "GET", "/metrics", &[], b"").await?;
-        total += metrics
-            .text()
-            .lines()
-            .find(|line| line.starts_with("hubmesh_connections_taken_over_total "))
-            .and_then(|line| line.split_whitespace().last())
-            .and_then(|value| value.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64;
-    }
-    Ok(total)
+    metric_total(urls, "hubmesh_connections_taken_over_total").await
 }
 
 async fn node_death(protocol: Protocol) -> TestResult {

@@ -46,6 +46,14 @@ struct Record {
     last: u64,
 }
 
+impl Record {
+    /// Whether send `seq` of this origin's incarnation `generation` was delivered here, or passed by (a later
+    /// incarnation's were).
+    fn covers(&self, generation: u64, seq: u64) -> bool {
+        generation < self.generation || (generation == self.generation && seq <= self.last)
+    }
+}
+
 /// Where a held send stands among its origin's sends.
 struct Place {
     origin: Arc<str>,
@@ -100,9 +108,7 @@ impl<T> Group<T> {
     fn take(&mut self, waiting: Waiting<T>, deliver: &mut Vec<T>) {
         if let Some(place) = &waiting.place {
             if let Some(record) = self.origins.get_mut(&place.origin) {
-                if place.generation < record.generation
-                    || (place.generation == record.generation && place.seq <= record.last)
-                {
+                if record.covers(place.generation, place.seq) {
                     return;
                 }
                 record.generation = place.generation;
@@ -114,9 +120,9 @@ impl<T> Group<T> {
 
     /// Whether send `seq` of `origin` (that `generation`) was delivered here, or passed by (a later incarnation's).
     fn delivered(&self, origin: &str, generation: u64, seq: u64) -> bool {
-        self.origins.get(origin).is_some_and(|record| {
-            record.generation > generation || (record.generation == generation && record.last >= seq)
-        })
+        self.origins
+            .get(origin)
+            .is_some_and(|record| record.covers(generation, seq))
     }
 
     /// Whether a member's move waits here: the group's records must stay until it is applied.

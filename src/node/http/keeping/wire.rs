@@ -98,21 +98,16 @@ impl Copy {
                 last_of.insert(mark.origin.to_string(), mark.clone());
             }
         } else {
+            // Once per record of a stateful connection, on its server and its keeper: the group's key is made
+            // once, and cloned only for a group's first record.
             let group = (mark.group.to_string(), mark.user);
-            let got = self.got.entry(group.clone()).or_default();
-            let full = got.len() >= ORIGINS_PER_GROUP;
-            match got.iter_mut().find(|origin| *origin.origin == *mark.origin) {
-                Some(origin) if (mark.generation, mark.seq) > (origin.generation, origin.last) => {
-                    origin.generation = mark.generation;
-                    origin.last = mark.seq;
+            match self.got.get_mut(&group) {
+                Some(got) => note_origin(got, mark),
+                None => {
+                    let mut got = Vec::new();
+                    note_origin(&mut got, mark);
+                    self.got.insert(group.clone(), got);
                 }
-                Some(_) => {}
-                None if full => {}
-                None => got.push(OriginLast {
-                    origin: mark.origin.to_string(),
-                    generation: mark.generation,
-                    last: mark.seq,
-                }),
             }
             self.marks.insert(group, mark.clone());
         }
@@ -122,6 +117,25 @@ impl Copy {
     pub(super) fn left(&mut self, group: &(String, bool)) {
         self.marks.remove(group);
         self.got.remove(group);
+    }
+}
+
+/// Notes in `got` (a group's origins) that `mark`'s origin numbered up to `mark` for the client.
+fn note_origin(got: &mut Vec<OriginLast>, mark: &SendMark) {
+    let full = got.len() >= ORIGINS_PER_GROUP;
+    match got.iter_mut().find(|origin| *origin.origin == *mark.origin) {
+        Some(origin) => {
+            if (mark.generation, mark.seq) > (origin.generation, origin.last) {
+                origin.generation = mark.generation;
+                origin.last = mark.seq;
+            }
+        }
+        None if full => {}
+        None => got.push(OriginLast {
+            origin: mark.origin.to_string(),
+            generation: mark.generation,
+            last: mark.seq,
+        }),
     }
 }
 

@@ -1,0 +1,37 @@
+//! What tests read from running nodes over HTTP: a metric summed over nodes, and how many live members a node
+//! sees.
+
+// Each test binary that includes this file uses part of it.
+#![allow(dead_code)]
+
+use hubmesh::testing::client::http_request_with_body;
+use serde_json::Value;
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn addr_of(url: &str) -> TestResult<std::net::SocketAddr> {
+    Ok(url.trim_start_matches("http://").parse()?)
+}
+
+/// The metric `name` (a line without labels) summed over the nodes at `urls`; a node without it counts 0.
+pub async fn metric_total(urls: &[String], name: &str) -> TestResult<u64> {
+    let mut total = 0;
+    for url in urls {
+        let metrics = http_request_with_body(addr_of(url)?, "GET", "/metrics", &[], b"").await?;
+        total += metrics
+            .text()
+            .lines()
+            .find(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ')))
+            .and_then(|line| line.split_whitespace().last())
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+    }
+    Ok(total)
+}
+
+/// How many live members the node at `url` sees (`/_hubmesh/cluster`).
+pub async fn live_seen_by(url: &str) -> TestResult<usize> {
+    let view = http_request_with_body(addr_of(url)?, "GET", "/_hubmesh/cluster", &[], b"").await?;
+    let view: Value = serde_json::from_slice(&view.body)?;
+    Ok(view["live"].as_array().map_or(0, Vec::len))
+}
