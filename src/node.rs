@@ -454,6 +454,19 @@ impl Node {
     }
 
     /// The cluster as this node sees it now, if it is in one.
+    /// The peers that serve (neither joining nor draining) as the membership view says now; `None` when the view
+    /// is busy this instant (or there is no cluster): callers that cannot wait take every live peer then.
+    pub(crate) fn serving_peers_now(&self) -> Option<Vec<crate::cluster::NodeId>> {
+        let cluster = self.inner.cluster.try_lock().ok()?;
+        let view = cluster.as_ref()?.membership().view();
+        Some(
+            view.peers()
+                .filter(|member| member.status() == Some(crate::cluster::NodeStatus::Serving))
+                .map(|member| member.id.clone())
+                .collect(),
+        )
+    }
+
     pub(crate) async fn cluster_view(&self) -> Option<MembershipView> {
         self.inner
             .cluster

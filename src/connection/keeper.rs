@@ -19,6 +19,8 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 
 use super::SendMark;
+#[cfg(doc)]
+use super::moving::MovedState;
 use crate::protocol::Protocol;
 
 /// Where a stateful connection reports what its keeper copies. Calls must not block: they run on the connection
@@ -36,8 +38,13 @@ pub trait Keeper: Send + Sync + 'static {
     /// The connection joined (`true`) or left a group (a named one, or its user's when `user`), before the change
     /// is confirmed to anyone.
     fn group(&self, group: &str, user: bool, joined: bool);
-    /// The connection ended here (or moved: the node it moves to does not keep it again).
+    /// The connection ended here, or moved (the node it moves to in a drain keeps it anew,
+    /// [`MovedState::keep_epoch`]).
     fn ended(&self);
+    /// The number of the latest copy sent to a keeper (0: none yet). A connection that moves carries it on, so
+    /// that the numbers of its copies keep growing wherever it runs (docs/semantics.md, "One copy becomes the
+    /// connection").
+    fn epoch(&self) -> u64;
     /// How far the keeper holds the records.
     fn held(&self) -> &Held;
     /// Its node was declared dead by most of the cluster and is back: whether its keeper took the connection over

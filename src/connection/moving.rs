@@ -36,6 +36,10 @@ pub struct MovedState {
     pub next_id: u64,
     /// What the connection received from the client (so records it sends again are dropped).
     pub received: ReceiveState,
+    /// The number of its latest copy on a keeper where it ran ([`super::keeper::Keeper::epoch`]): the node it
+    /// moves to numbers its own copies on from there.
+    #[serde(default)]
+    pub keep_epoch: u64,
 }
 
 /// Where a moving connection's task puts its state.
@@ -127,7 +131,9 @@ impl<T: Transport> Connection<T> {
         let Some(stateful) = self.stateful.take() else {
             return;
         };
-        let Stateful { sent, received, .. } = *stateful;
+        let Stateful {
+            sent, received, keeper, ..
+        } = *stateful;
         // Held records are in the replay buffer already.
         self.held = None;
         let (unacked, next_id) = sent.export();
@@ -136,6 +142,7 @@ impl<T: Transport> Connection<T> {
             unacked,
             next_id,
             received,
+            keep_epoch: keeper.as_ref().map_or(0, |keeper| keeper.epoch()),
         };
         tracing::debug!(unacked = state.unacked.len(), "moving to another node");
         let (release, released) = oneshot::channel();
@@ -164,6 +171,9 @@ pub struct MovedSetup {
     pub host: Arc<dyn ConnectionHost>,
     /// Where its client's reconnected transport arrives.
     pub resume: ResumeSlot,
+    /// Where its resume state is copied here (`super::keeper`), set as the connection's keeper before it starts;
+    /// the caller opens it ([`super::keeper::Keeper::opened`]) before it runs the connection.
+    pub keeper: Option<Arc<dyn super::keeper::Keeper>>,
 }
 
 /// Why a moved connection could not start.
@@ -192,9 +202,12 @@ pub fn run_moved(
         detached_until: Some(now + limits.reconnect_window),
         ack_due: None,
         moving: None,
-        keeper: None,
+        keeper: setup.keeper.clone(),
         written: 0,
     };
+    if let Some(keeper) = setup.keeper {
+        setup.session.handle.mailbox.set_keeper(keeper);
+    }
     limits.counters.connected(TransportKind::WebSockets, protocol);
     let span = tracing::debug_span!(
         "conn",

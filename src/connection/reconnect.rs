@@ -178,6 +178,11 @@ impl ReceiveState {
         }
     }
 
+    /// The last of the client's records acknowledged to it.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
     /// A new transport was attached: drop everything until the client says where it resumes.
     pub fn reconnected(&mut self) {
         self.awaiting_sequence = true;

@@ -1,5 +1,5 @@
 //! What tests read from running nodes over HTTP: a metric summed over nodes, and how many live members a node
-//! sees.
+//! sees; and their logs, as `RUST_LOG` says.
 
 // Each test binary that includes this file uses part of it.
 #![allow(dead_code)]
@@ -11,6 +11,14 @@ type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 fn addr_of(url: &str) -> TestResult<std::net::SocketAddr> {
     Ok(url.trim_start_matches("http://").parse()?)
+}
+
+/// Logs as `RUST_LOG` says (off by default), once per test binary.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
+        .with_test_writer()
+        .try_init();
 }
 
 /// The metric `name` (a line without labels) summed over the nodes at `urls`; a node without it counts 0.

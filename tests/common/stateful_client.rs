@@ -32,6 +32,24 @@ impl StatefulClient {
         Self::connect_with(url, Protocol::Json).await
     }
 
+    /// Negotiates a stateful connection at `hub` (a hub's URL), connects it in `protocol` and joins it to `group`
+    /// (the demo hub's `JoinGroup`, invocation "1"): the client, its token and its connection id.
+    pub async fn joined(hub: &str, protocol: Protocol, group: &str) -> TestResult<(StatefulClient, String, String)> {
+        let body = hubmesh::testing::client::negotiate(hub, "&useStatefulReconnect=true", &[]).await?;
+        let token = body["connectionToken"].as_str().ok_or("no token")?.to_owned();
+        let id = body["connectionId"].as_str().ok_or("no id")?.to_owned();
+        let mut client = Self::connect_with(&format!("{hub}?id={token}"), protocol).await?;
+        client
+            .raw
+            .send_invocation_with_id("1", "JoinGroup", serde_json::json!([group]))
+            .await?;
+        let joined = client.read().await?;
+        if joined["invocationId"] != "1" || !joined["error"].is_null() {
+            return Err(format!("not joined to {group}: {joined}").into());
+        }
+        Ok((client, token, id))
+    }
+
     /// Connects to `url` and does a version 2 handshake in `protocol`.
     pub async fn connect_with(url: &str, protocol: Protocol) -> TestResult<StatefulClient> {
         let raw = TestClient::to(url)

@@ -10,8 +10,10 @@
 //! and waits for the client's reconnect, which any node passes on to it (`super::websocket`, `super::relay`).
 //! A reconnect that reaches a keeper before the server is declared dead waits for that (at most [`ADOPT_WAIT`]).
 //!
-//! When the keeper leaves, the server picks another and sends it the whole copy. A connection that moved or was
-//! taken over by its keeper is not kept again (a second death loses it).
+//! When the keeper leaves, the server picks another and sends it the whole copy. A connection that moved (a drain)
+//! is kept anew where it runs now (`KeepSink::moved`), its copies numbered on from the last ([`Copy::epoch`]); one
+//! taken over by its keeper is not kept again (a second death loses it: keeping it again made the official
+//! MessagePack client of `tests/node_death.rs` stop getting messages after its resume, not traced).
 //!
 //! Bounds: a node keeps at most [`MAX_KEPT`] connections (an open beyond it is refused, and the server runs the
 //! connection unkept); a copy holds at most [`MAX_KEPT_BYTES`] of records (beyond it, it is dropped and the server
@@ -66,6 +68,21 @@ const PUT_OFF_RETRY_FOR: Duration = Duration::from_secs(45);
 /// Why a connection whose keeper took it over ends on its old server.
 const TAKEN_OVER: &str = "this connection's keeper took it over while this node was cut off";
 
+/// Why a connection taken over from a stale copy ends here (another keeper held a fresher one).
+const STALE_TAKE_OVER: &str = "this node took the connection over from a stale copy; reconnect to resume it";
+
+/// How long a keeper remembers a take-over (its copy's number), to compare with another keeper's of the same
+/// connection (`Frame::Took`): both act within a second of the server's departure from their views, or when a
+/// cut-off one is back in view, which it announces again then.
+const TOOK_MEMORY: Duration = Duration::from_secs(60);
+
+/// When a node tells a peer back in view again what it may hold stale (`Keeping::tell_joined`), after the first.
+const TELL_AGAIN: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(2)];
+
+/// How long a keeper waits at most for its live peers' answers (`Frame::Known`) before it starts the connections
+/// it takes over: a peer whose link is down does not answer. A round trip on the links, as a rule.
+const TOOK_WAIT: Duration = Duration::from_millis(300);
+
 /// The first byte of a tunnel frame that carries a keeping frame (`super::tunnel` frames start with 0).
 pub(super) const KEEP_FRAME: u8 = 1;
 
@@ -81,11 +98,21 @@ pub(crate) struct Keeping {
     adopted: AtomicU64,
     /// Opens refused, copies dropped as too large, and copies whose take-over failed.
     refused: AtomicU64,
+    /// Copies dropped, and take-overs given up or undone, because another keeper held a fresher copy
+    /// (`Frame::Took`).
+    stale: AtomicU64,
+    /// Records whose origin a copy (here, or kept here) could not note, its group's list being full
+    /// (`wire::ORIGINS_PER_GROUP`).
+    origins_refused: AtomicU64,
+    /// Wakes take-overs waiting for their peers' answers (`Frame::Known`).
+    answered: Arc<tokio::sync::Notify>,
     /// A peer left while this node saw a minority of the cluster or had stalled: what it put off waits for a join
     /// (`Keeping::peer_joined`), which otherwise has nothing to look at, or for the retry that runs meanwhile.
     put_off: AtomicBool,
     /// The retry of what was put off runs ([`PUT_OFF_RETRY`]).
     retrying: AtomicBool,
+    /// What was put off waits for the view to settle before it happens (`Keeping::retry_now`).
+    settling: AtomicBool,
 }
 
 #[derive(Default)]
@@ -96,6 +123,23 @@ struct Kept {
     tokens: HashMap<Arc<str>, ConnectionId>,
     /// Tokens of copies being taken over now (out of `copies`, not yet in their hub's table).
     taking_over: HashSet<String>,
+    /// The take-overs of the last [`TOOK_MEMORY`] (at most one per copy kept: [`MAX_KEPT`]).
+    took: HashMap<ConnectionId, TookHere>,
+}
+
+/// A take-over here, remembered to compare with another keeper's of the same connection.
+struct TookHere {
+    server: NodeId,
+    epoch: u64,
+    path: String,
+    at: Instant,
+    /// A fresher copy's keeper took it over too, or a peer holds a fresher copy: not started, or undone once
+    /// started.
+    superseded: bool,
+    /// The peers asked (`Frame::Took`) that have not answered yet.
+    waiting: HashSet<NodeId>,
+    /// Installed here (false while the take-over runs).
+    installed: bool,
 }
 
 impl Kept {
@@ -130,6 +174,16 @@ impl Keeping {
     /// Copies refused or dropped (bounds) and take-overs that failed.
     pub(crate) fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Stale copies dropped and take-overs of stale copies undone.
+    pub(crate) fn stale(&self) -> u64 {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    /// Records whose origin a copy could not note (`wire::ORIGINS_PER_GROUP`).
+    pub(crate) fn origins_refused(&self) -> u64 {
+        self.origins_refused.load(Ordering::Relaxed)
     }
 
     /// A keeping frame from `from` (the tunnel frame after its first byte).
@@ -201,12 +255,24 @@ impl Keeping {
                     sink.held_by(from, seq);
                 }
             }
-            Frame::Refused { id } => {
+            Frame::Refused { id, leaving } => {
                 if let Some(sink) = self.sink(&id) {
-                    sink.refused_by(from);
+                    sink.refused_by(node, from, leaving);
                 }
             }
-            // From any keeper it had: one that took it over runs it now, whichever keeps it since.
+            // A draining node keeps no new copy: it leaves soon, and the copy would have to go again (gossip may
+            // not have told the server yet that it drains).
+            Frame::Open(copy)
+                if matches!(
+                    node.lifecycle_status(),
+                    crate::cluster::NodeStatus::Draining | crate::cluster::NodeStatus::Left
+                ) =>
+            {
+                return Some(Frame::Refused { id: copy.id.clone(), leaving: true });
+            }
+            // From any keeper it had: one that took it over runs it now, whichever keeps it since (a server
+            // declared dead may have sent its copy to another meanwhile). A keeper of a stale copy asks the others
+            // before it starts the connection (`Frame::Took`), so it does not take over one its server still runs.
             Frame::TakenOver { id } => {
                 if let Some(sink) = self.sink(&id) {
                     tracing::info!(parent: node.span(), %id, keeper = %from, "a connection's keeper took it over: dropping it here");
@@ -223,6 +289,8 @@ impl Keeping {
                 }
             }
             Frame::Claim { id, token } => return Some(self.claimed(node, from, &id, &token)),
+            Frame::Took { id, server, epoch } => return Some(self.took_elsewhere(node, from, id, &server, epoch)),
+            Frame::Known { id, epoch } => self.known(node, from, &id, epoch),
             frame => {
                 let mut follows = Vec::new();
                 let answer = self.keep(from, frame, payloads, &mut follows);
@@ -261,6 +329,67 @@ impl Keeping {
         }
     }
 
+    /// Keeper `from` takes over connection `id` of `server` from its copy number `epoch` (`Frame::Took`): an
+    /// older copy here is dropped, or an older take-over here given up or undone. The answer: the number of the
+    /// copy here (`Frame::Known`).
+    fn took_elsewhere(&self, node: &Node, from: &NodeId, id: ConnectionId, server: &NodeId, epoch: u64) -> Frame {
+        let mut kept = self.kept.lock();
+        // Of any server: a connection's copies are numbered on across its moves and take-overs
+        // (`MovedState::keep_epoch`), so a copy kept for the server it moved to outranks one of the server it left.
+        let mine = match kept.copies.get(&id) {
+            Some((_, copy)) => Some(copy.epoch),
+            None => kept.took.get(&id).map(|took| took.epoch),
+        };
+        let Some(mine) = mine.filter(|mine| *mine < epoch) else {
+            return Frame::Known { epoch: mine.unwrap_or(0), id };
+        };
+        self.stale.fetch_add(1, Ordering::Relaxed);
+        if kept.copies.contains_key(&id) {
+            let removed = kept.remove(&id);
+            drop(kept);
+            if let Some((_, copy)) = removed {
+                Follow::all(&copy, false).apply(node);
+            }
+            tracing::info!(parent: node.span(), %id, %server, keeper = %from, mine, theirs = epoch, "another keeper takes over from a fresher copy: dropped the stale one kept here");
+            return Frame::Known { id, epoch: 0 };
+        }
+        let undo = kept.took.get_mut(&id).and_then(|took| {
+            took.superseded = true;
+            took.installed.then(|| took.path.clone())
+        });
+        drop(kept);
+        self.answered.notify_waiters();
+        tracing::info!(parent: node.span(), %id, %server, keeper = %from, mine, theirs = epoch, "another keeper takes over from a fresher copy: giving up the take-over of the stale one here");
+        if let Some(endpoint) = undo.and_then(|path| node.endpoint(&path).cloned()) {
+            endpoint.context.drop_for_keeper(&id, STALE_TAKE_OVER);
+        }
+        Frame::Known { id, epoch: mine }
+    }
+
+    /// Peer `from` answered a take-over's question (`Frame::Known`): it holds copy number `epoch` of `id`. A
+    /// fresher one than the copy taken over here gives the take-over up (or undoes it).
+    fn known(&self, node: &Node, from: &NodeId, id: &ConnectionId, epoch: u64) {
+        let undo = {
+            let mut kept = self.kept.lock();
+            let Some(took) = kept.took.get_mut(id) else {
+                return;
+            };
+            took.waiting.remove(from);
+            if epoch > took.epoch && !took.superseded {
+                took.superseded = true;
+                self.stale.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(parent: node.span(), %id, peer = %from, mine = took.epoch, theirs = epoch, "a peer holds a fresher copy of a connection taken over here: giving the take-over up");
+                took.installed.then(|| took.path.clone())
+            } else {
+                None
+            }
+        };
+        self.answered.notify_waiters();
+        if let Some(endpoint) = undo.and_then(|path| node.endpoint(&path).cloned()) {
+            endpoint.context.drop_for_keeper(id, STALE_TAKE_OVER);
+        }
+    }
+
     fn sink(&self, id: &ConnectionId) -> Option<Arc<KeepSink>> {
         self.sinks.lock().get(id).and_then(Weak::upgrade)
     }
@@ -271,7 +400,7 @@ impl Keeping {
         let mut kept = self.kept.lock();
         let refuse = |id: ConnectionId| {
             self.refused.fetch_add(1, Ordering::Relaxed);
-            Some(Frame::Refused { id })
+            Some(Frame::Refused { id, leaving: false })
         };
         match frame {
             Frame::Open(copy) => {
@@ -312,8 +441,8 @@ impl Keeping {
                     if let Some(mark) = mark {
                         // Only for a group the copy lists: a mark of one it left would rejoin nothing.
                         let listed = copy.groups.contains(&(mark.group.to_string(), mark.user));
-                        if mark.broadcast || mark.direct || listed {
-                            copy.note(&mark);
+                        if (mark.broadcast || mark.direct || listed) && !copy.note(&mark) {
+                            self.origins_refused.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
@@ -360,8 +489,9 @@ impl Keeping {
                 }
                 None
             }
-            Frame::Ended { id } => {
-                if kept.copies.get(&id).is_some_and(|(server, _)| server == from) {
+            Frame::Ended { id, below } => {
+                let ended = |copy: &Copy| below.is_none_or(|below| copy.epoch < below);
+                if kept.copies.get(&id).is_some_and(|(server, copy)| server == from && ended(copy)) {
                     if let Some((_, copy)) = kept.remove(&id) {
                         follows.push(Follow::all(&copy, false));
                     }
@@ -372,7 +502,9 @@ impl Keeping {
             | Frame::Refused { .. }
             | Frame::TakenOver { .. }
             | Frame::Claim { .. }
-            | Frame::Released { .. } => None,
+            | Frame::Released { .. }
+            | Frame::Took { .. }
+            | Frame::Known { .. } => None,
         }
     }
 
@@ -418,15 +550,86 @@ impl Keeping {
         self.take_over(node, left);
     }
 
-    /// A peer joined this node's view: what was put off while this node saw a minority of the cluster, or had
-    /// stalled, happens now if it sees most of it, for the servers and keepers still out of its view.
-    pub(crate) fn peer_joined(&self, node: &Node) {
-        let router = node.router();
-        if !self.put_off.load(Ordering::SeqCst) || router.stalled_lately() || router.sees_minority() {
+    /// A peer joined this node's view: it is told what it may hold stale ([`Keeping::tell_joined`]), and what was
+    /// put off while this node saw a minority of the cluster, or had stalled, happens once the view settled if it
+    /// sees most of it then, for the servers and keepers still out of its view.
+    pub(crate) fn peer_joined(&self, node: &Node, peer: &NodeId) {
+        self.tell_joined(node, peer);
+        self.retry_now(node);
+    }
+
+    /// What was put off happens now, if this node sees most of the cluster and did not stall lately.
+    /// What was put off, if this node may act now: its connections whose keeper left get another at once (their
+    /// records wait meanwhile), and the kept connections of servers that left are taken over [`TAKE_OVER_SETTLE`]
+    /// later, if it still may then and only for servers still gone: peers come back into a view one by one, and a
+    /// server not back in the first moments is not gone (taking its connections over would run stale copies beside
+    /// it). One wait at a time.
+    fn retry_now(&self, node: &Node) {
+        let may_act = |node: &Node| {
+            let router = node.router();
+            node.keeping().put_off.load(Ordering::SeqCst) && !router.stalled_lately() && !router.sees_minority()
+        };
+        if !may_act(node) {
             return;
         }
-        self.put_off.store(false, Ordering::SeqCst);
-        self.peer_gone(node, |peer| router.has_left(peer));
+        let router = node.router();
+        let sinks: Vec<Arc<KeepSink>> = self.sinks.lock().values().filter_map(Weak::upgrade).collect();
+        for sink in sinks {
+            sink.keeper_left_if(&|peer: &NodeId| router.has_left(peer));
+        }
+        if self.settling.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let node = node.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(TAKE_OVER_SETTLE).await;
+            node.keeping().settling.store(false, Ordering::SeqCst);
+            if !may_act(&node) {
+                return;
+            }
+            node.keeping().put_off.store(false, Ordering::SeqCst);
+            let router = node.router();
+            node.keeping().peer_gone(&node, |peer| router.has_left(peer));
+        });
+    }
+
+    /// Tells a peer back in view what it may hold stale: each copy it kept of a connection here that has another
+    /// keeper since is dropped there (`Frame::Ended`), and each take-over here of the last [`TOOK_MEMORY`] is
+    /// announced to it (`Frame::Took`), in case it took the same connection over from another copy while cut off.
+    /// Sent at once and twice again ([`TELL_AGAIN`]): the link to a peer back in view may come up after the view
+    /// changed, and a batch that finds no link is lost. Both frames change nothing the second time.
+    fn tell_joined(&self, node: &Node, peer: &NodeId) {
+        let sinks: Vec<Arc<KeepSink>> = self.sinks.lock().values().filter_map(Weak::upgrade).collect();
+        let mut frames: Vec<Frame> = sinks.iter().filter_map(|sink| sink.former_back(peer)).collect();
+        {
+            let mut kept = self.kept.lock();
+            kept.took.retain(|_, took| took.at.elapsed() < TOOK_MEMORY);
+            frames.extend(
+                kept.took
+                    .iter()
+                    .filter(|(_, took)| !took.superseded && &took.server != peer)
+                    .map(|(id, took)| Frame::Took {
+                        id: id.clone(),
+                        server: took.server.clone(),
+                        epoch: took.epoch,
+                    }),
+            );
+        }
+        if frames.is_empty() {
+            return;
+        }
+        let (node, peer) = (node.clone(), peer.clone());
+        tokio::spawn(async move {
+            for wait in [Duration::ZERO].into_iter().chain(TELL_AGAIN) {
+                tokio::time::sleep(wait).await;
+                if !node.router().is_live_incarnation(&peer.name, peer.generation) {
+                    return;
+                }
+                for frame in &frames {
+                    node.keeping().queue(&peer, frame.clone(), None);
+                }
+            }
+        });
     }
 
     /// Looks again, every [`PUT_OFF_RETRY`] for at most [`PUT_OFF_RETRY_FOR`], whether what was put off may happen
@@ -441,7 +644,7 @@ impl Keeping {
             let deadline = Instant::now() + PUT_OFF_RETRY_FOR;
             while node.keeping().put_off.load(Ordering::SeqCst) && Instant::now() < deadline {
                 tokio::time::sleep(PUT_OFF_RETRY).await;
-                node.keeping().peer_joined(&node);
+                node.keeping().retry_now(&node);
             }
             node.keeping().retrying.store(false, Ordering::SeqCst);
         });
@@ -449,6 +652,7 @@ impl Keeping {
 
     /// Takes over here the kept connections whose server `left` says left.
     fn take_over(&self, node: &Node, left: impl Fn(&NodeId) -> bool) {
+        let peers = node.router().peer_incarnations();
         let orphans: Vec<(NodeId, Box<Copy>)> = {
             let mut kept = self.kept.lock();
             let ids: Vec<ConnectionId> = kept
@@ -458,35 +662,114 @@ impl Keeping {
                 .map(|(id, _)| id.clone())
                 .collect();
             let orphans: Vec<(NodeId, Box<Copy>)> = ids.iter().filter_map(|id| kept.remove(id)).collect();
-            for (_, copy) in &orphans {
+            if !orphans.is_empty() {
+                kept.took.retain(|_, took| took.at.elapsed() < TOOK_MEMORY);
+            }
+            for (server, copy) in &orphans {
                 kept.taking_over.insert(copy.token.to_string());
+                let took = TookHere {
+                    server: server.clone(),
+                    epoch: copy.epoch,
+                    path: copy.path.clone(),
+                    at: Instant::now(),
+                    superseded: false,
+                    waiting: peers.iter().filter(|peer| *peer != server).cloned().collect(),
+                    installed: false,
+                };
+                kept.took.insert(copy.id.clone(), took);
             }
             orphans
         };
         if orphans.is_empty() {
             return;
         }
-        tracing::info!(parent: node.span(), connections = orphans.len(), "taking over the stateful connections of nodes that left");
-        for (server, copy) in orphans {
-            let node = node.clone();
-            tokio::spawn(async move {
-                let id = copy.id.clone();
-                let token = copy.token.clone();
-                let unfollow = Follow::all(&copy, false);
-                let taken = take_over(&node, copy, &server).await;
-                node.keeping().kept.lock().taking_over.remove(&*token);
-                tracing::debug!(parent: node.span(), %id, ok = taken.is_ok(), "take-over done");
-                match taken {
-                    Ok(()) => {
-                        node.keeping().adopted.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(why) => {
-                        unfollow.apply(&node);
-                        node.keeping().refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(parent: node.span(), %id, %why, "a kept connection could not be taken over");
+        let ids: Vec<String> = orphans.iter().map(|(_, copy)| copy.id.to_string()).collect();
+        tracing::info!(parent: node.span(), connections = orphans.len(), ?ids, "taking over the stateful connections of nodes that left");
+        // Every live peer is asked for its copy of each (`Frame::Took`): a fresher one than this node's means this
+        // node's is stale (its server left it for another keeper while it was cut off), and it is not started.
+        for (server, copy) in &orphans {
+            for peer in peers.iter().filter(|peer| *peer != server) {
+                let frame = Frame::Took {
+                    id: copy.id.clone(),
+                    server: server.clone(),
+                    epoch: copy.epoch,
+                };
+                if !self.queue(peer, frame, None) {
+                    if let Some(took) = self.kept.lock().took.get_mut(&copy.id) {
+                        took.waiting.remove(peer);
                     }
                 }
-            });
+            }
+        }
+        let node = node.clone();
+        tokio::spawn(async move {
+            node.keeping().wait_answers(&orphans).await;
+            for (server, copy) in orphans {
+                let superseded = node.keeping().kept.lock().took.get(&copy.id).is_some_and(|took| took.superseded);
+                if superseded {
+                    node.keeping().kept.lock().taking_over.remove(&*copy.token);
+                    Follow::all(&copy, false).apply(&node);
+                    continue;
+                }
+                let node = node.clone();
+                tokio::spawn(async move { node.keeping().start_taken_over(&node, copy, server).await });
+            }
+        });
+    }
+
+    /// Waits until every peer asked answered for every copy of `orphans` (`Frame::Known`), or [`TOOK_WAIT`].
+    async fn wait_answers(&self, orphans: &[(NodeId, Box<Copy>)]) {
+        let deadline = Instant::now() + TOOK_WAIT;
+        loop {
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            // Registered before the check: an answer in between wakes it.
+            answered.as_mut().enable();
+            let waiting = {
+                let kept = self.kept.lock();
+                orphans.iter().any(|(_, copy)| {
+                    kept.took
+                        .get(&copy.id)
+                        .is_some_and(|took| !took.superseded && !took.waiting.is_empty())
+                })
+            };
+            if !waiting || tokio::time::timeout_at(deadline, answered).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Starts a kept connection here whose server left (and whose copy no peer holds fresher).
+    async fn start_taken_over(&self, node: &Node, copy: Box<Copy>, server: NodeId) {
+        let id = copy.id.clone();
+        let token = copy.token.clone();
+        let unfollow = Follow::all(&copy, false);
+        let path = copy.path.clone();
+        let taken = take_over(node, copy, &server).await;
+        let superseded = {
+            let mut kept = self.kept.lock();
+            kept.taking_over.remove(&*token);
+            kept.took.get_mut(&id).is_some_and(|took| {
+                took.installed = taken.is_ok();
+                took.superseded
+            })
+        };
+        tracing::debug!(parent: node.span(), %id, ok = taken.is_ok(), superseded, "take-over done");
+        match taken {
+            Ok(()) if superseded => {
+                // A fresher copy's keeper spoke up meanwhile (`Keeping::took_elsewhere`, `Keeping::known`).
+                if let Some(endpoint) = node.endpoint(&path) {
+                    endpoint.context.drop_for_keeper(&id, STALE_TAKE_OVER);
+                }
+            }
+            Ok(()) => {
+                self.adopted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(why) => {
+                unfollow.apply(node);
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(parent: node.span(), %id, %why, "a kept connection could not be taken over");
+            }
         }
     }
 
@@ -495,6 +778,20 @@ impl Keeping {
     pub(crate) fn keeps(&self, token: &str) -> bool {
         let kept = self.kept.lock();
         kept.tokens.contains_key(token) || kept.taking_over.contains(token)
+    }
+
+    /// The server of the connection whose copy this node keeps for `token`, if that server is live in this node's
+    /// view: a reconnect that reaches this keeper asks it first (the client's socket may have dropped with the
+    /// server alive), and waits for a take-over only if that fails.
+    pub(crate) fn live_server_of(&self, node: &Node, token: &str) -> Option<NodeId> {
+        let server = {
+            let kept = self.kept.lock();
+            let id = kept.tokens.get(token)?;
+            kept.copies.get(id)?.0.clone()
+        };
+        node.router()
+            .is_live_incarnation(&server.name, server.generation)
+            .then_some(server)
     }
 
     /// Waits (at most [`ADOPT_WAIT`]) until this node neither keeps `token`'s connection nor is taking it over (at
@@ -546,6 +843,7 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
         broadcasts,
         directs,
         since,
+        epoch,
         ..
     } = *copy;
     let state = MovedState {
@@ -553,6 +851,7 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
         unacked: unacked.into_iter().collect(),
         next_id: last + 1,
         received: ReceiveState::acknowledged_through(received),
+        keep_epoch: epoch,
     };
     let request = RequestInfo {
         user,
@@ -568,7 +867,7 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
     let mut status = StatusCode::OK;
     let since = since.unwrap_or_else(Instant::now);
     let (installed, missed) = router.resume_broadcasts(&hub, &id, &broadcasts, since, || {
-        status = super::moving::install(node, &endpoint, &token, moved).status();
+        status = super::moving::install(node, &endpoint, &token, moved, false).status();
         status == StatusCode::OK
     });
     if !installed {

@@ -29,8 +29,10 @@ use tracing::Instrument;
 
 use super::super::Node;
 use super::endpoint::{Active, HubEndpoint, Negotiated};
+use super::keeping::KeepSink;
 use super::reply::Reply;
 use crate::cluster::{NodeId, NodeStatus};
+use crate::connection::keeper::Keeper;
 use crate::connection::moving::{run_moved, MovedSetup, MovedState};
 use crate::connection::reconnect::{self, ResumeHandle};
 use crate::connection::{ConnectionHandle, ConnectionId, RequestInfo, Session};
@@ -334,7 +336,7 @@ pub(super) fn prepare(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, id:
 }
 
 /// T, step 5: starts the connection that arrived, from its state, and takes its token.
-pub(super) fn install(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, moved: MovedConnection) -> Reply {
+pub(super) fn install(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, moved: MovedConnection, keep: bool) -> Reply {
     let Some(arrival) = endpoint.arrivals.lock().remove(token) else {
         return Reply::no_connection();
     };
@@ -356,6 +358,21 @@ pub(super) fn install(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, mov
     let Some(protocol) = crate::protocol::Protocol::from_name(&state.protocol) else {
         return Reply::text(StatusCode::BAD_REQUEST, "unknown protocol");
     };
+    // Kept anew here when it moved in a drain (`keep`): a later death of this node does not lose it
+    // (`super::keeping`). Not after a keeper's take-over (see there).
+    let keeper: Option<Arc<dyn Keeper>> = keep.then(|| {
+        let sink: Arc<dyn Keeper> = KeepSink::moved(
+            node,
+            endpoint.path(),
+            token,
+            arrival.id.clone(),
+            home.clone(),
+            &request,
+            &state,
+            &sends_got,
+        );
+        sink
+    });
     let session = Arc::new(Session {
         id: arrival.id.clone(),
         user: request.user,
@@ -372,11 +389,20 @@ pub(super) fn install(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, mov
         limits: node.shared_limits(),
         host: Arc::new(endpoint.context.clone()),
         resume: slot,
+        keeper: keeper.clone(),
     };
     let run = match run_moved(state, setup) {
         Ok(run) => run,
         Err(error) => return Reply::text(StatusCode::BAD_REQUEST, error.to_string()),
     };
+    // The groups an owner's marker moved it into before it was its keeper's (from now on each join reaches the
+    // keeper itself), then the whole copy to a keeper, before the connection numbers a record.
+    if let Some(keeper) = &keeper {
+        for key in endpoint.context.groups_of(&arrival.id).unwrap_or_default() {
+            keeper.group(&key.name, key.kind == crate::mesh::GroupKind::User, true);
+        }
+        keeper.opened(protocol);
+    }
     let here = node.router().incarnation();
     endpoint.tokens.lock().insert(
         token.to_owned(),

@@ -406,7 +406,7 @@ async fn serve(node: Node, from: NodeId, payload: Bytes) -> Answer {
             None => resume_here(&node, &endpoint, &token, client, tunnel),
         },
         Op::Prepare { id } => Answer::Reply(super::moving::prepare(&node, &endpoint, &token, id)),
-        Op::Install { moved } => Answer::Reply(super::moving::install(&node, &endpoint, &token, *moved)),
+        Op::Install { moved } => Answer::Reply(super::moving::install(&node, &endpoint, &token, *moved, true)),
         Op::Moved { server } => Answer::Reply(super::moving::moved_elsewhere(&node, &endpoint, &from, &token, server)),
         Op::TakenOver { id } => {
             let transport = TransportKind::WebSockets;
@@ -589,7 +589,7 @@ impl RelayHost for NodeRelays {
     fn peer_joined(&self, peer: &NodeId) {
         if let Some(node) = self.0.upgrade().map(Node::from_inner) {
             super::home_report::peer_joined(&node, peer);
-            node.keeping().peer_joined(&node);
+            node.keeping().peer_joined(&node, peer);
         }
     }
 

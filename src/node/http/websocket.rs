@@ -170,6 +170,14 @@ pub(super) async fn accept_websocket(
             };
         }
         Route::Missing => {
+            // Kept here for a live server (it moved or was taken over, and its home is gone): the server first.
+            if let Some(server) = node.keeping().live_server_of(node, &token) {
+                if let Ok(Adoption::Resumed(socket)) =
+                    relay::adopt(node, &endpoint, &server, &token, TransportKind::WebSockets).await
+                {
+                    return Ok(tunnel(node, socket));
+                }
+            }
             if let Some(accepted) = taken_over_here(node, &endpoint, &token, head, &user).await {
                 return accepted;
             }

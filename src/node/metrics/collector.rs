@@ -84,6 +84,8 @@ pub(super) struct Scrape {
     kept_history: usize,
     taken_over: u64,
     keeping_refused: u64,
+    keeping_stale: u64,
+    keeping_origins_refused: u64,
     /// The mesh's bound counters, by bound.
     mesh_bounds: Vec<(&'static str, u64)>,
     sends: SendFigures,
@@ -149,6 +151,8 @@ impl Scrape {
             kept_history: node.inner.router.kept_history_len(),
             taken_over: node.keeping().adopted(),
             keeping_refused: node.keeping().refused(),
+            keeping_stale: node.keeping().stale(),
+            keeping_origins_refused: node.keeping().origins_refused(),
             ready,
             uptime_seconds,
             cluster,
@@ -437,6 +441,18 @@ impl Collector for NodeCollector {
             "hubmesh_keeping_refused",
             "Copies refused or dropped at their bounds, and take-overs that failed (the connection runs or ends unkept).",
             scrape.keeping_refused,
+        )?;
+        counter(
+            encoder,
+            "hubmesh_keeping_stale",
+            "Stale copies of stateful connections dropped, and take-overs of stale copies undone, because another keeper held a fresher copy.",
+            scrape.keeping_stale,
+        )?;
+        counter(
+            encoder,
+            "hubmesh_keeping_origins_refused",
+            "Records of stateful connections whose sender a copy could not note, 64 senders of its group being noted already (a resume may give those again).",
+            scrape.keeping_origins_refused,
         )?;
         counter(
             encoder,

@@ -16,6 +16,10 @@ use crate::connection::keeper::{Held, Keeper};
 use crate::connection::{ConnectionId, RequestInfo, SendMark};
 use crate::protocol::Protocol;
 
+/// The most keepers a connection remembers having left (`SinkState::formers`); past it, the oldest is forgotten
+/// (its copy stays until it takes it over and learns from a fresher keeper that it is stale, `Frame::Took`).
+const FORMER_KEEPERS: usize = 4;
+
 /// The server's side: what one stateful connection copies to its keeper ([`Keeper`] for the connection task).
 pub(crate) struct KeepSink {
     /// Itself, for the node's registry (which holds sinks weakly: the connection owns its sink).
@@ -27,6 +31,9 @@ pub(crate) struct KeepSink {
 
 struct SinkState {
     keeper: Option<NodeId>,
+    /// Keepers it left for another while they may still hold an older copy (out of its view, or unreachable): each
+    /// is told to drop it when it is back in view or when the connection ends. At most [`FORMER_KEEPERS`].
+    formers: Vec<NodeId>,
     ended: bool,
     copy: Copy,
     /// Waits for the keeper's answer to a claim ([`Keeper::claim`]).
@@ -43,6 +50,7 @@ impl KeepSink {
             held: Held::default(),
             state: Mutex::new(SinkState {
                 keeper: None,
+                formers: Vec::new(),
                 ended: false,
                 copy: Copy {
                     id,
@@ -63,11 +71,44 @@ impl KeepSink {
                     broadcasts: BTreeMap::new(),
                     directs: BTreeMap::new(),
                     since: None,
+                    epoch: 0,
                     bytes: 0,
                 },
                 claim: None,
             }),
         })
+    }
+
+    /// A sink for a connection that moved here (a drain, or its keeper's take-over): its copy starts from what the
+    /// move carried, its records the client has not acknowledged and the client's it acknowledged, `groups` (its
+    /// memberships here so far; the rest follow as the owners' markers apply them), what it got of each group's
+    /// sends where it was (`got`: a resume gives none of those again), and the number of its last copy
+    /// (`MovedState::keep_epoch`). The caller sets it as the connection's keeper, then opens it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn moved(
+        node: &Node,
+        path: &str,
+        token: &str,
+        id: ConnectionId,
+        home: NodeId,
+        request: &RequestInfo,
+        state: &crate::connection::moving::MovedState,
+        got: &crate::mesh::SendsGot,
+    ) -> Arc<Self> {
+        let sink = KeepSink::new(node, path, token, id, home, request);
+        {
+            let mut sink_state = sink.state.lock();
+            let copy = &mut sink_state.copy;
+            copy.unacked = state.unacked.iter().cloned().collect();
+            copy.last = state.next_id.saturating_sub(1);
+            copy.received = state.received.acked();
+            copy.epoch = state.keep_epoch;
+            for (key, origins) in &got.groups {
+                let group = (key.name.to_string(), key.kind == crate::mesh::GroupKind::User);
+                copy.got.insert(group, origins.clone());
+            }
+        }
+        sink
     }
 
     fn node(&self) -> Option<Node> {
@@ -94,19 +135,44 @@ impl KeepSink {
         }
     }
 
-    /// Picks a keeper (not `not`) and sends it the whole copy; with nobody to keep it, every record is held.
+    /// Picks a keeper (not `not`, a keeper it leaves) and sends it the whole copy, numbered one higher than the
+    /// last ([`Copy::epoch`]); with nobody to keep it, every record is held.
     fn open(&self, node: &Node, state: &mut SinkState, not: Option<&NodeId>) {
-        let peers: Vec<NodeId> = node
+        if let Some(former) = not {
+            if !state.formers.contains(former) {
+                if state.formers.len() >= FORMER_KEEPERS {
+                    state.formers.remove(0);
+                }
+                state.formers.push(former.clone());
+            }
+        }
+        let mut peers: Vec<NodeId> = node
             .router()
             .peer_incarnations()
             .into_iter()
             .filter(|peer| Some(peer) != not)
             .collect();
+        // Not a draining or joining peer when a serving one is there: a draining one leaves soon, and the copy
+        // would have to go again (its records waiting meanwhile). Nor one it left, when it has others.
+        if let Some(serving) = node.serving_peers_now() {
+            let ready: Vec<NodeId> = peers.iter().filter(|peer| serving.contains(peer)).cloned().collect();
+            if !ready.is_empty() {
+                peers = ready;
+            }
+        }
+        let fresh: Vec<NodeId> = peers.iter().filter(|peer| !state.formers.contains(peer)).cloned().collect();
+        if !fresh.is_empty() {
+            peers = fresh;
+        }
         state.keeper = crate::cluster::owner(state.copy.id.as_str().as_bytes(), &peers).cloned();
         let Some(keeper) = state.keeper.clone() else {
             self.run_unkept(state);
             return;
         };
+        // Chosen again: its copy is replaced by this one.
+        state.formers.retain(|former| former != &keeper);
+        state.copy.epoch += 1;
+        tracing::debug!(parent: node.span(), id = %state.copy.id, %keeper, epoch = state.copy.epoch, "the whole copy goes to a keeper");
         if !node.keeping().queue(&keeper, Frame::Open(Box::new(state.copy.clone())), None) {
             node.keeping().refused.fetch_add(1, Ordering::Relaxed);
             self.run_unkept(state);
@@ -121,6 +187,7 @@ impl KeepSink {
 
     pub(super) fn held_by(&self, from: &NodeId, seq: u64) {
         let state = self.state.lock();
+        tracing::trace!(id = %state.copy.id, %from, seq, keeper = ?state.keeper, "held by a keeper");
         if state.keeper.as_ref() == Some(from) {
             self.held.advance(seq);
         }
@@ -131,11 +198,29 @@ impl KeepSink {
         self.state.lock().copy.path.clone()
     }
 
-    pub(super) fn refused_by(&self, from: &NodeId) {
+    /// Keeper `from` refused the copy: at its bounds (the connection runs unkept), or because it is `leaving`
+    /// (the copy goes to another keeper).
+    pub(super) fn refused_by(&self, node: &Node, from: &NodeId, leaving: bool) {
         let mut state = self.state.lock();
-        if state.keeper.as_ref() == Some(from) {
-            self.run_unkept(&mut state);
+        if state.keeper.as_ref() == Some(from) && !state.ended {
+            if leaving {
+                self.open(node, &mut state, Some(from));
+            } else {
+                self.run_unkept(&mut state);
+            }
         }
+    }
+
+    /// Peer `peer` is in this node's view again: if it is a keeper this connection left, the frame that tells it
+    /// to drop its older copy.
+    pub(super) fn former_back(&self, peer: &NodeId) -> Option<Frame> {
+        let mut state = self.state.lock();
+        let at = state.formers.iter().position(|former| former == peer)?;
+        state.formers.remove(at);
+        Some(Frame::Ended {
+            id: state.copy.id.clone(),
+            below: Some(state.copy.epoch),
+        })
     }
 
     /// A keeper answered a claim: it took the connection over (`taken`), or not.
@@ -174,7 +259,11 @@ impl Keeper for KeepSink {
         state.copy.last = id;
         state.copy.unacked.push_back((id, record.clone()));
         if let Some(mark) = mark {
-            state.copy.note(mark);
+            if !state.copy.note(mark) {
+                if let Some(node) = self.node() {
+                    node.keeping().origins_refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
         if state.keeper.is_none() {
             self.held.advance(id);
@@ -246,16 +335,24 @@ impl Keeper for KeepSink {
         }
         state.ended = true;
         let id = state.copy.id.clone();
+        tracing::debug!(%id, keeper = ?state.keeper, "a kept connection ended here, or moved");
         if let Some(node) = self.node() {
             node.keeping().sinks.lock().remove(&id);
             if let Some(keeper) = state.keeper.take() {
-                node.keeping().queue(&keeper, Frame::Ended { id }, None);
+                node.keeping().queue(&keeper, Frame::Ended { id: id.clone(), below: None }, None);
+            }
+            for former in std::mem::take(&mut state.formers) {
+                node.keeping().queue(&former, Frame::Ended { id: id.clone(), below: None }, None);
             }
         }
     }
 
     fn held(&self) -> &Held {
         &self.held
+    }
+
+    fn epoch(&self) -> u64 {
+        self.state.lock().copy.epoch
     }
 
     fn claim(&self) -> oneshot::Receiver<bool> {

@@ -58,6 +58,11 @@ pub(super) struct Copy {
     /// (`Router::resume_direct`).
     #[serde(default)]
     pub(super) directs: BTreeMap<String, SendMark>,
+    /// Which of its server's copies this is, from 1: the server counts up each time it sends the whole copy to a
+    /// keeper (its keeper left its view, or a batch could not reach it), and a keeper it left may still hold an
+    /// older one. Of two copies of a connection, the higher is the fresher (`Frame::Took`).
+    #[serde(default)]
+    pub(super) epoch: u64,
     /// When the keeper got its first copy of the connection (the keeper's, not sent).
     #[serde(skip)]
     pub(super) since: Option<tokio::time::Instant>,
@@ -84,7 +89,9 @@ impl Copy {
 
     /// Notes the mark of a record numbered for the client: its group's last send, or its origin's last broadcast
     /// or send by id (one entry per origin name: a restarted origin's replaces its earlier incarnation's).
-    pub(super) fn note(&mut self, mark: &SendMark) {
+    /// Notes a record's mark; false if its origin could not be noted (its group's list is full:
+    /// [`ORIGINS_PER_GROUP`]).
+    pub(super) fn note(&mut self, mark: &SendMark) -> bool {
         if mark.broadcast || mark.direct {
             let last_of = if mark.broadcast {
                 &mut self.broadcasts
@@ -97,19 +104,22 @@ impl Copy {
             if newer {
                 last_of.insert(mark.origin.to_string(), mark.clone());
             }
+            true
         } else {
             // Once per record of a stateful connection, on its server and its keeper: the group's key is made
             // once, and cloned only for a group's first record.
             let group = (mark.group.to_string(), mark.user);
-            match self.got.get_mut(&group) {
+            let noted = match self.got.get_mut(&group) {
                 Some(got) => note_origin(got, mark),
                 None => {
                     let mut got = Vec::new();
                     note_origin(&mut got, mark);
                     self.got.insert(group.clone(), got);
+                    true
                 }
-            }
+            };
             self.marks.insert(group, mark.clone());
+            noted
         }
     }
 
@@ -121,7 +131,7 @@ impl Copy {
 }
 
 /// Notes in `got` (a group's origins) that `mark`'s origin numbered up to `mark` for the client.
-fn note_origin(got: &mut Vec<OriginLast>, mark: &SendMark) {
+fn note_origin(got: &mut Vec<OriginLast>, mark: &SendMark) -> bool {
     let full = got.len() >= ORIGINS_PER_GROUP;
     match got.iter_mut().find(|origin| *origin.origin == *mark.origin) {
         Some(origin) => {
@@ -129,13 +139,17 @@ fn note_origin(got: &mut Vec<OriginLast>, mark: &SendMark) {
                 origin.generation = mark.generation;
                 origin.last = mark.seq;
             }
+            true
         }
-        None if full => {}
-        None => got.push(OriginLast {
-            origin: mark.origin.to_string(),
-            generation: mark.generation,
-            last: mark.seq,
-        }),
+        None if full => false,
+        None => {
+            got.push(OriginLast {
+                origin: mark.origin.to_string(),
+                generation: mark.generation,
+                last: mark.seq,
+            });
+            true
+        }
     }
 }
 
@@ -223,7 +237,7 @@ mod header_pairs {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) enum Frame {
     /// Server → keeper: keep this (replacing what was kept).
     Open(Box<Copy>),
@@ -232,11 +246,22 @@ pub(super) enum Frame {
     Acked { id: ConnectionId, seq: u64 },
     Received { id: ConnectionId, seq: u64 },
     Group { id: ConnectionId, group: String, user: bool, joined: bool },
-    Ended { id: ConnectionId },
+    Ended {
+        id: ConnectionId,
+        /// Only a copy numbered below this ([`Copy::epoch`]): a keeper the connection left for another drops its
+        /// older copy, and a late frame never drops a newer one. `None`: the connection ended, whatever the copy.
+        #[serde(default)]
+        below: Option<u64>,
+    },
     /// Keeper → server: records up to `seq` are kept.
     Held { id: ConnectionId, seq: u64 },
     /// Keeper → server: not kept (full, or the copy grew too large).
-    Refused { id: ConnectionId },
+    Refused {
+        id: ConnectionId,
+        /// The keeper is leaving (draining): the server sends its copy to another instead of running unkept.
+        #[serde(default)]
+        leaving: bool,
+    },
     /// Keeper → server: the keeper took the connection over, having declared the server dead. A server that was
     /// only frozen gets it when it comes back (its link's queue outlives the link) and drops the connection.
     TakenOver { id: ConnectionId },
@@ -245,6 +270,16 @@ pub(super) enum Frame {
     Claim { id: ConnectionId, token: String },
     /// Keeper → server: it did not take the connection over and keeps it no more (the server closes it).
     Released { id: ConnectionId },
+    /// Keeper → every live peer: it takes over connection `id` of `server`, which left its view, from its copy
+    /// number `epoch`. A peer that holds an older copy of it drops that (and the connection, if it took it over
+    /// from that copy); every peer answers with `Known`. Without it, two keepers of one connection (one its server
+    /// left for another while it was cut off) would both take it over, and its groups would count it twice (chaos
+    /// defect 20, `tests/cli/chaos/README.md`).
+    Took { id: ConnectionId, server: NodeId, epoch: u64 },
+    /// The answer to `Took`: the number of the copy of `id` this peer holds or took over (0: none). The asker waits
+    /// for every live peer's answer (at most `TOOK_WAIT`) before it starts the connection, and does not if one is
+    /// fresher.
+    Known { id: ConnectionId, epoch: u64 },
 }
 
 /// What one tunnel frame carries: frames for one peer, in order, and the record bytes they name.
@@ -378,6 +413,7 @@ mod tests {
             broadcasts: BTreeMap::new(),
             directs: BTreeMap::new(),
             since: None,
+            epoch: 3,
             bytes: 6,
         };
         let bytes = rmp_serde::to_vec(&copy)?;
@@ -388,6 +424,7 @@ mod tests {
         assert_eq!(back.claims.as_deref().and_then(|claims| claims.get("sub")), Some(&serde_json::Value::from("alice")));
         assert_eq!(back.groups, copy.groups);
         assert_eq!(back.unacked, copy.unacked);
+        assert_eq!(back.epoch, 3, "a copy's number crosses the wire");
 
         copy.drop_acked(1, true);
         assert_eq!(copy.unacked.len(), 1);
