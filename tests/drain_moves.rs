@@ -137,12 +137,13 @@ async fn drain_moves(protocol: Protocol) -> TestResult {
                         assert!(
                             mover.reconnects < 3,
                             "client {index} ({protocol:?}) reconnected {} times; of {COUNT}, groups {} (last {:?}) and \
-                             directs {} (last {:?}) arrived",
+                             directs {} (last {:?}) arrived; directs missing: {:?}",
                             mover.reconnects,
                             mover.got.group.len(),
                             mover.got.group.last(),
                             mover.got.direct.len(),
-                            mover.got.direct.last()
+                            mover.got.direct.last(),
+                            (0..COUNT).filter(|n| !mover.got.direct.contains(n)).collect::<Vec<u64>>()
                         );
                         let through = [0, 1][(index + mover.reconnects) % 2];
                         tokio::time::sleep(Duration::from_millis(20)).await;

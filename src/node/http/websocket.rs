@@ -170,14 +170,6 @@ pub(super) async fn accept_websocket(
             };
         }
         Route::Missing => {
-            // Kept here for a live server (it moved or was taken over, and its home is gone): the server first.
-            if let Some(server) = node.keeping().live_server_of(node, &token) {
-                if let Ok(Adoption::Resumed(socket)) =
-                    relay::adopt(node, &endpoint, &server, &token, TransportKind::WebSockets).await
-                {
-                    return Ok(tunnel(node, socket));
-                }
-            }
             if let Some(accepted) = taken_over_here(node, &endpoint, &token, head, &user).await {
                 return accepted;
             }
@@ -253,6 +245,14 @@ async fn taken_over_here(
     head: &RequestHead,
     user: &Option<Authenticated>,
 ) -> Option<Result<AcceptedWebSocket, Box<HttpResponse>>> {
+    // Kept here for a live server (a connection that moved in a drain is kept anew): the server first, since the
+    // client's socket may have dropped with its server alive; the wait is for a server that died.
+    if let Some(server) = node.keeping().live_server_of(node, token) {
+        if let Ok(Adoption::Resumed(socket)) = relay::adopt(node, endpoint, &server, token, TransportKind::WebSockets).await
+        {
+            return Some(Ok(tunnel(node, socket)));
+        }
+    }
     if !node.keeping().wait_taken_over(endpoint, token).await {
         return None;
     }
