@@ -21,7 +21,7 @@ type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Every metric a scrape describes, with its type (counters carry `_total` on their samples).
-const METRICS: [(&str, &str); 51] = [
+const METRICS: [(&str, &str); 53] = [
     ("hubmesh_connections", "gauge"),
     ("hubmesh_transport_connections", "gauge"),
     ("hubmesh_connects", "counter"),
@@ -45,6 +45,8 @@ const METRICS: [(&str, &str); 51] = [
     ("hubmesh_kept_history_sends", "gauge"),
     ("hubmesh_connections_taken_over", "counter"),
     ("hubmesh_keeping_refused", "counter"),
+    ("hubmesh_keeping_stale", "counter"),
+    ("hubmesh_keeping_origins_refused", "counter"),
     ("hubmesh_adoptions_refused", "counter"),
     ("hubmesh_tunnel_ends_fell_behind", "counter"),
     ("hubmesh_sends_passed_on", "counter"),
