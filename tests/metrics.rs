@@ -21,7 +21,7 @@ type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Every metric a scrape describes, with its type (counters carry `_total` on their samples).
-const METRICS: [(&str, &str); 53] = [
+const METRICS: [(&str, &str); 55] = [
     ("hubmesh_connections", "gauge"),
     ("hubmesh_transport_connections", "gauge"),
     ("hubmesh_connects", "counter"),
@@ -47,6 +47,8 @@ const METRICS: [(&str, &str); 53] = [
     ("hubmesh_keeping_refused", "counter"),
     ("hubmesh_keeping_stale", "counter"),
     ("hubmesh_keeping_origins_refused", "counter"),
+    ("hubmesh_kept_take_overs_remembered", "gauge"),
+    ("hubmesh_keeping_take_overs_unchecked", "counter"),
     ("hubmesh_adoptions_refused", "counter"),
     ("hubmesh_tunnel_ends_fell_behind", "counter"),
     ("hubmesh_sends_passed_on", "counter"),

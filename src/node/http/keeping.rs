@@ -104,6 +104,8 @@ pub(crate) struct Keeping {
     /// Records whose origin a copy (here, or kept here) could not note, its group's list being full
     /// (`wire::ORIGINS_PER_GROUP`).
     origins_refused: AtomicU64,
+    /// Take-overs started without comparing copies with the peers, [`MAX_KEPT`] others being remembered already.
+    took_unchecked: AtomicU64,
     /// Wakes take-overs waiting for their peers' answers (`Frame::Known`).
     answered: Arc<tokio::sync::Notify>,
     /// A peer left while this node saw a minority of the cluster or had stalled: what it put off waits for a join
@@ -123,7 +125,7 @@ struct Kept {
     tokens: HashMap<Arc<str>, ConnectionId>,
     /// Tokens of copies being taken over now (out of `copies`, not yet in their hub's table).
     taking_over: HashSet<String>,
-    /// The take-overs of the last [`TOOK_MEMORY`] (at most one per copy kept: [`MAX_KEPT`]).
+    /// The take-overs of the last [`TOOK_MEMORY`], at most [`MAX_KEPT`] (`Kept::forget_old_took`).
     took: HashMap<ConnectionId, TookHere>,
 }
 
@@ -143,6 +145,13 @@ struct TookHere {
 }
 
 impl Kept {
+    /// Forgets the take-overs older than [`TOOK_MEMORY`]; false if [`MAX_KEPT`] younger ones are still remembered
+    /// (a take-over beyond them starts without comparing copies with the peers, counted in `took_unchecked`).
+    fn forget_old_took(&mut self) -> bool {
+        self.took.retain(|_, took| took.at.elapsed() < TOOK_MEMORY);
+        self.took.len() < MAX_KEPT
+    }
+
     fn remove(&mut self, id: &ConnectionId) -> Option<(NodeId, Box<Copy>)> {
         let removed = self.copies.remove(id)?;
         self.tokens.remove(&*removed.1.token);
@@ -179,6 +188,12 @@ impl Keeping {
     /// Stale copies dropped and take-overs of stale copies undone.
     pub(crate) fn stale(&self) -> u64 {
         self.stale.load(Ordering::Relaxed)
+    }
+
+    /// Take-overs remembered to compare with other keepers' (`Kept::took`), and those started unchecked past its
+    /// bound.
+    pub(crate) fn took_counts(&self) -> (usize, u64) {
+        (self.kept.lock().took.len(), self.took_unchecked.load(Ordering::Relaxed))
     }
 
     /// Records whose origin a copy could not note (`wire::ORIGINS_PER_GROUP`).
@@ -558,7 +573,6 @@ impl Keeping {
         self.retry_now(node);
     }
 
-    /// What was put off happens now, if this node sees most of the cluster and did not stall lately.
     /// What was put off, if this node may act now: its connections whose keeper left get another at once (their
     /// records wait meanwhile), and the kept connections of servers that left are taken over [`TAKE_OVER_SETTLE`]
     /// later, if it still may then and only for servers still gone: peers come back into a view one by one, and a
@@ -603,7 +617,7 @@ impl Keeping {
         let mut frames: Vec<Frame> = sinks.iter().filter_map(|sink| sink.former_back(peer)).collect();
         {
             let mut kept = self.kept.lock();
-            kept.took.retain(|_, took| took.at.elapsed() < TOOK_MEMORY);
+            kept.forget_old_took();
             frames.extend(
                 kept.took
                     .iter()
@@ -662,11 +676,15 @@ impl Keeping {
                 .map(|(id, _)| id.clone())
                 .collect();
             let orphans: Vec<(NodeId, Box<Copy>)> = ids.iter().filter_map(|id| kept.remove(id)).collect();
-            if !orphans.is_empty() {
-                kept.took.retain(|_, took| took.at.elapsed() < TOOK_MEMORY);
-            }
+            let mut room = orphans.is_empty() || kept.forget_old_took();
             for (server, copy) in &orphans {
                 kept.taking_over.insert(copy.token.to_string());
+                room = room && kept.took.len() < MAX_KEPT;
+                if !room {
+                    // Bounded: started without asking the peers, as before the comparison existed.
+                    self.took_unchecked.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 let took = TookHere {
                     server: server.clone(),
                     epoch: copy.epoch,

@@ -86,6 +86,8 @@ pub(super) struct Scrape {
     keeping_refused: u64,
     keeping_stale: u64,
     keeping_origins_refused: u64,
+    took_remembered: usize,
+    took_unchecked: u64,
     /// The mesh's bound counters, by bound.
     mesh_bounds: Vec<(&'static str, u64)>,
     sends: SendFigures,
@@ -153,6 +155,8 @@ impl Scrape {
             keeping_refused: node.keeping().refused(),
             keeping_stale: node.keeping().stale(),
             keeping_origins_refused: node.keeping().origins_refused(),
+            took_remembered: node.keeping().took_counts().0,
+            took_unchecked: node.keeping().took_counts().1,
             ready,
             uptime_seconds,
             cluster,
@@ -453,6 +457,18 @@ impl Collector for NodeCollector {
             "hubmesh_keeping_origins_refused",
             "Records of stateful connections whose sender a copy could not note, 64 senders of its group being noted already (a resume may give those again).",
             scrape.keeping_origins_refused,
+        )?;
+        gauge(
+            encoder,
+            "hubmesh_kept_take_overs_remembered",
+            "Take-overs of the last minute remembered to compare with other keepers' copies (at most 262,144).",
+            count(scrape.took_remembered),
+        )?;
+        counter(
+            encoder,
+            "hubmesh_keeping_take_overs_unchecked",
+            "Take-overs started without comparing copies with the peers, 262,144 others being remembered already.",
+            scrape.took_unchecked,
         )?;
         counter(
             encoder,

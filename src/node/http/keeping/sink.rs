@@ -79,7 +79,7 @@ impl KeepSink {
         })
     }
 
-    /// A sink for a connection that moved here (a drain, or its keeper's take-over): its copy starts from what the
+    /// A sink for a connection that moved here in a drain: its copy starts from what the
     /// move carried, its records the client has not acknowledged and the client's it acknowledged, `groups` (its
     /// memberships here so far; the rest follow as the owners' markers apply them), what it got of each group's
     /// sends where it was (`got`: a resume gives none of those again), and the number of its last copy
@@ -187,7 +187,6 @@ impl KeepSink {
 
     pub(super) fn held_by(&self, from: &NodeId, seq: u64) {
         let state = self.state.lock();
-        tracing::trace!(id = %state.copy.id, %from, seq, keeper = ?state.keeper, "held by a keeper");
         if state.keeper.as_ref() == Some(from) {
             self.held.advance(seq);
         }
