@@ -294,6 +294,9 @@ impl<H: LocalHub> Router<H> {
         let mut kept = self.kept_direct.lock();
         if let Some(KeptDirect::Pending(sends)) = kept.connections.remove(id) {
             kept.held -= sends.len();
+            if !sends.is_empty() {
+                tracing::debug!(parent: &self.span, %id, sends = sends.len(), "sends by id held for a kept connection dropped");
+            }
         }
         self.kept_direct_count.store(kept.connections.len(), Ordering::Relaxed);
     }

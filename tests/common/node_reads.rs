@@ -37,9 +37,13 @@ pub async fn metric_total(urls: &[String], name: &str) -> TestResult<u64> {
     Ok(total)
 }
 
-/// How many live members the node at `url` sees (`/_hubmesh/cluster`).
-pub async fn live_seen_by(url: &str) -> TestResult<usize> {
+/// The cluster view of the node at `url` (`/_hubmesh/cluster`: its live members' names and incarnations).
+pub async fn cluster_view(url: &str) -> TestResult<Value> {
     let view = http_request_with_body(addr_of(url)?, "GET", "/_hubmesh/cluster", &[], b"").await?;
-    let view: Value = serde_json::from_slice(&view.body)?;
-    Ok(view["live"].as_array().map_or(0, Vec::len))
+    Ok(serde_json::from_slice(&view.body)?)
+}
+
+/// How many live members the node at `url` sees.
+pub async fn live_seen_by(url: &str) -> TestResult<usize> {
+    Ok(cluster_view(url).await?["live"].as_array().map_or(0, Vec::len))
 }

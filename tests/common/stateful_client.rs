@@ -39,15 +39,20 @@ impl StatefulClient {
         let token = body["connectionToken"].as_str().ok_or("no token")?.to_owned();
         let id = body["connectionId"].as_str().ok_or("no id")?.to_owned();
         let mut client = Self::connect_with(&format!("{hub}?id={token}"), protocol).await?;
-        client
-            .raw
+        client.join(group).await?;
+        Ok((client, token, id))
+    }
+
+    /// Joins `group` (the demo hub's `JoinGroup`, invocation "1", the client's first message).
+    pub async fn join(&mut self, group: &str) -> TestResult {
+        self.raw
             .send_invocation_with_id("1", "JoinGroup", serde_json::json!([group]))
             .await?;
-        let joined = client.read().await?;
+        let joined = self.read().await?;
         if joined["invocationId"] != "1" || !joined["error"].is_null() {
             return Err(format!("not joined to {group}: {joined}").into());
         }
-        Ok((client, token, id))
+        Ok(())
     }
 
     /// Connects to `url` and does a version 2 handshake in `protocol`.

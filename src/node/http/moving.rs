@@ -335,6 +335,19 @@ pub(super) fn prepare(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, id:
     Reply::empty(StatusCode::OK)
 }
 
+/// T, step 1 of a drain's move: [`prepare`], and if this node keeps the connection (the same rendezvous on its id
+/// picks its keeper and where it moves), it stops holding its sends by id for a take-over: from now on they are
+/// for the arriving mailbox. Held, they were dropped when the node it left said the copy had ended (chaos
+/// defect 18 in `tests/cli/chaos/README.md`); those held before are ones its server got too (sent again, or sent
+/// to every peer). A keeper's own take-over calls [`prepare`] and keeps holding them until it resumes them.
+pub(super) fn prepare_move(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, id: ConnectionId) -> Reply {
+    let reply = prepare(node, endpoint, token, id.clone());
+    if reply.status() == StatusCode::OK {
+        node.router().unkeep_direct(&id);
+    }
+    reply
+}
+
 /// T, step 5: starts the connection that arrived, from its state, and takes its token.
 pub(super) fn install(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, moved: MovedConnection, keep: bool) -> Reply {
     let Some(arrival) = endpoint.arrivals.lock().remove(token) else {

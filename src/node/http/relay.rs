@@ -405,7 +405,7 @@ async fn serve(node: Node, from: NodeId, payload: Bytes) -> Answer {
             Some(server) => ask(&node, &endpoint, &server, &token, Op::Resume { client, tunnel }, RELAY_TIMEOUT).await,
             None => resume_here(&node, &endpoint, &token, client, tunnel),
         },
-        Op::Prepare { id } => Answer::Reply(super::moving::prepare(&node, &endpoint, &token, id)),
+        Op::Prepare { id } => Answer::Reply(super::moving::prepare_move(&node, &endpoint, &token, id)),
         Op::Install { moved } => Answer::Reply(super::moving::install(&node, &endpoint, &token, *moved, true)),
         Op::Moved { server } => Answer::Reply(super::moving::moved_elsewhere(&node, &endpoint, &from, &token, server)),
         Op::TakenOver { id } => {
