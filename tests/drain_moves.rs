@@ -16,7 +16,7 @@ use hubmesh::testing::client::{negotiate, Protocol};
 use hubmesh::testing::proxy::RoundRobinProxy;
 use hubmesh::testing::TestCluster;
 use hubmesh::ConnectionId;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::time::{timeout, Instant};
 
 #[path = "common/node_reads.rs"]
@@ -30,7 +30,7 @@ mod query_user;
 #[path = "common/stateful_client.rs"]
 mod stateful_client;
 
-use node_reads::{cluster_view, init_tracing, live_seen_by, metric_total};
+use node_reads::{incarnations_seen_by, init_tracing, live_seen_by, metric_total};
 use official_clients::OfficialClients;
 use query_user::user_from_query;
 
@@ -370,19 +370,8 @@ async fn a_connection_moving_to_its_keeper_misses_no_direct_message() -> TestRes
         let urls: Vec<String> = (0..3).filter_map(|index| cluster.url(index)).collect();
         let hub = |index: usize| format!("{}/hub", urls[index]);
         // Node 3's peers, as they are in its view.
-        let view = cluster_view(&urls[2]).await?;
-        let peers: Vec<hubmesh::cluster::NodeId> = view["incarnations"]
-            .as_array()
-            .ok_or("no incarnations")?
-            .iter()
-            .filter_map(Value::as_str)
-            .filter(|incarnation| !incarnation.starts_with("node-3."))
-            .filter_map(|incarnation| {
-                let (name, generation) = incarnation.rsplit_once('.')?;
-                Some(hubmesh::cluster::NodeId::new(name, generation.parse().ok()?))
-            })
-            .collect();
-        assert_eq!(peers.len(), 2, "node 3 sees {view}");
+        let peers = incarnations_seen_by(&urls[2], "node-3").await?;
+        assert_eq!(peers.len(), 2, "node 3 sees {peers:?}");
         // A connection of node 1 that rendezvous puts on node 2 (one in two are).
         let mut chosen = None;
         for _ in 0..64 {

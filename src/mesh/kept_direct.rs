@@ -80,6 +80,18 @@ pub(super) struct KeptDirects {
 /// The connections whose server left, that this node (their home) offers sends for, until the instant.
 pub(super) type Orphans = HashMap<ConnectionId, Instant>;
 
+/// What becomes of the sends by id a node holds for connections it keeps, besides being held.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Held {
+    /// Only held: the send is for keepers (sent again, or offered), or reached this node as one of every peer.
+    Only,
+    /// Passed on too, as if none were kept here: on the routes that reach a live server, since a connection kept
+    /// here may run on a live node its home or this node has not heard of yet (taken over, or moved, after its
+    /// server or home left), and a take-over here leaves out what that server numbered. Holding them only lost
+    /// them (chaos defect 21, `tests/cli/chaos/README.md`).
+    PassedOn,
+}
+
 fn position(mark: &SendMark) -> (u64, u64) {
     (mark.generation, mark.seq)
 }
@@ -201,7 +213,7 @@ impl<H: LocalHub> Router<H> {
 
     /// A send by id sent again: only for the connections this node keeps or took over lately.
     pub(super) fn on_resent(&self, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame) {
-        let _ = self.take_kept_direct(hub, ids, &frame, &|_| true);
+        let _ = self.take_kept_direct(hub, ids, &frame, &|_| true, Held::Only);
     }
 
     /// Whether a send by id that reached this node by the usual routes is for the keeper here of connection `id`,
@@ -212,19 +224,21 @@ impl<H: LocalHub> Router<H> {
     }
 
     /// Of `ids`, holds (a kept connection, when `hold` says the send is for its keeper) or delivers unless
-    /// repeated (one taken over lately) what is for this node's kept connections; hands back the others.
+    /// repeated (one taken over lately) what is for this node's kept connections; hands back the others, and with
+    /// [`Held::PassedOn`] the held ones too.
     pub(super) fn take_kept_direct(
         &self,
         hub: &Arc<str>,
         ids: Vec<ConnectionId>,
         frame: &WireFrame,
         hold: &dyn Fn(&ConnectionId) -> bool,
+        held_ones: Held,
     ) -> Vec<ConnectionId> {
         if !self.has_kept_direct() {
             return ids;
         }
         let mut kept = self.kept_direct.lock();
-        let (mine, others): (Vec<ConnectionId>, Vec<ConnectionId>) = ids.into_iter().partition(|id| match kept.connections.get(id) {
+        let (mine, mut others): (Vec<ConnectionId>, Vec<ConnectionId>) = ids.into_iter().partition(|id| match kept.connections.get(id) {
             Some(KeptDirect::Pending(_)) => hold(id),
             Some(KeptDirect::Resumed(..)) => true,
             None => false,
@@ -235,16 +249,20 @@ impl<H: LocalHub> Router<H> {
         let marked = frame.clone().into_frame();
         let mut dropped = 0;
         let mut deliver = Vec::new();
+        let mut passed = Vec::new();
         let KeptDirects { connections, held } = &mut *kept;
         for id in mine {
             match connections.get_mut(&id) {
                 Some(KeptDirect::Pending(sends)) => {
                     if sends.len() >= KEPT_DIRECT_CAP || *held >= KEPT_DIRECT_TOTAL_CAP {
                         dropped += 1;
-                        continue;
+                    } else {
+                        sends.push(marked.clone());
+                        *held += 1;
                     }
-                    sends.push(marked.clone());
-                    *held += 1;
+                    if held_ones == Held::PassedOn {
+                        passed.push(id);
+                    }
                 }
                 Some(KeptDirect::Resumed(_, last)) => {
                     let Some(mark) = frame.mark() else {
@@ -269,6 +287,15 @@ impl<H: LocalHub> Router<H> {
         if dropped > 0 {
             let hit = &self.bounds_hit;
             hit.hit(&hit.kept_direct_dropped, dropped, &self.span, "dropped sends by id held for kept connections");
+        }
+        if !passed.is_empty() {
+            // Not one this node is taking over (prepared here, not resumed yet): it gets them in order at its resume.
+            let runtime = self.hub(hub);
+            others.extend(
+                passed
+                    .into_iter()
+                    .filter(|id| runtime.as_ref().is_none_or(|runtime| runtime.handle_of(id).is_none())),
+            );
         }
         others
     }

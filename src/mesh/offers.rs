@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::envelope::{Envelope, WireFrame};
+use super::kept_direct::Held;
 use super::{LocalHub, Router};
 use crate::cluster::NodeId;
 use crate::connection::ConnectionId;
@@ -122,7 +123,7 @@ impl<H: LocalHub> Router<H> {
     pub(super) fn on_offered(&self, from: &NodeId, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame) {
         let Some(runtime) = self.hub(hub) else { return };
         let all = ids.clone();
-        let untaken = self.take_kept_direct(hub, ids, &frame, &|_| true);
+        let untaken = self.take_kept_direct(hub, ids, &frame, &|_| true, Held::Only);
         let taken: Vec<ConnectionId> = all.into_iter().filter(|id| !untaken.contains(id)).collect();
         let mut served: Vec<ConnectionId> = untaken.into_iter().filter(|id| runtime.handle_of(id).is_some()).collect();
         if !served.is_empty() {

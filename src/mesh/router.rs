@@ -27,7 +27,7 @@ use super::group_send::{HeldSend, RetainedSends};
 use super::hints::{Hints, Route};
 use super::kept::KeptGroups;
 use super::kept_broadcasts::KeptBroadcasts;
-use super::kept_direct::{KeptDirects, Orphans, RetainedDirects};
+use super::kept_direct::{Held, KeptDirects, Orphans, RetainedDirects};
 use super::offers::Offers;
 use super::ops_queue::OpsQueue;
 use super::rehome::CutOff;
@@ -373,7 +373,7 @@ impl<H: LocalHub> Router<H> {
             if let Some(runtime) = self.hub(hub) {
                 // Those kept here for a server that died, or taken over lately, keep their order (`super::kept_direct`).
                 let here = if self.has_kept_direct() {
-                    self.take_kept_direct(hub, here, &make(), &|id| self.is_orphan(id))
+                    self.take_kept_direct(hub, here, &make(), &|id| self.is_orphan(id), Held::PassedOn)
                 } else {
                     here
                 };
@@ -417,14 +417,16 @@ impl<H: LocalHub> Router<H> {
 
     /// A send to connections by id through their home (kept to send again if it leaves), or to every live peer
     /// when the home is gone, this node included: it may be the keeper of a connection whose server died with its
-    /// home (`super::kept_direct`), and holds the send for it until it takes the connection over.
+    /// home (`super::kept_direct`), and holds the send for it until it takes the connection over. The peers get
+    /// those it holds too: the server of a connection kept here may be alive (one taken over, or moved, after its
+    /// home died), and a take-over leaves out what the server numbered.
     pub(super) fn send_direct_via_home(&self, home: &str, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame) {
         match self.live_peer(home) {
             Some(peer) => {
                 self.send_direct(&peer, hub, ids, frame);
             }
             None => {
-                let ids = self.take_kept_direct(hub, ids, &frame, &|id| self.for_keeper(id));
+                let ids = self.take_kept_direct(hub, ids, &frame, &|id| self.for_keeper(id), Held::PassedOn);
                 if ids.is_empty() {
                     return;
                 }
@@ -456,7 +458,7 @@ impl<H: LocalHub> Router<H> {
     /// that run elsewhere.
     pub(super) fn deliver_to_connections(&self, from: &NodeId, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame) {
         // Those this node keeps for a server that died, or took over lately (`super::kept_direct`).
-        let ids = self.take_kept_direct(hub, ids, &frame, &|id| self.for_keeper(id));
+        let ids = self.take_kept_direct(hub, ids, &frame, &|id| self.for_keeper(id), Held::PassedOn);
         if ids.is_empty() {
             return;
         }

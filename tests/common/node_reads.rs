@@ -43,6 +43,22 @@ pub async fn cluster_view(url: &str) -> TestResult<Value> {
     Ok(serde_json::from_slice(&view.body)?)
 }
 
+/// The incarnations of the live members the node at `url` sees, but those named `except`.
+pub async fn incarnations_seen_by(url: &str, except: &str) -> TestResult<Vec<hubmesh::cluster::NodeId>> {
+    let view = cluster_view(url).await?;
+    Ok(view["incarnations"]
+        .as_array()
+        .ok_or("no incarnations")?
+        .iter()
+        .filter_map(Value::as_str)
+        .filter_map(|incarnation| {
+            let (name, generation) = incarnation.rsplit_once('.')?;
+            Some(hubmesh::cluster::NodeId::new(name, generation.parse().ok()?))
+        })
+        .filter(|member| &*member.name != except)
+        .collect())
+}
+
 /// How many live members the node at `url` sees.
 pub async fn live_seen_by(url: &str) -> TestResult<usize> {
     Ok(cluster_view(url).await?["live"].as_array().map_or(0, Vec::len))

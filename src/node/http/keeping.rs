@@ -11,9 +11,8 @@
 //! A reconnect that reaches a keeper before the server is declared dead waits for that (at most [`ADOPT_WAIT`]).
 //!
 //! When the keeper leaves, the server picks another and sends it the whole copy. A connection that moved (a drain)
-//! is kept anew where it runs now (`KeepSink::moved`), its copies numbered on from the last ([`Copy::epoch`]); one
-//! taken over by its keeper is not kept again (a second death loses it: keeping it again made the official
-//! MessagePack client of `tests/node_death.rs` stop getting messages after its resume, not traced).
+//! or that its keeper took over is kept anew where it runs now (`KeepSink::moved`), its copies numbered on from the
+//! last ([`Copy::epoch`]).
 //!
 //! Bounds: a node keeps at most [`MAX_KEPT`] connections (an open beyond it is refused, and the server runs the
 //! connection unkept); a copy holds at most [`MAX_KEPT_BYTES`] of records (beyond it, it is dropped and the server
@@ -885,7 +884,7 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
     let mut status = StatusCode::OK;
     let since = since.unwrap_or_else(Instant::now);
     let (installed, missed) = router.resume_broadcasts(&hub, &id, &broadcasts, since, || {
-        status = super::moving::install(node, &endpoint, &token, moved, false).status();
+        status = super::moving::install(node, &endpoint, &token, moved, true).status();
         status == StatusCode::OK
     });
     if !installed {

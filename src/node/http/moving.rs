@@ -371,8 +371,8 @@ pub(super) fn install(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, mov
     let Some(protocol) = crate::protocol::Protocol::from_name(&state.protocol) else {
         return Reply::text(StatusCode::BAD_REQUEST, "unknown protocol");
     };
-    // Kept anew here when it moved in a drain (`keep`): a later death of this node does not lose it
-    // (`super::keeping`). Not after a keeper's take-over (see there).
+    // Kept anew here (`keep`: a drain's move, or a keeper's take-over): a later death of this node does not lose
+    // it (`super::keeping`).
     let keeper: Option<Arc<dyn Keeper>> = keep.then(|| {
         let sink: Arc<dyn Keeper> = KeepSink::moved(
             node,
