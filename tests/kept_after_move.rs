@@ -5,10 +5,10 @@
 //!
 //! Four in-process nodes of the demo hub. A stateful client on node 4 joins group `g`; node 4 drains (and restarts,
 //! as in a rolling restart), and the client's reconnect through a survivor resumes it where it moved. Its new node
-//! must have it kept by a peer. Then a survivor sends 200 group messages; after the first 50 arrive, its new node is
-//! killed, and the client's reconnect through the others resumes it on its keeper: every message once and in order,
-//! the same connection, still in its group. JSON and MessagePack. Everything runs on 127.0.0.1; every wait has a
-//! deadline.
+//! must have it kept by a peer. Then a survivor sends 200 group and 200 direct messages (by connection id, whose
+//! home is the restarted node); after the first 50 of each arrive, its new node is killed, and the client's
+//! reconnect through the others resumes it on its keeper: every message once and in order, the same connection,
+//! still in its group. JSON and MessagePack. Everything runs on 127.0.0.1; every wait has a deadline.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -131,13 +131,15 @@ async fn moved_then_killed(protocol: Protocol) -> TestResult {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
 
-        // Group sends from a survivor that stays; its new node dies after the first 50. (Not sends by id: after its
-        // home restarted, a moved connection can miss the first of those even with no death, 1 run in 6 here:
-        // `tests/cli/chaos/README.md`, defect 23.)
+        // Group and direct sends from a survivor that stays; its new node dies after the first 50 of each.
         let context = cluster.context(others[0], "demo").ok_or("no hub context")?;
+        let to = hubmesh::ConnectionId::new(id.as_str());
         let sender = tokio::spawn(async move {
             for n in 0..COUNT {
                 if context.clients().group("g").send("g", (n,)).is_err() {
+                    return;
+                }
+                if context.clients().client(&to).send("d", (n,)).is_err() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -148,14 +150,16 @@ async fn moved_then_killed(protocol: Protocol) -> TestResult {
         let mut resumed_after = None;
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut attempt = 0;
-        while got.group.len() < COUNT as usize {
+        while got.group.len() < COUNT as usize || got.direct.len() < COUNT as usize {
             assert!(
                 Instant::now() < deadline,
-                "{} group messages of {COUNT} arrived; missing: {:?}",
+                "{} group and {} direct messages of {COUNT} arrived; missing: {:?} and {:?}",
                 got.group.len(),
-                missing(&got.group)
+                got.direct.len(),
+                missing(&got.group),
+                missing(&got.direct)
             );
-            if killed_at.is_none() && got.group.len() >= 50 {
+            if killed_at.is_none() && got.group.len() >= 50 && got.direct.len() >= 50 {
                 cluster.kill(server).await;
                 killed_at = Some(Instant::now());
             }
@@ -176,6 +180,7 @@ async fn moved_then_killed(protocol: Protocol) -> TestResult {
         let _ = timeout(Duration::from_secs(5), sender).await;
         let expected: Vec<u64> = (0..COUNT).collect();
         assert_eq!(got.group, expected, "every group message once, in order");
+        assert_eq!(got.direct, expected, "every direct message once, in order");
         let resumed_after = resumed_after.ok_or("never resumed after the kill")?;
         println!("resumed on its keeper {resumed_after:?} after the kill, after {attempt} attempts");
 
