@@ -12,10 +12,12 @@
 //! next record would then be taken for it. A connection with nobody to keep it (a cluster of one) marks each
 //! record held at once.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Notify};
 
 use super::SendMark;
@@ -45,12 +47,26 @@ pub trait Keeper: Send + Sync + 'static {
     /// that the numbers of its copies keep growing wherever it runs (docs/semantics.md, "One copy becomes the
     /// connection").
     fn epoch(&self) -> u64;
+    /// Per origin, the last broadcast and the last send by id the copy knows were numbered for the client. A
+    /// connection that moves carries them on, so that its next keeper's take-over gives it none of those again.
+    fn last_marks(&self) -> LastMarks;
     /// How far the keeper holds the records.
     fn held(&self) -> &Held;
     /// Its node was declared dead by most of the cluster and is back: whether its keeper took the connection over
     /// (then it runs there, and its client resumes it there) or not (nor will it). Answered false at once when it
     /// has no keeper.
     fn claim(&self) -> oneshot::Receiver<bool>;
+}
+
+/// Per origin node (name), the mark of the last broadcast and of the last send by id numbered for a stateful
+/// connection: where a node that takes it over picks those sends up (one entry per origin name, a restarted
+/// origin's replacing its earlier incarnation's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastMarks {
+    /// The last broadcast of each origin.
+    pub broadcasts: BTreeMap<String, SendMark>,
+    /// The last send by id of each origin.
+    pub directs: BTreeMap<String, SendMark>,
 }
 
 /// How long a connection whose node was declared dead waits for its keeper to say whether it took it over

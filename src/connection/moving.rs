@@ -40,6 +40,11 @@ pub struct MovedState {
     /// moves to numbers its own copies on from there.
     #[serde(default)]
     pub keep_epoch: u64,
+    /// The last broadcast and send by id of each origin its copy knew were numbered for the client where it ran
+    /// ([`super::keeper::Keeper::last_marks`]): its copy on the node it moves to starts from them, so that a
+    /// take-over there gives it none of those again.
+    #[serde(default)]
+    pub last_marks: super::keeper::LastMarks,
 }
 
 /// Where a moving connection's task puts its state.
@@ -143,6 +148,7 @@ impl<T: Transport> Connection<T> {
             next_id,
             received,
             keep_epoch: keeper.as_ref().map_or(0, |keeper| keeper.epoch()),
+            last_marks: keeper.as_ref().map(|keeper| keeper.last_marks()).unwrap_or_default(),
         };
         tracing::debug!(unacked = state.unacked.len(), "moving to another node");
         let (release, released) = oneshot::channel();

@@ -42,6 +42,7 @@ use tokio::time::Instant;
 use super::super::Node;
 use super::endpoint::HubEndpoint;
 use crate::cluster::NodeId;
+use crate::connection::keeper::{Keeper, LastMarks};
 use crate::connection::moving::MovedState;
 use crate::connection::reconnect::ReceiveState;
 use crate::connection::{ConnectionId, RequestInfo};
@@ -347,12 +348,13 @@ impl Keeping {
     /// older copy here is dropped, or an older take-over here given up or undone. The answer: the number of the
     /// copy here (`Frame::Known`).
     fn took_elsewhere(&self, node: &Node, from: &NodeId, id: ConnectionId, server: &NodeId, epoch: u64) -> Frame {
+        let own = self.own_epoch(&id);
         let mut kept = self.kept.lock();
         // Of any server: a connection's copies are numbered on across its moves and take-overs
         // (`MovedState::keep_epoch`), so a copy kept for the server it moved to outranks one of the server it left.
         let mine = match kept.copies.get(&id) {
             Some((_, copy)) => Some(copy.epoch),
-            None => kept.took.get(&id).map(|took| took.epoch),
+            None => kept.took.get(&id).map(|took| took.epoch.max(own)),
         };
         let Some(mine) = mine.filter(|mine| *mine < epoch) else {
             return Frame::Known { epoch: mine.unwrap_or(0), id };
@@ -383,13 +385,14 @@ impl Keeping {
     /// Peer `from` answered a take-over's question (`Frame::Known`): it holds copy number `epoch` of `id`. A
     /// fresher one than the copy taken over here gives the take-over up (or undoes it).
     fn known(&self, node: &Node, from: &NodeId, id: &ConnectionId, epoch: u64) {
+        let own = self.own_epoch(id);
         let undo = {
             let mut kept = self.kept.lock();
             let Some(took) = kept.took.get_mut(id) else {
                 return;
             };
             took.waiting.remove(from);
-            if epoch > took.epoch && !took.superseded {
+            if epoch > took.epoch.max(own) && !took.superseded {
                 took.superseded = true;
                 self.stale.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(parent: node.span(), %id, peer = %from, mine = took.epoch, theirs = epoch, "a peer holds a fresher copy of a connection taken over here: giving the take-over up");
@@ -406,6 +409,13 @@ impl Keeping {
 
     fn sink(&self, id: &ConnectionId) -> Option<Arc<KeepSink>> {
         self.sinks.lock().get(id).and_then(Weak::upgrade)
+    }
+
+    /// The number of the latest copy this node sent of connection `id` as its server (0 if it sends none): a
+    /// connection taken over here is kept anew, its copies numbered on from the one taken over, so a peer holding
+    /// one of those holds this node's own copy, not a fresher one of another server's.
+    fn own_epoch(&self, id: &ConnectionId) -> u64 {
+        self.sink(id).map_or(0, |sink| sink.epoch())
     }
 
     /// The keeper's side of a frame from server `from`; the answer, if any.
@@ -614,20 +624,20 @@ impl Keeping {
     fn tell_joined(&self, node: &Node, peer: &NodeId) {
         let sinks: Vec<Arc<KeepSink>> = self.sinks.lock().values().filter_map(Weak::upgrade).collect();
         let mut frames: Vec<Frame> = sinks.iter().filter_map(|sink| sink.former_back(peer)).collect();
-        {
+        let took: Vec<(ConnectionId, NodeId, u64)> = {
             let mut kept = self.kept.lock();
             kept.forget_old_took();
-            frames.extend(
-                kept.took
-                    .iter()
-                    .filter(|(_, took)| !took.superseded && &took.server != peer)
-                    .map(|(id, took)| Frame::Took {
-                        id: id.clone(),
-                        server: took.server.clone(),
-                        epoch: took.epoch,
-                    }),
-            );
-        }
+            kept.took
+                .iter()
+                .filter(|(_, took)| !took.superseded && &took.server != peer)
+                .map(|(id, took)| (id.clone(), took.server.clone(), took.epoch))
+                .collect()
+        };
+        // Numbered as the latest copy this node sent of it since (`Keeping::own_epoch`).
+        frames.extend(took.into_iter().map(|(id, server, epoch)| {
+            let epoch = epoch.max(self.own_epoch(&id));
+            Frame::Took { id, server, epoch }
+        }));
         if frames.is_empty() {
             return;
         }
@@ -869,6 +879,11 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
         next_id: last + 1,
         received: ReceiveState::acknowledged_through(received),
         keep_epoch: epoch,
+        // Its next keeper's copy starts from what this one knew was numbered (a second take-over gives none again).
+        last_marks: LastMarks {
+            broadcasts: broadcasts.clone(),
+            directs: directs.clone(),
+        },
     };
     let request = RequestInfo {
         user,

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use crate::node::{Node, NodeInner};
 use super::wire::{Copy, Frame, Groups};
 use crate::cluster::NodeId;
-use crate::connection::keeper::{Held, Keeper};
+use crate::connection::keeper::{Held, Keeper, LastMarks};
 use crate::connection::{ConnectionId, RequestInfo, SendMark};
 use crate::protocol::Protocol;
 
@@ -103,6 +103,8 @@ impl KeepSink {
             copy.last = state.next_id.saturating_sub(1);
             copy.received = state.received.acked();
             copy.epoch = state.keep_epoch;
+            copy.broadcasts = state.last_marks.broadcasts.clone();
+            copy.directs = state.last_marks.directs.clone();
             for (key, origins) in &got.groups {
                 let group = (key.name.to_string(), key.kind == crate::mesh::GroupKind::User);
                 copy.got.insert(group, origins.clone());
@@ -352,6 +354,14 @@ impl Keeper for KeepSink {
 
     fn epoch(&self) -> u64 {
         self.state.lock().copy.epoch
+    }
+
+    fn last_marks(&self) -> LastMarks {
+        let state = self.state.lock();
+        LastMarks {
+            broadcasts: state.copy.broadcasts.clone(),
+            directs: state.copy.directs.clone(),
+        }
     }
 
     fn claim(&self) -> oneshot::Receiver<bool> {
