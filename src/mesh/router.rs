@@ -371,9 +371,12 @@ impl<H: LocalHub> Router<H> {
         let mut make = || wire.get_or_insert_with(|| WireFrame::of(&frame)).clone();
         if !here.is_empty() {
             if let Some(runtime) = self.hub(hub) {
-                // Those kept here for a server that died, or taken over lately, keep their order (`super::kept_direct`).
+                // Those kept here for a server that died, or taken over lately, keep their order (`super::kept_direct`):
+                // one kept here that is registered here is being taken over here, and gets what is held for it, in
+                // order, at its resume.
                 let here = if self.has_kept_direct() {
-                    self.take_kept_direct(hub, here, &make(), &|id| self.is_orphan(id), Held::PassedOn)
+                    let hold = |id: &ConnectionId| self.is_orphan(id) || runtime.handle_of(id).is_some();
+                    self.take_kept_direct(hub, here, &make(), &hold, Held::PassedOn)
                 } else {
                     here
                 };
