@@ -79,7 +79,7 @@ impl KeepSink {
         })
     }
 
-    /// A sink for a connection that moved here in a drain: its copy starts from what the
+    /// A sink for a connection that moved here (a drain, or its keeper's take-over): its copy starts from what the
     /// move carried, its records the client has not acknowledged and the client's it acknowledged, `groups` (its
     /// memberships here so far; the rest follow as the owners' markers apply them), what it got of each group's
     /// sends where it was (`got`: a resume gives none of those again), and the number of its last copy
