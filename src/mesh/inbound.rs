@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use super::arrivals::Via;
 use super::envelope::{Envelope, Request};
 use super::group_send::HeldSend;
 use super::owner::{Done, MembershipOp};
@@ -86,15 +85,9 @@ impl<H: LocalHub> Router<H> {
                 except,
                 frame,
                 stamp,
-                handed_from,
             } => {
-                let via = Via {
-                    owner: from.clone(),
-                    handed_from,
-                };
-                self.deliver_group_locally(&key, &frame.into_frame(), &except.into(), &stamp, Some(&via));
+                self.deliver_group_locally(&key, &frame.into_frame(), &except.into(), &stamp);
             }
-            Envelope::GroupReleased { key } => self.apply_released(&key, from),
             Envelope::GroupMissed {
                 key,
                 except,
@@ -141,7 +134,7 @@ impl<H: LocalHub> Router<H> {
                 key,
                 connection,
                 arriving,
-            } => self.apply_move_in_order(&key, from, &connection, arriving),
+            } => self.apply_move_in_order(&key, &connection, arriving),
             Envelope::SnapshotRequest => self.send_snapshot_to(from),
             Envelope::Request { id, request } => {
                 let router = self.clone();

@@ -70,22 +70,10 @@ pub const CUT_OFF_ERROR: &str =
     "This server was cut off from its cluster and may have missed messages for this connection; reconnect.";
 
 impl<H: LocalHub> Router<H> {
-    /// Applies a new live set (this node included) where no node is draining; see [`Router::on_view_draining`].
-    #[cfg(test)]
-    pub(crate) fn on_view(self: &Arc<Self>, live: Vec<NodeId>) {
-        self.on_view_draining(live, &[]);
-    }
-
-    /// Applies a new live set (this node included), of which the nodes in `draining` are draining: drops members
-    /// of nodes that left, fails requests waiting on them, gives up groups this node no longer owns, sends
-    /// snapshots so owners (old and new) hold every membership, and retries held sends.
-    ///
-    /// A draining node owns nothing (unless every node drains): its groups and users move to their next owners as
-    /// soon as it drains, while it is live and linked, so that when it leaves there is nothing left to move. The
-    /// move is the one a view change makes: the old owner gives a group up in its membership queue after the sends
-    /// queued before (its actor fans them out), passes later ones on, and the new owner holds the group's sends
-    /// until every peer's snapshot is in.
-    pub(crate) fn on_view_draining(self: &Arc<Self>, mut live: Vec<NodeId>, draining: &[NodeId]) {
+    /// Applies a new live set (this node included): drops members of nodes that left, fails requests waiting on
+    /// them, gives up groups this node no longer owns, sends snapshots so owners (old and new) hold every
+    /// membership, and retries held sends.
+    pub(crate) fn on_view(self: &Arc<Self>, mut live: Vec<NodeId>) {
         live.sort();
         if !live.iter().any(|id| self.is_local(&id.name)) {
             // Membership can briefly report this node as missing (after a stall); keep routing to itself.
@@ -98,19 +86,10 @@ impl<H: LocalHub> Router<H> {
         // Under `held`: the new owners and the re-sends of sends handed to the owners that left appear to senders
         // at once (see `group_send_stamped`), so no later send overtakes a re-send.
         let mut held = self.held.lock();
-        let mut placed: Vec<NodeId> = live.iter().filter(|id| !draining.contains(id)).cloned().collect();
-        if placed.is_empty() {
-            placed.clone_from(&live);
-        }
         let (left, joined) = {
             let mut current = self.live.write();
-            let mut current_placed = self.placed.write();
-            if *current == live && *current_placed == placed {
+            if *current == live {
                 return;
-            }
-            if *current_placed != placed {
-                let before = std::mem::replace(&mut *current_placed, placed);
-                *self.placed_before.write() = Some((tokio::time::Instant::now(), before));
             }
             let before: HashSet<&NodeId> = current.iter().collect();
             let after: HashSet<&NodeId> = live.iter().collect();

@@ -203,13 +203,7 @@ pub(crate) async fn join<H: LocalHub>(
                 view_health.counters.view_changed(&view, &mut previous_live);
                 view_links.update_peers(&peers_of(&view));
                 let live = view.live_ids();
-                let draining: Vec<NodeId> = view
-                    .live
-                    .iter()
-                    .filter(|member| member.status() == Some(NodeStatus::Draining))
-                    .map(|member| member.id.clone())
-                    .collect();
-                view_router.on_view_draining(live.clone(), &draining);
+                view_router.on_view(live.clone());
                 *view_health.placed.lock() = live;
                 if views.changed().await.is_err() {
                     return;
