@@ -21,26 +21,48 @@ pub struct OfficialClients {
     output: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
 }
 
+/// How the clients get their user ids.
+#[derive(Clone, Copy)]
+enum Users<'a> {
+    None,
+    ByQuery,
+    ByToken(&'a str),
+}
+
 impl OfficialClients {
     /// With `automatic`, the clients use automatic reconnect too (`withAutomaticReconnect()`).
     pub async fn start(urls: &[String], automatic: bool) -> TestResult<(OfficialClients, Value)> {
-        Self::spawn(urls, automatic, false).await
+        Self::spawn(urls, automatic, Users::None).await
     }
 
     /// The same, and client `i` asks for user `user-<i>` in the `user` query parameter (for a hub whose user id
     /// provider reads it), for the script's user and direct traffic (`peers`).
     pub async fn start_with_users(urls: &[String], automatic: bool) -> TestResult<(OfficialClients, Value)> {
-        Self::spawn(urls, automatic, true).await
+        Self::spawn(urls, automatic, Users::ByQuery).await
     }
 
-    async fn spawn(urls: &[String], automatic: bool, users: bool) -> TestResult<(OfficialClients, Value)> {
+    /// The same, client `i` being user `user-<i>` by an HS256 bearer token signed with `secret` (a node whose
+    /// `auth.secret` it is).
+    pub async fn start_with_tokens(
+        urls: &[String],
+        automatic: bool,
+        secret: &str,
+    ) -> TestResult<(OfficialClients, Value)> {
+        Self::spawn(urls, automatic, Users::ByToken(secret)).await
+    }
+
+    async fn spawn(urls: &[String], automatic: bool, users: Users<'_>) -> TestResult<(OfficialClients, Value)> {
         let dir = tokio::task::spawn_blocking(npm::ensure_installed).await??;
         let mut child = tokio::process::Command::new("node")
             .arg(dir.join("cluster-client.mjs"))
             .args(urls)
             .env("HUBMESH_STATEFUL", "1")
             .env("HUBMESH_AUTOMATIC", if automatic { "1" } else { "" })
-            .env("HUBMESH_USERS", if users { "1" } else { "" })
+            .env("HUBMESH_USERS", if matches!(users, Users::ByQuery) { "1" } else { "" })
+            .env(
+                "HUBMESH_JWT_SECRET",
+                if let Users::ByToken(secret) = users { secret } else { "" },
+            )
             .env(
                 "HUBMESH_CLIENT_LOG",
                 std::env::var("HUBMESH_CLIENT_LOG").unwrap_or_default(),

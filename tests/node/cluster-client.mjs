@@ -30,8 +30,10 @@
 // with HUBMESH_AUTOMATIC=1, automatic reconnect too (`withAutomaticReconnect()`: a client whose stateful reconnect
 // failed comes back as a new connection, which "ids" shows); with HUBMESH_CLIENT_LOG=1 they log to standard error,
 // with timestamps; with HUBMESH_USERS=1, client i asks for user `user-<i>` in the `user` query parameter (which
-// a hub whose user id provider reads it gives it).
+// a hub whose user id provider reads it gives it); with HUBMESH_JWT_SECRET set instead, client i is user
+// `user-<i>` by an HS256 bearer token (`sub`) signed with that secret, as for a node whose `auth.secret` it is.
 
+import { createHmac } from "node:crypto";
 import { createRequire } from "node:module";
 import readline from "node:readline";
 
@@ -43,13 +45,24 @@ const urls = process.argv.slice(2);
 const GROUP = "chaos";
 const out = (object) => process.stdout.write(JSON.stringify(object) + "\n");
 
-const withUsers = process.env.HUBMESH_USERS === "1";
+const jwtSecret = process.env.HUBMESH_JWT_SECRET || "";
+const withUsers = process.env.HUBMESH_USERS === "1" || jwtSecret !== "";
 const userOf = (index) => `user-${index}`;
 
+// An HS256 token for user `user`, valid for an hour.
+function tokenOf(user) {
+  const part = (object) => Buffer.from(JSON.stringify(object)).toString("base64url");
+  const body = `${part({ alg: "HS256", typ: "JWT" })}.${part({ sub: user, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
+  return `${body}.${createHmac("sha256", jwtSecret).update(body).digest("base64url")}`;
+}
+
 const clients = urls.map((url, index) => {
-  const hubUrl = withUsers ? `${url}/hub?user=${userOf(index)}` : `${url}/hub`;
+  const byQuery = withUsers && jwtSecret === "";
+  const hubUrl = byQuery ? `${url}/hub?user=${userOf(index)}` : `${url}/hub`;
+  const options = { transport: signalR.HttpTransportType.WebSockets };
+  if (jwtSecret !== "") options.accessTokenFactory = () => tokenOf(userOf(index));
   const builder = new signalR.HubConnectionBuilder()
-    .withUrl(hubUrl, { transport: signalR.HttpTransportType.WebSockets })
+    .withUrl(hubUrl, options)
     .configureLogging(
       process.env.HUBMESH_CLIENT_LOG === "1"
         ? { log: (level, message) => process.stderr.write(`${new Date().toISOString()} [client ${index}] ${level} ${message}\n`) }
