@@ -31,7 +31,7 @@ mod query_user;
 mod stateful_client;
 
 use node_reads::{incarnations_seen_by, init_tracing, live_seen_by, metric_total};
-use official_clients::OfficialClients;
+use official_clients::{peer_traffic, OfficialClients};
 use query_user::user_from_query;
 
 use stateful_client::{Numbered, StatefulClient};
@@ -660,11 +660,7 @@ async fn rolling_restart(size: Rolling) -> TestResult {
             .await?;
         assert_eq!(answer["ok"], json!(true), "{answer}");
         // Client i to user-(i+1) and to client i+2's connection: with the round-robin proxy, on other nodes.
-        let peer_traffic = |tag: &str, count: u64, interval: u64| {
-            json!({"cmd": "peers", "tag": tag, "count": count, "interval": interval, "userOffset": 1,
-                   "directOffset": 2, "direct": direct})
-        };
-        let answer = clients.ask(peer_traffic("rolling", peer_messages, peer_interval_ms)).await?;
+        let answer = clients.ask(peer_traffic("rolling", peer_messages, peer_interval_ms, direct)).await?;
         assert_eq!(answer["ok"], json!(true), "{answer}");
         let started = Instant::now();
         for index in 0..3 {
@@ -719,7 +715,7 @@ async fn rolling_restart(size: Rolling) -> TestResult {
         assert_eq!(members["count"], json!(clients_count), "memberships after the rolling restart: {members}");
         // Every user still has its connection (and, with direct traffic, every connection is reached where it runs
         // now).
-        let answer = clients.ask(peer_traffic("after", 3, 0)).await?;
+        let answer = clients.ask(peer_traffic("after", 3, 0, direct)).await?;
         assert_eq!(answer["ok"], json!(true), "{answer}");
         let after = clients.ask(json!({"cmd": "collect-peers", "tag": "after"})).await?;
         assert_eq!(after["ok"], json!(true), "user and direct sends after the rolling restart: {after}");

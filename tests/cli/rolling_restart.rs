@@ -34,7 +34,7 @@ use hubmesh::status::StatusReport;
 use hubmesh::testing::client::{http_request, TestClient};
 use hubmesh::testing::proxy::RoundRobinProxy;
 use node_process::{free_port, NodeProcess, TestResult};
-use official_clients::OfficialClients;
+use official_clients::{peer_traffic, OfficialClients};
 use serde_json::{json, Value};
 
 const KEY: &str = "rolling-restart-access-key";
@@ -702,11 +702,7 @@ async fn official_stateful_clients_behind_the_proxy_ride_through_hubmesh_rolling
             .ask(json!({"cmd": "stream", "from": 0, "count": GROUP_MESSAGES, "tag": "rolling", "interval": 10}))
             .await?;
         assert_eq!(answer["ok"], json!(true), "{answer}");
-        let peer_traffic = |tag: &str, count: u64, interval: u64| {
-            json!({"cmd": "peers", "tag": tag, "count": count, "interval": interval, "userOffset": 1,
-                   "directOffset": 2, "direct": true})
-        };
-        let answer = clients.ask(peer_traffic("rolling", PEER_MESSAGES, 100)).await?;
+        let answer = clients.ask(peer_traffic("rolling", PEER_MESSAGES, 100, true)).await?;
         assert_eq!(answer["ok"], json!(true), "{answer}");
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (lines, took, restarter) = run_rolling_restart(&files, &mut nodes, None, Duration::from_secs(150)).await?;
@@ -746,7 +742,7 @@ async fn official_stateful_clients_behind_the_proxy_ride_through_hubmesh_rolling
             json!(CLIENTS),
             "memberships after the rolling restart: {members}"
         );
-        let answer = clients.ask(peer_traffic("after", 3, 0)).await?;
+        let answer = clients.ask(peer_traffic("after", 3, 0, true)).await?;
         assert_eq!(answer["ok"], json!(true), "{answer}");
         let after = clients.ask(json!({"cmd": "collect-peers", "tag": "after"})).await?;
         assert_eq!(

@@ -21,6 +21,13 @@ pub struct OfficialClients {
     output: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
 }
 
+/// The script's `peers` command: every client `i` sends `count` user messages to the user of client `i + 1` and,
+/// with `direct`, as many direct messages to client `i + 2`'s connection, one of each every `interval` ms.
+pub fn peer_traffic(tag: &str, count: u64, interval: u64, direct: bool) -> Value {
+    serde_json::json!({"cmd": "peers", "tag": tag, "count": count, "interval": interval, "userOffset": 1,
+                       "directOffset": 2, "direct": direct})
+}
+
 /// How the clients get their user ids.
 #[derive(Clone, Copy)]
 enum Users<'a> {

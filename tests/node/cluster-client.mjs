@@ -46,7 +46,7 @@ const GROUP = "chaos";
 const out = (object) => process.stdout.write(JSON.stringify(object) + "\n");
 
 const jwtSecret = process.env.HUBMESH_JWT_SECRET || "";
-const withUsers = process.env.HUBMESH_USERS === "1" || jwtSecret !== "";
+const byQuery = process.env.HUBMESH_USERS === "1" && jwtSecret === "";
 const userOf = (index) => `user-${index}`;
 
 // An HS256 token for user `user`, valid for an hour.
@@ -57,7 +57,6 @@ function tokenOf(user) {
 }
 
 const clients = urls.map((url, index) => {
-  const byQuery = withUsers && jwtSecret === "";
   const hubUrl = byQuery ? `${url}/hub?user=${userOf(index)}` : `${url}/hub`;
   const options = { transport: signalR.HttpTransportType.WebSockets };
   if (jwtSecret !== "") options.accessTokenFactory = () => tokenOf(userOf(index));
