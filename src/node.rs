@@ -71,6 +71,9 @@ pub enum NodeError {
 
 /// How long a stopping node waits for its connections to take their Close message and go.
 pub(crate) const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long a draining node waits for the groups and users it owns to move to their next owners ([`Node::hand_over`]):
+/// each moves as soon as this node's view says it hands over, so this bounds only a stuck actor.
+const HAND_OVER_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// In how many even slices a draining node closes its connections over its window.
 const DRAIN_STEPS: u32 = 20;
@@ -387,10 +390,11 @@ impl Node {
 
     /// Drains the node before it leaves on purpose (docs/semantics.md, "Drain"): it turns unready at once
     /// (`/readyz` answers 503, and the draining status is gossiped, so status reports and the live page show it);
-    /// then its connections are asked to close, allowing reconnects, spread evenly over `window` so that the other
-    /// nodes see no reconnect storm; and it waits (at most `window` plus 3 s) for them to end. It keeps serving
-    /// and owning its groups meanwhile: they move when it leaves, as at a node's death (the senders' retained
-    /// sends go again to the new owners). Stop it afterwards ([`NodeHandle::stop`], [`Node::shutdown`]), or use
+    /// then its connections are moved to other nodes or asked to close, allowing reconnects, spread evenly over
+    /// `window` so that the other nodes see no reconnect storm; it waits (at most `window` plus 3 s) for them to
+    /// end. It keeps owning its groups and users meanwhile (a connection that moves keeps its memberships through
+    /// them). Then it hands them over while it is still live and linked ([`Node::hand_over`]), so that nothing is
+    /// left to move when it leaves. Stop it afterwards ([`NodeHandle::stop`], [`Node::shutdown`]), or use
     /// [`NodeHandle::drain`], which does both.
     pub async fn drain(&self, window: std::time::Duration) {
         self.set_lifecycle_status(NodeStatus::Draining);
@@ -424,6 +428,31 @@ impl Node {
             }
         }
         self.wait_for_connections_to_end(STOP_GRACE).await;
+        self.hand_over().await;
+    }
+
+    /// Hands the groups and users this node owns to their next owners (docs/semantics.md, "Drain"): it says so in
+    /// gossip, its peers (and it) place nothing on it from then on, and each group's actor here fans out the sends
+    /// it has and tells the member nodes it released the group, which hold the new owner's first sends until then.
+    /// Waits (at most [`HAND_OVER_LIMIT`]) until it owns nothing, then for its peers to have heard, so that few
+    /// sends still come to it when it leaves. Nothing moves when no peer stays (every node drains).
+    async fn hand_over(&self) {
+        let heard_in = {
+            let cluster = self.inner.cluster.lock().await;
+            let Some(cluster) = cluster.as_ref() else {
+                return;
+            };
+            let membership = cluster.membership();
+            if !membership.view().peers().any(|peer| !peer.hands_over()) {
+                return;
+            }
+            membership.announce_handing_over().await
+        };
+        let deadline = tokio::time::Instant::now() + HAND_OVER_LIMIT;
+        while !self.inner.router.owned_groups().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(heard_in).await;
     }
 
     /// Stops a node that the application serves itself ([`NodeBuilder::build`], [`Node::configure`]): closes its

@@ -67,6 +67,11 @@ pub const RESERVED_KEY_PREFIX: &str = "hubmesh.";
 /// The key under which each node publishes its [`NodeStatus`].
 pub const STATUS_KEY: &str = "hubmesh.status";
 
+/// The key a draining node publishes once its connections are gone, right before it leaves: its peers place no
+/// group or user on it any more, so what it owns moves to the next owners while it is live and linked
+/// (docs/semantics.md, "Drain").
+pub const HANDING_OVER_KEY: &str = "hubmesh.handing_over";
+
 /// How often the view is rebuilt even when chitchat reports no change (to pick up nodes that turned dead without
 /// ever being live, which do not change the live set).
 const VIEW_REFRESH: Duration = Duration::from_secs(1);
@@ -251,6 +256,14 @@ impl Membership {
         if self.view().live.len() > 1 {
             tokio::time::sleep(self.gossip_interval * LEAVE_ROUNDS).await;
         }
+    }
+
+    /// Says that this node hands what it owns over ([`HANDING_OVER_KEY`]); returns how long its peers take to hear
+    /// it (a few gossip rounds).
+    pub async fn announce_handing_over(&self) -> Duration {
+        self.span.in_scope(|| info!("handing groups and users over"));
+        self.set_raw(HANDING_OVER_KEY, "true").await;
+        self.gossip_interval * LEAVE_ROUNDS
     }
 
     /// Publishes this node's status under [`STATUS_KEY`].

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Weak};
 
-use super::arrivals::Arrivals;
+use super::arrivals::{Arrivals, Via};
 use super::envelope::{Envelope, WireFrame};
 use super::group::{GroupKey, Stamp};
 use super::group_actor::{Delivery, Fanout};
@@ -30,8 +30,13 @@ impl<H: LocalHub> Fanout for RouterFanout<H> {
         let Some(router) = self.0.upgrade() else {
             return Delivery::Gone;
         };
+        let handed_from = router.handed_from(key);
         if router.is_local(&node.name) {
-            router.deliver_group_locally(key, frame, except, stamp);
+            let via = Via {
+                owner: router.id(),
+                handed_from,
+            };
+            router.deliver_group_locally(key, frame, except, stamp, Some(&via));
             return Delivery::Sent;
         }
         let envelope = Envelope::GroupDeliver {
@@ -39,6 +44,7 @@ impl<H: LocalHub> Fanout for RouterFanout<H> {
             except: except.to_vec(),
             frame: WireFrame::of(frame),
             stamp: stamp.clone(),
+            handed_from,
         };
         match router.send_to_peer(node, &envelope) {
             Ok(()) => Delivery::Sent,
@@ -56,7 +62,7 @@ impl<H: LocalHub> Fanout for RouterFanout<H> {
             return Delivery::Gone;
         };
         if router.is_local(&node.name) {
-            router.apply_move_in_order(key, id, arriving);
+            router.apply_move_in_order(key, &router.id(), id, arriving);
             return Delivery::Sent;
         }
         let envelope = Envelope::MemberMoved {
@@ -65,6 +71,21 @@ impl<H: LocalHub> Fanout for RouterFanout<H> {
             arriving,
         };
         match router.send_to_peer(node, &envelope) {
+            Ok(()) => Delivery::Sent,
+            Err(LinkError::QueueFull(_)) => Delivery::Full,
+            Err(_) => Delivery::Gone,
+        }
+    }
+
+    fn released(&self, node: &NodeId, key: &GroupKey) -> Delivery {
+        let Some(router) = self.0.upgrade() else {
+            return Delivery::Gone;
+        };
+        if router.is_local(&node.name) {
+            router.apply_released(key, &router.id());
+            return Delivery::Sent;
+        }
+        match router.send_to_peer(node, &Envelope::GroupReleased { key: key.clone() }) {
             Ok(()) => Delivery::Sent,
             Err(LinkError::QueueFull(_)) => Delivery::Full,
             Err(_) => Delivery::Gone,
@@ -91,8 +112,9 @@ impl<H: LocalHub> Router<H> {
         frame: &Arc<SharedFrame>,
         except: &Arc<[ConnectionId]>,
         stamp: &Stamp,
+        via: Option<&Via>,
     ) {
-        self.deliver_arrived(key, frame, except, stamp, false);
+        self.deliver_arrived(key, frame, except, stamp, via);
     }
 
     /// Delivers a send this node's members missed while the group's owner had declared this node dead
@@ -106,17 +128,19 @@ impl<H: LocalHub> Router<H> {
         except: &Arc<[ConnectionId]>,
         stamp: &Stamp,
     ) {
-        self.deliver_arrived(key, frame, except, stamp, true);
+        self.deliver_arrived(key, frame, except, stamp, None);
     }
 
+    /// `via`: the owner that fanned the send out; none for a send kept while this node was declared dead (missed).
     fn deliver_arrived(
         &self,
         key: &GroupKey,
         frame: &Arc<SharedFrame>,
         except: &Arc<[ConnectionId]>,
         stamp: &Stamp,
-        missed: bool,
+        via: Option<&Via>,
     ) {
+        let missed = via.is_none();
         // Marked with its place in the group's order, for the keepers of stateful members (`super::kept`).
         let frame = SharedFrame::with_mark(frame, mark_of(key, stamp));
         let mut delivered = self.delivered.lock();
@@ -127,6 +151,7 @@ impl<H: LocalHub> Router<H> {
         let arrived = delivered.arrive(
             key,
             stamp,
+            via,
             InOrder::Send((frame, Arc::clone(except), stamp.clone())),
             tokio::time::Instant::now(),
         );
@@ -139,13 +164,14 @@ impl<H: LocalHub> Router<H> {
 
     /// An owner's marker moving `connection` in or out of group `key` here: applied after the sends held here,
     /// which come before it in the group's order (`mesh/arrivals.rs`), under the records' lock.
-    pub(super) fn apply_move_in_order(&self, key: &GroupKey, connection: &ConnectionId, arriving: bool) {
+    /// `from`: the owner that sent it.
+    pub(super) fn apply_move_in_order(&self, key: &GroupKey, from: &NodeId, connection: &ConnectionId, arriving: bool) {
         let mut delivered = self.delivered.lock();
         let moved = InOrder::Moved {
             connection: connection.clone(),
             arriving,
         };
-        let arrived = delivered.after_held(key, moved, tokio::time::Instant::now());
+        let arrived = delivered.after_held(key, Some(from), moved, tokio::time::Instant::now());
         if arrived.deliver.is_empty() {
             tracing::debug!(parent: &self.span, ?key, %connection, arriving, "a member's move waits behind held group sends");
         }
@@ -168,12 +194,23 @@ impl<H: LocalHub> Router<H> {
         }
     }
 
+    /// Owner `from` released group `key` while live (ownership moved): the new owner's sends that waited behind its
+    /// last fan-outs go now, in order, under the records' lock.
+    pub(super) fn apply_released(&self, key: &GroupKey, from: &NodeId) {
+        let mut delivered = self.delivered.lock();
+        let arrived = delivered.released(key, from, tokio::time::Instant::now());
+        self.apply_arrived(&mut delivered, key, arrived);
+    }
+
     /// Sends that waited [`super::arrivals::GAP_WAIT`] for an earlier one go on without it (on the membership
-    /// queue's tick), under the records' lock as in [`Router::deliver_group_locally`].
+    /// queue's tick), and so do a new owner's sends that waited that long for the old owner's release or whose old
+    /// owner left the view; under the records' lock as in [`Router::deliver_group_locally`].
     pub(super) fn expire_gaps(&self) {
+        let live = self.live.read().clone();
+        let gone = |owner: &NodeId| !live.contains(owner);
         let mut delivered = self.delivered.lock();
         let mut deliver = Vec::new();
-        let gaps = delivered.expire(tokio::time::Instant::now(), &mut deliver);
+        let gaps = delivered.expire(tokio::time::Instant::now(), gone, &mut deliver);
         if gaps > 0 {
             let hit = &self.bounds_hit;
             let what = "an earlier group send never arrived: delivered those that waited for it";

@@ -256,15 +256,39 @@ impl GroupDirectory {
     /// Forgets the groups this node no longer owns (ownership moved); their new owner rebuilds them. Each actor
     /// first fans out the sends already in its mailbox (which reached it as the owner, before the move), rather
     /// than drop them; sends arriving after this go to the new owner.
+    ///
+    /// Each node that holds members is told, after the group's last delivery to it, that this node released the
+    /// group, so that the new owner's first sends, which may reach it sooner through another link, wait there for
+    /// the last ones of this node (`super::arrivals`).
     pub fn release(&self, keep: impl Fn(&GroupKey) -> bool) {
         let mut groups = self.groups.lock();
         let released: Vec<GroupKey> = groups.by_key.keys().filter(|key| !keep(key)).cloned().collect();
         for key in released {
             if let Some(group) = groups.by_key.remove(&key) {
-                stop(group);
+                self.hand_over(key.clone(), group);
             }
             groups.retiring.remove(&key);
         }
+    }
+
+    /// Tells the group's member nodes, after its actor's last fan-out, that this node released it; stops the actor.
+    fn hand_over(&self, key: GroupKey, group: Group) {
+        let nodes = group.nodes.clone();
+        if nodes.is_empty() {
+            return stop(group);
+        }
+        if let Some(sequencer) = &group.sequencer {
+            if sequencer.actor.cast(GroupMessage::Release { nodes: nodes.clone() }).is_ok() {
+                return stop(group);
+            }
+        }
+        stop(group);
+        let fanout = self.fanout.clone();
+        self.runtime.spawn(async move {
+            for node in nodes.iter() {
+                super::group_actor::release(fanout.as_ref(), node, &key).await;
+            }
+        });
     }
 
     /// Forgets the groups without members whose actors have become idle.

@@ -85,7 +85,14 @@ pub(super) enum Envelope {
         except: Vec<ConnectionId>,
         frame: WireFrame,
         stamp: Stamp,
+        /// The live owner the sender took the group over from lately, whose last fan-outs come first
+        /// (`mesh/arrivals.rs`).
+        #[serde(default)]
+        handed_from: Option<NodeId>,
     },
+    /// From a group's former owner, after its last fan-out of the group to this node: it released the group (its
+    /// ownership moved while it was live).
+    GroupReleased { key: GroupKey },
     /// Every membership the sender holds in groups the receiver owns (after ownership may have moved), in parts
     /// under the link frame cap: `part` counts from 0, `last` ends the snapshot (see `mesh/rehome.rs`).
     Snapshot {

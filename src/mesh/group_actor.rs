@@ -48,6 +48,11 @@ pub trait Fanout: Send + Sync + 'static {
     /// A send to `node` was dropped: its link stayed full for [`FANOUT_PATIENCE`] (counted and logged).
     fn dropped(&self, node: &NodeId, key: &GroupKey);
 
+    /// Tells `node`, after this node's last delivery of the group to it, that this node released the group
+    /// (ownership moved while it was live), so that a new owner's sends waiting there behind it go
+    /// (`super::arrivals`).
+    fn released(&self, node: &NodeId, key: &GroupKey) -> Delivery;
+
     /// Tells `node`, in order with its deliveries, that member `id` is in its copy of the group's sends from
     /// now on (`arriving`), or no longer (a member moving between nodes, `super::moves`).
     fn moved(&self, node: &NodeId, key: &GroupKey, id: &ConnectionId, arriving: bool) -> Delivery;
@@ -97,6 +102,12 @@ pub enum GroupMessage {
         id: ConnectionId,
         /// Answered once both markers went.
         reply: RpcReplyPort<()>,
+    },
+    /// Ownership of the group moved away while this node is live: after the sends before it, tell each node that
+    /// held members that this node released the group. The actor stops after it.
+    Release {
+        /// The nodes that held members.
+        nodes: Arc<[NodeId]>,
     },
 }
 
@@ -171,6 +182,17 @@ impl GroupActor {
     }
 }
 
+/// Tells `node` that this node released group `key`, waiting (up to [`FANOUT_PATIENCE`]) for a full link: a lost
+/// marker makes that node's new owner's sends wait there until its wait ends (`super::arrivals::GAP_WAIT`).
+pub(super) async fn release(fanout: &dyn Fanout, node: &NodeId, key: &GroupKey) {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    while fanout.released(node, key) == Delivery::Full && started.elapsed() < FANOUT_PATIENCE {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
 impl Actor for GroupActor {
     type Msg = GroupMessage;
     type State = GroupState;
@@ -203,6 +225,11 @@ impl Actor for GroupActor {
                 self.mark(&from, &id, false).await;
                 self.mark(&to, &id, true).await;
                 let _ = reply.send(());
+            }
+            GroupMessage::Release { nodes } => {
+                for node in nodes.iter() {
+                    release(self.fanout.as_ref(), node, &self.key).await;
+                }
             }
         }
         Ok(())

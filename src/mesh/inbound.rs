@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::arrivals::Via;
 use super::envelope::{Envelope, Request};
 use super::group_send::HeldSend;
 use super::owner::{Done, MembershipOp};
@@ -85,9 +86,15 @@ impl<H: LocalHub> Router<H> {
                 except,
                 frame,
                 stamp,
+                handed_from,
             } => {
-                self.deliver_group_locally(&key, &frame.into_frame(), &except.into(), &stamp);
+                let via = Via {
+                    owner: from.clone(),
+                    handed_from,
+                };
+                self.deliver_group_locally(&key, &frame.into_frame(), &except.into(), &stamp, Some(&via));
             }
+            Envelope::GroupReleased { key } => self.apply_released(&key, from),
             Envelope::GroupMissed {
                 key,
                 except,
@@ -134,7 +141,7 @@ impl<H: LocalHub> Router<H> {
                 key,
                 connection,
                 arriving,
-            } => self.apply_move_in_order(&key, &connection, arriving),
+            } => self.apply_move_in_order(&key, from, &connection, arriving),
             Envelope::SnapshotRequest => self.send_snapshot_to(from),
             Envelope::Request { id, request } => {
                 let router = self.clone();

@@ -141,6 +141,7 @@ fn delivery(key: &GroupKey, origin: &NodeId, seq: u64, missed: bool) -> Envelope
             except,
             frame,
             stamp,
+            handed_from: None,
         }
     }
 }

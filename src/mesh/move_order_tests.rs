@@ -24,6 +24,7 @@ fn delivery(key: &GroupKey, origin: &NodeId, prev: u64, seq: u64) -> Envelope {
         except: Vec::new(),
         frame: WireFrame::of(&SharedFrame::pre_encoded(Some(Bytes::from(format!("s{seq}\x1e"))), None)),
         stamp: stamp(origin, prev, seq),
+        handed_from: None,
     }
 }
 

@@ -70,10 +70,23 @@ pub const CUT_OFF_ERROR: &str =
     "This server was cut off from its cluster and may have missed messages for this connection; reconnect.";
 
 impl<H: LocalHub> Router<H> {
-    /// Applies a new live set (this node included): drops members of nodes that left, fails requests waiting on
-    /// them, gives up groups this node no longer owns, sends snapshots so owners (old and new) hold every
-    /// membership, and retries held sends.
-    pub(crate) fn on_view(self: &Arc<Self>, mut live: Vec<NodeId>) {
+    /// Applies a new live set (this node included) where no node hands over; see [`Router::on_view_handing_over`].
+    #[cfg(test)]
+    pub(crate) fn on_view(self: &Arc<Self>, live: Vec<NodeId>) {
+        self.on_view_handing_over(live, &[]);
+    }
+
+    /// Applies a new live set (this node included), of which the nodes in `handing_over` hand what they own over
+    /// before they leave: drops members of nodes that left, fails requests waiting on them, gives up groups this
+    /// node no longer owns, sends snapshots so owners (old and new) hold every membership, and retries held sends.
+    ///
+    /// A node that hands over owns nothing (unless every node does): a draining node says so once its connections
+    /// are gone (`Node::drain`), so its groups and users move to their next owners while it is live and linked and
+    /// nothing is left to move when it leaves. The move is the one a view change makes: the old owner gives a group
+    /// up in its membership queue after the sends queued before (its actor fans them out, then tells the member
+    /// nodes it released the group), passes later ones on, and the new owner holds the group's sends until every
+    /// peer's snapshot is in.
+    pub(crate) fn on_view_handing_over(self: &Arc<Self>, mut live: Vec<NodeId>, handing_over: &[NodeId]) {
         live.sort();
         if !live.iter().any(|id| self.is_local(&id.name)) {
             // Membership can briefly report this node as missing (after a stall); keep routing to itself.
@@ -86,10 +99,19 @@ impl<H: LocalHub> Router<H> {
         // Under `held`: the new owners and the re-sends of sends handed to the owners that left appear to senders
         // at once (see `group_send_stamped`), so no later send overtakes a re-send.
         let mut held = self.held.lock();
+        let mut placed: Vec<NodeId> = live.iter().filter(|id| !handing_over.contains(id)).cloned().collect();
+        if placed.is_empty() {
+            placed.clone_from(&live);
+        }
         let (left, joined) = {
             let mut current = self.live.write();
-            if *current == live {
+            let mut current_placed = self.placed.write();
+            if *current == live && *current_placed == placed {
                 return;
+            }
+            if *current_placed != placed {
+                let before = std::mem::replace(&mut *current_placed, placed);
+                *self.placed_before.write() = Some((tokio::time::Instant::now(), before));
             }
             let before: HashSet<&NodeId> = current.iter().collect();
             let after: HashSet<&NodeId> = live.iter().collect();

@@ -17,7 +17,8 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
-use super::arrivals::Arrivals;
+use super::arrivals::{Arrivals, HANDED_FROM_WINDOW};
+use super::owner::YOUNG;
 use super::delivery::RouterFanout;
 use super::directory::GroupDirectory;
 use super::envelope::{Envelope, WireFrame};
@@ -48,6 +49,12 @@ pub(crate) struct Router<H> {
     links: RwLock<Option<Arc<dyn Links>>>,
     /// Live nodes, this one included, sorted.
     pub(super) live: RwLock<Vec<NodeId>>,
+    /// The live nodes that own groups and users, sorted: those not handing over (a draining node hands its groups
+    /// over before it leaves, `mesh/rehome.rs`), or all of them when every one hands over.
+    pub(super) placed: RwLock<Vec<NodeId>>,
+    /// When `placed` last changed, and what it was before: for a while after, this node's fan-outs of a group it
+    /// took over from a live owner say so ([`Router::handed_from`]).
+    pub(super) placed_before: RwLock<Option<(tokio::time::Instant, Vec<NodeId>)>>,
     /// When `live` last changed (a re-home started).
     pub(super) live_changed: Mutex<tokio::time::Instant>,
     pub(super) pending: Mutex<HashMap<u64, Pending>>,
@@ -150,6 +157,8 @@ impl<H: LocalHub> Router<H> {
             groups: GroupDirectory::new(runtime.clone(), Arc::new(RouterFanout(weak.clone()))),
             links: RwLock::new(None),
             live: RwLock::new(vec![NodeId::new(node, 0)]),
+            placed: RwLock::new(vec![NodeId::new(node, 0)]),
+            placed_before: RwLock::new(None),
             live_changed: Mutex::new(tokio::time::Instant::now()),
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
@@ -213,9 +222,9 @@ impl<H: LocalHub> Router<H> {
     /// Connects the router to the cluster's links, as incarnation `id` of this node.
     pub(crate) fn attach_links(&self, links: Arc<dyn Links>, id: &NodeId) {
         self.generation.store(id.generation, Ordering::Relaxed);
-        {
-            let mut live = self.live.write();
-            for entry in live.iter_mut().filter(|entry| entry.name == self.node) {
+        for list in [&self.live, &self.placed] {
+            let mut list = list.write();
+            for entry in list.iter_mut().filter(|entry| entry.name == self.node) {
                 entry.generation = id.generation;
             }
         }
@@ -270,12 +279,40 @@ impl<H: LocalHub> Router<H> {
         node_of(id).unwrap_or(&self.node)
     }
 
-    /// The node (incarnation) that owns `key` under the current view.
+    /// The node (incarnation) that owns `key` under the current view: a live node that does not hand over.
     pub(super) fn owner_of(&self, key: &GroupKey) -> NodeId {
-        let live = self.live.read();
-        crate::cluster::owner(&key.placement_bytes(), &live)
+        let placed = self.placed.read();
+        crate::cluster::owner(&key.placement_bytes(), &placed)
             .cloned()
             .unwrap_or_else(|| self.id())
+    }
+
+    /// The owner this node took group `key` over from, when that owner is live and this happened less than
+    /// [`HANDED_FROM_WINDOW`] ago (the last change of the nodes that own groups), or this node is young (it joined,
+    /// and took from the others the groups it wins): that owner's last fan-outs of the group come before this
+    /// node's (`mesh/arrivals.rs`).
+    pub(super) fn handed_from(&self, key: &GroupKey) -> Option<NodeId> {
+        let bytes = key.placement_bytes();
+        let mut previous = {
+            let before = self.placed_before.read();
+            before
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < HANDED_FROM_WINDOW)
+                .and_then(|(_, before)| crate::cluster::owner(&bytes, before))
+                .filter(|owner| !self.is_local(&owner.name))
+                .cloned()
+        };
+        if previous.is_none() && self.born.elapsed() < YOUNG {
+            let others: Vec<NodeId> = self
+                .placed
+                .read()
+                .iter()
+                .filter(|id| !self.is_local(&id.name))
+                .cloned()
+                .collect();
+            previous = crate::cluster::owner(&bytes, &others).cloned();
+        }
+        previous.filter(|owner| self.live.read().contains(owner))
     }
 
     pub(super) fn live_peer(&self, node: &str) -> Option<NodeId> {

@@ -203,7 +203,13 @@ pub(crate) async fn join<H: LocalHub>(
                 view_health.counters.view_changed(&view, &mut previous_live);
                 view_links.update_peers(&peers_of(&view));
                 let live = view.live_ids();
-                view_router.on_view(live.clone());
+                let handing_over: Vec<NodeId> = view
+                    .live
+                    .iter()
+                    .filter(|member| member.hands_over())
+                    .map(|member| member.id.clone())
+                    .collect();
+                view_router.on_view_handing_over(live.clone(), &handing_over);
                 *view_health.placed.lock() = live;
                 if views.changed().await.is_err() {
                     return;

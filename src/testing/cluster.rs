@@ -225,6 +225,14 @@ impl TestCluster {
         }
     }
 
+    /// Stops node `index` as an operator's stop does: it closes what connections it still has and says it leaves
+    /// (status `left`), so its peers count it gone at once; it is not started again.
+    pub async fn leave(&mut self, index: usize) {
+        if let Some(handle) = self.nodes.get_mut(index).and_then(|node| node.handle.take()) {
+            handle.stop().await;
+        }
+    }
+
     /// Restarts node `index` as a crashed process started again on the same configuration would be: it is
     /// [killed](TestCluster::kill) if it runs, then started under the same name with a new, higher generation, the
     /// same hubs and the running nodes as seeds. Its clients are gone; new ones connect to its new [url](Self::url).
@@ -241,9 +249,7 @@ impl TestCluster {
     /// has, and saying it leaves), then starts again under the same name with a new, higher generation, the same
     /// hubs and the running nodes as seeds, at a new [url](Self::url).
     pub async fn restart_gracefully(&mut self, index: usize) -> Result<(), NodeError> {
-        if let Some(handle) = self.nodes.get_mut(index).and_then(|node| node.handle.take()) {
-            handle.stop().await;
-        }
+        self.leave(index).await;
         self.start_node(index).await
     }
 

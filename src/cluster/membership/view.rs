@@ -9,7 +9,7 @@ use tracing::info;
 
 #[cfg(doc)]
 use super::MembershipConfig;
-use super::{NodeId, NodeStatus, STATUS_KEY};
+use super::{NodeId, NodeStatus, HANDING_OVER_KEY, STATUS_KEY};
 
 /// A live member as the local node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +26,11 @@ impl Member {
     /// The member's published status; `None` if it published none or an unknown one.
     pub fn status(&self) -> Option<NodeStatus> {
         self.state.get(STATUS_KEY).and_then(|value| value.parse().ok())
+    }
+
+    /// Whether the member hands what it owns over before it leaves ([`HANDING_OVER_KEY`]): nothing is placed on it.
+    pub fn hands_over(&self) -> bool {
+        self.state.contains_key(HANDING_OVER_KEY)
     }
 
     /// One published value.
