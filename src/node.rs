@@ -393,8 +393,8 @@ impl Node {
     /// then its connections are moved to other nodes or asked to close, allowing reconnects, spread evenly over
     /// `window` so that the other nodes see no reconnect storm; it waits (at most `window` plus 3 s) for them to
     /// end. It keeps owning its groups and users meanwhile (a connection that moves keeps its memberships through
-    /// them). Then it hands them over while it is still live and linked ([`Node::hand_over`]), so that nothing is
-    /// left to move when it leaves. Stop it afterwards ([`NodeHandle::stop`], [`Node::shutdown`]), or use
+    /// them). Then it hands them over to their next owners while it is still live and linked, so that nothing
+    /// is left to move when it leaves. Stop it afterwards ([`NodeHandle::stop`], [`Node::shutdown`]), or use
     /// [`NodeHandle::drain`], which does both.
     pub async fn drain(&self, window: std::time::Duration) {
         self.set_lifecycle_status(NodeStatus::Draining);
