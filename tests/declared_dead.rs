@@ -56,6 +56,11 @@ async fn a_kept_connection_taken_over_while_its_node_was_frozen_resumes_on_its_k
 
 /// The freeze, the thaw (once its keeper took the connection over, with `after_take_over`) and the checks.
 async fn declared_dead_and_back(after_take_over: bool) -> TestResult {
+    // `RUST_LOG=hubmesh=info` shows who took the connection over and what each node answered.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
+        .with_test_writer()
+        .try_init();
     timeout(Duration::from_secs(90), async {
         let cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
         cluster.wait_for_members(Duration::from_secs(10)).await?;

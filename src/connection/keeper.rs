@@ -52,9 +52,9 @@ pub trait Keeper: Send + Sync + 'static {
     fn last_marks(&self) -> LastMarks;
     /// How far the keeper holds the records.
     fn held(&self) -> &Held;
-    /// Its node was declared dead by most of the cluster and is back: whether its keeper took the connection over
-    /// (then it runs there, and its client resumes it there) or not (nor will it). Answered false at once when it
-    /// has no keeper.
+    /// Its node was declared dead by most of the cluster and is back: whether a keeper took the connection over
+    /// (then it runs there, and its client resumes it there) or not (nor will one). Answered false at once when it
+    /// has no keeper and left none.
     fn claim(&self) -> oneshot::Receiver<bool>;
 }
 

@@ -291,7 +291,7 @@ impl Keeping {
             Frame::TakenOver { id } => {
                 if let Some(sink) = self.sink(&id) {
                     tracing::info!(parent: node.span(), %id, keeper = %from, "a connection's keeper took it over: dropping it here");
-                    sink.claim_answered(true);
+                    sink.claim_answered(from, true);
                     if let Some(endpoint) = node.endpoint(&sink.path()) {
                         endpoint.context.drop_for_keeper(&id, TAKEN_OVER);
                     }
@@ -299,8 +299,8 @@ impl Keeping {
             }
             Frame::Released { id } => {
                 if let Some(sink) = self.sink(&id) {
-                    tracing::info!(parent: node.span(), %id, keeper = %from, "a connection's keeper did not take it over: closing it here");
-                    sink.claim_answered(false);
+                    tracing::debug!(parent: node.span(), %id, peer = %from, "a peer asked did not take the connection over");
+                    sink.claim_answered(from, false);
                 }
             }
             Frame::Claim { id, token } => return Some(self.claimed(node, from, &id, &token)),

@@ -36,8 +36,15 @@ struct SinkState {
     formers: Vec<NodeId>,
     ended: bool,
     copy: Copy,
-    /// Waits for the keeper's answer to a claim ([`Keeper::claim`]).
-    claim: Option<oneshot::Sender<bool>>,
+    /// Waits for the answers to a claim ([`Keeper::claim`]).
+    claim: Option<PendingClaim>,
+}
+
+/// A claim's answer, once one peer asked says it took the connection over or every one says it did not.
+struct PendingClaim {
+    answer: oneshot::Sender<bool>,
+    /// The peers asked that have not answered yet.
+    waiting: Vec<NodeId>,
 }
 
 impl KeepSink {
@@ -224,10 +231,18 @@ impl KeepSink {
         })
     }
 
-    /// A keeper answered a claim: it took the connection over (`taken`), or not.
-    pub(super) fn claim_answered(&self, taken: bool) {
-        if let Some(answer) = self.state.lock().claim.take() {
-            let _ = answer.send(taken);
+    /// Peer `from` answered a claim: it took the connection over (`taken`; it runs there, whoever was asked), or
+    /// not (the claim's answer is no once every peer asked said so).
+    pub(super) fn claim_answered(&self, from: &NodeId, taken: bool) {
+        let mut state = self.state.lock();
+        let Some(pending) = state.claim.as_mut() else {
+            return;
+        };
+        pending.waiting.retain(|peer| peer != from);
+        if taken || pending.waiting.is_empty() {
+            if let Some(pending) = state.claim.take() {
+                let _ = pending.answer.send(taken);
+            }
         }
     }
 
@@ -364,21 +379,37 @@ impl Keeper for KeepSink {
         }
     }
 
+    /// Asks its keeper, the keepers it left and every live peer: the one that took it over need not be its keeper
+    /// now (while its server was cut off, the copy may have gone to another keeper, a peer may have come back
+    /// into its view before the keeper that took it over did, and the keeper it left may be back).
     fn claim(&self) -> oneshot::Receiver<bool> {
         let (answer, answered) = oneshot::channel();
         let mut state = self.state.lock();
-        let (Some(node), Some(keeper)) = (self.node(), state.keeper.clone()) else {
+        let node = match self.node() {
+            Some(node) if state.keeper.is_some() || !state.formers.is_empty() => node,
+            _ => {
+                let _ = answer.send(false);
+                return answered;
+            }
+        };
+        let mut asked: Vec<NodeId> = state.keeper.iter().chain(&state.formers).cloned().collect();
+        for peer in node.router().peer_incarnations() {
+            if !asked.contains(&peer) {
+                asked.push(peer);
+            }
+        }
+        let (id, token) = (state.copy.id.clone(), state.copy.token.to_string());
+        asked.retain(|peer| {
+            let frame = Frame::Claim {
+                id: id.clone(),
+                token: token.clone(),
+            };
+            node.keeping().queue(peer, frame, None)
+        });
+        if asked.is_empty() {
             let _ = answer.send(false);
-            return answered;
-        };
-        let frame = Frame::Claim {
-            id: state.copy.id.clone(),
-            token: state.copy.token.to_string(),
-        };
-        if node.keeping().queue(&keeper, frame, None) {
-            state.claim = Some(answer);
         } else {
-            let _ = answer.send(false);
+            state.claim = Some(PendingClaim { answer, waiting: asked });
         }
         answered
     }
