@@ -21,7 +21,7 @@ type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Every metric a scrape describes, with its type (counters carry `_total` on their samples).
-const METRICS: [(&str, &str); 55] = [
+const METRICS: [(&str, &str); 56] = [
     ("hubmesh_connections", "gauge"),
     ("hubmesh_transport_connections", "gauge"),
     ("hubmesh_connects", "counter"),
@@ -52,6 +52,7 @@ const METRICS: [(&str, &str); 55] = [
     ("hubmesh_adoptions_refused", "counter"),
     ("hubmesh_tunnel_ends_fell_behind", "counter"),
     ("hubmesh_sends_passed_on", "counter"),
+    ("hubmesh_sends_passed_home", "counter"),
     ("hubmesh_sends_offered", "counter"),
     ("hubmesh_hint_switches_given_up", "counter"),
     ("hubmesh_cut_off_closes", "counter"),

@@ -64,6 +64,10 @@ pub(super) enum Envelope {
         hub: Arc<str>,
         ids: Vec<ConnectionId>,
         frame: WireFrame,
+        /// Sent here by the sender's location hint (`super::hints`) rather than by the home or to every peer: one
+        /// the receiver no longer serves goes on through its home (`Router::deliver_to_connections`).
+        #[serde(default)]
+        hinted: bool,
     },
     /// A send to connections by id sent again because the node it went to left (`super::kept_direct`): for the
     /// node that keeps or took over any of them.

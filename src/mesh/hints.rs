@@ -13,6 +13,12 @@
 //!
 //! Bounds: at most [`MAX_HINTS`] connections are remembered; past it, the settled hints are forgotten (each costs
 //! the next send one hop, and a new fence). Hints of a node that left are forgotten with it.
+//!
+//! A hint can go stale while its server stays: the node gives the connection up but not by ending it (a take-over
+//! of a stale copy undone, `src/node/http/keeping.rs`), and it runs on elsewhere. The sends a hint routes are
+//! marked as such ([`Envelope::ToConnections`]'s `hinted`), and a node that gets one for a connection it neither
+//! serves nor is the home of passes it on through the home ([`Router::pass_strays_home`]), as do the sender's
+//! later ones: one hop more, in order, rather than lost.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -84,6 +90,8 @@ pub(crate) struct RelayFigures {
     pub(crate) hints: usize,
     /// Sends passed on by this node as a home.
     pub(crate) passed_on: u64,
+    /// Sends that reached this node by a stale location hint, passed on to the connection's home.
+    pub(crate) passed_home: u64,
     /// Sends offered to every peer by this node while young, for connections of its name it did not know.
     pub(crate) offered: u64,
     /// Switches to a hinted server given up.
@@ -105,6 +113,7 @@ impl<H: LocalHub> Router<H> {
             adoptions_refused: self.adoptions_refused.load(Ordering::Relaxed),
             hints,
             passed_on: self.passed_on.load(Ordering::Relaxed),
+            passed_home: self.passed_home.load(Ordering::Relaxed),
             offered: self.offered.load(Ordering::Relaxed),
             fences_given_up: self.fence_gave_up.load(Ordering::Relaxed),
             cut_off_closes: self.cut_off_closes(),
@@ -256,7 +265,7 @@ impl<H: LocalHub> Router<H> {
             Some(server) if server == hint.server => {
                 // Under the lock, so that no later send overtakes the held ones.
                 for (hub, frame) in held {
-                    self.send_direct(&server, &hub, vec![id.clone()], frame);
+                    self.send_hinted(&server, &hub, vec![id.clone()], frame);
                 }
                 hints.insert(id, hint);
             }
@@ -293,5 +302,40 @@ impl<H: LocalHub> Router<H> {
                 self.send_via_home(&id, held);
             }
         }
+    }
+}
+
+impl<H: LocalHub> Router<H> {
+    /// Of `ids` (sent here by a location hint, of other nodes' names), passes those neither served nor handed off
+    /// here on to their home when it is live, counted as `hubmesh_sends_passed_home_total`; hands back the rest
+    /// (the home never sends by a hint, so nothing goes back to it this way).
+    pub(super) fn pass_strays_home(
+        &self,
+        runtime: &H,
+        hub: &Arc<str>,
+        ids: Vec<ConnectionId>,
+        frame: &WireFrame,
+    ) -> Vec<ConnectionId> {
+        let mut strays: HashMap<NodeId, Vec<ConnectionId>> = HashMap::new();
+        let mut rest = Vec::new();
+        // Not those this node handed off (a drain's move): they go on to where they moved, as ever.
+        let handed_off: Vec<bool> = {
+            let adopted_out = self.adopted_out.lock();
+            ids.iter().map(|id| adopted_out.contains_key(id)).collect()
+        };
+        for (id, handed_off) in ids.into_iter().zip(handed_off) {
+            let home = (!handed_off && runtime.handle_of(&id).is_none())
+                .then(|| self.live_peer(self.home_of(&id)))
+                .flatten();
+            match home {
+                Some(home) => strays.entry(home).or_default().push(id),
+                None => rest.push(id),
+            }
+        }
+        for (home, ids) in strays {
+            self.passed_home.fetch_add(ids.len() as u64, Ordering::Relaxed);
+            self.send_direct(&home, hub, ids, frame.clone());
+        }
+        rest
     }
 }

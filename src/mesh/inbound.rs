@@ -55,7 +55,7 @@ impl<H: LocalHub> Router<H> {
                 let frame = SharedFrame::with_mark(&frame.into_frame(), Self::broadcast_mark(from, seq));
                 self.deliver_broadcast(&hub, frame, except.into());
             }
-            Envelope::ToConnections { hub, ids, frame } => self.deliver_to_connections(from, &hub, ids, frame),
+            Envelope::ToConnections { hub, ids, frame, hinted } => self.deliver_to_connections(from, &hub, ids, frame, hinted),
             Envelope::Offered { hub, ids, frame } => self.on_offered(from, &hub, ids, frame),
             Envelope::Resent { hub, ids, frame } => self.on_resent(&hub, ids, frame),
             Envelope::Serving { hub, ids } => self.on_serving(from, &hub, ids),

@@ -77,8 +77,8 @@ pub(super) struct KeptDirects {
     held: usize,
 }
 
-/// The connections whose server left, that this node (their home) offers sends for, until the instant.
-pub(super) type Orphans = HashMap<ConnectionId, Instant>;
+/// The connections whose server left, that this node (their home) offers sends for: since when, and that server.
+pub(super) type Orphans = HashMap<ConnectionId, (Instant, NodeId)>;
 
 /// What becomes of the sends by id a node holds for connections it keeps, besides being held.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -113,13 +113,23 @@ impl<H: LocalHub> Router<H> {
 
     /// Sends `frame` to connections `ids` on `peer`, and keeps it to send again if `peer` leaves.
     pub(super) fn send_direct(&self, peer: &NodeId, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame) -> bool {
+        self.send_direct_as(peer, hub, ids, frame, false)
+    }
+
+    /// As [`Router::send_direct`], to the server a location hint names (`super::hints`).
+    pub(super) fn send_hinted(&self, peer: &NodeId, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame) -> bool {
+        self.send_direct_as(peer, hub, ids, frame, true)
+    }
+
+    fn send_direct_as(&self, peer: &NodeId, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame, hinted: bool) -> bool {
         let envelope = Envelope::ToConnections {
             hub: hub.clone(),
             ids,
             frame,
+            hinted,
         };
         let sent = self.send_to_peer(peer, &envelope);
-        if let Envelope::ToConnections { hub, ids, frame } = envelope {
+        if let Envelope::ToConnections { hub, ids, frame, .. } = envelope {
             if frame.mark().is_some() {
                 self.retain_direct(peer, hub, ids, frame);
             }
@@ -375,18 +385,43 @@ impl<H: LocalHub> Router<H> {
 
     /// The servers of these connections of this node's name left: their sends are offered to every peer for a
     /// while (`super::offers`), for the keepers that take them over.
-    pub(super) fn orphan(&self, ids: Vec<ConnectionId>) {
+    pub(super) fn orphan(&self, ids: Vec<(ConnectionId, NodeId)>) {
         if ids.is_empty() {
             return;
         }
         let now = Instant::now();
         let mut orphans = self.orphans.lock();
-        orphans.retain(|_, at| now.duration_since(*at) <= ORPHAN_WINDOW);
-        for id in ids {
+        orphans.retain(|_, (at, _)| now.duration_since(*at) <= ORPHAN_WINDOW);
+        for (id, server) in ids {
             if orphans.len() >= ORPHANS_CAP {
                 break;
             }
-            orphans.insert(id, now);
+            orphans.insert(id, (now, server));
+        }
+    }
+
+    /// Servers this node had let go of are back, the very incarnations (they were declared dead, not restarted):
+    /// the connections of this node's name they served within [`ORPHAN_WINDOW`] before run there still, unless one
+    /// was taken over meanwhile (its keeper's record is here then, and stays). Without this, sends to them through
+    /// this node went nowhere once the window ended (chaos defect 26, `tests/cli/chaos/README.md`).
+    pub(super) fn servers_back(&self, servers: &[NodeId]) {
+        if servers.is_empty() {
+            return;
+        }
+        let mut adopted_out = self.adopted_out.lock();
+        let mut orphans = self.orphans.lock();
+        let now = Instant::now();
+        let back: Vec<ConnectionId> = orphans
+            .iter()
+            .filter(|(_, (at, server))| servers.contains(server) && now.duration_since(*at) <= ORPHAN_WINDOW)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in back {
+            if let Some((_, server)) = orphans.remove(&id) {
+                if !adopted_out.contains_key(&id) && adopted_out.len() < super::relay::MAX_ADOPTED_OUT {
+                    adopted_out.insert(id, server);
+                }
+            }
         }
     }
 
@@ -395,6 +430,6 @@ impl<H: LocalHub> Router<H> {
         self.orphans
             .lock()
             .get(id)
-            .is_some_and(|at| at.elapsed() <= ORPHAN_WINDOW)
+            .is_some_and(|(at, _)| at.elapsed() <= ORPHAN_WINDOW)
     }
 }

@@ -148,6 +148,7 @@ impl<H: LocalHub> Router<H> {
         });
         drop(held);
         tracing::info!(parent: &self.span, ?left, ?joined, "membership changed");
+        let mut returned = Vec::new();
         {
             // What an incarnation that left still had in flight is ignored from now on (`is_stale`), until that
             // incarnation is live again (a thawed node keeps its generation). One entry per absent name.
@@ -161,6 +162,7 @@ impl<H: LocalHub> Router<H> {
                 // to its connections meanwhile never reached them. It is told so once a link is up, and closes
                 // them (`on_declared_dead`), so that no client misses messages without knowing.
                 if departed.remove(&id.name) == Some(id.generation) && !self.is_local(&id.name) {
+                    returned.push(id.clone());
                     self.rejoined.lock().insert(id.clone());
                     if self.send_to_peer(id, &self.declared_dead_notice()).is_ok() {
                         self.rejoined.lock().remove(id);
@@ -181,6 +183,8 @@ impl<H: LocalHub> Router<H> {
                 hit.hit(&hit.departed_evicted, over as u64, &self.span, "forgot the oldest departed nodes over their bound");
             }
         }
+        // Where this node's connections run, as the servers that are back still serve them (`super::kept_direct`).
+        self.servers_back(&returned);
         for node in &left {
             // A node that came back as a new generation is in both lists (by name): only the old incarnation's
             // requests fail and only its members go; the new one's are kept.

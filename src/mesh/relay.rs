@@ -150,7 +150,7 @@ impl<H: LocalHub> Router<H> {
         self.adopted_out.lock().retain(|id, server| {
             let left = server == peer;
             if left {
-                orphaned.push(id.clone());
+                orphaned.push((id.clone(), server.clone()));
             }
             !left
         });

@@ -101,6 +101,8 @@ pub(crate) struct Router<H> {
     pub(super) fence_gave_up: AtomicU64,
     /// Sends to connections this node negotiated that it passed on to the node running them.
     pub(super) passed_on: AtomicU64,
+    /// Sends by a stale location hint passed on to their connection's home (`super::hints`).
+    pub(super) passed_home: AtomicU64,
     /// Sends a young node offered to every peer, for connections of its name it did not know (`super::relay`).
     pub(super) offered: AtomicU64,
     /// What this node offered while young, and to which peers (`super::offers`).
@@ -178,6 +180,7 @@ impl<H: LocalHub> Router<H> {
             hints: Mutex::new(Hints::new()),
             fence_gave_up: AtomicU64::new(0),
             passed_on: AtomicU64::new(0),
+            passed_home: AtomicU64::new(0),
             offered: AtomicU64::new(0),
             offers: Mutex::default(),
             kept_broadcasts: Mutex::default(),
@@ -446,7 +449,7 @@ impl<H: LocalHub> Router<H> {
             }
         }
         for (server, ids) in direct {
-            self.send_direct(&server, hub, ids, make());
+            self.send_hinted(&server, hub, ids, make());
         }
         for (home, ids) in via_home {
             self.send_direct_via_home(&home, hub, ids, make());
@@ -474,6 +477,7 @@ impl<H: LocalHub> Router<H> {
                     hub: hub.clone(),
                     ids,
                     frame,
+                    hinted: false,
                 };
                 self.send_to_home(home, &envelope);
             }
@@ -495,8 +499,18 @@ impl<H: LocalHub> Router<H> {
     }
 
     /// Delivers a peer's send to connections: those served here, and on to the server of those negotiated here
-    /// that run elsewhere.
-    pub(super) fn deliver_to_connections(&self, from: &NodeId, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame) {
+    /// that run elsewhere. One that came by the sender's location hint (`hinted`) and that this node neither
+    /// serves nor is the home of goes on through its home: the hint is stale (this node gave the connection up,
+    /// a take-over of a stale copy undone, say, while it runs on elsewhere), and only the home knows where it runs.
+    /// The sender's later sends take the same way, so they keep their order.
+    pub(super) fn deliver_to_connections(
+        &self,
+        from: &NodeId,
+        hub: &Arc<str>,
+        ids: Vec<ConnectionId>,
+        frame: WireFrame,
+        hinted: bool,
+    ) {
         // Those this node keeps for a server that died, or took over lately (`super::kept_direct`).
         let ids = self.take_kept_direct(hub, ids, &frame, &|id| self.for_keeper(id), Held::PassedOn);
         if ids.is_empty() {
@@ -508,6 +522,11 @@ impl<H: LocalHub> Router<H> {
                 let (mine, others): (Vec<ConnectionId>, Vec<ConnectionId>) =
                     ids.into_iter().partition(|id| self.is_local(self.home_of(id)));
                 let mut ids = self.offer_unknown(&runtime, hub, mine, &mut || frame.clone());
+                let others = if hinted {
+                    self.pass_strays_home(&runtime, hub, others, &frame)
+                } else {
+                    others
+                };
                 ids.extend(others);
                 ids
             }

@@ -484,6 +484,12 @@ impl Collector for NodeCollector {
         )?;
         counter(
             encoder,
+            "hubmesh_sends_passed_home",
+            "Sends by id that reached this node by a sender's stale location hint, passed on to the connection's home.",
+            scrape.relays.passed_home,
+        )?;
+        counter(
+            encoder,
             "hubmesh_sends_offered",
             "Sends a restarted node offered to every peer in its first 10 s, for connections of its name it did not know yet.",
             scrape.relays.offered,
