@@ -69,9 +69,12 @@ pub struct LastMarks {
     pub directs: BTreeMap<String, SendMark>,
 }
 
-/// How long a connection whose node was declared dead waits for its keeper to say whether it took it over
-/// ([`Keeper::claim`]).
-pub const CLAIM_WAIT: Duration = Duration::from_secs(3);
+/// How long a connection whose node was declared dead waits for the peers it asked to say whether they took it
+/// over ([`Keeper::claim`]). Long enough for links to come back (a claim that finds no link goes again): a peer
+/// that declared this node dead takes its links again only once it sees it live, and redials after up to 2 s
+/// (`DIAL_BACKOFF_MAX`); the answer of the one that took it over can come last (tests/declared_dead.rs met 3 s
+/// running out in about one run in ten, the claim to the taker lost with the link).
+pub const CLAIM_WAIT: Duration = Duration::from_secs(6);
 
 /// The highest sequence id the keeper holds, and a wake-up for the connection task when it grows.
 #[derive(Debug, Default)]

@@ -20,6 +20,9 @@ use crate::protocol::Protocol;
 /// (its copy stays until it takes it over and learns from a fresher keeper that it is stale, `Frame::Took`).
 const FORMER_KEEPERS: usize = 4;
 
+/// How soon a claim that found no link to a peer goes to it again ([`KeepSink::claim_unsent`]).
+const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The server's side: what one stateful connection copies to its keeper ([`Keeper`] for the connection task).
 pub(crate) struct KeepSink {
     /// Itself, for the node's registry (which holds sinks weakly: the connection owns its sink).
@@ -244,6 +247,30 @@ impl KeepSink {
                 let _ = pending.answer.send(taken);
             }
         }
+    }
+
+    /// The claim to `peer` could not go (no link to it yet): it goes again after [`CLAIM_RETRY`], while the claim
+    /// waits for that peer's answer.
+    pub(super) fn claim_unsent(&self, peer: &NodeId) {
+        let (Some(node), Some(me)) = (self.node(), self.me.upgrade()) else {
+            return;
+        };
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(CLAIM_RETRY).await;
+            let state = me.state.lock();
+            let waiting = state
+                .claim
+                .as_ref()
+                .is_some_and(|pending| !pending.answer.is_closed() && pending.waiting.contains(&peer));
+            if waiting {
+                let frame = Frame::Claim {
+                    id: state.copy.id.clone(),
+                    token: state.copy.token.to_string(),
+                };
+                node.keeping().queue(&peer, frame, None);
+            }
+        });
     }
 
     /// Its keeper left (`left` says which peers did): the whole copy goes to another.

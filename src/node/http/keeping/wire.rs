@@ -320,6 +320,14 @@ pub(crate) async fn flusher(node: Weak<NodeInner>, wake: Arc<tokio::sync::Notify
             if !sent {
                 // Its servers' connections send their whole copies to a keeper again (or run unkept).
                 for frame in &outbox.batch.frames {
+                    if let Frame::Claim { id, .. } = frame {
+                        // Asked again once a link may be up (a peer that declared this node dead takes its links
+                        // again only once it sees it live), until the claim is answered or gives up.
+                        if let Some(sink) = node.keeping().sink(id) {
+                            sink.claim_unsent(&peer);
+                        }
+                        continue;
+                    }
                     let id = match frame {
                         Frame::Record { id, .. }
                         | Frame::Acked { id, .. }
