@@ -316,15 +316,15 @@ impl<H: LocalHub> Router<H> {
         ids: Vec<ConnectionId>,
         frame: &WireFrame,
     ) -> Vec<ConnectionId> {
+        // The common case, a fresh hint: every connection is served here, so nothing is looked up or allocated.
+        if ids.iter().all(|id| runtime.handle_of(id).is_some()) {
+            return ids;
+        }
         let mut strays: HashMap<NodeId, Vec<ConnectionId>> = HashMap::new();
         let mut rest = Vec::new();
-        // Not those this node handed off (a drain's move): they go on to where they moved, as ever.
-        let handed_off: Vec<bool> = {
-            let adopted_out = self.adopted_out.lock();
-            ids.iter().map(|id| adopted_out.contains_key(id)).collect()
-        };
-        for (id, handed_off) in ids.into_iter().zip(handed_off) {
-            let home = (!handed_off && runtime.handle_of(&id).is_none())
+        for id in ids {
+            // Not those this node handed off (a drain's move): they go on to where they moved, as ever.
+            let home = (runtime.handle_of(&id).is_none() && !self.adopted_out.lock().contains_key(&id))
                 .then(|| self.live_peer(self.home_of(&id)))
                 .flatten();
             match home {

@@ -43,6 +43,16 @@ struct SinkState {
     claim: Option<PendingClaim>,
 }
 
+impl SinkState {
+    /// What asks a peer whether it took this connection over.
+    fn claim_frame(&self) -> Frame {
+        Frame::Claim {
+            id: self.copy.id.clone(),
+            token: self.copy.token.to_string(),
+        }
+    }
+}
+
 /// A claim's answer, once one peer asked says it took the connection over or every one says it did not.
 struct PendingClaim {
     answer: oneshot::Sender<bool>,
@@ -264,11 +274,7 @@ impl KeepSink {
                 .as_ref()
                 .is_some_and(|pending| !pending.answer.is_closed() && pending.waiting.contains(&peer));
             if waiting {
-                let frame = Frame::Claim {
-                    id: state.copy.id.clone(),
-                    token: state.copy.token.to_string(),
-                };
-                node.keeping().queue(&peer, frame, None);
+                node.keeping().queue(&peer, state.claim_frame(), None);
             }
         });
     }
@@ -425,14 +431,7 @@ impl Keeper for KeepSink {
                 asked.push(peer);
             }
         }
-        let (id, token) = (state.copy.id.clone(), state.copy.token.to_string());
-        asked.retain(|peer| {
-            let frame = Frame::Claim {
-                id: id.clone(),
-                token: token.clone(),
-            };
-            node.keeping().queue(peer, frame, None)
-        });
+        asked.retain(|peer| node.keeping().queue(peer, state.claim_frame(), None));
         if asked.is_empty() {
             let _ = answer.send(false);
         } else {
