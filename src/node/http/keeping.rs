@@ -831,6 +831,32 @@ impl Keeping {
         }
         !self.keeps(token) && runs_here(endpoint, token)
     }
+
+    /// Runs `asked` (a request to the live server of a connection this node keeps) while waiting for its take-over
+    /// here, since that server may have died and not be declared dead yet: `None` if this node took the connection
+    /// over first, else what `asked` gave.
+    pub(crate) async fn unless_taken_over<T>(
+        &self,
+        endpoint: &HubEndpoint,
+        token: &str,
+        asked: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let taken_over = self.wait_taken_over(endpoint, token);
+        tokio::pin!(taken_over, asked);
+        let mut waiting = true;
+        // At most two rounds: the wait ends once.
+        loop {
+            tokio::select! {
+                answer = &mut asked => return Some(answer),
+                taken = &mut taken_over, if waiting => {
+                    if taken {
+                        return None;
+                    }
+                    waiting = false;
+                }
+            }
+        }
+    }
 }
 
 /// Whether `token`'s stateful WebSocket connection runs on this node (taken over here, for one).

@@ -457,11 +457,12 @@ async fn adopt_here(
     tunnel: Option<u64>,
 ) -> Answer {
     let mut found = lookup(endpoint, token);
-    // A reconnect for a connection this node keeps, whose server could not answer: it is taken over here once
-    // the server is declared dead (`super::keeping`).
-    if matches!(found, Lookup::Missing) && tunnel.is_some() {
-        // Taken over here meanwhile, or once the server is declared dead.
-        node.keeping().wait_taken_over(endpoint, token).await;
+    // A reconnect for a connection this node keeps (`super::keeping`): resumed by its server, or taken over here
+    // once that server is declared dead.
+    if let (Lookup::Missing, Some(tunnel)) = (&found, tunnel) {
+        if let Some(answer) = resume_kept(node, endpoint, &from, token, tunnel).await {
+            return answer;
+        }
         found = lookup(endpoint, token);
     }
     let id = match (found, tunnel) {
@@ -480,6 +481,7 @@ async fn adopt_here(
             if matches!(answer, Answer::Resumed { .. }) {
                 return answer;
             }
+            tracing::debug!(parent: node.span(), %server, ?answer, "a resume passed on to a connection's server failed");
             // Its server may have died meanwhile, and its keeper taken it over: this node, or a peer that told this
             // node (its home) so (`super::keeping`).
             node.keeping().wait_taken_over(endpoint, token).await;
@@ -524,6 +526,35 @@ async fn adopt_here(
     }
 }
 
+/// A reconnect, on tunnel `tunnel` from `from`, for a connection this node may keep. When its server is live in
+/// this node's view, the resume is passed on to it at once (the client's socket may have dropped with its server
+/// alive, and no take-over would come) while this node waits for a take-over all the same (the server may have
+/// died and not be declared dead yet, and then cannot answer): the server's answer if it resumed the connection
+/// or says it has none; `None` once this node took it over or does not keep it (the caller looks again).
+async fn resume_kept(node: &Node, endpoint: &HubEndpoint, from: &NodeId, token: &str, tunnel: u64) -> Option<Answer> {
+    let Some(server) = node.keeping().live_server_of(node, token) else {
+        node.keeping().wait_taken_over(endpoint, token).await;
+        return None;
+    };
+    let op = Op::Resume {
+        client: from.clone(),
+        tunnel,
+    };
+    let asked = ask(node, endpoint, &server, token, op, RELAY_TIMEOUT);
+    match node.keeping().unless_taken_over(endpoint, token, asked).await? {
+        answer @ Answer::Resumed { .. } => Some(answer),
+        Answer::Reply(reply) if reply.status() == StatusCode::NOT_FOUND => {
+            tracing::debug!(parent: node.span(), %server, "a kept connection's live server has it no more");
+            Some(Answer::Reply(reply))
+        }
+        answer => {
+            tracing::debug!(parent: node.span(), %server, ?answer, "a kept connection's server did not resume it");
+            node.keeping().wait_taken_over(endpoint, token).await;
+            None
+        }
+    }
+}
+
 /// The node a stateful WebSocket connection that ran here moved to, if it did.
 pub(super) fn moved_to(endpoint: &HubEndpoint, token: &str) -> Option<NodeId> {
     match endpoint.tokens.lock().get(token) {
@@ -557,6 +588,7 @@ fn resume_here(node: &Node, endpoint: &HubEndpoint, token: &str, client: NodeId,
         }) if !handle.is_closed() => handle.clone(),
         _ => return Answer::Reply(Reply::no_connection()),
     };
+    tracing::debug!(parent: node.span(), %client, tunnel, "resumes a connection on a tunnel");
     let Some(transport) = LinkTransport::open(node, client, tunnel) else {
         return Answer::Reply(Reply::unavailable("too many tunnels"));
     };

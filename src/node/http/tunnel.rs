@@ -10,7 +10,9 @@
 //!
 //! Frames go over the cluster links as mesh tunnel frames, in link order, each at most the link frame cap; a
 //! side whose queue towards the other is full, or whose link is gone, ends the tunnel, which the connection
-//! takes as a dropped socket (it waits for the client to reconnect again, within its window). At most
+//! takes as a dropped socket (it waits for the client to reconnect again, within its window). A frame that finds
+//! its end gone is answered with the tunnel's end (`Close` to a socket end, `ClientGone` to a connection end), so
+//! an end whose closing frame was lost on a broken link learns it with the next frame it sends. At most
 //! [`MAX_TUNNELS`] tunnel ends are open on a node; beyond that a reconnect is refused with 503.
 
 use std::collections::HashMap;
@@ -20,6 +22,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::super::Node;
 use crate::cluster::NodeId;
@@ -104,25 +107,40 @@ impl Tunnels {
             }
         };
         let tunnel = frame.tunnel;
+        // A frame for an end that is gone (the connection let go of the tunnel, or took another) is answered with
+        // the end of the tunnel, so the other side lets go too: otherwise a client whose connection took a newer
+        // socket would hold on to a silent one, and a connection would write to a socket nobody reads, whenever
+        // the frame that ended the tunnel did not cross (its link was down).
+        let mut answer = None;
         let mut open = self.open.lock();
         let fell_behind = match frame.message {
             message @ (Message::FromClient(_) | Message::ClientGone { .. }) => {
                 let key = (from.clone(), tunnel);
-                let full = open
-                    .connections
-                    .get(&key)
-                    .is_some_and(|sender| sender.try_send(message).is_err());
+                let gone = matches!(message, Message::ClientGone { .. });
+                let full = match open.connections.get(&key) {
+                    Some(sender) => sender.try_send(message).is_err(),
+                    None if !gone => {
+                        answer = Some(Message::Close);
+                        false
+                    }
+                    None => false,
+                };
                 if full {
                     open.connections.remove(&key);
                 }
                 full
             }
             message @ (Message::ToClient { .. } | Message::Close) => {
+                let closing = matches!(message, Message::Close);
                 let full = match open.sockets.get_mut(&tunnel) {
                     // Only the node that serves the connection writes to its socket.
                     Some((server, sender)) if server.as_ref().is_none_or(|server| server == from) => {
                         *server = Some(from.clone());
                         sender.try_send(message).is_err()
+                    }
+                    _ if !closing => {
+                        answer = Some(Message::ClientGone { graceful: false });
+                        false
                     }
                     _ => false,
                 };
@@ -132,6 +150,11 @@ impl Tunnels {
                 full
             }
         };
+        drop(open);
+        if let Some(message) = answer {
+            tracing::debug!(parent: node.span(), %from, tunnel, "a frame for a tunnel end that is gone; told the other end");
+            let _ = send(node, from, tunnel, message);
+        }
         if fell_behind {
             self.fell_behind.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(parent: node.span(), %from, tunnel, "a tunnel end fell behind; ending it");
@@ -207,34 +230,42 @@ impl SocketEnd {
             socket.close(CloseKind::Normal).await;
             return;
         };
+        let span = tracing::debug_span!(parent: self.node.span(), "tunnel", tunnel = self.tunnel, %server);
+        let (ended, close) = self.carry(&mut socket, &server).instrument(span.clone()).await;
+        tracing::debug!(parent: &span, ended, "a tunnel's socket end ended");
+        if close {
+            socket.close(CloseKind::Normal).await;
+        }
+    }
+
+    /// [`SocketEnd::pump`]'s loop: what ended it, and whether the client's socket is to be closed.
+    async fn carry<T: Transport>(&mut self, socket: &mut T, server: &NodeId) -> (&'static str, bool) {
         loop {
             tokio::select! {
                 chunk = socket.recv() => match chunk {
                     Some(Ok(bytes)) => {
-                        if send(&self.node, &server, self.tunnel, Message::FromClient(bytes)).is_err() {
-                            socket.close(CloseKind::Normal).await;
-                            return;
+                        if send(&self.node, server, self.tunnel, Message::FromClient(bytes)).is_err() {
+                            return ("no link to the server", true);
                         }
                     }
                     Some(Err(_)) | None => {
                         let graceful = chunk.is_none() && socket.closed_by_client();
                         self.told = true;
-                        let _ = send(&self.node, &server, self.tunnel, Message::ClientGone { graceful });
-                        return;
+                        let _ = send(&self.node, server, self.tunnel, Message::ClientGone { graceful });
+                        return ("the client's socket ended", false);
                     }
                 },
                 message = self.inbound.recv() => match message {
                     Some(Message::ToClient { bytes, binary }) => {
                         let format = if binary { TransferFormat::Binary } else { TransferFormat::Text };
                         if socket.send(bytes, format).await.is_err() {
-                            return;
+                            return ("a write to the client failed", false);
                         }
                     }
                     Some(Message::Close) | None => {
                         // The connection let go of this socket, or the tunnel broke: the client reconnects again.
                         self.told = true;
-                        socket.close(CloseKind::Normal).await;
-                        return;
+                        return ("the connection let go of it", true);
                     }
                     Some(Message::FromClient(_) | Message::ClientGone { .. }) => {}
                 },
@@ -321,7 +352,8 @@ impl Drop for LinkTransport {
             .connections
             .remove(&(self.client.clone(), self.tunnel));
         if !self.closed {
-            let _ = send(&self.node, &self.client, self.tunnel, Message::Close);
+            let sent = send(&self.node, &self.client, self.tunnel, Message::Close).is_ok();
+            tracing::debug!(parent: self.node.span(), client = %self.client, tunnel = self.tunnel, sent, "a tunnel's connection end let go");
         }
     }
 }

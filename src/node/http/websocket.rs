@@ -126,7 +126,13 @@ pub(crate) async fn accept_hub_websocket(
     };
     let user = authenticate(node, &endpoint, head).map_err(|refusal| Box::new(refusal.response()))?;
     let token = crate::hub::url_query_value(query_string(head), "id");
-    accept_websocket(node, endpoint, token, head, user).await
+    let started = std::time::Instant::now();
+    let accepted = accept_websocket(node, endpoint, token, head, user).await;
+    if let Ok(AcceptedWebSocket::Tunnel { socket, .. }) = &accepted {
+        let took_ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(parent: node.span(), tunnel = socket.tunnel(), took_ms, "a reconnecting socket resumes on a tunnel");
+    }
+    accepted
 }
 
 /// Accepts a WebSocket for `token`: a token this node holds as [`accept_local`] says; a token another live node
@@ -194,6 +200,7 @@ pub(super) async fn accept_websocket(
         Ok(Adoption::Resumed(socket)) => return Ok(tunnel(node, socket)),
         // A home that died and is not declared dead yet cannot answer; the connection may run elsewhere.
         Err(reply) if matches!(reply.status(), StatusCode::NOT_FOUND | StatusCode::SERVICE_UNAVAILABLE) => {
+            tracing::debug!(parent: node.span(), %home, status = %reply.status(), "a reconnecting socket's home could not place it");
             if let Some(accepted) = taken_over_here(node, &endpoint, &token, head, &user).await {
                 return accepted;
             }
@@ -245,12 +252,25 @@ async fn taken_over_here(
     head: &RequestHead,
     user: &Option<Authenticated>,
 ) -> Option<Result<AcceptedWebSocket, Box<HttpResponse>>> {
-    // Kept here for a live server (a connection that moved in a drain is kept anew): the server first, since the
-    // client's socket may have dropped with its server alive; the wait is for a server that died.
+    // Kept here for a live server (a connection that moved in a drain is kept anew): the server is asked at once,
+    // since the client's socket may have dropped with its server alive (as at a keeper that is not the socket's
+    // node, `relay::resume_kept`).
     if let Some(server) = node.keeping().live_server_of(node, token) {
-        if let Ok(Adoption::Resumed(socket)) = relay::adopt(node, endpoint, &server, token, TransportKind::WebSockets).await
-        {
-            return Some(Ok(tunnel(node, socket)));
+        let adopted = relay::adopt(node, endpoint, &server, token, TransportKind::WebSockets);
+        match node.keeping().unless_taken_over(endpoint, token, adopted).await {
+            None => return Some(accept_local(node, endpoint.clone(), Some(token.to_owned()), head, user.clone())),
+            Some(Ok(Adoption::Resumed(socket))) => return Some(Ok(tunnel(node, socket))),
+            Some(Ok(Adoption::Adopted { .. })) => {
+                tracing::debug!(parent: node.span(), %server, "a kept connection's live server let this node adopt it");
+                return None;
+            }
+            Some(Err(reply)) if reply.status() == StatusCode::NOT_FOUND => {
+                tracing::debug!(parent: node.span(), %server, "a kept connection's live server has it no more");
+                return None;
+            }
+            Some(Err(reply)) => {
+                tracing::debug!(parent: node.span(), %server, status = %reply.status(), "a kept connection's server did not resume it");
+            }
         }
     }
     if !node.keeping().wait_taken_over(endpoint, token).await {
