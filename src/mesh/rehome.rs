@@ -295,11 +295,17 @@ impl<H: LocalHub> Router<H> {
             .is_some_and(|(largest, _)| cut_off.view * 2 < largest)
     }
 
-    /// Whether this node stalled lately (a stall the watcher saw, or one going on now: resumed, with the watcher not
-    /// run since): then its own view of who died is not to be acted on (a keeper's take-over, `src/node`).
+    /// Whether this node stalled lately (a stall the watcher saw within [`STALL_MEMORY`], or one going on now:
+    /// resumed, with the watcher not run since): then its notices that a peer declared it dead say so.
     pub(crate) fn stalled_lately(&self) -> bool {
+        self.stalled_within(STALL_MEMORY)
+    }
+
+    /// Whether this node stalled within `memory` (or is stalled now, with the watcher not run since): then its own
+    /// view of who died is not to be acted on for a while (a keeper's take-over, `src/node`).
+    pub(crate) fn stalled_within(&self, memory: Duration) -> bool {
         let cut_off = self.cut_off.lock();
-        cut_off.stalled_at.is_some_and(|at| at.elapsed() < STALL_MEMORY)
+        cut_off.stalled_at.is_some_and(|at| at.elapsed() < memory)
             || cut_off.last_check.is_some_and(|at| at.elapsed() >= STALL_GAP)
     }
 

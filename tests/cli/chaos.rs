@@ -51,8 +51,8 @@ struct Settings {
     /// A rolling restart every this many faults (after the first of each kind).
     rolling_every: usize,
     /// Stateful-reconnect receivers per node (`CHAOS_STATEFUL`, none unless set): they are required to lose
-    /// nothing across a kill or a rolling restart of their node. Off by default while the defects they found are
-    /// open (`chaos/README.md`, defects 15 and 16).
+    /// nothing across a kill or a rolling restart of their node. Off by default while a defect they found is open
+    /// (`chaos/README.md`, defect 29).
     stateful_per_node: usize,
 }
 

@@ -60,8 +60,14 @@ pub const ADOPT_WAIT: Duration = Duration::from_secs(10);
 /// node must see whether most of the cluster left with it (then it is the one cut off) before it acts.
 pub const TAKE_OVER_SETTLE: Duration = Duration::from_secs(1);
 
+/// How long after a stall of its own a node does not take connections over (`Router::stalled_within`): while it did
+/// not run its failure detector declared its peers dead, and it has them back within a gossip round or two. Longer
+/// (it was 30 s, the memory of a stall's notices) put off the take-over of a server killed a few seconds after its
+/// keeper's short freeze for as long, past the group history its clients' resumes need.
+pub const TAKE_OVER_STALL_MEMORY: Duration = Duration::from_secs(5);
+
 /// How often, and how long at most, a node that put a take-over off looks again whether it may act: a stall is
-/// remembered for 30 s (`Router::stalled_lately`), and no peer may join meanwhile.
+/// remembered for [`TAKE_OVER_STALL_MEMORY`], and no peer may join meanwhile.
 const PUT_OFF_RETRY: Duration = Duration::from_millis(500);
 const PUT_OFF_RETRY_FOR: Duration = Duration::from_secs(45);
 
@@ -545,7 +551,7 @@ impl Keeping {
                 // Back (the same incarnation): it was alive all along, its connections and copies too.
                 return;
             }
-            let put_off = || router.stalled_lately() || router.sees_minority();
+            let put_off = || router.stalled_within(TAKE_OVER_STALL_MEMORY) || router.sees_minority();
             if put_off() {
                 // This node was stopped or starved, or most of the cluster left its view (it is cut off, by an
                 // inbound-only partition say): it declared its peers dead because it did not hear them, and they
@@ -590,7 +596,9 @@ impl Keeping {
     fn retry_now(&self, node: &Node) {
         let may_act = |node: &Node| {
             let router = node.router();
-            node.keeping().put_off.load(Ordering::SeqCst) && !router.stalled_lately() && !router.sees_minority()
+            node.keeping().put_off.load(Ordering::SeqCst)
+                && !router.stalled_within(TAKE_OVER_STALL_MEMORY)
+                && !router.sees_minority()
         };
         if !may_act(node) {
             return;
