@@ -529,8 +529,8 @@ async fn adopt_here(
 /// A reconnect, on tunnel `tunnel` from `from`, for a connection this node may keep. When its server is live in
 /// this node's view, the resume is passed on to it at once (the client's socket may have dropped with its server
 /// alive, and no take-over would come) while this node waits for a take-over all the same (the server may have
-/// died and not be declared dead yet, and then cannot answer): the server's answer if it resumed the connection
-/// or says it has none; `None` once this node took it over or does not keep it (the caller looks again).
+/// died and not be declared dead yet, and then cannot answer): the server's answer if it resumed the connection;
+/// `None` once this node took it over, or does not keep it, or the wait ended (the caller looks again).
 async fn resume_kept(node: &Node, endpoint: &HubEndpoint, from: &NodeId, token: &str, tunnel: u64) -> Option<Answer> {
     let Some(server) = node.keeping().live_server_of(node, token) else {
         node.keeping().wait_taken_over(endpoint, token).await;
@@ -543,10 +543,8 @@ async fn resume_kept(node: &Node, endpoint: &HubEndpoint, from: &NodeId, token: 
     let asked = ask(node, endpoint, &server, token, op, RELAY_TIMEOUT);
     match node.keeping().unless_taken_over(endpoint, token, asked).await? {
         answer @ Answer::Resumed { .. } => Some(answer),
-        Answer::Reply(reply) if reply.status() == StatusCode::NOT_FOUND => {
-            tracing::debug!(parent: node.span(), %server, "a kept connection's live server has it no more");
-            Some(Answer::Reply(reply))
-        }
+        // Any other answer waits for the take-over: a 404 may come from a server that died (its link went down
+        // before it was declared dead), not from one that has the connection no more.
         answer => {
             tracing::debug!(parent: node.span(), %server, ?answer, "a kept connection's server did not resume it");
             node.keeping().wait_taken_over(endpoint, token).await;

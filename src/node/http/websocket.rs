@@ -262,12 +262,9 @@ async fn taken_over_here(
             Some(Ok(Adoption::Resumed(socket))) => return Some(Ok(tunnel(node, socket))),
             Some(Ok(Adoption::Adopted { .. })) => {
                 tracing::debug!(parent: node.span(), %server, "a kept connection's live server let this node adopt it");
-                return None;
             }
-            Some(Err(reply)) if reply.status() == StatusCode::NOT_FOUND => {
-                tracing::debug!(parent: node.span(), %server, "a kept connection's live server has it no more");
-                return None;
-            }
+            // A 404 may come from a server that died (its link went down before it was declared dead): the wait
+            // for the take-over below decides.
             Some(Err(reply)) => {
                 tracing::debug!(parent: node.span(), %server, status = %reply.status(), "a kept connection's server did not resume it");
             }
