@@ -500,6 +500,15 @@ impl<T> Arrivals<T> {
         arrived
     }
 
+    /// The owners' markers that wait here (behind held sends, or for an old owner's release), with their groups.
+    pub(super) fn waiting_markers(&self) -> impl Iterator<Item = (&GroupKey, &T)> {
+        self.groups.iter().flat_map(|(key, group)| {
+            let held = group.held.iter().filter(|waiting| waiting.place.is_none()).map(|waiting| &waiting.item);
+            let fenced = group.fenced.iter().filter(|fenced| fenced.stamp.is_none()).map(|fenced| &fenced.item);
+            held.chain(fenced).map(move |item| (key, item))
+        })
+    }
+
     /// Each origin's last send to `key` delivered here: (origin, generation, sequence number).
     pub(super) fn records(&self, key: &GroupKey) -> Vec<(Arc<str>, u64, u64)> {
         self.groups.get(key).map_or_else(Vec::new, |group| {

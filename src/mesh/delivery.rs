@@ -173,7 +173,7 @@ impl<H: LocalHub> Router<H> {
         };
         let arrived = delivered.after_held(key, Some(from), moved, tokio::time::Instant::now());
         if arrived.deliver.is_empty() {
-            tracing::debug!(parent: &self.span, ?key, %connection, arriving, "a member's move waits behind held group sends");
+            tracing::debug!(parent: &self.span, ?key, %connection, arriving, %from, "a member's move waits behind held group sends");
         }
         self.apply_arrived(&mut delivered, key, arrived);
     }

@@ -448,13 +448,18 @@ impl<H: LocalHub> Router<H> {
         }
         let now = tokio::time::Instant::now();
         let mut expired = 0;
-        state.orphans.retain(|_, sends| {
+        let span = &self.span;
+        state.orphans.retain(|key, sends| {
+            let before = expired;
             while sends
                 .front()
                 .is_some_and(|(since, _)| now.duration_since(*since) > ORPHAN_WINDOW)
             {
                 sends.pop_front();
                 expired += 1;
+            }
+            if expired > before {
+                tracing::debug!(parent: span, ?key, sends = expired - before, "sends to a group with no members here dropped after the orphan window");
             }
             !sends.is_empty()
         });

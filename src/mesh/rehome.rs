@@ -3,13 +3,14 @@
 //! snapshots of its own members so that owners, old and new, hold every membership; sends retained for an owner
 //! that left go again, and held sends are retried.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::envelope::Envelope;
 use super::group::GroupKey;
 use super::owner::MembershipOp;
+use super::router::InOrder;
 use super::{LocalHub, Router};
 use crate::cluster::{LinkError, NodeId};
 use crate::connection::ConnectionId;
@@ -311,12 +312,30 @@ impl<H: LocalHub> Router<H> {
 
     /// Every membership this node holds. Whole, not only the groups the receiver owns in this node's view:
     /// views change at slightly different times on different nodes, and the receiver picks by its own.
+    ///
+    /// A member moving here whose owner's marker waits behind held sends (`mesh/arrivals.rs`) is listed too: the
+    /// owner moved it here, and a new owner that learnt the group from this snapshot would otherwise never fan out
+    /// to it. Read before the memberships, so a marker applied between the two reads is in the second.
     pub(super) fn local_snapshot(&self) -> Vec<(GroupKey, Vec<ConnectionId>)> {
+        let mut arriving: HashMap<GroupKey, Vec<ConnectionId>> = HashMap::new();
+        for (key, item) in self.delivered.lock().waiting_markers() {
+            if let InOrder::Moved { connection, arriving: true } = item {
+                arriving.entry(key.clone()).or_default().push(connection.clone());
+            }
+        }
         let mut snapshot: Vec<(GroupKey, Vec<ConnectionId>)> = self
             .runtimes()
             .iter()
             .flat_map(|runtime| runtime.local_memberships())
+            .map(|(key, mut members)| {
+                if let Some(more) = arriving.remove(&key) {
+                    let more: Vec<ConnectionId> = more.into_iter().filter(|id| !members.contains(id)).collect();
+                    members.extend(more);
+                }
+                (key, members)
+            })
             .collect();
+        snapshot.extend(arriving);
         // The kept members this node holds for connections it keeps (`super::kept`) travel like its own.
         snapshot.extend(self.kept.lock().snapshot());
         snapshot
