@@ -846,24 +846,36 @@ impl Keeping {
     }
 
     /// Runs `asked` (a request to the live server of a connection this node keeps) while waiting for its take-over
-    /// here, since that server may have died and not be declared dead yet: `None` if this node took the connection
-    /// over first, else what `asked` gave.
+    /// here, since that server may have died and not be declared dead yet. One wait, one deadline (`ADOPT_WAIT`):
+    /// an answer that `resumed` the connection ends it at once; any other answer (a 404 may come from a server that
+    /// died, its link down before it was declared dead) waits for the take-over until the deadline. `None` if this
+    /// node took the connection over first, else what `asked` gave.
     pub(crate) async fn unless_taken_over<T>(
         &self,
         endpoint: &HubEndpoint,
         token: &str,
         asked: impl std::future::Future<Output = T>,
+        resumed: impl Fn(&T) -> bool,
     ) -> Option<T> {
         let taken_over = self.wait_taken_over(endpoint, token);
         tokio::pin!(taken_over, asked);
+        let mut answer = None;
         let mut waiting = true;
-        // At most two rounds: the wait ends once.
+        // At most two rounds: the answer comes once and the wait ends once.
         loop {
             tokio::select! {
-                answer = &mut asked => return Some(answer),
+                got = &mut asked, if answer.is_none() => {
+                    if !waiting || resumed(&got) {
+                        return Some(got);
+                    }
+                    answer = Some(got);
+                }
                 taken = &mut taken_over, if waiting => {
                     if taken {
                         return None;
+                    }
+                    if answer.is_some() {
+                        return answer;
                     }
                     waiting = false;
                 }

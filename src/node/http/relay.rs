@@ -541,13 +541,12 @@ async fn resume_kept(node: &Node, endpoint: &HubEndpoint, from: &NodeId, token: 
         tunnel,
     };
     let asked = ask(node, endpoint, &server, token, op, RELAY_TIMEOUT);
-    match node.keeping().unless_taken_over(endpoint, token, asked).await? {
+    let resumed = |answer: &Answer| matches!(answer, Answer::Resumed { .. });
+    match node.keeping().unless_taken_over(endpoint, token, asked, resumed).await? {
         answer @ Answer::Resumed { .. } => Some(answer),
-        // Any other answer waits for the take-over: a 404 may come from a server that died (its link went down
-        // before it was declared dead), not from one that has the connection no more.
+        // Any other answer waited for the take-over, which did not come: the caller looks again.
         answer => {
             tracing::debug!(parent: node.span(), %server, ?answer, "a kept connection's server did not resume it");
-            node.keeping().wait_taken_over(endpoint, token).await;
             None
         }
     }

@@ -13,6 +13,7 @@ use super::super::Node;
 use super::access::{authenticate, query_string, request_info};
 use super::endpoint::{insert_adopted, Active, HubEndpoint, Negotiated, NEGOTIATE_EXPIRY};
 use super::relay::{self, Adoption, Route};
+use super::reply::Reply;
 use super::keeping::KeepSink;
 use super::tunnel::SocketEnd;
 use super::negotiate::random_id;
@@ -257,18 +258,20 @@ async fn taken_over_here(
     // node, `relay::resume_kept`).
     if let Some(server) = node.keeping().live_server_of(node, token) {
         let adopted = relay::adopt(node, endpoint, &server, token, TransportKind::WebSockets);
-        match node.keeping().unless_taken_over(endpoint, token, adopted).await {
-            None => return Some(accept_local(node, endpoint.clone(), Some(token.to_owned()), head, user.clone())),
-            Some(Ok(Adoption::Resumed(socket))) => return Some(Ok(tunnel(node, socket))),
+        let resumed = |adoption: &Result<Adoption, Reply>| matches!(adoption, Ok(Adoption::Resumed(_)));
+        // Any answer but a resume waited for the take-over, which did not come.
+        return match node.keeping().unless_taken_over(endpoint, token, adopted, resumed).await {
+            None => Some(accept_local(node, endpoint.clone(), Some(token.to_owned()), head, user.clone())),
+            Some(Ok(Adoption::Resumed(socket))) => Some(Ok(tunnel(node, socket))),
             Some(Ok(Adoption::Adopted { .. })) => {
                 tracing::debug!(parent: node.span(), %server, "a kept connection's live server let this node adopt it");
+                None
             }
-            // A 404 may come from a server that died (its link went down before it was declared dead): the wait
-            // for the take-over below decides.
             Some(Err(reply)) => {
                 tracing::debug!(parent: node.span(), %server, status = %reply.status(), "a kept connection's server did not resume it");
+                None
             }
-        }
+        };
     }
     if !node.keeping().wait_taken_over(endpoint, token).await {
         return None;
