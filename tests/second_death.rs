@@ -18,8 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hubmesh::cluster::placement::ranked;
+use hubmesh::cluster::placement::{owner, ranked};
+use hubmesh::cluster::NodeId;
 use hubmesh::demo::demo_hub;
+use hubmesh::mesh::GroupKey;
 use hubmesh::testing::client::{negotiate, Protocol};
 use hubmesh::testing::TestCluster;
 use hubmesh::ConnectionId;
@@ -52,6 +54,189 @@ async fn a_taken_over_json_connection_whose_home_died_survives_a_second_death() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_over_messagepack_connection_survives_a_second_death() -> TestResult {
     twice_killed(Protocol::MessagePack, Home::Sender).await
+}
+
+/// Chaos defect 29: a second take-over gave the client again group sends it had got before the first. The node that
+/// took the connection over first kept it anew with a copy that did not say what the client got of its groups, so
+/// when the group's owner died with that node, the sends its sender sent again to the new owner (the last seconds'
+/// worth) went into the history of the next keeper (the sender's node, which followed the group only from the first
+/// take-over and had no record of them), and from there to the client once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_take_over_gives_nothing_again_when_the_groups_owner_died_with_the_first() -> TestResult {
+    init_tracing();
+    timeout(Duration::from_secs(120), async {
+        let mut cluster = TestCluster::start(4, || vec![demo_hub()]).await?;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        let urls: Vec<String> = (0..4).filter_map(|index| cluster.url(index)).collect();
+        let hub = |index: usize| format!("{}/hub", urls[index]);
+        let peers = incarnations_seen_by(&urls[SERVER], "node-4").await?;
+        assert_eq!(peers.len(), 3, "node 4 sees {peers:?}");
+        let everyone = incarnations_seen_by(&urls[SERVER], "").await?;
+        assert_eq!(everyone.len(), 4, "node 4 sees {everyone:?}");
+        let sender = 0;
+        let (token, _) = with_second_keeper(&hub(SERVER), &peers, "node-1").await?;
+        let mut client = StatefulClient::connect_with(&format!("{}?id={token}", hub(SERVER)), Protocol::Json).await?;
+        let first_keeper = kept_by_one_of(&urls, &[0, 1, 2]).await?;
+        assert_ne!(first_keeper, sender, "the keeper rendezvous picked");
+        // A group its first keeper owns, with node 4 and without it.
+        let keeper_name = format!("node-{}", first_keeper + 1);
+        let owned_by_keeper = |members: &[NodeId], name: &str| {
+            owner(&GroupKey::named("demo", name).placement_bytes(), members)
+                .is_some_and(|node| *node.name == keeper_name)
+        };
+        let group = (0..1_000)
+            .map(|n| format!("g{n}"))
+            .find(|name| owned_by_keeper(&everyone, name) && owned_by_keeper(&peers, name))
+            .ok_or("no group name of 1000 is owned by the first keeper")?;
+        client.join(&group).await?;
+
+        let context = cluster.context(sender, "demo").ok_or("no hub context")?;
+        let mut got = Numbered::default();
+        let reconnects = std::cell::Cell::new(0);
+        // The sends it gets on its server, the last of them at most a few seconds before the second death.
+        for n in 0..BURST {
+            context.clients().group(&group).send("g", (n,))?;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        read_until(&mut client, &mut got, BURST as usize, &token, &hub, &reconnects).await?;
+        let burst_at = Instant::now();
+        // Taken over by its first keeper, which keeps it anew on the sender's node: that node follows the group
+        // from then on, and no send goes to the group meanwhile.
+        cluster.kill(SERVER).await;
+        let others: Vec<usize> = (0..3).filter(|index| *index != first_keeper).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.read_within(Duration::from_millis(200)).await {
+                Ok(Some(message)) => got.file(&message)?,
+                Ok(None) => {}
+                // Through its keeper, which takes it over once the death is detected.
+                Err(_) => {
+                    if client
+                        .reconnect(&format!("{}?id={token}", hub(first_keeper)), 2)
+                        .await
+                        .is_err()
+                    {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }
+            }
+            if the_one_with(&urls, &others, "hubmesh_kept_connections").await? == Some(sender)
+                && cluster
+                    .context(first_keeper, "demo")
+                    .ok_or("no keeper")?
+                    .local_connection_count()
+                    == 1
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not taken over and kept again on the sender's node"
+            );
+        }
+        // The group's owner dies with the first keeper, while its sender still holds the burst for a new owner
+        // (8 s): it sends it again.
+        let held = burst_at.elapsed();
+        cluster.kill(first_keeper).await;
+        read_until(&mut client, &mut got, BURST as usize, &token, &hub, &reconnects).await?;
+        for n in BURST..BURST + AFTER {
+            context.clients().group(&group).send("g", (n,))?;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        read_until(
+            &mut client,
+            &mut got,
+            (BURST + AFTER) as usize,
+            &token,
+            &hub,
+            &reconnects,
+        )
+        .await?;
+        // Anything more (a send given again) would come now.
+        while let Some(message) = client.read_within(Duration::from_millis(500)).await? {
+            got.file(&message)?;
+        }
+        let expected: Vec<u64> = (0..BURST + AFTER).collect();
+        assert_eq!(
+            got.group,
+            expected,
+            "every group message once, in order ({} reconnects; the owner died {held:?} after the burst)",
+            reconnects.get()
+        );
+        assert_eq!(
+            cluster
+                .context(sender, "demo")
+                .ok_or("no node")?
+                .local_connection_count(),
+            1,
+            "taken over twice"
+        );
+        cluster.stop().await;
+        Ok(())
+    })
+    .await?
+}
+
+/// Group sends before the first death, and after the second.
+const BURST: u64 = 50;
+const AFTER: u64 = 20;
+
+/// A connection negotiated at `hub` whose second keeper (among `peers`) is node `second`: its token and id.
+async fn with_second_keeper(hub: &str, peers: &[NodeId], second: &str) -> TestResult<(String, String)> {
+    for _ in 0..64 {
+        let body = negotiate(hub, "&useStatefulReconnect=true", &[]).await?;
+        let id = body["connectionId"].as_str().ok_or("no id")?.to_owned();
+        let keepers = ranked(id.as_bytes(), peers);
+        if keepers.get(1).is_some_and(|keeper| &*keeper.name == second) {
+            return Ok((body["connectionToken"].as_str().ok_or("no token")?.to_owned(), id));
+        }
+    }
+    Err(format!("no connection of 64 has {second} as its second keeper").into())
+}
+
+/// The one node among `indexes` that keeps a connection, once one does (at most 10 s).
+async fn kept_by_one_of(urls: &[String], indexes: &[usize]) -> TestResult<usize> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(keeper) = the_one_with(urls, indexes, "hubmesh_kept_connections").await? {
+            return Ok(keeper);
+        }
+        if Instant::now() >= deadline {
+            return Err("no one node keeps the connection".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads (filing what arrives) until `got` holds `count` group messages, reconnecting through nodes 1 to 3 in turn
+/// when the socket drops or nothing comes for 2 s; at most 30 s.
+async fn read_until(
+    client: &mut StatefulClient,
+    got: &mut Numbered,
+    count: usize,
+    token: &str,
+    hub: &impl Fn(usize) -> String,
+    reconnects: &std::cell::Cell<usize>,
+) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.group.len() < count {
+        if Instant::now() >= deadline {
+            return Err(format!("{} of {count} group messages arrived: {:?}", got.group.len(), got.group).into());
+        }
+        match client.read_within(Duration::from_secs(2)).await {
+            Ok(Some(message)) => got.file(&message)?,
+            Ok(None) | Err(_) => {
+                let through = reconnects.get() % 3;
+                reconnects.set(reconnects.get() + 1);
+                // The client sent one message (the join).
+                if let Err(error) = client.reconnect(&format!("{}?id={token}", hub(through)), 2).await {
+                    tracing::debug!(%error, "reconnect refused; again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where the connection is negotiated.

@@ -73,8 +73,8 @@ struct Entry {
 struct KeptGroup {
     members: HashMap<ConnectionId, u64>,
     next: u64,
-    /// The index of the last send evicted before its time (over the cap), 0 for none.
-    evicted: u64,
+    /// The index of the last send evicted before its time (over the cap), if any (0 is a send's index).
+    evicted: Option<u64>,
     history: VecDeque<Entry>,
 }
 
@@ -141,13 +141,13 @@ impl KeptGroups {
         if group.history.len() >= KEPT_HISTORY_CAP || self.entries >= KEPT_HISTORIES_CAP {
             match group.history.pop_front() {
                 Some(evicted) => {
-                    group.evicted = evicted.index;
+                    group.evicted = Some(evicted.index);
                     self.entries -= 1;
                 }
                 None => {
                     // Every history is full and this group holds none: this send is not recorded, and a resume that
                     // needed it knows.
-                    group.evicted = group.next;
+                    group.evicted = Some(group.next);
                     group.next += 1;
                     return true;
                 }
@@ -212,7 +212,7 @@ impl KeptGroups {
             None if ahead => u64::MAX,
             None => {
                 // The last send numbered is not held: it came before the history's first, or was evicted.
-                resume.gap = group.evicted >= start;
+                resume.gap = group.evicted.is_some_and(|evicted| evicted >= start);
                 start
             }
         };

@@ -934,6 +934,7 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
         last_marks: LastMarks {
             broadcasts: broadcasts.clone(),
             directs: directs.clone(),
+            groups: marks.clone(),
         },
     };
     let request = RequestInfo {
@@ -942,9 +943,17 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
         query,
         headers,
     };
-    let moved = super::moving::MovedConnection::new(state, request, home.clone());
     let router = endpoint.context.router().clone();
     let hub = endpoint.context.name().clone();
+    // And from what its copy said the client got of each group's sends (chaos defect 29: without it, a second
+    // take-over gave again what the first server or this one had delivered and its history still held).
+    let sends_got = crate::mesh::SendsGot {
+        groups: got
+            .iter()
+            .map(|((group, user), origins)| (group_key(&hub, group, *user), origins.clone()))
+            .collect(),
+    };
+    let moved = super::moving::MovedConnection::new(state, request, home.clone(), sends_got);
     // Started here, then given the broadcasts its server never numbered, under the lock of every broadcast
     // delivery here: none is missed or delivered twice in between.
     let mut status = StatusCode::OK;

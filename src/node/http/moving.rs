@@ -68,14 +68,15 @@ pub(super) struct MovedConnection {
     headers: Vec<(String, String)>,
     /// The node that negotiated it.
     home: NodeId,
-    /// What it got of its groups' sends on the node it left (none from a keeper's take-over).
+    /// What it got of its groups' sends on the node it left (from its copy, after a keeper's take-over).
     #[serde(default)]
     sends_got: SendsGot,
 }
 
 impl MovedConnection {
-    /// A connection's state and request, to start it on another node (a keeper's take-over, `super::keeping`).
-    pub(super) fn new(state: MovedState, request: RequestInfo, home: NodeId) -> Self {
+    /// A connection's state and request, to start it on another node (a keeper's take-over, `super::keeping`),
+    /// and what its copy said it got of its groups' sends.
+    pub(super) fn new(state: MovedState, request: RequestInfo, home: NodeId, sends_got: SendsGot) -> Self {
         MovedConnection {
             state,
             user: request.user,
@@ -83,7 +84,7 @@ impl MovedConnection {
             query: request.query,
             headers: request.headers.to_pairs(),
             home,
-            sends_got: SendsGot::default(),
+            sends_got,
         }
     }
 }
