@@ -67,10 +67,6 @@ pub struct LastMarks {
     pub broadcasts: BTreeMap<String, SendMark>,
     /// The last send by id of each origin.
     pub directs: BTreeMap<String, SendMark>,
-    /// The last send of each group (name, and whether it is the user's), where a take-over picks the group's
-    /// sends up.
-    #[serde(default)]
-    pub groups: BTreeMap<(String, bool), SendMark>,
 }
 
 /// How long a connection whose node was declared dead waits for the peers it asked to say whether they took it

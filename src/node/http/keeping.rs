@@ -934,7 +934,6 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
         last_marks: LastMarks {
             broadcasts: broadcasts.clone(),
             directs: directs.clone(),
-            groups: marks.clone(),
         },
     };
     let request = RequestInfo {

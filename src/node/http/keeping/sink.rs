@@ -125,7 +125,6 @@ impl KeepSink {
             copy.epoch = state.keep_epoch;
             copy.broadcasts = state.last_marks.broadcasts.clone();
             copy.directs = state.last_marks.directs.clone();
-            copy.marks = state.last_marks.groups.clone();
             for (key, origins) in &got.groups {
                 let group = (key.name.to_string(), key.kind == crate::mesh::GroupKind::User);
                 copy.got.insert(group, origins.clone());
@@ -410,7 +409,6 @@ impl Keeper for KeepSink {
         LastMarks {
             broadcasts: state.copy.broadcasts.clone(),
             directs: state.copy.directs.clone(),
-            groups: state.copy.marks.clone(),
         }
     }
 
