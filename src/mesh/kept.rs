@@ -86,7 +86,14 @@ pub(super) struct Resume {
     pub(super) gap: bool,
     /// The history held the send the mark names: every send held here for a gap comes after it.
     pub(super) marked: bool,
+    /// Sends after the starting point that `got` left out (its server had numbered them).
+    pub(super) got_already: usize,
+    /// The first sends delivered, as `origin.generation:seq` (at most [`LOGGED_STAMPS`]), for the debug log.
+    pub(super) stamps: Vec<String>,
 }
+
+/// How many of a resume's sends its debug log names.
+const LOGGED_STAMPS: usize = 32;
 
 /// The groups this node follows, with their histories.
 #[derive(Default)]
@@ -188,6 +195,8 @@ impl KeptGroups {
             frames: Vec::new(),
             gap: false,
             marked: false,
+            got_already: 0,
+            stamps: Vec::new(),
         };
         let Some(group) = self.groups.get_mut(key) else {
             return resume;
@@ -216,12 +225,17 @@ impl KeptGroups {
                 start
             }
         };
-        resume.frames = group
-            .history
-            .iter()
-            .filter(|entry| entry.index >= from && !entry.except.contains(id) && !got_already(got, &entry.stamp))
-            .map(|entry| Arc::clone(&entry.frame))
-            .collect();
+        for entry in group.history.iter().filter(|entry| entry.index >= from && !entry.except.contains(id)) {
+            if got_already(got, &entry.stamp) {
+                resume.got_already += 1;
+                continue;
+            }
+            if resume.stamps.len() < LOGGED_STAMPS {
+                let stamp = &entry.stamp;
+                resume.stamps.push(format!("{}.{}:{}", stamp.origin.name, stamp.origin.generation, stamp.seq));
+            }
+            resume.frames.push(Arc::clone(&entry.frame));
+        }
         if group.members.is_empty() {
             if let Some(group) = self.groups.remove(key) {
                 self.entries -= group.history.len();
@@ -316,6 +330,17 @@ impl<H: LocalHub> Router<H> {
         // The last send its server numbered may not have reached this node yet (links differ in speed).
         let ahead = last.is_some_and(|mark| !deliveries.delivered(key, &mark.origin, mark.generation, mark.seq));
         let resume = self.kept.lock().take(key, id, last, ahead, got);
+        tracing::debug!(
+            parent: &self.span,
+            %id,
+            ?key,
+            mark = ?last.map(|mark| format!("{}.{}:{}", mark.origin, mark.generation, mark.seq)),
+            marked = resume.marked,
+            ahead,
+            got_already = resume.got_already,
+            filled = ?resume.stamps,
+            "a resumed kept member's fill"
+        );
         if let Some(mark) = last.filter(|_| !resume.marked) {
             // Sends held here for a gap that its server delivered before the mark: not again (chaos defect 15).
             let skipped = deliveries.before_send(key, &mark.origin, mark.generation, mark.seq, |item| {

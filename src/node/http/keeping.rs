@@ -476,6 +476,9 @@ impl Keeping {
                     if let Some(mark) = mark {
                         // Only for a group the copy lists: a mark of one it left would rejoin nothing.
                         let listed = copy.groups.contains(&(mark.group.to_string(), mark.user));
+                        if !(mark.broadcast || mark.direct || listed) {
+                            tracing::debug!(%from, %id, seq, group = %mark.group, "a kept copy got a record of a group it does not list: its mark not noted");
+                        }
                         if (mark.broadcast || mark.direct || listed) && !copy.note(&mark) {
                             self.origins_refused.fetch_add(1, Ordering::Relaxed);
                         }
@@ -924,6 +927,7 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
         epoch,
         ..
     } = *copy;
+    tracing::debug!(parent: node.span(), %id, last, received, unacked = unacked.len(), epoch, "a take-over starts from its copy");
     let state = MovedState {
         protocol,
         unacked: unacked.into_iter().collect(),
