@@ -177,6 +177,110 @@ async fn a_second_take_over_gives_nothing_again_when_the_groups_owner_died_with_
     .await?
 }
 
+/// Chaos defect 30: a client that resumed on the node that took its connection over, and acknowledged what it had
+/// got from its dead server before that node's own keeper held the connection's copy, lost as many later messages
+/// as it had acknowledged (and, at its next resume, got as many again). The resume's Sequence named the first
+/// unacknowledged record, which the client had already; the Ack dropped those records from the buffer before they
+/// were written on the new socket, so the first record written was a later one, which the client took for the one
+/// the Sequence named, and dropped as a repeat. Here the links between the first keeper and the next (which keeps
+/// the taken-over connection) hold everything until after the client's Ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_before_the_new_keeper_holds_the_copy_loses_nothing() -> TestResult {
+    init_tracing();
+    timeout(Duration::from_secs(120), async {
+        let mut cluster = TestCluster::start(4, || vec![demo_hub()]).await?;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        let urls: Vec<String> = (0..4).filter_map(|index| cluster.url(index)).collect();
+        let hub = |index: usize| format!("{}/hub", urls[index]);
+        let peers = incarnations_seen_by(&urls[SERVER], "node-4").await?;
+        assert_eq!(peers.len(), 3, "node 4 sees {peers:?}");
+        let everyone = incarnations_seen_by(&urls[SERVER], "").await?;
+        assert_eq!(everyone.len(), 4, "node 4 sees {everyone:?}");
+        let body = negotiate(&hub(SERVER), "&useStatefulReconnect=true", &[]).await?;
+        let id = body["connectionId"].as_str().ok_or("no id")?.to_owned();
+        let token = body["connectionToken"].as_str().ok_or("no token")?.to_owned();
+        // Its keeper takes it over; the next one keeps it then; the fourth node sends, and owns the group.
+        let index_of =
+            |node: &NodeId| -> TestResult<usize> { Ok(node.name.trim_start_matches("node-").parse::<usize>()? - 1) };
+        let keepers = ranked(id.as_bytes(), &peers);
+        let (first, next) = (index_of(keepers[0])?, index_of(keepers[1])?);
+        let sender = index_of(keepers[2])?;
+        let sender_name = format!("node-{}", sender + 1);
+        let owned_by_sender = |members: &[NodeId], name: &str| {
+            owner(&GroupKey::named("demo", name).placement_bytes(), members)
+                .is_some_and(|node| *node.name == sender_name)
+        };
+        let group = (0..1_000)
+            .map(|n| format!("g{n}"))
+            .find(|name| owned_by_sender(&everyone, name) && owned_by_sender(&peers, name))
+            .ok_or("no group name of 1000 is owned by the sender")?;
+        let mut client = StatefulClient::connect_with(&format!("{}?id={token}", hub(SERVER)), Protocol::Json).await?;
+        client.join(&group).await?;
+        assert_eq!(
+            kept_by_one_of(&urls, &[0, 1, 2]).await?,
+            first,
+            "the keeper rendezvous picked"
+        );
+        let context = cluster.context(sender, "demo").ok_or("no hub context")?;
+        let mut got = Numbered::default();
+        let reconnects = std::cell::Cell::new(0);
+        for n in 0..BURST {
+            context.clients().group(&group).send("g", (n,))?;
+        }
+        // Got, and not acknowledged: all of it is in the copy its keeper takes over.
+        read_until(&mut client, &mut got, BURST as usize, &token, &hub, &reconnects).await?;
+        cluster.partition_links(first, next);
+        cluster.kill(SERVER).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Through its keeper, which takes it over once the death is detected.
+        while client
+            .reconnect(&format!("{}?id={token}", hub(first)), 2)
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "no resume at its keeper");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(
+            cluster
+                .context(first, "demo")
+                .ok_or("no keeper")?
+                .local_connection_count(),
+            1,
+            "taken over by its keeper"
+        );
+        // The Sequence comes; no record can (the new keeper holds nothing yet). Then the Ack of what it has.
+        if let Some(message) = client.read_within(Duration::from_millis(500)).await? {
+            got.file(&message)?;
+        }
+        let acked = client.received;
+        client.raw.send_ack(acked).await?;
+        for n in BURST..BURST + AFTER {
+            context.clients().group(&group).send("g", (n,))?;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.heal_links();
+        // On the same socket: a reconnect would start the numbering over and hide a slip.
+        let until = Instant::now() + Duration::from_secs(15);
+        while got.group.len() < (BURST + AFTER) as usize && Instant::now() < until {
+            if let Some(message) = client.read_within(Duration::from_millis(500)).await? {
+                got.file(&message)?;
+            }
+        }
+        while let Some(message) = client.read_within(Duration::from_millis(500)).await? {
+            got.file(&message)?;
+        }
+        let expected: Vec<u64> = (0..BURST + AFTER).collect();
+        assert_eq!(
+            got.group, expected,
+            "every group message once, in order (acknowledged {acked} at the resume)"
+        );
+        cluster.stop().await;
+        Ok(())
+    })
+    .await?
+}
+
 /// Group sends before the first death, and after the second.
 const BURST: u64 = 50;
 const AFTER: u64 = 20;

@@ -52,9 +52,19 @@ impl<T: Transport> Connection<T> {
             if let Some(stateful) = &mut self.stateful {
                 match &message {
                     HubMessage::Ack { sequence_id } => {
-                        stateful.sent.ack(*sequence_id);
+                        // With a keeper, through what was written on this transport only: after a resume whose
+                        // Sequence named records its keeper did not hold yet (a take-over's or a move's, which the
+                        // client had got from its previous server), the client numbers the next record it gets
+                        // from that Sequence, so those must still come first (it drops them as repeats). Dropped
+                        // on its Ack, the next record written came with an id the client gave an earlier one: it
+                        // dropped that many new records and later took as many old ones as new (chaos defect 30).
+                        let acked = match &stateful.keeper {
+                            Some(_) => (*sequence_id).min(stateful.written),
+                            None => *sequence_id,
+                        };
+                        stateful.sent.ack(acked);
                         if let Some(keeper) = &stateful.keeper {
-                            keeper.acked(*sequence_id);
+                            keeper.acked(acked);
                         }
                         continue;
                     }
