@@ -79,15 +79,7 @@ async fn a_second_take_over_gives_nothing_again_when_the_groups_owner_died_with_
         let first_keeper = kept_by_one_of(&urls, &[0, 1, 2]).await?;
         assert_ne!(first_keeper, sender, "the keeper rendezvous picked");
         // A group its first keeper owns, with node 4 and without it.
-        let keeper_name = format!("node-{}", first_keeper + 1);
-        let owned_by_keeper = |members: &[NodeId], name: &str| {
-            owner(&GroupKey::named("demo", name).placement_bytes(), members)
-                .is_some_and(|node| *node.name == keeper_name)
-        };
-        let group = (0..1_000)
-            .map(|n| format!("g{n}"))
-            .find(|name| owned_by_keeper(&everyone, name) && owned_by_keeper(&peers, name))
-            .ok_or("no group name of 1000 is owned by the first keeper")?;
+        let group = group_owned_by(first_keeper, &[&everyone, &peers])?;
         client.join(&group).await?;
 
         let context = cluster.context(sender, "demo").ok_or("no hub context")?;
@@ -205,15 +197,7 @@ async fn an_ack_before_the_new_keeper_holds_the_copy_loses_nothing() -> TestResu
         let keepers = ranked(id.as_bytes(), &peers);
         let (first, next) = (index_of(keepers[0])?, index_of(keepers[1])?);
         let sender = index_of(keepers[2])?;
-        let sender_name = format!("node-{}", sender + 1);
-        let owned_by_sender = |members: &[NodeId], name: &str| {
-            owner(&GroupKey::named("demo", name).placement_bytes(), members)
-                .is_some_and(|node| *node.name == sender_name)
-        };
-        let group = (0..1_000)
-            .map(|n| format!("g{n}"))
-            .find(|name| owned_by_sender(&everyone, name) && owned_by_sender(&peers, name))
-            .ok_or("no group name of 1000 is owned by the sender")?;
+        let group = group_owned_by(sender, &[&everyone, &peers])?;
         let mut client = StatefulClient::connect_with(&format!("{}?id={token}", hub(SERVER)), Protocol::Json).await?;
         client.join(&group).await?;
         assert_eq!(
@@ -284,6 +268,18 @@ async fn an_ack_before_the_new_keeper_holds_the_copy_loses_nothing() -> TestResu
 /// Group sends before the first death, and after the second.
 const BURST: u64 = 50;
 const AFTER: u64 = 20;
+
+/// A group name that node `index` (0-based) owns among each of `views`.
+fn group_owned_by(index: usize, views: &[&[NodeId]]) -> TestResult<String> {
+    let name = format!("node-{}", index + 1);
+    let owned = |group: &str, members: &[NodeId]| {
+        owner(&GroupKey::named("demo", group).placement_bytes(), members).is_some_and(|node| *node.name == name)
+    };
+    (0..1_000)
+        .map(|n| format!("g{n}"))
+        .find(|group| views.iter().all(|members| owned(group, members)))
+        .ok_or_else(|| format!("no group name of 1000 is owned by {name}").into())
+}
 
 /// A connection negotiated at `hub` whose second keeper (among `peers`) is node `second`: its token and id.
 async fn with_second_keeper(hub: &str, peers: &[NodeId], second: &str) -> TestResult<(String, String)> {
@@ -388,27 +384,10 @@ async fn twice_killed(protocol: Protocol, home: Home) -> TestResult {
             Home::Server => SERVER,
             Home::Sender => sender,
         };
-        let mut chosen = None;
-        for _ in 0..64 {
-            let body = negotiate(&hub(negotiated_on), "&useStatefulReconnect=true", &[]).await?;
-            let id = body["connectionId"].as_str().ok_or("no id")?.to_owned();
-            let keepers = ranked(id.as_bytes(), &peers);
-            if keepers.get(1).is_some_and(|second| &*second.name == "node-1") {
-                chosen = Some((body["connectionToken"].as_str().ok_or("no token")?.to_owned(), id));
-                break;
-            }
-        }
-        let (token, id) = chosen.ok_or("no connection of 64 has node 1 as its second keeper")?;
+        let (token, id) = with_second_keeper(&hub(negotiated_on), &peers, "node-1").await?;
         let mut client = StatefulClient::connect_with(&format!("{}?id={token}", hub(SERVER)), protocol).await?;
         client.join("g").await?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let first_keeper = loop {
-            if let Some(keeper) = the_one_with(&urls, &[0, 1, 2], "hubmesh_kept_connections").await? {
-                break keeper;
-            }
-            assert!(Instant::now() < deadline, "no one node keeps the connection");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let first_keeper = kept_by_one_of(&urls, &[0, 1, 2]).await?;
         assert_ne!(first_keeper, sender, "the keeper rendezvous picked");
 
         let context = cluster.context(sender, "demo").ok_or("no hub context")?;

@@ -225,12 +225,14 @@ impl KeptGroups {
                 start
             }
         };
+        // Named only when they are logged.
+        let named = if tracing::enabled!(tracing::Level::DEBUG) { LOGGED_STAMPS } else { 0 };
         for entry in group.history.iter().filter(|entry| entry.index >= from && !entry.except.contains(id)) {
             if got_already(got, &entry.stamp) {
                 resume.got_already += 1;
                 continue;
             }
-            if resume.stamps.len() < LOGGED_STAMPS {
+            if resume.stamps.len() < named {
                 let stamp = &entry.stamp;
                 resume.stamps.push(format!("{}.{}:{}", stamp.origin.name, stamp.origin.generation, stamp.seq));
             }
