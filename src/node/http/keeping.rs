@@ -902,7 +902,7 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
         .endpoint(&copy.path)
         .cloned()
         .ok_or_else(|| format!("no hub at {}", copy.path))?;
-    let reply = super::moving::prepare(node, &endpoint, &copy.token, copy.id.clone());
+    let reply = super::moving::prepare(node, &endpoint, &copy.token, copy.id.clone(), super::moving::HeldSends::KeepHolding);
     if reply.status() != StatusCode::OK {
         return Err(format!("not prepared: {}", reply.status()));
     }

@@ -294,8 +294,17 @@ async fn move_one(
     }
 }
 
+/// What becomes, at [`prepare`], of the sends by id this node holds for the connection if it keeps it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum HeldSends {
+    /// A keeper's take-over: it goes on holding them, and resumes them in order (`src/mesh/kept_direct.rs`).
+    KeepHolding,
+    /// A drain's move: it stops holding them (see [`prepare_move`]).
+    Release,
+}
+
 /// T, step 1: registers the connection as arriving.
-pub(super) fn prepare(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, id: ConnectionId) -> Reply {
+pub(super) fn prepare(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, id: ConnectionId, held: HeldSends) -> Reply {
     let handle = ConnectionHandle::arriving(id.clone(), node.limits(), None);
     let forget = id.clone();
     {
@@ -314,6 +323,11 @@ pub(super) fn prepare(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, id:
                 prepared: Instant::now(),
             },
         );
+    }
+    // Released before the home's route below switches to the arriving mailbox: a send by id from here after the
+    // switch, held as for a take-over here, was dropped with the rest (drain test, direct #60 lost).
+    if held == HeldSends::Release {
+        node.router().unkeep_direct(&forget);
     }
     // If this node is its home, its direct sends go to the arriving mailbox from now on, not to the node it
     // leaves; this answer follows the ones sent there before, which that node puts in its mailbox first.
@@ -342,11 +356,7 @@ pub(super) fn prepare(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, id:
 /// defect 18 in `tests/cli/chaos/README.md`); those held before are ones its server got too (sent again, or sent
 /// to every peer). A keeper's own take-over calls [`prepare`] and keeps holding them until it resumes them.
 pub(super) fn prepare_move(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, id: ConnectionId) -> Reply {
-    let reply = prepare(node, endpoint, token, id.clone());
-    if reply.status() == StatusCode::OK {
-        node.router().unkeep_direct(&id);
-    }
-    reply
+    prepare(node, endpoint, token, id, HeldSends::Release)
 }
 
 /// T, step 5: starts the connection that arrived, from its state, and takes its token.
