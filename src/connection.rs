@@ -53,6 +53,7 @@
 //! * `dispatch.rs`: what the client sends, decoded and dispatched; invocations started, their replies and
 //!   streams encoded back.
 //! * `batch.rs`: writing: the mailbox drained into batches, group and broadcast records coalesced, the write.
+//! * `directs_written.rs`: per origin, the last send by id written, so that one sent again is not written twice.
 //! * `stateful.rs`: the connection's side of stateful reconnect: detaching from a lost transport, resuming.
 //! * `link.rs`: the transport the connection uses now (direct, relayed after a reconnect, or none).
 //! * `recv_gate.rs`: polls the transport only when it may have input.
@@ -66,6 +67,7 @@
 
 mod batch;
 pub mod counters;
+mod directs_written;
 mod dispatch;
 mod handle;
 mod handshake;
@@ -85,6 +87,7 @@ mod task;
 pub mod wake;
 
 pub use counters::{ConnectionCounters, DeliveryKind};
+pub use directs_written::LastDirect;
 pub use handle::{ConnectionHandle, DeliverError};
 pub use host::{Call, ConnectionHost, EncodeValue, Reply, UploadItem};
 pub use id::ConnectionId;

@@ -15,6 +15,12 @@
 //! both others declared it dead, then thawed at once (the first end, as a rule: the test accepts either and says
 //! which it saw), or once its keeper took the connection over (the second). Everything runs on 127.0.0.1; every
 //! wait has a deadline.
+//!
+//! And a home declared dead while a send by id waits for it (chaos defect 31, `tests/cli/chaos/README.md`): the
+//! sender sends it again to every peer once its view drops the home, and the node that runs the connection
+//! delivers it, before the sender's next send, which goes to every peer (the home is gone). Before, only keepers
+//! took sends sent again: the first send was lost here (in-process links drop what a closed link held) or, over
+//! TCP links that keep a stream for a peer's return, arrived after the second once the home thawed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -23,7 +29,8 @@ use std::time::Duration;
 
 use hubmesh::demo::demo_hub;
 use hubmesh::testing::client::negotiate;
-use hubmesh::testing::TestCluster;
+use hubmesh::testing::{TestClient, TestCluster};
+use hubmesh::ConnectionId;
 use serde_json::json;
 use tokio::time::{timeout, Instant};
 
@@ -32,7 +39,7 @@ mod node_reads;
 #[path = "common/stateful_client.rs"]
 mod stateful_client;
 
-use node_reads::{live_seen_by, metric_total};
+use node_reads::{init_tracing, live_seen_by, metric_total};
 use stateful_client::StatefulClient;
 
 type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
@@ -54,13 +61,89 @@ async fn a_kept_connection_taken_over_while_its_node_was_frozen_resumes_on_its_k
     declared_dead_and_back(true).await
 }
 
+/// A plain client negotiated on node 2 (its home) runs on node 3; node 1 has never sent to it (no location hint),
+/// so its first send goes through the home, which is frozen: it waits in the link to node 2 until node 1 declares
+/// node 2 dead. Then a second send, then the thaw and a third: the client gets 1, 2, 3, once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_by_id_waiting_for_a_home_declared_dead_arrives_in_order() -> TestResult {
+    home_declared_dead(false).await
+}
+
+/// As above, after a send (0) that went through the home before the freeze and reached the client: node 1 sends
+/// it again when it declares the home dead, and the client, which has it, drops it (before the connection dropped
+/// sends by id it had, it got 0 twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_by_id_sent_again_after_its_home_was_declared_dead_arrives_once() -> TestResult {
+    home_declared_dead(true).await
+}
+
+/// The sends, the freeze of the home, its thaw, and what the client got (see the two tests above).
+async fn home_declared_dead(sent_before_freeze: bool) -> TestResult {
+    init_tracing();
+    timeout(Duration::from_secs(60), async {
+        let (sender, home, server) = (0, 1, 2);
+        let cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        let urls: Vec<String> = (0..3).filter_map(|index| cluster.url(index)).collect();
+        let hub = |index: usize| format!("{}/hub", urls[index]);
+        let body = negotiate(&hub(home), "", &[]).await?;
+        let token = body["connectionToken"].as_str().ok_or("no token")?.to_owned();
+        let id = body["connectionId"].as_str().ok_or("no id")?.to_owned();
+        let mut client = TestClient::to(&format!("{}?id={token}", hub(server))).connect().await?;
+        // Adopted by the server, and its home knows it (the completion comes after the server told it).
+        client.invoke_ok("JoinGroup", json!(["g"])).await?;
+        let context = cluster.context(sender, "demo").ok_or("no hub context")?;
+        let to = ConnectionId::new(id.as_str());
+        let mut got = Vec::new();
+        if sent_before_freeze {
+            context.clients().client(&to).send("d", (0,))?;
+            let record = client
+                .next_invocation_of("d", Duration::from_secs(10))
+                .await?
+                .ok_or("0 did not come")?;
+            got.push(record.value["arguments"][0].as_u64().ok_or("no number")?);
+        }
+
+        cluster.freeze(home);
+        context.clients().client(&to).send("d", (1,))?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while live_seen_by(&urls[sender]).await? != 2 || live_seen_by(&urls[server]).await? != 2 {
+            assert!(Instant::now() < deadline, "the frozen home was not declared dead");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        context.clients().client(&to).send("d", (2,))?;
+        cluster.thaw(home);
+        while live_seen_by(&urls[sender]).await? != 3 {
+            assert!(Instant::now() < deadline, "the thawed home is not live again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        context.clients().client(&to).send("d", (3,))?;
+
+        while got.last() != Some(&3) {
+            let Some(record) = client.next_invocation_of("d", Duration::from_secs(10)).await? else {
+                return Err(format!("got {got:?} of (0,) 1, 2, 3").into());
+            };
+            got.push(record.value["arguments"][0].as_u64().ok_or("no number")?);
+        }
+        // Nothing late either (a copy through the thawed home).
+        if let Some(record) = client.next_invocation_of("d", Duration::from_millis(1500)).await? {
+            got.push(record.value["arguments"][0].as_u64().ok_or("no number")?);
+        }
+        let expected: Vec<u64> = if sent_before_freeze {
+            vec![0, 1, 2, 3]
+        } else {
+            vec![1, 2, 3]
+        };
+        assert_eq!(got, expected, "once each, in order");
+        Ok::<_, Box<dyn Error + Send + Sync>>(())
+    })
+    .await?
+}
+
 /// The freeze, the thaw (once its keeper took the connection over, with `after_take_over`) and the checks.
 async fn declared_dead_and_back(after_take_over: bool) -> TestResult {
     // `RUST_LOG=hubmesh=info` shows who took the connection over and what each node answered.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     timeout(Duration::from_secs(90), async {
         let cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
         cluster.wait_for_members(Duration::from_secs(10)).await?;

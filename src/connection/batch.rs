@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::protocol::Protocol;
 use crate::transport::Transport;
 
+use super::directs_written::Written;
 use super::keeper::CLAIM_WAIT;
 use super::link::Link;
 use super::task::{Connection, Ending};
@@ -94,7 +95,18 @@ impl<T: Transport> Connection<T> {
             let mut mark = None;
             let record = match message {
                 Outbound::Frame(frame) | Outbound::Fanout(frame) => {
+                    // A send by id sent again that this connection wrote already is dropped
+                    // (`super::directs_written`).
+                    let repeat = match frame.mark().map(|mark| self.directs_written.check(mark)) {
+                        Some(Written::Repeat) => true,
+                        Some(Written::Untracked) => {
+                            self.limits.bounds_hit.direct_origins_untracked.fetch_add(1, Ordering::Relaxed);
+                            false
+                        }
+                        Some(Written::New) | None => false,
+                    };
                     let piece = match self.protocol {
+                        _ if repeat => None,
                         Protocol::Json => frame.text().cloned().map(Piece::Text),
                         Protocol::MessagePack => frame.bytes(self.protocol).cloned().map(Piece::Bytes),
                     };

@@ -114,6 +114,9 @@ pub struct BoundsHit {
     pub streams: AtomicU64,
     /// Client-result entries forgotten because their caller stopped waiting (timed out).
     pub abandoned_results: AtomicU64,
+    /// Sends by id written to a connection without checking for a repeat, their origin being past the
+    /// `ORIGINS_CAP` origins it tracks (`src/connection/directs_written.rs`).
+    pub direct_origins_untracked: AtomicU64,
     /// Unused negotiated tokens forgotten to stay within [`Limits::max_pending_negotiations`].
     pub negotiations: AtomicU64,
     /// Negotiates and new transports refused for [`Limits::max_connections`].

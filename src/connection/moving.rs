@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::protocol::Protocol;
 use crate::transport::{Transport, TransportKind};
 
+use super::directs_written::DirectsWritten;
 use super::link::Link;
 use super::mailbox::Mailbox;
 use super::reconnect::{ReceiveState, RelayTransport, ReplayBuffer, ResumeSlot};
@@ -45,6 +46,10 @@ pub struct MovedState {
     /// take-over there gives it none of those again.
     #[serde(default)]
     pub last_marks: super::keeper::LastMarks,
+    /// Per origin, the last send by id the connection wrote where it ran (for a take-over, the copy's
+    /// `last_marks.directs`): it drops any of those sent again where it moves (`super::directs_written`).
+    #[serde(default)]
+    pub directs_written: Vec<super::LastDirect>,
 }
 
 /// Where a moving connection's task puts its state.
@@ -149,6 +154,7 @@ impl<T: Transport> Connection<T> {
             received,
             keep_epoch: keeper.as_ref().map_or(0, |keeper| keeper.epoch()),
             last_marks: keeper.as_ref().map(|keeper| keeper.last_marks()).unwrap_or_default(),
+            directs_written: self.directs_written.export(),
         };
         tracing::debug!(unacked = state.unacked.len(), "moving to another node");
         let (release, released) = oneshot::channel();
@@ -201,6 +207,7 @@ pub fn run_moved(
         Protocol::from_name(&state.protocol).ok_or_else(|| MoveError::UnknownProtocol(state.protocol.clone()))?;
     let limits = setup.limits;
     let now = Instant::now();
+    let directs_written = state.directs_written;
     let stateful = Stateful {
         sent: ReplayBuffer::import(limits.reconnect_buffer_bytes, state.unacked, state.next_id),
         received: state.received,
@@ -222,7 +229,7 @@ pub fn run_moved(
         user = setup.session.user.as_deref().unwrap_or("")
     );
     let mailbox = setup.session.handle.mailbox.clone();
-    let connection: Connection<RelayTransport> = Connection::connected(
+    let mut connection: Connection<RelayTransport> = Connection::connected(
         Link::Detached,
         Some(Box::new(stateful)),
         protocol,
@@ -232,6 +239,7 @@ pub fn run_moved(
         mailbox,
         BytesMut::new(),
     );
+    connection.directs_written = DirectsWritten::from_last(directs_written);
     let future = Box::new(connection).live(Box::pin(async { Ok(()) }));
     Ok(tracing::Instrument::instrument(future, span))
 }

@@ -17,6 +17,7 @@ use crate::transport::{CloseKind, Transport, TransportError};
 
 use super::batch::{Batch, Piece};
 use super::counters::DisconnectReason;
+use super::directs_written::DirectsWritten;
 use super::link::Link;
 use super::mailbox::Mailbox;
 use super::reconnect::ResumeSlot;
@@ -125,6 +126,8 @@ pub(super) struct Connection<T: Transport> {
     /// Client results awaiting a Completion, by the invocation id this server assigned.
     pub(super) results: HashMap<String, oneshot::Sender<ClientResult>>,
     pub(super) next_result_id: u64,
+    /// Per origin, the last send by id written: one sent again is dropped (`super::directs_written`).
+    pub(super) directs_written: DirectsWritten,
 }
 
 impl<T: Transport> Connection<T> {
@@ -165,6 +168,7 @@ impl<T: Transport> Connection<T> {
             streams: HashMap::new(),
             results: HashMap::new(),
             next_result_id: 0,
+            directs_written: DirectsWritten::default(),
         }
     }
 

@@ -18,7 +18,11 @@
 //!   holds that the server had not numbered (after the copy's last mark of its origin), and for
 //!   [`ORPHAN_WINDOW`] after drops the sends sent again that the connection already has.
 //!
-//! Sent again only to kept or taken-over connections: a connection that runs on a live node gets nothing twice.
+//! * **Delivered where they run.** A send sent again also reaches connections that run on the node it reaches
+//!   (the node that left may have been their home, frozen with the send in its link stream): each connection
+//!   drops a send by id at or before the last one it wrote of that origin (`src/connection/directs_written.rs`),
+//!   so it gets the send once and in its origin's order, whether or not the node that left passed it on (chaos
+//!   defect 31, `tests/cli/chaos/README.md`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -221,9 +225,24 @@ impl<H: LocalHub> Router<H> {
         }
     }
 
-    /// A send by id sent again: only for the connections this node keeps or took over lately.
+    /// A send by id sent again: held for the connections this node keeps, delivered unless repeated to those it
+    /// took over lately, and delivered to those that run here, which drop it if they wrote it already
+    /// (`src/connection/directs_written.rs`): it may not have reached them through the node that left (chaos
+    /// defect 31, `tests/cli/chaos/README.md`).
     pub(super) fn on_resent(&self, hub: &Arc<str>, ids: Vec<ConnectionId>, frame: WireFrame) {
-        let _ = self.take_kept_direct(hub, ids, &frame, &|_| true, Held::Only);
+        let others = self.take_kept_direct(hub, ids, &frame, &|_| true, Held::Only);
+        if others.is_empty() {
+            return;
+        }
+        if let Some(runtime) = self.hub(hub) {
+            let here: Vec<ConnectionId> = others
+                .into_iter()
+                .filter(|id| runtime.handle_of(id).is_some())
+                .collect();
+            if !here.is_empty() {
+                runtime.deliver_to(&here, &frame.into_frame());
+            }
+        }
     }
 
     /// Whether a send by id that reached this node by the usual routes is for the keeper here of connection `id`,

@@ -45,7 +45,7 @@ use crate::cluster::NodeId;
 use crate::connection::keeper::{Keeper, LastMarks};
 use crate::connection::moving::MovedState;
 use crate::connection::reconnect::ReceiveState;
-use crate::connection::{ConnectionId, RequestInfo};
+use crate::connection::{ConnectionId, LastDirect, RequestInfo};
 use crate::mesh::GroupKey;
 
 /// The most connections one node keeps for others.
@@ -935,6 +935,15 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
         received: ReceiveState::acknowledged_through(received),
         keep_epoch: epoch,
         // Its next keeper's copy starts from what this one knew was numbered (a second take-over gives none again).
+        // Its connection drops what the copy says was numbered for it, sent again (`src/connection/directs_written.rs`).
+        directs_written: directs
+            .values()
+            .map(|mark| LastDirect {
+                origin: mark.origin.clone(),
+                generation: mark.generation,
+                seq: mark.seq,
+            })
+            .collect(),
         last_marks: LastMarks {
             broadcasts: broadcasts.clone(),
             directs: directs.clone(),

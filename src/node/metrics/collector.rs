@@ -368,6 +368,7 @@ impl Collector for NodeCollector {
                 ("queued_invocations", &bounds.queued_invocations),
                 ("streams", &bounds.streams),
                 ("abandoned_results", &bounds.abandoned_results),
+                ("direct_origins_untracked", &bounds.direct_origins_untracked),
                 ("negotiations", &bounds.negotiations),
                 ("connections", &bounds.connections),
                 ("negotiate_rate", &bounds.negotiate_rate),
