@@ -93,6 +93,20 @@ impl<H: LocalHub> Router<H> {
         Ok(())
     }
 
+    /// Puts a connection this node took over (`src/node/http/keeping.rs`) back in a group it was in: in the hub's
+    /// local table, then at the group's owner. Unlike a client's join, a registration that fails (the owner did not
+    /// answer, or owners kept leaving) does not undo the local one: the client is in the group as far as it knows
+    /// and is never told otherwise, and the owner gets the member from this node's snapshot after the view change
+    /// that failed it, or from the registration still on its way. Undoing it lost the membership for good (a chaos
+    /// run, `tests/cli/chaos/README.md`, "The memberships of seed 1796631002345905947").
+    pub(crate) async fn rejoin_taken_over(&self, key: GroupKey, connection: ConnectionId) -> Result<(), MeshError> {
+        let runtime = self
+            .hub(&key.hub)
+            .ok_or_else(|| MeshError::UnknownConnection(connection.to_string()))?;
+        runtime.local_join(&key, &connection)?;
+        self.register(key, connection).await
+    }
+
     pub(super) async fn leave_local(&self, key: GroupKey, connection: ConnectionId) -> Result<(), MeshError> {
         let runtime = self
             .hub(&key.hub)

@@ -990,8 +990,9 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
             Ok(missed) => tracing::debug!(parent: node.span(), %id, %group, missed, "a taken-over connection got its group's sends"),
             Err(error) => tracing::info!(parent: node.span(), %id, %group, %error, "a taken-over connection did not resume a group"),
         }
-        if let Err(error) = router.group_add(key.clone(), id.clone()).await {
-            tracing::info!(parent: node.span(), %id, %group, %error, "a taken-over connection did not rejoin a group");
+        // Still a member here if its owner did not answer (`Router::rejoin_taken_over`).
+        if let Err(error) = router.rejoin_taken_over(key.clone(), id.clone()).await {
+            tracing::info!(parent: node.span(), %id, %group, %error, "a taken-over connection's rejoin was not confirmed by the group's owner");
         }
         // A member here now: its kept member goes.
         router.unkeep_member(key, id.clone());
