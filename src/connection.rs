@@ -54,7 +54,6 @@
 //!   streams encoded back.
 //! * `batch.rs`: writing: the mailbox drained into batches, group and broadcast records coalesced, the write.
 //! * `directs_written.rs`: per origin, the last send by id written, so that one sent again is not written twice.
-//! * `groups_got.rs`: what a connection that moved had got of its groups' sends where it ran, likewise.
 //! * `stateful.rs`: the connection's side of stateful reconnect: detaching from a lost transport, resuming.
 //! * `link.rs`: the transport the connection uses now (direct, relayed after a reconnect, or none).
 //! * `recv_gate.rs`: polls the transport only when it may have input.
@@ -69,7 +68,6 @@
 mod batch;
 pub mod counters;
 mod directs_written;
-mod groups_got;
 mod dispatch;
 mod handle;
 mod handshake;
@@ -90,7 +88,6 @@ pub mod wake;
 
 pub use counters::{ConnectionCounters, DeliveryKind};
 pub use directs_written::LastDirect;
-pub use groups_got::GroupFloor;
 pub use handle::{ConnectionHandle, DeliverError};
 pub use host::{Call, ConnectionHost, EncodeValue, Reply, UploadItem};
 pub use id::ConnectionId;

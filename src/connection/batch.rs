@@ -15,7 +15,7 @@ use super::directs_written::Written;
 use super::keeper::CLAIM_WAIT;
 use super::link::Link;
 use super::task::{Connection, Ending};
-use super::{ClientResultError, Invoke, KeptClose, Outbound, SharedFrame};
+use super::{ClientResultError, Invoke, KeptClose, Outbound};
 
 /// One transport message's content: bytes, or text already known to be UTF-8 (a shared JSON frame), which a
 /// WebSocket sends without checking it again.
@@ -104,7 +104,7 @@ impl<T: Transport> Connection<T> {
                             false
                         }
                         Some(Written::New) | None => false,
-                    } || self.got_where_it_ran(&frame);
+                    };
                     let piece = match self.protocol {
                         _ if repeat => None,
                         Protocol::Json => frame.text().cloned().map(Piece::Text),
@@ -217,18 +217,6 @@ impl<T: Transport> Connection<T> {
             Ok(()) => None,
             Err(error) => Some(self.lost(error)),
         }
-    }
-
-    /// Whether `frame` is a group send this connection got where it ran before it moved (`super::groups_got`).
-    fn got_where_it_ran(&mut self, frame: &SharedFrame) -> bool {
-        let Some(got) = &self.groups_got else {
-            return false;
-        };
-        if got.expired() {
-            self.groups_got = None;
-            return false;
-        }
-        frame.mark().is_some_and(|mark| got.covers(mark))
     }
 
     /// Whether group and broadcast records that just arrived wait for company (see [`Limits::write_coalesce`](super::Limits::write_coalesce)):

@@ -19,7 +19,6 @@ use crate::protocol::Protocol;
 use crate::transport::{Transport, TransportKind};
 
 use super::directs_written::DirectsWritten;
-use super::groups_got::GroupsGot;
 use super::link::Link;
 use super::mailbox::Mailbox;
 use super::reconnect::{ReceiveState, RelayTransport, ReplayBuffer, ResumeSlot};
@@ -187,8 +186,6 @@ pub struct MovedSetup {
     /// Where its resume state is copied here (`super::keeper`), set as the connection's keeper before it starts;
     /// the caller opens it ([`super::keeper::Keeper::opened`]) before it runs the connection.
     pub keeper: Option<Arc<dyn super::keeper::Keeper>>,
-    /// What it got of its groups' sends where it ran (`super::groups_got`).
-    pub groups_got: Vec<super::GroupFloor>,
 }
 
 /// Why a moved connection could not start.
@@ -243,7 +240,6 @@ pub fn run_moved(
         BytesMut::new(),
     );
     connection.directs_written = DirectsWritten::from_last(directs_written);
-    connection.groups_got = GroupsGot::new(setup.groups_got);
     let future = Box::new(connection).live(Box::pin(async { Ok(()) }));
     Ok(tracing::Instrument::instrument(future, span))
 }

@@ -18,7 +18,6 @@ use crate::transport::{CloseKind, Transport, TransportError};
 use super::batch::{Batch, Piece};
 use super::counters::DisconnectReason;
 use super::directs_written::DirectsWritten;
-use super::groups_got::GroupsGot;
 use super::link::Link;
 use super::mailbox::Mailbox;
 use super::reconnect::ResumeSlot;
@@ -129,8 +128,6 @@ pub(super) struct Connection<T: Transport> {
     pub(super) next_result_id: u64,
     /// Per origin, the last send by id written: one sent again is dropped (`super::directs_written`).
     pub(super) directs_written: DirectsWritten,
-    /// What it got of its groups' sends where it ran before a move, for a while (`super::groups_got`).
-    pub(super) groups_got: Option<Box<GroupsGot>>,
 }
 
 impl<T: Transport> Connection<T> {
@@ -172,7 +169,6 @@ impl<T: Transport> Connection<T> {
             results: HashMap::new(),
             next_result_id: 0,
             directs_written: DirectsWritten::default(),
-            groups_got: None,
         }
     }
 

@@ -6,25 +6,22 @@
 //! of each group at the moment the owner's marker takes the connection out of it, in the group's order
 //! ([`Router::note_left`]); the move carries them ([`SendsGot`], `src/node/http/moving.rs`); and the node it moves
 //! to takes the records of the origins it has none of ([`Router::seed_arrivals`]): the sends the connection got
-//! are then repeats there too. Where that node has a record of the origin already (it kept the connection, so it
-//! followed the group: a drain's usual case), its own may be older and stands; the connection itself drops the
-//! sends it got ([`SendsGot::floors`], `src/connection/groups_got.rs`).
+//! are then repeats there too.
 //!
 //! Bounds: notes are kept for at most [`LEFT_NOTES_CAP`] connections and [`LEFT_NOTE_WINDOW`] (a move takes its
 //! notes within seconds); past the cap a leaving member is not noted, counted (`left_notes_refused`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::arrivals::Arrivals;
-use super::group::{GroupKey, GroupKind};
+use super::group::GroupKey;
 use super::router::InOrder;
 use super::{LocalHub, Router};
-use crate::connection::{ConnectionId, GroupFloor};
+use crate::connection::ConnectionId;
 
 /// The most connections whose leaving records a node notes at once (as many as move to one hub at once, at most).
 pub const LEFT_NOTES_CAP: usize = 16_384;
@@ -44,25 +41,6 @@ pub(crate) struct OriginLast {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct SendsGot {
     pub(crate) groups: Vec<(GroupKey, Vec<OriginLast>)>,
-}
-
-impl SendsGot {
-    /// The same, as the connection's own floors (`src/connection/groups_got.rs`): it drops the sends it got, sent
-    /// again, even where this node's records are older than its own.
-    pub(crate) fn floors(&self) -> Vec<GroupFloor> {
-        self.groups
-            .iter()
-            .flat_map(|(key, origins)| {
-                origins.iter().map(|origin| GroupFloor {
-                    group: key.name.clone(),
-                    user: key.kind == GroupKind::User,
-                    origin: Arc::from(origin.origin.as_str()),
-                    generation: origin.generation,
-                    last: origin.last,
-                })
-            })
-            .collect()
-    }
 }
 
 /// The notes of the connections that left groups here for another node, by connection.

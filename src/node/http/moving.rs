@@ -414,7 +414,6 @@ pub(super) fn install(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, mov
         host: Arc::new(endpoint.context.clone()),
         resume: slot,
         keeper: keeper.clone(),
-        groups_got: sends_got.floors(),
     };
     let run = match run_moved(state, setup) {
         Ok(run) => run,
