@@ -934,7 +934,6 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
         next_id: last + 1,
         received: ReceiveState::acknowledged_through(received),
         keep_epoch: epoch,
-        // Its next keeper's copy starts from what this one knew was numbered (a second take-over gives none again).
         // Its connection drops what the copy says was numbered for it, sent again (`src/connection/directs_written.rs`).
         directs_written: directs
             .values()
@@ -944,6 +943,7 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
                 seq: mark.seq,
             })
             .collect(),
+        // Its next keeper's copy starts from what this one knew was numbered (a second take-over gives none again).
         last_marks: LastMarks {
             broadcasts: broadcasts.clone(),
             directs: directs.clone(),
