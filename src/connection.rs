@@ -68,6 +68,7 @@
 mod batch;
 pub mod counters;
 mod directs_written;
+mod groups_got;
 mod dispatch;
 mod handle;
 mod handshake;
@@ -88,6 +89,7 @@ pub mod wake;
 
 pub use counters::{ConnectionCounters, DeliveryKind};
 pub use directs_written::LastDirect;
+pub use groups_got::GroupGot;
 pub use handle::{ConnectionHandle, DeliverError};
 pub use host::{Call, ConnectionHost, EncodeValue, Reply, UploadItem};
 pub use id::ConnectionId;

@@ -462,6 +462,12 @@ impl HubContext {
         self.runtime.close_these(ids, allow_reconnect);
     }
 
+    /// Asks these connections on this node to close, allowing reconnects, once the calls of their clients have
+    /// finished (a drain); [`Self::close_local`] ends them at once.
+    pub(crate) fn close_local_after_calls(&self, ids: &[ConnectionId]) {
+        self.runtime.close_these_after_calls(ids);
+    }
+
     /// Drops connection `id` here: its keeper took it over after this node was declared dead (`src/node`).
     pub(crate) fn drop_for_keeper(&self, id: &ConnectionId, reason: &str) {
         self.runtime.drop_for_keeper(id, reason);

@@ -71,6 +71,8 @@ pub enum NodeError {
 
 /// How long a stopping node waits for its connections to take their Close message and go.
 pub(crate) const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long the end of a drain waits for the connections it closes at once to go.
+const CLOSE_AT_DRAIN_END: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a draining node waits for the groups and users it owns to move to their next owners ([`Node::hand_over`]):
 /// each moves as soon as this node's view says it hands over, so this bounds only a stuck actor.
 const HAND_OVER_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -390,9 +392,10 @@ impl Node {
 
     /// Drains the node before it leaves on purpose (docs/semantics.md, "Drain"): it turns unready at once
     /// (`/readyz` answers 503, and the draining status is gossiped, so status reports and the live page show it);
-    /// then its connections are moved to other nodes or asked to close, allowing reconnects, spread evenly over
-    /// `window` so that the other nodes see no reconnect storm; it waits (at most `window` plus 3 s) for them to
-    /// end. It keeps owning its groups and users meanwhile (a connection that moves keeps its memberships through
+    /// then its connections are moved to other nodes or asked to close, allowing reconnects, once the calls of
+    /// their clients have finished, spread evenly over `window` so that the other nodes see no reconnect storm; it
+    /// waits (at most `window` plus 3 s) for them to end, and closes at once those it asked to close that are still
+    /// open. It keeps owning its groups and users meanwhile (a connection that moves keeps its memberships through
     /// them). Then it hands them over to their next owners while it is still live and linked, so that nothing
     /// is left to move when it leaves. Stop it afterwards ([`NodeHandle::stop`], [`Node::shutdown`]), or use
     /// [`NodeHandle::drain`], which does both.
@@ -428,6 +431,18 @@ impl Node {
             }
         }
         self.wait_for_connections_to_end(STOP_GRACE).await;
+        // Those it asked to close once their client's calls finished end now, calls or not. Not the connections
+        // that reached it during the drain (a load balancer slow to see it unready): those are closed when it
+        // stops, as before.
+        let mut cut_off = false;
+        for (endpoint, ids, movable) in &connections {
+            let closing: Vec<_> = ids.iter().filter(|id| !movable.contains_key(*id)).cloned().collect();
+            cut_off |= !closing.is_empty();
+            endpoint.context.close_local(&closing, true);
+        }
+        if cut_off {
+            self.wait_for_connections_to_end(CLOSE_AT_DRAIN_END).await;
+        }
         self.hand_over().await;
     }
 

@@ -105,6 +105,11 @@ impl<T: Transport> Connection<T> {
                         }
                         Some(Written::New) | None => false,
                     };
+                    // A group send it got where it ran before a move, sent again (`super::groups_got`).
+                    let repeat = repeat
+                        || frame.mark().is_some_and(|mark| {
+                            self.stateful.as_ref().is_some_and(|stateful| stateful.groups_got.repeats(mark))
+                        });
                     let piece = match self.protocol {
                         _ if repeat => None,
                         Protocol::Json => frame.text().cloned().map(Piece::Text),
@@ -174,10 +179,13 @@ impl<T: Transport> Connection<T> {
                     if dropped {
                         return Some(Ending::Dropped(close.error.unwrap_or_default()));
                     }
-                    return Some(Ending::Close {
-                        error: close.error,
-                        allow_reconnect: close.allow_reconnect,
-                    });
+                    if close.after_calls && !self.is_idle() {
+                        // Ends once they are done (`Connection::close_if_idle`), or at a close without it; what
+                        // came before it is written (the batch was flushed above).
+                        self.closing = Some(close);
+                        return None;
+                    }
+                    return Some(self.closed_by(*close));
                 }
             };
             if let Some(record) = record {

@@ -114,6 +114,19 @@ impl ConnectionHandle {
             error,
             allow_reconnect,
             kept: KeptClose::Close,
+            after_calls: false,
+        });
+    }
+
+    /// Asks the connection to close with a Close message that allows reconnecting once the calls of its client
+    /// that run or wait have finished (a drain): it reads no further call meanwhile. A later [`Self::close`] ends
+    /// it at once (the drain's bound).
+    pub fn close_after_calls(&self) {
+        self.close_with(CloseRequest {
+            error: None,
+            allow_reconnect: true,
+            kept: KeptClose::Close,
+            after_calls: true,
         });
     }
 
@@ -124,6 +137,7 @@ impl ConnectionHandle {
             error: Some(error.to_owned()),
             allow_reconnect: true,
             kept: KeptClose::AskKeeper,
+            after_calls: false,
         });
     }
 
@@ -134,6 +148,7 @@ impl ConnectionHandle {
             error: Some(error.to_owned()),
             allow_reconnect: true,
             kept: KeptClose::Drop,
+            after_calls: false,
         });
     }
 

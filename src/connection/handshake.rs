@@ -70,6 +70,7 @@ impl<T: Transport> Connection<T> {
                 moving: None,
                 keeper: setup.keeper.clone(),
                 written: 0,
+                groups_got: Default::default(),
             })),
             _ => None,
         };

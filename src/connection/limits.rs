@@ -117,6 +117,9 @@ pub struct BoundsHit {
     /// Sends by id written to a connection without checking for a repeat, their origin being past the
     /// `ORIGINS_CAP` origins it tracks (`src/connection/directs_written.rs`).
     pub direct_origins_untracked: AtomicU64,
+    /// (group, origin) pairs of a moved connection's note left out of its filter, past `GOT_CAP`
+    /// (`src/connection/groups_got.rs`).
+    pub groups_got_untracked: AtomicU64,
     /// Unused negotiated tokens forgotten to stay within [`Limits::max_pending_negotiations`].
     pub negotiations: AtomicU64,
     /// Negotiates and new transports refused for [`Limits::max_connections`].

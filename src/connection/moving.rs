@@ -23,7 +23,7 @@ use super::link::Link;
 use super::mailbox::Mailbox;
 use super::reconnect::{ReceiveState, RelayTransport, ReplayBuffer, ResumeSlot};
 use super::stateful::Stateful;
-use super::task::Connection;
+use super::task::{Connection, Ending};
 use super::{ConnectionHandle, ConnectionHost, ConnectionId, DeliverError, Limits, Outbound, Session, WakeRelay};
 
 /// What a moving connection hands over: everything the client may still be owed or may send again.
@@ -50,6 +50,10 @@ pub struct MovedState {
     /// `last_marks.directs`): it drops any of those sent again where it moves (`super::directs_written`).
     #[serde(default)]
     pub directs_written: Vec<super::LastDirect>,
+    /// What it got of its groups' sends where it ran (set by the node it moves to, from the move's note, or from
+    /// its copy at a take-over): it drops those sent again (`super::groups_got`).
+    #[serde(default)]
+    pub groups_got: Vec<super::GroupGot>,
 }
 
 /// Where a moving connection's task puts its state.
@@ -104,7 +108,31 @@ impl<T: Transport> Connection<T> {
         self.stateful.as_ref().is_some_and(|stateful| stateful.moving.is_some())
     }
 
-    fn is_idle(&self) -> bool {
+    /// A drain's close that waited for the client's calls, once none runs or waits
+    /// (`super::outbound::CloseRequest::after_calls`), after what they sent (their Completions are in the mailbox).
+    pub(super) async fn close_if_idle(&mut self) -> Option<Ending> {
+        if self.closing.is_none() || !self.is_idle() {
+            return None;
+        }
+        if let Some(message) = self.mailbox.try_recv() {
+            if let Some(ending) = self.drain_mailbox(message).await {
+                return Some(ending);
+            }
+        }
+        let close = self.closing.take()?;
+        Some(self.closed_by(*close))
+    }
+
+    /// The ending a Close request asks for (its transport taken first if the client resumed meanwhile).
+    pub(super) fn closed_by(&mut self, close: super::outbound::CloseRequest) -> Ending {
+        self.take_handed_over();
+        Ending::Close {
+            error: close.error,
+            allow_reconnect: close.allow_reconnect,
+        }
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
         self.current.is_none()
             && self.queued.is_empty()
             && self.streams.is_empty()
@@ -155,6 +183,8 @@ impl<T: Transport> Connection<T> {
             keep_epoch: keeper.as_ref().map_or(0, |keeper| keeper.epoch()),
             last_marks: keeper.as_ref().map(|keeper| keeper.last_marks()).unwrap_or_default(),
             directs_written: self.directs_written.export(),
+            // The node it moves to sets it from the move's note of what it got of its groups there.
+            groups_got: Vec::new(),
         };
         tracing::debug!(unacked = state.unacked.len(), "moving to another node");
         let (release, released) = oneshot::channel();
@@ -217,6 +247,7 @@ pub fn run_moved(
         moving: None,
         keeper: setup.keeper.clone(),
         written: 0,
+        groups_got: super::groups_got::GroupsGot::new(state.groups_got, &limits.bounds_hit.groups_got_untracked),
     };
     if let Some(keeper) = setup.keeper {
         setup.session.handle.mailbox.set_keeper(keeper);

@@ -294,6 +294,9 @@ pub struct CloseRequest {
     pub allow_reconnect: bool,
     /// What it does when the connection has a keeper (`super::keeper`).
     pub kept: KeptClose,
+    /// A drain's close: the calls of the client that run or wait finish first (no further one is read
+    /// meanwhile); a close without it, asked later, ends the connection at once.
+    pub after_calls: bool,
 }
 
 /// What a close does to a connection that has a keeper (`super::keeper`).

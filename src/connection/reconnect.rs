@@ -294,6 +294,11 @@ impl ResumeHandle {
 }
 
 impl ResumeSlot {
+    /// The transport handed over and not taken yet, if any, without waiting.
+    pub fn try_take(&mut self) -> Option<RelayTransport> {
+        self.shared.pending.lock().transport.take()
+    }
+
     /// The next transport handed over; pending forever once nobody can hand one over. Cancel-safe.
     pub async fn next(&mut self) -> RelayTransport {
         loop {

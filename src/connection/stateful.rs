@@ -31,6 +31,8 @@ pub(super) struct Stateful {
     pub(super) keeper: Option<Arc<dyn Keeper>>,
     /// With a keeper: the highest record id written (or, while detached, passed over: the replay covers it).
     pub(super) written: u64,
+    /// What it got of its groups' sends where it ran before a move (`super::groups_got`).
+    pub(super) groups_got: super::groups_got::GroupsGot,
 }
 
 /// How long received messages wait before they are acked, so that one Ack covers a burst (the client's interval).
@@ -53,6 +55,21 @@ pub(super) async fn next_relay(stateful: &mut Option<Box<Stateful>>) -> RelayTra
 }
 
 impl<T: Transport> Connection<T> {
+    /// Takes, as the link, a transport the client handed over while the task could not take it (it waited for its
+    /// keeper's answer to a claim, `super::batch`), so that the Close that ends the connection reaches the client.
+    /// Without it the client's resume was accepted and never answered, its socket dropped with the connection, and
+    /// it kept trying to resume a connection that no node held (a chaos run, seed 1796653490782602304).
+    pub(super) fn take_handed_over(&mut self) {
+        let Some(stateful) = &mut self.stateful else {
+            return;
+        };
+        // Whether or not the task saw its transport go: a client that resumed has let go of the one before.
+        if let Some(relay) = stateful.slot.try_take() {
+            stateful.detached_until = None;
+            self.transport = Link::Relayed(relay);
+        }
+    }
+
     /// Lets go of a lost transport and waits for the client to reconnect, if stateful reconnect is on; `false`
     /// (nothing done) otherwise.
     pub(super) fn detach(&mut self) -> bool {

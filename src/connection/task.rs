@@ -23,6 +23,7 @@ use super::mailbox::Mailbox;
 use super::reconnect::ResumeSlot;
 use super::recv_gate::RecvGate;
 use super::stateful::{held_grown, next_relay, Stateful};
+use super::outbound::CloseRequest;
 use super::{
     ClientResult, ClientResultError, ConnectionHost, ConnectionId, Limits, RequestInfo, Session, UploadItem, WakeRelay,
 };
@@ -128,6 +129,9 @@ pub(super) struct Connection<T: Transport> {
     pub(super) next_result_id: u64,
     /// Per origin, the last send by id written: one sent again is dropped (`super::directs_written`).
     pub(super) directs_written: DirectsWritten,
+    /// A drain's close that waits for the client's calls to finish (`CloseRequest::after_calls`); boxed, as it is
+    /// rare.
+    pub(super) closing: Option<Box<CloseRequest>>,
 }
 
 impl<T: Transport> Connection<T> {
@@ -169,6 +173,7 @@ impl<T: Transport> Connection<T> {
             results: HashMap::new(),
             next_result_id: 0,
             directs_written: DirectsWritten::default(),
+            closing: None,
         }
     }
 
@@ -204,6 +209,9 @@ impl<T: Transport> Connection<T> {
             if self.mailbox.is_ending() {
                 return slow_consumer();
             }
+            if let Some(ending) = self.close_if_idle().await {
+                return ending;
+            }
             match self.next_deadline() {
                 Some(at) if !timer_armed || at < timer.deadline() => {
                     timer.as_mut().reset(at);
@@ -218,7 +226,8 @@ impl<T: Transport> Connection<T> {
             // Backpressure, as ASP.NET applies it: while `max_queued_invocations` wait behind the running one, the
             // transport is not read (what one read held is still dispatched), so a client's burst waits in its
             // socket, not in this task.
-            let backlogged = self.queued.len() >= self.limits.max_queued_invocations || self.is_moving();
+            let backlogged =
+                self.queued.len() >= self.limits.max_queued_invocations || self.is_moving() || self.closing.is_some();
             // Cloned (kept connections only): the wait below must not borrow `stateful`, which the resume needs.
             let keeper = self.stateful.as_ref().and_then(|stateful| stateful.keeper.clone());
             tokio::select! {

@@ -142,11 +142,20 @@ impl HubRuntime {
 
     /// Asks these connections (those still here) to close with a Close message.
     pub(super) fn close_these(&self, ids: &[ConnectionId], allow_reconnect: bool) {
+        self.each_of(ids, |handle| handle.close(None, allow_reconnect));
+    }
+
+    /// A drain's close of these connections, once the calls of their clients have finished
+    /// (`ConnectionHandle::close_after_calls`).
+    pub(super) fn close_these_after_calls(&self, ids: &[ConnectionId]) {
+        self.each_of(ids, ConnectionHandle::close_after_calls);
+    }
+
+    /// Calls `act` on the handle of each of these connections that is still here.
+    fn each_of(&self, ids: &[ConnectionId], act: impl Fn(&ConnectionHandle)) {
         let connections = self.connections.read();
-        for id in ids {
-            if let Some(member) = connections.get(id) {
-                member.handle.close(None, allow_reconnect);
-            }
+        for member in ids.iter().filter_map(|id| connections.get(id)) {
+            act(&member.handle);
         }
     }
 

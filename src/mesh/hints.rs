@@ -9,7 +9,8 @@
 //! next sends to that connection (at most [`MAX_FENCED`], for at most [`FENCE_TIMEOUT`]) until the server answers
 //! the fence ([`Envelope::FenceAck`]): every earlier send has then arrived, and the held ones and all later ones go
 //! straight to the server. A fence that is not answered in time, or too many held sends, give up the switch: the
-//! held sends go through the home, in order, as before.
+//! held sends go through the home, in order, as before: at the next send to that connection, or at the
+//! membership queue's next tick ([`Router::expire_fences`], every 100 ms) for a sender that sent nothing more.
 //!
 //! Bounds: at most [`MAX_HINTS`] connections are remembered; past it, the settled hints are forgotten (each costs
 //! the next send one hop, and a new fence). Hints of a node that left are forgotten with it.
@@ -172,6 +173,13 @@ impl<H: LocalHub> Router<H> {
             let nonce = self.next_request.fetch_add(1, Ordering::Relaxed);
             // The fence goes out under the lock: a send decided before it went out before it.
             let mut hints = self.hints.lock();
+            // A server that left this node's view never answers a fence, and its hints went with it
+            // (`peer_left_hints`): sends held for it would wait for a later send that may never come (the home that
+            // hinted had not seen it leave yet). Read under the hints lock, so a view change either came first
+            // (the hint is ignored) or forgets this hint after it.
+            if !self.live.read().contains(&server) {
+                continue;
+            }
             let via_old_server = match hints.get(&id) {
                 None => false,
                 Some(Hint {
@@ -269,10 +277,9 @@ impl<H: LocalHub> Router<H> {
                 }
                 hints.insert(id, hint);
             }
-            _ => {
-                drop(hints);
-                self.send_via_home(&id, held);
-            }
+            // Under the lock too: a send of this node to `id` decided after the answer (it takes the hints lock)
+            // goes through the home after the held ones, not before.
+            _ => self.send_via_home(&id, held),
         }
     }
 
@@ -281,6 +288,30 @@ impl<H: LocalHub> Router<H> {
         let home = self.home_of(id).to_owned();
         for (hub, frame) in held {
             self.send_direct_via_home(&home, &hub, vec![id.clone()], frame);
+        }
+    }
+
+    /// Gives up the switches whose fence went unanswered for [`FENCE_TIMEOUT`]: what they hold goes through the
+    /// home now, in order, rather than at the sender's next send to that connection, which may never come. Under
+    /// the numbering lock, then the hints lock, as a send takes them: no send overtakes what was held. Visits every
+    /// hint (at most [`MAX_HINTS`]), on the membership queue's tick.
+    pub(super) fn expire_fences(&self) {
+        let _numbering = self.next_direct.lock();
+        let mut hints = self.hints.lock();
+        let expired: Vec<ConnectionId> = hints
+            .iter()
+            .filter(|(_, hint)| matches!(&hint.state, HintState::Fencing { since, .. } if since.elapsed() >= FENCE_TIMEOUT))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Some(Hint {
+                state: HintState::Fencing { held, .. },
+                ..
+            }) = hints.remove(&id)
+            {
+                self.fence_gave_up.fetch_add(1, Ordering::Relaxed);
+                self.send_via_home(&id, held);
+            }
         }
     }
 

@@ -27,6 +27,7 @@ impl<H: LocalHub> Router<H> {
                 // had queued for it, so both sides exchange their snapshots again (a thawed node gets its
                 // memberships back this way) and held sends go.
                 tracing::debug!(parent: &self.span, peer = %peer, "link up");
+                *self.links_changed.lock() = tokio::time::Instant::now();
                 self.send_snapshot_to(&peer);
                 let _ = self.send_to_peer(&peer, &Envelope::SnapshotRequest);
                 let rejoined = self.rejoined.lock().remove(&peer);
@@ -39,6 +40,7 @@ impl<H: LocalHub> Router<H> {
                 // Whatever was in flight on that link is lost: requests waiting on the peer fail now rather than
                 // at their timeout (a crashed peer's link resets long before gossip declares it dead).
                 tracing::debug!(parent: &self.span, peer = %peer, "link down");
+                *self.links_changed.lock() = tokio::time::Instant::now();
                 self.fail_pending(&peer);
             }
         }

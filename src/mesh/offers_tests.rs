@@ -143,3 +143,94 @@ async fn a_send_by_a_stale_hint_goes_on_through_the_home() {
     router.on_link_event(frame(&sender, &send_to(&id, 2)));
     assert_eq!(sends_to(&links, "n2", &id), vec![(1, false)], "only the hinted one, through the home");
 }
+
+/// A sender `n1` of a three-node cluster (`n2`, the home of connection `adopted.n2`; `n3`, its server), and how it
+/// sends send `n` to that connection.
+struct HintedSender {
+    router: std::sync::Arc<super::Router<super::test_router::TestHub>>,
+    links: std::sync::Arc<RecordingLinks>,
+    id: ConnectionId,
+    hub: std::sync::Arc<str>,
+    home: NodeId,
+    server: NodeId,
+}
+
+impl HintedSender {
+    fn new() -> Self {
+        let sender = NodeId::new("n1", 1);
+        let home = NodeId::new("n2", 1);
+        let server = NodeId::new("n3", 1);
+        let (router, links, _hub) = owner_node(&sender);
+        router.on_view(vec![sender, home.clone(), server.clone()]);
+        HintedSender {
+            router,
+            links,
+            id: ConnectionId::new("adopted.n2"),
+            hub: "hub".into(),
+            home,
+            server,
+        }
+    }
+
+    fn send(&self, n: u8) {
+        self.router.to_connections(
+            &self.hub,
+            std::slice::from_ref(&self.id),
+            SharedFrame::pre_encoded(Some(Bytes::from(vec![b'0' + n, 0x1e])), None),
+        );
+    }
+
+    /// The home's hint that the connection runs on `n3`.
+    fn hinted(&self) {
+        let hint = Envelope::Hint {
+            hub: self.hub.clone(),
+            ids: vec![self.id.clone()],
+            server: self.server.clone(),
+        };
+        self.router.on_link_event(frame(&self.home, &hint));
+    }
+}
+
+/// A home that has not seen a connection's server leave hints it to a sender that has: the sender ignores the hint
+/// and its sends go on through the home, which keeps them for the connection's keeper. Before, the sender fenced
+/// towards the gone server and held every later send until a next send after the fence's timeout, which never came
+/// when the sender stopped (the last sends of `tests/kept_after_move.rs`' kill test were lost that way).
+#[tokio::test]
+async fn a_sender_ignores_a_hint_that_names_a_server_gone_from_its_view() {
+    let sender = HintedSender::new();
+    sender.send(1);
+    sender.router.on_view(vec![NodeId::new("n1", 1), sender.home.clone()]);
+    sender.hinted();
+    sender.send(2);
+    sender.send(3);
+    assert_eq!(
+        sends_to(&sender.links, "n2", &sender.id),
+        vec![(1, false), (2, false), (3, false)],
+        "every send through the home, none held for the gone server"
+    );
+    assert_eq!(sends_to(&sender.links, "n3", &sender.id), Vec::new());
+}
+
+/// A fence that is never answered (its server stays in view) gives its switch up after `FENCE_TIMEOUT` even if the
+/// sender sends nothing more: what it held goes through the home, in order. Before, only the sender's next send to
+/// that connection gave it up, and the last sends of a sender that stopped were held for ever.
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_fence_gives_its_held_sends_to_the_home_without_a_next_send() {
+    let sender = HintedSender::new();
+    sender.send(1);
+    sender.hinted();
+    sender.send(2);
+    sender.send(3);
+    let (links, id) = (&sender.links, &sender.id);
+    assert_eq!(sends_to(links, "n2", id), vec![(1, false)], "2 and 3 held while the fence is out");
+    sender.router.expire_fences();
+    assert_eq!(sends_to(links, "n2", id), vec![(1, false)], "held until the fence's time is up");
+    tokio::time::advance(super::hints::FENCE_TIMEOUT).await;
+    sender.router.expire_fences();
+    assert_eq!(
+        sends_to(links, "n2", id),
+        vec![(1, false), (2, false), (3, false)],
+        "through the home, in order, with no next send"
+    );
+    assert_eq!(sends_to(links, "n3", id), Vec::new());
+}

@@ -176,6 +176,7 @@ pub(super) async fn run_membership_queue<H: LocalHub>(
                 // quiet spell would wait for the next one.
                 router.flush_held();
                 router.expire_gaps();
+                router.expire_fences();
                 // On the tick only: it visits every group with waiting sends, which must not cost every op.
                 router.expire_orphans(&mut state);
                 router.expire_missed(&mut state);

@@ -94,6 +94,11 @@ impl<H: LocalHub> Router<H> {
         *self.live_changed.lock()
     }
 
+    /// When a link of this node last opened or dropped.
+    pub(crate) fn links_changed_at(&self) -> tokio::time::Instant {
+        *self.links_changed.lock()
+    }
+
     /// Whether this node's membership queue holds group sends after a membership change right now (for the test
     /// harness, which waits until no node does).
     #[cfg(feature = "test-util")]
@@ -129,9 +134,13 @@ impl<H: LocalHub> Router<H> {
         Ok(())
     }
 
-    /// Forgets that connection `id` runs elsewhere (it ended there).
+    /// Forgets that connection `id` runs elsewhere (it ended there, or runs here now).
     pub(crate) fn forget_adopted(&self, id: &ConnectionId) {
         self.adopted_out.lock().remove(id);
+        // Nor where it ran before its server left: one taken over here (its home) must not get that route back
+        // when the server returns (`Router::servers_back`), which sent its sends by id to a node that had dropped
+        // it (chaos defect 38).
+        self.orphans.lock().remove(id);
     }
 
 

@@ -57,6 +57,9 @@ pub(crate) struct Router<H> {
     pub(super) placed_before: RwLock<Option<(tokio::time::Instant, Vec<NodeId>)>>,
     /// When `live` last changed (a re-home started).
     pub(super) live_changed: Mutex<tokio::time::Instant>,
+    /// When a link to a peer last opened or dropped (a peer may declare this node dead and back while this
+    /// node's own view stays the same).
+    pub(super) links_changed: Mutex<tokio::time::Instant>,
     pub(super) pending: Mutex<HashMap<u64, Pending>>,
     pub(super) next_request: AtomicU64,
     pub(super) held: Mutex<VecDeque<HeldSend>>,
@@ -162,6 +165,7 @@ impl<H: LocalHub> Router<H> {
             placed: RwLock::new(vec![NodeId::new(node, 0)]),
             placed_before: RwLock::new(None),
             live_changed: Mutex::new(tokio::time::Instant::now()),
+            links_changed: Mutex::new(tokio::time::Instant::now()),
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             held: Mutex::new(VecDeque::new()),

@@ -1,7 +1,7 @@
 //! One hub as served over HTTP ([`HubEndpoint`]): its negotiated connection tokens, what each token addresses, and
 //! starting the connection task of a token's SSE or long-polling transport.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -125,6 +125,9 @@ pub(crate) struct HubEndpoint {
     pub(super) tokens: Mutex<Tokens>,
     /// Connections moving here from other nodes, by token (`super::moving`).
     pub(super) arrivals: Mutex<super::moving::Arrivals>,
+    /// Tokens of connections moving away from this node now (a drain's move, or a resume that reached another
+    /// node): one move at a time per connection. At most one entry per connection running here.
+    pub(super) leaving: Mutex<HashSet<String>>,
 }
 
 impl HubEndpoint {
@@ -134,7 +137,13 @@ impl HubEndpoint {
             path,
             tokens: Mutex::new(Tokens::default()),
             arrivals: Mutex::new(super::moving::Arrivals::new()),
+            leaving: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// How many connections are moving away from this node now (a metric: `hubmesh_connections_moving_out`).
+    pub(crate) fn moving_out_count(&self) -> usize {
+        self.leaving.lock().len()
     }
 
     /// The hub's normalized path.

@@ -11,6 +11,8 @@
 //!
 //! Calls: the relay requests (`super::relay`) and the hub endpoints' tokens (`super::endpoint`).
 
+use std::time::Duration;
+
 use futures_util::stream::{self, StreamExt};
 use tracing::Instrument;
 
@@ -24,6 +26,8 @@ use actix_web::http::StatusCode;
 
 /// How many reports to one restarted home may be in flight at once.
 pub(super) const REPORTS_AT_ONCE: usize = 64;
+/// The waits before a report that failed is tried again.
+const REPORT_AGAIN: [Duration; 3] = [Duration::from_millis(500), Duration::from_secs(2), Duration::from_secs(5)];
 
 /// A connection served here whose home is an earlier incarnation of a node that just joined.
 struct Served {
@@ -78,20 +82,46 @@ fn served_for(endpoint: &HubEndpoint, peer: &NodeId) -> Vec<Served> {
         .collect()
 }
 
-/// Tells `peer` that one of its connections runs here; once it has recorded it, it is the connection's home.
+/// Tells `peer` that one of its connections runs here; once it has recorded it, it is the connection's home. Tried
+/// again after each of [`REPORT_AGAIN`] while the peer is live: right after it joined the view its link may not be
+/// up, or its hub not served yet, and a home never told drops the connection's sends by id once it is past its
+/// first seconds.
 async fn report(node: &Node, endpoint: &HubEndpoint, peer: &NodeId, served: Served) {
     let Served { token, id, transport } = served;
-    let op = Op::Serves {
-        id: id.clone(),
-        transport,
-    };
-    match ask_op(node, endpoint, peer, &token, op).await {
-        Ok(reply) if reply.status() == StatusCode::OK => {
-            if let Some(negotiated) = endpoint.tokens.lock().get_mut(&token) {
-                negotiated.home = Some(peer.clone());
-            }
+    let mut failure = String::new();
+    for wait in [Duration::ZERO].into_iter().chain(REPORT_AGAIN) {
+        tokio::time::sleep(wait).await;
+        if !node.router().is_live_incarnation(&peer.name, peer.generation) {
+            failure = "it left the view".to_owned();
+            break;
         }
-        Ok(reply) => tracing::info!(parent: node.span(), %id, status = %reply.status(), "a restarted home did not record where its connection runs"),
-        Err(error) => tracing::info!(parent: node.span(), %id, %error, "a restarted home did not record where its connection runs"),
+        // Not once it moved on (a drain) or ended: its new server tells the home.
+        let served_here = matches!(
+            endpoint.tokens.lock().get(&token),
+            Some(Negotiated { active: Some(active), .. }) if !matches!(active, Active::Adopted { .. })
+        );
+        if !served_here {
+            return;
+        }
+        let op = Op::Serves {
+            id: id.clone(),
+            transport,
+        };
+        match ask_op(node, endpoint, peer, &token, op).await {
+            Ok(reply) if reply.status() == StatusCode::OK => {
+                if let Some(negotiated) = endpoint.tokens.lock().get_mut(&token) {
+                    negotiated.home = Some(peer.clone());
+                }
+                return;
+            }
+            // It runs the connection itself, or a move told it where it runs since: nothing to tell.
+            Ok(reply) if reply.status() == StatusCode::CONFLICT => {
+                failure = "it runs the connection".to_owned();
+                break;
+            }
+            Ok(reply) => failure = reply.status().to_string(),
+            Err(error) => failure = error,
+        }
     }
+    tracing::info!(parent: node.span(), %id, %failure, "a restarted home did not record where its connection runs");
 }

@@ -9,6 +9,8 @@
 //! moved connection is started (`super::moving`), joins it to its groups, tells the token's home where it runs,
 //! and waits for the client's reconnect, which any node passes on to it (`super::websocket`, `super::relay`).
 //! A reconnect that reaches a keeper before the server is declared dead waits for that (at most [`ADOPT_WAIT`]).
+//! A server that comes back (it was frozen or cut off) and learns that its keeper took a connection over drops it
+//! and leaves the home a record of where it runs (`runs_at_keeper`).
 //!
 //! When the keeper leaves, the server picks another and sends it the whole copy. A connection that moved (a drain)
 //! or that its keeper took over is kept anew where it runs now (`KeepSink::moved`), its copies numbered on from the
@@ -22,6 +24,8 @@
 //! Files: this one (the node's registry, the keeper's side, the take-over), `keeping/wire.rs` (the copy, the
 //! frames, the per-peer outboxes and their flusher), `keeping/sink.rs` (the server's side of one connection).
 
+#[cfg(test)]
+mod keep_tests;
 mod sink;
 mod wire;
 
@@ -40,7 +44,8 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::super::Node;
-use super::endpoint::HubEndpoint;
+use super::endpoint::{Active, HubEndpoint};
+use crate::transport::TransportKind;
 use crate::cluster::NodeId;
 use crate::connection::keeper::{Keeper, LastMarks};
 use crate::connection::moving::MovedState;
@@ -148,6 +153,16 @@ struct TookHere {
     waiting: HashSet<NodeId>,
     /// Installed here (false while the take-over runs).
     installed: bool,
+    /// The connection's home, when it was out of this node's view at the take-over (or did not answer): told
+    /// when it is back ([`Keeping::tell_joined`]), else it keeps passing the connection's sends on to the server it
+    /// knew.
+    untold: Option<UntoldHome>,
+}
+
+/// A home not told yet that a connection it negotiated runs here, and the connection's token.
+struct UntoldHome {
+    home: NodeId,
+    token: Arc<str>,
 }
 
 impl Kept {
@@ -298,7 +313,8 @@ impl Keeping {
                 if let Some(sink) = self.sink(&id) {
                     tracing::info!(parent: node.span(), %id, keeper = %from, "a connection's keeper took it over: dropping it here");
                     sink.claim_answered(from, true);
-                    if let Some(endpoint) = node.endpoint(&sink.path()) {
+                    if let Some(endpoint) = node.endpoint(&sink.path()).cloned() {
+                        runs_at_keeper(node, &endpoint, &sink.token(), &id, from);
                         endpoint.context.drop_for_keeper(&id, TAKEN_OVER);
                     }
                 }
@@ -435,6 +451,19 @@ impl Keeping {
         match frame {
             Frame::Open(copy) => {
                 let id = copy.id.clone();
+                // Another server's copy is replaced only by a fresher one (a move's, a take-over's kept anew). One
+                // no fresher comes from a server cut off while its keeper took the connection over (held in its
+                // frozen link until the thaw): replacing the live server's copy with it left the live server's
+                // records never held here, so never written to its client.
+                if kept
+                    .copies
+                    .get(&id)
+                    .is_some_and(|(server, before)| server != from && before.epoch >= copy.epoch)
+                {
+                    self.stale.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%from, %id, epoch = copy.epoch, "a copy no fresher than another server's refused");
+                    return Some(Frame::Refused { id, leaving: false });
+                }
                 if kept.copies.len() >= MAX_KEPT && !kept.copies.contains_key(&id) {
                     return refuse(id);
                 }
@@ -593,14 +622,53 @@ impl Keeping {
     /// sees most of it then, for the servers and keepers still out of its view.
     pub(crate) fn peer_joined(&self, node: &Node, peer: &NodeId) {
         self.tell_joined(node, peer);
+        self.tell_untold_home(node, peer);
         self.retry_now(node);
     }
 
-    /// What was put off, if this node may act now: its connections whose keeper left get another at once (their
-    /// records wait meanwhile), and the kept connections of servers that left are taken over [`TAKE_OVER_SETTLE`]
-    /// later, if it still may then and only for servers still gone: peers come back into a view one by one, and a
-    /// server not back in the first moments is not gone (taking its connections over would run stale copies beside
-    /// it). One wait at a time.
+    /// Tells a peer back in view (or restarted) which connections it negotiated run here: those taken over here
+    /// while it was out of view ([`TookHere::untold`]). Tried at once and twice again ([`TELL_AGAIN`]): the link
+    /// may come up after the view changed.
+    fn tell_untold_home(&self, node: &Node, peer: &NodeId) {
+        let untold: Vec<(ConnectionId, String, Arc<str>)> = {
+            let kept = self.kept.lock();
+            kept.took
+                .iter()
+                .filter(|(_, took)| took.installed && !took.superseded)
+                .filter_map(|(id, took)| {
+                    let untold = took.untold.as_ref()?;
+                    (untold.home.name == peer.name && untold.home.generation <= peer.generation)
+                        .then(|| (id.clone(), took.path.clone(), untold.token.clone()))
+                })
+                .collect()
+        };
+        for (id, path, token) in untold {
+            let Some(endpoint) = node.endpoint(&path).cloned() else {
+                continue;
+            };
+            let (node, peer) = (node.clone(), peer.clone());
+            tokio::spawn(async move {
+                for wait in [Duration::ZERO].into_iter().chain(TELL_AGAIN) {
+                    tokio::time::sleep(wait).await;
+                    if tell_home(&node, &endpoint, &peer, &token, &id).await {
+                        if let Some(took) = node.keeping().kept.lock().took.get_mut(&id) {
+                            took.untold = None;
+                        }
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    /// What was put off, if this node may act now, [`TAKE_OVER_SETTLE`] later, if it still may then and only for
+    /// peers still gone: its connections whose keeper left get another (their records wait meanwhile), and the
+    /// kept connections of servers that left are taken over. Peers come back into a view one by one: a server not
+    /// back in the first moments is not gone (taking its connections over would run stale copies beside it), and
+    /// a keeper not back yet may have taken one of this node's connections over while this node was cut off. A
+    /// copy moved to another keeper at once released the records that waited, and the connection wrote them to
+    /// its client, which the keeper that took it over then gave again from its own copy (chaos defect 37,
+    /// `tests/cli/chaos/README.md`). One wait at a time.
     fn retry_now(&self, node: &Node) {
         let may_act = |node: &Node| {
             let router = node.router();
@@ -610,11 +678,6 @@ impl Keeping {
         };
         if !may_act(node) {
             return;
-        }
-        let router = node.router();
-        let sinks: Vec<Arc<KeepSink>> = self.sinks.lock().values().filter_map(Weak::upgrade).collect();
-        for sink in sinks {
-            sink.keeper_left_if(&|peer: &NodeId| router.has_left(peer));
         }
         if self.settling.swap(true, Ordering::SeqCst) {
             return;
@@ -718,6 +781,7 @@ impl Keeping {
                     superseded: false,
                     waiting: peers.iter().filter(|peer| *peer != server).cloned().collect(),
                     installed: false,
+                    untold: None,
                 };
                 kept.took.insert(copy.id.clone(), took);
             }
@@ -788,12 +852,16 @@ impl Keeping {
         let token = copy.token.clone();
         let unfollow = Follow::all(&copy, false);
         let path = copy.path.clone();
-        let taken = take_over(node, copy, &server).await;
+        let (taken, untold) = match take_over(node, copy, &server).await {
+            Ok(untold) => (Ok(()), untold),
+            Err(why) => (Err(why), None),
+        };
         let superseded = {
             let mut kept = self.kept.lock();
             kept.taking_over.remove(&*token);
             kept.took.get_mut(&id).is_some_and(|took| {
                 took.installed = taken.is_ok();
+                took.untold = untold;
                 took.superseded
             })
         };
@@ -897,7 +965,7 @@ fn runs_here(endpoint: &HubEndpoint, token: &str) -> bool {
 
 /// Starts a kept connection here whose server died: as a connection that moved here (`super::moving`), then in
 /// its groups, then known to its token's home.
-async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), String> {
+async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<Option<UntoldHome>, String> {
     let endpoint = node
         .endpoint(&copy.path)
         .cloned()
@@ -928,6 +996,7 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
         ..
     } = *copy;
     tracing::debug!(parent: node.span(), %id, last, received, unacked = unacked.len(), epoch, "a take-over starts from its copy");
+    let home = super::moving::live_home(node, home);
     let state = MovedState {
         protocol,
         unacked: unacked.into_iter().collect(),
@@ -948,6 +1017,8 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
             broadcasts: broadcasts.clone(),
             directs: directs.clone(),
         },
+        // Set at the install, from `got` (`super::moving::install`).
+        groups_got: Vec::new(),
     };
     let request = RequestInfo {
         user,
@@ -1000,17 +1071,79 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<(), 
     // A server that was only frozen drops it when it comes back.
     node.keeping().queue(server, Frame::TakenOver { id: id.clone() }, None);
     let here = node.router().incarnation();
-    if home != here && node.router().is_live_incarnation(&home.name, home.generation) {
-        let op = super::relay::Op::TakenOver { id: id.clone() };
-        match super::relay::ask_op(node, &endpoint, &home, &token, op).await {
-            Ok(reply) if reply.status() == StatusCode::OK => {}
-            Ok(reply) => tracing::info!(parent: node.span(), %id, status = %reply.status(), "its home did not record the take-over"),
-            Err(error) => tracing::info!(parent: node.span(), %id, %error, "its home did not record the take-over"),
-        }
+    if home == here || tell_home(node, &endpoint, &home, &token, &id).await {
+        return Ok(None);
     }
-    Ok(())
+    Ok(Some(UntoldHome { home, token }))
 }
 
+/// Tells `home`, if it is live, that this node runs connection `id` (of `token`) now that it took it over: whether
+/// it recorded that.
+async fn tell_home(node: &Node, endpoint: &HubEndpoint, home: &NodeId, token: &str, id: &ConnectionId) -> bool {
+    if !node.router().is_live_incarnation(&home.name, home.generation) {
+        return false;
+    }
+    let op = super::relay::Op::TakenOver { id: id.clone() };
+    match super::relay::ask_op(node, endpoint, home, token, op).await {
+        Ok(reply) if reply.status() == StatusCode::OK => true,
+        Ok(reply) => {
+            tracing::info!(parent: node.span(), %id, status = %reply.status(), "its home did not record the take-over");
+            false
+        }
+        Err(error) => {
+            tracing::info!(parent: node.span(), %id, %error, "its home did not record the take-over");
+            false
+        }
+    }
+}
+
+/// This node ran connection `id` and is told that its keeper took it over (this node was frozen or cut off): before
+/// the connection ends here, its home's record says where it runs now, as after a drain's move. When this node is
+/// its home, it passes the connection's sends and requests on to the keeper from now on; another home is told, as
+/// by a move's server, in case the keeper could not tell it (the home was out of the keeper's view at the
+/// take-over). Without this, the home passed sends by id on to this node, which had dropped the connection (chaos
+/// defect 35, `tests/cli/chaos/README.md`).
+fn runs_at_keeper(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, id: &ConnectionId, keeper: &NodeId) {
+    let home = {
+        let mut tokens = endpoint.tokens.lock();
+        let Some(negotiated) = tokens.get_mut(token).filter(|negotiated| negotiated.id == *id) else {
+            return;
+        };
+        match (&negotiated.active, &negotiated.home) {
+            // It moved on already.
+            (Some(Active::Adopted { .. }), _) => return,
+            (_, None) => {
+                negotiated.active = Some(Active::Adopted {
+                    server: keeper.clone(),
+                    transport: TransportKind::WebSockets,
+                });
+                None
+            }
+            // Forgotten here without a release, which would have the home forget it.
+            (_, Some(home)) => {
+                let home = home.clone();
+                tokens.remove(token);
+                Some(home)
+            }
+        }
+    };
+    let Some(home) = home else {
+        if let Err(error) = node.router().adopt_out(id.clone(), keeper.clone()) {
+            tracing::info!(parent: node.span(), %id, %error, "a connection taken over by its keeper could not be recorded as running there");
+        }
+        return;
+    };
+    let home = super::moving::live_home(node, home);
+    let op = super::relay::Op::Moved { server: keeper.clone() };
+    let (node, endpoint, token, id) = (node.clone(), endpoint.clone(), token.to_owned(), id.clone());
+    tokio::spawn(async move {
+        // Not found when the keeper told the home first: nothing to do then.
+        match super::relay::ask_op(&node, &endpoint, &home, &token, op).await {
+            Ok(reply) => tracing::debug!(parent: node.span(), %id, %home, status = %reply.status(), "told the home that the keeper runs the connection"),
+            Err(error) => tracing::debug!(parent: node.span(), %id, %home, %error, "could not tell the home that the keeper runs the connection"),
+        }
+    });
+}
 
 /// A group's key in hub `hub`: a named group, or a user's.
 fn group_key(hub: &str, group: &str, user: bool) -> GroupKey {

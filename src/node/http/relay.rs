@@ -30,6 +30,7 @@ use super::super::{Node, NodeInner};
 use tracing::Instrument;
 
 use super::endpoint::{claim_with, lookup, Active, HubEndpoint, Lookup, Negotiated};
+use super::moving::ToClient;
 use super::tunnel::{LinkTransport, SocketEnd};
 use crate::connection::reconnect;
 use super::reply::Reply;
@@ -73,7 +74,12 @@ pub(super) enum Op {
     /// field is empty): the answer is the negotiate response.
     Negotiate { query: String },
     /// A stateful connection of the sender's moves here: register it as arriving (`super::moving`).
-    Prepare { id: ConnectionId },
+    /// With `calm`, a resume's move (`super::moving::move_to_client`): refused unless this node's cluster is calm.
+    Prepare {
+        id: ConnectionId,
+        #[serde(default)]
+        calm: bool,
+    },
     /// Start the connection that was prepared, from its state, and take its token (`super::moving`).
     Install { moved: Box<super::moving::MovedConnection> },
     /// To a connection's home, from the node that served it: it moved to `server` (`super::moving`).
@@ -90,6 +96,9 @@ enum Answer {
     Adopted { stateful: bool },
     /// The connection resumed on the tunnel; it runs on `server`.
     Resumed { server: NodeId },
+    /// The connection moved to `server`, the node of the client's socket, which resumes it itself
+    /// (`super::moving::move_to_client`); the tunnel it opened is not used.
+    MovedTo { server: NodeId },
     /// This poll opens the connection: send it again with its request.
     NeedsRequest,
     Reply(Reply),
@@ -251,8 +260,16 @@ pub(super) async fn ask_op(node: &Node, endpoint: &HubEndpoint, target: &NodeId,
 pub(super) enum Adoption {
     /// Run the connection here; stateful reconnect is on for it or not.
     Adopted { stateful: bool },
-    /// The stateful connection resumed on the tunnel of `socket`: pump the client's socket through it.
-    Resumed(SocketEnd),
+    /// The stateful connection, which ran elsewhere, resumed.
+    Resumed(Resumption),
+}
+
+/// How a stateful connection that ran on another node resumes for a client whose socket reached this node.
+pub(super) enum Resumption {
+    /// On the tunnel of `socket`: pump the client's socket through it.
+    Tunnel(SocketEnd),
+    /// Here: it moved to this node, which holds its token now.
+    Here,
 }
 
 /// Asks the home to let this node run the connection of `token` over `transport`; for a WebSocket, a stateful
@@ -279,12 +296,13 @@ pub(super) async fn adopt(
         Answer::Resumed { server } => match socket {
             Some(mut socket) => {
                 socket.resumed_on(server);
-                Ok(Adoption::Resumed(socket))
+                Ok(Adoption::Resumed(Resumption::Tunnel(socket)))
             }
             None => Err(out_of_turn()),
         },
+        Answer::MovedTo { server } if server == node.router().incarnation() => Ok(Adoption::Resumed(Resumption::Here)),
         Answer::Reply(reply) => Err(reply),
-        Answer::NeedsRequest => Err(out_of_turn()),
+        Answer::MovedTo { .. } | Answer::NeedsRequest => Err(out_of_turn()),
     }
 }
 
@@ -292,20 +310,23 @@ fn out_of_turn() -> Reply {
     Reply::text(StatusCode::BAD_GATEWAY, "The connection's node answered out of turn.")
 }
 
-/// Resumes the stateful connection of `token`, which `server` runs, on a tunnel from this node's socket.
-pub(super) async fn resume_on(node: &Node, endpoint: &HubEndpoint, server: &NodeId, token: &str) -> Result<SocketEnd, Reply> {
+/// Resumes the stateful connection of `token`, which `server` runs, on a tunnel from this node's socket, or here
+/// if `server` moved it here.
+pub(super) async fn resume_on(node: &Node, endpoint: &HubEndpoint, server: &NodeId, token: &str) -> Result<Resumption, Reply> {
     let mut socket = SocketEnd::open(node).ok_or_else(|| Reply::unavailable("too many tunnels"))?;
+    let here = node.router().incarnation();
     let op = Op::Resume {
-        client: node.router().incarnation(),
+        client: here.clone(),
         tunnel: socket.tunnel(),
     };
     match ask(node, endpoint, server, token, op, RELAY_TIMEOUT).await {
         Answer::Resumed { server } => {
             socket.resumed_on(server);
-            Ok(socket)
+            Ok(Resumption::Tunnel(socket))
         }
+        Answer::MovedTo { server } if server == here => Ok(Resumption::Here),
         Answer::Reply(reply) => Err(reply),
-        Answer::Adopted { .. } | Answer::NeedsRequest => Err(out_of_turn()),
+        Answer::MovedTo { .. } | Answer::Adopted { .. } | Answer::NeedsRequest => Err(out_of_turn()),
     }
 }
 
@@ -342,7 +363,7 @@ pub(super) async fn delete(node: &Node, endpoint: &HubEndpoint, home: &NodeId, t
 fn reply_of(answer: Answer) -> Reply {
     match answer {
         Answer::Reply(reply) => reply,
-        Answer::Adopted { .. } | Answer::Resumed { .. } | Answer::NeedsRequest => out_of_turn(),
+        Answer::Adopted { .. } | Answer::Resumed { .. } | Answer::MovedTo { .. } | Answer::NeedsRequest => out_of_turn(),
     }
 }
 
@@ -403,17 +424,18 @@ async fn serve(node: Node, from: NodeId, payload: Bytes) -> Answer {
         Op::Resume { client, tunnel } => match moved_to(&endpoint, &token) {
             // It moved on from here (`super::moving`): pass the resume on.
             Some(server) => ask(&node, &endpoint, &server, &token, Op::Resume { client, tunnel }, RELAY_TIMEOUT).await,
-            None => resume_here(&node, &endpoint, &token, client, tunnel),
+            None => resume_or_move(&node, &endpoint, &token, client, tunnel).await,
         },
-        Op::Prepare { id } => Answer::Reply(super::moving::prepare_move(&node, &endpoint, &token, id)),
+        Op::Prepare { id, calm } => Answer::Reply(super::moving::prepare_move(&node, &endpoint, &token, id, calm)),
         Op::Install { moved } => Answer::Reply(super::moving::install(&node, &endpoint, &token, *moved, true)),
         Op::Moved { server } => Answer::Reply(super::moving::moved_elsewhere(&node, &endpoint, &from, &token, server)),
         Op::TakenOver { id } => {
-            let transport = TransportKind::WebSockets;
-            Answer::Reply(super::moving::runs_on_peer(&node, &endpoint, &from, &token, id, transport))
+            let (transport, news) = (TransportKind::WebSockets, super::moving::PeerRuns::TakenOver);
+            Answer::Reply(super::moving::runs_on_peer(&node, &endpoint, &from, &token, id, transport, news))
         }
         Op::Serves { id, transport } => {
-            Answer::Reply(super::moving::runs_on_peer(&node, &endpoint, &from, &token, id, transport))
+            let news = super::moving::PeerRuns::Reported;
+            Answer::Reply(super::moving::runs_on_peer(&node, &endpoint, &from, &token, id, transport, news))
         }
         Op::Poll { request: None } if matches!(lookup(&endpoint, &token), Lookup::Fresh(_)) => Answer::NeedsRequest,
         Op::Poll { request } => {
@@ -450,7 +472,7 @@ async fn serve(node: Node, from: NodeId, payload: Bytes) -> Answer {
 /// transport's request itself.
 async fn adopt_here(
     node: &Node,
-    endpoint: &HubEndpoint,
+    endpoint: &Arc<HubEndpoint>,
     from: NodeId,
     token: &str,
     transport: TransportKind,
@@ -469,7 +491,7 @@ async fn adopt_here(
         (Lookup::Missing, _) => return Answer::Reply(Reply::no_connection()),
         (Lookup::Fresh(id), _) => id,
         (Lookup::Open(TransportKind::WebSockets, ..), Some(tunnel)) if is_stateful(endpoint, token) => {
-            return resume_here(node, endpoint, token, from, tunnel)
+            return resume_or_move(node, endpoint, token, from, tunnel).await
         }
         (Lookup::Adopted(server, TransportKind::WebSockets), Some(tunnel)) if is_stateful(endpoint, token) => {
             // The server answers the socket's node directly over the tunnel; this node only passes the request on.
@@ -478,7 +500,7 @@ async fn adopt_here(
                 tunnel,
             };
             let answer = ask(node, endpoint, &server, token, op, RELAY_TIMEOUT).await;
-            if matches!(answer, Answer::Resumed { .. }) {
+            if matches!(answer, Answer::Resumed { .. } | Answer::MovedTo { .. }) {
                 return answer;
             }
             tracing::debug!(parent: node.span(), %server, ?answer, "a resume passed on to a connection's server failed");
@@ -486,7 +508,7 @@ async fn adopt_here(
             // node (its home) so (`super::keeping`).
             node.keeping().wait_taken_over(endpoint, token).await;
             return match lookup(endpoint, token) {
-                Lookup::Open(TransportKind::WebSockets, ..) => resume_here(node, endpoint, token, from, tunnel),
+                Lookup::Open(TransportKind::WebSockets, ..) => resume_or_move(node, endpoint, token, from, tunnel).await,
                 Lookup::Adopted(keeper, TransportKind::WebSockets) if keeper != server => {
                     ask(node, endpoint, &keeper, token, Op::Resume { client: from, tunnel }, RELAY_TIMEOUT).await
                 }
@@ -541,9 +563,9 @@ async fn resume_kept(node: &Node, endpoint: &HubEndpoint, from: &NodeId, token: 
         tunnel,
     };
     let asked = ask(node, endpoint, &server, token, op, RELAY_TIMEOUT);
-    let resumed = |answer: &Answer| matches!(answer, Answer::Resumed { .. });
+    let resumed = |answer: &Answer| matches!(answer, Answer::Resumed { .. } | Answer::MovedTo { .. });
     match node.keeping().unless_taken_over(endpoint, token, asked, resumed).await? {
-        answer @ Answer::Resumed { .. } => Some(answer),
+        answer @ (Answer::Resumed { .. } | Answer::MovedTo { .. }) => Some(answer),
         // Any other answer waited for the take-over, which did not come: the caller looks again.
         answer => {
             tracing::debug!(parent: node.span(), %server, ?answer, "a kept connection's server did not resume it");
@@ -574,6 +596,18 @@ fn is_stateful(endpoint: &HubEndpoint, token: &str) -> bool {
         .lock()
         .get(token)
         .is_some_and(|negotiated| negotiated.stateful)
+}
+
+/// The stateful WebSocket connection of `token`, which runs here, and whose client reconnected on `client`: moved
+/// to `client` when it can be (`super::moving::move_to_client`), so that no link carries its messages from then
+/// on; resumed here on tunnel `tunnel` otherwise.
+async fn resume_or_move(node: &Node, endpoint: &Arc<HubEndpoint>, token: &str, client: NodeId, tunnel: u64) -> Answer {
+    match super::moving::move_to_client(node, endpoint, token, &client).await {
+        ToClient::Moved => Answer::MovedTo { server: client },
+        ToClient::Stays => resume_here(node, endpoint, token, client, tunnel),
+        ToClient::Busy => Answer::Reply(Reply::unavailable("the connection is moving; reconnect")),
+        ToClient::Lost => Answer::Reply(Reply::no_connection()),
+    }
 }
 
 /// Resumes the stateful WebSocket connection of `token`, which runs here, on tunnel `tunnel` from `client`.

@@ -1,6 +1,7 @@
 //! Tunnels: a stateful connection whose client reconnects through a load balancer to a node other than the one
 //! running the connection continues there, over its new socket, with the connection where it was
-//! (docs/any-node-design.md#5-stateful-reconnect-on-another-node).
+//! (docs/any-node-design.md#5-stateful-reconnect-on-another-node). In a calm cluster the connection moves to the
+//! client's node instead (`super::moving::move_to_client`); a tunnel is for a cluster whose members are changing.
 //!
 //! The node that took the reconnecting WebSocket (the *socket end*) asks the connection's server, through the
 //! home, to resume the connection on a tunnel; the server gives the waiting connection task a [`LinkTransport`]

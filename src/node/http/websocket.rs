@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::super::Node;
 use super::access::{authenticate, query_string, request_info};
 use super::endpoint::{insert_adopted, Active, HubEndpoint, Negotiated, NEGOTIATE_EXPIRY};
-use super::relay::{self, Adoption, Route};
+use super::relay::{self, Adoption, Resumption, Route};
 use super::reply::Reply;
 use super::keeping::KeepSink;
 use super::tunnel::SocketEnd;
@@ -162,7 +162,7 @@ pub(super) async fn accept_websocket(
                 return accept_local(node, endpoint, Some(token), head, user);
             };
             return match relay::resume_on(node, &endpoint, &server, &token).await {
-                Ok(socket) => Ok(tunnel(node, socket)),
+                Ok(resumption) => resumed(node, endpoint, resumption, token, head, user),
                 Err(reply) => {
                     tracing::debug!(parent: node.span(), %server, status = %reply.status(), "a resume passed on was refused");
                     // Its server may have died: its keeper (this node, or a peer) takes it over (`super::keeping`).
@@ -170,7 +170,7 @@ pub(super) async fn accept_websocket(
                         return accepted;
                     }
                     match resume_without_home(node, &endpoint, &token, false).await {
-                        Some(socket) => Ok(tunnel(node, socket)),
+                        Some(resumption) => resumed(node, endpoint, resumption, token, head, user),
                         None => Err(Box::new(reply.into_response())),
                     }
                 }
@@ -187,7 +187,7 @@ pub(super) async fn accept_websocket(
                 .check(endpoint.path(), &token)
                 .is_some_and(|claims| crate::mesh::node_of(&claims.id) == Some(node.name()));
             return match resume_without_home(node, &endpoint, &token, !own).await {
-                Some(socket) => Ok(tunnel(node, socket)),
+                Some(resumption) => resumed(node, endpoint, resumption, token, head, user),
                 None => {
                     tracing::debug!(parent: node.span(), "a WebSocket for a token no node holds");
                     Err(no_connection().into())
@@ -198,7 +198,7 @@ pub(super) async fn accept_websocket(
     };
     let stateful = match relay::adopt(node, &endpoint, &home, &token, TransportKind::WebSockets).await {
         Ok(Adoption::Adopted { stateful }) => stateful,
-        Ok(Adoption::Resumed(socket)) => return Ok(tunnel(node, socket)),
+        Ok(Adoption::Resumed(resumption)) => return resumed(node, endpoint, resumption, token, head, user),
         // A home that died and is not declared dead yet cannot answer; the connection may run elsewhere.
         Err(reply) if matches!(reply.status(), StatusCode::NOT_FOUND | StatusCode::SERVICE_UNAVAILABLE) => {
             tracing::debug!(parent: node.span(), %home, status = %reply.status(), "a reconnecting socket's home could not place it");
@@ -206,7 +206,7 @@ pub(super) async fn accept_websocket(
                 return accepted;
             }
             return match resume_without_home(node, &endpoint, &token, false).await {
-                Some(socket) => Ok(tunnel(node, socket)),
+                Some(resumption) => resumed(node, endpoint, resumption, token, head, user),
                 None => {
                     tracing::debug!(parent: node.span(), %home, status = %reply.status(), "a WebSocket its home refused");
                     Err(Box::new(reply.into_response()))
@@ -229,16 +229,17 @@ pub(super) async fn accept_websocket(
 }
 
 /// Resumes a stateful connection whose home left (`home_left`) or could not answer, on whichever live peer serves
-/// it now (a drain moves connections, `super::moving`): the tunnel to it, or `None` if no peer does.
-async fn resume_without_home(node: &Node, endpoint: &HubEndpoint, token: &str, home_left: bool) -> Option<SocketEnd> {
+/// it now (a drain moves connections, `super::moving`): on a tunnel to it, or here if it moved here; `None` if no
+/// peer serves it.
+async fn resume_without_home(node: &Node, endpoint: &HubEndpoint, token: &str, home_left: bool) -> Option<Resumption> {
     let mut servers = relay::servers_without_home(node, endpoint, token, home_left);
     // Ready peers first (in their rank): a drain moves connections to them, and a draining or stopping peer only
     // passes the resume on, whose answer may not come back if it stops meanwhile.
     let ready = super::moving::ready_peers(node).await;
     servers.sort_by_key(|server| !ready.contains(server));
     for server in servers {
-        if let Ok(Adoption::Resumed(socket)) = relay::adopt(node, endpoint, &server, token, TransportKind::WebSockets).await {
-            return Some(socket);
+        if let Ok(Adoption::Resumed(resumption)) = relay::adopt(node, endpoint, &server, token, TransportKind::WebSockets).await {
+            return Some(resumption);
         }
     }
     None
@@ -258,11 +259,13 @@ async fn taken_over_here(
     // node, `relay::resume_kept`).
     if let Some(server) = node.keeping().live_server_of(node, token) {
         let adopted = relay::adopt(node, endpoint, &server, token, TransportKind::WebSockets);
-        let resumed = |adoption: &Result<Adoption, Reply>| matches!(adoption, Ok(Adoption::Resumed(_)));
+        let is_resumed = |adoption: &Result<Adoption, Reply>| matches!(adoption, Ok(Adoption::Resumed(_)));
         // Any answer but a resume waited for the take-over, which did not come.
-        return match node.keeping().unless_taken_over(endpoint, token, adopted, resumed).await {
+        return match node.keeping().unless_taken_over(endpoint, token, adopted, is_resumed).await {
             None => Some(accept_local(node, endpoint.clone(), Some(token.to_owned()), head, user.clone())),
-            Some(Ok(Adoption::Resumed(socket))) => Some(Ok(tunnel(node, socket))),
+            Some(Ok(Adoption::Resumed(resumption))) => {
+                Some(resumed(node, endpoint.clone(), resumption, token.to_owned(), head, user.clone()))
+            }
             Some(Ok(Adoption::Adopted { .. })) => {
                 tracing::debug!(parent: node.span(), %server, "a kept connection's live server let this node adopt it");
                 None
@@ -277,6 +280,22 @@ async fn taken_over_here(
         return None;
     }
     Some(accept_local(node, endpoint.clone(), Some(token.to_owned()), head, user.clone()))
+}
+
+/// A reconnect for a stateful connection that ran on another node, accepted: on the tunnel to that node, or here
+/// as a resume, where that node moved the connection.
+fn resumed(
+    node: &Node,
+    endpoint: Arc<HubEndpoint>,
+    resumption: Resumption,
+    token: String,
+    head: &RequestHead,
+    user: Option<Authenticated>,
+) -> Result<AcceptedWebSocket, Box<HttpResponse>> {
+    match resumption {
+        Resumption::Tunnel(socket) => Ok(tunnel(node, socket)),
+        Resumption::Here => accept_local(node, endpoint, Some(token), head, user),
+    }
 }
 
 fn tunnel(node: &Node, socket: SocketEnd) -> AcceptedWebSocket {

@@ -78,6 +78,7 @@ pub(super) struct Scrape {
     relays: RelayFigures,
     tunnels: usize,
     tunnels_fell_behind: u64,
+    moving_out: usize,
     kept_here: usize,
     kept_elsewhere: usize,
     keeping_outbox: usize,
@@ -147,6 +148,7 @@ impl Scrape {
             sends: SendFigures::of(&node.inner.router.mesh_counters(), node.inner.router.sends_held_now()),
             tunnels: node.tunnels().open_count(),
             tunnels_fell_behind: node.tunnels().fell_behind(),
+            moving_out: node.endpoints().map(|endpoint| endpoint.moving_out_count()).sum(),
             kept_here: node.keeping().kept_count(),
             kept_elsewhere: node.keeping().keeping_count(),
             keeping_outbox: node.keeping().outbox_frames(),
@@ -369,6 +371,7 @@ impl Collector for NodeCollector {
                 ("streams", &bounds.streams),
                 ("abandoned_results", &bounds.abandoned_results),
                 ("direct_origins_untracked", &bounds.direct_origins_untracked),
+                ("groups_got_untracked", &bounds.groups_got_untracked),
                 ("negotiations", &bounds.negotiations),
                 ("connections", &bounds.connections),
                 ("negotiate_rate", &bounds.negotiate_rate),
@@ -404,6 +407,12 @@ impl Collector for NodeCollector {
             "hubmesh_tunnels",
             "Tunnel ends open: stateful connections whose client came back to another node than the one running them.",
             count(scrape.tunnels),
+        )?;
+        gauge(
+            encoder,
+            "hubmesh_connections_moving_out",
+            "Stateful connections being moved from this node right now (a drain, or a client that came back to another node).",
+            count(scrape.moving_out),
         )?;
         counter(
             encoder,

@@ -1,7 +1,6 @@
 //! The server's side of keeping: what one stateful connection copies to its keeper ([`Keeper`], called by the
 //! connection task), and what the server does with the keeper's answers.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
@@ -10,7 +9,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::node::{Node, NodeInner};
-use super::wire::{Copy, Frame, Groups};
+use super::wire::{Copy, Frame};
 use crate::cluster::NodeId;
 use crate::connection::keeper::{Held, Keeper, LastMarks};
 use crate::connection::{ConnectionId, RequestInfo, SendMark};
@@ -72,28 +71,7 @@ impl KeepSink {
                 keeper: None,
                 formers: Vec::new(),
                 ended: false,
-                copy: Copy {
-                    id,
-                    path: path.to_owned(),
-                    token: token.into(),
-                    home,
-                    protocol: String::new(),
-                    user: request.user.clone(),
-                    claims: request.claims.clone(),
-                    query: request.query.clone(),
-                    headers: request.headers.clone(),
-                    unacked: VecDeque::new(),
-                    last: 0,
-                    received: 0,
-                    groups: Groups::default(),
-                    marks: BTreeMap::new(),
-                    got: BTreeMap::new(),
-                    broadcasts: BTreeMap::new(),
-                    directs: BTreeMap::new(),
-                    since: None,
-                    epoch: 0,
-                    bytes: 0,
-                },
+                copy: Copy::empty(id, path, token, home, request),
                 claim: None,
             }),
         })
@@ -217,6 +195,11 @@ impl KeepSink {
     /// The hub path of the connection.
     pub(super) fn path(&self) -> String {
         self.state.lock().copy.path.clone()
+    }
+
+    /// The connection's token.
+    pub(super) fn token(&self) -> String {
+        self.state.lock().copy.token.to_string()
     }
 
     /// Keeper `from` refused the copy: at its bounds (the connection runs unkept), or because it is `leaving`
@@ -425,8 +408,22 @@ impl Keeper for KeepSink {
                 return answered;
             }
         };
-        let mut asked: Vec<NodeId> = state.keeper.iter().chain(&state.formers).cloned().collect();
-        for peer in node.router().peer_incarnations() {
+        // Not incarnations restarted since: they hold nothing and never answer, and the claim would wait for them
+        // until `CLAIM_WAIT` passed (a keeper left during its drain, say).
+        let router = node.router();
+        let restarted = |peer: &NodeId| {
+            router
+                .live_incarnation(&peer.name)
+                .is_some_and(|live| live.generation > peer.generation)
+        };
+        let mut asked: Vec<NodeId> = state
+            .keeper
+            .iter()
+            .chain(&state.formers)
+            .filter(|peer| !restarted(peer))
+            .cloned()
+            .collect();
+        for peer in router.peer_incarnations() {
             if !asked.contains(&peer) {
                 asked.push(peer);
             }

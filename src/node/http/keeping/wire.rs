@@ -11,7 +11,7 @@ use crate::node::{Node, NodeInner};
 use super::KEEP_FRAME;
 use crate::auth::Claims;
 use crate::cluster::NodeId;
-use crate::connection::{ConnectionId, RequestHeaders, SendMark};
+use crate::connection::{ConnectionId, RequestHeaders, RequestInfo, SendMark};
 use crate::mesh::OriginLast;
 
 /// The most origins whose last send a copy notes per group (one per node that sends to it; past it, a resume may
@@ -72,6 +72,32 @@ pub(super) struct Copy {
 }
 
 impl Copy {
+    /// The copy of a connection that has sent and received nothing yet, of the client that `request` describes.
+    pub(super) fn empty(id: ConnectionId, path: &str, token: &str, home: NodeId, request: &RequestInfo) -> Copy {
+        Copy {
+            id,
+            path: path.to_owned(),
+            token: token.into(),
+            home,
+            protocol: String::new(),
+            user: request.user.clone(),
+            claims: request.claims.clone(),
+            query: request.query.clone(),
+            headers: request.headers.clone(),
+            unacked: VecDeque::new(),
+            last: 0,
+            received: 0,
+            groups: Groups::default(),
+            marks: BTreeMap::new(),
+            got: BTreeMap::new(),
+            broadcasts: BTreeMap::new(),
+            directs: BTreeMap::new(),
+            since: None,
+            epoch: 0,
+            bytes: 0,
+        }
+    }
+
     /// Drops acknowledged records (ids up to `seq`), counting their bytes out of `bytes` if `count`.
     pub(super) fn drop_acked(&mut self, seq: u64, count: bool) {
         while self.unacked.front().is_some_and(|(first, _)| *first <= seq) {
