@@ -314,6 +314,55 @@ async fn forged_foreign_and_dead_tokens_get_404_and_serve_nothing() -> TestResul
 }
 
 /// One sample without labels from the node's `GET /metrics`.
+/// Waits until one connection runs in the cluster, on node `index`, and no node has a tunnel open: a node that
+/// a stateful connection left holds nothing of it.
+async fn runs_only_on(cluster: &TestCluster, index: usize) -> TestResult {
+    let expected: Vec<(f64, f64, f64)> = (0..cluster.len())
+        .map(|node| (if node == index { 1.0 } else { 0.0 }, 0.0, 0.0))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut figures = Vec::new();
+        for addr in addrs(cluster)? {
+            figures.push((
+                metric(addr, "hubmesh_connections{hub=\"demo\"}").await?,
+                metric(addr, "hubmesh_tunnels").await?,
+                // Nothing left in the set of connections moving away once the move is done.
+                metric(addr, "hubmesh_connections_moving_out").await?,
+            ));
+        }
+        if figures == expected {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("(connections, tunnels, moving out) per node: {figures:?}, not {expected:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until no node's view of the members has changed for 2.5 s (a node resumes a connection on a tunnel rather
+/// than move it while its view changed in the last 2 s).
+async fn wait_calm(cluster: &TestCluster) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = (f64::NAN, Instant::now());
+    loop {
+        let mut changes = 0.0;
+        for addr in addrs(cluster)? {
+            changes += metric(addr, "hubmesh_membership_changes_total").await?;
+        }
+        if changes != last.0 {
+            last = (changes, Instant::now());
+        } else if last.1.elapsed() >= Duration::from_millis(2_500) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("the members' views kept changing".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn metric(addr: SocketAddr, name: &str) -> TestResult<f64> {
     let reply = request(addr, "GET", "/metrics", &[], b"").await?;
     let text = reply.text();
@@ -445,6 +494,43 @@ async fn long_polling_spread_over_three_nodes_carries_a_thousand_messages_each_w
             assert_eq!(message["target"], json!("msg"), "{message}");
             assert_eq!(message["arguments"][0], json!(n), "messages out of order");
         }
+        // Nothing came twice: the next records are the answer to one more call.
+        poller
+            .post(
+                format!("{{\"type\":1,\"invocationId\":\"end\",\"target\":\"Echo\",\"arguments\":[\"end\"]}}{RS}")
+                    .as_bytes(),
+            )
+            .await?;
+        let after = poller.take(2, Duration::from_secs(10)).await?;
+        assert_eq!(
+            after[0]["arguments"][0],
+            json!("end"),
+            "a record came after the last one: {}",
+            after[0]
+        );
+        assert_eq!(after[1]["invocationId"], json!("end"), "{}", after[1]);
+        // Poll rules hold across nodes: of two polls at once (the proxy sends them to two nodes), the older one
+        // ends with 204 at once, and the other gets the next message.
+        let path = format!("/hub?id={}", poller.token);
+        let poll = |addr: SocketAddr, path: String| {
+            tokio::spawn(async move {
+                request(addr, "GET", &path, &[], b"")
+                    .await
+                    .map_err(|error| error.to_string())
+            })
+        };
+        let (mut first, mut second) = (poll(proxy.addr(), path.clone()), poll(proxy.addr(), path));
+        let (ended, pending) = tokio::select! {
+            ended = &mut first => (ended, second),
+            ended = &mut second => (ended, first),
+            () = tokio::time::sleep(Duration::from_secs(10)) => return Err("neither of two polls at once ended".into()),
+        };
+        let ended = ended??;
+        assert_eq!(ended.status, 204, "the older poll: {}", ended.text());
+        context.clients().group("lp").send("msg", ("after",))?;
+        let answered = timeout(Duration::from_secs(10), pending).await???;
+        assert_eq!(answered.status, 200, "{}", answered.text());
+        assert!(answered.text().contains("after"), "the newer poll: {}", answered.text());
         // DELETE through yet another node ends it; the token is then gone everywhere.
         let deleted = request(proxy.addr(), "DELETE", &format!("/hub?id={}", poller.token), &[], b"").await?;
         assert_eq!(deleted.status, 202, "{}", deleted.text());
@@ -469,8 +555,10 @@ async fn long_polling_spread_over_three_nodes_carries_a_thousand_messages_each_w
 
 /// A stateful connection negotiated on node 1 runs on node 2 (which took its WebSocket); its socket drops twice,
 /// and the client comes back first to node 3 (neither its home nor its server: the home passes the request on)
-/// and then to node 1 (its home). Group messages sent all along, before, during and after each drop, from node 3,
-/// arrive exactly once and in order, and what the client sends after each reconnect is processed once.
+/// and then to node 1 (its home). Each time the connection moves to the node the client came back to, and the node
+/// it left holds nothing of it (no connection, no tunnel). Group messages sent all along, before, during and after
+/// each drop, from node 3, arrive exactly once and in order; what the client sends after each reconnect is
+/// processed once, and the message it sends again after each reconnect (its last before the drop) not at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stateful_connection_resumes_when_its_client_comes_back_to_another_node() -> TestResult {
     for protocol in [Protocol::Json, Protocol::MessagePack] {
@@ -495,6 +583,9 @@ async fn stateful_resume_on_other_nodes(protocol: Protocol) -> TestResult {
             .await?;
         let joined = client.read().await?;
         assert_eq!(joined["invocationId"], json!("1"), "{joined}");
+        runs_only_on(&cluster, 1).await?;
+        // A connection moves to its client's node only in a calm cluster (`src/node/http/moving.rs`).
+        wait_calm(&cluster).await?;
 
         const COUNT: u64 = 300;
         let context = cluster.context(2, "demo").ok_or("no hub context")?;
@@ -533,13 +624,28 @@ async fn stateful_resume_on_other_nodes(protocol: Protocol) -> TestResult {
                 client.raw.send_ack(client.received.saturating_sub(10)).await?;
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 let next_node = if drops == 0 { 2 } else { 0 };
-                // The client's messages so far: the join (1), and one Echo per earlier drop.
-                client.reconnect(&at(next_node)?, 2 + drops as u64).await?;
+                // The client's messages so far: the join (1), and one Echo per earlier drop. It sends its last one
+                // again, as a client does with a message it had no Ack for: the connection, wherever it runs now,
+                // received it already and drops it.
+                client.reconnect(&at(next_node)?, 1 + drops as u64).await?;
+                match drops {
+                    0 => {
+                        client
+                            .raw
+                            .send_invocation_with_id("1", "JoinGroup", json!(["g"]))
+                            .await?
+                    }
+                    _ => {
+                        let again = json!([format!("back at node {}", 2)]);
+                        client.raw.send_invocation_with_id("echo-0", "Echo", again).await?
+                    }
+                }
                 let id = format!("echo-{drops}");
                 client
                     .raw
                     .send_invocation_with_id(&id, "Echo", json!([format!("back at node {next_node}")]))
                     .await?;
+                runs_only_on(&cluster, next_node).await?;
                 drops += 1;
             }
         }

@@ -1,7 +1,7 @@
 //! `GET /healthz`, `GET /readyz` and `GET /_hubmesh/status` on in-process clusters: a node alone is ready, a node
 //! that joins makes both ready once their links are up, a killed peer leaves the view, and the survivor stays ready
-//! throughout; the status report names every member with its generation, status, addresses and uptime, and the links.
-//! The single-node and not-yet-joined cases are unit tests beside the routes (`src/node/http/health.rs`).
+//! throughout; the status report names every member with its generation, status, addresses and uptime, and the links;
+//! peers see a draining node draining while it runs. The single-node and not-yet-joined cases are unit tests beside the routes (`src/node/http/health.rs`).
 
 use std::error::Error;
 use std::net::SocketAddr;
@@ -143,6 +143,48 @@ async fn the_status_report_names_every_member_with_its_links() -> TestResult {
     assert_eq!(report.hubs.len(), 1);
     assert_eq!((report.hubs[0].name.as_str(), report.hubs[0].connections), ("chat", 0));
     assert!(report.dead.is_empty(), "{report:?}");
+    cluster.stop().await;
+    Ok(())
+}
+
+/// A drain is gossiped at once (docs/semantics.md, "Drain"): while the draining node still runs, every peer's view
+/// names it draining, the peers stay ready, and the draining node answers `/readyz` with 503 and `/healthz` with
+/// 200 until it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_see_a_draining_node_draining_while_it_runs() -> TestResult {
+    let cluster = TestCluster::start(3, hubs).await?;
+    cluster.wait_for_members(LIMIT).await?;
+    for index in 0..2 {
+        wait_for_status(addr(&cluster, index)?, "every node serving", |report| {
+            report.members.len() == 3
+                && report
+                    .members
+                    .iter()
+                    .all(|member| member.status.as_deref() == Some("serving"))
+        })
+        .await?;
+    }
+    let draining = cluster.node(2).ok_or("no node 3")?.clone();
+    tokio::time::timeout(LIMIT, draining.drain(Duration::from_millis(100))).await?;
+    let drained = addr(&cluster, 2)?;
+    assert_eq!(get(drained, "/readyz").await?.0, 503, "a draining node is not ready");
+    assert_eq!(
+        get(drained, "/healthz").await?.0,
+        200,
+        "a draining node is healthy until it stops"
+    );
+    for index in 0..2 {
+        let report = wait_for_status(addr(&cluster, index)?, "node-3 seen draining", |report| {
+            report
+                .members
+                .iter()
+                .any(|member| member.name == "node-3" && member.status.as_deref() == Some("draining"))
+        })
+        .await?;
+        assert!(report.ready, "a peer of a draining node stays ready: {report:?}");
+        assert_eq!(report.status, "serving");
+        assert_eq!(get(addr(&cluster, index)?, "/readyz").await?.0, 200);
+    }
     cluster.stop().await;
     Ok(())
 }

@@ -26,7 +26,7 @@ mod node_reads;
 #[path = "common/stateful_client.rs"]
 mod stateful_client;
 
-use node_reads::{init_tracing, metric_total};
+use node_reads::{init_tracing, live_seen_by, metric_total};
 use stateful_client::{Numbered, StatefulClient};
 
 type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
@@ -49,88 +49,199 @@ async fn a_moved_messagepack_connection_survives_the_death_of_its_new_node() -> 
     moved_then_killed(Protocol::MessagePack).await
 }
 
+/// A stateful client of node 4 in group `g`, moved by node 4's drain to another node, which has it kept by one of
+/// the two others; node 4 restarted, and its new incarnation knows where its connection runs.
+struct Moved {
+    cluster: TestCluster,
+    urls: Vec<String>,
+    client: StatefulClient,
+    token: String,
+    id: String,
+    /// The node that runs it now.
+    server: usize,
+    /// The two others of the first three.
+    others: Vec<usize>,
+}
+
+async fn moved_and_kept_anew(protocol: Protocol) -> TestResult<Moved> {
+    let mut cluster = TestCluster::start(4, || vec![demo_hub()]).await?;
+    cluster.wait_for_members(Duration::from_secs(10)).await?;
+    let urls: Vec<String> = (0..4).filter_map(|index| cluster.url(index)).collect();
+    let hub = |index: usize| format!("{}/hub", urls[index]);
+    let (mut client, token, id) = StatefulClient::joined(&hub(DRAINED), protocol, "g").await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric_total(&urls[..DRAINED], "hubmesh_kept_connections").await? != 1 {
+        assert!(Instant::now() < deadline, "no survivor keeps the connection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The drain moves it; the client comes back through a survivor.
+    let draining = cluster.node(DRAINED).ok_or("no node 4")?.clone();
+    let drain = tokio::spawn(async move { draining.drain(Duration::from_millis(200)).await });
+    let dropped = timeout(Duration::from_secs(15), async {
+        loop {
+            if client.read().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(dropped.is_ok(), "the drain did not move the connection");
+    let mut attempt = 0;
+    while let Err(error) = client
+        .reconnect(&format!("{}?id={token}", hub(attempt % DRAINED)), 2)
+        .await
+    {
+        assert!(Instant::now() < deadline, "not resumed after the drain: {error}");
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    timeout(Duration::from_secs(20), drain).await??;
+    // Its node stops and starts again, as in a rolling restart (its new incarnation is the connection's home).
+    cluster.restart_gracefully(DRAINED).await?;
+    let server = loop {
+        let running: Vec<usize> = (0..DRAINED)
+            .filter(|index| {
+                cluster
+                    .context(*index, "demo")
+                    .is_some_and(|hub| hub.local_connection_count() == 1)
+            })
+            .collect();
+        if let [server] = running[..] {
+            break server;
+        }
+        assert!(Instant::now() < deadline, "the moved connection runs on {running:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let others: Vec<usize> = (0..DRAINED).filter(|index| *index != server).collect();
+    // Kept anew: its new node has it kept elsewhere, by one of the others.
+    loop {
+        let elsewhere = metric_total(&urls[server..=server], "hubmesh_connections_kept_elsewhere").await?;
+        let kept = metric_total(
+            &[urls[others[0]].clone(), urls[others[1]].clone()],
+            "hubmesh_kept_connections",
+        )
+        .await?;
+        if (elsewhere, kept) == (1, 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the moved connection is not kept on node {}: kept elsewhere {elsewhere}, copies {kept}",
+            server + 1
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("moved to node {}, kept again", server + 1);
+    // The restarted home knows where it runs (as `tests/drain_moves.rs` waits for) before the sends.
+    let home = [cluster.url(DRAINED).ok_or("node 4 did not start again")?];
+    while metric_total(&home, "hubmesh_adopted_out_connections").await? != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted home does not know where its connection runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Moved {
+        cluster,
+        urls,
+        client,
+        token,
+        id,
+        server,
+        others,
+    })
+}
+
+/// A chaos run lost a direct message so (seed 1796650794021415645): a keeper took over a connection whose home had
+/// restarted since it was negotiated, and told the incarnation the copy named, which had left, instead of the live
+/// one; the home, which had heard from the server only, passed the connection's sends by id on to the server once
+/// it was back from a freeze, and the server had dropped it. Here the moved connection's server is frozen until its
+/// keeper took it over, then thawed; a third node sends to it by id (through its home): every send arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_by_id_through_a_restarted_home_reach_the_keeper_that_took_its_connection_over() -> TestResult {
+    init_tracing();
+    timeout(Duration::from_secs(120), async {
+        let Moved {
+            cluster,
+            urls,
+            mut client,
+            token,
+            id,
+            server,
+            others,
+        } = moved_and_kept_anew(Protocol::Json).await?;
+        let hub = |index: usize| format!("{}/hub", urls[index]);
+        let home = [cluster.url(DRAINED).ok_or("node 4 did not start again")?];
+        cluster.freeze(server);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let keeper = loop {
+            let mut taken = Vec::new();
+            for &index in &others {
+                if metric_total(&urls[index..=index], "hubmesh_connections_taken_over_total").await? == 1 {
+                    taken.push(index);
+                }
+            }
+            if let [keeper] = taken[..] {
+                break keeper;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no keeper took the connection over: {taken:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        cluster.thaw(server);
+        // The home has its server back, and a record of where the connection runs.
+        while live_seen_by(&home[0]).await? != 4 || metric_total(&home, "hubmesh_adopted_out_connections").await? != 1 {
+            assert!(Instant::now() < deadline, "the home does not see the thawed server");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        while let Err(error) = client.reconnect(&format!("{}?id={token}", hub(keeper)), 2).await {
+            assert!(Instant::now() < deadline, "not resumed on its keeper: {error}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!("taken over by node {} from node {}", keeper + 1, server + 1);
+
+        let sender = others
+            .iter()
+            .copied()
+            .find(|index| *index != keeper)
+            .ok_or("no third node")?;
+        let context = cluster.context(sender, "demo").ok_or("no hub context")?;
+        let to = hubmesh::ConnectionId::new(id.as_str());
+        const SENT: u64 = 20;
+        for n in 0..SENT {
+            context.clients().client(&to).send("d", (n,))?;
+        }
+        let mut got = Numbered::default();
+        while got.direct.len() < SENT as usize {
+            match timeout(Duration::from_secs(5), client.read()).await {
+                Ok(Ok(message)) => got.file(&message)?,
+                _ => return Err(format!("of {SENT} direct messages, these arrived: {:?}", got.direct).into()),
+            }
+        }
+        let expected: Vec<u64> = (0..SENT).collect();
+        assert_eq!(got.direct, expected, "every direct message once, in order");
+        cluster.stop().await;
+        Ok::<_, Box<dyn Error + Send + Sync>>(())
+    })
+    .await?
+}
+
 async fn moved_then_killed(protocol: Protocol) -> TestResult {
     init_tracing();
     timeout(Duration::from_secs(120), async {
-        let mut cluster = TestCluster::start(4, || vec![demo_hub()]).await?;
-        cluster.wait_for_members(Duration::from_secs(10)).await?;
-        let urls: Vec<String> = (0..4).filter_map(|index| cluster.url(index)).collect();
+        let Moved {
+            mut cluster,
+            urls,
+            mut client,
+            token,
+            id,
+            server,
+            others,
+        } = moved_and_kept_anew(protocol).await?;
         let hub = |index: usize| format!("{}/hub", urls[index]);
-        let (mut client, token, id) = StatefulClient::joined(&hub(DRAINED), protocol, "g").await?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while metric_total(&urls[..DRAINED], "hubmesh_kept_connections").await? != 1 {
-            assert!(Instant::now() < deadline, "no survivor keeps the connection");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-
-        // The drain moves it; the client comes back through a survivor.
-        let draining = cluster.node(DRAINED).ok_or("no node 4")?.clone();
-        let drain = tokio::spawn(async move { draining.drain(Duration::from_millis(200)).await });
-        let dropped = timeout(Duration::from_secs(15), async {
-            loop {
-                if client.read().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await;
-        assert!(dropped.is_ok(), "the drain did not move the connection");
-        let mut attempt = 0;
-        while let Err(error) = client
-            .reconnect(&format!("{}?id={token}", hub(attempt % DRAINED)), 2)
-            .await
-        {
-            assert!(Instant::now() < deadline, "not resumed after the drain: {error}");
-            attempt += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        timeout(Duration::from_secs(20), drain).await??;
-        // Its node stops and starts again, as in a rolling restart (its new incarnation is the connection's home).
-        cluster.restart_gracefully(DRAINED).await?;
-        let server = loop {
-            let running: Vec<usize> = (0..DRAINED)
-                .filter(|index| {
-                    cluster
-                        .context(*index, "demo")
-                        .is_some_and(|hub| hub.local_connection_count() == 1)
-                })
-                .collect();
-            if let [server] = running[..] {
-                break server;
-            }
-            assert!(Instant::now() < deadline, "the moved connection runs on {running:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let others: Vec<usize> = (0..DRAINED).filter(|index| *index != server).collect();
-        // Kept anew: its new node has it kept elsewhere, by one of the others.
-        loop {
-            let elsewhere = metric_total(&urls[server..=server], "hubmesh_connections_kept_elsewhere").await?;
-            let kept = metric_total(
-                &[urls[others[0]].clone(), urls[others[1]].clone()],
-                "hubmesh_kept_connections",
-            )
-            .await?;
-            if (elsewhere, kept) == (1, 1) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the moved connection is not kept on node {}: kept elsewhere {elsewhere}, copies {kept}",
-                server + 1
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        println!("moved to node {}, kept again", server + 1);
-        // The restarted home knows where it runs (as `tests/drain_moves.rs` waits for) before the sends.
-        let home = [cluster.url(DRAINED).ok_or("node 4 did not start again")?];
-        while metric_total(&home, "hubmesh_adopted_out_connections").await? != 1 {
-            assert!(
-                Instant::now() < deadline,
-                "the restarted home does not know where its connection runs"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-
         // Group and direct sends from a survivor that stays; its new node dies after the first 50 of each.
         let context = cluster.context(others[0], "demo").ok_or("no hub context")?;
         let to = hubmesh::ConnectionId::new(id.as_str());

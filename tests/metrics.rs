@@ -21,7 +21,7 @@ type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Every metric a scrape describes, with its type (counters carry `_total` on their samples).
-const METRICS: [(&str, &str); 56] = [
+const METRICS: [(&str, &str); 57] = [
     ("hubmesh_connections", "gauge"),
     ("hubmesh_transport_connections", "gauge"),
     ("hubmesh_connects", "counter"),
@@ -39,6 +39,7 @@ const METRICS: [(&str, &str); 56] = [
     ("hubmesh_adopted_out_connections", "gauge"),
     ("hubmesh_location_hints", "gauge"),
     ("hubmesh_tunnels", "gauge"),
+    ("hubmesh_connections_moving_out", "gauge"),
     ("hubmesh_kept_connections", "gauge"),
     ("hubmesh_connections_kept_elsewhere", "gauge"),
     ("hubmesh_keeping_outbox_frames", "gauge"),

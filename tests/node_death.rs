@@ -17,6 +17,9 @@
 //!   again when they see it leave, its home offers what it gets next to every peer, and the keeper holds all of it
 //!   and gives the connection what its server never numbered (`src/mesh/kept_direct.rs`).
 //!
+//! And a dead node's stateful connection whose client never comes back stays in its groups for its reconnect
+//! window, and leaves them when the window ends.
+//!
 //! Everything runs on 127.0.0.1; every wait has a deadline.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -254,6 +257,82 @@ async fn node_death(protocol: Protocol) -> TestResult {
         assert_eq!(survivors, 2, "the connections run on the survivors");
         cluster.stop().await;
         Ok(())
+    })
+    .await?
+}
+
+/// The group count of `g`, asked through a raw client of the node at `url`.
+async fn group_count(url: &str) -> TestResult<u64> {
+    let mut asker = hubmesh::testing::TestClient::to(&format!("{url}/hub"))
+        .connect()
+        .await?;
+    let count = asker.invoke_ok("GroupCount", json!(["g"])).await?;
+    count.as_u64().ok_or_else(|| format!("no count: {count}").into())
+}
+
+/// Issue 15, item 2: a dead node's stateful connection keeps its group membership while its client may still come
+/// back (its keeper took it over and waits, detached, for the reconnect window), and loses it when the window
+/// ends without a reconnect: the group counts it until then, and no node runs it after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_stateful_connection_keeps_its_groups_until_its_reconnect_window_ends() -> TestResult {
+    init_tracing();
+    const WINDOW: Duration = Duration::from_secs(4);
+    timeout(Duration::from_secs(60), async {
+        let limits = hubmesh::Limits {
+            reconnect_window: WINDOW,
+            ..hubmesh::Limits::default()
+        };
+        let mut cluster = TestCluster::start_with_limits(3, limits, || vec![demo_hub()]).await?;
+        cluster.wait_for_members(Duration::from_secs(10)).await?;
+        let urls: Vec<String> = (0..3).filter_map(|index| cluster.url(index)).collect();
+        let survivors = &urls[..2];
+        let (client, _token, _id) = StatefulClient::joined(&format!("{}/hub", urls[2]), Protocol::Json, "g").await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while metric_total(survivors, "hubmesh_kept_connections").await? != 1 {
+            assert!(Instant::now() < deadline, "no survivor keeps the connection");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(group_count(&urls[0]).await?, 1);
+
+        // Its node dies; its client never comes back.
+        cluster.kill(2).await;
+        drop(client);
+        while taken_over(survivors).await? != 1 {
+            assert!(Instant::now() < deadline, "its keeper did not take it over");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let taken_at = Instant::now();
+        assert_eq!(
+            group_count(&urls[0]).await?,
+            1,
+            "a member while its client may come back"
+        );
+        assert_eq!(
+            group_count(&urls[1]).await?,
+            1,
+            "a member while its client may come back"
+        );
+        let connections = metric_total(survivors, "hubmesh_connections{hub=\"demo\"}").await?;
+        assert_eq!(connections, 1, "its keeper runs it, waiting for its client");
+
+        // Released once the window has passed.
+        while group_count(&urls[0]).await? != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "its membership outlived its reconnect window"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let released_after = taken_at.elapsed();
+        assert!(
+            released_after >= WINDOW / 2,
+            "released {released_after:?} after the take-over, well before the {WINDOW:?} window"
+        );
+        assert_eq!(group_count(&urls[1]).await?, 0);
+        assert_eq!(metric_total(survivors, "hubmesh_connections{hub=\"demo\"}").await?, 0);
+        println!("released {released_after:?} after the take-over (window {WINDOW:?})");
+        cluster.stop().await;
+        Ok::<_, Box<dyn Error + Send + Sync>>(())
     })
     .await?
 }

@@ -166,14 +166,12 @@ async fn stdin_closed() {
     let _ = on_close.await;
 }
 
-/// A free 127.0.0.1 port (TCP or UDP), for the node about to be started to bind.
-fn free_port(udp: bool) -> Result<u16, String> {
-    let port = if udp {
-        UdpSocket::bind("127.0.0.1:0").and_then(|socket| socket.local_addr())
-    } else {
-        TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr())
-    };
-    port.map(|addr| addr.port()).map_err(|error| error.to_string())
+/// A free 127.0.0.1 UDP port, for a node's gossip.
+fn free_udp_port() -> Result<u16, String> {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|error| error.to_string())
 }
 
 /// A secret for this run's cluster.
@@ -185,27 +183,30 @@ fn cluster_secret() -> String {
 async fn run_parent(example: &str, nodes: &[NodeSpec]) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|error| error.to_string())?;
     let secret = cluster_secret();
-    let mut addresses = Vec::new();
+    // Only the gossip ports are chosen ahead: every node must know them as seeds. HTTP and link ports are bound
+    // by each node itself (port 0), since a port picked ahead can be taken meanwhile (by a node's own ephemeral
+    // ractor_cluster listener, or another process) before the node binds it.
+    let mut gossip_ports = Vec::new();
     for _ in nodes {
-        addresses.push((free_port(false)?, free_port(true)?, free_port(false)?));
+        gossip_ports.push(free_udp_port()?);
     }
-    let seeds: Vec<String> = addresses
+    let seeds: Vec<String> = gossip_ports
         .iter()
-        .map(|(_, gossip, _)| format!("127.0.0.1:{gossip}"))
+        .map(|gossip| format!("127.0.0.1:{gossip}"))
         .collect();
     let mut children: Vec<Child> = Vec::new();
     // Held apart from the children: tokio's `Child::wait` closes a child's stdin, which would stop the node.
     let mut stdins = Vec::new();
     let mut urls = Vec::new();
     let outcome: Result<(), String> = async {
-        for (spec, (http, gossip, link)) in nodes.iter().zip(&addresses) {
+        for (spec, gossip) in nodes.iter().zip(&gossip_ports) {
             let mut command = Command::new(&exe);
             command
                 .arg("node")
                 .args(["--name", spec.name, "--role", spec.role])
-                .args(["--http", &format!("127.0.0.1:{http}")])
+                .args(["--http", "127.0.0.1:0"])
                 .args(["--gossip", &format!("127.0.0.1:{gossip}")])
-                .args(["--link", &format!("127.0.0.1:{link}")])
+                .args(["--link", "127.0.0.1:0"])
                 .env(SECRET_ENV, &secret)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

@@ -7,8 +7,14 @@
 //! Checked: no client is closed; each keeps its connection id; the group keeps its six members; every client,
 //! the killed node's included, gets every message of the stream once and in order (those sent while the node was
 //! dying and while its clients reconnected too); after the take-over a new series reaches every client, each
-//! message once and in order. Printed: the take-over time, and the time from the kill to each casualty's first
-//! message after its reconnect.
+//! message once and in order. In the `user_and_direct` variants every client also sends user messages
+//! (`SendToUser`, its user by an HS256 bearer token) to the next client's user and direct messages
+//! (`SendToConnection`) to the one after, all across the kill, and each receiver must get each sender's once and in
+//! order: ignored, they fail. The casualties' own `SendToUser` and `SendToConnection` calls that the killed node ran
+//! but had not acknowledged yet (it acknowledges once a second, and its keeper's copy learns what was received only
+//! then) run again on the keeper when the client sends them again after its resume, so their messages go twice
+//! (docs/semantics.md, "A node's death and its stateful connections", what it does not promise). Printed: the
+//! take-over time, and the time from the kill to each casualty's first message after its reconnect.
 //!
 //! Everything runs on 127.0.0.1; every wait has a deadline.
 
@@ -32,11 +38,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hubmesh::testing::client::http_request;
 use hubmesh::testing::proxy::RoundRobinProxy;
 use node_process::{free_port, NodeProcess, TestResult};
-use official_clients::OfficialClients;
+use official_clients::{peer_traffic, OfficialClients};
 use serde_json::{json, Value};
 use tokio::time::{timeout, Instant};
 
 const SECRET: &str = "node-death-test-secret";
+/// The HS256 secret of the clients' bearer tokens (`auth.secret` of the nodes): client `i` is user `user-i`.
+const JWT_SECRET: &str = "node-death-test-jwt-secret";
+/// User and direct messages each client sends across the kill, one of each per 30 ms.
+const PEER_COUNT: u64 = 100;
 /// Messages in the series sent across the kill.
 const COUNT: u64 = 400;
 
@@ -77,6 +87,7 @@ fn start_nodes() -> TestResult<Vec<NodeProcess>> {
             // Behind the test's proxy every client has one address: no per-address negotiate limit.
             &[
                 ("HUBMESH_CLUSTER__SECRET", SECRET),
+                ("HUBMESH_AUTH__SECRET", JWT_SECRET),
                 ("RUST_LOG", &log),
                 ("HUBMESH_LIMITS__NEGOTIATES_PER_SECOND", "0"),
             ],
@@ -117,33 +128,47 @@ fn now_ms() -> u128 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_stateful_clients_ride_through_a_sigkill() -> TestResult {
-    ride_through("KILL", 6).await
+    ride_through("KILL", 6, false).await
+}
+
+/// With user and direct messages from every client across the kill. Ignored: it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails, as docs/semantics.md does not promise yet: a casualty's own calls that ran but were not acknowledged run again on its keeper, so its user and direct messages go twice"]
+async fn official_stateful_clients_get_user_and_direct_messages_once_across_a_sigkill() -> TestResult {
+    ride_through("KILL", 6, true).await
+}
+
+/// The same with SIGSTOP. Ignored: it fails as the SIGKILL one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails, as docs/semantics.md does not promise yet: a casualty's own calls that ran but were not acknowledged run again on its keeper, so its user and direct messages go twice"]
+async fn official_stateful_clients_get_user_and_direct_messages_once_across_a_sigstop() -> TestResult {
+    ride_through("STOP", 6, true).await
 }
 
 /// The same with 60 clients through the proxy (about 20 casualties). Longer: `-- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "longer: 60 official clients"]
 async fn sixty_official_stateful_clients_ride_through_a_sigkill() -> TestResult {
-    ride_through("KILL", 60).await
+    ride_through("KILL", 60, false).await
 }
 
 /// The size: 300 official clients through the proxy (about 100 casualties). Longer: `-- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "longer: 300 official clients"]
 async fn three_hundred_official_stateful_clients_ride_through_a_sigkill() -> TestResult {
-    ride_through("KILL", 300).await
+    ride_through("KILL", 300, false).await
 }
 
 /// The same with SIGSTOP for longer than the failure detection, then SIGCONT: the frozen node finds it was
 /// declared dead and drops its clients' sockets without a Close message, so they resume on their keepers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_stateful_clients_ride_through_a_sigstop() -> TestResult {
-    ride_through("STOP", 6).await
+    ride_through("STOP", 6, false).await
 }
 
 /// `proxied` official clients through the proxy and one more, the sender, on node 1; the node with the most of the
-/// proxied ones gets `signal`.
-async fn ride_through(signal: &str, proxied: usize) -> TestResult {
+/// proxied ones gets `signal`. With `user_and_direct`, every client sends user and direct messages across it too.
+async fn ride_through(signal: &str, proxied: usize, user_and_direct: bool) -> TestResult {
     let all = proxied + 1;
     let sender = proxied;
     timeout(Duration::from_secs(150), async {
@@ -161,7 +186,7 @@ async fn ride_through(signal: &str, proxied: usize) -> TestResult {
         // the series goes on while the killed node's clients reconnect.
         let mut urls = vec![proxy.url(); proxied];
         urls.push(nodes[0].url.clone());
-        let (mut clients, ready) = OfficialClients::start(&urls, false).await?;
+        let (mut clients, ready) = OfficialClients::start_with_tokens(&urls, false, JWT_SECRET).await?;
         let mut counts = Vec::new();
         for addr in &addrs {
             counts.push(metric(*addr, "hubmesh_connections").await? as usize);
@@ -188,6 +213,10 @@ async fn ride_through(signal: &str, proxied: usize) -> TestResult {
         }
         assert_eq!(kept, all as f64, "each stateful connection has a keeper");
 
+        if user_and_direct {
+            let answer = clients.ask(peer_traffic("kill-peers", PEER_COUNT, 30, true)).await?;
+            assert_eq!(answer["ok"], json!(true), "{answer}");
+        }
         let answer = clients
             .ask(json!({"cmd": "stream", "from": sender, "count": COUNT, "tag": "kill", "interval": 10}))
             .await?;
@@ -292,6 +321,13 @@ async fn ride_through(signal: &str, proxied: usize) -> TestResult {
             first_after.get(first_after.len() / 2),
             first_after.last()
         );
+
+        // The user and direct messages sent across the kill: each receiver, each sender's, once and in order.
+        if user_and_direct {
+            let peers = clients.ask(json!({"cmd": "collect-peers", "tag": "kill-peers"})).await?;
+            println!("user and direct messages across the SIG{signal}: {peers}");
+            assert_eq!(peers["ok"], json!(true), "user and direct messages across the kill: {peers}");
+        }
 
         // After the take-over: everything, to everyone, once and in order.
         let verdict = clients

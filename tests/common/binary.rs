@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 /// How long any one run of the binary may take.
 pub const LIMIT: Duration = Duration::from_secs(30);
 
-/// The binary with no configuration variables inherited from the test's environment.
+/// The binary with no configuration variables inherited from the test's environment, logging warnings only unless
+/// `TEST_NODE_LOG` says otherwise.
 pub fn hubmesh() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_hubmesh"));
     for (name, _) in std::env::vars_os() {
@@ -15,7 +16,9 @@ pub fn hubmesh() -> Command {
             command.env_remove(name);
         }
     }
-    command.env("RUST_LOG", "warn").stdin(Stdio::null());
+    // `TEST_NODE_LOG` (a `RUST_LOG` filter) traces the nodes of a failing test.
+    let log = std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "warn".to_owned());
+    command.env("RUST_LOG", log).stdin(Stdio::null());
     command
 }
 

@@ -1,5 +1,6 @@
 //! The official client script (`tests/node/cluster-client.mjs`) driven over stdin/stdout: official
-//! `@microsoft/signalr` clients with `withStatefulReconnect()`, one per URL given. Shared by the tests that take nodes
+//! `@microsoft/signalr` clients with `withStatefulReconnect()` (or over Server-Sent Events or long polling, with
+//! automatic reconnect), one per URL given. Shared by the tests that take nodes
 //! away under them.
 
 // Each test binary that includes this file uses part of it.
@@ -58,12 +59,31 @@ impl OfficialClients {
         Self::spawn(urls, automatic, Users::ByToken(secret)).await
     }
 
+    /// Clients over `transport` (`ServerSentEvents` or `LongPolling`, where the official client has no stateful
+    /// reconnect) with automatic reconnect, each joining the group again when it comes back as a new connection.
+    pub async fn start_over(urls: &[String], transport: &str) -> TestResult<(OfficialClients, Value)> {
+        Self::spawn_with(urls, true, Users::None, Some(transport)).await
+    }
+
     async fn spawn(urls: &[String], automatic: bool, users: Users<'_>) -> TestResult<(OfficialClients, Value)> {
+        Self::spawn_with(urls, automatic, users, None).await
+    }
+
+    /// With a `transport`, the clients are not stateful and join again after a reconnect; else they use stateful
+    /// reconnect over WebSockets.
+    async fn spawn_with(
+        urls: &[String],
+        automatic: bool,
+        users: Users<'_>,
+        transport: Option<&str>,
+    ) -> TestResult<(OfficialClients, Value)> {
         let dir = tokio::task::spawn_blocking(npm::ensure_installed).await??;
         let mut child = tokio::process::Command::new("node")
             .arg(dir.join("cluster-client.mjs"))
             .args(urls)
-            .env("HUBMESH_STATEFUL", "1")
+            .env("HUBMESH_STATEFUL", if transport.is_none() { "1" } else { "" })
+            .env("HUBMESH_TRANSPORT", transport.unwrap_or("WebSockets"))
+            .env("HUBMESH_REJOIN", if transport.is_some() { "1" } else { "" })
             .env("HUBMESH_AUTOMATIC", if automatic { "1" } else { "" })
             .env("HUBMESH_USERS", if matches!(users, Users::ByQuery) { "1" } else { "" })
             .env(

@@ -22,7 +22,8 @@
 //           {"cmd":"closed","index":i,"ms":m}             wait up to m ms until client i's connection closed; its error
 //           {"cmd":"restart","index":i}                   start client i again and join the group (what an app
 //                                                          does on close)
-//           {"cmd":"ids"}                                  each client's connection id now (WhoAmI)
+//           {"cmd":"ids"}                                  each client's connection id now (WhoAmI), and how many
+//                                                          times it joined again after a reconnect (HUBMESH_REJOIN)
 //           {"cmd":"received","tag":t}                    each client's numbers of tag t in arrival order, and when
 //           {"cmd":"quit"}
 //
@@ -32,6 +33,10 @@
 // with timestamps; with HUBMESH_USERS=1, client i asks for user `user-<i>` in the `user` query parameter (which
 // a hub whose user id provider reads it gives it); with HUBMESH_JWT_SECRET set instead, client i is user
 // `user-<i>` by an HS256 bearer token (`sub`) signed with that secret, as for a node whose `auth.secret` it is.
+// HUBMESH_TRANSPORT names the transport (`WebSockets`, the default, `ServerSentEvents` or `LongPolling`; over
+// Server-Sent Events every client speaks JSON, the only protocol it carries); with HUBMESH_REJOIN=1 a client that
+// automatic reconnect brought back as a new connection joins the group again, as an app does in `onreconnected`
+// ("ids" gives how many times each one did).
 
 import { createHmac } from "node:crypto";
 import { createRequire } from "node:module";
@@ -56,9 +61,12 @@ function tokenOf(user) {
   return `${body}.${createHmac("sha256", jwtSecret).update(body).digest("base64url")}`;
 }
 
+const transportName = process.env.HUBMESH_TRANSPORT || "WebSockets";
+if (signalR.HttpTransportType[transportName] === undefined) throw new Error(`unknown transport ${transportName}`);
+
 const clients = urls.map((url, index) => {
   const hubUrl = byQuery ? `${url}/hub?user=${userOf(index)}` : `${url}/hub`;
-  const options = { transport: signalR.HttpTransportType.WebSockets };
+  const options = { transport: signalR.HttpTransportType[transportName] };
   if (jwtSecret !== "") options.accessTokenFactory = () => tokenOf(userOf(index));
   const builder = new signalR.HubConnectionBuilder()
     .withUrl(hubUrl, options)
@@ -69,12 +77,21 @@ const clients = urls.map((url, index) => {
     );
   if (process.env.HUBMESH_STATEFUL === "1") builder.withStatefulReconnect();
   if (process.env.HUBMESH_AUTOMATIC === "1") builder.withAutomaticReconnect();
-  if (index % 2 === 1) builder.withHubProtocol(new MessagePackHubProtocol());
+  if (index % 2 === 1 && transportName !== "ServerSentEvents") builder.withHubProtocol(new MessagePackHubProtocol());
   const connection = builder.build();
   // `fromPeers`: per tag, per sender index, the numbers of the messages `[tag, n, sender]` in arrival order.
-  const client = { index, connection, received: new Map(), arrived: new Map(), fromPeers: new Map(), other: [], closed: null };
+  const client = { index, connection, received: new Map(), arrived: new Map(), fromPeers: new Map(), other: [], closed: null, rejoined: 0 };
   connection.onclose((error) => {
     client.closed = error ? String(error) : "closed without an error";
+  });
+  connection.onreconnected(async () => {
+    if (process.env.HUBMESH_REJOIN !== "1") return;
+    try {
+      await connection.invoke("JoinGroup", GROUP);
+      client.rejoined += 1;
+    } catch (error) {
+      process.stderr.write(`client ${index} did not join again: ${error}\n`);
+    }
   });
   connection.on("msg", (payload) => {
     if (Array.isArray(payload) && payload.length === 2 && typeof payload[0] === "string") {
@@ -361,7 +378,7 @@ for await (const line of lines) {
       case "ids": {
         const ids = [];
         for (const client of clients) ids.push(await client.connection.invoke("WhoAmI"));
-        out({ ok: true, ids });
+        out({ ok: true, ids, rejoined: clients.map((client) => client.rejoined) });
         break;
       }
       case "quit":
