@@ -79,6 +79,8 @@ mod owner;
 mod rehome;
 mod sends_got;
 #[cfg(test)]
+mod handover_tests;
+#[cfg(test)]
 mod missed_tests;
 #[cfg(test)]
 mod move_order_tests;

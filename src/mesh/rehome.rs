@@ -411,10 +411,12 @@ impl<H: LocalHub> Router<H> {
     }
 
     /// After the last part of `from`'s snapshot: groups this node owns that it did not list hold none of `from`'s
-    /// connections.
+    /// connections. A group it holds but no longer owns (a view change placed it elsewhere, and its release waits
+    /// in the membership queue) keeps them, as [`Router::apply_snapshot_part`] left it: the release tells the
+    /// nodes it lists, and a node left out would hold the new owner's sends until it gives up waiting.
     pub(super) fn finish_snapshot(&self, from: &NodeId, listed: &HashSet<GroupKey>) {
         for key in self.groups.keys() {
-            if !listed.contains(&key) {
+            if !listed.contains(&key) && self.is_local(&self.owner_of(&key).name) {
                 self.groups.replace(&key, from, Vec::new());
             }
         }
