@@ -78,6 +78,7 @@ async fn assert_each_gets(clients: &mut [TestClient], indices: &[usize], payload
 }
 
 async fn three_nodes() -> TestResult<TestCluster> {
+    node_reads::init_tracing();
     let cluster = TestCluster::start(3, || vec![demo_hub()]).await?;
     let took = cluster.wait_for_members(Duration::from_secs(10)).await?;
     println!("3 in-process nodes agreed on the members in {took:?}");
@@ -470,6 +471,21 @@ async fn a_node_thawed_after_it_was_declared_dead_closes_its_connections_rather_
     on_three_nodes(Duration::from_secs(90), |cluster| async move {
         let groups: Vec<String> = (0..6).map(|n| format!("f{n}")).collect();
         let mut clients = members_on_every_node(&cluster, &groups).await?;
+        let everyone = incarnations_seen_by(&url(&cluster, 0)?, "").await?;
+        let owned_by = |members: &[hubmesh::cluster::NodeId]| {
+            owner(&GroupKey::named("demo", &groups[0]).placement_bytes(), members).map(|node| node.name.to_string())
+        };
+        let survivors: Vec<_> = everyone
+            .iter()
+            .filter(|node| &*node.name != "node-3")
+            .cloned()
+            .collect();
+        println!(
+            "{} is owned by {:?}, by {:?} while node-3 is dead",
+            groups[0],
+            owned_by(&everyone),
+            owned_by(&survivors)
+        );
         let frozen_at = Instant::now();
         cluster.freeze(2);
         // The others declare it dead and drop its members.
@@ -527,10 +543,11 @@ async fn a_node_thawed_after_it_was_declared_dead_closes_its_connections_rather_
         // The survivors get it; or, if under load they too were declared dead by most of their peers meanwhile
         // (members dropped, so messages possibly missed), they are told so: never a silent gap.
         let mut survivors_closed = false;
-        for client in clients.iter_mut().take(2) {
-            let got = next_msg_or_close(client, Duration::from_secs(5))
-                .await?
-                .ok_or("a survivor got neither the message nor a Close")?;
+        for (index, client) in clients.iter_mut().take(2).enumerate() {
+            let got = next_msg_or_close(client, Duration::from_secs(5)).await?.ok_or(format!(
+                "the survivor on node-{} got neither the message nor a Close",
+                index + 1
+            ))?;
             if got["type"] == json!(7) {
                 assert_eq!(got["allowReconnect"], json!(true), "{got}");
                 survivors_closed = true;

@@ -581,6 +581,21 @@ impl<T> Arrivals<T> {
         skipped
     }
 
+    /// For a trace: the owner `key`'s record follows, how many of a new owner's sends wait for its release, how
+    /// many wait at a gap, and the last send of `origin` delivered here.
+    pub(super) fn describe(&self, key: &GroupKey, origin: &str) -> String {
+        match self.groups.get(key) {
+            None => "no record".to_owned(),
+            Some(group) => format!(
+                "follows {:?}, {} fenced, {} held, last of origin {:?}",
+                group.owner.as_ref().map(ToString::to_string),
+                group.fenced.len(),
+                group.held.len(),
+                group.origins.get(origin).map(|record| (record.generation, record.last)),
+            ),
+        }
+    }
+
     /// Whether this node delivered sends of `origin` (that incarnation) to `key` and keeps their record: its
     /// members still follow that origin's sends to the group.
     pub(super) fn follows(&self, key: &GroupKey, origin: &NodeId) -> bool {

@@ -156,7 +156,16 @@ impl<H: LocalHub> Router<H> {
             tokio::time::Instant::now(),
         );
         if arrived.deliver.is_empty() {
-            tracing::trace!(parent: &self.span, ?key, origin = %stamp.origin, seq = stamp.seq, "a group send arrived again, or waits for an earlier one");
+            tracing::trace!(
+                parent: &self.span,
+                ?key,
+                origin = %stamp.origin,
+                seq = stamp.seq,
+                prev = stamp.prev,
+                via = ?via,
+                record = delivered.describe(key, &stamp.origin.name),
+                "a group send arrived again, or waits for an earlier one"
+            );
             return;
         }
         self.apply_arrived(&mut delivered, key, arrived);
@@ -198,6 +207,7 @@ impl<H: LocalHub> Router<H> {
     /// last fan-outs go now, in order, under the records' lock.
     pub(super) fn apply_released(&self, key: &GroupKey, from: &NodeId) {
         let mut delivered = self.delivered.lock();
+        tracing::trace!(parent: &self.span, ?key, %from, record = delivered.describe(key, &from.name), "an owner released a group");
         let arrived = delivered.released(key, from, tokio::time::Instant::now());
         self.apply_arrived(&mut delivered, key, arrived);
     }

@@ -274,6 +274,7 @@ impl GroupDirectory {
     /// Tells the group's member nodes, after its actor's last fan-out, that this node released it; stops the actor.
     fn hand_over(&self, key: GroupKey, group: Group) {
         let nodes = group.nodes.clone();
+        tracing::trace!(?key, ?nodes, sequenced = group.sequencer.is_some(), "hands a group over");
         if nodes.is_empty() {
             return stop(group);
         }

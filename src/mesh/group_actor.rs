@@ -187,7 +187,12 @@ impl GroupActor {
 pub(super) async fn release(fanout: &dyn Fanout, node: &NodeId, key: &GroupKey) {
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(1);
-    while fanout.released(node, key) == Delivery::Full && started.elapsed() < FANOUT_PATIENCE {
+    loop {
+        let delivery = fanout.released(node, key);
+        if delivery != Delivery::Full || started.elapsed() >= FANOUT_PATIENCE {
+            tracing::trace!(?key, %node, ?delivery, "told a member node this node released a group");
+            break;
+        }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));
     }

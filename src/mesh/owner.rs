@@ -241,7 +241,8 @@ impl<H: LocalHub> Router<H> {
                 connection,
                 done,
             } => self.unregister_now(&from, &key, &connection, done),
-            MembershipOp::Snapshot { from, .. } if self.is_stale(&from) => {
+            MembershipOp::Snapshot { from, part, .. } if self.is_stale(&from) => {
+                tracing::debug!(parent: &self.span, %from, part, "a snapshot of an incarnation that left: dropped");
                 state.snapshots.remove(&from);
                 if let Some((_, awaiting)) = &mut state.settling {
                     awaiting.remove(&from);
@@ -254,6 +255,7 @@ impl<H: LocalHub> Router<H> {
                 groups,
             } => {
                 let keys: Vec<GroupKey> = groups.iter().map(|(key, _)| key.clone()).collect();
+                tracing::debug!(parent: &self.span, %from, part, last, groups = keys.len(), "a snapshot part arrived");
                 if part == 0 {
                     state.snapshots.insert(from.clone(), SnapshotParts::default());
                 }
