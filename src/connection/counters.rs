@@ -182,6 +182,7 @@ pub struct ConnectionCounters {
     bytes_received: Padded,
     bytes_written: Padded,
     resumes: AtomicU64,
+    receipts_unheld: AtomicU64,
 }
 
 impl ConnectionCounters {
@@ -222,6 +223,11 @@ impl ConnectionCounters {
     /// A stateful-reconnect connection resumed on a new transport.
     pub(super) fn resumed(&self) {
         self.resumes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client's record ran without its keeper holding its receipt (`super::keeper::RECEIPT_WAIT` passed).
+    pub(super) fn receipt_unheld(&self) {
+        self.receipts_unheld.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `count` connections of this node were handed a message of this kind (one add per fan-out).
@@ -274,6 +280,12 @@ impl ConnectionCounters {
     /// Bytes written to client transports so far.
     pub fn bytes_written_total(&self) -> u64 {
         self.bytes_written.0.load(Ordering::Relaxed)
+    }
+
+    /// Client records that ran without their keeper holding their receipt, so far: a node that takes their
+    /// connections over may run them again.
+    pub fn receipts_unheld(&self) -> u64 {
+        self.receipts_unheld.load(Ordering::Relaxed)
     }
 
     /// Stateful-reconnect resumes so far.

@@ -49,6 +49,8 @@ impl<T: Transport> Connection<T> {
                     });
                 }
             };
+            // A client's record runs once its keeper holds its receipt (`super::keeper`, "Run once kept").
+            let mut receipt = None;
             if let Some(stateful) = &mut self.stateful {
                 match &message {
                     HubMessage::Ack { sequence_id } => {
@@ -75,6 +77,11 @@ impl<T: Transport> Connection<T> {
                                 allow_reconnect: false,
                             });
                         }
+                        // A keeper's take-over ran records the dead node had not acknowledged: acked soon, so
+                        // that the client stops sending them again.
+                        if stateful.received.unacked() && stateful.ack_due.is_none() {
+                            stateful.ack_due = Some(Instant::now() + ACK_DELAY);
+                        }
                         continue;
                     }
                     _ => {
@@ -91,7 +98,18 @@ impl<T: Transport> Connection<T> {
                         if trackable && stateful.ack_due.is_none() {
                             stateful.ack_due = Some(Instant::now() + ACK_DELAY);
                         }
+                        if let Some(keeper) = stateful.keeper.as_ref().filter(|_| trackable) {
+                            let id = stateful.received.latest();
+                            keeper.received(id);
+                            receipt = Some((keeper.clone(), id));
+                        }
                     }
+                }
+            }
+            if let Some((keeper, id)) = receipt {
+                // Boxed, as an upload's send below: only kept connections wait here.
+                if !Box::pin(keeper.held().receipt(id)).await {
+                    self.limits.counters.receipt_unheld();
                 }
             }
             self.limits.counters.message_received();

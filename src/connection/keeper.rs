@@ -11,6 +11,15 @@
 //! record written before its copy arrived could be one the client has and the keeper does not, and the keeper's
 //! next record would then be taken for it. A connection with nobody to keep it (a cluster of one) marks each
 //! record held at once.
+//!
+//! # Run once kept
+//! The other way, a client's record (an invocation, a stream item, a completion, a cancel) runs only once the
+//! keeper holds its receipt ([`Held::receipts_through`]): the client sends again, after a resume, every record the
+//! server had not acknowledged to it, and only the keeper's count tells a node that takes the connection over
+//! which of those already ran where it ran. Counting them at the Ack (once a second) made a dead node's last
+//! calls run twice, and a user or a connection they sent to got those messages twice
+//! (tests/cli/killed_node.rs). A receipt the keeper does not confirm within [`RECEIPT_WAIT`] lets the record run
+//! anyway, counted.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +44,8 @@ pub trait Keeper: Send + Sync + 'static {
     fn record(&self, id: u64, record: &Bytes, mark: Option<&SendMark>);
     /// The client acknowledged every record up to `id`.
     fn acked(&self, id: u64);
-    /// The connection acknowledged the client's records up to `id`.
+    /// The connection is about to run the client's records up to `id`: it runs record `id` once
+    /// [`Held::receipts_through`] covers it (see "Run once kept" above).
     fn received(&self, id: u64);
     /// The connection joined (`true`) or left a group (a named one, or its user's when `user`), before the change
     /// is confirmed to anyone.
@@ -81,7 +91,14 @@ pub const CLAIM_WAIT: Duration = Duration::from_secs(6);
 pub struct Held {
     through: AtomicU64,
     grew: Notify,
+    receipts: AtomicU64,
+    receipts_grew: Notify,
 }
+
+/// How long a client's record waits for its keeper to hold its receipt before it runs anyway: longer than a
+/// keeper's answer takes on a loaded node, short of a client's patience with a call (a keeper that left makes
+/// the copy go to another, whose answer covers the receipts).
+pub const RECEIPT_WAIT: Duration = Duration::from_secs(2);
 
 impl Held {
     /// Records up to `id` are held (a lower `id` than before changes nothing).
@@ -99,5 +116,29 @@ impl Held {
     /// Waits until [`Held::advance`] raised the mark (at once if it did since the last wait).
     pub async fn grown(&self) {
         self.grew.notified().await;
+    }
+
+    /// The keeper holds the receipt of the client's records up to `id` (a lower `id` than before changes nothing).
+    pub fn advance_receipts(&self, id: u64) {
+        if self.receipts.fetch_max(id, Ordering::AcqRel) < id {
+            self.receipts_grew.notify_one();
+        }
+    }
+
+    /// The highest of the client's record ids whose receipt the keeper holds.
+    pub fn receipts_through(&self) -> u64 {
+        self.receipts.load(Ordering::Acquire)
+    }
+
+    /// Waits until the keeper holds the receipt of the client's record `id`, at most [`RECEIPT_WAIT`]; false if it
+    /// did not by then. The connection task is its one waiter.
+    pub async fn receipt(&self, id: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + RECEIPT_WAIT;
+        while self.receipts_through() < id {
+            if tokio::time::timeout_at(deadline, self.receipts_grew.notified()).await.is_err() {
+                return self.receipts_through() >= id;
+            }
+        }
+        true
     }
 }

@@ -166,21 +166,26 @@ impl ReceiveState {
         }
     }
 
-    /// The state of a copy that knows the client's records up to `latest` were processed and acknowledged (a
-    /// keeper's, `super::keeper`).
-    pub fn acknowledged_through(latest: u64) -> Self {
+    /// The state of a copy that knows the client's records up to `latest` ran (a keeper's, `super::keeper`):
+    /// none of them acknowledged to the client as far as it knows, so the first Ack after the resume covers them.
+    pub fn processed_through(latest: u64) -> Self {
         ReceiveState {
             next_id: latest + 1,
             latest,
             awaiting_sequence: false,
-            acked: latest,
+            acked: 0,
             copy: true,
         }
     }
 
-    /// The last of the client's records acknowledged to it.
-    pub fn acked(&self) -> u64 {
-        self.acked
+    /// The last of the client's records processed (run, or about to run).
+    pub fn latest(&self) -> u64 {
+        self.latest
+    }
+
+    /// Whether records were processed that no Ack covered yet.
+    pub fn unacked(&self) -> bool {
+        self.latest > self.acked
     }
 
     /// A new transport was attached: drop everything until the client says where it resumes.
@@ -437,7 +442,7 @@ mod tests {
     #[test]
     fn a_keepers_copy_takes_a_sequence_past_what_it_heard_acknowledged_once() {
         // The copy heard of acks up to 2; the client had an ack up to 4 and resumes at 5.
-        let mut copy = ReceiveState::acknowledged_through(2);
+        let mut copy = ReceiveState::processed_through(2);
         copy.reconnected();
         assert_eq!(copy.sequence(5), Ok(()));
         assert!(copy.accept(true), "record 5 is new");
@@ -447,9 +452,25 @@ mod tests {
         copy.reconnected();
         assert_eq!(copy.sequence(9), Err(SequenceGap));
         // An ordinary connection refuses the same gap from the start.
-        let mut plain = ReceiveState::acknowledged_through(2);
+        let mut plain = ReceiveState::processed_through(2);
         plain.copy = false;
         assert_eq!(plain.sequence(5), Err(SequenceGap));
+    }
+
+    /// Records 1 to 3 ran on a node that died having acknowledged only 1; its keeper's copy counted all three
+    /// before they ran. The client resumes at 2: 2 and 3 are dropped (they ran), 4 runs, and an Ack is due at once
+    /// for what ran, so that the client stops sending 2 and 3 again.
+    #[test]
+    fn a_keepers_copy_drops_what_ran_on_the_dead_node_and_acknowledges_it() {
+        let mut copy = ReceiveState::processed_through(3);
+        copy.reconnected();
+        assert_eq!(copy.sequence(2), Ok(()));
+        assert!(copy.unacked(), "what ran is acknowledged after the resume");
+        assert!(!copy.accept(true), "record 2 ran");
+        assert!(!copy.accept(true), "record 3 ran");
+        assert!(copy.accept(true), "record 4 is new");
+        assert_eq!(copy.take_ack(), Some(4));
+        assert!(!copy.unacked());
     }
 
     /// A relay transport whose commands the test reads: they end (`None`) once the transport is dropped.

@@ -331,9 +331,7 @@ impl<T: Transport> Connection<T> {
             if stateful.detached_until.is_none() && stateful.ack_due.is_some_and(|due| due <= now) {
                 stateful.ack_due = None;
                 if let Some(sequence_id) = stateful.received.take_ack() {
-                    if let Some(keeper) = &stateful.keeper {
-                        keeper.received(sequence_id);
-                    }
+                    // Its keeper heard of these records before they ran (`super::keeper`, "Run once kept").
                     let mut out = Vec::new();
                     let message: Outgoing<'_, NoPayload, NoPayload> = Outgoing::Ack { sequence_id };
                     if self.protocol.encode(&message, &mut out).is_ok() {

@@ -232,12 +232,17 @@ impl Keeping {
             }
         };
         let Batch { payloads, frames } = batch;
-        // One Held per connection for the whole batch: its last record.
+        // One Held per connection for the whole batch: its last record; and one ReceivedHeld.
         let mut held: HashMap<ConnectionId, u64> = HashMap::new();
+        let mut receipts: HashMap<ConnectionId, u64> = HashMap::new();
         for frame in frames {
             match self.on_one(node, from, frame, &payloads) {
                 Some(Frame::Held { id, seq }) => {
                     let last = held.entry(id).or_insert(seq);
+                    *last = (*last).max(seq);
+                }
+                Some(Frame::ReceivedHeld { id, seq }) => {
+                    let last = receipts.entry(id).or_insert(seq);
                     *last = (*last).max(seq);
                 }
                 // A full outbox: the server's records wait until it sends its whole copy again (or runs unkept,
@@ -250,6 +255,11 @@ impl Keeping {
         }
         for (id, seq) in held {
             self.queue(from, Frame::Held { id, seq }, None);
+        }
+        // A full outbox: the client's records wait for their receipt until `RECEIPT_WAIT` (or the whole copy, whose
+        // Held covers the receipts it carried).
+        for (id, seq) in receipts {
+            self.queue(from, Frame::ReceivedHeld { id, seq }, None);
         }
     }
 
@@ -289,6 +299,11 @@ impl Keeping {
             Frame::Held { id, seq } => {
                 if let Some(sink) = self.sink(&id) {
                     sink.held_by(from, seq);
+                }
+            }
+            Frame::ReceivedHeld { id, seq } => {
+                if let Some(sink) = self.sink(&id) {
+                    sink.receipts_held_by(from, seq);
                 }
             }
             Frame::Refused { id, leaving } => {
@@ -530,10 +545,11 @@ impl Keeping {
             }
             Frame::Received { id, seq } => {
                 let (server, copy) = kept.copies.get_mut(&id)?;
-                if server == from {
-                    copy.received = copy.received.max(seq);
+                if server != from {
+                    return None;
                 }
-                None
+                copy.received = copy.received.max(seq);
+                Some(Frame::ReceivedHeld { id, seq })
             }
             Frame::Group {
                 id,
@@ -566,6 +582,7 @@ impl Keeping {
                 None
             }
             Frame::Held { .. }
+            | Frame::ReceivedHeld { .. }
             | Frame::Refused { .. }
             | Frame::TakenOver { .. }
             | Frame::Claim { .. }
@@ -1001,7 +1018,7 @@ async fn take_over(node: &Node, copy: Box<Copy>, server: &NodeId) -> Result<Opti
         protocol,
         unacked: unacked.into_iter().collect(),
         next_id: last + 1,
-        received: ReceiveState::acknowledged_through(received),
+        received: ReceiveState::processed_through(received),
         keep_epoch: epoch,
         // Its connection drops what the copy says was numbered for it, sent again (`src/connection/directs_written.rs`).
         directs_written: directs

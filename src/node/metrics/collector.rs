@@ -340,6 +340,13 @@ impl Collector for NodeCollector {
             "Stateful-reconnect connections resumed on a new transport.",
             counters.resumes(),
         )?;
+        counter(
+            encoder,
+            "hubmesh_keeping_receipts_unheld",
+            "Client records of kept stateful connections that ran without their keeper holding their receipt \
+             within the wait (src/connection/keeper.rs, RECEIPT_WAIT): a take-over may run them again.",
+            counters.receipts_unheld(),
+        )?;
         family(
             encoder,
             "hubmesh_groups_owned",

@@ -62,3 +62,22 @@ fn a_late_copy_of_another_server_does_not_replace_a_fresher_or_equal_one() {
     // The same server sends its copy again at any number (it lost the keeping link a while).
     assert!(matches!(answer(&keeping, &moved_on, Frame::Open(copy(5))), Some(Frame::Held { .. })));
 }
+
+/// A client's record runs once its keeper holds its receipt (`src/connection/keeper.rs`, "Run once kept"): the
+/// keeper counts the receipts of its copy's server and answers each, and ignores another server's.
+#[test]
+fn a_keeper_holds_and_answers_the_receipts_of_its_copys_server_only() {
+    let keeping = Keeping::default();
+    let (server, other) = (NodeId::new("server", 1), NodeId::new("other", 1));
+    assert!(matches!(answer(&keeping, &server, Frame::Open(copy(1))), Some(Frame::Held { seq: 1, .. })));
+    let received = |seq| Frame::Received {
+        id: ConnectionId::from("c1"),
+        seq,
+    };
+    assert!(matches!(answer(&keeping, &server, received(3)), Some(Frame::ReceivedHeld { seq: 3, .. })));
+    assert!(answer(&keeping, &other, received(5)).is_none(), "not the copy's server");
+    // A late, lower receipt lowers nothing.
+    assert!(matches!(answer(&keeping, &server, received(2)), Some(Frame::ReceivedHeld { seq: 2, .. })));
+    let kept = keeping.kept.lock();
+    assert_eq!(kept.copies.get(&ConnectionId::from("c1")).map(|(_, copy)| copy.received), Some(3));
+}

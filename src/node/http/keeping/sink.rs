@@ -38,6 +38,8 @@ struct SinkState {
     formers: Vec<NodeId>,
     ended: bool,
     copy: Copy,
+    /// The client's records whose receipt the last whole copy sent carried: the keeper's Held for it covers them.
+    received_at_open: u64,
     /// Waits for the answers to a claim ([`Keeper::claim`]).
     claim: Option<PendingClaim>,
 }
@@ -72,6 +74,7 @@ impl KeepSink {
                 formers: Vec::new(),
                 ended: false,
                 copy: Copy::empty(id, path, token, home, request),
+                received_at_open: 0,
                 claim: None,
             }),
         })
@@ -99,7 +102,7 @@ impl KeepSink {
             let copy = &mut sink_state.copy;
             copy.unacked = state.unacked.iter().cloned().collect();
             copy.last = state.next_id.saturating_sub(1);
-            copy.received = state.received.acked();
+            copy.received = state.received.latest();
             copy.epoch = state.keep_epoch;
             copy.broadcasts = state.last_marks.broadcasts.clone();
             copy.directs = state.last_marks.directs.clone();
@@ -172,6 +175,7 @@ impl KeepSink {
         // Chosen again: its copy is replaced by this one.
         state.formers.retain(|former| former != &keeper);
         state.copy.epoch += 1;
+        state.received_at_open = state.copy.received;
         tracing::debug!(parent: node.span(), id = %state.copy.id, %keeper, epoch = state.copy.epoch, "the whole copy goes to a keeper");
         if !node.keeping().queue(&keeper, Frame::Open(Box::new(state.copy.clone())), None) {
             node.keeping().refused.fetch_add(1, Ordering::Relaxed);
@@ -183,12 +187,22 @@ impl KeepSink {
     fn run_unkept(&self, state: &mut SinkState) {
         state.keeper = None;
         self.held.advance(state.copy.last);
+        self.held.advance_receipts(state.copy.received);
     }
 
     pub(super) fn held_by(&self, from: &NodeId, seq: u64) {
         let state = self.state.lock();
         if state.keeper.as_ref() == Some(from) {
             self.held.advance(seq);
+            self.held.advance_receipts(state.received_at_open);
+        }
+    }
+
+    /// Keeper `from` holds the receipt of the client's records up to `seq`.
+    pub(super) fn receipts_held_by(&self, from: &NodeId, seq: u64) {
+        let state = self.state.lock();
+        if state.keeper.as_ref() == Some(from) {
+            self.held.advance_receipts(seq);
         }
     }
 
@@ -328,14 +342,19 @@ impl Keeper for KeepSink {
 
     fn received(&self, seq: u64) {
         let mut state = self.state.lock();
-        state.copy.received = seq;
-        if let Some(node) = self.node() {
-            let frame = Frame::Received {
-                id: state.copy.id.clone(),
-                seq,
-            };
-            self.send(&node, &mut state, frame, None);
-        }
+        state.copy.received = state.copy.received.max(seq);
+        let node = match self.node() {
+            Some(node) if state.keeper.is_some() => node,
+            _ => {
+                self.held.advance_receipts(seq);
+                return;
+            }
+        };
+        let frame = Frame::Received {
+            id: state.copy.id.clone(),
+            seq,
+        };
+        self.send(&node, &mut state, frame, None);
     }
 
     fn group(&self, group: &str, user: bool, joined: bool) {

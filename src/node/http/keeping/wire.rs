@@ -38,7 +38,7 @@ pub(super) struct Copy {
     pub(super) unacked: VecDeque<(u64, Bytes)>,
     /// The last record id numbered.
     pub(super) last: u64,
-    /// The client's records acknowledged.
+    /// How many of the client's records ran (or are about to: their receipt comes first).
     pub(super) received: u64,
     /// Groups: name, and whether it is the user's group.
     pub(super) groups: Groups,
@@ -281,6 +281,8 @@ pub(super) enum Frame {
     },
     /// Keeper → server: records up to `seq` are kept.
     Held { id: ConnectionId, seq: u64 },
+    /// Keeper → server: the receipt of the client's records up to `seq` is kept (its `Received`): they may run.
+    ReceivedHeld { id: ConnectionId, seq: u64 },
     /// Keeper → server: not kept (full, or the copy grew too large).
     Refused {
         id: ConnectionId,
