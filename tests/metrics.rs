@@ -21,7 +21,7 @@ type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Every metric a scrape describes, with its type (counters carry `_total` on their samples).
-const METRICS: [(&str, &str); 57] = [
+const METRICS: [(&str, &str); 58] = [
     ("hubmesh_connections", "gauge"),
     ("hubmesh_transport_connections", "gauge"),
     ("hubmesh_connects", "counter"),

@@ -7,14 +7,13 @@
 //! Checked: no client is closed; each keeps its connection id; the group keeps its six members; every client,
 //! the killed node's included, gets every message of the stream once and in order (those sent while the node was
 //! dying and while its clients reconnected too); after the take-over a new series reaches every client, each
-//! message once and in order. In the `user_and_direct` variants every client also sends user messages
-//! (`SendToUser`, its user by an HS256 bearer token) to the next client's user and direct messages
-//! (`SendToConnection`) to the one after, all across the kill, and each receiver must get each sender's once and in
-//! order: ignored, they fail. The casualties' own `SendToUser` and `SendToConnection` calls that the killed node ran
-//! but had not acknowledged yet (it acknowledges once a second, and its keeper's copy learns what was received only
-//! then) run again on the keeper when the client sends them again after its resume, so their messages go twice
-//! (docs/semantics.md, "A node's death and its stateful connections", what it does not promise). Printed: the
-//! take-over time, and the time from the kill to each casualty's first message after its reconnect.
+//! message once and in order. In the `user_and_direct` variants (the two in CI, SIGKILL and SIGSTOP) every client
+//! also sends user messages (`SendToUser`, its user by an HS256 bearer token) to the next client's user and direct
+//! messages (`SendToConnection`) to the one after, all across the kill, and each receiver must get each sender's
+//! once and in order: the casualties' own calls that the killed node ran but had not acknowledged yet run once,
+//! because their receipt reached the keeper before they ran (`src/connection/keeper.rs`, "Run once kept"; before,
+//! they ran again on the keeper when the client sent them again after its resume, and their messages went twice).
+//! Printed: the take-over time, and the time from the kill to each casualty's first message after its reconnect.
 //!
 //! Everything runs on 127.0.0.1; every wait has a deadline.
 
@@ -126,44 +125,33 @@ fn now_ms() -> u128 {
         .map_or(0, |since| since.as_millis())
 }
 
+/// Every client also sends user and direct messages across the kill: a casualty's own calls that ran on the dead
+/// node and were not acknowledged yet run once (their receipt was kept first: `src/connection/keeper.rs`, "Run
+/// once kept"). Before, they ran again on its keeper and their messages arrived twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_stateful_clients_ride_through_a_sigkill() -> TestResult {
-    ride_through("KILL", 6, false).await
-}
-
-/// With user and direct messages from every client across the kill. Ignored: it fails.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails, as docs/semantics.md does not promise yet: a casualty's own calls that ran but were not acknowledged run again on its keeper, so its user and direct messages go twice"]
-async fn official_stateful_clients_get_user_and_direct_messages_once_across_a_sigkill() -> TestResult {
     ride_through("KILL", 6, true).await
-}
-
-/// The same with SIGSTOP. Ignored: it fails as the SIGKILL one does.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails, as docs/semantics.md does not promise yet: a casualty's own calls that ran but were not acknowledged run again on its keeper, so its user and direct messages go twice"]
-async fn official_stateful_clients_get_user_and_direct_messages_once_across_a_sigstop() -> TestResult {
-    ride_through("STOP", 6, true).await
 }
 
 /// The same with 60 clients through the proxy (about 20 casualties). Longer: `-- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "longer: 60 official clients"]
 async fn sixty_official_stateful_clients_ride_through_a_sigkill() -> TestResult {
-    ride_through("KILL", 60, false).await
+    ride_through("KILL", 60, true).await
 }
 
 /// The issue's size: 300 official clients through the proxy (about 100 casualties). Longer: `-- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "longer: 300 official clients"]
 async fn three_hundred_official_stateful_clients_ride_through_a_sigkill() -> TestResult {
-    ride_through("KILL", 300, false).await
+    ride_through("KILL", 300, true).await
 }
 
 /// The same with SIGSTOP for longer than the failure detection, then SIGCONT: the frozen node finds it was
 /// declared dead and drops its clients' sockets without a Close message, so they resume on their keepers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_stateful_clients_ride_through_a_sigstop() -> TestResult {
-    ride_through("STOP", 6, false).await
+    ride_through("STOP", 6, true).await
 }
 
 /// `proxied` official clients through the proxy and one more, the sender, on node 1; the node with the most of the
