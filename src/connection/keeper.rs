@@ -19,7 +19,9 @@
 //! which of those already ran where it ran. Counting them at the Ack (once a second) made a dead node's last
 //! calls run twice, and a user or a connection they sent to got those messages twice
 //! (tests/cli/killed_node.rs). A receipt the keeper does not confirm within [`RECEIPT_WAIT`] lets the record run
-//! anyway, counted.
+//! anyway, counted. The price: a record whose receipt is held but whose sends had not left the node when it died
+//! is not run at all (docs/semantics.md lists it); that window is the record's last moments on the node, where the
+//! Ack's was a whole second.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
