@@ -14,6 +14,10 @@
 //! reaches that peer (offers go to the peers this state has seen, which it updates only after offering them the
 //! kept ones). Past its youth an unknown id is a connection that ended: sends to it are dropped, and the kept
 //! offers with them, so offers cannot multiply sends to dead ids for long.
+//!
+//! At any age, a send for a connection whose server left lately (an orphan, `super::kept_direct`) is offered to
+//! every live peer: its keeper holds it for the take-over, until the keeper tells this home where the connection
+//! runs now.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -67,18 +71,24 @@ impl<H: LocalHub> Router<H> {
         }
         self.offered.fetch_add(1, Ordering::Relaxed);
         let frame = frame();
-        // Under the lock: an offer kept here reaches a peer that joins before any later one does.
-        let mut offers = self.offers.lock();
         let envelope = Envelope::Offered {
             hub: hub.clone(),
             ids: unknown.clone(),
             frame: frame.clone(),
         };
+        if !young {
+            // Only orphans: every live peer, one of which keeps them. `offers.peers` is empty past the youth, and
+            // offering to it dropped every send to an orphan until its keeper told this home where it runs (the
+            // 300-client kill test lost sends by id to casualties so, its nodes being older than 10 s).
+            for peer in self.peers() {
+                let _ = self.send_to_peer(&peer, &envelope);
+            }
+            return known;
+        }
+        // Under the lock: an offer kept here reaches a peer that joins before any later one does.
+        let mut offers = self.offers.lock();
         for peer in &offers.peers {
             let _ = self.send_to_peer(peer, &envelope);
-        }
-        if !young {
-            return known;
         }
         if offers.unanswered.len() >= MAX_UNANSWERED_OFFERS {
             offers.unanswered.pop_front();

@@ -127,6 +127,29 @@ async fn a_home_sends_on_to_a_server_that_comes_back_unless_its_connection_was_t
     assert_eq!(sends_to(&links, "n4", &taken), vec![(2, false)], "passed on to the keeper that took it over");
 }
 
+/// A home past its youth whose connection's server died: sends for the connection go to every live peer as
+/// offers (its keeper holds them for the take-over) until the keeper says where it runs. Before, past the youth
+/// they went to no peer and were lost (the 300-client kill test, `tests/cli/killed_node.rs`, lost 21 to 85 sends by
+/// id to casualties this way; its nodes were older than 10 s when the kill came).
+#[tokio::test(start_paused = true)]
+async fn a_home_past_its_youth_offers_sends_for_a_dead_servers_connection_to_every_peer() {
+    let home = NodeId::new("n2", 2);
+    let sender = NodeId::new("n1", 1);
+    let server = NodeId::new("n3", 1);
+    let keeper = NodeId::new("n4", 1);
+    let (router, links, _hub) = owner_node(&home);
+    router.on_view(vec![home.clone(), sender.clone(), server.clone(), keeper.clone()]);
+    let id = ConnectionId::new("kept.n2");
+    router.adopt_out(id.clone(), server.clone()).unwrap();
+    tokio::time::advance(super::owner::YOUNG + std::time::Duration::from_secs(1)).await;
+
+    router.on_view(vec![home.clone(), sender.clone(), keeper.clone()]);
+    router.on_link_event(frame(&sender, &send_to(&id, 1)));
+    assert_eq!(sends_to(&links, "n4", &id), vec![(1, true)], "offered to the keeper");
+    assert_eq!(sends_to(&links, "n1", &id), vec![(1, true)], "and to every other live peer");
+    assert_eq!(sends_to(&links, "n3", &id), Vec::new(), "not to the server that died");
+}
+
 /// A send that reaches a node by a stale location hint (it neither serves the connection nor is its home) goes on
 /// through the home; one sent to every peer (the home gone, as the sender sees it) does not, or the home would
 /// get it from each of them.
